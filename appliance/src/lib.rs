@@ -5,9 +5,21 @@
 pub mod diag;
 pub mod load;
 pub mod model;
+pub mod plan;
+pub mod schema;
+pub mod store;
 pub mod types;
 pub mod validate;
 
 pub use diag::{Diagnostic, Diagnostics, ErrorKind, KeyPath};
 pub use load::load_str;
 pub use model::Config;
+
+/// The built-in configuration (a working home router), as shipped in
+/// `appliance/config/default.toml`.
+pub const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
+
+/// The built-in configuration, parsed.
+pub fn default_config() -> Result<Config, Diagnostics> {
+    load_str(DEFAULT_CONFIG)
+}
