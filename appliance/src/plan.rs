@@ -1,1 +1,319 @@
-//! (in progress)
+//! What a new config changes, section by section, compared with the current one.
+//!
+//! Both configs are compared in their normalized form (the typed model serialized back),
+//! so reordering keys, reformatting or spelling a value differently (`24h` and `1d`)
+//! changes nothing. A named-map entry that appears or disappears is one change, not one
+//! per key.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::diag::KeyPath;
+use crate::model::Config;
+
+/// One difference between two configs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Change {
+    /// The top-level section, like `vlans`.
+    pub section: String,
+    pub path: KeyPath,
+    pub op: Op,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    Add,
+    Remove,
+    Change,
+}
+
+/// The daemons that own each section; a plan tells which of them must act.
+pub fn owner(section: &str) -> &'static str {
+    match section {
+        "interfaces" | "vlans" | "bridges" | "dhcp" | "firewall" | "wireguard" => "netd",
+        "dns" => "dnsd",
+        "storage" | "shares" | "snapshots" | "replication" => "stored",
+        _ => "applianced",
+    }
+}
+
+/// Sections whose changes could cut the administrator off, so applying them waits for a
+/// confirmation and reverts without one.
+pub fn needs_confirm(section: &str) -> bool {
+    matches!(section, "interfaces" | "vlans" | "bridges" | "firewall" | "wireguard" | "api")
+}
+
+/// The difference between two configs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    pub changes: Vec<Change>,
+    /// Daemons that have something to do, in apply order.
+    pub daemons: Vec<&'static str>,
+    /// Whether applying should wait for `applctl confirm`.
+    pub needs_confirm: bool,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// A diff a person can read, grouped by section. `color` adds ANSI colour.
+    pub fn render(&self, color: bool) -> String {
+        let (green, red, yellow, bold, reset) = if color {
+            ("\x1b[32m", "\x1b[31m", "\x1b[33m", "\x1b[1m", "\x1b[0m")
+        } else {
+            ("", "", "", "", "")
+        };
+        if self.changes.is_empty() {
+            return "No changes: the config matches the current generation.\n".into();
+        }
+        let mut out = String::new();
+        let mut section = "";
+        for c in &self.changes {
+            if c.section != section {
+                section = &c.section;
+                let _ = writeln!(out, "{bold}{section}{reset} ({})", owner(section));
+            }
+            match c.op {
+                Op::Add => {
+                    let _ = writeln!(out, "  {green}+ {} = {}{reset}", c.path, inline(c.new.as_ref()));
+                }
+                Op::Remove => {
+                    let _ = writeln!(out, "  {red}- {} = {}{reset}", c.path, inline(c.old.as_ref()));
+                }
+                Op::Change => {
+                    let _ = writeln!(
+                        out,
+                        "  {yellow}~ {}: {} -> {}{reset}",
+                        c.path,
+                        inline(c.old.as_ref()),
+                        inline(c.new.as_ref())
+                    );
+                }
+            }
+        }
+        let sections: Vec<&str> = {
+            let mut v: Vec<&str> = self.changes.iter().map(|c| c.section.as_str()).collect();
+            v.dedup();
+            v
+        };
+        let n = self.changes.len();
+        let _ = writeln!(
+            out,
+            "\n{n} change{} in {} section{} ({}); daemons to apply: {}.",
+            if n == 1 { "" } else { "s" },
+            sections.len(),
+            if sections.len() == 1 { "" } else { "s" },
+            sections.join(", "),
+            self.daemons.join(", ")
+        );
+        if self.needs_confirm {
+            out.push_str(
+                "This change touches interfaces, firewall, WireGuard or the API: it is applied \
+                 with a confirm window and reverted unless confirmed.\n",
+            );
+        }
+        out
+    }
+}
+
+/// Compares `old` (None: an empty appliance) with `new`.
+pub fn diff(old: Option<&Config>, new: &Config) -> Plan {
+    let a = old
+        .and_then(|c| serde_json::to_value(c).ok())
+        .unwrap_or(Value::Object(serde_json::Map::new()));
+    let b = serde_json::to_value(new).unwrap_or(Value::Null);
+    let mut changes = Vec::new();
+    walk(&KeyPath::root(), Some(&a), Some(&b), &mut changes);
+    // Sections in the order of the file format, so the diff reads like the file.
+    let order: Vec<String> = match &b {
+        Value::Object(m) => m.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    changes.sort_by_key(|c| order.iter().position(|s| *s == c.section).unwrap_or(usize::MAX));
+    let mut daemons: Vec<&'static str> = Vec::new();
+    for d in ["netd", "dnsd", "stored", "applianced"] {
+        if changes.iter().any(|c| owner(&c.section) == d) {
+            daemons.push(d);
+        }
+    }
+    let needs_confirm = changes.iter().any(|c| needs_confirm(&c.section));
+    Plan {
+        changes,
+        daemons,
+        needs_confirm,
+    }
+}
+
+fn section_of(path: &KeyPath) -> String {
+    match path.segments().first() {
+        Some(crate::diag::Seg::Key(k)) => k.clone(),
+        _ => String::new(),
+    }
+}
+
+/// Whether a value that only one side has should be compared against an empty container
+/// rather than reported whole: sections, named maps and arrays of tables, so that a new
+/// section lists its entries and a new entry is one change.
+fn is_container(path: &KeyPath, v: &Value) -> bool {
+    match v {
+        Value::Object(m) => path.segments().len() <= 1 || (!m.is_empty() && m.values().all(Value::is_object)),
+        Value::Array(a) => !a.is_empty() && a.iter().all(Value::is_object),
+        _ => false,
+    }
+}
+
+fn empty_like(v: &Value) -> Value {
+    match v {
+        Value::Array(_) => Value::Array(Vec::new()),
+        _ => Value::Object(serde_json::Map::new()),
+    }
+}
+
+fn walk(path: &KeyPath, a: Option<&Value>, b: Option<&Value>, out: &mut Vec<Change>) {
+    match (a, b) {
+        (None, Some(y)) if is_container(path, y) => walk(path, Some(&empty_like(y)), Some(y), out),
+        (Some(x), None) if is_container(path, x) => walk(path, Some(x), Some(&empty_like(x)), out),
+        (Some(Value::Object(x)), Some(Value::Object(y))) => {
+            for (k, va) in x {
+                walk(&path.clone().key(k), Some(va), y.get(k), out);
+            }
+            for (k, vb) in y {
+                if !x.contains_key(k) {
+                    walk(&path.clone().key(k), None, Some(vb), out);
+                }
+            }
+        }
+        // Arrays of tables (rules, leases) are compared entry by entry; arrays of plain
+        // values as a whole, which reads better for address and port lists.
+        (Some(Value::Array(x)), Some(Value::Array(y)))
+            if x.iter().chain(y.iter()).all(Value::is_object) && !(x.is_empty() && y.is_empty()) =>
+        {
+            for i in 0..x.len().max(y.len()) {
+                walk(&path.clone().index(i), x.get(i), y.get(i), out);
+            }
+        }
+        (Some(x), Some(y)) if x == y => {}
+        (None, None) => {}
+        (old, new) => {
+            // A table that only one side has, but is empty, is no change worth showing.
+            let empty = |v: Option<&Value>| matches!(v, Some(Value::Object(m)) if m.is_empty());
+            if (old.is_none() && empty(new)) || (new.is_none() && empty(old)) {
+                return;
+            }
+            let op = match (old, new) {
+                (None, _) => Op::Add,
+                (_, None) => Op::Remove,
+                _ => Op::Change,
+            };
+            out.push(Change {
+                section: section_of(path),
+                path: path.clone(),
+                op,
+                old: old.cloned(),
+                new: new.cloned(),
+            });
+        }
+    }
+}
+
+/// A value as inline TOML.
+fn inline(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => "(nothing)".into(),
+        Some(Value::String(s)) => format!("{s:?}"),
+        Some(Value::Array(a)) => {
+            let items: Vec<String> = a.iter().map(|x| inline(Some(x))).collect();
+            format!("[{}]", items.join(", "))
+        }
+        Some(Value::Object(m)) => {
+            let items: Vec<String> = m.iter().map(|(k, x)| format!("{k} = {}", inline(Some(x)))).collect();
+            format!("{{ {} }}", items.join(", "))
+        }
+        Some(other) => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+    use super::*;
+    use crate::load_str;
+
+    fn cfg(extra: &str) -> Config {
+        load_str(&format!("{}\n{extra}", crate::DEFAULT_CONFIG)).unwrap()
+    }
+
+    #[test]
+    fn same_config_plans_nothing() {
+        let a = cfg("");
+        let p = diff(Some(&a), &a);
+        assert!(p.is_empty());
+        assert!(p.daemons.is_empty());
+        assert!(p.render(false).starts_with("No changes"));
+    }
+
+    #[test]
+    fn equivalent_spelling_is_no_change() {
+        let a = cfg("");
+        let b = load_str(&crate::DEFAULT_CONFIG.replace("lease_time = \"12h\"", "lease_time = \"720m\"")).unwrap();
+        assert!(diff(Some(&a), &b).is_empty());
+    }
+
+    #[test]
+    fn added_vlan_is_one_change_for_netd_with_confirm() {
+        let a = cfg("");
+        let b = cfg("[vlans.iot]\nparent = \"lan\"\nid = 20\naddresses = [\"192.168.20.1/24\"]\n");
+        let p = diff(Some(&a), &b);
+        assert_eq!(p.changes.len(), 1);
+        assert_eq!(p.changes[0].path.to_string(), "vlans.iot");
+        assert_eq!(p.changes[0].op, Op::Add);
+        assert_eq!(p.daemons, vec!["netd"]);
+        assert!(p.needs_confirm);
+        let text = p.render(false);
+        assert!(text.contains("+ vlans.iot = { parent = \"lan\", id = 20"), "{text}");
+    }
+
+    #[test]
+    fn changed_value_and_dns_only() {
+        let a = cfg("");
+        let b = load_str(&crate::DEFAULT_CONFIG.replace("cache_size = 10000", "cache_size = 20000")).unwrap();
+        let p = diff(Some(&a), &b);
+        assert_eq!(p.changes.len(), 1);
+        assert_eq!(p.changes[0].op, Op::Change);
+        assert_eq!(p.changes[0].path.to_string(), "dns.cache_size");
+        assert_eq!(p.daemons, vec!["dnsd"]);
+        assert!(!p.needs_confirm);
+        assert!(p.render(false).contains("~ dns.cache_size: 10000 -> 20000"));
+    }
+
+    #[test]
+    fn removed_rule_is_reported_by_index() {
+        let a = cfg("");
+        let src = crate::DEFAULT_CONFIG.replace(
+            "[[firewall.rules]]\nname = \"wan-ping\"\nfrom = \"wan\"\nprotocol = \"icmp\"\nrate_limit = \"10/second\"\naction = \"accept\"\n",
+            "",
+        );
+        let b = load_str(&src).unwrap();
+        let p = diff(Some(&a), &b);
+        assert_eq!(p.changes.len(), 1, "{:?}", p.changes);
+        assert_eq!(p.changes[0].path.to_string(), "firewall.rules[2]");
+        assert_eq!(p.changes[0].op, Op::Remove);
+    }
+
+    #[test]
+    fn from_nothing_everything_is_added() {
+        let b = cfg("");
+        let p = diff(None, &b);
+        assert!(p.changes.iter().all(|c| c.op == Op::Add));
+        assert_eq!(p.daemons, vec!["netd", "dnsd", "applianced"]);
+    }
+}

@@ -1,1 +1,2 @@
-//! placeholder
+//! Integration tests live in tests/; this library will hold the shared harness
+//! (temporary data directories, network namespaces, QEMU VMs).
