@@ -151,7 +151,15 @@ pub fn load_str(src: &str) -> Result<Config, Diagnostics> {
 
     if let Some(cfg) = &config {
         for issue in validate::check(cfg) {
-            if removed.iter().any(|r| issue.touches(r)) {
+            // The model's arrays lack the removed elements: compare in the file's numbering.
+            let in_file = Issue {
+                path: original_path(&work, &root, &issue.path),
+                related: (issue.related.iter())
+                    .map(|r| original_path(&work, &root, r))
+                    .collect(),
+                ..issue.clone()
+            };
+            if removed.iter().any(|r| in_file.touches(r)) {
                 continue;
             }
             diags.push(issue_diag(src, &work, &root, issue));
@@ -164,7 +172,7 @@ pub fn load_str(src: &str) -> Result<Config, Diagnostics> {
 }
 
 fn sorted(mut diags: Vec<Diagnostic>) -> Diagnostics {
-    diags.sort_by(|a, b| (a.line, a.column).cmp(&(b.line, b.column)));
+    diags.sort_by_key(|a| (a.line, a.column));
     diags.dedup();
     Diagnostics(diags)
 }
@@ -354,15 +362,16 @@ fn locate(root: &Spanned<DeTable<'_>>, span: &Range<usize>) -> Located {
         best: &mut Located,
     ) {
         let vs = v.span();
-        if let Some(ks) = &key_span {
-            if contains(ks, span) && width(ks) <= width(&best.value_span) {
-                *best = Located {
-                    path: path.clone(),
-                    key_span: Some(ks.clone()),
-                    value_span: vs.clone(),
-                    is_table: v.get_ref().is_table(),
-                };
-            }
+        if let Some(ks) = &key_span
+            && contains(ks, span)
+            && width(ks) <= width(&best.value_span)
+        {
+            *best = Located {
+                path: path.clone(),
+                key_span: Some(ks.clone()),
+                value_span: vs.clone(),
+                is_table: v.get_ref().is_table(),
+            };
         }
         if contains(&vs, span) && width(&vs) <= width(&best.value_span) {
             *best = Located {
@@ -522,7 +531,11 @@ fn remove_in_table(
         .iter()
         .find(|(k, v)| match target {
             Target::Key(s) => k.span() == *s,
-            Target::Value(s) => v.span() == *s,
+            // An array of tables has the span of its first element: remove only that.
+            Target::Value(s) => {
+                v.span() == *s
+                    && !(v.get_ref().as_array()).is_some_and(|a| a.iter().any(|e| e.span() == *s))
+            }
         })
         .map(|(k, _)| (k.span(), k.get_ref().to_string()));
     if let Some((kspan, name)) = hit {
@@ -551,15 +564,15 @@ fn remove_in_value(
     match v {
         DeValue::Table(t) => remove_in_table(t, own, target),
         DeValue::Array(a) => {
-            if let Target::Value(s) = target {
-                if a.iter().any(|e| e.span() == *s) {
-                    let mut kept = DeArray::new();
-                    for e in a.iter().filter(|e| e.span() != *s) {
-                        kept.push(e.clone());
-                    }
-                    *a = kept;
-                    return Some((own, String::new()));
+            if let Target::Value(s) = target
+                && a.iter().any(|e| e.span() == *s)
+            {
+                let mut kept = DeArray::new();
+                for e in a.iter().filter(|e| e.span() != *s) {
+                    kept.push(e.clone());
                 }
+                *a = kept;
+                return Some((own, String::new()));
             }
             for e in a.iter_mut() {
                 let espan = e.span();
@@ -575,8 +588,11 @@ fn remove_in_value(
 
 impl Issue {
     /// Whether this cross-check finding involves a part of the file that failed to parse.
+    /// That includes a finding about a table that lost a part (a required key, a disk):
+    /// it may be only the echo of the removal.
     fn touches(&self, removed: &KeyPath) -> bool {
         self.path.starts_with(removed)
+            || removed.starts_with(&self.path)
             || self
                 .related
                 .iter()

@@ -47,7 +47,10 @@ pub fn owner(section: &str) -> &'static str {
 /// Sections whose changes could cut the administrator off, so applying them waits for a
 /// confirmation and reverts without one.
 pub fn needs_confirm(section: &str) -> bool {
-    matches!(section, "interfaces" | "vlans" | "bridges" | "firewall" | "wireguard" | "api")
+    matches!(
+        section,
+        "interfaces" | "vlans" | "bridges" | "firewall" | "wireguard" | "api"
+    )
 }
 
 /// The difference between two configs.
@@ -84,10 +87,20 @@ impl Plan {
             }
             match c.op {
                 Op::Add => {
-                    let _ = writeln!(out, "  {green}+ {} = {}{reset}", c.path, inline(c.new.as_ref()));
+                    let _ = writeln!(
+                        out,
+                        "  {green}+ {} = {}{reset}",
+                        c.path,
+                        inline(c.new.as_ref())
+                    );
                 }
                 Op::Remove => {
-                    let _ = writeln!(out, "  {red}- {} = {}{reset}", c.path, inline(c.old.as_ref()));
+                    let _ = writeln!(
+                        out,
+                        "  {red}- {} = {}{reset}",
+                        c.path,
+                        inline(c.old.as_ref())
+                    );
                 }
                 Op::Change => {
                     let _ = writeln!(
@@ -138,7 +151,12 @@ pub fn diff(old: Option<&Config>, new: &Config) -> Plan {
         Value::Object(m) => m.keys().cloned().collect(),
         _ => Vec::new(),
     };
-    changes.sort_by_key(|c| order.iter().position(|s| *s == c.section).unwrap_or(usize::MAX));
+    changes.sort_by_key(|c| {
+        order
+            .iter()
+            .position(|s| *s == c.section)
+            .unwrap_or(usize::MAX)
+    });
     let mut daemons: Vec<&'static str> = Vec::new();
     for d in ["netd", "dnsd", "stored", "applianced"] {
         if changes.iter().any(|c| owner(&c.section) == d) {
@@ -165,7 +183,9 @@ fn section_of(path: &KeyPath) -> String {
 /// section lists its entries and a new entry is one change.
 fn is_container(path: &KeyPath, v: &Value) -> bool {
     match v {
-        Value::Object(m) => path.segments().len() <= 1 || (!m.is_empty() && m.values().all(Value::is_object)),
+        Value::Object(m) => {
+            path.segments().len() <= 1 || (!m.is_empty() && m.values().all(Value::is_object))
+        }
         Value::Array(a) => !a.is_empty() && a.iter().all(Value::is_object),
         _ => false,
     }
@@ -195,7 +215,8 @@ fn walk(path: &KeyPath, a: Option<&Value>, b: Option<&Value>, out: &mut Vec<Chan
         // Arrays of tables (rules, leases) are compared entry by entry; arrays of plain
         // values as a whole, which reads better for address and port lists.
         (Some(Value::Array(x)), Some(Value::Array(y)))
-            if x.iter().chain(y.iter()).all(Value::is_object) && !(x.is_empty() && y.is_empty()) =>
+            if x.iter().chain(y.iter()).all(Value::is_object)
+                && !(x.is_empty() && y.is_empty()) =>
         {
             for i in 0..x.len().max(y.len()) {
                 walk(&path.clone().index(i), x.get(i), y.get(i), out);
@@ -235,7 +256,10 @@ fn inline(v: Option<&Value>) -> String {
             format!("[{}]", items.join(", "))
         }
         Some(Value::Object(m)) => {
-            let items: Vec<String> = m.iter().map(|(k, x)| format!("{k} = {}", inline(Some(x)))).collect();
+            let items: Vec<String> = m
+                .iter()
+                .map(|(k, x)| format!("{k} = {}", inline(Some(x))))
+                .collect();
             format!("{{ {} }}", items.join(", "))
         }
         Some(other) => other.to_string(),
@@ -244,7 +268,12 @@ fn inline(v: Option<&Value>) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
     use super::*;
     use crate::load_str;
 
@@ -264,7 +293,10 @@ mod tests {
     #[test]
     fn equivalent_spelling_is_no_change() {
         let a = cfg("");
-        let b = load_str(&crate::DEFAULT_CONFIG.replace("lease_time = \"12h\"", "lease_time = \"720m\"")).unwrap();
+        let b = load_str(
+            &crate::DEFAULT_CONFIG.replace("lease_time = \"12h\"", "lease_time = \"720m\""),
+        )
+        .unwrap();
         assert!(diff(Some(&a), &b).is_empty());
     }
 
@@ -279,13 +311,18 @@ mod tests {
         assert_eq!(p.daemons, vec!["netd"]);
         assert!(p.needs_confirm);
         let text = p.render(false);
-        assert!(text.contains("+ vlans.iot = { parent = \"lan\", id = 20"), "{text}");
+        assert!(
+            text.contains("+ vlans.iot = { parent = \"lan\", id = 20"),
+            "{text}"
+        );
     }
 
     #[test]
     fn changed_value_and_dns_only() {
         let a = cfg("");
-        let b = load_str(&crate::DEFAULT_CONFIG.replace("cache_size = 10000", "cache_size = 20000")).unwrap();
+        let b =
+            load_str(&crate::DEFAULT_CONFIG.replace("cache_size = 10000", "cache_size = 20000"))
+                .unwrap();
         let p = diff(Some(&a), &b);
         assert_eq!(p.changes.len(), 1);
         assert_eq!(p.changes[0].op, Op::Change);

@@ -275,15 +275,15 @@ impl<'a> Checker<'a> {
                         .get(&v.parent)
                         .and_then(|i| i.mtu)
                         .or_else(|| cfg.bridges.get(&v.parent).and_then(|b| b.mtu));
-                    if let (Some(m), Some(pm)) = (v.mtu, parent_mtu) {
-                        if m > pm {
-                            self.push(
-                                ErrorKind::Conflict,
-                                path.clone().key("mtu"),
-                                format!("MTU {m} exceeds the parent's MTU {pm}"),
-                                "a VLAN's MTU can be at most its parent's",
-                            );
-                        }
+                    if let (Some(m), Some(pm)) = (v.mtu, parent_mtu)
+                        && m > pm
+                    {
+                        self.push(
+                            ErrorKind::Conflict,
+                            path.clone().key("mtu"),
+                            format!("MTU {m} exceeds the parent's MTU {pm}"),
+                            "a VLAN's MTU can be at most its parent's",
+                        );
                     }
                 }
             }
@@ -405,15 +405,16 @@ impl<'a> Checker<'a> {
                 );
             }
         }
-        if let Some(m) = l.mtu() {
-            if v6 && m.get() < 1280 {
-                self.push(
-                    ErrorKind::InvalidValue,
-                    path.clone().key("mtu"),
-                    format!("MTU {m} is below IPv6's minimum of 1280"),
-                    "raise the MTU to 1280 or more",
-                );
-            }
+        if let Some(m) = l.mtu()
+            && v6
+            && m.get() < 1280
+        {
+            self.push(
+                ErrorKind::InvalidValue,
+                path.clone().key("mtu"),
+                format!("MTU {m} is below IPv6's minimum of 1280"),
+                "raise the MTU to 1280 or more",
+            );
         }
         for (n, r) in l.routes().iter().enumerate() {
             if !l.addresses().iter().any(|a| a.contains(&r.via)) && l.ipv4_mode() != Ipv4Mode::Dhcp
@@ -541,15 +542,15 @@ impl<'a> Checker<'a> {
                     "move the pool so that it excludes the router's address",
                 );
             }
-            if let Some(r) = d.router {
-                if in_net(&r).is_none() {
-                    self.push(
-                        ErrorKind::OutsideSubnet,
-                        path.clone().key("router"),
-                        format!("router {r} is outside {}", subnet.network()),
-                        "the router option must be reachable on the link",
-                    );
-                }
+            if let Some(r) = d.router
+                && in_net(&r).is_none()
+            {
+                self.push(
+                    ErrorKind::OutsideSubnet,
+                    path.clone().key("router"),
+                    format!("router {r} is outside {}", subnet.network()),
+                    "the router option must be reachable on the link",
+                );
             }
             let mut macs = BTreeMap::new();
             let mut addrs = BTreeMap::new();
@@ -709,20 +710,20 @@ impl<'a> Checker<'a> {
                 ),
                 Some(_) => {}
             }
-            if let Some(tp) = f.to_port {
-                if tp.len() != f.port.len() {
-                    self.push(
-                        ErrorKind::Conflict,
-                        path.clone().key("to_port"),
-                        format!(
-                            "to_port {tp} has {} ports but port {} has {}",
-                            tp.len(),
-                            f.port,
-                            f.port.len()
-                        ),
-                        "the internal range must be as long as the external one",
-                    );
-                }
+            if let Some(tp) = f.to_port
+                && tp.len() != f.port.len()
+            {
+                self.push(
+                    ErrorKind::Conflict,
+                    path.clone().key("to_port"),
+                    format!(
+                        "to_port {tp} has {} ports but port {} has {}",
+                        tp.len(),
+                        f.port,
+                        f.port.len()
+                    ),
+                    "the internal range must be as long as the external one",
+                );
             }
             if let Some((other, _)) = fwds.iter().take(idx).find(|(_, g)| {
                 g.enabled
@@ -755,15 +756,15 @@ impl<'a> Checker<'a> {
                     "add addresses = [\"10.8.0.1/24\"]",
                 );
             }
-            if let Some(port) = w.listen_port {
-                if let Some(first) = ports.insert(port, name) {
-                    self.push(
-                        ErrorKind::Duplicate,
-                        path.clone().key("listen_port"),
-                        format!("port {port} is already used by wireguard.{first}"),
-                        "each tunnel needs its own UDP port",
-                    );
-                }
+            if let Some(port) = w.listen_port
+                && let Some(first) = ports.insert(port, name)
+            {
+                self.push(
+                    ErrorKind::Duplicate,
+                    path.clone().key("listen_port"),
+                    format!("port {port} is already used by wireguard.{first}"),
+                    "each tunnel needs its own UDP port",
+                );
             }
             let mut keys: BTreeMap<_, &Name> = BTreeMap::new();
             let mut ips: Vec<(KeyPath, &Cidr)> = Vec::new();
@@ -785,15 +786,15 @@ impl<'a> Checker<'a> {
                         "add allowed_ips = [\"10.8.0.2/32\"]",
                     );
                 }
-                if let Some(k) = peer.persistent_keepalive {
-                    if !(1..=65535).contains(&k.as_secs()) {
-                        self.push(
-                            ErrorKind::InvalidValue,
-                            pp.clone().key("persistent_keepalive"),
-                            format!("keepalive {k} is out of range"),
-                            "use 1s..=65535s; 25s suits most NATs",
-                        );
-                    }
+                if let Some(k) = peer.persistent_keepalive
+                    && !(1..=65535).contains(&k.as_secs())
+                {
+                    self.push(
+                        ErrorKind::InvalidValue,
+                        pp.clone().key("persistent_keepalive"),
+                        format!("keepalive {k} is out of range"),
+                        "use 1s..=65535s; 25s suits most NATs",
+                    );
                 }
                 for (n, a) in peer.allowed_ips.iter().enumerate() {
                     let ap = pp.clone().key("allowed_ips").index(n);
@@ -829,15 +830,15 @@ impl<'a> Checker<'a> {
             ),
             _ => {}
         }
-        if let (Some(lo), Some(hi)) = (dns.min_ttl, dns.max_ttl) {
-            if lo > hi {
-                self.push(
-                    ErrorKind::Conflict,
-                    p(&["dns", "min_ttl"]),
-                    format!("min_ttl {lo} is above max_ttl {hi}"),
-                    "min_ttl must not exceed max_ttl",
-                );
-            }
+        if let (Some(lo), Some(hi)) = (dns.min_ttl, dns.max_ttl)
+            && lo > hi
+        {
+            self.push(
+                ErrorKind::Conflict,
+                p(&["dns", "min_ttl"]),
+                format!("min_ttl {lo} is above max_ttl {hi}"),
+                "min_ttl must not exceed max_ttl",
+            );
         }
         for (name, l) in &dns.lists {
             let path = p(&["dns", "lists", name.as_str()]);
@@ -1024,15 +1025,15 @@ impl<'a> Checker<'a> {
                     );
                 }
             }
-            if let (Some(q), Some(r)) = (d.quota, d.reservation) {
-                if r > q {
-                    self.push(
-                        ErrorKind::Conflict,
-                        path.clone().key("reservation"),
-                        format!("reservation {r} exceeds quota {q}"),
-                        "a dataset cannot reserve more than it may use",
-                    );
-                }
+            if let (Some(q), Some(r)) = (d.quota, d.reservation)
+                && r > q
+            {
+                self.push(
+                    ErrorKind::Conflict,
+                    path.clone().key("reservation"),
+                    format!("reservation {r} exceeds quota {q}"),
+                    "a dataset cannot reserve more than it may use",
+                );
             }
         }
         let mut uids = BTreeMap::new();

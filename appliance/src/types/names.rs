@@ -203,10 +203,8 @@ fn check_regex(re: &str) -> Result<(), String> {
     let mut chars = re.chars();
     while let Some(c) = chars.next() {
         match c {
-            '\\' => {
-                if chars.next().is_none() {
-                    return Err("ends with a lone '\\'".into());
-                }
+            '\\' if chars.next().is_none() => {
+                return Err("ends with a lone '\\'".into());
             }
             '[' if !in_class => in_class = true,
             ']' if in_class => in_class = false,

@@ -72,7 +72,7 @@ impl fmt::Display for Duration {
         let mut rest = self.0;
         for (unit, mult) in DURATION_UNITS {
             // Weeks only when exact, so that 10d stays 10d rather than 1w3d.
-            if unit == 'w' && rest % mult != 0 {
+            if unit == 'w' && !rest.is_multiple_of(mult) {
                 continue;
             }
             if rest >= mult {
@@ -160,7 +160,7 @@ impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (unit, shift) in SIZE_UNITS {
             let m = 1u64 << shift;
-            if self.0 >= m && self.0 % m == 0 {
+            if self.0 >= m && self.0.is_multiple_of(m) {
                 return write!(f, "{}{unit}", self.0 / m);
             }
         }
