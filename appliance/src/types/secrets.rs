@@ -168,7 +168,8 @@ impl SshPublicKey {
         // The blob starts with the key type as an SSH string; a mismatch means a pasting error.
         let inner_len = raw
             .get(..4)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(|b| u32::from_be_bytes(b) as usize);
         let inner = inner_len.and_then(|n| raw.get(4..4 + n));
         if inner != Some(kind.as_bytes()) {
             return Err(ValueError::new(
@@ -198,6 +199,12 @@ string_newtype!(
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
     use super::*;
 
     #[test]
