@@ -599,3 +599,31 @@ impl Issue {
                 .any(|r| r.starts_with(removed) || removed.starts_with(r))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
+    use super::*;
+
+    #[test]
+    fn a_bare_integer_size_is_bytes() {
+        let cfg = load_str("version = 1\n[dns]\nquery_log_size = 0\n").unwrap();
+        assert_eq!(cfg.dns.query_log_size.bytes(), 0);
+        let cfg = load_str("version = 1\n[dns]\nquery_log_size = 4096\n").unwrap();
+        assert_eq!(cfg.dns.query_log_size.bytes(), 4096);
+        let e = load_str("version = 1\n[dns]\nquery_log_size = -1\n").unwrap_err();
+        assert_eq!(e.0[0].path.to_string(), "dns.query_log_size");
+    }
+
+    #[test]
+    fn an_empty_file_needs_a_version() {
+        let e = load_str("").unwrap_err();
+        assert_eq!(e.0[0].kind, ErrorKind::MissingKey);
+        assert_eq!(e.0[0].path.to_string(), "version");
+    }
+}

@@ -169,8 +169,9 @@ impl fmt::Display for Size {
 }
 string_newtype!(
     Size,
-    "size with binary units K, M, G, T, P: 512M, 2T",
-    Some("^[0-9]+(\\.[0-9]+)?([KMGTPkmgtp](i?B)?|B)?$")
+    "size with binary units K, M, G, T, P: 512M, 2T; a bare integer is bytes",
+    Some("^[0-9]+(\\.[0-9]+)?([KMGTPkmgtp](i?B)?|B)?$"),
+    integer
 );
 
 /// A rate limit for firewall rules: `10/second`, `100/minute`, `1000/hour`, `5/day`,
