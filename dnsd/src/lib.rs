@@ -1,4 +1,7 @@
-//! dnsd: see README.md for what this crate owns.
+//! dnsd: the blocking DNS resolver. See README.md for what this crate owns.
 //!
-//! The implementation arrives with its own issue; until then the crate exists so that
-//! the workspace has the layout the design fixes and the other crates can depend on it.
+//! Built so far: block-list parsing ([`lists`]) and the compact compiled matcher
+//! ([`matcher`]). The server, upstreams, cache and control socket come next.
+
+pub mod lists;
+pub mod matcher;

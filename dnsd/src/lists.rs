@@ -1,0 +1,320 @@
+//! Block-list parsing: hosts files, plain domain lists, adblock-style rules, wildcards and
+//! regular expressions, in the shapes real lists have them.
+//!
+//! Real lists are messy: comments of three kinds, inline comments, Windows line endings,
+//! `localhost` entries, IP addresses where names belong, rules for browsers that mean
+//! nothing to DNS. Every line is either taken or counted as skipped; nothing is fatal,
+//! because one bad line must not cost the user the other million.
+
+use appliance::model::ListFormat;
+
+/// What a list asks for, ready to compile.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ParsedList {
+    /// Names blocked together with their subdomains (`ads.example`, `||ads.example^`).
+    pub block: Vec<String>,
+    /// Names whose subdomains are blocked but not the name itself (`*.ads.example`).
+    pub block_subdomains: Vec<String>,
+    /// Exceptions (`@@||good.example^`): the name and its subdomains are never blocked.
+    pub allow: Vec<String>,
+    /// Regular expressions matched against the whole query name, without the `/`s.
+    pub regex: Vec<String>,
+    pub stats: ParseStats,
+}
+
+/// How the lines of a list were used.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ParseStats {
+    pub lines: u64,
+    /// Blank lines and comments.
+    pub comments: u64,
+    /// Entries taken.
+    pub entries: u64,
+    /// Lines that are neither comments nor usable entries.
+    pub skipped: u64,
+}
+
+/// Hosts-file names that every hosts file has and that must never be blocked.
+const HOSTS_NOISE: [&str; 9] = [
+    "localhost",
+    "localhost.localdomain",
+    "local",
+    "broadcasthost",
+    "ip6-localhost",
+    "ip6-loopback",
+    "ip6-localnet",
+    "ip6-allnodes",
+    "ip6-allrouters",
+];
+
+/// Parses a whole list.
+pub fn parse(text: &str, format: ListFormat) -> ParsedList {
+    let mut out = ParsedList::default();
+    for raw in text.lines() {
+        out.stats.lines += 1;
+        match parse_line(raw, format, &mut out) {
+            Line::Comment => out.stats.comments += 1,
+            Line::Taken(n) => out.stats.entries += n,
+            Line::Skipped => out.stats.skipped += 1,
+        }
+    }
+    out
+}
+
+enum Line {
+    Comment,
+    Taken(u64),
+    Skipped,
+}
+
+fn parse_line(raw: &str, format: ListFormat, out: &mut ParsedList) -> Line {
+    let line = raw.trim_matches(|c: char| c.is_whitespace() || c == '\u{feff}');
+    if line.is_empty() || line.starts_with('#') || line.starts_with('!') || line.starts_with('[') {
+        return Line::Comment;
+    }
+    match format {
+        ListFormat::Hosts => hosts_line(line, out),
+        ListFormat::Domains => domain_line(line, out),
+        ListFormat::Adblock => adblock_line(line, out),
+        ListFormat::Auto => {
+            if line.starts_with("||") || line.starts_with("@@") || line.starts_with('|') {
+                adblock_line(line, out)
+            } else if line.starts_with('/') && line.len() > 2 && line.ends_with('/') {
+                domain_line(line, out)
+            } else if line.split_whitespace().nth(1).is_some() {
+                hosts_line(line, out)
+            } else {
+                domain_line(line, out)
+            }
+        }
+    }
+}
+
+/// Strips a trailing `# comment` (hosts files and domain lists have them).
+fn strip_inline_comment(line: &str) -> &str {
+    match line.find(" #").or_else(|| line.find("\t#")) {
+        Some(i) => line.get(..i).unwrap_or(line).trim_end(),
+        None => line,
+    }
+}
+
+fn hosts_line(line: &str, out: &mut ParsedList) -> Line {
+    let line = strip_inline_comment(line);
+    let mut parts = line.split_whitespace();
+    let Some(ip) = parts.next() else {
+        return Line::Comment;
+    };
+    if ip.parse::<std::net::IpAddr>().is_err() {
+        // Some "hosts" lists are really plain domain lists; take such a line as one.
+        if parts.next().is_none() {
+            return domain_line(ip, out);
+        }
+        return Line::Skipped;
+    }
+    let names: Vec<&str> = parts.collect();
+    if names.is_empty() {
+        return Line::Skipped;
+    }
+    let (mut taken, mut noise) = (0, 0);
+    for name in &names {
+        if HOSTS_NOISE.contains(name) || name.parse::<std::net::IpAddr>().is_ok() {
+            noise += 1;
+            continue;
+        }
+        // A single label is a hosts-file alias, not something to block network-wide.
+        if let Some(n) = normalize(name).filter(|n| n.contains('.')) {
+            out.block.push(n);
+            taken += 1;
+        }
+    }
+    if taken > 0 {
+        Line::Taken(taken)
+    } else if noise == names.len() {
+        Line::Comment
+    } else {
+        Line::Skipped
+    }
+}
+
+fn domain_line(line: &str, out: &mut ParsedList) -> Line {
+    let line = strip_inline_comment(line);
+    if let Some(re) = line.strip_prefix('/').and_then(|l| l.strip_suffix('/')) {
+        if re.is_empty() || regex::Regex::new(re).is_err() {
+            return Line::Skipped;
+        }
+        out.regex.push(re.to_owned());
+        return Line::Taken(1);
+    }
+    if let Some(rest) = line.strip_prefix("*.") {
+        return match normalize(rest) {
+            Some(n) => {
+                out.block_subdomains.push(n);
+                Line::Taken(1)
+            }
+            None => Line::Skipped,
+        };
+    }
+    match normalize(line).filter(|n| n.contains('.')) {
+        Some(n) if n.parse::<std::net::Ipv4Addr>().is_err() => {
+            out.block.push(n);
+            Line::Taken(1)
+        }
+        _ => Line::Skipped,
+    }
+}
+
+/// Adblock syntax, as far as it means something for DNS: `||name^` blocks the name and its
+/// subdomains, `@@||name^` excepts them. Rules with a path, a cosmetic part or options other
+/// than `important` are for browsers and are skipped.
+fn adblock_line(line: &str, out: &mut ParsedList) -> Line {
+    if line.contains("##") || line.contains("#@#") || line.contains("#?#") {
+        return Line::Skipped;
+    }
+    let (allow, rule) = match line.strip_prefix("@@") {
+        Some(r) => (true, r),
+        None => (false, line),
+    };
+    let (rule, options) = match rule.split_once('$') {
+        Some((r, o)) => (r, Some(o)),
+        None => (rule, None),
+    };
+    if let Some(o) = options
+        && o.split(',').any(|opt| opt != "important")
+    {
+        return Line::Skipped;
+    }
+    let Some(body) = rule.strip_prefix("||") else {
+        // A bare name in an adblock list is a plain domain rule.
+        if !allow && !rule.starts_with('|') {
+            return domain_line(rule, out);
+        }
+        return Line::Skipped;
+    };
+    let name = body
+        .strip_suffix('^')
+        .or_else(|| body.strip_suffix("^|"))
+        .unwrap_or(body);
+    if name.contains(['/', '^', '|', '*']) {
+        return Line::Skipped;
+    }
+    match normalize(name) {
+        Some(n) if allow => {
+            out.allow.push(n);
+            Line::Taken(1)
+        }
+        Some(n) => {
+            out.block.push(n);
+            Line::Taken(1)
+        }
+        None => Line::Skipped,
+    }
+}
+
+/// Lowercases a name and checks it is a plausible DNS name; `None` for junk. Underscores
+/// are allowed because real tracking hosts use them.
+pub fn normalize(name: &str) -> Option<String> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() || name.len() > 253 {
+        return None;
+    }
+    for label in name.split('.') {
+        if label.is_empty() || label.len() > 63 || label.starts_with('-') || label.ends_with('-') {
+            return None;
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return None;
+        }
+    }
+    Some(name.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
+    use super::*;
+
+    #[test]
+    fn hosts_files_as_they_are() {
+        let text = "\u{feff}# Title: StevenBlack/hosts\r\n\
+                    127.0.0.1 localhost\r\n\
+                    127.0.0.1 localhost.localdomain\n\
+                    255.255.255.255 broadcasthost\n\
+                    ::1 localhost ip6-localhost ip6-loopback\n\
+                    \n\
+                    0.0.0.0 0.0.0.0\n\
+                    0.0.0.0 ads.example.com # inline comment\n\
+                    0.0.0.0\tTracker.Example.NET\n\
+                    127.0.0.1 a.example b.example\n\
+                    0.0.0.0 bad_name!.example\n\
+                    0.0.0.0 singlelabel\n\
+                    not-an-ip some.example\n";
+        let p = parse(text, ListFormat::Hosts);
+        assert_eq!(
+            p.block,
+            [
+                "ads.example.com",
+                "tracker.example.net",
+                "a.example",
+                "b.example"
+            ]
+        );
+        assert_eq!(p.stats.lines, 13);
+        assert_eq!(p.stats.entries, 4);
+        assert_eq!(p.stats.comments, 7, "{:?}", p.stats);
+        assert_eq!(p.stats.skipped, 3, "{:?}", p.stats);
+    }
+
+    #[test]
+    fn domain_lists_with_wildcards_and_regex() {
+        let text = "ads.example\n*.track.example\n/^ad[0-9]+\\./\n/(unclosed/\nexample.org. \n1.2.3.4\nwith space.example\n";
+        let p = parse(text, ListFormat::Domains);
+        assert_eq!(p.block, ["ads.example", "example.org"]);
+        assert_eq!(p.block_subdomains, ["track.example"]);
+        assert_eq!(p.regex, ["^ad[0-9]+\\."]);
+        assert_eq!(p.stats.skipped, 3);
+    }
+
+    #[test]
+    fn adblock_rules_for_dns_only() {
+        let text = "[Adblock Plus 2.0]\n! comment\n||ads.example^\n@@||good.ads.example^\n||imp.example^$important\n||tp.example^$third-party\n||path.example/ads.js\nexample.com##.banner\n|http://x.example^\nplain.example\n";
+        let p = parse(text, ListFormat::Adblock);
+        assert_eq!(p.block, ["ads.example", "imp.example", "plain.example"]);
+        assert_eq!(p.allow, ["good.ads.example"]);
+        assert_eq!(p.stats.comments, 2);
+        assert_eq!(p.stats.skipped, 4);
+    }
+
+    #[test]
+    fn auto_detects_per_line() {
+        let text =
+            "0.0.0.0 h.example\n||a.example^\n@@||ok.example^\nd.example\n*.w.example\n/^x/\n";
+        let p = parse(text, ListFormat::Auto);
+        assert_eq!(p.block, ["h.example", "a.example", "d.example"]);
+        assert_eq!(p.allow, ["ok.example"]);
+        assert_eq!(p.block_subdomains, ["w.example"]);
+        assert_eq!(p.regex, ["^x"]);
+        assert_eq!(p.stats.skipped, 0);
+    }
+
+    #[test]
+    fn junk_never_panics() {
+        let junk = "\0\u{7f}||^\n@@\n||\n$\n/ /\n*.\n0.0.0.0\n::\n|||||\n\u{1F600}.example\n";
+        for f in [
+            ListFormat::Auto,
+            ListFormat::Hosts,
+            ListFormat::Domains,
+            ListFormat::Adblock,
+        ] {
+            let p = parse(junk, f);
+            assert!(p.block.is_empty(), "{f:?}: {:?}", p.block);
+        }
+    }
+}
