@@ -3,5 +3,6 @@
 //! Built so far: block-list parsing ([`lists`]) and the compact compiled matcher
 //! ([`matcher`]). The server, upstreams, cache and control socket come next.
 
+pub mod compiled;
 pub mod lists;
 pub mod matcher;

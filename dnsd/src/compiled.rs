@@ -1,0 +1,307 @@
+//! A block list compiled for lookups, and its on-disk form under /data, which lets dnsd
+//! block from the first second after a restart, before any download.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use regex::RegexSet;
+use sha2::{Digest, Sha256};
+
+use crate::lists::{ParseStats, ParsedList};
+use crate::matcher::{DomainSet, SetError};
+
+const MAGIC: &[u8; 8] = b"APLDNSL1";
+
+/// One list, compiled.
+#[derive(Debug, Clone)]
+pub struct CompiledList {
+    /// Blocked with their subdomains.
+    pub block: DomainSet,
+    /// Only their subdomains are blocked.
+    pub block_subdomains: DomainSet,
+    /// Exceptions: never blocked, with their subdomains.
+    pub allow: DomainSet,
+    regex_src: Vec<String>,
+    regex: Option<RegexSet>,
+    pub stats: ParseStats,
+}
+
+/// Why a list could not be compiled, saved or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error(transparent)]
+    Set(#[from] SetError),
+    #[error("regular expressions of the list do not compile together: {0}")]
+    Regex(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("compiled list {path} is damaged: {why}")]
+    Damaged { path: String, why: String },
+}
+
+/// Which rule of a list matched a name, for `applctl dns check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rule {
+    /// `name` is listed and blocks itself and its subdomains.
+    Domain(String),
+    /// `*.name` blocks the subdomains of name.
+    Wildcard(String),
+    /// A regular expression.
+    Regex(String),
+    /// An exception `@@||name^`.
+    Exception(String),
+}
+
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rule::Domain(d) => write!(f, "{d}"),
+            Rule::Wildcard(d) => write!(f, "*.{d}"),
+            Rule::Regex(r) => write!(f, "/{r}/"),
+            Rule::Exception(d) => write!(f, "@@||{d}^"),
+        }
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+impl CompiledList {
+    pub fn compile(parsed: ParsedList) -> Result<Self, CompileError> {
+        let regex = if parsed.regex.is_empty() {
+            None
+        } else {
+            Some(RegexSet::new(&parsed.regex).map_err(|e| CompileError::Regex(e.to_string()))?)
+        };
+        Ok(Self {
+            block: DomainSet::build(parsed.block.iter().map(|n| (n.as_str(), 0)))?,
+            block_subdomains: DomainSet::build(
+                parsed.block_subdomains.iter().map(|n| (n.as_str(), 0)),
+            )?,
+            allow: DomainSet::build(parsed.allow.iter().map(|n| (n.as_str(), 0)))?,
+            regex_src: parsed.regex,
+            regex,
+            stats: parsed.stats,
+        })
+    }
+
+    /// Number of rules of every kind.
+    pub fn len(&self) -> usize {
+        self.block.len() + self.block_subdomains.len() + self.allow.len() + self.regex_src.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.block.heap_bytes()
+            + self.block_subdomains.heap_bytes()
+            + self.allow.heap_bytes()
+            + self.regex_src.iter().map(String::len).sum::<usize>()
+    }
+
+    /// The blocking rule that matches `qname` (lowercase, no trailing dot), if any.
+    pub fn blocks(&self, qname: &str) -> Option<Rule> {
+        let q = qname.as_bytes();
+        if let Some((hit, _)) = self.block.find_suffix(q, false) {
+            return Some(Rule::Domain(text(hit)));
+        }
+        if let Some((hit, _)) = self.block_subdomains.find_suffix(q, true) {
+            return Some(Rule::Wildcard(text(hit)));
+        }
+        let re = self.regex.as_ref()?;
+        let i = re.matches(qname).iter().next()?;
+        self.regex_src.get(i).map(|r| Rule::Regex(r.clone()))
+    }
+
+    /// The exception that covers `qname`, if any.
+    pub fn excepts(&self, qname: &str) -> Option<Rule> {
+        self.allow
+            .find_suffix(qname.as_bytes(), false)
+            .map(|(hit, _)| Rule::Exception(text(hit)))
+    }
+
+    /// The compiled form: magic, the three sets, the regexes, the stats, and a SHA-256 of
+    /// all of it, so a torn file is refused rather than half-loaded.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.heap_bytes() + 64);
+        out.extend_from_slice(MAGIC);
+        self.block.write_to(&mut out);
+        self.block_subdomains.write_to(&mut out);
+        self.allow.write_to(&mut out);
+        out.extend_from_slice(&(self.regex_src.len() as u64).to_le_bytes());
+        for r in &self.regex_src {
+            out.extend_from_slice(&(r.len() as u64).to_le_bytes());
+            out.extend_from_slice(r.as_bytes());
+        }
+        for v in [
+            self.stats.lines,
+            self.stats.comments,
+            self.stats.entries,
+            self.stats.skipped,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        let sum = Sha256::digest(&out);
+        out.extend_from_slice(&sum);
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        let body_len = bytes.len().checked_sub(32).ok_or("too short")?;
+        let (body, sum) = bytes.split_at(body_len);
+        if Sha256::digest(body).as_slice() != sum {
+            return Err("checksum mismatch".into());
+        }
+        let rest = body
+            .strip_prefix(MAGIC.as_slice())
+            .ok_or("not a compiled list")?;
+        let (block, rest) = DomainSet::read_from(rest).map_err(|e| e.to_string())?;
+        let (block_subdomains, rest) = DomainSet::read_from(rest).map_err(|e| e.to_string())?;
+        let (allow, mut rest) = DomainSet::read_from(rest).map_err(|e| e.to_string())?;
+        let mut take = |n: usize| -> Result<&[u8], String> {
+            if rest.len() < n {
+                return Err("truncated".into());
+            }
+            let (a, b) = rest.split_at(n);
+            rest = b;
+            Ok(a)
+        };
+        let read_u64 = |b: &[u8]| -> Result<u64, String> {
+            <[u8; 8]>::try_from(b)
+                .map(u64::from_le_bytes)
+                .map_err(|_| "truncated".to_owned())
+        };
+        let n = read_u64(take(8)?)?;
+        let mut regex_src = Vec::new();
+        for _ in 0..n {
+            let len = usize::try_from(read_u64(take(8)?)?).map_err(|_| "regex length")?;
+            let r = std::str::from_utf8(take(len)?).map_err(|_| "regex is not UTF-8")?;
+            regex_src.push(r.to_owned());
+        }
+        let mut stats = [0u64; 4];
+        for s in &mut stats {
+            *s = read_u64(take(8)?)?;
+        }
+        if !rest.is_empty() {
+            return Err("trailing bytes".into());
+        }
+        let regex = if regex_src.is_empty() {
+            None
+        } else {
+            Some(RegexSet::new(&regex_src).map_err(|e| e.to_string())?)
+        };
+        Ok(Self {
+            block,
+            block_subdomains,
+            allow,
+            regex_src,
+            regex,
+            stats: ParseStats {
+                lines: stats[0],
+                comments: stats[1],
+                entries: stats[2],
+                skipped: stats[3],
+            },
+        })
+    }
+
+    /// Writes the compiled list atomically: temp file, fsync, rename, fsync of the directory.
+    pub fn save(&self, path: &Path) -> Result<(), CompileError> {
+        let io = |e| CompileError::Io {
+            path: path.display().to_string(),
+            source: e,
+        };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let tmp = path.with_extension("tmp");
+        {
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            f.write_all(&self.to_bytes()).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, path).map_err(io)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        Ok(())
+    }
+
+    pub fn load(path: &Path) -> Result<Self, CompileError> {
+        let bytes = std::fs::read(path).map_err(|e| CompileError::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        Self::from_bytes(&bytes).map_err(|why| CompileError::Damaged {
+            path: path.display().to_string(),
+            why,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
+    use super::*;
+    use crate::lists::parse;
+    use appliance::model::ListFormat;
+
+    fn list() -> CompiledList {
+        let text = "||ads.example^\n@@||ok.ads.example^\n*.wild.example\n/^ad[0-9]+\\./\n0.0.0.0 t.example\n";
+        CompiledList::compile(parse(text, ListFormat::Auto)).unwrap()
+    }
+
+    #[test]
+    fn rules_match_as_documented() {
+        let l = list();
+        assert_eq!(
+            l.blocks("x.ads.example"),
+            Some(Rule::Domain("ads.example".into()))
+        );
+        assert_eq!(l.blocks("wild.example"), None);
+        assert_eq!(
+            l.blocks("a.wild.example"),
+            Some(Rule::Wildcard("wild.example".into()))
+        );
+        assert_eq!(
+            l.blocks("ad12.example.org"),
+            Some(Rule::Regex("^ad[0-9]+\\.".into()))
+        );
+        assert_eq!(l.blocks("example.org"), None);
+        assert_eq!(
+            l.excepts("ok.ads.example"),
+            Some(Rule::Exception("ok.ads.example".into()))
+        );
+        assert_eq!(l.stats.entries, 5);
+    }
+
+    #[test]
+    fn saved_and_loaded_intact_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lists/x.bin");
+        let l = list();
+        l.save(&p).unwrap();
+        let m = CompiledList::load(&p).unwrap();
+        assert_eq!(m.blocks("x.ads.example"), l.blocks("x.ads.example"));
+        assert_eq!(m.blocks("ad1.x"), l.blocks("ad1.x"));
+        assert_eq!(m.stats, l.stats);
+
+        let bytes = std::fs::read(&p).unwrap();
+        for cut in [0, 8, bytes.len() / 2, bytes.len() - 1] {
+            assert!(CompiledList::from_bytes(&bytes[..cut]).is_err());
+        }
+        let mut flipped = bytes.clone();
+        flipped[20] ^= 1;
+        assert!(CompiledList::from_bytes(&flipped).is_err());
+    }
+}
