@@ -1,1 +1,790 @@
-fn main() {}
+//! Project automation, run as `cargo xtask <command>` (an alias in `.cargo/config.toml`).
+//!
+//! Everything shells out to `cargo` and friends with `std::process::Command`; `cargo xtask
+//! help` lists the commands. Exit codes: 0 success, 1 failure, 2 usage error.
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+const USAGE: &str = "\
+Usage: cargo xtask <command> [options]
+
+Commands:
+  ci                      the whole CI: toolchain check, rustfmt check, clippy -D warnings,
+                          every test, and a build check of the fuzz targets
+  test                    run every test (cargo test --workspace --locked)
+  fuzz <target> [--time SECONDS] [--jobs N] [-- LIBFUZZER_ARGS...]
+                          fuzz a target in fuzz/fuzz_targets/ with cargo-fuzz (default 60 s,
+                          1 job); `config` fuzzes the appliance.toml loader
+  schema [--check]        regenerate appliance/config.schema.json and docs/config.md;
+                          with --check, fail if the committed copies are stale instead
+  run                     build the firmware image and boot it in QEMU (not yet: issue #3)
+  image                   build the firmware image (not yet: issue #3)
+  bench <area>            benchmarks (not yet: they arrive with the daemon issues)
+  help                    this text
+
+Exit codes: 0 success, 1 failure, 2 usage error.
+";
+
+/// Default fuzzing time per `cargo xtask fuzz` run, in seconds.
+const DEFAULT_FUZZ_SECONDS: u64 = 60;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match dispatch(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(msg)) => {
+            eprintln!("error: {msg}\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Failed(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Why a command did not succeed: the user asked wrongly (exit 2) or the work failed (1).
+enum Failure {
+    Usage(String),
+    Failed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Failed(e)
+    }
+}
+
+fn usage<T>(msg: impl Into<String>) -> Result<T, Failure> {
+    Err(Failure::Usage(msg.into()))
+}
+
+fn dispatch(args: &[String]) -> Result<(), Failure> {
+    let Some((cmd, rest)) = args.split_first() else {
+        print!("{USAGE}");
+        return Ok(());
+    };
+    match cmd.as_str() {
+        "help" | "-h" | "--help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        "ci" => {
+            no_args("ci", rest)?;
+            Ok(ci()?)
+        }
+        "test" => {
+            no_args("test", rest)?;
+            Ok(run_steps(&[TEST])?)
+        }
+        "fuzz" => {
+            let opts = FuzzOpts::parse(rest)?;
+            Ok(fuzz(&opts)?)
+        }
+        "schema" => {
+            let check = match rest {
+                [] => false,
+                [flag] if flag == "--check" => true,
+                _ => {
+                    return usage(format!(
+                        "unexpected arguments to schema: {}",
+                        rest.join(" ")
+                    ));
+                }
+            };
+            Ok(schema(check)?)
+        }
+        "run" | "image" => Err(Failure::Failed(anyhow!(
+            "`cargo xtask {cmd}` arrives with issue #3 (the QEMU image)"
+        ))),
+        "bench" => Err(Failure::Failed(anyhow!(
+            "`cargo xtask bench` arrives with the daemon issues (netd, dnsd, stored)"
+        ))),
+        other => usage(format!("unknown command `{other}`")),
+    }
+}
+
+fn no_args(cmd: &str, rest: &[String]) -> Result<(), Failure> {
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        usage(format!(
+            "`{cmd}` takes no arguments, got: {}",
+            rest.join(" ")
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// CI
+
+/// One CI step: a name for the header, the Debian packages it needs, and what it runs.
+struct Step {
+    name: &'static str,
+    packages: &'static [&'static str],
+    run: fn(&Path) -> Result<()>,
+    /// Printed when the step fails: how to fix the usual cause.
+    hint: Option<&'static str>,
+}
+
+const TOOLCHAIN: Step = Step {
+    name: "toolchain",
+    packages: &[],
+    run: step_toolchain,
+    hint: None,
+};
+const FMT: Step = Step {
+    name: "rustfmt",
+    packages: &[],
+    run: step_fmt,
+    hint: Some("run `cargo fmt --all` (or rustfmt --edition 2024 on the files you changed)"),
+};
+const CLIPPY: Step = Step {
+    name: "clippy",
+    packages: &[],
+    run: step_clippy,
+    hint: None,
+};
+const TEST: Step = Step {
+    name: "test",
+    packages: &[],
+    run: step_test,
+    hint: None,
+};
+const FUZZ_BUILD: Step = Step {
+    name: "fuzz-build",
+    packages: &[],
+    run: step_fuzz_build,
+    hint: Some(
+        "if fuzz/Cargo.lock is out of date (a dependency of appliance changed), run \
+         `cargo update --manifest-path fuzz/Cargo.toml --workspace` and commit fuzz/Cargo.lock",
+    ),
+};
+
+fn ci() -> Result<()> {
+    run_steps(&[TOOLCHAIN, FMT, CLIPPY, TEST, FUZZ_BUILD])
+}
+
+/// Runs the steps in order with a header and a timing each; stops at the first failure.
+fn run_steps(steps: &[Step]) -> Result<()> {
+    let root = repo_root()?;
+    let started = Instant::now();
+    let mut times = Vec::new();
+    for step in steps {
+        println!("==> {}", step.name);
+        let t = Instant::now();
+        let result = ensure_debian_packages(step.packages).and_then(|()| (step.run)(&root));
+        let took = t.elapsed();
+        if let Err(e) = result {
+            let mut msg = format!("step `{}` failed after {}: {e:#}", step.name, Secs(took));
+            if let Some(hint) = step.hint {
+                msg.push_str("\nhint: ");
+                msg.push_str(hint);
+            }
+            println!("==> FAILED: {} ({})", step.name, Secs(took));
+            bail!(msg);
+        }
+        println!("==> {} ok ({})", step.name, Secs(took));
+        times.push((step.name, took));
+    }
+    if steps.len() > 1 {
+        let list: Vec<String> = times
+            .iter()
+            .map(|(n, t)| format!("{n} {}", Secs(*t)))
+            .collect();
+        println!(
+            "==> all {} steps passed in {}: {}",
+            steps.len(),
+            Secs(started.elapsed()),
+            list.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn step_toolchain(root: &Path) -> Result<()> {
+    run(cargo(root).arg("--version"))?;
+    let tools = ["fmt", "clippy"];
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| quiet(cargo(root).args([t, "--version"])).is_err())
+        .collect();
+    if !missing.is_empty() {
+        println!(
+            "cargo {} missing; installing rustfmt and clippy",
+            missing.join(" and ")
+        );
+        run(Command::new("rustup").current_dir(root).args([
+            "component",
+            "add",
+            "rustfmt",
+            "clippy",
+        ]))
+        .context(
+            "`cargo fmt` or `cargo clippy` is missing and `rustup component add rustfmt clippy` \
+             failed; install the rustfmt and clippy components of the toolchain",
+        )?;
+    }
+    for t in tools {
+        run(cargo(root).args([t, "--version"])).with_context(|| {
+            format!("`cargo {t} --version` fails even after `rustup component add rustfmt clippy`")
+        })?;
+    }
+    Ok(())
+}
+
+fn step_fmt(root: &Path) -> Result<()> {
+    run(cargo(root).args(["fmt", "--all", "--", "--check"]))
+}
+
+fn step_clippy(root: &Path) -> Result<()> {
+    run(cargo(root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+fn step_test(root: &Path) -> Result<()> {
+    run(cargo(root).args(["test", "--workspace", "--locked"]))
+}
+
+/// The fuzz crate is its own workspace, so the steps above do not build it. A plain (stable)
+/// clippy of it keeps the targets compiling and lint-clean; only `cargo fuzz` itself needs
+/// the sanitizer flags.
+fn step_fuzz_build(root: &Path) -> Result<()> {
+    run(cargo(root).args([
+        "clippy",
+        "--manifest-path",
+        "fuzz/Cargo.toml",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+// ---------------------------------------------------------------------------------------
+// System packages
+
+static APT_UPDATED: AtomicBool = AtomicBool::new(false);
+
+/// Installs the Debian packages that are not installed yet (`apt-get update` runs once per
+/// process, and only when something is missing).
+fn ensure_debian_packages(packages: &[&str]) -> Result<()> {
+    if packages.is_empty() {
+        return Ok(());
+    }
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !debian_package_installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("installing Debian packages: {}", missing.join(" "));
+    let fail = || {
+        format!(
+            "could not install {}; on Debian 12 run as root: apt-get install {}",
+            missing.join(" "),
+            missing.join(" ")
+        )
+    };
+    if !APT_UPDATED.load(Ordering::Relaxed) {
+        run(apt_get().arg("update")).with_context(fail)?;
+        APT_UPDATED.store(true, Ordering::Relaxed);
+    }
+    run(apt_get()
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing))
+    .with_context(fail)
+}
+
+fn debian_package_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout.trim_ascii() == b"install ok installed")
+}
+
+fn apt_get() -> Command {
+    let mut c = Command::new("apt-get");
+    c.env("DEBIAN_FRONTEND", "noninteractive");
+    c
+}
+
+// ---------------------------------------------------------------------------------------
+// Fuzzing
+
+#[derive(Debug)]
+struct FuzzOpts {
+    target: String,
+    seconds: u64,
+    jobs: u32,
+    /// Passed through to libFuzzer.
+    extra: Vec<String>,
+}
+
+impl FuzzOpts {
+    fn parse(args: &[String]) -> Result<Self, Failure> {
+        let mut target = None;
+        let mut seconds = DEFAULT_FUZZ_SECONDS;
+        let mut jobs = 1;
+        let mut extra = Vec::new();
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
+                _ => (arg.as_str(), None),
+            };
+            let mut value = |name: &str| match inline.clone().or_else(|| it.next().cloned()) {
+                Some(v) => Ok(v),
+                None => usage(format!("{name} needs a value")),
+            };
+            match flag {
+                "--time" => seconds = positive(&value("--time")?, "--time")?,
+                "--jobs" | "-j" => {
+                    let n = positive(&value("--jobs")?, "--jobs")?;
+                    jobs = match u32::try_from(n) {
+                        Ok(n) => n,
+                        Err(_) => return usage("--jobs is too large"),
+                    };
+                }
+                "--" => {
+                    extra.extend(it.by_ref().cloned());
+                }
+                f if f.starts_with('-') => return usage(format!("unknown option `{arg}`")),
+                _ if target.is_none() => target = Some(arg.clone()),
+                _ => return usage(format!("unexpected argument `{arg}`")),
+            }
+        }
+        let Some(target) = target else {
+            return usage("fuzz needs a target name, e.g. `cargo xtask fuzz config`");
+        };
+        Ok(FuzzOpts {
+            target,
+            seconds,
+            jobs,
+            extra,
+        })
+    }
+}
+
+fn positive(v: &str, name: &str) -> Result<u64, Failure> {
+    match v.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => usage(format!("{name} takes a positive whole number, got `{v}`")),
+    }
+}
+
+fn fuzz(opts: &FuzzOpts) -> Result<(), Failure> {
+    let root = repo_root()?;
+    let targets = fuzz_targets(&root)?;
+    if !targets.contains(&opts.target) {
+        let known: Vec<&str> = targets.iter().map(String::as_str).collect();
+        return usage(format!(
+            "no fuzz target `{}`; fuzz/fuzz_targets/ has: {}",
+            opts.target,
+            known.join(", ")
+        ));
+    }
+    ensure_cargo_fuzz(&root)?;
+    let corpus = root.join("fuzz").join("corpus").join(&opts.target);
+    fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
+    let seeded = seed_corpus(&root, &opts.target, &corpus)?;
+    if seeded > 0 {
+        println!("seeded {} with {seeded} files", rel(&root, &corpus));
+    }
+
+    let dict = write_dictionary(&root, &opts.target)?;
+
+    println!(
+        "==> fuzz {} for {} s with {} job(s) (stable rustc, RUSTC_BOOTSTRAP=1)",
+        opts.target, opts.seconds, opts.jobs
+    );
+    let t = Instant::now();
+    let mut cmd = cargo(&root);
+    // cargo-fuzz passes -Z flags (sanitizers, sancov) to rustc. Only a stable toolchain is
+    // installed; RUSTC_BOOTSTRAP=1 makes stable rustc and cargo accept them.
+    cmd.env("RUSTC_BOOTSTRAP", "1")
+        .args(["fuzz", "run", "--fuzz-dir", "fuzz", &opts.target])
+        .arg(format!("--jobs={}", opts.jobs))
+        .arg("--")
+        .arg(format!("-max_total_time={}", opts.seconds));
+    if let Some(dict) = dict {
+        cmd.arg(format!("-dict={}", dict.display()));
+    }
+    cmd.args(&opts.extra);
+    let result = run(&mut cmd);
+    println!("==> fuzz {} ran for {}", opts.target, Secs(t.elapsed()));
+    result.map_err(|e| {
+        let artifacts = root.join("fuzz").join("artifacts").join(&opts.target);
+        Failure::Failed(e.context(format!(
+            "fuzzing `{}` failed; a crashing input is saved under {} \
+             (replay it: RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz {} <file>)",
+            opts.target,
+            rel(&root, &artifacts),
+            opts.target
+        )))
+    })
+}
+
+/// The names of the fuzz targets: the `.rs` files in fuzz/fuzz_targets/.
+fn fuzz_targets(root: &Path) -> Result<BTreeSet<String>> {
+    let dir = root.join("fuzz").join("fuzz_targets");
+    let mut out = BTreeSet::new();
+    for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "rs")
+            && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
+        {
+            out.insert(stem.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+fn ensure_cargo_fuzz(root: &Path) -> Result<()> {
+    if quiet(cargo(root).args(["fuzz", "--version"])).is_ok() {
+        return Ok(());
+    }
+    println!("==> installing cargo-fuzz");
+    run(cargo(root).args(["install", "cargo-fuzz", "--locked"]))
+        .context("`cargo fuzz` is missing and `cargo install cargo-fuzz --locked` failed")
+}
+
+/// Copies the example configs into the corpus of the `config` target; returns how many.
+fn seed_corpus(root: &Path, target: &str, corpus: &Path) -> Result<usize> {
+    if target != "config" {
+        return Ok(0);
+    }
+    let mut seeds: Vec<(String, PathBuf)> = vec![(
+        "seed-default.toml".to_owned(),
+        root.join("appliance/config/default.toml"),
+    )];
+    for kind in ["valid", "invalid"] {
+        let dir = root.join("appliance/tests").join(kind);
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "toml")
+                && let Some(name) = path.file_name().and_then(|n| n.to_str())
+            {
+                seeds.push((format!("seed-{kind}-{name}"), path));
+            }
+        }
+    }
+    let mut n = 0;
+    for (name, from) in seeds {
+        if !from.exists() {
+            continue;
+        }
+        fs::copy(&from, corpus.join(&name))
+            .with_context(|| format!("copying {} into the corpus", from.display()))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// TOML syntax and typical values, for the `config` dictionary.
+const CONFIG_TOKENS: &[&str] = &[
+    "version = 1\n",
+    " = ",
+    "[",
+    "]",
+    "[[",
+    "]]",
+    "\"",
+    "'",
+    "\"\"\"",
+    "{",
+    "}",
+    ", ",
+    ".",
+    "\n",
+    "#",
+    "true",
+    "false",
+    "\"\"",
+    "[]",
+    "{}",
+    "\"90s\"",
+    "\"1h30m\"",
+    "\"2w\"",
+    "\"512M\"",
+    "\"1.5G\"",
+    "\"8000-8100\"",
+    "\"10/second\"",
+    "\"100/minute burst 20\"",
+    "\"22:00-06:00\"",
+    "\"192.168.1.1/24\"",
+    "\"10.0.0.1\"",
+    "\"fd00::1/64\"",
+    "\"::\"",
+    "\"0.0.0.0/0\"",
+    "\"aa:bb:cc:dd:ee:ff\"",
+    "\"eth0\"",
+    "\"example.org\"",
+    "\"https://example.org/list.txt\"",
+    "\"/data/secret\"",
+    "\"/dev/sda\"",
+    "65535",
+    "4294967295",
+    "-1",
+    "0",
+];
+
+/// Writes a libFuzzer dictionary for the `config` target, built from the strings in the
+/// current JSON Schema (key names, enum values) plus TOML syntax, so that mutations produce
+/// keys the loader knows. Returns its path; other targets get none.
+fn write_dictionary(root: &Path, target: &str) -> Result<Option<PathBuf>> {
+    if target != "config" {
+        return Ok(None);
+    }
+    let schema = appliance::schema::json_schema_string();
+    let mut words = BTreeSet::new();
+    // Every short JSON string literal of name-like characters: property names, enum
+    // values, and some schema keywords (harmless noise in a dictionary).
+    for (i, piece) in schema.split('"').enumerate() {
+        let name_like = !piece.is_empty()
+            && piece.len() <= 40
+            && piece
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if i % 2 == 1 && name_like {
+            words.insert(piece.to_owned());
+            words.insert(format!("\"{piece}\""));
+        }
+    }
+    words.extend(CONFIG_TOKENS.iter().map(|t| (*t).to_owned()));
+    let mut out = String::from("# Generated by `cargo xtask fuzz config`; not committed.\n");
+    for w in &words {
+        out.push('"');
+        for b in w.bytes() {
+            match b {
+                b'"' | b'\\' => {
+                    out.push('\\');
+                    out.push(char::from(b));
+                }
+                0x20..=0x7e => out.push(char::from(b)),
+                _ => out.push_str(&format!("\\x{b:02X}")),
+            }
+        }
+        out.push_str("\"\n");
+    }
+    let dir = root.join("fuzz").join("target").join("dicts");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("{target}.dict"));
+    fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
+    println!("dictionary {} ({} entries)", rel(root, &path), words.len());
+    Ok(Some(path))
+}
+
+// ---------------------------------------------------------------------------------------
+// Schema
+
+fn schema(check: bool) -> Result<()> {
+    let root = repo_root()?;
+    let files = [
+        (
+            "appliance/config.schema.json",
+            appliance::schema::json_schema_string(),
+        ),
+        (
+            "docs/config.md",
+            appliance::schema::config_reference_markdown(),
+        ),
+    ];
+    let mut stale = Vec::new();
+    for (rel_path, content) in files {
+        let path = root.join(rel_path);
+        let current = fs::read_to_string(&path).ok();
+        if current.as_deref() == Some(content.as_str()) {
+            println!("{rel_path} is up to date");
+            continue;
+        }
+        if check {
+            stale.push(rel_path);
+            continue;
+        }
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        fs::write(&path, content).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {rel_path}");
+    }
+    if !stale.is_empty() {
+        bail!(
+            "{} out of date; run `cargo xtask schema` and commit the result",
+            stale.join(" and ")
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+
+/// The workspace root: the parent of this crate's directory.
+fn repo_root() -> Result<PathBuf> {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask's manifest directory has no parent")
+}
+
+/// A `cargo` command run in the repo root: the cargo that runs xtask, else the one on PATH.
+fn cargo(root: &Path) -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    let mut c = Command::new(cargo);
+    c.current_dir(root);
+    c
+}
+
+/// Runs a command with inherited output, echoing it first; fails unless it exits 0.
+fn run(cmd: &mut Command) -> Result<()> {
+    println!("$ {}", Shown(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start `{}`", Shown(cmd)))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(anyhow!("`{}` exited with {status}", Shown(cmd)))
+    }
+}
+
+/// Runs a command with its output discarded; fails unless it exits 0.
+fn quiet(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .with_context(|| format!("could not start `{}`", Shown(cmd)))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(anyhow!("`{}` exited with {status}", Shown(cmd)))
+    }
+}
+
+/// A command line for display (program name without its directory, plus the arguments).
+struct Shown<'a>(&'a Command);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let program = Path::new(self.0.get_program());
+        let name = program.file_name().unwrap_or(program.as_os_str());
+        write!(f, "{}", name.to_string_lossy())?;
+        for arg in self.0.get_args() {
+            write!(f, " {}", arg.to_string_lossy())?;
+        }
+        Ok(())
+    }
+}
+
+/// A duration as seconds with one decimal, or minutes and seconds past a minute.
+struct Secs(Duration);
+
+impl fmt::Display for Secs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0.as_secs_f64();
+        if s < 60.0 {
+            write!(f, "{s:.1}s")
+        } else {
+            let whole = self.0.as_secs();
+            write!(f, "{}m{:02}s", whole / 60, whole % 60)
+        }
+    }
+}
+
+fn rel(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    fn parse(s: &str) -> Option<FuzzOpts> {
+        FuzzOpts::parse(&args(s)).ok()
+    }
+
+    #[test]
+    fn fuzz_options() {
+        let o = parse("config").map(|o| (o.target, o.seconds, o.jobs));
+        assert_eq!(o, Some(("config".to_owned(), DEFAULT_FUZZ_SECONDS, 1)));
+        let o = parse("--time 5 config --jobs=2 -- -max_len=100");
+        let o = o.map(|o| (o.target, o.seconds, o.jobs, o.extra));
+        assert_eq!(
+            o,
+            Some(("config".to_owned(), 5, 2, vec!["-max_len=100".to_owned()]))
+        );
+        assert!(parse("").is_none());
+        assert!(parse("config --time 0").is_none());
+        assert!(parse("config --time").is_none());
+        assert!(parse("config --bogus").is_none());
+        assert!(parse("config other").is_none());
+    }
+
+    #[test]
+    fn usage_errors_are_distinguished() {
+        assert!(matches!(
+            dispatch(&args("frobnicate")),
+            Err(Failure::Usage(_))
+        ));
+        assert!(matches!(
+            dispatch(&args("ci extra")),
+            Err(Failure::Usage(_))
+        ));
+        assert!(matches!(
+            dispatch(&args("schema --x")),
+            Err(Failure::Usage(_))
+        ));
+        assert!(matches!(dispatch(&args("run")), Err(Failure::Failed(_))));
+        assert!(matches!(
+            dispatch(&args("bench netd")),
+            Err(Failure::Failed(_))
+        ));
+        assert!(dispatch(&args("help")).is_ok());
+    }
+
+    #[test]
+    fn durations_display() {
+        assert_eq!(Secs(Duration::from_millis(1234)).to_string(), "1.2s");
+        assert_eq!(Secs(Duration::from_secs(125)).to_string(), "2m05s");
+    }
+
+    #[test]
+    fn the_config_fuzz_target_exists() {
+        let root = repo_root().ok();
+        let targets = root.and_then(|r| fuzz_targets(&r).ok());
+        assert!(targets.is_some_and(|t| t.contains("config")));
+    }
+}
