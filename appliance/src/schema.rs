@@ -324,12 +324,6 @@ impl Reference {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
     use super::*;
 
     #[test]
@@ -363,7 +357,6 @@ mod tests {
 
 #[cfg(test)]
 mod freshness {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     /// The committed schema and reference must match the code; `cargo xtask schema`
     /// regenerates them.

@@ -10,6 +10,7 @@
 //! listed diagnostics, no more and no fewer (so echoes of an earlier error fail the test).
 //! `hint` (optional, repeatable) is a substring that some diagnostic's hint must contain.
 //! The header itself counts towards line numbers.
+
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

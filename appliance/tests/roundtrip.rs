@@ -4,6 +4,7 @@
 //! * The property test generates valid configs of varied shape straight from the model
 //!   types, checks that the cross-checks accept them (the generator is right about what is
 //!   valid), and that serializing and loading gives the same config back.
+
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -246,12 +246,6 @@ impl CompiledList {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
     use super::*;
     use crate::lists::parse;
     use appliance::model::ListFormat;

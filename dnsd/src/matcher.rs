@@ -263,12 +263,6 @@ fn take_u64(input: &[u8]) -> Result<(u64, &[u8]), SetError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
     use super::*;
 
     fn set(names: &[&str]) -> DomainSet {

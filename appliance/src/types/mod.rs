@@ -54,76 +54,14 @@ impl std::error::Error for ValueError {}
 /// string in the file and has a `parse(&str) -> Result<Self, ValueError>` constructor and
 /// a `Display` impl producing the canonical form.
 macro_rules! string_newtype {
-    // Also accepts a bare integer, read as the same digits written as a string.
+    // With `integer`, a bare integer is also accepted, read as the same digits in a string.
     ($ty:ident, $desc:expr, $pattern:expr, integer) => {
-        $crate::types::string_newtype!(@common $ty, $desc);
-        impl<'de> serde::Deserialize<'de> for $ty {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                struct V;
-                impl serde::de::Visitor<'_> for V {
-                    type Value = $ty;
-                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                        f.write_str($desc)
-                    }
-                    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<$ty, E> {
-                        $ty::parse(v).map_err(E::custom)
-                    }
-                    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<$ty, E> {
-                        $ty::parse(&v.to_string()).map_err(E::custom)
-                    }
-                    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<$ty, E> {
-                        $ty::parse(&v.to_string()).map_err(E::custom)
-                    }
-                }
-                d.deserialize_any(V)
-            }
-        }
-        impl schemars::JsonSchema for $ty {
-            fn schema_name() -> std::borrow::Cow<'static, str> {
-                stringify!($ty).into()
-            }
-            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-                let mut map = serde_json::Map::new();
-                map.insert("type".into(), serde_json::json!(["string", "integer"]));
-                map.insert("description".into(), $desc.into());
-                schemars::Schema::from(map)
-            }
-        }
+        $crate::types::string_newtype!(@impl $ty, $desc, $pattern, true);
     };
     ($ty:ident, $desc:expr, $pattern:expr) => {
-        $crate::types::string_newtype!(@common $ty, $desc);
-        impl<'de> serde::Deserialize<'de> for $ty {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                struct V;
-                impl serde::de::Visitor<'_> for V {
-                    type Value = $ty;
-                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                        f.write_str($desc)
-                    }
-                    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<$ty, E> {
-                        $ty::parse(v).map_err(E::custom)
-                    }
-                }
-                d.deserialize_str(V)
-            }
-        }
-        impl schemars::JsonSchema for $ty {
-            fn schema_name() -> std::borrow::Cow<'static, str> {
-                stringify!($ty).into()
-            }
-            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-                let mut map = serde_json::Map::new();
-                map.insert("type".into(), "string".into());
-                map.insert("description".into(), $desc.into());
-                let pattern: Option<&str> = $pattern;
-                if let Some(p) = pattern {
-                    map.insert("pattern".into(), p.into());
-                }
-                schemars::Schema::from(map)
-            }
-        }
+        $crate::types::string_newtype!(@impl $ty, $desc, $pattern, false);
     };
-    (@common $ty:ident, $desc:expr) => {
+    (@impl $ty:ident, $desc:expr, $pattern:expr, $int:expr) => {
         impl std::fmt::Debug for $ty {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 write!(f, "\"{self}\"")
@@ -144,6 +82,52 @@ macro_rules! string_newtype {
         impl serde::Serialize for $ty {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.collect_str(self)
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl serde::de::Visitor<'_> for V {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str($desc)
+                    }
+                    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<$ty, E> {
+                        $ty::parse(v).map_err(E::custom)
+                    }
+                    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<$ty, E> {
+                        if !$int {
+                            return Err(E::invalid_type(serde::de::Unexpected::Unsigned(v), &self));
+                        }
+                        $ty::parse(&v.to_string()).map_err(E::custom)
+                    }
+                    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<$ty, E> {
+                        if !$int {
+                            return Err(E::invalid_type(serde::de::Unexpected::Signed(v), &self));
+                        }
+                        $ty::parse(&v.to_string()).map_err(E::custom)
+                    }
+                }
+                d.deserialize_any(V)
+            }
+        }
+        impl schemars::JsonSchema for $ty {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($ty).into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                let mut map = serde_json::Map::new();
+                if $int {
+                    map.insert("type".into(), serde_json::json!(["string", "integer"]));
+                } else {
+                    map.insert("type".into(), "string".into());
+                    let pattern: Option<&str> = $pattern;
+                    if let Some(p) = pattern {
+                        map.insert("pattern".into(), p.into());
+                    }
+                }
+                map.insert("description".into(), $desc.into());
+                schemars::Schema::from(map)
             }
         }
     };
