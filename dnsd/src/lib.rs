@@ -6,3 +6,4 @@
 pub mod compiled;
 pub mod lists;
 pub mod matcher;
+pub mod policy;

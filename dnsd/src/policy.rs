@@ -1,0 +1,516 @@
+//! The blocking policy: which group a client is in, and whether a name is blocked for it
+//! and why. Built from the `dns` section of appliance.toml and the compiled lists; a new
+//! policy is built off to the side and swapped in whole, so queries never see half of one.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use appliance::model::{BlockMode, Config, Dns};
+use appliance::types::{Cidr, DomainPattern};
+use regex::RegexSet;
+
+use crate::compiled::{CompiledList, Rule};
+use crate::matcher::DomainSet;
+
+/// What to answer for a query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Resolve normally.
+    Pass,
+    /// Answer as `mode` says (with `addresses` for the custom mode).
+    Block {
+        mode: BlockMode,
+        addresses: Vec<IpAddr>,
+    },
+}
+
+/// Where the rule that decided came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// `dns.allow` / `dns.deny`.
+    Global,
+    /// `dns.groups.<name>.allow` / `.deny`.
+    Group(String),
+    /// A block list, by name.
+    List(String),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Global => f.write_str("dns settings"),
+            Source::Group(g) => write!(f, "group {g}"),
+            Source::List(l) => write!(f, "list {l}"),
+        }
+    }
+}
+
+/// The decision for one name and one client, with the reason, for answering and for
+/// `applctl dns check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub action: Action,
+    /// The client's group (`default` when no group matched).
+    pub group: String,
+    /// The rule that decided, if any: an allow rule for an allowed name, a block rule for
+    /// a blocked one.
+    pub rule: Option<(Source, Rule)>,
+    /// Blocking is paused for this client's group (or globally) until then.
+    pub paused: bool,
+}
+
+/// Allow or deny entries from the config, compiled.
+#[derive(Debug, Default)]
+struct Patterns {
+    exact: DomainSet,
+    wildcard: DomainSet,
+    regex_src: Vec<String>,
+    regex: Option<RegexSet>,
+}
+
+impl Patterns {
+    fn compile(patterns: &[DomainPattern]) -> Result<Self, String> {
+        let mut exact = Vec::new();
+        let mut wildcard = Vec::new();
+        let mut regex_src = Vec::new();
+        for p in patterns {
+            match p {
+                DomainPattern::Exact(d) => exact.push(d.as_str().to_owned()),
+                DomainPattern::Wildcard(d) => wildcard.push(d.as_str().to_owned()),
+                DomainPattern::Regex(r) => regex_src.push(r.clone()),
+            }
+        }
+        let regex = if regex_src.is_empty() {
+            None
+        } else {
+            Some(RegexSet::new(&regex_src).map_err(|e| e.to_string())?)
+        };
+        Ok(Self {
+            exact: DomainSet::build(exact.iter().map(|n| (n.as_str(), 0)))
+                .map_err(|e| e.to_string())?,
+            wildcard: DomainSet::build(wildcard.iter().map(|n| (n.as_str(), 0)))
+                .map_err(|e| e.to_string())?,
+            regex_src,
+            regex,
+        })
+    }
+
+    fn find(&self, qname: &str) -> Option<Rule> {
+        let q = qname.as_bytes();
+        if let Some((hit, _)) = self.exact.find_suffix(q, false) {
+            return Some(Rule::Domain(String::from_utf8_lossy(hit).into_owned()));
+        }
+        if let Some((hit, _)) = self.wildcard.find_suffix(q, true) {
+            return Some(Rule::Wildcard(String::from_utf8_lossy(hit).into_owned()));
+        }
+        let i = self.regex.as_ref()?.matches(qname).iter().next()?;
+        self.regex_src.get(i).map(|r| Rule::Regex(r.clone()))
+    }
+}
+
+#[derive(Debug)]
+struct Group {
+    name: String,
+    cidrs: Vec<Cidr>,
+    /// Links whose clients are in this group: the group's own and those of its zones.
+    links: Vec<String>,
+    lists: Vec<(String, Arc<CompiledList>)>,
+    allow: Patterns,
+    deny: Patterns,
+    mode: BlockMode,
+    blocking: bool,
+}
+
+/// The whole policy. Cheap to share (`Arc<Policy>`); replaced whole on reload.
+#[derive(Debug)]
+pub struct Policy {
+    enabled: bool,
+    allow: Patterns,
+    deny: Patterns,
+    addresses: Vec<IpAddr>,
+    /// Groups with clients, in name order; the first that matches a client wins.
+    groups: Vec<Group>,
+    default: Group,
+    /// Blocking pauses: `None` key is global.
+    pauses: BTreeMap<Option<String>, Instant>,
+}
+
+/// The lists a policy can use, by name, compiled.
+pub type Lists = BTreeMap<String, Arc<CompiledList>>;
+
+impl Policy {
+    /// Builds the policy for `cfg`. Lists that are declared but not (yet) compiled are
+    /// left out; they join at the next build after their first download.
+    pub fn build(cfg: &Config, lists: &Lists) -> Result<Self, String> {
+        let dns: &Dns = &cfg.dns;
+        let enabled_lists =
+            |names: &mut dyn Iterator<Item = &str>| -> Vec<(String, Arc<CompiledList>)> {
+                names
+                    .filter(|n| dns.lists.iter().any(|(k, l)| k.as_str() == *n && l.enabled))
+                    .filter_map(|n| lists.get(n).map(|l| (n.to_owned(), Arc::clone(l))))
+                    .collect()
+            };
+        let zone_links = |zones: &[appliance::types::Name]| -> Vec<String> {
+            zones
+                .iter()
+                .filter_map(|z| cfg.firewall.zones.get(z))
+                .flat_map(|z| z.interfaces.iter().map(|i| i.as_str().to_owned()))
+                .collect()
+        };
+        let mut groups = Vec::new();
+        let mut default = None;
+        for (name, g) in &dns.groups {
+            let mut links: Vec<String> =
+                g.interfaces.iter().map(|i| i.as_str().to_owned()).collect();
+            links.extend(zone_links(&g.zones));
+            let group = Group {
+                name: name.as_str().to_owned(),
+                cidrs: g.cidrs.clone(),
+                links,
+                lists: enabled_lists(&mut g.lists.iter().map(|l| l.as_str())),
+                allow: Patterns::compile(&g.allow)?,
+                deny: Patterns::compile(&g.deny)?,
+                mode: g.block_mode.unwrap_or(dns.block_mode),
+                blocking: g.blocking && dns.blocking,
+            };
+            if name.as_str() == "default" {
+                default = Some(group);
+            } else {
+                groups.push(group);
+            }
+        }
+        let default = match default {
+            Some(d) => d,
+            // Pi-hole's default group: every enabled list.
+            None => Group {
+                name: "default".into(),
+                cidrs: Vec::new(),
+                links: Vec::new(),
+                lists: enabled_lists(&mut dns.lists.keys().map(|k| k.as_str())),
+                allow: Patterns::default(),
+                deny: Patterns::default(),
+                mode: dns.block_mode,
+                blocking: dns.blocking,
+            },
+        };
+        Ok(Self {
+            enabled: dns.enabled,
+            allow: Patterns::compile(&dns.allow)?,
+            deny: Patterns::compile(&dns.deny)?,
+            addresses: dns.block_addresses.clone(),
+            groups,
+            default,
+            pauses: BTreeMap::new(),
+        })
+    }
+
+    /// Carries the pauses of a previous policy over to a rebuilt one.
+    pub fn with_pauses_of(mut self, old: &Policy) -> Self {
+        self.pauses = old.pauses.clone();
+        self
+    }
+
+    /// Pauses blocking for `group` (or every group) until `for_` from now.
+    pub fn pause(&mut self, group: Option<&str>, for_: Duration) {
+        self.pauses
+            .insert(group.map(str::to_owned), Instant::now() + for_);
+    }
+
+    /// Ends a pause early.
+    pub fn resume(&mut self, group: Option<&str>) {
+        self.pauses.remove(&group.map(str::to_owned));
+    }
+
+    fn paused(&self, group: &str, now: Instant) -> bool {
+        [None, Some(group.to_owned())]
+            .iter()
+            .any(|k| self.pauses.get(k).is_some_and(|until| *until > now))
+    }
+
+    fn group_for(&self, client: IpAddr, link: Option<&str>) -> &Group {
+        self.groups
+            .iter()
+            .find(|g| {
+                g.cidrs.iter().any(|c| c.contains(&client))
+                    || link.is_some_and(|l| g.links.iter().any(|x| x == l))
+            })
+            .unwrap_or(&self.default)
+    }
+
+    /// Decides for `qname` (lowercase, without the trailing dot) asked by `client` through
+    /// `link` (the link the query arrived on, when known).
+    pub fn decide(&self, client: IpAddr, link: Option<&str>, qname: &str) -> Decision {
+        self.decide_at(client, link, qname, Instant::now())
+    }
+
+    fn decide_at(&self, client: IpAddr, link: Option<&str>, qname: &str, now: Instant) -> Decision {
+        let g = self.group_for(client, link);
+        let pass = |rule, paused| Decision {
+            action: Action::Pass,
+            group: g.name.clone(),
+            rule,
+            paused,
+        };
+        if !self.enabled || !g.blocking {
+            return pass(None, false);
+        }
+        // Allow wins over everything, wherever it comes from.
+        if let Some(r) = self.allow.find(qname) {
+            return pass(Some((Source::Global, r)), false);
+        }
+        if let Some(r) = g.allow.find(qname) {
+            return pass(Some((Source::Group(g.name.clone()), r)), false);
+        }
+        for (name, l) in &g.lists {
+            if let Some(r) = l.excepts(qname) {
+                return pass(Some((Source::List(name.clone()), r)), false);
+            }
+        }
+        let block = self
+            .deny
+            .find(qname)
+            .map(|r| (Source::Global, r))
+            .or_else(|| {
+                g.deny
+                    .find(qname)
+                    .map(|r| (Source::Group(g.name.clone()), r))
+            })
+            .or_else(|| {
+                g.lists
+                    .iter()
+                    .find_map(|(name, l)| l.blocks(qname).map(|r| (Source::List(name.clone()), r)))
+            });
+        let Some(rule) = block else {
+            return pass(None, false);
+        };
+        if self.paused(&g.name, now) {
+            return pass(Some(rule), true);
+        }
+        Decision {
+            action: Action::Block {
+                mode: g.mode,
+                addresses: self.addresses.clone(),
+            },
+            group: g.name.clone(),
+            rule: Some(rule),
+            paused: false,
+        }
+    }
+
+    /// A sentence for `applctl dns check`: why the name is or is not blocked.
+    pub fn explain(&self, client: IpAddr, link: Option<&str>, qname: &str) -> String {
+        let d = self.decide(client, link, qname);
+        match (&d.action, &d.rule, d.paused) {
+            (Action::Block { mode, .. }, Some((src, rule)), _) => format!(
+                "{qname} is blocked for group {} by rule {rule} of {src} (answered as {})",
+                d.group,
+                match mode {
+                    BlockMode::Null => "0.0.0.0 / ::",
+                    BlockMode::Nxdomain => "NXDOMAIN",
+                    BlockMode::Nodata => "NODATA",
+                    BlockMode::Custom => "the custom addresses",
+                }
+            ),
+            (Action::Pass, Some((src, rule)), true) => format!(
+                "{qname} would be blocked for group {} by rule {rule} of {src}, but blocking is paused",
+                d.group
+            ),
+            (Action::Pass, Some((src, rule)), false) => {
+                format!(
+                    "{qname} is allowed for group {} by rule {rule} of {src}",
+                    d.group
+                )
+            }
+            _ => format!(
+                "{qname} is not blocked for group {}: no rule matches",
+                d.group
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lists::parse;
+    use appliance::model::ListFormat;
+
+    const CFG: &str = r#"
+version = 1
+[interfaces.lan]
+device = "eth1"
+addresses = ["192.168.1.1/24"]
+[vlans.iot]
+parent = "lan"
+id = 20
+addresses = ["192.168.20.1/24"]
+[firewall.zones.lan]
+interfaces = ["lan"]
+[firewall.zones.iot]
+interfaces = ["iot"]
+[dns]
+allow = ["good.ads.example", "/^keep[0-9]\\./"]
+deny = ["*.evil.example"]
+[dns.lists.ads]
+url = "https://lists.example/ads.txt"
+[dns.lists.social]
+url = "https://lists.example/social.txt"
+[dns.lists.off]
+url = "https://lists.example/off.txt"
+enabled = false
+[dns.groups.kids]
+cidrs = ["192.168.1.64/26"]
+lists = ["ads", "social"]
+block_mode = "nxdomain"
+deny = ["games.example"]
+[dns.groups.things]
+zones = ["iot"]
+lists = ["ads"]
+[dns.groups.trusted]
+cidrs = ["192.168.1.10/32"]
+blocking = false
+"#;
+
+    fn lists() -> Lists {
+        let mk = |t: &str| Arc::new(CompiledList::compile(parse(t, ListFormat::Auto)).unwrap());
+        let mut l = Lists::new();
+        l.insert(
+            "ads".into(),
+            mk("ads.example\n@@||fine.ads.example^\nkeep1.example\n"),
+        );
+        l.insert("social".into(), mk("social.example\n"));
+        l.insert("off".into(), mk("off.example\n"));
+        l
+    }
+
+    fn policy() -> Policy {
+        Policy::build(&appliance::load_str(CFG).unwrap(), &lists()).unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn default_group_uses_every_enabled_list() {
+        let p = policy();
+        let d = p.decide(ip("192.168.1.5"), Some("lan"), "x.ads.example");
+        assert_eq!(d.group, "default");
+        assert!(matches!(
+            d.action,
+            Action::Block {
+                mode: BlockMode::Null,
+                ..
+            }
+        ));
+        assert_eq!(
+            d.rule,
+            Some((
+                Source::List("ads".into()),
+                Rule::Domain("ads.example".into())
+            ))
+        );
+        assert!(matches!(
+            p.decide(ip("192.168.1.5"), None, "social.example").action,
+            Action::Block { .. }
+        ));
+        assert_eq!(
+            p.decide(ip("192.168.1.5"), None, "off.example").action,
+            Action::Pass
+        );
+    }
+
+    #[test]
+    fn allow_wins_over_lists_and_deny() {
+        let p = policy();
+        let d = p.decide(ip("192.168.1.5"), None, "good.ads.example");
+        assert_eq!(d.action, Action::Pass);
+        assert_eq!(
+            d.rule,
+            Some((Source::Global, Rule::Domain("good.ads.example".into())))
+        );
+        let d = p.decide(ip("192.168.1.5"), None, "fine.ads.example");
+        assert_eq!(
+            d.rule,
+            Some((
+                Source::List("ads".into()),
+                Rule::Exception("fine.ads.example".into())
+            ))
+        );
+        assert_eq!(
+            p.decide(ip("192.168.1.5"), None, "keep1.example").action,
+            Action::Pass
+        );
+        assert!(matches!(
+            p.decide(ip("192.168.1.5"), None, "a.evil.example").action,
+            Action::Block { .. }
+        ));
+        assert_eq!(
+            p.decide(ip("192.168.1.5"), None, "evil.example").action,
+            Action::Pass
+        );
+    }
+
+    #[test]
+    fn groups_by_cidr_and_zone_with_their_own_lists_and_mode() {
+        let p = policy();
+        let d = p.decide(ip("192.168.1.70"), Some("lan"), "games.example");
+        assert_eq!(d.group, "kids");
+        assert!(matches!(
+            d.action,
+            Action::Block {
+                mode: BlockMode::Nxdomain,
+                ..
+            }
+        ));
+        let d = p.decide(ip("192.168.20.9"), Some("iot"), "social.example");
+        assert_eq!(d.group, "things");
+        assert_eq!(d.action, Action::Pass, "things only use the ads list");
+        let d = p.decide(ip("192.168.1.10"), Some("lan"), "ads.example");
+        assert_eq!(d.group, "trusted");
+        assert_eq!(d.action, Action::Pass);
+    }
+
+    #[test]
+    fn pause_globally_or_per_group() {
+        let mut p = policy();
+        p.pause(Some("kids"), Duration::from_secs(60));
+        let kid = p.decide(ip("192.168.1.70"), None, "ads.example");
+        assert_eq!(kid.action, Action::Pass);
+        assert!(kid.paused);
+        assert!(matches!(
+            p.decide(ip("192.168.1.5"), None, "ads.example").action,
+            Action::Block { .. }
+        ));
+        let later = Instant::now() + Duration::from_secs(61);
+        assert!(matches!(
+            p.decide_at(ip("192.168.1.70"), None, "ads.example", later)
+                .action,
+            Action::Block { .. }
+        ));
+        p.pause(None, Duration::from_secs(60));
+        assert_eq!(
+            p.decide(ip("192.168.1.5"), None, "ads.example").action,
+            Action::Pass
+        );
+        p.resume(None);
+        assert!(matches!(
+            p.decide(ip("192.168.1.5"), None, "ads.example").action,
+            Action::Block { .. }
+        ));
+    }
+
+    #[test]
+    fn explain_names_list_and_rule() {
+        let p = policy();
+        let s = p.explain(ip("192.168.1.5"), None, "x.ads.example");
+        assert_eq!(
+            s,
+            "x.ads.example is blocked for group default by rule ads.example of list ads (answered as 0.0.0.0 / ::)"
+        );
+        let s = p.explain(ip("192.168.1.5"), None, "example.org");
+        assert!(s.contains("no rule matches"), "{s}");
+    }
+}
