@@ -4,6 +4,7 @@
 //! ([`matcher`]). The server, upstreams, cache and control socket come next.
 
 pub mod compiled;
+pub mod fetch;
 pub mod lists;
 pub mod matcher;
 pub mod policy;

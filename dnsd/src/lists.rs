@@ -23,7 +23,7 @@ pub struct ParsedList {
 }
 
 /// How the lines of a list were used.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ParseStats {
     pub lines: u64,
     /// Blank lines and comments.
