@@ -8,3 +8,4 @@ pub mod fetch;
 pub mod lists;
 pub mod matcher;
 pub mod policy;
+pub mod refresh;

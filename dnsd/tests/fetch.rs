@@ -206,3 +206,38 @@ async fn file_lists_are_compiled_and_unchanged_files_are_skipped() {
         Outcome::Unchanged
     ));
 }
+
+#[tokio::test]
+async fn refresher_fetches_what_is_due_and_starts_from_the_store() {
+    let state = Arc::new(Mutex::new(Served {
+        status: 200,
+        body: "0.0.0.0 ads.example\n".into(),
+        etag: "\"a\"".into(),
+        ..Served::default()
+    }));
+    let url = serve(Arc::clone(&state)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = appliance::load_str(&format!(
+        "version = 1\n[dns.lists.ads]\nurl = \"{url}\"\nupdate_interval = \"1h\"\n[dns.lists.off]\nurl = \"{url}\"\nenabled = false\n"
+    ))
+    .unwrap();
+    let client = http_client().unwrap();
+
+    let mut r = dnsd::refresh::Refresher::new(ListStore::new(dir.path()), client.clone(), &cfg.dns);
+    assert!(r.lists().is_empty());
+    assert!(r.run_due().await, "never fetched: due at once");
+    assert!(r.lists()["ads"].blocks("ads.example").is_some());
+    assert_eq!(
+        state.lock().unwrap().requests,
+        1,
+        "the disabled list is not fetched"
+    );
+    assert!(!r.run_due().await, "checked a moment ago: not due");
+    assert_eq!(state.lock().unwrap().requests, 1);
+    assert!(r.until_next() > std::time::Duration::from_secs(3000));
+
+    // A restarted refresher blocks from the store without a request.
+    let r2 = dnsd::refresh::Refresher::new(ListStore::new(dir.path()), client, &cfg.dns);
+    assert!(r2.lists()["ads"].blocks("ads.example").is_some());
+    assert_eq!(state.lock().unwrap().requests, 1);
+}
