@@ -3,6 +3,7 @@
 //! Built so far: block-list parsing ([`lists`]) and the compact compiled matcher
 //! ([`matcher`]). The server, upstreams, cache and control socket come next.
 
+pub mod answer;
 pub mod compiled;
 pub mod fetch;
 pub mod lists;
