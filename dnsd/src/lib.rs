@@ -4,6 +4,7 @@
 //! ([`matcher`]). The server, upstreams, cache and control socket come next.
 
 pub mod answer;
+pub mod cache;
 pub mod compiled;
 pub mod fetch;
 pub mod lists;
