@@ -71,18 +71,23 @@ fn text(b: &[u8]) -> String {
 }
 
 impl CompiledList {
-    pub fn compile(parsed: ParsedList) -> Result<Self, CompileError> {
+    pub fn compile(mut parsed: ParsedList) -> Result<Self, CompileError> {
+        for set in [
+            &mut parsed.block,
+            &mut parsed.block_subdomains,
+            &mut parsed.allow,
+        ] {
+            set.shrink_to_fit();
+        }
         let regex = if parsed.regex.is_empty() {
             None
         } else {
             Some(RegexSet::new(&parsed.regex).map_err(|e| CompileError::Regex(e.to_string()))?)
         };
         Ok(Self {
-            block: DomainSet::build(parsed.block.iter().map(|n| (n.as_str(), 0)))?,
-            block_subdomains: DomainSet::build(
-                parsed.block_subdomains.iter().map(|n| (n.as_str(), 0)),
-            )?,
-            allow: DomainSet::build(parsed.allow.iter().map(|n| (n.as_str(), 0)))?,
+            block: parsed.block,
+            block_subdomains: parsed.block_subdomains,
+            allow: parsed.allow,
             regex_src: parsed.regex,
             regex,
             stats: parsed.stats,

@@ -8,15 +8,17 @@
 
 use appliance::model::ListFormat;
 
+use crate::matcher::DomainSet;
+
 /// What a list asks for, ready to compile.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone)]
 pub struct ParsedList {
     /// Names blocked together with their subdomains (`ads.example`, `||ads.example^`).
-    pub block: Vec<String>,
+    pub block: DomainSet,
     /// Names whose subdomains are blocked but not the name itself (`*.ads.example`).
-    pub block_subdomains: Vec<String>,
+    pub block_subdomains: DomainSet,
     /// Exceptions (`@@||good.example^`): the name and its subdomains are never blocked.
-    pub allow: Vec<String>,
+    pub allow: DomainSet,
     /// Regular expressions matched against the whole query name, without the `/`s.
     pub regex: Vec<String>,
     pub stats: ParseStats,
@@ -123,7 +125,7 @@ fn hosts_line(line: &str, out: &mut ParsedList) -> Line {
         }
         // A single label is a hosts-file alias, not something to block network-wide.
         if let Some(n) = normalize(name).filter(|n| n.contains('.')) {
-            out.block.push(n);
+            add(&mut out.block, &n);
             taken += 1;
         }
     }
@@ -148,7 +150,7 @@ fn domain_line(line: &str, out: &mut ParsedList) -> Line {
     if let Some(rest) = line.strip_prefix("*.") {
         return match normalize(rest) {
             Some(n) => {
-                out.block_subdomains.push(n);
+                add(&mut out.block_subdomains, &n);
                 Line::Taken(1)
             }
             None => Line::Skipped,
@@ -156,7 +158,7 @@ fn domain_line(line: &str, out: &mut ParsedList) -> Line {
     }
     match normalize(line).filter(|n| n.contains('.')) {
         Some(n) if n.parse::<std::net::Ipv4Addr>().is_err() => {
-            out.block.push(n);
+            add(&mut out.block, &n);
             Line::Taken(1)
         }
         _ => Line::Skipped,
@@ -199,14 +201,22 @@ fn adblock_line(line: &str, out: &mut ParsedList) -> Line {
     }
     match normalize(name) {
         Some(n) if allow => {
-            out.allow.push(n);
+            add(&mut out.allow, &n);
             Line::Taken(1)
         }
         Some(n) => {
-            out.block.push(n);
+            add(&mut out.block, &n);
             Line::Taken(1)
         }
         None => Line::Skipped,
+    }
+}
+
+/// Adds a name to a set. A set only refuses a name past 4 GiB of names, which a list
+/// capped far below that cannot reach; if it ever does, the name is logged and dropped.
+fn add(set: &mut DomainSet, name: &str) {
+    if let Err(e) = set.insert(name.as_bytes(), 0) {
+        tracing::warn!(name, error = %e, "list entry dropped");
     }
 }
 
@@ -235,6 +245,12 @@ pub fn normalize(name: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    fn names(s: &DomainSet) -> Vec<String> {
+        s.iter()
+            .map(|(n, _)| String::from_utf8_lossy(n).into_owned())
+            .collect()
+    }
+
     #[test]
     fn hosts_files_as_they_are() {
         let text = "\u{feff}# Title: StevenBlack/hosts\r\n\
@@ -252,7 +268,7 @@ mod tests {
                     not-an-ip some.example\n";
         let p = parse(text, ListFormat::Hosts);
         assert_eq!(
-            p.block,
+            names(&p.block),
             [
                 "ads.example.com",
                 "tracker.example.net",
@@ -270,8 +286,8 @@ mod tests {
     fn domain_lists_with_wildcards_and_regex() {
         let text = "ads.example\n*.track.example\n/^ad[0-9]+\\./\n/(unclosed/\nexample.org. \n1.2.3.4\nwith space.example\n";
         let p = parse(text, ListFormat::Domains);
-        assert_eq!(p.block, ["ads.example", "example.org"]);
-        assert_eq!(p.block_subdomains, ["track.example"]);
+        assert_eq!(names(&p.block), ["ads.example", "example.org"]);
+        assert_eq!(names(&p.block_subdomains), ["track.example"]);
         assert_eq!(p.regex, ["^ad[0-9]+\\."]);
         assert_eq!(p.stats.skipped, 3);
     }
@@ -280,8 +296,11 @@ mod tests {
     fn adblock_rules_for_dns_only() {
         let text = "[Adblock Plus 2.0]\n! comment\n||ads.example^\n@@||good.ads.example^\n||imp.example^$important\n||tp.example^$third-party\n||path.example/ads.js\nexample.com##.banner\n|http://x.example^\nplain.example\n";
         let p = parse(text, ListFormat::Adblock);
-        assert_eq!(p.block, ["ads.example", "imp.example", "plain.example"]);
-        assert_eq!(p.allow, ["good.ads.example"]);
+        assert_eq!(
+            names(&p.block),
+            ["ads.example", "imp.example", "plain.example"]
+        );
+        assert_eq!(names(&p.allow), ["good.ads.example"]);
         assert_eq!(p.stats.comments, 2);
         assert_eq!(p.stats.skipped, 4);
     }
@@ -291,9 +310,9 @@ mod tests {
         let text =
             "0.0.0.0 h.example\n||a.example^\n@@||ok.example^\nd.example\n*.w.example\n/^x/\n";
         let p = parse(text, ListFormat::Auto);
-        assert_eq!(p.block, ["h.example", "a.example", "d.example"]);
-        assert_eq!(p.allow, ["ok.example"]);
-        assert_eq!(p.block_subdomains, ["w.example"]);
+        assert_eq!(names(&p.block), ["h.example", "a.example", "d.example"]);
+        assert_eq!(names(&p.allow), ["ok.example"]);
+        assert_eq!(names(&p.block_subdomains), ["w.example"]);
         assert_eq!(p.regex, ["^x"]);
         assert_eq!(p.stats.skipped, 0);
     }
@@ -308,7 +327,7 @@ mod tests {
             ListFormat::Adblock,
         ] {
             let p = parse(junk, f);
-            assert!(p.block.is_empty(), "{f:?}: {:?}", p.block);
+            assert!(p.block.is_empty(), "{f:?}: {:?}", names(&p.block));
         }
     }
 }

@@ -66,41 +66,66 @@ impl DomainSet {
     pub fn build<S: AsRef<str>>(
         names: impl IntoIterator<Item = (S, u16)>,
     ) -> Result<Self, SetError> {
-        // Names go into one arena first, then get sorted by index: no per-name allocation.
-        let mut arena = Vec::new();
-        let mut spans: Vec<(u32, u32, u16)> = Vec::new();
+        let mut out = Self::default();
         for (name, tag) in names {
-            let b = name.as_ref().as_bytes();
-            let start = u32::try_from(arena.len()).map_err(|_| SetError::TooLarge)?;
-            arena.extend_from_slice(b);
-            let end = u32::try_from(arena.len()).map_err(|_| SetError::TooLarge)?;
-            spans.push((start, end, tag));
+            out.insert(name.as_ref().as_bytes(), tag)?;
         }
-        let slice = |s: &(u32, u32, u16)| arena.get(s.0 as usize..s.1 as usize).unwrap_or(&[]);
-        spans.sort_unstable_by(|a, b| slice(a).cmp(slice(b)).then(a.2.cmp(&b.2)));
-        spans.dedup_by(|b, a| slice(a) == slice(b));
-
-        let mut out = Self {
-            arena: Vec::with_capacity(spans.iter().map(|s| (s.1 - s.0) as usize).sum()),
-            ends: Vec::with_capacity(spans.len()),
-            tags: Vec::with_capacity(spans.len()),
-            table: Vec::new(),
-        };
-        for s in &spans {
-            out.arena.extend_from_slice(slice(s));
-            out.ends
-                .push(u32::try_from(out.arena.len()).map_err(|_| SetError::TooLarge)?);
-            out.tags.push(s.2);
-        }
-        drop(spans);
-        drop(arena);
-        out.index();
+        out.shrink_to_fit();
         Ok(out)
+    }
+
+    /// Adds a name, or lowers the tag of one already present. Names go straight into the
+    /// arena, with duplicates found by the table, so building a set never holds the names
+    /// twice: that is what keeps a list reload's peak memory near its steady state.
+    pub fn insert(&mut self, name: &[u8], tag: u16) -> Result<(), SetError> {
+        if (self.ends.len() + 1) * 2 > self.table.len() {
+            self.grow();
+        }
+        let mask = self.table.len() - 1;
+        let mut slot = hash(name) as usize & mask;
+        loop {
+            let e = self.table.get(slot).copied().unwrap_or(0);
+            if e == 0 {
+                break;
+            }
+            let i = (e - 1) as usize;
+            if self.name(i) == name {
+                if let Some(t) = self.tags.get_mut(i) {
+                    *t = (*t).min(tag);
+                }
+                return Ok(());
+            }
+            slot = (slot + 1) & mask;
+        }
+        self.arena.extend_from_slice(name);
+        let end = u32::try_from(self.arena.len()).map_err(|_| SetError::TooLarge)?;
+        let index = u32::try_from(self.ends.len() + 1).map_err(|_| SetError::TooLarge)?;
+        self.ends.push(end);
+        self.tags.push(tag);
+        if let Some(e) = self.table.get_mut(slot) {
+            *e = index;
+        }
+        Ok(())
+    }
+
+    fn grow(&mut self) {
+        let cap = (self.table.len() * 2).max(16);
+        self.rehash(cap);
+    }
+
+    /// Releases spare capacity once a set is complete.
+    pub fn shrink_to_fit(&mut self) {
+        self.arena.shrink_to_fit();
+        self.ends.shrink_to_fit();
+        self.tags.shrink_to_fit();
     }
 
     /// (Re)builds the hash table at a load factor of at most 1/2.
     fn index(&mut self) {
-        let cap = (self.ends.len() * 2).next_power_of_two().max(16);
+        self.rehash((self.ends.len() * 2).next_power_of_two().max(16));
+    }
+
+    fn rehash(&mut self, cap: usize) {
         self.table = vec![0u32; cap];
         let mask = cap - 1;
         for i in 0..self.ends.len() {
@@ -181,7 +206,7 @@ impl DomainSet {
         }
     }
 
-    /// Names with their tags, in sorted order.
+    /// Names with their tags, in the order they were added.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], u16)> {
         (0..self.len()).map(|i| (self.name(i), self.tags.get(i).copied().unwrap_or(0)))
     }
