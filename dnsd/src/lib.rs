@@ -11,3 +11,4 @@ pub mod lists;
 pub mod matcher;
 pub mod policy;
 pub mod refresh;
+pub mod upstream;

@@ -1,0 +1,848 @@
+//! Forwarding to upstream resolvers: plain DNS (UDP, TCP when truncated), DNS over TLS and
+//! DNS over HTTPS, with health tracking, failover, conditional forwarding and the servers
+//! learned by DHCP on the WAN as fallback.
+//!
+//! The client's query goes out as the client sent it, under a new id, so EDNS options and
+//! the DO/CD bits reach the upstream untouched; the answer gets the client's id back.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use appliance::model::Dns;
+use appliance::types::{Host, Upstream, UpstreamKind};
+use arc_swap::ArcSwap;
+use hickory_net::runtime::TokioRuntimeProvider;
+use hickory_net::xfer::{DnsExchange, DnsHandle, FirstAnswer};
+use hickory_proto::op::{DnsRequest, DnsRequestOptions, Message, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::Mutex;
+
+/// Time for one try at one upstream.
+pub const TRY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Tries per query, across upstreams.
+pub const TRIES: usize = 2;
+/// A failing upstream is put last; after this long it is tried first again once, so a
+/// recovered server is noticed.
+const RETRY_AFTER: Duration = Duration::from_secs(30);
+/// Weight of a new latency sample in the moving average, in 1/8ths.
+const EWMA_WEIGHT_EIGHTHS: u64 = 2;
+/// Large enough for any EDNS answer over UDP.
+const UDP_BUFFER: usize = 4096;
+
+/// Why a query could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("no upstream servers are configured or learned")]
+    NoUpstreams,
+    #[error("{0}: timed out")]
+    Timeout(String),
+    #[error("{0}: {1}")]
+    Network(String, String),
+    #[error("{0}: answered {1}")]
+    Failed(String, ResponseCode),
+    #[error("{0}: malformed answer: {1}")]
+    Malformed(String, String),
+    #[error("the query is malformed: {0}")]
+    BadQuery(String),
+    #[error("{0}: {1} is not supported yet")]
+    Unsupported(String, &'static str),
+}
+
+/// Health of one upstream, readable for statistics.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub successes: AtomicU64,
+    pub failures: AtomicU64,
+    consecutive_failures: AtomicU32,
+    /// Microseconds; 0 until the first answer.
+    ewma_us: AtomicU64,
+    /// Milliseconds since `Upstreams::epoch` of the last failure.
+    last_failure_ms: AtomicU64,
+}
+
+impl Health {
+    fn success(&self, latency: Duration) {
+        self.successes.fetch_add(1, Ordering::Relaxed);
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.sample(latency);
+    }
+
+    fn failure(&self, latency: Duration, since_epoch: Duration) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+        self.last_failure_ms.store(
+            u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        self.sample(latency);
+    }
+
+    fn sample(&self, latency: Duration) {
+        let new = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        // Races between tasks lose a sample at worst; the average stays sane.
+        let old = self.ewma_us.load(Ordering::Relaxed);
+        let avg = if old == 0 {
+            new
+        } else {
+            (old * (8 - EWMA_WEIGHT_EIGHTHS) + new * EWMA_WEIGHT_EIGHTHS) / 8
+        };
+        self.ewma_us.store(avg, Ordering::Relaxed);
+    }
+
+    /// Moving average of answer times, failures counted at the time they took.
+    pub fn latency(&self) -> Duration {
+        Duration::from_micros(self.ewma_us.load(Ordering::Relaxed))
+    }
+
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures.load(Ordering::Relaxed)
+    }
+}
+
+/// A kept-open DoT or DoH connection, opened at first use.
+#[derive(Default)]
+struct Conn(Mutex<Option<DnsExchange<TokioRuntimeProvider>>>);
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Conn")
+    }
+}
+
+/// Where and how to reach one upstream.
+#[derive(Debug)]
+enum Transport {
+    Unusable(&'static str),
+    Plain(SocketAddr),
+    Tls {
+        host: Host,
+        port: u16,
+        server_name: String,
+        conn: Conn,
+    },
+    Https {
+        host: Host,
+        port: u16,
+        server_name: String,
+        path: String,
+        conn: Conn,
+    },
+}
+
+/// One upstream server.
+#[derive(Debug)]
+pub struct Server {
+    pub label: String,
+    pub health: Health,
+    transport: Transport,
+}
+
+impl Server {
+    fn plain(addr: SocketAddr) -> Self {
+        Self {
+            label: addr.to_string(),
+            health: Health::default(),
+            transport: Transport::Plain(addr),
+        }
+    }
+
+    fn from_config(u: &Upstream) -> Self {
+        let port = u.port.get();
+        let server_name = || match (&u.tls_name, &u.host) {
+            (Some(n), _) => n.as_str().to_owned(),
+            (None, Host::Name(n)) => n.as_str().to_owned(),
+            (None, Host::Ip(ip)) => ip.to_string(),
+        };
+        let transport = match (u.kind, &u.host) {
+            (UpstreamKind::Plain, Host::Ip(ip)) => Transport::Plain(SocketAddr::new(*ip, port)),
+            // Validation refuses plain upstreams by name: resolving them would need DNS.
+            (UpstreamKind::Plain, Host::Name(_)) => {
+                Transport::Unusable("a plain upstream given by name")
+            }
+            (UpstreamKind::Tls, host) => Transport::Tls {
+                host: host.clone(),
+                port,
+                server_name: server_name(),
+                conn: Conn::default(),
+            },
+            (UpstreamKind::Https, host) => Transport::Https {
+                host: host.clone(),
+                port,
+                server_name: server_name(),
+                path: if u.path.is_empty() {
+                    "/dns-query".to_owned()
+                } else {
+                    u.path.clone()
+                },
+                conn: Conn::default(),
+            },
+        };
+        Self {
+            label: u.to_string(),
+            health: Health::default(),
+            transport,
+        }
+    }
+}
+
+/// A conditional forward: `domain` and below go to `servers` only, so that private names
+/// never leak to the public resolvers.
+#[derive(Debug)]
+struct Forward {
+    domain: Name,
+    servers: Vec<Arc<Server>>,
+}
+
+/// The set of upstreams and the policy for choosing among them.
+#[derive(Debug)]
+pub struct Upstreams {
+    configured: Vec<Arc<Server>>,
+    forwards: Vec<Forward>,
+    dhcp: ArcSwap<Vec<Arc<Server>>>,
+    epoch: Instant,
+    try_timeout: Duration,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// A forwarded answer.
+#[derive(Debug)]
+pub struct Forwarded {
+    /// With the client's id.
+    pub message: Message,
+    pub upstream: String,
+    pub latency: Duration,
+}
+
+impl Upstreams {
+    pub fn from_config(dns: &Dns) -> Self {
+        let mut forwards: Vec<Forward> = dns
+            .forwarding
+            .iter()
+            .filter_map(|f| {
+                let domain = fqdn(f.domain.as_str())?;
+                let servers = f
+                    .upstreams
+                    .iter()
+                    .map(|u| Arc::new(Server::from_config(u)))
+                    .collect();
+                Some(Forward { domain, servers })
+            })
+            .collect();
+        // The most specific domain wins.
+        forwards.sort_by_key(|f| std::cmp::Reverse(f.domain.num_labels()));
+        let needs_tls = dns
+            .upstreams
+            .iter()
+            .chain(dns.forwarding.iter().flat_map(|f| f.upstreams.iter()))
+            .any(|u| u.kind != UpstreamKind::Plain);
+        let tls = if needs_tls {
+            match hickory_net::tls::client_config() {
+                Ok(c) => Some(Arc::new(c)),
+                Err(e) => {
+                    tracing::error!(error = %e, "no TLS client configuration; DoT and DoH upstreams will fail");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Self {
+            configured: dns
+                .upstreams
+                .iter()
+                .map(|u| Arc::new(Server::from_config(u)))
+                .collect(),
+            forwards,
+            dhcp: ArcSwap::from_pointee(Vec::new()),
+            epoch: Instant::now(),
+            try_timeout: TRY_TIMEOUT,
+            tls,
+        }
+    }
+
+    /// Shorter tries, for tests.
+    pub fn with_try_timeout(mut self, t: Duration) -> Self {
+        self.try_timeout = t;
+        self
+    }
+
+    /// The resolvers learned by DHCP on the WAN: used when no upstream is configured, and
+    /// after the configured ones failed. Health of servers already known is kept.
+    pub fn set_dhcp_upstreams(&self, servers: Vec<IpAddr>) {
+        let old = self.dhcp.load();
+        let new: Vec<Arc<Server>> = servers
+            .into_iter()
+            .map(|ip| {
+                let addr = SocketAddr::new(ip, 53);
+                old.iter()
+                    .find(|s| matches!(s.transport, Transport::Plain(a) if a == addr))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Server::plain(addr)))
+            })
+            .collect();
+        tracing::info!(count = new.len(), "upstreams learned by DHCP");
+        self.dhcp.store(Arc::new(new));
+    }
+
+    /// Every upstream, for statistics.
+    pub fn servers(&self) -> Vec<Arc<Server>> {
+        let mut all: Vec<Arc<Server>> = self.configured.clone();
+        all.extend(self.forwards.iter().flat_map(|f| f.servers.iter().cloned()));
+        all.extend(self.dhcp.load().iter().cloned());
+        all
+    }
+
+    /// The servers to try for `qname`, best first.
+    fn candidates(&self, qname: &Name) -> Vec<Arc<Server>> {
+        if let Some(f) = self.forwards.iter().find(|f| f.domain.zone_of(qname)) {
+            return self.ranked(&f.servers);
+        }
+        let mut list = self.ranked(&self.configured);
+        let dhcp = self.dhcp.load();
+        list.extend(self.ranked(&dhcp));
+        list
+    }
+
+    fn ranked(&self, servers: &[Arc<Server>]) -> Vec<Arc<Server>> {
+        let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let retry_ms = u64::try_from(RETRY_AFTER.as_millis()).unwrap_or(u64::MAX);
+        let mut list: Vec<Arc<Server>> = servers.to_vec();
+        list.sort_by_key(|s| {
+            let failing = s.health.consecutive_failures() > 0
+                && now_ms.saturating_sub(s.health.last_failure_ms.load(Ordering::Relaxed))
+                    < retry_ms;
+            (failing, s.health.latency())
+        });
+        list
+    }
+
+    /// Sends the client's `query` (wire format) upstream and returns the answer.
+    pub async fn forward(&self, query: &[u8]) -> Result<Forwarded, UpstreamError> {
+        let request =
+            Message::from_vec(query).map_err(|e| UpstreamError::BadQuery(e.to_string()))?;
+        let Some(q) = request.queries.first() else {
+            return Err(UpstreamError::BadQuery("no question".into()));
+        };
+        let candidates = self.candidates(&q.name);
+        if candidates.is_empty() {
+            return Err(UpstreamError::NoUpstreams);
+        }
+        let mut last = UpstreamError::NoUpstreams;
+        for server in candidates.iter().cycle().take(TRIES) {
+            let started = Instant::now();
+            let result =
+                tokio::time::timeout(self.try_timeout, self.exchange(server, query, &request))
+                    .await
+                    .unwrap_or_else(|_| Err(UpstreamError::Timeout(server.label.clone())));
+            let latency = started.elapsed();
+            match result {
+                Ok(mut message) => {
+                    let rcode = message.metadata.response_code;
+                    if matches!(rcode, ResponseCode::ServFail | ResponseCode::Refused) {
+                        server.health.failure(latency, self.epoch.elapsed());
+                        tracing::debug!(upstream = server.label, %rcode, "upstream failed the query");
+                        last = UpstreamError::Failed(server.label.clone(), rcode);
+                        continue;
+                    }
+                    server.health.success(latency);
+                    message.metadata.id = request.metadata.id;
+                    return Ok(Forwarded {
+                        message,
+                        upstream: server.label.clone(),
+                        latency,
+                    });
+                }
+                Err(e) => {
+                    server.health.failure(latency, self.epoch.elapsed());
+                    tracing::debug!(upstream = server.label, error = %e, "upstream try failed");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn exchange(
+        &self,
+        server: &Server,
+        query: &[u8],
+        request: &Message,
+    ) -> Result<Message, UpstreamError> {
+        match &server.transport {
+            Transport::Unusable(why) => Err(UpstreamError::Unsupported(server.label.clone(), why)),
+            Transport::Plain(addr) => plain(&server.label, *addr, query, request).await,
+            Transport::Tls {
+                host,
+                port,
+                server_name,
+                conn,
+            } => {
+                let mut guard = conn.0.lock().await;
+                let exchange = match guard.as_ref() {
+                    Some(x) => x.clone(),
+                    None => {
+                        let addr = self.address(host, *port).await?;
+                        let x = self.connect_tls(&server.label, addr, server_name).await?;
+                        *guard = Some(x.clone());
+                        x
+                    }
+                };
+                drop(guard);
+                let r = via_exchange(&server.label, &exchange, request).await;
+                if r.is_err() {
+                    // The next query opens a new connection instead of a dead one.
+                    *conn.0.lock().await = None;
+                }
+                r
+            }
+            Transport::Https {
+                host,
+                port,
+                server_name,
+                path,
+                conn,
+            } => {
+                let mut guard = conn.0.lock().await;
+                let exchange = match guard.as_ref() {
+                    Some(x) => x.clone(),
+                    None => {
+                        let addr = self.address(host, *port).await?;
+                        let x = self
+                            .connect_https(&server.label, addr, server_name, path)
+                            .await?;
+                        *guard = Some(x.clone());
+                        x
+                    }
+                };
+                drop(guard);
+                let r = via_exchange(&server.label, &exchange, request).await;
+                if r.is_err() {
+                    *conn.0.lock().await = None;
+                }
+                r
+            }
+        }
+    }
+
+    /// The address of an encrypted upstream given by name, asked of the plain upstreams
+    /// (configured or from DHCP): the system resolver may be dnsd itself.
+    async fn address(&self, host: &Host, port: u16) -> Result<SocketAddr, UpstreamError> {
+        let name = match host {
+            Host::Ip(ip) => return Ok(SocketAddr::new(*ip, port)),
+            Host::Name(n) => n.as_str(),
+        };
+        let qname = fqdn(name)
+            .ok_or_else(|| UpstreamError::Network(name.to_owned(), "not a DNS name".to_owned()))?;
+        let mut m = Message::query();
+        m.metadata.recursion_desired = true;
+        m.add_query(Query::query(qname, RecordType::A));
+        let bytes = m
+            .to_vec()
+            .map_err(|e| UpstreamError::BadQuery(e.to_string()))?;
+        let dhcp = self.dhcp.load();
+        let plain: Vec<SocketAddr> = self
+            .configured
+            .iter()
+            .chain(dhcp.iter())
+            .filter_map(|s| match s.transport {
+                Transport::Plain(a) => Some(a),
+                _ => None,
+            })
+            .collect();
+        for a in plain {
+            let Ok(Ok(answer)) =
+                tokio::time::timeout(self.try_timeout, plain_exchange(name, a, &bytes, &m)).await
+            else {
+                continue;
+            };
+            if let Some(ip) = answer.answers.iter().find_map(|r| match &r.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                _ => None,
+            }) {
+                return Ok(SocketAddr::new(ip, port));
+            }
+        }
+        Err(UpstreamError::Network(
+            name.to_owned(),
+            "cannot resolve its address: no plain upstream answered".to_owned(),
+        ))
+    }
+
+    fn tls_config(&self, label: &str) -> Result<Arc<rustls::ClientConfig>, UpstreamError> {
+        self.tls
+            .clone()
+            .ok_or_else(|| UpstreamError::Unsupported(label.to_owned(), "TLS without roots"))
+    }
+
+    async fn connect_tls(
+        &self,
+        label: &str,
+        addr: SocketAddr,
+        server_name: &str,
+    ) -> Result<DnsExchange<TokioRuntimeProvider>, UpstreamError> {
+        let config = (*self.tls_config(label)?).clone();
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
+            .map_err(|e| UpstreamError::Network(label.to_owned(), e.to_string()))?;
+        hickory_net::tls::tls_exchange(
+            addr,
+            name,
+            config,
+            self.try_timeout,
+            None,
+            TokioRuntimeProvider::new(),
+        )
+        .await
+        .map_err(|e| UpstreamError::Network(label.to_owned(), e.to_string()))
+    }
+
+    async fn connect_https(
+        &self,
+        label: &str,
+        addr: SocketAddr,
+        server_name: &str,
+        path: &str,
+    ) -> Result<DnsExchange<TokioRuntimeProvider>, UpstreamError> {
+        let mut builder = hickory_net::h2::HttpsClientStream::builder(
+            self.tls_config(label)?,
+            TokioRuntimeProvider::new(),
+        );
+        builder.request_timeout(self.try_timeout);
+        builder
+            .exchange(addr, Arc::from(server_name), Arc::from(path))
+            .await
+            .map_err(|e| UpstreamError::Network(label.to_owned(), e.to_string()))
+    }
+}
+
+fn fqdn(s: &str) -> Option<Name> {
+    let mut n = Name::from_ascii(s).ok()?;
+    n.set_fqdn(true);
+    Some(n.to_lowercase())
+}
+
+async fn via_exchange(
+    label: &str,
+    exchange: &DnsExchange<TokioRuntimeProvider>,
+    request: &Message,
+) -> Result<Message, UpstreamError> {
+    // `use_edns: false` keeps hickory from touching the client's OPT record.
+    let mut options = DnsRequestOptions::default();
+    options.use_edns = false;
+    let response = exchange
+        .send(DnsRequest::new(request.clone(), options))
+        .first_answer()
+        .await
+        .map_err(|e| UpstreamError::Network(label.to_owned(), e.to_string()))?;
+    let message = response.into_message();
+    check_answer(label, &message, request)?;
+    Ok(message)
+}
+
+async fn plain(
+    label: &str,
+    addr: SocketAddr,
+    query: &[u8],
+    request: &Message,
+) -> Result<Message, UpstreamError> {
+    plain_exchange(label, addr, query, request).await
+}
+
+/// UDP, then TCP when the answer is truncated.
+async fn plain_exchange(
+    label: &str,
+    addr: SocketAddr,
+    query: &[u8],
+    request: &Message,
+) -> Result<Message, UpstreamError> {
+    let net = |e: std::io::Error| UpstreamError::Network(label.to_owned(), e.to_string());
+    let id: u16 = rand::random();
+    let mut out = query.to_vec();
+    set_id(&mut out, id);
+    let bind: SocketAddr = match addr {
+        SocketAddr::V4(_) => (IpAddr::from([0u8, 0, 0, 0]), 0).into(),
+        SocketAddr::V6(_) => (IpAddr::from([0u16; 8]), 0).into(),
+    };
+    // A fresh socket per query gives each query its own random source port, which is
+    // what makes forged answers hard (RFC 5452).
+    let sock = UdpSocket::bind(bind).await.map_err(net)?;
+    sock.connect(addr).await.map_err(net)?;
+    sock.send(&out).await.map_err(net)?;
+    let mut buf = vec![0u8; UDP_BUFFER];
+    let answer = loop {
+        let n = sock.recv(&mut buf).await.map_err(net)?;
+        let Some(bytes) = buf.get(..n) else {
+            continue;
+        };
+        // Anything that is not the answer to this query is ignored, not an error: it may
+        // be a late answer to an earlier one, or a forgery.
+        let Ok(m) = Message::from_vec(bytes) else {
+            continue;
+        };
+        if m.metadata.id == id && m.queries == request.queries {
+            break m;
+        }
+    };
+    if !answer.metadata.truncation {
+        return Ok(answer);
+    }
+    tracing::debug!(upstream = label, "truncated answer, asking again over TCP");
+    let mut tcp = TcpStream::connect(addr).await.map_err(net)?;
+    let len = u16::try_from(out.len())
+        .map_err(|_| UpstreamError::BadQuery("longer than 64 KiB".into()))?;
+    let mut framed = Vec::with_capacity(out.len() + 2);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(&out);
+    tcp.write_all(&framed).await.map_err(net)?;
+    let mut len = [0u8; 2];
+    tcp.read_exact(&mut len).await.map_err(net)?;
+    let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    tcp.read_exact(&mut body).await.map_err(net)?;
+    let m = Message::from_vec(&body)
+        .map_err(|e| UpstreamError::Malformed(label.to_owned(), e.to_string()))?;
+    if m.metadata.id != id {
+        return Err(UpstreamError::Malformed(
+            label.to_owned(),
+            "answer id does not match".into(),
+        ));
+    }
+    check_answer(label, &m, request)?;
+    Ok(m)
+}
+
+fn check_answer(label: &str, m: &Message, request: &Message) -> Result<(), UpstreamError> {
+    if m.queries != request.queries {
+        return Err(UpstreamError::Malformed(
+            label.to_owned(),
+            "answer is for another question".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn set_id(msg: &mut [u8], id: u16) {
+    if let Some(b) = msg.get_mut(..2) {
+        b.copy_from_slice(&id.to_be_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::{Edns, MessageType, OpCode};
+    use hickory_proto::rr::Record;
+    use hickory_proto::rr::rdata::A;
+    use tokio::net::TcpListener;
+
+    fn query(name: &str) -> Message {
+        let mut m = Message::query();
+        m.metadata.id = 4242;
+        m.metadata.recursion_desired = true;
+        m.metadata.checking_disabled = true;
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        let mut edns = Edns::new();
+        edns.set_dnssec_ok(true).set_max_payload(1232);
+        m.set_edns(edns);
+        m
+    }
+
+    #[derive(Clone, Copy)]
+    enum Behaviour {
+        Answer(u8),
+        ServFail,
+        Silent,
+        Truncate(u8),
+    }
+
+    fn answer_for(q: &Message, last_octet: u8) -> Message {
+        let mut r = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+        r.metadata.recursion_available = true;
+        r.add_queries(q.queries.clone());
+        let name = q.queries[0].name.clone();
+        r.add_answer(Record::from_rdata(
+            name,
+            300,
+            RData::A(A::new(192, 0, 2, last_octet)),
+        ));
+        r
+    }
+
+    /// A fake upstream on loopback. It reports the last query it saw, to check what was
+    /// passed through.
+    async fn fake(b: Behaviour) -> (SocketAddr, Arc<std::sync::Mutex<Option<Message>>>) {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let seen2 = seen.clone();
+        let tcp = TcpListener::bind(addr).await.unwrap();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+                    return;
+                };
+                let q = Message::from_vec(&buf[..n]).unwrap();
+                *seen2.lock().unwrap() = Some(q.clone());
+                let r = match b {
+                    Behaviour::Answer(o) => answer_for(&q, o),
+                    Behaviour::ServFail => {
+                        let mut r = answer_for(&q, 0);
+                        r.answers.clear();
+                        r.metadata.response_code = ResponseCode::ServFail;
+                        r
+                    }
+                    Behaviour::Silent => continue,
+                    Behaviour::Truncate(_) => {
+                        let mut r = answer_for(&q, 0);
+                        r.answers.clear();
+                        r.metadata.truncation = true;
+                        r
+                    }
+                };
+                sock.send_to(&r.to_vec().unwrap(), from).await.unwrap();
+            }
+        });
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = tcp.accept().await {
+                let mut len = [0u8; 2];
+                s.read_exact(&mut len).await.unwrap();
+                let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                s.read_exact(&mut body).await.unwrap();
+                let q = Message::from_vec(&body).unwrap();
+                let o = match b {
+                    Behaviour::Truncate(o) | Behaviour::Answer(o) => o,
+                    _ => 0,
+                };
+                let r = answer_for(&q, o).to_vec().unwrap();
+                let mut out = u16::try_from(r.len()).unwrap().to_be_bytes().to_vec();
+                out.extend_from_slice(&r);
+                s.write_all(&out).await.unwrap();
+            }
+        });
+        (addr, seen)
+    }
+
+    fn dns(upstreams: &[String], forwarding: &str) -> Dns {
+        let list = upstreams
+            .iter()
+            .map(|u| format!("{u:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let toml = format!("version = 1\n[dns]\nupstreams = [{list}]\n{forwarding}");
+        appliance::load_str(&toml).unwrap().dns
+    }
+
+    fn addr_of(m: &Message) -> String {
+        match &m.answers[0].data {
+            RData::A(a) => a.0.to_string(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn forwards_with_a_new_id_and_passes_edns_and_flags_through() {
+        let (a, seen) = fake(Behaviour::Answer(1)).await;
+        let u = Upstreams::from_config(&dns(&[a.to_string()], ""));
+        let q = query("www.example.org.");
+        let f = u.forward(&q.to_vec().unwrap()).await.unwrap();
+        assert_eq!(f.message.metadata.id, 4242);
+        assert_eq!(addr_of(&f.message), "192.0.2.1");
+        let sent = seen.lock().unwrap().clone().unwrap();
+        assert_ne!(sent.metadata.id, 4242, "a new id upstream");
+        assert!(sent.metadata.checking_disabled);
+        let edns = sent.edns.unwrap();
+        assert!(edns.flags().dnssec_ok);
+        assert_eq!(edns.max_payload(), 1232);
+        let s = &u.servers()[0];
+        assert_eq!(s.health.successes.load(Ordering::Relaxed), 1);
+        assert!(s.health.latency() > Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn truncated_answers_are_asked_again_over_tcp() {
+        let (a, _) = fake(Behaviour::Truncate(7)).await;
+        let u = Upstreams::from_config(&dns(&[a.to_string()], ""));
+        let f = u
+            .forward(&query("big.example.").to_vec().unwrap())
+            .await
+            .unwrap();
+        assert!(!f.message.metadata.truncation);
+        assert_eq!(addr_of(&f.message), "192.0.2.7");
+    }
+
+    #[tokio::test]
+    async fn fails_over_on_timeout_and_servfail_and_ranks_the_healthy_first() {
+        let (dead, _) = fake(Behaviour::Silent).await;
+        let (bad, _) = fake(Behaviour::ServFail).await;
+        let (good, _) = fake(Behaviour::Answer(3)).await;
+        let u = Upstreams::from_config(&dns(&[dead.to_string(), good.to_string()], ""))
+            .with_try_timeout(Duration::from_millis(200));
+        let q = query("a.example.").to_vec().unwrap();
+        let f = u.forward(&q).await.unwrap();
+        assert_eq!(addr_of(&f.message), "192.0.2.3");
+        assert_eq!(f.upstream, good.to_string());
+        // The dead one is now ranked last: the next query goes straight to the good one.
+        let started = Instant::now();
+        u.forward(&q).await.unwrap();
+        assert!(started.elapsed() < Duration::from_millis(200));
+        let dead_health = &u.servers()[0].health;
+        assert_eq!(dead_health.failures.load(Ordering::Relaxed), 1);
+
+        let u = Upstreams::from_config(&dns(&[bad.to_string(), dead.to_string()], ""))
+            .with_try_timeout(Duration::from_millis(100));
+        let e = u.forward(&q).await.unwrap_err();
+        assert!(
+            matches!(e, UpstreamError::Timeout(_) | UpstreamError::Failed(..)),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn conditional_forwarding_sends_a_domain_to_its_servers() {
+        let (general, _) = fake(Behaviour::Answer(1)).await;
+        let (corp, _) = fake(Behaviour::Answer(2)).await;
+        let fwd =
+            format!("[[dns.forwarding]]\ndomain = \"corp.example\"\nupstreams = [\"{corp}\"]\n");
+        let u = Upstreams::from_config(&dns(&[general.to_string()], &fwd));
+        let ask = |n: &str| query(n).to_vec().unwrap();
+        let f = u.forward(&ask("git.corp.example.")).await.unwrap();
+        assert_eq!(addr_of(&f.message), "192.0.2.2");
+        let f = u.forward(&ask("CORP.example.")).await.unwrap();
+        assert_eq!(addr_of(&f.message), "192.0.2.2");
+        let f = u.forward(&ask("notcorp.example.")).await.unwrap();
+        assert_eq!(addr_of(&f.message), "192.0.2.1");
+    }
+
+    #[tokio::test]
+    async fn dhcp_servers_are_the_fallback() {
+        let u = Upstreams::from_config(&dns(&[], ""));
+        let q = query("a.example.").to_vec().unwrap();
+        assert!(matches!(
+            u.forward(&q).await.unwrap_err(),
+            UpstreamError::NoUpstreams
+        ));
+        // DHCP servers are on port 53, which a test cannot bind; the ranking is what
+        // matters: configured first, learned after.
+        let (cfg, _) = fake(Behaviour::Answer(1)).await;
+        let u = Upstreams::from_config(&dns(&[cfg.to_string()], ""));
+        u.set_dhcp_upstreams(vec!["127.0.0.9".parse().unwrap()]);
+        let labels: Vec<String> = u
+            .candidates(&Name::from_ascii("x.").unwrap())
+            .iter()
+            .map(|s| s.label.clone())
+            .collect();
+        assert_eq!(labels, [cfg.to_string(), "127.0.0.9:53".to_owned()]);
+    }
+
+    #[tokio::test]
+    async fn garbage_queries_are_rejected_without_sending() {
+        let u = Upstreams::from_config(&dns(&[], ""));
+        assert!(matches!(
+            u.forward(&[1, 2, 3]).await.unwrap_err(),
+            UpstreamError::BadQuery(_)
+        ));
+    }
+}
