@@ -11,4 +11,5 @@ pub mod lists;
 pub mod matcher;
 pub mod policy;
 pub mod refresh;
+pub mod server;
 pub mod upstream;

@@ -1,0 +1,549 @@
+//! The DNS server: UDP and TCP listeners on hickory-server, and the path of one query:
+//! local names, then the blocking policy, then the cache, then the upstreams.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use appliance::model::Config;
+use appliance::types::Cidr;
+use arc_swap::ArcSwap;
+use hickory_net::runtime::Time;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::op::{Edns, Header, HeaderCounts, Message, MessageType, Metadata, OpCode};
+use hickory_proto::rr::{Name, Record};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use tokio::net::{TcpListener, UdpSocket};
+
+use crate::answer::{self, Answer, LocalZone};
+use crate::cache::{Cache, CacheConfig, Key};
+use crate::policy::{Action, Policy};
+use crate::upstream::Upstreams;
+
+/// Idle TCP connections are closed after this long.
+const TCP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Answers queued per TCP connection.
+const TCP_RESPONSE_BUFFER: usize = 32;
+/// The UDP payload dnsd advertises in its own EDNS answers (the DNS flag day 2020 value).
+const EDNS_PAYLOAD: u16 = 1232;
+/// Rate-limit buckets kept at most; beyond this, idle ones are dropped.
+const MAX_BUCKETS: usize = 65_536;
+
+/// Query counters, for `applctl dns stats` and Prometheus.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub total: AtomicU64,
+    pub local: AtomicU64,
+    pub blocked: AtomicU64,
+    pub cached: AtomicU64,
+    pub stale: AtomicU64,
+    pub forwarded: AtomicU64,
+    pub prefetched: AtomicU64,
+    /// SERVFAIL because no upstream answered.
+    pub failed: AtomicU64,
+    /// FORMERR, NOTIMP and REFUSED.
+    pub rejected: AtomicU64,
+}
+
+impl Stats {
+    fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One upstream's figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamStats {
+    pub upstream: String,
+    pub successes: u64,
+    pub failures: u64,
+    pub latency: Duration,
+}
+
+/// A token bucket per client address.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+#[derive(Debug)]
+struct Limiter {
+    limit: RateLimit,
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+impl Limiter {
+    fn allow(&self, client: IpAddr, now: Instant) -> bool {
+        // The map only holds numbers; a panic elsewhere cannot leave it inconsistent.
+        let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if b.len() >= MAX_BUCKETS {
+            let limit = self.limit;
+            b.retain(|_, (tokens, at)| {
+                tokens.to_owned() + now.duration_since(*at).as_secs_f64() * limit.per_second
+                    < limit.burst
+            });
+        }
+        let (tokens, at) = b.entry(client).or_insert((self.limit.burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.limit.per_second)
+            .min(self.limit.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// What the config says beyond the policy: local names and which link a client is on.
+#[derive(Debug, Default)]
+struct Tables {
+    local: LocalZone,
+    /// LAN subnets and their links, to give the policy the link of a client.
+    subnets: Vec<(Cidr, String)>,
+}
+
+impl Tables {
+    fn from_config(cfg: &Config) -> Self {
+        let mut subnets = Vec::new();
+        let links = cfg
+            .interfaces
+            .iter()
+            .map(|(n, i)| (n.as_str(), &i.addresses))
+            .chain(cfg.vlans.iter().map(|(n, v)| (n.as_str(), &v.addresses)))
+            .chain(cfg.bridges.iter().map(|(n, b)| (n.as_str(), &b.addresses)))
+            .chain(
+                cfg.wireguard
+                    .iter()
+                    .map(|(n, w)| (n.as_str(), &w.addresses)),
+            );
+        for (name, addresses) in links {
+            for a in addresses {
+                subnets.push((*a, name.to_owned()));
+            }
+        }
+        // Longest prefix first, so that the most specific subnet names the link.
+        subnets.sort_by_key(|(c, _)| std::cmp::Reverse(c.prefix_len()));
+        Self {
+            local: LocalZone::from_config(cfg),
+            subnets,
+        }
+    }
+
+    fn link_of(&self, client: IpAddr) -> Option<&str> {
+        self.subnets
+            .iter()
+            .find(|(c, _)| c.contains(&client))
+            .map(|(_, l)| l.as_str())
+    }
+}
+
+/// Everything a query needs. Shared by the listeners; parts are swapped whole on reload.
+#[derive(Debug)]
+pub struct Resolver {
+    policy: ArcSwap<Policy>,
+    tables: ArcSwap<Tables>,
+    cache: Cache,
+    upstreams: Upstreams,
+    stats: Stats,
+    limiter: Option<Limiter>,
+}
+
+/// How a query was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Local,
+    Blocked,
+    Cached,
+    Stale,
+    Forwarded,
+    Failed,
+}
+
+impl Resolver {
+    pub fn new(cfg: &Config, policy: Arc<Policy>) -> Self {
+        Self::with_upstreams(cfg, policy, Upstreams::from_config(&cfg.dns))
+    }
+
+    pub fn with_upstreams(cfg: &Config, policy: Arc<Policy>, upstreams: Upstreams) -> Self {
+        Self {
+            policy: ArcSwap::new(policy),
+            tables: ArcSwap::from_pointee(Tables::from_config(cfg)),
+            cache: Cache::new(CacheConfig::from_dns(&cfg.dns)),
+            upstreams,
+            stats: Stats::default(),
+            limiter: None,
+        }
+    }
+
+    /// Turns on a per-client rate limit; clients over it are answered REFUSED.
+    pub fn with_rate_limit(mut self, limit: RateLimit) -> Self {
+        self.limiter = Some(Limiter {
+            limit,
+            buckets: Mutex::new(HashMap::new()),
+        });
+        self
+    }
+
+    /// Puts a new policy in place. Queries in flight finish with the old one; none fails.
+    pub fn swap_policy(&self, policy: Arc<Policy>) {
+        self.policy.store(policy);
+    }
+
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// Takes the local names and client links of a new config.
+    pub fn reload_tables(&self, cfg: &Config) {
+        self.tables.store(Arc::new(Tables::from_config(cfg)));
+    }
+
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn upstream_stats(&self) -> Vec<UpstreamStats> {
+        self.upstreams
+            .servers()
+            .iter()
+            .map(|s| UpstreamStats {
+                upstream: s.label.clone(),
+                successes: s.health.successes.load(Ordering::Relaxed),
+                failures: s.health.failures.load(Ordering::Relaxed),
+                latency: s.health.latency(),
+            })
+            .collect()
+    }
+
+    fn rate_limited(&self, client: IpAddr) -> bool {
+        self.limiter
+            .as_ref()
+            .is_some_and(|l| !l.allow(client, Instant::now()))
+    }
+
+    async fn refresh(self: Arc<Self>, key: Key, raw: Vec<u8>) {
+        match self.upstreams.forward(&raw).await {
+            Ok(f) => {
+                Stats::bump(&self.stats.prefetched);
+                self.cache.insert(key, &f.message, Instant::now());
+            }
+            Err(e) => tracing::debug!(error = %e, "prefetch failed"),
+        }
+    }
+}
+
+/// The hickory request handler around a [`Resolver`].
+#[derive(Debug, Clone)]
+pub struct Handler(pub Arc<Resolver>);
+
+fn response_info(metadata: Metadata) -> ResponseInfo {
+    ResponseInfo::from(Header {
+        metadata,
+        counts: HeaderCounts::default(),
+    })
+}
+
+/// The EDNS of our answer: only when the client sent one (RFC 6891), sized for the client,
+/// since hickory truncates UDP answers to the size in it.
+fn answer_edns(request: &Request, upstream: Option<&Edns>) -> Option<Edns> {
+    let client = request.edns.as_ref()?;
+    let mut e = upstream.cloned().unwrap_or_else(|| {
+        let mut e = Edns::new();
+        e.set_max_payload(EDNS_PAYLOAD);
+        e
+    });
+    e.set_max_payload(client.max_payload().max(512));
+    e.set_dnssec_ok(client.flags().dnssec_ok);
+    Some(e)
+}
+
+async fn send<R: ResponseHandler>(
+    mut handle: R,
+    request: &Request,
+    metadata: Metadata,
+    edns: Option<&Edns>,
+    answers: &[Record],
+    authorities: &[Record],
+    additionals: &[Record],
+) -> ResponseInfo {
+    let mut builder = MessageResponseBuilder::new(&request.queries, None);
+    if let Some(e) = edns {
+        builder.edns(e);
+    }
+    let response = builder.build(
+        metadata,
+        answers.iter(),
+        authorities.iter(),
+        std::iter::empty(),
+        additionals.iter(),
+    );
+    match handle.send_response(response).await {
+        Ok(info) => info,
+        Err(e) => {
+            tracing::debug!(error = %e, client = %request.src(), "answer not sent");
+            let mut m = Metadata::response_from_request(&request.metadata);
+            m.response_code = ResponseCode::ServFail;
+            response_info(m)
+        }
+    }
+}
+
+async fn send_error<R: ResponseHandler>(
+    handle: R,
+    request: &Request,
+    code: ResponseCode,
+) -> ResponseInfo {
+    let mut m = Metadata::response_from_request(&request.metadata);
+    m.response_code = code;
+    m.recursion_available = true;
+    let edns = answer_edns(request, None);
+    send(handle, request, m, edns.as_ref(), &[], &[], &[]).await
+}
+
+async fn send_made_up<R: ResponseHandler>(
+    handle: R,
+    request: &Request,
+    answer: &Answer,
+    authoritative: bool,
+) -> ResponseInfo {
+    let mut m = Metadata::response_from_request(&request.metadata);
+    m.response_code = answer.rcode;
+    m.recursion_available = true;
+    m.authoritative = authoritative;
+    let edns = answer_edns(request, None);
+    send(
+        handle,
+        request,
+        m,
+        edns.as_ref(),
+        &answer.answers,
+        &answer.authorities,
+        &[],
+    )
+    .await
+}
+
+async fn send_message<R: ResponseHandler>(
+    handle: R,
+    request: &Request,
+    message: &Message,
+) -> ResponseInfo {
+    let mut m = message.metadata;
+    m.id = request.metadata.id;
+    m.message_type = MessageType::Response;
+    m.op_code = OpCode::Query;
+    m.recursion_desired = request.metadata.recursion_desired;
+    // hickory puts the high bits of an extended rcode into the OPT record it writes, so
+    // the answer's EDNS must come along for those; ours is sized for the client.
+    let edns = answer_edns(request, message.edns.as_ref());
+    send(
+        handle,
+        request,
+        m,
+        edns.as_ref(),
+        &message.answers,
+        &message.authorities,
+        &message.additionals,
+    )
+    .await
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        handle: R,
+    ) -> ResponseInfo {
+        let r = &self.0;
+        Stats::bump(&r.stats.total);
+        if request.metadata.op_code != OpCode::Query {
+            Stats::bump(&r.stats.rejected);
+            return send_error(handle, request, ResponseCode::NotImp).await;
+        }
+        let [query] = request.queries.queries() else {
+            Stats::bump(&r.stats.rejected);
+            return send_error(handle, request, ResponseCode::FormErr).await;
+        };
+        let client = request.src().ip();
+        if r.rate_limited(client) {
+            Stats::bump(&r.stats.rejected);
+            return send_error(handle, request, ResponseCode::Refused).await;
+        }
+        let qname: Name = query.name().clone().into();
+        let qtype = query.query_type();
+
+        let tables = r.tables.load();
+        if let Some(a) = tables.local.lookup(&qname, qtype) {
+            Stats::bump(&r.stats.local);
+            return send_made_up(handle, request, &a, true).await;
+        }
+
+        let name = query.name().to_string();
+        let name = name.strip_suffix('.').unwrap_or(&name);
+        let decision = r.policy.load().decide(client, tables.link_of(client), name);
+        drop(tables);
+        if let Action::Block { mode, addresses } = decision.action {
+            Stats::bump(&r.stats.blocked);
+            let a = answer::blocked(&qname, qtype, mode, &addresses);
+            return send_made_up(handle, request, &a, false).await;
+        }
+
+        let dnssec_ok = request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
+        let key = Key::new(&qname, qtype, query.query_class(), dnssec_ok);
+        if let Some(hit) = r.cache.get(&key, Instant::now()) {
+            Stats::bump(&r.stats.cached);
+            if hit.prefetch {
+                tokio::spawn(Arc::clone(r).refresh(key, request.as_slice().to_vec()));
+            }
+            return send_message(handle, request, &hit.message).await;
+        }
+
+        match r.upstreams.forward(request.as_slice()).await {
+            Ok(f) => {
+                Stats::bump(&r.stats.forwarded);
+                r.cache.insert(key, &f.message, Instant::now());
+                send_message(handle, request, &f.message).await
+            }
+            Err(e) => {
+                if let Some(m) = r.cache.get_stale(&key, Instant::now()) {
+                    Stats::bump(&r.stats.stale);
+                    tracing::debug!(error = %e, %qname, "every upstream failed; answering stale");
+                    return send_message(handle, request, &m).await;
+                }
+                Stats::bump(&r.stats.failed);
+                tracing::debug!(error = %e, %qname, "every upstream failed");
+                send_error(handle, request, ResponseCode::ServFail).await
+            }
+        }
+    }
+}
+
+/// The running listeners.
+pub struct Server {
+    addresses: Vec<SocketAddr>,
+    resolver: Arc<Resolver>,
+    inner: hickory_server::Server<Handler>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("addresses", &self.addresses)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Listens on UDP and TCP at each address. A port of 0 takes a free port, the same for
+    /// UDP and TCP; the addresses bound are in [`Server::addresses`].
+    pub async fn bind(resolver: Arc<Resolver>, listen: Vec<SocketAddr>) -> io::Result<Self> {
+        let mut inner = hickory_server::Server::new(Handler(Arc::clone(&resolver)));
+        let mut addresses = Vec::new();
+        for addr in listen {
+            let (udp, tcp) = bind_pair(addr).await?;
+            let bound = udp.local_addr()?;
+            tracing::info!(address = %bound, "listening for DNS on UDP and TCP");
+            inner.register_socket(udp);
+            inner.register_listener(tcp, TCP_TIMEOUT, TCP_RESPONSE_BUFFER);
+            addresses.push(bound);
+        }
+        Ok(Self {
+            addresses,
+            resolver,
+            inner,
+        })
+    }
+
+    pub fn addresses(&self) -> &[SocketAddr] {
+        &self.addresses
+    }
+
+    pub fn resolver(&self) -> &Arc<Resolver> {
+        &self.resolver
+    }
+
+    /// Stops listening and waits for the queries in flight.
+    pub async fn shutdown(mut self) -> io::Result<()> {
+        self.inner
+            .shutdown_gracefully()
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
+}
+
+/// With port 0, the free UDP port may be taken for TCP; a few tries find a pair.
+async fn bind_pair(addr: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
+    let mut last = None;
+    for _ in 0..16 {
+        let udp = UdpSocket::bind(addr).await?;
+        let bound = udp.local_addr()?;
+        match TcpListener::bind(bound).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if addr.port() == 0 => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no free port for UDP and TCP")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_bucket_refills_at_its_rate() {
+        let l = Limiter {
+            limit: RateLimit {
+                per_second: 10.0,
+                burst: 3.0,
+            },
+            buckets: Mutex::new(HashMap::new()),
+        };
+        let a: IpAddr = "192.168.1.5".parse().unwrap();
+        let b: IpAddr = "192.168.1.6".parse().unwrap();
+        let t0 = Instant::now();
+        assert!((0..3).all(|_| l.allow(a, t0)));
+        assert!(!l.allow(a, t0));
+        assert!(l.allow(b, t0), "buckets are per client");
+        assert!(l.allow(a, t0 + Duration::from_millis(100)));
+        assert!(!l.allow(a, t0 + Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn clients_are_placed_on_the_link_of_their_subnet() {
+        let cfg = appliance::load_str(
+            r#"
+version = 1
+[interfaces.lan]
+device = "eth1"
+addresses = ["192.168.1.1/24", "fd00::1/64"]
+[vlans.iot]
+parent = "lan"
+id = 20
+addresses = ["192.168.20.1/24"]
+"#,
+        )
+        .unwrap();
+        let t = Tables::from_config(&cfg);
+        assert_eq!(t.link_of("192.168.20.7".parse().unwrap()), Some("iot"));
+        assert_eq!(t.link_of("192.168.1.7".parse().unwrap()), Some("lan"));
+        assert_eq!(t.link_of("fd00::42".parse().unwrap()), Some("lan"));
+        assert_eq!(t.link_of("10.0.0.1".parse().unwrap()), None);
+    }
+}
