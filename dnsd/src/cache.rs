@@ -236,6 +236,13 @@ impl Cache {
         }
     }
 
+    /// Applies `dns.min_ttl`/`max_ttl` to an answer going out, so that clients keep it as
+    /// long as dnsd does.
+    pub fn clamp_ttls(&self, m: &mut Message) {
+        let (lo, hi) = (self.cfg.min_ttl, self.cfg.max_ttl.max(self.cfg.min_ttl));
+        for_each_record(m, |r| r.ttl = r.ttl.clamp(lo, hi));
+    }
+
     /// A fresh answer for `key`, if cached and not expired.
     pub fn get(&self, key: &Key, now: Instant) -> Option<Hit> {
         let mut shard = self.shard(key)?;
@@ -379,6 +386,18 @@ mod tests {
         assert_eq!(hit.message.answers[0].ttl, 30);
         assert!(c.get(&key("long."), t0 + secs(599)).is_some());
         assert!(c.get(&key("long."), t0 + secs(600)).is_none());
+    }
+
+    #[test]
+    fn outgoing_answers_get_the_same_clamps() {
+        let mut conf = cfg(10);
+        conf.min_ttl = 60;
+        conf.max_ttl = 600;
+        let c = Cache::new(conf);
+        let mut m = response("a.", &[5, 300, 86400]);
+        c.clamp_ttls(&mut m);
+        let ttls: Vec<u32> = m.answers.iter().map(|r| r.ttl).collect();
+        assert_eq!(ttls, [60, 300, 600]);
     }
 
     #[test]

@@ -415,9 +415,10 @@ impl RequestHandler for Handler {
         }
 
         match r.upstreams.forward(request.as_slice()).await {
-            Ok(f) => {
+            Ok(mut f) => {
                 Stats::bump(&r.stats.forwarded);
                 r.cache.insert(key, &f.message, Instant::now());
+                r.cache.clamp_ttls(&mut f.message);
                 send_message(handle, request, &f.message).await
             }
             Err(e) => {

@@ -1,0 +1,477 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+//! dnsd's server on loopback, with dnsmasq as the upstream, queried with hickory's client
+//! and with dig. Traffic stays on 127.0.0.x.
+//!
+//! Needs the Debian packages dnsmasq-base (dnsmasq) and bind9-dnsutils (dig); a test whose
+//! tool is missing fails, it does not skip.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use appliance::model::ListFormat;
+use dnsd::compiled::CompiledList;
+use dnsd::policy::{Lists, Policy};
+use dnsd::server::{Resolver, Server};
+use hickory_net::client::{Client, ClientHandle};
+use hickory_net::runtime::TokioRuntimeProvider;
+use hickory_net::tcp::TcpClientStream;
+use hickory_net::udp::UdpClientStream;
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
+
+const UPSTREAM_IP: &str = "127.0.0.53";
+
+fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/bin"])
+        .map(|d| PathBuf::from(d).join(name))
+        .find(|p| p.is_file())
+}
+
+fn require(name: &str, package: &str) -> PathBuf {
+    find_tool(name).unwrap_or_else(|| {
+        panic!("{name} is needed by this test and is not installed: apt-get install -y {package}")
+    })
+}
+
+fn free_port(ip: &str) -> u16 {
+    let udp = std::net::UdpSocket::bind((ip, 0)).unwrap();
+    let port = udp.local_addr().unwrap().port();
+    // TCP must be free too: dnsmasq listens on both.
+    std::net::TcpListener::bind((ip, port)).map_or_else(|_| free_port(ip), |_| port)
+}
+
+/// dnsmasq as an authoritative test upstream, killed on drop.
+struct Dnsmasq {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Dnsmasq {
+    async fn start() -> Self {
+        let bin = require("dnsmasq", "dnsmasq-base");
+        for _ in 0..5 {
+            let port = free_port(UPSTREAM_IP);
+            let child = Command::new(&bin)
+                .args([
+                    "--no-daemon",
+                    "--conf-file=/dev/null",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--bind-interfaces",
+                    "--pid-file=",
+                    &format!("--listen-address={UPSTREAM_IP}"),
+                    &format!("--port={port}"),
+                    "--local-ttl=300",
+                    "--address=/fwd.test/192.0.2.10",
+                    "--address=/stale.test/192.0.2.12",
+                    "--address=/ads.test/192.0.2.66",
+                    "--address=/denied.test/192.0.2.67",
+                    "--address=/swap.test/192.0.2.13",
+                    "--host-record=host.test,192.0.2.11",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut d = Dnsmasq {
+                child,
+                addr: SocketAddr::new(UPSTREAM_IP.parse().unwrap(), port),
+            };
+            if d.ready().await {
+                return d;
+            }
+            d.kill();
+        }
+        panic!("dnsmasq did not start on {UPSTREAM_IP}");
+    }
+
+    async fn ready(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                eprintln!("dnsmasq exited: {status}");
+                return false;
+            }
+            let mut c = udp_client(self.addr, None, Duration::from_millis(200));
+            if let Ok(r) = c.query(n("fwd.test."), DNSClass::IN, RecordType::A).await
+                && !r.answers.is_empty()
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn n(s: &str) -> Name {
+    Name::from_ascii(s).unwrap()
+}
+
+fn udp_client(
+    server: SocketAddr,
+    bind: Option<IpAddr>,
+    timeout: Duration,
+) -> Client<TokioRuntimeProvider> {
+    let conn = UdpClientStream::builder(server, TokioRuntimeProvider::default())
+        .with_bind_addr(bind.map(|ip| SocketAddr::new(ip, 0)))
+        .with_timeout(Some(timeout))
+        .build();
+    let (client, bg) = Client::<TokioRuntimeProvider>::from_sender(conn);
+    tokio::spawn(bg);
+    client
+}
+
+async fn tcp_client(server: SocketAddr) -> Client<TokioRuntimeProvider> {
+    let (stream, sender) = TcpClientStream::new(
+        server,
+        None,
+        Some(Duration::from_secs(3)),
+        TokioRuntimeProvider::default(),
+    );
+    let (client, bg) = Client::<TokioRuntimeProvider>::new(stream.await.unwrap(), sender);
+    tokio::spawn(bg);
+    client
+}
+
+fn config(upstream: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+version = 1
+[system]
+hostname = "gw"
+domain = "home.arpa"
+[interfaces.lan]
+device = "eth1"
+addresses = ["192.168.1.1/24"]
+[dns]
+upstreams = ["{upstream}"]
+deny = ["denied.test"]
+{extra}
+[dns.lists.ads]
+file = "/data/dns/ads.txt"
+[dns.groups.strict]
+cidrs = ["127.0.0.2/32"]
+lists = ["ads"]
+block_mode = "nxdomain"
+[[dns.records]]
+name = "nas.home.arpa"
+addresses = ["192.168.1.5"]
+"#
+    )
+}
+
+fn policy(cfg: &appliance::Config) -> Arc<Policy> {
+    let mut lists = Lists::new();
+    lists.insert(
+        "ads".into(),
+        Arc::new(
+            CompiledList::compile(dnsd::lists::parse("ads.test\n", ListFormat::Auto)).unwrap(),
+        ),
+    );
+    Arc::new(Policy::build(cfg, &lists).unwrap())
+}
+
+async fn start(upstream: SocketAddr, extra: &str) -> (Server, appliance::Config) {
+    let cfg = appliance::load_str(&config(upstream, extra)).unwrap();
+    let resolver = Arc::new(Resolver::new(&cfg, policy(&cfg)));
+    let server = Server::bind(resolver, vec!["127.0.0.1:0".parse().unwrap()])
+        .await
+        .unwrap();
+    (server, cfg)
+}
+
+fn addresses(m: &Message) -> Vec<String> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            RData::AAAA(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn ask(
+    c: &mut Client<TokioRuntimeProvider>,
+    name: &str,
+    t: RecordType,
+) -> hickory_proto::op::DnsResponse {
+    c.query(n(name), DNSClass::IN, t).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_blocks_and_answers_local_names_over_udp_and_tcp() {
+    let upstream = Dnsmasq::start().await;
+    let (server, _) = start(upstream.addr, "").await;
+    let addr = server.addresses()[0];
+    assert_eq!(addr.ip().to_string(), "127.0.0.1");
+    assert_ne!(addr.port(), 0);
+    let stats = server.resolver().clone();
+
+    let mut c = udp_client(addr, None, Duration::from_secs(5));
+    let r = ask(&mut c, "fwd.test.", RecordType::A).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(addresses(&r), ["192.0.2.10"]);
+    let r = ask(&mut c, "host.test.", RecordType::A).await;
+    assert_eq!(addresses(&r), ["192.0.2.11"]);
+    assert_eq!(stats.stats().forwarded.load(Ordering::Relaxed), 2);
+
+    // Blocked by a list, for the default group: null addresses.
+    let r = ask(&mut c, "x.ads.test.", RecordType::A).await;
+    assert_eq!(addresses(&r), ["0.0.0.0"]);
+    let r = ask(&mut c, "ads.test.", RecordType::AAAA).await;
+    assert_eq!(addresses(&r), ["::"]);
+    let r = ask(&mut c, "denied.test.", RecordType::A).await;
+    assert_eq!(addresses(&r), ["0.0.0.0"]);
+    assert_eq!(stats.stats().blocked.load(Ordering::Relaxed), 3);
+
+    // The strict group answers NXDOMAIN, with an SOA for negative caching.
+    let mut strict = udp_client(
+        addr,
+        Some("127.0.0.2".parse().unwrap()),
+        Duration::from_secs(5),
+    );
+    let r = ask(&mut strict, "ads.test.", RecordType::A).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+    assert!(r.answers.is_empty());
+    assert_eq!(r.authorities[0].record_type(), RecordType::SOA);
+    let r = ask(&mut strict, "fwd.test.", RecordType::A).await;
+    assert_eq!(addresses(&r), ["192.0.2.10"]);
+
+    // Local names: a record, its PTR and the router's own name.
+    let r = ask(&mut c, "nas.home.arpa.", RecordType::A).await;
+    assert_eq!(addresses(&r), ["192.168.1.5"]);
+    assert!(r.metadata.authoritative);
+    let r = ask(&mut c, "5.1.168.192.in-addr.arpa.", RecordType::PTR).await;
+    match &r.answers[0].data {
+        RData::PTR(p) => assert_eq!(p.0.to_ascii(), "nas.home.arpa."),
+        other => panic!("{other:?}"),
+    }
+    let r = ask(&mut c, "gw.home.arpa.", RecordType::A).await;
+    assert_eq!(addresses(&r), ["192.168.1.1"]);
+
+    let mut t = tcp_client(addr).await;
+    let r = ask(&mut t, "fwd.test.", RecordType::A).await;
+    assert_eq!(addresses(&r), ["192.0.2.10"]);
+    let r = ask(&mut t, "ads.test.", RecordType::A).await;
+    assert_eq!(addresses(&r), ["0.0.0.0"]);
+    let r = ask(&mut t, "nas.home.arpa.", RecordType::A).await;
+    assert_eq!(addresses(&r), ["192.168.1.5"]);
+
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_query_comes_from_the_cache_even_with_the_upstream_gone() {
+    let mut upstream = Dnsmasq::start().await;
+    let (server, _) = start(upstream.addr, "").await;
+    let addr = server.addresses()[0];
+    let r = server.resolver().clone();
+    let mut c = udp_client(addr, None, Duration::from_secs(5));
+    let first = ask(&mut c, "fwd.test.", RecordType::A).await;
+    assert_eq!(addresses(&first), ["192.0.2.10"]);
+    assert_eq!(r.stats().cached.load(Ordering::Relaxed), 0);
+    upstream.kill();
+    let second = ask(&mut c, "FWD.test.", RecordType::A).await;
+    assert_eq!(addresses(&second), ["192.0.2.10"]);
+    assert_eq!(r.stats().cached.load(Ordering::Relaxed), 1);
+    assert!(second.answers[0].ttl <= first.answers[0].ttl);
+
+    // Not cached and no upstream: SERVFAIL, within the bounded tries.
+    let started = Instant::now();
+    let r2 = ask(&mut c, "host.test.", RecordType::A).await;
+    assert_eq!(r2.metadata.response_code, ResponseCode::ServFail);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(r.stats().failed.load(Ordering::Relaxed), 1);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_answers_are_served_stale_when_the_upstream_is_dead() {
+    let mut upstream = Dnsmasq::start().await;
+    let (server, _) = start(upstream.addr, "max_ttl = \"1s\"\nserve_stale = true").await;
+    let addr = server.addresses()[0];
+    let r = server.resolver().clone();
+    let mut c = udp_client(addr, None, Duration::from_secs(6));
+    let first = ask(&mut c, "stale.test.", RecordType::A).await;
+    assert_eq!(addresses(&first), ["192.0.2.12"]);
+    assert_eq!(first.answers[0].ttl, 1, "max_ttl caps the TTL");
+    upstream.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stale = ask(&mut c, "stale.test.", RecordType::A).await;
+    assert_eq!(stale.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(addresses(&stale), ["192.0.2.12"]);
+    assert!(stale.answers[0].ttl <= dnsd::cache::STALE_TTL);
+    assert_eq!(r.stats().stale.load(Ordering::Relaxed), 1);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_swap_under_load_loses_no_query() {
+    let upstream = Dnsmasq::start().await;
+    let (server, cfg) = start(upstream.addr, "").await;
+    let addr = server.addresses()[0];
+    let resolver = server.resolver().clone();
+    let blocking = policy(&cfg);
+    let mut open_cfg = cfg.clone();
+    open_cfg.dns.deny.clear();
+    let open = policy(&open_cfg);
+
+    let swapper = {
+        let resolver = resolver.clone();
+        tokio::spawn(async move {
+            for i in 0..200 {
+                let p = if i % 2 == 0 { &open } else { &blocking };
+                resolver.swap_policy(p.clone());
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let mut c = udp_client(addr, None, Duration::from_secs(3));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut answered = 0;
+    for _ in 0..300 {
+        if Instant::now() > deadline {
+            break;
+        }
+        let r = c
+            .query(n("denied.test."), DNSClass::IN, RecordType::A)
+            .await
+            .expect("a query failed during the policy swaps");
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+        let a = addresses(&r);
+        assert!(a == ["0.0.0.0"] || a == ["192.0.2.67"], "{a:?}");
+        answered += 1;
+    }
+    swapper.await.unwrap();
+    assert_eq!(answered, 300);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_gets_formerr_or_nothing_and_the_server_keeps_answering() {
+    let upstream = Dnsmasq::start().await;
+    let (server, _) = start(upstream.addr, "").await;
+    let addr = server.addresses()[0];
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let packets: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0xff],
+        vec![0x12, 0x34, 0x01, 0x00, 0x00, 0x01],
+        // A header that claims one question, then junk.
+        vec![
+            0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xc0, 0xff,
+        ],
+        // Two questions.
+        {
+            let mut m = Message::query();
+            m.metadata.id = 7;
+            m.add_query(hickory_proto::op::Query::query(n("a.test."), RecordType::A));
+            m.add_query(hickory_proto::op::Query::query(n("b.test."), RecordType::A));
+            m.to_vec().unwrap()
+        },
+        // A NOTIFY.
+        {
+            let mut m = Message::query();
+            m.metadata.id = 8;
+            m.metadata.op_code = hickory_proto::op::OpCode::Notify;
+            m.add_query(hickory_proto::op::Query::query(
+                n("a.test."),
+                RecordType::SOA,
+            ));
+            m.to_vec().unwrap()
+        },
+        (0..600u32).map(|i| (i * 7919 % 251) as u8).collect(),
+    ];
+    for p in &packets {
+        sock.send_to(p, addr).await.unwrap();
+        let mut buf = [0u8; 1500];
+        match tokio::time::timeout(Duration::from_millis(500), sock.recv_from(&mut buf)).await {
+            Err(_) => {}
+            Ok(r) => {
+                let (len, _) = r.unwrap();
+                let m = Message::from_vec(&buf[..len]).unwrap();
+                assert!(
+                    matches!(
+                        m.metadata.response_code,
+                        ResponseCode::FormErr | ResponseCode::NotImp
+                    ),
+                    "{:?} for {p:?}",
+                    m.metadata.response_code
+                );
+                if p.len() > 2 {
+                    assert_eq!(m.metadata.id.to_be_bytes(), [p[0], p[1]]);
+                }
+            }
+        }
+    }
+    let mut c = udp_client(addr, None, Duration::from_secs(5));
+    let r = ask(&mut c, "fwd.test.", RecordType::A).await;
+    assert_eq!(addresses(&r), ["192.0.2.10"]);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dig_gets_answers_over_udp_and_tcp() {
+    let dig = require("dig", "bind9-dnsutils");
+    let upstream = Dnsmasq::start().await;
+    let (server, _) = start(upstream.addr, "").await;
+    let addr = server.addresses()[0];
+    let run = move |args: &[&str]| {
+        let out = Command::new(&dig)
+            .args([
+                &format!("@{}", addr.ip()),
+                "-p",
+                &addr.port().to_string(),
+                "+time=2",
+                "+tries=1",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "dig {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out = tokio::task::spawn_blocking(move || {
+        (
+            run(&["fwd.test", "A", "+short"]),
+            run(&["ads.test", "A", "+short", "+tcp"]),
+            run(&["host.test", "A", "+dnssec", "+cd"]),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.0.trim(), "192.0.2.10");
+    assert_eq!(out.1.trim(), "0.0.0.0");
+    assert!(out.2.contains("status: NOERROR"), "{}", out.2);
+    assert!(out.2.contains("192.0.2.11"), "{}", out.2);
+    assert!(
+        out.2.contains("flags: do"),
+        "EDNS with DO comes back: {}",
+        out.2
+    );
+    server.shutdown().await.unwrap();
+}
