@@ -87,6 +87,11 @@ impl Limiter {
                 tokens.to_owned() + now.duration_since(*at).as_secs_f64() * limit.per_second
                     < limit.burst
             });
+            // Under a flood from many addresses, forgetting every bucket bounds memory at
+            // the price of one free burst each.
+            if b.len() >= MAX_BUCKETS {
+                b.clear();
+            }
         }
         let (tokens, at) = b.entry(client).or_insert((self.limit.burst, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.limit.per_second)
@@ -469,6 +474,45 @@ impl Server {
             resolver,
             inner,
         })
+    }
+
+    /// Adds a DNS-over-TLS listener (RFC 7858) for clients. Returns the address bound.
+    pub async fn listen_tls(
+        &mut self,
+        addr: SocketAddr,
+        tls: &rustls::ServerConfig,
+    ) -> io::Result<SocketAddr> {
+        let mut tls = tls.clone();
+        tls.alpn_protocols = vec![b"dot".to_vec()];
+        let listener = TcpListener::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        self.inner
+            .register_tls_listener_with_tls_config(listener, TCP_TIMEOUT, Arc::new(tls))?;
+        tracing::info!(address = %bound, "listening for DNS over TLS");
+        Ok(bound)
+    }
+
+    /// Adds a DNS-over-HTTPS listener (RFC 8484, HTTP/2) for clients at `path`. Returns
+    /// the address bound.
+    pub async fn listen_https(
+        &mut self,
+        addr: SocketAddr,
+        tls: &rustls::ServerConfig,
+        path: &str,
+    ) -> io::Result<SocketAddr> {
+        let mut tls = tls.clone();
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let listener = TcpListener::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        self.inner.register_https_listener_with_tls_config(
+            listener,
+            TCP_TIMEOUT,
+            Arc::new(tls),
+            None,
+            path.to_owned(),
+        )?;
+        tracing::info!(address = %bound, path, "listening for DNS over HTTPS");
+        Ok(bound)
     }
 
     pub fn addresses(&self) -> &[SocketAddr] {

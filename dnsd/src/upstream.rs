@@ -103,9 +103,13 @@ impl Health {
     }
 }
 
-/// A kept-open DoT or DoH connection, opened at first use.
+/// A kept-open DoT or DoH connection, opened at first use. The provider owns the task
+/// that drives the connection (hickory aborts it when the last clone of the provider is
+/// dropped), so it lives exactly as long as the exchange.
 #[derive(Default)]
-struct Conn(Mutex<Option<DnsExchange<TokioRuntimeProvider>>>);
+struct Conn(Mutex<Option<Connected>>);
+
+type Connected = (DnsExchange<TokioRuntimeProvider>, TokioRuntimeProvider);
 
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -264,6 +268,13 @@ impl Upstreams {
         }
     }
 
+    /// TLS settings for DoT and DoH upstreams, replacing the built-in web PKI roots (a
+    /// private CA, or tests).
+    pub fn with_tls_config(mut self, tls: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Shorter tries, for tests.
     pub fn with_try_timeout(mut self, t: Duration) -> Self {
         self.try_timeout = t;
@@ -383,11 +394,12 @@ impl Upstreams {
             } => {
                 let mut guard = conn.0.lock().await;
                 let exchange = match guard.as_ref() {
-                    Some(x) => x.clone(),
+                    Some((x, _)) => x.clone(),
                     None => {
                         let addr = self.address(host, *port).await?;
-                        let x = self.connect_tls(&server.label, addr, server_name).await?;
-                        *guard = Some(x.clone());
+                        let c = self.connect_tls(&server.label, addr, server_name).await?;
+                        let x = c.0.clone();
+                        *guard = Some(c);
                         x
                     }
                 };
@@ -408,13 +420,14 @@ impl Upstreams {
             } => {
                 let mut guard = conn.0.lock().await;
                 let exchange = match guard.as_ref() {
-                    Some(x) => x.clone(),
+                    Some((x, _)) => x.clone(),
                     None => {
                         let addr = self.address(host, *port).await?;
-                        let x = self
+                        let c = self
                             .connect_https(&server.label, addr, server_name, path)
                             .await?;
-                        *guard = Some(x.clone());
+                        let x = c.0.clone();
+                        *guard = Some(c);
                         x
                     }
                 };
@@ -483,20 +496,22 @@ impl Upstreams {
         label: &str,
         addr: SocketAddr,
         server_name: &str,
-    ) -> Result<DnsExchange<TokioRuntimeProvider>, UpstreamError> {
+    ) -> Result<Connected, UpstreamError> {
         let config = (*self.tls_config(label)?).clone();
         let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
             .map_err(|e| UpstreamError::Network(label.to_owned(), e.to_string()))?;
-        hickory_net::tls::tls_exchange(
+        let provider = TokioRuntimeProvider::new();
+        let x = hickory_net::tls::tls_exchange(
             addr,
             name,
             config,
             self.try_timeout,
             None,
-            TokioRuntimeProvider::new(),
+            provider.clone(),
         )
         .await
-        .map_err(|e| UpstreamError::Network(label.to_owned(), e.to_string()))
+        .map_err(|e| UpstreamError::Network(label.to_owned(), e.to_string()))?;
+        Ok((x, provider))
     }
 
     async fn connect_https(
@@ -505,16 +520,16 @@ impl Upstreams {
         addr: SocketAddr,
         server_name: &str,
         path: &str,
-    ) -> Result<DnsExchange<TokioRuntimeProvider>, UpstreamError> {
-        let mut builder = hickory_net::h2::HttpsClientStream::builder(
-            self.tls_config(label)?,
-            TokioRuntimeProvider::new(),
-        );
+    ) -> Result<Connected, UpstreamError> {
+        let provider = TokioRuntimeProvider::new();
+        let mut builder =
+            hickory_net::h2::HttpsClientStream::builder(self.tls_config(label)?, provider.clone());
         builder.request_timeout(self.try_timeout);
-        builder
+        let x = builder
             .exchange(addr, Arc::from(server_name), Arc::from(path))
             .await
-            .map_err(|e| UpstreamError::Network(label.to_owned(), e.to_string()))
+            .map_err(|e| UpstreamError::Network(label.to_owned(), e.to_string()))?;
+        Ok((x, provider))
     }
 }
 

@@ -475,3 +475,80 @@ async fn dig_gets_answers_over_udp_and_tcp() {
     );
     server.shutdown().await.unwrap();
 }
+
+/// A self-signed certificate for `dns.test` and 127.0.0.1, as server and client configs.
+fn tls_pair() -> (rustls::ServerConfig, rustls::ClientConfig) {
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["dns.test".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    let cert = ck.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (server, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dot_and_doh_upstreams_are_reached_through_hickory() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let (server_tls, client_tls) = tls_pair();
+    // The encrypted upstream is another dnsd, answering a local name over DoT and DoH.
+    let up_cfg = appliance::load_str(
+        "version = 1\n[[dns.records]]\nname = \"enc.test\"\naddresses = [\"192.0.2.30\"]\n",
+    )
+    .unwrap();
+    let up_resolver = Arc::new(Resolver::new(&up_cfg, policy(&up_cfg)));
+    let mut up = Server::bind(up_resolver.clone(), vec![]).await.unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let dot = up.listen_tls(any, &server_tls).await.unwrap();
+    let doh = up
+        .listen_https(any, &server_tls, "/dns-query")
+        .await
+        .unwrap();
+
+    for upstream in [
+        format!("tls://127.0.0.1:{}#dns.test", dot.port()),
+        format!("https://127.0.0.1:{}/dns-query", doh.port()),
+    ] {
+        let cfg = appliance::load_str(&format!(
+            "version = 1\n[dns]\nupstreams = [\"{upstream}\"]\n"
+        ))
+        .unwrap();
+        let upstreams = dnsd::upstream::Upstreams::from_config(&cfg.dns)
+            .with_tls_config(Arc::new(client_tls.clone()));
+        let resolver = Arc::new(Resolver::with_upstreams(&cfg, policy(&cfg), upstreams));
+        let server = Server::bind(resolver.clone(), vec![any]).await.unwrap();
+        let mut c = udp_client(server.addresses()[0], None, Duration::from_secs(5));
+        let r = ask(&mut c, "enc.test.", RecordType::A).await;
+        assert_eq!(addresses(&r), ["192.0.2.30"], "through {upstream}");
+        // A second query reuses the connection.
+        let r = ask(&mut c, "enc.test.", RecordType::AAAA).await;
+        assert_eq!(
+            r.metadata.response_code,
+            ResponseCode::NoError,
+            "through {upstream}"
+        );
+        assert!(r.answers.is_empty());
+        assert_eq!(resolver.stats().forwarded.load(Ordering::Relaxed), 2);
+        let s = &resolver.upstream_stats()[0];
+        assert_eq!((s.successes, s.failures), (2, 0), "{s:?}");
+        server.shutdown().await.unwrap();
+    }
+    assert_eq!(up_resolver.stats().local.load(Ordering::Relaxed), 4);
+    up.shutdown().await.unwrap();
+}
