@@ -1,0 +1,159 @@
+//! An in-memory [`Nft`] for unit tests: it keeps the table as nft would list it, counts
+//! the transactions that reached it, and can be told to fail.
+
+use nftables::schema::{FlushObject, NfCmd, NfListObject, NfObject, Nftables};
+use serde_json::{Value, json};
+
+use super::TABLE;
+use super::nft::{Nft, NftError};
+use super::ruleset::Ruleset;
+use crate::command::CommandFailure;
+
+#[derive(Debug, Clone, Default)]
+pub struct FakeNft {
+    /// The table's objects (chains, sets, rules) as `{"chain": {...}}` values, or `None`
+    /// when the table does not exist.
+    table: Option<Vec<Value>>,
+    /// Transactions that changed the table.
+    pub writes: usize,
+    /// When set, the next `run` or `check` fails with this stderr and changes nothing.
+    pub fail_next: Option<String>,
+}
+
+fn failure(stderr: &str) -> NftError {
+    NftError::Failed(CommandFailure {
+        command: "nft -j -f -".into(),
+        status: Some(1),
+        stdout: String::new(),
+        stderr: stderr.into(),
+    })
+}
+
+fn name_of(v: &Value, kind: &str, key: &str) -> Option<String> {
+    v.get(kind)?.get(key)?.as_str().map(ToOwned::to_owned)
+}
+
+impl FakeNft {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Transactions are all-or-nothing: work on a copy, keep it only when every command
+    /// succeeded, as the kernel does.
+    fn simulate(&self, batch: &Nftables<'_>) -> Result<Option<Vec<Value>>, NftError> {
+        let mut table = self.table.clone();
+        for obj in batch.objects.iter() {
+            let NfObject::CmdObject(cmd) = obj else {
+                return Err(failure("list objects are not commands"));
+            };
+            match cmd {
+                NfCmd::Add(NfListObject::Table(t)) if t.name == TABLE => {
+                    table.get_or_insert_with(Vec::new);
+                }
+                NfCmd::Delete(NfListObject::Table(t)) if t.name == TABLE => {
+                    if table.take().is_none() {
+                        return Err(failure("Error: No such file or directory"));
+                    }
+                }
+                NfCmd::Add(NfListObject::Element(e)) => {
+                    let set = find_set(&mut table, &e.name)?;
+                    let elems = set
+                        .as_object_mut()
+                        .ok_or_else(|| failure("bad set"))?
+                        .entry("elem")
+                        .or_insert_with(|| json!([]));
+                    if let Some(arr) = elems.as_array_mut() {
+                        arr.extend(e.elem.iter().map(|x| json!(x)));
+                    }
+                }
+                NfCmd::Flush(FlushObject::Set(s)) => {
+                    if let Some(obj) = find_set(&mut table, &s.name)?.as_object_mut() {
+                        obj.remove("elem");
+                    }
+                }
+                NfCmd::Add(o) => {
+                    let objs = table
+                        .as_mut()
+                        .ok_or_else(|| failure("Error: No such file or directory"))?;
+                    let v = serde_json::to_value(o)?;
+                    if let Some(chain) = name_of(&v, "rule", "chain") {
+                        let declared = objs
+                            .iter()
+                            .any(|c| name_of(c, "chain", "name").as_deref() == Some(&chain));
+                        if !declared {
+                            return Err(failure(&format!(
+                                "Error: Could not process rule: No such file or directory\nchain {chain}"
+                            )));
+                        }
+                    }
+                    objs.push(v);
+                }
+                _ => return Err(failure("command not supported by the fake")),
+            }
+        }
+        Ok(table)
+    }
+}
+
+fn find_set<'a>(table: &'a mut Option<Vec<Value>>, name: &str) -> Result<&'a mut Value, NftError> {
+    let missing = || {
+        failure(&format!(
+            "Error: Could not process rule: No such file or directory\nset {name}"
+        ))
+    };
+    let set = table
+        .as_mut()
+        .ok_or_else(missing)?
+        .iter_mut()
+        .find(|o| name_of(o, "set", "name").as_deref() == Some(name))
+        .ok_or_else(missing)?;
+    set.get_mut("set").ok_or_else(missing)
+}
+
+impl Nft for FakeNft {
+    fn check(&self, ruleset: &Ruleset) -> Result<(), NftError> {
+        if let Some(err) = &self.fail_next {
+            return Err(failure(err));
+        }
+        self.simulate(&ruleset.batch()).map(|_| ())
+    }
+
+    fn run(&mut self, batch: &Nftables<'_>) -> Result<(), NftError> {
+        if let Some(err) = self.fail_next.take() {
+            return Err(failure(&err));
+        }
+        self.table = self.simulate(batch)?;
+        self.writes += 1;
+        Ok(())
+    }
+
+    /// Lists like nft does: a metainfo object first, handles on everything, and counters
+    /// that have counted something, so that planning must see past all three.
+    fn list(&self) -> Result<Option<Value>, NftError> {
+        let Some(objs) = &self.table else {
+            return Ok(None);
+        };
+        let mut out = vec![
+            json!({"metainfo": {"version": "1.0.6", "json_schema_version": 1}}),
+            json!({"table": {"family": "inet", "name": TABLE, "handle": 1}}),
+        ];
+        for (handle, o) in objs.iter().enumerate() {
+            let mut o = o.clone();
+            if let Some(inner) = o.as_object_mut().and_then(|m| m.values_mut().next())
+                && let Some(m) = inner.as_object_mut()
+            {
+                m.insert("handle".into(), json!(handle + 2));
+                if let Some(exprs) = m.get_mut("expr").and_then(Value::as_array_mut) {
+                    for e in exprs {
+                        if let Some(c) = e.get_mut("counter").and_then(Value::as_object_mut) {
+                            c.insert("packets".into(), json!(42));
+                            c.insert("bytes".into(), json!(4200));
+                        }
+                    }
+                }
+            }
+            out.push(o);
+        }
+        Ok(Some(json!({ "nftables": out })))
+    }
+}

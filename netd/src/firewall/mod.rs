@@ -1,0 +1,23 @@
+//! The firewall: `appliance.toml`'s `[firewall]` section rendered into one nftables table,
+//! `inet appliance`, which netd owns and replaces atomically.
+//!
+//! - [`render`] is pure: config in, [`Ruleset`] out.
+//! - [`Nft`] is the OS adapter: dry-run, apply and list through `nft -j` ([`NftCli`]), or
+//!   an in-memory [`FakeNft`] for unit tests.
+//! - [`Firewall`] plans against what the kernel holds, applies, and reverts.
+
+mod expr;
+mod fake;
+mod nft;
+mod render;
+mod ruleset;
+mod service;
+
+pub use fake::FakeNft;
+pub use nft::{Nft, NftCli, NftError};
+pub use render::render;
+pub use ruleset::{Ruleset, set_zone_addresses, zone_set_name};
+pub use service::{Firewall, FirewallError, FirewallPlan, normalize_listing, rule_counters};
+
+/// The one table netd owns. Nothing outside it is read or written.
+pub const TABLE: &str = "appliance";

@@ -1,0 +1,109 @@
+//! The OS adapter for nftables: everything netd does to the kernel's firewall goes
+//! through [`Nft`], so that planning and reverting are tested against [`super::FakeNft`].
+
+use nftables::schema::Nftables;
+use serde_json::Value;
+
+use super::TABLE;
+use super::ruleset::{Ruleset, json};
+use crate::command::{self, CommandError, CommandFailure};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("cannot run nft: {0}")]
+    Spawn(String),
+    /// nft refused the input; `stderr` names the offending line of the JSON.
+    #[error("nft failed: {0}")]
+    Failed(#[from] CommandFailure),
+    #[error("nft printed JSON that does not parse: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl From<CommandError> for NftError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::Failed(f) => Self::Failed(f),
+            e @ CommandError::Spawn { .. } => Self::Spawn(e.to_string()),
+        }
+    }
+}
+
+/// nftables as netd uses it: whole-table transactions, set updates, and reading the table
+/// back. Implementations never touch tables other than [`TABLE`].
+pub trait Nft {
+    /// Dry run (`nft -c`): the kernel validates the whole transaction and applies nothing.
+    fn check(&self, ruleset: &Ruleset) -> Result<(), NftError>;
+
+    /// Runs one transaction (`nft -j -f -`): all of it or nothing.
+    fn run(&mut self, batch: &Nftables<'_>) -> Result<(), NftError>;
+
+    /// Replaces the table with `ruleset` in one transaction.
+    fn apply(&mut self, ruleset: &Ruleset) -> Result<(), NftError> {
+        self.run(&ruleset.batch())
+    }
+
+    /// `nft -j list table inet appliance`, or `None` when the table does not exist.
+    fn list(&self) -> Result<Option<Value>, NftError>;
+}
+
+/// The real adapter: runs the `nft` binary, optionally inside a network namespace
+/// (`ip netns exec`), which is how the namespace tests point it at their router.
+#[derive(Debug, Clone)]
+pub struct NftCli {
+    prefix: Vec<String>,
+}
+
+impl Default for NftCli {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NftCli {
+    pub fn new() -> Self {
+        Self {
+            prefix: vec!["nft".into()],
+        }
+    }
+
+    /// Runs every command inside the named network namespace.
+    pub fn in_netns(netns: &str) -> Self {
+        Self {
+            prefix: ["ip", "netns", "exec", netns, "nft"]
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        }
+    }
+
+    fn argv(&self, args: &[&str]) -> Vec<String> {
+        let mut v = self.prefix.clone();
+        v.extend(args.iter().map(ToString::to_string));
+        v
+    }
+}
+
+impl Nft for NftCli {
+    fn check(&self, ruleset: &Ruleset) -> Result<(), NftError> {
+        let input = ruleset.to_json();
+        command::run(&self.argv(&["-c", "-j", "-f", "-"]), Some(input.as_bytes()))?;
+        Ok(())
+    }
+
+    fn run(&mut self, batch: &Nftables<'_>) -> Result<(), NftError> {
+        let input = json(batch);
+        command::run(&self.argv(&["-j", "-f", "-"]), Some(input.as_bytes()))?;
+        Ok(())
+    }
+
+    fn list(&self) -> Result<Option<Value>, NftError> {
+        match command::run(&self.argv(&["-j", "list", "table", "inet", TABLE]), None) {
+            Ok(out) => Ok(Some(serde_json::from_str(&out.stdout)?)),
+            // The one failure that is an answer: the table is not there (ENOENT).
+            Err(CommandError::Failed(f)) if f.stderr.contains("No such file or directory") => {
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}

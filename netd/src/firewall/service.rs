@@ -1,0 +1,328 @@
+//! The firewall service: plan against the kernel, apply, remember, revert.
+//!
+//! # How "nothing to do" is decided
+//!
+//! nft does not list a table the way it was written: it adds handles, keeps counter
+//! values, rewrites `meta l4proto tcp th dport 22` as `tcp dport 22`, turns one-element
+//! sets into plain values and reorders set elements. Re-implementing those rewrites to
+//! compare the rendered JSON with the listing would break with every nft release. So the
+//! comparison is between two things nft produced itself:
+//!
+//! 1. After each apply, the table is listed once and kept in a normalized form (handles
+//!    removed, counters zeroed, set elements sorted) next to the ruleset that produced it.
+//! 2. `plan` answers "nothing" when the desired ruleset equals the one last applied *and*
+//!    the kernel's normalized listing still equals the one recorded. Anything else (a
+//!    config change, a table edited or deleted behind netd's back, a netd restart, which
+//!    forgets the record) plans one full replacement, which is atomic and harmless.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use nftables::schema::{NfCmd, NfListObject, NfObject, Nftables, Table};
+use nftables::types::NfFamily;
+use serde_json::Value;
+
+use super::TABLE;
+use super::nft::{Nft, NftError};
+use super::ruleset::{Ruleset, set_zone_addresses};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    #[error(transparent)]
+    Nft(#[from] NftError),
+    #[error("nothing to revert: no apply has been recorded")]
+    NothingToRevert,
+    #[error("zone {0:?} has no address set in the applied firewall")]
+    UnknownZone(String),
+}
+
+/// What an apply would do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FirewallPlan {
+    /// The kernel holds exactly the desired table.
+    Nothing,
+    /// Replace the table (one transaction), for the given reason.
+    Replace {
+        ruleset: Ruleset,
+        reason: &'static str,
+    },
+}
+
+impl FirewallPlan {
+    pub fn is_nothing(&self) -> bool {
+        matches!(self, Self::Nothing)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Applied {
+    ruleset: Ruleset,
+    listing: Value,
+}
+
+/// What the kernel held before the last apply, to go back to.
+#[derive(Debug, Clone)]
+enum Previous {
+    Absent,
+    Ruleset(Ruleset),
+    /// A table netd did not write (or no longer remembers writing), as nft listed it.
+    Listing(Value),
+}
+
+#[derive(Debug)]
+pub struct Firewall<N> {
+    nft: N,
+    applied: Option<Applied>,
+    previous: Option<Previous>,
+    /// Zone addresses learned at run time (a DHCP lease), which the config cannot know.
+    zone_addresses: BTreeMap<String, Vec<Ipv4Addr>>,
+}
+
+impl<N: Nft> Firewall<N> {
+    pub fn new(nft: N) -> Self {
+        Self {
+            nft,
+            applied: None,
+            previous: None,
+            zone_addresses: BTreeMap::new(),
+        }
+    }
+
+    pub fn nft(&self) -> &N {
+        &self.nft
+    }
+
+    pub fn nft_mut(&mut self) -> &mut N {
+        &mut self.nft
+    }
+
+    /// The table as the kernel holds it now.
+    pub fn observe(&self) -> Result<Option<Value>, FirewallError> {
+        Ok(self.nft.list()?)
+    }
+
+    /// The rendered ruleset with the zone addresses learned at run time filled in.
+    pub fn effective(&self, desired: &Ruleset) -> Ruleset {
+        let mut rs = desired.clone();
+        for (zone, addrs) in &self.zone_addresses {
+            rs.set_zone_addresses(zone, addrs);
+        }
+        rs
+    }
+
+    /// Pure: what applying `desired` would do, given the table `observed` in the kernel.
+    pub fn plan(&self, desired: &Ruleset, observed: Option<&Value>) -> FirewallPlan {
+        let desired = self.effective(desired);
+        let reason = match (&self.applied, observed) {
+            (_, None) => "the table does not exist",
+            (None, Some(_)) => "this netd has not applied the table yet",
+            (Some(a), Some(_)) if a.ruleset != desired => "the configuration changed",
+            (Some(a), Some(obs)) if normalize_listing(obs) != a.listing => {
+                "the table was changed outside netd"
+            }
+            (Some(_), Some(_)) => return FirewallPlan::Nothing,
+        };
+        FirewallPlan::Replace {
+            ruleset: desired,
+            reason,
+        }
+    }
+
+    /// Dry run of the desired table: nft and the kernel validate it, nothing changes.
+    pub fn check(&self, desired: &Ruleset) -> Result<(), FirewallError> {
+        Ok(self.nft.check(&self.effective(desired))?)
+    }
+
+    /// Observes, plans and, when needed, replaces the table. Returns whether anything was
+    /// written. The replacement is one nft transaction, so a failure leaves the kernel as
+    /// it was and there is nothing to undo.
+    pub fn apply(&mut self, desired: &Ruleset) -> Result<bool, FirewallError> {
+        let observed = self.observe()?;
+        let FirewallPlan::Replace { ruleset, reason } = self.plan(desired, observed.as_ref())
+        else {
+            tracing::debug!("firewall: nothing to apply");
+            return Ok(false);
+        };
+        let previous = match (&self.applied, observed) {
+            (_, None) => Previous::Absent,
+            (Some(a), Some(obs)) if normalize_listing(&obs) == a.listing => {
+                Previous::Ruleset(a.ruleset.clone())
+            }
+            (_, Some(obs)) => Previous::Listing(obs),
+        };
+        tracing::info!(reason, "firewall: replacing table inet {TABLE}");
+        self.nft.apply(&ruleset)?;
+        self.previous = Some(previous);
+        self.record(ruleset)?;
+        Ok(true)
+    }
+
+    /// Puts back what the kernel held before the last apply that changed something.
+    pub fn revert(&mut self) -> Result<(), FirewallError> {
+        let previous = self.previous.take().ok_or(FirewallError::NothingToRevert)?;
+        match previous {
+            Previous::Absent => {
+                self.nft.run(&delete_table())?;
+                self.applied = None;
+            }
+            Previous::Ruleset(rs) => {
+                self.nft.apply(&rs)?;
+                self.record(rs)?;
+            }
+            Previous::Listing(listing) => {
+                self.nft.run(&readd_listing(&listing)?)?;
+                self.applied = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// A zone's own addresses changed (a new DHCP lease on WAN): refresh its set in one
+    /// transaction, leaving every rule alone.
+    pub fn set_zone_addresses(
+        &mut self,
+        zone: &str,
+        addrs: &[Ipv4Addr],
+    ) -> Result<(), FirewallError> {
+        if let Some(a) = &mut self.applied
+            && !a.ruleset.clone().set_zone_addresses(zone, addrs)
+        {
+            return Err(FirewallError::UnknownZone(zone.into()));
+        }
+        self.nft.run(&set_zone_addresses(zone, addrs))?;
+        self.zone_addresses.insert(zone.into(), addrs.to_vec());
+        if let Some(a) = self.applied.take() {
+            let mut rs = a.ruleset;
+            rs.set_zone_addresses(zone, addrs);
+            self.record(rs)?;
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, ruleset: Ruleset) -> Result<(), FirewallError> {
+        self.applied = None;
+        let listing = self.observe()?.map(|l| normalize_listing(&l));
+        self.applied = listing.map(|listing| Applied { ruleset, listing });
+        Ok(())
+    }
+}
+
+fn table() -> NfListObject<'static> {
+    NfListObject::Table(Table {
+        family: NfFamily::INet,
+        name: TABLE.into(),
+        handle: None,
+    })
+}
+
+fn delete_table() -> Nftables<'static> {
+    Nftables {
+        objects: vec![
+            NfObject::CmdObject(NfCmd::Add(table())),
+            NfObject::CmdObject(NfCmd::Delete(table())),
+        ]
+        .into(),
+    }
+}
+
+/// A listing turned back into the transaction that recreates it. Handles go: on input
+/// they would mean "add after the rule with this handle".
+fn readd_listing(listing: &Value) -> Result<Nftables<'static>, NftError> {
+    let parsed: Nftables<'static> = serde_json::from_value(listing.clone())?;
+    let mut objects = delete_table().objects.into_owned();
+    objects.push(NfObject::CmdObject(NfCmd::Add(table())));
+    for obj in parsed.objects.iter() {
+        let NfObject::ListObject(o) = obj else {
+            continue;
+        };
+        let o = match o.clone() {
+            NfListObject::Table(_) | NfListObject::MetainfoObject(_) => continue,
+            NfListObject::Chain(mut c) => {
+                c.handle = None;
+                NfListObject::Chain(c)
+            }
+            NfListObject::Rule(mut r) => {
+                r.handle = None;
+                NfListObject::Rule(r)
+            }
+            NfListObject::Set(mut s) => {
+                s.handle = None;
+                NfListObject::Set(s)
+            }
+            other => other,
+        };
+        objects.push(NfObject::CmdObject(NfCmd::Add(o)));
+    }
+    Ok(Nftables {
+        objects: objects.into(),
+    })
+}
+
+/// The parts of a listing that say what the table does: no metainfo, no handles, counters
+/// at zero, set elements sorted (their listed order depends on the set's hashing).
+pub fn normalize_listing(listing: &Value) -> Value {
+    let objects = listing
+        .get("nftables")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    Value::Array(
+        objects
+            .iter()
+            .filter(|o| o.get("metainfo").is_none())
+            .map(|o| {
+                let mut o = o.clone();
+                if let Some(inner) = o.as_object_mut().and_then(|m| m.values_mut().next())
+                    && let Some(m) = inner.as_object_mut()
+                {
+                    m.remove("handle");
+                    if let Some(exprs) = m.get_mut("expr").and_then(Value::as_array_mut) {
+                        exprs.iter_mut().for_each(zero_counter);
+                    }
+                    if let Some(elems) = m.get_mut("elem").and_then(Value::as_array_mut) {
+                        elems.sort_by_key(ToString::to_string);
+                    }
+                }
+                o
+            })
+            .collect(),
+    )
+}
+
+fn zero_counter(stmt: &mut Value) {
+    if let Some(c) = stmt.get_mut("counter").and_then(Value::as_object_mut) {
+        for v in c.values_mut() {
+            *v = Value::from(0);
+        }
+    }
+}
+
+/// Packets and bytes per rule comment (config rules are commented with their name or
+/// `rules[i]`); a config rule rendered as several nft rules (one per address family)
+/// reports their sum.
+pub fn rule_counters(listing: &Value) -> BTreeMap<String, (u64, u64)> {
+    let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let objects = listing
+        .get("nftables")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for rule in objects.iter().filter_map(|o| o.get("rule")) {
+        let Some(comment) = rule.get("comment").and_then(Value::as_str) else {
+            continue;
+        };
+        let counters = rule
+            .get("expr")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.get("counter"));
+        for c in counters {
+            let get = |k| c.get(k).and_then(Value::as_u64).unwrap_or(0);
+            let e = out.entry(comment.to_owned()).or_default();
+            e.0 += get("packets");
+            e.1 += get("bytes");
+        }
+    }
+    out
+}
