@@ -326,3 +326,242 @@ pub fn rule_counters(listing: &Value) -> BTreeMap<String, (u64, u64)> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use nftables::schema::{NfListObject, Rule};
+    use nftables::types::NfFamily;
+    use serde_json::json;
+
+    use super::*;
+    use crate::firewall::render::tests::rich;
+    use crate::firewall::{FakeNft, render};
+
+    fn default_rs() -> Ruleset {
+        render(&appliance::default_config().unwrap())
+    }
+
+    fn listing<N: Nft>(fw: &Firewall<N>) -> Value {
+        normalize_listing(&fw.observe().unwrap().unwrap())
+    }
+
+    fn of_kind(listing: &Value, kind: &str) -> Vec<Value> {
+        listing
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o.get(kind).cloned())
+            .collect()
+    }
+
+    /// A rule someone added by hand.
+    fn stray_rule() -> Nftables<'static> {
+        Nftables {
+            objects: vec![NfObject::CmdObject(NfCmd::Add(NfListObject::Rule(Rule {
+                family: NfFamily::INet,
+                table: TABLE.into(),
+                chain: "input".into(),
+                expr: vec![crate::firewall::expr::accept()].into(),
+                handle: None,
+                index: None,
+                comment: Some("by hand".into()),
+            })))]
+            .into(),
+        }
+    }
+
+    #[test]
+    fn second_apply_plans_nothing_and_writes_nothing() {
+        let mut fw = Firewall::new(FakeNft::new());
+        let rs = default_rs();
+        assert!(matches!(
+            fw.plan(&rs, None),
+            FirewallPlan::Replace {
+                reason: "the table does not exist",
+                ..
+            }
+        ));
+        assert!(fw.apply(&rs).unwrap());
+        assert_eq!(fw.nft().writes, 1);
+        let observed = fw.observe().unwrap();
+        assert_eq!(fw.plan(&rs, observed.as_ref()), FirewallPlan::Nothing);
+        assert!(!fw.apply(&rs).unwrap());
+        assert_eq!(fw.nft().writes, 1);
+    }
+
+    #[test]
+    fn a_table_this_netd_did_not_write_is_replaced_once() {
+        let mut nft = FakeNft::new();
+        nft.apply(&default_rs()).unwrap();
+        let mut fw = Firewall::new(nft);
+        let observed = fw.observe().unwrap();
+        assert!(matches!(
+            fw.plan(&default_rs(), observed.as_ref()),
+            FirewallPlan::Replace {
+                reason: "this netd has not applied the table yet",
+                ..
+            }
+        ));
+        assert!(fw.apply(&default_rs()).unwrap());
+        assert!(!fw.apply(&default_rs()).unwrap());
+    }
+
+    #[test]
+    fn config_change_replaces_the_table() {
+        let mut fw = Firewall::new(FakeNft::new());
+        fw.apply(&default_rs()).unwrap();
+        let observed = fw.observe().unwrap();
+        let FirewallPlan::Replace { ruleset, reason } = fw.plan(&rich(), observed.as_ref()) else {
+            panic!("expected a replacement")
+        };
+        assert_eq!(reason, "the configuration changed");
+        assert_eq!(ruleset, rich());
+        assert!(fw.apply(&rich()).unwrap());
+        assert_eq!(fw.nft().writes, 2);
+    }
+
+    #[test]
+    fn edits_behind_netds_back_are_undone() {
+        let mut fw = Firewall::new(FakeNft::new());
+        fw.apply(&default_rs()).unwrap();
+        fw.nft_mut().run(&stray_rule()).unwrap();
+        let observed = fw.observe().unwrap();
+        assert!(matches!(
+            fw.plan(&default_rs(), observed.as_ref()),
+            FirewallPlan::Replace {
+                reason: "the table was changed outside netd",
+                ..
+            }
+        ));
+        assert!(fw.apply(&default_rs()).unwrap());
+        assert!(!listing(&fw).to_string().contains("by hand"));
+
+        fw.nft_mut().run(&delete_table()).unwrap();
+        assert!(
+            fw.apply(&default_rs()).unwrap(),
+            "a deleted table comes back"
+        );
+    }
+
+    #[test]
+    fn revert_restores_the_previous_ruleset() {
+        let mut fw = Firewall::new(FakeNft::new());
+        fw.apply(&default_rs()).unwrap();
+        let before = listing(&fw);
+        fw.apply(&rich()).unwrap();
+        assert_ne!(listing(&fw), before);
+        fw.revert().unwrap();
+        assert_eq!(listing(&fw), before);
+        // the revert is remembered as applied: the old config is a no-op again
+        assert!(!fw.apply(&default_rs()).unwrap());
+        assert!(matches!(fw.revert(), Err(FirewallError::NothingToRevert)));
+    }
+
+    #[test]
+    fn revert_of_the_first_apply_removes_the_table() {
+        let mut fw = Firewall::new(FakeNft::new());
+        fw.apply(&default_rs()).unwrap();
+        fw.revert().unwrap();
+        assert_eq!(fw.observe().unwrap(), None);
+    }
+
+    #[test]
+    fn revert_restores_a_foreign_table_from_its_listing() {
+        let mut nft = FakeNft::new();
+        nft.apply(&rich()).unwrap();
+        nft.run(&stray_rule()).unwrap();
+        let mut fw = Firewall::new(nft);
+        let foreign = listing(&fw);
+        fw.apply(&default_rs()).unwrap();
+        fw.revert().unwrap();
+        let mut restored = listing(&fw);
+        // counters come back with the values they had; normalizing zeroes both sides
+        assert_eq!(restored.take(), foreign);
+    }
+
+    #[test]
+    fn a_failed_apply_changes_nothing() {
+        let mut fw = Firewall::new(FakeNft::new());
+        fw.apply(&default_rs()).unwrap();
+        let before = listing(&fw);
+        fw.nft_mut().fail_next = Some("Error: Could not process rule: line 3".into());
+        let err = fw.apply(&rich()).unwrap_err();
+        assert!(err.to_string().contains("line 3"), "{err}");
+        assert_eq!(listing(&fw), before);
+        assert_eq!(fw.nft().writes, 1);
+        // the previous apply is still the one to revert to
+        fw.revert().unwrap();
+        assert_eq!(fw.observe().unwrap(), None);
+    }
+
+    #[test]
+    fn check_validates_without_writing() {
+        let fw = Firewall::new(FakeNft::new());
+        fw.check(&rich()).unwrap();
+        let mut broken = rich();
+        broken.push(NfListObject::Rule(Rule {
+            family: NfFamily::INet,
+            table: TABLE.into(),
+            chain: "no_such_chain".into(),
+            ..Rule::default()
+        }));
+        assert!(fw.check(&broken).is_err());
+        assert_eq!(fw.nft().writes, 0);
+        assert_eq!(fw.observe().unwrap(), None);
+    }
+
+    #[test]
+    fn zone_address_change_touches_only_the_set() {
+        let mut fw = Firewall::new(FakeNft::new());
+        let rs = default_rs();
+        fw.apply(&rs).unwrap();
+        let rules_before = of_kind(&listing(&fw), "rule");
+        let addr: Ipv4Addr = "203.0.113.9".parse().unwrap();
+        fw.set_zone_addresses("wan", &[addr]).unwrap();
+        assert_eq!(fw.nft().writes, 2);
+        let after = listing(&fw);
+        assert_eq!(of_kind(&after, "rule"), rules_before);
+        let wan = of_kind(&after, "set")
+            .into_iter()
+            .find(|s| s["name"] == "wan_addr4")
+            .unwrap();
+        assert_eq!(wan["elem"], json!(["203.0.113.9"]));
+        // the learned address is part of the desired state from now on
+        assert!(!fw.apply(&rs).unwrap());
+        assert_eq!(fw.nft().writes, 2);
+        // and survives a config change
+        fw.apply(&rich()).unwrap();
+        assert!(listing(&fw).to_string().contains("203.0.113.9"));
+        assert!(matches!(
+            fw.set_zone_addresses("dmz", &[addr]),
+            Err(FirewallError::UnknownZone(_))
+        ));
+    }
+
+    #[test]
+    fn normalizing_drops_handles_counters_and_set_order() {
+        let a = json!({"nftables": [
+            {"metainfo": {"version": "1.0.6"}},
+            {"set": {"name": "s", "handle": 3, "elem": ["10.0.0.2", "10.0.0.1"]}},
+            {"rule": {"chain": "input", "handle": 9, "expr": [{"counter": {"packets": 5, "bytes": 70}}]}}
+        ]});
+        assert_eq!(
+            normalize_listing(&a),
+            json!([
+                {"set": {"name": "s", "elem": ["10.0.0.1", "10.0.0.2"]}},
+                {"rule": {"chain": "input", "expr": [{"counter": {"packets": 0, "bytes": 0}}]}}
+            ])
+        );
+    }
+
+    #[test]
+    fn counters_are_reported_per_rule_name() {
+        let mut fw = Firewall::new(FakeNft::new());
+        fw.apply(&rich()).unwrap();
+        let counters = rule_counters(&fw.observe().unwrap().unwrap());
+        // the fake's counters all read 42 packets; ssh-admin is one rule per family
+        assert_eq!(counters["ssh-admin"], (84, 8400));
+        assert_eq!(counters["forward web"], (42, 4200));
+        assert!(!counters.contains_key("off"));
+    }
+}
