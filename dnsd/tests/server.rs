@@ -79,6 +79,7 @@ impl Dnsmasq {
                     "--address=/denied.test/192.0.2.67",
                     "--address=/swap.test/192.0.2.13",
                     "--host-record=host.test,192.0.2.11",
+                    "--host-record=dns.test,127.0.0.1",
                 ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
@@ -546,9 +547,92 @@ async fn dot_and_doh_upstreams_are_reached_through_hickory() {
         assert!(r.answers.is_empty());
         assert_eq!(resolver.stats().forwarded.load(Ordering::Relaxed), 2);
         let s = &resolver.upstream_stats()[0];
+        assert!(s.upstream.starts_with("tls://") || s.upstream.starts_with("https://"));
         assert_eq!((s.successes, s.failures), (2, 0), "{s:?}");
         server.shutdown().await.unwrap();
     }
-    assert_eq!(up_resolver.stats().local.load(Ordering::Relaxed), 4);
+
+    // Given by name, the DoT server's address is asked of the plain upstream.
+    let bootstrap = Dnsmasq::start().await;
+    let cfg = appliance::load_str(&format!(
+        "version = 1\n[dns]\nupstreams = [\"tls://dns.test:{}\", \"{}\"]\n",
+        dot.port(),
+        bootstrap.addr
+    ))
+    .unwrap();
+    let upstreams = dnsd::upstream::Upstreams::from_config(&cfg.dns)
+        .with_tls_config(Arc::new(client_tls.clone()));
+    let resolver = Arc::new(Resolver::with_upstreams(&cfg, policy(&cfg), upstreams));
+    let server = Server::bind(resolver.clone(), vec![any]).await.unwrap();
+    let mut c = udp_client(server.addresses()[0], None, Duration::from_secs(5));
+    let r = ask(&mut c, "enc.test.", RecordType::A).await;
+    assert_eq!(addresses(&r), ["192.0.2.30"]);
+    let s = &resolver.upstream_stats()[0];
+    assert!(s.upstream.starts_with("tls://dns.test"), "{s:?}");
+    assert_eq!((s.successes, s.failures), (1, 0), "{s:?}");
+    server.shutdown().await.unwrap();
+
+    assert_eq!(up_resolver.stats().local.load(Ordering::Relaxed), 5);
     up.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_over_the_rate_limit_are_refused() {
+    let upstream = Dnsmasq::start().await;
+    let cfg = appliance::load_str(&config(upstream.addr, "")).unwrap();
+    let resolver = Arc::new(Resolver::new(&cfg, policy(&cfg)).with_rate_limit(
+        dnsd::server::RateLimit {
+            per_second: 0.5,
+            burst: 2.0,
+        },
+    ));
+    let server = Server::bind(resolver.clone(), vec!["127.0.0.1:0".parse().unwrap()])
+        .await
+        .unwrap();
+    let addr = server.addresses()[0];
+    let mut c = udp_client(addr, None, Duration::from_secs(5));
+    for _ in 0..2 {
+        let r = ask(&mut c, "fwd.test.", RecordType::A).await;
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    }
+    let r = ask(&mut c, "fwd.test.", RecordType::A).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+    // Another client has its own bucket.
+    let mut other = udp_client(
+        addr,
+        Some("127.0.0.3".parse().unwrap()),
+        Duration::from_secs(5),
+    );
+    let r = ask(&mut other, "fwd.test.", RecordType::A).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn popular_names_are_refreshed_before_they_expire() {
+    let upstream = Dnsmasq::start().await;
+    let (server, _) = start(upstream.addr, "max_ttl = \"4s\"").await;
+    let addr = server.addresses()[0];
+    let r = server.resolver().clone();
+    let mut c = udp_client(addr, None, Duration::from_secs(5));
+    let started = Instant::now();
+    for _ in 0..=dnsd::cache::PREFETCH_MIN_HITS {
+        ask(&mut c, "fwd.test.", RecordType::A).await;
+    }
+    assert_eq!(r.stats().forwarded.load(Ordering::Relaxed), 1);
+    assert_eq!(r.stats().prefetched.load(Ordering::Relaxed), 0);
+    // Within the last 10% of the 4 s TTL.
+    tokio::time::sleep(Duration::from_millis(3750).saturating_sub(started.elapsed())).await;
+    let hit = ask(&mut c, "fwd.test.", RecordType::A).await;
+    assert_eq!(addresses(&hit), ["192.0.2.10"]);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while r.stats().prefetched.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(r.stats().prefetched.load(Ordering::Relaxed), 1);
+    // The refreshed entry answers past the old expiry without another forward.
+    tokio::time::sleep(Duration::from_millis(4300).saturating_sub(started.elapsed())).await;
+    ask(&mut c, "fwd.test.", RecordType::A).await;
+    assert_eq!(r.stats().forwarded.load(Ordering::Relaxed), 1);
+    server.shutdown().await.unwrap();
 }
