@@ -284,11 +284,20 @@ impl Upstreams {
     /// The resolvers learned by DHCP on the WAN: used when no upstream is configured, and
     /// after the configured ones failed. Health of servers already known is kept.
     pub fn set_dhcp_upstreams(&self, servers: Vec<IpAddr>) {
+        self.set_fallback_servers(
+            servers
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, 53))
+                .collect(),
+        );
+    }
+
+    /// [`Upstreams::set_dhcp_upstreams`] with ports.
+    pub fn set_fallback_servers(&self, servers: Vec<SocketAddr>) {
         let old = self.dhcp.load();
         let new: Vec<Arc<Server>> = servers
             .into_iter()
-            .map(|ip| {
-                let addr = SocketAddr::new(ip, 53);
+            .map(|addr| {
                 old.iter()
                     .find(|s| matches!(s.transport, Transport::Plain(a) if a == addr))
                     .cloned()
@@ -312,22 +321,31 @@ impl Upstreams {
         if let Some(f) = self.forwards.iter().find(|f| f.domain.zone_of(qname)) {
             return self.ranked(&f.servers);
         }
-        let mut list = self.ranked(&self.configured);
+        // Learned servers come after the configured ones that work, but before those
+        // that fail, so that they take over once every configured one failed.
         let dhcp = self.dhcp.load();
-        list.extend(self.ranked(&dhcp));
-        list
+        let (cfg_ok, cfg_failing): (Vec<_>, Vec<_>) = self
+            .ranked(&self.configured)
+            .into_iter()
+            .partition(|s| !self.failing(s));
+        let (dhcp_ok, dhcp_failing): (Vec<_>, Vec<_>) = self
+            .ranked(&dhcp)
+            .into_iter()
+            .partition(|s| !self.failing(s));
+        [cfg_ok, dhcp_ok, cfg_failing, dhcp_failing].concat()
+    }
+
+    /// Failed at its last try, recently enough not to deserve a new chance yet.
+    fn failing(&self, s: &Server) -> bool {
+        let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let retry_ms = u64::try_from(RETRY_AFTER.as_millis()).unwrap_or(u64::MAX);
+        s.health.consecutive_failures() > 0
+            && now_ms.saturating_sub(s.health.last_failure_ms.load(Ordering::Relaxed)) < retry_ms
     }
 
     fn ranked(&self, servers: &[Arc<Server>]) -> Vec<Arc<Server>> {
-        let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let retry_ms = u64::try_from(RETRY_AFTER.as_millis()).unwrap_or(u64::MAX);
         let mut list: Vec<Arc<Server>> = servers.to_vec();
-        list.sort_by_key(|s| {
-            let failing = s.health.consecutive_failures() > 0
-                && now_ms.saturating_sub(s.health.last_failure_ms.load(Ordering::Relaxed))
-                    < retry_ms;
-            (failing, s.health.latency())
-        });
+        list.sort_by_key(|s| (self.failing(s), s.health.latency()));
         list
     }
 
@@ -839,17 +857,40 @@ mod tests {
             u.forward(&q).await.unwrap_err(),
             UpstreamError::NoUpstreams
         ));
-        // DHCP servers are on port 53, which a test cannot bind; the ranking is what
-        // matters: configured first, learned after.
-        let (cfg, _) = fake(Behaviour::Answer(1)).await;
-        let u = Upstreams::from_config(&dns(&[cfg.to_string()], ""));
+        let (learned, _) = fake(Behaviour::Answer(9)).await;
+        u.set_fallback_servers(vec![learned]);
+        let f = u.forward(&q).await.unwrap();
+        assert_eq!(addr_of(&f.message), "192.0.2.9");
+
+        // Configured servers first; once they all failed, the learned ones.
+        let (dead1, _) = fake(Behaviour::Silent).await;
+        let (dead2, _) = fake(Behaviour::Silent).await;
+        let u = Upstreams::from_config(&dns(&[dead1.to_string(), dead2.to_string()], ""))
+            .with_try_timeout(Duration::from_millis(100));
+        u.set_fallback_servers(vec![learned]);
         u.set_dhcp_upstreams(vec!["127.0.0.9".parse().unwrap()]);
-        let labels: Vec<String> = u
-            .candidates(&Name::from_ascii("x.").unwrap())
-            .iter()
-            .map(|s| s.label.clone())
-            .collect();
-        assert_eq!(labels, [cfg.to_string(), "127.0.0.9:53".to_owned()]);
+        let labels = |u: &Upstreams| -> Vec<String> {
+            u.candidates(&Name::from_ascii("x.").unwrap())
+                .iter()
+                .map(|s| s.label.clone())
+                .collect()
+        };
+        assert_eq!(
+            labels(&u),
+            [
+                dead1.to_string(),
+                dead2.to_string(),
+                "127.0.0.9:53".to_owned()
+            ]
+        );
+        assert!(
+            u.forward(&q).await.is_err(),
+            "both tries on configured servers"
+        );
+        assert_eq!(labels(&u)[0], "127.0.0.9:53");
+        u.set_fallback_servers(vec![learned]);
+        let f = u.forward(&q).await.unwrap();
+        assert_eq!(addr_of(&f.message), "192.0.2.9");
     }
 
     #[tokio::test]
