@@ -1,0 +1,257 @@
+//! The dnsd daemon: reads the `dns` section of the active config, blocks from the compiled
+//! lists stored under /data at once, serves DNS, and keeps the lists fresh in the
+//! background, swapping the policy whole after each change.
+//!
+//! Exit codes: 0 on a clean stop, 2 when the config is invalid, 1 on any other failure.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use appliance::Config;
+use appliance::model::Addressed as _;
+use appliance::types::Listen;
+use clap::Parser;
+use dnsd::fetch::{ListStore, http_client};
+use dnsd::policy::Policy;
+use dnsd::refresh::Refresher;
+use dnsd::server::{Resolver, Server};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dnsd",
+    version,
+    about = "The appliance's blocking DNS resolver"
+)]
+struct Args {
+    /// Read the config from this file instead of the active generation.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where config generations are kept.
+    #[arg(long, default_value = appliance::store::DEFAULT_DIR)]
+    config_dir: PathBuf,
+    /// Where compiled block lists are kept.
+    #[arg(long, default_value = dnsd::fetch::DEFAULT_DIR)]
+    lists_dir: PathBuf,
+    /// Listen here instead of where the config says (repeatable; port 0 picks a free one).
+    #[arg(long)]
+    listen: Vec<SocketAddr>,
+}
+
+/// Why dnsd stopped.
+#[derive(Debug, thiserror::Error)]
+enum Fatal {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fatal::Config(e)) => {
+            tracing::error!("{e}");
+            ExitCode::from(2)
+        }
+        Err(Fatal::Other(e)) => {
+            tracing::error!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The config to serve: a given file, else the active generation, else the built-in default.
+fn load_config(args: &Args) -> Result<Config, Fatal> {
+    let (text, name) = match &args.config {
+        Some(path) => (
+            std::fs::read_to_string(path)
+                .map_err(|e| Fatal::Other(format!("reading {}: {e}", path.display())))?,
+            path.display().to_string(),
+        ),
+        None => {
+            let current = appliance::store::Store::open(&args.config_dir)
+                .and_then(|s| s.current())
+                .map_err(|e| Fatal::Other(e.to_string()))?
+                .0;
+            match current {
+                Some(g) => (g.text, format!("generation {}", g.info.number)),
+                None => (
+                    appliance::DEFAULT_CONFIG.to_owned(),
+                    "the built-in default".into(),
+                ),
+            }
+        }
+    };
+    appliance::load_str(&text).map_err(|d| {
+        Fatal::Config(format!(
+            "{name} is invalid:\n{}",
+            d.render(&text, &name, false)
+        ))
+    })
+}
+
+/// The addresses of a link as the config gives them (static addresses only).
+fn link_addresses(cfg: &Config, name: &str) -> Vec<IpAddr> {
+    let addrs = cfg
+        .interfaces
+        .iter()
+        .find(|(k, _)| k.as_str() == name)
+        .map(|(_, i)| i.addresses())
+        .or_else(|| {
+            cfg.vlans
+                .iter()
+                .find(|(k, _)| k.as_str() == name)
+                .map(|(_, v)| v.addresses())
+        })
+        .or_else(|| {
+            cfg.bridges
+                .iter()
+                .find(|(k, _)| k.as_str() == name)
+                .map(|(_, b)| b.addresses())
+        })
+        .or_else(|| {
+            cfg.wireguard
+                .iter()
+                .find(|(k, _)| k.as_str() == name)
+                .map(|(_, w)| w.addresses.as_slice())
+        })
+        .unwrap_or(&[]);
+    addrs.iter().map(|c| c.addr()).collect()
+}
+
+/// Where to listen: the config's `listen` entries, or the LAN side (every link with a DHCP
+/// server) when it has none.
+fn listen_addresses(cfg: &Config) -> Vec<SocketAddr> {
+    let port = cfg.dns.port.get();
+    let links: Vec<String> = if cfg.dns.listen.is_empty() {
+        cfg.dhcp.keys().map(|k| k.as_str().to_owned()).collect()
+    } else {
+        Vec::new()
+    };
+    let mut out: Vec<SocketAddr> = links
+        .iter()
+        .flat_map(|l| link_addresses(cfg, l))
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect();
+    for l in &cfg.dns.listen {
+        match l {
+            Listen::Addr(a) => out.push(*a),
+            Listen::Interface(i) => out.extend(
+                link_addresses(cfg, i.as_str())
+                    .into_iter()
+                    .map(|ip| SocketAddr::new(ip, port)),
+            ),
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Tells systemd (Type=notify) that dnsd is serving; a no-op outside systemd.
+fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot notify systemd");
+            return;
+        }
+    };
+    if let Err(e) = sock.send_to(b"READY=1", PathBuf::from(path)) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+async fn run(args: Args) -> Result<(), Fatal> {
+    let cfg = Arc::new(load_config(&args)?);
+    if !cfg.dns.enabled {
+        tracing::info!("dns.enabled is false; nothing to serve");
+        return Ok(());
+    }
+    let listen = if args.listen.is_empty() {
+        listen_addresses(&cfg)
+    } else {
+        args.listen.clone()
+    };
+    if listen.is_empty() {
+        return Err(Fatal::Config(
+            "nowhere to listen: set dns.listen, or give a LAN link a static address and a DHCP server"
+                .into(),
+        ));
+    }
+
+    let client = http_client().map_err(|e| Fatal::Other(e.to_string()))?;
+    let refresher = Refresher::new(ListStore::new(&args.lists_dir), client, &cfg.dns);
+    tracing::info!(
+        lists = refresher.lists().len(),
+        "compiled lists loaded from the store"
+    );
+    let policy = Policy::build(&cfg, refresher.lists()).map_err(Fatal::Config)?;
+    let resolver = Arc::new(Resolver::new(&cfg, Arc::new(policy)));
+    let server = Server::bind(Arc::clone(&resolver), listen)
+        .await
+        .map_err(|e| Fatal::Other(format!("cannot listen: {e}")))?;
+    notify_ready();
+
+    let (swap_cfg, swap_resolver) = (Arc::clone(&cfg), Arc::clone(&resolver));
+    let refresh =
+        tokio::spawn(
+            refresher.run(move |lists| match Policy::build(&swap_cfg, &lists) {
+                Ok(p) => {
+                    let p = p.with_pauses_of(&swap_resolver.policy());
+                    swap_resolver.swap_policy(Arc::new(p));
+                    tracing::info!(lists = lists.len(), "policy swapped after a list update");
+                }
+                Err(e) => tracing::error!(error = %e, "list update not applied"),
+            }),
+        );
+
+    wait_for_stop().await;
+    tracing::info!("stopping");
+    refresh.abort();
+    server
+        .shutdown()
+        .await
+        .map_err(|e| Fatal::Other(format!("shutdown: {e}")))
+}
+
+async fn wait_for_stop() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGTERM handler");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
