@@ -21,12 +21,15 @@ pub struct FakeNft {
 }
 
 fn failure(stderr: &str) -> NftError {
-    NftError::Failed(CommandFailure {
-        command: "nft -j -f -".into(),
-        status: Some(1),
-        stdout: String::new(),
-        stderr: stderr.into(),
-    })
+    NftError::Failed {
+        failure: CommandFailure {
+            command: "nft -j -f -".into(),
+            status: Some(1),
+            stdout: String::new(),
+            stderr: stderr.into(),
+        },
+        culprit: None,
+    }
 }
 
 fn name_of(v: &Value, kind: &str, key: &str) -> Option<String> {

@@ -12,9 +12,14 @@ use crate::command::{self, CommandError, CommandFailure};
 pub enum NftError {
     #[error("cannot run nft: {0}")]
     Spawn(String),
-    /// nft refused the input; `stderr` names the offending line of the JSON.
-    #[error("nft failed: {0}")]
-    Failed(#[from] CommandFailure),
+    /// nft refused the transaction. For JSON input nft's stderr often points nowhere
+    /// (`internal:0:0-0`), so `culprit` names the first command it refuses, found by
+    /// dry-running ever shorter prefixes of the batch.
+    #[error("nft failed: {failure}{}", culprit.as_ref().map(|c| format!("; the first command it refuses: {c}")).unwrap_or_default())]
+    Failed {
+        failure: CommandFailure,
+        culprit: Option<String>,
+    },
     #[error("nft printed JSON that does not parse: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -22,7 +27,10 @@ pub enum NftError {
 impl From<CommandError> for NftError {
     fn from(e: CommandError) -> Self {
         match e {
-            CommandError::Failed(f) => Self::Failed(f),
+            CommandError::Failed(failure) => Self::Failed {
+                failure,
+                culprit: None,
+            },
             e @ CommandError::Spawn { .. } => Self::Spawn(e.to_string()),
         }
     }
@@ -81,19 +89,59 @@ impl NftCli {
         v.extend(args.iter().map(ToString::to_string));
         v
     }
+
+    fn dry_run(&self, batch: &Nftables<'_>) -> Result<(), CommandError> {
+        let input = json(batch);
+        command::run(&self.argv(&["-c", "-j", "-f", "-"]), Some(input.as_bytes())).map(|_| ())
+    }
+
+    /// Binary search for the shortest failing prefix of a batch that failed as a whole:
+    /// its last command is the culprit. Dry runs only; a few extra nft calls on failure.
+    fn culprit(&self, batch: &Nftables<'_>) -> Option<String> {
+        let objects = &batch.objects;
+        let prefix = |k: usize| Nftables {
+            objects: objects.iter().take(k).cloned().collect::<Vec<_>>().into(),
+        };
+        let (mut ok, mut fails) = (0, objects.len());
+        if self.dry_run(&prefix(fails)).is_ok() {
+            return None;
+        }
+        while fails - ok > 1 {
+            let mid = ok + (fails - ok) / 2;
+            if self.dry_run(&prefix(mid)).is_err() {
+                fails = mid;
+            } else {
+                ok = mid;
+            }
+        }
+        objects
+            .get(fails.checked_sub(1)?)
+            .and_then(|o| serde_json::to_string(o).ok())
+    }
+
+    fn with_culprit(&self, e: CommandError, batch: &Nftables<'_>) -> NftError {
+        match NftError::from(e) {
+            NftError::Failed { failure, .. } => NftError::Failed {
+                failure,
+                culprit: self.culprit(batch),
+            },
+            other => other,
+        }
+    }
 }
 
 impl Nft for NftCli {
     fn check(&self, ruleset: &Ruleset) -> Result<(), NftError> {
-        let input = ruleset.to_json();
-        command::run(&self.argv(&["-c", "-j", "-f", "-"]), Some(input.as_bytes()))?;
-        Ok(())
+        let batch = ruleset.batch();
+        self.dry_run(&batch)
+            .map_err(|e| self.with_culprit(e, &batch))
     }
 
     fn run(&mut self, batch: &Nftables<'_>) -> Result<(), NftError> {
         let input = json(batch);
-        command::run(&self.argv(&["-j", "-f", "-"]), Some(input.as_bytes()))?;
-        Ok(())
+        command::run(&self.argv(&["-j", "-f", "-"]), Some(input.as_bytes()))
+            .map(|_| ())
+            .map_err(|e| self.with_culprit(e, batch))
     }
 
     fn list(&self) -> Result<Option<Value>, NftError> {
