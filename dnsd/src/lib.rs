@@ -1,7 +1,7 @@
-//! dnsd: the blocking DNS resolver. See README.md for what this crate owns.
-//!
-//! Built so far: block-list parsing ([`lists`]) and the compact compiled matcher
-//! ([`matcher`]). The server, upstreams, cache and control socket come next.
+//! dnsd: the blocking DNS resolver. README.md maps the modules: lists are parsed
+//! ([`lists`]) straight into compact sets ([`matcher`]), compiled and stored
+//! ([`compiled`], [`fetch`], [`refresh`]), and decide per client group ([`policy`]); the
+//! [`server`] answers from local names ([`answer`]), the [`cache`] and the [`upstream`]s.
 
 pub mod answer;
 pub mod cache;
