@@ -1,4 +1,135 @@
-//! image: see README.md for what this crate owns.
-//!
-//! The implementation arrives with its own issue; until then the crate exists so that
-//! the workspace has the layout the design fixes and the other crates can depend on it.
+//! The firmware image, host side: the read-only root filesystem assembled from Debian
+//! packages, the GRUB A/B bootloader and the GPT disk image. See README.md for the layout.
+
+pub mod boot;
+pub mod cmd;
+pub mod disk;
+pub mod grubenv;
+pub mod overlay;
+pub mod rootfs;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context as _, Result};
+use sha2::{Digest as _, Sha256};
+
+use crate::cmd::Took;
+
+/// The disk image's file name inside the output directory.
+pub const DISK_IMAGE: &str = "appliance.img";
+/// The slot payload (what an OTA bundle will carry).
+pub const ROOT_IMAGE: &str = "rootfs.squashfs";
+
+/// What `appliance-image build` makes.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub out: PathBuf,
+    pub cache: PathBuf,
+    pub customization: rootfs::Customization,
+    /// The mtime of every file in the root image.
+    pub epoch: u64,
+    pub sizes: disk::Sizes,
+}
+
+/// What a build produced.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub disk: PathBuf,
+    pub root: PathBuf,
+    pub root_sha256: String,
+    pub kernel: String,
+}
+
+/// Builds the disk image: package tarball (cached), root tree, squashfs, GRUB, ESP, data,
+/// GPT. Each step logs when it starts and how long it took.
+pub fn build(o: &BuildOptions) -> Result<Built> {
+    let started = Instant::now();
+    let work = o.out.join("work");
+    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+
+    tracing::info!("[1/6] package tarball");
+    let tarball = rootfs::package_tarball(&rootfs::RootfsSpec::default(), &o.cache)?;
+
+    tracing::info!("[2/6] root tree");
+    let tree = work.join("tree");
+    rootfs::unpack(&tarball, &tree)?;
+    rootfs::customize(&tree, &o.customization)?;
+    let kernel = rootfs::kernel_version(&tree)?;
+
+    tracing::info!("[3/6] root image (kernel {kernel})");
+    let root = o.out.join(ROOT_IMAGE);
+    rootfs::squashfs(&tree, &root, o.epoch)?;
+    fs::remove_dir_all(&tree).with_context(|| format!("removing {}", tree.display()))?;
+    let root_sha256 = sha256_file(&root)?;
+    fs::write(
+        o.out.join(format!("{ROOT_IMAGE}.sha256")),
+        format!("{root_sha256}  {ROOT_IMAGE}\n"),
+    )
+    .context("writing the root image checksum")?;
+    tracing::info!("root image sha256 {root_sha256}");
+
+    tracing::info!("[4/6] bootloader");
+    let t = Instant::now();
+    let boot_dir = work.join("boot");
+    boot::build(&boot_dir)?;
+    let esp = work.join("esp.img");
+    disk::make_esp(
+        &esp,
+        o.sizes.esp_mib,
+        &boot_dir.join("BOOTX64.EFI"),
+        &boot_dir.join("grubenv"),
+    )?;
+    tracing::info!("GRUB and ESP in {}", Took(t));
+
+    tracing::info!("[5/6] data partition");
+    let skel = work.join("data");
+    data_skeleton(&skel)?;
+    let data = work.join("data.img");
+    disk::make_data(&data, o.sizes.data_mib, &skel, o.epoch)?;
+
+    tracing::info!("[6/6] disk image");
+    let disk_path = o.out.join(DISK_IMAGE);
+    disk::assemble(
+        &disk_path,
+        o.sizes,
+        &disk::Contents {
+            esp: &esp,
+            root_a: &root,
+            root_b: None,
+            data: &data,
+        },
+    )?;
+    for f in [&esp, &data] {
+        fs::remove_file(f).with_context(|| format!("removing {}", f.display()))?;
+    }
+    tracing::info!("image built in {}: {}", Took(started), disk_path.display());
+    Ok(Built {
+        disk: disk_path,
+        root,
+        root_sha256,
+        kernel,
+    })
+}
+
+/// The first contents of /data: only directories whose modes matter; the services make
+/// the rest.
+fn data_skeleton(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    let ssh = dir.join("ssh");
+    fs::create_dir_all(&ssh).with_context(|| format!("creating {}", ssh.display()))?;
+    fs::set_permissions(&ssh, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("setting the mode of {}", ssh.display()))?;
+    Ok(())
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
+    Ok(hex::encode(h.finalize()))
+}

@@ -1,0 +1,83 @@
+//! `appliance-image`: builds the firmware disk image (and later OTA bundles).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use image::{BuildOptions, build, disk, rootfs};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(name = "appliance-image", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Build the GPT disk image (ESP, root A, root B, data) from Debian packages.
+    /// Needs root (it unpacks a root filesystem with its owners and device nodes).
+    Build {
+        /// Output directory: appliance.img, rootfs.squashfs and its sha256.
+        #[arg(long)]
+        out: PathBuf,
+        /// Where the package tarball is cached between builds [default: OUT/cache].
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// An executable to install as /usr/bin/<name> (repeatable).
+        #[arg(long = "bin", value_name = "PATH")]
+        binaries: Vec<PathBuf>,
+        /// Development image: root logs in on the serial console without a password.
+        #[arg(long)]
+        dev: bool,
+        /// The mtime of every file in the root image (seconds since the epoch).
+        #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = rootfs::PACKAGES_EPOCH)]
+        source_date_epoch: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Build {
+            out,
+            cache,
+            binaries,
+            dev,
+            source_date_epoch,
+        } => {
+            let cache = cache.unwrap_or_else(|| out.join("cache"));
+            let options = BuildOptions {
+                out,
+                cache,
+                customization: rootfs::Customization { binaries, dev },
+                epoch: source_date_epoch,
+                sizes: disk::Sizes::default(),
+            };
+            build(&options).map(|b| {
+                println!("disk image: {}", b.disk.display());
+                println!(
+                    "root image: {} (sha256 {})",
+                    b.root.display(),
+                    b.root_sha256
+                );
+                println!("kernel:     {}", b.kernel);
+            })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Files the image puts over the Debian packages (the tree is image/overlay/), and the
+//! units it enables and disables. They are compiled in so that `appliance-image` works from
+//! any directory.
+
+/// A file of the overlay.
+#[derive(Debug, Clone, Copy)]
+pub struct File {
+    pub path: &'static str,
+    pub mode: u32,
+    pub contents: &'static str,
+}
+
+pub const FILES: &[File] = &[
+    File {
+        path: "/etc/fstab",
+        mode: 0o644,
+        contents: include_str!("../overlay/etc/fstab"),
+    },
+    File {
+        path: "/etc/hostname",
+        mode: 0o644,
+        contents: include_str!("../overlay/etc/hostname"),
+    },
+    File {
+        path: "/etc/hosts",
+        mode: 0o644,
+        contents: include_str!("../overlay/etc/hosts"),
+    },
+    File {
+        path: "/etc/ssh/sshd_config.d/appliance.conf",
+        mode: 0o644,
+        contents: include_str!("../overlay/etc/ssh/sshd_config.d/appliance.conf"),
+    },
+    File {
+        path: "/etc/systemd/journald.conf.d/appliance.conf",
+        mode: 0o644,
+        contents: include_str!("../overlay/etc/systemd/journald.conf.d/appliance.conf"),
+    },
+    File {
+        path: "/etc/systemd/network/10-wan.network",
+        mode: 0o644,
+        contents: include_str!("../overlay/etc/systemd/network/10-wan.network"),
+    },
+    File {
+        path: "/etc/systemd/network/20-lan.network",
+        mode: 0o644,
+        contents: include_str!("../overlay/etc/systemd/network/20-lan.network"),
+    },
+    File {
+        path: "/usr/lib/appliance/boot-report",
+        mode: 0o755,
+        contents: include_str!("../overlay/usr/lib/appliance/boot-report"),
+    },
+    File {
+        path: "/usr/lib/systemd/system/appliance-boot-report.service",
+        mode: 0o644,
+        contents: include_str!("../overlay/usr/lib/systemd/system/appliance-boot-report.service"),
+    },
+    File {
+        path: "/usr/lib/systemd/system/appliance-ssh-hostkeys.service",
+        mode: 0o644,
+        contents: include_str!("../overlay/usr/lib/systemd/system/appliance-ssh-hostkeys.service"),
+    },
+];
+
+/// Units enabled as `systemctl enable` would: (the .wants directory, the unit file).
+pub const ENABLED: &[(&str, &str)] = &[
+    (
+        "multi-user.target.wants",
+        "/usr/lib/systemd/system/appliance-ssh-hostkeys.service",
+    ),
+    (
+        "multi-user.target.wants",
+        "/usr/lib/systemd/system/appliance-boot-report.service",
+    ),
+    (
+        "multi-user.target.wants",
+        "/lib/systemd/system/systemd-networkd.service",
+    ),
+    (
+        "sockets.target.wants",
+        "/lib/systemd/system/systemd-networkd.socket",
+    ),
+];
+
+/// Units the packages enable that make no sense on a read-only appliance without apt
+/// (relative to /etc/systemd/system).
+pub const DISABLED: &[&str] = &[
+    "timers.target.wants/apt-daily.timer",
+    "timers.target.wants/apt-daily-upgrade.timer",
+    "timers.target.wants/dpkg-db-backup.timer",
+];
