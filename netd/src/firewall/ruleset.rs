@@ -79,6 +79,13 @@ impl Ruleset {
         serde_json::to_string_pretty(&self.batch()).unwrap_or_default()
     }
 
+    pub fn has_zone_set(&self, zone: &str) -> bool {
+        let name = zone_set_name(zone);
+        self.objects
+            .iter()
+            .any(|o| matches!(o, NfListObject::Set(s) if s.name == name))
+    }
+
     /// Replaces the elements of a zone's address set in this ruleset, so that the desired
     /// state matches what [`set_zone_addresses`] put into the kernel. Returns false when the
     /// zone has no such set.

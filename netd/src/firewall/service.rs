@@ -166,6 +166,8 @@ impl<N: Nft> Firewall<N> {
                 self.applied = None;
             }
             Previous::Ruleset(rs) => {
+                // with the zone addresses of now: a lease renewed since then stays valid
+                let rs = self.effective(&rs);
                 self.nft.apply(&rs)?;
                 self.record(rs)?;
             }
@@ -184,8 +186,8 @@ impl<N: Nft> Firewall<N> {
         zone: &str,
         addrs: &[Ipv4Addr],
     ) -> Result<(), FirewallError> {
-        if let Some(a) = &mut self.applied
-            && !a.ruleset.clone().set_zone_addresses(zone, addrs)
+        if let Some(a) = &self.applied
+            && !a.ruleset.has_zone_set(zone)
         {
             return Err(FirewallError::UnknownZone(zone.into()));
         }
