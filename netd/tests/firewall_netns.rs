@@ -517,3 +517,20 @@ fn rate_limited_rule_admits_a_burst_and_counts_what_it_admits() {
     // the rest met the WAN zone's default (ARP is not IP, so only our datagrams count)
     assert_eq!(counters["wan-udp"].0 + counters["zone wan input"].0, SENT);
 }
+
+#[test]
+fn restarted_netd_with_its_state_file_plans_nothing() {
+    let lab = Lab::new();
+    let path = std::env::temp_dir().join(format!("{}-firewall.json", lab.router.name));
+    let desired = render(&router_config());
+    let mut fw = Firewall::with_state_file(lab.nft(), &path);
+    assert!(fw.apply(&desired).unwrap());
+    fw.set_zone_addresses("wan", &[WAN1]).unwrap();
+    drop(fw);
+    let before = rules_with_handles(&lab.nft());
+
+    let mut restarted = Firewall::with_state_file(lab.nft(), &path);
+    assert!(!restarted.apply(&desired).unwrap());
+    assert_eq!(rules_with_handles(&lab.nft()), before);
+    std::fs::remove_file(&path).unwrap();
+}

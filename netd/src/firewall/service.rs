@@ -13,10 +13,16 @@
 //! 2. `plan` answers "nothing" when the desired ruleset equals the one last applied *and*
 //!    the kernel's normalized listing still equals the one recorded. Anything else (a
 //!    config change, a table edited or deleted behind netd's back, a netd restart, which
-//!    forgets the record) plans one full replacement, which is atomic and harmless.
+//!    forgets the record unless it has a state file) plans one full replacement, which is
+//!    atomic and harmless.
+//!
+//! With [`Firewall::with_state_file`] the record is kept in a file too (under `/run`,
+//! which is emptied at boot together with the kernel's tables), so that a restarted netd
+//! still plans nothing for an unchanged table.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 
 use nftables::schema::{NfCmd, NfListObject, NfObject, Nftables, Table};
 use nftables::types::NfFamily;
@@ -57,7 +63,20 @@ impl FirewallPlan {
 #[derive(Debug, Clone)]
 struct Applied {
     ruleset: Ruleset,
+    /// What is compared: the schema types do not survive a round trip through the state
+    /// file as equal values (an unset counter comes back as zero), their JSON does.
+    json: String,
     listing: Value,
+}
+
+impl Applied {
+    fn new(ruleset: Ruleset, listing: Value) -> Self {
+        Self {
+            json: ruleset.to_json(),
+            ruleset,
+            listing,
+        }
+    }
 }
 
 /// What the kernel held before the last apply, to go back to.
@@ -76,6 +95,7 @@ pub struct Firewall<N> {
     previous: Option<Previous>,
     /// Zone addresses learned at run time (a DHCP lease), which the config cannot know.
     zone_addresses: BTreeMap<String, Vec<Ipv4Addr>>,
+    state_file: Option<PathBuf>,
 }
 
 impl<N: Nft> Firewall<N> {
@@ -85,7 +105,30 @@ impl<N: Nft> Firewall<N> {
             applied: None,
             previous: None,
             zone_addresses: BTreeMap::new(),
+            state_file: None,
         }
+    }
+
+    /// Like [`Firewall::new`], remembering the last apply in `path` across restarts. A
+    /// missing or unreadable file only costs one table replacement.
+    pub fn with_state_file(nft: N, path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        let mut fw = Self::new(nft);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => match parse_state(&text) {
+                Some((applied, zones)) => {
+                    fw.applied = applied;
+                    fw.zone_addresses = zones;
+                }
+                None => {
+                    tracing::warn!(path = %path.display(), "firewall: ignoring a bad state file")
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(path = %path.display(), "firewall: cannot read state: {e}"),
+        }
+        fw.state_file = Some(path);
+        fw
     }
 
     pub fn nft(&self) -> &N {
@@ -116,7 +159,7 @@ impl<N: Nft> Firewall<N> {
         let reason = match (&self.applied, observed) {
             (_, None) => "the table does not exist",
             (None, Some(_)) => "this netd has not applied the table yet",
-            (Some(a), Some(_)) if a.ruleset != desired => "the configuration changed",
+            (Some(a), Some(_)) if a.json != desired.to_json() => "the configuration changed",
             (Some(a), Some(obs)) if normalize_listing(obs) != a.listing => {
                 "the table was changed outside netd"
             }
@@ -164,6 +207,7 @@ impl<N: Nft> Firewall<N> {
             Previous::Absent => {
                 self.nft.run(&delete_table())?;
                 self.applied = None;
+                self.save_state();
             }
             Previous::Ruleset(rs) => {
                 // with the zone addresses of now: a lease renewed since then stays valid
@@ -174,6 +218,7 @@ impl<N: Nft> Firewall<N> {
             Previous::Listing(listing) => {
                 self.nft.run(&readd_listing(&listing)?)?;
                 self.applied = None;
+                self.save_state();
             }
         }
         Ok(())
@@ -193,10 +238,13 @@ impl<N: Nft> Firewall<N> {
         }
         self.nft.run(&set_zone_addresses(zone, addrs))?;
         self.zone_addresses.insert(zone.into(), addrs.to_vec());
-        if let Some(a) = self.applied.take() {
-            let mut rs = a.ruleset;
-            rs.set_zone_addresses(zone, addrs);
-            self.record(rs)?;
+        match self.applied.take() {
+            Some(a) => {
+                let mut rs = a.ruleset;
+                rs.set_zone_addresses(zone, addrs);
+                self.record(rs)?;
+            }
+            None => self.save_state(),
         }
         Ok(())
     }
@@ -204,9 +252,64 @@ impl<N: Nft> Firewall<N> {
     fn record(&mut self, ruleset: Ruleset) -> Result<(), FirewallError> {
         self.applied = None;
         let listing = self.observe()?.map(|l| normalize_listing(&l));
-        self.applied = listing.map(|listing| Applied { ruleset, listing });
+        self.applied = listing.map(|listing| Applied::new(ruleset, listing));
+        self.save_state();
         Ok(())
     }
+
+    /// The state file is an optimization: failing to write it is logged, not fatal.
+    fn save_state(&self) {
+        let Some(path) = &self.state_file else {
+            return;
+        };
+        if let Err(e) = write_atomically(path, &state_json(&self.applied, &self.zone_addresses)) {
+            tracing::warn!(path = %path.display(), "firewall: cannot save state: {e}");
+        }
+    }
+}
+
+const STATE_VERSION: u64 = 1;
+
+fn state_json(applied: &Option<Applied>, zones: &BTreeMap<String, Vec<Ipv4Addr>>) -> String {
+    let applied = applied.as_ref().map(|a| {
+        serde_json::json!({
+            "ruleset": a.ruleset.objects(),
+            "listing": a.listing,
+        })
+    });
+    serde_json::json!({
+        "version": STATE_VERSION,
+        "applied": applied,
+        "zone_addresses": zones,
+    })
+    .to_string()
+}
+
+type State = (Option<Applied>, BTreeMap<String, Vec<Ipv4Addr>>);
+
+fn parse_state(text: &str) -> Option<State> {
+    let v: Value = serde_json::from_str(text).ok()?;
+    if v.get("version")?.as_u64()? != STATE_VERSION {
+        return None;
+    }
+    let zones = serde_json::from_value(v.get("zone_addresses")?.clone()).ok()?;
+    let applied = match v.get("applied")? {
+        Value::Null => None,
+        a => {
+            let objects: Vec<NfListObject<'static>> =
+                serde_json::from_value(a.get("ruleset")?.clone()).ok()?;
+            let mut ruleset = Ruleset::default();
+            objects.into_iter().for_each(|o| ruleset.push(o));
+            Some(Applied::new(ruleset, a.get("listing")?.clone()))
+        }
+    };
+    Some((applied, zones))
+}
+
+fn write_atomically(path: &Path, contents: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents)?;
+    std::fs::rename(&tmp, path)
 }
 
 fn table() -> NfListObject<'static> {
@@ -538,6 +641,30 @@ mod tests {
             fw.set_zone_addresses("dmz", &[addr]),
             Err(FirewallError::UnknownZone(_))
         ));
+    }
+
+    #[test]
+    fn a_restarted_netd_with_its_state_file_plans_nothing() {
+        let dir = std::env::temp_dir().join(format!("netd-fw-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("firewall.json");
+        let _ = std::fs::remove_file(&path);
+
+        let mut fw = Firewall::with_state_file(FakeNft::new(), &path);
+        fw.apply(&default_rs()).unwrap();
+        fw.set_zone_addresses("wan", &["203.0.113.9".parse().unwrap()])
+            .unwrap();
+        let kernel = fw.nft().clone();
+
+        let mut restarted = Firewall::with_state_file(kernel.clone(), &path);
+        assert!(!restarted.apply(&default_rs()).unwrap());
+        assert_eq!(restarted.nft().writes, kernel.writes);
+
+        // without the file (or with a broken one) the first apply rewrites once
+        std::fs::write(&path, "{not json").unwrap();
+        let mut amnesiac = Firewall::with_state_file(kernel, &path);
+        assert!(amnesiac.apply(&default_rs()).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
