@@ -534,3 +534,48 @@ fn restarted_netd_with_its_state_file_plans_nothing() {
     assert_eq!(rules_with_handles(&lab.nft()), before);
     std::fs::remove_file(&path).unwrap();
 }
+
+#[test]
+fn guest_zone_reaches_wan_but_neither_lan_nor_the_router() {
+    let lab = Lab::new();
+    let guest = Netns::new("guest");
+    let guest_addr = Ipv4Addr::new(192, 168, 2, 2);
+    lab.router.ip(&format!(
+        "link add guest type veth peer name eth0 netns {}",
+        guest.name
+    ));
+    lab.router.ip("addr add 192.168.2.1/24 dev guest");
+    lab.router.ip("link set guest up");
+    guest.ip(&format!("addr add {guest_addr}/24 dev eth0"));
+    guest.ip("link set eth0 up");
+    guest.ip("route add default via 192.168.2.1");
+
+    let src = format!(
+        "{}
+[interfaces.guest]
+device = \"eth2\"
+addresses = [\"192.168.2.1/24\"]
+
+[firewall.zones.guest]
+interfaces = [\"guest\"]
+
+[[firewall.policies]]
+from = \"guest\"
+to = \"wan\"
+action = \"accept\"
+",
+        appliance::DEFAULT_CONFIG
+    );
+    let mut fw = Firewall::new(lab.nft());
+    fw.apply(&render(&appliance::load_str(&src).unwrap()))
+        .unwrap();
+    let _internet = Server::start(&lab.wan, 9000);
+    let _lan_server = Server::start(&lab.srv, 80);
+    let _guest_server = Server::start(&guest, 7000);
+
+    assert_eq!(reaches(&guest, INTERNET, 9000), WAN1.to_string());
+    assert_dropped(&guest, LAN_SERVER, 80);
+    assert_dropped(&guest, Ipv4Addr::new(192, 168, 2, 1), 22);
+    // the LAN zone forwards anywhere by default, guests included, and unmasqueraded
+    assert_eq!(reaches(&lab.lan, guest_addr, 7000), "192.168.1.2");
+}

@@ -271,6 +271,8 @@ fn input_base(ctx: &Ctx<'_>, out: &mut Out) {
         .zoned_links()
         .map(|(_, l)| l)
         .chain(ctx.cfg.interfaces.keys())
+        .chain(ctx.cfg.vlans.keys())
+        .chain(ctx.cfg.bridges.keys())
         .filter(|l| ctx.link_ipv4_mode(l) == Some(Ipv4Mode::Dhcp))
         .map(IfName::as_str)
         .collect::<BTreeSet<_>>()
