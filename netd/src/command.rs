@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::io::Write;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 
 /// A tool that ran and failed. Everything needed to diagnose it without a rerun: `nft`
 /// names the offending line of its input on stderr.
@@ -87,16 +87,12 @@ pub fn run(argv: &[String], stdin: Option<&[u8]>) -> Result<Output, CommandError
     } else {
         Err(CommandFailure {
             command,
-            status: code(out.status),
+            status: out.status.code(),
             stdout,
             stderr,
         }
         .into())
     }
-}
-
-fn code(status: ExitStatus) -> Option<i32> {
-    status.code()
 }
 
 fn quote(argv: &[String]) -> String {
