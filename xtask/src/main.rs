@@ -156,7 +156,8 @@ const CLIPPY: Step = Step {
 };
 const TEST: Step = Step {
     name: "test",
-    packages: &[],
+    // Real peers of the tests: dnsmasq and dig for dnsd, nft and ip netns for netd.
+    packages: &["dnsmasq-base", "bind9-dnsutils", "nftables", "iproute2"],
     run: step_test,
     hint: None,
 };
