@@ -272,6 +272,8 @@ pub fn squashfs(tree: &Path, out: &Path, epoch: u64) -> Result<()> {
     tracing::info!("packing the root as squashfs (gzip; about a minute)");
     let epoch = epoch.to_string();
     run(Command::new("mksquashfs")
+        // It refuses SOURCE_DATE_EPOCH next to the explicit times below.
+        .env_remove("SOURCE_DATE_EPOCH")
         .arg(tree)
         .arg(out)
         .args(["-noappend", "-no-progress", "-quiet", "-comp", "gzip"])

@@ -26,8 +26,14 @@ Commands:
                           1 job); `config` fuzzes the appliance.toml loader
   schema [--check]        regenerate appliance/config.schema.json and docs/config.md;
                           with --check, fail if the committed copies are stale instead
-  run                     build the firmware image and boot it in QEMU (not yet: issue #3)
-  image                   build the firmware image (not yet: issue #3)
+  image                   build the release binaries and the firmware disk image
+                          (target/image/appliance.img; needs root; installs the Debian
+                          packages it needs)
+  run [--rebuild] [--kvm] boot the image in QEMU (TCG) with the serial console in the
+                          terminal, building it first if there is none; a fresh disk
+                          overlay each run; quit with Ctrl-A X
+  vm-test                 build the image if there is none, then run the VM tests
+                          (tests/vm: boot to multi-user, read-only root, /data)
   bench <area>            benchmarks (not yet: they arrive with the daemon issues)
   help                    this text
 
@@ -103,9 +109,26 @@ fn dispatch(args: &[String]) -> Result<(), Failure> {
             };
             Ok(schema(check)?)
         }
-        "run" | "image" => Err(Failure::Failed(anyhow!(
-            "`cargo xtask {cmd}` arrives with issue #3 (the QEMU image)"
-        ))),
+        "image" => {
+            no_args("image", rest)?;
+            image().map(|_| ()).map_err(Failure::from)
+        }
+        "run" => {
+            let mut rebuild = false;
+            let mut kvm = false;
+            for arg in rest {
+                match arg.as_str() {
+                    "--rebuild" => rebuild = true,
+                    "--kvm" => kvm = true,
+                    other => return usage(format!("unknown option to run: `{other}`")),
+                }
+            }
+            Ok(run_vm(rebuild, kvm)?)
+        }
+        "vm-test" => {
+            no_args("vm-test", rest)?;
+            Ok(vm_test()?)
+        }
         "bench" => Err(Failure::Failed(anyhow!(
             "`cargo xtask bench` arrives with the daemon issues (netd, dnsd, stored)"
         ))),
@@ -278,6 +301,204 @@ fn step_fuzz_build(root: &Path) -> Result<()> {
         "-D",
         "warnings",
     ]))
+}
+
+// ---------------------------------------------------------------------------------------
+// Image, run, vm-test
+
+/// Host tools `appliance-image build` calls.
+const IMAGE_PACKAGES: &[&str] = &[
+    "mmdebstrap",
+    "squashfs-tools",
+    "dosfstools",
+    "mtools",
+    "gdisk",
+    "e2fsprogs",
+    "grub-efi-amd64-bin",
+];
+
+/// What booting the image takes.
+const QEMU_PACKAGES: &[&str] = &["qemu-system-x86", "qemu-utils", "ovmf"];
+
+/// Our executables installed into the image. The daemons join as their binaries arrive.
+const IMAGE_BINARIES: &[&str] = &["applctl"];
+
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// Host ports `cargo xtask run` forwards to the guest's WAN address: (protocol, host, guest,
+/// what).
+const FORWARDS: &[(&str, u16, u16, &str)] = &[
+    ("tcp", 2222, 22, "SSH"),
+    ("tcp", 5353, 53, "DNS"),
+    ("udp", 5353, 53, "DNS"),
+    ("tcp", 8443, 443, "API"),
+];
+
+/// The LAN NIC of `cargo xtask run` listens here; a client VM joins the LAN with
+/// `-netdev socket,id=lan,connect=127.0.0.1:10002`.
+const LAN_SOCKET: &str = "127.0.0.1:10002";
+
+fn image_dir(root: &Path) -> PathBuf {
+    root.join("target").join("image")
+}
+
+/// Builds the release binaries and the disk image; returns the disk image's path.
+fn image() -> Result<PathBuf> {
+    let root = repo_root()?;
+    let started = Instant::now();
+    require_root("building the image")?;
+    println!("==> image: host packages");
+    ensure_debian_packages(IMAGE_PACKAGES)?;
+
+    println!("==> image: release binaries");
+    let t = Instant::now();
+    run(cargo(&root).args([
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "appliance",
+        "-p",
+        "image",
+    ]))?;
+    println!("==> release binaries built in {}", Secs(t.elapsed()));
+
+    println!("==> image: appliance-image build");
+    let release = root.join("target").join("release");
+    let out = image_dir(&root);
+    let mut cmd = Command::new(release.join("appliance-image"));
+    cmd.current_dir(&root)
+        .arg("build")
+        .arg("--out")
+        .arg(&out)
+        .arg("--cache")
+        .arg(root.join("target").join("image-cache"))
+        .arg("--dev");
+    for bin in IMAGE_BINARIES {
+        cmd.arg("--bin").arg(release.join(bin));
+    }
+    // The commit time, so that a checkout builds the same root as anyone else's.
+    if std::env::var_os("SOURCE_DATE_EPOCH").is_none()
+        && let Ok(o) = Command::new("git")
+            .current_dir(&root)
+            .args(["log", "-1", "--format=%ct"])
+            .output()
+        && o.status.success()
+    {
+        cmd.env(
+            "SOURCE_DATE_EPOCH",
+            String::from_utf8_lossy(&o.stdout).trim(),
+        );
+    }
+    run(&mut cmd)?;
+    let disk = out.join("appliance.img");
+    println!(
+        "==> image built in {}: {}",
+        Secs(started.elapsed()),
+        rel(&root, &disk)
+    );
+    Ok(disk)
+}
+
+fn require_root(what: &str) -> Result<()> {
+    let out = Command::new("id")
+        .arg("-u")
+        .output()
+        .context("running `id -u`")?;
+    if out.stdout.trim_ascii() != b"0" {
+        bail!("{what} needs root (mmdebstrap, and a root tree with device nodes and owners)");
+    }
+    Ok(())
+}
+
+/// The image, built first when there is none (or when asked to).
+fn image_if_needed(rebuild: bool) -> Result<PathBuf> {
+    let disk = image_dir(&repo_root()?).join("appliance.img");
+    if rebuild || !disk.exists() {
+        return image();
+    }
+    println!(
+        "==> using the existing {} (`cargo xtask image` or `run --rebuild` to rebuild)",
+        disk.display()
+    );
+    Ok(disk)
+}
+
+fn run_vm(rebuild: bool, kvm: bool) -> Result<()> {
+    let root = repo_root()?;
+    let disk = image_if_needed(rebuild)?;
+    ensure_debian_packages(QEMU_PACKAGES)?;
+    let dir = root.join("target").join("vm").join("run");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // A fresh overlay and UEFI variable store each run: every boot starts as a newly
+    // flashed box, and the image itself is never written.
+    let overlay = dir.join("disk.qcow2");
+    let vars = dir.join("OVMF_VARS.fd");
+    if overlay.exists() {
+        fs::remove_file(&overlay).with_context(|| format!("removing {}", overlay.display()))?;
+    }
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&disk)
+        .arg(&overlay))?;
+    fs::copy(OVMF_VARS, &vars).with_context(|| format!("copying {OVMF_VARS}"))?;
+
+    let hostfwd: Vec<String> = FORWARDS
+        .iter()
+        .map(|(proto, host, guest, _)| format!("hostfwd={proto}:127.0.0.1:{host}-:{guest}"))
+        .collect();
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-machine", "q35", "-accel", if kvm { "kvm" } else { "tcg" }])
+        .args(["-m", "2048", "-smp", "2", "-nographic"])
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+        .arg("-drive")
+        .arg(format!("if=virtio,format=qcow2,file={}", overlay.display()))
+        .arg("-netdev")
+        .arg(format!("user,id=wan,{}", hostfwd.join(",")))
+        .args(["-device", "virtio-net-pci,netdev=wan,mac=52:54:00:a9:00:01"])
+        .arg("-netdev")
+        .arg(format!("socket,id=lan,listen={LAN_SOCKET}"))
+        .args(["-device", "virtio-net-pci,netdev=lan,mac=52:54:00:a9:00:02"]);
+    println!(
+        "==> booting {} in QEMU ({})",
+        rel(&root, &disk),
+        if kvm { "KVM" } else { "TCG" }
+    );
+    println!("    WAN: QEMU user network; host ports forwarded to the appliance:");
+    for (proto, host, guest, what) in FORWARDS {
+        println!("      {what:<4} 127.0.0.1:{host}/{proto} -> {guest}");
+    }
+    println!("    LAN: socket {LAN_SOCKET} (192.168.1.1/24 on the appliance)");
+    println!("    SSH: ssh -p 2222 root@127.0.0.1 (key in /data/ssh/authorized_keys)");
+    println!("    console: root logs in without a password; quit QEMU with Ctrl-A X");
+    run(&mut cmd)
+}
+
+fn vm_test() -> Result<()> {
+    let root = repo_root()?;
+    let started = Instant::now();
+    image_if_needed(false)?;
+    ensure_debian_packages(QEMU_PACKAGES)?;
+    println!("==> VM tests");
+    run(cargo(&root).args([
+        "test",
+        "--locked",
+        "-p",
+        "appliance-tests",
+        "--features",
+        "vm",
+        "--test",
+        "vm",
+        "--",
+        "--test-threads=1",
+        "--nocapture",
+    ]))?;
+    println!("==> VM tests passed in {}", Secs(started.elapsed()));
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -768,7 +989,10 @@ mod tests {
             dispatch(&args("schema --x")),
             Err(Failure::Usage(_))
         ));
-        assert!(matches!(dispatch(&args("run")), Err(Failure::Failed(_))));
+        assert!(matches!(
+            dispatch(&args("run --bogus")),
+            Err(Failure::Usage(_))
+        ));
         assert!(matches!(
             dispatch(&args("bench netd")),
             Err(Failure::Failed(_))
