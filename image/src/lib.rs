@@ -32,6 +32,8 @@ pub struct BuildOptions {
     /// The mtime of every file in the root image.
     pub epoch: u64,
     pub sizes: disk::Sizes,
+    /// SSH public keys (files) allowed to log in as root, put in /data/ssh/authorized_keys.
+    pub authorized_keys: Vec<PathBuf>,
 }
 
 /// What a build produced.
@@ -55,14 +57,13 @@ pub fn build(o: &BuildOptions) -> Result<Built> {
 
     tracing::info!("[2/6] root tree");
     let tree = work.join("tree");
-    rootfs::unpack(&tarball, &tree)?;
+    let cleanup = rootfs::unpack(&tarball, &tree)?;
     rootfs::customize(&tree, &o.customization)?;
     let kernel = rootfs::kernel_version(&tree)?;
 
     tracing::info!("[3/6] root image (kernel {kernel})");
     let root = o.out.join(ROOT_IMAGE);
     rootfs::squashfs(&tree, &root, o.epoch)?;
-    fs::remove_dir_all(&tree).with_context(|| format!("removing {}", tree.display()))?;
     let root_sha256 = sha256_file(&root)?;
     fs::write(
         o.out.join(format!("{ROOT_IMAGE}.sha256")),
@@ -86,7 +87,7 @@ pub fn build(o: &BuildOptions) -> Result<Built> {
 
     tracing::info!("[5/6] data partition");
     let skel = work.join("data");
-    data_skeleton(&skel)?;
+    data_skeleton(&skel, &o.authorized_keys)?;
     let data = work.join("data.img");
     disk::make_data(&data, o.sizes.data_mib, &skel, o.epoch)?;
 
@@ -105,6 +106,11 @@ pub fn build(o: &BuildOptions) -> Result<Built> {
     for f in [&esp, &data] {
         fs::remove_file(f).with_context(|| format!("removing {}", f.display()))?;
     }
+    if let Some(c) = cleanup
+        && c.join().is_err()
+    {
+        tracing::warn!("removing the previous root tree panicked");
+    }
     tracing::info!("image built in {}: {}", Took(started), disk_path.display());
     Ok(Built {
         disk: disk_path,
@@ -114,9 +120,9 @@ pub fn build(o: &BuildOptions) -> Result<Built> {
     })
 }
 
-/// The first contents of /data: only directories whose modes matter; the services make
-/// the rest.
-fn data_skeleton(dir: &Path) -> Result<()> {
+/// The first contents of /data: directories whose modes matter, and the authorized SSH
+/// keys if any; the services make the rest.
+fn data_skeleton(dir: &Path, authorized_keys: &[PathBuf]) -> Result<()> {
     if dir.exists() {
         fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     }
@@ -124,6 +130,18 @@ fn data_skeleton(dir: &Path) -> Result<()> {
     fs::create_dir_all(&ssh).with_context(|| format!("creating {}", ssh.display()))?;
     fs::set_permissions(&ssh, fs::Permissions::from_mode(0o700))
         .with_context(|| format!("setting the mode of {}", ssh.display()))?;
+    if !authorized_keys.is_empty() {
+        let mut keys = String::new();
+        for k in authorized_keys {
+            let text = fs::read_to_string(k).with_context(|| format!("reading {}", k.display()))?;
+            keys.push_str(text.trim_end());
+            keys.push('\n');
+        }
+        let path = ssh.join("authorized_keys");
+        fs::write(&path, keys).with_context(|| format!("writing {}", path.display()))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("setting the mode of {}", path.display()))?;
+    }
     Ok(())
 }
 

@@ -6,6 +6,7 @@ use std::fs;
 use std::os::unix::fs::{PermissionsExt as _, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::thread;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
@@ -142,9 +143,18 @@ pub fn package_tarball(spec: &RootfsSpec, cache: &Path) -> Result<PathBuf> {
 }
 
 /// Unpacks the tarball into an empty `tree` (owners, modes and file capabilities kept).
-pub fn unpack(tarball: &Path, tree: &Path) -> Result<()> {
+/// The previous build's tree is moved aside and deleted on a thread, because deleting
+/// 20,000 files took 10 to 40 s on these machines; join the returned handle before exiting.
+pub fn unpack(tarball: &Path, tree: &Path) -> Result<Option<thread::JoinHandle<()>>> {
+    let mut cleanup = None;
     if tree.exists() {
-        fs::remove_dir_all(tree).with_context(|| format!("removing {}", tree.display()))?;
+        let old = tree.with_extension(format!("old-{}", std::process::id()));
+        fs::rename(tree, &old).with_context(|| format!("moving {} aside", tree.display()))?;
+        cleanup = Some(thread::spawn(move || {
+            if let Err(e) = fs::remove_dir_all(&old) {
+                tracing::warn!("could not remove {}: {e}", old.display());
+            }
+        }));
     }
     fs::create_dir_all(tree).with_context(|| format!("creating {}", tree.display()))?;
     let t = Instant::now();
@@ -155,7 +165,7 @@ pub fn unpack(tarball: &Path, tree: &Path) -> Result<()> {
         .arg(tree))
     .context("unpacking the package tarball")?;
     tracing::info!("unpacked the package tarball in {}", Took(t));
-    Ok(())
+    Ok(cleanup)
 }
 
 /// What goes on top of the packages.
@@ -276,7 +286,9 @@ pub fn squashfs(tree: &Path, out: &Path, epoch: u64) -> Result<()> {
         .env_remove("SOURCE_DATE_EPOCH")
         .arg(tree)
         .arg(out)
+        // Level 6 gives the size of the default 9 (within 1%) in a quarter of the time.
         .args(["-noappend", "-no-progress", "-quiet", "-comp", "gzip"])
+        .args(["-Xcompression-level", "6"])
         .args(["-mkfs-time", &epoch, "-all-time", &epoch])
         // /data is the mount point of the data partition; /dev, /proc, /run, /sys and
         // /tmp are mounted over at boot.

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
+mod bench_dns;
+
 const USAGE: &str = "\
 Usage: cargo xtask <command> [options]
 
@@ -129,9 +131,7 @@ fn dispatch(args: &[String]) -> Result<(), Failure> {
             no_args("vm-test", rest)?;
             Ok(vm_test()?)
         }
-        "bench" => Err(Failure::Failed(anyhow!(
-            "`cargo xtask bench` arrives with the daemon issues (netd, dnsd, stored)"
-        ))),
+        "bench" => bench_dns::dispatch(rest),
         other => usage(format!("unknown command `{other}`")),
     }
 }
@@ -378,6 +378,16 @@ fn image() -> Result<PathBuf> {
     for bin in IMAGE_BINARIES {
         cmd.arg("--bin").arg(release.join(bin));
     }
+    // The developer's own keys, so that `ssh -p 2222 root@127.0.0.1` works in `run`.
+    if let Some(home) = std::env::var_os("HOME") {
+        for name in ["id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"] {
+            let key = Path::new(&home).join(".ssh").join(name);
+            if key.is_file() {
+                println!("    authorizing {} for root over SSH", key.display());
+                cmd.arg("--authorized-key").arg(key);
+            }
+        }
+    }
     // The commit time, so that a checkout builds the same root as anyone else's.
     if std::env::var_os("SOURCE_DATE_EPOCH").is_none()
         && let Ok(o) = Command::new("git")
@@ -473,7 +483,7 @@ fn run_vm(rebuild: bool, kvm: bool) -> Result<()> {
         println!("      {what:<4} 127.0.0.1:{host}/{proto} -> {guest}");
     }
     println!("    LAN: socket {LAN_SOCKET} (192.168.1.1/24 on the appliance)");
-    println!("    SSH: ssh -p 2222 root@127.0.0.1 (key in /data/ssh/authorized_keys)");
+    println!("    SSH: ssh -p 2222 root@127.0.0.1 (keys: ~/.ssh/id_*.pub at image build time)");
     println!("    console: root logs in without a password; quit QEMU with Ctrl-A X");
     run(&mut cmd)
 }

@@ -31,6 +31,10 @@ enum Cmd {
         /// Development image: root logs in on the serial console without a password.
         #[arg(long)]
         dev: bool,
+        /// An SSH public key file allowed to log in as root (repeatable); it goes to
+        /// /data/ssh/authorized_keys, not into the root image.
+        #[arg(long = "authorized-key", value_name = "FILE")]
+        authorized_keys: Vec<PathBuf>,
         /// The mtime of every file in the root image (seconds since the epoch).
         #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = rootfs::PACKAGES_EPOCH)]
         source_date_epoch: u64,
@@ -52,6 +56,7 @@ fn main() -> ExitCode {
             cache,
             binaries,
             dev,
+            authorized_keys,
             source_date_epoch,
         } => {
             let cache = cache.unwrap_or_else(|| out.join("cache"));
@@ -61,6 +66,7 @@ fn main() -> ExitCode {
                 customization: rootfs::Customization { binaries, dev },
                 epoch: source_date_epoch,
                 sizes: disk::Sizes::default(),
+                authorized_keys,
             };
             build(&options).map(|b| {
                 println!("disk image: {}", b.disk.display());
