@@ -90,3 +90,40 @@ pub const DISABLED: &[&str] = &[
     "timers.target.wants/apt-daily-upgrade.timer",
     "timers.target.wants/dpkg-db-backup.timer",
 ];
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, base, out);
+            } else {
+                out.push(format!("/{}", path.strip_prefix(base).unwrap().display()));
+            }
+        }
+    }
+
+    #[test]
+    fn every_file_of_the_overlay_tree_is_listed() {
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("overlay");
+        let mut on_disk = Vec::new();
+        walk(&base, &base, &mut on_disk);
+        on_disk.sort();
+        let mut listed: Vec<String> = FILES.iter().map(|f| f.path.to_owned()).collect();
+        listed.sort();
+        assert_eq!(on_disk, listed);
+    }
+
+    #[test]
+    fn executables_are_the_scripts() {
+        for f in FILES {
+            let script = f.contents.starts_with("#!");
+            assert_eq!(f.mode == 0o755, script, "{}", f.path);
+        }
+    }
+}
