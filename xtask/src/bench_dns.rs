@@ -1,0 +1,1355 @@
+//! `cargo xtask bench dns`: dnsd against dnsmasq (the engine under Pi-hole's FTL) and
+//! unbound, on loopback, with the same synthetic block list and the same authoritative
+//! upstream (knot).
+//!
+//! Each server runs alone, pinned to CPU 0; dnsperf and knot share CPU 1, so QPS ratios
+//! compare work per core. Peak QPS comes from a closed-loop dnsperf run (100 queries
+//! outstanding); p50/p99 come from a second, open-loop run at half of that server's peak
+//! rate with `dnsperf -v`, which prints every answer's latency (dnsperf 2.10 has no
+//! percentiles of its own).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{BufRead as _, BufReader, BufWriter, Write as _};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+use super::{Failure, Secs, cargo, ensure_debian_packages, repo_root, run, usage};
+
+const PACKAGES: &[&str] = &["dnsperf", "dnsmasq-base", "unbound", "knot", "util-linux"];
+const DEFAULT_DOMAINS: usize = 1_000_000;
+const DEFAULT_SECONDS: u64 = 10;
+/// The zone knot serves; every forwarded and cached name is under it (a wildcard answers).
+const ZONE: &str = "fwd.bench";
+/// What the wildcard of [`ZONE`] answers.
+const ZONE_ADDR: [u8; 4] = [192, 0, 2, 1];
+/// Names of the cached set, asked over and over after a warm-up.
+const CACHED_NAMES: usize = 1000;
+/// Lines of the blocked query file (dnsperf loops over it).
+const BLOCKED_QUERIES: usize = 200_000;
+/// Queries outstanding in the peak-rate runs: under dnsmasq's default `dns-forward-max`
+/// (150), so that dnsmasq does not drop forwarded queries by design.
+const OUTSTANDING: u32 = 100;
+/// The longest a server may take to block the probe name after its start.
+const LOAD_DEADLINE: Duration = Duration::from_secs(180);
+const SERVER_CPU: &str = "0";
+const CLIENT_CPU: &str = "1";
+
+/// `dns [--domains N] [--seconds S]`; other areas are not built yet.
+pub(super) fn dispatch(rest: &[String]) -> Result<(), Failure> {
+    let Some((area, opts)) = rest.split_first() else {
+        return usage("bench needs an area: `cargo xtask bench dns [--domains N] [--seconds S]`");
+    };
+    match area.as_str() {
+        "dns" => {
+            let opts = Opts::parse(opts)?;
+            Ok(bench(&opts)?)
+        }
+        "netd" | "stored" => Err(Failure::Failed(anyhow!(
+            "`cargo xtask bench {area}` arrives with the {area} issue"
+        ))),
+        other => usage(format!("unknown bench area `{other}` (known: dns)")),
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Opts {
+    domains: usize,
+    seconds: u64,
+}
+
+impl Opts {
+    fn parse(args: &[String]) -> Result<Self, Failure> {
+        let mut o = Opts {
+            domains: DEFAULT_DOMAINS,
+            seconds: DEFAULT_SECONDS,
+        };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let (key, inline) = match a.split_once('=') {
+                Some((k, v)) => (k, Some(v.to_owned())),
+                None => (a.as_str(), None),
+            };
+            let mut value = || inline.clone().or_else(|| it.next().cloned());
+            match key {
+                "--domains" => {
+                    o.domains = match value().and_then(|v| v.replace('_', "").parse().ok()) {
+                        Some(n) if (1000..=20_000_000).contains(&n) => n,
+                        _ => return usage("--domains takes a number from 1000 to 20000000"),
+                    }
+                }
+                "--seconds" => {
+                    o.seconds = match value().and_then(|v| v.parse().ok()) {
+                        Some(n) if (2..=600).contains(&n) => n,
+                        _ => return usage("--seconds takes a number from 2 to 600"),
+                    }
+                }
+                other => return usage(format!("unknown option to bench dns: `{other}`")),
+            }
+        }
+        Ok(o)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Synthetic data
+
+/// splitmix64: the same names on every machine and every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+const TLDS: &[&str] = &[
+    "com", "net", "org", "io", "info", "biz", "co", "xyz", "top", "site", "online", "de",
+];
+const PREFIXES: &[&str] = &["ads", "track", "metrics", "cdn", "pixel", "stats", "t", "a"];
+
+/// Block list names: random-looking labels made unique by the index after the last hyphen,
+/// a third of them with a leading label as real lists have.
+fn blocked_domains(n: usize) -> Vec<String> {
+    let mut rng = Rng(0x00d1_5ea5_eb10_c4ed);
+    let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    (0..n)
+        .map(|i| {
+            let mut s = String::with_capacity(32);
+            if rng.below(3) == 0 {
+                s.push_str(
+                    PREFIXES
+                        .get(rng.below(PREFIXES.len() as u64) as usize)
+                        .unwrap_or(&"a"),
+                );
+                s.push('.');
+            }
+            for _ in 0..4 + rng.below(9) {
+                let c = alphabet
+                    .get(rng.below(26) as usize)
+                    .copied()
+                    .unwrap_or(b'a');
+                s.push(char::from(c));
+            }
+            let _ = write!(s, "-{i:x}.");
+            s.push_str(
+                TLDS.get(rng.below(TLDS.len() as u64) as usize)
+                    .unwrap_or(&"com"),
+            );
+            s
+        })
+        .collect()
+}
+
+fn write_lines(path: &Path, lines: impl Iterator<Item = String>) -> Result<()> {
+    let f = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut w = BufWriter::new(f);
+    for l in lines {
+        w.write_all(l.as_bytes())?;
+        w.write_all(b"\n")?;
+    }
+    w.flush()
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Where everything of one run lives.
+struct Files {
+    dir: PathBuf,
+    hosts: PathBuf,
+    dnsmasq_list: PathBuf,
+    unbound_list: PathBuf,
+    blocked: PathBuf,
+    cached: PathBuf,
+    forwarded: PathBuf,
+    forwarded_half: PathBuf,
+    reload: PathBuf,
+    /// A blocked name (a subdomain of the last list entry) for the load-time probe.
+    probe: String,
+}
+
+fn generate(dir: &Path, opts: &Opts) -> Result<Files> {
+    let domains = blocked_domains(opts.domains);
+    let f = Files {
+        dir: dir.to_path_buf(),
+        hosts: dir.join("blocklist.hosts"),
+        dnsmasq_list: dir.join("dnsmasq-blocklist.conf"),
+        unbound_list: dir.join("unbound-blocklist.conf"),
+        blocked: dir.join("q-blocked.txt"),
+        cached: dir.join("q-cached.txt"),
+        forwarded: dir.join("q-forwarded.txt"),
+        forwarded_half: dir.join("q-forwarded-half.txt"),
+        reload: dir.join("q-reload.txt"),
+        probe: format!("www.{}", domains.last().map_or("none.test", String::as_str)),
+    };
+    write_lines(
+        &f.hosts,
+        std::iter::once("# synthetic block list of cargo xtask bench dns".to_owned())
+            .chain(domains.iter().map(|d| format!("0.0.0.0 {d}"))),
+    )?;
+    write_lines(
+        &f.dnsmasq_list,
+        domains.iter().map(|d| format!("address=/{d}/#")),
+    )?;
+    write_lines(
+        &f.unbound_list,
+        std::iter::once("server:".to_owned()).chain(
+            domains
+                .iter()
+                .map(|d| format!("local-zone: \"{d}.\" always_null")),
+        ),
+    )?;
+    // Listed names and, for a quarter, a subdomain of one: every server blocks both.
+    let mut rng = Rng(0x0b10_c4ed_0000_0001);
+    let mut blocked = Vec::with_capacity(BLOCKED_QUERIES);
+    for _ in 0..BLOCKED_QUERIES {
+        let d = domains
+            .get(rng.below(domains.len() as u64) as usize)
+            .map_or("none.test", String::as_str);
+        blocked.push(if rng.below(4) == 0 {
+            format!("www.{d} A")
+        } else {
+            format!("{d} A")
+        });
+    }
+    write_lines(&f.blocked, blocked.iter().cloned())?;
+    write_lines(
+        &f.cached,
+        (0..CACHED_NAMES).map(|i| format!("c{i}.{ZONE} A")),
+    )?;
+    // Enough distinct names that dnsperf does not wrap around at 100k forwarded QPS.
+    let n = usize::try_from(opts.seconds).unwrap_or(600) * 100_000;
+    write_lines(&f.forwarded, (0..n).map(|i| format!("f{i}.{ZONE} A")))?;
+    write_lines(
+        &f.forwarded_half,
+        (0..n / 2).map(|i| format!("h{i}.{ZONE} A")),
+    )?;
+    // The reload load: blocked and cached names alternating.
+    write_lines(
+        &f.reload,
+        blocked
+            .iter()
+            .take(CACHED_NAMES * 20)
+            .enumerate()
+            .flat_map(|(i, b)| [b.clone(), format!("c{}.{ZONE} A", i % CACHED_NAMES)]),
+    )?;
+    Ok(f)
+}
+
+// ---------------------------------------------------------------------------------------
+// Processes
+
+/// A child that is killed when the bench ends, however it ends.
+struct Proc {
+    name: String,
+    child: Child,
+    started: Instant,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn check_alive(&mut self) -> Result<()> {
+        match self.child.try_wait()? {
+            Some(status) => bail!("{} exited early with {status}", self.name),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Starts `program args` pinned to `cpu`, its stderr (and stdout unless piped) in a log.
+fn spawn_pinned(
+    name: &str,
+    cpu: &str,
+    program: &Path,
+    args: &[String],
+    log: &Path,
+    pipe_stdout: bool,
+) -> Result<Proc> {
+    let err = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let out: Stdio = if pipe_stdout {
+        Stdio::piped()
+    } else {
+        err.try_clone()?.into()
+    };
+    let started = Instant::now();
+    let child = Command::new("taskset")
+        .args(["-c", cpu])
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    Ok(Proc {
+        name: name.to_owned(),
+        child,
+        started,
+    })
+}
+
+/// A port free for both UDP and TCP on 127.0.0.1 right now.
+fn free_port() -> Result<u16> {
+    for _ in 0..100 {
+        let udp = UdpSocket::bind("127.0.0.1:0")?;
+        let port = udp.local_addr()?.port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port on 127.0.0.1 after 100 tries")
+}
+
+/// VmRSS and VmHWM of a process, in MB.
+fn memory(pid: u32) -> Result<(f64, f64)> {
+    let path = format!("/proc/{pid}/status");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let kb = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|v| v / 1024.0)
+    };
+    match (kb("VmRSS:"), kb("VmHWM:")) {
+        (Some(r), Some(h)) => Ok((r, h)),
+        _ => bail!("no VmRSS/VmHWM in {path}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// DNS on the wire, just enough to probe a server
+
+fn query_bytes(id: u16, name: &str) -> Vec<u8> {
+    let mut q = Vec::with_capacity(name.len() + 18);
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(u8::try_from(label.len()).unwrap_or(63).min(63));
+        q.extend_from_slice(label.as_bytes().get(..63.min(label.len())).unwrap_or(&[]));
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+fn skip_name(b: &[u8], mut pos: usize) -> Option<usize> {
+    // Each step moves forward, so the walk ends within the message.
+    loop {
+        let len = *b.get(pos)?;
+        match len {
+            0 => return Some(pos + 1),
+            l if l & 0xc0 == 0xc0 => return Some(pos + 2),
+            l => pos += 1 + usize::from(l),
+        }
+    }
+}
+
+fn u16_at(b: &[u8], pos: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(pos)?, *b.get(pos + 1)?]))
+}
+
+/// The A records of an answer to query `id`; `None` if it is not one.
+fn a_records(b: &[u8], id: u16) -> Option<Vec<[u8; 4]>> {
+    if u16_at(b, 0)? != id {
+        return None;
+    }
+    let (qd, an) = (u16_at(b, 4)?, u16_at(b, 6)?);
+    let mut pos = 12;
+    for _ in 0..qd {
+        pos = skip_name(b, pos)? + 4;
+    }
+    let mut out = Vec::new();
+    for _ in 0..an {
+        pos = skip_name(b, pos)?;
+        let (ty, len) = (u16_at(b, pos)?, usize::from(u16_at(b, pos + 8)?));
+        let data = b.get(pos + 10..pos + 10 + len)?;
+        if let (1, Ok(a)) = (ty, <[u8; 4]>::try_from(data)) {
+            out.push(a);
+        }
+        pos += 10 + len;
+    }
+    Some(out)
+}
+
+/// Asks `name` until the answer has the A record `want`, the process dies, or `deadline`.
+/// Returns the time from the process's start.
+fn wait_for_answer(
+    p: &mut Proc,
+    server: SocketAddr,
+    name: &str,
+    want: [u8; 4],
+    deadline: Duration,
+) -> Result<Duration> {
+    let sock = UdpSocket::bind("127.0.0.1:0")?;
+    sock.set_read_timeout(Some(Duration::from_millis(20)))?;
+    let mut id: u16 = 1;
+    let mut buf = [0u8; 1500];
+    while p.started.elapsed() < deadline {
+        p.check_alive()?;
+        id = id.wrapping_add(1);
+        sock.send_to(&query_bytes(id, name), server)?;
+        let sent = Instant::now();
+        while sent.elapsed() < Duration::from_millis(20) {
+            let Ok(n) = sock.recv(&mut buf) else { break };
+            let got = buf
+                .get(..n)
+                .and_then(|b| a_records(b, id))
+                .is_some_and(|a| a.contains(&want));
+            if got {
+                return Ok(p.started.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    bail!(
+        "{} did not answer {name} with {want:?} within {}",
+        p.name,
+        Secs(deadline)
+    )
+}
+
+/// Whether `server` answers `name` with the A record `want`, asked a few times.
+fn answers(server: SocketAddr, name: &str, want: [u8; 4]) -> Result<bool> {
+    let sock = UdpSocket::bind("127.0.0.1:0")?;
+    sock.set_read_timeout(Some(Duration::from_millis(300)))?;
+    let mut buf = [0u8; 1500];
+    for id in 100..103u16 {
+        sock.send_to(&query_bytes(id, name), server)?;
+        if let Ok(n) = sock.recv(&mut buf) {
+            return Ok(buf
+                .get(..n)
+                .and_then(|b| a_records(b, id))
+                .is_some_and(|a| a.contains(&want)));
+        }
+    }
+    Ok(false)
+}
+
+// ---------------------------------------------------------------------------------------
+// dnsperf
+
+#[derive(Debug, Default, Clone)]
+struct Perf {
+    sent: u64,
+    lost: u64,
+    qps: f64,
+    avg_ms: f64,
+    rcodes: String,
+    /// Per-answer latencies in ms, from `-v` runs only.
+    latencies: Vec<f64>,
+}
+
+impl Perf {
+    fn percentile(&self, p: f64) -> Option<f64> {
+        let mut l = self.latencies.clone();
+        l.sort_by(f64::total_cmp);
+        let rank = ((p * l.len() as f64).ceil() as usize).max(1) - 1;
+        l.get(rank).copied()
+    }
+
+    fn max_ms(&self) -> Option<f64> {
+        self.latencies.iter().copied().max_by(f64::total_cmp)
+    }
+}
+
+struct PerfRun<'a> {
+    server: SocketAddr,
+    file: &'a Path,
+    seconds: u64,
+    /// Fixed rate (open loop) instead of as fast as answers come back.
+    rate: Option<u64>,
+    outstanding: u32,
+    /// Each name once (warm-up) instead of looping for `seconds`.
+    once: bool,
+    verbose: bool,
+}
+
+fn parse_summary(out: &mut Perf, line: &str) {
+    let Some((key, value)) = line.trim().split_once(':') else {
+        return;
+    };
+    let first = || {
+        value
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    match key {
+        "Queries sent" => out.sent = first().unwrap_or(0.0) as u64,
+        "Queries lost" => out.lost = first().unwrap_or(0.0) as u64,
+        "Queries per second" => out.qps = first().unwrap_or(0.0),
+        "Average Latency (s)" => out.avg_ms = first().unwrap_or(0.0) * 1000.0,
+        "Response codes" => out.rcodes = value.trim().to_owned(),
+        _ => {}
+    }
+}
+
+fn read_perf(text: &str, verbose: bool) -> Perf {
+    let mut out = Perf::default();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("> ") {
+            if verbose
+                && let Some(ms) = rest
+                    .split_whitespace()
+                    .last()
+                    .and_then(|v| v.parse::<f64>().ok())
+            {
+                out.latencies.push(ms * 1000.0);
+            }
+        } else {
+            parse_summary(&mut out, line);
+        }
+    }
+    out
+}
+
+fn dnsperf(r: &PerfRun<'_>, log: &Path) -> Result<Perf> {
+    let mut args: Vec<String> = vec![
+        "-s".into(),
+        r.server.ip().to_string(),
+        "-p".into(),
+        r.server.port().to_string(),
+        "-d".into(),
+        r.file.display().to_string(),
+        "-c".into(),
+        "4".into(),
+        "-q".into(),
+        r.outstanding.to_string(),
+        "-t".into(),
+        "2".into(),
+        "-l".into(),
+        r.seconds.to_string(),
+    ];
+    if r.once {
+        args.extend(["-n".into(), "1".into()]);
+    }
+    if let Some(q) = r.rate {
+        args.extend(["-Q".into(), q.max(1).to_string()]);
+    }
+    if r.verbose {
+        args.push("-v".into());
+    }
+    // A file rather than a pipe: a slow reader must not hold dnsperf back and inflate the
+    // latencies it measures.
+    let mut p = spawn_pinned(
+        "dnsperf",
+        CLIENT_CPU,
+        Path::new("dnsperf"),
+        &args,
+        log,
+        false,
+    )?;
+    // dnsperf stops itself after -l; the margin covers its last timeouts.
+    let deadline = Duration::from_secs(r.seconds + 30);
+    let status = loop {
+        if let Some(s) = p.child.try_wait()? {
+            break s;
+        }
+        if p.started.elapsed() > deadline {
+            bail!("dnsperf did not finish within {}", Secs(deadline));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if !status.success() {
+        bail!("dnsperf exited with {status}; see {}", log.display());
+    }
+    let text = fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
+    let perf = read_perf(&text, r.verbose);
+    if perf.sent == 0 {
+        bail!("dnsperf sent nothing; see {}", log.display());
+    }
+    Ok(perf)
+}
+
+// ---------------------------------------------------------------------------------------
+// The servers
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Set {
+    Blocked,
+    Cached,
+    Forwarded,
+}
+
+impl Set {
+    const ALL: [Set; 3] = [Set::Blocked, Set::Cached, Set::Forwarded];
+
+    fn name(self) -> &'static str {
+        match self {
+            Set::Blocked => "blocked",
+            Set::Cached => "cached",
+            Set::Forwarded => "forwarded",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct ServerResult {
+    /// Peak run and half-rate run per query set.
+    runs: BTreeMap<Set, (Perf, Perf)>,
+    load: Duration,
+    rss_loaded: f64,
+    hwm_loaded: f64,
+    rss_after: f64,
+    hwm_after: f64,
+}
+
+/// Runs the three query sets against a loaded server.
+fn measure(
+    p: &mut Proc,
+    server: SocketAddr,
+    files: &Files,
+    seconds: u64,
+    result: &mut ServerResult,
+) -> Result<()> {
+    (result.rss_loaded, result.hwm_loaded) = memory(p.pid())?;
+    let name = p.name.clone();
+    let log = |set: Set, kind: &str| {
+        files
+            .dir
+            .join(format!("dnsperf-{name}-{}-{kind}.out", set.name()))
+    };
+    if !answers(server, &format!("probe.{ZONE}"), ZONE_ADDR)? {
+        bail!("{} does not forward {ZONE} to the upstream", p.name);
+    }
+    for set in Set::ALL {
+        let (file, half_file) = match set {
+            Set::Blocked => (&files.blocked, &files.blocked),
+            Set::Cached => (&files.cached, &files.cached),
+            Set::Forwarded => (&files.forwarded, &files.forwarded_half),
+        };
+        if set == Set::Cached {
+            dnsperf(
+                &PerfRun {
+                    server,
+                    file,
+                    seconds: 30,
+                    rate: None,
+                    outstanding: 10,
+                    once: true,
+                    verbose: false,
+                },
+                &log(set, "warmup"),
+            )?;
+        }
+        let peak = dnsperf(
+            &PerfRun {
+                server,
+                file,
+                seconds,
+                rate: None,
+                outstanding: OUTSTANDING,
+                once: false,
+                verbose: false,
+            },
+            &log(set, "peak"),
+        )?;
+        p.check_alive()?;
+        let half = dnsperf(
+            &PerfRun {
+                server,
+                file: half_file,
+                seconds,
+                rate: Some((peak.qps / 2.0) as u64),
+                outstanding: 10_000,
+                once: false,
+                verbose: true,
+            },
+            &log(set, "half"),
+        )?;
+        p.check_alive()?;
+        println!(
+            "  {:<8} {:<9} peak {:>8.0} qps, lost {}, avg {:.3} ms [{}]; at {:.0} qps p50 {} p99 {} ms, lost {}",
+            p.name,
+            set.name(),
+            peak.qps,
+            peak.lost,
+            peak.avg_ms,
+            peak.rcodes,
+            half.qps,
+            ms(half.percentile(0.50)),
+            ms(half.percentile(0.99)),
+            half.lost
+        );
+        result.runs.insert(set, (peak, half));
+    }
+    (result.rss_after, result.hwm_after) = memory(p.pid())?;
+    Ok(())
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"))
+}
+
+fn start_knot(dir: &Path) -> Result<(Proc, SocketAddr)> {
+    let kdir = dir.join("knot");
+    fs::create_dir_all(&kdir)?;
+    let port = free_port()?;
+    let zone = format!(
+        "$ORIGIN {ZONE}.\n$TTL 3600\n@ SOA ns.{ZONE}. hostmaster.{ZONE}. 1 3600 600 86400 3600\n@ NS ns\nns A 127.0.0.1\n* A {}\n",
+        ZONE_ADDR.map(|b| b.to_string()).join(".")
+    );
+    fs::write(kdir.join(format!("{ZONE}.zone")), zone)?;
+    let conf = format!(
+        "server:\n    rundir: \"{d}\"\n    listen: 127.0.0.1@{port}\n\
+         database:\n    storage: \"{d}\"\n\
+         log:\n  - target: stderr\n    any: warning\n\
+         zone:\n  - domain: {ZONE}\n    storage: \"{d}\"\n    file: \"{ZONE}.zone\"\n",
+        d = kdir.display()
+    );
+    let conf_path = kdir.join("knot.conf");
+    fs::write(&conf_path, conf)?;
+    let mut p = spawn_pinned(
+        "knot",
+        CLIENT_CPU,
+        Path::new("/usr/sbin/knotd"),
+        &["-c".into(), conf_path.display().to_string()],
+        &dir.join("knot.log"),
+        false,
+    )?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for_answer(
+        &mut p,
+        addr,
+        &format!("probe.{ZONE}"),
+        ZONE_ADDR,
+        Duration::from_secs(30),
+    )?;
+    Ok((p, addr))
+}
+
+fn dnsd_config(dir: &Path, files: &Files, upstream: SocketAddr) -> Result<PathBuf> {
+    let path = dir.join("appliance.toml");
+    fs::write(
+        &path,
+        format!(
+            "version = 1\n[dns]\nupstreams = [\"{upstream}\"]\ncache_size = 10000\n\
+             [dns.lists.bench]\nfile = \"{}\"\nformat = \"hosts\"\n",
+            files.hosts.display()
+        ),
+    )?;
+    Ok(path)
+}
+
+fn start_dnsd(
+    bin: &Path,
+    name: &str,
+    config: &Path,
+    lists: &Path,
+    files: &Files,
+) -> Result<(Proc, SocketAddr, Duration)> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let args = [
+        "--config".to_owned(),
+        config.display().to_string(),
+        "--lists-dir".into(),
+        lists.display().to_string(),
+        "--listen".into(),
+        addr.to_string(),
+    ];
+    let log = files.dir.join(format!("{name}.log"));
+    let mut p = spawn_pinned(name, SERVER_CPU, bin, &args, &log, false)?;
+    let load = wait_for_answer(&mut p, addr, &files.probe, [0; 4], LOAD_DEADLINE)?;
+    Ok((p, addr, load))
+}
+
+fn start_dnsmasq(files: &Files, upstream: SocketAddr) -> Result<(Proc, SocketAddr, Duration)> {
+    let port = free_port()?;
+    let conf = files.dir.join("dnsmasq.conf");
+    fs::write(
+        &conf,
+        format!(
+            "port={port}\nlisten-address=127.0.0.1\nbind-interfaces\nno-resolv\nno-hosts\n\
+             server={}#{}\n# Pi-hole's cache size\ncache-size=10000\nuser=root\n\
+             pid-file={}\nconf-file={}\n",
+            upstream.ip(),
+            upstream.port(),
+            files.dir.join("dnsmasq.pid").display(),
+            files.dnsmasq_list.display()
+        ),
+    )?;
+    let args = ["-k".to_owned(), format!("--conf-file={}", conf.display())];
+    let mut p = spawn_pinned(
+        "dnsmasq",
+        SERVER_CPU,
+        Path::new("/usr/sbin/dnsmasq"),
+        &args,
+        &files.dir.join("dnsmasq.log"),
+        false,
+    )?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let load = wait_for_answer(&mut p, addr, &files.probe, [0; 4], LOAD_DEADLINE)?;
+    Ok((p, addr, load))
+}
+
+fn start_unbound(files: &Files, upstream: SocketAddr) -> Result<(Proc, SocketAddr, Duration)> {
+    let port = free_port()?;
+    let conf = files.dir.join("unbound.conf");
+    fs::write(
+        &conf,
+        format!(
+            "server:\n  interface: 127.0.0.1@{port}\n  num-threads: 1\n  do-daemonize: no\n\
+             \x20 username: \"\"\n  chroot: \"\"\n  directory: \"{d}\"\n  pidfile: \"{d}/unbound.pid\"\n\
+             \x20 use-syslog: no\n  logfile: \"\"\n  verbosity: 0\n\
+             \x20 module-config: \"iterator\"\n  do-not-query-localhost: no\n\
+             \x20 qname-minimisation: no\n  access-control: 127.0.0.0/8 allow\n\
+             include: \"{list}\"\n\
+             forward-zone:\n  name: \".\"\n  forward-addr: {}@{}\n",
+            upstream.ip(),
+            upstream.port(),
+            d = files.dir.display(),
+            list = files.unbound_list.display()
+        ),
+    )?;
+    let args = ["-d".to_owned(), "-c".into(), conf.display().to_string()];
+    let mut p = spawn_pinned(
+        "unbound",
+        SERVER_CPU,
+        Path::new("/usr/sbin/unbound"),
+        &args,
+        &files.dir.join("unbound.log"),
+        false,
+    )?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let load = wait_for_answer(&mut p, addr, &files.probe, [0; 4], LOAD_DEADLINE)?;
+    Ok((p, addr, load))
+}
+
+// ---------------------------------------------------------------------------------------
+// Reload under load
+
+#[derive(Debug)]
+struct Reload {
+    rate: u64,
+    perf: Perf,
+    swap_ms: Option<u64>,
+    rss_before: f64,
+    hwm_during: f64,
+    new_entry_blocked: bool,
+}
+
+/// Runs the reload helper on a copy of dnsd's stored list and swaps the policy once in the
+/// middle of a fixed-rate load of blocked and cached names.
+fn reload_under_load(
+    helper: &Path,
+    files: &Files,
+    stored: &Path,
+    config: &Path,
+    rate: u64,
+    seconds: u64,
+    swap: bool,
+) -> Result<Reload> {
+    let kind = if swap { "reload" } else { "control" };
+    let lists = files.dir.join(format!("{kind}-lists"));
+    fs::create_dir_all(&lists)?;
+    for ext in ["bin", "json"] {
+        let from = stored.join(format!("bench.{ext}"));
+        fs::copy(&from, lists.join(format!("bench.{ext}")))
+            .with_context(|| format!("copying {}", from.display()))?;
+    }
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    // The control run's reload would come after the load, and the helper is killed first.
+    let reload_after = if swap {
+        seconds * 1000 / 3
+    } else {
+        (seconds + 60) * 1000
+    };
+    let args = [
+        "--config".to_owned(),
+        config.display().to_string(),
+        "--lists-dir".into(),
+        lists.display().to_string(),
+        "--listen".into(),
+        addr.to_string(),
+        "--reload-after-ms".into(),
+        reload_after.to_string(),
+        "--exit-after-ms".into(),
+        (reload_after + 20_000).to_string(),
+    ];
+    let mut p = spawn_pinned(
+        "bench_reload",
+        SERVER_CPU,
+        helper,
+        &args,
+        &files.dir.join(format!("bench_reload-{kind}.log")),
+        true,
+    )?;
+    let stdout = p.child.stdout.take().context("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let ready = rx
+        .recv_timeout(Duration::from_secs(60))
+        .map_err(|_| anyhow!("the reload helper did not start within 60 s"))?;
+    if !ready.starts_with("ready") {
+        bail!("the reload helper said `{ready}`");
+    }
+    // A name only the reloaded list blocks, to see that the swap took effect.
+    let added = "added-by-reload.bench-new.test";
+    if swap {
+        let mut hosts = fs::OpenOptions::new().append(true).open(&files.hosts)?;
+        writeln!(hosts, "0.0.0.0 {added}")?;
+    }
+    let (rss_before, _) = memory(p.pid())?;
+    // Resets VmHWM, so that it shows the peak of the reload alone.
+    fs::write(format!("/proc/{}/clear_refs", p.pid()), "5")?;
+    let perf = dnsperf(
+        &PerfRun {
+            server: addr,
+            file: &files.reload,
+            seconds,
+            rate: Some(rate),
+            outstanding: 10_000,
+            once: false,
+            verbose: true,
+        },
+        &files.dir.join(format!("dnsperf-{kind}.out")),
+    )?;
+    let (_, hwm_during) = memory(p.pid())?;
+    let swap_ms = rx
+        .recv_timeout(Duration::from_secs(5))
+        .ok()
+        .and_then(|l| l.strip_prefix("swapped ").and_then(|v| v.parse().ok()));
+    let new_entry_blocked = swap && answers(addr, added, [0; 4])?;
+    Ok(Reload {
+        rate,
+        perf,
+        swap_ms,
+        rss_before,
+        hwm_during,
+        new_entry_blocked,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// The run
+
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
+
+fn bench(opts: &Opts) -> Result<()> {
+    let root = repo_root()?;
+    let started = Instant::now();
+    println!(
+        "==> bench dns: {} domains, {} s per run; load average {} on {} CPUs",
+        opts.domains,
+        opts.seconds,
+        loadavg(),
+        std::thread::available_parallelism().map_or(0, usize::from)
+    );
+    ensure_debian_packages(PACKAGES)?;
+    run(cargo(&root).args([
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "dnsd",
+        "--bin",
+        "dnsd",
+        "--example",
+        "bench_reload",
+    ]))?;
+    let release = root.join("target").join("release");
+    let dnsd_bin = release.join("dnsd");
+    let helper = release.join("examples").join("bench_reload");
+
+    // The bench's own threads stay off the servers' CPU.
+    run(Command::new("taskset").args([
+        "-a",
+        "-p",
+        "-c",
+        CLIENT_CPU,
+        &std::process::id().to_string(),
+    ]))?;
+    let dir = root.join("target").join("bench").join("dns");
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    fs::create_dir_all(&dir)?;
+    let t = Instant::now();
+    let files = generate(&dir, opts)?;
+    println!(
+        "==> generated the block list and query sets in {} under {}",
+        Secs(t.elapsed()),
+        dir.display()
+    );
+
+    let (_knot, upstream) = start_knot(&dir)?;
+    println!("==> knot serves {ZONE} on {upstream} (CPU {CLIENT_CPU}, with dnsperf)");
+    let mut results: BTreeMap<&str, ServerResult> = BTreeMap::new();
+
+    // dnsd, first start: the hosts file is read and compiled after the start.
+    let config = dnsd_config(&dir, &files, upstream)?;
+    let lists = dir.join("dnsd-lists");
+    let (p, _, cold) = start_dnsd(&dnsd_bin, "dnsd-cold", &config, &lists, &files)?;
+    let (cold_rss, cold_hwm) = memory(p.pid())?;
+    drop(p);
+    println!(
+        "==> dnsd, empty store: blocks {:.3} s after its start (hosts file compiled), RSS {cold_rss:.1} MB, peak {cold_hwm:.1} MB",
+        cold.as_secs_f64()
+    );
+    // dnsd, restart: the compiled list stored by the first start.
+    let (mut p, addr, stored_load) = start_dnsd(&dnsd_bin, "dnsd", &config, &lists, &files)?;
+    println!(
+        "==> dnsd, restart: blocks {:.3} s after its start (stored list)",
+        stored_load.as_secs_f64()
+    );
+    let mut r = ServerResult {
+        load: cold,
+        ..Default::default()
+    };
+    measure(&mut p, addr, &files, opts.seconds, &mut r)?;
+    drop(p);
+    results.insert("dnsd", r);
+
+    let (mut p, addr, load) = start_dnsmasq(&files, upstream)?;
+    println!(
+        "==> dnsmasq blocks {:.3} s after its start",
+        load.as_secs_f64()
+    );
+    let mut r = ServerResult {
+        load,
+        ..Default::default()
+    };
+    measure(&mut p, addr, &files, opts.seconds, &mut r)?;
+    drop(p);
+    results.insert("dnsmasq", r);
+
+    let (mut p, addr, load) = start_unbound(&files, upstream)?;
+    println!(
+        "==> unbound blocks {:.3} s after its start",
+        load.as_secs_f64()
+    );
+    let mut r = ServerResult {
+        load,
+        ..Default::default()
+    };
+    measure(&mut p, addr, &files, opts.seconds, &mut r)?;
+    drop(p);
+    results.insert("unbound", r);
+
+    let dnsd_blocked_peak = results
+        .get("dnsd")
+        .and_then(|r| r.runs.get(&Set::Blocked))
+        .map_or(1000.0, |(p, _)| p.qps);
+    // A quarter of the peak: at half of it dnsperf's open-loop bursts already lose queries
+    // on every server, which would hide what the reload itself costs.
+    let reload_rate = (dnsd_blocked_peak / 4.0) as u64;
+    println!(
+        "==> dnsd reload under load ({reload_rate} qps, blocked and cached names), and the same load without a reload"
+    );
+    let control = reload_under_load(
+        &helper,
+        &files,
+        &lists,
+        &config,
+        reload_rate,
+        opts.seconds.max(6),
+        false,
+    )?;
+    let reload = reload_under_load(
+        &helper,
+        &files,
+        &lists,
+        &config,
+        reload_rate,
+        opts.seconds.max(6),
+        true,
+    )?;
+
+    report(opts, &results, cold_hwm, stored_load, &reload, &control);
+    println!(
+        "==> bench dns done in {}; load average now {}",
+        Secs(started.elapsed()),
+        loadavg()
+    );
+    Ok(())
+}
+
+fn report(
+    opts: &Opts,
+    results: &BTreeMap<&str, ServerResult>,
+    cold_hwm: f64,
+    stored_load: Duration,
+    reload: &Reload,
+    control: &Reload,
+) {
+    let servers = ["dnsd", "dnsmasq", "unbound"];
+    let peak = |s: &str, set: Set| {
+        results
+            .get(s)
+            .and_then(|r| r.runs.get(&set))
+            .map_or(0.0, |(p, _)| p.qps)
+    };
+    println!();
+    for set in Set::ALL {
+        println!(
+            "{} names: {}\n  (QPS, lost, avg: closed loop, {OUTSTANDING} outstanding; p50, p99, lost@½: open loop at half of that server's QPS)",
+            set.name(),
+            match set {
+                Set::Blocked => "listed names and their subdomains",
+                Set::Cached => "1000 names asked again and again after a warm-up",
+                Set::Forwarded => "distinct names, cold cache, knot upstream",
+            }
+        );
+        println!(
+            "  {:<8} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}",
+            "server",
+            "QPS",
+            "lost",
+            "avg ms",
+            "p50 ms",
+            "p99 ms",
+            "lost@½",
+            "RSS MB",
+            "peak MB",
+            "load s"
+        );
+        for s in servers {
+            let Some(r) = results.get(s) else { continue };
+            let Some((p, h)) = r.runs.get(&set) else {
+                continue;
+            };
+            println!(
+                "  {:<8} {:>9.0} {:>7} {:>8.3} {:>8} {:>8} {:>8} {:>8.1} {:>8.1} {:>7.2}",
+                s,
+                p.qps,
+                p.lost,
+                p.avg_ms,
+                ms(h.percentile(0.50)),
+                ms(h.percentile(0.99)),
+                h.lost,
+                r.rss_after,
+                r.hwm_after,
+                r.load.as_secs_f64()
+            );
+        }
+        println!(
+            "  dnsd/dnsmasq {:.2}x, dnsd/unbound {:.2}x",
+            ratio(peak("dnsd", set), peak("dnsmasq", set)),
+            ratio(peak("dnsd", set), peak("unbound", set))
+        );
+        println!();
+    }
+    let rs = &reload.perf;
+    println!(
+        "reload under load: {} qps for {:.0} s, policy swapped {} ms after the forced refresh; \
+         {} of {} queries lost; p99 {} ms, max {} ms; RSS {:.1} MB before, peak {:.1} MB during; \
+         name added to the list blocked after: {}",
+        reload.rate,
+        rs.sent as f64 / reload.rate.max(1) as f64,
+        reload
+            .swap_ms
+            .map_or_else(|| "?".to_owned(), |v| v.to_string()),
+        rs.lost,
+        rs.sent,
+        ms(rs.percentile(0.99)),
+        ms(rs.max_ms()),
+        reload.rss_before,
+        reload.hwm_during,
+        reload.new_entry_blocked
+    );
+    println!(
+        "the same load without a reload: {} of {} queries lost; p99 {} ms, max {} ms",
+        control.perf.lost,
+        control.perf.sent,
+        ms(control.perf.percentile(0.99)),
+        ms(control.perf.max_ms()),
+    );
+    println!(
+        "dnsd with an empty store peaks at {cold_hwm:.1} MB while compiling; load average {}",
+        loadavg()
+    );
+    println!();
+
+    let dnsd = results.get("dnsd");
+    let half = |set: Set, p: f64| {
+        dnsd.and_then(|r| r.runs.get(&set))
+            .and_then(|(_, h)| h.percentile(p))
+    };
+    let p99_worst = [Set::Blocked, Set::Cached]
+        .iter()
+        .filter_map(|s| half(*s, 0.99))
+        .fold(0.0, f64::max);
+    let mut lines: Vec<(String, String, &str)> = vec![
+        ("domains".into(), opts.domains.to_string(), "names"),
+        ("seconds_per_run".into(), opts.seconds.to_string(), "s"),
+    ];
+    for set in Set::ALL {
+        for s in servers {
+            lines.push((
+                format!("{}_qps_{s}", set.name()),
+                format!("{:.0}", peak(s, set)),
+                "qps",
+            ));
+        }
+        for other in ["dnsmasq", "unbound"] {
+            lines.push((
+                format!("{}_qps_vs_{other}", set.name()),
+                format!("{:.2}", ratio(peak("dnsd", set), peak(other, set))),
+                "ratio",
+            ));
+        }
+        lines.push((
+            format!("p99_half_load_{}", set.name()),
+            ms(half(set, 0.99)),
+            "ms",
+        ));
+    }
+    lines.push(("p99_half_load".into(), format!("{p99_worst:.3}"), "ms"));
+    for s in servers {
+        if let Some(r) = results.get(s) {
+            let name = if s == "dnsd" {
+                "rss_1m_domains".to_owned()
+            } else {
+                format!("rss_1m_domains_{s}")
+            };
+            lines.push((name, format!("{:.1}", r.rss_after), "MB"));
+        }
+    }
+    lines.push((
+        "rss_peak_compile_1m_domains".into(),
+        format!("{cold_hwm:.1}"),
+        "MB",
+    ));
+    for s in servers {
+        if let Some(r) = results.get(s) {
+            let name = if s == "dnsd" {
+                "load_1m_domains".to_owned()
+            } else {
+                format!("load_1m_domains_{s}")
+            };
+            lines.push((name, format!("{:.3}", r.load.as_secs_f64()), "s"));
+        }
+    }
+    lines.push((
+        "load_stored_1m_domains".into(),
+        format!("{:.3}", stored_load.as_secs_f64()),
+        "s",
+    ));
+    lines.push((
+        "reload_peak_vs_steady".into(),
+        format!("{:.2}", ratio(reload.hwm_during, reload.rss_before)),
+        "ratio",
+    ));
+    lines.push((
+        "lost_under_load_without_reload".into(),
+        control.perf.lost.to_string(),
+        "queries",
+    ));
+    // Raw, not minus the control run: on a busy machine the two runs lose at different
+    // moments, and a difference would hide a loss the reload caused.
+    lines.push((
+        "lost_during_reload".into(),
+        reload.perf.lost.to_string(),
+        "queries",
+    ));
+    for (name, value, unit) in lines {
+        println!("bench: {name} = {value} {unit}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn options() {
+        assert_eq!(
+            Opts::parse(&[]).ok(),
+            Some(Opts {
+                domains: DEFAULT_DOMAINS,
+                seconds: DEFAULT_SECONDS
+            })
+        );
+        assert_eq!(
+            Opts::parse(&args("--domains 10_000 --seconds=3")).ok(),
+            Some(Opts {
+                domains: 10_000,
+                seconds: 3
+            })
+        );
+        assert!(Opts::parse(&args("--domains 5")).is_err());
+        assert!(Opts::parse(&args("--seconds")).is_err());
+        assert!(Opts::parse(&args("--bogus")).is_err());
+        assert!(matches!(dispatch(&args("")), Err(Failure::Usage(_))));
+        assert!(matches!(dispatch(&args("dns --x")), Err(Failure::Usage(_))));
+    }
+
+    #[test]
+    fn names_are_deterministic_and_distinct() {
+        let a = blocked_domains(5000);
+        assert_eq!(a, blocked_domains(5000));
+        let set: std::collections::BTreeSet<&String> = a.iter().collect();
+        assert_eq!(set.len(), a.len());
+    }
+
+    #[test]
+    fn wire_answers_are_read() {
+        let q = query_bytes(7, "x.example.");
+        // The query turned into an answer: QR set, one A record by a compression pointer.
+        let mut r = q.clone();
+        if let Some(b) = r.get_mut(2) {
+            *b = 0x81;
+        }
+        if let Some(b) = r.get_mut(7) {
+            *b = 1;
+        }
+        r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 0, 0, 0, 0]);
+        assert_eq!(a_records(&r, 7), Some(vec![[0, 0, 0, 0]]));
+        assert_eq!(a_records(&r, 8), None);
+        assert_eq!(a_records(r.get(..r.len() - 2).unwrap_or(&[]), 7), None);
+    }
+
+    #[test]
+    fn percentiles() {
+        let p = Perf {
+            latencies: (1..=100).map(f64::from).collect(),
+            ..Default::default()
+        };
+        assert_eq!(p.percentile(0.5), Some(50.0));
+        assert_eq!(p.percentile(0.99), Some(99.0));
+        assert_eq!(Perf::default().percentile(0.99), None);
+    }
+}
