@@ -72,9 +72,11 @@ impl Vm {
         let serial = dir.join("serial.log");
         let qmp = dir.join("qmp.sock");
         let child = Command::new("qemu-system-x86_64")
-            .args([
-                "-machine", "q35", "-accel", "tcg", "-m", "2048", "-smp", "2",
-            ])
+            // One host thread for both vCPUs: with multi-threaded TCG a boot here once hung
+            // for good with both vCPUs in the kernel's int3 text-patching handler (an RCU
+            // stall at "crng init done"); round-robin TCG has no such race.
+            .args(["-machine", "q35", "-accel", "tcg,thread=single"])
+            .args(["-m", "2048", "-smp", "2"])
             .args(["-display", "none", "-monitor", "none"])
             .arg("-drive")
             .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
