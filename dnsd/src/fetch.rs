@@ -180,19 +180,30 @@ impl ListStore {
             self.touch(name, old);
             return Ok(Outcome::Unchanged);
         }
-        let text = String::from_utf8_lossy(&body);
-        let parsed = parse(&text, list.format);
-        drop(text);
-        drop(body);
-        let stats = parsed.stats;
-        let compiled = CompiledList::compile(parsed)?;
-        if compiled.is_empty() {
-            return Err(FetchError::Empty {
-                source_name: source,
-                skipped: stats.skipped,
-            });
-        }
-        compiled.save(&self.bin(name))?;
+        // Parsing and compiling a big list takes a good part of a second of CPU: off the
+        // async workers, so that queries keep being answered meanwhile.
+        let format = list.format;
+        let bin = self.bin(name);
+        let source_name = source.clone();
+        let (compiled, stats) = tokio::task::spawn_blocking(move || {
+            let parsed = parse(&String::from_utf8_lossy(&body), format);
+            drop(body);
+            let stats = parsed.stats;
+            let compiled = CompiledList::compile(parsed)?;
+            if compiled.is_empty() {
+                return Err(FetchError::Empty {
+                    source_name,
+                    skipped: stats.skipped,
+                });
+            }
+            compiled.save(&bin)?;
+            Ok((compiled, stats))
+        })
+        .await
+        .map_err(|e| FetchError::Io {
+            path: self.bin(name).display().to_string(),
+            source: std::io::Error::other(e),
+        })??;
         let t = now();
         self.write_meta(
             name,
