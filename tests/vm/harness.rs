@@ -6,9 +6,10 @@
 
 use std::fs;
 use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,19 @@ fn workspace() -> PathBuf {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default()
+}
+
+/// The key `cargo xtask image` authorizes for root (see xtask's `vm_test_key`).
+pub fn test_key() -> PathBuf {
+    workspace().join("target/vm-key/id_ed25519")
+}
+
+/// A TCP port that was free a moment ago, for the guest's SSH forward.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
 }
 
 /// The disk image under test: `APPLIANCE_IMAGE`, else the one `cargo xtask image` builds.
@@ -35,6 +49,7 @@ pub struct Vm {
     pub dir: PathBuf,
     pub serial: PathBuf,
     qmp: PathBuf,
+    ssh_port: u16,
     started: Instant,
 }
 
@@ -71,6 +86,7 @@ impl Vm {
         fs::copy(OVMF_VARS, &vars).unwrap();
         let serial = dir.join("serial.log");
         let qmp = dir.join("qmp.sock");
+        let ssh_port = free_port();
         let child = Command::new("qemu-system-x86_64")
             // One host thread for both vCPUs: with multi-threaded TCG a boot here once hung
             // for good with both vCPUs in the kernel's int3 text-patching handler (an RCU
@@ -88,7 +104,8 @@ impl Vm {
             .arg(format!("file:{}", serial.display()))
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp.display()))
-            .args(["-netdev", "user,id=wan"])
+            .arg("-netdev")
+            .arg(format!("user,id=wan,hostfwd=tcp:127.0.0.1:{ssh_port}-:22"))
             .args(["-device", "virtio-net-pci,netdev=wan,mac=52:54:00:a9:00:01"])
             .stdin(Stdio::null())
             .stdout(Stdio::from(fs::File::create(dir.join("qemu.out")).unwrap()))
@@ -102,6 +119,7 @@ impl Vm {
             dir,
             serial,
             qmp,
+            ssh_port,
             started: Instant::now(),
         }
     }
@@ -151,6 +169,71 @@ impl Vm {
             );
             sleep(Duration::from_millis(250));
         }
+    }
+
+    /// How many console lines contain `needle`.
+    pub fn count_lines(&self, needle: &str) -> usize {
+        self.console()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits until `needle` has appeared on `n` console lines (a second boot, say).
+    pub fn wait_for_nth_line(&mut self, needle: &str, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.count_lines(needle) < n {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "QEMU exited ({status}) before `{needle}` appeared {n} times; console tail:\n{}",
+                    self.console_tail()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "`{needle}` appeared {} of {n} times within {timeout:?}; console tail:\n{}",
+                self.count_lines(needle),
+                self.console_tail()
+            );
+            sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Runs a shell command in the guest as root over SSH with the test key.
+    pub fn ssh(&self, command: &str) -> Output {
+        let key = test_key();
+        assert!(
+            key.is_file(),
+            "no VM test key at {}: `cargo xtask image` makes it and builds it into the image",
+            key.display()
+        );
+        Command::new("ssh")
+            .arg("-i")
+            .arg(&key)
+            .args(["-p", &self.ssh_port.to_string()])
+            .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=20"])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args(["-o", "LogLevel=ERROR", "root@127.0.0.1", command])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run ssh ({e}): apt-get install openssh-client"))
+    }
+
+    /// Runs a command in the guest that must succeed; returns its stdout.
+    pub fn sh(&self, command: &str) -> String {
+        let out = self.ssh(command);
+        assert!(
+            out.status.success(),
+            "`{command}` in the guest failed ({}); stderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Presses the ACPI power button through QMP and waits for QEMU to exit.

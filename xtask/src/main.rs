@@ -315,10 +315,11 @@ const IMAGE_PACKAGES: &[&str] = &[
     "gdisk",
     "e2fsprogs",
     "grub-efi-amd64-bin",
+    "openssh-client",
 ];
 
 /// What booting the image takes.
-const QEMU_PACKAGES: &[&str] = &["qemu-system-x86", "qemu-utils", "ovmf"];
+const QEMU_PACKAGES: &[&str] = &["qemu-system-x86", "qemu-utils", "ovmf", "openssh-client"];
 
 /// Our executables installed into the image. The daemons join as their binaries arrive.
 const IMAGE_BINARIES: &[&str] = &["applctl"];
@@ -378,6 +379,10 @@ fn image() -> Result<PathBuf> {
     for bin in IMAGE_BINARIES {
         cmd.arg("--bin").arg(release.join(bin));
     }
+    // The VM tests log in with this key (it is made once per checkout, under target/).
+    let test_key = vm_test_key(&root)?;
+    cmd.arg("--authorized-key")
+        .arg(test_key.with_extension("pub"));
     // The developer's own keys, so that `ssh -p 2222 root@127.0.0.1` works in `run`.
     if let Some(home) = std::env::var_os("HOME") {
         for name in ["id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"] {
@@ -409,6 +414,30 @@ fn image() -> Result<PathBuf> {
         rel(&root, &disk)
     );
     Ok(disk)
+}
+
+/// The private key of the VM tests, `target/vm-key/id_ed25519`, made when missing. The
+/// harness in tests/vm finds it at the same path.
+fn vm_test_key(root: &Path) -> Result<PathBuf> {
+    let dir = root.join("target").join("vm-key");
+    let key = dir.join("id_ed25519");
+    if key.is_file() && key.with_extension("pub").is_file() {
+        return Ok(key);
+    }
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    run(Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "appliance-vm-tests",
+            "-f",
+        ])
+        .arg(&key))?;
+    Ok(key)
 }
 
 fn require_root(what: &str) -> Result<()> {
