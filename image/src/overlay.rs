@@ -89,6 +89,26 @@ pub const DISABLED: &[&str] = &[
     "timers.target.wants/apt-daily.timer",
     "timers.target.wants/apt-daily-upgrade.timer",
     "timers.target.wants/dpkg-db-backup.timer",
+    // stored starts the storage services itself, with their state on /data; on their own
+    // they would write to the read-only /var/lib, and ZFS has no module yet.
+    "multi-user.target.wants/zfs.target",
+    "zfs.target.wants/zfs-import.target",
+    "zfs.target.wants/zfs-load-module.service",
+    "zfs.target.wants/zfs-mount.service",
+    "zfs.target.wants/zfs-share.service",
+    "zfs.target.wants/zfs-volumes.target",
+    "zfs-import.target.wants/zfs-import-cache.service",
+    "zfs-mount.service.wants/zfs-load-module.service",
+    "zfs-volumes.target.wants/zfs-volume-wait.service",
+    "multi-user.target.wants/smbd.service",
+    "multi-user.target.wants/nmbd.service",
+    "multi-user.target.wants/samba-ad-dc.service",
+    "multi-user.target.wants/nfs-server.service",
+    "multi-user.target.wants/nfs-client.target",
+    "remote-fs.target.wants/nfs-client.target",
+    "nfs-client.target.wants/nfs-blkmap.service",
+    "multi-user.target.wants/rpcbind.service",
+    "sockets.target.wants/rpcbind.socket",
 ];
 
 #[cfg(test)]

@@ -33,9 +33,11 @@ pub struct RootfsSpec {
 }
 
 /// Debian packages of the root. The kernel and initramfs-tools build the initrd inside the
-/// chroot; dbus is what systemctl, logind and hostnamectl talk through.
-// TODO(issue 3): zfsutils-linux, samba, nfs-kernel-server, and the zfs module built from
-// zfs-dkms against linux-headers in a separate cached chroot.
+/// chroot; dbus is what systemctl, logind and hostnamectl talk through. The storage
+/// packages are in, with their services disabled (stored starts them with its state on
+/// /data).
+// TODO(issue 3): the zfs module, built from zfs-dkms against linux-headers in a separate
+// chroot and cached by (kernel version, zfs version); zfsutils-linux has no module yet.
 pub const PACKAGES: &[&str] = &[
     "systemd",
     "systemd-sysv",
@@ -50,6 +52,9 @@ pub const PACKAGES: &[&str] = &[
     "openssh-server",
     "procps",
     "iputils-ping",
+    "zfsutils-linux",
+    "samba",
+    "nfs-kernel-server",
 ];
 
 impl Default for RootfsSpec {
