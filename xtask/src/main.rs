@@ -36,7 +36,9 @@ Commands:
                           overlay each run; quit with Ctrl-A X
   vm-test                 build the image if there is none, then run the VM tests
                           (tests/vm: boot to multi-user, read-only root, /data)
-  bench <area>            benchmarks (not yet: they arrive with the daemon issues)
+  bench dns [--domains N] [--seconds S]
+                          dnsd against dnsmasq and unbound with dnsperf, one core each;
+                          ends with `bench: <name> = <value> <unit>` lines
   help                    this text
 
 Exit codes: 0 success, 1 failure, 2 usage error.
