@@ -23,6 +23,42 @@ fn workspace() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// The image, or a failure that says how to build it.
+pub fn require_image() -> PathBuf {
+    let image = image_path();
+    assert!(
+        image.is_file(),
+        "no appliance image at {}: build it with `cargo xtask image` \
+         (`cargo xtask vm-test` builds it when missing)",
+        image.display()
+    );
+    image
+}
+
+/// A fresh target/vm-logs/<name>/.
+pub fn log_dir(name: &str) -> PathBuf {
+    let dir = workspace().join("target/vm-logs").join(name);
+    if dir.exists() {
+        fs::remove_dir_all(&dir).unwrap();
+    }
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A writable raw copy of the image in `dir` (sparse, so it is quick), for tests that
+/// change partitions before booting.
+pub fn raw_copy(dir: &Path) -> PathBuf {
+    let disk = dir.join("disk.img");
+    let status = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(require_image())
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(status.success(), "copying the image failed: {status}");
+    disk
+}
+
 /// The key `cargo xtask image` authorizes for root (see xtask's `vm_test_key`).
 pub fn test_key() -> PathBuf {
     workspace().join("target/vm-key/id_ed25519")
@@ -56,24 +92,8 @@ pub struct Vm {
 impl Vm {
     /// Starts QEMU on a fresh overlay of the image; `name` names the log directory.
     pub fn boot(name: &str) -> Vm {
-        let image = image_path();
-        assert!(
-            image.is_file(),
-            "no appliance image at {}: build it with `cargo xtask image` \
-             (`cargo xtask vm-test` builds it when missing)",
-            image.display()
-        );
-        for (file, package) in [(OVMF_CODE, "ovmf"), (OVMF_VARS, "ovmf")] {
-            assert!(
-                Path::new(file).is_file(),
-                "{file} is missing: apt-get install {package}"
-            );
-        }
-        let dir = workspace().join("target/vm-logs").join(name);
-        if dir.exists() {
-            fs::remove_dir_all(&dir).unwrap();
-        }
-        fs::create_dir_all(&dir).unwrap();
+        let image = require_image();
+        let dir = log_dir(name);
         let overlay = dir.join("disk.qcow2");
         let status = Command::new("qemu-img")
             .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
@@ -82,10 +102,23 @@ impl Vm {
             .status()
             .unwrap_or_else(|e| panic!("cannot run qemu-img ({e}): apt-get install qemu-utils"));
         assert!(status.success(), "qemu-img create failed: {status}");
-        let vars = dir.join("OVMF_VARS.fd");
+        Vm::start(&dir, &overlay, "qcow2", "")
+    }
+
+    /// Starts QEMU on `disk` (kept as it is, so a test can boot it again); the console goes
+    /// to `serial<tag>.log` in `dir`.
+    pub fn start(dir: &Path, disk: &Path, format: &str, tag: &str) -> Vm {
+        for (file, package) in [(OVMF_CODE, "ovmf"), (OVMF_VARS, "ovmf")] {
+            assert!(
+                Path::new(file).is_file(),
+                "{file} is missing: apt-get install {package}"
+            );
+        }
+        let dir = dir.to_path_buf();
+        let vars = dir.join(format!("OVMF_VARS{tag}.fd"));
         fs::copy(OVMF_VARS, &vars).unwrap();
-        let serial = dir.join("serial.log");
-        let qmp = dir.join("qmp.sock");
+        let serial = dir.join(format!("serial{tag}.log"));
+        let qmp = dir.join(format!("qmp{tag}.sock"));
         let ssh_port = free_port();
         let child = Command::new("qemu-system-x86_64")
             // One host thread for both vCPUs: with multi-threaded TCG a boot here once hung
@@ -99,7 +132,7 @@ impl Vm {
             .arg("-drive")
             .arg(format!("if=pflash,format=raw,file={}", vars.display()))
             .arg("-drive")
-            .arg(format!("if=virtio,format=qcow2,file={}", overlay.display()))
+            .arg(format!("if=virtio,format={format},file={}", disk.display()))
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))
             .arg("-qmp")
@@ -108,8 +141,12 @@ impl Vm {
             .arg(format!("user,id=wan,hostfwd=tcp:127.0.0.1:{ssh_port}-:22"))
             .args(["-device", "virtio-net-pci,netdev=wan,mac=52:54:00:a9:00:01"])
             .stdin(Stdio::null())
-            .stdout(Stdio::from(fs::File::create(dir.join("qemu.out")).unwrap()))
-            .stderr(Stdio::from(fs::File::create(dir.join("qemu.err")).unwrap()))
+            .stdout(Stdio::from(
+                fs::File::create(dir.join(format!("qemu{tag}.out"))).unwrap(),
+            ))
+            .stderr(Stdio::from(
+                fs::File::create(dir.join(format!("qemu{tag}.err"))).unwrap(),
+            ))
             .spawn()
             .unwrap_or_else(|e| {
                 panic!("cannot start qemu-system-x86_64 ({e}): apt-get install qemu-system-x86")

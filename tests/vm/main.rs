@@ -11,9 +11,14 @@
 mod harness;
 
 use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Seek as _, SeekFrom};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use harness::Vm;
+use image::{boot, disk, grubenv};
 
 /// TCG boots in about 15 s here; the margin covers a loaded CI machine.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -84,4 +89,90 @@ fn boots_to_multi_user_with_a_read_only_root_and_data_kept_across_a_reboot() {
         rebooted.as_secs_f64(),
         vm.uptime().as_secs_f64()
     );
+}
+
+/// Writes `file` at `offset` bytes into `disk`.
+fn write_at(disk: &Path, offset: u64, file: &Path) {
+    let mut from = fs::File::open(file).unwrap();
+    let mut to = fs::OpenOptions::new().write(true).open(disk).unwrap();
+    to.seek(SeekFrom::Start(offset)).unwrap();
+    std::io::copy(&mut from, &mut to).unwrap();
+    to.sync_all().unwrap();
+}
+
+/// The ESP of `disk` as an mtools image spec (`disk@@offset`).
+fn esp(disk: &Path) -> String {
+    let layout = disk::layout(disk::Sizes::default());
+    format!("{}@@{}M", disk.display(), layout[0].start_mib)
+}
+
+fn mtools(tool: &str, args: &[&str]) -> String {
+    let out = Command::new(tool)
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {tool} ({e}): apt-get install mtools"));
+    assert!(out.status.success(), "{tool} {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn set_boot_state(disk: &Path, dir: &Path, vars: &[(&str, &str)]) {
+    let vars: BTreeMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let env = dir.join("grubenv");
+    fs::write(&env, grubenv::encode(&vars).unwrap()).unwrap();
+    let target = format!("::/{}", boot::GRUBENV_ON_ESP);
+    mtools(
+        "mcopy",
+        &["-o", "-i", &esp(disk), env.to_str().unwrap(), &target],
+    );
+}
+
+fn boot_state(disk: &Path) -> BTreeMap<String, String> {
+    let target = format!("::/{}", boot::GRUBENV_ON_ESP);
+    let text = mtools("mtype", &["-i", &esp(disk), &target]);
+    grubenv::decode(text.as_bytes()).unwrap()
+}
+
+/// The bootloader contract the OTA code builds on: a trial slot spends a try per boot,
+/// saved by GRUB on the ESP, and once its tries are spent the next slot in ORDER boots.
+#[test]
+fn a_trial_slot_spends_its_tries_then_grub_falls_back_to_the_committed_slot() {
+    let dir = harness::log_dir("ab-fallback");
+    let disk = harness::raw_copy(&dir);
+    let root = harness::image_path().with_file_name(image::ROOT_IMAGE);
+    let layout = disk::layout(disk::Sizes::default());
+    let slot_b = layout.iter().find(|p| p.label == "rootB").unwrap();
+    write_at(&disk, slot_b.start_mib * disk::MIB, &root);
+    set_boot_state(
+        &disk,
+        &dir,
+        &[
+            ("ORDER", "B A"),
+            ("A_OK", "1"),
+            ("A_TRIES", ""),
+            ("B_OK", "1"),
+            ("B_TRIES", "1"),
+        ],
+    );
+
+    let mut vm = Vm::start(&dir, &disk, "raw", "-1");
+    let line = vm.wait_for_line("APPLIANCE-BOOT-OK", BOOT_TIMEOUT);
+    assert_eq!(fields(&line).get("slot"), Some(&"B"), "{line}");
+    assert!(vm.power_off(POWER_OFF_TIMEOUT).success());
+    let state = boot_state(&disk);
+    assert_eq!(
+        state.get("B_TRIES").map(String::as_str),
+        Some("0"),
+        "{state:?}"
+    );
+
+    // Nobody committed B: the next boot must be A's, and leave the state alone.
+    let mut vm = Vm::start(&dir, &disk, "raw", "-2");
+    let line = vm.wait_for_line("APPLIANCE-BOOT-OK", BOOT_TIMEOUT);
+    assert_eq!(fields(&line).get("slot"), Some(&"A"), "{line}");
+    assert!(vm.power_off(POWER_OFF_TIMEOUT).success());
+    assert_eq!(boot_state(&disk), state);
 }
