@@ -524,6 +524,8 @@ fn vm_test() -> Result<()> {
     let started = Instant::now();
     image_if_needed(false)?;
     ensure_debian_packages(QEMU_PACKAGES)?;
+    // The A/B test edits the ESP of a copy of the image.
+    ensure_debian_packages(&["mtools"])?;
     println!("==> VM tests");
     run(cargo(&root).args([
         "test",
