@@ -21,7 +21,8 @@ Usage: cargo xtask <command> [options]
 
 Commands:
   ci                      the whole CI: toolchain check, rustfmt check, clippy -D warnings,
-                          every test, and a build check of the fuzz targets
+                          every test, a build check of the fuzz targets, and the VM tests
+                          (builds the image; needs root)
   test                    run every test (cargo test --workspace --locked)
   fuzz <target> [--time SECONDS] [--jobs N] [-- LIBFUZZER_ARGS...]
                           fuzz a target in fuzz/fuzz_targets/ with cargo-fuzz (default 60 s,
@@ -196,8 +197,21 @@ const FUZZ_BUILD: Step = Step {
     ),
 };
 
+/// The real image booted in QEMU: the only place the boot chain, the read-only root and
+/// the A/B fallback can be shown.
+const VM: Step = Step {
+    name: "vm",
+    packages: &[],
+    run: step_vm,
+    hint: Some("`cargo xtask vm-test` reruns this step alone; the serial log is in its output"),
+};
+
 fn ci() -> Result<()> {
-    run_steps(&[TOOLCHAIN, FMT, CLIPPY, TEST, FUZZ_BUILD])
+    run_steps(&[TOOLCHAIN, FMT, CLIPPY, TEST, FUZZ_BUILD, VM])
+}
+
+fn step_vm(_root: &Path) -> Result<()> {
+    vm_test()
 }
 
 /// Runs the steps in order with a header and a timing each; stops at the first failure.
@@ -278,6 +292,9 @@ fn step_clippy(root: &Path) -> Result<()> {
         "clippy",
         "--workspace",
         "--all-targets",
+        // The VM tests are behind a feature; lint them too.
+        "--features",
+        "appliance-tests/vm",
         "--locked",
         "--",
         "-D",
