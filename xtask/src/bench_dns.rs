@@ -1039,31 +1039,22 @@ fn bench(opts: &Opts) -> Result<()> {
     drop(p);
     results.insert("dnsd", r);
 
-    let (mut p, addr, load) = start_dnsmasq(&files, upstream)?;
-    println!(
-        "==> dnsmasq blocks {:.3} s after its start",
-        load.as_secs_f64()
-    );
-    let mut r = ServerResult {
-        load,
-        ..Default::default()
-    };
-    measure(&mut p, addr, &files, opts.seconds, &mut r)?;
-    drop(p);
-    results.insert("dnsmasq", r);
-
-    let (mut p, addr, load) = start_unbound(&files, upstream)?;
-    println!(
-        "==> unbound blocks {:.3} s after its start",
-        load.as_secs_f64()
-    );
-    let mut r = ServerResult {
-        load,
-        ..Default::default()
-    };
-    measure(&mut p, addr, &files, opts.seconds, &mut r)?;
-    drop(p);
-    results.insert("unbound", r);
+    type Start = fn(&Files, SocketAddr) -> Result<(Proc, SocketAddr, Duration)>;
+    let peers: [(&str, Start); 2] = [("dnsmasq", start_dnsmasq), ("unbound", start_unbound)];
+    for (name, start) in peers {
+        let (mut p, addr, load) = start(&files, upstream)?;
+        println!(
+            "==> {name} blocks {:.3} s after its start",
+            load.as_secs_f64()
+        );
+        let mut r = ServerResult {
+            load,
+            ..Default::default()
+        };
+        measure(&mut p, addr, &files, opts.seconds, &mut r)?;
+        drop(p);
+        results.insert(name, r);
+    }
 
     let dnsd_blocked_peak = results
         .get("dnsd")
