@@ -248,9 +248,8 @@ fn issue_diag(
     root: &Spanned<DeTable<'_>>,
     issue: Issue,
 ) -> Diagnostic {
-    let (found, span) = find_path(work, &issue.path);
+    let span = find_path(work, &issue.path);
     let path = original_path(work, root, &issue.path);
-    let _ = found;
     make_diag(
         src,
         issue.kind,
@@ -416,8 +415,9 @@ fn locate(root: &Spanned<DeTable<'_>>, span: &Range<usize>) -> Located {
     best
 }
 
-/// The node at `path`, or the deepest existing ancestor: (found exactly, span to report).
-fn find_path(root: &Spanned<DeTable<'_>>, path: &KeyPath) -> (bool, Range<usize>) {
+/// The span to report for `path`: its node, or the deepest ancestor present in the file
+/// (a cross-check may name a key that was left to its default).
+fn find_path(root: &Spanned<DeTable<'_>>, path: &KeyPath) -> Range<usize> {
     let mut span = 0..0;
     let mut table = Some(root.get_ref());
     let mut array: Option<&DeArray<'_>> = None;
@@ -430,7 +430,7 @@ fn find_path(root: &Spanned<DeTable<'_>>, path: &KeyPath) -> (bool, Range<usize>
             _ => None,
         };
         let Some((key_span, v)) = next else {
-            return (false, span);
+            return span;
         };
         span = match (key_span, v.get_ref().is_table()) {
             (Some(k), true) => k,
@@ -439,7 +439,7 @@ fn find_path(root: &Spanned<DeTable<'_>>, path: &KeyPath) -> (bool, Range<usize>
         table = v.get_ref().as_table();
         array = v.get_ref().as_array();
     }
-    (true, span)
+    span
 }
 
 /// The key named `field` inside the table at `at`, with its path and span.

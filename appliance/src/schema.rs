@@ -33,7 +33,7 @@ pub fn config_reference_markdown() -> String {
     if let Some(props) = root.get("properties").and_then(Value::as_object) {
         let required = required_of(root);
         // Top-level scalars first (version), then one chapter per section.
-        r.table("", props, &required, root);
+        r.table(props, &required);
         for (key, prop) in props {
             r.section(key, prop);
         }
@@ -253,13 +253,7 @@ impl Reference {
     }
 
     /// A table of the scalar and list keys of one object.
-    fn table(
-        &mut self,
-        path: &str,
-        props: &Map<String, Value>,
-        required: &[String],
-        parent: &Value,
-    ) {
+    fn table(&mut self, props: &Map<String, Value>, required: &[String]) {
         let rows: Vec<(String, String, String, String)> = props
             .iter()
             .filter(|(_, p)| self.object_behind(p).is_none())
@@ -272,11 +266,9 @@ impl Reference {
                 (k.clone(), self.type_name(p), req, self.description(p))
             })
             .collect();
-        let _ = parent;
         if rows.is_empty() {
             return;
         }
-        let _ = path;
         self.out
             .push_str("| key | type | default | description |\n|---|---|---|---|\n");
         for (k, t, d, desc) in rows {
@@ -315,7 +307,7 @@ impl Reference {
             .cloned()
             .unwrap_or_default();
         let required = required_of(&obj);
-        self.table(&full, &props, &required, &obj);
+        self.table(&props, &required);
         for (k, p) in &props {
             self.section(&format!("{full}.{k}"), p);
         }

@@ -18,8 +18,10 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use appliance::{Diagnostics, ErrorKind, load_str};
 
@@ -76,19 +78,6 @@ fn actual(d: &Diagnostics) -> Vec<(String, usize, String)> {
         .collect();
     v.sort();
     v
-}
-
-fn case_files(dir: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join(dir);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    files.sort();
-    files
 }
 
 /// Checks one case; returns a description of every way it failed.
@@ -157,7 +146,7 @@ fn check_case(file: &Path) -> Vec<String> {
 
 #[test]
 fn invalid_configs_report_the_expected_diagnostics() {
-    let files = case_files("invalid");
+    let files = common::toml_files("invalid");
     assert!(
         files.len() >= 45,
         "only {} invalid cases in tests/invalid",

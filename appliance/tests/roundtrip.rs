@@ -12,9 +12,11 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use appliance::model::*;
 use appliance::types::*;
@@ -27,17 +29,6 @@ use proptest::sample::select;
 // ---------------------------------------------------------------------------------------
 // Hand-written valid configs
 // ---------------------------------------------------------------------------------------
-
-fn valid_files() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/valid");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    files.sort();
-    files
-}
 
 fn load_file(path: &Path) -> Config {
     let src = std::fs::read_to_string(path).unwrap();
@@ -59,7 +50,7 @@ fn assert_round_trip(cfg: &Config, what: &str) {
 
 #[test]
 fn valid_configs_load_and_round_trip() {
-    let files = valid_files();
+    let files = common::toml_files("valid");
     assert!(files.len() >= 3, "too few valid examples: {files:?}");
     for f in &files {
         let cfg = load_file(f);

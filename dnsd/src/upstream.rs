@@ -405,17 +405,17 @@ impl Upstreams {
             Transport::Unusable(why) => Err(UpstreamError::Unsupported(server.label.clone(), why)),
             Transport::Plain(addr) => plain(&server.label, *addr, query, request).await,
             Transport::Tls {
-                host,
-                port,
-                server_name,
-                conn,
+                host, port, conn, ..
+            }
+            | Transport::Https {
+                host, port, conn, ..
             } => {
                 let mut guard = conn.0.lock().await;
                 let exchange = match guard.as_ref() {
                     Some((x, _)) => x.clone(),
                     None => {
                         let addr = self.address(host, *port).await?;
-                        let c = self.connect_tls(&server.label, addr, server_name).await?;
+                        let c = self.connect(server, addr).await?;
                         let x = c.0.clone();
                         *guard = Some(c);
                         x
@@ -429,33 +429,26 @@ impl Upstreams {
                 }
                 r
             }
-            Transport::Https {
-                host,
-                port,
-                server_name,
-                path,
-                conn,
-            } => {
-                let mut guard = conn.0.lock().await;
-                let exchange = match guard.as_ref() {
-                    Some((x, _)) => x.clone(),
-                    None => {
-                        let addr = self.address(host, *port).await?;
-                        let c = self
-                            .connect_https(&server.label, addr, server_name, path)
-                            .await?;
-                        let x = c.0.clone();
-                        *guard = Some(c);
-                        x
-                    }
-                };
-                drop(guard);
-                let r = via_exchange(&server.label, &exchange, request).await;
-                if r.is_err() {
-                    *conn.0.lock().await = None;
-                }
-                r
+        }
+    }
+
+    /// Opens the kept-open connection of an encrypted upstream.
+    async fn connect(&self, server: &Server, addr: SocketAddr) -> Result<Connected, UpstreamError> {
+        match &server.transport {
+            Transport::Tls { server_name, .. } => {
+                self.connect_tls(&server.label, addr, server_name).await
             }
+            Transport::Https {
+                server_name, path, ..
+            } => {
+                self.connect_https(&server.label, addr, server_name, path)
+                    .await
+            }
+            Transport::Unusable(why) => Err(UpstreamError::Unsupported(server.label.clone(), why)),
+            Transport::Plain(_) => Err(UpstreamError::Unsupported(
+                server.label.clone(),
+                "plain upstreams keep no connection",
+            )),
         }
     }
 

@@ -441,7 +441,7 @@ impl Upstream {
     pub fn parse(s: &str) -> Result<Self, ValueError> {
         const HINT: &str =
             "use an address (9.9.9.9), tls://host[:port][#tls-name] or https://host/dns-query";
-        if let Some(rest) = s.strip_prefix("https://") {
+        if s.starts_with("https://") {
             let url = url::Url::parse(s)
                 .map_err(|e| ValueError::new(format!("{s:?} is not a valid URL: {e}"), HINT))?;
             let host = match url.host() {
@@ -454,7 +454,6 @@ impl Upstream {
             };
             let port = Port::new(u64::from(url.port().unwrap_or(443)))
                 .map_err(|e| ValueError::new(e.message, HINT))?;
-            let _ = rest;
             let path = match url.query() {
                 Some(q) => format!("{}?{q}", url.path()),
                 None => url.path().to_owned(),
