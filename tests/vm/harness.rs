@@ -1,6 +1,7 @@
 //! Boots the appliance image in QEMU (TCG, OVMF) for a test: a fresh qcow2 overlay and UEFI
 //! variable store per test, the serial console in target/vm-logs/<test>/serial.log, power
-//! off through QMP, and QEMU killed when the handle drops.
+//! off through QMP, a guest reset answered by a fresh QEMU on the same disk, and QEMU killed
+//! when the handle drops.
 //!
 //! Nothing here skips: a missing image, QEMU or OVMF fails the test with what to run.
 
@@ -81,12 +82,17 @@ pub fn image_path() -> PathBuf {
 
 #[derive(Debug)]
 pub struct Vm {
-    child: Child,
+    child: Option<Child>,
     pub dir: PathBuf,
     pub serial: PathBuf,
     qmp: PathBuf,
     ssh_port: u16,
     started: Instant,
+    disk: PathBuf,
+    format: String,
+    vars: PathBuf,
+    tag: String,
+    resets: u32,
 }
 
 impl Vm {
@@ -118,47 +124,120 @@ impl Vm {
         let vars = dir.join(format!("OVMF_VARS{tag}.fd"));
         fs::copy(OVMF_VARS, &vars).unwrap();
         let serial = dir.join(format!("serial{tag}.log"));
-        let qmp = dir.join(format!("qmp{tag}.sock"));
-        let ssh_port = free_port();
+        // The console is appended to across guest resets; a fresh start begins a fresh log.
+        let _ = fs::remove_file(&serial);
+        let mut vm = Vm {
+            child: None,
+            dir,
+            serial,
+            qmp: PathBuf::new(),
+            ssh_port: free_port(),
+            started: Instant::now(),
+            disk: disk.to_path_buf(),
+            format: format.to_owned(),
+            vars,
+            tag: tag.to_owned(),
+            resets: 0,
+        };
+        vm.spawn();
+        vm
+    }
+
+    /// Runs QEMU on this VM's disk, variable store and console log.
+    ///
+    /// `-no-reboot` turns a guest reset into a QEMU exit that the wait loops answer by
+    /// starting QEMU again: a warm reset of q35 + OVMF under TCG hung for good once in CI
+    /// (nothing after "reboot: machine restart"), and a fresh QEMU process is a cold boot
+    /// of the same disk and UEFI variables, which is what a reboot must survive anyway.
+    fn spawn(&mut self) {
+        let run = if self.resets == 0 {
+            self.tag.clone()
+        } else {
+            format!("{}.{}", self.tag, self.resets)
+        };
+        let qmp = self.dir.join(format!("qmp{run}.sock"));
+        let _ = fs::remove_file(&qmp);
         let child = Command::new("qemu-system-x86_64")
             // One host thread for both vCPUs: with multi-threaded TCG a boot here once hung
             // for good with both vCPUs in the kernel's int3 text-patching handler (an RCU
             // stall at "crng init done"); round-robin TCG has no such race.
             .args(["-machine", "q35", "-accel", "tcg,thread=single"])
-            .args(["-m", "2048", "-smp", "2"])
+            .args(["-m", "2048", "-smp", "2", "-no-reboot"])
             .args(["-display", "none", "-monitor", "none"])
             .arg("-drive")
             .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
             .arg("-drive")
-            .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+            .arg(format!("if=pflash,format=raw,file={}", self.vars.display()))
             .arg("-drive")
-            .arg(format!("if=virtio,format={format},file={}", disk.display()))
-            .arg("-serial")
-            .arg(format!("file:{}", serial.display()))
+            .arg(format!(
+                "if=virtio,format={},file={}",
+                self.format,
+                self.disk.display()
+            ))
+            .arg("-chardev")
+            .arg(format!(
+                "file,id=console,append=on,path={}",
+                self.serial.display()
+            ))
+            .args(["-serial", "chardev:console"])
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp.display()))
             .arg("-netdev")
-            .arg(format!("user,id=wan,hostfwd=tcp:127.0.0.1:{ssh_port}-:22"))
+            .arg(format!(
+                "user,id=wan,hostfwd=tcp:127.0.0.1:{}-:22",
+                self.ssh_port
+            ))
             .args(["-device", "virtio-net-pci,netdev=wan,mac=52:54:00:a9:00:01"])
             .stdin(Stdio::null())
             .stdout(Stdio::from(
-                fs::File::create(dir.join(format!("qemu{tag}.out"))).unwrap(),
+                fs::File::create(self.dir.join(format!("qemu{run}.out"))).unwrap(),
             ))
             .stderr(Stdio::from(
-                fs::File::create(dir.join(format!("qemu{tag}.err"))).unwrap(),
+                fs::File::create(self.dir.join(format!("qemu{run}.err"))).unwrap(),
             ))
             .spawn()
             .unwrap_or_else(|e| {
                 panic!("cannot start qemu-system-x86_64 ({e}): apt-get install qemu-system-x86")
             });
-        Vm {
-            child,
-            dir,
-            serial,
-            qmp,
-            ssh_port,
-            started: Instant::now(),
+        self.child = Some(child);
+        self.qmp = qmp;
+    }
+
+    fn child(&mut self) -> &mut Child {
+        self.child.as_mut().expect("QEMU runs from start to drop")
+    }
+
+    /// Whether QEMU is still running; a guest reset (QEMU exits cleanly without the kernel's
+    /// "Power down") starts it again, and a crash fails the test with `what` it waited for.
+    fn still_running(&mut self, what: &str) {
+        let Ok(Some(status)) = self.child().try_wait() else {
+            return;
+        };
+        let console = self.console();
+        let last = console
+            .lines()
+            .rev()
+            .find(|l| l.contains("reboot: "))
+            .unwrap_or_default();
+        if status.success() && !last.contains("Power down") {
+            self.resets += 1;
+            eprintln!(
+                "harness: the guest reset; QEMU starts again (reset {})",
+                self.resets
+            );
+            self.spawn();
+            return;
         }
+        panic!(
+            "QEMU exited ({status}) before {what}; qemu.err: {}\nconsole tail:\n{}",
+            fs::read_to_string(self.dir.join(format!("qemu{}.err", self.tag))).unwrap_or_default(),
+            self.console_tail()
+        );
+    }
+
+    /// How many times the guest has reset since start.
+    pub fn resets(&self) -> u32 {
+        self.resets
     }
 
     /// Time since QEMU started.
@@ -189,14 +268,7 @@ impl Vm {
             }) {
                 return line;
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "QEMU exited ({status}) before `{needle}` appeared; qemu.err: {}\n\
-                     console tail:\n{}",
-                    fs::read_to_string(self.dir.join("qemu.err")).unwrap_or_default(),
-                    self.console_tail()
-                );
-            }
+            self.still_running(&format!("`{needle}` appeared"));
             assert!(
                 Instant::now() < deadline,
                 "`{needle}` did not appear on the console within {timeout:?}; log: {}\n\
@@ -220,12 +292,7 @@ impl Vm {
     pub fn wait_for_nth_line(&mut self, needle: &str, n: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while self.count_lines(needle) < n {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "QEMU exited ({status}) before `{needle}` appeared {n} times; console tail:\n{}",
-                    self.console_tail()
-                );
-            }
+            self.still_running(&format!("`{needle}` appeared {n} times"));
             assert!(
                 Instant::now() < deadline,
                 "`{needle}` appeared {} of {n} times within {timeout:?}; console tail:\n{}",
@@ -295,7 +362,7 @@ impl Vm {
         }
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = self.child().try_wait().unwrap() {
                 return status;
             }
             assert!(
@@ -310,9 +377,11 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        if let Some(child) = self.child.as_mut()
+            && let Ok(None) = child.try_wait()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }

@@ -74,6 +74,11 @@ fn boots_to_multi_user_with_a_read_only_root_and_data_kept_across_a_reboot() {
     // The reboot drops the SSH connection, so its status says nothing.
     let _ = vm.ssh("systemctl reboot");
     vm.wait_for_nth_line("APPLIANCE-BOOT-OK", 2, BOOT_TIMEOUT);
+    assert_eq!(
+        vm.resets(),
+        1,
+        "the guest did not reset on `systemctl reboot`"
+    );
     let rebooted = vm.uptime();
     assert_eq!(vm.sh("cat /data/probe").trim(), "kept");
 
