@@ -2,6 +2,7 @@
 //! packages, the GRUB A/B bootloader and the GPT disk image. See README.md for the layout.
 
 pub mod boot;
+pub mod bundle;
 pub mod cmd;
 pub mod disk;
 pub mod grubenv;
