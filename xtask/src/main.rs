@@ -176,14 +176,24 @@ const FMT: Step = Step {
 };
 const CLIPPY: Step = Step {
     name: "clippy",
-    packages: &[],
+    // stored's build script runs bindgen on libzfs_core.
+    packages: ZFS_BUILD_PACKAGES,
     run: step_clippy,
     hint: None,
 };
 const TEST: Step = Step {
     name: "test",
-    // Real peers of the tests: dnsmasq and dig for dnsd, nft and ip netns for netd.
-    packages: &["dnsmasq-base", "bind9-dnsutils", "nftables", "iproute2"],
+    // Real peers of the tests: dnsmasq and dig for dnsd, nft and ip netns for netd; and
+    // what stored's build needs (ZFS_BUILD_PACKAGES).
+    packages: &[
+        "dnsmasq-base",
+        "bind9-dnsutils",
+        "nftables",
+        "iproute2",
+        "libzfslinux-dev",
+        "libclang-dev",
+        "pkg-config",
+    ],
     run: step_test,
     hint: None,
 };
@@ -566,6 +576,15 @@ fn vm_test() -> Result<()> {
 
 static APT_UPDATED: AtomicBool = AtomicBool::new(false);
 
+/// What building stored takes: libzfs_core's headers and .pc file for its bindgen build
+/// script (libzfslinux-dev, from Debian's contrib component) and libclang for bindgen.
+const ZFS_BUILD_PACKAGES: &[&str] = &["libzfslinux-dev", "libclang-dev", "pkg-config"];
+
+/// Packages that exist only in Debian's contrib component, which a stock install lacks.
+const CONTRIB_PACKAGES: &[&str] = &["libzfslinux-dev", "zfsutils-linux", "zfs-dkms"];
+
+const CONTRIB_LIST: &str = "/etc/apt/sources.list.d/contrib.list";
+
 /// Installs the Debian packages that are not installed yet (`apt-get update` runs once per
 /// process, and only when something is missing).
 fn ensure_debian_packages(packages: &[&str]) -> Result<()> {
@@ -588,6 +607,9 @@ fn ensure_debian_packages(packages: &[&str]) -> Result<()> {
             missing.join(" ")
         )
     };
+    if missing.iter().any(|p| CONTRIB_PACKAGES.contains(p)) && ensure_contrib()? {
+        APT_UPDATED.store(false, Ordering::Relaxed);
+    }
     if !APT_UPDATED.load(Ordering::Relaxed) {
         run(apt_get().arg("update")).with_context(fail)?;
         APT_UPDATED.store(true, Ordering::Relaxed);
@@ -596,6 +618,67 @@ fn ensure_debian_packages(packages: &[&str]) -> Result<()> {
         .args(["install", "-y", "--no-install-recommends"])
         .args(&missing))
     .with_context(fail)
+}
+
+/// Enables Debian's contrib component when no apt source has it, by writing
+/// [`CONTRIB_LIST`] for the release this host runs. Returns whether it wrote the file (the
+/// package lists then need an update).
+fn ensure_contrib() -> Result<bool> {
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
+        files.extend(
+            dir.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "list" || x == "sources")),
+        );
+    }
+    let enabled = files
+        .iter()
+        .filter_map(|f| fs::read_to_string(f).ok())
+        .any(|text| apt_sources_have_contrib(&text));
+    if enabled {
+        return Ok(false);
+    }
+    let os_release = fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let codename = os_release
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|c| c.trim_matches('"').to_owned())
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| {
+            anyhow!(
+                "Debian's contrib component is not enabled and /etc/os-release names no \
+                 VERSION_CODENAME; add contrib to the apt sources by hand"
+            )
+        })?;
+    println!("enabling Debian's contrib component in {CONTRIB_LIST}");
+    fs::write(
+        CONTRIB_LIST,
+        format!("deb http://deb.debian.org/debian {codename} contrib\n"),
+    )
+    .with_context(|| {
+        format!("cannot write {CONTRIB_LIST} to enable Debian's contrib component (run as root)")
+    })?;
+    Ok(true)
+}
+
+/// Whether an apt sources file, one-line (`deb URI SUITE COMPONENTS...`) or deb822
+/// (`Components:`), enables the contrib component.
+fn apt_sources_have_contrib(text: &str) -> bool {
+    text.lines().map(str::trim).any(|line| {
+        if let Some(rest) = line.strip_prefix("deb ") {
+            // Options in brackets come before the URI; components follow URI and suite.
+            let rest = match rest.trim_start().strip_prefix('[') {
+                Some(r) => r.split_once(']').map_or("", |(_, r)| r),
+                None => rest,
+            };
+            rest.split_whitespace().skip(2).any(|c| c == "contrib")
+        } else if let Some(rest) = line.strip_prefix("Components:") {
+            rest.split_whitespace().any(|c| c == "contrib")
+        } else {
+            false
+        }
+    })
 }
 
 fn debian_package_installed(package: &str) -> bool {
@@ -1058,6 +1141,25 @@ mod tests {
             Err(Failure::Failed(_))
         ));
         assert!(dispatch(&args("help")).is_ok());
+    }
+
+    #[test]
+    fn contrib_is_found_in_either_sources_format() {
+        assert!(apt_sources_have_contrib(
+            "deb http://deb.debian.org/debian bookworm main contrib\n"
+        ));
+        assert!(apt_sources_have_contrib(
+            "deb [signed-by=/k.gpg] http://deb.debian.org/debian bookworm contrib"
+        ));
+        assert!(apt_sources_have_contrib(
+            "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm\nComponents: main contrib\n"
+        ));
+        assert!(!apt_sources_have_contrib(
+            "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm\nComponents: main\n"
+        ));
+        assert!(!apt_sources_have_contrib(
+            "# deb http://deb.debian.org/debian bookworm contrib\ndeb http://x/contrib bookworm main\n"
+        ));
     }
 
     #[test]
