@@ -1,10 +1,10 @@
-//! `appliance-image`: builds the firmware disk image (and later OTA bundles).
+//! `appliance-image`: builds the firmware disk image, and makes and checks OTA bundles.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use image::{BuildOptions, build, disk, rootfs};
+use image::{BuildOptions, build, bundle, disk, rootfs};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -38,6 +38,18 @@ enum Cmd {
         /// The mtime of every file in the root image (seconds since the epoch).
         #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = rootfs::PACKAGES_EPOCH)]
         source_date_epoch: u64,
+    },
+    /// Make an ed25519 key pair for signing bundles: DIR/NAME.key (0600) and DIR/NAME.pub.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "release")]
+        name: String,
+    },
+    /// Create, sign, verify and inspect OTA bundles.
+    Bundle {
+        #[command(subcommand)]
+        command: bundle::cli::BundleCmd,
     },
 }
 
@@ -78,6 +90,8 @@ fn main() -> ExitCode {
                 println!("kernel:     {}", b.kernel);
             })
         }
+        Cmd::Keygen { out, name } => bundle::cli::keygen(&out, &name),
+        Cmd::Bundle { command } => bundle::cli::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,6 +12,7 @@
 //! compatibility, expiry and versions, and only then streams the payload, checking each chunk
 //! against its hash before handing it on to be written.
 
+pub mod cli;
 pub mod keys;
 pub mod version;
 
