@@ -3,6 +3,7 @@
 //! store. Every daemon reads its section through this crate.
 
 pub mod diag;
+pub mod leases;
 pub mod load;
 pub mod model;
 pub mod plan;
