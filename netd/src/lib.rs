@@ -1,8 +1,10 @@
 //! netd: see README.md for what this crate owns.
 //!
-//! Built so far: the nftables firewall ([`firewall`]). Links, DHCP and WireGuard follow.
+//! Built so far: the nftables firewall ([`firewall`]) and links, addresses and routes
+//! through rtnetlink ([`links`]). DHCP and WireGuard follow.
 
 pub mod command;
 pub mod firewall;
+pub mod links;
 
 pub use command::CommandFailure;

@@ -1,0 +1,206 @@
+//! The steps of a links plan. Each carries what it replaces, so that a failed apply can
+//! undo the steps already done by running their inverses in reverse order.
+
+use std::fmt;
+
+use ipnet::IpNet;
+
+use super::state::{BridgeNf, BridgeOpts, OWNER_ALIAS, Route, Virtual};
+
+/// One change to the kernel. Links are named by their name at the time the step runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Creates a bridge or VLAN, down, with the alias [`OWNER_ALIAS`]. `mtu` is only set by
+    /// undo steps that recreate a deleted link; plans set MTUs in their own step, after
+    /// the parents'.
+    Create {
+        name: String,
+        kind: Virtual,
+        mtu: Option<u32>,
+    },
+    /// Deletes a link netd created. `mtu` is kept for the undo.
+    Delete {
+        name: String,
+        kind: Virtual,
+        mtu: Option<u32>,
+    },
+    /// Renames a NIC; the kernel requires it to be down.
+    Rename {
+        from: String,
+        to: String,
+    },
+    SetAlias {
+        link: String,
+        alias: Option<String>,
+        previous: Option<String>,
+    },
+    SetUp {
+        link: String,
+        up: bool,
+    },
+    SetMtu {
+        link: String,
+        mtu: u32,
+        /// `None` when the link is created in the same plan: its undo deletes it anyway.
+        previous: Option<u32>,
+    },
+    SetMaster {
+        link: String,
+        master: Option<String>,
+        previous: Option<String>,
+    },
+    SetBridge {
+        link: String,
+        opts: BridgeOpts,
+        previous: BridgeOpts,
+    },
+    AddAddress {
+        link: String,
+        net: IpNet,
+    },
+    RemoveAddress {
+        link: String,
+        net: IpNet,
+    },
+    AddRoute(Route),
+    RemoveRoute(Route),
+    SetBridgeNf {
+        value: BridgeNf,
+        previous: BridgeNf,
+    },
+}
+
+impl Action {
+    /// The step that undoes this one; `None` when there is nothing to undo.
+    pub fn inverse(&self) -> Option<Action> {
+        Some(match self {
+            Self::Create { name, kind, mtu } => Self::Delete {
+                name: name.clone(),
+                kind: kind.clone(),
+                mtu: *mtu,
+            },
+            Self::Delete { name, kind, mtu } => Self::Create {
+                name: name.clone(),
+                kind: kind.clone(),
+                mtu: *mtu,
+            },
+            Self::Rename { from, to } => Self::Rename {
+                from: to.clone(),
+                to: from.clone(),
+            },
+            Self::SetAlias {
+                link,
+                alias,
+                previous,
+            } => Self::SetAlias {
+                link: link.clone(),
+                alias: previous.clone(),
+                previous: alias.clone(),
+            },
+            Self::SetUp { link, up } => Self::SetUp {
+                link: link.clone(),
+                up: !up,
+            },
+            Self::SetMtu {
+                link,
+                mtu,
+                previous,
+            } => Self::SetMtu {
+                link: link.clone(),
+                mtu: (*previous)?,
+                previous: Some(*mtu),
+            },
+            Self::SetMaster {
+                link,
+                master,
+                previous,
+            } => Self::SetMaster {
+                link: link.clone(),
+                master: previous.clone(),
+                previous: master.clone(),
+            },
+            Self::SetBridge {
+                link,
+                opts,
+                previous,
+            } => Self::SetBridge {
+                link: link.clone(),
+                opts: *previous,
+                previous: *opts,
+            },
+            Self::AddAddress { link, net } => Self::RemoveAddress {
+                link: link.clone(),
+                net: *net,
+            },
+            Self::RemoveAddress { link, net } => Self::AddAddress {
+                link: link.clone(),
+                net: *net,
+            },
+            Self::AddRoute(r) => Self::RemoveRoute(r.clone()),
+            Self::RemoveRoute(r) => Self::AddRoute(r.clone()),
+            Self::SetBridgeNf { value, previous } => Self::SetBridgeNf {
+                value: *previous,
+                previous: *value,
+            },
+        })
+    }
+}
+
+fn on(b: bool) -> u8 {
+    u8::from(b)
+}
+
+/// Reads like the `ip` command that does the same, for logs and errors.
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Create { name, kind, mtu } => {
+                write!(f, "ip link add {name}")?;
+                match kind {
+                    Virtual::Bridge(o) => write!(
+                        f,
+                        " type bridge vlan_filtering {} stp_state {}",
+                        on(o.vlan_filtering),
+                        on(o.stp)
+                    )?,
+                    Virtual::Vlan { parent, id } => write!(f, " link {parent} type vlan id {id}")?,
+                }
+                if let Some(m) = mtu {
+                    write!(f, " mtu {m}")?;
+                }
+                write!(f, " && ip link set {name} alias {OWNER_ALIAS}")
+            }
+            Self::Delete { name, .. } => write!(f, "ip link del {name}"),
+            Self::Rename { from, to } => write!(f, "ip link set {from} name {to}"),
+            Self::SetAlias { link, alias, .. } => match alias {
+                Some(a) => write!(f, "ip link set {link} alias '{a}'"),
+                None => write!(f, "ip link set {link} alias ''"),
+            },
+            Self::SetUp { link, up } => {
+                write!(f, "ip link set {link} {}", if *up { "up" } else { "down" })
+            }
+            Self::SetMtu { link, mtu, .. } => write!(f, "ip link set {link} mtu {mtu}"),
+            Self::SetMaster { link, master, .. } => match master {
+                Some(m) => write!(f, "ip link set {link} master {m}"),
+                None => write!(f, "ip link set {link} nomaster"),
+            },
+            Self::SetBridge { link, opts, .. } => write!(
+                f,
+                "ip link set {link} type bridge vlan_filtering {} stp_state {}",
+                on(opts.vlan_filtering),
+                on(opts.stp)
+            ),
+            Self::AddAddress { link, net } => write!(f, "ip addr add {net} dev {link}"),
+            Self::RemoveAddress { link, net } => write!(f, "ip addr del {net} dev {link}"),
+            Self::AddRoute(r) => write!(f, "ip route add {r}"),
+            Self::RemoveRoute(r) => write!(f, "ip route del {r}"),
+            Self::SetBridgeNf { value, .. } => write!(
+                f,
+                "sysctl net.bridge.bridge-nf-call-iptables={} net.bridge.bridge-nf-call-ip6tables={} net.bridge.bridge-nf-call-arptables={}",
+                on(value.iptables),
+                on(value.ip6tables),
+                on(value.arptables)
+            ),
+        }
+    }
+}

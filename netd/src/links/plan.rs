@@ -1,0 +1,622 @@
+//! The pure part: what the config asks for ([`desired`]) against what the kernel holds
+//! ([`Observed`]), turned into ordered [`Action`]s by [`plan`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use appliance::Config;
+use appliance::model::{Addressed, Ipv4Mode, Ipv6Mode};
+use ipnet::IpNet;
+
+use super::action::Action;
+use super::state::{BridgeNf, Link, Mac, NIC_ALIAS_PREFIX, Observed, PROTO_STATIC, Route, Virtual};
+
+/// How a NIC of the config is found among the kernel's links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NicMatch {
+    /// By kernel name, or by the name it had when netd adopted (and renamed) it.
+    Device(String),
+    /// By burnt-in MAC (`IFLA_PERM_ADDRESS`), else by current MAC.
+    Mac(Mac),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    Nic(NicMatch),
+    Virtual(Virtual),
+}
+
+/// A link as the config wants it. `name` is the config key, which is the kernel name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredLink {
+    pub name: String,
+    pub role: Role,
+    pub mtu: Option<u32>,
+    /// The bridge this link is a port of.
+    pub master: Option<String>,
+    /// Static addresses.
+    pub addresses: Vec<IpNet>,
+    /// IPv4 addresses are netd's to add and remove (not with `ipv4 = "dhcp"`, where the
+    /// DHCP client owns them).
+    pub manage_v4: bool,
+    /// IPv6 addresses, link-local aside, are netd's (not with `ipv6 = "slaac"`).
+    pub manage_v6: bool,
+}
+
+/// The links, addresses and routes a config asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Desired {
+    /// NICs, then bridges, then VLANs.
+    pub links: Vec<DesiredLink>,
+    pub routes: Vec<Route>,
+}
+
+impl Desired {
+    fn link(&self, name: &str) -> Option<&DesiredLink> {
+        self.links.iter().find(|l| l.name == name)
+    }
+}
+
+/// Why no plan could be made. Nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error(
+        "interface {link:?}: no network card with {by}; `ip link` lists the cards, fix [interfaces.{link}]"
+    )]
+    NicNotFound { link: String, by: String },
+    #[error(
+        "interface {link:?}: MAC {mac} belongs to several links ({}); match this card by device instead",
+        candidates.join(", ")
+    )]
+    NicAmbiguous {
+        link: String,
+        mac: Mac,
+        candidates: Vec<String>,
+    },
+    #[error(
+        "network card {nic:?} is matched by both [interfaces.{first}] and [interfaces.{second}]; each card backs one interface"
+    )]
+    NicClaimedTwice {
+        nic: String,
+        first: String,
+        second: String,
+    },
+    #[error(
+        "link name {name:?} is taken by {holder}, which netd does not own; rename or delete that link, or choose another key"
+    )]
+    NameTaken { name: String, holder: String },
+    #[error(
+        "route {route} is already in the main table as `{holder}`, which netd did not add; delete it or change the route's metric"
+    )]
+    RouteTaken { route: String, holder: String },
+    #[error("{link:?}: {reason}")]
+    Invalid { link: String, reason: String },
+}
+
+fn default_metric(dst: &IpNet) -> u32 {
+    // The kernel gives IPv6 routes added without a metric IP6_RT_PRIO_USER.
+    if matches!(dst, IpNet::V6(_)) { 1024 } else { 0 }
+}
+
+/// The links section of `cfg` as [`Desired`]. The config is validated already; what the
+/// validator guarantees (a NIC has a device or a MAC) is still checked, not assumed.
+pub fn desired(cfg: &Config) -> Result<Desired, PlanError> {
+    let mut masters: BTreeMap<&str, &str> = BTreeMap::new();
+    for (bridge, b) in &cfg.bridges {
+        for m in &b.members {
+            masters.insert(m.as_str(), bridge.as_str());
+        }
+    }
+    let mut out = Desired::default();
+    let mut add = |name: &str, role: Role, a: &dyn Addressed| {
+        let v4 = a.ipv4_mode();
+        let v6 = a.ipv6_mode();
+        let addresses = a
+            .addresses()
+            .iter()
+            .filter(|c| {
+                if c.is_ipv4() {
+                    v4 == Ipv4Mode::Static
+                } else {
+                    v6 == Ipv6Mode::Static
+                }
+            })
+            .map(|c| c.net())
+            .collect();
+        for r in a.routes() {
+            let dst = r.to.net().trunc();
+            out.routes.push(Route {
+                metric: r.metric.unwrap_or_else(|| default_metric(&dst)),
+                dst,
+                gateway: Some(r.via),
+                dev: Some(name.to_string()),
+                protocol: PROTO_STATIC,
+            });
+        }
+        out.links.push(DesiredLink {
+            name: name.to_string(),
+            role,
+            mtu: a.mtu().map(|m| u32::from(m.get())),
+            master: masters.get(name).map(|m| m.to_string()),
+            addresses,
+            manage_v4: v4 != Ipv4Mode::Dhcp,
+            manage_v6: v6 != Ipv6Mode::Slaac,
+        });
+    };
+    for (name, i) in &cfg.interfaces {
+        let by = match (&i.device, &i.mac) {
+            (Some(d), None) => NicMatch::Device(d.as_str().to_string()),
+            (None, Some(m)) => NicMatch::Mac(Mac(m.octets())),
+            _ => {
+                return Err(PlanError::Invalid {
+                    link: name.to_string(),
+                    reason: "an interface needs exactly one of device and mac".into(),
+                });
+            }
+        };
+        add(name.as_str(), Role::Nic(by), i);
+    }
+    for (name, b) in &cfg.bridges {
+        let opts = super::state::BridgeOpts {
+            vlan_filtering: b.vlan_filtering,
+            stp: b.stp,
+        };
+        add(name.as_str(), Role::Virtual(Virtual::Bridge(opts)), b);
+    }
+    for (name, v) in &cfg.vlans {
+        let kind = Virtual::Vlan {
+            parent: v.parent.as_str().to_string(),
+            id: v.id.get(),
+        };
+        add(name.as_str(), Role::Virtual(kind), v);
+    }
+    // Default routes of static uplinks.
+    for (name, i) in &cfg.interfaces {
+        let gateways = [
+            i.gateway.map(|g| {
+                (
+                    IpNet::from(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                    IpAddr::V4(g),
+                )
+            }),
+            i.gateway6.map(|g| {
+                (
+                    IpNet::from(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+                    IpAddr::V6(g),
+                )
+            }),
+        ];
+        for (any, gw) in gateways.into_iter().flatten() {
+            let dst = any.trunc();
+            let dst = IpNet::new(dst.addr(), 0).unwrap_or(dst);
+            out.routes.push(Route {
+                metric: default_metric(&dst),
+                dst,
+                gateway: Some(gw),
+                dev: Some(name.as_str().to_string()),
+                protocol: PROTO_STATIC,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn is_link_local(net: &IpNet) -> bool {
+    match net.addr() {
+        IpAddr::V6(a) => a.segments().first().is_some_and(|s| s & 0xffc0 == 0xfe80),
+        IpAddr::V4(_) => false,
+    }
+}
+
+/// What happens to an observed link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// A NIC of the config, maybe renamed.
+    Claimed,
+    /// A bridge or VLAN netd created and still wants.
+    Kept,
+    /// A bridge or VLAN netd created and no longer wants (or wants as another kind).
+    Deleted,
+    /// A NIC netd adopted that left the config: addresses removed, down, alias cleared.
+    Released,
+    /// Not netd's: never touched.
+    Foreign,
+}
+
+/// Orders the changes that take the kernel from `observed` to `desired`.
+///
+/// Order: stale routes; links that go away (addresses, ports, down, delete); NIC renames
+/// and adoption; bridges; VLANs (a VLAN may ride on a bridge, and be a bridge port);
+/// masters; MTUs (NICs, bridges, then VLANs, which can be at most their parent's);
+/// addresses (stale first, so one can move between links); bridge netfilter off; links
+/// up; missing routes (a gateway is only reachable once its link is up and addressed).
+pub fn plan(desired: &Desired, observed: &Observed) -> Result<Vec<Action>, PlanError> {
+    // NICs of the config, matched among the kernel's links.
+    let mut claimed: BTreeMap<&str, &str> = BTreeMap::new(); // kernel name -> config key
+    for d in &desired.links {
+        let Role::Nic(by) = &d.role else { continue };
+        let nic = |l: &&Link| !l.is_virtual() && !l.loopback;
+        let found = match by {
+            NicMatch::Device(dev) => observed
+                .links
+                .iter()
+                .filter(nic)
+                .find(|l| l.adopted_as() == Some(dev.as_str()))
+                .or_else(|| observed.links.iter().filter(nic).find(|l| l.name == *dev))
+                .ok_or_else(|| PlanError::NicNotFound {
+                    link: d.name.clone(),
+                    by: format!("the name {dev}"),
+                })?,
+            NicMatch::Mac(mac) => {
+                let hits: Vec<&Link> = observed
+                    .links
+                    .iter()
+                    .filter(nic)
+                    .filter(|l| l.perm_mac.or(l.mac) == Some(*mac))
+                    .collect();
+                match hits.as_slice() {
+                    [one] => *one,
+                    [] => {
+                        return Err(PlanError::NicNotFound {
+                            link: d.name.clone(),
+                            by: format!("MAC {mac}"),
+                        });
+                    }
+                    many => {
+                        return Err(PlanError::NicAmbiguous {
+                            link: d.name.clone(),
+                            mac: *mac,
+                            candidates: many.iter().map(|l| l.name.clone()).collect(),
+                        });
+                    }
+                }
+            }
+        };
+        if let Some(first) = claimed.insert(&found.name, &d.name) {
+            return Err(PlanError::NicClaimedTwice {
+                nic: found.name.clone(),
+                first: first.to_string(),
+                second: d.name.clone(),
+            });
+        }
+    }
+
+    let fate = |l: &Link| -> Fate {
+        if claimed.contains_key(l.name.as_str()) {
+            return Fate::Claimed;
+        }
+        if l.created() && l.is_virtual() {
+            let same = match (desired.link(&l.name).map(|d| &d.role), l.as_virtual()) {
+                (Some(Role::Virtual(Virtual::Bridge(_))), Some(Virtual::Bridge(_))) => true,
+                (
+                    Some(Role::Virtual(Virtual::Vlan { parent, id })),
+                    Some(Virtual::Vlan { parent: p, id: i }),
+                ) => {
+                    // The parent may be a NIC that this plan renames.
+                    let p = claimed.get(p.as_str()).copied().unwrap_or(p.as_str());
+                    *id == i && parent == p
+                }
+                _ => false,
+            };
+            return if same { Fate::Kept } else { Fate::Deleted };
+        }
+        if l.adopted_as().is_some() && !l.is_virtual() {
+            return Fate::Released;
+        }
+        Fate::Foreign
+    };
+    let fates: BTreeMap<&str, Fate> = observed
+        .links
+        .iter()
+        .map(|l| (l.name.as_str(), fate(l)))
+        .collect();
+    let fate_of = |name: &str| fates.get(name).copied().unwrap_or(Fate::Foreign);
+    // The name a link has once the renames are done.
+    let canon = |name: &str| -> String { claimed.get(name).copied().unwrap_or(name).to_string() };
+
+    // Names the config needs must be free, or held by what this plan removes or renames.
+    for d in &desired.links {
+        let Some(holder) = observed.link(&d.name) else {
+            continue;
+        };
+        let ok = match fate_of(&holder.name) {
+            Fate::Claimed => {
+                claimed.get(holder.name.as_str()) == Some(&d.name.as_str())
+                    || matches!(d.role, Role::Virtual(_))
+            }
+            Fate::Kept => true,
+            Fate::Deleted => true,
+            Fate::Released | Fate::Foreign => false,
+        };
+        // A claimed NIC renamed away frees its name only for links created after the
+        // renames; another NIC taking it would need a swap, which is left to a human.
+        let swap = matches!(fate_of(&holder.name), Fate::Claimed)
+            && claimed.get(holder.name.as_str()) != Some(&d.name.as_str())
+            && matches!(d.role, Role::Nic(_));
+        if !ok || swap {
+            let kind = holder.kind.as_deref().unwrap_or("network card");
+            return Err(PlanError::NameTaken {
+                name: d.name.clone(),
+                holder: format!("the {kind} link {:?}", holder.name),
+            });
+        }
+    }
+
+    let mut actions = Vec::new();
+    let gone = |name: &str| matches!(fate_of(name), Fate::Deleted | Fate::Released);
+    // NICs that go down to be renamed lose their IPv4 routes in the kernel.
+    let renamed_up: BTreeSet<&str> = observed
+        .links
+        .iter()
+        .filter(|l| l.up && claimed.get(l.name.as_str()).is_some_and(|k| *k != l.name))
+        .map(|l| l.name.as_str())
+        .collect();
+
+    // 0. Routes: netd's are `proto static` through links netd owns.
+    let managed = |r: &Route| {
+        r.protocol == PROTO_STATIC
+            && r.dev.as_deref().is_some_and(|d| {
+                matches!(
+                    fate_of(d),
+                    Fate::Claimed | Fate::Kept | Fate::Deleted | Fate::Released
+                )
+            })
+    };
+    let mut kept_routes = Vec::new();
+    for r in observed.routes.iter().filter(|r| managed(r)) {
+        let dev = r.dev.as_deref().unwrap_or_default();
+        let mut c = r.clone();
+        c.dev = Some(canon(dev));
+        if gone(dev) || renamed_up.contains(dev) || !desired.routes.contains(&c) {
+            actions.push(Action::RemoveRoute(r.clone()));
+        } else {
+            kept_routes.push(c);
+        }
+    }
+    for want in &desired.routes {
+        if kept_routes.contains(want) {
+            continue;
+        }
+        if let Some(holder) = observed
+            .routes
+            .iter()
+            .find(|r| !managed(r) && r.dst == want.dst && r.metric == want.metric)
+        {
+            return Err(PlanError::RouteTaken {
+                route: want.to_string(),
+                holder: holder.to_string(),
+            });
+        }
+    }
+
+    // 1. Links that go away. VLANs first: they may ride on a deleted bridge.
+    let mut leaving: Vec<&Link> = observed.links.iter().filter(|l| gone(&l.name)).collect();
+    leaving.sort_by_key(|l| match l.kind.as_deref() {
+        Some("vlan") => 0,
+        Some("bridge") => 1,
+        _ => 2,
+    });
+    // Ports of leaving bridges, and leaving ports, leave their bridge first, each once.
+    for l in &observed.links {
+        if let Some(m) = &l.master
+            && (gone(m) || gone(&l.name))
+        {
+            actions.push(Action::SetMaster {
+                link: l.name.clone(),
+                master: None,
+                previous: Some(m.clone()),
+            });
+        }
+    }
+    for l in leaving {
+        for a in observed.addresses.iter().filter(|a| a.link == l.name) {
+            if !is_link_local(&a.net) {
+                actions.push(Action::RemoveAddress {
+                    link: l.name.clone(),
+                    net: a.net,
+                });
+            }
+        }
+        if l.up {
+            actions.push(Action::SetUp {
+                link: l.name.clone(),
+                up: false,
+            });
+        }
+        match (fate_of(&l.name), l.as_virtual()) {
+            (Fate::Deleted, Some(kind)) => actions.push(Action::Delete {
+                name: l.name.clone(),
+                kind,
+                mtu: Some(l.mtu),
+            }),
+            _ => actions.push(Action::SetAlias {
+                link: l.name.clone(),
+                alias: None,
+                previous: l.alias.clone(),
+            }),
+        }
+    }
+    // A port of a deleted bridge has no master once step 1 ran.
+    let master_after_teardown = |l: &Link| -> Option<String> {
+        l.master
+            .as_deref()
+            .filter(|m| !gone(m) && !gone(&l.name))
+            .map(canon)
+    };
+
+    // 2. NICs: rename to the config key (down first), mark as adopted.
+    let mut up_now: BTreeMap<String, bool> = BTreeMap::new();
+    for d in &desired.links {
+        let Role::Nic(_) = d.role else { continue };
+        let Some(l) = observed
+            .links
+            .iter()
+            .find(|l| claimed.get(l.name.as_str()) == Some(&d.name.as_str()))
+        else {
+            continue;
+        };
+        let mut up = l.up;
+        if l.name != d.name {
+            if l.up {
+                actions.push(Action::SetUp {
+                    link: l.name.clone(),
+                    up: false,
+                });
+                up = false;
+            }
+            actions.push(Action::Rename {
+                from: l.name.clone(),
+                to: d.name.clone(),
+            });
+        }
+        if l.adopted_as().is_none() {
+            actions.push(Action::SetAlias {
+                link: d.name.clone(),
+                alias: Some(format!("{NIC_ALIAS_PREFIX}{}", l.name)),
+                previous: l.alias.clone(),
+            });
+        }
+        up_now.insert(d.name.clone(), up);
+    }
+
+    // 3. and 4. Bridges, then VLANs.
+    let mut created: BTreeSet<&str> = BTreeSet::new();
+    for pass_bridges in [true, false] {
+        for d in &desired.links {
+            let Role::Virtual(kind) = &d.role else {
+                continue;
+            };
+            if matches!(kind, Virtual::Bridge(_)) != pass_bridges {
+                continue;
+            }
+            let existing = observed
+                .link(&d.name)
+                .filter(|l| fate_of(&l.name) == Fate::Kept);
+            match existing {
+                Some(l) => {
+                    if let (Virtual::Bridge(want), Some(have)) = (kind, l.bridge)
+                        && *want != have
+                    {
+                        actions.push(Action::SetBridge {
+                            link: d.name.clone(),
+                            opts: *want,
+                            previous: have,
+                        });
+                    }
+                    up_now.insert(d.name.clone(), l.up);
+                }
+                None => {
+                    actions.push(Action::Create {
+                        name: d.name.clone(),
+                        kind: kind.clone(),
+                        mtu: None,
+                    });
+                    created.insert(&d.name);
+                    up_now.insert(d.name.clone(), false);
+                }
+            }
+        }
+    }
+    // The observed link that becomes desired link `name`, if it is not created afresh.
+    let current = |name: &str| -> Option<&Link> {
+        if created.contains(name) {
+            return None;
+        }
+        observed.links.iter().find(|l| {
+            matches!(fate_of(&l.name), Fate::Claimed | Fate::Kept) && canon(&l.name) == name
+        })
+    };
+
+    // 5. Masters.
+    for d in &desired.links {
+        let have = current(&d.name).and_then(master_after_teardown);
+        if have != d.master {
+            actions.push(Action::SetMaster {
+                link: d.name.clone(),
+                master: d.master.clone(),
+                previous: have,
+            });
+        }
+    }
+
+    // 6. MTUs: NICs, bridges, VLANs (the order of `desired.links`).
+    for d in &desired.links {
+        let Some(mtu) = d.mtu else { continue };
+        match current(&d.name) {
+            Some(l) if l.mtu == mtu => {}
+            l => actions.push(Action::SetMtu {
+                link: d.name.clone(),
+                mtu,
+                previous: l.map(|l| l.mtu),
+            }),
+        }
+    }
+
+    // 7. Addresses: stale ones everywhere first, then the missing ones.
+    let mut adds = Vec::new();
+    for d in &desired.links {
+        let have: Vec<IpNet> = match current(&d.name) {
+            Some(l) => observed
+                .addresses
+                .iter()
+                .filter(|a| a.link == l.name)
+                .map(|a| a.net)
+                .collect(),
+            None => Vec::new(),
+        };
+        for net in &have {
+            let managed = match net {
+                IpNet::V4(_) => d.manage_v4,
+                IpNet::V6(_) => d.manage_v6 && !is_link_local(net),
+            };
+            if managed && !d.addresses.contains(net) {
+                actions.push(Action::RemoveAddress {
+                    link: d.name.clone(),
+                    net: *net,
+                });
+            }
+        }
+        for net in &d.addresses {
+            if !have.contains(net) {
+                adds.push(Action::AddAddress {
+                    link: d.name.clone(),
+                    net: *net,
+                });
+            }
+        }
+    }
+    actions.extend(adds);
+
+    // 8. Bridged frames must not meet the IP firewall hooks (see BridgeNf).
+    let has_bridge = desired
+        .links
+        .iter()
+        .any(|d| matches!(d.role, Role::Virtual(Virtual::Bridge(_))));
+    if let Some(nf) = observed.bridge_nf
+        && has_bridge
+        && nf != BridgeNf::OFF
+    {
+        actions.push(Action::SetBridgeNf {
+            value: BridgeNf::OFF,
+            previous: nf,
+        });
+    }
+
+    // 9. Up.
+    for d in &desired.links {
+        if !up_now.get(&d.name).copied().unwrap_or(false) {
+            actions.push(Action::SetUp {
+                link: d.name.clone(),
+                up: true,
+            });
+        }
+    }
+
+    // 10. Missing routes.
+    for want in &desired.routes {
+        if !kept_routes.contains(want) {
+            actions.push(Action::AddRoute(want.clone()));
+        }
+    }
+    Ok(actions)
+}

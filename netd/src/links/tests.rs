@@ -1,0 +1,484 @@
+//! The planner against the fake kernel.
+
+use std::net::IpAddr;
+
+use super::*;
+
+fn cfg(body: &str) -> appliance::Config {
+    match appliance::load_str(&format!("version = 1\n{body}")) {
+        Ok(c) => c,
+        Err(d) => panic!("test config does not load: {d:?}"),
+    }
+}
+
+const ETH0: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x10];
+const ETH1: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x11];
+const ETH2: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x12];
+const ETH3: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x13];
+
+fn kernel() -> FakeNetlink {
+    FakeNetlink::with_nics(&[
+        ("eth0", ETH0),
+        ("eth1", ETH1),
+        ("eth2", ETH2),
+        ("eth3", ETH3),
+    ])
+}
+
+/// A router: WAN by MAC with a static uplink, a LAN bridge of two NICs with VLAN
+/// filtering, a VLAN on the bridge, a static route, MTUs.
+const ROUTER: &str = r#"
+[interfaces.wan]
+mac = "52:54:00:00:00:10"
+addresses = ["203.0.113.1/24", "2001:db8::1/64"]
+gateway = "203.0.113.254"
+gateway6 = "2001:db8::fe"
+mtu = 1492
+
+[interfaces.lan1]
+device = "eth1"
+mtu = 9000
+
+[interfaces.lan2]
+device = "eth2"
+mtu = 9000
+
+[bridges.br-lan]
+members = ["lan1", "lan2"]
+vlan_filtering = true
+addresses = ["192.168.1.1/24"]
+mtu = 9000
+routes = [{ to = "10.20.0.0/16", via = "192.168.1.2" }]
+
+[vlans.iot]
+parent = "br-lan"
+id = 20
+addresses = ["192.168.20.1/24"]
+mtu = 1500
+"#;
+
+fn net(s: &str) -> ipnet::IpNet {
+    s.parse().unwrap()
+}
+
+/// The kernel keeps no meaningful order among routes or addresses: an undone removal
+/// comes back at the end of the list. A deleted link that an undo recreated has a new
+/// index, and a recreated bridge (and the VLANs on it) a new MAC.
+fn sorted(s: &Observed) -> Observed {
+    let mut s = s.clone();
+    s.links.sort_by_key(|l| l.name.clone());
+    for l in &mut s.links {
+        l.index = 0;
+        if l.created() {
+            l.mac = None;
+        }
+    }
+    s.addresses
+        .sort_by_key(|a| (a.link.clone(), a.net.to_string()));
+    s.routes.sort();
+    s
+}
+
+fn has_addr(k: &FakeNetlink, link: &str, a: &str) -> bool {
+    k.state
+        .addresses
+        .iter()
+        .any(|x| x.link == link && x.net == net(a))
+}
+
+#[test]
+fn router_from_scratch_then_nothing() {
+    let mut links = Links::new(kernel());
+    let c = cfg(ROUTER);
+    let plan = links.apply(&c).unwrap();
+    assert!(!plan.is_empty());
+    let k = links.netlink();
+
+    let wan = k.state.link("wan").expect("eth0 renamed to wan");
+    assert_eq!(wan.mac, Some(Mac(ETH0)));
+    assert_eq!(wan.alias.as_deref(), Some("appliance nic eth0"));
+    assert_eq!(wan.mtu, 1492);
+    assert!(wan.up);
+    assert!(k.state.link("eth0").is_none());
+    let br = k.state.link("br-lan").unwrap();
+    assert_eq!(br.kind.as_deref(), Some("bridge"));
+    assert_eq!(br.alias.as_deref(), Some(OWNER_ALIAS));
+    assert!(br.bridge.unwrap().vlan_filtering);
+    assert_eq!(br.mtu, 9000);
+    for port in ["lan1", "lan2"] {
+        let l = k.state.link(port).unwrap();
+        assert_eq!(l.master.as_deref(), Some("br-lan"));
+        assert_eq!(l.mtu, 9000);
+        assert!(l.up);
+    }
+    let iot = k.state.link("iot").unwrap();
+    assert_eq!(iot.vlan, Some((20, "br-lan".to_string())));
+    assert_eq!(iot.mtu, 1500);
+    assert!(has_addr(k, "wan", "203.0.113.1/24"));
+    assert!(has_addr(k, "wan", "2001:db8::1/64"));
+    assert!(has_addr(k, "br-lan", "192.168.1.1/24"));
+    assert!(has_addr(k, "iot", "192.168.20.1/24"));
+    let routes: Vec<String> = k.state.routes.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        routes,
+        [
+            "10.20.0.0/16 via 192.168.1.2 dev br-lan metric 0 proto 4",
+            "0.0.0.0/0 via 203.0.113.254 dev wan metric 0 proto 4",
+            "::/0 via 2001:db8::fe dev wan metric 1024 proto 4",
+        ]
+    );
+    assert_eq!(k.state.bridge_nf, Some(BridgeNf::OFF));
+    // eth3 is not in the config: untouched.
+    assert_eq!(k.state.link("eth3"), kernel().state.link("eth3"));
+
+    let writes = links.netlink().writes();
+    let again = links.plan(&c).unwrap();
+    assert!(again.is_empty(), "second plan: {again}");
+    links.apply(&c).unwrap();
+    assert_eq!(
+        links.netlink().writes(),
+        writes,
+        "a no-op apply writes nothing"
+    );
+}
+
+#[test]
+fn order_puts_parents_before_children_and_routes_last() {
+    let mut links = Links::new(kernel());
+    let plan = links.plan(&cfg(ROUTER)).unwrap().to_string();
+    let pos = |needle: &str| {
+        plan.find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} not in plan:\n{plan}"))
+    };
+    assert!(pos("ip link set eth0 name wan") < pos("ip link add br-lan"));
+    assert!(pos("ip link add br-lan") < pos("ip link add iot link br-lan type vlan id 20"));
+    assert!(pos("ip link add iot") < pos("ip link set lan1 master br-lan"));
+    assert!(pos("ip link set lan1 mtu 9000") < pos("ip link set br-lan mtu 9000"));
+    assert!(pos("ip link set br-lan mtu 9000") < pos("ip link set iot mtu 1500"));
+    assert!(pos("ip addr add 192.168.1.1/24 dev br-lan") < pos("ip link set br-lan up"));
+    assert!(pos("sysctl net.bridge.bridge-nf-call-iptables=0") < pos("ip link set br-lan up"));
+    assert!(pos("ip link set wan up") < pos("ip route add 0.0.0.0/0 via 203.0.113.254"));
+}
+
+#[test]
+fn a_nic_that_is_up_goes_down_to_be_renamed_and_comes_back_up() {
+    let mut k = kernel();
+    k.link_mut("eth1").unwrap().up = true;
+    let mut links = Links::new(k);
+    let plan = links
+        .apply(&cfg(
+            "[interfaces.lan]\ndevice = \"eth1\"\naddresses = [\"192.168.1.1/24\"]\n",
+        ))
+        .unwrap()
+        .to_string();
+    assert!(
+        plan.starts_with("ip link set eth1 down\nip link set eth1 name lan\n"),
+        "{plan}"
+    );
+    assert!(links.netlink().state.link("lan").unwrap().up);
+}
+
+#[test]
+fn unowned_links_addresses_and_routes_are_never_touched() {
+    let mut k = kernel();
+    // Someone else's bridge with an address, a port and a route, and an address and a
+    // route on a NIC that is not in the config.
+    k.apply_foreign(|s| {
+        let mut docker = s.link("eth3").unwrap().clone();
+        docker.index = 99;
+        docker.name = "docker0".into();
+        docker.kind = Some("bridge".into());
+        docker.bridge = Some(BridgeOpts::default());
+        docker.up = true;
+        s.links.push(docker);
+        s.addresses.push(Address {
+            link: "docker0".into(),
+            net: net("172.17.0.1/16"),
+        });
+        s.addresses.push(Address {
+            link: "eth3".into(),
+            net: net("10.9.9.9/24"),
+        });
+        s.routes.push(Route {
+            dst: net("10.99.0.0/16"),
+            gateway: Some("172.17.0.2".parse().unwrap()),
+            dev: Some("docker0".into()),
+            metric: 0,
+            protocol: PROTO_STATIC,
+        });
+    });
+    k.link_mut("eth3").unwrap().master = Some("docker0".into());
+    let before = k.state.clone();
+    let mut links = Links::new(k);
+    links.apply(&cfg(ROUTER)).unwrap();
+    let after = &links.netlink().state;
+    for name in ["docker0", "eth3"] {
+        assert_eq!(after.link(name), before.link(name), "{name} changed");
+    }
+    for a in before.addresses.iter() {
+        assert!(after.addresses.contains(a), "{a:?} removed");
+    }
+    assert!(after.routes.contains(&before.routes[0]));
+    for a in &links.netlink().log {
+        let s = a.to_string();
+        assert!(
+            !s.contains("docker0") && !s.contains("eth3"),
+            "touched: {s}"
+        );
+    }
+}
+
+#[test]
+fn a_name_held_by_an_unowned_link_is_an_error_and_nothing_is_applied() {
+    let mut k = kernel();
+    k.apply_foreign(|s| {
+        let mut foreign = s.link("eth3").unwrap().clone();
+        foreign.index = 77;
+        foreign.name = "br-lan".into();
+        foreign.kind = Some("bridge".into());
+        s.links.push(foreign);
+    });
+    let mut links = Links::new(k);
+    let err = links.apply(&cfg(ROUTER)).unwrap_err();
+    assert!(
+        matches!(&err, LinksError::Plan(PlanError::NameTaken { name, .. }) if name == "br-lan"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("netd does not own"), "{err}");
+    assert_eq!(links.netlink().writes(), 0);
+}
+
+#[test]
+fn nic_by_mac_is_renamed_and_found_again_after_the_rename() {
+    let mut k = kernel();
+    k.apply_foreign(|s| {
+        // A card the kernel named enp3s0; its current MAC was changed, the burnt-in one
+        // is what the config names.
+        let l = s.links.iter_mut().find(|l| l.name == "eth3").unwrap();
+        l.name = "enp3s0".into();
+        l.mac = Some(Mac([2, 2, 2, 2, 2, 2]));
+    });
+    let c = cfg(
+        "[interfaces.uplink]\nmac = \"52:54:00:00:00:13\"\naddresses = [\"198.51.100.2/24\"]\n",
+    );
+    let mut links = Links::new(k);
+    links.apply(&c).unwrap();
+    let s = &links.netlink().state;
+    let l = s.link("uplink").unwrap();
+    assert_eq!(l.perm_mac, Some(Mac(ETH3)));
+    assert_eq!(l.alias.as_deref(), Some("appliance nic enp3s0"));
+    assert!(has_addr(links.netlink(), "uplink", "198.51.100.2/24"));
+    assert!(links.plan(&c).unwrap().is_empty());
+}
+
+#[test]
+fn nic_by_device_is_found_again_after_the_rename() {
+    let c = cfg("[interfaces.lan]\ndevice = \"eth1\"\n");
+    let mut links = Links::new(kernel());
+    links.apply(&c).unwrap();
+    assert!(links.netlink().state.link("eth1").is_none());
+    assert!(links.plan(&c).unwrap().is_empty());
+}
+
+#[test]
+fn nic_errors_name_the_interface() {
+    let mut links = Links::new(kernel());
+    let err = links
+        .plan(&cfg("[interfaces.wan]\nmac = \"aa:bb:cc:dd:ee:ff\"\n"))
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("no network card with MAC aa:bb:cc:dd:ee:ff"),
+        "{err}"
+    );
+    let err = links
+        .plan(&cfg("[interfaces.wan]\ndevice = \"eth9\"\n"))
+        .unwrap_err();
+    assert!(err.to_string().contains("the name eth9"), "{err}");
+
+    let mut k = kernel();
+    k.link_mut("eth2").unwrap().perm_mac = Some(Mac(ETH1));
+    let err = Links::new(k)
+        .plan(&cfg("[interfaces.wan]\nmac = \"52:54:00:00:00:11\"\n"))
+        .unwrap_err();
+    assert!(
+        matches!(err, LinksError::Plan(PlanError::NicAmbiguous { .. })),
+        "{err}"
+    );
+
+    let err = Links::new(kernel())
+        .plan(&cfg(
+            "[interfaces.a]\ndevice = \"eth1\"\n[interfaces.b]\nmac = \"52:54:00:00:00:11\"\n",
+        ))
+        .unwrap_err();
+    assert!(
+        matches!(err, LinksError::Plan(PlanError::NicClaimedTwice { .. })),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_failing_step_is_undone_back_to_the_start() {
+    // The kernel of a second apply: some of the router exists, some changes.
+    let mut seeded = Links::new(kernel());
+    seeded.apply(&cfg(ROUTER)).unwrap();
+    let changed = ROUTER
+        .replace("vlan_filtering = true", "vlan_filtering = false")
+        .replace("\"192.168.1.1/24\"", "\"192.168.2.1/24\"")
+        .replace("via = \"192.168.1.2\"", "via = \"192.168.2.2\"")
+        .replace("mtu = 9000\nroutes", "mtu = 8000\nroutes")
+        .replace("[vlans.iot]", "[vlans.guest]");
+    for (name, base, c) in [
+        ("fresh", kernel(), cfg(ROUTER)),
+        ("change", seeded.netlink().clone(), cfg(&changed)),
+        (
+            "teardown",
+            seeded.netlink().clone(),
+            cfg("[interfaces.x]\ndevice = \"eth3\"\n"),
+        ),
+    ] {
+        let steps = Links::new(base.clone()).plan(&c).unwrap().actions.len();
+        assert!(steps > 5, "{name}: {steps} steps");
+        for k in 0..steps {
+            let mut fake = base.clone();
+            fake.fail_at = Some(fake.log.len() + k);
+            let mut links = Links::new(fake);
+            let err = links.apply(&c).unwrap_err();
+            let LinksError::Step {
+                step,
+                of,
+                undo_failures,
+                ..
+            } = &err
+            else {
+                panic!("{name}: step {k}: {err}")
+            };
+            assert_eq!((*step, *of), (k + 1, steps), "{name}");
+            assert!(undo_failures.is_empty(), "{name}: step {k}: {err}");
+            assert_eq!(
+                sorted(&links.netlink().state),
+                sorted(&base.state),
+                "{name}: failing at step {} left the kernel changed",
+                k + 1
+            );
+            assert!(err.to_string().contains("(errno 5)"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn a_real_refusal_is_undone_too() {
+    // The host kernel of the namespace tests has no 8021q: creating the VLAN fails after
+    // the renames and the bridge.
+    let mut k = kernel();
+    k.vlans = false;
+    let before = k.state.clone();
+    let mut links = Links::new(k);
+    let err = links.apply(&cfg(ROUTER)).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("ip link add iot link br-lan type vlan id 20"),
+        "{msg}"
+    );
+    assert!(msg.contains("errno 95"), "{msg}");
+    assert_eq!(sorted(&links.netlink().state), sorted(&before));
+}
+
+#[test]
+fn links_that_leave_the_config_are_deleted_or_released() {
+    let mut links = Links::new(kernel());
+    links.apply(&cfg(ROUTER)).unwrap();
+    let only_wan =
+        "[interfaces.wan]\nmac = \"52:54:00:00:00:10\"\naddresses = [\"203.0.113.1/24\"]\n";
+    let plan = links.apply(&cfg(only_wan)).unwrap().to_string();
+    let s = &links.netlink().state;
+    assert!(
+        s.link("br-lan").is_none() && s.link("iot").is_none(),
+        "{plan}"
+    );
+    for nic in ["lan1", "lan2"] {
+        let l = s.link(nic).unwrap();
+        assert_eq!(
+            (l.up, l.master.as_deref(), l.alias.as_deref()),
+            (false, None, None)
+        );
+    }
+    assert!(!has_addr(links.netlink(), "wan", "2001:db8::1/64"));
+    assert!(has_addr(links.netlink(), "wan", "203.0.113.1/24"));
+    assert!(s.routes.is_empty(), "{:?}", s.routes);
+    assert!(links.plan(&cfg(only_wan)).unwrap().is_empty());
+}
+
+#[test]
+fn a_dhcp_link_keeps_its_ipv4_addresses_and_a_slaac_link_its_ipv6() {
+    let c = cfg("[interfaces.wan]\ndevice = \"eth0\"\nipv4 = \"dhcp\"\nipv6 = \"slaac\"\n");
+    let mut links = Links::new(kernel());
+    links.apply(&c).unwrap();
+    links.netlink_mut().apply_foreign(|s| {
+        for a in ["100.64.1.7/22", "2001:db8:1::7/64", "fe80::1/64"] {
+            s.addresses.push(Address {
+                link: "wan".into(),
+                net: net(a),
+            });
+        }
+        s.routes.push(Route {
+            dst: net("0.0.0.0/0"),
+            gateway: Some(IpAddr::from([100, 64, 0, 1])),
+            dev: Some("wan".into()),
+            metric: 0,
+            protocol: 16, // dhcp
+        });
+    });
+    assert!(links.plan(&c).unwrap().is_empty());
+
+    // As a static link, the DHCP and SLAAC addresses are stale; link-local is not netd's.
+    let c = cfg("[interfaces.wan]\ndevice = \"eth0\"\naddresses = [\"192.0.2.1/24\"]\n");
+    let plan = links.plan(&c).unwrap().to_string();
+    assert!(plan.contains("ip addr del 100.64.1.7/22 dev wan"), "{plan}");
+    assert!(
+        plan.contains("ip addr del 2001:db8:1::7/64 dev wan"),
+        "{plan}"
+    );
+    assert!(!plan.contains("fe80"), "{plan}");
+    // The DHCP client's default route is not netd's either.
+    assert!(!plan.contains("ip route del"), "{plan}");
+}
+
+#[test]
+fn a_route_that_someone_else_added_is_a_plan_error() {
+    let mut k = kernel();
+    k.apply_foreign(|s| {
+        s.routes.push(Route {
+            dst: net("10.20.0.0/16"),
+            gateway: None,
+            dev: Some("eth3".into()),
+            metric: 0,
+            protocol: 3, // boot: `ip route add` by hand
+        })
+    });
+    let err = Links::new(k).plan(&cfg(ROUTER)).unwrap_err();
+    assert!(
+        matches!(err, LinksError::Plan(PlanError::RouteTaken { .. })),
+        "{err}"
+    );
+}
+
+#[test]
+fn bridge_options_change_in_place() {
+    let mut links = Links::new(kernel());
+    links.apply(&cfg(ROUTER)).unwrap();
+    let c = cfg(&ROUTER.replace("vlan_filtering = true", "stp = true"));
+    let plan = links.apply(&c).unwrap();
+    assert_eq!(
+        plan.to_string(),
+        "ip link set br-lan type bridge vlan_filtering 0 stp_state 1\n"
+    );
+}
+
+#[test]
+fn without_br_netfilter_there_is_no_sysctl_step() {
+    let mut k = kernel();
+    k.state.bridge_nf = None;
+    let plan = Links::new(k).plan(&cfg(ROUTER)).unwrap().to_string();
+    assert!(!plan.contains("sysctl"), "{plan}");
+}
