@@ -174,6 +174,11 @@ impl LocalZone {
         self.names.is_empty()
     }
 
+    /// The names served (lowercase), reverse names included.
+    pub fn names(&self) -> impl Iterator<Item = &Name> {
+        self.names.keys()
+    }
+
     /// The answer for `qname`/`qtype` if the name is local; `None` sends it on.
     pub fn lookup(&self, qname: &Name, qtype: RecordType) -> Option<Answer> {
         let mut name = qname.to_lowercase();

@@ -14,6 +14,7 @@ use appliance::model::Addressed as _;
 use appliance::types::Listen;
 use clap::Parser;
 use dnsd::fetch::{ListStore, http_client};
+use dnsd::local::LeaseWatcher;
 use dnsd::policy::Policy;
 use dnsd::refresh::Refresher;
 use dnsd::server::{Resolver, Server};
@@ -37,6 +38,12 @@ struct Args {
     /// Listen here instead of where the config says (repeatable; port 0 picks a free one).
     #[arg(long)]
     listen: Vec<SocketAddr>,
+    /// Where the certificate and key of the DoT/DoH listeners are (made if absent).
+    #[arg(long, default_value = dnsd::tls::DEFAULT_DIR)]
+    tls_dir: PathBuf,
+    /// netd's DHCP lease file, for the names of clients.
+    #[arg(long, default_value = appliance::leases::DEFAULT_PATH)]
+    leases: PathBuf,
 }
 
 /// Why dnsd stopped.
@@ -168,6 +175,61 @@ fn listen_addresses(cfg: &Config) -> Vec<SocketAddr> {
     out
 }
 
+/// The certificate for the DoT/DoH listeners: the router's names, its LAN addresses and
+/// the addresses listened on.
+fn cert_spec(cfg: &Config, dir: PathBuf, listen: &[SocketAddr]) -> dnsd::tls::CertSpec {
+    let host = cfg.system.hostname.as_str();
+    let mut addresses = dnsd::answer::lan_addresses(cfg);
+    for a in listen {
+        if !a.ip().is_unspecified() && !addresses.contains(&a.ip()) {
+            addresses.push(a.ip());
+        }
+    }
+    dnsd::tls::CertSpec {
+        dir,
+        names: vec![
+            format!("{host}.{}", cfg.system.domain.as_str()),
+            host.to_owned(),
+        ],
+        addresses,
+    }
+}
+
+/// Adds the DoT and DoH listeners the config asks for, on the addresses of plain DNS.
+async fn listen_encrypted(
+    server: &mut Server,
+    cfg: &Config,
+    tls_dir: PathBuf,
+    listen: &[SocketAddr],
+) -> Result<(), Fatal> {
+    let (dot, doh) = (cfg.dns.dot_port, cfg.dns.doh_port);
+    if dot.is_none() && doh.is_none() {
+        return Ok(());
+    }
+    let tls = dnsd::tls::load_or_create(&cert_spec(cfg, tls_dir, listen))
+        .map_err(|e| Fatal::Other(format!("DNS over TLS/HTTPS: {e}")))?;
+    let cannot = |what: &str, a: SocketAddr, e: std::io::Error| {
+        Fatal::Other(format!("cannot listen for {what} on {a}: {e}"))
+    };
+    for ip in listen.iter().map(SocketAddr::ip) {
+        if let Some(p) = dot {
+            let a = SocketAddr::new(ip, p.get());
+            server
+                .listen_tls(a, &tls)
+                .await
+                .map_err(|e| cannot("DNS over TLS", a, e))?;
+        }
+        if let Some(p) = doh {
+            let a = SocketAddr::new(ip, p.get());
+            server
+                .listen_https(a, &tls, dnsd::tls::DOH_PATH)
+                .await
+                .map_err(|e| cannot("DNS over HTTPS", a, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Tells systemd (Type=notify) that dnsd is serving; a no-op outside systemd.
 fn notify_ready() {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
@@ -211,10 +273,19 @@ async fn run(args: Args) -> Result<(), Fatal> {
     );
     let policy = Policy::build(&cfg, refresher.lists()).map_err(Fatal::Config)?;
     let resolver = Arc::new(Resolver::new(&cfg, Arc::new(policy)));
-    let server = Server::bind(Arc::clone(&resolver), listen)
+    let own_names = dnsd::answer::LocalZone::from_config(&cfg);
+    let mut leases = LeaseWatcher::new(&args.leases, Some(cfg.system.domain.as_str().to_owned()))
+        .reserving(own_names.names().cloned());
+    if let Some(zone) = leases.poll(dnsd::local::unix_now()) {
+        resolver.swap_leases(Arc::new(zone));
+    }
+    let mut server = Server::bind(Arc::clone(&resolver), listen.clone())
         .await
         .map_err(|e| Fatal::Other(format!("cannot listen: {e}")))?;
+    listen_encrypted(&mut server, &cfg, args.tls_dir.clone(), &listen).await?;
     notify_ready();
+    let lease_resolver = Arc::clone(&resolver);
+    let lease_names = tokio::spawn(leases.run(move |zone| lease_resolver.swap_leases(zone)));
 
     let (swap_cfg, swap_resolver) = (Arc::clone(&cfg), Arc::clone(&resolver));
     let refresh =
@@ -232,6 +303,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
     wait_for_stop().await;
     tracing::info!("stopping");
     refresh.abort();
+    lease_names.abort();
     server
         .shutdown()
         .await

@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, UdpSocket};
 
 use crate::answer::{self, Answer, LocalZone};
 use crate::cache::{Cache, CacheConfig, Key};
+use crate::local::LeaseZone;
 use crate::policy::{Action, Policy};
 use crate::upstream::Upstreams;
 
@@ -154,6 +155,8 @@ impl Tables {
 pub struct Resolver {
     policy: ArcSwap<Policy>,
     tables: ArcSwap<Tables>,
+    /// Names of DHCP clients; looked up after the config's names, which win.
+    leases: ArcSwap<LeaseZone>,
     cache: Cache,
     upstreams: Upstreams,
     stats: Stats,
@@ -180,6 +183,7 @@ impl Resolver {
         Self {
             policy: ArcSwap::new(policy),
             tables: ArcSwap::from_pointee(Tables::from_config(cfg)),
+            leases: ArcSwap::from_pointee(LeaseZone::default()),
             cache: Cache::new(CacheConfig::from_dns(&cfg.dns)),
             upstreams,
             stats: Stats::default(),
@@ -208,6 +212,11 @@ impl Resolver {
     /// Takes the local names and client links of a new config.
     pub fn reload_tables(&self, cfg: &Config) {
         self.tables.store(Arc::new(Tables::from_config(cfg)));
+    }
+
+    /// Puts a new table of DHCP client names in place, whole.
+    pub fn swap_leases(&self, zone: Arc<LeaseZone>) {
+        self.leases.store(zone);
     }
 
     pub fn upstreams(&self) -> &Upstreams {
@@ -398,6 +407,10 @@ impl RequestHandler for Handler {
             Stats::bump(&r.stats.local);
             return send_made_up(handle, request, &a, true).await;
         }
+        if let Some(a) = r.leases.load().lookup(&qname, qtype) {
+            Stats::bump(&r.stats.local);
+            return send_made_up(handle, request, &a, true).await;
+        }
 
         let name = query.name().to_string();
         let name = name.strip_suffix('.').unwrap_or(&name);
@@ -437,6 +450,44 @@ impl RequestHandler for Handler {
                 send_error(handle, request, ResponseCode::ServFail).await
             }
         }
+    }
+}
+
+impl Handler {
+    /// Answers one UDP packet from `src` the way the UDP listener does, without a socket:
+    /// the same decoding as hickory-server's (no answer to fewer than 12 bytes or to a
+    /// response, FORMERR to an undecodable body), this handler, and hickory's own
+    /// [`ResponseHandle`](hickory_server::server::ResponseHandle) to encode the answer.
+    /// Returns the bytes that would be sent back, or `None` when nothing would be.
+    pub async fn answer_packet(&self, packet: &[u8], src: SocketAddr) -> Option<Vec<u8>> {
+        use futures_util::{FutureExt as _, StreamExt as _};
+        use hickory_net::xfer::Protocol;
+        use hickory_proto::serialize::binary::{BinDecodable as _, BinDecoder};
+
+        let header = Header::read(&mut BinDecoder::new(packet)).ok()?;
+        let (stream, mut sent) = hickory_net::BufDnsStreamHandle::new(src);
+        let mut handle = hickory_server::server::ResponseHandle::new(src, stream, Protocol::Udp);
+        match Request::from_bytes(packet.to_vec(), src, Protocol::Udp) {
+            Ok(request) => {
+                if request.metadata.message_type == MessageType::Response {
+                    return None;
+                }
+                self.handle_request::<_, hickory_net::runtime::TokioTime>(&request, handle)
+                    .await;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, client = %src, "undecodable query");
+                let queries =
+                    hickory_server::zone_handler::Queries::read(&mut BinDecoder::new(&[]), 0)
+                        .ok()?;
+                let response = MessageResponseBuilder::new(&queries, None)
+                    .error_msg(&header.metadata, ResponseCode::FormErr);
+                handle.send_response(response).await.ok()?;
+            }
+        }
+        // The handle is gone with the request, so the channel holds the answer or is closed.
+        let message = sent.next().now_or_never().flatten()?;
+        Some(message.into_parts().0)
     }
 }
 

@@ -1,0 +1,225 @@
+//! The dnsd binary serving clients over DNS-over-TLS and DNS-over-HTTPS: on its first start
+//! it makes a self-signed certificate under its TLS directory (0600), answers hickory's DoT
+//! and DoH clients that trust that certificate, and a restart reuses the same pair.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hickory_net::runtime::TokioRuntimeProvider;
+use hickory_net::xfer::{DnsExchange, DnsHandle as _, FirstAnswer as _};
+use hickory_proto::op::{DnsRequest, DnsRequestOptions, Message, Query};
+use hickory_proto::rr::{Name, RData, RecordType};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Daemon {
+    fn start(dir: &Path, addr: SocketAddr) -> Self {
+        Daemon(
+            Command::new(env!("CARGO_BIN_EXE_dnsd"))
+                .arg("--config")
+                .arg(dir.join("appliance.toml"))
+                .arg("--lists-dir")
+                .arg(dir.join("lists"))
+                .arg("--tls-dir")
+                .arg(dir.join("tls"))
+                .arg("--leases")
+                .arg(dir.join("leases.json"))
+                .arg("--listen")
+                .arg(addr.to_string())
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// Waits until plain DNS answers: by then the TLS listeners are bound too.
+    fn wait_ready(&mut self, addr: SocketAddr) {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let bytes = query("gw.home.arpa.").to_vec().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(s) = self.0.try_wait().unwrap() {
+                panic!("dnsd exited: {s}");
+            }
+            sock.send_to(&bytes, addr).unwrap();
+            let mut buf = [0u8; 1500];
+            if sock.recv_from(&mut buf).is_ok() {
+                return;
+            }
+        }
+        panic!("dnsd did not answer on {addr} within 20 s");
+    }
+
+    fn stop(mut self) {
+        let pid = self.0.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert_eq!(self.0.wait().unwrap().code(), Some(0));
+    }
+}
+
+fn free_port() -> u16 {
+    loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn query(name: &str) -> Message {
+    let mut m = Message::query();
+    m.metadata.id = 4242;
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    m
+}
+
+async fn ask_a(x: &DnsExchange<TokioRuntimeProvider>, name: &str) -> Vec<String> {
+    let r = x
+        .send(DnsRequest::new(query(name), DnsRequestOptions::default()))
+        .first_answer()
+        .await
+        .unwrap();
+    r.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A client configuration that trusts exactly the certificate dnsd made.
+fn client_config(cert_pem: &Path) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(cert_pem).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+async fn check_dot_and_doh(cfg: &rustls::ClientConfig, dot: SocketAddr, doh: SocketAddr) {
+    let provider = TokioRuntimeProvider::new();
+    let x = hickory_net::tls::tls_exchange(
+        dot,
+        ServerName::try_from("gw.home.arpa").unwrap(),
+        cfg.clone(),
+        Duration::from_secs(5),
+        None,
+        provider.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ask_a(&x, "nas.home.arpa.").await, ["192.168.1.5"], "DoT");
+    assert_eq!(ask_a(&x, "gw.home.arpa.").await, ["192.168.1.1"], "DoT");
+
+    // The provider owns the connection's background task: it must outlive the asks.
+    let mut b =
+        hickory_net::h2::HttpsClientStream::builder(Arc::new(cfg.clone()), provider.clone());
+    b.request_timeout(Duration::from_secs(5));
+    let x = b
+        .exchange(doh, Arc::from("gw.home.arpa"), Arc::from("/dns-query"))
+        .await
+        .unwrap();
+    assert_eq!(ask_a(&x, "nas.home.arpa.").await, ["192.168.1.5"], "DoH");
+    assert_eq!(ask_a(&x, "gw.home.arpa.").await, ["192.168.1.1"], "DoH");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dot_and_doh_clients_are_served_with_a_self_signed_certificate_kept_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dot_port, doh_port) = (free_tcp_port(), free_tcp_port());
+    std::fs::write(
+        dir.path().join("appliance.toml"),
+        format!(
+            r#"
+version = 1
+[system]
+hostname = "gw"
+domain = "home.arpa"
+[interfaces.lan]
+device = "eth1"
+addresses = ["192.168.1.1/24"]
+[dns]
+dot_port = {dot_port}
+doh_port = {doh_port}
+[[dns.records]]
+name = "nas.home.arpa"
+addresses = ["192.168.1.5"]
+"#
+        ),
+    )
+    .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dot: SocketAddr = format!("127.0.0.1:{dot_port}").parse().unwrap();
+    let doh: SocketAddr = format!("127.0.0.1:{doh_port}").parse().unwrap();
+
+    let mut d = Daemon::start(dir.path(), addr);
+    d.wait_ready(addr);
+    let (cert, key) = (
+        dir.path().join("tls/dns.crt"),
+        dir.path().join("tls/dns.key"),
+    );
+    for f in [&cert, &key] {
+        let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+    }
+    let first = (std::fs::read(&cert).unwrap(), std::fs::read(&key).unwrap());
+    let cfg = client_config(&cert);
+    check_dot_and_doh(&cfg, dot, doh).await;
+    d.stop();
+
+    // A restart serves the same certificate: a client that trusted it still connects.
+    let mut d = Daemon::start(dir.path(), addr);
+    d.wait_ready(addr);
+    assert_eq!(
+        (std::fs::read(&cert).unwrap(), std::fs::read(&key).unwrap()),
+        first,
+        "the pair is reused"
+    );
+    check_dot_and_doh(&cfg, dot, doh).await;
+    d.stop();
+}
