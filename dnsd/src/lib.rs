@@ -6,12 +6,16 @@
 pub mod answer;
 pub mod cache;
 pub mod compiled;
+pub mod control;
 pub mod fetch;
 pub mod lists;
 pub mod local;
 pub mod matcher;
+pub mod metrics;
 pub mod policy;
+pub mod querylog;
 pub mod refresh;
 pub mod server;
+pub mod stats;
 pub mod tls;
 pub mod upstream;

@@ -13,13 +13,14 @@ use appliance::Config;
 use appliance::model::Addressed as _;
 use appliance::types::Listen;
 use clap::Parser;
+use dnsd::control::Daemon;
 use dnsd::fetch::{ListStore, http_client};
 use dnsd::local::LeaseWatcher;
 use dnsd::policy::Policy;
 use dnsd::refresh::Refresher;
 use dnsd::server::{Resolver, Server};
 
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(
     name = "dnsd",
     version,
@@ -38,6 +39,12 @@ struct Args {
     /// Listen here instead of where the config says (repeatable; port 0 picks a free one).
     #[arg(long)]
     listen: Vec<SocketAddr>,
+    /// The control socket (HTTP/JSON, for applctl dns).
+    #[arg(long, default_value = dnsd::control::DEFAULT_SOCKET)]
+    control: PathBuf,
+    /// The query log ring; its size is dns.query_log_size.
+    #[arg(long, default_value = "/data/dns/querylog")]
+    query_log: PathBuf,
     /// Where the certificate and key of the DoT/DoH listeners are (made if absent).
     #[arg(long, default_value = dnsd::tls::DEFAULT_DIR)]
     tls_dir: PathBuf,
@@ -266,13 +273,22 @@ async fn run(args: Args) -> Result<(), Fatal> {
     }
 
     let client = http_client().map_err(|e| Fatal::Other(e.to_string()))?;
-    let refresher = Refresher::new(ListStore::new(&args.lists_dir), client, &cfg.dns);
+    let refresher = Refresher::new(ListStore::new(&args.lists_dir), client.clone(), &cfg.dns);
     tracing::info!(
         lists = refresher.lists().len(),
         "compiled lists loaded from the store"
     );
     let policy = Policy::build(&cfg, refresher.lists()).map_err(Fatal::Config)?;
-    let resolver = Arc::new(Resolver::new(&cfg, Arc::new(policy)));
+    // A log that cannot be opened costs the log, not DNS.
+    let log = dnsd::querylog::QueryLog::open(&args.query_log, cfg.dns.query_log_size.bytes())
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "query log off");
+            None
+        });
+    let recorder = dnsd::stats::Recorder::start(log)
+        .map_err(|e| Fatal::Other(format!("cannot start the query log writer: {e}")))?;
+    let resolver =
+        Arc::new(Resolver::new(&cfg, Arc::new(policy)).with_recorder(Arc::new(recorder)));
     let own_names = dnsd::answer::LocalZone::from_config(&cfg);
     let mut leases = LeaseWatcher::new(&args.leases, Some(cfg.system.domain.as_str().to_owned()))
         .reserving(own_names.names().cloned());
@@ -287,22 +303,28 @@ async fn run(args: Args) -> Result<(), Fatal> {
     let lease_resolver = Arc::clone(&resolver);
     let lease_names = tokio::spawn(leases.run(move |zone| lease_resolver.swap_leases(zone)));
 
-    let (swap_cfg, swap_resolver) = (Arc::clone(&cfg), Arc::clone(&resolver));
-    let refresh =
-        tokio::spawn(
-            refresher.run(move |lists| match Policy::build(&swap_cfg, &lists) {
-                Ok(p) => {
-                    let p = p.with_pauses_of(&swap_resolver.policy());
-                    swap_resolver.swap_policy(Arc::new(p));
-                    tracing::info!(lists = lists.len(), "policy swapped after a list update");
-                }
-                Err(e) => tracing::error!(error = %e, "list update not applied"),
-            }),
-        );
+    let reload_args = args.clone();
+    let daemon = Daemon::new(
+        Arc::clone(&resolver),
+        Arc::clone(&cfg),
+        refresher.lists().clone(),
+        args.lists_dir.clone(),
+        client,
+        Box::new(move || {
+            load_config(&reload_args).map_err(|(Fatal::Config(e) | Fatal::Other(e))| e)
+        }),
+        server.addresses().to_vec(),
+    );
+    daemon.start_refresher(refresher);
+    let control = dnsd::control::serve(&args.control, Arc::clone(&daemon))
+        .await
+        .map_err(|e| Fatal::Other(e.to_string()))?;
 
     wait_for_stop().await;
     tracing::info!("stopping");
-    refresh.abort();
+    control.abort();
+    daemon.stop();
+    let _ = std::fs::remove_file(&args.control);
     lease_names.abort();
     server
         .shutdown()

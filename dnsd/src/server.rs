@@ -23,6 +23,8 @@ use crate::answer::{self, Answer, LocalZone};
 use crate::cache::{Cache, CacheConfig, Key};
 use crate::local::LeaseZone;
 use crate::policy::{Action, Policy};
+use crate::querylog::Outcome as LogOutcome;
+use crate::stats::{Note, Recorder};
 use crate::upstream::Upstreams;
 
 /// Idle TCP connections are closed after this long.
@@ -161,6 +163,7 @@ pub struct Resolver {
     upstreams: Upstreams,
     stats: Stats,
     limiter: Option<Limiter>,
+    recorder: Option<Arc<Recorder>>,
 }
 
 /// How a query was answered.
@@ -188,6 +191,7 @@ impl Resolver {
             upstreams,
             stats: Stats::default(),
             limiter: None,
+            recorder: None,
         }
     }
 
@@ -198,6 +202,16 @@ impl Resolver {
             buckets: Mutex::new(HashMap::new()),
         });
         self
+    }
+
+    /// Hands every answered query to `recorder` (query log and statistics).
+    pub fn with_recorder(mut self, recorder: Arc<Recorder>) -> Self {
+        self.recorder = Some(recorder);
+        self
+    }
+
+    pub fn recorder(&self) -> Option<&Arc<Recorder>> {
+        self.recorder.as_ref()
     }
 
     /// Puts a new policy in place. Queries in flight finish with the old one; none fails.
@@ -384,6 +398,25 @@ impl RequestHandler for Handler {
         request: &Request,
         handle: R,
     ) -> ResponseInfo {
+        let Some(recorder) = self.0.recorder.as_deref() else {
+            return self.resolve(request, handle, &mut Note::default()).await;
+        };
+        let started = Instant::now();
+        let mut note = Note::default();
+        let info = self.resolve(request, handle, &mut note).await;
+        recorder.finish(note, request.src().ip(), info.response_code, started);
+        info
+    }
+}
+
+impl Handler {
+    /// Answers one query, noting how for the query log.
+    async fn resolve<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        handle: R,
+        note: &mut Note,
+    ) -> ResponseInfo {
         let r = &self.0;
         Stats::bump(&r.stats.total);
         if request.metadata.op_code != OpCode::Query {
@@ -401,14 +434,17 @@ impl RequestHandler for Handler {
         }
         let qname: Name = query.name().clone().into();
         let qtype = query.query_type();
+        note.query = Some((query.name().clone(), qtype));
 
         let tables = r.tables.load();
         if let Some(a) = tables.local.lookup(&qname, qtype) {
             Stats::bump(&r.stats.local);
+            note.outcome = Some(LogOutcome::Local);
             return send_made_up(handle, request, &a, true).await;
         }
         if let Some(a) = r.leases.load().lookup(&qname, qtype) {
             Stats::bump(&r.stats.local);
+            note.outcome = Some(LogOutcome::Local);
             return send_made_up(handle, request, &a, true).await;
         }
 
@@ -418,6 +454,7 @@ impl RequestHandler for Handler {
         drop(tables);
         if let Action::Block { mode, addresses } = decision.action {
             Stats::bump(&r.stats.blocked);
+            note.blocked_by(decision.rule);
             let a = answer::blocked(&qname, qtype, mode, &addresses);
             return send_made_up(handle, request, &a, false).await;
         }
@@ -426,6 +463,7 @@ impl RequestHandler for Handler {
         let key = Key::new(&qname, qtype, query.query_class(), dnssec_ok);
         if let Some(hit) = r.cache.get(&key, Instant::now()) {
             Stats::bump(&r.stats.cached);
+            note.outcome = Some(LogOutcome::Cached);
             if hit.prefetch {
                 tokio::spawn(Arc::clone(r).refresh(key, request.as_slice().to_vec()));
             }
@@ -435,6 +473,7 @@ impl RequestHandler for Handler {
         match r.upstreams.forward(request.as_slice()).await {
             Ok(mut f) => {
                 Stats::bump(&r.stats.forwarded);
+                note.forwarded(&f);
                 r.cache.insert(key, &f.message, Instant::now());
                 r.cache.clamp_ttls(&mut f.message);
                 send_message(handle, request, &f.message).await
@@ -442,10 +481,12 @@ impl RequestHandler for Handler {
             Err(e) => {
                 if let Some(m) = r.cache.get_stale(&key, Instant::now()) {
                     Stats::bump(&r.stats.stale);
+                    note.outcome = Some(LogOutcome::Stale);
                     tracing::debug!(error = %e, %qname, "every upstream failed; answering stale");
                     return send_message(handle, request, &m).await;
                 }
                 Stats::bump(&r.stats.failed);
+                note.outcome = Some(LogOutcome::Failed);
                 tracing::debug!(error = %e, %qname, "every upstream failed");
                 send_error(handle, request, ResponseCode::ServFail).await
             }

@@ -1,7 +1,8 @@
 //! applctl: check, compare and manage the appliance's configuration.
 //!
-//! Exit codes: 0 success, 2 invalid input (a config with mistakes, a bad argument),
-//! 1 any other failure (an unreadable file, a corrupt store).
+//! Exit codes: 0 success, 2 invalid input (a config with mistakes, a bad argument, a
+//! request dnsd rejects), 1 any other failure (an unreadable file, a corrupt store, dnsd
+//! not answering).
 
 use std::io::{IsTerminal as _, Read as _};
 use std::path::PathBuf;
@@ -10,6 +11,9 @@ use std::process::ExitCode;
 use appliance::store::{Store, StoreError};
 use appliance::{Config, Diagnostics, plan};
 use clap::{Parser, Subcommand, ValueEnum};
+
+#[path = "applctl/dns.rs"]
+mod dns;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -56,6 +60,8 @@ enum Command {
     Config(ConfigCommand),
     /// Print the JSON Schema of appliance.toml.
     Schema,
+    /// Ask dnsd: stats, log, pause, resume, check DOMAIN, reload (over its control socket).
+    Dns(dns::DnsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -232,6 +238,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Config(c) => config(cli, c),
+        Command::Dns(d) => dns::run(d),
     }
 }
 

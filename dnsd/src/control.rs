@@ -1,0 +1,752 @@
+//! The control API: HTTP/1.1 with JSON bodies on a Unix socket
+//! (`/run/appliance/dnsd.sock`, mode 0660), for `applctl dns` and `applianced`.
+//!
+//! | request | what it does |
+//! |---|---|
+//! | `GET /status` | version, uptime, listeners, lists in use, pauses, query log size |
+//! | `GET /stats[?top=N]` | totals, blocked share, top domains / blocked / clients, upstreams |
+//! | `GET /log[?limit=N&client=IP&domain=D]` | newest query log records first |
+//! | `GET /check?name=X[&client=IP]` | whether and why X is blocked for that client |
+//! | `POST /pause {"minutes": N, "group": G?}` | pauses blocking globally or for a group |
+//! | `POST /resume {"group": G?}` | ends a pause |
+//! | `POST /reload` | re-reads the config and the stored lists, swaps the policy whole |
+//! | `GET /metrics` | Prometheus text format |
+//!
+//! Errors are `{"error": "...", "parameter": "..."}` with a status per [`ApiError`] variant.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use appliance::Config;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::UnixListener;
+use tokio::task::JoinHandle;
+
+use crate::fetch::ListStore;
+use crate::policy::{Action, Lists, Policy};
+use crate::querylog::Filter;
+use crate::refresh::Refresher;
+use crate::server::Resolver;
+
+/// Where dnsd listens for control requests unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/appliance/dnsd.sock";
+/// Request bodies are small JSON objects.
+const MAX_BODY: usize = 64 * 1024;
+/// `GET /log` returns at most this many records.
+pub const MAX_LOG_LIMIT: usize = 10_000;
+const DEFAULT_LOG_LIMIT: usize = 100;
+/// A pause lasts at most a week.
+const MAX_PAUSE_MINUTES: u64 = 7 * 24 * 60;
+
+/// Why a control request failed. Each variant has its own status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("parameter {param}: {reason}")]
+    BadParameter { param: &'static str, reason: String },
+    #[error("the body is not a JSON object: {0}")]
+    BadBody(String),
+    #[error("the body is larger than {MAX_BODY} bytes")]
+    BodyTooLarge,
+    #[error("no such endpoint: {0}")]
+    NotFound(String),
+    #[error("{method} is not allowed on {path}; use {allowed}")]
+    MethodNotAllowed {
+        method: Method,
+        path: String,
+        allowed: &'static str,
+    },
+    #[error("the query log is off (dns.query_log_size is 0)")]
+    LogOff,
+    #[error("the config is invalid; nothing was changed:\n{0}")]
+    InvalidConfig(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadParameter { .. } => StatusCode::BAD_REQUEST,
+            ApiError::BadBody(_) => StatusCode::BAD_REQUEST,
+            ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::LogOff => StatusCode::CONFLICT,
+            ApiError::InvalidConfig(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn body(&self) -> Value {
+        match self {
+            ApiError::BadParameter { param, .. } => {
+                json!({ "error": self.to_string(), "parameter": param })
+            }
+            _ => json!({ "error": self.to_string() }),
+        }
+    }
+}
+
+fn bad(param: &'static str, reason: impl Into<String>) -> ApiError {
+    ApiError::BadParameter {
+        param,
+        reason: reason.into(),
+    }
+}
+
+/// Why the control socket could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("control socket {0}: another process is serving on it")]
+    InUse(PathBuf),
+}
+
+/// Reads the config again for `POST /reload`; the error is a report for the user.
+pub type ConfigLoader = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
+
+struct State {
+    cfg: Arc<Config>,
+    lists: Lists,
+    /// Pauses as the policy has them, for `/status`: group (`None`: all) to end.
+    pauses: BTreeMap<Option<String>, SystemTime>,
+    refresh: Option<JoinHandle<()>>,
+}
+
+/// The running daemon as the control API sees it. Every change of the policy (a list
+/// update, a pause, a reload) goes through one lock, so none undoes another.
+pub struct Daemon {
+    resolver: Arc<Resolver>,
+    store_dir: PathBuf,
+    client: reqwest::Client,
+    load_config: ConfigLoader,
+    listen: Vec<SocketAddr>,
+    started: Instant,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("listen", &self.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Daemon {
+    /// `lists` are the ones the resolver's policy was built from.
+    pub fn new(
+        resolver: Arc<Resolver>,
+        cfg: Arc<Config>,
+        lists: Lists,
+        store_dir: PathBuf,
+        client: reqwest::Client,
+        load_config: ConfigLoader,
+        listen: Vec<SocketAddr>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            resolver,
+            store_dir,
+            client,
+            load_config,
+            listen,
+            started: Instant::now(),
+            state: Mutex::new(State {
+                cfg,
+                lists,
+                pauses: BTreeMap::new(),
+                refresh: None,
+            }),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every field is replaced whole under the lock: a panic cannot leave half a change.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `refresher` in the background; each list update rebuilds and swaps the policy.
+    /// A previous refresher is stopped.
+    pub fn start_refresher(self: &Arc<Self>, refresher: Refresher) {
+        let me = Arc::clone(self);
+        let task = tokio::spawn(refresher.run(move |lists| me.lists_changed(lists)));
+        if let Some(old) = self.state().refresh.replace(task) {
+            old.abort();
+        }
+    }
+
+    /// Stops the background refresher.
+    pub fn stop(&self) {
+        if let Some(t) = self.state().refresh.take() {
+            t.abort();
+        }
+    }
+
+    fn lists_changed(&self, lists: Lists) {
+        let mut st = self.state();
+        match Policy::build(&st.cfg, &lists) {
+            Ok(p) => {
+                let p = p.with_pauses_of(&self.resolver.policy());
+                self.resolver.swap_policy(Arc::new(p));
+                tracing::info!(lists = lists.len(), "policy swapped after a list update");
+                st.lists = lists;
+            }
+            Err(e) => tracing::error!(error = %e, "list update not applied"),
+        }
+    }
+
+    /// Rebuilds the policy from the current config and lists, changed by `f`, and swaps it.
+    fn rebuild(&self, st: &State, f: impl FnOnce(&mut Policy)) -> Result<(), ApiError> {
+        let mut p = Policy::build(&st.cfg, &st.lists)
+            .map_err(ApiError::Internal)?
+            .with_pauses_of(&self.resolver.policy());
+        f(&mut p);
+        self.resolver.swap_policy(Arc::new(p));
+        Ok(())
+    }
+
+    fn check_group(st: &State, group: Option<&str>) -> Result<(), ApiError> {
+        match group {
+            None | Some("default") => Ok(()),
+            Some(g) if st.cfg.dns.groups.keys().any(|k| k.as_str() == g) => Ok(()),
+            Some(g) => {
+                let known: Vec<&str> = std::iter::once("default")
+                    .chain(st.cfg.dns.groups.keys().map(|k| k.as_str()))
+                    .collect();
+                Err(bad(
+                    "group",
+                    format!("no group {g:?} in dns.groups (known: {})", known.join(", ")),
+                ))
+            }
+        }
+    }
+
+    pub fn pause(&self, group: Option<&str>, for_: Duration) -> Result<(), ApiError> {
+        let mut st = self.state();
+        Self::check_group(&st, group)?;
+        self.rebuild(&st, |p| p.pause(group, for_))?;
+        st.pauses
+            .insert(group.map(str::to_owned), SystemTime::now() + for_);
+        tracing::info!(
+            group = group.unwrap_or("(all)"),
+            minutes = for_.as_secs() / 60,
+            "blocking paused"
+        );
+        Ok(())
+    }
+
+    pub fn resume(&self, group: Option<&str>) -> Result<(), ApiError> {
+        let mut st = self.state();
+        Self::check_group(&st, group)?;
+        self.rebuild(&st, |p| p.resume(group))?;
+        st.pauses.remove(&group.map(str::to_owned));
+        tracing::info!(group = group.unwrap_or("(all)"), "blocking resumed");
+        Ok(())
+    }
+
+    /// Re-reads the config and the stored lists, swaps the policy and the local names,
+    /// and restarts the refresher for the new list set. Returns what needs a restart.
+    pub async fn reload(self: &Arc<Self>) -> Result<Vec<String>, ApiError> {
+        let cfg = (self.load_config)().map_err(ApiError::InvalidConfig)?;
+        let (store_dir, client, dns) =
+            (self.store_dir.clone(), self.client.clone(), cfg.dns.clone());
+        // Loading stored lists reads and checks files: off the runtime's workers.
+        let refresher = tokio::task::spawn_blocking(move || {
+            Refresher::new(ListStore::new(store_dir), client, &dns)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("loading the stored lists: {e}")))?;
+        let policy = Policy::build(&cfg, refresher.lists()).map_err(ApiError::InvalidConfig)?;
+        let lists = refresher.lists().clone();
+        let mut restart = Vec::new();
+        {
+            let mut st = self.state();
+            let (old, new) = (&st.cfg.dns, &cfg.dns);
+            if old.upstreams != new.upstreams || old.forwarding != new.forwarding {
+                restart.push("dns.upstreams and dns.forwarding".to_owned());
+            }
+            if old.listen != new.listen
+                || old.port != new.port
+                || old.dot_port != new.dot_port
+                || old.doh_port != new.doh_port
+            {
+                restart.push("listen addresses and ports".to_owned());
+            }
+            if old.cache_size != new.cache_size
+                || old.min_ttl != new.min_ttl
+                || old.max_ttl != new.max_ttl
+                || old.query_log_size != new.query_log_size
+            {
+                restart.push("cache and query log sizes".to_owned());
+            }
+            self.resolver
+                .swap_policy(Arc::new(policy.with_pauses_of(&self.resolver.policy())));
+            self.resolver.reload_tables(&cfg);
+            st.cfg = Arc::new(cfg);
+            st.lists = lists.clone();
+        }
+        tracing::info!(lists = lists.len(), "config and lists reloaded");
+        self.start_refresher(refresher);
+        Ok(restart)
+    }
+
+    fn status(&self) -> Value {
+        let st = self.state();
+        let now = SystemTime::now();
+        let pauses: Vec<Value> = st
+            .pauses
+            .iter()
+            .filter(|(_, until)| **until > now)
+            .map(|(g, until)| {
+                json!({
+                    "group": g,
+                    "until_unix": until.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                    "remaining_s": until.duration_since(now).map_or(0, |d| d.as_secs()),
+                })
+            })
+            .collect();
+        let lists: Vec<Value> = st
+            .lists
+            .iter()
+            .map(|(n, l)| json!({ "name": n, "rules": l.len() }))
+            .collect();
+        let log = self
+            .resolver
+            .recorder()
+            .and_then(|r| r.log())
+            .map(|l| json!({ "path": l.path(), "records": l.len(), "capacity": l.capacity() }));
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_s": self.started.elapsed().as_secs(),
+            "listen": self.listen.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "blocking": st.cfg.dns.blocking,
+            "block_mode": st.cfg.dns.block_mode,
+            "lists": lists,
+            "groups": st.cfg.dns.groups.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            "pauses": pauses,
+            "query_log": log,
+        })
+    }
+
+    fn stats(&self, top: usize) -> Value {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = self.resolver.stats();
+        let total = s.total.load(Relaxed);
+        let blocked = s.blocked.load(Relaxed);
+        let tables = self.resolver.recorder().map(|r| r.tables().clone());
+        let tops = |f: &dyn Fn(&crate::stats::Tables) -> Vec<Value>| -> Vec<Value> {
+            tables.as_ref().map(f).unwrap_or_default()
+        };
+        let names = |t: &crate::stats::TopK<String>| -> Vec<Value> {
+            t.top(top)
+                .into_iter()
+                .map(|e| json!({ "name": e.key, "count": e.count, "error": e.error }))
+                .collect()
+        };
+        let ms = |us: Option<u64>| us.map(|u| u as f64 / 1000.0);
+        let upstreams: Vec<Value> = self
+            .resolver
+            .upstream_stats()
+            .into_iter()
+            .map(|u| {
+                let h = tables
+                    .as_ref()
+                    .and_then(|t| t.upstream_latency.get(&u.upstream).cloned())
+                    .unwrap_or_default();
+                json!({
+                    "upstream": u.upstream,
+                    "answers": u.successes,
+                    "failures": u.failures,
+                    "latency_average_ms": u.latency.as_secs_f64() * 1000.0,
+                    "latency_p50_ms": ms(h.quantile(0.5)),
+                    "latency_p99_ms": ms(h.quantile(0.99)),
+                    "latency_samples": h.count(),
+                })
+            })
+            .collect();
+        let rec = self.resolver.recorder();
+        json!({
+            "queries": {
+                "total": total,
+                "local": s.local.load(Relaxed),
+                "blocked": blocked,
+                "cached": s.cached.load(Relaxed),
+                "stale": s.stale.load(Relaxed),
+                "forwarded": s.forwarded.load(Relaxed),
+                "failed": s.failed.load(Relaxed),
+                "rejected": s.rejected.load(Relaxed),
+                "prefetched": s.prefetched.load(Relaxed),
+            },
+            "blocked_share": if total == 0 { 0.0 } else { blocked as f64 / total as f64 },
+            "top_domains": tops(&|t| names(&t.domains)),
+            "top_blocked": tops(&|t| names(&t.blocked)),
+            "top_clients": tops(&|t| t.clients.top(top).into_iter()
+                .map(|e| json!({ "client": e.key.to_string(), "count": e.count, "error": e.error }))
+                .collect()),
+            "upstreams": upstreams,
+            "cache_entries": self.resolver.cache().len(),
+            "query_log": rec.map(|r| json!({
+                "records": r.log().map(|l| l.len()),
+                "capacity": r.log().map(|l| l.capacity()),
+                "dropped": r.dropped(),
+                "write_errors": r.write_errors(),
+            })),
+        })
+    }
+
+    fn check(&self, name: &str, client: IpAddr) -> Value {
+        let policy = self.resolver.policy();
+        let d = policy.decide(client, None, name);
+        let (source, rule) = match &d.rule {
+            Some((s, r)) => (Some(s.to_string()), Some(r.to_string())),
+            None => (None, None),
+        };
+        json!({
+            "name": name,
+            "client": client.to_string(),
+            "group": d.group,
+            "blocked": matches!(d.action, Action::Block { .. }),
+            "paused": d.paused,
+            "source": source,
+            "rule": rule,
+            "explanation": policy.explain(client, None, name),
+        })
+    }
+
+    fn metrics(&self) -> String {
+        let lists = self.state().lists.clone();
+        crate::metrics::render(&self.resolver, &lists, self.started.elapsed().as_secs_f64())
+    }
+}
+
+/// Opens the socket (mode 0660, its directory made if missing) and serves it until the
+/// returned task is aborted. A stale socket file is replaced; a live one is an error.
+pub async fn serve(path: &Path, daemon: Arc<Daemon>) -> Result<JoinHandle<()>, ControlError> {
+    let io = |source| ControlError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(ControlError::InUse(path.to_owned()));
+        }
+        std::fs::remove_file(path).map_err(io)?;
+    }
+    let listener = UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io)?;
+    tracing::info!(path = %path.display(), "control socket listening");
+    Ok(tokio::spawn(async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let d = Arc::clone(&daemon);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let d = Arc::clone(&d);
+                    async move { Ok::<_, Infallible>(handle(&d, req).await) }
+                });
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await
+                {
+                    tracing::debug!(error = %e, "control connection ended with an error");
+                }
+            });
+        }
+    }))
+}
+
+fn respond(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
+    body.push(b'\n');
+    respond(status, "application/json", body)
+}
+
+async fn handle(d: &Arc<Daemon>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    match route(d, req).await {
+        Ok(Reply::Json(v)) => json_response(StatusCode::OK, &v),
+        Ok(Reply::Text(t)) => respond(StatusCode::OK, crate::metrics::CONTENT_TYPE, t),
+        Err(e) => {
+            tracing::debug!(%method, %path, error = %e, "control request failed");
+            json_response(e.status(), &e.body())
+        }
+    }
+}
+
+enum Reply {
+    Json(Value),
+    Text(String),
+}
+
+/// The query string's parameters; a repeated or unknown one is an error.
+fn params(
+    query: Option<&str>,
+    known: &[&'static str],
+) -> Result<BTreeMap<&'static str, String>, ApiError> {
+    let mut out = BTreeMap::new();
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        let Some(name) = known.iter().find(|n| **n == k) else {
+            return Err(ApiError::BadParameter {
+                param: "query",
+                reason: format!("unknown parameter {k:?}; known: {}", known.join(", ")),
+            });
+        };
+        if out.insert(*name, v.into_owned()).is_some() {
+            return Err(bad(name, "given more than once"));
+        }
+    }
+    Ok(out)
+}
+
+fn parse_client(p: &BTreeMap<&'static str, String>) -> Result<Option<IpAddr>, ApiError> {
+    p.get("client")
+        .map(|c| {
+            c.parse()
+                .map_err(|_| bad("client", format!("{c:?} is not an IP address")))
+        })
+        .transpose()
+}
+
+/// A name as the policy takes it: lowercase, no trailing dot, labels of letters, digits,
+/// `-` and `_`.
+fn parse_name(param: &'static str, s: &str) -> Result<String, ApiError> {
+    let n = s.trim().trim_end_matches('.').to_ascii_lowercase();
+    let ok = !n.is_empty()
+        && n.len() <= 253
+        && n.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if ok {
+        Ok(n)
+    } else {
+        Err(bad(param, format!("{s:?} is not a domain name")))
+    }
+}
+
+fn parse_count(
+    param: &'static str,
+    v: Option<&String>,
+    default: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
+    let Some(v) = v else {
+        return Ok(default);
+    };
+    match v.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(bad(param, format!("{v:?} is not a number from 1 to {max}"))),
+    }
+}
+
+/// The JSON object of a request body; an empty body is an empty object.
+async fn body_object(req: Request<Incoming>) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let bytes = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError::BodyTooLarge
+            } else {
+                ApiError::BadBody(e.to_string())
+            }
+        })?
+        .to_bytes();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Map::new());
+    }
+    match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::BadBody("expected an object".into())),
+        Err(e) => Err(ApiError::BadBody(e.to_string())),
+    }
+}
+
+fn only_fields(m: &serde_json::Map<String, Value>, known: &[&'static str]) -> Result<(), ApiError> {
+    match m.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(ApiError::BadBody(format!(
+            "unknown field {k:?}; known: {}",
+            known.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn group_field(m: &serde_json::Map<String, Value>) -> Result<Option<String>, ApiError> {
+    match m.get("group") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(g)) => Ok(Some(g.clone())),
+        Some(other) => Err(bad("group", format!("{other} is not a group name"))),
+    }
+}
+
+async fn route(d: &Arc<Daemon>, req: Request<Incoming>) -> Result<Reply, ApiError> {
+    let path = req.uri().path().to_owned();
+    let allowed = match path.as_str() {
+        "/status" | "/stats" | "/log" | "/check" | "/metrics" => "GET",
+        "/pause" | "/resume" | "/reload" => "POST",
+        _ => return Err(ApiError::NotFound(path)),
+    };
+    if req.method().as_str() != allowed {
+        return Err(ApiError::MethodNotAllowed {
+            method: req.method().clone(),
+            path,
+            allowed,
+        });
+    }
+    let query = req.uri().query().map(str::to_owned);
+    let query = query.as_deref();
+    match path.as_str() {
+        "/status" => {
+            params(query, &[])?;
+            Ok(Reply::Json(d.status()))
+        }
+        "/stats" => {
+            let p = params(query, &["top"])?;
+            let top = parse_count("top", p.get("top"), 10, 100)?;
+            Ok(Reply::Json(d.stats(top)))
+        }
+        "/metrics" => {
+            params(query, &[])?;
+            Ok(Reply::Text(d.metrics()))
+        }
+        "/check" => {
+            let p = params(query, &["name", "client"])?;
+            let name = p
+                .get("name")
+                .ok_or_else(|| bad("name", "required: the domain to check"))?;
+            let name = parse_name("name", name)?;
+            let client = parse_client(&p)?.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+            Ok(Reply::Json(d.check(&name, client)))
+        }
+        "/log" => {
+            let p = params(query, &["limit", "client", "domain"])?;
+            let limit = parse_count("limit", p.get("limit"), DEFAULT_LOG_LIMIT, MAX_LOG_LIMIT)?;
+            let filter = Filter {
+                client: parse_client(&p)?,
+                domain: p
+                    .get("domain")
+                    .map(|s| parse_name("domain", s))
+                    .transpose()?,
+            };
+            let log = d
+                .resolver
+                .recorder()
+                .and_then(|r| r.log())
+                .cloned()
+                .ok_or(ApiError::LogOff)?;
+            let records = tokio::task::spawn_blocking(move || log.recent(limit, &filter))
+                .await
+                .map_err(|e| ApiError::Internal(format!("reading the query log: {e}")))?
+                .map_err(|e| ApiError::Internal(format!("reading the query log: {e}")))?;
+            Ok(Reply::Json(json!({
+                "records": records.iter().map(|r| r.to_json()).collect::<Vec<_>>(),
+            })))
+        }
+        "/pause" => {
+            params(query, &[])?;
+            let m = body_object(req).await?;
+            only_fields(&m, &["minutes", "group"])?;
+            let minutes = match m.get("minutes") {
+                None => return Err(bad("minutes", "required: how long to pause, in minutes")),
+                Some(v) => v
+                    .as_u64()
+                    .filter(|n| (1..=MAX_PAUSE_MINUTES).contains(n))
+                    .ok_or_else(|| {
+                        bad(
+                            "minutes",
+                            format!("{v} is not a whole number from 1 to {MAX_PAUSE_MINUTES}"),
+                        )
+                    })?,
+            };
+            let group = group_field(&m)?;
+            d.pause(group.as_deref(), Duration::from_secs(minutes * 60))?;
+            Ok(Reply::Json(
+                json!({ "paused": true, "group": group, "minutes": minutes }),
+            ))
+        }
+        "/resume" => {
+            params(query, &[])?;
+            let m = body_object(req).await?;
+            only_fields(&m, &["group"])?;
+            let group = group_field(&m)?;
+            d.resume(group.as_deref())?;
+            Ok(Reply::Json(json!({ "paused": false, "group": group })))
+        }
+        "/reload" => {
+            params(query, &[])?;
+            let restart = d.reload().await?;
+            Ok(Reply::Json(
+                json!({ "reloaded": true, "restart_needed_for": restart }),
+            ))
+        }
+        other => Err(ApiError::NotFound(other.to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_are_checked_by_name() {
+        let p = params(Some("limit=5&client=10.0.0.1"), &["limit", "client"]).unwrap();
+        assert_eq!(parse_count("limit", p.get("limit"), 100, 1000).unwrap(), 5);
+        assert!(parse_client(&p).unwrap().is_some());
+        let e = params(Some("limit=5&limit=6"), &["limit"]).unwrap_err();
+        assert!(
+            matches!(e, ApiError::BadParameter { param: "limit", .. }),
+            "{e}"
+        );
+        let e = params(Some("bogus=1"), &["limit"]).unwrap_err();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        let e = parse_count("limit", Some(&"0".to_owned()), 1, 10).unwrap_err();
+        assert_eq!(e.body()["parameter"], "limit");
+        let p = params(Some("client=nope"), &["client"]).unwrap();
+        assert_eq!(parse_client(&p).unwrap_err().body()["parameter"], "client");
+        assert_eq!(parse_name("name", "Ads.Example.").unwrap(), "ads.example");
+        assert!(parse_name("name", "a..b").is_err());
+        assert!(parse_name("name", "a b").is_err());
+    }
+}
