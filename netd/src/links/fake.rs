@@ -200,9 +200,11 @@ impl FakeNetlink {
                     l.up = *up;
                 }
                 if !up {
-                    // As the kernel: IPv4 routes through a link that goes down are flushed.
-                    s.routes
-                        .retain(|r| !(r.dev.as_deref() == Some(link) && r.dst.addr().is_ipv4()));
+                    // As the kernel: routes through a link that goes down are flushed, and
+                    // so are its IPv6 addresses (keep_addr_on_down is off by default).
+                    s.routes.retain(|r| r.dev.as_deref() != Some(link));
+                    s.addresses
+                        .retain(|a| !(a.link == *link && a.net.addr().is_ipv6()));
                 }
             }
             Action::SetMtu { link, mtu, .. } => {

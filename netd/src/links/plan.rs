@@ -352,6 +352,13 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Vec<Action>, PlanE
         .map(|l| l.name.as_str())
         .collect();
 
+    // NICs that go down to be renamed lose their routes and IPv6 addresses in the
+    // kernel: remove them explicitly (so that an undo puts them back) and add the
+    // desired ones again once the NIC is up.
+    let flushed = |link: &str, net: &IpNet| -> bool {
+        renamed_up.contains(link) && matches!(net, IpNet::V6(_)) && !is_link_local(net)
+    };
+
     // 0. Routes: netd's are `proto static` through links netd owns.
     let managed = |r: &Route| {
         r.protocol == PROTO_STATIC
@@ -457,6 +464,14 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Vec<Action>, PlanE
         };
         let mut up = l.up;
         if l.name != d.name {
+            for a in observed.addresses.iter().filter(|a| a.link == l.name) {
+                if flushed(&l.name, &a.net) {
+                    actions.push(Action::RemoveAddress {
+                        link: l.name.clone(),
+                        net: a.net,
+                    });
+                }
+            }
             if l.up {
                 actions.push(Action::SetUp {
                     link: l.name.clone(),
@@ -559,7 +574,7 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Vec<Action>, PlanE
             Some(l) => observed
                 .addresses
                 .iter()
-                .filter(|a| a.link == l.name)
+                .filter(|a| a.link == l.name && !flushed(&l.name, &a.net))
                 .map(|a| a.net)
                 .collect(),
             None => Vec::new(),

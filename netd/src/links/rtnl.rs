@@ -221,6 +221,14 @@ fn route_message(r: &Route, index: u32, op: &str) -> Result<RouteMessage, Netlin
         .build())
 }
 
+fn stp_state(on: bool) -> BridgeStpState {
+    if on {
+        BridgeStpState::KernelStp
+    } else {
+        BridgeStpState::Disabled
+    }
+}
+
 impl Rtnetlink {
     /// Talks to the kernel in netd's own network namespace.
     pub fn new() -> Result<Self, NetlinkError> {
@@ -299,19 +307,21 @@ impl Rtnetlink {
         op: &str,
     ) -> Result<(), NetlinkError> {
         let mut msg = match kind {
-            Virtual::Bridge(o) => LinkMessageBuilder::<LinkBridge>::new(name)
-                .vlan_filtering(o.vlan_filtering)
-                .stp_state(if o.stp {
-                    BridgeStpState::KernelStp
-                } else {
-                    BridgeStpState::Disabled
-                })
-                // Only switches the per-bridge knob; the namespace-wide sysctl is
-                // SetBridgeNf's, as the kernel ORs the two.
-                .nf_call_iptables(false)
-                .nf_call_ip6tables(false)
-                .nf_call_arptables(false)
-                .build(),
+            Virtual::Bridge(o) => {
+                let mut b = LinkMessageBuilder::<LinkBridge>::new(name)
+                    .stp_state(stp_state(o.stp))
+                    // Only the per-bridge knobs; the namespace-wide sysctl is
+                    // SetBridgeNf's, as the kernel ORs the two.
+                    .nf_call_iptables(false)
+                    .nf_call_ip6tables(false)
+                    .nf_call_arptables(false);
+                // Off is the default; a kernel without CONFIG_BRIDGE_VLAN_FILTERING
+                // refuses the attribute even to switch it off.
+                if o.vlan_filtering {
+                    b = b.vlan_filtering(true);
+                }
+                b.build()
+            }
             Virtual::Vlan { parent, id } => {
                 LinkVlan::new(name, self.index(parent, op)?, *id).build()
             }
@@ -427,17 +437,21 @@ impl Netlink for Rtnetlink {
                 };
                 self.set(b.build(), op)
             }
-            Action::SetBridge { link, opts, .. } => {
+            Action::SetBridge {
+                link,
+                opts,
+                previous,
+            } => {
                 let index = self.index(link, op)?;
-                let msg = LinkMessageBuilder::<LinkBridge>::new(link)
-                    .index(index)
-                    .vlan_filtering(opts.vlan_filtering)
-                    .stp_state(if opts.stp {
-                        BridgeStpState::KernelStp
-                    } else {
-                        BridgeStpState::Disabled
-                    })
-                    .build();
+                // Only what changes: see `create` on vlan_filtering.
+                let mut b = LinkMessageBuilder::<LinkBridge>::new(link).index(index);
+                if opts.vlan_filtering != previous.vlan_filtering {
+                    b = b.vlan_filtering(opts.vlan_filtering);
+                }
+                if opts.stp != previous.stp {
+                    b = b.stp_state(stp_state(opts.stp));
+                }
+                let msg = b.build();
                 self.rt
                     .block_on(h.link().change(msg).execute())
                     .map_err(|e| nl_error(op, e))

@@ -130,10 +130,26 @@ impl<N: Netlink> Links<N> {
         for action in done.iter().rev().filter_map(Action::inverse) {
             tracing::info!("undo: {action}");
             if let Err(error) = self.netlink.execute(&action) {
+                if already_absent(&action, &error) {
+                    // Taking a link down flushes its routes and IPv6 addresses: an undo
+                    // step that removes one finds the work done.
+                    tracing::debug!(%error, "undo: already gone");
+                    continue;
+                }
                 tracing::error!(%error, "undo step failed");
                 failures.push(UndoFailure { action, error });
             }
         }
         failures
     }
+}
+
+const ESRCH: i32 = 3;
+const EADDRNOTAVAIL: i32 = 99;
+
+fn already_absent(action: &Action, error: &NetlinkError) -> bool {
+    matches!(
+        (action, error.errno),
+        (Action::RemoveAddress { .. }, Some(EADDRNOTAVAIL)) | (Action::RemoveRoute(_), Some(ESRCH))
+    )
 }

@@ -337,33 +337,76 @@ fn every_failing_step_is_undone_back_to_the_start() {
             cfg("[interfaces.x]\ndevice = \"eth3\"\n"),
         ),
     ] {
-        let steps = Links::new(base.clone()).plan(&c).unwrap().actions.len();
-        assert!(steps > 5, "{name}: {steps} steps");
-        for k in 0..steps {
-            let mut fake = base.clone();
-            fake.fail_at = Some(fake.log.len() + k);
-            let mut links = Links::new(fake);
-            let err = links.apply(&c).unwrap_err();
-            let LinksError::Step {
-                step,
-                of,
-                undo_failures,
-                ..
-            } = &err
-            else {
-                panic!("{name}: step {k}: {err}")
-            };
-            assert_eq!((*step, *of), (k + 1, steps), "{name}");
-            assert!(undo_failures.is_empty(), "{name}: step {k}: {err}");
-            assert_eq!(
-                sorted(&links.netlink().state),
-                sorted(&base.state),
-                "{name}: failing at step {} left the kernel changed",
-                k + 1
-            );
-            assert!(err.to_string().contains("(errno 5)"), "{err}");
-        }
+        assert_undone_at_every_step(name, &base, &c);
     }
+}
+
+/// Applies `c` to `base` once for each step of the plan, failing that step, and checks
+/// that the kernel ends where it started.
+fn assert_undone_at_every_step(name: &str, base: &FakeNetlink, c: &appliance::Config) {
+    let steps = Links::new(base.clone()).plan(c).unwrap().actions.len();
+    assert!(steps > 3, "{name}: {steps} steps");
+    for k in 0..steps {
+        let mut fake = base.clone();
+        fake.fail_at = Some(fake.log.len() + k);
+        let mut links = Links::new(fake);
+        let err = links.apply(c).unwrap_err();
+        let LinksError::Step {
+            step,
+            of,
+            undo_failures,
+            ..
+        } = &err
+        else {
+            panic!("{name}: step {k}: {err}")
+        };
+        assert_eq!((*step, *of), (k + 1, steps), "{name}");
+        assert!(undo_failures.is_empty(), "{name}: step {k}: {err}");
+        assert_eq!(
+            sorted(&links.netlink().state),
+            sorted(&base.state),
+            "{name}: failing at step {} left the kernel changed",
+            k + 1
+        );
+        assert!(err.to_string().contains("(errno 5)"), "{err}");
+    }
+}
+
+#[test]
+fn an_up_nic_gets_its_ipv6_address_back_after_the_rename() {
+    // Taking a link down flushes its IPv6 addresses and routes: the plan removes them
+    // itself (so that an undo restores them) and adds them again once the NIC is up.
+    let mut k = kernel();
+    k.link_mut("eth1").unwrap().up = true;
+    k.apply_foreign(|s| {
+        s.addresses.push(Address {
+            link: "eth1".into(),
+            net: net("fd00::1/64"),
+        })
+    });
+    let c = cfg(
+        "[interfaces.lan]\ndevice = \"eth1\"\naddresses = [\"fd00::1/64\"]\nroutes = [{ to = \"fd01::/64\", via = \"fd00::2\" }]\n",
+    );
+    let mut links = Links::new(k.clone());
+    let plan = links.apply(&c).unwrap().to_string();
+    assert!(
+        plan.starts_with("ip addr del fd00::1/64 dev eth1\nip link set eth1 down\n"),
+        "{plan}"
+    );
+    assert!(has_addr(links.netlink(), "lan", "fd00::1/64"));
+    assert_eq!(links.netlink().state.routes.len(), 1);
+    assert!(links.plan(&c).unwrap().is_empty());
+    assert_undone_at_every_step("rename", &k, &c);
+
+    // Renamed and up now, with its route: a rename back goes through the same dance.
+    let base = links.netlink().clone();
+    assert_undone_at_every_step(
+        "rename back",
+        &base,
+        &cfg(
+            "[interfaces.eth1]\ndevice = \"eth1\"\naddresses = [\"fd00::1/64\"]\nroutes = [{ to = \"fd01::/64\", via = \"fd00::2\" }]\n",
+        ),
+    );
 }
 
 #[test]
