@@ -126,8 +126,9 @@ fn sgdisk(disk: &Path, parts: &[Partition]) -> Command {
     cmd
 }
 
-/// Makes the FAT32 ESP image with the bootloader and its environment.
-pub fn make_esp(out: &Path, size_mib: u64, efi: &Path, grubenv: &Path) -> Result<()> {
+/// Makes the FAT32 ESP image with the bootloader and the boot state copies found in
+/// `boot_dir` (as [`crate::boot::build`] writes them).
+pub fn make_esp(out: &Path, size_mib: u64, efi: &Path, boot_dir: &Path) -> Result<()> {
     if out.exists() {
         fs::remove_file(out).with_context(|| format!("removing {}", out.display()))?;
     }
@@ -146,11 +147,14 @@ pub fn make_esp(out: &Path, size_mib: u64, efi: &Path, grubenv: &Path) -> Result
         .arg(efi)
         .arg("::/EFI/BOOT/BOOTX64.EFI"))
     .context("copying GRUB to the ESP")?;
-    run(mtools("mcopy")
-        .args(["-i", &image])
-        .arg(grubenv)
-        .arg(format!("::/{}", crate::boot::GRUBENV_ON_ESP)))
-    .context("copying the boot state to the ESP")?;
+    for on_esp in crate::bootstate::COPIES {
+        let name = on_esp.rsplit('/').next().unwrap_or(on_esp);
+        run(mtools("mcopy")
+            .args(["-i", &image])
+            .arg(boot_dir.join(name))
+            .arg(format!("::/{on_esp}")))
+        .context("copying the boot state to the ESP")?;
+    }
     Ok(())
 }
 

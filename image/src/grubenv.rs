@@ -21,20 +21,28 @@ pub enum EnvError {
 /// Encodes variables as a block. Values are restricted to characters GRUB stores verbatim
 /// (it escapes backslash and newline), which is all the slot state needs.
 pub fn encode(vars: &BTreeMap<String, String>) -> Result<Vec<u8>, EnvError> {
+    encode_pairs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+}
+
+/// Encodes variables in the order given (the boot state puts its sequence number first and
+/// its end marker last, so a torn write shows as a mismatch).
+pub fn encode_pairs<'a>(
+    vars: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<Vec<u8>, EnvError> {
     let mut out = String::from(HEADER);
     for (name, value) in vars {
         let name_ok =
             !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !name_ok {
-            return Err(EnvError::BadName(name.clone()));
+            return Err(EnvError::BadName(name.to_owned()));
         }
         if value
             .bytes()
             .any(|b| b == b'\\' || b == b'\n' || !(0x20..0x7f).contains(&b))
         {
             return Err(EnvError::BadValue {
-                name: name.clone(),
-                value: value.clone(),
+                name: name.to_owned(),
+                value: value.to_owned(),
             });
         }
         out.push_str(name);

@@ -2,6 +2,7 @@
 //! packages, the GRUB A/B bootloader and the GPT disk image. See README.md for the layout.
 
 pub mod boot;
+pub mod bootstate;
 pub mod bundle;
 pub mod cmd;
 pub mod disk;
@@ -82,7 +83,7 @@ pub fn build(o: &BuildOptions) -> Result<Built> {
         &esp,
         o.sizes.esp_mib,
         &boot_dir.join("BOOTX64.EFI"),
-        &boot_dir.join("grubenv"),
+        &boot_dir,
     )?;
     tracing::info!("GRUB and ESP in {}", Took(t));
 

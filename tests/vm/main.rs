@@ -18,7 +18,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use harness::Vm;
-use image::{boot, disk, grubenv};
+use image::bootstate::{self, BootEnv, BootState, Slot};
+use image::disk;
 
 /// TCG boots in about 15 s here; the margin covers a loaded CI machine.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -121,28 +122,43 @@ fn mtools(tool: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn set_boot_state(disk: &Path, dir: &Path, vars: &[(&str, &str)]) {
-    let vars: BTreeMap<String, String> = vars
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    let env = dir.join("grubenv");
-    fs::write(&env, grubenv::encode(&vars).unwrap()).unwrap();
-    let target = format!("::/{}", boot::GRUBENV_ON_ESP);
-    mtools(
-        "mcopy",
-        &["-o", "-i", &esp(disk), env.to_str().unwrap(), &target],
-    );
+/// Copies the boot state from the disk's ESP into `dir`, applies `change` the way the
+/// device does (next sequence number into the older copy), and copies it back.
+fn set_boot_state(disk: &Path, dir: &Path, change: impl FnOnce(&mut BootState)) -> BootState {
+    let local = fetch_boot_state(disk, dir);
+    let state = BootEnv::new(&local).update(change).unwrap();
+    for copy in bootstate::COPIES {
+        let file = local.join(copy);
+        mtools(
+            "mcopy",
+            &["-o", "-i", &esp(disk), file.to_str().unwrap(), &format!("::/{copy}")],
+        );
+    }
+    state
 }
 
-fn boot_state(disk: &Path) -> BTreeMap<String, String> {
-    let target = format!("::/{}", boot::GRUBENV_ON_ESP);
-    let text = mtools("mtype", &["-i", &esp(disk), &target]);
-    grubenv::decode(text.as_bytes()).unwrap()
+/// Both copies of the boot state, copied from the ESP into `dir/esp`.
+fn fetch_boot_state(disk: &Path, dir: &Path) -> std::path::PathBuf {
+    let local = dir.join("esp");
+    fs::create_dir_all(local.join("EFI/appliance")).unwrap();
+    for copy in bootstate::COPIES {
+        let file = local.join(copy);
+        let _ = fs::remove_file(&file);
+        mtools(
+            "mcopy",
+            &["-i", &esp(disk), &format!("::/{copy}"), file.to_str().unwrap()],
+        );
+    }
+    local
+}
+
+fn boot_state(disk: &Path, dir: &Path) -> BootState {
+    BootEnv::new(&fetch_boot_state(disk, dir)).current().unwrap()
 }
 
 /// The bootloader contract the OTA code builds on: a trial slot spends a try per boot,
-/// saved by GRUB on the ESP, and once its tries are spent the next slot in ORDER boots.
+/// saved by GRUB on the ESP; once its tries are spent the next slot in ORDER boots; and a
+/// torn copy of the boot state is ignored in favour of the other, complete one.
 #[test]
 fn a_trial_slot_spends_its_tries_then_grub_falls_back_to_the_committed_slot() {
     let dir = harness::log_dir("ab-fallback");
@@ -151,35 +167,48 @@ fn a_trial_slot_spends_its_tries_then_grub_falls_back_to_the_committed_slot() {
     let layout = disk::layout(disk::Sizes::default());
     let slot_b = layout.iter().find(|p| p.label == "rootB").unwrap();
     write_at(&disk, slot_b.start_mib * disk::MIB, &root);
-    set_boot_state(
-        &disk,
-        &dir,
-        &[
-            ("ORDER", "B A"),
-            ("A_OK", "1"),
-            ("A_TRIES", ""),
-            ("B_OK", "1"),
-            ("B_TRIES", "1"),
-        ],
-    );
+    set_boot_state(&disk, &dir, |s| s.trial(Slot::B, 1));
 
     let mut vm = Vm::start(&dir, &disk, "raw", "-1");
     let line = vm.wait_for_line("APPLIANCE-BOOT-OK", BOOT_TIMEOUT);
     assert_eq!(fields(&line).get("slot"), Some(&"B"), "{line}");
     assert!(vm.power_off(POWER_OFF_TIMEOUT).success());
-    let state = boot_state(&disk);
-    assert_eq!(
-        state.get("B_TRIES").map(String::as_str),
-        Some("0"),
-        "{state:?}"
-    );
+    let state = boot_state(&disk, &dir);
+    assert_eq!(state.b.tries, Some(0), "{state:?}");
 
     // Nobody committed B: the next boot must be A's, and leave the state alone.
     let mut vm = Vm::start(&dir, &disk, "raw", "-2");
     let line = vm.wait_for_line("APPLIANCE-BOOT-OK", BOOT_TIMEOUT);
     assert_eq!(fields(&line).get("slot"), Some(&"A"), "{line}");
     assert!(vm.power_off(POWER_OFF_TIMEOUT).success());
-    assert_eq!(boot_state(&disk), state);
+    assert_eq!(boot_state(&disk, &dir), state);
+
+    // A cut while writing "commit B": the new copy has the next SEQ but the old END. GRUB
+    // must take the older, complete copy (A) rather than the torn one.
+    let local = fetch_boot_state(&disk, &dir);
+    let found = BootEnv::new(&local).read();
+    let (newest, current) = found.current().unwrap();
+    let mut next = current.clone();
+    next.commit(Slot::B);
+    next.seq += 1;
+    let text = String::from_utf8(next.encode().unwrap()).unwrap();
+    let torn = text.replace(&format!("END={}", next.seq), &format!("END={}", current.seq));
+    let older = local.join(bootstate::COPIES[1 - newest]);
+    fs::write(&older, torn).unwrap();
+    mtools(
+        "mcopy",
+        &[
+            "-o",
+            "-i",
+            &esp(&disk),
+            older.to_str().unwrap(),
+            &format!("::/{}", bootstate::COPIES[1 - newest]),
+        ],
+    );
+    let mut vm = Vm::start(&dir, &disk, "raw", "-3");
+    let line = vm.wait_for_line("APPLIANCE-BOOT-OK", BOOT_TIMEOUT);
+    assert_eq!(fields(&line).get("slot"), Some(&"A"), "torn state was used: {line}");
+    assert!(vm.power_off(POWER_OFF_TIMEOUT).success());
     // A failing run keeps the disk for a look; a passing one frees its 250 MiB.
     fs::remove_file(&disk).unwrap();
 }
