@@ -1,4 +1,13 @@
-//! stored: see README.md for what this crate owns.
+//! stored: ZFS pools, datasets and snapshot policies (replication and shares come with
+//! their own work). See README.md for what this crate owns.
 //!
-//! The implementation arrives with its own issue; until then the crate exists so that
-//! the workspace has the layout the design fixes and the other crates can depend on it.
+//! - [`zfs`]: the [`zfs::Zfs`] adapter over libzfs_core and the zfs/zpool tools, and its
+//!   in-memory fake.
+//! - [`snapshots`]: snapshot names, what is due, and the pruning plan (pure).
+//! - [`pools`]: the pools and datasets plan (pure) and its apply.
+
+pub mod command;
+pub mod pools;
+pub mod snapshots;
+pub mod time;
+pub mod zfs;

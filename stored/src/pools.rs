@@ -1,0 +1,680 @@
+//! Pools and datasets: the plan (pure) from the `storage` section and what ZFS shows, and
+//! its apply through [`Zfs`].
+//!
+//! - A declared pool that is imported is checked against its declared layout; one that is
+//!   importable is imported (after the same check); one that exists nowhere is created,
+//!   and only when every disk of it is empty.
+//! - A pool is never destroyed, recreated or reshaped: a changed layout is an error that
+//!   says so, and nothing is applied.
+//! - Datasets are created and their properties set; they are never destroyed. Datasets
+//!   and pools the config does not name are reported, not touched.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use appliance::model::{Compression, Dataset, Storage};
+use appliance::types::DatasetName;
+
+use crate::zfs::{
+    DatasetState, DiskState, PoolLayout, PoolSpec, PoolState, Prop, VdevSpec, Zfs, ZfsError,
+    whole_disk,
+};
+
+/// One change to ZFS. There is deliberately no variant that destroys anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    ImportPool {
+        name: String,
+    },
+    CreatePool(PoolSpec),
+    CreateDataset {
+        name: String,
+        props: Vec<(Prop, String)>,
+    },
+    SetProperty {
+        dataset: String,
+        prop: Prop,
+        value: String,
+    },
+    InheritProperty {
+        dataset: String,
+        prop: Prop,
+    },
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ImportPool { name } => write!(f, "import pool {name}"),
+            Self::CreatePool(spec) => write!(f, "create pool {} {}", spec.name, spec.layout),
+            Self::CreateDataset { name, props } => {
+                write!(f, "create dataset {name}")?;
+                for (p, v) in props {
+                    write!(f, " {p}={v}")?;
+                }
+                Ok(())
+            }
+            Self::SetProperty {
+                dataset,
+                prop,
+                value,
+            } => write!(f, "set {prop}={value} on {dataset}"),
+            Self::InheritProperty { dataset, prop } => write!(f, "inherit {prop} on {dataset}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error(
+        "pool {pool}: the config declares {declared} but the pool is {found}; stored never \
+         destroys, recreates or reshapes a pool. Put the pool's layout back into the config, \
+         or change the pool by hand (zpool add/attach) and then the config"
+    )]
+    LayoutChanged {
+        pool: String,
+        declared: PoolLayout,
+        found: PoolLayout,
+    },
+    #[error(
+        "pool {pool}: disk {disk} is not empty ({found}); stored creates pools only on empty \
+         disks. If its contents may go, wipe it yourself (wipefs -a {disk}); if it holds a \
+         pool, import that pool instead"
+    )]
+    DiskNotEmpty {
+        pool: String,
+        disk: String,
+        found: String,
+    },
+    #[error("pool {pool}: disk {disk} does not exist; check the path under /dev/disk/by-id")]
+    DiskMissing { pool: String, disk: String },
+    #[error("pool {pool}: disk {disk} is declared more than once")]
+    DiskTwice { pool: String, disk: String },
+}
+
+/// What ZFS shows, as far as the plan needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub pools: Vec<PoolState>,
+    pub importable: Vec<PoolState>,
+    /// Disks of declared pools that exist nowhere yet.
+    pub disks: BTreeMap<String, DiskState>,
+    pub datasets: Vec<DatasetState>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoragePlan {
+    pub actions: Vec<Action>,
+    /// Imported pools the config does not declare (left alone).
+    pub unmanaged_pools: Vec<String>,
+    /// Datasets in declared pools that the config does not name (left alone, never
+    /// destroyed).
+    pub unmanaged_datasets: Vec<String>,
+    /// Pools this plan imports: their datasets are invisible until then, so their dataset
+    /// changes wait for a plan made after the import ([`converge`] makes it).
+    pub importing: Vec<String>,
+}
+
+/// The layout the config declares for a pool.
+pub fn declared_layout(pool: &appliance::model::Pool) -> PoolLayout {
+    PoolLayout {
+        vdevs: pool
+            .vdevs
+            .iter()
+            .map(|v| VdevSpec {
+                layout: v.layout,
+                disks: v.disks.iter().map(|d| d.as_str().to_owned()).collect(),
+            })
+            .collect(),
+        spares: pool.spares.iter().map(|d| d.as_str().to_owned()).collect(),
+        other: Vec::new(),
+    }
+}
+
+/// A layout in a form that compares across `zpool status -P` (full paths, `-part1`) and
+/// `zpool import` (short names): disks by the last path component of the whole disk,
+/// sorted within a vdev; vdevs and spares sorted.
+type LayoutKey = (Vec<(String, Vec<String>)>, Vec<String>, Vec<String>);
+
+fn layout_key(l: &PoolLayout) -> LayoutKey {
+    let disk = |d: &String| {
+        let d = whole_disk(d);
+        d.rsplit('/').next().unwrap_or(d).to_owned()
+    };
+    let mut vdevs: Vec<(String, Vec<String>)> = l
+        .vdevs
+        .iter()
+        .map(|v| {
+            let mut disks: Vec<String> = v.disks.iter().map(disk).collect();
+            disks.sort();
+            (format!("{:?}", v.layout), disks)
+        })
+        .collect();
+    vdevs.sort();
+    let mut spares: Vec<String> = l.spares.iter().map(disk).collect();
+    spares.sort();
+    let mut other = l.other.clone();
+    other.sort();
+    (vdevs, spares, other)
+}
+
+/// Reads what the plan needs. Disks are probed only for declared pools that are neither
+/// imported nor importable.
+pub fn observe(zfs: &dyn Zfs, desired: &Storage) -> Result<Observed, ZfsError> {
+    let pools = zfs.pools()?;
+    let importable = zfs.importable_pools()?;
+    let known: BTreeSet<&str> = pools
+        .iter()
+        .chain(&importable)
+        .map(|p| p.name.as_str())
+        .collect();
+    let mut disks = BTreeMap::new();
+    for (name, pool) in &desired.pools {
+        if known.contains(name.as_str()) {
+            continue;
+        }
+        let layout = declared_layout(pool);
+        for d in layout
+            .vdevs
+            .iter()
+            .flat_map(|v| &v.disks)
+            .chain(&layout.spares)
+        {
+            disks.insert(d.clone(), zfs.disk(d)?);
+        }
+    }
+    let datasets = zfs.datasets()?;
+    Ok(Observed {
+        pools,
+        importable,
+        disks,
+        datasets,
+    })
+}
+
+/// The pool and dataset changes that bring ZFS to `desired`, or every reason it cannot.
+pub fn plan(desired: &Storage, observed: &Observed) -> Result<StoragePlan, Vec<PlanError>> {
+    let mut errors = Vec::new();
+    let mut plan = StoragePlan::default();
+    let find = |list: &[PoolState], name: &str| list.iter().find(|p| p.name == name).cloned();
+
+    for (name, pool) in &desired.pools {
+        let name = name.as_str();
+        let declared = declared_layout(pool);
+        let existing = find(&observed.pools, name)
+            .map(|p| (p, true))
+            .or_else(|| find(&observed.importable, name).map(|p| (p, false)));
+        if let Some((found, imported)) = existing {
+            if layout_key(&declared) != layout_key(&found.layout) {
+                errors.push(PlanError::LayoutChanged {
+                    pool: name.to_owned(),
+                    declared,
+                    found: found.layout,
+                });
+            } else if !imported {
+                plan.actions.push(Action::ImportPool {
+                    name: name.to_owned(),
+                });
+                plan.importing.push(name.to_owned());
+            }
+            continue;
+        }
+        let mut seen = BTreeSet::new();
+        let mut ok = true;
+        for d in declared
+            .vdevs
+            .iter()
+            .flat_map(|v| &v.disks)
+            .chain(&declared.spares)
+        {
+            let mut err = |e| {
+                errors.push(e);
+                false
+            };
+            if !seen.insert(d.clone()) {
+                ok &= err(PlanError::DiskTwice {
+                    pool: name.to_owned(),
+                    disk: d.clone(),
+                });
+                continue;
+            }
+            ok &= match observed.disks.get(d) {
+                Some(DiskState::Empty) => true,
+                Some(DiskState::InUse(found)) => err(PlanError::DiskNotEmpty {
+                    pool: name.to_owned(),
+                    disk: d.clone(),
+                    found: found.join(", "),
+                }),
+                Some(DiskState::Missing) | None => err(PlanError::DiskMissing {
+                    pool: name.to_owned(),
+                    disk: d.clone(),
+                }),
+            };
+        }
+        if ok {
+            let mountpoint = desired
+                .datasets
+                .iter()
+                .find(|(d, _)| d.as_str() == name)
+                .and_then(|(_, ds)| ds.mountpoint.as_ref())
+                .map_or_else(|| format!("/mnt/{name}"), |m| m.to_string());
+            plan.actions.push(Action::CreatePool(PoolSpec {
+                name: name.to_owned(),
+                layout: declared,
+                ashift: pool.ashift,
+                mountpoint,
+            }));
+        }
+    }
+
+    let declared_pools: BTreeSet<&str> = desired.pools.keys().map(DatasetName::as_str).collect();
+    plan.unmanaged_pools = observed
+        .pools
+        .iter()
+        .map(|p| p.name.clone())
+        .filter(|p| !declared_pools.contains(p.as_str()))
+        .collect();
+
+    let observed_ds: BTreeMap<&str, &DatasetState> = observed
+        .datasets
+        .iter()
+        .map(|d| (d.name.as_str(), d))
+        .collect();
+    for (name, ds) in &desired.datasets {
+        if plan.importing.iter().any(|p| p == name.pool()) {
+            continue;
+        }
+        let want = desired_props(name, ds);
+        match observed_ds.get(name.as_str()) {
+            None => plan.actions.push(Action::CreateDataset {
+                name: name.to_string(),
+                props: want
+                    .iter()
+                    .filter_map(|(p, v)| v.clone().map(|v| (*p, v)))
+                    .collect(),
+            }),
+            Some(state) => {
+                for (prop, value) in want {
+                    let have = state.props.get(&prop);
+                    match value {
+                        Some(v) if have.is_none_or(|h| h.value != v) => {
+                            plan.actions.push(Action::SetProperty {
+                                dataset: name.to_string(),
+                                prop,
+                                value: v,
+                            });
+                        }
+                        Some(_) => {}
+                        // Quota and reservation cannot be inherited; "none" is their unset.
+                        None if matches!(prop, Prop::Quota | Prop::Reservation)
+                            && have.is_some_and(|h| h.value != "0" && h.value != "none") =>
+                        {
+                            plan.actions.push(Action::SetProperty {
+                                dataset: name.to_string(),
+                                prop,
+                                value: "none".into(),
+                            });
+                        }
+                        None if matches!(prop, Prop::Quota | Prop::Reservation) => {}
+                        None if have.is_some_and(|h| h.local) => {
+                            plan.actions.push(Action::InheritProperty {
+                                dataset: name.to_string(),
+                                prop,
+                            });
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+    }
+    let named: BTreeSet<&str> = desired.datasets.keys().map(DatasetName::as_str).collect();
+    plan.unmanaged_datasets = observed
+        .datasets
+        .iter()
+        .map(|d| d.name.as_str())
+        .filter(|d| {
+            let pool = d.split('/').next().unwrap_or(d);
+            declared_pools.contains(pool) && *d != pool && !named.contains(d)
+        })
+        .map(ToOwned::to_owned)
+        .collect();
+
+    if errors.is_empty() {
+        Ok(plan)
+    } else {
+        Err(errors)
+    }
+}
+
+/// The managed properties a dataset should have, as `zfs get -p` prints them; `None`
+/// leaves the property inherited.
+fn desired_props(name: &DatasetName, ds: &Dataset) -> Vec<(Prop, Option<String>)> {
+    let compression = ds.compression.map(|c| {
+        match c {
+            Compression::Off => "off",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+            Compression::Gzip => "gzip",
+            Compression::Zle => "zle",
+        }
+        .to_owned()
+    });
+    let onoff = |b: bool| if b { "on" } else { "off" }.to_owned();
+    let bytes = |s: &appliance::types::Size| s.bytes().to_string();
+    let mountpoint = ds
+        .mountpoint
+        .as_ref()
+        .map_or_else(|| format!("/mnt/{name}"), ToString::to_string);
+    vec![
+        (Prop::Compression, compression),
+        (Prop::Atime, ds.atime.map(onoff)),
+        (Prop::Recordsize, ds.recordsize.as_ref().map(bytes)),
+        (Prop::Quota, ds.quota.as_ref().map(bytes)),
+        (Prop::Reservation, ds.reservation.as_ref().map(bytes)),
+        (Prop::Mountpoint, Some(mountpoint)),
+    ]
+}
+
+/// A step of the plan failed; the steps before it stay done (creating a pool or a dataset
+/// is not undone by destroying it: that is the one thing stored never does).
+#[derive(Debug, thiserror::Error)]
+#[error("{action} failed after {done} of {total} steps: {source}")]
+pub struct ApplyError {
+    pub action: Action,
+    pub done: usize,
+    pub total: usize,
+    #[source]
+    pub source: ZfsError,
+}
+
+/// Why storage did not converge.
+#[derive(Debug, thiserror::Error)]
+pub enum ConvergeError {
+    #[error("cannot read the state of ZFS: {0}")]
+    Observe(#[from] ZfsError),
+    #[error("the storage config cannot be applied: {}", join(.0))]
+    Plan(Vec<PlanError>),
+    #[error(transparent)]
+    Apply(#[from] Box<ApplyError>),
+}
+
+fn join(errors: &[PlanError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Observes, plans and applies; when the plan imported pools, once more for the datasets
+/// in them. Returns the actions applied.
+pub fn converge(zfs: &mut dyn Zfs, desired: &Storage) -> Result<Vec<Action>, ConvergeError> {
+    let mut applied = Vec::new();
+    for _ in 0..2 {
+        let observed = observe(zfs, desired)?;
+        let plan = plan(desired, &observed).map_err(ConvergeError::Plan)?;
+        apply(zfs, &plan.actions)?;
+        applied.extend(plan.actions);
+        if plan.importing.is_empty() {
+            break;
+        }
+    }
+    Ok(applied)
+}
+
+/// Applies the actions in order and stops at the first failure.
+pub fn apply(zfs: &mut dyn Zfs, actions: &[Action]) -> Result<(), Box<ApplyError>> {
+    for (done, action) in actions.iter().enumerate() {
+        tracing::info!(%action, "storage");
+        let result = match action {
+            Action::ImportPool { name } => zfs.import_pool(name),
+            Action::CreatePool(spec) => zfs.create_pool(spec),
+            Action::CreateDataset { name, props } => zfs.create_dataset(name, props),
+            Action::SetProperty {
+                dataset,
+                prop,
+                value,
+            } => zfs.set_property(dataset, *prop, value),
+            Action::InheritProperty { dataset, prop } => zfs.inherit_property(dataset, *prop),
+        };
+        result.map_err(|source| {
+            Box::new(ApplyError {
+                action: action.clone(),
+                done,
+                total: actions.len(),
+                source,
+            })
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zfs::{FakeZfs, VdevLayout};
+
+    fn storage(toml_text: &str) -> Storage {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    const TANK: &str = r#"
+[pools.tank]
+vdevs = [{ layout = "mirror", disks = ["/dev/disk/by-id/d1", "/dev/disk/by-id/d2"] }]
+spares = ["/dev/disk/by-id/d3"]
+
+[datasets."tank/media"]
+compression = "zstd"
+recordsize = "1M"
+quota = "100G"
+
+[datasets."tank/media/photos"]
+atime = false
+"#;
+
+    fn id(n: &str) -> String {
+        format!("/dev/disk/by-id/{n}")
+    }
+
+    fn empty_disks() -> FakeZfs {
+        FakeZfs::new()
+            .with_disk(&id("d1"), DiskState::Empty)
+            .with_disk(&id("d2"), DiskState::Empty)
+            .with_disk(&id("d3"), DiskState::Empty)
+    }
+
+    fn plan_for(zfs: &FakeZfs, desired: &Storage) -> Result<StoragePlan, Vec<PlanError>> {
+        plan(desired, &observe(zfs, desired).unwrap())
+    }
+
+    fn converge_once(zfs: &mut FakeZfs, desired: &Storage) -> StoragePlan {
+        let p = plan_for(zfs, desired).unwrap();
+        apply(zfs, &p.actions).unwrap();
+        p
+    }
+
+    fn tank_layout(disks: &[&str]) -> PoolLayout {
+        PoolLayout {
+            vdevs: vec![VdevSpec {
+                layout: VdevLayout::Mirror,
+                disks: disks.iter().map(|d| id(d)).collect(),
+            }],
+            spares: vec![id("d3")],
+            other: vec![],
+        }
+    }
+
+    #[test]
+    fn creates_the_pool_on_empty_disks_then_plans_nothing() {
+        let desired = storage(TANK);
+        let mut zfs = empty_disks();
+        let p = converge_once(&mut zfs, &desired);
+        let shown: Vec<String> = p.actions.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "create pool tank [mirror(/dev/disk/by-id/d1, /dev/disk/by-id/d2)] spares [/dev/disk/by-id/d3]",
+                "create dataset tank/media compression=zstd recordsize=1048576 quota=107374182400 mountpoint=/mnt/tank/media",
+                "create dataset tank/media/photos atime=off mountpoint=/mnt/tank/media/photos",
+            ]
+        );
+        let Action::CreatePool(spec) = &p.actions[0] else {
+            panic!()
+        };
+        assert_eq!((spec.ashift, spec.mountpoint.as_str()), (12, "/mnt/tank"));
+        let writes = zfs.writes;
+        let again = converge_once(&mut zfs, &desired);
+        assert_eq!(again.actions, []);
+        assert_eq!(zfs.writes, writes, "a second apply writes nothing");
+    }
+
+    #[test]
+    fn imports_an_existing_pool_instead_of_creating_one() {
+        let desired = storage(TANK);
+        // zpool import lists short names of the partitions ZFS made.
+        let mut layout = tank_layout(&["d2-part1", "d1-part1"]);
+        layout.spares = vec!["d3-part1".into()];
+        let mut zfs = FakeZfs::new()
+            .with_pool("tank", layout, false)
+            .with_dataset("tank/media");
+        let p = plan_for(&zfs, &desired).unwrap();
+        assert_eq!(
+            p.actions,
+            [Action::ImportPool {
+                name: "tank".into()
+            }]
+        );
+        assert_eq!(p.importing, ["tank"]);
+        let applied = converge(&mut zfs, &desired).unwrap();
+        assert!(zfs.pools["tank"].imported);
+        // tank/media existed: only its properties are set, and photos is created.
+        let shown: Vec<String> = applied.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "import pool tank",
+                "set compression=zstd on tank/media",
+                "set recordsize=1048576 on tank/media",
+                "set quota=107374182400 on tank/media",
+                "set mountpoint=/mnt/tank/media on tank/media",
+                "create dataset tank/media/photos atime=off mountpoint=/mnt/tank/media/photos",
+            ]
+        );
+        assert_eq!(converge(&mut zfs, &desired).unwrap(), []);
+    }
+
+    #[test]
+    fn a_changed_layout_is_an_error_that_says_so() {
+        let mut desired = storage(TANK);
+        let mut zfs = empty_disks();
+        converge_once(&mut zfs, &desired);
+        let writes = zfs.writes;
+        // The config now wants raidz1 over the same disks plus one.
+        let pool = desired.pools.values_mut().next().unwrap();
+        pool.vdevs[0].layout = VdevLayout::Raidz1;
+        let errs = plan_for(&zfs, &desired).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        let msg = errs[0].to_string();
+        assert!(
+            msg.contains("pool tank: the config declares [raidz1("),
+            "{msg}"
+        );
+        assert!(msg.contains("but the pool is [mirror("), "{msg}");
+        assert!(
+            msg.contains("never destroys, recreates or reshapes"),
+            "{msg}"
+        );
+        assert_eq!(zfs.writes, writes);
+        assert!(zfs.pools["tank"].imported);
+    }
+
+    #[test]
+    fn an_importable_pool_with_another_layout_is_not_imported() {
+        let desired = storage(TANK);
+        let zfs = FakeZfs::new().with_pool("tank", tank_layout(&["d1", "d9"]), false);
+        let errs = plan_for(&zfs, &desired).unwrap_err();
+        assert!(matches!(&errs[0], PlanError::LayoutChanged { pool, .. } if pool == "tank"));
+    }
+
+    #[test]
+    fn disks_that_are_not_empty_or_missing_stop_the_creation() {
+        let desired = storage(TANK);
+        let zfs = FakeZfs::new()
+            .with_disk(&id("d1"), DiskState::InUse(vec!["PTTYPE=gpt".into()]))
+            .with_disk(&id("d2"), DiskState::Empty);
+        let errs = plan_for(&zfs, &desired).unwrap_err();
+        let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert_eq!(shown.len(), 2, "{shown:?}");
+        assert!(
+            shown[0].starts_with("pool tank: disk /dev/disk/by-id/d1 is not empty (PTTYPE=gpt)")
+        );
+        assert!(shown[0].contains("wipefs -a /dev/disk/by-id/d1"));
+        assert!(shown[1].starts_with("pool tank: disk /dev/disk/by-id/d3 does not exist"));
+    }
+
+    #[test]
+    fn property_drift_is_corrected_and_removed_settings_inherit() {
+        let mut desired = storage(TANK);
+        let mut zfs = empty_disks();
+        converge_once(&mut zfs, &desired);
+        zfs.set_property("tank/media", Prop::Compression, "lz4")
+            .unwrap();
+        let media = desired
+            .datasets
+            .iter_mut()
+            .find(|(n, _)| n.as_str() == "tank/media")
+            .unwrap()
+            .1;
+        media.recordsize = None;
+        media.quota = None;
+        let p = converge_once(&mut zfs, &desired);
+        let shown: Vec<String> = p.actions.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "set compression=zstd on tank/media",
+                "inherit recordsize on tank/media",
+                "set quota=none on tank/media",
+            ]
+        );
+    }
+
+    #[test]
+    fn undeclared_datasets_and_pools_are_reported_and_left_alone() {
+        let desired = storage(TANK);
+        let mut zfs = empty_disks()
+            .with_pool(
+                "other",
+                PoolLayout {
+                    vdevs: vec![VdevSpec {
+                        layout: VdevLayout::Single,
+                        disks: vec![id("x1")],
+                    }],
+                    ..PoolLayout::default()
+                },
+                true,
+            )
+            .with_dataset("other/stuff");
+        converge_once(&mut zfs, &desired);
+        zfs.create_dataset("tank/old", &[]).unwrap();
+        let writes = zfs.writes;
+        let p = plan_for(&zfs, &desired).unwrap();
+        assert_eq!(p.actions, []);
+        assert_eq!(p.unmanaged_pools, ["other"]);
+        assert_eq!(p.unmanaged_datasets, ["tank/old"]);
+        assert_eq!(zfs.writes, writes);
+    }
+
+    #[test]
+    fn a_failed_step_reports_how_far_it_got() {
+        let desired = storage(TANK);
+        let mut zfs = empty_disks();
+        let p = plan_for(&zfs, &desired).unwrap();
+        apply(&mut zfs, &p.actions[..1]).unwrap();
+        zfs.fail_next = Some("cannot create 'tank/media': out of space".into());
+        let err = apply(&mut zfs, &p.actions[1..]).unwrap_err();
+        assert_eq!(err.done, 0);
+        assert!(err.to_string().contains("out of space"));
+    }
+}

@@ -1,0 +1,125 @@
+//! The real [`Zfs`]: libzfs_core where it has a call (snapshots, destroys, holds), the
+//! `zfs`/`zpool` tools for the rest.
+
+use std::collections::BTreeMap;
+
+use super::cli::ZfsCli;
+use super::lzc::Lzc;
+use super::{
+    DatasetState, DiskState, PoolSpec, PoolState, PoolUsage, Prop, Snapshot, Zfs, ZfsError, by_pool,
+};
+
+#[derive(Debug)]
+pub struct RealZfs {
+    lzc: Lzc,
+    cli: ZfsCli,
+}
+
+impl RealZfs {
+    /// Opens /dev/zfs; fails with a hint when the zfs module is not loaded.
+    pub fn open() -> Result<Self, ZfsError> {
+        Ok(Self {
+            lzc: Lzc::open()?,
+            cli: ZfsCli::default(),
+        })
+    }
+
+    pub fn with_cli(mut self, cli: ZfsCli) -> Self {
+        self.cli = cli;
+        self
+    }
+
+    pub fn lzc(&self) -> &Lzc {
+        &self.lzc
+    }
+}
+
+impl Zfs for RealZfs {
+    fn pools(&self) -> Result<Vec<PoolState>, ZfsError> {
+        self.cli.pools()
+    }
+
+    fn importable_pools(&self) -> Result<Vec<PoolState>, ZfsError> {
+        self.cli.importable_pools()
+    }
+
+    fn pool_usage(&self) -> Result<Vec<PoolUsage>, ZfsError> {
+        self.cli.pool_usage()
+    }
+
+    fn disk(&self, path: &str) -> Result<DiskState, ZfsError> {
+        self.cli.disk(path)
+    }
+
+    fn create_pool(&mut self, spec: &PoolSpec) -> Result<(), ZfsError> {
+        tracing::info!(pool = %spec.name, layout = %spec.layout, "creating pool");
+        self.cli.create_pool(spec)
+    }
+
+    fn import_pool(&mut self, name: &str) -> Result<(), ZfsError> {
+        tracing::info!(pool = name, "importing pool");
+        self.cli.import_pool(name)
+    }
+
+    fn scrub(&mut self, pool: &str) -> Result<(), ZfsError> {
+        tracing::info!(pool, "starting scrub");
+        self.cli.scrub(pool)
+    }
+
+    fn datasets(&self) -> Result<Vec<DatasetState>, ZfsError> {
+        self.cli.datasets()
+    }
+
+    fn create_dataset(&mut self, name: &str, props: &[(Prop, String)]) -> Result<(), ZfsError> {
+        tracing::info!(dataset = name, "creating dataset");
+        self.cli.create_dataset(name, props)
+    }
+
+    fn set_property(&mut self, dataset: &str, prop: Prop, value: &str) -> Result<(), ZfsError> {
+        tracing::info!(dataset, %prop, value, "setting property");
+        self.cli.set_property(dataset, prop, value)
+    }
+
+    fn inherit_property(&mut self, dataset: &str, prop: Prop) -> Result<(), ZfsError> {
+        tracing::info!(dataset, %prop, "inheriting property");
+        self.cli.inherit_property(dataset, prop)
+    }
+
+    fn snapshots(&self, dataset: &str, recursive: bool) -> Result<Vec<Snapshot>, ZfsError> {
+        self.cli.snapshots(dataset, recursive)
+    }
+
+    fn snapshot(&mut self, names: &[String], props: &[(String, String)]) -> Result<(), ZfsError> {
+        for (pool, names) in by_pool(names, String::as_str) {
+            tracing::info!(pool, count = names.len(), "taking snapshots");
+            self.lzc.snapshot(&names, props)?;
+        }
+        Ok(())
+    }
+
+    fn destroy_snapshots(&mut self, names: &[String]) -> Result<(), ZfsError> {
+        for (pool, names) in by_pool(names, String::as_str) {
+            tracing::info!(pool, count = names.len(), "destroying snapshots");
+            self.lzc.destroy_snaps(&names, false)?;
+        }
+        Ok(())
+    }
+
+    fn hold(&mut self, holds: &[(String, String)]) -> Result<(), ZfsError> {
+        for (_, holds) in by_pool(holds, |h| h.0.as_str()) {
+            self.lzc.hold(&holds)?;
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, holds: &[(String, String)]) -> Result<(), ZfsError> {
+        for (_, holds) in by_pool(holds, |h| h.0.as_str()) {
+            self.lzc.release(&holds)?;
+        }
+        Ok(())
+    }
+
+    fn holds(&self, snapshot: &str) -> Result<BTreeMap<String, u64>, ZfsError> {
+        Ok(self.lzc.get_holds(snapshot)?)
+    }
+}
