@@ -20,7 +20,13 @@ impl NetlinkError {
         Self {
             operation: operation.into(),
             errno: Some(errno),
-            message: std::io::Error::from_raw_os_error(errno).to_string(),
+            message: {
+                // "File exists (os error 17)": the errno is shown once, by Display.
+                let m = std::io::Error::from_raw_os_error(errno).to_string();
+                m.strip_suffix(&format!(" (os error {errno})"))
+                    .map(str::to_string)
+                    .unwrap_or(m)
+            },
         }
     }
 
