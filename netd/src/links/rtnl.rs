@@ -334,10 +334,18 @@ impl Rtnetlink {
             .map_err(|e| nl_error(op, e))?;
         // The kernel ignores IFLA_IFALIAS when it creates a link.
         let index = self.index(name, op)?;
-        self.set(
+        let marked = self.set(
             LinkUnspec::new_with_index(index).alias(OWNER_ALIAS).build(),
             op,
-        )
+        );
+        if marked.is_err() {
+            // Without its alias the link would be nobody's, and its name taken for good:
+            // this step failed, so no undo will delete it.
+            if let Err(e) = self.rt.block_on(self.handle.link().del(index).execute()) {
+                tracing::error!(link = name, error = %e, "cannot delete a link whose alias could not be set");
+            }
+        }
+        marked
     }
 }
 
@@ -516,6 +524,86 @@ impl Netlink for Rtnetlink {
                 }
                 Ok(())
             })?,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::links::state::PROTO_STATIC;
+
+    fn names() -> BTreeMap<u32, String> {
+        [(7, "br-lan".to_string()), (8, "wan".to_string())]
+            .into_iter()
+            .collect()
+    }
+
+    /// The host kernel of the namespace tests cannot make VLANs: the parser sees one here.
+    #[test]
+    fn a_vlan_message_reads_back_as_its_id_and_parent() {
+        let mut msg = LinkVlan::new("iot", 7, 20).mtu(1400).build();
+        msg.header.index = 9;
+        msg.attributes
+            .push(LinkAttribute::IfAlias(OWNER_ALIAS.into()));
+        let l = parse_link(&msg, &names());
+        assert_eq!(l.name, "iot");
+        assert_eq!(l.index, 9);
+        assert_eq!(l.kind.as_deref(), Some("vlan"));
+        assert_eq!(l.vlan, Some((20, "br-lan".to_string())));
+        assert_eq!(l.mtu, 1400);
+        assert!(l.created());
+        assert_eq!(
+            l.as_virtual(),
+            Some(Virtual::Vlan {
+                parent: "br-lan".into(),
+                id: 20
+            })
+        );
+    }
+
+    #[test]
+    fn a_vlan_filtering_bridge_message_reads_back_with_its_options() {
+        let msg = LinkMessageBuilder::<LinkBridge>::new("br-lan")
+            .vlan_filtering(true)
+            .stp_state(stp_state(true))
+            .build();
+        let l = parse_link(&msg, &names());
+        assert_eq!(
+            l.bridge,
+            Some(BridgeOpts {
+                vlan_filtering: true,
+                stp: true
+            })
+        );
+    }
+
+    #[test]
+    fn routes_read_back_as_they_were_written() {
+        for (r, v4) in [
+            (
+                Route {
+                    dst: "198.51.100.0/24".parse().unwrap(),
+                    gateway: Some("203.0.113.254".parse().unwrap()),
+                    dev: Some("wan".into()),
+                    metric: 10,
+                    protocol: PROTO_STATIC,
+                },
+                true,
+            ),
+            (
+                Route {
+                    dst: "::/0".parse().unwrap(),
+                    gateway: Some("2001:db8::fe".parse().unwrap()),
+                    dev: Some("wan".into()),
+                    metric: 1024,
+                    protocol: PROTO_STATIC,
+                },
+                false,
+            ),
+        ] {
+            let msg = route_message(&r, 8, "test").unwrap();
+            assert_eq!(parse_route(&msg, &names(), v4), Some(r));
         }
     }
 }
