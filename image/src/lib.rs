@@ -7,6 +7,7 @@ pub mod bundle;
 pub mod cmd;
 pub mod disk;
 pub mod grubenv;
+pub mod install;
 pub mod overlay;
 pub mod rootfs;
 

@@ -14,6 +14,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 #[path = "applctl/dns.rs"]
 mod dns;
+#[path = "applctl/update.rs"]
+mod update;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -62,6 +64,8 @@ enum Command {
     Schema,
     /// Ask dnsd: stats, log, pause, resume, check DOMAIN, reload (over its control socket).
     Dns(dns::DnsArgs),
+    /// Signed OTA updates: install FILE|URL, status, rollback, mark-good, check-boot.
+    Update(update::UpdateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -239,6 +243,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         }
         Command::Config(c) => config(cli, c),
         Command::Dns(d) => dns::run(d),
+        Command::Update(u) => update::run(u),
     }
 }
 

@@ -148,6 +148,12 @@ pub struct Policy {
 
 /// Reads the magic and header, leaving `r` at the first payload byte.
 pub fn read_header(r: &mut impl Read) -> Result<Header, BundleError> {
+    read_header_with_len(r).map(|(h, _)| h)
+}
+
+/// [`read_header`], and the payload's offset in the bundle (where a resumed download of
+/// chunk `k` starts: offset + k × chunk size).
+pub fn read_header_with_len(r: &mut impl Read) -> Result<(Header, u64), BundleError> {
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic).map_err(|e| match e.kind() {
         io::ErrorKind::UnexpectedEof => BundleError::NotABundle,
@@ -165,7 +171,9 @@ pub fn read_header(r: &mut impl Read) -> Result<Header, BundleError> {
     let mut buf = vec![0u8; len as usize];
     r.read_exact(&mut buf)
         .map_err(|e| BundleError::BadHeader(format!("truncated header: {e}")))?;
-    serde_json::from_slice(&buf).map_err(|e| BundleError::BadHeader(e.to_string()))
+    let header =
+        serde_json::from_slice(&buf).map_err(|e| BundleError::BadHeader(e.to_string()))?;
+    Ok((header, 12 + u64::from(len)))
 }
 
 fn write_header(w: &mut impl Write, header: &Header) -> Result<(), BundleError> {

@@ -1,0 +1,212 @@
+//! `applctl update`: installs signed bundles into the inactive slot, shows the update
+//! state, rolls back, and (from the boot health check) commits the running slot.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use clap::Subcommand;
+use image::bootstate::Slot;
+use image::bundle::{BundleError, PublicKey};
+use image::install::{Device, Paths, UpdateError, source};
+
+use super::CliError;
+
+#[derive(Debug, clap::Args)]
+pub struct UpdateArgs {
+    /// The mounted ESP that holds the boot state.
+    #[arg(
+        long,
+        global = true,
+        env = "APPLIANCE_ESP",
+        default_value = "/boot/efi"
+    )]
+    esp: PathBuf,
+    /// Where the slot devices are (rootA, rootB).
+    #[arg(long, global = true, default_value = "/dev/disk/by-partlabel")]
+    slot_dir: PathBuf,
+    /// The updater's state on the data partition.
+    #[arg(long, global = true, default_value = "/data/update")]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    command: UpdateCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum UpdateCommand {
+    /// Verify a bundle (file or http(s) URL) and write it to the inactive slot, which then
+    /// boots on trial. A cut download resumes when run again.
+    Install {
+        source: String,
+        /// Reboot into the new slot when the install succeeded.
+        #[arg(long)]
+        reboot: bool,
+        /// An extra trusted public key (base64), on top of the built-in keyring.
+        #[arg(long = "trust")]
+        trust: Vec<String>,
+    },
+    /// The running slot and release, what boots next, the security floor, the last install.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Boot the other slot next (on trial), when it holds a committed system.
+    Rollback {
+        #[arg(long)]
+        reboot: bool,
+    },
+    /// Commit the running slot: what the boot health check runs once every daemon answers.
+    MarkGood,
+    /// Early at boot: repair the boot state and report an update that rolled back.
+    CheckBoot,
+}
+
+fn failed(e: UpdateError) -> CliError {
+    match e {
+        // The bundle or the request is wrong: exit 2, like any other bad input.
+        UpdateError::Bundle(
+            BundleError::NotABundle
+            | BundleError::Untrusted { .. }
+            | BundleError::NotEnoughSignatures { .. }
+            | BundleError::BadManifest(_)
+            | BundleError::UnsupportedFormat(_)
+            | BundleError::Incompatible { .. }
+            | BundleError::Expired { .. }
+            | BundleError::Downgrade { .. }
+            | BundleError::BelowFloor { .. }
+            | BundleError::TooOld { .. }
+            | BundleError::ChunkMismatch { .. }
+            | BundleError::TrailingData
+            | BundleError::PayloadMismatch
+            | BundleError::HeaderTooLarge(_)
+            | BundleError::BadHeader(_),
+        )
+        | UpdateError::TooBig { .. }
+        | UpdateError::NothingToRollBackTo(_)
+        | UpdateError::RollbackBelowFloor { .. } => CliError::Invalid(e.to_string()),
+        UpdateError::Bundle(BundleError::Io(_) | BundleError::Truncated { .. })
+        | UpdateError::BootState(_)
+        | UpdateError::StateFile(_)
+        | UpdateError::Keys(_)
+        | UpdateError::Io { .. }
+        | UpdateError::Release { .. }
+        | UpdateError::UnknownSlot(_)
+        | UpdateError::ReadBack { .. }
+        | UpdateError::SourceFailed { .. } => CliError::Failed(e.to_string()),
+    }
+}
+
+pub fn run(args: &UpdateArgs) -> Result<(), CliError> {
+    let mut device = Device::new(Paths {
+        esp: args.esp.clone(),
+        slot_dir: args.slot_dir.clone(),
+        state_dir: args.state_dir.clone(),
+        ..Paths::default()
+    });
+    match &args.command {
+        UpdateCommand::Install {
+            source: spec,
+            reboot,
+            trust,
+        } => {
+            for k in trust {
+                device.extra_keys.push(PublicKey::parse(k).ok_or_else(|| {
+                    CliError::Invalid(format!("--trust {k}: not a base64 ed25519 public key"))
+                })?);
+            }
+            let mut src = source::open(spec);
+            let mut last_percent = None;
+            let report = device
+                .install(src.as_mut(), |done, total| {
+                    let percent = done * 100 / total.max(1);
+                    if last_percent != Some(percent / 10) {
+                        last_percent = Some(percent / 10);
+                        eprintln!("  {percent:>3}% ({done}/{total} chunks)");
+                    }
+                })
+                .map_err(failed)?;
+            println!(
+                "installed {} into slot {} ({} MiB in {:.1} s{}); it boots on trial next",
+                report.version,
+                report.slot,
+                report.bytes >> 20,
+                report.took.as_secs_f64(),
+                if report.resumed_at_chunk > 0 {
+                    format!(", resumed at chunk {}", report.resumed_at_chunk)
+                } else {
+                    String::new()
+                }
+            );
+            if *reboot {
+                reboot_now()?;
+            }
+        }
+        UpdateCommand::Status { json } => {
+            let s = device.status().map_err(failed)?;
+            if *json {
+                let value = serde_json::json!({
+                    "running": s.running.to_string(),
+                    "version": s.release.version.to_string(),
+                    "security_version": s.release.security_version,
+                    "compatible": s.release.compatible,
+                    "next_boot": s.next_boot.map(|(slot, trial)| serde_json::json!({"slot": slot.to_string(), "trial": trial})),
+                    "boot_state_error": s.boot.as_ref().err(),
+                    "state": s.state,
+                });
+                println!("{value:#}");
+            } else {
+                println!(
+                    "running:          slot {} ({})",
+                    s.running, s.release.version
+                );
+                println!(
+                    "security floor:   {}",
+                    s.state.security_floor.max(s.release.security_version)
+                );
+                match (&s.boot, s.next_boot) {
+                    (Err(e), _) => println!("next boot:        unknown: {e}"),
+                    (Ok(_), Some((slot, true))) => {
+                        println!("next boot:        slot {slot}, on trial")
+                    }
+                    (Ok(_), Some((slot, false))) => println!("next boot:        slot {slot}"),
+                    (Ok(_), None) => println!("next boot:        no bootable slot"),
+                }
+                if let Some(last) = &s.state.last {
+                    println!(
+                        "last install:     {} into slot {:?}: {:?} ({}/{} chunks)",
+                        last.version, last.slot, last.phase, last.chunks_done, last.chunks
+                    );
+                }
+            }
+        }
+        UpdateCommand::Rollback { reboot } => {
+            let slot: Slot = device.rollback().map_err(failed)?;
+            println!("slot {slot} boots next, on trial");
+            if *reboot {
+                reboot_now()?;
+            }
+        }
+        UpdateCommand::MarkGood => {
+            if device.mark_good().map_err(failed)? {
+                println!("slot {} committed", device.running_slot().map_err(failed)?);
+            }
+        }
+        UpdateCommand::CheckBoot => {
+            if let Some(message) = device.check_boot().map_err(failed)? {
+                // The console and the journal both show it.
+                println!("{message}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn reboot_now() -> Result<(), CliError> {
+    let status = Command::new("systemctl")
+        .arg("reboot")
+        .status()
+        .map_err(|e| CliError::Failed(format!("systemctl reboot: {e}")))?;
+    if !status.success() {
+        return Err(CliError::Failed(format!("systemctl reboot: {status}")));
+    }
+    Ok(())
+}
