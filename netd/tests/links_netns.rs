@@ -539,3 +539,70 @@ fn a_failed_step_undoes_the_apply() {
     lab.router.ip("route del 198.51.100.0/24 dev lo metric 10");
     assert_same(&before, &lab.snapshot());
 }
+
+/// nic0 already up and configured by hand, as an installer or a previous firmware might
+/// leave it: the rename takes it down, which flushes its IPv6 address and its routes.
+fn preconfigure_nic0(lab: &Lab) {
+    let r = &lab.router;
+    r.ip("link set nic0 up");
+    r.ip("addr add 203.0.113.1/24 dev nic0");
+    r.ip("addr add 2001:db8:0:1::1/64 dev nic0");
+    r.ip("route add 198.51.100.0/24 via 203.0.113.254 dev nic0 metric 10 proto static");
+    lab.settle();
+}
+
+#[test]
+fn an_up_nic_keeps_its_addresses_and_routes_across_the_rename() {
+    let lab = Lab::new();
+    preconfigure_nic0(&lab);
+    let mut links = lab.links();
+    let plan = links.apply(&config()).unwrap().to_string();
+    assert!(
+        plan.contains("ip link set nic0 down\nip link set nic0 name wan\n"),
+        "{plan}"
+    );
+    lab.settle();
+    let all = lab.router.json("addr show");
+    assert_eq!(
+        addresses(&all, "wan"),
+        ["2001:db8:0:1::1/64", "203.0.113.1/24"]
+    );
+    let routes = lab.router.json("-4 route show table main");
+    assert!(
+        routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["dst"] == "198.51.100.0/24" && r["dev"] == "wan" && r["metric"] == 10),
+        "{routes}"
+    );
+    let again = links.plan(&config()).unwrap();
+    assert!(again.is_empty(), "second plan:\n{again}");
+}
+
+#[test]
+fn an_undo_puts_an_up_nic_back_as_it_was() {
+    let lab = Lab::new();
+    preconfigure_nic0(&lab);
+    let before = lab.snapshot();
+    let mut links = lab.links();
+    let plan = links.plan(&config()).unwrap();
+    // The default route comes last; a route someone adds in between takes its slot.
+    lab.router.ip("route add default dev lo");
+    let err = links.run(&plan).unwrap_err();
+    let LinksError::Step {
+        step,
+        of,
+        undo_failures,
+        source,
+        ..
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert_eq!((source.errno, undo_failures.len()), (Some(17), 0), "{err}");
+    assert_eq!(step, of, "{err}");
+    lab.router.ip("route del default dev lo");
+    lab.settle();
+    assert_same(&before, &lab.snapshot());
+}
