@@ -345,8 +345,26 @@ fn connect(ns: &Netns, to: Ipv4Addr, port: u16) -> String {
 fn router_links_come_up_and_carry_traffic_across_the_bridge() {
     let lab = Lab::new();
     let host_nf = std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables").ok();
+    // Someone else's bridge, with an address and a `proto static` route: not netd's.
+    let r = &lab.router;
+    r.ip("link add docker0 type bridge");
+    r.ip("addr add 172.17.0.1/16 dev docker0");
+    r.ip("link set docker0 up");
+    r.ip("route add 10.99.0.0/16 dev docker0 proto static");
+    let foreign = || {
+        let mut v = serde_json::json!([
+            r.json("-d addr show dev docker0"),
+            r.json("route show dev docker0"),
+        ]);
+        strip(&mut v);
+        v
+    };
+    let docker_before = foreign();
+
     let plan = lab.links().apply(&config()).unwrap();
     assert!(!plan.is_empty());
+    assert!(!plan.to_string().contains("docker0"), "{plan}");
+    assert_same(&docker_before, &foreign());
 
     let links = lab.router.json("-d addr show");
     // nic0 matched by MAC, renamed to its config key, marked as adopted.
