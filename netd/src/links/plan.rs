@@ -344,7 +344,7 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Vec<Action>, PlanE
 
     let mut actions = Vec::new();
     let gone = |name: &str| matches!(fate_of(name), Fate::Deleted | Fate::Released);
-    // NICs that go down to be renamed lose their IPv4 routes in the kernel.
+    // NICs that are up and get renamed: the kernel wants them down for that.
     let renamed_up: BTreeSet<&str> = observed
         .links
         .iter()
