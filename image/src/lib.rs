@@ -10,6 +10,7 @@ pub mod grubenv;
 pub mod install;
 pub mod overlay;
 pub mod rootfs;
+pub mod zfs;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
@@ -46,25 +47,33 @@ pub struct Built {
     pub root: PathBuf,
     pub root_sha256: String,
     pub kernel: String,
+    /// The zfs release whose module is in the root.
+    pub zfs: String,
 }
 
-/// Builds the disk image: package tarball (cached), root tree, squashfs, GRUB, ESP, data,
-/// GPT. Each step logs when it starts and how long it took.
+/// Builds the disk image: package tarball (cached), root tree, zfs module (cached),
+/// squashfs, GRUB, ESP, data, GPT. Each step logs when it starts and how long it took.
 pub fn build(o: &BuildOptions) -> Result<Built> {
     let started = Instant::now();
     let work = o.out.join("work");
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
 
-    tracing::info!("[1/6] package tarball");
-    let tarball = rootfs::package_tarball(&rootfs::RootfsSpec::default(), &o.cache)?;
+    tracing::info!("[1/7] package tarball");
+    let spec = rootfs::RootfsSpec::default();
+    let tarball = rootfs::package_tarball(&spec, &o.cache)?;
 
-    tracing::info!("[2/6] root tree");
+    tracing::info!("[2/7] root tree");
     let tree = work.join("tree");
     let cleanup = rootfs::unpack(&tarball, &tree)?;
     rootfs::customize(&tree, &o.customization)?;
     let kernel = rootfs::kernel_version(&tree)?;
 
-    tracing::info!("[3/6] root image (kernel {kernel})");
+    tracing::info!("[3/7] zfs module (kernel {kernel})");
+    let module = zfs::ModuleSpec::from_tree(&tree, &kernel)?;
+    let modules = zfs::cached_module(&module, &spec, &o.cache)?;
+    zfs::install(&modules, &tree, &kernel)?;
+
+    tracing::info!("[4/7] root image");
     let root = o.out.join(ROOT_IMAGE);
     rootfs::squashfs(&tree, &root, o.epoch)?;
     let root_sha256 = sha256_file(&root)?;
@@ -75,7 +84,7 @@ pub fn build(o: &BuildOptions) -> Result<Built> {
     .context("writing the root image checksum")?;
     tracing::info!("root image sha256 {root_sha256}");
 
-    tracing::info!("[4/6] bootloader");
+    tracing::info!("[5/7] bootloader");
     let t = Instant::now();
     let boot_dir = work.join("boot");
     boot::build(&boot_dir)?;
@@ -88,13 +97,13 @@ pub fn build(o: &BuildOptions) -> Result<Built> {
     )?;
     tracing::info!("GRUB and ESP in {}", Took(t));
 
-    tracing::info!("[5/6] data partition");
+    tracing::info!("[6/7] data partition");
     let skel = work.join("data");
     data_skeleton(&skel, &o.authorized_keys)?;
     let data = work.join("data.img");
     disk::make_data(&data, o.sizes.data_mib, &skel, o.epoch)?;
 
-    tracing::info!("[6/6] disk image");
+    tracing::info!("[7/7] disk image");
     let disk_path = o.out.join(DISK_IMAGE);
     disk::assemble(
         &disk_path,
@@ -120,6 +129,7 @@ pub fn build(o: &BuildOptions) -> Result<Built> {
         root,
         root_sha256,
         kernel,
+        zfs: module.zfs_version,
     })
 }
 

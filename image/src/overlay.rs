@@ -90,7 +90,7 @@ pub const DISABLED: &[&str] = &[
     "timers.target.wants/apt-daily-upgrade.timer",
     "timers.target.wants/dpkg-db-backup.timer",
     // stored starts the storage services itself, with their state on /data; on their own
-    // they would write to the read-only /var/lib, and ZFS has no module yet.
+    // they would write to the read-only /var/lib (the zfs module loads with `modprobe zfs`).
     "multi-user.target.wants/zfs.target",
     "zfs.target.wants/zfs-import.target",
     "zfs.target.wants/zfs-load-module.service",

@@ -35,9 +35,7 @@ pub struct RootfsSpec {
 /// Debian packages of the root. The kernel and initramfs-tools build the initrd inside the
 /// chroot; dbus is what systemctl, logind and hostnamectl talk through. The storage
 /// packages are in, with their services disabled (stored starts them with its state on
-/// /data).
-// TODO(issue 3): the zfs module, built from zfs-dkms against linux-headers in a separate
-// chroot and cached by (kernel version, zfs version); zfsutils-linux has no module yet.
+/// /data). The zfs module is not a package of the root: see `zfs`.
 pub const PACKAGES: &[&str] = &[
     "systemd",
     "systemd-sysv",

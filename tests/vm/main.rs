@@ -71,6 +71,20 @@ fn boots_to_multi_user_with_a_read_only_root_and_data_kept_across_a_reboot() {
         String::from_utf8_lossy(&touch.stderr).contains("Read-only file system"),
         "{touch:?}"
     );
+    // The zfs module is built by the image (zfs-dkms is not in the root) and must load
+    // from the read-only root with the modules of the kernel it was built against.
+    let zfs = vm.ssh("modprobe zfs && cat /sys/module/zfs/version && zfs version");
+    let zfs_out = String::from_utf8_lossy(&zfs.stdout);
+    assert!(
+        zfs.status.success() && zfs_out.contains("zfs-kmod-"),
+        "modprobe zfs failed ({}): stdout {zfs_out} stderr {}",
+        zfs.status,
+        String::from_utf8_lossy(&zfs.stderr)
+    );
+    eprintln!(
+        "zfs loaded: {}",
+        zfs_out.split_whitespace().collect::<Vec<_>>().join(" ")
+    );
     vm.sh("echo kept > /data/probe && sync");
     // The reboot drops the SSH connection, so its status says nothing.
     let _ = vm.ssh("systemctl reboot");

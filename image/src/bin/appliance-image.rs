@@ -22,7 +22,8 @@ enum Cmd {
         /// Output directory: appliance.img, rootfs.squashfs and its sha256.
         #[arg(long)]
         out: PathBuf,
-        /// Where the package tarball is cached between builds [default: OUT/cache].
+        /// Where the package tarball and the zfs module are cached between builds
+        /// [default: OUT/cache].
         #[arg(long)]
         cache: Option<PathBuf>,
         /// An executable to install as /usr/bin/<name> (repeatable).
@@ -88,6 +89,7 @@ fn main() -> ExitCode {
                     b.root_sha256
                 );
                 println!("kernel:     {}", b.kernel);
+                println!("zfs:        {}", b.zfs);
             })
         }
         Cmd::Keygen { out, name } => bundle::cli::keygen(&out, &name),
