@@ -12,6 +12,24 @@ use crate::matcher::{DomainSet, SetError};
 
 const MAGIC: &[u8; 8] = b"APLDNSL1";
 
+/// A writer that hashes what passes through it.
+struct Hashing<W> {
+    inner: W,
+    sha: Sha256,
+}
+
+impl<W: std::io::Write> std::io::Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sha.update(buf.get(..n).unwrap_or(buf));
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// One list, compiled.
 #[derive(Debug, Clone)]
 pub struct CompiledList {
@@ -135,14 +153,26 @@ impl CompiledList {
     /// all of it, so a torn file is refused rather than half-loaded.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.heap_bytes() + 64);
-        out.extend_from_slice(MAGIC);
-        self.block.write_to(&mut out);
-        self.block_subdomains.write_to(&mut out);
-        self.allow.write_to(&mut out);
-        out.extend_from_slice(&(self.regex_src.len() as u64).to_le_bytes());
+        // Writing to a Vec cannot fail.
+        let _ = self.write_into(&mut out);
+        out
+    }
+
+    /// Streams the compiled form (see [`to_bytes`](Self::to_bytes)) into `out`, hashing as
+    /// it goes: storing a list costs a write buffer, not a second copy of the list.
+    fn write_into(&self, out: impl std::io::Write) -> std::io::Result<()> {
+        let mut out = Hashing {
+            inner: out,
+            sha: Sha256::new(),
+        };
+        out.write_all(MAGIC)?;
+        self.block.write_into(&mut out)?;
+        self.block_subdomains.write_into(&mut out)?;
+        self.allow.write_into(&mut out)?;
+        out.write_all(&(self.regex_src.len() as u64).to_le_bytes())?;
         for r in &self.regex_src {
-            out.extend_from_slice(&(r.len() as u64).to_le_bytes());
-            out.extend_from_slice(r.as_bytes());
+            out.write_all(&(r.len() as u64).to_le_bytes())?;
+            out.write_all(r.as_bytes())?;
         }
         for v in [
             self.stats.lines,
@@ -150,11 +180,11 @@ impl CompiledList {
             self.stats.entries,
             self.stats.skipped,
         ] {
-            out.extend_from_slice(&v.to_le_bytes());
+            out.write_all(&v.to_le_bytes())?;
         }
-        let sum = Sha256::digest(&out);
-        out.extend_from_slice(&sum);
-        out
+        let sum = out.sha.finalize();
+        out.inner.write_all(&sum)?;
+        out.inner.flush()
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
@@ -226,8 +256,12 @@ impl CompiledList {
         std::fs::create_dir_all(dir).map_err(io)?;
         let tmp = path.with_extension("tmp");
         {
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&self.to_bytes()).map_err(io)?;
+            let mut f = std::io::BufWriter::with_capacity(
+                1 << 16,
+                std::fs::File::create(&tmp).map_err(io)?,
+            );
+            self.write_into(&mut f).map_err(io)?;
+            let f = f.into_inner().map_err(|e| io(e.into_error()))?;
             f.sync_all().map_err(io)?;
         }
         std::fs::rename(&tmp, path).map_err(io)?;
@@ -296,6 +330,11 @@ mod tests {
         assert_eq!(m.stats, l.stats);
 
         let bytes = std::fs::read(&p).unwrap();
+        assert_eq!(
+            bytes,
+            l.to_bytes(),
+            "the streamed file is the in-memory form"
+        );
         for cut in [0, 8, bytes.len() / 2, bytes.len() - 1] {
             assert!(CompiledList::from_bytes(&bytes[..cut]).is_err());
         }

@@ -1,19 +1,25 @@
 //! A compact set of domain names, looked up by suffix: the compiled form of a block list.
 //!
 //! A million names as `String`s in a `HashSet` cost about 80 MB; here they cost the bytes
-//! of the names plus 10 bytes each: one arena holding every name back to back, the end
-//! offset and a tag per name, and an open-addressing table of `u32` indices. Lookups hash
-//! the query name and each of its parent suffixes, so `a.b.ads.example` finds
-//! `ads.example` in at most five probes sequences, without allocating.
+//! of the names plus 1 byte each and the table: one arena holding every name behind its
+//! length byte, back to back, and an open-addressing table of `u32` arena offsets (8 or
+//! 16 bytes a name at a load of 1/4 to 1/2). Tags are kept only where they are not 0.
+//! Lookups hash the query name and each of its parent suffixes, so `a.b.ads.example`
+//! finds `ads.example` in at most five probe sequences, without allocating.
 
+use std::collections::HashMap;
 use std::fmt;
 
 /// A set of lowercase domain names, each with a 16-bit tag (the list or rule it came from).
 #[derive(Clone, Default)]
 pub struct DomainSet {
+    /// Every name as one length byte and its bytes, back to back, in the order added.
     arena: Vec<u8>,
-    ends: Vec<u32>,
-    tags: Vec<u16>,
+    count: usize,
+    /// The tags that are not 0, by arena offset: block lists tag nothing, and a tag per
+    /// name would be 2 MB of a 1M-name list (twice over while a reload builds the next).
+    tags: HashMap<u32, u16>,
+    /// Open addressing: 0 is empty, else the arena offset of a name plus 1.
     table: Vec<u32>,
 }
 
@@ -31,6 +37,8 @@ impl fmt::Debug for DomainSet {
 pub enum SetError {
     #[error("more than 4 GiB of names in one list")]
     TooLarge,
+    #[error("a name longer than 255 bytes (DNS names have at most 253)")]
+    NameTooLong,
     #[error("compiled list is damaged: {0}")]
     Damaged(&'static str),
 }
@@ -78,7 +86,8 @@ impl DomainSet {
     /// arena, with duplicates found by the table, so building a set never holds the names
     /// twice: that is what keeps a list reload's peak memory near its steady state.
     pub fn insert(&mut self, name: &[u8], tag: u16) -> Result<(), SetError> {
-        if (self.ends.len() + 1) * 2 > self.table.len() {
+        let len = u8::try_from(name.len()).map_err(|_| SetError::NameTooLong)?;
+        if (self.count + 1) * 2 > self.table.len() {
             self.grow();
         }
         let mask = self.table.len() - 1;
@@ -88,22 +97,27 @@ impl DomainSet {
             if e == 0 {
                 break;
             }
-            let i = (e - 1) as usize;
-            if self.name(i) == name {
-                if let Some(t) = self.tags.get_mut(i) {
+            if self.name_at(e - 1) == name {
+                // An absent tag is 0, which no tag is below.
+                if let Some(t) = self.tags.get_mut(&(e - 1)) {
                     *t = (*t).min(tag);
                 }
                 return Ok(());
             }
             slot = (slot + 1) & mask;
         }
+        let offset = u32::try_from(self.arena.len()).map_err(|_| SetError::TooLarge)?;
+        if self.arena.len() + 1 + name.len() >= u32::MAX as usize {
+            return Err(SetError::TooLarge);
+        }
+        self.arena.push(len);
         self.arena.extend_from_slice(name);
-        let end = u32::try_from(self.arena.len()).map_err(|_| SetError::TooLarge)?;
-        let index = u32::try_from(self.ends.len() + 1).map_err(|_| SetError::TooLarge)?;
-        self.ends.push(end);
-        self.tags.push(tag);
+        self.count += 1;
+        if tag != 0 {
+            self.tags.insert(offset, tag);
+        }
         if let Some(e) = self.table.get_mut(slot) {
-            *e = index;
+            *e = offset + 1;
         }
         Ok(())
     }
@@ -116,57 +130,66 @@ impl DomainSet {
     /// Releases spare capacity once a set is complete.
     pub fn shrink_to_fit(&mut self) {
         self.arena.shrink_to_fit();
-        self.ends.shrink_to_fit();
         self.tags.shrink_to_fit();
     }
 
     /// (Re)builds the hash table at a load factor of at most 1/2.
     fn index(&mut self) {
-        self.rehash((self.ends.len() * 2).next_power_of_two().max(16));
+        self.rehash((self.count * 2).next_power_of_two().max(16));
     }
 
     fn rehash(&mut self, cap: usize) {
-        self.table = vec![0u32; cap];
+        let mut table = vec![0u32; cap];
         let mask = cap - 1;
-        for i in 0..self.ends.len() {
-            let name = self.name(i);
+        for (offset, name) in self.entries() {
             let mut slot = hash(name) as usize & mask;
             loop {
-                match self.table.get_mut(slot) {
+                match table.get_mut(slot) {
                     Some(e) if *e == 0 => {
-                        *e = i as u32 + 1;
+                        *e = offset + 1;
                         break;
                     }
                     _ => slot = (slot + 1) & mask,
                 }
             }
         }
+        self.table = table;
     }
 
-    fn name(&self, i: usize) -> &[u8] {
-        let start = if i == 0 {
-            0
-        } else {
-            self.ends.get(i - 1).copied().unwrap_or(0) as usize
-        };
-        let end = self.ends.get(i).copied().unwrap_or(0) as usize;
-        self.arena.get(start..end).unwrap_or(&[])
+    fn name_at(&self, offset: u32) -> &[u8] {
+        let start = offset as usize + 1;
+        let len = self.arena.get(offset as usize).copied().unwrap_or(0) as usize;
+        self.arena.get(start..start + len).unwrap_or(&[])
+    }
+
+    /// Arena offset and name of every entry, in the order added.
+    fn entries(&self) -> impl Iterator<Item = (u32, &[u8])> {
+        let mut at = 0usize;
+        std::iter::from_fn(move || {
+            let len = *self.arena.get(at)? as usize;
+            let name = self.arena.get(at + 1..at + 1 + len)?;
+            let offset = at as u32;
+            at += 1 + len;
+            Some((offset, name))
+        })
+    }
+
+    fn tag(&self, offset: u32) -> u16 {
+        self.tags.get(&offset).copied().unwrap_or(0)
     }
 
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.count
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.count == 0
     }
 
     /// Memory held, for metrics and the memory budget.
     pub fn heap_bytes(&self) -> usize {
-        self.arena.capacity()
-            + self.ends.capacity() * 4
-            + self.tags.capacity() * 2
-            + self.table.capacity() * 4
+        // A hashbrown entry: key, value, control byte, at a load of 7/8 at most.
+        self.arena.capacity() + self.table.capacity() * 4 + self.tags.capacity() * 9
     }
 
     /// The tag of `name` if the set holds exactly that name.
@@ -181,9 +204,8 @@ impl DomainSet {
             if e == 0 {
                 return None;
             }
-            let i = (e - 1) as usize;
-            if self.name(i) == name {
-                return self.tags.get(i).copied();
+            if self.name_at(e - 1) == name {
+                return Some(self.tag(e - 1));
             }
             slot = (slot + 1) & mask;
         }
@@ -208,21 +230,35 @@ impl DomainSet {
 
     /// Names with their tags, in the order they were added.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], u16)> {
-        (0..self.len()).map(|i| (self.name(i), self.tags.get(i).copied().unwrap_or(0)))
+        self.entries().map(|(o, n)| (n, self.tag(o)))
     }
 
-    /// Appends the set to `out` in the compiled-list format: counts, ends, tags, arena, all
-    /// little-endian. The table is not stored; it is rebuilt on load in milliseconds.
+    /// Appends the set to `out` in the compiled-list format: counts, end offsets, tags and
+    /// the names back to back, all little-endian. The table is not stored; it is rebuilt
+    /// on load in milliseconds.
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&(self.ends.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(self.arena.len() as u64).to_le_bytes());
-        for e in &self.ends {
-            out.extend_from_slice(&e.to_le_bytes());
+        // Writing to a Vec cannot fail.
+        let _ = self.write_into(out);
+    }
+
+    /// Streams the set in the compiled-list format (see [`write_to`](Self::write_to)), so
+    /// that storing a list never holds a second copy of it in memory.
+    pub fn write_into(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let names_len = self.arena.len() - self.count;
+        out.write_all(&(self.count as u64).to_le_bytes())?;
+        out.write_all(&(names_len as u64).to_le_bytes())?;
+        let mut end = 0u32;
+        for (_, name) in self.entries() {
+            end += name.len() as u32;
+            out.write_all(&end.to_le_bytes())?;
         }
-        for t in &self.tags {
-            out.extend_from_slice(&t.to_le_bytes());
+        for (offset, _) in self.entries() {
+            out.write_all(&self.tag(offset).to_le_bytes())?;
         }
-        out.extend_from_slice(&self.arena);
+        for (_, name) in self.entries() {
+            out.write_all(name)?;
+        }
+        Ok(())
     }
 
     /// Reads a set written by [`write_to`](Self::write_to) from the front of `input` and
@@ -230,47 +266,53 @@ impl DomainSet {
     /// never a panic or an out-of-bounds read.
     pub fn read_from(input: &[u8]) -> Result<(Self, &[u8]), SetError> {
         let (n, input) = take_u64(input)?;
-        let (arena_len, input) = take_u64(input)?;
+        let (names_len, input) = take_u64(input)?;
         let n = usize::try_from(n).map_err(|_| SetError::Damaged("count"))?;
-        let arena_len = usize::try_from(arena_len).map_err(|_| SetError::Damaged("size"))?;
+        let names_len = usize::try_from(names_len).map_err(|_| SetError::Damaged("size"))?;
         let ends_bytes = n.checked_mul(4).ok_or(SetError::Damaged("count"))?;
         let tags_bytes = n.checked_mul(2).ok_or(SetError::Damaged("count"))?;
         let need = ends_bytes
             .checked_add(tags_bytes)
-            .and_then(|x| x.checked_add(arena_len))
+            .and_then(|x| x.checked_add(names_len))
             .ok_or(SetError::Damaged("size"))?;
         if input.len() < need {
             return Err(SetError::Damaged("truncated"));
         }
+        if names_len + n >= u32::MAX as usize {
+            return Err(SetError::Damaged("size"));
+        }
         let (ends_raw, input) = input.split_at(ends_bytes);
         let (tags_raw, input) = input.split_at(tags_bytes);
-        let (arena, rest) = input.split_at(arena_len);
-        let ends: Vec<u32> = ends_raw
+        let (names, rest) = input.split_at(names_len);
+        let mut set = Self {
+            arena: Vec::with_capacity(names_len + n),
+            count: n,
+            tags: HashMap::new(),
+            table: Vec::new(),
+        };
+        let mut start = 0usize;
+        let ends = ends_raw
             .chunks_exact(4)
             .filter_map(|c| <[u8; 4]>::try_from(c).ok())
-            .map(u32::from_le_bytes)
-            .collect();
-        let mut prev = 0u32;
-        for e in &ends {
-            if *e < prev || *e as usize > arena_len {
-                return Err(SetError::Damaged("offsets"));
-            }
-            prev = *e;
-        }
-        if ends.last().is_some_and(|e| *e as usize != arena_len) {
-            return Err(SetError::Damaged("offsets"));
-        }
+            .map(u32::from_le_bytes);
         let tags = tags_raw
             .chunks_exact(2)
             .filter_map(|c| <[u8; 2]>::try_from(c).ok())
-            .map(u16::from_le_bytes)
-            .collect();
-        let mut set = Self {
-            arena: arena.to_vec(),
-            ends,
-            tags,
-            table: Vec::new(),
-        };
+            .map(u16::from_le_bytes);
+        for (end, tag) in ends.zip(tags) {
+            let end = end as usize;
+            let name = names.get(start..end).ok_or(SetError::Damaged("offsets"))?;
+            let len = u8::try_from(name.len()).map_err(|_| SetError::Damaged("name length"))?;
+            if tag != 0 {
+                set.tags.insert(set.arena.len() as u32, tag);
+            }
+            set.arena.push(len);
+            set.arena.extend_from_slice(name);
+            start = end;
+        }
+        if start != names_len {
+            return Err(SetError::Damaged("offsets"));
+        }
         set.index();
         Ok((set, rest))
     }
@@ -316,6 +358,33 @@ mod tests {
     }
 
     #[test]
+    fn tags_cost_nothing_until_one_is_not_zero() {
+        let mut s = DomainSet::build([("a.example", 0), ("b.example", 0)]).unwrap();
+        assert!(s.tags.is_empty());
+        s.insert(b"c.example", 5).unwrap();
+        s.insert(b"a.example", 2).unwrap();
+        assert_eq!(s.get(b"a.example"), Some(0), "0 stays the smallest");
+        assert_eq!(s.get(b"b.example"), Some(0));
+        assert_eq!(s.get(b"c.example"), Some(5));
+        let mut buf = Vec::new();
+        s.write_to(&mut buf);
+        let (t, _) = DomainSet::read_from(&buf).unwrap();
+        assert_eq!(t.iter().collect::<Vec<_>>(), s.iter().collect::<Vec<_>>());
+
+        let untagged = DomainSet::build([("a.example", 0)]).unwrap();
+        let mut buf = Vec::new();
+        untagged.write_to(&mut buf);
+        let (t, _) = DomainSet::read_from(&buf).unwrap();
+        assert!(t.tags.is_empty(), "an all-zero set loads without tags");
+        assert!(
+            DomainSet::default()
+                .insert("x".repeat(256).as_bytes(), 0)
+                .is_err()
+        );
+        assert_eq!(t.get(b"a.example"), Some(0));
+    }
+
+    #[test]
     fn survives_a_round_trip_and_rejects_damage() {
         let names: Vec<String> = (0..5000)
             .map(|i| format!("host{i}.example{}.com", i % 7))
@@ -347,9 +416,9 @@ mod tests {
             .collect();
         let bytes: usize = names.iter().map(String::len).sum();
         let s = DomainSet::build(names.iter().map(|n| (n.as_str(), 0))).unwrap();
-        // names + 4 (end) + 2 (tag) + at most 4*4 (table, load <= 1/2, rounded up) per name
+        // names + 1 (length) + at most 4*4 (table, load <= 1/2, rounded up) per name
         assert!(
-            s.heap_bytes() <= bytes + names.len() * 22,
+            s.heap_bytes() <= bytes + names.len() * 17,
             "{} vs {bytes}",
             s.heap_bytes()
         );
