@@ -986,7 +986,11 @@ fn bench(opts: &Opts) -> Result<()> {
         "--example",
         "bench_reload",
     ]))?;
-    let release = root.join("target").join("release");
+    // Where cargo put them: CARGO_TARGET_DIR when set (relative to the root, where cargo
+    // runs), else target/.
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |d| root.join(d));
+    let release = target.join("release");
     let dnsd_bin = release.join("dnsd");
     let helper = release.join("examples").join("bench_reload");
 
