@@ -1,9 +1,16 @@
 //! Boots the appliance image in QEMU (TCG, OVMF) for a test: a fresh qcow2 overlay and UEFI
 //! variable store per test, the serial console in target/vm-logs/<test>/serial.log, power
 //! off through QMP, a guest reset answered by a fresh QEMU on the same disk, and QEMU killed
-//! when the handle drops.
+//! when the handle drops. [`Options`] adds NICs (QEMU hubs and UDP sockets: cables between
+//! NICs of one VM or of two VMs) and blank qcow2 disks with stable serials; files go in and
+//! out with scp. When a test fails, the drop prints the log directory and saves the guest's
+//! `journalctl -b` there.
 //!
 //! Nothing here skips: a missing image, QEMU or OVMF fails the test with what to run.
+#![expect(
+    dead_code,
+    reason = "the NICs, blank disks and scp are for the capability test, next commit"
+)]
 
 use std::fs;
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -80,6 +87,105 @@ pub fn image_path() -> PathBuf {
         .unwrap_or_else(|| workspace().join("target/image/appliance.img"))
 }
 
+/// What a NIC besides the WAN one (QEMU user network, SSH forward) is plugged into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Link {
+    /// Port of QEMU hub `n` inside this VM: two NICs on the same hub are joined by a cable
+    /// (frames of any kind, 802.1Q tags included, pass unchanged).
+    Hub(u32),
+    /// A UDP socket on the host: frames go to 127.0.0.1:`remote` and come from
+    /// 127.0.0.1:`local`. Two VMs with mirrored ports are joined by a cable, whichever
+    /// starts first; see [`udp_cable`].
+    Udp { local: u16, remote: u16 },
+}
+
+/// An extra NIC: its link and MAC address (the guest names it after its PCI slot, so
+/// tests find it by MAC with [`Vm::iface`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nic {
+    pub link: Link,
+    pub mac: String,
+}
+
+/// A blank qcow2 disk, seen in the guest as /dev/disk/by-id/virtio-`serial`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlankDisk {
+    /// At most 20 characters (virtio-blk's limit).
+    pub serial: String,
+    pub size_mib: u64,
+}
+
+impl BlankDisk {
+    pub fn new(serial: &str, size_mib: u64) -> BlankDisk {
+        assert!(
+            serial.len() <= 20
+                && serial
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-'),
+            "a virtio-blk serial is up to 20 letters, digits or dashes: {serial:?}"
+        );
+        BlankDisk {
+            serial: serial.to_owned(),
+            size_mib,
+        }
+    }
+
+    /// The disk's stable path in the guest.
+    pub fn by_id(&self) -> String {
+        format!("/dev/disk/by-id/virtio-{}", self.serial)
+    }
+}
+
+/// What a test VM has besides the image and the WAN NIC.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub nics: Vec<Nic>,
+    pub disks: Vec<BlankDisk>,
+}
+
+impl Options {
+    /// Adds a NIC on `link` with MAC 52:54:00:a9:`vm`:`n`, `n` counting from 0x10 (the
+    /// image's networkd configures only …:00:01 and …:00:02, so these stay unconfigured).
+    pub fn nic(mut self, vm: u8, link: Link) -> Options {
+        let n = 0x10 + self.nics.len();
+        self.nics.push(Nic {
+            link,
+            mac: format!("52:54:00:a9:{vm:02x}:{n:02x}"),
+        });
+        self
+    }
+
+    pub fn disk(mut self, serial: &str, size_mib: u64) -> Options {
+        self.disks.push(BlankDisk::new(serial, size_mib));
+        self
+    }
+}
+
+/// The two ends of a UDP cable between two VMs.
+pub fn udp_cable() -> (Link, Link) {
+    let a = free_udp_port();
+    let b = std::iter::repeat_with(free_udp_port)
+        .find(|&b| b != a)
+        .unwrap();
+    (
+        Link::Udp {
+            local: a,
+            remote: b,
+        },
+        Link::Udp {
+            local: b,
+            remote: a,
+        },
+    )
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
 #[derive(Debug)]
 pub struct Vm {
     child: Option<Child>,
@@ -93,11 +199,19 @@ pub struct Vm {
     vars: PathBuf,
     tag: String,
     resets: u32,
+    options: Options,
+    /// QEMU arguments for `options`, made once (the blank disks are created then).
+    extra_args: Vec<String>,
 }
 
 impl Vm {
     /// Starts QEMU on a fresh overlay of the image; `name` names the log directory.
     pub fn boot(name: &str) -> Vm {
+        Vm::boot_with(name, Options::default())
+    }
+
+    /// [`Vm::boot`] with extra NICs and blank disks.
+    pub fn boot_with(name: &str, options: Options) -> Vm {
         let image = require_image();
         let dir = log_dir(name);
         let overlay = dir.join("disk.qcow2");
@@ -108,12 +222,17 @@ impl Vm {
             .status()
             .unwrap_or_else(|e| panic!("cannot run qemu-img ({e}): apt-get install qemu-utils"));
         assert!(status.success(), "qemu-img create failed: {status}");
-        Vm::start(&dir, &overlay, "qcow2", "")
+        Vm::start_with(&dir, &overlay, "qcow2", "", options)
     }
 
     /// Starts QEMU on `disk` (kept as it is, so a test can boot it again); the console goes
     /// to `serial<tag>.log` in `dir`.
     pub fn start(dir: &Path, disk: &Path, format: &str, tag: &str) -> Vm {
+        Vm::start_with(dir, disk, format, tag, Options::default())
+    }
+
+    /// [`Vm::start`] with extra NICs and blank disks (made in `dir`).
+    pub fn start_with(dir: &Path, disk: &Path, format: &str, tag: &str, options: Options) -> Vm {
         for (file, package) in [(OVMF_CODE, "ovmf"), (OVMF_VARS, "ovmf")] {
             assert!(
                 Path::new(file).is_file(),
@@ -138,9 +257,58 @@ impl Vm {
             vars,
             tag: tag.to_owned(),
             resets: 0,
+            extra_args: Vec::new(),
+            options,
         };
+        vm.extra_args = vm.option_args();
         vm.spawn();
         vm
+    }
+
+    /// QEMU arguments of the extra NICs and disks; creates the blank disks.
+    fn option_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        for (i, nic) in self.options.nics.iter().enumerate() {
+            let id = format!("nic{i}");
+            let netdev = match &nic.link {
+                Link::Hub(hub) => format!("hubport,id={id},hubid={hub}"),
+                Link::Udp { local, remote } => {
+                    format!("socket,id={id},udp=127.0.0.1:{remote},localaddr=127.0.0.1:{local}")
+                }
+            };
+            args.extend([
+                "-netdev".to_owned(),
+                netdev,
+                "-device".to_owned(),
+                format!("virtio-net-pci,netdev={id},mac={}", nic.mac),
+            ]);
+        }
+        for disk in &self.options.disks {
+            let file = self
+                .dir
+                .join(format!("blank{}-{}.qcow2", self.tag, disk.serial));
+            let status = Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2"])
+                .arg(&file)
+                .arg(format!("{}M", disk.size_mib))
+                .status()
+                .unwrap_or_else(|e| {
+                    panic!("cannot run qemu-img ({e}): apt-get install qemu-utils")
+                });
+            assert!(
+                status.success(),
+                "qemu-img create {} failed: {status}",
+                file.display()
+            );
+            let id = format!("blank-{}", disk.serial);
+            args.extend([
+                "-drive".to_owned(),
+                format!("if=none,id={id},format=qcow2,file={}", file.display()),
+                "-device".to_owned(),
+                format!("virtio-blk-pci,drive={id},serial={}", disk.serial),
+            ]);
+        }
+        args
     }
 
     /// Runs QEMU on this VM's disk, variable store and console log.
@@ -188,6 +356,7 @@ impl Vm {
                 self.ssh_port
             ))
             .args(["-device", "virtio-net-pci,netdev=wan,mac=52:54:00:a9:00:01"])
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(
                 fs::File::create(self.dir.join(format!("qemu{run}.out"))).unwrap(),
@@ -328,6 +497,57 @@ impl Vm {
             .unwrap_or_else(|e| panic!("cannot run ssh ({e}): apt-get install openssh-client"))
     }
 
+    fn scp(&self, from: &str, to: &str) {
+        let out = Command::new("scp")
+            .arg("-i")
+            .arg(test_key())
+            .args(["-P", &self.ssh_port.to_string()])
+            .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=20"])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args(["-o", "LogLevel=ERROR", "-q", from, to])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run scp ({e}): apt-get install openssh-client"));
+        assert!(
+            out.status.success(),
+            "scp {from} {to} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Copies a host file to `guest_path` in the guest.
+    pub fn copy_in(&self, host: &Path, guest_path: &str) {
+        self.scp(
+            host.to_str().expect("host paths are UTF-8"),
+            &format!("root@127.0.0.1:{guest_path}"),
+        );
+    }
+
+    /// Copies `guest_path` from the guest to a host file.
+    pub fn copy_out(&self, guest_path: &str, host: &Path) {
+        self.scp(
+            &format!("root@127.0.0.1:{guest_path}"),
+            host.to_str().expect("host paths are UTF-8"),
+        );
+    }
+
+    /// The guest's name of the NIC with `mac`.
+    pub fn iface(&self, mac: &str) -> String {
+        let name = self.sh(&format!(
+            "for d in /sys/class/net/*; do \
+               [ \"$(cat $d/address)\" = {mac} ] && basename $d; done; true"
+        ));
+        let name = name.trim();
+        assert!(!name.is_empty(), "no NIC with MAC {mac} in the guest");
+        name.to_owned()
+    }
+
     /// Runs a command in the guest that must succeed; returns its stdout.
     pub fn sh(&self, command: &str) -> String {
         let out = self.ssh(command);
@@ -377,8 +597,23 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
+        let running = self
+            .child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        if std::thread::panicking() {
+            if running {
+                // The journal lives on a tmpfs: fetch it before QEMU goes.
+                let journal = self.ssh("journalctl -b --no-pager -o short-monotonic");
+                let _ = fs::write(self.dir.join("journal.txt"), &journal.stdout);
+            }
+            eprintln!(
+                "VM logs (serial console, QEMU output, journal.txt): {}",
+                self.dir.display()
+            );
+        }
         if let Some(child) = self.child.as_mut()
-            && let Ok(None) = child.try_wait()
+            && running
         {
             let _ = child.kill();
             let _ = child.wait();

@@ -145,7 +145,13 @@ fn set_boot_state(disk: &Path, dir: &Path, change: impl FnOnce(&mut BootState)) 
         let file = local.join(copy);
         mtools(
             "mcopy",
-            &["-o", "-i", &esp(disk), file.to_str().unwrap(), &format!("::/{copy}")],
+            &[
+                "-o",
+                "-i",
+                &esp(disk),
+                file.to_str().unwrap(),
+                &format!("::/{copy}"),
+            ],
         );
     }
     state
@@ -160,14 +166,21 @@ fn fetch_boot_state(disk: &Path, dir: &Path) -> std::path::PathBuf {
         let _ = fs::remove_file(&file);
         mtools(
             "mcopy",
-            &["-i", &esp(disk), &format!("::/{copy}"), file.to_str().unwrap()],
+            &[
+                "-i",
+                &esp(disk),
+                &format!("::/{copy}"),
+                file.to_str().unwrap(),
+            ],
         );
     }
     local
 }
 
 fn boot_state(disk: &Path, dir: &Path) -> BootState {
-    BootEnv::new(&fetch_boot_state(disk, dir)).current().unwrap()
+    BootEnv::new(&fetch_boot_state(disk, dir))
+        .current()
+        .unwrap()
 }
 
 /// The bootloader contract the OTA code builds on: a trial slot spends a try per boot,
@@ -206,7 +219,10 @@ fn a_trial_slot_spends_its_tries_then_grub_falls_back_to_the_committed_slot() {
     next.commit(Slot::B);
     next.seq += 1;
     let text = String::from_utf8(next.encode().unwrap()).unwrap();
-    let torn = text.replace(&format!("END={}", next.seq), &format!("END={}", current.seq));
+    let torn = text.replace(
+        &format!("END={}", next.seq),
+        &format!("END={}", current.seq),
+    );
     let older = local.join(bootstate::COPIES[1 - newest]);
     fs::write(&older, torn).unwrap();
     mtools(
@@ -221,7 +237,11 @@ fn a_trial_slot_spends_its_tries_then_grub_falls_back_to_the_committed_slot() {
     );
     let mut vm = Vm::start(&dir, &disk, "raw", "-3");
     let line = vm.wait_for_line("APPLIANCE-BOOT-OK", BOOT_TIMEOUT);
-    assert_eq!(fields(&line).get("slot"), Some(&"A"), "torn state was used: {line}");
+    assert_eq!(
+        fields(&line).get("slot"),
+        Some(&"A"),
+        "torn state was used: {line}"
+    );
     assert!(vm.power_off(POWER_OFF_TIMEOUT).success());
     // A failing run keeps the disk for a look; a passing one frees its 250 MiB.
     fs::remove_file(&disk).unwrap();
