@@ -53,6 +53,8 @@ pub const PACKAGES: &[&str] = &[
     "zfsutils-linux",
     "samba",
     "nfs-kernel-server",
+    // The VM tests read a share back with it; on a box it checks a share from the inside.
+    "smbclient",
 ];
 
 impl Default for RootfsSpec {

@@ -7,10 +7,6 @@
 //! `journalctl -b` there.
 //!
 //! Nothing here skips: a missing image, QEMU or OVMF fails the test with what to run.
-#![expect(
-    dead_code,
-    reason = "the NICs, blank disks and scp are for the capability test, next commit"
-)]
 
 use std::fs;
 use std::io::{BufRead as _, BufReader, Write as _};

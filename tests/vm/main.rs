@@ -8,6 +8,7 @@
 //! (it builds the image when there is none); the `vm` feature keeps them out of
 //! `cargo test --workspace` until CI can afford them.
 
+mod capabilities;
 mod harness;
 
 use std::collections::BTreeMap;
@@ -22,8 +23,8 @@ use image::bootstate::{self, BootEnv, BootState, Slot};
 use image::disk;
 
 /// TCG boots in about 15 s here; the margin covers a loaded CI machine.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
-const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+pub(crate) const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The `key=value` fields of the boot report line.
 fn fields(line: &str) -> BTreeMap<&str, &str> {

@@ -23,7 +23,8 @@ Commands:
   ci                      the whole CI: toolchain check, rustfmt check, clippy -D warnings,
                           every test, a build check of the fuzz targets, and the VM tests
                           (builds the image; needs root)
-  test                    run every test (cargo test --workspace --locked)
+  test [--vm]             run every test (cargo test --workspace --locked); with --vm,
+                          then the VM tests too (as vm-test)
   fuzz <target> [--time SECONDS] [--jobs N] [-- LIBFUZZER_ARGS...]
                           fuzz a target in fuzz/fuzz_targets/ with cargo-fuzz (default 60 s,
                           1 job); `config` fuzzes the appliance.toml loader
@@ -36,7 +37,8 @@ Commands:
                           terminal, building it first if there is none; a fresh disk
                           overlay each run; quit with Ctrl-A X
   vm-test                 build the image if there is none, then run the VM tests
-                          (tests/vm: boot to multi-user, read-only root, /data)
+                          (tests/vm: boot, read-only root, /data, A/B fallback, and
+                          802.1Q, WireGuard, ZFS, nfsd, smbd in the guest)
   bench dns [--domains N] [--seconds S]
                           dnsd against dnsmasq and unbound with dnsperf, one core each;
                           ends with `bench: <name> = <value> <unit>` lines
@@ -93,10 +95,11 @@ fn dispatch(args: &[String]) -> Result<(), Failure> {
             no_args("ci", rest)?;
             Ok(ci()?)
         }
-        "test" => {
-            no_args("test", rest)?;
-            Ok(run_steps(&[TEST])?)
-        }
+        "test" => match rest {
+            [] => Ok(run_steps(&[TEST])?),
+            [flag] if flag == "--vm" => Ok(run_steps(&[TEST, VM])?),
+            _ => usage(format!("unexpected arguments to test: {}", rest.join(" "))),
+        },
         "fuzz" => {
             let opts = FuzzOpts::parse(rest)?;
             Ok(fuzz(&opts)?)
