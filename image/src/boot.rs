@@ -7,8 +7,8 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result};
 
-use crate::cmd::run;
 use crate::bootstate;
+use crate::cmd::run;
 
 /// The config compiled into the EFI binary; it never changes at runtime, only the grubenv
 /// next to it does.

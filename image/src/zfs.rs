@@ -100,7 +100,10 @@ impl ModuleSpec {
             .args(["--dpkgopt=path-exclude=/usr/share/man/*"])
             .args(["--dpkgopt=path-exclude=/usr/share/doc/*"])
             .arg(format!("--customize-hook={build_if_missing}"))
-            .arg(format!("--customize-hook=sync-out {modules} {}", out.display()))
+            .arg(format!(
+                "--customize-hook=sync-out {modules} {}",
+                out.display()
+            ))
             .arg(&rootfs.suite)
             .arg("/dev/null")
             .args(&rootfs.mirrors);
@@ -278,15 +281,22 @@ Description: Linux 6.1 for 64-bit PCs (signed)
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         assert!(args.contains(&"--components=main,contrib".to_owned()));
-        assert!(args.contains(
-            &"--include=build-essential,dkms,linux-headers-6.1.0-56-amd64=6.1.192-2,\
+        assert!(
+            args.contains(
+                &"--include=build-essential,dkms,linux-headers-6.1.0-56-amd64=6.1.192-2,\
               zfs-dkms=2.1.11-1+deb12u1"
-                .to_owned()
-        ));
-        assert!(args.contains(
-            &"--customize-hook=sync-out /usr/lib/modules/6.1.0-56-amd64/updates/dkms /c/out"
-                .to_owned()
-        ));
-        assert!(args.iter().any(|a| a.contains("dkms install -m zfs -v 2.1.11")));
+                    .to_owned()
+            )
+        );
+        assert!(
+            args.contains(
+                &"--customize-hook=sync-out /usr/lib/modules/6.1.0-56-amd64/updates/dkms /c/out"
+                    .to_owned()
+            )
+        );
+        assert!(
+            args.iter()
+                .any(|a| a.contains("dkms install -m zfs -v 2.1.11"))
+        );
     }
 }

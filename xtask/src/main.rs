@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, bail};
 
 mod bench_dns;
+mod bench_ota;
 
 const USAGE: &str = "\
 Usage: cargo xtask <command> [options]
@@ -42,6 +43,9 @@ Commands:
   bench dns [--domains N] [--seconds S]
                           dnsd against dnsmasq and unbound with dnsperf, one core each;
                           ends with `bench: <name> = <value> <unit>` lines
+  bench ota [--size-mib N]
+                          bundle verify against sha256sum, install into a slot file
+                          against dd, on one payload (default 512 MiB)
   help                    this text
 
 Exit codes: 0 success, 1 failure, 2 usage error.
@@ -136,6 +140,9 @@ fn dispatch(args: &[String]) -> Result<(), Failure> {
         "vm-test" => {
             no_args("vm-test", rest)?;
             Ok(vm_test()?)
+        }
+        "bench" if rest.first().is_some_and(|a| a == "ota") => {
+            bench_ota::run_bench(rest.get(1..).unwrap_or_default())
         }
         "bench" => bench_dns::dispatch(rest),
         other => usage(format!("unknown command `{other}`")),

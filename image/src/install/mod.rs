@@ -533,6 +533,16 @@ impl Device {
 /// Reads the written payload back from the slot and checks every chunk hash.
 fn read_back(device: &mut fs::File, manifest: &Manifest, slot: Slot) -> Result<(), UpdateError> {
     let p = &manifest.payload;
+    // Drop the slot's pages from the cache so the read comes from the disk, not from
+    // what was just written to memory.
+    if let Err(e) = nix::fcntl::posix_fadvise(
+        &*device,
+        0,
+        i64::try_from(p.size).unwrap_or(i64::MAX),
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    ) {
+        tracing::warn!("cannot drop slot {slot} from the page cache ({e}); reading back from it");
+    }
     device
         .seek(SeekFrom::Start(0))
         .map_err(UpdateError::io(format!("reading slot {slot} back")))?;

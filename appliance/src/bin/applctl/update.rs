@@ -76,7 +76,6 @@ fn failed(e: UpdateError) -> CliError {
             | BundleError::TooOld { .. }
             | BundleError::ChunkMismatch { .. }
             | BundleError::TrailingData
-            | BundleError::PayloadMismatch
             | BundleError::HeaderTooLarge(_)
             | BundleError::BadHeader(_),
         )
