@@ -245,15 +245,37 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// CRC-32 (IEEE), bitwise: a slot is 256 bytes and the writer is off the query path.
+/// CRC-32 (IEEE) lookup table, built at compile time.
+const CRC_TABLE: [u32; 256] = {
+    let mut t = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 == 1 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+            k += 1;
+        }
+        // `i < 256` by the loop; slices' `get_mut` is not const yet.
+        #[allow(clippy::indexing_slicing)]
+        {
+            t[i] = c;
+        }
+        i += 1;
+    }
+    t
+};
+
 fn crc32(parts: &[&[u8]]) -> u32 {
     let mut crc = !0u32;
     for part in parts {
         for &b in *part {
-            crc ^= u32::from(b);
-            for _ in 0..8 {
-                crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
-            }
+            let i = usize::from((crc as u8) ^ b);
+            crc = (crc >> 8) ^ CRC_TABLE.get(i).copied().unwrap_or(0);
         }
     }
     !crc
@@ -393,9 +415,11 @@ impl QueryLog {
         self.len() == 0
     }
 
-    /// The highest intact sequence number in the file, 0 if none.
+    /// The highest intact sequence number in the file, 0 if none. Reads only the
+    /// sequence numbers of the whole ring, then checks the CRC of the newest ones until
+    /// one is intact: a restart reads 64 MiB, but checks one slot or a few.
     fn scan(&self) -> io::Result<u64> {
-        let mut last = 0;
+        let mut seqs = Vec::new();
         let mut buf = vec![0u8; CHUNK_SLOTS as usize * SLOT];
         let mut first = 0;
         while first < self.slots {
@@ -403,15 +427,26 @@ impl QueryLog {
             let bytes = buf.get_mut(..n as usize * SLOT).unwrap_or_default();
             self.file.read_exact_at(bytes, (first + 1) * SLOT as u64)?;
             for (i, slot) in bytes.chunks_exact(SLOT).enumerate() {
-                if let Some((seq, _)) = decode_slot(slot)
-                    && (seq - 1) % self.slots == first + i as u64
-                {
-                    last = last.max(seq);
+                let seq = slot
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, u64::from_le_bytes);
+                if seq != 0 && (seq - 1) % self.slots == first + i as u64 {
+                    seqs.push(seq);
                 }
             }
             first += n;
         }
-        Ok(last)
+        seqs.sort_unstable_by(|a, b| b.cmp(a));
+        let mut slot = [0u8; SLOT];
+        for seq in seqs {
+            self.file
+                .read_exact_at(&mut slot, ((seq - 1) % self.slots + 1) * SLOT as u64)?;
+            if decode_slot(&slot).is_some_and(|(s, _)| s == seq) {
+                return Ok(seq);
+            }
+        }
+        Ok(0)
     }
 
     /// Appends records, overwriting the oldest. Only one task may call this.
@@ -520,6 +555,11 @@ mod tests {
 
     fn names(rs: &[Record]) -> Vec<String> {
         rs.iter().map(|r| r.name.clone()).collect()
+    }
+
+    #[test]
+    fn crc32_is_the_ieee_one() {
+        assert_eq!(crc32(&[b"1234", b"56789"]), 0xCBF4_3926);
     }
 
     #[test]

@@ -157,11 +157,16 @@ impl<K: Hash + Eq + Clone + Ord> TopK<K> {
 
     fn evict(&mut self) {
         let mut entries: Vec<(K, Counter)> = self.map.drain().collect();
-        entries.sort_unstable_by(|a, b| b.1.count.cmp(&a.1.count).then_with(|| a.0.cmp(&b.0)));
-        if let Some((_, c)) = entries.get(self.capacity) {
-            self.floor = self.floor.max(c.count);
+        if entries.len() > self.capacity {
+            // Highest counts first; the entry at `capacity` is the highest of the evicted.
+            entries.select_nth_unstable_by(self.capacity, |a, b| {
+                b.1.count.cmp(&a.1.count).then_with(|| a.0.cmp(&b.0))
+            });
+            if let Some((_, c)) = entries.get(self.capacity) {
+                self.floor = self.floor.max(c.count);
+            }
+            entries.truncate(self.capacity);
         }
-        entries.truncate(self.capacity);
         self.map.extend(entries);
     }
 
