@@ -4,6 +4,7 @@
 //! through rtnetlink ([`links`]). DHCP and WireGuard follow.
 
 pub mod command;
+pub mod dhcp;
 pub mod firewall;
 pub mod links;
 

@@ -1,0 +1,106 @@
+//! `netd`: the network daemon. For now it has one job, the LAN DHCP server; links and the
+//! firewall are libraries driven by their tests until the daemon grows its control socket.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "netd", about = "The appliance's network daemon")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve DHCPv4 on every link with a [dhcp.<link>] section until SIGTERM.
+    DhcpServer {
+        /// The appliance.toml to serve from.
+        #[arg(long)]
+        config: PathBuf,
+        /// Where the lease file (leases.json) lives; dnsd reads it there.
+        #[arg(long, default_value = "/data/dhcp")]
+        state_dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match args.command {
+        Command::DhcpServer { config, state_dir } => dhcp_server(&config, &state_dir),
+    }
+}
+
+fn dhcp_server(config: &std::path::Path, state_dir: &std::path::Path) -> ExitCode {
+    let text = match std::fs::read_to_string(config) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("cannot read {}: {e}", config.display());
+            return ExitCode::from(2);
+        }
+    };
+    let name = config.display().to_string();
+    let cfg = match appliance::load_str(&text) {
+        Ok(c) => c,
+        Err(d) => {
+            tracing::error!("{name} is invalid:\n{}", d.render(&text, &name, false));
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::from(1);
+        }
+    };
+    let served = runtime.block_on(async {
+        let shutdown = async {
+            let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+            match term {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on SIGINT only");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        };
+        netd::dhcp::run(&cfg, state_dir, notify_ready, shutdown).await
+    });
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Tells systemd (Type=notify) that netd is serving; a no-op outside systemd.
+fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = std::os::unix::net::UnixDatagram::unbound()
+        .and_then(|s| s.send_to(b"READY=1", PathBuf::from(path)));
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
