@@ -8,6 +8,7 @@
 //! made by stored and is never pruned.
 
 mod prune;
+mod run;
 
 use std::fmt;
 
@@ -16,6 +17,7 @@ use appliance::model::SnapshotPolicy;
 use crate::time::UtcTime;
 
 pub use prune::{KeepReason, Kept, PrunePlan, Rpo, due, due_names, plan_prune};
+pub use run::{PolicyRun, run_policy};
 
 /// The prefix of every snapshot stored takes.
 pub const PREFIX: &str = "stored";
