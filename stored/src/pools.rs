@@ -158,11 +158,24 @@ fn layout_key(l: &PoolLayout) -> LayoutKey {
     (vdevs, spares, other)
 }
 
-/// Reads what the plan needs. Disks are probed only for declared pools that are neither
-/// imported nor importable.
+/// Reads what the plan needs. A config without storage reads nothing (a box without
+/// data disks need not have ZFS working); `zpool import`, which scans every disk, runs only
+/// while a declared pool is not imported; disks are probed only for declared pools that
+/// are neither imported nor importable.
 pub fn observe(zfs: &dyn Zfs, desired: &Storage) -> Result<Observed, ZfsError> {
+    if desired.pools.is_empty() && desired.datasets.is_empty() {
+        return Ok(Observed::default());
+    }
     let pools = zfs.pools()?;
-    let importable = zfs.importable_pools()?;
+    let all_imported = desired
+        .pools
+        .keys()
+        .all(|name| pools.iter().any(|p| p.name == name.as_str()));
+    let importable = if all_imported {
+        Vec::new()
+    } else {
+        zfs.importable_pools()?
+    };
     let known: BTreeSet<&str> = pools
         .iter()
         .chain(&importable)
@@ -664,6 +677,17 @@ atime = false
         assert_eq!(p.unmanaged_pools, ["other"]);
         assert_eq!(p.unmanaged_datasets, ["tank/old"]);
         assert_eq!(zfs.writes, writes);
+    }
+
+    #[test]
+    fn no_storage_reads_nothing() {
+        let zfs = FakeZfs::new().with_pool("other", PoolLayout::default(), true);
+        let observed = observe(&zfs, &Storage::default()).unwrap();
+        assert_eq!(observed, Observed::default());
+        assert_eq!(
+            plan(&Storage::default(), &observed).unwrap(),
+            StoragePlan::default()
+        );
     }
 
     #[test]
