@@ -54,8 +54,9 @@ impl Daemon {
         )
     }
 
-    /// Waits until plain DNS answers: by then the TLS listeners are bound too.
-    fn wait_ready(&mut self, addr: SocketAddr) {
+    /// Waits until plain DNS answers and the DoT and DoH ports accept connections (dnsd
+    /// serves plain DNS a moment before it binds them).
+    fn wait_ready(&mut self, addr: SocketAddr, tls_ports: [SocketAddr; 2]) {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
@@ -67,11 +68,16 @@ impl Daemon {
             }
             sock.send_to(&bytes, addr).unwrap();
             let mut buf = [0u8; 1500];
-            if sock.recv_from(&mut buf).is_ok() {
+            if sock.recv_from(&mut buf).is_ok()
+                && tls_ports
+                    .iter()
+                    .all(|p| std::net::TcpStream::connect(p).is_ok())
+            {
                 return;
             }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("dnsd did not answer on {addr} within 20 s");
+        panic!("dnsd did not answer on {addr} and listen on {tls_ports:?} within 20 s");
     }
 
     fn stop(mut self) {
@@ -198,7 +204,7 @@ addresses = ["192.168.1.5"]
     let doh: SocketAddr = format!("127.0.0.1:{doh_port}").parse().unwrap();
 
     let mut d = Daemon::start(dir.path(), addr);
-    d.wait_ready(addr);
+    d.wait_ready(addr, [dot, doh]);
     let (cert, key) = (
         dir.path().join("tls/dns.crt"),
         dir.path().join("tls/dns.key"),
@@ -214,7 +220,7 @@ addresses = ["192.168.1.5"]
 
     // A restart serves the same certificate: a client that trusted it still connects.
     let mut d = Daemon::start(dir.path(), addr);
-    d.wait_ready(addr);
+    d.wait_ready(addr, [dot, doh]);
     assert_eq!(
         (std::fs::read(&cert).unwrap(), std::fs::read(&key).unwrap()),
         first,
