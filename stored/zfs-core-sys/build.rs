@@ -30,7 +30,7 @@ fn main() {
         )
         .allowlist_function("libzfs_core_(init|fini)")
         .allowlist_function("lzc_.*")
-        .allowlist_function("nvlist_(alloc|free|add_boolean|add_string|add_uint64|add_nvlist|next_nvpair|lookup_uint64|lookup_string|lookup_nvlist|pack|unpack|size)")
+        .allowlist_function("nvlist_(alloc|free|add_boolean|add_int32|add_string|add_uint64|add_nvlist|next_nvpair|lookup_uint64|lookup_string|lookup_nvlist|pack|unpack|size)")
         .allowlist_function("nvpair_(name|type|value_int32|value_uint64|value_string|value_nvlist)")
         .allowlist_var("NV_UNIQUE_NAME")
         .allowlist_type("data_type_t")

@@ -229,10 +229,7 @@ fn outcome(
 ) -> Result<(), LzcError> {
     // SAFETY: libzfs_core hands the errlist to the caller, who must free it; we own it now.
     let errlist = unsafe { NvList::from_raw(errlist) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let per_item = errlist
+    let per_item: Vec<(String, io::Error)> = errlist
         .map(|l| {
             l.pairs()
                 .into_iter()
@@ -246,10 +243,17 @@ fn outcome(
                 .collect()
         })
         .unwrap_or_default();
+    // lzc_hold and lzc_release skip snapshots that do not exist and still return 0, with
+    // ENOENT in the errlist: a hold that was not placed must not pass for one that was.
+    let errno = match (rc, per_item.first()) {
+        (0, None) => return Ok(()),
+        (0, Some((_, e))) => e.raw_os_error().unwrap_or(0),
+        (rc, _) => rc,
+    };
     Err(LzcError::Failed {
         op,
         target: target(),
-        source: io::Error::from_raw_os_error(rc),
+        source: io::Error::from_raw_os_error(errno),
         per_item,
     })
 }
@@ -648,6 +652,25 @@ mod tests {
                 assert!(e.to_string().contains("modprobe zfs"), "{e}");
             }
         }
+    }
+
+    #[test]
+    fn an_errlist_entry_fails_the_call_even_when_lzc_returned_0() {
+        let errlist = NvList::new().unwrap();
+        // An int32 errno per snapshot, as lzc_hold reports a missing one.
+        let raw = errlist.as_ptr();
+        std::mem::forget(errlist);
+        let name = CString::new("tank/a@gone").unwrap();
+        // SAFETY: `raw` is a live list we own (forgotten above, freed by outcome).
+        assert_eq!(unsafe { sys::nvlist_add_int32(raw, name.as_ptr(), 2) }, 0);
+        let e = outcome("hold", || "tank/a@gone".into(), 0, raw).unwrap_err();
+        assert_eq!(e.errno(), Some(2));
+        assert!(
+            e.to_string()
+                .contains("tank/a@gone: No such file or directory"),
+            "{e}"
+        );
+        assert!(outcome("hold", String::new, 0, ptr::null_mut()).is_ok());
     }
 
     fn libc_ebusy() -> c_int {
