@@ -12,7 +12,10 @@ mod run;
 
 use std::fmt;
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use appliance::model::SnapshotPolicy;
+use appliance::types::Name;
 
 use crate::time::UtcTime;
 
@@ -142,6 +145,60 @@ impl From<&SnapshotPolicy> for Retention {
     }
 }
 
+/// Two policies that cover the same dataset: they share snapshot names, so each would
+/// prune the other's snapshots of a period it keeps fewer of.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "snapshot policies {first:?} and {second:?} both cover {dataset}; each would prune the \
+     other's snapshots. Cover each dataset with one policy (a recursive policy covers its \
+     children)"
+)]
+pub struct PolicyOverlap {
+    pub dataset: String,
+    pub first: String,
+    pub second: String,
+}
+
+/// Every pair of policies that covers a dataset twice. `datasets` lists the existing
+/// datasets, so that a recursive policy's children are known.
+pub fn overlapping_policies(
+    policies: &BTreeMap<Name, SnapshotPolicy>,
+    datasets: &[String],
+) -> Vec<PolicyOverlap> {
+    let mut owner: BTreeMap<String, &str> = BTreeMap::new();
+    let mut out = Vec::new();
+    for (name, p) in policies {
+        let mut covered: BTreeSet<String> = BTreeSet::new();
+        for top in &p.datasets {
+            covered.insert(top.to_string());
+            if p.recursive {
+                covered.extend(
+                    datasets
+                        .iter()
+                        .filter(|d| {
+                            d.strip_prefix(top.as_str())
+                                .is_some_and(|rest| rest.starts_with('/'))
+                        })
+                        .cloned(),
+                );
+            }
+        }
+        for d in covered {
+            match owner.get(&d) {
+                Some(first) => out.push(PolicyOverlap {
+                    dataset: d,
+                    first: (*first).to_owned(),
+                    second: name.to_string(),
+                }),
+                None => {
+                    owner.insert(d, name.as_str());
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The part after `@` of a snapshot stored took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SnapshotName {
@@ -187,6 +244,36 @@ mod tests {
             s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "_-:. ".contains(c))
         );
+    }
+
+    #[test]
+    fn policies_covering_a_dataset_twice_are_found() {
+        let policies: BTreeMap<Name, SnapshotPolicy> = toml::from_str(
+            r#"
+            [all]
+            datasets = ["tank"]
+            recursive = true
+            daily = 7
+            [media]
+            datasets = ["tank/media"]
+            hourly = 24
+            [other]
+            datasets = ["tank2/x"]
+            hourly = 24
+            "#,
+        )
+        .unwrap();
+        let datasets = ["tank", "tank/media", "tank/docs", "tank2/x"].map(String::from);
+        let found = overlapping_policies(&policies, &datasets);
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            found[0].to_string(),
+            "snapshot policies \"all\" and \"media\" both cover tank/media; each would prune \
+             the other's snapshots. Cover each dataset with one policy (a recursive policy \
+             covers its children)"
+        );
+        let one = policies.into_iter().take(1).collect();
+        assert!(overlapping_policies(&one, &datasets).is_empty());
     }
 
     #[test]
