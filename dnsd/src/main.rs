@@ -42,9 +42,10 @@ struct Args {
     /// The control socket (HTTP/JSON, for applctl dns).
     #[arg(long, default_value = dnsd::control::DEFAULT_SOCKET)]
     control: PathBuf,
-    /// The query log ring; its size is dns.query_log_size.
-    #[arg(long, default_value = "/data/dns/querylog")]
-    query_log: PathBuf,
+    /// The query log ring, its size dns.query_log_size [default: `querylog` beside the
+    /// lists directory, /data/dns/querylog].
+    #[arg(long)]
+    query_log: Option<PathBuf>,
     /// Where the certificate and key of the DoT/DoH listeners are (made if absent).
     #[arg(long, default_value = dnsd::tls::DEFAULT_DIR)]
     tls_dir: PathBuf,
@@ -280,7 +281,13 @@ async fn run(args: Args) -> Result<(), Fatal> {
     );
     let policy = Policy::build(&cfg, refresher.lists()).map_err(Fatal::Config)?;
     // A log that cannot be opened costs the log, not DNS.
-    let log = dnsd::querylog::QueryLog::open(&args.query_log, cfg.dns.query_log_size.bytes())
+    let log_path = args.query_log.clone().unwrap_or_else(|| {
+        args.lists_dir
+            .parent()
+            .unwrap_or(&args.lists_dir)
+            .join("querylog")
+    });
+    let log = dnsd::querylog::QueryLog::open(&log_path, cfg.dns.query_log_size.bytes())
         .unwrap_or_else(|e| {
             tracing::error!(error = %e, "query log off");
             None
@@ -316,15 +323,22 @@ async fn run(args: Args) -> Result<(), Fatal> {
         server.addresses().to_vec(),
     );
     daemon.start_refresher(refresher);
-    let control = dnsd::control::serve(&args.control, Arc::clone(&daemon))
-        .await
-        .map_err(|e| Fatal::Other(e.to_string()))?;
+    // Without its control socket dnsd still answers DNS, which matters more to the house.
+    let control = match dnsd::control::serve(&args.control, Arc::clone(&daemon)).await {
+        Ok(task) => Some(task),
+        Err(e) => {
+            tracing::error!(error = %e, "no control socket: DNS is served, but applctl dns cannot reach this dnsd");
+            None
+        }
+    };
 
     wait_for_stop().await;
     tracing::info!("stopping");
-    control.abort();
     daemon.stop();
-    let _ = std::fs::remove_file(&args.control);
+    if let Some(task) = control {
+        task.abort();
+        let _ = std::fs::remove_file(&args.control);
+    }
     lease_names.abort();
     server
         .shutdown()

@@ -186,27 +186,31 @@ impl Setup {
         self.dir.path().join("run/dnsd.sock")
     }
 
-    /// Starts dnsd and waits until its socket answers and it resolves.
-    fn start(&self) -> Killed {
+    fn spawn(&self, dns: SocketAddr, log: &str) -> Killed {
         let d = self.dir.path();
-        let child = Killed(
+        Killed(
             Command::new(env!("CARGO_BIN_EXE_dnsd"))
                 .arg("--config")
                 .arg(d.join("appliance.toml"))
                 .arg("--lists-dir")
                 .arg(d.join("lists"))
                 .arg("--listen")
-                .arg(self.dns.to_string())
+                .arg(dns.to_string())
                 .arg("--control")
                 .arg(self.sock())
                 .arg("--query-log")
-                .arg(d.join("querylog"))
+                .arg(d.join(log))
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
                 .spawn()
                 .unwrap(),
-        );
+        )
+    }
+
+    /// Starts dnsd and waits until its socket answers.
+    fn start(&self) -> Killed {
+        let child = self.spawn(self.dns, "querylog");
         let deadline = Instant::now() + Duration::from_secs(20);
         while UnixStream::connect(self.sock()).is_err() {
             assert!(Instant::now() < deadline, "no control socket within 20 s");
@@ -408,6 +412,34 @@ fn the_control_socket_reports_explains_pauses_and_keeps_the_log_across_a_restart
     let after = get(&sock, "/log?limit=100");
     assert_eq!(after["records"], before["records"]);
     drop(d);
+}
+
+#[test]
+fn a_second_dnsd_serves_dns_and_leaves_a_live_socket_alone() {
+    let s = Setup::new();
+    let sock = s.sock();
+    let _first = s.start();
+    let other: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
+        .parse()
+        .unwrap();
+    let second = s.spawn(other, "querylog2");
+    // Its start has no socket to wait for: ask until it answers.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = Command::new(require("dig", "bind9-dnsutils"))
+            .args([&format!("@{}", other.ip()), "-p", &other.port().to_string()])
+            .args(["+time=1", "+tries=1", "+short", "ads.test"])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0.0.0.0");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the second dnsd never answered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop(second);
+    assert_eq!(get(&sock, "/status")["lists"][0]["name"], "ads");
 }
 
 /// The applctl binary beside dnsd's, built first when `cargo test` did not build it.
