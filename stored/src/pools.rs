@@ -298,7 +298,25 @@ pub fn plan(desired: &Storage, observed: &Observed) -> Result<StoragePlan, Vec<P
             continue;
         }
         let want = desired_props(name, ds);
+        let creating_pool = plan
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::CreatePool(spec) if spec.name == name.as_str()));
         match observed_ds.get(name.as_str()) {
+            // The pool's root dataset comes with the pool (its mountpoint given by -m).
+            None if creating_pool => {
+                for (prop, value) in want {
+                    if let Some(value) = value
+                        && prop != Prop::Mountpoint
+                    {
+                        plan.actions.push(Action::SetProperty {
+                            dataset: name.to_string(),
+                            prop,
+                            value,
+                        });
+                    }
+                }
+            }
             None => plan.actions.push(Action::CreateDataset {
                 name: name.to_string(),
                 props: want
@@ -677,6 +695,23 @@ atime = false
         assert_eq!(p.unmanaged_pools, ["other"]);
         assert_eq!(p.unmanaged_datasets, ["tank/old"]);
         assert_eq!(zfs.writes, writes);
+    }
+
+    #[test]
+    fn a_declared_pool_root_is_configured_not_created() {
+        let desired = storage(&format!(
+            "{TANK}\n[datasets.tank]\ncompression = \"lz4\"\nmountpoint = \"/srv/tank\"\n"
+        ));
+        let mut zfs = empty_disks();
+        let p = converge_once(&mut zfs, &desired);
+        let shown: Vec<String> = p.actions.iter().take(2).map(ToString::to_string).collect();
+        assert!(shown[0].starts_with("create pool tank"), "{shown:?}");
+        assert_eq!(shown[1], "set compression=lz4 on tank");
+        let Action::CreatePool(spec) = &p.actions[0] else {
+            panic!()
+        };
+        assert_eq!(spec.mountpoint, "/srv/tank");
+        assert_eq!(converge_once(&mut zfs, &desired).actions, []);
     }
 
     #[test]
