@@ -33,6 +33,7 @@ fn main() {
         .allowlist_function("nvlist_(alloc|free|add_boolean|add_int32|add_string|add_uint64|add_nvlist|next_nvpair|lookup_uint64|lookup_string|lookup_nvlist|pack|unpack|size)")
         .allowlist_function("nvpair_(name|type|value_int32|value_uint64|value_string|value_nvlist)")
         .allowlist_var("NV_UNIQUE_NAME")
+        .allowlist_var("NV_ENCODE_NATIVE")
         .allowlist_type("data_type_t")
         // Values that come back from C must not be Rust enums (an unknown value would be
         // undefined behaviour): constants for the nvpair types, a bitfield for send flags,

@@ -134,6 +134,47 @@ impl NvList {
         Self::check(unsafe { sys::nvlist_add_nvlist(self.as_ptr(), name.as_ptr(), value.as_ptr()) })
     }
 
+    /// Unpacks an nvlist from its packed form (any encoding), as found in a
+    /// `receive_resume_token`.
+    pub fn unpack(packed: &[u8]) -> Result<Self, LzcError> {
+        let mut p: *mut sys::nvlist_t = ptr::null_mut();
+        // SAFETY: the buffer is valid for `len` bytes and only read; nvlist_unpack copies
+        // what it needs into a new list written to `p` on success.
+        let rc = unsafe {
+            sys::nvlist_unpack(
+                packed.as_ptr().cast_mut().cast::<c_char>(),
+                packed.len(),
+                &mut p,
+                0,
+            )
+        };
+        if rc != 0 {
+            return Err(LzcError::Failed {
+                op: "unpack nvlist",
+                target: format!("{} bytes", packed.len()),
+                source: io::Error::from_raw_os_error(rc),
+                per_item: Vec::new(),
+            });
+        }
+        NonNull::new(p).map(Self).ok_or(LzcError::NoMemory)
+    }
+
+    /// The packed native encoding, as the kernel packs the lists it hands out.
+    pub fn pack(&self) -> Result<Vec<u8>, LzcError> {
+        let encoding = sys::NV_ENCODE_NATIVE as c_int;
+        let mut size = 0usize;
+        // SAFETY: the list is live; `size` is a valid out-pointer.
+        Self::check(unsafe { sys::nvlist_size(self.as_ptr(), &mut size, encoding) })?;
+        let mut buf = vec![0u8; size];
+        let mut bufp = buf.as_mut_ptr().cast::<c_char>();
+        let mut len = size;
+        // SAFETY: `bufp` points to `len` writable bytes that outlive the call; with a
+        // non-null buffer nvlist_pack writes into it and allocates nothing.
+        Self::check(unsafe { sys::nvlist_pack(self.as_ptr(), &mut bufp, &mut len, encoding, 0) })?;
+        buf.truncate(len);
+        Ok(buf)
+    }
+
     /// The pairs in insertion order, read into owned values.
     pub fn pairs(&self) -> Vec<(String, NvValue)> {
         // SAFETY: reads a live list that self owns.

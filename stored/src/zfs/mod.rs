@@ -11,6 +11,7 @@ mod fake;
 #[allow(unsafe_code)]
 pub mod lzc;
 mod real;
+pub mod resume;
 
 use std::collections::BTreeMap;
 use std::fmt;
