@@ -126,6 +126,9 @@ struct State {
     /// Pauses as the policy has them, for `/status`: group (`None`: all) to end.
     pauses: BTreeMap<Option<String>, SystemTime>,
     refresh: Option<JoinHandle<()>>,
+    /// Which refresher may change the lists: a replaced one can still be inside its
+    /// callback, waiting for the lock, with the lists of the old config.
+    generation: u64,
 }
 
 /// The running daemon as the control API sees it. Every change of the policy (a list
@@ -171,6 +174,7 @@ impl Daemon {
                 lists,
                 pauses: BTreeMap::new(),
                 refresh: None,
+                generation: 0,
             }),
         })
     }
@@ -183,9 +187,11 @@ impl Daemon {
     /// Runs `refresher` in the background; each list update rebuilds and swaps the policy.
     /// A previous refresher is stopped.
     pub fn start_refresher(self: &Arc<Self>, refresher: Refresher) {
-        let me = Arc::clone(self);
-        let task = tokio::spawn(refresher.run(move |lists| me.lists_changed(lists)));
-        if let Some(old) = self.state().refresh.replace(task) {
+        let mut st = self.state();
+        st.generation += 1;
+        let (me, generation) = (Arc::clone(self), st.generation);
+        let task = tokio::spawn(refresher.run(move |lists| me.lists_changed(generation, lists)));
+        if let Some(old) = st.refresh.replace(task) {
             old.abort();
         }
     }
@@ -197,8 +203,11 @@ impl Daemon {
         }
     }
 
-    fn lists_changed(&self, lists: Lists) {
+    fn lists_changed(&self, generation: u64, lists: Lists) {
         let mut st = self.state();
+        if st.generation != generation {
+            return;
+        }
         match Policy::build(&st.cfg, &lists) {
             Ok(p) => {
                 let p = p.with_pauses_of(&self.resolver.policy());
@@ -299,6 +308,8 @@ impl Daemon {
             self.resolver.reload_tables(&cfg);
             st.cfg = Arc::new(cfg);
             st.lists = lists.clone();
+            // The old refresher's lists are of the old config: from now on it is ignored.
+            st.generation += 1;
         }
         tracing::info!(lists = lists.len(), "config and lists reloaded");
         self.start_refresher(refresher);
@@ -411,7 +422,8 @@ impl Daemon {
 
     fn check(&self, name: &str, client: IpAddr) -> Value {
         let policy = self.resolver.policy();
-        let d = policy.decide(client, None, name);
+        let link = self.resolver.link_of(client);
+        let d = policy.decide(client, link.as_deref(), name);
         let (source, rule) = match &d.rule {
             Some((s, r)) => (Some(s.to_string()), Some(r.to_string())),
             None => (None, None),
@@ -424,7 +436,7 @@ impl Daemon {
             "paused": d.paused,
             "source": source,
             "rule": rule,
-            "explanation": policy.explain(client, None, name),
+            "explanation": policy.explain(client, link.as_deref(), name),
         })
     }
 
@@ -728,6 +740,56 @@ async fn route(d: &Arc<Daemon>, req: Request<Incoming>) -> Result<Reply, ApiErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn check_places_a_client_in_the_group_of_its_zone() {
+        let cfg = appliance::load_str(
+            r#"
+version = 1
+[interfaces.lan]
+device = "eth1"
+addresses = ["192.168.1.1/24"]
+[firewall.zones.lan]
+interfaces = ["lan"]
+[dns]
+upstreams = ["127.0.0.1:9"]
+[dns.groups.kids]
+zones = ["lan"]
+deny = ["games.example"]
+"#,
+        )
+        .unwrap();
+        let policy = Policy::build(&cfg, &Lists::new()).unwrap();
+        let resolver = Arc::new(Resolver::new(&cfg, Arc::new(policy)));
+        let d = Daemon::new(
+            resolver,
+            Arc::new(cfg),
+            Lists::new(),
+            PathBuf::from("/nonexistent"),
+            crate::fetch::http_client().unwrap(),
+            Box::new(|| Err("not in this test".into())),
+            Vec::new(),
+        );
+        let v = d.check("www.games.example", "192.168.1.7".parse().unwrap());
+        assert_eq!(v["group"], "kids");
+        assert_eq!(v["blocked"], true);
+        assert_eq!(v["source"], "group kids");
+        let v = d.check("www.games.example", "10.0.0.1".parse().unwrap());
+        assert_eq!(
+            (v["group"].as_str(), v["blocked"].as_bool()),
+            (Some("default"), Some(false))
+        );
+        assert!(matches!(
+            d.pause(Some("nope"), Duration::from_secs(60)),
+            Err(ApiError::BadParameter { param: "group", .. })
+        ));
+        d.pause(Some("kids"), Duration::from_secs(60)).unwrap();
+        assert_eq!(
+            d.check("games.example", "192.168.1.7".parse().unwrap())["paused"],
+            true
+        );
+        assert!(matches!(d.reload().await, Err(ApiError::InvalidConfig(_))));
+    }
 
     #[test]
     fn parameters_are_checked_by_name() {

@@ -228,6 +228,11 @@ impl Resolver {
         self.tables.store(Arc::new(Tables::from_config(cfg)));
     }
 
+    /// The link a client's queries arrive through, as the policy sees it (for `check`).
+    pub fn link_of(&self, client: IpAddr) -> Option<String> {
+        self.tables.load().link_of(client).map(str::to_owned)
+    }
+
     /// Puts a new table of DHCP client names in place, whole.
     pub fn swap_leases(&self, zone: Arc<LeaseZone>) {
         self.leases.store(zone);
