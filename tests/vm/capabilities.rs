@@ -5,6 +5,7 @@
 
 use std::fs;
 use std::path::Path;
+use std::time::Duration;
 
 use crate::harness::{self, Link, Options, Vm};
 use crate::{BOOT_TIMEOUT, POWER_OFF_TIMEOUT};
@@ -50,10 +51,11 @@ fn the_guest_kernel_does_vlans_wireguard_zfs_nfs_and_smb() {
     for script in ["vlan.sh", "wireguard.sh", "zfs.sh", "nfs.sh", "smb.sh"] {
         vm.copy_in(&guest.join(script), &format!("/tmp/guest/{script}"));
     }
-    // udev names the disks from their serials; give it a moment after boot.
-    vm.sh(&format!(
-        "udevadm settle --timeout=30 && ls -l {disk_a} {disk_b}"
-    ));
+    // udev makes the by-id links from the virtio serials shortly after boot.
+    vm.wait_until(
+        &format!("test -b {disk_a} && test -b {disk_b}"),
+        Duration::from_secs(60),
+    );
     let ifs: Vec<String> = macs.iter().map(|m| vm.iface(m)).collect();
 
     capability(&vm, "802.1Q", "vlan.sh", &[&ifs[0], &ifs[1]], "VLAN-OK");

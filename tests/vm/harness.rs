@@ -3,8 +3,8 @@
 //! off through QMP, a guest reset answered by a fresh QEMU on the same disk, and QEMU killed
 //! when the handle drops. [`Options`] adds NICs (QEMU hubs and UDP sockets: cables between
 //! NICs of one VM or of two VMs) and blank qcow2 disks with stable serials; files go in and
-//! out with scp. When a test fails, the drop prints the log directory and saves the guest's
-//! `journalctl -b` there.
+//! out with scp; [`Vm::wait_until`] waits for a condition in the guest. When a test fails,
+//! the drop prints the log directory and saves the guest's `journalctl -b` there.
 //!
 //! Nothing here skips: a missing image, QEMU or OVMF fails the test with what to run.
 
@@ -554,6 +554,27 @@ impl Vm {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `command` in the guest until it exits 0 (a unit active, a device present);
+    /// returns its stdout, or fails with its last output once `timeout` has passed.
+    pub fn wait_until(&self, command: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.ssh(command);
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "`{command}` in the guest did not succeed within {timeout:?}; last ({}): \
+                 stdout {} stderr {}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            sleep(Duration::from_millis(500));
+        }
     }
 
     /// Presses the ACPI power button through QMP and waits for QEMU to exit.
