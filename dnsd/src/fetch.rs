@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::compiled::{CompileError, CompiledList};
-use crate::lists::{ParseStats, parse};
+use crate::lists::{ParseStats, ParsedList, parse_reader};
 use crate::policy::Lists;
 
 /// Where compiled lists live on the appliance.
@@ -152,58 +152,59 @@ impl ListStore {
         name: &str,
         list: &BlockList,
     ) -> Result<Outcome, FetchError> {
+        self.refresh_from(client, name, list, None).await
+    }
+
+    /// [`refresh`](Self::refresh), with the copy in use: the new copy shares the names the
+    /// two have in common (see [`ParsedList::against`]), so that a reload costs what
+    /// changed rather than a second copy of the list.
+    ///
+    /// The body is never held whole: a download is spooled to `<name>.download` beside the
+    /// compiled lists and kept as `<name>.list` once compiled, a file list is read from its
+    /// file, both line by line, on a thread of the lowest priority.
+    pub async fn refresh_from(
+        &self,
+        client: &reqwest::Client,
+        name: &str,
+        list: &BlockList,
+        previous: Option<Arc<CompiledList>>,
+    ) -> Result<Outcome, FetchError> {
         let source = source_of(list).ok_or_else(|| FetchError::NoSource { name: name.into() })?;
         let old = self
             .meta(name)
             .filter(|m| m.source == source && self.bin(name).exists());
-        let (body, etag, last_modified) = match (&list.url, &list.file) {
-            (Some(url), _) => match download(client, url.as_url(), old.as_ref()).await? {
-                Some(got) => got,
-                None => {
-                    self.touch(name, old);
-                    return Ok(Outcome::Unchanged);
+        let (raw, spooled, sha, etag, last_modified) = match (&list.url, &list.file) {
+            (Some(url), _) => {
+                let spool = self.dir.join(format!("{name}.download"));
+                match download(client, url.as_url(), old.as_ref(), &spool).await? {
+                    Some((sha, etag, last_modified)) => {
+                        (spool, true, Some(sha), etag, last_modified)
+                    }
+                    None => {
+                        self.touch(name, old);
+                        return Ok(Outcome::Unchanged);
+                    }
                 }
-            },
-            (None, Some(file)) => {
-                let body = tokio::fs::read(file.as_str())
-                    .await
-                    .map_err(|e| FetchError::Io {
-                        path: file.to_string(),
-                        source: e,
-                    })?;
-                (body, None, None)
             }
+            (None, Some(file)) => (PathBuf::from(file.as_str()), false, None, None, None),
             (None, None) => return Err(FetchError::NoSource { name: name.into() }),
         };
-        let sha = hex_sha(&body);
-        if old.as_ref().is_some_and(|m| m.sha256 == sha) {
+        let job = Compile {
+            raw,
+            spooled,
+            sha,
+            old_sha: old.as_ref().map(|m| m.sha256.clone()),
+            format: list.format,
+            previous,
+            bin: self.bin(name),
+            kept_copy: self.dir.join(format!("{name}.list")),
+            source_name: source.clone(),
+        };
+        let Some((compiled, sha)) = off_the_workers(move || job.run()).await? else {
             self.touch(name, old);
             return Ok(Outcome::Unchanged);
-        }
-        // Parsing and compiling a big list takes a good part of a second of CPU: off the
-        // async workers, so that queries keep being answered meanwhile.
-        let format = list.format;
-        let bin = self.bin(name);
-        let source_name = source.clone();
-        let (compiled, stats) = tokio::task::spawn_blocking(move || {
-            let parsed = parse(&String::from_utf8_lossy(&body), format);
-            drop(body);
-            let stats = parsed.stats;
-            let compiled = CompiledList::compile(parsed)?;
-            if compiled.is_empty() {
-                return Err(FetchError::Empty {
-                    source_name,
-                    skipped: stats.skipped,
-                });
-            }
-            compiled.save(&bin)?;
-            Ok((compiled, stats))
-        })
-        .await
-        .map_err(|e| FetchError::Io {
-            path: self.bin(name).display().to_string(),
-            source: std::io::Error::other(e),
-        })??;
+        };
+        let stats = compiled.stats;
         let t = now();
         self.write_meta(
             name,
@@ -221,6 +222,7 @@ impl ListStore {
             list = name,
             entries = stats.entries,
             skipped = stats.skipped,
+            shared = compiled.block.is_layered(),
             "list updated"
         );
         Ok(Outcome::Updated(Arc::new(compiled)))
@@ -253,11 +255,128 @@ fn source_of(l: &BlockList) -> Option<String> {
         .or_else(|| l.file.as_ref().map(ToString::to_string))
 }
 
-fn hex_sha(b: &[u8]) -> String {
-    Sha256::digest(b)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
+fn hex(sum: &[u8]) -> String {
+    sum.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// SHA-256 of a file, read in blocks.
+fn hash_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path)?;
+    let mut sha = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => sha.update(buf.get(..n).unwrap_or(&buf)),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(hex(&sha.finalize()))
+}
+
+/// One list to hash, parse, compile and store, away from the async workers.
+struct Compile {
+    /// The list text: the spooled download or the list file.
+    raw: PathBuf,
+    /// `raw` is a download spool: kept as `kept_copy` on success, removed otherwise.
+    spooled: bool,
+    /// Known when the download hashed the body on its way to disk.
+    sha: Option<String>,
+    old_sha: Option<String>,
+    format: appliance::model::ListFormat,
+    previous: Option<Arc<CompiledList>>,
+    bin: PathBuf,
+    kept_copy: PathBuf,
+    source_name: String,
+}
+
+impl Compile {
+    /// `None` when the text has not changed since the stored copy.
+    fn run(mut self) -> Result<Option<(CompiledList, String)>, FetchError> {
+        let out = self.compile();
+        if self.spooled {
+            let kept = match &out {
+                Ok(Some(_)) => std::fs::rename(&self.raw, &self.kept_copy),
+                _ => std::fs::remove_file(&self.raw),
+            };
+            if let Err(e) = kept {
+                tracing::warn!(path = %self.raw.display(), error = %e, "cannot tidy the downloaded list");
+            }
+        }
+        out
+    }
+
+    fn compile(&mut self) -> Result<Option<(CompiledList, String)>, FetchError> {
+        let io = |e| FetchError::Io {
+            path: self.raw.display().to_string(),
+            source: e,
+        };
+        let sha = match self.sha.take() {
+            Some(s) => s,
+            None => hash_file(&self.raw).map_err(io)?,
+        };
+        if self.old_sha.as_deref() == Some(sha.as_str()) {
+            return Ok(None);
+        }
+        let file = std::fs::File::open(&self.raw).map_err(io)?;
+        let start = self
+            .previous
+            .take()
+            .map_or_else(ParsedList::default, |p| ParsedList::against(&p));
+        let parsed = parse_reader(
+            std::io::BufReader::with_capacity(1 << 16, file),
+            self.format,
+            start,
+        )
+        .map_err(io)?;
+        let stats = parsed.stats;
+        let compiled = CompiledList::compile(parsed)?;
+        if compiled.is_empty() {
+            return Err(FetchError::Empty {
+                source_name: self.source_name.clone(),
+                skipped: stats.skipped,
+            });
+        }
+        compiled.save(&self.bin)?;
+        Ok(Some((compiled, sha)))
+    }
+}
+
+/// Runs `job` on a thread of its own at the lowest CPU priority and waits for it without
+/// blocking the runtime. Compiling a 1M-name list takes a good part of a second of CPU;
+/// on the appliance's single core a thread of normal priority (a `spawn_blocking` one
+/// too) gets half of it while queries queue up, and queries were lost. At nice 19 the
+/// compile runs when the listeners leave the core idle. A thread of its own, because the
+/// priority cannot be raised back without privileges and would stick to a pool thread.
+async fn off_the_workers<T: Send + 'static>(
+    job: impl FnOnce() -> Result<T, FetchError> + Send + 'static,
+) -> Result<T, FetchError> {
+    let died = |e: std::io::Error| FetchError::Io {
+        path: "list compile thread".into(),
+        source: e,
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("dnsd-lists".into())
+        .spawn(move || {
+            lower_priority();
+            let _ = tx.send(job());
+        })
+        .map_err(died)?;
+    rx.await
+        .map_err(|_| died(std::io::Error::other("the thread ended without a result")))?
+}
+
+/// Nice 19 for the calling thread only: Linux applies `setpriority(PRIO_PROCESS, tid)` to
+/// the one thread. Failing leaves a normal priority, which still works, only with more
+/// latency during a reload.
+fn lower_priority() {
+    let tid = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), 19) {
+        tracing::warn!(error = %e, "cannot lower the priority of the list compile thread");
+    }
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -273,13 +392,29 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Downloads `url` unless the validators of `old` say it is unchanged (`None`). The body
-/// is read in chunks and refused beyond [`MAX_LIST_BYTES`].
+/// Downloads `url` into `spool` unless the validators of `old` say it is unchanged
+/// (`None`), hashing the body on its way to disk; returns the SHA-256 and validators. The
+/// body is refused beyond [`MAX_LIST_BYTES`], and a failed download leaves no spool.
 async fn download(
     client: &reqwest::Client,
     url: &url::Url,
     old: Option<&ListMeta>,
-) -> Result<Option<(Vec<u8>, Option<String>, Option<String>)>, FetchError> {
+    spool: &Path,
+) -> Result<Option<(String, Option<String>, Option<String>)>, FetchError> {
+    let got = download_to(client, url, old, spool).await;
+    if !matches!(got, Ok(Some(_))) {
+        let _ = tokio::fs::remove_file(spool).await;
+    }
+    got
+}
+
+async fn download_to(
+    client: &reqwest::Client,
+    url: &url::Url,
+    old: Option<&ListMeta>,
+    spool: &Path,
+) -> Result<Option<(String, Option<String>, Option<String>)>, FetchError> {
+    use tokio::io::AsyncWriteExt as _;
     let u = url.to_string();
     let mut req = client.get(url.clone());
     if let Some(m) = old {
@@ -319,12 +454,26 @@ async fn download(
     {
         return Err(FetchError::TooLarge { url: u });
     }
-    let mut body = Vec::new();
+    let io = |e| FetchError::Io {
+        path: spool.display().to_string(),
+        source: e,
+    };
+    if let Some(dir) = spool.parent() {
+        tokio::fs::create_dir_all(dir).await.map_err(io)?;
+    }
+    let mut out = tokio::io::BufWriter::with_capacity(
+        1 << 16,
+        tokio::fs::File::create(spool).await.map_err(io)?,
+    );
+    let (mut len, mut sha) = (0usize, Sha256::new());
     while let Some(chunk) = resp.chunk().await.map_err(net)? {
-        if body.len() + chunk.len() > MAX_LIST_BYTES {
+        len += chunk.len();
+        if len > MAX_LIST_BYTES {
             return Err(FetchError::TooLarge { url: u });
         }
-        body.extend_from_slice(&chunk);
+        sha.update(&chunk);
+        out.write_all(&chunk).await.map_err(io)?;
     }
-    Ok(Some((body, etag, last_modified)))
+    out.shutdown().await.map_err(io)?;
+    Ok(Some((hex(&sha.finalize()), etag, last_modified)))
 }

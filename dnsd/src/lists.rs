@@ -49,18 +49,86 @@ const HOSTS_NOISE: [&str; 9] = [
     "ip6-allrouters",
 ];
 
+/// Lines longer than this are junk (a DNS name has at most 253 bytes); they are skipped
+/// without being held whole, so a list without newlines cannot cost its size in memory.
+pub const MAX_LINE: usize = 4096;
+
+impl ParsedList {
+    /// An empty list whose sets share the names of `previous`, the copy being replaced:
+    /// an unchanged name costs a bit instead of a second copy (see [`DomainSet::against`]).
+    pub fn against(previous: &crate::compiled::CompiledList) -> Self {
+        Self {
+            block: DomainSet::against(&previous.block),
+            block_subdomains: DomainSet::against(&previous.block_subdomains),
+            allow: DomainSet::against(&previous.allow),
+            ..Self::default()
+        }
+    }
+
+    fn take(&mut self, raw: &str, format: ListFormat) {
+        self.stats.lines += 1;
+        match parse_line(raw, format, self) {
+            Line::Comment => self.stats.comments += 1,
+            Line::Taken(n) => self.stats.entries += n,
+            Line::Skipped => self.stats.skipped += 1,
+        }
+    }
+}
+
 /// Parses a whole list.
 pub fn parse(text: &str, format: ListFormat) -> ParsedList {
     let mut out = ParsedList::default();
     for raw in text.lines() {
-        out.stats.lines += 1;
-        match parse_line(raw, format, &mut out) {
-            Line::Comment => out.stats.comments += 1,
-            Line::Taken(n) => out.stats.entries += n,
-            Line::Skipped => out.stats.skipped += 1,
-        }
+        out.take(raw, format);
     }
     out
+}
+
+/// Parses a list line by line from `input` into `out` (empty, or made with
+/// [`ParsedList::against`]), holding one line at a time: a reload never holds the whole
+/// list text beside the compiled lists.
+pub fn parse_reader(
+    mut input: impl std::io::BufRead,
+    format: ListFormat,
+    mut out: ParsedList,
+) -> std::io::Result<ParsedList> {
+    use std::io::{BufRead as _, Read as _};
+    let mut buf = Vec::with_capacity(256);
+    loop {
+        buf.clear();
+        let n = (&mut input)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        if n == MAX_LINE && buf.last() != Some(&b'\n') {
+            skip_line(&mut input)?;
+            out.stats.lines += 1;
+            out.stats.skipped += 1;
+            continue;
+        }
+        let line = String::from_utf8_lossy(&buf);
+        let line = line.strip_suffix('\n').unwrap_or(&line);
+        out.take(line.strip_suffix('\r').unwrap_or(line), format);
+    }
+    Ok(out)
+}
+
+/// Consumes the rest of an overlong line, newline included.
+fn skip_line(input: &mut impl std::io::BufRead) -> std::io::Result<()> {
+    loop {
+        let avail = input.fill_buf()?;
+        if avail.is_empty() {
+            return Ok(());
+        }
+        if let Some(i) = avail.iter().position(|b| *b == b'\n') {
+            input.consume(i + 1);
+            return Ok(());
+        }
+        let n = avail.len();
+        input.consume(n);
+    }
 }
 
 enum Line {
@@ -329,5 +397,27 @@ mod tests {
             let p = parse(junk, f);
             assert!(p.block.is_empty(), "{f:?}: {:?}", names(&p.block));
         }
+    }
+
+    #[test]
+    fn read_line_by_line_as_from_one_buffer() {
+        let long = format!("0.0.0.0 {}.example\n", "a".repeat(3 * MAX_LINE));
+        let text = format!(
+            "\u{feff}# hosts\r\n0.0.0.0 a.example\r\n{long}||b.example^\n\n@@||ok.example^\n*.w.example\nlast.example"
+        );
+        let whole = parse(&text, ListFormat::Auto);
+        for cap in [1, 7, 64, 1 << 16] {
+            let r = std::io::BufReader::with_capacity(cap, text.as_bytes());
+            let p = parse_reader(r, ListFormat::Auto, ParsedList::default()).unwrap();
+            assert_eq!(names(&p.block), names(&whole.block), "buffer {cap}");
+            assert_eq!(names(&p.allow), names(&whole.allow));
+            assert_eq!(names(&p.block_subdomains), names(&whole.block_subdomains));
+            assert_eq!(p.stats, whole.stats, "buffer {cap}");
+        }
+        assert_eq!(
+            names(&whole.block),
+            ["a.example", "b.example", "last.example"]
+        );
+        assert_eq!(whole.stats.skipped, 1, "the overlong line");
     }
 }

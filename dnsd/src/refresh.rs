@@ -1,7 +1,8 @@
 //! Keeping lists fresh: each list is checked when its `update_interval` has passed since
 //! the last successful check; a failed check is retried sooner, but never hammers the
 //! server. Each change hands a new set of lists to the caller, who rebuilds and swaps the
-//! policy; lists are recompiled one at a time, so a reload holds at most one list twice.
+//! policy; lists are recompiled one at a time, each against its copy in use, so a reload
+//! holds one list's changes beside it, not the list twice.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -104,8 +105,15 @@ impl Refresher {
             let Some(list) = self.lists.get(&name).cloned() else {
                 continue;
             };
-            match self.store.refresh(&self.client, &name, &list).await {
+            let previous = self.current.get(&name).cloned();
+            let got = self
+                .store
+                .refresh_from(&self.client, &name, &list, previous)
+                .await;
+            match got {
                 Ok(Outcome::Updated(c)) => {
+                    // The old copy is still shared with the policy in use; it goes when
+                    // the caller swaps in a policy built from these lists.
                     self.current.insert(name.clone(), c);
                     self.failed_at.remove(&name);
                     changed = true;
