@@ -554,6 +554,39 @@ errors: No known data errors
         assert_eq!(d[1].props[&Prop::Recordsize].value, "1048576");
     }
 
+    /// The real blkid on image files: a zeroed one is empty, one with an MBR partition
+    /// table is in use, a path that does not exist is missing.
+    #[test]
+    fn blkid_tells_empty_from_used_disks() {
+        let dir = std::env::temp_dir();
+        let path = |n: &str| dir.join(format!("stored-blkid-{}-{n}", std::process::id()));
+        let (empty, mbr) = (path("empty.img"), path("mbr.img"));
+        let mut image = vec![0u8; 4 << 20];
+        std::fs::write(&empty, &image).unwrap();
+        // One Linux partition at sector 2048, and the boot signature.
+        image[446..462].copy_from_slice(&[
+            0, 0, 0, 0, 0x83, 0, 0, 0, 0x00, 0x08, 0, 0, 0x00, 0x10, 0, 0,
+        ]);
+        image[510..512].copy_from_slice(&[0x55, 0xAA]);
+        std::fs::write(&mbr, &image).unwrap();
+        let cli = ZfsCli::default();
+        let results = (
+            cli.disk(empty.to_str().unwrap()).unwrap(),
+            cli.disk(mbr.to_str().unwrap()).unwrap(),
+            cli.disk(path("absent").to_str().unwrap()).unwrap(),
+        );
+        std::fs::remove_file(&empty).unwrap();
+        std::fs::remove_file(&mbr).unwrap();
+        assert_eq!(
+            results,
+            (
+                DiskState::Empty,
+                DiskState::InUse(vec!["PTTYPE=dos".into()]),
+                DiskState::Missing
+            )
+        );
+    }
+
     #[test]
     fn create_arguments_follow_the_layout() {
         let spec = PoolSpec {
