@@ -59,8 +59,10 @@ pub fn run<S: AsRef<str>>(argv: &[S]) -> Result<String, CommandError> {
     let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
-        // zfs and zpool print numbers and dates for the C locale only when asked.
+        // zfs and zpool print numbers and dates for the C locale only when asked, and
+        // `zpool status` prints times (ctime) in the process's zone: make it UTC.
         .env("LC_ALL", "C")
+        .env("TZ", "UTC")
         .output()
         .map_err(spawn_err)?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();

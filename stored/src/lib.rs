@@ -5,9 +5,11 @@
 //!   in-memory fake.
 //! - [`snapshots`]: snapshot names, what is due, and the pruning plan (pure).
 //! - [`pools`]: the pools and datasets plan (pure) and its apply.
+//! - [`scrub`]: when a pool's scheduled scrub is due (pure).
 
 pub mod command;
 pub mod pools;
+pub mod scrub;
 pub mod snapshots;
 pub mod time;
 pub mod zfs;
