@@ -121,8 +121,9 @@ async fn run(args: Args) -> Result<(), String> {
     force_due(&args.lists_dir, &names)?;
     let started = Instant::now();
     let (swap_cfg, swap_resolver) = (Arc::clone(&cfg), Arc::clone(&resolver));
-    // A task on the serving runtime, like the daemon's refresher: the recompile competes
-    // with the listeners for the same worker.
+    // A task on the serving runtime, like the daemon's refresher; the recompile itself runs
+    // on the store's nice-19 thread, which the pinned core serves only when the listeners
+    // leave it idle.
     let swapped = tokio::spawn(async move {
         if !refresher.run_due().await {
             return Err("the forced refresh changed nothing".to_owned());
