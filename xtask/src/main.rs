@@ -193,13 +193,17 @@ const CLIPPY: Step = Step {
 };
 const TEST: Step = Step {
     name: "test",
-    // Real peers of the tests: dnsmasq and dig for dnsd, nft and ip netns for netd; and
+    // Real peers of the tests: dnsmasq and dig for dnsd, nft and ip netns for netd, the
+    // DHCP clients of netd's server (udhcpc pulls in busybox or uses busybox-static); and
     // what stored's build needs (ZFS_BUILD_PACKAGES).
     packages: &[
         "dnsmasq-base",
         "bind9-dnsutils",
         "nftables",
         "iproute2",
+        "udhcpc",
+        "isc-dhcp-client",
+        "dhcpcd-base",
         "libzfslinux-dev",
         "libclang-dev",
         "pkg-config",
