@@ -1,7 +1,7 @@
 //! netd: see README.md for what this crate owns.
 //!
 //! Built so far: the nftables firewall ([`firewall`]) and links, addresses and routes
-//! through rtnetlink ([`links`]). DHCP and WireGuard follow.
+//! through rtnetlink ([`links`]), the LAN DHCP server ([`dhcp`]). WireGuard follows.
 
 pub mod command;
 pub mod dhcp;
