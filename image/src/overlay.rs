@@ -61,6 +61,36 @@ pub const FILES: &[File] = &[
         mode: 0o644,
         contents: include_str!("../overlay/usr/lib/systemd/system/appliance-ssh-hostkeys.service"),
     },
+    File {
+        path: "/usr/lib/appliance/health-check",
+        mode: 0o755,
+        contents: include_str!("../overlay/usr/lib/appliance/health-check"),
+    },
+    File {
+        path: "/usr/lib/systemd/system/appliance-health.service",
+        mode: 0o644,
+        contents: include_str!("../overlay/usr/lib/systemd/system/appliance-health.service"),
+    },
+    File {
+        path: "/usr/lib/systemd/system/appliance-boot-check.service",
+        mode: 0o644,
+        contents: include_str!("../overlay/usr/lib/systemd/system/appliance-boot-check.service"),
+    },
+    File {
+        path: "/usr/lib/systemd/system/emergency.service.d/appliance-reboot.conf",
+        mode: 0o644,
+        contents: include_str!("../overlay/usr/lib/systemd/system/emergency.service.d/appliance-reboot.conf"),
+    },
+    File {
+        path: "/usr/lib/systemd/system/rescue.service.d/appliance-reboot.conf",
+        mode: 0o644,
+        contents: include_str!("../overlay/usr/lib/systemd/system/rescue.service.d/appliance-reboot.conf"),
+    },
+    File {
+        path: "/etc/systemd/system.conf.d/appliance-watchdog.conf",
+        mode: 0o644,
+        contents: include_str!("../overlay/etc/systemd/system.conf.d/appliance-watchdog.conf"),
+    },
 ];
 
 /// Units enabled as `systemctl enable` would: (the .wants directory, the unit file).
@@ -72,6 +102,14 @@ pub const ENABLED: &[(&str, &str)] = &[
     (
         "multi-user.target.wants",
         "/usr/lib/systemd/system/appliance-boot-report.service",
+    ),
+    (
+        "multi-user.target.wants",
+        "/usr/lib/systemd/system/appliance-health.service",
+    ),
+    (
+        "sysinit.target.wants",
+        "/usr/lib/systemd/system/appliance-boot-check.service",
     ),
     (
         "multi-user.target.wants",

@@ -180,6 +180,42 @@ pub struct Customization {
     pub binaries: Vec<PathBuf>,
     /// Development image: root logs in on the console without a password.
     pub dev: bool,
+    /// What the root says it is (/usr/lib/appliance/release): the updater compares bundles
+    /// against it.
+    pub release: crate::install::Release,
+    /// Public keys (files from `keygen`) whose bundles this release accepts, and how many
+    /// of them must sign (/usr/share/appliance/update-keys).
+    pub update_keys: Vec<PathBuf>,
+    pub update_threshold: usize,
+}
+
+/// The release file and the update keyring.
+fn write_release(tree: &Path, c: &Customization) -> Result<()> {
+    let dir = tree.join("usr/lib/appliance");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    fs::write(dir.join("release"), c.release.render()).context("writing the release file")?;
+    let mut keys = Vec::new();
+    for k in &c.update_keys {
+        keys.push(crate::bundle::keys::load_public(k)?);
+    }
+    let ring = crate::bundle::Keyring::new(keys, c.update_threshold);
+    if ring.threshold > ring.keys.len().max(1) {
+        anyhow::bail!(
+            "--update-threshold {} needs at least that many --update-key files",
+            ring.threshold
+        );
+    }
+    let mut text = String::from(
+        "# Keys whose signatures this release accepts on OTA bundles (appliance-image keygen).\n",
+    );
+    let _ = writeln!(text, "threshold {}", ring.threshold);
+    for k in &ring.keys {
+        let _ = writeln!(text, "{k} {}", k.id());
+    }
+    let share = tree.join("usr/share/appliance");
+    fs::create_dir_all(&share).with_context(|| format!("creating {}", share.display()))?;
+    fs::write(share.join("update-keys"), text).context("writing the update keyring")?;
+    Ok(())
 }
 
 /// Turns the unpacked package tree into the appliance root: overlay files, enabled units,
@@ -207,6 +243,8 @@ pub fn customize(tree: &Path, c: &Customization) -> Result<()> {
         }
     }
     fs::create_dir_all(tree.join("data")).context("creating /data")?;
+    fs::create_dir_all(tree.join("boot/efi")).context("creating /boot/efi")?;
+    write_release(tree, c)?;
 
     for file in overlay::FILES {
         let path = tree.join(file.path.trim_start_matches('/'));

@@ -24,8 +24,9 @@ Commands:
   ci                      the whole CI: toolchain check, rustfmt check, clippy -D warnings,
                           every test, a build check of the fuzz targets, and the VM tests
                           (builds the image; needs root)
-  test [--vm]             run every test (cargo test --workspace --locked); with --vm,
-                          then the VM tests too (as vm-test)
+  test [--vm]             run every test: unit and namespace tests (cargo test
+                          --workspace --locked), then the VM tests (as vm-test);
+                          with --vm, only the VM tests
   fuzz <target> [--time SECONDS] [--jobs N] [-- LIBFUZZER_ARGS...]
                           fuzz a target in fuzz/fuzz_targets/ with cargo-fuzz (default 60 s,
                           1 job); `config` fuzzes the appliance.toml loader
@@ -100,8 +101,8 @@ fn dispatch(args: &[String]) -> Result<(), Failure> {
             Ok(ci()?)
         }
         "test" => match rest {
-            [] => Ok(run_steps(&[TEST])?),
-            [flag] if flag == "--vm" => Ok(run_steps(&[TEST, VM])?),
+            [] => Ok(run_steps(&[TEST, VM])?),
+            [flag] if flag == "--vm" => Ok(run_steps(&[VM])?),
             _ => usage(format!("unexpected arguments to test: {}", rest.join(" "))),
         },
         "fuzz" => {
@@ -426,6 +427,10 @@ fn image() -> Result<PathBuf> {
     let test_key = vm_test_key(&root)?;
     cmd.arg("--authorized-key")
         .arg(test_key.with_extension("pub"));
+    // Bundles signed with the checkout's development key install on this image (the VM
+    // OTA tests sign theirs with it); release builds pass their own keys.
+    let update_key = dev_update_key(&root, &release)?;
+    cmd.arg("--update-key").arg(update_key.with_extension("pub"));
     // The developer's own keys, so that `ssh -p 2222 root@127.0.0.1` works in `run`.
     if let Some(home) = std::env::var_os("HOME") {
         for name in ["id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"] {
@@ -480,6 +485,20 @@ fn vm_test_key(root: &Path) -> Result<PathBuf> {
             "-f",
         ])
         .arg(&key))?;
+    Ok(key)
+}
+
+/// The development signing key for OTA bundles, `target/update-key/dev.key`, made with
+/// `appliance-image keygen` when missing. The VM tests find it at the same path.
+fn dev_update_key(root: &Path, release: &Path) -> Result<PathBuf> {
+    let dir = root.join("target").join("update-key");
+    let key = dir.join("dev.key");
+    if key.is_file() && key.with_extension("pub").is_file() {
+        return Ok(key);
+    }
+    run(Command::new(release.join("appliance-image"))
+        .args(["keygen", "--name", "dev", "--out"])
+        .arg(&dir))?;
     Ok(key)
 }
 

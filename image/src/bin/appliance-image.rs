@@ -39,6 +39,18 @@ enum Cmd {
         /// The mtime of every file in the root image (seconds since the epoch).
         #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = rootfs::PACKAGES_EPOCH)]
         source_date_epoch: u64,
+        /// The release version written into the root (/usr/lib/appliance/release).
+        #[arg(long = "release", default_value = env!("CARGO_PKG_VERSION"))]
+        release: bundle::Version,
+        /// Its anti-rollback level.
+        #[arg(long, default_value_t = 1)]
+        security_version: u64,
+        /// A public key file whose signed bundles this release installs (repeatable).
+        #[arg(long = "update-key", value_name = "FILE")]
+        update_keys: Vec<PathBuf>,
+        /// How many of the update keys must sign a bundle.
+        #[arg(long, default_value_t = 1)]
+        update_threshold: usize,
     },
     /// Make an ed25519 key pair for signing bundles: DIR/NAME.key (0600) and DIR/NAME.pub.
     Keygen {
@@ -71,12 +83,26 @@ fn main() -> ExitCode {
             dev,
             authorized_keys,
             source_date_epoch,
+            release,
+            security_version,
+            update_keys,
+            update_threshold,
         } => {
             let cache = cache.unwrap_or_else(|| out.join("cache"));
             let options = BuildOptions {
                 out,
                 cache,
-                customization: rootfs::Customization { binaries, dev },
+                customization: rootfs::Customization {
+                    binaries,
+                    dev,
+                    release: image::install::Release {
+                        version: release,
+                        security_version,
+                        compatible: bundle::cli::COMPATIBLE.to_owned(),
+                    },
+                    update_keys,
+                    update_threshold,
+                },
                 epoch: source_date_epoch,
                 sizes: disk::Sizes::default(),
                 authorized_keys,

@@ -119,6 +119,21 @@ pub struct Release {
     pub compatible: String,
 }
 
+impl Default for Release {
+    /// This build's version, security version 1.
+    fn default() -> Self {
+        Release {
+            version: env!("CARGO_PKG_VERSION").parse().unwrap_or(Version {
+                major: 0,
+                minor: 0,
+                patch: 0,
+            }),
+            security_version: 1,
+            compatible: bundle::cli::COMPATIBLE.to_owned(),
+        }
+    }
+}
+
 impl Release {
     pub fn parse(path: &str, text: &str) -> Result<Release, UpdateError> {
         let field = |name: &str| {
@@ -294,10 +309,8 @@ impl Device {
             }
             _ => 0,
         };
-        if resume_from == 0 {
-            // From here until the trial is set the target slot must not boot.
-            self.boot_env().update(|s| s.disable(target))?;
-        }
+        // A resumed install disabled the slot in its first run.
+        let mut disabled = resume_from > 0;
         let mut install = Install {
             version: manifest.version,
             security_version: manifest.security_version,
@@ -375,6 +388,15 @@ impl Device {
                 }
             };
             let (index, bytes) = chunk;
+            if !disabled {
+                // From the first write until the trial is set the target slot must not
+                // boot; a bundle refused before any write leaves the boot state alone.
+                let boot = self.boot_env().current()?;
+                if boot.slot(target).ok || boot.first == target {
+                    self.boot_env().update(|s| s.disable(target))?;
+                }
+                disabled = true;
+            }
             device
                 .seek(SeekFrom::Start(index as u64 * manifest.payload.chunk_size))
                 .and_then(|_| device.write_all(bytes))
@@ -497,6 +519,15 @@ impl Device {
             state_file.save(&state)?;
         }
         Ok(changed)
+    }
+
+    /// The boot is unhealthy: whether the caller should reboot, which it should only when
+    /// the running slot is on trial (a reboot spends a try and, in the end, returns to the
+    /// old slot); a committed slot that fails its health check stays up to be looked at.
+    pub fn health_failed(&self) -> Result<bool, UpdateError> {
+        let running = self.running_slot()?;
+        let boot = self.boot_env().current()?;
+        Ok(boot.slot(running).tries.is_some())
     }
 
     /// Boots the other slot next, on trial, when it holds a committed system whose

@@ -58,6 +58,9 @@ enum UpdateCommand {
     MarkGood,
     /// Early at boot: repair the boot state and report an update that rolled back.
     CheckBoot,
+    /// The boot health check failed: reboot when the running slot is on trial (spending a
+    /// try), else leave the system up.
+    HealthFailed,
 }
 
 fn failed(e: UpdateError) -> CliError {
@@ -187,6 +190,15 @@ pub fn run(args: &UpdateArgs) -> Result<(), CliError> {
         UpdateCommand::MarkGood => {
             if device.mark_good().map_err(failed)? {
                 println!("slot {} committed", device.running_slot().map_err(failed)?);
+            }
+        }
+        UpdateCommand::HealthFailed => {
+            if device.health_failed().map_err(failed)? {
+                println!("the slot on trial is unhealthy: rebooting to spend a try");
+                reboot_now()?;
+            } else {
+                println!("the committed slot is unhealthy; staying up");
+                return Err(CliError::Failed("the boot is unhealthy".into()));
             }
         }
         UpdateCommand::CheckBoot => {
