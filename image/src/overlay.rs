@@ -79,12 +79,16 @@ pub const FILES: &[File] = &[
     File {
         path: "/usr/lib/systemd/system/emergency.service.d/appliance-reboot.conf",
         mode: 0o644,
-        contents: include_str!("../overlay/usr/lib/systemd/system/emergency.service.d/appliance-reboot.conf"),
+        contents: include_str!(
+            "../overlay/usr/lib/systemd/system/emergency.service.d/appliance-reboot.conf"
+        ),
     },
     File {
         path: "/usr/lib/systemd/system/rescue.service.d/appliance-reboot.conf",
         mode: 0o644,
-        contents: include_str!("../overlay/usr/lib/systemd/system/rescue.service.d/appliance-reboot.conf"),
+        contents: include_str!(
+            "../overlay/usr/lib/systemd/system/rescue.service.d/appliance-reboot.conf"
+        ),
     },
     File {
         path: "/etc/systemd/system.conf.d/appliance-watchdog.conf",

@@ -430,7 +430,8 @@ fn image() -> Result<PathBuf> {
     // Bundles signed with the checkout's development key install on this image (the VM
     // OTA tests sign theirs with it); release builds pass their own keys.
     let update_key = dev_update_key(&root, &release)?;
-    cmd.arg("--update-key").arg(update_key.with_extension("pub"));
+    cmd.arg("--update-key")
+        .arg(update_key.with_extension("pub"));
     // The developer's own keys, so that `ssh -p 2222 root@127.0.0.1` works in `run`.
     if let Some(home) = std::env::var_os("HOME") {
         for name in ["id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"] {
