@@ -20,17 +20,20 @@
 //! The clients run with scripts of ours that configure only their namespace's link and
 //! write what they were given to a file; nothing outside the namespaces is touched.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use appliance::leases::{self, Lease};
 
 /// How long a client may take to get a lease; generous for a loaded 2-core machine.
+use common::{Netns, run, unique};
+
 const TIMEOUT: Duration = Duration::from_secs(30);
 const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
 const STATIC_MAC: &str = "52:54:00:50:99:01";
@@ -57,16 +60,7 @@ static_leases = [{{ mac = "{STATIC_MAC}", address = "{STATIC_IP}", hostname = "n
 }
 
 fn preflight() {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("?");
-    assert_eq!(
-        euid, "0",
-        "the namespace tests need root (euid {euid}); run them as root, as CI does"
-    );
+    common::require_root();
     for (tool, package) in [
         ("ip", "iproute2"),
         ("udhcpc", "udhcpc"),
@@ -80,58 +74,6 @@ fn preflight() {
             found,
             "`{tool}` is missing: install Debian's {package} (`cargo xtask test` does)"
         );
-    }
-}
-
-fn run(argv: &[&str]) -> String {
-    let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "`{}` failed: {}",
-        argv.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-fn unique() -> usize {
-    COUNTER.fetch_add(1, Ordering::SeqCst)
-}
-
-/// A network namespace, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(role: &str) -> Self {
-        let name = format!("dhcp-{role}-{}-{}", std::process::id(), unique());
-        run(&["ip", "netns", "add", &name]);
-        let ns = Self { name };
-        ns.ip("link set lo up");
-        ns
-    }
-
-    fn ip(&self, args: &str) -> String {
-        let mut argv = vec!["ip", "-n", &self.name];
-        argv.extend(args.split_whitespace());
-        run(&argv)
-    }
-
-    fn command(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, program]);
-        c
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .status();
     }
 }
 

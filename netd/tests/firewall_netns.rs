@@ -17,11 +17,12 @@
 //! Needs root, iproute2 (`ip netns`) and nftables (`nft`). Without them these tests fail,
 //! saying what is missing: a skipped firewall test would look like a passing one.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -31,6 +32,8 @@ use nftables::schema::{NfListObject, Rule};
 use nftables::stmt::{Match, Operator, Statement};
 use nftables::types::NfFamily;
 use serde_json::Value;
+
+use common::Netns;
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 const WAN1: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
@@ -49,91 +52,9 @@ fn router_config() -> appliance::Config {
 }
 
 fn preflight() {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("?");
-    assert_eq!(
-        euid, "0",
-        "the namespace tests need root (euid {euid}); run them as root, as CI does"
-    );
-    for (argv, package) in [
-        (&["ip", "netns", "list"][..], "iproute2"),
-        (&["nft", "--version"][..], "nftables"),
-    ] {
-        let ok = Command::new(argv[0])
-            .args(&argv[1..])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            ok,
-            "`{}` does not work: install Debian's {package}",
-            argv.join(" ")
-        );
-    }
-}
-
-fn run(argv: &[&str]) -> String {
-    let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "`{}` failed: {}",
-        argv.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// A network namespace, deleted on drop. Names carry the pid and a counter so that tests
-/// running in parallel (and leftovers of a killed run) never collide.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(role: &str) -> Self {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let name = format!("netd-{role}-{}-{n}", std::process::id());
-        run(&["ip", "netns", "add", &name]);
-        let ns = Self { name };
-        ns.ip("link set lo up");
-        ns
-    }
-
-    /// `ip -n <ns> <args>`.
-    fn ip(&self, args: &str) {
-        let mut argv = vec!["ip", "-n", &self.name];
-        argv.extend(args.split_whitespace());
-        run(&argv);
-    }
-
-    fn sh(&self, script: &str) {
-        run(&["ip", "netns", "exec", &self.name, "sh", "-c", script]);
-    }
-
-    /// Runs `f` on a thread that has entered this namespace: sockets it opens live there.
-    fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
-        let path = format!("/run/netns/{}", self.name);
-        thread::spawn(move || {
-            let file = std::fs::File::open(&path).unwrap();
-            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            f()
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
+    common::require_root();
+    common::require_working(&["ip", "netns", "list"], "iproute2");
+    common::require_working(&["nft", "--version"], "nftables");
 }
 
 /// A TCP server that answers every connection with the peer address it sees, so that a

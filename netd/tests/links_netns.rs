@@ -19,17 +19,19 @@
 //! missing. 802.1Q is not here: the host kernel has no 8021q module, so the VLAN path is
 //! covered by the planner's unit tests and belongs to the VM tests.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use netd::links::{Links, LinksError, Rtnetlink};
 use serde_json::Value;
+
+use common::Netns;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 const A: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
@@ -65,96 +67,16 @@ fn config() -> appliance::Config {
 }
 
 fn preflight() {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("?");
-    assert_eq!(
-        euid, "0",
-        "the namespace tests need root (euid {euid}); run them as root, as CI does"
-    );
-    let ok = Command::new("ip")
-        .args(["netns", "list"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "`ip netns list` does not work: install Debian's iproute2"
-    );
+    common::require_root();
+    common::require_working(&["ip", "netns", "list"], "iproute2");
 }
 
-fn run(argv: &[&str]) -> String {
-    let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "`{}` failed: {}",
-        argv.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// A network namespace, deleted on drop. Names carry the pid and a counter so that tests
-/// running in parallel (and leftovers of a killed run) never collide.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(role: &str) -> Self {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let name = format!("links-{role}-{}-{n}", std::process::id());
-        run(&["ip", "netns", "add", &name]);
-        let ns = Self { name };
-        ns.ip("link set lo up");
-        // No duplicate address detection: addresses are final at once, so two listings
-        // differ only if something changed them.
-        ns.sh("echo 0 > /proc/sys/net/ipv6/conf/all/accept_dad; echo 0 > /proc/sys/net/ipv6/conf/default/accept_dad");
-        ns
-    }
-
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
-    }
-
-    /// `ip -n <ns> <args>`, its output.
-    fn ip(&self, args: &str) -> String {
-        let mut argv = vec!["ip", "-n", &self.name];
-        argv.extend(args.split_whitespace());
-        run(&argv)
-    }
-
-    fn sh(&self, script: &str) -> String {
-        run(&["ip", "netns", "exec", &self.name, "sh", "-c", script])
-    }
-
-    fn json(&self, args: &str) -> Value {
-        serde_json::from_str(&self.ip(&format!("-j {args}"))).unwrap()
-    }
-
-    /// Runs `f` on a thread that has entered this namespace: sockets it opens live there.
-    fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
-        let path = self.path();
-        thread::spawn(move || {
-            let file = std::fs::File::open(&path).unwrap();
-            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            f()
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
+/// A namespace without duplicate address detection: addresses are final at once, so two
+/// listings differ only if something changed them.
+fn netns(role: &str) -> Netns {
+    let ns = Netns::new(role);
+    ns.sh("echo 0 > /proc/sys/net/ipv6/conf/all/accept_dad; echo 0 > /proc/sys/net/ipv6/conf/default/accept_dad");
+    ns
 }
 
 struct Lab {
@@ -168,10 +90,10 @@ impl Lab {
     fn new() -> Self {
         preflight();
         let lab = Self {
-            router: Netns::new("router"),
-            a: Netns::new("a"),
-            b: Netns::new("b"),
-            _up: Netns::new("up"),
+            router: netns("router"),
+            a: netns("a"),
+            b: netns("b"),
+            _up: netns("up"),
         };
         let r = &lab.router;
         for (nic, peer) in [("nic0", &lab._up), ("nic1", &lab.a), ("nic2", &lab.b)] {
