@@ -2,6 +2,7 @@
 //! with key paths and line numbers, the embedded default, the JSON Schema and the config
 //! store. Every daemon reads its section through this crate.
 
+pub mod command;
 pub mod diag;
 pub mod leases;
 pub mod load;

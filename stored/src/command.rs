@@ -1,97 +1,13 @@
-//! Running the `zfs`, `zpool` and `blkid` tools and recording their failures.
+//! Running the `zfs`, `zpool` and `blkid` tools and recording their failures; the runner is
+//! shared with the other daemons in [`appliance::command`].
 
-use std::fmt;
-use std::process::{Command, Stdio};
-
-/// A tool that ran and failed, with everything needed to diagnose it without a rerun.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct CommandFailure {
-    /// The command line, shell-quoted for reading, not for running.
-    pub command: String,
-    /// Exit code; `None` when the tool was killed by a signal.
-    pub status: Option<i32>,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl fmt::Display for CommandFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.status {
-            Some(code) => write!(f, "`{}` exited with status {code}", self.command)?,
-            None => write!(f, "`{}` was killed by a signal", self.command)?,
-        }
-        let stderr = self.stderr.trim();
-        if !stderr.is_empty() {
-            write!(f, ": {stderr}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Why a command produced no usable result.
-#[derive(Debug, thiserror::Error)]
-pub enum CommandError {
-    #[error("cannot run `{command}`: {source}")]
-    Spawn {
-        command: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Failed(#[from] CommandFailure),
-}
+pub use appliance::command::{CommandError, CommandFailure};
 
 /// Runs `argv` and returns its stdout when it exits with status 0.
 pub fn run<S: AsRef<str>>(argv: &[S]) -> Result<String, CommandError> {
-    let argv: Vec<&str> = argv.iter().map(AsRef::as_ref).collect();
-    let command = quote(&argv);
-    tracing::debug!(%command, "running");
-    let spawn_err = |source| CommandError::Spawn {
-        command: command.clone(),
-        source,
-    };
-    let (program, args) = argv.split_first().ok_or_else(|| {
-        spawn_err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "empty command line",
-        ))
-    })?;
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        // zfs and zpool print numbers and dates for the C locale only when asked, and
-        // `zpool status` prints times (ctime) in the process's zone: make it UTC.
-        .env("LC_ALL", "C")
-        .env("TZ", "UTC")
-        .output()
-        .map_err(spawn_err)?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() {
-        return Ok(stdout);
-    }
-    Err(CommandFailure {
-        command,
-        status: out.status.code(),
-        stdout,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-    .into())
-}
-
-fn quote(argv: &[&str]) -> String {
-    argv.iter()
-        .map(|a| {
-            if !a.is_empty()
-                && a.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:@,".contains(c))
-            {
-                (*a).to_owned()
-            } else {
-                format!("'{}'", a.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    // zfs and zpool print numbers and dates for the C locale only when asked, and
+    // `zpool status` prints times (ctime) in the process's zone: make it UTC.
+    appliance::command::run(argv, None, &[("LC_ALL", "C"), ("TZ", "UTC")]).map(|out| out.stdout)
 }
 
 #[cfg(test)]
@@ -99,22 +15,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn failure_keeps_command_status_and_stderr() {
-        let Err(CommandError::Failed(f)) = run(&["sh", "-c", "echo out; echo bad >&2; exit 3"])
-        else {
-            panic!("expected a failure")
-        };
-        assert_eq!(f.status, Some(3));
-        assert_eq!(f.stdout, "out\n");
-        assert_eq!(f.stderr, "bad\n");
-        assert_eq!(f.command, "sh -c 'echo out; echo bad >&2; exit 3'");
-        assert!(f.to_string().ends_with("exited with status 3: bad"));
-    }
-
-    #[test]
-    fn a_missing_tool_is_a_spawn_error() {
-        let err = run(&["/nonexistent/zpool", "list"]).unwrap_err();
-        assert!(matches!(err, CommandError::Spawn { .. }));
-        assert!(err.to_string().contains("/nonexistent/zpool list"));
+    fn zfs_tools_run_in_the_c_locale_and_utc() {
+        let out = run(&["sh", "-c", "echo $LC_ALL $TZ"]).unwrap();
+        assert_eq!(out, "C UTC\n");
     }
 }
