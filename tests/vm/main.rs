@@ -11,6 +11,7 @@
 mod capabilities;
 mod harness;
 mod ota;
+mod storage;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -55,14 +55,16 @@ pub fn run_policy(
         // The top dataset decides what is due; its tree shares the names.
         let existing = zfs.snapshots(top.as_str(), false)?;
         let names = due_names(&retention, now, &existing);
-        let full: Vec<String> = tree
-            .iter()
-            .flat_map(|d| names.iter().map(move |n| format!("{d}@{n}")))
-            .collect();
-        if !full.is_empty() && !dry_run {
-            zfs.snapshot(&full, &[])?;
+        // One call per name: lzc_snapshot refuses two snapshots of one dataset in a call
+        // (EXDEV), so periods due together (hourly and daily at midnight) go one by one,
+        // each still atomic over the whole tree.
+        for n in &names {
+            let full: Vec<String> = tree.iter().map(|d| format!("{d}@{n}")).collect();
+            if !dry_run {
+                zfs.snapshot(&full, &[])?;
+            }
+            taken.extend(full);
         }
-        taken.extend(full);
         covered.extend(tree);
     }
     covered.sort();

@@ -429,6 +429,15 @@ impl Zfs for FakeZfs {
 
     fn snapshot(&mut self, names: &[String], _props: &[(String, String)]) -> Result<(), ZfsError> {
         self.take_failure(|| "lzc_snapshot".into())?;
+        // The kernel refuses two snapshots of one dataset in one call with EXDEV.
+        let mut datasets = std::collections::BTreeSet::new();
+        for full in names {
+            if let Some((ds, _)) = full.split_once('@')
+                && !datasets.insert(ds)
+            {
+                return Err(lzc_failure("snapshot", full, 18));
+            }
+        }
         for full in names {
             let Some((ds, name)) = full.split_once('@') else {
                 return Err(lzc_failure("snapshot", full, 22));

@@ -1,0 +1,290 @@
+//! stored against real ZFS in the image's kernel, in one boot: the `stored` binary the
+//! image ships, driven by appliance.toml files on two blank disks named by id.
+
+use std::fs;
+use std::time::Duration;
+
+use crate::harness::{Options, Vm};
+use crate::{BOOT_TIMEOUT, POWER_OFF_TIMEOUT};
+
+const POOL: &str = r#"
+[storage.pools.tank]
+vdevs = [{ layout = "mirror", disks = ["DISK_A", "DISK_B"] }]
+"#;
+
+const DATASETS: &str = r#"
+[storage.datasets."tank/media"]
+compression = "zstd"
+atime = false
+recordsize = "1M"
+quota = "1G"
+
+[storage.datasets."tank/media/photos"]
+
+[storage.datasets."tank/bulk"]
+"#;
+
+const POLICY: &str = r#"
+[snapshots.media]
+datasets = ["tank/media"]
+recursive = true
+hourly = 2
+daily = 1
+"#;
+
+const BULK: &str = r#"
+[snapshots.bulk]
+datasets = ["tank/bulk"]
+hourly = 1
+"#;
+
+/// Snapshots made by hand in the prune measurement (one `zfs snapshot` call, so one txg).
+const BULK_SNAPSHOTS: usize = 1000;
+
+struct Guest<'a> {
+    vm: &'a Vm,
+    /// The `stored` to run: the image's, or a host build copied in.
+    bin: String,
+}
+
+impl Guest<'_> {
+    /// Copies a config into the guest as /tmp/`name`.toml.
+    fn config(&self, name: &str, text: &str) -> String {
+        let host = self.vm.dir.join(format!("{name}.toml"));
+        fs::write(&host, format!("version = 1\n{text}")).unwrap();
+        let guest = format!("/tmp/{name}.toml");
+        self.vm.copy_in(&host, &guest);
+        guest
+    }
+
+    /// Runs `stored ARGS`; returns (exit code, stdout, stderr).
+    fn stored(&self, args: &str) -> (i32, String, String) {
+        let out = self.vm.ssh(&format!("{} {args}", self.bin));
+        let r = (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        eprintln!("$ stored {args}\n-> {}\n{}{}", r.0, r.1, r.2);
+        r
+    }
+
+    fn ok(&self, args: &str) -> String {
+        let (code, out, err) = self.stored(args);
+        assert_eq!(code, 0, "stored {args}: {out}{err}");
+        out
+    }
+
+    fn snapshots(&self, dataset: &str) -> Vec<String> {
+        self.vm
+            .sh(&format!(
+                "zfs list -H -o name -t snapshot -s createtxg -d 1 {dataset}"
+            ))
+            .lines()
+            .map(|l| l.split_once('@').unwrap().1.to_owned())
+            .collect()
+    }
+}
+
+#[test]
+fn stored_makes_pools_datasets_and_snapshots_on_real_zfs() {
+    let options = Options::default()
+        .disk("stored-a", 512)
+        .disk("stored-b", 512);
+    let (disk_a, disk_b) = (options.disks[0].by_id(), options.disks[1].by_id());
+    let mut vm = Vm::boot_with("storage", options);
+    vm.wait_for_line("APPLIANCE-BOOT-OK", BOOT_TIMEOUT);
+    vm.wait_until(
+        &format!("test -b {disk_a} && test -b {disk_b}"),
+        Duration::from_secs(60),
+    );
+    // The root is read-only: pools mount under /mnt, which needs to be writable.
+    vm.sh("modprobe zfs && mount -t tmpfs -o mode=755 tmpfs /mnt");
+    // STORED_BIN runs a host build of stored instead of the image's, to try a change
+    // without building an image (same Debian, so the same libzfs_core).
+    let bin = match std::env::var_os("STORED_BIN") {
+        Some(host) => {
+            vm.copy_in(std::path::Path::new(&host), "/tmp/stored");
+            "/tmp/stored".to_owned()
+        }
+        None => "stored".to_owned(),
+    };
+    let g = Guest { vm: &vm, bin };
+    let pool = POOL.replace("DISK_A", &disk_a).replace("DISK_B", &disk_b);
+
+    // Blank disks: the pool is created as a mirror of the two disks, by id.
+    let cfg = g.config("storage", &format!("{pool}{DATASETS}"));
+    let plan = g.ok(&format!("plan --config {cfg}"));
+    assert!(plan.contains("create pool tank"), "{plan}");
+    g.ok(&format!("apply --config {cfg}"));
+    let status = vm.sh("zpool status -P tank");
+    eprintln!("{status}");
+    assert!(status.contains("mirror-0"), "{status}");
+    for d in [&disk_a, &disk_b] {
+        assert!(status.contains(d.as_str()), "{d} not in:\n{status}");
+    }
+
+    // A second apply of the same config changes nothing.
+    let again = g.ok(&format!("apply --config {cfg}"));
+    assert_eq!(again.trim(), "nothing to do");
+
+    // The properties, read back by the zfs tool.
+    let props =
+        vm.sh("zfs get -Hp -o property,value compression,atime,recordsize,quota tank/media");
+    let props: Vec<(&str, &str)> = props.lines().map(|l| l.split_once('\t').unwrap()).collect();
+    assert_eq!(
+        props,
+        [
+            ("compression", "zstd"),
+            ("atime", "off"),
+            ("recordsize", "1048576"),
+            ("quota", "1073741824"),
+        ]
+    );
+    assert_eq!(
+        vm.sh("zfs get -H -o value mountpoint tank/media/photos")
+            .trim(),
+        "/mnt/tank/media/photos"
+    );
+
+    // A changed layout (one disk instead of the mirror) is refused and touches nothing.
+    let single = g.config(
+        "single",
+        &format!(
+            "[storage.pools.tank]\nvdevs = [{{ layout = \"single\", disks = [\"{disk_a}\"] }}]\n"
+        ),
+    );
+    let before = vm.sh("zpool status -P tank; zpool history tank | wc -l");
+    let (code, _, err) = g.stored(&format!("apply --config {single}"));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("never destroys"), "{err}");
+    assert_eq!(
+        vm.sh("zpool status -P tank; zpool history tank | wc -l"),
+        before
+    );
+
+    // A config with a mistake is refused with exit code 2.
+    let bad = g.config("bad", "[storage.pools.tank]\nvdevs = 3\n");
+    assert_eq!(g.stored(&format!("apply --config {bad}")).0, 2);
+
+    // Exported, the pool is imported back by the next apply.
+    vm.sh("zpool export tank");
+    let imported = g.ok(&format!("apply --config {cfg}"));
+    assert!(imported.contains("import pool tank"), "{imported}");
+    assert!(vm.sh("zpool list -H -o name").lines().any(|l| l == "tank"));
+    assert_eq!(
+        g.ok(&format!("apply --config {cfg}")).trim(),
+        "nothing to do"
+    );
+
+    // Snapshot policy: hourly = 2, daily = 1, recursive; four hourly passes.
+    let snap = g.config("snap", &format!("{pool}{DATASETS}{POLICY}"));
+    for h in 0..4 {
+        g.ok(&format!(
+            "snapshot run --config {snap} --now 2026-11-25T{h:02}:00:00Z"
+        ));
+    }
+    let media = g.snapshots("tank/media");
+    assert_eq!(
+        media,
+        [
+            "stored_daily_2026-11-25T00:00:00Z",
+            "stored_hourly_2026-11-25T02:00:00Z",
+            "stored_hourly_2026-11-25T03:00:00Z",
+        ]
+    );
+    assert_eq!(g.snapshots("tank/media/photos"), media);
+    // One lzc call for the tree: parent and child snapshots were made in the same txg.
+    let txgs = vm.sh(
+        "zfs get -H -o value createtxg tank/media@stored_hourly_2026-11-25T03:00:00Z \
+         tank/media/photos@stored_hourly_2026-11-25T03:00:00Z",
+    );
+    let txgs: Vec<&str> = txgs.lines().collect();
+    assert_eq!(txgs[0], txgs[1], "the tree was not snapshotted atomically");
+
+    // A held snapshot is not pruned; the next unheld one is.
+    vm.sh("zfs hold keep tank/media@stored_hourly_2026-11-25T02:00:00Z");
+    let dry = g.ok(&format!(
+        "snapshot run --config {snap} --now 2026-11-25T04:00:00Z --dry-run"
+    ));
+    assert!(dry.contains("would take: tank/media@stored_hourly_2026-11-25T04:00:00Z"));
+    assert_eq!(
+        g.snapshots("tank/media"),
+        media,
+        "a dry run changed something"
+    );
+    g.ok(&format!(
+        "snapshot run --config {snap} --now 2026-11-25T04:00:00Z"
+    ));
+    assert_eq!(
+        g.snapshots("tank/media"),
+        [
+            "stored_daily_2026-11-25T00:00:00Z",
+            "stored_hourly_2026-11-25T02:00:00Z",
+            "stored_hourly_2026-11-25T03:00:00Z",
+            "stored_hourly_2026-11-25T04:00:00Z",
+        ]
+    );
+    vm.sh("zfs release keep tank/media@stored_hourly_2026-11-25T02:00:00Z");
+    g.ok(&format!(
+        "snapshot run --config {snap} --now 2026-11-25T04:30:00Z"
+    ));
+    assert_eq!(
+        g.snapshots("tank/media"),
+        [
+            "stored_daily_2026-11-25T00:00:00Z",
+            "stored_hourly_2026-11-25T03:00:00Z",
+            "stored_hourly_2026-11-25T04:00:00Z",
+        ]
+    );
+
+    // Bookmark and rollback, through lzc.
+    g.ok("snapshot bookmark tank/media@stored_hourly_2026-11-25T03:00:00Z tank/media#base");
+    assert_eq!(
+        vm.sh("zfs list -H -o name -t bookmark tank/media").trim(),
+        "tank/media#base"
+    );
+    vm.sh("echo later > /mnt/tank/media/later && sync");
+    g.ok("snapshot rollback tank/media@stored_hourly_2026-11-25T04:00:00Z");
+    vm.sh("test ! -e /mnt/tank/media/later");
+    let (code, _, err) = g.stored("snapshot rollback tank/media");
+    assert_eq!(code, 2, "{err}");
+
+    // Pruning 1,000 real snapshots in one batch (made in one `zfs snapshot` call).
+    let names: Vec<String> = (0..BULK_SNAPSHOTS)
+        .map(|i| {
+            format!(
+                "tank/bulk@stored_hourly_2026-{:02}-{:02}T{:02}:00:00Z",
+                1 + i / (28 * 24),
+                1 + (i / 24) % 28,
+                i % 24
+            )
+        })
+        .collect();
+    let list = vm.dir.join("bulk.txt");
+    fs::write(&list, names.join("\n")).unwrap();
+    vm.copy_in(&list, "/tmp/bulk.txt");
+    vm.sh("xargs zfs snapshot < /tmp/bulk.txt");
+    assert_eq!(g.snapshots("tank/bulk").len(), BULK_SNAPSHOTS);
+    let bulk = g.config("bulk", &format!("{pool}{DATASETS}{BULK}"));
+    let timed = vm.sh(&format!(
+        "s=$(date +%s%N); {} snapshot run --config {bulk} --now 2026-11-25T12:00:00Z \
+         >/dev/null; e=$(date +%s%N); echo $(( (e - s) / 1000000 ))",
+        g.bin
+    ));
+    eprintln!(
+        "pruned {BULK_SNAPSHOTS} real snapshots (and took one) in {} ms",
+        timed.trim()
+    );
+    assert_eq!(
+        g.snapshots("tank/bulk"),
+        ["stored_hourly_2026-11-25T12:00:00Z"]
+    );
+    eprintln!(
+        "{}",
+        vm.sh("zpool history -i tank | grep -c destroy || true")
+    );
+
+    let status = vm.power_off(POWER_OFF_TIMEOUT);
+    assert!(status.success(), "QEMU exited with {status}");
+}
