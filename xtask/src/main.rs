@@ -395,6 +395,8 @@ fn image() -> Result<PathBuf> {
     require_root("building the image")?;
     println!("==> image: host packages");
     ensure_debian_packages(IMAGE_PACKAGES)?;
+    // stored, one of the image's binaries, links libzfs_core through bindgen.
+    ensure_debian_packages(ZFS_BUILD_PACKAGES)?;
 
     println!("==> image: release binaries");
     let t = Instant::now();
