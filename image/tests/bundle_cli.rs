@@ -76,36 +76,22 @@ fn keys_bundles_signatures_and_refusals() {
     assert!(verified.contains("every chunk verified"), "{verified}");
     let err = refused(&["bundle", "verify", s(&bundle), "--key", s(&new_pub)]);
     assert!(err.contains("no signature by a trusted key"), "{err}");
-    let err = refused(&[
-        "bundle",
-        "verify",
-        s(&bundle),
-        "--key",
-        s(&old_pub),
-        "--installed",
-        "1.4.0",
-    ]);
-    assert!(err.contains("older than the installed 1.4.0"), "{err}");
-    let err = refused(&[
-        "bundle",
-        "verify",
-        s(&bundle),
-        "--key",
-        s(&old_pub),
-        "--floor",
-        "3",
-    ]);
-    assert!(err.contains("below this device's floor 3"), "{err}");
-    let err = refused(&[
-        "bundle",
-        "verify",
-        s(&bundle),
-        "--key",
-        s(&old_pub),
-        "--compatible",
-        "other",
-    ]);
-    assert!(err.contains("this device is `other`"), "{err}");
+    for (flag, value, reason) in [
+        ("--installed", "1.4.0", "older than the installed 1.4.0"),
+        ("--floor", "3", "below this device's floor 3"),
+        ("--compatible", "other", "this device is `other`"),
+    ] {
+        let err = refused(&[
+            "bundle",
+            "verify",
+            s(&bundle),
+            "--key",
+            s(&old_pub),
+            flag,
+            value,
+        ]);
+        assert!(err.contains(reason), "{flag} {value}: {err}");
+    }
 
     // Rotation: a keyring that needs both keys accepts the bundle once both have signed.
     let keyring = d.join("keyring");

@@ -771,8 +771,21 @@ fn start_dnsd(
         "--listen".into(),
         addr.to_string(),
     ];
+    start_server(files, name, bin, &args, addr.port())
+}
+
+/// Starts a server on the server core and waits until it answers the probe on `port`;
+/// returns it, its address and how long it took to load its list.
+fn start_server(
+    files: &Files,
+    name: &str,
+    program: &Path,
+    args: &[String],
+    port: u16,
+) -> Result<(Proc, SocketAddr, Duration)> {
     let log = files.dir.join(format!("{name}.log"));
-    let mut p = spawn_pinned(name, SERVER_CPU, bin, &args, &log, false)?;
+    let mut p = spawn_pinned(name, SERVER_CPU, program, args, &log, false)?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let load = wait_for_answer(&mut p, addr, &files.probe, [0; 4], LOAD_DEADLINE)?;
     Ok((p, addr, load))
 }
@@ -793,17 +806,13 @@ fn start_dnsmasq(files: &Files, upstream: SocketAddr) -> Result<(Proc, SocketAdd
         ),
     )?;
     let args = ["-k".to_owned(), format!("--conf-file={}", conf.display())];
-    let mut p = spawn_pinned(
+    start_server(
+        files,
         "dnsmasq",
-        SERVER_CPU,
         Path::new("/usr/sbin/dnsmasq"),
         &args,
-        &files.dir.join("dnsmasq.log"),
-        false,
-    )?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let load = wait_for_answer(&mut p, addr, &files.probe, [0; 4], LOAD_DEADLINE)?;
-    Ok((p, addr, load))
+        port,
+    )
 }
 
 fn start_unbound(files: &Files, upstream: SocketAddr) -> Result<(Proc, SocketAddr, Duration)> {
@@ -826,17 +835,13 @@ fn start_unbound(files: &Files, upstream: SocketAddr) -> Result<(Proc, SocketAdd
         ),
     )?;
     let args = ["-d".to_owned(), "-c".into(), conf.display().to_string()];
-    let mut p = spawn_pinned(
+    start_server(
+        files,
         "unbound",
-        SERVER_CPU,
         Path::new("/usr/sbin/unbound"),
         &args,
-        &files.dir.join("unbound.log"),
-        false,
-    )?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let load = wait_for_answer(&mut p, addr, &files.probe, [0; 4], LOAD_DEADLINE)?;
-    Ok((p, addr, load))
+        port,
+    )
 }
 
 // ---------------------------------------------------------------------------------------

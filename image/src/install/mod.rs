@@ -11,7 +11,7 @@ pub mod state;
 
 use std::fs;
 use std::io::{self, Read, Seek as _, SeekFrom, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
@@ -589,11 +589,6 @@ fn read_back(device: &mut fs::File, manifest: &Manifest, slot: Slot) -> Result<(
         }
     }
     Ok(())
-}
-
-/// The path of a slot's device for a given slot dir (for the CLI's messages).
-pub fn describe_slot(dir: &Path, slot: Slot) -> String {
-    dir.join(slot.partlabel()).display().to_string()
 }
 
 #[cfg(test)]

@@ -166,6 +166,16 @@ fn install_trial_boot_and_commit() {
 }
 
 #[test]
+fn an_unhealthy_boot_reboots_only_while_on_trial() {
+    let b = appliance_box();
+    assert!(!b.device.health_failed().unwrap(), "committed A stays up");
+    let path = b.bundle("1.3.0", 4, &b.key);
+    b.device.install(&mut FileSource(path), |_, _| {}).unwrap();
+    assert_eq!(grub_boots(&b.device), Slot::B);
+    assert!(b.device.health_failed().unwrap(), "B on trial reboots");
+}
+
+#[test]
 fn an_unhealthy_update_spends_its_tries_and_the_rollback_is_reported() {
     let b = appliance_box();
     let path = b.bundle("1.3.0", 4, &b.key);
