@@ -10,34 +10,17 @@
     clippy::indexing_slicing
 )]
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+mod common;
+
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use appliance::leases::{self, Lease};
 use appliance::types::MacAddr;
-use hickory_proto::op::{Message, Query, ResponseCode};
-use hickory_proto::rr::{Name, RData, RecordType};
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    loop {
-        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
+use common::{Killed, answers, ask, dnsd, free_addr};
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
 
 fn now() -> u64 {
     SystemTime::now()
@@ -55,43 +38,11 @@ fn lease(mac: &str, ip: &str, host: &str, expires: Option<u64>) -> Lease {
     }
 }
 
-/// Asks over UDP until something answers (dnsd may still be starting).
-fn ask(server: SocketAddr, name: &str, qtype: RecordType) -> Message {
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let mut m = Message::query();
-    m.metadata.id = 77;
-    m.metadata.recursion_desired = true;
-    m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
-    let bytes = m.to_vec().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        sock.send_to(&bytes, server).unwrap();
-        let mut buf = [0u8; 1500];
-        if let Ok((n, _)) = sock.recv_from(&mut buf) {
-            return Message::from_vec(&buf[..n]).unwrap();
-        }
-    }
-    panic!("no answer from {server} within 20 s");
-}
-
-fn data(m: &Message) -> Vec<String> {
-    m.answers
-        .iter()
-        .map(|r| match &r.data {
-            RData::A(a) => a.0.to_string(),
-            RData::PTR(p) => p.0.to_ascii(),
-            other => format!("{other:?}"),
-        })
-        .collect()
-}
-
 /// Polls until `name` answers `want` (the file is checked every two seconds).
 fn wait_for(server: SocketAddr, name: &str, want: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let got = data(&ask(server, name, RecordType::A));
+        let got = answers(&ask(server, name, RecordType::A));
         if got == want {
             return;
         }
@@ -103,22 +54,15 @@ fn wait_for(server: SocketAddr, name: &str, want: &[&str]) {
     }
 }
 
-fn start(dir: &Path, addr: SocketAddr) -> Daemon {
-    Daemon(
-        Command::new(env!("CARGO_BIN_EXE_dnsd"))
-            .arg("--config")
-            .arg(dir.join("appliance.toml"))
+fn start(dir: &Path, addr: SocketAddr) -> Killed {
+    Killed::spawn(
+        dnsd(&dir.join("appliance.toml"))
             .arg("--lists-dir")
             .arg(dir.join("lists"))
             .arg("--leases")
             .arg(dir.join("dhcp/leases.json"))
             .arg("--listen")
-            .arg(addr.to_string())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
+            .arg(addr.to_string()),
     )
 }
 
@@ -162,14 +106,14 @@ addresses = ["192.168.1.5"]
         ],
     )
     .unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let addr = free_addr();
     let _d = start(dir.path(), addr);
 
     let r = ask(addr, "laptop.home.arpa.", RecordType::A);
-    assert_eq!(data(&r), ["192.168.1.50"]);
+    assert_eq!(answers(&r), ["192.168.1.50"]);
     assert!(r.metadata.authoritative);
     let r = ask(addr, "50.1.168.192.in-addr.arpa.", RecordType::PTR);
-    assert_eq!(data(&r), ["laptop.home.arpa."]);
+    assert_eq!(answers(&r), ["laptop.home.arpa."]);
     for name in ["gone.home.arpa.", "laptop."] {
         let r = ask(addr, name, RecordType::A);
         assert_eq!(r.metadata.response_code, ResponseCode::ServFail, "{name}");
@@ -184,15 +128,15 @@ addresses = ["192.168.1.5"]
     );
     // The config wins.
     assert_eq!(
-        data(&ask(addr, "nas.home.arpa.", RecordType::A)),
+        answers(&ask(addr, "nas.home.arpa.", RecordType::A)),
         ["192.168.1.5"]
     );
     assert_eq!(
-        data(&ask(addr, "gw.home.arpa.", RecordType::A)),
+        answers(&ask(addr, "gw.home.arpa.", RecordType::A)),
         ["192.168.1.1"]
     );
     assert_eq!(
-        data(&ask(addr, "5.1.168.192.in-addr.arpa.", RecordType::PTR)),
+        answers(&ask(addr, "5.1.168.192.in-addr.arpa.", RecordType::PTR)),
         ["nas.home.arpa."]
     );
     let r = ask(addr, "61.1.168.192.in-addr.arpa.", RecordType::PTR);
@@ -202,7 +146,7 @@ addresses = ["192.168.1.5"]
         "a client named like the router gets no reverse name"
     );
     assert_eq!(
-        data(&ask(addr, "impostor.home.arpa.", RecordType::A)),
+        answers(&ask(addr, "impostor.home.arpa.", RecordType::A)),
         ["192.168.1.5"],
         "the client keeps its name; only the reverse name is the config's"
     );

@@ -10,14 +10,16 @@
 //! Needs the Debian packages dnsmasq-base (dnsmasq) and bind9-dnsutils (dig); a test whose
 //! tool is missing fails, it does not skip.
 
+mod common;
+
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use appliance::model::ListFormat;
+use common::{free_port, require};
 use dnsd::compiled::CompiledList;
 use dnsd::policy::{Lists, Policy};
 use dnsd::server::{Resolver, Server};
@@ -29,27 +31,6 @@ use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
 
 const UPSTREAM_IP: &str = "127.0.0.53";
-
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    path.split(':')
-        .chain(["/usr/sbin", "/sbin", "/usr/bin"])
-        .map(|d| PathBuf::from(d).join(name))
-        .find(|p| p.is_file())
-}
-
-fn require(name: &str, package: &str) -> PathBuf {
-    find_tool(name).unwrap_or_else(|| {
-        panic!("{name} is needed by this test and is not installed: apt-get install -y {package}")
-    })
-}
-
-fn free_port(ip: &str) -> u16 {
-    let udp = std::net::UdpSocket::bind((ip, 0)).unwrap();
-    let port = udp.local_addr().unwrap().port();
-    // TCP must be free too: dnsmasq listens on both.
-    std::net::TcpListener::bind((ip, port)).map_or_else(|_| free_port(ip), |_| port)
-}
 
 /// dnsmasq as an authoritative test upstream, killed on drop.
 struct Dnsmasq {

@@ -9,129 +9,75 @@
     clippy::indexing_slicing
 )]
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+mod common;
+
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{Killed, answers, ask_until, dnsd, free_addr, free_tcp_port, query};
 use hickory_net::runtime::TokioRuntimeProvider;
 use hickory_net::xfer::{DnsExchange, DnsHandle as _, FirstAnswer as _};
-use hickory_proto::op::{DnsRequest, DnsRequestOptions, Message, Query};
-use hickory_proto::rr::{Name, RData, RecordType};
+use hickory_proto::op::{DnsRequest, DnsRequestOptions};
+use hickory_proto::rr::RecordType;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn start(dir: &Path, addr: SocketAddr) -> Killed {
+    Killed::spawn(
+        dnsd(&dir.join("appliance.toml"))
+            .arg("--lists-dir")
+            .arg(dir.join("lists"))
+            .arg("--tls-dir")
+            .arg(dir.join("tls"))
+            .arg("--leases")
+            .arg(dir.join("leases.json"))
+            .arg("--listen")
+            .arg(addr.to_string()),
+    )
 }
 
-impl Daemon {
-    fn start(dir: &Path, addr: SocketAddr) -> Self {
-        Daemon(
-            Command::new(env!("CARGO_BIN_EXE_dnsd"))
-                .arg("--config")
-                .arg(dir.join("appliance.toml"))
-                .arg("--lists-dir")
-                .arg(dir.join("lists"))
-                .arg("--tls-dir")
-                .arg(dir.join("tls"))
-                .arg("--leases")
-                .arg(dir.join("leases.json"))
-                .arg("--listen")
-                .arg(addr.to_string())
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap(),
+/// Waits until plain DNS answers and the DoT and DoH ports accept connections (dnsd serves
+/// plain DNS a moment before it binds them).
+fn wait_ready(d: &mut Killed, addr: SocketAddr, tls_ports: [SocketAddr; 2]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        d.assert_running("dnsd");
+        let answered = ask_until(
+            addr,
+            "gw.home.arpa.",
+            RecordType::A,
+            Instant::now() + Duration::from_millis(200),
         )
-    }
-
-    /// Waits until plain DNS answers and the DoT and DoH ports accept connections (dnsd
-    /// serves plain DNS a moment before it binds them).
-    fn wait_ready(&mut self, addr: SocketAddr, tls_ports: [SocketAddr; 2]) {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let bytes = query("gw.home.arpa.").to_vec().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Some(s) = self.0.try_wait().unwrap() {
-                panic!("dnsd exited: {s}");
-            }
-            sock.send_to(&bytes, addr).unwrap();
-            let mut buf = [0u8; 1500];
-            if sock.recv_from(&mut buf).is_ok()
-                && tls_ports
-                    .iter()
-                    .all(|p| std::net::TcpStream::connect(p).is_ok())
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        .is_some();
+        if answered
+            && tls_ports
+                .iter()
+                .all(|p| std::net::TcpStream::connect(p).is_ok())
+        {
+            return;
         }
-        panic!("dnsd did not answer on {addr} and listen on {tls_ports:?} within 20 s");
+        std::thread::sleep(Duration::from_millis(50));
     }
-
-    fn stop(mut self) {
-        let pid = self.0.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        assert_eq!(self.0.wait().unwrap().code(), Some(0));
-    }
+    panic!("dnsd did not answer on {addr} and listen on {tls_ports:?} within 20 s");
 }
 
-fn free_port() -> u16 {
-    loop {
-        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn query(name: &str) -> Message {
-    let mut m = Message::query();
-    m.metadata.id = 4242;
-    m.metadata.recursion_desired = true;
-    m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
-    m
+fn stop(d: Killed) {
+    assert_eq!(d.terminate(Duration::from_secs(10)).code(), Some(0));
 }
 
 async fn ask_a(x: &DnsExchange<TokioRuntimeProvider>, name: &str) -> Vec<String> {
     let r = x
-        .send(DnsRequest::new(query(name), DnsRequestOptions::default()))
+        .send(DnsRequest::new(
+            query(name, RecordType::A),
+            DnsRequestOptions::default(),
+        ))
         .first_answer()
         .await
         .unwrap();
-    r.answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0.to_string()),
-            _ => None,
-        })
-        .collect()
+    answers(&r)
 }
 
 /// A client configuration that trusts exactly the certificate dnsd made.
@@ -199,12 +145,12 @@ addresses = ["192.168.1.5"]
         ),
     )
     .unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let addr = free_addr();
     let dot: SocketAddr = format!("127.0.0.1:{dot_port}").parse().unwrap();
     let doh: SocketAddr = format!("127.0.0.1:{doh_port}").parse().unwrap();
 
-    let mut d = Daemon::start(dir.path(), addr);
-    d.wait_ready(addr, [dot, doh]);
+    let mut d = start(dir.path(), addr);
+    wait_ready(&mut d, addr, [dot, doh]);
     let (cert, key) = (
         dir.path().join("tls/dns.crt"),
         dir.path().join("tls/dns.key"),
@@ -216,16 +162,16 @@ addresses = ["192.168.1.5"]
     let first = (std::fs::read(&cert).unwrap(), std::fs::read(&key).unwrap());
     let cfg = client_config(&cert);
     check_dot_and_doh(&cfg, dot, doh).await;
-    d.stop();
+    stop(d);
 
     // A restart serves the same certificate: a client that trusted it still connects.
-    let mut d = Daemon::start(dir.path(), addr);
-    d.wait_ready(addr, [dot, doh]);
+    let mut d = start(dir.path(), addr);
+    wait_ready(&mut d, addr, [dot, doh]);
     assert_eq!(
         (std::fs::read(&cert).unwrap(), std::fs::read(&key).unwrap()),
         first,
         "the pair is reused"
     );
     check_dot_and_doh(&cfg, dot, doh).await;
-    d.stop();
+    stop(d);
 }
