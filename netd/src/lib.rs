@@ -1,11 +1,12 @@
 //! netd: see README.md for what this crate owns.
 //!
 //! Built so far: the nftables firewall ([`firewall`]) and links, addresses and routes
-//! through rtnetlink ([`links`]), the LAN DHCP server ([`dhcp`]). WireGuard follows.
+//! through rtnetlink ([`links`]), the LAN DHCP server ([`dhcp`]), WireGuard tunnels ([`wireguard`]).
 
 pub mod command;
 pub mod dhcp;
 pub mod firewall;
 pub mod links;
+pub mod wireguard;
 
 pub use command::CommandFailure;

@@ -24,6 +24,11 @@ enum Command {
         #[arg(long, default_value = "/data/dhcp")]
         state_dir: PathBuf,
     },
+    /// WireGuard tunnels: apply the config's [wireguard] section, status, watch endpoints.
+    Wg {
+        #[command(subcommand)]
+        command: netd::wireguard::cli::WgCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -37,6 +42,7 @@ fn main() -> ExitCode {
         .init();
     match args.command {
         Command::DhcpServer { config, state_dir } => dhcp_server(&config, &state_dir),
+        Command::Wg { command } => netd::wireguard::cli::run(command),
     }
 }
 

@@ -366,7 +366,7 @@ const IMAGE_PACKAGES: &[&str] = &[
 const QEMU_PACKAGES: &[&str] = &["qemu-system-x86", "qemu-utils", "ovmf", "openssh-client"];
 
 /// Our executables installed into the image. The daemons join as their binaries arrive.
-const IMAGE_BINARIES: &[&str] = &["applctl", "stored"];
+const IMAGE_BINARIES: &[&str] = &["applctl", "stored", "netd"];
 
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
@@ -410,6 +410,8 @@ fn image() -> Result<PathBuf> {
         "image",
         "-p",
         "stored",
+        "-p",
+        "netd",
     ]))?;
     println!("==> release binaries built in {}", Secs(t.elapsed()));
 

@@ -16,6 +16,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod dns;
 #[path = "applctl/update.rs"]
 mod update;
+#[path = "applctl/wg.rs"]
+mod wg;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -66,6 +68,8 @@ enum Command {
     Dns(dns::DnsArgs),
     /// Signed OTA updates: install FILE|URL, status, rollback, mark-good, check-boot.
     Update(update::UpdateArgs),
+    /// WireGuard: add-peer NAME --interface IF prints a client config and its QR code.
+    Wg(wg::WgArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -244,6 +248,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Config(c) => config(cli, c),
         Command::Dns(d) => dns::run(d),
         Command::Update(u) => update::run(u),
+        Command::Wg(w) => wg::run(cli, w),
     }
 }
 
