@@ -3,6 +3,7 @@
 //! store. Every daemon reads its section through this crate.
 
 pub mod command;
+pub mod control;
 pub mod diag;
 pub mod leases;
 pub mod load;
@@ -10,6 +11,7 @@ pub mod model;
 pub mod plan;
 pub mod schema;
 pub mod store;
+pub mod txn;
 pub mod types;
 pub mod validate;
 
