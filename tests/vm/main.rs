@@ -12,6 +12,7 @@ mod capabilities;
 mod harness;
 mod ota;
 mod storage;
+mod wireguard;
 
 use std::collections::BTreeMap;
 use std::fs;
