@@ -76,9 +76,12 @@ impl<K: WgKernel> Wireguard<K> {
         let mut done: Vec<&Action> = Vec::new();
         for batch in batches(actions) {
             if let Err(failed) = self.kernel.execute(batch) {
-                // The failed batch may be half applied; its inverses are harmless where
-                // it was not (removing an absent peer, re-adding a present one).
-                done.extend(batch);
+                // A failed batch of device settings may be half applied; its inverses are
+                // harmless where it was not (removing an absent peer, re-adding a present
+                // one). A link step is one request, or cleans up after itself.
+                if batch.first().is_some_and(Action::is_device_config) {
+                    done.extend(batch);
+                }
                 let undone = done.len();
                 let undo: Vec<Action> = done.iter().rev().flat_map(|a| a.inverse()).collect();
                 let mut undo_failures = Vec::new();

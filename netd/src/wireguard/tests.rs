@@ -214,6 +214,10 @@ fn a_failed_apply_undoes_every_completed_step() {
     let err = wg.apply(&actions).unwrap_err();
     assert!(err.to_string().contains("Injected failure"), "{err}");
     assert!(err.to_string().contains("were undone"), "{err}");
+    assert!(
+        !err.to_string().contains("except"),
+        "every undo step worked: {err}"
+    );
     let mut after = wg.kernel.observe().unwrap();
     after.devices[0].peers.iter_mut().for_each(|p| {
         // Re-added by the undo: the fake, like the kernel, starts a new peer without a session.
@@ -369,4 +373,26 @@ fn the_config_becomes_desired_tunnels_with_names_resolved_ipv4_first() {
         d[0].private_key, wg.private_key,
         "the generated key is kept"
     );
+}
+
+#[test]
+fn a_peer_batch_that_fails_half_way_is_undone_with_the_steps_before_it() {
+    let mut fake = FakeWg::default();
+    converge(&mut fake, &[wg0(vec![peer(1, "10.8.0.2/32")])], t(0));
+    let before = fake.observe().unwrap();
+    let mut desired = wg0(vec![
+        peer(1, "10.8.0.2/32"),
+        peer(2, "10.8.0.3/32"),
+        peer(3, "10.8.0.4/32"),
+    ]);
+    desired.mtu = 1380;
+    let actions = plan(&[desired], &before, t(1)).unwrap();
+    // SetMtu, then one batch with both new peers: fail after the first peer went in.
+    assert_eq!(batches(&actions).len(), 2);
+    fake.batches.clear();
+    fake.fail_at = Some(1);
+    let mut wg = Wireguard::new(fake);
+    let err = wg.apply(&actions).unwrap_err().to_string();
+    assert!(!err.contains("except"), "{err}");
+    assert_eq!(wg.kernel.observe().unwrap(), before);
 }
