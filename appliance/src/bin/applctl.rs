@@ -14,6 +14,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 #[path = "applctl/dns.rs"]
 mod dns;
+#[path = "applctl/txn.rs"]
+mod txn;
 #[path = "applctl/update.rs"]
 mod update;
 #[path = "applctl/wg.rs"]
@@ -70,6 +72,32 @@ enum Command {
     Update(update::UpdateArgs),
     /// WireGuard: add-peer NAME --interface IF prints a client config and its QR code.
     Wg(wg::WgArgs),
+    /// Apply a config file through applianced: every daemon or none, with a confirm window
+    /// for changes that could cut you off (interfaces, firewall, WireGuard, the API).
+    Apply {
+        file: PathBuf,
+        /// Revert unless `applctl confirm` arrives within this window (like 120s or 5m).
+        #[arg(long, value_parser = txn::parse_window)]
+        confirm: Option<u64>,
+        /// Why, for the history.
+        #[arg(long, default_value = "applctl apply")]
+        comment: String,
+        #[command(flatten)]
+        txn: txn::TxnArgs,
+    },
+    /// Keep the change that waits for a confirm.
+    Confirm(txn::TxnArgs),
+    /// Revert the change that waits for a confirm, or go back to generation N (default: the
+    /// one before the active one) on every daemon.
+    Rollback {
+        generation: Option<u64>,
+        #[command(flatten)]
+        txn: txn::TxnArgs,
+    },
+    /// The generations applianced keeps; `*` marks the active one.
+    History(txn::TxnArgs),
+    /// The active generation, a change waiting for a confirm, and each daemon.
+    Status(txn::TxnArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -248,6 +276,21 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Config(c) => config(cli, c),
         Command::Dns(d) => dns::run(d),
         Command::Update(u) => update::run(u),
+        Command::Apply {
+            file,
+            confirm,
+            comment,
+            txn: t,
+        } => {
+            let (src, name) = read_input(file)?;
+            // Checked here too, for diagnostics with line and column before anything is sent.
+            load_reporting(&src, &name, t.json, cli)?;
+            txn::apply(t, src, &name, *confirm, comment)
+        }
+        Command::Confirm(t) => txn::confirm(t),
+        Command::Rollback { generation, txn: t } => txn::rollback(t, *generation),
+        Command::History(t) => txn::history(t),
+        Command::Status(t) => txn::status(t),
         Command::Wg(w) => wg::run(cli, w),
     }
 }

@@ -13,6 +13,7 @@
 //! the transaction.
 
 pub mod daemon;
+pub mod http;
 pub mod pending;
 
 use std::sync::Arc;
@@ -299,7 +300,7 @@ impl Engine {
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {
                             match self.expire_if_due(SystemTime::now()).await {
-                                Ok(Some(r)) => tracing::warn!(generation = r.to, active = r.active, revert_ms = r.revert_ms, "no confirm in time: reverted"),
+                                Ok(Some(r)) => tracing::warn!(generation = r.from, active = r.active, revert_ms = r.revert_ms, "no confirm in time: reverted"),
                                 // Woken early (a clock step): sleep again on the same deadline.
                                 Ok(None) => { if self.state.load().ok().flatten().is_none() { self.deadline.send_replace(None); } continue; }
                                 Err(e) => tracing::error!(error = %e, "reverting the unconfirmed change failed"),
