@@ -2,6 +2,8 @@
 //! with key paths and line numbers, the embedded default, the JSON Schema and the config
 //! store. Every daemon reads its section through this crate.
 
+pub mod accounts;
+pub mod api;
 pub mod command;
 pub mod control;
 pub mod diag;

@@ -30,7 +30,8 @@ Commands:
   fuzz <target> [--time SECONDS] [--jobs N] [-- LIBFUZZER_ARGS...]
                           fuzz a target in fuzz/fuzz_targets/ with cargo-fuzz (default 60 s,
                           1 job); `config` fuzzes the appliance.toml loader
-  schema [--check]        regenerate appliance/config.schema.json and docs/config.md;
+  schema [--check]        regenerate appliance/config.schema.json, docs/config.md and
+                          appliance/openapi.json;
                           with --check, fail if the committed copies are stale instead
   image                   build the release binaries and the firmware disk image
                           (target/image/appliance.img; needs root; installs the Debian
@@ -1018,6 +1019,7 @@ fn schema(check: bool) -> Result<()> {
             "docs/config.md",
             appliance::schema::config_reference_markdown(),
         ),
+        ("appliance/openapi.json", appliance::api::openapi_json()),
     ];
     let mut stale = Vec::new();
     for (rel_path, content) in files {

@@ -14,6 +14,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 #[path = "applctl/dns.rs"]
 mod dns;
+#[path = "applctl/passwd.rs"]
+mod passwd;
 #[path = "applctl/txn.rs"]
 mod txn;
 #[path = "applctl/update.rs"]
@@ -70,6 +72,9 @@ enum Command {
     Dns(dns::DnsArgs),
     /// Signed OTA updates: install FILE|URL, status, rollback, mark-good, check-boot.
     Update(update::UpdateArgs),
+    /// Read a password (from the terminal, or the first line of stdin) and print its
+    /// argon2id hash for api.users.<name>.password_hash.
+    Passwd,
     /// WireGuard: add-peer NAME --interface IF prints a client config and its QR code.
     Wg(wg::WgArgs),
     /// Apply a config file through applianced: every daemon or none, with a confirm window
@@ -276,6 +281,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Config(c) => config(cli, c),
         Command::Dns(d) => dns::run(d),
         Command::Update(u) => update::run(u),
+        Command::Passwd => passwd::run(),
         Command::Apply {
             file,
             confirm,
