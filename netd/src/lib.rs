@@ -4,6 +4,7 @@
 //! through rtnetlink ([`links`]), the LAN DHCP server ([`dhcp`]), WireGuard tunnels ([`wireguard`]).
 
 pub mod command;
+pub mod daemon;
 pub mod dhcp;
 pub mod firewall;
 pub mod links;

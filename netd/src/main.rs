@@ -24,6 +24,8 @@ enum Command {
         #[arg(long, default_value = "/data/dhcp")]
         state_dir: PathBuf,
     },
+    /// Serve the control socket (plan and apply of links and firewall) until SIGTERM.
+    Serve(netd::daemon::cli::ServeArgs),
     /// WireGuard tunnels: apply the config's [wireguard] section, status, watch endpoints.
     Wg {
         #[command(subcommand)]
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
     match args.command {
         Command::DhcpServer { config, state_dir } => dhcp_server(&config, &state_dir),
         Command::Wg { command } => netd::wireguard::cli::run(command),
+        Command::Serve(args) => netd::daemon::cli::serve(args),
     }
 }
 

@@ -16,6 +16,7 @@ pub mod client;
 pub mod server;
 
 pub use client::{ClientError, ControlClient};
+pub use hyper::Method;
 pub use server::{ApiError, Reply, Request, ServeError};
 
 use serde::{Deserialize, Serialize};
