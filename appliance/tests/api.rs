@@ -763,3 +763,23 @@ fn applctl_passwd_prints_a_hash_of_the_password_read_from_stdin() {
     assert_eq!(out.status.code(), Some(2), "an empty password is refused");
     assert!(String::from_utf8_lossy(&out.stderr).contains("empty"));
 }
+
+#[test]
+fn applctl_fingerprint_shows_the_certificates_sha256() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = tls::load_or_create(dir.path(), &["gw.home.arpa".into()], &[]).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_applctl"))
+        .args(["fingerprint", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        format!("SHA-256 {}", id.fingerprint)
+    );
+}

@@ -10,6 +10,7 @@
 pub mod backend;
 pub mod error;
 pub mod handlers;
+pub mod listen;
 pub mod tls;
 
 use std::future::Future;

@@ -14,6 +14,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 #[path = "applctl/dns.rs"]
 mod dns;
+#[path = "applctl/fingerprint.rs"]
+mod fingerprint;
 #[path = "applctl/passwd.rs"]
 mod passwd;
 #[path = "applctl/txn.rs"]
@@ -75,6 +77,12 @@ enum Command {
     /// Read a password (from the terminal, or the first line of stdin) and print its
     /// argon2id hash for api.users.<name>.password_hash.
     Passwd,
+    /// Print the SHA-256 fingerprint of the API's HTTPS certificate.
+    Fingerprint {
+        /// The API's state directory.
+        #[arg(long, default_value = appliance::accounts::DEFAULT_STATE_DIR)]
+        dir: PathBuf,
+    },
     /// WireGuard: add-peer NAME --interface IF prints a client config and its QR code.
     Wg(wg::WgArgs),
     /// Apply a config file through applianced: every daemon or none, with a confirm window
@@ -282,6 +290,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Dns(d) => dns::run(d),
         Command::Update(u) => update::run(u),
         Command::Passwd => passwd::run(),
+        Command::Fingerprint { dir } => fingerprint::run(dir),
         Command::Apply {
             file,
             confirm,
