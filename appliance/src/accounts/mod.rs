@@ -34,6 +34,8 @@ pub const DEFAULT_STATE_DIR: &str = "/data/api";
 pub const TOKENS_FILE: &str = "tokens.json";
 /// Prefix of API tokens, so that a leaked one is recognisable in a scan.
 pub const TOKEN_PREFIX: &str = "appl_";
+/// Open sessions per user; logging in once more ends the one that would end first.
+pub const MAX_SESSIONS_PER_USER: usize = 32;
 /// The longest lifetime of an API token: one year.
 pub const MAX_TOKEN_TTL: u64 = 366 * 86_400;
 
@@ -293,11 +295,15 @@ impl Accounts {
             }
             inner.users.get(user).cloned()
         };
+        // A name that is no account is not logged: people type their password into the
+        // user field often enough.
+        let known = account.is_some();
         let fail = |this: &Self, err: AuthError| {
             let mut inner = this.lock();
             inner.limiter.fail(addr_key.clone(), now);
             inner.limiter.fail(user_key.clone(), now);
-            tracing::warn!(user, %client, reason = %err, "login refused");
+            let shown = if known { user } else { "(unknown)" };
+            tracing::warn!(user = shown, %client, reason = %err, "login refused");
             Err(err)
         };
         let Some(account) = account.filter(|a| !a.disabled) else {
@@ -334,6 +340,15 @@ impl Accounts {
         inner.limiter.reset(&addr_key);
         inner.limiter.reset(&user_key);
         let expires = now + inner.session_timeout;
+        inner.sessions.retain(|_, s| s.expires > now);
+        // A script that logs in for every request must not fill the memory: past the cap
+        // the user's session that ends first goes.
+        let theirs = inner.sessions.iter().filter(|(_, s)| s.user == user);
+        if theirs.clone().count() >= MAX_SESSIONS_PER_USER
+            && let Some(oldest) = theirs.min_by_key(|(_, s)| s.expires).map(|(k, _)| *k)
+        {
+            inner.sessions.remove(&oldest);
+        }
         inner.sessions.insert(
             digest(&token),
             LiveSession {
@@ -341,7 +356,6 @@ impl Accounts {
                 expires,
             },
         );
-        inner.sessions.retain(|_, s| s.expires > now);
         tracing::info!(user, %client, "logged in");
         Ok(Session {
             token,
@@ -602,6 +616,27 @@ mod tests {
             a.authenticate(&s.token),
             Err(AuthError::InvalidToken)
         ));
+    }
+
+    #[test]
+    fn a_user_has_at_most_the_capped_number_of_sessions() {
+        let (_d, clock, a) = setup();
+        let first = a.login(HERE, "alice", "alice-pw-1", None).unwrap().token;
+        clock.advance(1);
+        let rest: Vec<String> = (1..MAX_SESSIONS_PER_USER)
+            .map(|_| a.login(HERE, "alice", "alice-pw-1", None).unwrap().token)
+            .collect();
+        assert!(a.authenticate(&first).is_ok());
+        let newest = a.login(HERE, "alice", "alice-pw-1", None).unwrap().token;
+        assert!(matches!(
+            a.authenticate(&first),
+            Err(AuthError::InvalidToken)
+        ));
+        assert!(
+            rest.iter()
+                .chain([&newest])
+                .all(|t| a.authenticate(t).is_ok())
+        );
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub enum ApiError {
     /// The stored config cannot be read back (the store is damaged).
     #[error("the stored config cannot be read: {0}; run `applctl config history` on the appliance")]
     StoredConfig(String),
+    /// A task of the server itself failed; applianced's log has the details.
+    #[error("{0}; see `journalctl -u applianced`")]
+    Internal(String),
 }
 
 impl ApiError {
@@ -75,6 +78,7 @@ impl ApiError {
             Self::InvalidConfig(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_config"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::StoredConfig(_) => (StatusCode::INTERNAL_SERVER_ERROR, "stored_config"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 

@@ -156,7 +156,7 @@ pub async fn login(
         accounts.login(client.ip(), &req.user, &req.password, req.totp.as_deref())
     })
     .await
-    .map_err(|e| ApiError::BadRequest(format!("the login check stopped: {e}")))??;
+    .map_err(|e| ApiError::Internal(format!("the login check stopped: {e}")))??;
     Ok(Json(LoginResponse {
         token: session.token,
         role: session.role.into(),
