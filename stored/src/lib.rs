@@ -6,10 +6,12 @@
 //! - [`snapshots`]: snapshot names, what is due, and the pruning plan (pure).
 //! - [`pools`]: the pools and datasets plan (pure) and its apply.
 //! - [`scrub`]: when a pool's scheduled scrub is due (pure).
+//! - [`shares`]: NFS exports and SMB shares of datasets, and Samba users.
 
 pub mod command;
 pub mod pools;
 pub mod scrub;
+pub mod shares;
 pub mod snapshots;
 pub mod time;
 pub mod zfs;

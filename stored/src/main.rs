@@ -5,6 +5,7 @@
 //!   datasets, set their properties back (never destroys or reshapes anything).
 //! - `stored snapshot run --config FILE [--now T] [--dry-run]`: one pass of every snapshot
 //!   policy: take what is due, prune what the retention no longer keeps.
+//! - `stored share plan|apply --config FILE`: NFS exports, SMB shares and Samba users.
 //!
 //! Exit codes: 0 success, 2 a config with mistakes, 1 anything else (ZFS not loaded, a
 //! refused plan, a failed step).
@@ -17,6 +18,7 @@ use std::process::ExitCode;
 use appliance::Config;
 use clap::{Parser, Subcommand};
 use stored::pools;
+use stored::shares;
 use stored::snapshots::run_policy;
 use stored::time::UtcTime;
 use stored::zfs::RealZfs;
@@ -47,6 +49,23 @@ enum Command {
     /// Snapshot policies.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// NFS exports, SMB shares and their users.
+    #[command(subcommand)]
+    Share(ShareCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ShareCommand {
+    /// Show what `apply` would change.
+    Plan {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Write the exports and the Samba include, set Samba passwords, reload both servers.
+    Apply {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -196,6 +215,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Share(command) => share(command),
         Command::Snapshot(SnapshotCommand::Rollback { snapshot }) => {
             let Some((fs, _)) = snapshot.split_once('@') else {
                 return Err(Failure::usage(format!(
@@ -220,6 +240,32 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+fn share(command: ShareCommand) -> Result<(), Failure> {
+    let (config, apply) = match command {
+        ShareCommand::Plan { config } => (config, false),
+        ShareCommand::Apply { config } => (config, true),
+    };
+    let config = load(&config)?;
+    let mut os = shares::RealShareOs;
+    let plan = shares::plan_on(&os, &config.shares, &config.storage.users)?;
+    for user in &plan.unmanaged_smb_users {
+        println!("left alone: SMB user {user} (not in the config)");
+    }
+    if plan.actions.is_empty() {
+        println!("nothing to do");
+    }
+    if !apply {
+        for action in &plan.actions {
+            println!("{action}");
+        }
+        return Ok(());
+    }
+    for action in shares::apply(&mut os, &plan)? {
+        println!("done: {action}");
+    }
+    Ok(())
 }
 
 fn refused(errors: Vec<pools::PlanError>) -> Failure {

@@ -1,0 +1,101 @@
+//! In-memory [`ShareOs`] for unit tests: it records every write and command, and can be
+//! told to fail one of them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::os::{MountState, OsError, Password, ShareOs};
+use appliance::command::{CommandError, CommandFailure};
+
+#[derive(Debug, Default)]
+pub struct FakeShareOs {
+    pub mounts: BTreeMap<String, MountState>,
+    pub files: BTreeMap<String, String>,
+    pub unix_users: BTreeSet<String>,
+    /// User to NT hash.
+    pub smb: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, Password>,
+    /// Every change made, in order: `write PATH`, `exportfs -ra`, `reload smbd`,
+    /// `set password USER`, `remove USER`.
+    pub log: Vec<String>,
+    /// A change whose log entry equals this fails (once).
+    pub fail: Option<String>,
+}
+
+impl FakeShareOs {
+    /// A mounted dataset at `mountpoint`.
+    pub fn mounted(mut self, dataset: &str, mountpoint: &str) -> Self {
+        self.mounts.insert(
+            dataset.to_owned(),
+            MountState {
+                mountpoint: mountpoint.to_owned(),
+                mounted: true,
+            },
+        );
+        self
+    }
+
+    /// A Unix account with an SMB password in `path`.
+    pub fn user(mut self, name: &str, path: &str, password: &str) -> Self {
+        self.unix_users.insert(name.to_owned());
+        self.secrets
+            .insert(path.to_owned(), Password::new(password.to_owned()));
+        self
+    }
+
+    fn change(&mut self, entry: String) -> Result<(), OsError> {
+        if self.fail.as_deref() == Some(entry.as_str()) {
+            self.fail = None;
+            return Err(CommandError::Failed(CommandFailure {
+                command: entry,
+                status: Some(1),
+                stdout: String::new(),
+                stderr: "injected failure".into(),
+            })
+            .into());
+        }
+        self.log.push(entry);
+        Ok(())
+    }
+}
+
+impl ShareOs for FakeShareOs {
+    fn dataset_mount(&self, dataset: &str) -> Result<Option<MountState>, OsError> {
+        Ok(self.mounts.get(dataset).cloned())
+    }
+    fn read_file(&self, path: &str) -> Result<Option<String>, OsError> {
+        Ok(self.files.get(path).cloned())
+    }
+    fn write_file(&mut self, path: &str, contents: &str) -> Result<(), OsError> {
+        self.change(format!("write {path}"))?;
+        self.files.insert(path.to_owned(), contents.to_owned());
+        Ok(())
+    }
+    fn reload_nfs(&mut self) -> Result<(), OsError> {
+        self.change("exportfs -ra".into())
+    }
+    fn reload_smb(&mut self) -> Result<(), OsError> {
+        self.change("reload smbd".into())
+    }
+    fn unix_user_exists(&self, user: &str) -> Result<bool, OsError> {
+        Ok(self.unix_users.contains(user))
+    }
+    fn smb_users(&self) -> Result<BTreeMap<String, String>, OsError> {
+        Ok(self.smb.clone())
+    }
+    fn set_smb_password(&mut self, user: &str, password: &Password) -> Result<(), OsError> {
+        self.change(format!("set password {user}"))?;
+        self.smb.insert(user.to_owned(), password.nt_hash());
+        Ok(())
+    }
+    fn remove_smb_user(&mut self, user: &str) -> Result<(), OsError> {
+        self.change(format!("remove {user}"))?;
+        self.smb.remove(user);
+        Ok(())
+    }
+    fn read_secret(&self, path: &str) -> Result<Password, OsError> {
+        self.secrets.get(path).cloned().ok_or_else(|| OsError::Io {
+            path: path.to_owned(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })
+    }
+}

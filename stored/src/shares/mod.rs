@@ -1,0 +1,429 @@
+//! NFS exports and SMB shares of datasets, from the `shares` section and the NAS users of
+//! `storage.users`.
+//!
+//! The shape is the daemons' usual one: [`observe`] reads the OS (mounts, the generated
+//! files, Samba's users), [`plan`] is pure and validates everything before anything is
+//! touched, [`apply`] makes the changes in order and undoes the done ones when a step fails.
+//! A second apply of the same config plans nothing: files are compared, passwords by their
+//! NT hash.
+
+mod fake;
+pub mod os;
+mod render;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use appliance::model::{NasUser, Share};
+use appliance::types::Name;
+
+pub use fake::FakeShareOs;
+pub use os::{
+    EXPORTS_FILE, MountState, NFS_STATE_DIR, OsError, Password, RealShareOs, SMB_INCLUDE_FILE,
+    ShareOs,
+};
+
+/// What the OS holds now, as far as shares go.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// The mount of every shared dataset; `None` when the dataset does not exist.
+    pub mounts: BTreeMap<String, Option<MountState>>,
+    pub exports: Option<String>,
+    pub smb_include: Option<String>,
+    /// Samba's users and their NT hashes.
+    pub smb_users: BTreeMap<String, String>,
+    /// Users of the config that have a Unix account.
+    pub unix_users: BTreeSet<String>,
+    /// The password of every user with an `smb_password_file`, or why it cannot be read.
+    pub passwords: BTreeMap<String, Result<Password, String>>,
+}
+
+/// Reads what [`plan`] compares the config with.
+pub fn observe(
+    os: &impl ShareOs,
+    shares: &BTreeMap<Name, Share>,
+    users: &BTreeMap<Name, NasUser>,
+) -> Result<Observed, OsError> {
+    let mut observed = Observed {
+        exports: os.read_file(EXPORTS_FILE)?,
+        smb_include: os.read_file(SMB_INCLUDE_FILE)?,
+        smb_users: os.smb_users()?,
+        ..Observed::default()
+    };
+    for share in shares.values() {
+        let ds = share.dataset.as_str();
+        if !observed.mounts.contains_key(ds) {
+            observed.mounts.insert(ds.to_owned(), os.dataset_mount(ds)?);
+        }
+    }
+    for (name, user) in users {
+        if os.unix_user_exists(name.as_str())? {
+            observed.unix_users.insert(name.as_str().to_owned());
+        }
+        if let Some(file) = &user.smb_password_file {
+            let pw = os.read_secret(file.as_str()).map_err(|e| e.to_string());
+            observed.passwords.insert(name.as_str().to_owned(), pw);
+        }
+    }
+    Ok(observed)
+}
+
+/// Why a config cannot be applied. Each names the share or user to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error(
+        "share {share}: dataset {dataset} does not exist; declare it under [storage.datasets] and apply storage first"
+    )]
+    DatasetMissing { share: String, dataset: String },
+    #[error(
+        "share {share}: dataset {dataset} is not mounted (mountpoint {mountpoint}); import its pool or `zfs mount {dataset}` first"
+    )]
+    NotMounted {
+        share: String,
+        dataset: String,
+        mountpoint: String,
+    },
+    #[error(
+        "share {share}: dataset {dataset} has mountpoint={mountpoint}, so it has no path to share; give it a mountpoint"
+    )]
+    NoMountpoint {
+        share: String,
+        dataset: String,
+        mountpoint: String,
+    },
+    #[error(
+        "shares {first} and {second} both export dataset {dataset} over NFS; merge their clients into one share"
+    )]
+    DuplicateExport {
+        first: String,
+        second: String,
+        dataset: String,
+    },
+    #[error("share {share}: user {user} is not declared in [storage.users]")]
+    UnknownUser { share: String, user: String },
+    #[error("share {share}: user {user} has no smb_password_file, so it cannot log in over SMB")]
+    NoSmbPassword { share: String, user: String },
+    #[error("share {share}: smb has no users and guest is off, so nobody could use it")]
+    NobodyCanUse { share: String },
+    #[error(
+        "user {user} has no Unix account on this box (getent passwd {user} finds nothing); Samba maps every SMB user to one"
+    )]
+    NoUnixAccount { user: String },
+    #[error("user {user}: {why}")]
+    Secret { user: String, why: String },
+}
+
+/// One change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Add the user to Samba's database or change its password (the password is in
+    /// [`Plan::passwords`], never in the action).
+    SetSmbPassword {
+        user: String,
+        new: bool,
+    },
+    WriteFile {
+        path: String,
+        contents: String,
+    },
+    ReloadSmb,
+    ReloadNfs,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::SetSmbPassword { user, new: true } => write!(f, "add SMB user {user}"),
+            Self::SetSmbPassword { user, new: false } => {
+                write!(f, "change the SMB password of {user}")
+            }
+            Self::WriteFile { path, .. } => write!(f, "write {path}"),
+            Self::ReloadSmb => f.write_str("reload smbd (smbcontrol smbd reload-config)"),
+            Self::ReloadNfs => f.write_str("reload NFS exports (exportfs -ra)"),
+        }
+    }
+}
+
+/// The changes, in the order [`apply`] makes them.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    /// Passwords of the users in `SetSmbPassword` actions.
+    pub passwords: BTreeMap<String, Password>,
+    /// The files' contents before, for the undo.
+    pub previous: BTreeMap<String, Option<String>>,
+    /// Samba users the config does not name: left alone.
+    pub unmanaged_smb_users: Vec<String>,
+}
+
+/// Validates the shares against what is observed and lists the changes. Every problem is
+/// reported at once, and a plan with a problem has no actions.
+pub fn plan(
+    shares: &BTreeMap<Name, Share>,
+    users: &BTreeMap<Name, NasUser>,
+    observed: &Observed,
+) -> Result<Plan, Vec<PlanError>> {
+    let mut errors = Vec::new();
+    let mut paths = BTreeMap::new();
+    let mut exported: BTreeMap<&str, &str> = BTreeMap::new();
+    for (name, share) in shares {
+        let (share_name, ds) = (name.as_str(), share.dataset.as_str());
+        match observed.mounts.get(ds).cloned().flatten() {
+            None => errors.push(PlanError::DatasetMissing {
+                share: share_name.to_owned(),
+                dataset: ds.to_owned(),
+            }),
+            Some(m) if !m.mountpoint.starts_with('/') => errors.push(PlanError::NoMountpoint {
+                share: share_name.to_owned(),
+                dataset: ds.to_owned(),
+                mountpoint: m.mountpoint,
+            }),
+            Some(m) if !m.mounted => errors.push(PlanError::NotMounted {
+                share: share_name.to_owned(),
+                dataset: ds.to_owned(),
+                mountpoint: m.mountpoint,
+            }),
+            Some(m) => {
+                paths.insert(share_name.to_owned(), m.mountpoint);
+            }
+        }
+        if share.nfs.is_some()
+            && let Some(first) = exported.insert(ds, share_name)
+        {
+            errors.push(PlanError::DuplicateExport {
+                first: first.to_owned(),
+                second: share_name.to_owned(),
+                dataset: ds.to_owned(),
+            });
+        }
+        if let Some(smb) = &share.smb {
+            if smb.users.is_empty() && smb.read_only_users.is_empty() && !smb.guest {
+                errors.push(PlanError::NobodyCanUse {
+                    share: share_name.to_owned(),
+                });
+            }
+            for user in smb.users.iter().chain(&smb.read_only_users) {
+                match users.get(user) {
+                    None => errors.push(PlanError::UnknownUser {
+                        share: share_name.to_owned(),
+                        user: user.as_str().to_owned(),
+                    }),
+                    Some(u) if u.smb_password_file.is_none() => {
+                        errors.push(PlanError::NoSmbPassword {
+                            share: share_name.to_owned(),
+                            user: user.as_str().to_owned(),
+                        });
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+
+    let mut plan = Plan::default();
+    for (name, user) in users {
+        let name = name.as_str();
+        if user.smb_password_file.is_none() {
+            continue;
+        }
+        if !observed.unix_users.contains(name) {
+            errors.push(PlanError::NoUnixAccount {
+                user: name.to_owned(),
+            });
+        }
+        match observed.passwords.get(name) {
+            Some(Ok(pw)) => {
+                let current = observed.smb_users.get(name);
+                if current != Some(&pw.nt_hash()) {
+                    plan.actions.push(Action::SetSmbPassword {
+                        user: name.to_owned(),
+                        new: current.is_none(),
+                    });
+                    plan.passwords.insert(name.to_owned(), pw.clone());
+                }
+            }
+            Some(Err(why)) => errors.push(PlanError::Secret {
+                user: name.to_owned(),
+                why: why.clone(),
+            }),
+            None => errors.push(PlanError::Secret {
+                user: name.to_owned(),
+                why: "its password file was not read".into(),
+            }),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    plan.unmanaged_smb_users = observed
+        .smb_users
+        .keys()
+        .filter(|u| !users.keys().any(|n| n.as_str() == u.as_str()))
+        .cloned()
+        .collect();
+
+    let smb = render::smb_include(shares, &paths);
+    if observed.smb_include.as_deref() != Some(smb.as_str()) {
+        plan.previous
+            .insert(SMB_INCLUDE_FILE.to_owned(), observed.smb_include.clone());
+        plan.actions.push(Action::WriteFile {
+            path: SMB_INCLUDE_FILE.to_owned(),
+            contents: smb,
+        });
+        plan.actions.push(Action::ReloadSmb);
+    }
+    let exports = render::exports(shares, &paths);
+    if observed.exports.as_deref() != Some(exports.as_str()) {
+        plan.previous
+            .insert(EXPORTS_FILE.to_owned(), observed.exports.clone());
+        plan.actions.push(Action::WriteFile {
+            path: EXPORTS_FILE.to_owned(),
+            contents: exports,
+        });
+        plan.actions.push(Action::ReloadNfs);
+    }
+    Ok(plan)
+}
+
+/// A step that failed, what was done before it, and what the undo could not restore.
+#[derive(Debug, thiserror::Error)]
+#[error("{failed} failed after {done} of {total} steps: {source}{}", undo_note(.not_undone))]
+pub struct ApplyError {
+    pub failed: String,
+    pub done: usize,
+    pub total: usize,
+    #[source]
+    pub source: Box<OsError>,
+    /// Steps the undo could not take back.
+    pub not_undone: Vec<String>,
+}
+
+fn undo_note(not_undone: &[String]) -> String {
+    if not_undone.is_empty() {
+        "; the steps done were undone".to_owned()
+    } else {
+        format!("; not undone: {}", not_undone.join("; "))
+    }
+}
+
+/// Makes the plan's changes in order. When one fails, the files written are put back (and
+/// the services reloaded), users added are removed; a changed password cannot be put back,
+/// since only its hash was known.
+pub fn apply(os: &mut impl ShareOs, plan: &Plan) -> Result<Vec<Action>, ApplyError> {
+    let mut done: Vec<&Action> = Vec::new();
+    for action in &plan.actions {
+        let result = match action {
+            Action::SetSmbPassword { user, .. } => match plan.passwords.get(user) {
+                Some(pw) => os.set_smb_password(user, pw),
+                None => Ok(()),
+            },
+            Action::WriteFile { path, contents } => os.write_file(path, contents),
+            Action::ReloadSmb => os.reload_smb(),
+            Action::ReloadNfs => os.reload_nfs(),
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(%action, "share step done");
+                done.push(action);
+            }
+            Err(source) => {
+                tracing::warn!(%action, error = %source, "share step failed; undoing");
+                let not_undone = undo(os, plan, &done, action);
+                return Err(ApplyError {
+                    failed: action.to_string(),
+                    done: done.len(),
+                    total: plan.actions.len(),
+                    source: Box::new(source),
+                    not_undone,
+                });
+            }
+        }
+    }
+    Ok(plan.actions.clone())
+}
+
+fn undo(os: &mut impl ShareOs, plan: &Plan, done: &[&Action], failed: &Action) -> Vec<String> {
+    let mut not_undone = Vec::new();
+    let mut reload_smb = false;
+    let mut reload_nfs = false;
+    // A failed write or reload may have left the new file in place: put it back too.
+    for action in done.iter().copied().chain(std::iter::once(failed)).rev() {
+        match action {
+            Action::SetSmbPassword { user, new: true } => {
+                if let Err(e) = os.remove_smb_user(user) {
+                    not_undone.push(format!("SMB user {user} stays ({e})"));
+                }
+            }
+            Action::SetSmbPassword { user, new: false } => {
+                if done.contains(&action) {
+                    not_undone.push(format!("the SMB password of {user} stays changed"));
+                }
+            }
+            Action::WriteFile { path, .. } => {
+                let before = plan
+                    .previous
+                    .get(path)
+                    .cloned()
+                    .flatten()
+                    .unwrap_or_default();
+                match os.write_file(path, &before) {
+                    Ok(()) => {
+                        reload_smb |= path == SMB_INCLUDE_FILE;
+                        reload_nfs |= path == EXPORTS_FILE;
+                    }
+                    Err(e) => not_undone.push(format!("{path} keeps the new shares ({e})")),
+                }
+            }
+            Action::ReloadSmb | Action::ReloadNfs => {}
+        }
+    }
+    if reload_smb && let Err(e) = os.reload_smb() {
+        not_undone.push(format!("smbd was not reloaded with the old shares ({e})"));
+    }
+    if reload_nfs && let Err(e) = os.reload_nfs() {
+        not_undone.push(format!("the old NFS exports were not reloaded ({e})"));
+    }
+    not_undone
+}
+
+/// Why a `stored share` run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ShareError {
+    #[error(transparent)]
+    Os(#[from] OsError),
+    #[error("the shares cannot be applied, nothing was changed:\n{}", list(.0))]
+    Refused(Vec<PlanError>),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+fn list(errors: &[PlanError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("  - {e}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Observes and plans.
+pub fn plan_on(
+    os: &impl ShareOs,
+    shares: &BTreeMap<Name, Share>,
+    users: &BTreeMap<Name, NasUser>,
+) -> Result<Plan, ShareError> {
+    let observed = observe(os, shares, users)?;
+    plan(shares, users, &observed).map_err(ShareError::Refused)
+}
+
+/// Observes, plans and applies; returns the steps done.
+pub fn converge(
+    os: &mut impl ShareOs,
+    shares: &BTreeMap<Name, Share>,
+    users: &BTreeMap<Name, NasUser>,
+) -> Result<Vec<Action>, ShareError> {
+    let plan = plan_on(os, shares, users)?;
+    Ok(apply(os, &plan)?)
+}
+
+#[cfg(test)]
+mod tests;
