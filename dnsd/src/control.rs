@@ -11,13 +11,17 @@
 //! | `POST /resume {"group": G?}` | ends a pause |
 //! | `POST /reload` | re-reads the config and the stored lists, swaps the policy whole |
 //! | `GET /metrics` | Prometheus text format |
+//! | `GET /v1/status` | `{"daemon": "dnsd", "generation", ...}`: the control contract's status |
+//! | `POST /v1/plan {"generation": N}` | `{"generation", "actions"}`: what applying N would do |
+//! | `POST /v1/apply {"generation": N}` | reloads from generation N; on failure the old policy stays |
+//!
+//! The `/v1` endpoints are the contract every daemon serves for applianced (docs/control.md).
 //!
 //! Errors are `{"error": "...", "parameter": "..."}` with a status per [`ApiError`] variant.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,7 +33,6 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::net::UnixListener;
 use tokio::task::JoinHandle;
 
 use crate::fetch::ListStore;
@@ -129,6 +132,8 @@ struct State {
     /// Which refresher may change the lists: a replaced one can still be inside its
     /// callback, waiting for the lock, with the lists of the old config.
     generation: u64,
+    /// The config generation applied through `/v1/apply` last (`None` before the first).
+    config_generation: Option<u64>,
 }
 
 /// The running daemon as the control API sees it. Every change of the policy (a list
@@ -141,6 +146,8 @@ pub struct Daemon {
     listen: Vec<SocketAddr>,
     started: Instant,
     state: Mutex<State>,
+    /// The config store `/v1/plan` and `/v1/apply` read generations from.
+    config_dir: Mutex<PathBuf>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -169,12 +176,14 @@ impl Daemon {
             load_config,
             listen,
             started: Instant::now(),
+            config_dir: Mutex::new(PathBuf::from(appliance::store::DEFAULT_DIR)),
             state: Mutex::new(State {
                 cfg,
                 lists,
                 pauses: BTreeMap::new(),
                 refresh: None,
                 generation: 0,
+                config_generation: None,
             }),
         })
     }
@@ -272,6 +281,67 @@ impl Daemon {
     /// and restarts the refresher for the new list set. Returns what needs a restart.
     pub async fn reload(self: &Arc<Self>) -> Result<Vec<String>, ApiError> {
         let cfg = (self.load_config)().map_err(ApiError::InvalidConfig)?;
+        self.reload_from(cfg).await
+    }
+
+    /// Where `/v1/plan` and `/v1/apply` read generations (default: the store's default).
+    pub fn set_config_dir(&self, dir: PathBuf) {
+        *self.config_dir.lock().unwrap_or_else(|e| e.into_inner()) = dir;
+    }
+
+    fn load_generation(&self, generation: u64) -> Result<Config, ApiError> {
+        let dir = self
+            .config_dir
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let g = appliance::store::Store::open(&dir)
+            .and_then(|s| s.get(generation))
+            .map_err(|e| ApiError::InvalidConfig(e.to_string()))?;
+        appliance::load_str(&g.text).map_err(|d| {
+            ApiError::InvalidConfig(d.render(&g.text, &format!("generation {generation}"), false))
+        })
+    }
+
+    /// What applying `generation` would change; changes nothing.
+    pub fn plan_generation(&self, generation: u64) -> Result<Vec<String>, ApiError> {
+        let cfg = self.load_generation(generation)?;
+        let st = self.state();
+        let (old, new) = (&st.cfg.dns, &cfg.dns);
+        let mut actions = Vec::new();
+        if old != new {
+            actions.push(format!(
+                "rebuild the DNS policy from generation {generation}"
+            ));
+        }
+        actions.extend(
+            restart_needed(old, new)
+                .into_iter()
+                .map(|r| format!("{r}: applied at the next restart")),
+        );
+        Ok(actions)
+    }
+
+    /// Reloads from `generation`. When the new policy cannot be built the old one stays.
+    pub async fn apply_generation(
+        self: &Arc<Self>,
+        generation: u64,
+    ) -> Result<Vec<String>, ApiError> {
+        let cfg = self.load_generation(generation)?;
+        let restart = self.reload_from(cfg).await?;
+        self.state().config_generation = Some(generation);
+        let mut actions = vec![format!(
+            "reloaded the DNS policy from generation {generation}"
+        )];
+        actions.extend(
+            restart
+                .into_iter()
+                .map(|r| format!("{r}: applied at the next restart")),
+        );
+        Ok(actions)
+    }
+
+    async fn reload_from(self: &Arc<Self>, cfg: Config) -> Result<Vec<String>, ApiError> {
         let (store_dir, client, dns) =
             (self.store_dir.clone(), self.client.clone(), cfg.dns.clone());
         // Loading stored lists reads and checks files: off the runtime's workers.
@@ -282,27 +352,10 @@ impl Daemon {
         .map_err(|e| ApiError::Internal(format!("loading the stored lists: {e}")))?;
         let policy = Policy::build(&cfg, refresher.lists()).map_err(ApiError::InvalidConfig)?;
         let lists = refresher.lists().clone();
-        let mut restart = Vec::new();
+        let restart;
         {
             let mut st = self.state();
-            let (old, new) = (&st.cfg.dns, &cfg.dns);
-            if old.upstreams != new.upstreams || old.forwarding != new.forwarding {
-                restart.push("dns.upstreams and dns.forwarding".to_owned());
-            }
-            if old.listen != new.listen
-                || old.port != new.port
-                || old.dot_port != new.dot_port
-                || old.doh_port != new.doh_port
-            {
-                restart.push("listen addresses and ports".to_owned());
-            }
-            if old.cache_size != new.cache_size
-                || old.min_ttl != new.min_ttl
-                || old.max_ttl != new.max_ttl
-                || old.query_log_size != new.query_log_size
-            {
-                restart.push("cache and query log sizes".to_owned());
-            }
+            restart = restart_needed(&st.cfg.dns, &cfg.dns);
             self.resolver
                 .swap_policy(Arc::new(policy.with_pauses_of(&self.resolver.policy())));
             self.resolver.reload_tables(&cfg);
@@ -446,25 +499,41 @@ impl Daemon {
     }
 }
 
+/// Settings that a reload cannot change in a running dnsd (its listeners, upstream
+/// clients and sized buffers are made at start).
+fn restart_needed(old: &appliance::model::Dns, new: &appliance::model::Dns) -> Vec<String> {
+    let mut restart = Vec::new();
+    if old.upstreams != new.upstreams || old.forwarding != new.forwarding {
+        restart.push("dns.upstreams and dns.forwarding".to_owned());
+    }
+    if old.listen != new.listen
+        || old.port != new.port
+        || old.dot_port != new.dot_port
+        || old.doh_port != new.doh_port
+    {
+        restart.push("listen addresses and ports".to_owned());
+    }
+    if old.cache_size != new.cache_size
+        || old.min_ttl != new.min_ttl
+        || old.max_ttl != new.max_ttl
+        || old.query_log_size != new.query_log_size
+    {
+        restart.push("cache and query log sizes".to_owned());
+    }
+    restart
+}
+
 /// Opens the socket (mode 0660, its directory made if missing) and serves it until the
 /// returned task is aborted. A stale socket file is replaced; a live one is an error.
 pub async fn serve(path: &Path, daemon: Arc<Daemon>) -> Result<JoinHandle<()>, ControlError> {
-    let io = |source| ControlError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    if path.exists() {
-        if tokio::net::UnixStream::connect(path).await.is_ok() {
-            return Err(ControlError::InUse(path.to_owned()));
-        }
-        std::fs::remove_file(path).map_err(io)?;
-    }
-    let listener = UnixListener::bind(path).map_err(io)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io)?;
-    tracing::info!(path = %path.display(), "control socket listening");
+    let listener = appliance::control::server::bind(path, 0o660)
+        .await
+        .map_err(|e| match e {
+            appliance::control::ServeError::InUse(p) => ControlError::InUse(p),
+            appliance::control::ServeError::Io { path, source } => {
+                ControlError::Io { path, source }
+            }
+        })?;
     Ok(tokio::spawn(async move {
         loop {
             let stream = match listener.accept().await {
@@ -637,7 +706,8 @@ async fn route(d: &Arc<Daemon>, req: Request<Incoming>) -> Result<Reply, ApiErro
     let path = req.uri().path().to_owned();
     let allowed = match path.as_str() {
         "/status" | "/stats" | "/log" | "/check" | "/metrics" => "GET",
-        "/pause" | "/resume" | "/reload" => "POST",
+        "/pause" | "/resume" | "/reload" | "/v1/plan" | "/v1/apply" => "POST",
+        "/v1/status" => "GET",
         _ => return Err(ApiError::NotFound(path)),
     };
     if req.method().as_str() != allowed {
@@ -726,6 +796,32 @@ async fn route(d: &Arc<Daemon>, req: Request<Incoming>) -> Result<Reply, ApiErro
             d.resume(group.as_deref())?;
             Ok(Reply::Json(json!({ "paused": false, "group": group })))
         }
+        "/v1/status" => {
+            params(query, &[])?;
+            let mut v = d.status();
+            if let Value::Object(m) = &mut v {
+                m.insert("daemon".into(), json!("dnsd"));
+                m.insert("generation".into(), json!(d.state().config_generation));
+            }
+            Ok(Reply::Json(v))
+        }
+        "/v1/plan" | "/v1/apply" => {
+            params(query, &[])?;
+            let m = body_object(req).await?;
+            only_fields(&m, &["generation"])?;
+            let generation = m
+                .get("generation")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| bad("generation", "required: a config generation number"))?;
+            let actions = if path == "/v1/apply" {
+                d.apply_generation(generation).await?
+            } else {
+                d.plan_generation(generation)?
+            };
+            Ok(Reply::Json(
+                json!({ "generation": generation, "actions": actions }),
+            ))
+        }
         "/reload" => {
             params(query, &[])?;
             let restart = d.reload().await?;
@@ -789,6 +885,43 @@ deny = ["games.example"]
             true
         );
         assert!(matches!(d.reload().await, Err(ApiError::InvalidConfig(_))));
+    }
+
+    #[tokio::test]
+    async fn plan_and_apply_read_generations_from_the_store() {
+        let base = "version = 1\n[dns]\nupstreams = [\"127.0.0.1:9\"]\n";
+        let cfg = appliance::load_str(base).unwrap();
+        let policy = Policy::build(&cfg, &Lists::new()).unwrap();
+        let resolver = Arc::new(Resolver::new(&cfg, Arc::new(policy)));
+        let d = Daemon::new(
+            resolver,
+            Arc::new(cfg),
+            Lists::new(),
+            PathBuf::from("/nonexistent"),
+            crate::fetch::http_client().unwrap(),
+            Box::new(|| Err("not in this test".into())),
+            Vec::new(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let store = appliance::store::Store::open(dir.path()).unwrap();
+        let same = store.commit(base, "same").unwrap();
+        let blocking_off = store
+            .commit(&format!("{base}blocking = false\n"), "off")
+            .unwrap();
+        d.set_config_dir(dir.path().to_owned());
+        assert!(d.plan_generation(same).unwrap().is_empty());
+        let plan = d.plan_generation(blocking_off).unwrap();
+        assert_eq!(plan.len(), 1, "{plan:?}");
+        d.apply_generation(blocking_off).await.unwrap();
+        assert_eq!(d.state().config_generation, Some(blocking_off));
+        assert!(!d.state().cfg.dns.blocking);
+        // A generation that is not there changes nothing.
+        assert!(matches!(
+            d.apply_generation(99).await,
+            Err(ApiError::InvalidConfig(_))
+        ));
+        assert_eq!(d.state().config_generation, Some(blocking_off));
+        d.stop();
     }
 
     #[test]

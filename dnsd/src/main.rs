@@ -322,6 +322,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
         }),
         server.addresses().to_vec(),
     );
+    daemon.set_config_dir(args.config_dir.clone());
     daemon.start_refresher(refresher);
     // Without its control socket dnsd still answers DNS, which matters more to the house.
     let control = match dnsd::control::serve(&args.control, Arc::clone(&daemon)).await {
