@@ -95,7 +95,25 @@ pub const FILES: &[File] = &[
         mode: 0o644,
         contents: include_str!("../overlay/etc/systemd/system.conf.d/appliance-watchdog.conf"),
     },
+    File {
+        path: "/etc/samba/smb.conf",
+        mode: 0o644,
+        contents: include_str!("../overlay/etc/samba/smb.conf"),
+    },
+    File {
+        path: "/etc/nfs.conf.d/appliance.conf",
+        mode: 0o644,
+        contents: include_str!("../overlay/etc/nfs.conf.d/appliance.conf"),
+    },
 ];
+
+/// Symbolic links (path, target): files the read-only root must show at a fixed path but
+/// that are written at runtime. stored generates the NFS exports under /run; exportfs only
+/// reads /etc/exports and /etc/exports.d.
+pub const LINKS: &[(&str, &str)] = &[(
+    "/etc/exports.d/appliance.exports",
+    "/run/appliance/shares/appliance.exports",
+)];
 
 /// Units enabled as `systemctl enable` would: (the .wants directory, the unit file).
 pub const ENABLED: &[(&str, &str)] = &[

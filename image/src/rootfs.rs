@@ -255,6 +255,16 @@ pub fn customize(tree: &Path, c: &Customization) -> Result<()> {
         fs::set_permissions(&path, fs::Permissions::from_mode(file.mode))
             .with_context(|| format!("setting the mode of {}", file.path))?;
     }
+    for (path, target) in overlay::LINKS {
+        let link = tree.join(path.trim_start_matches('/'));
+        if let Some(dir) = link.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        if link.symlink_metadata().is_ok() {
+            fs::remove_file(&link).with_context(|| format!("replacing {path}"))?;
+        }
+        symlink(target, &link).with_context(|| format!("linking {path} to {target}"))?;
+    }
     for (wants, unit) in overlay::ENABLED {
         let dir = tree.join("etc/systemd/system").join(wants);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
