@@ -189,9 +189,50 @@ impl Engine {
                 ..Report::default()
             });
         }
-        let window = confirm.or(plan.needs_confirm.then_some(DEFAULT_CONFIRM));
         let to = self.store.commit(text, comment)?;
-        let (mut report, touched) = self.transact(from, to, &plan).await?;
+        self.run_with_window(from, to, &plan, confirm, now).await
+    }
+
+    /// Applies generation `generation`, already stored (by the API's config put), like
+    /// [`Engine::apply`] applies a text.
+    pub async fn apply_stored(
+        &self,
+        generation: u64,
+        confirm: Option<Duration>,
+        now: SystemTime,
+    ) -> Result<Report, TxnError> {
+        if confirm == Some(Duration::ZERO) {
+            return Err(TxnError::BadRequest(
+                "a confirm window of 0 s cannot be met".into(),
+            ));
+        }
+        let new = self.load(generation)?;
+        let _guard = self.lock.lock().await;
+        self.refuse_if_pending(now)?;
+        let (from, old) = self.base()?;
+        let plan = crate::plan::diff(Some(&old), &new);
+        if plan.is_empty() || generation == from {
+            return Ok(Report {
+                from,
+                to: from,
+                active: from,
+                ..Report::default()
+            });
+        }
+        self.run_with_window(from, generation, &plan, confirm, now)
+            .await
+    }
+
+    async fn run_with_window(
+        &self,
+        from: u64,
+        to: u64,
+        plan: &crate::plan::Plan,
+        confirm: Option<Duration>,
+        now: SystemTime,
+    ) -> Result<Report, TxnError> {
+        let window = confirm.or(plan.needs_confirm.then_some(DEFAULT_CONFIRM));
+        let (mut report, touched) = self.transact(from, to, plan).await?;
         if let Some(window) = window {
             let deadline = now + window;
             self.state.save(&Pending {

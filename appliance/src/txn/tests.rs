@@ -367,3 +367,22 @@ async fn the_timer_reverts_after_the_window() {
     assert_eq!(e.store().active().unwrap(), Some(1));
     timer.abort();
 }
+
+#[tokio::test]
+async fn a_stored_generation_applies_like_a_text() {
+    let rig = Rig::new();
+    let e = rig.engine();
+    e.apply(&changed(false, true), "dns", None, t(0))
+        .await
+        .unwrap();
+    let n = e.store().commit(&changed(true, true), "put").unwrap();
+    assert_eq!(e.store().active().unwrap(), Some(2));
+    let r = e.apply_stored(n, None, t(1)).await.unwrap();
+    assert_eq!((r.from, r.to, r.active), (2, 3, 3));
+    assert!(r.confirm_deadline_unix.is_some());
+    assert_eq!(rig.netd.applied(), 3);
+    assert!(matches!(
+        e.apply_stored(99, None, t(2)).await,
+        Err(TxnError::Store(StoreError::NotFound(99)))
+    ));
+}
