@@ -288,7 +288,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         }
         Command::Config(c) => config(cli, c),
         Command::Dns(d) => dns::run(d),
-        Command::Update(u) => update::run(u),
+        Command::Update(u) => update::run(u, &cli.data_dir),
         Command::Passwd => passwd::run(),
         Command::Fingerprint { dir } => fingerprint::run(dir),
         Command::Apply {

@@ -197,6 +197,8 @@ pub struct Device {
     pub extra_keys: Vec<PublicKey>,
     /// Unix seconds (a parameter so tests control expiry).
     pub now: u64,
+    /// The config generation active now, recorded by an install (see [`ConfigStep`]).
+    pub config_generation: Option<u64>,
 }
 
 impl Device {
@@ -205,6 +207,7 @@ impl Device {
             paths,
             extra_keys: Vec::new(),
             now: bundle::cli::now(),
+            config_generation: None,
         }
     }
 
@@ -324,6 +327,9 @@ impl Device {
             chunks: manifest.payload.chunks.len(),
             source: source.describe(),
             updated: self.now,
+            config_generation: self.config_generation,
+            config_migrated: None,
+            config_restored: false,
         };
         state.last = Some(install.clone());
         state_file.save(&state)?;
@@ -558,6 +564,72 @@ impl Device {
             .update(|s| s.trial(other, bootstate::TRIAL_TRIES))?;
         state_file.save(&state)?;
         Ok(other)
+    }
+}
+
+/// What this boot must do to the config store, from the last install (the store itself
+/// lives in the appliance crate; `applctl update check-boot` does the step and reports it
+/// with [`Device::config_step_done`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigStep {
+    Nothing,
+    /// The first boot of a new release: migrate the active generation to its format.
+    Migrate,
+    /// Back on the old release after the new one touched the config: activate the
+    /// generation that was active when the install started.
+    Restore(u64),
+}
+
+impl Device {
+    /// Decides the config step of this boot. Only a release that booted far enough to run
+    /// its migration can have changed the config, so only then does a rollback restore it;
+    /// an install refused or cut before that leaves the config alone.
+    pub fn config_step(&self) -> Result<ConfigStep, UpdateError> {
+        let running = self.running_slot()?;
+        let state = self.state_file().load()?;
+        let Some(last) = &state.last else {
+            return Ok(ConfigStep::Nothing);
+        };
+        let new_slot = Slot::from(last.slot);
+        Ok(match last.phase {
+            Phase::Pending | Phase::Committed
+                if running == new_slot && last.config_migrated.is_none() =>
+            {
+                ConfigStep::Migrate
+            }
+            Phase::RolledBack | Phase::Abandoned
+                if running == Slot::from(last.from_slot)
+                    && last.config_migrated.is_some()
+                    && !last.config_restored =>
+            {
+                last.config_generation
+                    .map_or(ConfigStep::Nothing, ConfigStep::Restore)
+            }
+            _ => ConfigStep::Nothing,
+        })
+    }
+
+    /// Records that `step` was done; `active` is the generation active after it. A step
+    /// done on one boot is not done again on the next.
+    pub fn config_step_done(
+        &self,
+        step: ConfigStep,
+        active: Option<u64>,
+    ) -> Result<(), UpdateError> {
+        let state_file = self.state_file();
+        let mut state = state_file.load()?;
+        let Some(last) = state.last.as_mut() else {
+            return Ok(());
+        };
+        match step {
+            ConfigStep::Nothing => return Ok(()),
+            // With nothing stored the daemons run the built-in default: 0 says "looked".
+            ConfigStep::Migrate => last.config_migrated = Some(active.unwrap_or(0)),
+            ConfigStep::Restore(_) => last.config_restored = true,
+        }
+        last.updated = self.now;
+        state_file.save(&state)?;
+        Ok(())
     }
 }
 

@@ -43,6 +43,17 @@ pub struct Install {
     pub source: String,
     /// Unix seconds of the last change.
     pub updated: u64,
+    /// The config generation active when the install started: what a rollback to the old
+    /// firmware activates again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_generation: Option<u64>,
+    /// The generation active after the new slot's first boot looked at the config
+    /// (migrated to its format, or already current); unset while it has not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_migrated: Option<u64>,
+    /// A rollback has activated `config_generation` again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub config_restored: bool,
 }
 
 /// A slot as the state file spells it.

@@ -42,6 +42,7 @@ fn appliance_box() -> Box_ {
         paths,
         extra_keys: Vec::new(),
         now: NOW,
+        config_generation: None,
     };
     set_release(&device, "1.2.0", 3);
     boot_into(&device, Slot::A);
@@ -434,4 +435,71 @@ fn manual_rollback_goes_to_the_previous_slot_unless_the_floor_forbids_it() {
         b.device.rollback(),
         Err(UpdateError::NothingToRollBackTo(Slot::B))
     ));
+}
+
+#[test]
+fn the_new_release_migrates_once_and_a_rollback_restores_the_recorded_generation() {
+    let mut b = appliance_box();
+    assert_eq!(b.device.config_step().unwrap(), ConfigStep::Nothing);
+    b.device.config_generation = Some(7);
+    let path = b.bundle("1.3.0", 4, &b.key);
+    b.device.install(&mut FileSource(path), |_, _| {}).unwrap();
+    assert_eq!(b.state().last.unwrap().config_generation, Some(7));
+    // Still on A before the reboot: nothing to do.
+    assert_eq!(b.device.config_step().unwrap(), ConfigStep::Nothing);
+
+    // B's first boot migrates (generation 8 is the migrated one), and only once.
+    assert_eq!(grub_boots(&b.device), Slot::B);
+    set_release(&b.device, "1.3.0", 4);
+    assert_eq!(b.device.config_step().unwrap(), ConfigStep::Migrate);
+    b.device
+        .config_step_done(ConfigStep::Migrate, Some(8))
+        .unwrap();
+    assert_eq!(b.device.config_step().unwrap(), ConfigStep::Nothing);
+    assert_eq!(b.state().last.unwrap().config_migrated, Some(8));
+
+    // Health fails on every try; back on A, generation 7 comes back, once.
+    for _ in 0..2 {
+        assert_eq!(grub_boots(&b.device), Slot::B);
+    }
+    assert_eq!(grub_boots(&b.device), Slot::A);
+    set_release(&b.device, "1.2.0", 3);
+    assert!(b.device.check_boot().unwrap().is_some());
+    assert_eq!(b.device.config_step().unwrap(), ConfigStep::Restore(7));
+    b.device
+        .config_step_done(ConfigStep::Restore(7), Some(7))
+        .unwrap();
+    assert_eq!(b.device.config_step().unwrap(), ConfigStep::Nothing);
+}
+
+#[test]
+fn a_manual_rollback_restores_but_an_update_that_never_ran_does_not() {
+    let mut b = appliance_box();
+    b.device.config_generation = Some(3);
+    // The same security version, so the floor allows going back.
+    let path = b.bundle("1.3.0", 3, &b.key);
+    b.device.install(&mut FileSource(path), |_, _| {}).unwrap();
+    assert_eq!(grub_boots(&b.device), Slot::B);
+    set_release(&b.device, "1.3.0", 3);
+    b.device.mark_good().unwrap();
+    // A migration step that ran on an already committed slot (an old updater) counts too.
+    assert_eq!(b.device.config_step().unwrap(), ConfigStep::Migrate);
+    b.device
+        .config_step_done(ConfigStep::Migrate, Some(4))
+        .unwrap();
+    b.device.rollback().unwrap();
+    assert_eq!(grub_boots(&b.device), Slot::A);
+    set_release(&b.device, "1.2.0", 3);
+    assert_eq!(b.device.config_step().unwrap(), ConfigStep::Restore(3));
+
+    // An update whose slot never got as far as its migration changed nothing to undo.
+    let c = appliance_box();
+    let path = c.bundle("1.3.0", 4, &c.key);
+    c.device.install(&mut FileSource(path), |_, _| {}).unwrap();
+    for _ in 0..3 {
+        assert_eq!(grub_boots(&c.device), Slot::B);
+    }
+    assert_eq!(grub_boots(&c.device), Slot::A);
+    assert!(c.device.check_boot().unwrap().is_some());
+    assert_eq!(c.device.config_step().unwrap(), ConfigStep::Nothing);
 }

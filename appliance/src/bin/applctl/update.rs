@@ -1,13 +1,15 @@
 //! `applctl update`: installs signed bundles into the inactive slot, shows the update
 //! state, rolls back, and (from the boot health check) commits the running slot.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use appliance::migrate;
+use appliance::store::{Store, StoreError};
 use clap::Subcommand;
 use image::bootstate::Slot;
 use image::bundle::{BundleError, PublicKey};
-use image::install::{Device, Paths, UpdateError, source};
+use image::install::{ConfigStep, Device, Paths, UpdateError, source};
 
 use super::CliError;
 
@@ -97,7 +99,9 @@ fn failed(e: UpdateError) -> CliError {
     }
 }
 
-pub fn run(args: &UpdateArgs) -> Result<(), CliError> {
+/// `config_dir` is the config store: an install records its active generation, the new
+/// release's first boot migrates it, a rollback activates the recorded one again.
+pub fn run(args: &UpdateArgs, config_dir: &Path) -> Result<(), CliError> {
     let mut device = Device::new(Paths {
         esp: args.esp.clone(),
         slot_dir: args.slot_dir.clone(),
@@ -114,6 +118,9 @@ pub fn run(args: &UpdateArgs) -> Result<(), CliError> {
                 device.extra_keys.push(PublicKey::parse(k).ok_or_else(|| {
                     CliError::Invalid(format!("--trust {k}: not a base64 ed25519 public key"))
                 })?);
+            }
+            if config_dir.exists() {
+                device.config_generation = Store::open(config_dir)?.active()?;
             }
             let mut src = source::open(spec);
             let mut last_percent = None;
@@ -206,9 +213,51 @@ pub fn run(args: &UpdateArgs) -> Result<(), CliError> {
                 // The console and the journal both show it.
                 println!("{message}");
             }
+            config_step(&device, config_dir)?;
         }
     }
     Ok(())
+}
+
+/// The config side of a boot after an update (see [`Device::config_step`]). A migration
+/// that fails fails the boot check, so a release on trial is unhealthy and rolls back.
+fn config_step(device: &Device, config_dir: &Path) -> Result<(), CliError> {
+    let step = device.config_step().map_err(failed)?;
+    let store = match step {
+        ConfigStep::Nothing => return Ok(()),
+        _ => Store::open(config_dir)?,
+    };
+    match step {
+        ConfigStep::Nothing => {}
+        ConfigStep::Migrate => {
+            let release = device.release().map_err(failed)?;
+            match migrate::migrate_active(&store, &release.version.to_string()) {
+                Ok(Some(m)) => println!(
+                    "config generation {} migrated from format {} to {} as generation {}",
+                    m.from_generation, m.from_version, m.to_version, m.generation
+                ),
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(CliError::Failed(format!(
+                        "config migration for {}: {e}",
+                        release.version
+                    )));
+                }
+            }
+        }
+        ConfigStep::Restore(generation) => match store.rollback(generation) {
+            Ok(()) => println!(
+                "config generation {generation}, active before the update, is active again"
+            ),
+            Err(e @ StoreError::NotFound(_)) => {
+                tracing::warn!("cannot restore the config of before the update: {e}");
+            }
+            Err(e) => return Err(e.into()),
+        },
+    }
+    device
+        .config_step_done(step, store.active()?)
+        .map_err(failed)
 }
 
 fn reboot_now() -> Result<(), CliError> {
