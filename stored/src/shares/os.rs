@@ -19,6 +19,9 @@ pub const SMB_INCLUDE_FILE: &str = "/run/appliance/shares/smb-shares.conf";
 /// exportfs's and rpc.mountd's state (etab, rmtab), set in the image's
 /// /etc/nfs.conf.d/appliance.conf: /var/lib/nfs is on the read-only root.
 pub const NFS_STATE_DIR: &str = "/run/appliance/nfs";
+/// Samba's private directory (passdb.tdb), set in the image's smb.conf. smbd makes it when it
+/// starts, but passwords are set before the first start.
+pub const SAMBA_DIR: &str = "/run/samba";
 
 /// A password read from a secret file. Never printed: `Debug` shows a placeholder and there
 /// is no `Display`.
@@ -235,6 +238,11 @@ impl ShareOs for RealShareOs {
     }
 
     fn smb_users(&self) -> Result<BTreeMap<String, String>, OsError> {
+        // No database yet (nothing has run Samba since the boot): nobody in it. pdbedit
+        // would fail to create it in a directory that does not exist.
+        if !Path::new(SAMBA_DIR).join("passdb.tdb").exists() {
+            return Ok(BTreeMap::new());
+        }
         let argv = ["pdbedit", "-L", "-w"];
         let out = run(&argv, None)?;
         let mut users = BTreeMap::new();
@@ -257,6 +265,8 @@ impl ShareOs for RealShareOs {
     }
 
     fn set_smb_password(&mut self, user: &str, password: &Password) -> Result<(), OsError> {
+        let dir = Path::new(SAMBA_DIR);
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
         // The password goes through stdin only: never in argv, the environment or a log.
         let input = format!("{0}\n{0}\n", password.expose());
         run(&["smbpasswd", "-s", "-a", user], Some(input.as_bytes()))?;
