@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod dhcp;
 pub mod firewall;
 pub mod links;
+pub mod wan;
 pub mod wireguard;
 
 pub use command::CommandFailure;

@@ -31,6 +31,8 @@ enum Command {
         #[command(subcommand)]
         command: netd::wireguard::cli::WgCommand,
     },
+    /// DHCPv4 client of every link with ipv4 = "dhcp" (the WAN), until SIGTERM.
+    WanDhcp(netd::wan::cli::WanArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         Command::DhcpServer { config, state_dir } => dhcp_server(&config, &state_dir),
         Command::Wg { command } => netd::wireguard::cli::run(command),
         Command::Serve(args) => netd::daemon::cli::serve(args),
+        Command::WanDhcp(args) => netd::wan::cli::run(args),
     }
 }
 
