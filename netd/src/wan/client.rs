@@ -71,7 +71,7 @@ impl RxToken for Frame {
     }
 }
 
-fn wanted(frame: &[u8]) -> bool {
+pub(crate) fn wanted(frame: &[u8]) -> bool {
     let ethertype = frame.get(12..14);
     match ethertype {
         Some([0x08, 0x06]) => frame.get(20..22) == Some(&[0, 2]),

@@ -168,3 +168,61 @@ fn the_dns_file_keeps_other_links_and_drops_a_lost_one() {
         serde_json::json!({"version": 1, "links": {"wan2": {"servers": ["192.0.2.54"], "expires": 7}}})
     );
 }
+
+/// An Ethernet frame of `ethertype` with `payload` after the 14-byte header.
+fn frame(ethertype: [u8; 2], payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0xff; 12];
+    f.extend_from_slice(&ethertype);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An IPv4 header of `ihl` words with protocol `proto`, then UDP ports.
+fn ipv4(ihl: u8, proto: u8, src_port: u16, dst_port: u16) -> Vec<u8> {
+    let mut p = vec![0u8; usize::from(ihl) * 4];
+    p[0] = 0x40 | ihl;
+    p[9] = proto;
+    p.extend_from_slice(&src_port.to_be_bytes());
+    p.extend_from_slice(&dst_port.to_be_bytes());
+    p.extend_from_slice(&[0; 4]);
+    p
+}
+
+#[test]
+fn smoltcp_sees_only_dhcp_replies_and_arp_replies() {
+    use super::client::wanted;
+    // DHCP replies, also behind IP options.
+    assert!(wanted(&frame([8, 0], &ipv4(5, 17, 67, 68))));
+    assert!(wanted(&frame([8, 0], &ipv4(7, 17, 67, 68))));
+    // The kernel's: other UDP, TCP, our own requests, ARP requests, IPv6, runts.
+    assert!(!wanted(&frame([8, 0], &ipv4(5, 17, 53, 53))));
+    assert!(!wanted(&frame([8, 0], &ipv4(5, 6, 67, 68))));
+    assert!(!wanted(&frame([8, 0], &ipv4(5, 17, 68, 67))));
+    let arp = |op: u8| {
+        let mut p = vec![0u8; 28];
+        p[7] = op;
+        frame([8, 6], &p)
+    };
+    assert!(wanted(&arp(2)));
+    assert!(!wanted(&arp(1)));
+    assert!(!wanted(&frame([0x86, 0xdd], &ipv4(5, 17, 67, 68))));
+    assert!(!wanted(&frame([8, 0], &[0x45])));
+    assert!(!wanted(&[0u8; 5]));
+}
+
+#[test]
+fn the_links_with_ipv4_dhcp_get_a_client() {
+    let cfg = appliance::load_str(
+        r#"version = 1
+[interfaces.wan]
+device = "eth0"
+ipv4 = "dhcp"
+
+[interfaces.lan]
+device = "eth1"
+addresses = ["192.168.1.1/24"]
+"#,
+    )
+    .unwrap();
+    assert_eq!(super::cli::dhcp_links(&cfg), ["wan"]);
+}
