@@ -212,6 +212,18 @@ fn release(link: &str, mac: EthernetAddress, lease: &Lease) -> std::io::Result<(
     Ok(())
 }
 
+/// A UDP socket on port 68 of the link, read only to be emptied: smoltcp gets the replies
+/// from the packet socket, and with this socket bound the kernel no longer answers unicast
+/// ACKs with ICMP port unreachable.
+fn port_68(link: &str) -> std::io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind_device(Some(link.as_bytes()))?;
+    socket.bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68)).into())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
 /// A client for one link until `stop` is set.
 #[derive(Debug)]
 pub struct Client<N: Netlink> {
@@ -319,6 +331,13 @@ impl<N: Netlink> Client<N> {
                 source,
             })?;
         let fd = std::os::fd::AsRawFd::as_raw_fd(&raw);
+        let port68 = match port_68(&self.link) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(link = %self.link, error = %e, "cannot hold UDP port 68; the kernel will answer unicast ACKs with port unreachable");
+                None
+            }
+        };
         let mut device = Filtered(raw);
         let mut config = Config::new(HardwareAddress::Ethernet(self.mac));
         config.random_seed = u64::from(std::process::id()) ^ unix_now();
@@ -403,6 +422,10 @@ impl<N: Netlink> Client<N> {
                 .poll_delay(Instant::now(), &sockets)
                 .unwrap_or(Duration::from_millis(500))
                 .min(Duration::from_millis(500));
+            if let Some(s) = &port68 {
+                let mut buf = [0u8; 1500];
+                while s.recv_from(&mut buf).is_ok() {}
+            }
             smoltcp::phy::wait(fd, Some(delay)).map_err(|source| ClientError::Wait {
                 link: self.link.clone(),
                 source,
