@@ -13,51 +13,22 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use appliance::model::ListFormat;
+use common::{Killed, dnsd, free_port, require};
 use dnsd::compiled::CompiledList;
 use serde_json::{Value, json};
 
 const UPSTREAM_IP: &str = "127.0.0.53";
-
-fn require(name: &str, package: &str) -> PathBuf {
-    let path = std::env::var("PATH").unwrap_or_default();
-    path.split(':')
-        .chain(["/usr/sbin", "/sbin", "/usr/bin"])
-        .map(|d| PathBuf::from(d).join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "{name} is needed by this test and is not installed: apt-get install -y {package}"
-            )
-        })
-}
-
-fn free_port(ip: &str) -> u16 {
-    loop {
-        let udp = UdpSocket::bind((ip, 0)).unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind((ip, port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn dig(server: SocketAddr, args: &[&str]) -> String {
     let out = Command::new(require("dig", "bind9-dnsutils"))
@@ -188,10 +159,8 @@ impl Setup {
 
     fn spawn(&self, dns: SocketAddr, log: &str) -> Killed {
         let d = self.dir.path();
-        Killed(
-            Command::new(env!("CARGO_BIN_EXE_dnsd"))
-                .arg("--config")
-                .arg(d.join("appliance.toml"))
+        Killed::spawn(
+            dnsd(&d.join("appliance.toml"))
                 .arg("--lists-dir")
                 .arg(d.join("lists"))
                 .arg("--listen")
@@ -199,12 +168,7 @@ impl Setup {
                 .arg("--control")
                 .arg(self.sock())
                 .arg("--query-log")
-                .arg(d.join(log))
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap(),
+                .arg(d.join(log)),
         )
     }
 
@@ -237,17 +201,8 @@ fn wait_for(sock: &Path, target: &str, ok: impl Fn(&Value) -> bool) -> Value {
     }
 }
 
-fn stop(mut d: Killed) {
-    let pid = d.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = d.0.wait().unwrap();
-    assert_eq!(status.code(), Some(0));
+fn stop(d: Killed) {
+    assert_eq!(d.terminate(Duration::from_secs(10)).code(), Some(0));
 }
 
 #[test]
