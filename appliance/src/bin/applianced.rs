@@ -1,13 +1,18 @@
 //! applianced: runs config changes as transactions over the daemons' control sockets,
-//! with commit-confirm (see `appliance::txn` and docs/control.md).
+//! with commit-confirm (see `appliance::txn` and docs/control.md), and serves the REST API
+//! over HTTPS (see `appliance::api` and docs/api.md).
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
+use appliance::accounts::{Accounts, SystemClock};
+use appliance::api::{self, AppState, listen, tls};
 use appliance::control::{ControlClient, server};
 use appliance::store::Store;
+use appliance::txn::backend::EngineBackend;
 use appliance::txn::{ControlDaemon, Daemon, Engine, StateDir, http};
 use clap::Parser;
 
@@ -33,7 +38,21 @@ struct Args {
     dnsd_socket: PathBuf,
     #[arg(long, default_value = "/run/appliance/stored.sock")]
     stored_socket: PathBuf,
+    /// The API's accounts state, audit log and TLS certificate.
+    #[arg(long, default_value = "/data/api")]
+    api_dir: PathBuf,
+    /// Where the API listens (repeatable), instead of the addresses the active config
+    /// gives (LAN side by default).
+    #[arg(long)]
+    api_listen: Vec<SocketAddr>,
+    /// Where the certificate's SHA-256 fingerprint is written for the console and applctl.
+    #[arg(long, default_value = "/run/appliance/api-fingerprint")]
+    fingerprint_file: PathBuf,
 }
+
+/// How often the API's accounts are compared with the active generation, which changes
+/// behind the API's back on a commit-confirm revert or an apply over the Unix socket.
+const ACCOUNTS_POLL: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 enum Fatal {
@@ -47,6 +66,15 @@ enum Fatal {
     Txn(#[from] appliance::txn::TxnError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Auth(#[from] appliance::accounts::AuthError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot write the API fingerprint to {}: {source}", path.display())]
+    Fingerprint {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn main() -> ExitCode {
@@ -114,6 +142,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
         http::route(Arc::clone(&e), req)
     })
     .await?;
+    let (api_task, accounts_task) = start_api(&args, &engine).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
@@ -121,6 +150,106 @@ async fn run(args: Args) -> Result<(), Fatal> {
     }
     serving.abort();
     timer.abort();
+    accounts_task.abort();
+    if let Some(t) = api_task {
+        t.abort();
+    }
     let _ = std::fs::remove_file(&args.socket);
     Ok(())
+}
+
+type Task = tokio::task::JoinHandle<()>;
+
+/// Opens the accounts, loads (or makes) the certificate, binds the API's addresses and
+/// serves it. An address that cannot be bound is logged and skipped: the transactions over
+/// the Unix socket must work even when the API cannot.
+async fn start_api(args: &Args, engine: &Arc<Engine>) -> Result<(Option<Task>, Task), Fatal> {
+    let store = engine.store();
+    let text = match store.current()?.0 {
+        Some(g) => g.text,
+        None => appliance::DEFAULT_CONFIG.to_owned(),
+    };
+    let cfg = appliance::load_str(&text).map_err(|d| {
+        Fatal::Io(std::io::Error::other(format!(
+            "the active config does not validate with this firmware:\n{}",
+            d.render(&text, "active config", false)
+        )))
+    })?;
+    let accounts = Arc::new(Accounts::open(
+        &args.api_dir,
+        &cfg.api,
+        Arc::new(SystemClock),
+    )?);
+    let backend = Arc::new(EngineBackend::new(
+        Arc::clone(engine),
+        Arc::clone(&accounts),
+        &args.dnsd_socket,
+        &args.stored_socket,
+    ));
+    let accounts_task = tokio::spawn(refresh_accounts(Arc::clone(engine), Arc::clone(&backend)));
+    let addrs = if args.api_listen.is_empty() {
+        listen::listen_addresses(&cfg)
+    } else {
+        args.api_listen.clone()
+    };
+    let ips: Vec<_> = addrs
+        .iter()
+        .map(SocketAddr::ip)
+        .filter(|ip| !ip.is_unspecified())
+        .collect();
+    let identity = tls::load_or_create(&args.api_dir, &listen::cert_names(&cfg), &ips)?;
+    tracing::info!(fingerprint = %identity.fingerprint, "API certificate (SHA-256)");
+    write_fingerprint(&args.fingerprint_file, &identity.fingerprint)?;
+    let mut listeners = Vec::new();
+    for addr in &addrs {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => listeners.push(l),
+            Err(e) => tracing::warn!(%addr, error = %e, "the API cannot listen there"),
+        }
+    }
+    if listeners.is_empty() {
+        tracing::error!(
+            addresses = ?addrs,
+            "the API listens nowhere: no address of [api] (or of the LAN links) could be bound"
+        );
+        return Ok((None, accounts_task));
+    }
+    let state = AppState { backend, accounts };
+    let api_task = tokio::spawn(async move {
+        if let Err(e) = api::serve(listeners, identity.config, state, std::future::pending()).await
+        {
+            tracing::error!(error = %e, "the API stopped");
+        }
+    });
+    Ok((Some(api_task), accounts_task))
+}
+
+async fn refresh_accounts(engine: Arc<Engine>, backend: Arc<EngineBackend>) {
+    let mut seen = engine.store().active().ok().flatten();
+    loop {
+        tokio::time::sleep(ACCOUNTS_POLL).await;
+        match engine.store().active() {
+            Ok(now) if now != seen => {
+                tracing::info!(generation = ?now, "active generation changed: API accounts refreshed");
+                backend.refresh_accounts();
+                seen = now;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the active generation"),
+        }
+    }
+}
+
+/// Atomically, so that a reader never sees half a fingerprint.
+fn write_fingerprint(path: &Path, fingerprint: &str) -> Result<(), Fatal> {
+    let err = |source| Fatal::Fingerprint {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{fingerprint}\n")).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
 }

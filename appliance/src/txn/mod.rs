@@ -12,6 +12,7 @@
 //! the active generation when it starts. One that stops answering after it planned fails
 //! the transaction.
 
+pub mod backend;
 pub mod daemon;
 pub mod http;
 pub mod pending;
