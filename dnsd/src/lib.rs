@@ -19,3 +19,4 @@ pub mod server;
 pub mod stats;
 pub mod tls;
 pub mod upstream;
+pub mod wan;

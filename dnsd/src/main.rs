@@ -52,6 +52,9 @@ struct Args {
     /// netd's DHCP lease file, for the names of clients.
     #[arg(long, default_value = appliance::leases::DEFAULT_PATH)]
     leases: PathBuf,
+    /// The resolvers netd's WAN DHCP client learned, used as fallback upstreams.
+    #[arg(long, default_value = dnsd::wan::DEFAULT_PATH)]
+    wan_dns: PathBuf,
 }
 
 /// Why dnsd stopped.
@@ -309,6 +312,11 @@ async fn run(args: Args) -> Result<(), Fatal> {
     notify_ready();
     let lease_resolver = Arc::clone(&resolver);
     let lease_names = tokio::spawn(leases.run(move |zone| lease_resolver.swap_leases(zone)));
+    let wan_resolver = Arc::clone(&resolver);
+    let wan_dns = tokio::spawn(
+        dnsd::wan::WanDnsWatcher::new(&args.wan_dns)
+            .run(move |servers| wan_resolver.upstreams().set_dhcp_upstreams(servers)),
+    );
 
     let reload_args = args.clone();
     let daemon = Daemon::new(
@@ -341,6 +349,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
         let _ = std::fs::remove_file(&args.control);
     }
     lease_names.abort();
+    wan_dns.abort();
     server
         .shutdown()
         .await
