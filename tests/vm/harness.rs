@@ -137,6 +137,8 @@ impl BlankDisk {
 pub struct Options {
     pub nics: Vec<Nic>,
     pub disks: Vec<BlankDisk>,
+    /// An i6300esb hardware watchdog that resets the guest when nobody pets it.
+    pub watchdog: bool,
 }
 
 impl Options {
@@ -153,6 +155,13 @@ impl Options {
 
     pub fn disk(mut self, serial: &str, size_mib: u64) -> Options {
         self.disks.push(BlankDisk::new(serial, size_mib));
+        self
+    }
+
+    /// Adds the hardware watchdog: its reset ends QEMU like any guest reset (`-no-reboot`),
+    /// and the wait loops start it again.
+    pub fn watchdog(mut self) -> Options {
+        self.watchdog = true;
         self
     }
 }
@@ -278,6 +287,9 @@ impl Vm {
                 "-device".to_owned(),
                 format!("virtio-net-pci,netdev={id},mac={}", nic.mac),
             ]);
+        }
+        if self.options.watchdog {
+            args.extend(["-device", "i6300esb", "-action", "watchdog=reset"].map(str::to_owned));
         }
         for disk in &self.options.disks {
             let file = self

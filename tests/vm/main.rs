@@ -11,6 +11,7 @@
 mod capabilities;
 mod harness;
 mod ota;
+mod ota_power;
 mod storage;
 mod wireguard;
 

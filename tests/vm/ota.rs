@@ -21,14 +21,14 @@ use crate::{BOOT_TIMEOUT, POWER_OFF_TIMEOUT};
 /// and the fallback boot take a while under TCG.
 const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(900);
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
 }
 
-fn dev_key() -> SecretKey {
+pub(crate) fn dev_key() -> SecretKey {
     let path = harness::image_path()
         .parent()
         .and_then(Path::parent)
@@ -40,7 +40,7 @@ fn dev_key() -> SecretKey {
 }
 
 /// The image's root, unpacked once into `dir/tree` for [`variant`].
-fn unpack_root(dir: &Path) -> PathBuf {
+pub(crate) fn unpack_root(dir: &Path) -> PathBuf {
     let base = harness::image_path().with_file_name(image::ROOT_IMAGE);
     let tree = dir.join("tree");
     let _ = fs::remove_dir_all(&tree);
@@ -54,7 +54,13 @@ fn unpack_root(dir: &Path) -> PathBuf {
 /// `tree` packed as a root with a different release file and, if `broken`, a unit that
 /// fails on every boot (an update that "succeeds" but never comes up healthy). Variants are
 /// made in order of growing change, so one unpacked tree serves them all.
-fn variant(dir: &Path, tree: &Path, version: &str, security: u64, broken: bool) -> PathBuf {
+pub(crate) fn variant(
+    dir: &Path,
+    tree: &Path,
+    version: &str,
+    security: u64,
+    broken: bool,
+) -> PathBuf {
     let release = image::install::Release {
         version: version.parse().unwrap(),
         security_version: security,
@@ -86,14 +92,14 @@ fn variant(dir: &Path, tree: &Path, version: &str, security: u64, broken: bool) 
     out
 }
 
-fn run(cmd: &mut Command) {
+pub(crate) fn run(cmd: &mut Command) {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("{cmd:?}: {e} (apt-get install squashfs-tools)"));
     assert!(out.status.success(), "{cmd:?}: {out:?}");
 }
 
-fn release(version: &str, security: u64) -> Release {
+pub(crate) fn release(version: &str, security: u64) -> Release {
     Release {
         compatible: bundle::cli::COMPATIBLE.into(),
         version: version.parse().unwrap(),
@@ -105,7 +111,13 @@ fn release(version: &str, security: u64) -> Release {
     }
 }
 
-fn make_bundle(dir: &Path, name: &str, root: &Path, release: &Release, key: &SecretKey) -> PathBuf {
+pub(crate) fn make_bundle(
+    dir: &Path,
+    name: &str,
+    root: &Path,
+    release: &Release,
+    key: &SecretKey,
+) -> PathBuf {
     let out = dir.join(name);
     bundle::create(root, release, &[key], &out).unwrap();
     out
@@ -113,7 +125,7 @@ fn make_bundle(dir: &Path, name: &str, root: &Path, release: &Release, key: &Sec
 
 /// Serves the files of `dir` over HTTP/1.1 on the host's loopback (the guest reaches it as
 /// 10.0.2.2), with `Range: bytes=N-` support; returns the port.
-fn serve(dir: PathBuf) -> u16 {
+pub(crate) fn serve(dir: PathBuf) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -159,7 +171,7 @@ fn serve(dir: PathBuf) -> u16 {
     port
 }
 
-fn status(vm: &Vm) -> serde_json::Value {
+pub(crate) fn status(vm: &Vm) -> serde_json::Value {
     serde_json::from_str(&vm.sh("applctl update status --json")).unwrap()
 }
 
