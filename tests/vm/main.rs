@@ -12,6 +12,7 @@ mod capabilities;
 mod harness;
 mod ota;
 mod ota_power;
+mod shares;
 mod storage;
 mod wireguard;
 

@@ -1,0 +1,223 @@
+//! NFS and SMB shares made by `stored share apply` on real ZFS, kernel nfsd and Samba, in one
+//! boot: an NFS client in a network namespace of the guest (a veth pair), smbclient as a
+//! user of the config, a reload while a client writes, and a refused share.
+
+use std::fs;
+use std::time::Duration;
+
+use crate::BOOT_TIMEOUT;
+use crate::harness::{Options, Vm};
+
+const BASE: &str = r#"
+version = 1
+
+[storage.pools.tank]
+vdevs = [{ layout = "single", disks = ["DISK"] }]
+
+[storage.datasets."tank/media"]
+[storage.datasets."tank/docs"]
+[storage.datasets."tank/off"]
+
+[storage.users.alice]
+uid = 2001
+smb_password_file = "/data/secrets/alice.smb"
+
+[shares.media]
+dataset = "tank/media"
+nfs = { clients = [{ network = "10.99.0.0/24", options = ["rw", "sync", "no_root_squash", "no_subtree_check"] }] }
+smb = { users = ["alice"] }
+"#;
+
+/// A second share, added while a client writes to the first.
+const DOCS: &str = r#"
+[shares.docs]
+dataset = "tank/docs"
+read_only = true
+nfs = { clients = [{ network = "10.99.0.0/24" }] }
+smb = { read_only_users = ["alice"] }
+"#;
+
+/// A share on a dataset the test unmounts.
+const OFF: &str = r#"
+[shares.off]
+dataset = "tank/off"
+nfs = { clients = [{ network = "10.99.0.0/24" }] }
+"#;
+
+/// The NFS client: a network namespace joined to the guest by a veth pair. `ip netns exec`
+/// gives each command its own mount namespace, so a mount lives within one command.
+const CLIENT: &str = "ip netns exec client";
+
+struct Guest<'a> {
+    vm: &'a Vm,
+    bin: String,
+}
+
+impl Guest<'_> {
+    fn config(&self, name: &str, text: &str) -> String {
+        let host = self.vm.dir.join(format!("{name}.toml"));
+        fs::write(&host, text).unwrap();
+        let guest = format!("/tmp/{name}.toml");
+        self.vm.copy_in(&host, &guest);
+        guest
+    }
+
+    /// Runs `stored ARGS`; returns (exit code, stdout, stderr).
+    fn stored(&self, args: &str) -> (i32, String, String) {
+        let out = self.vm.ssh(&format!("{} {args}", self.bin));
+        let r = (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        eprintln!("$ stored {args}\n-> {}\n{}{}", r.0, r.1, r.2);
+        r
+    }
+
+    fn ok(&self, args: &str) -> String {
+        let (code, out, err) = self.stored(args);
+        assert_eq!(code, 0, "stored {args}: {out}{err}");
+        out
+    }
+}
+
+#[test]
+fn stored_shares_datasets_over_nfs_and_smb_and_reloads_under_a_writing_client() {
+    let options = Options::default().disk("shares-a", 512);
+    let disk = options.disks[0].by_id();
+    let mut vm = Vm::boot_with("shares", options);
+    vm.wait_for_line("APPLIANCE-BOOT-OK", BOOT_TIMEOUT);
+    vm.wait_until(&format!("test -b {disk}"), Duration::from_secs(60));
+    // Pools mount under /mnt, which the read-only root does not provide yet (see the
+    // storage test).
+    vm.sh("modprobe zfs && mount -t tmpfs -o mode=755 tmpfs /mnt");
+    // The image has no Unix account for NAS users yet and its /etc/passwd is read-only:
+    // give alice one, as the account management will (Samba maps SMB users to accounts).
+    vm.sh("cp /etc/passwd /run/passwd && \
+         echo 'alice:x:2001:100:alice:/nonexistent:/usr/sbin/nologin' >> /run/passwd && \
+         mount --bind /run/passwd /etc/passwd && \
+         mkdir -p /data/secrets && printf 'alice pw 1\\n' > /data/secrets/alice.smb && \
+         chmod 600 /data/secrets/alice.smb");
+    let bin = match std::env::var_os("STORED_BIN") {
+        Some(host) => {
+            vm.copy_in(std::path::Path::new(&host), "/tmp/stored");
+            "/tmp/stored".to_owned()
+        }
+        None => "stored".to_owned(),
+    };
+    let g = Guest { vm: &vm, bin };
+    let base = BASE.replace("DISK", &disk);
+    let cfg = g.config("shares", &base);
+    g.ok(&format!("apply --config {cfg}"));
+    // Who may write in a share's root is the admin's call (not in the config yet): here
+    // everyone, so that the NFS client's root and alice can both write.
+    vm.sh("chmod 1777 /mnt/tank/media");
+
+    let plan = g.ok(&format!("share plan --config {cfg}"));
+    assert!(plan.contains("add SMB user alice"), "{plan}");
+    let applied = g.ok(&format!("share apply --config {cfg}"));
+    assert!(applied.contains("done: reload NFS exports"), "{applied}");
+    let again = g.ok(&format!("share apply --config {cfg}"));
+    assert_eq!(again.trim(), "nothing to do");
+    let exports = vm.sh("cat /etc/exports.d/appliance.exports; exportfs -v");
+    eprintln!("{exports}");
+    assert!(exports.contains("/mnt/tank/media"), "{exports}");
+    assert_eq!(vm.sh("pdbedit -L").trim(), "alice:2001:alice");
+
+    // NFS from the client namespace: write a file, read it back, and see it on the dataset.
+    vm.sh(
+        "ip netns add client && ip link add nfs0 type veth peer name nfs1 && \
+         ip link set nfs1 netns client && ip addr add 10.99.0.1/24 dev nfs0 && \
+         ip link set nfs0 up && ip -n client addr add 10.99.0.2/24 dev nfs1 && \
+         ip -n client link set nfs1 up && ip -n client link set lo up && mkdir -p /run/nfs-client",
+    );
+    let nfs = vm.sh(&format!(
+        "{CLIENT} sh -ec 'mount -t nfs4 10.99.0.1:/mnt/tank/media /run/nfs-client; \
+         echo over-nfs > /run/nfs-client/nfs.txt; cat /run/nfs-client/nfs.txt; \
+         umount /run/nfs-client'"
+    ));
+    assert_eq!(nfs.trim(), "over-nfs");
+    assert_eq!(vm.sh("cat /mnt/tank/media/nfs.txt").trim(), "over-nfs");
+
+    // SMB as alice: read what NFS wrote, write a file.
+    let smb = vm.sh(
+        "cd /tmp && echo over-smb > smb.txt && \
+         smbclient //127.0.0.1/media -U 'alice%alice pw 1' -c 'put smb.txt; get nfs.txt nfs-got.txt' \
+         && cat /tmp/nfs-got.txt",
+    );
+    assert!(smb.contains("over-nfs"), "{smb}");
+    assert_eq!(vm.sh("cat /mnt/tank/media/smb.txt").trim(), "over-smb");
+    let wrong = vm.ssh("smbclient //127.0.0.1/media -U 'alice%wrong' -c ls");
+    assert!(!wrong.status.success(), "a wrong password got in");
+
+    // A reload (another share added) while the NFS client and an SMB session write in a loop:
+    // no write may fail. Both stop once /run/writers.stop exists (a local file: the NFS
+    // client would see one on the share only after its attribute cache expires).
+    vm.sh(&format!(
+        "rm -f /run/nfs-writer.* /run/writers.stop; \
+         nohup {CLIENT} sh -c 'mount -t nfs4 10.99.0.1:/mnt/tank/media /run/nfs-client || exit 9; \
+           i=0; while [ ! -e /run/writers.stop ]; do \
+             dd if=/dev/zero of=/run/nfs-client/loop.$((i%4)) bs=64k count=4 conv=fsync 2>/dev/null \
+               || {{ echo fail $i; exit 1; }}; i=$((i+1)); done; \
+           echo ok $i; umount /run/nfs-client' < /dev/null > /run/nfs-writer.out 2>&1 &"
+    ));
+    vm.sh(
+        "nohup sh -c 'i=0; while [ ! -e /run/writers.stop ]; do \
+           smbclient //127.0.0.1/media -U \"alice%alice pw 1\" -c \"put /etc/services smb-loop.txt\" \
+             >/dev/null 2>&1 || { echo fail $i; exit 1; }; i=$((i+1)); done; echo ok $i' \
+           < /dev/null > /run/smb-writer.out 2>&1 &",
+    );
+    vm.wait_until("test -e /mnt/tank/media/loop.1", Duration::from_secs(60));
+    let cfg2 = g.config("shares-docs", &format!("{base}{DOCS}"));
+    let reload = g.ok(&format!("share apply --config {cfg2}"));
+    assert!(reload.contains("reload smbd"), "{reload}");
+    assert!(reload.contains("reload NFS exports"), "{reload}");
+    // Let both writers run on past the reload before stopping them.
+    vm.sh("sleep 5; touch /run/writers.stop");
+    let nfs_writer = vm.wait_until(
+        "grep -E '^(ok|fail)' /run/nfs-writer.out",
+        Duration::from_secs(120),
+    );
+    let smb_writer = vm.wait_until(
+        "grep -E '^(ok|fail)' /run/smb-writer.out",
+        Duration::from_secs(120),
+    );
+    eprintln!("NFS writer: {nfs_writer}SMB writer: {smb_writer}");
+    assert!(nfs_writer.starts_with("ok"), "NFS writer: {nfs_writer}");
+    assert!(smb_writer.starts_with("ok"), "SMB writer: {smb_writer}");
+
+    // The new read-only share: readable over both, writable over neither.
+    vm.sh("echo doc > /mnt/tank/docs/readme.txt");
+    let docs = vm.sh(&format!(
+        "{CLIENT} sh -ec 'mount -t nfs4 10.99.0.1:/mnt/tank/docs /run/nfs-client; \
+         cat /run/nfs-client/readme.txt; \
+         if touch /run/nfs-client/nope 2>/dev/null; then echo WROTE; fi; umount /run/nfs-client'"
+    ));
+    assert_eq!(docs.trim(), "doc");
+    let smb_docs =
+        vm.ssh("cd /tmp && smbclient //127.0.0.1/docs -U 'alice%alice pw 1' -c 'put smb.txt'");
+    let smb_docs_out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&smb_docs.stdout),
+        String::from_utf8_lossy(&smb_docs.stderr)
+    );
+    assert!(
+        smb_docs_out.contains("NT_STATUS_ACCESS_DENIED"),
+        "{smb_docs_out}"
+    );
+
+    // A share on an unmounted dataset is refused, naming it, and nothing changes.
+    vm.sh("zfs unmount tank/off");
+    let before = vm.sh("cat /run/appliance/shares/*; exportfs -v");
+    let cfg3 = g.config("shares-off", &format!("{base}{DOCS}{OFF}"));
+    let (code, _, err) = g.stored(&format!("share apply --config {cfg3}"));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("share off: dataset tank/off is not mounted"),
+        "{err}"
+    );
+    assert_eq!(vm.sh("cat /run/appliance/shares/*; exportfs -v"), before);
+
+    let status = vm.power_off(crate::POWER_OFF_TIMEOUT);
+    assert!(status.success(), "QEMU exited with {status}");
+}
