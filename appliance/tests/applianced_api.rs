@@ -1,0 +1,272 @@
+//! applianced serving the REST API, as real processes: the applianced binary with temporary
+//! directories (no daemon runs, so the engine skips them), reqwest over real HTTPS trusting
+//! the certificate applianced made. Login with a user from the config, config get, put and
+//! apply of a DNS-only change, the history, a viewer's 403 and the audit log.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use appliance::accounts::{audit, password};
+use appliance::api::tls;
+use appliance::store::Store;
+use reqwest::StatusCode;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject as _;
+use serde_json::{Value, json};
+
+const ADMIN_PW: &str = "alice-Very-secret-1";
+const VIEWER_PW: &str = "victor-Very-secret-2";
+
+/// Kills applianced when the test ends, passed or not.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn hash(pw: &str) -> String {
+    // A cheap cost keeps the debug-built test fast; the cost is read from the hash.
+    password::hash_with(pw, argon2::Params::new(8, 1, 1, None).unwrap()).unwrap()
+}
+
+fn config_with_users() -> String {
+    format!(
+        "{}\n[api.users.alice]\nrole = \"admin\"\npassword_hash = \"{}\"\n\n\
+         [api.users.victor]\nrole = \"viewer\"\npassword_hash = \"{}\"\n",
+        appliance::DEFAULT_CONFIG,
+        hash(ADMIN_PW),
+        hash(VIEWER_PW)
+    )
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Waits until applianced has written its fingerprint and accepts connections; fails with
+/// its exit status when it died.
+fn wait_ready(child: &mut Child, fingerprint: &Path, addr: SocketAddr) {
+    for _ in 0..600 {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("applianced exited before serving the API: {status}");
+        }
+        if fingerprint.exists() && TcpStream::connect(addr).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("applianced did not serve the API on {addr}");
+}
+
+fn client_trusting(cert: &Path) -> reqwest::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(cert).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(config)
+        .build()
+        .unwrap()
+}
+
+async fn token(client: &reqwest::Client, base: &str, user: &str, pw: &str) -> String {
+    let r = client
+        .post(format!("{base}/auth/login"))
+        .json(&json!({"user": user, "password": pw}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "login of {user}");
+    r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applianced_serves_the_api_over_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, api_dir, run) = (
+        dir.path().join("config"),
+        dir.path().join("api"),
+        dir.path().join("run"),
+    );
+    std::fs::create_dir(&run).unwrap();
+    let initial = config_with_users();
+    let store = Store::open(&data).unwrap();
+    let first = store.commit(&initial, "test: users").unwrap();
+    store.activate(first).unwrap();
+
+    let addr = free_port();
+    let fingerprint_file = run.join("api-fingerprint");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_applianced"))
+        .arg("--socket")
+        .arg(run.join("applianced.sock"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--netd-socket")
+        .arg(run.join("netd.sock"))
+        .arg("--dnsd-socket")
+        .arg(run.join("dnsd.sock"))
+        .arg("--stored-socket")
+        .arg(run.join("stored.sock"))
+        .arg("--api-dir")
+        .arg(&api_dir)
+        .arg("--api-listen")
+        .arg(addr.to_string())
+        .arg("--fingerprint-file")
+        .arg(&fingerprint_file)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(&mut child, &fingerprint_file, addr);
+    let _daemon = Daemon(child);
+
+    // The fingerprint the console shows is the certificate's.
+    assert_eq!(
+        std::fs::read_to_string(&fingerprint_file).unwrap().trim(),
+        tls::fingerprint(&api_dir).unwrap()
+    );
+
+    let client = client_trusting(&api_dir.join(tls::CERT_FILE));
+    let base = format!("https://{addr}/api/v1");
+    let admin = token(&client, &base, "alice", ADMIN_PW).await;
+    let viewer = token(&client, &base, "victor", VIEWER_PW).await;
+
+    let r = client
+        .get(format!("{base}/config"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let got: Value = r.json().await.unwrap();
+    assert_eq!(got["generation"], json!(first));
+    assert_eq!(got["text"], json!(initial));
+
+    // A DNS-only change applies without a confirm window.
+    let changed = initial.replace("cache_size = 10000", "cache_size = 20000");
+    assert_ne!(changed, initial);
+    let r = client
+        .put(format!("{base}/config"))
+        .bearer_auth(&admin)
+        .json(&json!({"text": changed, "comment": "bigger cache"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let second = first + 1;
+
+    // A viewer may read but not apply.
+    let r = client
+        .post(format!("{base}/config/apply"))
+        .bearer_auth(&viewer)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    let r = client
+        .post(format!("{base}/config/apply"))
+        .bearer_auth(&admin)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let report: Value = r.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["generation"], json!(second), "{report}");
+    assert_eq!(report["confirm_deadline"], Value::Null, "{report}");
+    assert!(
+        report["plan"]["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["path"] == "dns.cache_size"),
+        "{report}"
+    );
+
+    let r = client
+        .get(format!("{base}/config/history"))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let history: Value = r.json().await.unwrap();
+    let newest = &history.as_array().unwrap()[0];
+    assert_eq!(newest["generation"], json!(second), "{history}");
+    assert_eq!(newest["active"], json!(true), "{history}");
+    assert_eq!(store.active().unwrap(), Some(second));
+
+    // No daemon runs: the status says so for each, and storage is unavailable (503).
+    let r = client
+        .get(format!("{base}/status"))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .unwrap();
+    let status: Value = r.json().await.unwrap();
+    let states: Vec<_> = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["name"].as_str().unwrap(), d["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("applianced", "running"),
+            ("netd", "unreachable"),
+            ("dnsd", "unreachable"),
+            ("stored", "unreachable"),
+        ]
+    );
+    let r = client
+        .get(format!("{base}/storage/status"))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    let log = audit::read(&api_dir).unwrap();
+    let actions: Vec<_> = log
+        .iter()
+        .map(|e| (e.action.as_str(), e.user.as_str(), e.generation))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("config.put", "alice", Some(second)),
+            ("config.apply", "alice", Some(second)),
+        ]
+    );
+}
