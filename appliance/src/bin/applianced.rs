@@ -142,7 +142,15 @@ async fn run(args: Args) -> Result<(), Fatal> {
         http::route(Arc::clone(&e), req)
     })
     .await?;
-    let (api_task, accounts_task) = start_api(&args, &engine).await?;
+    // The transactions over the Unix socket must work even when the API cannot start
+    // (a broken certificate pair, an unwritable /data/api): the console stays usable.
+    let tasks: Vec<Task> = match start_api(&args, &engine).await {
+        Ok((api, accounts)) => api.into_iter().chain([accounts]).collect(),
+        Err(e) => {
+            tracing::error!("the API does not run: {e}");
+            Vec::new()
+        }
+    };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
@@ -150,10 +158,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
     }
     serving.abort();
     timer.abort();
-    accounts_task.abort();
-    if let Some(t) = api_task {
-        t.abort();
-    }
+    tasks.iter().for_each(Task::abort);
     let _ = std::fs::remove_file(&args.socket);
     Ok(())
 }
