@@ -13,6 +13,7 @@ pub mod migrate;
 pub mod model;
 pub mod plan;
 pub mod schema;
+pub mod sd;
 pub mod store;
 pub mod txn;
 pub mod types;

@@ -241,21 +241,17 @@ async fn listen_encrypted(
     Ok(())
 }
 
-/// Tells systemd (Type=notify) that dnsd is serving; a no-op outside systemd.
-fn notify_ready() {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let sock = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot notify systemd");
-            return;
+/// Pings systemd's watchdog at half its interval from the runtime that serves queries, so
+/// a wedged runtime gets dnsd restarted (WatchdogSec= in dnsd.service).
+fn start_watchdog() -> Option<tokio::task::JoinHandle<()>> {
+    let every = appliance::sd::watchdog_interval()? / 2;
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            appliance::sd::watchdog_ping();
         }
-    };
-    if let Err(e) = sock.send_to(b"READY=1", PathBuf::from(path)) {
-        tracing::warn!(error = %e, "cannot notify systemd");
-    }
+    }))
 }
 
 async fn run(args: Args) -> Result<(), Fatal> {
@@ -309,7 +305,8 @@ async fn run(args: Args) -> Result<(), Fatal> {
         .await
         .map_err(|e| Fatal::Other(format!("cannot listen: {e}")))?;
     listen_encrypted(&mut server, &cfg, args.tls_dir.clone(), &listen).await?;
-    notify_ready();
+    appliance::sd::ready();
+    let watchdog = start_watchdog();
     let lease_resolver = Arc::clone(&resolver);
     let lease_names = tokio::spawn(leases.run(move |zone| lease_resolver.swap_leases(zone)));
     let wan_resolver = Arc::clone(&resolver);
@@ -343,6 +340,10 @@ async fn run(args: Args) -> Result<(), Fatal> {
 
     wait_for_stop().await;
     tracing::info!("stopping");
+    appliance::sd::stopping();
+    if let Some(task) = watchdog {
+        task.abort();
+    }
     daemon.stop();
     if let Some(task) = control {
         task.abort();
