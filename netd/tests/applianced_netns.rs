@@ -137,6 +137,11 @@ impl Lab {
             .arg(lab.path("dnsd.sock"))
             .arg("--stored-socket")
             .arg(lab.path("stored.sock"))
+            // The API's accounts, certificate and fingerprint stay in the test's directory.
+            .arg("--api-dir")
+            .arg(lab.path("api"))
+            .arg("--fingerprint-file")
+            .arg(lab.path("api-fingerprint"))
             .stdout(log("applianced.log"))
             .stderr(log("applianced.err"))
             .spawn()
