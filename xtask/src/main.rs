@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, bail};
 
 mod bench_dns;
+mod bench_net;
 mod bench_ota;
 
 const USAGE: &str = "\
@@ -48,6 +49,10 @@ Commands:
   bench ota [--size-mib N]
                           bundle verify against sha256sum, install into a slot file
                           against dd, on one payload (default 512 MiB)
+  bench net [--reps N]    netd's firewall (8 zones, 2000 forwards, a 100k-address
+                          blocklist) against `nft -f` of the same table, the no-op apply
+                          and a one-forward change, in fresh network namespaces (root);
+                          config and rulesets in target/bench/net/ (default 5 reps)
   help                    this text
 
 Exit codes: 0 success, 1 failure, 2 usage error.
@@ -145,6 +150,9 @@ fn dispatch(args: &[String]) -> Result<(), Failure> {
         }
         "bench" if rest.first().is_some_and(|a| a == "ota") => {
             bench_ota::run_bench(rest.get(1..).unwrap_or_default())
+        }
+        "bench" if rest.first().is_some_and(|a| a == "net") => {
+            bench_net::run_bench(rest.get(1..).unwrap_or_default())
         }
         "bench" => bench_dns::dispatch(rest),
         other => usage(format!("unknown command `{other}`")),
@@ -1176,6 +1184,10 @@ mod tests {
         ));
         assert!(matches!(
             dispatch(&args("run --bogus")),
+            Err(Failure::Usage(_))
+        ));
+        assert!(matches!(
+            dispatch(&args("bench net --bogus")),
             Err(Failure::Usage(_))
         ));
         assert!(matches!(

@@ -1,0 +1,461 @@
+//! The firewall bench behind `cargo xtask bench net` (issue #4): netd's full apply of a
+//! large router config against `nft -f` of the same ruleset as text, the no-op apply and a
+//! one-forward change, each in a fresh network namespace of the host, in one run.
+//!
+//! The parent (`bench_net --dir DIR`) writes the configs, makes a namespace per repetition
+//! and runs itself inside it (`ip netns exec NS bench_net apply ...` or `... nft-file ...`),
+//! so that netd and nft spawn their `nft` the same way, and so that each child's peak RSS
+//! (`getrusage`, self and waited-for children) is the apply process's and nft's alone.
+//! Needs root, `ip` (iproute2) and `nft` (nftables); fails, naming what is missing, without.
+
+use std::error::Error;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use netd::firewall::{Firewall, Nft, NftCli, normalize_listing, render};
+use nix::sys::resource::{UsageWho, getrusage};
+use serde_json::{Value, json};
+
+type Res<T> = Result<T, Box<dyn Error>>;
+
+const ZONES: usize = 8;
+const FORWARDS: usize = 2000;
+const BLOCKLIST: usize = 100_000;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("apply") => child_apply(args.get(1..).unwrap_or_default()),
+        Some("nft-file") => child_nft_file(args.get(1..).unwrap_or_default()),
+        _ => parent(&args),
+    };
+    if let Err(e) = result {
+        eprintln!("bench_net: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn opt<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Peak RSS in KiB of this process and of the largest child it has waited for.
+fn peak_rss() -> Res<(i64, i64)> {
+    let me = getrusage(UsageWho::RUSAGE_SELF)?.max_rss();
+    let children = getrusage(UsageWho::RUSAGE_CHILDREN)?.max_rss();
+    Ok((me, children))
+}
+
+/// The router: 8 zones (one link each), 2000 TCP port forwards from WAN spread over the
+/// other zones' servers, and a WAN blocklist rule with 100k source addresses. The config
+/// model has no named address sets: a rule's `source` list is how a blocklist is declared,
+/// and netd renders it as one rule with an anonymous set of 100k elements.
+fn router_config(extra_forward: bool) -> String {
+    let mut s = String::from("version = 1\n\n[system]\nhostname = \"bench\"\n\n");
+    let zone = |i: usize| {
+        if i == 0 {
+            "wan".to_owned()
+        } else {
+            format!("z{i}")
+        }
+    };
+    for i in 0..ZONES {
+        let name = zone(i);
+        let _ = writeln!(s, "[interfaces.{name}]\ndevice = \"eth{i}\"");
+        if i == 0 {
+            s.push_str("ipv4 = \"dhcp\"\n\n");
+        } else {
+            let _ = writeln!(s, "addresses = [\"10.{i}.0.1/16\"]\n");
+        }
+    }
+    for i in 0..ZONES {
+        let name = zone(i);
+        let (input, forward) = if i == 0 {
+            ("drop", "drop")
+        } else {
+            ("accept", "accept")
+        };
+        let _ = writeln!(
+            s,
+            "[firewall.zones.{name}]\ninterfaces = [\"{name}\"]\ninput = \"{input}\"\nforward = \"{forward}\"\nmasquerade = {}\n",
+            i == 0
+        );
+    }
+    for i in 1..ZONES {
+        let _ = writeln!(
+            s,
+            "[[firewall.policies]]\nfrom = \"z{i}\"\nto = \"wan\"\naction = \"accept\"\n"
+        );
+    }
+    for i in 1..ZONES {
+        let _ = writeln!(
+            s,
+            "[[firewall.rules]]\nname = \"z{i}-ssh\"\nfrom = \"z{i}\"\nprotocol = \"tcp\"\nports = [22]\naction = \"accept\"\n"
+        );
+    }
+    s.push_str(
+        "[[firewall.rules]]\nname = \"blocklist\"\nfrom = \"wan\"\naction = \"drop\"\nsource = [\n",
+    );
+    for i in 0..BLOCKLIST {
+        // 100.64.0.0/10 and up: distinct /32s, none overlapping
+        let a = 0x6440_0000u32 + (i as u32) * 3;
+        let _ = writeln!(s, "  \"{}/32\",", std::net::Ipv4Addr::from(a));
+    }
+    s.push_str("]\n\n");
+    let forwards = FORWARDS + usize::from(extra_forward);
+    for f in 0..forwards {
+        let z = 1 + f % (ZONES - 1);
+        let host = 10 + f / (ZONES - 1) % 200;
+        let _ = writeln!(
+            s,
+            "[firewall.forwards.f{f}]\nprotocol = \"tcp\"\nport = {}\nto = \"10.{z}.0.{host}\"\nto_port = 80\n",
+            20000 + f
+        );
+    }
+    s
+}
+
+fn load(path: &str) -> Res<appliance::Config> {
+    let text = std::fs::read_to_string(path)?;
+    appliance::load_str(&text).map_err(|d| format!("{path}: invalid config: {d}").into())
+}
+
+/// Inside a fresh namespace: netd's full apply, `noops` no-op applies, one forward added.
+fn child_apply(args: &[String]) -> Res<()> {
+    let base = opt(args, "--config").ok_or("apply needs --config")?;
+    let plus = opt(args, "--config-plus").ok_or("apply needs --config-plus")?;
+    let noops: usize = opt(args, "--noops").unwrap_or("5").parse()?;
+
+    let t = Instant::now();
+    let cfg = load(base)?;
+    let load_ms = ms(t.elapsed());
+
+    // the full apply as netd does it: render, observe, plan, apply, record
+    let t = Instant::now();
+    let rs = render(&cfg);
+    let render_ms = ms(t.elapsed());
+    let mut fw = Firewall::new(NftCli::new());
+    if !fw.apply(&rs)? {
+        return Err("the first apply into an empty namespace wrote nothing".into());
+    }
+    let full_ms = ms(t.elapsed());
+
+    let t = Instant::now();
+    let listing = fw
+        .nft()
+        .list()?
+        .ok_or("the table is missing after the apply")?;
+    let list_ms = ms(t.elapsed());
+    if let Some(out) = opt(args, "--listing-out") {
+        std::fs::write(out, normalize_listing(&listing).to_string())?;
+    }
+
+    let mut noop_ms = Vec::new();
+    for _ in 0..noops {
+        let t = Instant::now();
+        let rs = render(&cfg);
+        if fw.apply(&rs)? {
+            return Err("netd rewrote the table for an unchanged config".into());
+        }
+        noop_ms.push(ms(t.elapsed()));
+    }
+
+    let cfg2 = load(plus)?;
+    let t = Instant::now();
+    let rs2 = render(&cfg2);
+    if !fw.apply(&rs2)? {
+        return Err("netd did not apply the added forward".into());
+    }
+    let one_ms = ms(t.elapsed());
+
+    // nft's own peak is measured by `nft-file --json`: a child of this big process would
+    // report the memory it inherited at fork as its peak
+    let (rss, _) = peak_rss()?;
+    println!(
+        "{}",
+        json!({
+            "load_ms": load_ms, "render_ms": render_ms, "full_ms": full_ms,
+            "list_ms": list_ms, "noop_ms": noop_ms, "one_forward_ms": one_ms,
+            "rss_kib": rss,
+            "json_bytes": rs.to_json().len(),
+        })
+    );
+    Ok(())
+}
+
+/// Inside a fresh namespace: `nft -f` of the ruleset text.
+fn child_nft_file(args: &[String]) -> Res<()> {
+    let file = opt(args, "--file").ok_or("nft-file needs --file")?;
+    let mut argv = vec!["-f", file];
+    if args.iter().any(|a| a == "--json") {
+        argv.insert(0, "-j");
+    }
+    let t = Instant::now();
+    let status = Command::new("nft").args(&argv).status()?;
+    let nft_ms = ms(t.elapsed());
+    if !status.success() {
+        return Err(format!("nft {} failed: {status}", argv.join(" ")).into());
+    }
+    let (_, nft_rss) = peak_rss()?;
+    if let Some(out) = opt(args, "--listing-out") {
+        let listing = NftCli::new().list()?.ok_or("nft -f left no table")?;
+        std::fs::write(out, normalize_listing(&listing).to_string())?;
+    }
+    println!("{}", json!({ "nft_ms": nft_ms, "nft_rss_kib": nft_rss }));
+    Ok(())
+}
+
+fn require(argv: &[&str], package: &str) -> Res<()> {
+    let ok = Command::new(argv.first().copied().unwrap_or_default())
+        .args(argv.get(1..).unwrap_or_default())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` does not work: install Debian's {package}",
+            argv.join(" ")
+        )
+        .into())
+    }
+}
+
+fn run(cmd: &mut Command) -> Res<String> {
+    let out = cmd.stderr(Stdio::inherit()).output()?;
+    if !out.status.success() {
+        return Err(format!("{cmd:?} failed: {}", out.status).into());
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// A network namespace that is deleted when dropped.
+struct Netns(String);
+
+impl Netns {
+    fn new(name: String) -> Res<Self> {
+        // a leftover of an interrupted run
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        run(Command::new("ip").args(["netns", "add", &name]))?;
+        Ok(Self(name))
+    }
+
+    fn exec(&self, argv: &[&str]) -> Res<Value> {
+        let out = run(Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(argv))?;
+        Ok(serde_json::from_str(out.trim())?)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Nearest-rank percentile of a sample.
+fn pct(v: &[f64], p: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let rank = ((p * s.len() as f64).ceil() as usize).max(1);
+    s.get(rank - 1).copied().unwrap_or(f64::NAN)
+}
+
+fn nums(rows: &[Value], key: &str) -> Vec<f64> {
+    rows.iter()
+        .flat_map(|r| match r.get(key) {
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_f64).collect(),
+            Some(v) => v.as_f64().into_iter().collect(),
+            None => Vec::new(),
+        })
+        .collect()
+}
+
+fn line(what: &str, v: &[f64]) {
+    println!(
+        "    {what:<36} median {:>9.1} ms   p90 {:>9.1} ms   (n={})",
+        pct(v, 0.5),
+        pct(v, 0.9),
+        v.len()
+    );
+}
+
+fn parent(args: &[String]) -> Res<()> {
+    let dir = PathBuf::from(opt(args, "--dir").ok_or("usage: bench_net --dir DIR [--reps N]")?);
+    let reps: usize = opt(args, "--reps").unwrap_or("5").parse()?;
+    if reps == 0 {
+        return Err("--reps must be at least 1".into());
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Err("the net bench needs root (network namespaces and nft)".into());
+    }
+    require(&["ip", "netns", "list"], "iproute2")?;
+    require(&["nft", "--version"], "nftables")?;
+    std::fs::create_dir_all(&dir)?;
+    let exe = std::env::current_exe()?;
+    let exe = exe.to_str().ok_or("the bench's path is not UTF-8")?;
+    let path = |name: &str| -> Res<String> {
+        Ok(dir
+            .join(name)
+            .to_str()
+            .ok_or("the bench directory is not UTF-8")?
+            .to_owned())
+    };
+    let (base, plus) = (path("appliance.toml")?, path("appliance-plus1.toml")?);
+    std::fs::write(&base, router_config(false))?;
+    std::fs::write(&plus, router_config(true))?;
+    println!(
+        "==> config: {ZONES} zones, {FORWARDS} port forwards, a {BLOCKLIST}-address blocklist rule ({} bytes) in {}",
+        std::fs::metadata(&base)?.len(),
+        dir.display()
+    );
+
+    let pid = std::process::id();
+    let text = path("ruleset.nft")?;
+    let batch = path("ruleset.json")?;
+    let (netd_listing, nft_listing) = (path("listing-netd.json")?, path("listing-nft.json")?);
+    {
+        // the raw nft side's input: the table netd writes, as `nft list` prints it
+        let ns = Netns::new(format!("netd-bench-{pid}-text"))?;
+        let rs = render(&load(&base)?);
+        std::fs::write(&batch, rs.to_json())?;
+        Firewall::new(NftCli::in_netns(&ns.0)).apply(&rs)?;
+        let listed = run(Command::new("ip").args([
+            "netns",
+            "exec",
+            &ns.0,
+            "nft",
+            "list",
+            "table",
+            "inet",
+            "appliance",
+        ]))?;
+        std::fs::write(&text, listed)?;
+    }
+    let mut netd_rows = Vec::new();
+    println!("==> netd: full apply, 5 no-op applies, one forward added; {reps} fresh namespaces");
+    for rep in 0..reps {
+        let ns = Netns::new(format!("netd-bench-{pid}-{rep}"))?;
+        let mut argv = vec![exe, "apply", "--config", &base, "--config-plus", &plus];
+        if rep == 0 {
+            argv.extend(["--listing-out", &netd_listing]);
+        }
+        let row = ns.exec(&argv)?;
+        println!(
+            "    rep {rep}: full {:.1} ms, no-op {} ms, one forward {:.1} ms",
+            row.get("full_ms")
+                .and_then(Value::as_f64)
+                .unwrap_or(f64::NAN),
+            nums(std::slice::from_ref(&row), "noop_ms")
+                .iter()
+                .map(|v| format!("{v:.1}"))
+                .collect::<Vec<_>>()
+                .join("/"),
+            row.get("one_forward_ms")
+                .and_then(Value::as_f64)
+                .unwrap_or(f64::NAN),
+        );
+        netd_rows.push(row);
+    }
+
+    println!(
+        "==> nft -f of the same table as text ({} bytes), and nft -j -f of netd's batch ({} bytes); {reps} fresh namespaces each",
+        std::fs::metadata(&text)?.len(),
+        std::fs::metadata(&batch)?.len()
+    );
+    let mut nft_rows = Vec::new();
+    for rep in 0..reps {
+        let ns = Netns::new(format!("netd-bench-{pid}-nft{rep}"))?;
+        let mut argv = vec![exe, "nft-file", "--file", &text];
+        if rep == 0 {
+            argv.extend(["--listing-out", &nft_listing]);
+        }
+        nft_rows.push(ns.exec(&argv)?);
+    }
+    let mut json_rows = Vec::new();
+    for rep in 0..reps {
+        let ns = Netns::new(format!("netd-bench-{pid}-json{rep}"))?;
+        json_rows.push(ns.exec(&[exe, "nft-file", "--json", "--file", &batch])?);
+    }
+    let same = std::fs::read(&netd_listing)? == std::fs::read(&nft_listing)?;
+    println!(
+        "    the table nft -f built {} the one netd built (normalized listings)",
+        if same { "equals" } else { "DIFFERS FROM" }
+    );
+
+    let full = nums(&netd_rows, "full_ms");
+    let raw = nums(&nft_rows, "nft_ms");
+    let noop = nums(&netd_rows, "noop_ms");
+    let one = nums(&netd_rows, "one_forward_ms");
+    println!("==> results");
+    line(
+        "config load (parse, validate)",
+        &nums(&netd_rows, "load_ms"),
+    );
+    line("netd render", &nums(&netd_rows, "render_ms"));
+    line("netd full apply (render..record)", &full);
+    line(
+        "  of which nft -j list (record)",
+        &nums(&netd_rows, "list_ms"),
+    );
+    line("nft -f (text)", &raw);
+    line(
+        "nft -j -f (netd's JSON batch alone)",
+        &nums(&json_rows, "nft_ms"),
+    );
+    line("netd no-op apply", &noop);
+    line("netd one forward added", &one);
+    let max = |rows: &[Value], k: &str| nums(rows, k).into_iter().fold(0.0, f64::max) / 1024.0;
+    println!(
+        "    peak RSS: netd apply process {:.1} MiB; nft -j -f of its batch {:.1} MiB; nft -f of the text {:.1} MiB",
+        max(&netd_rows, "rss_kib"),
+        max(&json_rows, "nft_rss_kib"),
+        max(&nft_rows, "nft_rss_kib")
+    );
+    let ratio = pct(&full, 0.5) / pct(&raw, 0.5);
+    println!(
+        "    goals (reported, not asserted): full apply <= 1.2x nft: {}; no-op < 50 ms: {}; one forward < 30 ms: {}",
+        verdict(ratio <= 1.2),
+        verdict(pct(&noop, 0.5) < 50.0),
+        verdict(pct(&one, 0.5) < 30.0)
+    );
+    println!();
+    println!("bench: full_apply_vs_nft = {ratio:.2} x");
+    println!("bench: full_apply = {:.1} ms", pct(&full, 0.5));
+    println!("bench: nft_f = {:.1} ms", pct(&raw, 0.5));
+    println!("bench: noop_apply = {:.1} ms", pct(&noop, 0.5));
+    println!("bench: one_forward_change = {:.1} ms", pct(&one, 0.5));
+    println!(
+        "bench: netd_apply_peak_rss = {:.1} MiB",
+        max(&netd_rows, "rss_kib")
+    );
+    println!(
+        "bench: nft_json_peak_rss = {:.1} MiB",
+        max(&json_rows, "nft_rss_kib")
+    );
+    println!(
+        "bench: nft_text_peak_rss = {:.1} MiB",
+        max(&nft_rows, "nft_rss_kib")
+    );
+    println!("bench: wg_1000_peers = n/a (VM only: see tests/vm/wireguard.rs)");
+    Ok(())
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "MISSED" }
+}
