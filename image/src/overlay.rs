@@ -96,6 +96,41 @@ pub const FILES: &[File] = &[
         contents: include_str!("../overlay/etc/systemd/system.conf.d/appliance-watchdog.conf"),
     },
     File {
+        path: "/etc/sysctl.d/60-appliance.conf",
+        mode: 0o644,
+        contents: include_str!("../overlay/etc/sysctl.d/60-appliance.conf"),
+    },
+    File {
+        path: "/usr/lib/sysusers.d/appliance.conf",
+        mode: 0o644,
+        contents: include_str!("../overlay/usr/lib/sysusers.d/appliance.conf"),
+    },
+    File {
+        path: "/usr/lib/tmpfiles.d/appliance.conf",
+        mode: 0o644,
+        contents: include_str!("../overlay/usr/lib/tmpfiles.d/appliance.conf"),
+    },
+    File {
+        path: "/usr/lib/appliance/machine-id",
+        mode: 0o755,
+        contents: include_str!("../overlay/usr/lib/appliance/machine-id"),
+    },
+    File {
+        path: "/usr/lib/systemd/system/appliance-machine-id.service",
+        mode: 0o644,
+        contents: include_str!("../overlay/usr/lib/systemd/system/appliance-machine-id.service"),
+    },
+    File {
+        path: "/usr/lib/systemd/system/appliance-healthy.target",
+        mode: 0o644,
+        contents: include_str!("../overlay/usr/lib/systemd/system/appliance-healthy.target"),
+    },
+    File {
+        path: "/usr/lib/systemd/system/dnsd.service",
+        mode: 0o644,
+        contents: include_str!("../overlay/usr/lib/systemd/system/dnsd.service"),
+    },
+    File {
         path: "/etc/samba/smb.conf",
         mode: 0o644,
         contents: include_str!("../overlay/etc/samba/smb.conf"),
@@ -117,6 +152,22 @@ pub const LINKS: &[(&str, &str)] = &[(
 
 /// Units enabled as `systemctl enable` would: (the .wants directory, the unit file).
 pub const ENABLED: &[(&str, &str)] = &[
+    (
+        "sysinit.target.wants",
+        "/usr/lib/systemd/system/appliance-machine-id.service",
+    ),
+    (
+        "multi-user.target.wants",
+        "/usr/lib/systemd/system/appliance-healthy.target",
+    ),
+    (
+        "multi-user.target.wants",
+        "/usr/lib/systemd/system/dnsd.service",
+    ),
+    (
+        "appliance-healthy.target.requires",
+        "/usr/lib/systemd/system/dnsd.service",
+    ),
     (
         "multi-user.target.wants",
         "/usr/lib/systemd/system/appliance-ssh-hostkeys.service",

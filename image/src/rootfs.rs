@@ -55,6 +55,9 @@ pub const PACKAGES: &[&str] = &[
     "nfs-kernel-server",
     // The VM tests read a share back with it; on a box it checks a share from the inside.
     "smbclient",
+    // The roots dnsd's HTTPS client trusts (block lists, DoH upstreams): without them it
+    // cannot build its client and does not start.
+    "ca-certificates",
 ];
 
 impl Default for RootfsSpec {
@@ -233,8 +236,8 @@ pub fn customize(tree: &Path, c: &Customization) -> Result<()> {
             fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
         }
     }
-    // Empty, so systemd puts a transient id on a tmpfs over it at boot.
-    // TODO(issue 3): keep the machine-id on /data so it survives reboots.
+    // Empty, so systemd puts a transient id on a tmpfs over it at boot;
+    // appliance-machine-id.service then puts the one kept on /data in its place.
     fs::write(tree.join("etc/machine-id"), "").context("emptying etc/machine-id")?;
     for stale in ["vmlinuz.old", "initrd.img.old"] {
         let p = tree.join(stale);
@@ -265,6 +268,7 @@ pub fn customize(tree: &Path, c: &Customization) -> Result<()> {
         }
         symlink(target, &link).with_context(|| format!("linking {path} to {target}"))?;
     }
+    sysusers(tree)?;
     for (wants, unit) in overlay::ENABLED {
         let dir = tree.join("etc/systemd/system").join(wants);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -308,6 +312,18 @@ pub fn customize(tree: &Path, c: &Customization) -> Result<()> {
         fs::set_permissions(&to, fs::Permissions::from_mode(0o755))
             .with_context(|| format!("setting the mode of {}", to.display()))?;
     }
+    Ok(())
+}
+
+/// The daemons' system users (usr/lib/sysusers.d), made now: at boot /etc is read-only.
+/// Their ids are fixed in the file, so every build gives the same passwd and group; the
+/// day of the shadow entries comes from SOURCE_DATE_EPOCH, which is pinned for that.
+fn sysusers(tree: &Path) -> Result<()> {
+    run(Command::new("systemd-sysusers")
+        .env("SOURCE_DATE_EPOCH", "0")
+        .arg("--root")
+        .arg(tree))
+    .context("creating the system users (systemd-sysusers, from the systemd package)")?;
     Ok(())
 }
 

@@ -568,6 +568,43 @@ impl Vm {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Creates network namespace `name` in the guest, a stand-in for a machine on one of
+    /// the appliance's links: a veth pair whose inside end (`eth0`) gets `address` (CIDR)
+    /// and whose outside end (`<name>-v`, at most 15 bytes) joins `outside`.
+    pub fn netns(&self, name: &str, address: &str, outside: Outside<'_>) {
+        let veth = format!("{name}-v");
+        assert!(
+            veth.len() <= 15,
+            "namespace name {name} is too long for {veth}"
+        );
+        let attach = match outside {
+            Outside::Bridge(bridge) => format!("ip link set {veth} master {bridge}"),
+            Outside::Address(addr) => format!("ip addr add {addr} dev {veth}"),
+        };
+        self.sh(&format!(
+            "set -e; ip netns add {name}; ip -n {name} link set lo up; \
+             ip link add {veth} type veth peer name eth0 netns {name}; \
+             {attach}; ip link set {veth} up; \
+             ip -n {name} addr add {address} dev eth0; ip -n {name} link set eth0 up"
+        ));
+    }
+
+    /// Runs a bash command inside namespace `name` that must succeed; returns its stdout.
+    pub fn in_netns(&self, name: &str, command: &str) -> String {
+        self.sh(&format!(
+            "ip netns exec {name} bash -c {}",
+            shell_quote(command)
+        ))
+    }
+
+    /// Runs a bash command inside namespace `name`; its output, whatever its status.
+    pub fn try_in_netns(&self, name: &str, command: &str) -> Output {
+        self.ssh(&format!(
+            "ip netns exec {name} bash -c {}",
+            shell_quote(command)
+        ))
+    }
+
     /// Runs `command` in the guest until it exits 0 (a unit active, a device present);
     /// returns its stdout, or fails with its last output once `timeout` has passed.
     pub fn wait_until(&self, command: &str, timeout: Duration) -> String {
@@ -648,4 +685,22 @@ impl Drop for Vm {
             let _ = child.wait();
         }
     }
+}
+
+/// Where the outside end of a namespace's veth pair goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Outside<'a> {
+    /// Into this guest bridge, as a port (a client on a LAN bridge).
+    #[allow(
+        dead_code,
+        reason = "for the daemons' LAN tests; capabilities uses Address"
+    )]
+    Bridge(&'a str),
+    /// Nowhere: it gets this address (CIDR), a point-to-point link to the guest.
+    Address(&'a str),
+}
+
+/// `s` as one single-quoted word for the guest's shell.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }

@@ -55,6 +55,16 @@ fn boots_to_multi_user_with_a_read_only_root_and_data_kept_across_a_reboot() {
     );
     assert_eq!(f.get("failed"), Some(&"none"), "failed units: {line}");
     vm.wait_for_line("login:", Duration::from_secs(30));
+    our_units_are_running(&vm);
+    dnsd_serves_under_its_sandbox(&vm);
+    let machine_id = vm.sh("cat /etc/machine-id");
+    assert_eq!(
+        vm.sh("cat /data/machine-id/machine-id"),
+        machine_id,
+        "the machine-id is not the one kept on /data"
+    );
+    let mnt = vm.sh("findmnt -no FSTYPE /mnt");
+    assert_eq!(mnt.trim(), "tmpfs", "/mnt must be a writable tmpfs");
 
     // The same facts seen from a shell, and /data keeping a file across a reboot.
     let mount = |target: &str| -> Vec<String> {
@@ -102,6 +112,11 @@ fn boots_to_multi_user_with_a_read_only_root_and_data_kept_across_a_reboot() {
     );
     let rebooted = vm.uptime();
     assert_eq!(vm.sh("cat /data/probe").trim(), "kept");
+    assert_eq!(
+        vm.sh("cat /etc/machine-id"),
+        machine_id,
+        "the machine-id changed across a reboot"
+    );
 
     let status = vm.power_off(POWER_OFF_TIMEOUT);
     assert!(status.success(), "QEMU exited with {status}");
@@ -114,6 +129,138 @@ fn boots_to_multi_user_with_a_read_only_root_and_data_kept_across_a_reboot() {
         booted.as_secs_f64(),
         rebooted.as_secs_f64(),
         vm.uptime().as_secs_f64()
+    );
+}
+
+/// The units image/overlay installs (drop-in directories aside).
+fn overlay_units() -> Vec<(String, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../image/overlay/usr/lib/systemd/system");
+    let mut units: Vec<(String, String)> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, fs::read_to_string(&p).unwrap())
+        })
+        .collect();
+    units.sort();
+    units
+}
+
+/// Every unit of the overlay is in the guest, loaded, enabled when it has an [Install]
+/// section, and running (or finished well, for oneshots and skipped conditions);
+/// appliance-healthy.target is reached. Prints the boot time and dnsd's exposure.
+fn our_units_are_running(vm: &Vm) {
+    // Returns once the boot job queue is empty, whatever the outcome, which is checked below.
+    let state = vm.ssh("systemctl is-system-running --wait");
+    eprintln!(
+        "system state after {:.1}s: {}",
+        vm.uptime().as_secs_f64(),
+        String::from_utf8_lossy(&state.stdout).trim()
+    );
+    eprintln!("{}", vm.sh("systemd-analyze time").trim());
+    let units = overlay_units();
+    assert!(units.iter().any(|(n, _)| n == "dnsd.service"));
+    let mut wrong = Vec::new();
+    for (unit, text) in &units {
+        let show = vm.sh(&format!(
+            "systemctl show -p LoadState,ActiveState,UnitFileState,Result,FragmentPath {unit}"
+        ));
+        let p = fields_by_line(&show);
+        let get = |k: &str| p.get(k).map_or("", String::as_str).to_owned();
+        // /lib is /usr/lib (merged /usr), and systemd names whichever it found first.
+        let fragment = format!("/lib/systemd/system/{unit}");
+        let installable = text.contains("[Install]");
+        let running = get("ActiveState") == "active"
+            || (get("ActiveState") == "inactive" && get("Result") == "success");
+        if get("LoadState") != "loaded"
+            || !get("FragmentPath").ends_with(&fragment)
+            || (installable && get("UnitFileState") != "enabled")
+            || !running
+        {
+            wrong.push(format!("{unit}: {}", show.replace('\n', " ")));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "units not installed, enabled and running:\n{}\n{}",
+        wrong.join("\n"),
+        vm.ssh("systemctl --failed --no-pager; journalctl -b -u dnsd --no-pager | tail -30")
+            .stdout
+            .iter()
+            .map(|b| *b as char)
+            .collect::<String>()
+    );
+    vm.sh("systemctl is-active appliance-healthy.target");
+    eprintln!("all {} units of the overlay running", units.len());
+    let security = vm.sh("systemd-analyze security --no-pager dnsd.service");
+    let overall = security
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or("no exposure line");
+    eprintln!("dnsd.service: {}", overall.trim());
+}
+
+/// `Key=value` lines as a map.
+fn fields_by_line(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// dnsd runs as its own user with only its capabilities, answers a client on the LAN side
+/// (a namespace on a veth with the default config's LAN address), and writes its query
+/// log under /data.
+fn dnsd_serves_under_its_sandbox(vm: &Vm) {
+    let pid = vm.sh("systemctl show -p MainPID --value dnsd");
+    let status = vm.sh(&format!("cat /proc/{}/status", pid.trim()));
+    let line = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        line("Uid:").contains("901"),
+        "dnsd is not user dnsd: {}",
+        line("Uid:")
+    );
+    // CAP_NET_BIND_SERVICE (10) and CAP_DAC_READ_SEARCH (2), nothing else.
+    assert!(
+        line("CapEff:").ends_with("0000000000000404"),
+        "{}",
+        line("CapEff:")
+    );
+    vm.netns(
+        "lan1",
+        "192.168.1.50/24",
+        harness::Outside::Address("192.168.1.1/24"),
+    );
+    // A query for appliance.lan (A), id 0x1234, sent with bash's /dev/udp: the image has
+    // no dig.
+    let query =
+        r"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x09appliance\x03lan\x00\x00\x01\x00\x01";
+    let answer = vm.in_netns(
+        "lan1",
+        &format!(
+            "exec 3<>/dev/udp/192.168.1.1/53; printf '{query}' >&3; \
+             timeout 5 dd bs=512 count=1 <&3 2>/dev/null | od -An -tx1 -v | tr -d ' \\n'"
+        ),
+    );
+    let answer = answer.trim();
+    assert!(
+        answer.starts_with("1234") && answer.contains("c0a80101"),
+        "dnsd did not answer appliance.lan with 192.168.1.1: {answer:?}"
+    );
+    eprintln!("dnsd answered appliance.lan from the LAN namespace");
+    let owner = vm.sh("stat -c %U /data/dns /data/dns/querylog 2>&1 || ls -la /data/dns");
+    assert_eq!(
+        owner.split_whitespace().collect::<Vec<_>>(),
+        ["dnsd", "dnsd"],
+        "{owner}"
     );
 }
 

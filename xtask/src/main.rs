@@ -128,10 +128,16 @@ fn dispatch(args: &[String]) -> Result<(), Failure> {
             };
             Ok(schema(check)?)
         }
-        "image" => {
-            no_args("image", rest)?;
-            image().map(|_| ()).map_err(Failure::from)
-        }
+        "image" => match rest {
+            [] => image().map(|_| ()).map_err(Failure::from),
+            [flag] if flag == "--check-reproducible" => {
+                Ok(image().and_then(|_| check_reproducible())?)
+            }
+            _ => usage(format!(
+                "`image` takes only --check-reproducible, got: {}",
+                rest.join(" ")
+            )),
+        },
         "run" => {
             let mut rebuild = false;
             let mut kvm = false;
@@ -375,7 +381,7 @@ const IMAGE_PACKAGES: &[&str] = &[
 const QEMU_PACKAGES: &[&str] = &["qemu-system-x86", "qemu-utils", "ovmf", "openssh-client"];
 
 /// Our executables installed into the image. The daemons join as their binaries arrive.
-const IMAGE_BINARIES: &[&str] = &["applctl", "stored", "netd"];
+const IMAGE_BINARIES: &[&str] = &["applctl", "stored", "netd", "dnsd"];
 
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
@@ -421,17 +427,67 @@ fn image() -> Result<PathBuf> {
         "stored",
         "-p",
         "netd",
+        "-p",
+        "dnsd",
     ]))?;
     println!("==> release binaries built in {}", Secs(t.elapsed()));
 
     println!("==> image: appliance-image build");
-    let release = root.join("target").join("release");
     let out = image_dir(&root);
+    run(&mut image_build(&root, &out)?)?;
+    let disk = out.join("appliance.img");
+    println!(
+        "==> image built in {}: {}",
+        Secs(started.elapsed()),
+        rel(&root, &disk)
+    );
+    Ok(disk)
+}
+
+/// Builds the root a second time from the same inputs and the warm cache into
+/// target/image-repro, and fails unless its squashfs hashes the same as target/image's:
+/// the update bundles and the A/B slots are trusted by that hash.
+fn check_reproducible() -> Result<()> {
+    let root = repo_root()?;
+    let started = Instant::now();
+    let again = root.join("target").join("image-repro");
+    println!("==> image: second build into {}", rel(&root, &again));
+    run(&mut image_build(&root, &again)?)?;
+    let hash = |dir: &Path| -> Result<String> {
+        let file = dir.join("rootfs.squashfs.sha256");
+        let text =
+            fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+        Ok(text
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned())
+    };
+    let (first, second) = (hash(&image_dir(&root))?, hash(&again)?);
+    if first.is_empty() || first != second {
+        bail!(
+            "the image is not reproducible: {} has root sha256 {first}, the rebuild in {} has \
+             {second}; compare the two with `diffoscope` (both kept)",
+            rel(&root, &image_dir(&root)),
+            rel(&root, &again)
+        );
+    }
+    fs::remove_dir_all(&again).with_context(|| format!("removing {}", again.display()))?;
+    println!(
+        "==> image reproducible: root sha256 {first} twice (second build {})",
+        Secs(started.elapsed())
+    );
+    Ok(())
+}
+
+/// The `appliance-image build` of the development image into `out`.
+fn image_build(root: &Path, out: &Path) -> Result<Command> {
+    let release = root.join("target").join("release");
     let mut cmd = Command::new(release.join("appliance-image"));
-    cmd.current_dir(&root)
+    cmd.current_dir(root)
         .arg("build")
         .arg("--out")
-        .arg(&out)
+        .arg(out)
         .arg("--cache")
         .arg(root.join("target").join("image-cache"))
         .arg("--dev");
@@ -439,12 +495,12 @@ fn image() -> Result<PathBuf> {
         cmd.arg("--bin").arg(release.join(bin));
     }
     // The VM tests log in with this key (it is made once per checkout, under target/).
-    let test_key = vm_test_key(&root)?;
+    let test_key = vm_test_key(root)?;
     cmd.arg("--authorized-key")
         .arg(test_key.with_extension("pub"));
     // Bundles signed with the checkout's development key install on this image (the VM
     // OTA tests sign theirs with it); release builds pass their own keys.
-    let update_key = dev_update_key(&root, &release)?;
+    let update_key = dev_update_key(root, &release)?;
     cmd.arg("--update-key")
         .arg(update_key.with_extension("pub"));
     // The developer's own keys, so that `ssh -p 2222 root@127.0.0.1` works in `run`.
@@ -460,7 +516,7 @@ fn image() -> Result<PathBuf> {
     // The commit time, so that a checkout builds the same root as anyone else's.
     if std::env::var_os("SOURCE_DATE_EPOCH").is_none()
         && let Ok(o) = Command::new("git")
-            .current_dir(&root)
+            .current_dir(root)
             .args(["log", "-1", "--format=%ct"])
             .output()
         && o.status.success()
@@ -470,14 +526,7 @@ fn image() -> Result<PathBuf> {
             String::from_utf8_lossy(&o.stdout).trim(),
         );
     }
-    run(&mut cmd)?;
-    let disk = out.join("appliance.img");
-    println!(
-        "==> image built in {}: {}",
-        Secs(started.elapsed()),
-        rel(&root, &disk)
-    );
-    Ok(disk)
+    Ok(cmd)
 }
 
 /// The private key of the VM tests, `target/vm-key/id_ed25519`, made when missing. The
