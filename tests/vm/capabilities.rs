@@ -1,13 +1,13 @@
 //! What the host kernel here lacks, proven in the image's own kernel in one boot (boots
 //! cost about 35 s each under TCG): 802.1Q, WireGuard, a ZFS mirror with send/receive,
-//! scrub and export/import, kernel nfsd, and Samba. Each capability is a script in
+//! scrub and export/import, kernel nfsd, Samba, and nftables. Each capability is a script in
 //! tests/vm/guest/ run with `sh -eux`, so a failure shows every command and its output.
 
 use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::harness::{self, Link, Options, Vm};
+use crate::harness::{self, Link, Options, Outside, Vm};
 use crate::{BOOT_TIMEOUT, POWER_OFF_TIMEOUT};
 
 /// Runs tests/vm/guest/`script` (copied in beforehand) with `args`; fails with its whole
@@ -26,7 +26,7 @@ fn capability(vm: &Vm, what: &str, script: &str, args: &[&str], ok_line: &str) {
 }
 
 #[test]
-fn the_guest_kernel_does_vlans_wireguard_zfs_nfs_and_smb() {
+fn the_guest_kernel_does_vlans_wireguard_zfs_nfs_smb_and_nftables() {
     // Two NICs on a QEMU hub (802.1Q) and two joined by a UDP socket cable through the
     // host, the link between two VMs (WireGuard).
     let (cable_a, cable_b) = harness::udp_cable();
@@ -66,6 +66,7 @@ fn the_guest_kernel_does_vlans_wireguard_zfs_nfs_and_smb() {
         &[&ifs[2], &ifs[3]],
         "WIREGUARD-OK",
     );
+    nftables(&vm);
     capability(&vm, "ZFS", "zfs.sh", &[&disk_a, &disk_b], "ZFS-OK");
     capability(&vm, "nfsd", "nfs.sh", &[], "NFS-OK");
     capability(&vm, "smbd", "smb.sh", &[], "SMB-OK");
@@ -83,4 +84,29 @@ fn the_guest_kernel_does_vlans_wireguard_zfs_nfs_and_smb() {
         "all capabilities shown by {:.1}s",
         vm.uptime().as_secs_f64()
     );
+}
+
+/// nftables in the guest kernel: a table with an input chain and a rule that drops pings
+/// from a client namespace, listed back with the rule's counter, then removed.
+fn nftables(vm: &Vm) {
+    vm.netns("nft-c", "10.40.0.2/24", Outside::Address("10.40.0.1/24"));
+    vm.in_netns("nft-c", "ping -c 1 -W 2 10.40.0.1");
+    vm.sh(
+        "nft add table inet captest && \
+         nft add chain inet captest input '{ type filter hook input priority 0; policy accept; }' && \
+         nft add rule inet captest input ip saddr 10.40.0.2 icmp type echo-request counter drop",
+    );
+    let blocked = vm.try_in_netns("nft-c", "ping -c 2 -W 1 10.40.0.1");
+    assert!(
+        !blocked.status.success(),
+        "the drop rule let a ping through"
+    );
+    let listed = vm.sh("nft list table inet captest");
+    assert!(
+        listed.contains("ip saddr 10.40.0.2 icmp type echo-request counter packets 2 "),
+        "the rule or its counter is not listed back:\n{listed}"
+    );
+    vm.sh("nft delete table inet captest");
+    vm.in_netns("nft-c", "ping -c 1 -W 2 10.40.0.1");
+    eprintln!("nftables: ok");
 }
