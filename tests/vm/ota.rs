@@ -2,7 +2,8 @@
 //! bundles are refused and change nothing (T5); a signed bundle served over HTTP installs
 //! into B, boots on trial and is committed by the health check (T2); a release whose boot
 //! is unhealthy spends its tries and the box comes back on the old slot, which reports the
-//! rollback (T3); a damaged copy of the boot state is ignored and repaired (T7).
+//! rollback and has the config generation of before the update active again (T3, issue
+//! item 6); a damaged copy of the boot state is ignored and repaired (T7).
 
 use std::fs;
 use std::io::{Read as _, Write as _};
@@ -297,8 +298,14 @@ fn ota_install_commit_refusal_rollback_and_boot_state_repair() {
     assert_eq!(s["state"]["last"]["phase"], "committed", "{s}");
 
     // T3: a release that never comes up healthy: three trial boots of A, then B again.
+    // The install records the active config generation; a later one stands for what the
+    // new release's migration would leave active, and the rollback must undo it.
+    vm.sh("applctl config default > /tmp/c.toml && applctl config save /tmp/c.toml --comment 'before 0.3.0'");
+    let before_update = active_generation(&vm);
     let out = vm.sh(&format!("applctl update install {}", url("broken.bundle")));
     assert!(out.contains("installed 0.3.0 into slot A"), "{out}");
+    vm.sh("applctl config save /tmp/c.toml --comment 'made after the install'");
+    assert_ne!(active_generation(&vm), before_update);
     let _ = vm.ssh("systemctl reboot");
     vm.wait_for_line("rolled back to slot B", ROLLBACK_TIMEOUT);
     let failures = vm.count_lines("APPLIANCE-HEALTH failed slot=A");
@@ -308,6 +315,17 @@ fn ota_install_commit_refusal_rollback_and_boot_state_repair() {
     assert_eq!(s["running"], "B", "{s}");
     assert_eq!(s["state"]["last"]["phase"], "rolled_back", "{s}");
     assert_eq!(s["next_boot"]["slot"], "B", "{s}");
+    // Item 6: the generation of before the update is active again, and only once.
+    assert_eq!(active_generation(&vm), before_update);
+    assert_eq!(
+        s["state"]["last"]["config_generation"], before_update,
+        "{s}"
+    );
+    assert_eq!(s["state"]["last"]["config_restored"], true, "{s}");
+    assert_eq!(
+        vm.count_lines("active before the update, is active again"),
+        1
+    );
 
     // T7: a damaged copy of the boot state: the good copy boots, and the bad is repaired.
     let newest = vm.sh(
@@ -347,6 +365,15 @@ fn tampered(dir: &Path, root: &Path, key: &SecretKey) -> PathBuf {
     bytes[len] ^= 1;
     fs::write(&path, bytes).unwrap();
     path
+}
+
+/// The number the config store's `active` pointer names.
+fn active_generation(vm: &Vm) -> u64 {
+    let text = vm.sh("cat /data/config/active");
+    text.lines()
+        .find_map(|l| l.strip_prefix("generation = "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no generation in /data/config/active: {text}"))
 }
 
 /// Which copy (0 or 1) has the lower SEQ, from `grep -o SEQ=N` over both files.
