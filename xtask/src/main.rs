@@ -662,7 +662,8 @@ fn vm_test() -> Result<()> {
         "--test",
         "vm",
         "--",
-        "--test-threads=1",
+        // Each VM is one TCG thread, so two of them use the two cores that the build used.
+        "--test-threads=2",
         "--nocapture",
     ]))?;
     println!("==> VM tests passed in {}", Secs(started.elapsed()));
