@@ -162,7 +162,10 @@ mod tests {
         let e = parse(p, r#"{"version":2,"links":{}}"#, 0).unwrap_err();
         assert!(e.to_string().contains("version 2"), "{e}");
         let e = parse(p, "{", 0).unwrap_err();
-        assert!(e.to_string().starts_with("/run/appliance/wan-dns.json"), "{e}");
+        assert!(
+            e.to_string().starts_with("/run/appliance/wan-dns.json"),
+            "{e}"
+        );
     }
 
     #[test]
