@@ -648,6 +648,8 @@ fn vm_test() -> Result<()> {
     let root = repo_root()?;
     let started = Instant::now();
     image_if_needed(false)?;
+    // The same inputs must give the same root: a second build from the warm cache is cheap.
+    check_reproducible()?;
     ensure_debian_packages(QEMU_PACKAGES)?;
     // The A/B test edits the ESP of a copy of the image.
     ensure_debian_packages(&["mtools"])?;
