@@ -18,6 +18,8 @@ mod dns;
 mod fingerprint;
 #[path = "applctl/passwd.rs"]
 mod passwd;
+#[path = "applctl/socket.rs"]
+mod socket;
 #[path = "applctl/txn.rs"]
 mod txn;
 #[path = "applctl/update.rs"]

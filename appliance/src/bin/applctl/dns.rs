@@ -1,20 +1,17 @@
 //! `applctl dns`: talks to dnsd's control socket.
 //!
-//! The HTTP client is a few lines over a blocking `UnixStream`: applctl is synchronous and
-//! the server is our own dnsd, which answers HTTP/1.1 with a `Content-Length` and closes
-//! the connection when asked. hyper (and a tokio runtime) for one request would double
-//! the size of applctl for nothing.
+//! Requests go through applctl's blocking socket client (`socket.rs`), shared with the
+//! transaction commands.
 
-use std::io::{Read as _, Write as _};
 use std::net::IpAddr;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Subcommand;
 use serde_json::{Value, json};
 
 use super::CliError;
+use super::socket::{Reply, request};
 
 /// dnsd's control socket unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/appliance/dnsd.sock";
@@ -77,60 +74,6 @@ enum DnsCommand {
 }
 
 /// A response from dnsd.
-struct Reply {
-    status: u16,
-    body: Vec<u8>,
-}
-
-fn request(
-    socket: &Path,
-    method: &str,
-    target: &str,
-    body: Option<&Value>,
-) -> Result<Reply, CliError> {
-    let fail = |what: &str, e: std::io::Error| {
-        CliError::Failed(format!(
-            "{what} dnsd's control socket {}: {e}",
-            socket.display()
-        ))
-    };
-    let mut s = UnixStream::connect(socket).map_err(|e| fail("cannot connect to", e))?;
-    s.set_read_timeout(Some(TIMEOUT))
-        .and_then(|()| s.set_write_timeout(Some(TIMEOUT)))
-        .map_err(|e| fail("cannot use", e))?;
-    let body = body.map(Value::to_string).unwrap_or_default();
-    let head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: dnsd\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes())
-        .and_then(|()| s.write_all(body.as_bytes()))
-        .map_err(|e| fail("cannot write to", e))?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .map_err(|e| fail("cannot read from", e))?;
-    parse_response(&raw)
-        .ok_or_else(|| CliError::Failed("dnsd sent a malformed HTTP response".into()))
-}
-
-/// Status and body of an HTTP/1.1 response read to EOF (`Content-Length` or to the end).
-fn parse_response(raw: &[u8]) -> Option<Reply> {
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(raw.get(..end)?).ok()?;
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let mut body = raw.get(end + 4..)?.to_vec();
-    for l in lines {
-        if let Some((k, v)) = l.split_once(':')
-            && k.eq_ignore_ascii_case("content-length")
-        {
-            let n: usize = v.trim().parse().ok()?;
-            body.truncate(n);
-        }
-    }
-    Some(Reply { status, body })
-}
-
 fn enc(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
@@ -195,7 +138,14 @@ pub fn run(args: &DnsArgs) -> Result<(), CliError> {
         }
         DnsCommand::Reload => ("POST", "/reload".to_owned(), None),
     };
-    let v = json_of(request(sock, method, &target, body.as_ref())?)?;
+    let v = json_of(request(
+        "dnsd",
+        sock,
+        TIMEOUT,
+        method,
+        &target,
+        body.as_ref(),
+    )?)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(());
@@ -368,15 +318,6 @@ fn clock(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn responses_are_read_by_content_length() {
-        let r =
-            parse_response(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\n{}junk").unwrap();
-        assert_eq!(r.status, 400);
-        assert_eq!(r.body, b"{}");
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_none());
-    }
 
     #[test]
     fn clock_is_utc() {

@@ -2,8 +2,6 @@
 //! applianced. Locally over its Unix socket (root only); the HTTPS transport with a token
 //! (for use from elsewhere) plugs in as another [`Transport`].
 
-use std::io::{Read as _, Write as _};
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -47,55 +45,9 @@ impl Transport for UnixTransport {
         target: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Value), CliError> {
-        let socket = &self.socket;
-        let fail = |what: &str, e: std::io::Error| {
-            let hint = if e.kind() == std::io::ErrorKind::NotFound {
-                " (is applianced running?)"
-            } else if e.kind() == std::io::ErrorKind::PermissionDenied {
-                " (it is root only)"
-            } else {
-                ""
-            };
-            CliError::Failed(format!(
-                "{what} applianced's socket {}: {e}{hint}",
-                socket.display()
-            ))
-        };
-        let mut s = UnixStream::connect(socket).map_err(|e| fail("cannot connect to", e))?;
-        s.set_read_timeout(Some(TIMEOUT))
-            .and_then(|()| s.set_write_timeout(Some(TIMEOUT)))
-            .map_err(|e| fail("cannot use", e))?;
-        let body = body.map(Value::to_string).unwrap_or_default();
-        let head = format!(
-            "{method} {target} HTTP/1.1\r\nHost: applianced\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        s.write_all(head.as_bytes())
-            .and_then(|()| s.write_all(body.as_bytes()))
-            .map_err(|e| fail("cannot write to", e))?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw)
-            .map_err(|e| fail("cannot read from", e))?;
-        let bad = || CliError::Failed("applianced sent a malformed HTTP response".into());
-        let end = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or_else(bad)?;
-        let head = std::str::from_utf8(raw.get(..end).ok_or_else(bad)?).map_err(|_| bad())?;
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(bad)?;
-        let mut body = raw.get(end + 4..).ok_or_else(bad)?.to_vec();
-        for l in head.split("\r\n").skip(1) {
-            if let Some((k, v)) = l.split_once(':')
-                && k.eq_ignore_ascii_case("content-length")
-            {
-                body.truncate(v.trim().parse().map_err(|_| bad())?);
-            }
-        }
-        let v = serde_json::from_slice(&body).map_err(|e| {
+        let r = super::socket::request("applianced", &self.socket, TIMEOUT, method, target, body)?;
+        let status = r.status;
+        let v = serde_json::from_slice(&r.body).map_err(|e| {
             CliError::Failed(format!(
                 "applianced answered {status} with a body that is not JSON: {e}"
             ))
