@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use appliance::Config;
+use appliance::control::server::{json_response, respond};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
@@ -559,25 +560,6 @@ pub async fn serve(path: &Path, daemon: Arc<Daemon>) -> Result<JoinHandle<()>, C
             });
         }
     }))
-}
-
-fn respond(
-    status: StatusCode,
-    content_type: &str,
-    body: impl Into<Bytes>,
-) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body.into()));
-    *r.status_mut() = status;
-    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
-        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
-    }
-    r
-}
-
-fn json_response(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
-    let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
-    body.push(b'\n');
-    respond(status, "application/json", body)
 }
 
 async fn handle(d: &Arc<Daemon>, req: Request<Incoming>) -> Response<Full<Bytes>> {
