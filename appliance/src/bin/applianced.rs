@@ -151,19 +151,51 @@ async fn run(args: Args) -> Result<(), Fatal> {
             Vec::new()
         }
     };
+    // Both the Unix socket and the API's listeners are bound by now: a unit ordered after
+    // applianced.service (or applctl run from it) can connect.
+    appliance::sd::ready();
+    appliance::sd::status(&match engine.store().active() {
+        Ok(Some(g)) => format!("serving; generation {g} active"),
+        Ok(None) => "serving; no generation stored yet (built-in default)".to_owned(),
+        Err(e) => format!("serving; the active generation is unreadable: {e}"),
+    });
+    let watchdog = start_watchdog(Arc::clone(&engine));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
         r = tokio::signal::ctrl_c() => { r?; tracing::info!("SIGINT: stopping"); }
     }
+    appliance::sd::stopping();
     serving.abort();
     timer.abort();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     tasks.iter().for_each(Task::abort);
     let _ = std::fs::remove_file(&args.socket);
     Ok(())
 }
 
 type Task = tokio::task::JoinHandle<()>;
+
+/// Pings systemd's watchdog at half its interval (WatchdogSec= in applianced.service) from
+/// the runtime that serves transactions, and only while the config store answers: a wedged
+/// runtime or a data partition gone bad gets applianced restarted instead of left running.
+fn start_watchdog(engine: Arc<Engine>) -> Option<Task> {
+    let every = appliance::sd::watchdog_interval()? / 2;
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            match engine.store().active() {
+                Ok(_) => appliance::sd::watchdog_ping(),
+                Err(e) => {
+                    tracing::error!(error = %e, "config store unreadable: watchdog not pinged")
+                }
+            }
+        }
+    }))
+}
 
 /// Opens the accounts, loads (or makes) the certificate, binds the API's addresses and
 /// serves it. An address that cannot be bound is logged and skipped: the transactions over
