@@ -1848,6 +1848,7 @@ fn build_storage(s: &StorageSpec) -> StorageParts {
                         .identity
                         .then(|| secret(&format!("/data/repl/job{k}.pem"))),
                     enabled: r.enabled,
+                    on_divergence: Default::default(),
                 },
             );
         }
@@ -1857,6 +1858,7 @@ fn build_storage(s: &StorageSpec) -> StorageParts {
             pools,
             datasets,
             users,
+            replication_listener: None,
         },
         shares,
         snapshots,

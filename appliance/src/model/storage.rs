@@ -23,6 +23,25 @@ pub struct Storage {
     /// Local accounts for SMB and NFS file ownership.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub users: BTreeMap<Name, NasUser>,
+    /// Receive replication from other boxes (stored's mutual-TLS listener).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication_listener: Option<ReplicationListener>,
+}
+
+/// stored's replication receiver: other boxes push their snapshots here over mutual TLS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationListener {
+    /// Address and port to listen on, like `0.0.0.0:7410`.
+    pub listen: Endpoint,
+    /// This box's key and certificate, PEM in one file (made by `stored replication
+    /// identity FILE`, which prints the fingerprint senders pin).
+    pub identity_file: SecretPath,
+    /// SHA-256 fingerprints of the senders' certificates allowed to push.
+    pub allowed_clients: Vec<Fingerprint>,
+    /// Datasets under which senders may receive (a job's `target_dataset` must be one of
+    /// them or below one).
+    pub datasets: Vec<DatasetName>,
 }
 
 /// A ZFS pool.
@@ -300,6 +319,28 @@ pub struct ReplicationJob {
     /// Set to false to keep the job in the file but paused.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub enabled: bool,
+    /// What to do when the target changed after the newest common snapshot: `refuse`
+    /// (report it, change nothing) or `rollback` (roll the target back to the common
+    /// snapshot, destroying its newer snapshots; a dataset is never destroyed).
+    #[serde(default, skip_serializing_if = "OnDivergence::is_refuse")]
+    pub on_divergence: OnDivergence,
+}
+
+/// A replication job's answer to a target that diverged from the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDivergence {
+    /// Report the divergence and send nothing.
+    #[default]
+    Refuse,
+    /// Roll the target back to the newest common snapshot, then send.
+    Rollback,
+}
+
+impl OnDivergence {
+    fn is_refuse(&self) -> bool {
+        *self == Self::Refuse
+    }
 }
 
 fn default_repl_interval() -> Duration {
