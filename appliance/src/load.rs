@@ -22,6 +22,11 @@ use crate::validate::{self, Issue};
 /// More errors than this in one file are not worth reporting one by one.
 const MAX_ERRORS: usize = 64;
 
+/// Nothing past the TOML syntax is checked while it is broken, so the user is told to fix
+/// it first rather than left to think these are the only mistakes.
+const SYNTAX_HINT: &str = "fix the TOML syntax here and validate again; nothing else was checked \
+     yet (strings go in double quotes, lists in [ ], one `key = value` per line)";
+
 /// Parses and validates a config. On failure every mistake found is returned.
 pub fn load_str(src: &str) -> Result<Config, Diagnostics> {
     let (root, syntax) = DeTable::parse_recoverable(src);
@@ -35,7 +40,14 @@ pub fn load_str(src: &str) -> Result<Config, Diagnostics> {
                     .as_ref()
                     .map(|s| locate(&root, s).path)
                     .unwrap_or_default();
-                make_diag(src, ErrorKind::Syntax, path, span, e.message(), None)
+                make_diag(
+                    src,
+                    ErrorKind::Syntax,
+                    path,
+                    span,
+                    e.message(),
+                    Some(SYNTAX_HINT.to_owned()),
+                )
             })
             .collect();
         return Err(sorted(diags));
@@ -285,6 +297,8 @@ fn classify(raw: &str) -> (ErrorKind, String, Option<String>) {
         } else if msg.starts_with("unknown variant") {
             msg.split_once(", expected ")
                 .map(|(_, e)| format!("use {e}"))
+        } else if kind == ErrorKind::WrongType {
+            Some(wrong_type_hint(&msg))
         } else {
             None
         }
@@ -296,6 +310,27 @@ fn classify(raw: &str) -> (ErrorKind, String, Option<String>) {
         _ => msg,
     };
     (kind, msg, hint)
+}
+
+/// What to write instead of a value of the wrong TOML type, from serde's
+/// "invalid type: <found>, expected <what>".
+fn wrong_type_hint(msg: &str) -> String {
+    let (found, expected) = msg
+        .split_once(", expected ")
+        .unwrap_or((msg, "another type"));
+    let found = found.strip_prefix("invalid type: ").unwrap_or(found);
+    if expected.contains("boolean") {
+        "write true or false, without quotes".to_owned()
+    } else if expected.contains("sequence") {
+        "write a list in brackets, like [\"a\", \"b\"], even for a single item".to_owned()
+    } else if expected.contains("map") || expected.starts_with("struct ") {
+        "write a table: a [section] header with `key = value` lines, or { key = value } inline"
+            .to_owned()
+    } else if found.starts_with("string") {
+        format!("write the value without quotes; expected {expected}")
+    } else {
+        format!("expected {expected}; docs/config.md shows the form of every key")
+    }
 }
 
 /// Secrets are referenced by file; a user who pastes one inline gets told where it goes.

@@ -126,8 +126,13 @@ fn check_case(file: &Path) -> Vec<String> {
         ));
     }
     for d in diags.iter() {
-        if d.line == 0 || d.message.trim().is_empty() {
-            problems.push(format!("{name}: diagnostic without line or message: {d:?}"));
+        if d.line == 0 || d.column == 0 || d.message.trim().is_empty() {
+            problems.push(format!(
+                "{name}: diagnostic without line, column or message: {d:?}"
+            ));
+        }
+        if d.hint.as_deref().is_none_or(|h| h.trim().is_empty()) {
+            problems.push(format!("{name}: diagnostic without a hint: {d:?}"));
         }
     }
     let rendered = diags.render(&src, &name, false);
