@@ -1,11 +1,16 @@
 //! `netd serve`: the control socket `/run/appliance/netd.sock` (docs/control.md) over
-//! the links and firewall services.
+//! the links and firewall services, and the DHCP services of the applied config.
 //!
 //! Applying generation N runs links, then the firewall (it matches on the links' names).
 //! When the firewall step fails, the links go back to the generation applied before; the
 //! firewall replaces its table in one nft transaction, so a failure there leaves nothing of
 //! its own to undo. The previous config stays in memory, so going back costs one plan
 //! against the kernel and one nft transaction.
+//!
+//! At start netd applies the active generation, or the built-in default while the store is
+//! empty (reported as generation 0), and only then tells systemd it is ready: the box
+//! routes and filters before `appliance-healthy.target`. The WAN DHCP client and the LAN
+//! DHCP server run inside `netd serve` (see [`cli`]) and follow every applied config.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -14,14 +19,18 @@ use appliance::Config;
 use appliance::control::{ApiError, GenerationRequest, Method, PlanReply, Reply, Request};
 use appliance::store::{Store, StoreError};
 use serde_json::json;
+use tokio::sync::watch;
 
-use crate::firewall::{Firewall, FirewallPlan, Nft, render};
+use crate::firewall::{Firewall, Nft, render};
 use crate::links::{Links, Netlink};
 
 /// Where netd listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/appliance/netd.sock";
 /// The firewall's record of its last apply: under /run, emptied at boot like the tables.
 pub const DEFAULT_FIREWALL_STATE: &str = "/run/netd/firewall.json";
+/// The generation number netd reports while it runs the built-in default (the store is
+/// empty); the store numbers its generations from 1.
+pub const DEFAULT_GENERATION: u64 = 0;
 
 struct Inner<N: Netlink, F: Nft> {
     links: Links<N>,
@@ -35,6 +44,8 @@ pub struct NetDaemon<N: Netlink, F: Nft> {
     store: Store,
     inner: Mutex<Inner<N, F>>,
     started: Instant,
+    /// The config of the last successful apply, for the DHCP services that follow it.
+    applied_tx: watch::Sender<Option<Arc<Config>>>,
 }
 
 impl<N: Netlink, F: Nft> std::fmt::Debug for NetDaemon<N, F> {
@@ -60,7 +71,13 @@ where
                 last_error: None,
             }),
             started: Instant::now(),
+            applied_tx: watch::Sender::new(None),
         })
+    }
+
+    /// The config of every successful apply from now on (the current one first).
+    pub fn applied(&self) -> watch::Receiver<Option<Arc<Config>>> {
+        self.applied_tx.subscribe()
     }
 
     fn inner(&self) -> MutexGuard<'_, Inner<N, F>> {
@@ -101,13 +118,8 @@ where
             .firewall
             .observe()
             .map_err(|e| ApiError::Internal(format!("firewall: {e}")))?;
-        if let FirewallPlan::Replace { reason, .. } =
-            inner.firewall.plan(&render(&cfg), observed.as_ref())
-        {
-            actions.push(format!(
-                "firewall: replace table inet {} ({reason})",
-                crate::firewall::TABLE
-            ));
+        if let Some(what) = inner.firewall.plan(&render(&cfg), &observed).describe() {
+            actions.push(format!("firewall: {what}"));
         }
         Ok(PlanReply {
             generation,
@@ -119,10 +131,15 @@ where
     /// undone and the error names the step.
     pub fn apply(&self, generation: u64) -> Result<PlanReply, ApiError> {
         let cfg = self.load(generation)?;
+        self.apply_config(generation, cfg)
+    }
+
+    fn apply_config(&self, generation: u64, cfg: Config) -> Result<PlanReply, ApiError> {
         let mut inner = self.inner();
         let result = Self::apply_locked(&mut inner, generation, &cfg);
         match &result {
             Ok(_) => {
+                self.applied_tx.send_replace(Some(Arc::new(cfg.clone())));
                 inner.applied = Some((generation, cfg));
                 inner.last_error = None;
             }
@@ -147,7 +164,7 @@ where
             .collect();
         match inner.firewall.apply(&render(cfg)) {
             Ok(true) => actions.push(format!(
-                "firewall: replaced table inet {}",
+                "firewall: wrote table inet {}",
                 crate::firewall::TABLE
             )),
             Ok(false) => {}
@@ -171,6 +188,11 @@ where
             generation,
             actions,
         })
+    }
+
+    /// The generation of the last successful apply ([`DEFAULT_GENERATION`] for the default).
+    pub fn applied_generation(&self) -> Option<u64> {
+        self.inner().applied.as_ref().map(|(n, _)| *n)
     }
 
     fn status(&self) -> serde_json::Value {
@@ -238,8 +260,32 @@ where
                     tracing::error!(generation = g.info.number, error = %e, "cannot apply the active generation at start")
                 }
             },
-            Ok((None, _)) => tracing::info!("no generation stored yet; waiting for applianced"),
-            Err(e) => tracing::error!(error = %e, "cannot read the config store"),
+            Ok((None, _)) => self.apply_default(),
+            Err(e) => {
+                // A broken /data must not leave the box unfiltered and unreachable.
+                tracing::error!(error = %e, "cannot read the config store; applying the built-in default");
+                self.apply_default();
+            }
+        }
+    }
+
+    fn apply_default(&self) {
+        let cfg = match appliance::default_config() {
+            Ok(c) => c,
+            Err(d) => {
+                tracing::error!(
+                    "the built-in default does not validate (a build defect):\n{}",
+                    d.render(appliance::DEFAULT_CONFIG, "default.toml", false)
+                );
+                return;
+            }
+        };
+        match self.apply_config(DEFAULT_GENERATION, cfg) {
+            Ok(r) => tracing::info!(
+                steps = r.actions.len(),
+                "no generation stored yet: the built-in default applied"
+            ),
+            Err(e) => tracing::error!(error = %e, "cannot apply the built-in default"),
         }
     }
 }
@@ -307,6 +353,24 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_store_gets_the_built_in_default_and_the_services_see_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let links = Links::new(FakeNetlink::with_nics(&[
+            ("eth0", [2, 0, 0, 0, 0, 1]),
+            ("eth1", [2, 0, 0, 0, 0, 2]),
+        ]));
+        let d = NetDaemon::new(store, links, Firewall::new(FakeNft::new()));
+        let applied = d.applied();
+        d.apply_active();
+        assert_eq!(d.applied_generation(), Some(DEFAULT_GENERATION));
+        assert!(addresses(&d).contains("192.168.1.1"));
+        let cfg = applied.borrow().clone().unwrap();
+        assert_eq!(crate::wan::cli::dhcp_links(&cfg), ["wan"]);
+        assert_eq!(crate::dhcp::scopes(&cfg).len(), 1);
+    }
+
+    #[test]
     fn an_unknown_generation_is_invalid() {
         let dir = tempfile::tempdir().unwrap();
         let d = daemon(dir.path());
@@ -319,13 +383,20 @@ pub mod cli {
     use std::path::PathBuf;
     use std::process::ExitCode;
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
 
+    use appliance::Config;
     use appliance::control::server;
     use appliance::store::Store;
+    use tokio::sync::oneshot;
+    use tokio::task::JoinHandle;
 
     use super::NetDaemon;
+    use crate::dhcp::{self, Scope};
     use crate::firewall::{Firewall, NftCli};
     use crate::links::{Links, Rtnetlink};
+    use crate::wan::{self, ClientError, Paths};
 
     #[derive(Debug, clap::Args)]
     pub struct ServeArgs {
@@ -338,6 +409,12 @@ pub mod cli {
         /// The firewall's record of its last apply.
         #[arg(long, default_value = super::DEFAULT_FIREWALL_STATE)]
         firewall_state: PathBuf,
+        /// The DHCP server's leases.json and the WAN client's wan-<link>.json.
+        #[arg(long, default_value = "/data/dhcp")]
+        dhcp_dir: PathBuf,
+        /// The DNS servers the WAN lease names, for dnsd.
+        #[arg(long, default_value = wan::cli::DNS_FILE)]
+        wan_dns_file: PathBuf,
     }
 
     pub fn serve(args: ServeArgs) -> ExitCode {
@@ -350,6 +427,100 @@ pub mod cli {
         }
     }
 
+    /// The WAN DHCP clients (threads: they block on packet sockets) of one config.
+    struct WanClients {
+        links: Vec<String>,
+        stop: Arc<AtomicBool>,
+        thread: std::thread::JoinHandle<Vec<ClientError>>,
+    }
+
+    /// The LAN DHCP server of one config.
+    struct DhcpServer {
+        scopes: Vec<Scope>,
+        stop: oneshot::Sender<()>,
+        task: JoinHandle<()>,
+    }
+
+    /// The DHCP services inside `netd serve`. They run here rather than as units of their
+    /// own because they must follow every config netd applies (a commit-confirm revert
+    /// included) and need the links netd has just made; one process also means one
+    /// watchdog, one capability set and one place that owns the WAN address.
+    struct Services {
+        paths: Paths,
+        wan: Option<WanClients>,
+        dhcp: Option<DhcpServer>,
+    }
+
+    impl Services {
+        /// Restarts what `cfg` changes: the WAN clients when the DHCP links differ, the
+        /// server when its scopes do. Unchanged services keep their leases and sockets.
+        async fn follow(&mut self, cfg: &Config) {
+            let links = wan::cli::dhcp_links(cfg);
+            if self.wan.as_ref().map(|w| &w.links) != Some(&links) {
+                self.stop_wan().await;
+                if !links.is_empty() {
+                    tracing::info!(?links, "starting the WAN DHCP client");
+                    let stop = Arc::new(AtomicBool::new(false));
+                    let (l, p, s) = (links.clone(), self.paths.clone(), stop.clone());
+                    let thread = std::thread::spawn(move || wan::client::run_all(&l, &p, s));
+                    self.wan = Some(WanClients {
+                        links,
+                        stop,
+                        thread,
+                    });
+                }
+            }
+            let scopes = dhcp::scopes(cfg);
+            if self.dhcp.as_ref().map(|d| &d.scopes) != Some(&scopes) {
+                self.stop_dhcp().await;
+                if !scopes.is_empty() {
+                    let (stop, stopped) = oneshot::channel::<()>();
+                    let (cfg, dir) = (cfg.clone(), self.paths.state_dir.clone());
+                    let task = tokio::spawn(async move {
+                        let shutdown = async {
+                            let _ = stopped.await;
+                        };
+                        if let Err(e) = dhcp::run(&cfg, &dir, || {}, shutdown).await {
+                            tracing::error!(error = %e, "the DHCP server stopped");
+                        }
+                    });
+                    self.dhcp = Some(DhcpServer { scopes, stop, task });
+                }
+            }
+        }
+
+        async fn stop_wan(&mut self) {
+            let Some(w) = self.wan.take() else { return };
+            w.stop.store(true, Ordering::SeqCst);
+            // The clients release their leases before they return.
+            match tokio::task::spawn_blocking(move || w.thread.join()).await {
+                Ok(Ok(errors)) => errors.iter().for_each(|e| tracing::error!("{e}")),
+                _ => tracing::error!("a WAN DHCP client thread panicked"),
+            }
+        }
+
+        async fn stop_dhcp(&mut self) {
+            let Some(d) = self.dhcp.take() else { return };
+            let _ = d.stop.send(());
+            let _ = d.task.await;
+        }
+    }
+
+    /// Pings systemd's watchdog from the runtime that serves the socket and runs the DHCP
+    /// server, so a wedged runtime is restarted.
+    fn watchdog() {
+        let Some(every) = appliance::sd::watchdog_interval().map(|i| i / 2) else {
+            return;
+        };
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+            loop {
+                tick.tick().await;
+                appliance::sd::watchdog_ping();
+            }
+        });
+    }
+
     fn run(args: ServeArgs) -> Result<(), String> {
         let store = Store::open(&args.data_dir).map_err(|e| e.to_string())?;
         let links = Links::new(Rtnetlink::new().map_err(|e| format!("netlink: {e}"))?);
@@ -358,11 +529,20 @@ pub mod cli {
         }
         let firewall = Firewall::with_state_file(NftCli::new(), &args.firewall_state);
         let daemon = NetDaemon::new(store, links, firewall);
+        let mut applied = daemon.applied();
         daemon.apply_active();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the runtime: {e}"))?;
+        let mut services = Services {
+            paths: Paths {
+                state_dir: args.dhcp_dir.clone(),
+                dns_file: args.wan_dns_file.clone(),
+            },
+            wan: None,
+            dhcp: None,
+        };
         rt.block_on(async {
             let d = Arc::clone(&daemon);
             let task = server::serve(&args.socket, 0o660, move |req| Arc::clone(&d).route(req))
@@ -371,11 +551,36 @@ pub mod cli {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                     .map_err(|e| e.to_string())?;
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+            let first = applied.borrow_and_update().clone();
+            if let Some(cfg) = first {
+                services.follow(&cfg).await;
             }
+            watchdog();
+            appliance::sd::ready();
+            appliance::sd::status(&match daemon.applied_generation() {
+                Some(0) => "serving the built-in default".to_owned(),
+                Some(n) => format!("serving generation {n}"),
+                None => "serving; no generation applied (see the journal)".to_owned(),
+            });
+            loop {
+                tokio::select! {
+                    _ = term.recv() => break,
+                    _ = tokio::signal::ctrl_c() => break,
+                    changed = applied.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        let cfg = applied.borrow_and_update().clone();
+                        if let Some(cfg) = cfg {
+                            services.follow(&cfg).await;
+                        }
+                    }
+                }
+            }
+            appliance::sd::stopping();
             task.abort();
+            services.stop_dhcp().await;
+            services.stop_wan().await;
             let _ = std::fs::remove_file(&args.socket);
             tracing::info!("stopped");
             Ok(())

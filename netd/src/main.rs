@@ -1,5 +1,6 @@
-//! `netd`: the network daemon. For now it has one job, the LAN DHCP server; links and the
-//! firewall are libraries driven by their tests until the daemon grows its control socket.
+//! `netd`: the network daemon. `netd serve` is what the image runs (netd.service): links,
+//! firewall, the WAN DHCP client and the LAN DHCP server of the applied generation, and the
+//! control socket. The other subcommands run one part alone, for tests and by hand.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +34,8 @@ enum Command {
     },
     /// DHCPv4 client of every link with ipv4 = "dhcp" (the WAN), until SIGTERM.
     WanDhcp(netd::wan::cli::WanArgs),
+    /// IPv6 router advertisements on LAN links with a static global prefix, until SIGTERM.
+    Ra(netd::ipv6::cli::RaArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Wg { command } => netd::wireguard::cli::run(command),
         Command::Serve(args) => netd::daemon::cli::serve(args),
         Command::WanDhcp(args) => netd::wan::cli::run(args),
+        Command::Ra(args) => netd::ipv6::cli::run(args),
     }
 }
 
@@ -94,7 +98,7 @@ fn dhcp_server(config: &std::path::Path, state_dir: &std::path::Path) -> ExitCod
                 }
             }
         };
-        netd::dhcp::run(&cfg, state_dir, notify_ready, shutdown).await
+        netd::dhcp::run(&cfg, state_dir, appliance::sd::ready, shutdown).await
     });
     match served {
         Ok(()) => ExitCode::SUCCESS,
@@ -102,17 +106,5 @@ fn dhcp_server(config: &std::path::Path, state_dir: &std::path::Path) -> ExitCod
             tracing::error!("{e}");
             ExitCode::from(1)
         }
-    }
-}
-
-/// Tells systemd (Type=notify) that netd is serving; a no-op outside systemd.
-fn notify_ready() {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let sent = std::os::unix::net::UnixDatagram::unbound()
-        .and_then(|s| s.send_to(b"READY=1", PathBuf::from(path)));
-    if let Err(e) = sent {
-        tracing::warn!(error = %e, "cannot notify systemd");
     }
 }
