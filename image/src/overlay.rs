@@ -37,16 +37,6 @@ pub const FILES: &[File] = &[
         contents: include_str!("../overlay/etc/systemd/journald.conf.d/appliance.conf"),
     },
     File {
-        path: "/etc/systemd/network/10-wan.network",
-        mode: 0o644,
-        contents: include_str!("../overlay/etc/systemd/network/10-wan.network"),
-    },
-    File {
-        path: "/etc/systemd/network/20-lan.network",
-        mode: 0o644,
-        contents: include_str!("../overlay/etc/systemd/network/20-lan.network"),
-    },
-    File {
         path: "/usr/lib/appliance/boot-report",
         mode: 0o755,
         contents: include_str!("../overlay/usr/lib/appliance/boot-report"),
@@ -131,6 +121,26 @@ pub const FILES: &[File] = &[
         contents: include_str!("../overlay/usr/lib/systemd/system/dnsd.service"),
     },
     File {
+        path: "/usr/lib/systemd/system/netd.service",
+        mode: 0o644,
+        contents: include_str!("../overlay/usr/lib/systemd/system/netd.service"),
+    },
+    File {
+        path: "/usr/lib/systemd/system/applianced.service",
+        mode: 0o644,
+        contents: include_str!("../overlay/usr/lib/systemd/system/applianced.service"),
+    },
+    File {
+        path: "/usr/lib/appliance/config-import",
+        mode: 0o755,
+        contents: include_str!("../overlay/usr/lib/appliance/config-import"),
+    },
+    File {
+        path: "/usr/lib/systemd/system/appliance-config-import.service",
+        mode: 0o644,
+        contents: include_str!("../overlay/usr/lib/systemd/system/appliance-config-import.service"),
+    },
+    File {
         path: "/etc/samba/smb.conf",
         mode: 0o644,
         contents: include_str!("../overlay/etc/samba/smb.conf"),
@@ -186,11 +196,23 @@ pub const ENABLED: &[(&str, &str)] = &[
     ),
     (
         "multi-user.target.wants",
-        "/lib/systemd/system/systemd-networkd.service",
+        "/usr/lib/systemd/system/netd.service",
     ),
     (
-        "sockets.target.wants",
-        "/lib/systemd/system/systemd-networkd.socket",
+        "appliance-healthy.target.requires",
+        "/usr/lib/systemd/system/netd.service",
+    ),
+    (
+        "multi-user.target.wants",
+        "/usr/lib/systemd/system/applianced.service",
+    ),
+    (
+        "appliance-healthy.target.requires",
+        "/usr/lib/systemd/system/applianced.service",
+    ),
+    (
+        "multi-user.target.wants",
+        "/usr/lib/systemd/system/appliance-config-import.service",
     ),
 ];
 

@@ -55,6 +55,9 @@ pub const PACKAGES: &[&str] = &[
     "nfs-kernel-server",
     // The VM tests read a share back with it; on a box it checks a share from the inside.
     "smbclient",
+    // udhcpc, a DHCP client independent of netd: the VM tests lease an address from netd's
+    // server with it, and on a box it checks the LAN's DHCP from the inside.
+    "busybox",
     // The roots dnsd's HTTPS client trusts (block lists, DoH upstreams): without them it
     // cannot build its client and does not start.
     "ca-certificates",
