@@ -381,7 +381,7 @@ const IMAGE_PACKAGES: &[&str] = &[
 const QEMU_PACKAGES: &[&str] = &["qemu-system-x86", "qemu-utils", "ovmf", "openssh-client"];
 
 /// Our executables installed into the image. The daemons join as their binaries arrive.
-const IMAGE_BINARIES: &[&str] = &["applctl", "stored", "netd", "dnsd"];
+const IMAGE_BINARIES: &[&str] = &["applctl", "applianced", "stored", "netd", "dnsd"];
 
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
