@@ -10,6 +10,7 @@
 
 pub mod command;
 pub mod pools;
+pub mod replication;
 pub mod scrub;
 pub mod shares;
 pub mod snapshots;

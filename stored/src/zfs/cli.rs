@@ -174,6 +174,74 @@ impl ZfsCli {
         let out = self.zfs(&args)?;
         parse_snapshots(&out, &format!("zfs {}", args.join(" ")))
     }
+
+    /// Values of any properties of one dataset, in the order asked (`-` when unset).
+    pub fn get_values(&self, dataset: &str, props: &[&str]) -> Result<Vec<String>, ZfsError> {
+        let list = props.join(",");
+        let args = ["get", "-H", "-p", "-o", "value", list.as_str(), dataset];
+        let out = self.zfs(&args)?;
+        let values: Vec<String> = out.lines().map(str::to_owned).collect();
+        if values.len() != props.len() {
+            return Err(parse_err(
+                &format!("zfs {}", args.join(" ")),
+                &out,
+                format!("expected {} values", props.len()),
+            ));
+        }
+        Ok(values)
+    }
+
+    /// Sets any property (`zfs set prop=value`), for those stored does not manage as
+    /// [`Prop`], like a replica's `readonly`.
+    pub fn set_value(&self, dataset: &str, prop: &str, value: &str) -> Result<(), ZfsError> {
+        self.zfs(&["set", &format!("{prop}={value}"), dataset])?;
+        Ok(())
+    }
+
+    /// Bookmarks of one dataset, oldest first, as `(name after #, guid, createtxg)`.
+    pub fn bookmarks(&self, dataset: &str) -> Result<Vec<(String, u64, u64)>, ZfsError> {
+        let args = [
+            "list",
+            "-H",
+            "-p",
+            "-t",
+            "bookmark",
+            "-o",
+            "name,guid,createtxg",
+            "-s",
+            "createtxg",
+            "-d1",
+            dataset,
+        ];
+        let out = self.zfs(&args)?;
+        let command = format!("zfs {}", args.join(" "));
+        out.lines()
+            .filter(|l| !l.is_empty())
+            .map(|line| {
+                let f: Vec<&str> = line.split('\t').collect();
+                let [full, guid, txg] = f.as_slice() else {
+                    return Err(parse_err(&command, line, "expected 3 tab-separated fields"));
+                };
+                let (_, name) = full
+                    .split_once('#')
+                    .ok_or_else(|| parse_err(&command, line, "a bookmark name has a #"))?;
+                Ok((
+                    name.to_owned(),
+                    num(&command, line, guid)?,
+                    num(&command, line, txg)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Destroys a bookmark (`pool/fs#mark`); libzfs_core's call for it is not wrapped.
+    pub fn destroy_bookmark(&self, bookmark: &str) -> Result<(), ZfsError> {
+        if !bookmark.contains('#') {
+            return Err(parse_err("zfs destroy", bookmark, "not a bookmark name"));
+        }
+        self.zfs(&["destroy", bookmark])?;
+        Ok(())
+    }
 }
 
 /// `zpool create` arguments. No `-f`: zpool itself refuses disks that hold a pool or a

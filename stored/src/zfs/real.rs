@@ -32,6 +32,10 @@ impl RealZfs {
     pub fn lzc(&self) -> &Lzc {
         &self.lzc
     }
+
+    pub fn cli(&self) -> &ZfsCli {
+        &self.cli
+    }
 }
 
 impl Zfs for RealZfs {

@@ -1,0 +1,149 @@
+//! The hold that keeps a job's incremental base on the source: `stored-repl:<job>` on the
+//! newest snapshot the target has. Pruning skips held snapshots (`destroy_snaps` would
+//! refuse them anyway), so the next incremental always has its base. The hold moves
+//! forward after each run; holds of jobs no longer in the config are released.
+
+use std::collections::BTreeSet;
+
+use crate::zfs::{Zfs, ZfsError};
+
+pub const HOLD_PREFIX: &str = "stored-repl:";
+
+pub fn hold_tag(job: &str) -> String {
+    format!("{HOLD_PREFIX}{job}")
+}
+
+/// Holds `dataset@snapshot` for `job` and releases the job's hold on every other snapshot
+/// of the dataset. The new hold is placed before the old ones go, so the base is never
+/// unprotected.
+pub fn move_hold(
+    zfs: &mut impl Zfs,
+    dataset: &str,
+    job: &str,
+    snapshot: &str,
+) -> Result<(), ZfsError> {
+    let tag = hold_tag(job);
+    let full = format!("{dataset}@{snapshot}");
+    let mut have = false;
+    let mut old = Vec::new();
+    for s in zfs.snapshots(dataset, false)? {
+        if s.userrefs == 0 {
+            continue;
+        }
+        let name = s.full_name();
+        if zfs.holds(&name)?.contains_key(&tag) {
+            if name == full {
+                have = true;
+            } else {
+                old.push((name, tag.clone()));
+            }
+        }
+    }
+    if !have {
+        zfs.hold(&[(full.clone(), tag.clone())])?;
+        tracing::info!(snapshot = %full, %tag, "held the replication base");
+    }
+    if !old.is_empty() {
+        zfs.release(&old)?;
+        tracing::info!(count = old.len(), %tag, "released the previous replication base");
+    }
+    Ok(())
+}
+
+/// Releases `stored-repl:*` holds whose job is not in `jobs`, on every snapshot of the
+/// imported pools. Returns the `(snapshot, tag)` pairs released.
+pub fn release_stale_holds(
+    zfs: &mut impl Zfs,
+    jobs: &BTreeSet<String>,
+) -> Result<Vec<(String, String)>, ZfsError> {
+    let mut stale = Vec::new();
+    for pool in zfs.pools()? {
+        for s in zfs.snapshots(&pool.name, true)? {
+            if s.userrefs == 0 {
+                continue;
+            }
+            let name = s.full_name();
+            for tag in zfs.holds(&name)?.into_keys() {
+                if let Some(job) = tag.strip_prefix(HOLD_PREFIX)
+                    && !jobs.contains(job)
+                {
+                    stale.push((name.clone(), tag));
+                }
+            }
+        }
+    }
+    if !stale.is_empty() {
+        zfs.release(&stale)?;
+        for (snap, tag) in &stale {
+            tracing::info!(%snap, %tag, "released a stale replication hold (job not in the config)");
+        }
+    }
+    Ok(stale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zfs::{FakeZfs, PoolLayout, VdevLayout, VdevSpec};
+
+    fn fake() -> FakeZfs {
+        let layout = PoolLayout {
+            vdevs: vec![VdevSpec {
+                layout: VdevLayout::Single,
+                disks: vec!["/dev/disk/by-id/a".into()],
+            }],
+            ..Default::default()
+        };
+        let mut z = FakeZfs::new()
+            .with_pool("tank", layout, true)
+            .with_dataset("tank/a");
+        for s in ["s1", "s2", "s3"] {
+            z.snapshot(&[format!("tank/a@{s}")], &[]).unwrap();
+        }
+        z
+    }
+
+    #[test]
+    fn the_hold_moves_forward_and_protects_the_base_from_destroy() {
+        let mut z = fake();
+        move_hold(&mut z, "tank/a", "offsite", "s1").unwrap();
+        assert!(
+            z.holds("tank/a@s1")
+                .unwrap()
+                .contains_key("stored-repl:offsite")
+        );
+        assert!(z.destroy_snapshots(&["tank/a@s1".into()]).is_err());
+        move_hold(&mut z, "tank/a", "offsite", "s2").unwrap();
+        assert!(z.holds("tank/a@s1").unwrap().is_empty());
+        assert!(
+            z.holds("tank/a@s2")
+                .unwrap()
+                .contains_key("stored-repl:offsite")
+        );
+        // Again on the same base: nothing changes, still held.
+        move_hold(&mut z, "tank/a", "offsite", "s2").unwrap();
+        assert_eq!(z.holds("tank/a@s2").unwrap().len(), 1);
+        z.destroy_snapshots(&["tank/a@s1".into()]).unwrap();
+    }
+
+    #[test]
+    fn other_holds_are_left_alone_and_stale_jobs_released() {
+        let mut z = fake();
+        z.hold(&[("tank/a@s1".into(), "admin".into())]).unwrap();
+        move_hold(&mut z, "tank/a", "gone", "s1").unwrap();
+        move_hold(&mut z, "tank/a", "kept", "s3").unwrap();
+        let jobs = BTreeSet::from(["kept".to_owned()]);
+        let released = release_stale_holds(&mut z, &jobs).unwrap();
+        assert_eq!(
+            released,
+            vec![("tank/a@s1".to_owned(), "stored-repl:gone".to_owned())]
+        );
+        assert!(z.holds("tank/a@s1").unwrap().contains_key("admin"));
+        assert!(
+            z.holds("tank/a@s3")
+                .unwrap()
+                .contains_key("stored-repl:kept")
+        );
+        assert!(release_stale_holds(&mut z, &jobs).unwrap().is_empty());
+    }
+}

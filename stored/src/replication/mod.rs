@@ -1,0 +1,90 @@
+//! Replication: push snapshots of datasets to another box running stored.
+//!
+//! - [`plan`]: what one dataset sends (pure): full, or incremental from the newest common
+//!   snapshot matched by GUID, a pending resume first, divergence refused or rolled back.
+//! - [`holds`]: the incremental base on the source carries the hold `stored-repl:<job>`
+//!   (and a bookmark as fallback), moved forward after each run; stale holds released.
+//! - [`run_job`] (sender) and [`serve_receiver`] (receiver): the TLS transport, a framed
+//!   protocol ([`proto`]) inside mutual TLS pinned by certificate fingerprints ([`tls`]).
+//!   The receiver runs `lzc_receive_resumable`, so a cut link leaves a resume token that
+//!   the next run continues from.
+
+pub mod holds;
+pub mod plan;
+pub mod proto;
+mod receive;
+mod send;
+pub mod tls;
+
+use std::io;
+use std::time::Duration;
+
+pub use holds::{HOLD_PREFIX, hold_tag, move_hold, release_stale_holds};
+pub use receive::{Receiver, ReceiverConfig, serve_receiver};
+pub use send::{RunOptions, run_job};
+
+use crate::zfs::ZfsError;
+
+/// What one run of a job did, for the scheduler, `applctl storage`, metrics and the bench.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobReport {
+    pub job: String,
+    /// Stream bytes sent (after a resume: only what was still missing).
+    pub bytes: u64,
+    pub duration: Duration,
+    /// Snapshots that landed on the target.
+    pub snapshots: usize,
+    /// Whether an interrupted receive was continued rather than restarted.
+    pub resumed: bool,
+    /// Age of the oldest "newest snapshot on the target" among the job's datasets: the
+    /// recovery point the target offers (RPO lag). `None` when nothing is on the target.
+    pub lag: Option<Duration>,
+    /// Per dataset: `(source, target, steps sent)`.
+    pub datasets: Vec<(String, String, usize)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplError {
+    #[error(
+        "job {job}: the ssh transport is not implemented; use transport = \"tls\" with \
+         storage.replication_listener on the target box"
+    )]
+    SshNotImplemented { job: String },
+    #[error("job {job}: {what}")]
+    Config { job: String, what: String },
+    #[error(transparent)]
+    Zfs(#[from] ZfsError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
+    #[error(
+        "cannot reach replication target {target}: {source}; is stored's receiver running \
+         there (storage.replication_listener) and the port open?"
+    )]
+    Connect {
+        target: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("link to {target} broke: {source}; an interrupted stream resumes on the next run")]
+    Link {
+        target: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("target {target} refused: {message}")]
+    Refused { target: String, message: String },
+    #[error("sending {snapshot} failed: {source}")]
+    Send {
+        snapshot: String,
+        #[source]
+        source: ZfsError,
+    },
+    #[error("cannot listen for replication on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+}

@@ -1,0 +1,576 @@
+//! What one dataset's replication sends (pure): full or incremental from the newest
+//! snapshot both sides share, matched by GUID (a name can be reused, a GUID cannot), a
+//! pending resume first, and divergence of the target refused or rolled back.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use appliance::model::OnDivergence;
+use serde::{Deserialize, Serialize};
+
+/// A snapshot or bookmark as the planner sees it: its short name (after `@` or `#`), GUID
+/// and creation txg (the order within one pool).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snap {
+    pub name: String,
+    pub guid: u64,
+    pub createtxg: u64,
+    /// Seconds since the epoch (the lag is measured from it).
+    #[serde(default)]
+    pub creation: i64,
+}
+
+/// The target dataset as the receiver reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetState {
+    pub exists: bool,
+    /// Oldest first.
+    pub snapshots: Vec<Snap>,
+    /// `receive_resume_token` of an interrupted receive.
+    pub resume_token: Option<String>,
+    /// Bytes written since its newest snapshot (the `written` property).
+    pub written: u64,
+}
+
+/// Where an interrupted receive stopped, as far as planning goes (decoded from the token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingResume {
+    pub toguid: u64,
+    pub fromguid: Option<u64>,
+}
+
+/// The base of an incremental send on the source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Base {
+    Snapshot(String),
+    /// Used when the common snapshot is gone from the source but its bookmark remains.
+    Bookmark(String),
+}
+
+impl Base {
+    /// `@name` or `#name`, to append to the dataset.
+    pub fn suffix(&self) -> String {
+        match self {
+            Self::Snapshot(s) => format!("@{s}"),
+            Self::Bookmark(b) => format!("#{b}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// The whole of a snapshot, to a target that does not exist.
+    Full {
+        to: String,
+    },
+    Incremental {
+        from: Base,
+        to: String,
+    },
+    /// Continue the interrupted receive of `to` (its token is on the target).
+    Resume {
+        to: String,
+    },
+}
+
+impl Step {
+    pub fn to(&self) -> &str {
+        match self {
+            Self::Full { to } | Self::Incremental { to, .. } | Self::Resume { to } => to,
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Full { to } => write!(f, "full @{to}"),
+            Self::Incremental { from, to } => write!(f, "incremental {} -> @{to}", from.suffix()),
+            Self::Resume { to } => write!(f, "resume @{to}"),
+        }
+    }
+}
+
+/// Rolling the target back to the common snapshot: its newer snapshots are destroyed and
+/// its later changes dropped; the dataset itself stays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollback {
+    pub to: String,
+    pub destroy: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub rollback: Option<Rollback>,
+    /// In order; empty when the target is up to date.
+    pub steps: Vec<Step>,
+    /// The newest source snapshot the target has or will have after the steps.
+    pub newest: Option<Snap>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("{source_ds} has no snapshot to send; take one (a snapshot policy) first")]
+    NoSnapshots { source_ds: String },
+    #[error(
+        "target {target} exists but shares no snapshot (by GUID) with {source_ds}; nothing was \
+         sent. A rollback cannot help and stored never destroys a dataset: rename or destroy \
+         the target by hand to start over with a full send"
+    )]
+    NoCommon { source_ds: String, target: String },
+    #[error(
+        "target {target} diverged after the common snapshot @{common}: {}; nothing was sent. \
+         Set on_divergence = \"rollback\" on the job to roll it back to @{common} (its newer \
+         snapshots and changes are lost), or undo the changes by hand",
+        describe_divergence(.newer, *.written)
+    )]
+    Diverged {
+        target: String,
+        common: String,
+        newer: Vec<String>,
+        written: u64,
+    },
+    #[error(
+        "target {target} holds an interrupted receive of a snapshot the source no longer has \
+         (GUID {toguid:#x}); abort it on the target (`zfs receive -A {target}`) and run again"
+    )]
+    StaleResume { target: String, toguid: u64 },
+}
+
+fn describe_divergence(newer: &[String], written: u64) -> String {
+    let mut parts = Vec::new();
+    if !newer.is_empty() {
+        let shown: Vec<&str> = newer.iter().take(5).map(String::as_str).collect();
+        let more = newer.len().saturating_sub(shown.len());
+        let mut s = format!("{} newer snapshot(s) @{}", newer.len(), shown.join(", @"));
+        if more > 0 {
+            s.push_str(&format!(" and {more} more"));
+        }
+        parts.push(s);
+    }
+    if written > 0 {
+        parts.push(format!("{written} bytes written since its newest snapshot"));
+    }
+    parts.join(" and ")
+}
+
+/// Plans one dataset. `source` and `bookmarks` are the source's (any order), `target` the
+/// receiver's report, `resume` the decoded token when the target has one.
+pub fn plan(
+    source_ds: &str,
+    target_ds: &str,
+    source: &[Snap],
+    bookmarks: &[Snap],
+    target: &TargetState,
+    resume: Option<PendingResume>,
+    on_divergence: OnDivergence,
+) -> Result<Plan, PlanError> {
+    let mut source: Vec<&Snap> = source.iter().collect();
+    source.sort_by_key(|s| s.createtxg);
+    let Some(newest) = source.last().map(|s| (*s).clone()) else {
+        return Err(PlanError::NoSnapshots {
+            source_ds: source_ds.to_owned(),
+        });
+    };
+    let by_guid: HashMap<u64, usize> = source
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.guid, i))
+        .collect();
+    // The steps from source index `i` (exclusive) to the newest, one snapshot each, so
+    // that the target keeps the same history as the source.
+    let chain = |from: Base, i: usize| -> Vec<Step> {
+        let mut steps = Vec::new();
+        let mut from = from;
+        for s in source.iter().skip(i + 1) {
+            steps.push(Step::Incremental {
+                from,
+                to: s.name.clone(),
+            });
+            from = Base::Snapshot(s.name.clone());
+        }
+        steps
+    };
+
+    if let Some(r) = resume {
+        // The partial receive is finished first; its base is the target's newest snapshot,
+        // so no divergence check applies until it has landed.
+        let Some(&i) = by_guid.get(&r.toguid) else {
+            return Err(PlanError::StaleResume {
+                target: target_ds.to_owned(),
+                toguid: r.toguid,
+            });
+        };
+        let to = source.get(i).map(|s| s.name.clone()).unwrap_or_default();
+        let mut steps = vec![Step::Resume { to: to.clone() }];
+        steps.extend(chain(Base::Snapshot(to), i));
+        return Ok(Plan {
+            rollback: None,
+            steps,
+            newest: Some(newest),
+        });
+    }
+
+    if !target.exists {
+        return Ok(Plan {
+            rollback: None,
+            steps: vec![Step::Full {
+                to: newest.name.clone(),
+            }],
+            newest: Some(newest),
+        });
+    }
+
+    let target_guids: HashMap<u64, &Snap> = target.snapshots.iter().map(|s| (s.guid, s)).collect();
+    let common = source
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, s)| target_guids.contains_key(&s.guid));
+    let (base, base_index, common_on_target) = match common {
+        Some((i, s)) => (
+            Base::Snapshot(s.name.clone()),
+            Some(i),
+            target_guids.get(&s.guid).copied(),
+        ),
+        None => {
+            // The snapshot may be gone from the source while its bookmark stays: the
+            // newest such bookmark is a valid incremental base.
+            let mut marks: Vec<&Snap> = bookmarks
+                .iter()
+                .filter(|b| target_guids.contains_key(&b.guid))
+                .collect();
+            marks.sort_by_key(|b| b.createtxg);
+            let Some(b) = marks.last() else {
+                return Err(PlanError::NoCommon {
+                    source_ds: source_ds.to_owned(),
+                    target: target_ds.to_owned(),
+                });
+            };
+            // Sends continue with the first source snapshot after the bookmark.
+            let after = source.iter().position(|s| s.createtxg > b.createtxg);
+            (
+                Base::Bookmark(b.name.clone()),
+                after.map(|a| a.wrapping_sub(1)),
+                target_guids.get(&b.guid).copied(),
+            )
+        }
+    };
+    let Some(on_target) = common_on_target else {
+        return Err(PlanError::NoCommon {
+            source_ds: source_ds.to_owned(),
+            target: target_ds.to_owned(),
+        });
+    };
+    let newer: Vec<String> = target
+        .snapshots
+        .iter()
+        .filter(|s| s.createtxg > on_target.createtxg)
+        .map(|s| s.name.clone())
+        .collect();
+    let mut rollback = None;
+    if !newer.is_empty() || target.written > 0 {
+        match on_divergence {
+            OnDivergence::Refuse => {
+                return Err(PlanError::Diverged {
+                    target: target_ds.to_owned(),
+                    common: on_target.name.clone(),
+                    newer,
+                    written: target.written,
+                });
+            }
+            OnDivergence::Rollback => {
+                rollback = Some(Rollback {
+                    to: on_target.name.clone(),
+                    destroy: newer,
+                });
+            }
+        }
+    }
+    let steps = match base_index {
+        // `usize::MAX` (from the wrapping_sub) means: every source snapshot is newer than
+        // the bookmark.
+        Some(usize::MAX) => {
+            let mut steps = Vec::new();
+            let mut from = base;
+            for s in &source {
+                steps.push(Step::Incremental {
+                    from,
+                    to: s.name.clone(),
+                });
+                from = Base::Snapshot(s.name.clone());
+            }
+            steps
+        }
+        Some(i) => chain(base, i),
+        // A bookmark newer than every source snapshot: nothing to send.
+        None => Vec::new(),
+    };
+    Ok(Plan {
+        rollback,
+        steps,
+        newest: Some(newest),
+    })
+}
+
+/// The target of `dataset` (the job's source `root` or one of its descendants): the root's
+/// last component under `target_dataset`, and the same path below it.
+pub fn target_name(target_dataset: &str, root: &str, dataset: &str) -> String {
+    let base = root.rsplit('/').next().unwrap_or(root);
+    let rest = dataset.strip_prefix(root).unwrap_or("");
+    format!("{target_dataset}/{base}{rest}")
+}
+
+/// Source snapshots the target has by GUID (replication's common snapshots).
+pub fn common_snapshots(source: &[Snap], target: &TargetState) -> Vec<String> {
+    let t: HashSet<u64> = target.snapshots.iter().map(|s| s.guid).collect();
+    source
+        .iter()
+        .filter(|s| t.contains(&s.guid))
+        .map(|s| s.name.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(name: &str, guid: u64, txg: u64) -> Snap {
+        Snap {
+            name: name.into(),
+            guid,
+            createtxg: txg,
+            creation: 0,
+        }
+    }
+
+    fn target(snaps: Vec<Snap>) -> TargetState {
+        TargetState {
+            exists: true,
+            snapshots: snaps,
+            resume_token: None,
+            written: 0,
+        }
+    }
+
+    fn run(source: &[Snap], t: &TargetState) -> Result<Plan, PlanError> {
+        plan(
+            "tank/a",
+            "backup/a",
+            source,
+            &[],
+            t,
+            None,
+            OnDivergence::Refuse,
+        )
+    }
+
+    #[test]
+    fn a_missing_target_gets_the_newest_snapshot_in_full() {
+        let src = [snap("s1", 1, 10), snap("s2", 2, 20)];
+        let p = run(&src, &TargetState::default()).unwrap();
+        assert_eq!(p.steps, vec![Step::Full { to: "s2".into() }]);
+        assert!(p.rollback.is_none());
+    }
+
+    #[test]
+    fn no_snapshot_is_an_error() {
+        let e = run(&[], &TargetState::default()).unwrap_err();
+        assert!(matches!(e, PlanError::NoSnapshots { .. }));
+    }
+
+    #[test]
+    fn incremental_from_the_newest_common_by_guid_not_by_name() {
+        // The target's "s2" is another snapshot of the same name (another GUID): the
+        // common base is s1, and "s2" on the target counts as divergence.
+        let src = [snap("s1", 1, 10), snap("s2", 2, 20), snap("s3", 3, 30)];
+        let t = target(vec![snap("s1", 1, 5), snap("s2", 99, 6)]);
+        let e = run(&src, &t).unwrap_err();
+        match e {
+            PlanError::Diverged { common, newer, .. } => {
+                assert_eq!(common, "s1");
+                assert_eq!(newer, vec!["s2".to_owned()]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let t = target(vec![snap("s1", 1, 5), snap("s2", 2, 6)]);
+        let p = run(&src, &t).unwrap();
+        assert_eq!(
+            p.steps,
+            vec![Step::Incremental {
+                from: Base::Snapshot("s2".into()),
+                to: "s3".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn up_to_date_sends_nothing() {
+        let src = [snap("s1", 1, 10)];
+        let p = run(&src, &target(vec![snap("s1", 1, 3)])).unwrap();
+        assert!(p.steps.is_empty());
+    }
+
+    #[test]
+    fn target_pruned_older_snapshots_is_fine() {
+        let src = [snap("s1", 1, 10), snap("s2", 2, 20), snap("s3", 3, 30)];
+        let p = run(&src, &target(vec![snap("s2", 2, 3)])).unwrap();
+        assert_eq!(p.steps.len(), 1);
+        assert!(p.rollback.is_none());
+    }
+
+    #[test]
+    fn changes_after_the_common_snapshot_are_refused_then_rolled_back_on_request() {
+        let src = [snap("s1", 1, 10), snap("s2", 2, 20)];
+        let mut t = target(vec![snap("s1", 1, 3)]);
+        t.written = 4096;
+        let e = run(&src, &t).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("4096 bytes written"), "{msg}");
+        assert!(msg.contains("on_divergence = \"rollback\""), "{msg}");
+        t.snapshots.push(snap("local", 50, 4));
+        let p = plan(
+            "tank/a",
+            "backup/a",
+            &src,
+            &[],
+            &t,
+            None,
+            OnDivergence::Rollback,
+        )
+        .unwrap();
+        assert_eq!(
+            p.rollback,
+            Some(Rollback {
+                to: "s1".into(),
+                destroy: vec!["local".into()]
+            })
+        );
+        assert_eq!(p.steps.len(), 1);
+    }
+
+    #[test]
+    fn no_common_snapshot_is_refused_even_with_rollback() {
+        let src = [snap("s1", 1, 10)];
+        let t = target(vec![snap("s1", 7, 3)]);
+        for on in [OnDivergence::Refuse, OnDivergence::Rollback] {
+            let e = plan("tank/a", "backup/a", &src, &[], &t, None, on).unwrap_err();
+            assert!(matches!(e, PlanError::NoCommon { .. }), "{e}");
+        }
+        // An existing target without snapshots is not overwritten either.
+        let e = run(&src, &target(vec![])).unwrap_err();
+        assert!(matches!(e, PlanError::NoCommon { .. }));
+    }
+
+    #[test]
+    fn a_bookmark_stands_in_for_a_destroyed_base() {
+        let src = [snap("s3", 3, 30), snap("s4", 4, 40)];
+        let marks = [snap("repl_s2", 2, 20)];
+        let t = target(vec![snap("s2", 2, 3)]);
+        let p = plan(
+            "tank/a",
+            "backup/a",
+            &src,
+            &marks,
+            &t,
+            None,
+            OnDivergence::Refuse,
+        )
+        .unwrap();
+        assert_eq!(
+            p.steps,
+            vec![
+                Step::Incremental {
+                    from: Base::Bookmark("repl_s2".into()),
+                    to: "s3".into()
+                },
+                Step::Incremental {
+                    from: Base::Snapshot("s3".into()),
+                    to: "s4".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_pending_resume_comes_first() {
+        let src = [snap("s1", 1, 10), snap("s2", 2, 20), snap("s3", 3, 30)];
+        let t = target(vec![snap("s1", 1, 3)]);
+        let r = PendingResume {
+            toguid: 2,
+            fromguid: Some(1),
+        };
+        let p = plan(
+            "tank/a",
+            "backup/a",
+            &src,
+            &[],
+            &t,
+            Some(r),
+            OnDivergence::Refuse,
+        )
+        .unwrap();
+        assert_eq!(p.steps.first(), Some(&Step::Resume { to: "s2".into() }));
+        assert_eq!(p.steps.len(), 2);
+        let stale = PendingResume {
+            toguid: 77,
+            fromguid: None,
+        };
+        let e = plan(
+            "tank/a",
+            "backup/a",
+            &src,
+            &[],
+            &t,
+            Some(stale),
+            OnDivergence::Refuse,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("zfs receive -A backup/a"), "{e}");
+    }
+
+    #[test]
+    fn a_thousand_snapshots_become_a_thousand_steps_in_order() {
+        let src: Vec<Snap> = (0..1001u64)
+            .rev() // the planner must not rely on the input order
+            .map(|i| snap(&format!("s{i}"), 1000 + i, 10 + i))
+            .collect();
+        let t = target(vec![snap("s0", 1000, 1)]);
+        let p = run(&src, &t).unwrap();
+        assert_eq!(p.steps.len(), 1000);
+        for (i, s) in p.steps.iter().enumerate() {
+            let from = if i == 0 {
+                "s0".to_owned()
+            } else {
+                format!("s{i}")
+            };
+            assert_eq!(
+                s,
+                &Step::Incremental {
+                    from: Base::Snapshot(from),
+                    to: format!("s{}", i + 1)
+                }
+            );
+        }
+        // The same with the target 500 behind and 1000 on both sides.
+        let t = target(
+            (0..501u64)
+                .map(|i| snap(&format!("s{i}"), 1000 + i, 1 + i))
+                .collect(),
+        );
+        assert_eq!(run(&src, &t).unwrap().steps.len(), 500);
+        assert_eq!(common_snapshots(&src, &t).len(), 501);
+    }
+
+    #[test]
+    fn target_names_keep_the_tree_below_the_root() {
+        assert_eq!(
+            target_name("backup", "tank/media", "tank/media"),
+            "backup/media"
+        );
+        assert_eq!(
+            target_name("backup/box1", "tank/media", "tank/media/photos"),
+            "backup/box1/media/photos"
+        );
+    }
+}

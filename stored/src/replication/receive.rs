@@ -1,0 +1,353 @@
+//! The receiver: stored's listener that takes streams from allowed senders and receives
+//! them with `lzc_receive_resumable`, one thread per connection.
+
+use std::io::{self, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use appliance::model::ReplicationListener;
+
+use super::ReplError;
+use super::plan::{Snap, TargetState};
+use super::proto::{self, Frame, Reply, Request};
+use super::tls::{self, Identity};
+use crate::zfs::{RealZfs, Zfs as _, ZfsError};
+
+/// What the listener needs, from `storage.replication_listener`.
+#[derive(Debug, Clone)]
+pub struct ReceiverConfig {
+    /// `host:port` to bind.
+    pub listen: String,
+    pub identity_file: PathBuf,
+    /// `sha256:<hex>` fingerprints of the senders' certificates.
+    pub allowed_clients: Vec<String>,
+    /// Datasets under which senders may receive.
+    pub datasets: Vec<String>,
+}
+
+impl ReceiverConfig {
+    pub fn from_model(l: &ReplicationListener) -> Self {
+        Self {
+            listen: l.listen.to_string(),
+            identity_file: PathBuf::from(l.identity_file.as_str()),
+            allowed_clients: l.allowed_clients.iter().map(ToString::to_string).collect(),
+            datasets: l.datasets.iter().map(|d| d.as_str().to_owned()).collect(),
+        }
+    }
+}
+
+/// A bound listener, so that a caller can learn the port before serving.
+#[derive(Debug)]
+pub struct Receiver {
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    datasets: Arc<Vec<String>>,
+}
+
+impl Receiver {
+    pub fn bind(cfg: &ReceiverConfig) -> Result<Self, ReplError> {
+        let identity = Identity::load(&cfg.identity_file)?;
+        tracing::info!(fingerprint = %identity.fingerprint(), "replication receiver identity");
+        let tls = tls::server_config(identity, cfg.allowed_clients.clone())?;
+        let listener = TcpListener::bind(&cfg.listen).map_err(|source| ReplError::Listen {
+            addr: cfg.listen.clone(),
+            source,
+        })?;
+        Ok(Self {
+            listener,
+            tls: Arc::new(tls),
+            datasets: Arc::new(cfg.datasets.clone()),
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts connections until the listener fails; each is served in its own thread.
+    pub fn serve(self) -> Result<(), ReplError> {
+        let addr = self.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(%addr, "replication receiver listening");
+        loop {
+            let (tcp, peer) = self.listener.accept().map_err(|source| ReplError::Listen {
+                addr: addr.clone(),
+                source,
+            })?;
+            let tls = Arc::clone(&self.tls);
+            let datasets = Arc::clone(&self.datasets);
+            std::thread::spawn(move || {
+                if let Err(e) = connection(tcp, tls, &datasets) {
+                    tracing::warn!(%peer, error = %e, "replication connection ended with an error");
+                }
+            });
+        }
+    }
+}
+
+/// Binds `cfg.listen` and serves forever (what `stored receive` and the daemon run).
+pub fn serve_receiver(cfg: &ReceiverConfig) -> Result<(), ReplError> {
+    Receiver::bind(cfg)?.serve()
+}
+
+fn under(dataset: &str, roots: &[String]) -> bool {
+    roots.iter().any(|r| {
+        dataset == r
+            || dataset
+                .strip_prefix(r.as_str())
+                .is_some_and(|t| t.starts_with('/'))
+    })
+}
+
+type Tls = rustls::StreamOwned<rustls::ServerConnection, TcpStream>;
+
+fn connection(
+    tcp: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    allowed: &[String],
+) -> Result<(), ReplError> {
+    let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let link = |source| ReplError::Link {
+        target: peer.clone(),
+        source,
+    };
+    tcp.set_nodelay(true).ok();
+    let conn = rustls::ServerConnection::new(config).map_err(tls::TlsError::from)?;
+    let mut tls: Tls = rustls::StreamOwned::new(conn, tcp);
+    let mut zfs = RealZfs::open()?;
+    let mut job = String::new();
+    let mut declared: Vec<String> = Vec::new();
+    loop {
+        let req: Request = match proto::read_msg(&mut tls) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(link(e)),
+        };
+        let reply = match req {
+            Request::Hello {
+                version,
+                job: j,
+                datasets,
+            } => {
+                if version != proto::VERSION {
+                    Reply::Error {
+                        message: format!(
+                            "protocol version {version} is not {}; update stored on both boxes",
+                            proto::VERSION
+                        ),
+                    }
+                } else if let Some(bad) = datasets.iter().find(|d| !under(d, allowed)) {
+                    Reply::Error {
+                        message: format!(
+                            "{bad} is not under the receiver's datasets ({}); set the job's \
+                             target_dataset to one of them",
+                            allowed.join(", ")
+                        ),
+                    }
+                } else {
+                    tracing::info!(%peer, job = %j, ?datasets, "replication job connected");
+                    job = j;
+                    declared = datasets;
+                    Reply::Ok
+                }
+            }
+            Request::Bye => return Ok(()),
+            Request::State { dataset } => {
+                guard(&dataset, &declared).unwrap_or_else(|| match state(&zfs, &dataset) {
+                    Ok(s) => Reply::State(s),
+                    Err(e) => error(e),
+                })
+            }
+            Request::Rollback {
+                dataset,
+                to,
+                destroy,
+            } => guard(&dataset, &declared).unwrap_or_else(|| {
+                match rollback(&mut zfs, &dataset, &to, &destroy) {
+                    Ok(()) => {
+                        tracing::warn!(%job, %dataset, %to, destroyed = destroy.len(), "rolled a diverged replica back");
+                        Reply::Ok
+                    }
+                    Err(e) => error(e),
+                }
+            }),
+            Request::Receive {
+                snapshot,
+                raw,
+                resume,
+            } => {
+                let dataset = snapshot.split('@').next().unwrap_or("").to_owned();
+                match guard(&dataset, &declared) {
+                    Some(refusal) => {
+                        drain(&mut tls).map_err(link)?;
+                        refusal
+                    }
+                    None => receive(&zfs, &mut tls, &snapshot, raw, resume).map_err(link)?,
+                }
+            }
+        };
+        proto::send_msg(&mut tls, &reply).map_err(link)?;
+    }
+}
+
+fn guard(dataset: &str, declared: &[String]) -> Option<Reply> {
+    (!under(dataset, declared)).then(|| Reply::Error {
+        message: format!(
+            "{dataset} is not below a dataset the job declared in its hello ({})",
+            declared.join(", ")
+        ),
+    })
+}
+
+fn error(e: ZfsError) -> Reply {
+    Reply::Error {
+        message: e.to_string(),
+    }
+}
+
+fn state(zfs: &RealZfs, dataset: &str) -> Result<TargetState, ZfsError> {
+    if !zfs.lzc().exists(dataset)? {
+        return Ok(TargetState::default());
+    }
+    let snapshots = zfs
+        .snapshots(dataset, false)?
+        .into_iter()
+        .map(|s| Snap {
+            name: s.name,
+            guid: s.guid,
+            createtxg: s.createtxg,
+            creation: s.creation,
+        })
+        .collect();
+    let values = zfs
+        .cli()
+        .get_values(dataset, &["receive_resume_token", "written"])?;
+    let token = values.first().filter(|t| t.as_str() != "-").cloned();
+    let written = values.get(1).and_then(|w| w.parse().ok()).unwrap_or(0);
+    Ok(TargetState {
+        exists: true,
+        snapshots,
+        resume_token: token,
+        written,
+    })
+}
+
+fn rollback(
+    zfs: &mut RealZfs,
+    dataset: &str,
+    to: &str,
+    destroy: &[String],
+) -> Result<(), ZfsError> {
+    let names: Vec<String> = destroy.iter().map(|s| format!("{dataset}@{s}")).collect();
+    if !names.is_empty() {
+        zfs.destroy_snapshots(&names)?;
+    }
+    zfs.lzc().rollback_to(dataset, &format!("{dataset}@{to}"))?;
+    Ok(())
+}
+
+/// Skips a refused stream up to its end, so that the connection stays usable.
+fn drain(tls: &mut Tls) -> io::Result<()> {
+    loop {
+        match proto::read_frame(tls)? {
+            Frame::Data(_) => {}
+            Frame::End | Frame::Abort => return Ok(()),
+            Frame::Msg(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a message inside a stream",
+                ));
+            }
+        }
+    }
+}
+
+/// Receives one stream. The frames are copied into a pipe that `lzc_receive_resumable`
+/// reads in a thread. A broken link closes the pipe early: the kernel keeps what arrived
+/// and sets `receive_resume_token`, and the error goes up (the connection is over).
+fn receive(
+    zfs: &RealZfs,
+    tls: &mut Tls,
+    snapshot: &str,
+    raw: bool,
+    resume: bool,
+) -> io::Result<Reply> {
+    let dataset = snapshot.split('@').next().unwrap_or(snapshot);
+    let lzc = zfs.lzc();
+    let new = !lzc.exists(dataset).unwrap_or(true)
+        || (resume && zfs.snapshots(dataset, false).is_ok_and(|s| s.is_empty()));
+    let (reader, mut writer) = io::pipe()?;
+    let mut bytes = 0u64;
+    let (received, outcome) = std::thread::scope(|s| {
+        let receiver = s.spawn(move || {
+            let r = lzc.receive_resumable(snapshot, None, false, raw, reader.as_fd());
+            drop(reader);
+            r
+        });
+        // Once the receive has failed, the rest of the stream is read and dropped.
+        let mut broken = false;
+        let outcome = loop {
+            match proto::read_frame(tls) {
+                Ok(Frame::Data(d)) => {
+                    bytes += d.len() as u64;
+                    if !broken && writer.write_all(&d).is_err() {
+                        broken = true;
+                    }
+                }
+                Ok(Frame::End) => break Ok(true),
+                Ok(Frame::Abort) => break Ok(false),
+                Ok(Frame::Msg(_)) => {
+                    break Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "a message inside a stream",
+                    ));
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        drop(writer);
+        (receiver.join(), outcome)
+    });
+    let received = received.map_err(|_| io::Error::other("the receive thread panicked"))?;
+    match outcome {
+        Err(e) => {
+            tracing::warn!(%snapshot, bytes, error = %e, receive = ?received.as_ref().err().map(ToString::to_string), "stream cut; the partial receive stays resumable");
+            Err(e)
+        }
+        Ok(false) => Ok(Reply::Error {
+            message: format!("the sender aborted the stream of {snapshot}"),
+        }),
+        Ok(true) => match received {
+            Ok(()) => {
+                tracing::info!(%snapshot, bytes, resume, "received");
+                if new {
+                    // A replica is read-only: a change on it (even an atime update) would
+                    // make the next incremental refuse it as diverged.
+                    if let Err(e) = zfs.cli().set_value(dataset, "readonly", "on") {
+                        tracing::warn!(dataset, error = %e, "cannot make the replica read-only");
+                    }
+                }
+                Ok(Reply::Received { bytes })
+            }
+            Err(e) => Ok(Reply::Error {
+                message: format!("receive of {snapshot}: {e}"),
+            }),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datasets_must_lie_under_an_allowed_root() {
+        let roots = vec!["backup".to_owned(), "pool2/r".to_owned()];
+        assert!(under("backup", &roots));
+        assert!(under("backup/media/x", &roots));
+        assert!(under("pool2/r/a", &roots));
+        assert!(!under("backupx/a", &roots));
+        assert!(!under("pool2", &roots));
+    }
+}

@@ -1,0 +1,531 @@
+//! The sender: one run of a job over the TLS transport.
+
+use std::io::{self, Read as _};
+use std::net::TcpStream;
+use std::os::fd::AsFd as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use appliance::model::{ReplicationJob, Transport};
+use rustls::pki_types::ServerName;
+
+use super::plan::{self, PendingResume, Snap, Step, TargetState};
+use super::proto::{self, Reply, Request};
+use super::tls::{self, Identity};
+use super::{JobReport, ReplError, holds};
+use crate::zfs::lzc::SendFlags;
+use crate::zfs::{RealZfs, Zfs as _, resume};
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// Knobs of one run that are not in the job itself.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Overrides the job's bandwidth limit (bytes per second; 0 = unlimited).
+    pub bandwidth_limit: Option<u64>,
+}
+
+/// A token bucket: `rate` bytes per second with a burst of a quarter second.
+#[derive(Debug)]
+struct Limiter {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Limiter {
+    fn new(rate: u64) -> Option<Self> {
+        (rate > 0).then(|| {
+            let rate = rate as f64;
+            let burst = (rate / 4.0).max(proto::CHUNK as f64);
+            Self {
+                rate,
+                burst,
+                tokens: burst,
+                last: Instant::now(),
+            }
+        })
+    }
+
+    fn take(&mut self, n: usize) {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        self.tokens -= n as f64;
+        if self.tokens < 0.0 {
+            std::thread::sleep(Duration::from_secs_f64(-self.tokens / self.rate));
+        }
+    }
+}
+
+struct Link<'a> {
+    tls: Tls,
+    target: &'a str,
+}
+
+impl Link<'_> {
+    fn broke(&self, source: io::Error) -> ReplError {
+        ReplError::Link {
+            target: self.target.to_owned(),
+            source,
+        }
+    }
+
+    fn ask(&mut self, req: &Request) -> Result<Reply, ReplError> {
+        proto::send_msg(&mut self.tls, req).map_err(|e| self.broke(e))?;
+        let reply = proto::read_msg(&mut self.tls).map_err(|e| self.broke(e))?;
+        match reply {
+            Reply::Error { message } => Err(ReplError::Refused {
+                target: self.target.to_owned(),
+                message,
+            }),
+            r => Ok(r),
+        }
+    }
+}
+
+fn config_err(job: &str, what: impl Into<String>) -> ReplError {
+    ReplError::Config {
+        job: job.to_owned(),
+        what: what.into(),
+    }
+}
+
+/// The job's source datasets, each with its descendants when the job is recursive,
+/// parents first, paired with their root.
+fn source_datasets(
+    zfs: &RealZfs,
+    job: &ReplicationJob,
+) -> Result<Vec<(String, String)>, ReplError> {
+    let mut out = Vec::new();
+    let all = if job.recursive {
+        zfs.datasets()?.into_iter().map(|d| d.name).collect()
+    } else {
+        Vec::new()
+    };
+    for root in &job.datasets {
+        let root = root.as_str();
+        out.push((root.to_owned(), root.to_owned()));
+        let prefix = format!("{root}/");
+        let mut children: Vec<&String> = all.iter().filter(|d| d.starts_with(&prefix)).collect();
+        children.sort();
+        out.extend(children.into_iter().map(|c| (root.to_owned(), c.clone())));
+    }
+    Ok(out)
+}
+
+/// One run of `job` (named `name`): for every dataset, what the target lacks, as planned by
+/// [`plan::plan`]; holds moved forward; a report of bytes, snapshots, resume and lag.
+pub fn run_job(
+    zfs: &mut RealZfs,
+    name: &str,
+    job: &ReplicationJob,
+    options: &RunOptions,
+) -> Result<JobReport, ReplError> {
+    let started = Instant::now();
+    if job.transport == Transport::Ssh {
+        return Err(ReplError::SshNotImplemented {
+            job: name.to_owned(),
+        });
+    }
+    let identity_file = job.identity_file.as_ref().ok_or_else(|| {
+        config_err(
+            name,
+            "identity_file is not set; make one with `stored replication identity FILE`",
+        )
+    })?;
+    let pin = job.target_fingerprint.as_ref().ok_or_else(|| {
+        config_err(
+            name,
+            "target_fingerprint is not set; `stored replication identity FILE` on the target \
+             prints it",
+        )
+    })?;
+    let identity = Identity::load(Path::new(identity_file.as_str()))?;
+    let config = tls::client_config(identity, &pin.to_string())?;
+    let target = job.target.to_string();
+    let tcp = TcpStream::connect(&target).map_err(|source| ReplError::Connect {
+        target: target.clone(),
+        source,
+    })?;
+    tcp.set_nodelay(true).ok();
+    let server_name = ServerName::try_from(tls::SERVER_NAME)
+        .map_err(|e| config_err(name, format!("TLS name: {e}")))?;
+    let conn = rustls::ClientConnection::new(Arc::new(config), server_name)
+        .map_err(tls::TlsError::from)?;
+    let mut link = Link {
+        tls: rustls::StreamOwned::new(conn, tcp),
+        target: &target,
+    };
+    let datasets = source_datasets(zfs, job)?;
+    let roots: Vec<String> = job
+        .datasets
+        .iter()
+        .map(|d| plan::target_name(job.target_dataset.as_str(), d.as_str(), d.as_str()))
+        .collect();
+    link.ask(&Request::Hello {
+        version: proto::VERSION,
+        job: name.to_owned(),
+        datasets: roots,
+    })?;
+    let rate = options
+        .bandwidth_limit
+        .or(job.bandwidth_limit.map(|b| b.bytes()))
+        .unwrap_or(0);
+    let mut limiter = Limiter::new(rate);
+    let mut report = JobReport {
+        job: name.to_owned(),
+        ..JobReport::default()
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let mut oldest_newest: Option<i64> = None;
+    for (root, dataset) in &datasets {
+        let target_ds = plan::target_name(job.target_dataset.as_str(), root, dataset);
+        let landed = replicate_dataset(
+            zfs,
+            name,
+            job,
+            &mut link,
+            dataset,
+            &target_ds,
+            &mut limiter,
+            &mut report,
+        )?;
+        if let Some(c) = landed {
+            oldest_newest = Some(oldest_newest.map_or(c, |o| o.min(c)));
+        }
+    }
+    let _ = proto::send_msg(&mut link.tls, &Request::Bye);
+    link.tls.conn.send_close_notify();
+    let _ = link.tls.conn.complete_io(&mut link.tls.sock);
+    report.duration = started.elapsed();
+    report.lag = oldest_newest.map(|c| Duration::from_secs(now.saturating_sub(c).max(0) as u64));
+    tracing::info!(
+        job = name,
+        bytes = report.bytes,
+        snapshots = report.snapshots,
+        resumed = report.resumed,
+        secs = report.duration.as_secs_f64(),
+        "replication run done"
+    );
+    Ok(report)
+}
+
+/// Replicates one dataset; returns the creation time of the newest source snapshot that
+/// is now on the target.
+#[allow(clippy::too_many_arguments)]
+fn replicate_dataset(
+    zfs: &mut RealZfs,
+    job_name: &str,
+    job: &ReplicationJob,
+    link: &mut Link<'_>,
+    dataset: &str,
+    target_ds: &str,
+    limiter: &mut Option<Limiter>,
+    report: &mut JobReport,
+) -> Result<Option<i64>, ReplError> {
+    let source: Vec<Snap> = zfs
+        .snapshots(dataset, false)?
+        .into_iter()
+        .map(|s| Snap {
+            name: s.name,
+            guid: s.guid,
+            createtxg: s.createtxg,
+            creation: s.creation,
+        })
+        .collect();
+    let bookmarks: Vec<Snap> = zfs
+        .cli()
+        .bookmarks(dataset)?
+        .into_iter()
+        .map(|(name, guid, createtxg)| Snap {
+            name,
+            guid,
+            createtxg,
+            creation: 0,
+        })
+        .collect();
+    let state = match link.ask(&Request::State {
+        dataset: target_ds.to_owned(),
+    })? {
+        Reply::State(s) => s,
+        other => {
+            return Err(ReplError::Refused {
+                target: link.target.to_owned(),
+                message: format!("unexpected answer to State: {other:?}"),
+            });
+        }
+    };
+    let token = state
+        .resume_token
+        .as_deref()
+        .map(resume::decode)
+        .transpose()
+        .map_err(|e| ReplError::Refused {
+            target: link.target.to_owned(),
+            message: format!("{target_ds}: {e}"),
+        })?;
+    let pending = token.as_ref().map(|t| PendingResume {
+        toguid: t.toguid,
+        fromguid: t.fromguid,
+    });
+    let plan = plan::plan(
+        dataset,
+        target_ds,
+        &source,
+        &bookmarks,
+        &state,
+        pending,
+        job.on_divergence,
+    )?;
+    if let Some(rb) = &plan.rollback {
+        tracing::warn!(target = target_ds, to = %rb.to, destroy = ?rb.destroy, "rolling the diverged target back (on_divergence = rollback)");
+        link.ask(&Request::Rollback {
+            dataset: target_ds.to_owned(),
+            to: rb.to.clone(),
+            destroy: rb.destroy.clone(),
+        })?;
+    }
+    let encryption = zfs.cli().get_values(dataset, &["encryption"])?;
+    let raw = encryption.first().is_some_and(|e| e != "off" && e != "-");
+    let flags = SendFlags {
+        embed_data: true,
+        large_block: true,
+        compress: true,
+        raw,
+    };
+    let mut landed: Option<String> = newest_common(&source, &state);
+    let mut result = Ok(());
+    let mut steps = 0;
+    for step in &plan.steps {
+        let to_full = format!("{dataset}@{}", step.to());
+        let target_snap = format!("{target_ds}@{}", step.to());
+        let (from, flags, object, offset, resume) = match step {
+            Step::Full { .. } => (None, flags, 0, 0, false),
+            Step::Incremental { from, .. } => (
+                Some(format!("{dataset}{}", from.suffix())),
+                flags,
+                0,
+                0,
+                false,
+            ),
+            Step::Resume { .. } => {
+                let Some(t) = &token else { continue };
+                let from = t.fromguid.and_then(|g| {
+                    source
+                        .iter()
+                        .find(|s| s.guid == g)
+                        .map(|s| format!("{dataset}@{}", s.name))
+                        .or_else(|| {
+                            bookmarks
+                                .iter()
+                                .find(|b| b.guid == g)
+                                .map(|b| format!("{dataset}#{}", b.name))
+                        })
+                });
+                let f = SendFlags {
+                    embed_data: t.embed_ok,
+                    large_block: t.large_block_ok,
+                    compress: t.compress_ok,
+                    raw: t.raw_ok,
+                };
+                (from, f, t.object, t.offset, true)
+            }
+        };
+        tracing::info!(job = job_name, %step, target = %target_snap, "sending");
+        match stream(
+            zfs,
+            link,
+            &to_full,
+            from.as_deref(),
+            flags,
+            (object, offset),
+            &target_snap,
+            resume,
+            limiter,
+        ) {
+            Ok(bytes) => {
+                report.bytes += bytes;
+                report.snapshots += 1;
+                report.resumed |= resume;
+                steps += 1;
+                landed = Some(step.to().to_owned());
+            }
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    report
+        .datasets
+        .push((dataset.to_owned(), target_ds.to_owned(), steps));
+    // Even after a failure, the snapshots that landed are the new base.
+    if let Some(base) = &landed {
+        holds::move_hold(zfs, dataset, job_name, base)?;
+        bookmark_base(zfs, dataset, job_name, base, &source);
+    }
+    result?;
+    Ok(landed.and_then(|l| source.iter().find(|s| s.name == l).map(|s| s.creation)))
+}
+
+fn newest_common(source: &[Snap], state: &TargetState) -> Option<String> {
+    let common = plan::common_snapshots(source, state);
+    source
+        .iter()
+        .filter(|s| common.contains(&s.name))
+        .max_by_key(|s| s.createtxg)
+        .map(|s| s.name.clone())
+}
+
+/// A bookmark of the base, `#stored-repl_<job>_<txg>`, and the job's older ones removed:
+/// if the held snapshot is destroyed anyway (`zfs release` by hand), the bookmark is still
+/// a valid incremental source. Failures only warn: the hold is the main protection.
+fn bookmark_base(zfs: &RealZfs, dataset: &str, job: &str, base: &str, source: &[Snap]) {
+    let Some(snap) = source.iter().find(|s| s.name == base) else {
+        return;
+    };
+    let prefix = format!("stored-repl_{job}_");
+    let name = format!("{prefix}{}", snap.createtxg);
+    let existing = match zfs.cli().bookmarks(dataset) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(dataset, error = %e, "cannot list bookmarks");
+            return;
+        }
+    };
+    if !existing.iter().any(|(n, _, _)| *n == name) {
+        let bm = (format!("{dataset}#{name}"), format!("{dataset}@{base}"));
+        if let Err(e) = zfs.lzc().bookmark(&[bm]) {
+            tracing::warn!(dataset, error = %e, "cannot bookmark the replication base");
+            return;
+        }
+    }
+    for (old, _, _) in existing {
+        if old.starts_with(&prefix)
+            && old != name
+            && let Err(e) = zfs.cli().destroy_bookmark(&format!("{dataset}#{old}"))
+        {
+            tracing::warn!(dataset, bookmark = %old, error = %e, "cannot remove an old replication bookmark");
+        }
+    }
+}
+
+/// Sends one stream: `lzc_send_resume` writes into a pipe in a thread, this thread frames
+/// it to the receiver through the limiter. Returns the stream bytes.
+#[allow(clippy::too_many_arguments)]
+fn stream(
+    zfs: &RealZfs,
+    link: &mut Link<'_>,
+    snapshot: &str,
+    from: Option<&str>,
+    flags: SendFlags,
+    (object, offset): (u64, u64),
+    target_snapshot: &str,
+    resume: bool,
+    limiter: &mut Option<Limiter>,
+) -> Result<u64, ReplError> {
+    let (mut reader, writer) = io::pipe().map_err(|e| link.broke(e))?;
+    proto::send_msg(
+        &mut link.tls,
+        &Request::Receive {
+            snapshot: target_snapshot.to_owned(),
+            raw: flags.raw,
+            resume,
+        },
+    )
+    .map_err(|e| link.broke(e))?;
+    let lzc = zfs.lzc();
+    let mut bytes = 0u64;
+    let (sent, link_result) = std::thread::scope(|s| {
+        let sender = s.spawn(move || {
+            let r = lzc.send_resume(snapshot, from, writer.as_fd(), flags, object, offset);
+            drop(writer);
+            r
+        });
+        let mut buf = vec![0u8; proto::CHUNK];
+        let link_result = loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => break Err(e),
+            };
+            if let Some(l) = limiter.as_mut() {
+                l.take(n);
+            }
+            if let Err(e) = proto::send_data(&mut link.tls, buf.get(..n).unwrap_or(&[])) {
+                break Err(e);
+            }
+            bytes += n as u64;
+        };
+        // Closing our end makes a blocked lzc_send fail with EPIPE instead of hanging.
+        drop(reader);
+        let sent = sender.join();
+        (sent, link_result)
+    });
+    let sent = match sent {
+        Ok(r) => r,
+        Err(_) => {
+            return Err(ReplError::Send {
+                snapshot: snapshot.to_owned(),
+                source: crate::zfs::ZfsError::Parse {
+                    command: "lzc_send".into(),
+                    line: String::new(),
+                    why: "the send thread panicked".into(),
+                },
+            });
+        }
+    };
+    link_result.map_err(|e| link.broke(e))?;
+    proto::send_end(&mut link.tls, sent.is_ok()).map_err(|e| link.broke(e))?;
+    let reply: Reply = proto::read_msg(&mut link.tls).map_err(|e| link.broke(e))?;
+    if let Err(e) = sent {
+        return Err(ReplError::Send {
+            snapshot: snapshot.to_owned(),
+            source: e.into(),
+        });
+    }
+    match reply {
+        Reply::Received { .. } => Ok(bytes),
+        Reply::Error { message } => Err(ReplError::Refused {
+            target: link.target.to_owned(),
+            message,
+        }),
+        other => Err(ReplError::Refused {
+            target: link.target.to_owned(),
+            message: format!("unexpected answer to a stream: {other:?}"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::plan::Base;
+    use super::*;
+
+    #[test]
+    fn the_limiter_lets_a_burst_through_then_paces() {
+        let mut l = Limiter::new(4 * 1024 * 1024).unwrap();
+        // Within the burst: no sleep is owed.
+        l.take(1024);
+        assert!(l.tokens > 0.0);
+        l.take(2 * 1024 * 1024);
+        // The debt was slept off: the bucket is at most empty afterwards, never refilled
+        // beyond the burst.
+        assert!(l.tokens <= l.burst);
+        assert!(Limiter::new(0).is_none());
+    }
+
+    #[test]
+    fn base_suffixes() {
+        assert_eq!(Base::Snapshot("a".into()).suffix(), "@a");
+        assert_eq!(Base::Bookmark("b".into()).suffix(), "#b");
+    }
+}

@@ -1,0 +1,258 @@
+//! Mutual TLS for replication, pinned by certificate fingerprint on both sides: the
+//! receiver accepts only client certificates whose SHA-256 is in its allow list, the
+//! sender only the server certificate its job names. No CA is involved, so the boxes'
+//! self-signed identities (`stored replication identity FILE`) are enough.
+
+use std::fs;
+use std::io::{self, Write as _};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use sha2::{Digest as _, Sha256};
+
+/// The name in the sender's TLS hello; certificates are pinned, so it is not checked.
+pub const SERVER_NAME: &str = "stored-replication";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("identity file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "identity file {path} has no {what}; make one with `stored replication identity {path}`"
+    )]
+    Missing { path: PathBuf, what: &'static str },
+    #[error("identity file {0} already exists; it is kept (delete it to make a new identity)")]
+    Exists(PathBuf),
+    #[error("cannot make a certificate: {0}")]
+    Generate(String),
+    #[error("TLS setup: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// `sha256:<hex>` of a DER certificate, as [`appliance::types::Fingerprint`] prints it.
+pub fn fingerprint(der: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(der)))
+}
+
+/// A key and its certificate, read from one PEM file.
+#[derive(Debug)]
+pub struct Identity {
+    pub cert: CertificateDer<'static>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Identity {
+    pub fn load(path: &Path) -> Result<Self, TlsError> {
+        let io_err = |source| TlsError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let pem = fs::read(path).map_err(io_err)?;
+        let cert = CertificateDer::pem_slice_iter(&pem)
+            .next()
+            .and_then(Result::ok)
+            .ok_or_else(|| TlsError::Missing {
+                path: path.to_owned(),
+                what: "certificate",
+            })?;
+        let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|_| TlsError::Missing {
+            path: path.to_owned(),
+            what: "private key",
+        })?;
+        Ok(Self { cert, key })
+    }
+
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.cert)
+    }
+
+    /// Makes a new self-signed identity in `path` (mode 0600), never over an existing one.
+    pub fn create(path: &Path) -> Result<Self, TlsError> {
+        let io_err = |source| TlsError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let certified = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()])
+            .map_err(|e| TlsError::Generate(e.to_string()))?;
+        let pem = format!(
+            "{}{}",
+            certified.signing_key.serialize_pem(),
+            certified.cert.pem()
+        );
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(io_err)?;
+        }
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| {
+                if e.kind() == io::ErrorKind::AlreadyExists {
+                    TlsError::Exists(path.to_owned())
+                } else {
+                    io_err(e)
+                }
+            })?;
+        f.write_all(pem.as_bytes()).map_err(io_err)?;
+        f.sync_all().map_err(io_err)?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+        Self::load(path)
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+#[derive(Debug)]
+struct PinnedServer {
+    fingerprint: String,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinnedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let got = fingerprint(end_entity);
+        if got == self.fingerprint {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            tracing::warn!(expected = %self.fingerprint, got = %got, "replication target's certificate is not the pinned one");
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+#[derive(Debug)]
+struct PinnedClients {
+    allowed: Vec<String>,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for PinnedClients {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let got = fingerprint(end_entity);
+        if self.allowed.contains(&got) {
+            Ok(ClientCertVerified::assertion())
+        } else {
+            tracing::warn!(fingerprint = %got, "replication client refused: its certificate is not in allowed_clients");
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// The sender's side: its identity as client certificate, the target pinned.
+pub fn client_config(
+    identity: Identity,
+    target_fingerprint: &str,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedServer {
+        fingerprint: target_fingerprint.to_owned(),
+        algs: provider.signature_verification_algorithms,
+    });
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(vec![identity.cert], identity.key)?)
+}
+
+/// The receiver's side: its identity, clients pinned by `allowed` (`sha256:<hex>`).
+pub fn server_config(
+    identity: Identity,
+    allowed: Vec<String>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedClients {
+        allowed,
+        algs: provider.signature_verification_algorithms,
+    });
+    Ok(rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![identity.cert], identity.key)?)
+}
