@@ -52,6 +52,8 @@ enum Command {
     /// NFS exports, SMB shares and their users.
     #[command(subcommand)]
     Share(ShareCommand),
+    #[command(flatten)]
+    Replication(stored::replication::cli::Command),
 }
 
 #[derive(Debug, Subcommand)]
@@ -216,6 +218,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Share(command) => share(command),
+        Command::Replication(command) => stored::replication::cli::run(command, load),
         Command::Snapshot(SnapshotCommand::Rollback { snapshot }) => {
             let Some((fs, _)) = snapshot.split_once('@') else {
                 return Err(Failure::usage(format!(

@@ -9,6 +9,7 @@
 //!   The receiver runs `lzc_receive_resumable`, so a cut link leaves a resume token that
 //!   the next run continues from.
 
+pub mod cli;
 pub mod holds;
 pub mod plan;
 pub mod proto;

@@ -256,3 +256,84 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![identity.cert], identity.key)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{TcpListener, TcpStream};
+
+    use super::super::proto::{self, Reply, Request};
+    use super::*;
+
+    /// One server connection: answers a Bye with Ok, or reports the handshake error.
+    fn serve_once(listener: TcpListener, config: rustls::ServerConfig) -> Result<(), String> {
+        let (tcp, _) = listener.accept().map_err(|e| e.to_string())?;
+        let conn = rustls::ServerConnection::new(Arc::new(config)).map_err(|e| e.to_string())?;
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        let _: Request = proto::read_msg(&mut s).map_err(|e| e.to_string())?;
+        proto::send_msg(&mut s, &Reply::Ok).map_err(|e| e.to_string())
+    }
+
+    fn exchange(
+        server: rustls::ServerConfig,
+        client: rustls::ClientConfig,
+    ) -> (Result<(), String>, Result<(), String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = std::thread::spawn(move || serve_once(listener, server));
+        let tcp = TcpStream::connect(addr).unwrap();
+        let name = ServerName::try_from(SERVER_NAME).unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        let client_result = proto::send_msg(&mut s, &Request::Bye)
+            .and_then(|()| proto::read_msg::<Reply>(&mut s).map(|_| ()))
+            .map_err(|e| e.to_string());
+        drop(s);
+        (client_result, handle.join().unwrap())
+    }
+
+    #[test]
+    fn both_sides_are_pinned_by_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        let receiver = Identity::create(&dir.path().join("receiver.pem")).unwrap();
+        let sender = Identity::create(&dir.path().join("sender.pem")).unwrap();
+        let stranger = Identity::create(&dir.path().join("stranger.pem")).unwrap();
+        let (rfp, sfp) = (receiver.fingerprint(), sender.fingerprint());
+        assert!(rfp.starts_with("sha256:") && rfp.len() == 71);
+        assert!(appliance::types::Fingerprint::parse(&rfp).is_ok());
+        let load = |n: &str| Identity::load(&dir.path().join(n)).unwrap();
+        let mode = std::fs::metadata(dir.path().join("sender.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        // Both pinned right: the request goes through.
+        let (c, s) = exchange(
+            server_config(load("receiver.pem"), vec![sfp.clone()]).unwrap(),
+            client_config(load("sender.pem"), &rfp).unwrap(),
+        );
+        assert_eq!((c, s), (Ok(()), Ok(())));
+
+        // The sender pins another certificate: it refuses the receiver.
+        let (c, _) = exchange(
+            server_config(load("receiver.pem"), vec![sfp.clone()]).unwrap(),
+            client_config(load("sender.pem"), &stranger.fingerprint()).unwrap(),
+        );
+        assert!(c.is_err());
+
+        // A client the receiver does not list is refused by the receiver.
+        let (c, s) = exchange(
+            server_config(load("receiver.pem"), vec![sfp]).unwrap(),
+            client_config(load("stranger.pem"), &rfp).unwrap(),
+        );
+        assert!(c.is_err());
+        assert!(s.is_err());
+
+        // An identity is never overwritten.
+        assert!(matches!(
+            Identity::create(&dir.path().join("sender.pem")),
+            Err(TlsError::Exists(_))
+        ));
+        let _ = sender;
+    }
+}
