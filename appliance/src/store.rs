@@ -32,13 +32,24 @@
 //! its final name and the directory fsynced, so a crash leaves either the old or the new
 //! file (plus possibly a stray temp file, which is ignored and later removed).
 //!
+//! # Who may read it
+//!
+//! The daemons run as their own users and read the active generation themselves. When
+//! the group [`READER_GROUP`] exists (looked up in /etc/group), files are mode 0640 and
+//! the directory 0750, both with that group, and the daemons' users are its members;
+//! otherwise (a development machine) everything is root-only: 0600 and 0700. Opening
+//! the store brings files written under the other rule (by older firmware, on a /data
+//! that outlives the root) to the current one. Only the owner (root) writes.
+//!
 //! The store assumes one writing process at a time (the config daemon or applctl);
 //! writers inside one process are serialised by the store itself.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Write as _};
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{
+    DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
+};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -64,8 +75,61 @@ const GEN_DOMAIN: &str = "appliance-config-generation v1\n";
 const POINTER_MAGIC: &str = "# active config generation, written by the config store";
 const POINTER_DOMAIN: &str = "appliance-config-active v1\n";
 
-const FILE_MODE: u32 = 0o600;
-const DIR_MODE: u32 = 0o700;
+/// The group whose members (the daemons' users) may read the generations.
+pub const READER_GROUP: &str = "appliance";
+
+/// Modes and group of the store's files: readable by [`READER_GROUP`] when it exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Access {
+    group: Option<u32>,
+}
+
+impl Access {
+    fn for_group(name: &str) -> Self {
+        let group = match nix::unistd::Group::from_name(name) {
+            Ok(g) => g.map(|g| g.gid.as_raw()),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot look up group {name:?}: {e}; the config store stays readable by root only"
+                );
+                None
+            }
+        };
+        Self { group }
+    }
+
+    fn file_mode(self) -> u32 {
+        if self.group.is_some() { 0o640 } else { 0o600 }
+    }
+
+    fn dir_mode(self) -> u32 {
+        if self.group.is_some() { 0o750 } else { 0o700 }
+    }
+
+    /// Whether `meta` (of a file, or the directory with `dir`) already has this access.
+    fn matches(self, meta: &fs::Metadata, dir: bool) -> bool {
+        let mode = if dir {
+            self.dir_mode()
+        } else {
+            self.file_mode()
+        };
+        meta.permissions().mode() & 0o777 == mode && self.group.is_none_or(|g| meta.gid() == g)
+    }
+
+    /// Gives `path` this access: group first, so that the wider mode never applies to a
+    /// file still in the owner's group.
+    fn apply(self, path: &Path, dir: bool) -> io::Result<()> {
+        if let Some(g) = self.group {
+            std::os::unix::fs::chown(path, None, Some(g))?;
+        }
+        let mode = if dir {
+            self.dir_mode()
+        } else {
+            self.file_mode()
+        };
+        fs::set_permissions(path, Permissions::from_mode(mode))
+    }
+}
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +188,7 @@ pub struct Warning {
 pub struct Store {
     dir: PathBuf,
     keep: usize,
+    access: Access,
     /// Number allocation, retention and pointer updates read then write; two threads
     /// interleaving them could reuse a number or delete a just-activated generation.
     write_lock: Mutex<()>,
@@ -136,16 +201,23 @@ enum Pointer {
 }
 
 impl Store {
-    /// Opens (creating with mode 0700 if missing) the store in `dir`, keeping
-    /// [`DEFAULT_KEEP`] generations, and removes stale temp files left by crashed writers.
+    /// Opens (creating if missing) the store in `dir`, keeping [`DEFAULT_KEEP`]
+    /// generations, readable by [`READER_GROUP`] when that group exists; brings the
+    /// modes of existing files to that rule and removes stale temp files left by crashed
+    /// writers.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
-        let dir = dir.into();
-        ensure_dir(&dir)?;
+        Self::open_with_access(dir.into(), Access::for_group(READER_GROUP))
+    }
+
+    fn open_with_access(dir: PathBuf, access: Access) -> Result<Self, StoreError> {
+        ensure_dir(&dir, access)?;
         let store = Store {
             dir,
             keep: DEFAULT_KEEP,
+            access,
             write_lock: Mutex::new(()),
         };
+        store.fix_access();
         store.remove_stale_temps();
         Ok(store)
     }
@@ -175,7 +247,13 @@ impl Store {
         let created = rfc3339(SystemTime::now());
         let comment = one_line(comment);
         let contents = render_generation(number, &created, &comment, text);
-        write_atomic(&self.dir, &gen_file_name(number), contents.as_bytes(), true)?;
+        write_atomic(
+            &self.dir,
+            &gen_file_name(number),
+            contents.as_bytes(),
+            true,
+            self.access,
+        )?;
         tracing::info!(generation = number, comment = %comment, "committed config generation");
         self.apply_retention();
         Ok(number)
@@ -190,6 +268,7 @@ impl Store {
             POINTER_NAME,
             render_pointer(number).as_bytes(),
             false,
+            self.access,
         )?;
         tracing::info!(generation = number, "activated config generation");
         Ok(())
@@ -431,6 +510,42 @@ impl Store {
         }
     }
 
+    /// Best effort, like temp file removal: a daemon that opens the store as a reader
+    /// cannot change modes, and must still read what it can. One warning at most.
+    fn fix_access(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut files = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name == POINTER_NAME || parse_gen_name(name).is_some() {
+                files.push(entry.path());
+            }
+        }
+        for path in files {
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if !meta.is_file() || self.access.matches(&meta, false) {
+                continue;
+            }
+            if let Err(e) = self.access.apply(&path, false) {
+                tracing::warn!(
+                    "cannot give {} mode {:o}{}: {e}; the daemons may be unable to read it",
+                    path.display(),
+                    self.access.file_mode(),
+                    self.access
+                        .group
+                        .map(|_| format!(" and group {READER_GROUP}"))
+                        .unwrap_or_default(),
+                );
+                return;
+            }
+        }
+    }
+
     /// Best effort: a store that cannot be cleaned (read-only access) still reads fine,
     /// and temp files are never mistaken for generations.
     fn remove_stale_temps(&self) {
@@ -476,19 +591,30 @@ fn io_error(path: &Path, source: io::Error) -> StoreError {
     }
 }
 
-fn ensure_dir(dir: &Path) -> Result<(), StoreError> {
+fn ensure_dir(dir: &Path, access: Access) -> Result<(), StoreError> {
     match fs::metadata(dir) {
-        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(meta) if meta.is_dir() => {
+            // A reader (a daemon) cannot change it and must still be able to open it.
+            if !access.matches(&meta, true)
+                && let Err(e) = access.apply(dir, true)
+            {
+                tracing::warn!(
+                    "cannot give {} mode {:o}: {e}",
+                    dir.display(),
+                    access.dir_mode()
+                );
+            }
+            Ok(())
+        }
         Ok(_) => Err(StoreError::NotADirectory(dir.to_path_buf())),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             fs::DirBuilder::new()
                 .recursive(true)
-                .mode(DIR_MODE)
+                .mode(access.dir_mode())
                 .create(dir)
                 .map_err(|e| io_error(dir, e))?;
-            // The umask may have narrowed the mode; the store needs exactly owner rwx.
-            fs::set_permissions(dir, Permissions::from_mode(DIR_MODE))
-                .map_err(|e| io_error(dir, e))?;
+            // The umask may have narrowed the mode; the store needs exactly its mode.
+            access.apply(dir, true).map_err(|e| io_error(dir, e))?;
             // Without this the new directory entry, and everything later written into
             // it, could vanish on power loss.
             let parent = match dir.parent() {
@@ -514,6 +640,7 @@ fn write_atomic(
     name: &str,
     contents: &[u8],
     no_clobber: bool,
+    access: Access,
 ) -> Result<(), StoreError> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let final_path = dir.join(name);
@@ -533,7 +660,7 @@ fn write_atomic(
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     ));
-    let result = write_synced(&tmp_path, contents)
+    let result = write_synced(&tmp_path, contents, access)
         .and_then(|()| fs::rename(&tmp_path, &final_path).map_err(|e| io_error(&final_path, e)));
     if result.is_err() {
         // Best effort; a leftover is ignored and removed by a later open.
@@ -543,14 +670,19 @@ fn write_atomic(
     sync_dir(dir)
 }
 
-fn write_synced(path: &Path, contents: &[u8]) -> Result<(), StoreError> {
+fn write_synced(path: &Path, contents: &[u8], access: Access) -> Result<(), StoreError> {
+    // Created owner-only; the group and the group bit come after, so no moment exists
+    // when the file is readable by a group it should not be.
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(FILE_MODE)
+        .mode(0o600)
         .open(path)
         .map_err(|e| io_error(path, e))?;
-    file.set_permissions(Permissions::from_mode(FILE_MODE))
+    if let Some(g) = access.group {
+        std::os::unix::fs::fchown(&file, None, Some(g)).map_err(|e| io_error(path, e))?;
+    }
+    file.set_permissions(Permissions::from_mode(access.file_mode()))
         .map_err(|e| io_error(path, e))?;
     file.write_all(contents).map_err(|e| io_error(path, e))?;
     file.sync_all().map_err(|e| io_error(path, e))
@@ -1147,22 +1279,124 @@ mod tests {
         Ok(())
     }
 
+    /// Mode bits and group of `path`.
+    fn mode_gid(path: &Path) -> Result<(u32, u32), io::Error> {
+        let meta = fs::metadata(path)?;
+        Ok((meta.permissions().mode() & 0o777, meta.gid()))
+    }
+
+    /// A group that exists on every Debian system (base-passwd) and is not root's, so
+    /// that a chown to it is visible.
+    fn daemon_group() -> Access {
+        let access = Access::for_group("daemon");
+        assert!(
+            access.group.is_some_and(|g| g != 0),
+            "group `daemon` is missing from /etc/group; this test needs a non-root group"
+        );
+        access
+    }
+
+    const ROOT_ONLY: Access = Access { group: None };
+
     #[test]
-    fn file_and_directory_modes() -> TestResult {
+    fn root_only_without_the_reader_group() -> TestResult {
+        assert_eq!(Access::for_group("no-such-group-f2"), ROOT_ONLY);
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().join("data").join("config");
-        let store = Store::open(&dir)?;
+        let store = Store::open_with_access(dir.clone(), ROOT_ONLY)?;
         assert_eq!(fs::metadata(&dir)?.permissions().mode() & 0o777, 0o700);
         let n = store.commit(CONFIG, "x")?;
         store.activate(n)?;
-        assert_eq!(
-            fs::metadata(store.gen_path(n))?.permissions().mode() & 0o777,
-            0o600
+        assert_eq!(mode_gid(&store.gen_path(n))?.0, 0o600);
+        assert_eq!(mode_gid(&store.pointer_path())?.0, 0o600);
+        Ok(())
+    }
+
+    #[test]
+    fn group_readable_when_the_reader_group_exists() -> TestResult {
+        let access = daemon_group();
+        let gid = access.group.unwrap_or_default();
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("config");
+        let store = Store::open_with_access(dir.clone(), access)?;
+        assert_eq!(mode_gid(&dir)?, (0o750, gid));
+        let n = store.commit(CONFIG, "x")?;
+        store.activate(n)?;
+        assert_eq!(mode_gid(&store.gen_path(n))?, (0o640, gid));
+        assert_eq!(mode_gid(&store.pointer_path())?, (0o640, gid));
+        Ok(())
+    }
+
+    /// The point of the group: a daemon's user in it reads the active generation, any
+    /// other user does not. Runs `cat` as `nobody` with the group as primary group (root
+    /// drops supplementary groups when it changes uid).
+    #[test]
+    fn a_group_member_reads_the_store_and_others_do_not() -> TestResult {
+        use std::os::unix::process::CommandExt as _;
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test reads the store as another user and must run as root"
         );
-        assert_eq!(
-            fs::metadata(store.pointer_path())?.permissions().mode() & 0o777,
-            0o600
+        let access = daemon_group();
+        let gid = access.group.unwrap_or_default();
+        let tmp = tempfile::tempdir()?;
+        fs::set_permissions(tmp.path(), Permissions::from_mode(0o755))?;
+        let store = Store::open_with_access(tmp.path().join("config"), access)?;
+        let n = store.commit(CONFIG, "x")?;
+        store.activate(n)?;
+        let cat_as = |gid: u32, path: &Path| -> Result<bool, io::Error> {
+            let out = std::process::Command::new("cat")
+                .arg(path)
+                .uid(65534)
+                .gid(gid)
+                .output()?;
+            Ok(out.status.success() && out.stdout == fs::read(path)?)
+        };
+        assert!(
+            cat_as(gid, &store.gen_path(n))?,
+            "a group member cannot read"
         );
+        assert!(
+            cat_as(gid, &store.pointer_path())?,
+            "a group member cannot read"
+        );
+        assert!(!cat_as(65534, &store.gen_path(n))?, "a non-member can read");
+        let root_only = Store::open_with_access(tmp.path().join("config"), ROOT_ONLY)?;
+        assert!(
+            !cat_as(gid, &root_only.gen_path(n))?,
+            "root-only file is readable"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn opening_brings_existing_files_to_the_current_rule() -> TestResult {
+        let access = daemon_group();
+        let gid = access.group.unwrap_or_default();
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("config");
+        // Written by firmware without the group, then opened by firmware with it.
+        let old = Store::open_with_access(dir.clone(), ROOT_ONLY)?;
+        let n = old.commit(CONFIG, "old firmware")?;
+        old.activate(n)?;
+        let m = old.commit(CONFIG, "not active")?;
+        let store = Store::open_with_access(dir.clone(), access)?;
+        assert_eq!(mode_gid(&dir)?, (0o750, gid));
+        for path in [store.gen_path(n), store.gen_path(m), store.pointer_path()] {
+            assert_eq!(mode_gid(&path)?, (0o640, gid), "{}", path.display());
+        }
+        // A file that only looks like the store's is left alone.
+        let other = dir.join("notes.txt");
+        fs::write(&other, "x")?;
+        fs::set_permissions(&other, Permissions::from_mode(0o600))?;
+        // And back: without the group, nothing stays group-readable.
+        let store = Store::open_with_access(dir.clone(), ROOT_ONLY)?;
+        assert_eq!(mode_gid(&dir)?.0, 0o700);
+        for path in [store.gen_path(n), store.gen_path(m), store.pointer_path()] {
+            assert_eq!(mode_gid(&path)?.0, 0o600, "{}", path.display());
+        }
+        assert_eq!(mode_gid(&other)?.0, 0o600);
+        assert_eq!(store.current()?.0.map(|g| g.info.number), Some(n));
         Ok(())
     }
 
