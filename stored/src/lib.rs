@@ -7,8 +7,12 @@
 //! - [`pools`]: the pools and datasets plan (pure) and its apply.
 //! - [`scrub`]: when a pool's scheduled scrub is due (pure).
 //! - [`shares`]: NFS exports and SMB shares of datasets, and Samba users.
+//! - [`daemon`]: `stored serve`: the control socket and the scheduler.
+//! - [`metrics`]: pools, datasets and policies for the status and Prometheus.
 
 pub mod command;
+pub mod daemon;
+pub mod metrics;
 pub mod pools;
 pub mod replication;
 pub mod scrub;

@@ -1,5 +1,8 @@
-//! stored: the storage side of appliance.toml, run by hand until the daemon exists.
+//! stored: the storage side of appliance.toml.
 //!
+//! - `stored serve`: the daemon: applies the active config generation at start (imports
+//!   the pools), serves the control socket and runs the scheduler (snapshots, pruning,
+//!   scrubs). The other subcommands are for a shell and the VM tests.
 //! - `stored plan --config FILE`: what `apply` would do to pools and datasets.
 //! - `stored apply --config FILE`: create or import the declared pools, create the
 //!   datasets, set their properties back (never destroys or reshapes anything).
@@ -36,6 +39,20 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run as the daemon (systemd Type=notify): apply the active config generation from
+    /// CONFIG_DIR (pools imported, datasets, shares), answer the control socket SOCKET
+    /// (/v1/status, /v1/plan, /v1/apply, /v1/snapshots, /v1/prune, /v1/replicate,
+    /// /metrics), and every minute take due snapshots, prune, and start due scrubs.
+    /// Writes: ZFS, the socket, /run/appliance/shares/ (exports and Samba include), Samba's
+    /// password database. Reads: CONFIG_DIR, /dev/zfs, the users' SMB password files.
+    Serve {
+        /// The control socket (mode 0660).
+        #[arg(long, default_value = stored::daemon::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// The config store the generations come from.
+        #[arg(long, default_value = appliance::store::DEFAULT_DIR)]
+        config_dir: PathBuf,
+    },
     /// Show what `apply` would change in pools and datasets.
     Plan {
         #[arg(long)]
@@ -148,6 +165,7 @@ fn load(path: &Path) -> Result<Config, Failure> {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
+        Command::Serve { socket, config_dir } => serve(&socket, &config_dir),
         Command::Plan { config } => {
             let config = load(&config)?;
             let zfs = RealZfs::open()?;
@@ -269,6 +287,54 @@ fn share(command: ShareCommand) -> Result<(), Failure> {
         println!("done: {action}");
     }
     Ok(())
+}
+
+fn serve(socket: &Path, config_dir: &Path) -> Result<(), Failure> {
+    use stored::daemon::{StoredDaemon, SystemClock, run_scheduler, run_watchdog};
+    let store = appliance::store::Store::open(config_dir)?;
+    let zfs = RealZfs::open()?;
+    let daemon = StoredDaemon::new(store, zfs, shares::RealShareOs, Box::new(SystemClock));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        // Pools are imported before the socket answers: a plan from applianced then sees
+        // them.
+        let d = std::sync::Arc::clone(&daemon);
+        tokio::task::spawn_blocking(move || d.apply_active())
+            .await
+            .map_err(|e| Failure {
+                code: 1,
+                message: format!("the start-up apply ended: {e}"),
+            })?;
+        let router = {
+            let d = std::sync::Arc::clone(&daemon);
+            move |req| std::sync::Arc::clone(&d).route(req)
+        };
+        let server =
+            appliance::control::server::serve(socket, stored::daemon::SOCKET_MODE, router).await?;
+        let scheduler = tokio::spawn(run_scheduler(std::sync::Arc::clone(&daemon)));
+        let watchdog = appliance::sd::watchdog_interval()
+            .map(|every| tokio::spawn(run_watchdog(std::sync::Arc::clone(&daemon), every / 2)));
+        appliance::sd::ready();
+        tracing::info!(socket = %socket.display(), "stored serving");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        appliance::sd::stopping();
+        tracing::info!("stopping");
+        server.abort();
+        scheduler.abort();
+        if let Some(w) = watchdog {
+            w.abort();
+        }
+        daemon.wait_idle();
+        let _ = std::fs::remove_file(socket);
+        Ok(())
+    })
 }
 
 fn refused(errors: Vec<pools::PlanError>) -> Failure {

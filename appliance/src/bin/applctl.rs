@@ -20,6 +20,8 @@ mod fingerprint;
 mod passwd;
 #[path = "applctl/socket.rs"]
 mod socket;
+#[path = "applctl/storage.rs"]
+mod storage;
 #[path = "applctl/txn.rs"]
 mod txn;
 #[path = "applctl/update.rs"]
@@ -74,6 +76,8 @@ enum Command {
     Schema,
     /// Ask dnsd: stats, log, pause, resume, check DOMAIN, reload (over its control socket).
     Dns(dns::DnsArgs),
+    /// Ask stored: status, snapshots [DATASET], prune --dry-run, replicate JOB.
+    Storage(storage::StorageArgs),
     /// Signed OTA updates: install FILE|URL, status, rollback, mark-good, check-boot.
     Update(update::UpdateArgs),
     /// Read a password (from the terminal, or the first line of stdin) and print its
@@ -290,6 +294,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         }
         Command::Config(c) => config(cli, c),
         Command::Dns(d) => dns::run(d),
+        Command::Storage(s) => storage::run(s),
         Command::Update(u) => update::run(u, &cli.data_dir),
         Command::Passwd => passwd::run(),
         Command::Fingerprint { dir } => fingerprint::run(dir),

@@ -1,0 +1,324 @@
+//! `applctl storage`: talks to stored's control socket (docs/storage.md) through applctl's
+//! shared socket client.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+use super::CliError;
+use super::socket::{Reply, request};
+
+/// stored's control socket unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/appliance/stored.sock";
+/// Reads answer quickly or stored is stuck.
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// A prune of thousands of snapshots or a replication run takes longer.
+const LONG_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+#[derive(Debug, clap::Args)]
+pub struct StorageArgs {
+    /// stored's control socket.
+    #[arg(long, global = true, env = "STORED_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Print the JSON stored answers instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: StorageCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum StorageCommand {
+    /// Pools (health, space, scrubs), datasets, snapshot policies and their RPO.
+    Status,
+    /// Snapshots of DATASET, or of every pool.
+    Snapshots { dataset: Option<String> },
+    /// Run the snapshot policies now: take what is due, prune what the retention drops.
+    Prune {
+        /// Show what would be taken and destroyed, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only this policy.
+        #[arg(long)]
+        policy: Option<String>,
+    },
+    /// Run replication job JOB now.
+    Replicate { job: String },
+}
+
+fn enc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// The reply as JSON, or the error stored gave: 400/404/422 (a name or a generation that
+/// is wrong) is bad input, exit 2; anything else a failure, exit 1.
+fn json_of(r: Reply) -> Result<Value, CliError> {
+    let v: Value = serde_json::from_slice(&r.body).map_err(|e| {
+        CliError::Failed(format!(
+            "stored answered {} with a body that is not JSON: {e}",
+            r.status
+        ))
+    })?;
+    if r.status == 200 {
+        return Ok(v);
+    }
+    let msg = v
+        .get("error")
+        .and_then(Value::as_str)
+        .map_or_else(|| v.to_string(), str::to_owned);
+    match r.status {
+        400 | 404 | 422 => Err(CliError::Invalid(msg)),
+        _ => Err(CliError::Failed(format!(
+            "stored: {msg} (HTTP {})",
+            r.status
+        ))),
+    }
+}
+
+pub fn run(args: &StorageArgs) -> Result<(), CliError> {
+    let (method, target, body, timeout) = match &args.command {
+        StorageCommand::Status => ("GET", "/v1/status".to_owned(), None, TIMEOUT),
+        StorageCommand::Snapshots { dataset } => (
+            "GET",
+            match dataset {
+                Some(d) => format!("/v1/snapshots?dataset={}", enc(d)),
+                None => "/v1/snapshots".to_owned(),
+            },
+            None,
+            TIMEOUT,
+        ),
+        StorageCommand::Prune { dry_run, policy } => (
+            "POST",
+            "/v1/prune".to_owned(),
+            Some(json!({ "dry_run": dry_run, "policy": policy })),
+            LONG_TIMEOUT,
+        ),
+        StorageCommand::Replicate { job } => (
+            "POST",
+            "/v1/replicate".to_owned(),
+            Some(json!({ "job": job })),
+            LONG_TIMEOUT,
+        ),
+    };
+    let reply = request(
+        "stored",
+        &args.socket,
+        timeout,
+        method,
+        &target,
+        body.as_ref(),
+    )?;
+    let v = json_of(reply)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(());
+    }
+    print!(
+        "{}",
+        match &args.command {
+            StorageCommand::Status => render_status(&v),
+            StorageCommand::Snapshots { .. } => render_snapshots(&v),
+            StorageCommand::Prune { .. } => render_prune(&v),
+            StorageCommand::Replicate { .. } => format!("{v:#}\n"),
+        }
+    );
+    Ok(())
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// Bytes as KiB, MiB, ... with one decimal.
+fn bytes(v: &Value) -> String {
+    let Some(n) = v.as_u64() else {
+        return "-".to_owned();
+    };
+    let mut x = n as f64;
+    for unit in ["B", "KiB", "MiB", "GiB", "TiB"] {
+        if x < 1024.0 || unit == "TiB" {
+            return if unit == "B" {
+                format!("{n} B")
+            } else {
+                format!("{x:.1} {unit}")
+            };
+        }
+        x /= 1024.0;
+    }
+    format!("{n} B")
+}
+
+fn list(v: &Value) -> &[Value] {
+    v.as_array().map_or(&[], Vec::as_slice)
+}
+
+fn render_status(v: &Value) -> String {
+    let mut o = format!(
+        "stored {} generation {} up {} s\n",
+        s(&v["version"]),
+        s(&v["generation"]),
+        s(&v["uptime_seconds"])
+    );
+    if !v["last_error"].is_null() {
+        o.push_str(&format!("last apply failed: {}\n", s(&v["last_error"])));
+    }
+    o.push_str("\npools:\n");
+    for p in list(&v["pools"]) {
+        o.push_str(&format!(
+            "  {}  {}  size {}  alloc {}  free {}  frag {}%  data errors {}  scrub {} {}\n",
+            s(&p["name"]),
+            s(&p["health"]),
+            bytes(&p["size"]),
+            bytes(&p["allocated"]),
+            bytes(&p["free"]),
+            s(&p["fragmentation_percent"]),
+            s(&p["data_errors"]),
+            p.pointer("/scrub/state").map_or_else(|| "-".to_owned(), s),
+            p.pointer("/scrub/last").map_or_else(|| "-".to_owned(), s),
+        ));
+    }
+    o.push_str("\ndatasets:\n");
+    for d in list(&v["datasets"]) {
+        o.push_str(&format!(
+            "  {}  used {}  avail {}\n",
+            s(&d["name"]),
+            bytes(&d["used"]),
+            bytes(&d["available"])
+        ));
+    }
+    o.push_str("\nsnapshot policies:\n");
+    for p in list(&v["policies"]) {
+        let met = if p["rpo_met"] == true {
+            "RPO met"
+        } else {
+            "RPO MISSED"
+        };
+        o.push_str(&format!(
+            "  {}  {} ({} s, {})\n",
+            s(&p["name"]),
+            met,
+            s(&p["rpo_target_seconds"]),
+            s(&p["rpo_period"])
+        ));
+        for d in list(&p["datasets"]) {
+            let counts: Vec<String> = d["snapshots"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .filter(|(_, n)| n.as_u64().is_some_and(|n| n > 0))
+                        .map(|(k, n)| format!("{k} {n}"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            o.push_str(&format!(
+                "    {}  newest {}  lag {} s  [{}]\n",
+                s(&d["dataset"]),
+                s(&d["newest"]),
+                s(&d["lag_seconds"]),
+                counts.join(", ")
+            ));
+        }
+    }
+    if !list(&v["replication"]).is_empty() {
+        o.push_str("\nreplication:\n");
+        for j in list(&v["replication"]) {
+            o.push_str(&format!("  {}  {}\n", s(&j["job"]), s(&j["state"])));
+        }
+    }
+    for e in list(&v["errors"]) {
+        o.push_str(&format!("could not read: {}\n", s(e)));
+    }
+    o
+}
+
+fn render_snapshots(v: &Value) -> String {
+    let mut o = String::new();
+    for x in list(&v["snapshots"]) {
+        let holds = x["holds"].as_u64().unwrap_or(0);
+        o.push_str(&format!(
+            "{}  {}{}\n",
+            s(&x["name"]),
+            if x["ours"] == true {
+                s(&x["period"])
+            } else {
+                "foreign".to_owned()
+            },
+            if holds > 0 {
+                format!("  held ({holds})")
+            } else {
+                String::new()
+            }
+        ));
+    }
+    o.push_str(&format!("{} snapshots\n", s(&v["count"])));
+    o
+}
+
+fn render_prune(v: &Value) -> String {
+    let dry = v["dry_run"] == true;
+    let mut o = String::new();
+    for p in list(&v["policies"]) {
+        o.push_str(&format!("policy {}:\n", s(&p["policy"])));
+        let take = if dry { "would take" } else { "took" };
+        for t in list(&p["take"]) {
+            o.push_str(&format!("  {take}: {}\n", s(t)));
+        }
+        let destroy = if dry { "would destroy" } else { "destroyed" };
+        let gone = if dry { &p["destroy"] } else { &p["destroyed"] };
+        for d in list(gone) {
+            o.push_str(&format!("  {destroy}: {}\n", s(d)));
+        }
+        for k in list(&p["protected"]) {
+            o.push_str(&format!("  kept: {} ({})\n", s(&k["name"]), s(&k["why"])));
+        }
+        o.push_str(&format!(
+            "  {} kept, {} to destroy\n",
+            s(&p["kept"]),
+            list(gone).len()
+        ));
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dry_prune_reads_as_a_plan() {
+        let v = json!({"dry_run": true, "policies": [{
+            "policy": "main",
+            "take": ["tank/a@stored_hourly_2026-01-01T01:00:00Z"],
+            "destroy": ["tank/a@stored_hourly_2026-01-01T00:00:00Z"],
+            "destroyed": [],
+            "kept": 3,
+            "protected": [{"name": "tank/a@stored_daily_2025-12-01T00:00:00Z", "why": "1 hold(s)"}],
+        }]});
+        let text = render_prune(&v);
+        assert!(text.contains("would destroy: tank/a@stored_hourly_2026-01-01T00:00:00Z"));
+        assert!(text.contains("kept: tank/a@stored_daily_2025-12-01T00:00:00Z (1 hold(s))"));
+        assert!(text.contains("3 kept, 1 to destroy"));
+        assert_eq!(bytes(&json!(1536)), "1.5 KiB");
+        assert_eq!(bytes(&json!(12)), "12 B");
+    }
+
+    #[test]
+    fn errors_map_to_exit_codes() {
+        let bad = Reply {
+            status: 422,
+            body: br#"{"error":"no snapshot policy x"}"#.to_vec(),
+        };
+        assert!(matches!(json_of(bad), Err(CliError::Invalid(m)) if m == "no snapshot policy x"));
+        let conflict = Reply {
+            status: 409,
+            body: br#"{"error":"busy"}"#.to_vec(),
+        };
+        assert!(matches!(json_of(conflict), Err(CliError::Failed(_))));
+    }
+}

@@ -1,0 +1,681 @@
+//! `stored serve`: the control socket `/run/appliance/stored.sock` (docs/control.md) and
+//! the scheduler.
+//!
+//! Applying generation N converges pools and datasets (imports the pools it finds, creates
+//! what is declared and missing, sets properties back), then NFS exports and SMB shares.
+//! Pools and datasets are never undone (undoing a create would be a destroy), so a failed
+//! shares step leaves them in place; the shares module undoes its own files and users.
+//!
+//! The scheduler ([`schedule::tick`]) runs every minute against the applied generation:
+//! snapshot policies, pruning, scheduled scrubs. It and the control requests share one
+//! lock on ZFS, so a plan never reads a half-taken snapshot set.
+
+pub mod schedule;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use appliance::Config;
+use appliance::control::{ApiError, GenerationRequest, Method, PlanReply, Reply, Request};
+use appliance::store::{Store, StoreError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::metrics::{self, DatasetSpaces, Prom};
+use crate::pools;
+use crate::shares::{self, EXPORTS_FILE, SMB_INCLUDE_FILE, ShareError, ShareOs};
+use crate::snapshots::{KeepReason, SnapshotName, overlapping_policies, run_policy};
+use crate::zfs::Zfs;
+pub use schedule::{Clock, FakeClock, ScheduleState, SystemClock, TickReport};
+
+/// Where stored listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/appliance/stored.sock";
+/// Group access lets applctl's read-only commands in (docs/control.md).
+pub const SOCKET_MODE: u32 = 0o660;
+/// How often the scheduler looks for due snapshots and scrubs.
+pub const TICK: Duration = Duration::from_secs(60);
+/// A tick that has not come back after this long means ZFS is wedged: the watchdog stops
+/// being pinged and systemd restarts stored. Pruning 10k snapshots takes well under it.
+pub const STALL: Duration = Duration::from_secs(15 * 60);
+
+struct Inner<Z, S> {
+    zfs: Z,
+    shares: S,
+    applied: Option<(u64, Config)>,
+    last_error: Option<String>,
+    schedule: ScheduleState,
+}
+
+/// stored as its control socket and scheduler see it.
+pub struct StoredDaemon<Z, S> {
+    store: Store,
+    inner: Mutex<Inner<Z, S>>,
+    clock: Box<dyn Clock>,
+    started: Instant,
+    /// Unix time the scheduler last showed it is alive (start of a wait or end of a tick).
+    alive: AtomicI64,
+}
+
+impl<Z, S> std::fmt::Debug for StoredDaemon<Z, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredDaemon")
+            .field("store", &self.store.dir())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The body of `POST /v1/prune`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PruneRequest {
+    dry_run: bool,
+    #[serde(default)]
+    policy: Option<String>,
+}
+
+/// The body of `POST /v1/replicate`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplicateRequest {
+    job: String,
+}
+
+fn zfs_err(what: &str) -> impl Fn(crate::zfs::ZfsError) -> ApiError + '_ {
+    move |e| ApiError::Internal(format!("{what}: {e}"))
+}
+
+/// Decodes `%XX` and `+` of a query value.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn query_param(query: Option<&str>, key: &str) -> Result<Option<String>, ApiError> {
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == key {
+            return percent_decode(v)
+                .map(Some)
+                .ok_or_else(|| ApiError::BadRequest(format!("parameter {key}: bad encoding")));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether the shares step has anything to look after: shares or NAS users declared, or
+/// files left by an earlier generation that declared some.
+fn shares_in_use(cfg: &Config, os: &impl ShareOs) -> Result<bool, ApiError> {
+    if !cfg.shares.is_empty() || !cfg.storage.users.is_empty() {
+        return Ok(true);
+    }
+    for f in [EXPORTS_FILE, SMB_INCLUDE_FILE] {
+        let text = os
+            .read_file(f)
+            .map_err(|e| ApiError::Internal(format!("shares: {e}")))?;
+        if text.is_some_and(|t| !t.trim().is_empty()) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+impl<Z, S> StoredDaemon<Z, S>
+where
+    Z: Zfs + DatasetSpaces + Send + 'static,
+    S: ShareOs + Send + 'static,
+{
+    pub fn new(store: Store, zfs: Z, shares: S, clock: Box<dyn Clock>) -> Arc<Self> {
+        let now = clock.now().0;
+        Arc::new(Self {
+            store,
+            inner: Mutex::new(Inner {
+                zfs,
+                shares,
+                applied: None,
+                last_error: None,
+                schedule: ScheduleState::default(),
+            }),
+            clock,
+            started: Instant::now(),
+            alive: AtomicI64::new(now),
+        })
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner<Z, S>> {
+        // A panic inside an apply or a tick leaves ZFS wherever it got; everything here
+        // plans from what ZFS holds, so the guard's data is still usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn load(&self, generation: u64) -> Result<Config, ApiError> {
+        let g = self.store.get(generation).map_err(|e| match e {
+            StoreError::NotFound(_) | StoreError::Corrupt { .. } => {
+                ApiError::Invalid(e.to_string())
+            }
+            other => ApiError::Internal(other.to_string()),
+        })?;
+        appliance::load_str(&g.text).map_err(|d| {
+            ApiError::Invalid(format!(
+                "generation {generation} does not validate:\n{}",
+                d.render(&g.text, &format!("generation {generation}"), false)
+            ))
+        })
+    }
+
+    /// Two policies over one dataset would prune each other's snapshots: refused before
+    /// anything changes.
+    fn check_policies(zfs: &Z, cfg: &Config) -> Result<(), ApiError> {
+        let mut datasets: BTreeSet<String> = zfs
+            .datasets()
+            .map_err(zfs_err("listing datasets"))?
+            .into_iter()
+            .map(|d| d.name)
+            .collect();
+        datasets.extend(cfg.storage.datasets.keys().map(ToString::to_string));
+        let datasets: Vec<String> = datasets.into_iter().collect();
+        let overlaps = overlapping_policies(&cfg.snapshots, &datasets);
+        if overlaps.is_empty() {
+            return Ok(());
+        }
+        Err(ApiError::Invalid(
+            overlaps
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ))
+    }
+
+    /// What applying `generation` would do now; changes nothing.
+    pub fn plan(&self, generation: u64) -> Result<PlanReply, ApiError> {
+        let cfg = self.load(generation)?;
+        let inner = self.inner();
+        Self::check_policies(&inner.zfs, &cfg)?;
+        let observed = pools::observe(&inner.zfs, &cfg.storage).map_err(zfs_err("reading ZFS"))?;
+        let plan = pools::plan(&cfg.storage, &observed).map_err(|errors| {
+            ApiError::Invalid(
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+        })?;
+        let mut actions: Vec<String> = plan
+            .actions
+            .iter()
+            .map(|a| format!("storage: {a}"))
+            .collect();
+        if shares_in_use(&cfg, &inner.shares)? {
+            match shares::plan_on(&inner.shares, &cfg.shares, &cfg.storage.users) {
+                Ok(p) => actions.extend(p.actions.iter().map(|a| format!("shares: {a}"))),
+                // Datasets the plan creates are not mounted yet: say so rather than refuse.
+                Err(ShareError::Refused(errors)) if !plan.actions.is_empty() => {
+                    actions.extend(
+                        errors
+                            .iter()
+                            .map(|e| format!("shares: after the storage steps, check again: {e}")),
+                    );
+                }
+                Err(ShareError::Refused(errors)) => {
+                    return Err(ApiError::Invalid(
+                        errors
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("\n"),
+                    ));
+                }
+                Err(e) => return Err(ApiError::Internal(format!("shares: {e}"))),
+            }
+        }
+        Ok(PlanReply {
+            generation,
+            actions,
+        })
+    }
+
+    /// Applies `generation`: pools and datasets, then shares.
+    pub fn apply(&self, generation: u64) -> Result<PlanReply, ApiError> {
+        let cfg = self.load(generation)?;
+        let mut inner = self.inner();
+        let result = Self::apply_locked(&mut inner, generation, &cfg);
+        match &result {
+            Ok(_) => {
+                inner.applied = Some((generation, cfg));
+                inner.last_error = None;
+            }
+            Err(e) => inner.last_error = Some(e.to_string()),
+        }
+        result
+    }
+
+    fn apply_locked(
+        inner: &mut Inner<Z, S>,
+        generation: u64,
+        cfg: &Config,
+    ) -> Result<PlanReply, ApiError> {
+        Self::check_policies(&inner.zfs, cfg)?;
+        let done = pools::converge(&mut inner.zfs, &cfg.storage).map_err(|e| match e {
+            pools::ConvergeError::Plan(_) => ApiError::Invalid(e.to_string()),
+            other => ApiError::ApplyFailed {
+                step: "storage".into(),
+                reason: other.to_string(),
+            },
+        })?;
+        let mut actions: Vec<String> = done.iter().map(|a| format!("storage: {a}")).collect();
+        if shares_in_use(cfg, &inner.shares)? {
+            let done = shares::converge(&mut inner.shares, &cfg.shares, &cfg.storage.users)
+                .map_err(|e| {
+                    let pools_note = if actions.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; the {} storage steps done stay (stored never destroys a pool or dataset)",
+                            actions.len()
+                        )
+                    };
+                    ApiError::ApplyFailed {
+                        step: "shares".into(),
+                        reason: format!("{e}{pools_note}"),
+                    }
+                })?;
+            actions.extend(done.iter().map(|a| format!("shares: {a}")));
+        }
+        tracing::info!(generation, steps = actions.len(), "generation applied");
+        Ok(PlanReply {
+            generation,
+            actions,
+        })
+    }
+
+    /// On start: applies the active generation, which imports the pools at boot. A failure
+    /// is logged and shown in the status; stored keeps serving.
+    pub fn apply_active(&self) {
+        match self.store.current() {
+            Ok((Some(g), _)) => match self.apply(g.info.number) {
+                Ok(r) => tracing::info!(
+                    generation = g.info.number,
+                    steps = r.actions.len(),
+                    "active generation applied at start"
+                ),
+                Err(e) => {
+                    tracing::error!(generation = g.info.number, error = %e, "cannot apply the active generation at start")
+                }
+            },
+            Ok((None, _)) => tracing::info!("no generation stored yet; waiting for applianced"),
+            Err(e) => tracing::error!(error = %e, "cannot read the config store"),
+        }
+    }
+
+    /// One scheduler pass at the clock's time, against the applied generation (nothing
+    /// runs before a generation is applied).
+    pub fn tick(&self) -> TickReport {
+        let now = self.clock.now();
+        let mut guard = self.inner();
+        let inner = &mut *guard;
+        let report = match &inner.applied {
+            Some((_, cfg)) => schedule::tick(&mut inner.zfs, cfg, now, &mut inner.schedule),
+            None => TickReport::default(),
+        };
+        self.alive.store(self.clock.now().0, Ordering::SeqCst);
+        report
+    }
+
+    /// Whether the scheduler came back from its last tick within [`STALL`].
+    pub fn healthy(&self) -> bool {
+        let stall = i64::try_from(STALL.as_secs()).unwrap_or(i64::MAX);
+        self.clock.now().0 - self.alive.load(Ordering::SeqCst) < stall
+    }
+
+    /// Returns once no apply or tick is in flight (they hold the lock), so that a stop
+    /// does not cut one in the middle.
+    pub fn wait_idle(&self) {
+        drop(self.inner());
+    }
+
+    fn mark_alive(&self) {
+        self.alive.store(self.clock.now().0, Ordering::SeqCst);
+    }
+
+    /// The storage report and the daemon's own state.
+    pub fn status(&self) -> Value {
+        let now = self.clock.now();
+        let inner = self.inner();
+        let cfg = inner.applied.as_ref().map(|(_, c)| c);
+        let report = metrics::collect(&inner.zfs, cfg, now);
+        json!({
+            "daemon": "stored",
+            "version": env!("CARGO_PKG_VERSION"),
+            "generation": inner.applied.as_ref().map(|(n, _)| *n),
+            "last_error": inner.last_error,
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "now": now.to_string(),
+            "pools": report.pools,
+            "datasets": report.datasets,
+            "policies": report.policies,
+            "replication": cfg.map(|c| c.replication.keys().map(|j| json!({
+                "job": j.to_string(),
+                "state": "not run: this stored has no replication engine yet",
+            })).collect::<Vec<_>>()).unwrap_or_default(),
+            "scheduler": inner.schedule,
+            "errors": report.errors,
+        })
+    }
+
+    /// Prometheus text: the storage report plus the daemon's counters.
+    pub fn metrics(&self) -> String {
+        let now = self.clock.now();
+        let inner = self.inner();
+        let cfg = inner.applied.as_ref().map(|(_, c)| c);
+        let report = metrics::collect(&inner.zfs, cfg, now);
+        let mut m = Prom::default();
+        m.family(
+            "stored_applied_generation",
+            "gauge",
+            "The config generation stored applied last.",
+        )
+        .sample(
+            "stored_applied_generation",
+            &[],
+            inner.applied.as_ref().map_or(0, |(n, _)| *n),
+        );
+        m.family(
+            "stored_apply_failed",
+            "gauge",
+            "Whether the last apply failed.",
+        )
+        .sample(
+            "stored_apply_failed",
+            &[],
+            u8::from(inner.last_error.is_some()),
+        );
+        let s = &inner.schedule;
+        for (name, help, v) in [
+            ("stored_scheduler_ticks_total", "Scheduler passes.", s.ticks),
+            (
+                "stored_scheduler_errors_total",
+                "Policy runs and scrubs that failed.",
+                s.errors_total,
+            ),
+            (
+                "stored_snapshots_taken_total",
+                "Snapshots the scheduler took.",
+                s.snapshots_taken_total,
+            ),
+            (
+                "stored_snapshots_destroyed_total",
+                "Snapshots the scheduler pruned.",
+                s.snapshots_destroyed_total,
+            ),
+            (
+                "stored_scrubs_started_total",
+                "Scheduled scrubs started.",
+                s.scrubs_started_total,
+            ),
+        ] {
+            m.family(name, "counter", help).sample(name, &[], v);
+        }
+        m.family(
+            "stored_collect_errors",
+            "gauge",
+            "Parts of the storage state that could not be read for this scrape.",
+        )
+        .sample("stored_collect_errors", &[], report.errors.len());
+        report.prometheus(&mut m);
+        m.finish()
+    }
+
+    /// Snapshots of one dataset, or of every pool, with what stored makes of them.
+    pub fn snapshots(&self, dataset: Option<&str>) -> Result<Value, ApiError> {
+        let inner = self.inner();
+        let snaps = match dataset {
+            Some(d) => {
+                let exists = inner
+                    .zfs
+                    .datasets()
+                    .map_err(zfs_err("listing datasets"))?
+                    .iter()
+                    .any(|x| x.name == d);
+                if !exists {
+                    return Err(ApiError::Invalid(format!(
+                        "no dataset {d}; `zfs list` shows the datasets there are"
+                    )));
+                }
+                inner
+                    .zfs
+                    .snapshots(d, false)
+                    .map_err(zfs_err("listing snapshots"))?
+            }
+            None => {
+                let mut all = Vec::new();
+                for p in inner.zfs.pools().map_err(zfs_err("listing pools"))? {
+                    all.extend(
+                        inner
+                            .zfs
+                            .snapshots(&p.name, true)
+                            .map_err(zfs_err("listing snapshots"))?,
+                    );
+                }
+                all
+            }
+        };
+        let list: Vec<Value> = snaps
+            .iter()
+            .map(|s| {
+                let ours = SnapshotName::parse(&s.name);
+                json!({
+                    "name": s.full_name(),
+                    "dataset": s.dataset,
+                    "ours": ours.is_some(),
+                    "period": ours.map(|n| n.period.as_str()),
+                    "time": ours.map(|n| n.time.to_string()),
+                    "guid": s.guid.to_string(),
+                    "createtxg": s.createtxg,
+                    "creation": s.creation,
+                    "holds": s.userrefs,
+                })
+            })
+            .collect();
+        Ok(json!({ "count": list.len(), "snapshots": list }))
+    }
+
+    /// One pass of each policy (or of one) now; `dry_run` shows the plan and changes
+    /// nothing.
+    pub fn prune(&self, dry_run: bool, only: Option<&str>) -> Result<Value, ApiError> {
+        let now = self.clock.now();
+        let mut guard = self.inner();
+        let inner = &mut *guard;
+        let Some((generation, cfg)) = &inner.applied else {
+            return Err(ApiError::Conflict(
+                "no config generation is applied yet, so there are no policies".into(),
+            ));
+        };
+        if let Some(p) = only
+            && !cfg.snapshots.keys().any(|k| k.as_str() == p)
+        {
+            return Err(ApiError::Invalid(format!(
+                "no snapshot policy {p} in generation {generation}"
+            )));
+        }
+        let needed = BTreeSet::new();
+        let mut out = Vec::new();
+        for (name, policy) in &cfg.snapshots {
+            if only.is_some_and(|p| p != name.as_str()) {
+                continue;
+            }
+            let run = run_policy(&mut inner.zfs, policy, now, &needed, dry_run)
+                .map_err(zfs_err(&format!("policy {name}")))?;
+            let kept: usize = run.plans.iter().map(|p| p.keep.len()).sum();
+            let protected: Vec<Value> = run
+                .plans
+                .iter()
+                .flat_map(|p| &p.keep)
+                .filter_map(|k| match k.reason {
+                    KeepReason::Held { holds } => {
+                        Some(json!({ "name": k.name, "why": format!("{holds} hold(s)") }))
+                    }
+                    KeepReason::Needed => {
+                        Some(json!({ "name": k.name, "why": "needed by replication" }))
+                    }
+                    KeepReason::Retained { .. } => None,
+                })
+                .collect();
+            let destroy: Vec<&String> = run.plans.iter().flat_map(|p| &p.destroy).collect();
+            let rpo_met = run.plans.iter().all(|p| p.rpo.met);
+            out.push(json!({
+                "policy": name.to_string(),
+                "take": run.taken,
+                "destroy": destroy,
+                "destroyed": run.destroyed,
+                "kept": kept,
+                "protected": protected,
+                "rpo_met": rpo_met,
+            }));
+        }
+        Ok(json!({ "dry_run": dry_run, "now": now.to_string(), "policies": out }))
+    }
+
+    fn replicate(&self, job: &str) -> Result<Value, ApiError> {
+        let inner = self.inner();
+        let Some((generation, cfg)) = &inner.applied else {
+            return Err(ApiError::Conflict(
+                "no config generation is applied yet, so there are no replication jobs".into(),
+            ));
+        };
+        if !cfg.replication.keys().any(|k| k.as_str() == job) {
+            return Err(ApiError::Invalid(format!(
+                "no replication job {job} in generation {generation}"
+            )));
+        }
+        Err(ApiError::Conflict(format!(
+            "replication job {job} cannot run: this stored has no replication engine yet"
+        )))
+    }
+
+    /// Answers one control request. Everything that touches ZFS blocks: it runs on the
+    /// blocking pool, one at a time (the lock).
+    pub async fn route(self: Arc<Self>, req: Request) -> Result<Reply, ApiError> {
+        let path = req.path.clone();
+        let blocking = move |f: Box<dyn FnOnce() -> Result<Reply, ApiError> + Send>| async move {
+            tokio::task::spawn_blocking(f)
+                .await
+                .map_err(|e| ApiError::Internal(format!("the request's task ended: {e}")))?
+        };
+        match path.as_str() {
+            "/v1/status" => {
+                req.only(&Method::GET)?;
+                blocking(Box::new(move || Ok(Reply::Json(self.status())))).await
+            }
+            "/metrics" => {
+                req.only(&Method::GET)?;
+                blocking(Box::new(move || Ok(Reply::Metrics(self.metrics())))).await
+            }
+            "/v1/plan" | "/v1/apply" => {
+                req.only(&Method::POST)?;
+                let GenerationRequest { generation } = req.json()?;
+                let apply = path == "/v1/apply";
+                blocking(Box::new(move || {
+                    let r = if apply {
+                        self.apply(generation)?
+                    } else {
+                        self.plan(generation)?
+                    };
+                    Ok(Reply::Json(json!(r)))
+                }))
+                .await
+            }
+            "/v1/snapshots" => {
+                req.only(&Method::GET)?;
+                let dataset = query_param(req.query.as_deref(), "dataset")?;
+                blocking(Box::new(move || {
+                    self.snapshots(dataset.as_deref()).map(Reply::Json)
+                }))
+                .await
+            }
+            "/v1/prune" => {
+                req.only(&Method::POST)?;
+                let r: PruneRequest = req.json()?;
+                blocking(Box::new(move || {
+                    self.prune(r.dry_run, r.policy.as_deref()).map(Reply::Json)
+                }))
+                .await
+            }
+            "/v1/replicate" => {
+                req.only(&Method::POST)?;
+                let r: ReplicateRequest = req.json()?;
+                blocking(Box::new(move || self.replicate(&r.job).map(Reply::Json))).await
+            }
+            other => Err(ApiError::NotFound(other.to_owned())),
+        }
+    }
+}
+
+/// Runs the scheduler forever: a tick at the start of every minute (so snapshot times
+/// fall on the minute), each on the blocking pool.
+pub async fn run_scheduler<Z, S>(daemon: Arc<StoredDaemon<Z, S>>)
+where
+    Z: Zfs + DatasetSpaces + Send + 'static,
+    S: ShareOs + Send + 'static,
+{
+    loop {
+        daemon.mark_alive();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let tick = TICK.as_millis() as u64;
+        let wait = tick - (now.as_millis() as u64 % tick);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let d = Arc::clone(&daemon);
+        match tokio::task::spawn_blocking(move || d.tick()).await {
+            Ok(r) if !r.errors.is_empty() => {
+                tracing::warn!(errors = ?r.errors, "scheduler pass had failures")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "scheduler pass panicked"),
+        }
+    }
+}
+
+/// Pings systemd's watchdog at half its interval while the scheduler is not stuck.
+pub async fn run_watchdog<Z, S>(daemon: Arc<StoredDaemon<Z, S>>, every: Duration)
+where
+    Z: Zfs + DatasetSpaces + Send + 'static,
+    S: ShareOs + Send + 'static,
+{
+    let mut interval = tokio::time::interval(every);
+    loop {
+        interval.tick().await;
+        if daemon.healthy() {
+            appliance::sd::watchdog_ping();
+        } else {
+            tracing::error!(
+                "the scheduler has not come back for {} s; not pinging the watchdog",
+                STALL.as_secs()
+            );
+        }
+    }
+}

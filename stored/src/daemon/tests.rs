@@ -1,0 +1,295 @@
+use super::*;
+use crate::shares::FakeShareOs;
+use crate::snapshots::Period;
+use crate::time::UtcTime;
+use crate::zfs::FakeZfs;
+
+const CONFIG: &str = r#"version = 1
+[storage.pools.tank]
+vdevs = [{ layout = "mirror", disks = ["/dev/disk/by-id/d1", "/dev/disk/by-id/d2"] }]
+scrub_interval = "30d"
+
+[storage.datasets."tank/data"]
+compression = "zstd"
+
+[snapshots.main]
+datasets = ["tank/data"]
+frequently = 4
+frequent_interval = "15m"
+hourly = 24
+daily = 7
+weekly = 4
+monthly = 12
+yearly = 1
+"#;
+
+fn at(s: &str) -> UtcTime {
+    UtcTime::parse_rfc3339(s).unwrap()
+}
+
+type Daemon = StoredDaemon<FakeZfs, FakeShareOs>;
+
+/// A daemon whose store holds `text` as active generation 1, over a fake pool `tank`
+/// whose layout is the declared one, exported (so the first apply imports it, as at boot).
+fn daemon(dir: &std::path::Path, text: &str, clock: Arc<FakeClock>) -> Arc<Daemon> {
+    let store = Store::open(dir).unwrap();
+    let n = store.commit(text, "test").unwrap();
+    store.activate(n).unwrap();
+    let cfg = appliance::load_str(text).unwrap();
+    let mut zfs = FakeZfs::new();
+    for (name, pool) in &cfg.storage.pools {
+        zfs = zfs.with_pool(name.as_str(), pools::declared_layout(pool), false);
+    }
+    struct Shared(Arc<FakeClock>);
+    impl Clock for Shared {
+        fn now(&self) -> UtcTime {
+            self.0.now()
+        }
+    }
+    StoredDaemon::new(store, zfs, FakeShareOs::default(), Box::new(Shared(clock)))
+}
+
+fn names(d: &Daemon) -> Vec<String> {
+    let mut n = d.inner().zfs.snapshot_names();
+    n.sort();
+    n
+}
+
+#[test]
+fn start_imports_the_pools_and_applies_the_active_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(FakeClock::new(at("2026-01-01T00:00:00Z")));
+    let d = daemon(dir.path(), CONFIG, clock);
+    d.apply_active();
+    let status = d.status();
+    assert_eq!(status["generation"], 1, "{status:#}");
+    assert!(status["last_error"].is_null(), "{status:#}");
+    assert!(d.inner().zfs.pools["tank"].imported);
+    assert!(
+        status["datasets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["name"] == "tank/data"),
+        "{status:#}"
+    );
+    // A second plan of the same generation has nothing to do.
+    assert_eq!(d.plan(1).unwrap().actions, [] as [String; 0]);
+}
+
+/// A year of 15-minute scheduler passes with a fake clock, with the daemon "down" for three
+/// and a half days in March: exactly the expected snapshots remain at the end, the first
+/// pass after the outage takes one snapshot per due period (no backlog), the RPO is
+/// reported missed during the outage and met again right after, and a pool scrub was
+/// started every 30 days.
+#[test]
+fn a_simulated_year_with_an_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = at("2026-01-01T00:00:00Z");
+    let clock = Arc::new(FakeClock::new(start));
+    let d = daemon(dir.path(), CONFIG, Arc::clone(&clock));
+    d.apply_active();
+    let down = at("2026-03-10T05:07:00Z");
+    let up = at("2026-03-13T18:00:00Z");
+    let end = at("2027-01-01T00:00:00Z");
+    let mut t = start;
+    let mut first_after_outage = None;
+    while t < end {
+        if t >= down && t < up {
+            t = UtcTime(t.0 + 900);
+            continue;
+        }
+        clock.set(t);
+        d.inner().zfs.now = t.0;
+        if t == up {
+            let s = d.status();
+            assert_eq!(s["policies"][0]["rpo_met"], false, "{s:#}");
+        }
+        let r = d.tick();
+        assert!(r.errors.is_empty(), "{t}: {:?}", r.errors);
+        if t == up {
+            first_after_outage = Some(r.taken.clone());
+            let s = d.status();
+            assert_eq!(s["policies"][0]["rpo_met"], true, "{s:#}");
+        }
+        t = UtcTime(t.0 + 900);
+    }
+    assert_eq!(
+        first_after_outage.unwrap(),
+        [
+            "tank/data@stored_frequently_2026-03-13T18:00:00Z",
+            "tank/data@stored_hourly_2026-03-13T18:00:00Z",
+            "tank/data@stored_daily_2026-03-13T18:00:00Z",
+        ]
+    );
+    let mut expected: Vec<String> = Vec::new();
+    let mut add = |p: Period, times: Vec<String>| {
+        expected.extend(times.iter().map(|s| format!("tank/data@stored_{p}_{s}")));
+    };
+    add(
+        Period::Frequently,
+        ["23:00", "23:15", "23:30", "23:45"]
+            .iter()
+            .map(|m| format!("2026-12-31T{m}:00Z"))
+            .collect(),
+    );
+    add(
+        Period::Hourly,
+        (0..24)
+            .map(|h| format!("2026-12-31T{h:02}:00:00Z"))
+            .collect(),
+    );
+    add(
+        Period::Daily,
+        (25..=31)
+            .map(|d| format!("2026-12-{d}T00:00:00Z"))
+            .collect(),
+    );
+    add(
+        Period::Weekly,
+        [7, 14, 21, 28]
+            .iter()
+            .map(|d| format!("2026-12-{d:02}T00:00:00Z"))
+            .collect(),
+    );
+    add(
+        Period::Monthly,
+        (1..=12)
+            .map(|m| format!("2026-{m:02}-01T00:00:00Z"))
+            .collect(),
+    );
+    add(Period::Yearly, vec!["2026-01-01T00:00:00Z".into()]);
+    expected.sort();
+    assert_eq!(names(&d), expected);
+    // Day 0, 30, ..., 360: the outage covers no scrub date.
+    assert_eq!(d.inner().zfs.pools["tank"].scrubs, 13);
+    let m = d.metrics();
+    for line in [
+        "stored_scrubs_started_total 13",
+        "stored_policy_rpo_met{policy=\"main\",dataset=\"tank/data\"} 1",
+        "stored_snapshots{policy=\"main\",dataset=\"tank/data\",period=\"hourly\"} 24",
+        "stored_pool_healthy{pool=\"tank\",health=\"ONLINE\"} 1",
+        "stored_applied_generation 1",
+    ] {
+        assert!(m.lines().any(|l| l == line), "{line} missing from\n{m}");
+    }
+}
+
+#[test]
+fn overlapping_policies_are_refused_before_anything_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(FakeClock::new(at("2026-01-01T00:00:00Z")));
+    let text = format!("{CONFIG}\n[snapshots.again]\ndatasets = [\"tank/data\"]\ndaily = 1\n");
+    let d = daemon(dir.path(), &text, clock);
+    match d.apply(1) {
+        Err(ApiError::Invalid(msg)) => assert!(msg.contains("both cover tank/data"), "{msg}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(!d.inner().zfs.pools["tank"].imported, "nothing changed");
+    assert!(d.status()["generation"].is_null());
+}
+
+#[test]
+fn prune_dry_run_shows_the_plan_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(FakeClock::new(at("2026-01-01T00:00:00Z")));
+    let text = CONFIG.replace("frequently = 4\n", "frequently = 1\n");
+    let d = daemon(dir.path(), &text, Arc::clone(&clock));
+    d.apply_active();
+    d.tick();
+    let t = at("2026-01-01T00:15:00Z");
+    clock.set(t);
+    d.inner().zfs.now = t.0;
+    let before = names(&d);
+    let writes = d.inner().zfs.writes;
+    let dry = d.prune(true, None).unwrap();
+    assert_eq!(d.inner().zfs.writes, writes);
+    assert_eq!(names(&d), before);
+    let p = &dry["policies"][0];
+    assert_eq!(
+        p["take"],
+        json!(["tank/data@stored_frequently_2026-01-01T00:15:00Z"])
+    );
+    assert_eq!(
+        p["destroy"],
+        json!(["tank/data@stored_frequently_2026-01-01T00:00:00Z"])
+    );
+    assert!(matches!(
+        d.prune(true, Some("nope")),
+        Err(ApiError::Invalid(_))
+    ));
+    let real = d.prune(false, None).unwrap();
+    assert_eq!(real["policies"][0]["destroyed"], p["destroy"]);
+}
+
+#[test]
+fn snapshots_are_listed_with_their_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(FakeClock::new(at("2026-01-01T00:00:00Z")));
+    let d = daemon(dir.path(), CONFIG, clock);
+    d.apply_active();
+    d.tick();
+    let v = d.snapshots(Some("tank/data")).unwrap();
+    assert_eq!(v["count"], 6, "{v:#}");
+    assert!(
+        v["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["ours"] == true)
+    );
+    assert_eq!(d.snapshots(None).unwrap()["count"], 6);
+    assert!(matches!(
+        d.snapshots(Some("tank/none")),
+        Err(ApiError::Invalid(_))
+    ));
+}
+
+#[test]
+fn query_values_are_decoded() {
+    assert_eq!(
+        query_param(Some("a=1&dataset=tank%2Fdata"), "dataset").unwrap(),
+        Some("tank/data".to_owned())
+    );
+    assert_eq!(query_param(None, "dataset").unwrap(), None);
+    assert!(query_param(Some("dataset=%zz"), "dataset").is_err());
+}
+
+#[tokio::test]
+async fn the_socket_answers_the_control_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(FakeClock::new(at("2026-01-01T00:00:00Z")));
+    let d = daemon(&dir.path().join("store"), CONFIG, clock);
+    let sock = dir.path().join("stored.sock");
+    let router = {
+        let d = Arc::clone(&d);
+        move |req| Arc::clone(&d).route(req)
+    };
+    let server = appliance::control::server::serve(&sock, SOCKET_MODE, router)
+        .await
+        .unwrap();
+    let client = appliance::control::ControlClient::new(&sock);
+    let status = client.get_json("/v1/status").await.unwrap();
+    assert_eq!(status["daemon"], "stored");
+    let plan = client
+        .post_json("/v1/plan", &json!({ "generation": 1 }))
+        .await
+        .unwrap();
+    assert!(
+        plan["actions"][0]
+            .as_str()
+            .unwrap()
+            .contains("import pool tank"),
+        "{plan:#}"
+    );
+    client
+        .post_json("/v1/apply", &json!({ "generation": 1 }))
+        .await
+        .unwrap();
+    let missing = client
+        .post_json("/v1/apply", &json!({ "generation": 9 }))
+        .await;
+    assert!(missing.is_err(), "{missing:?}");
+    assert!(d.metrics().contains("stored_applied_generation 1"));
+    server.abort();
+}
