@@ -163,6 +163,43 @@ fn colour_only_when_asked_or_on_a_terminal() {
     );
 }
 
+/// `--color auto` on a terminal: `script` (util-linux) gives applctl a pseudo-terminal and
+/// copies what it prints to its own stdout.
+#[test]
+fn colour_on_a_terminal_unless_no_color() {
+    let env = Env::new();
+    let f = env.file("bad.toml", "version = 1\nbogus = 1\n");
+    let cmd = format!(
+        "{} --data-dir {} validate {}",
+        env!("CARGO_BIN_EXE_applctl"),
+        env.data_dir().display(),
+        f.display()
+    );
+    let on_terminal = |no_color: bool| {
+        let mut c = Command::new("script");
+        c.args(["-qec", &cmd, "/dev/null"])
+            .env_remove("NO_COLOR")
+            .stdin(Stdio::null());
+        if no_color {
+            c.env("NO_COLOR", "1");
+        }
+        let o = c
+            .output()
+            .expect("`script` (package bsdutils) runs applctl on a pseudo-terminal");
+        assert_eq!(code(&o), 2, "{}{}", out(&o), err(&o));
+        out(&o)
+    };
+    let coloured = on_terminal(false);
+    assert!(
+        coloured.contains("\x1b["),
+        "no colour on a terminal: {coloured}"
+    );
+    assert!(coloured.contains("bogus"), "{coloured}");
+    let plain = on_terminal(true);
+    assert!(!plain.contains('\x1b'), "NO_COLOR ignored: {plain}");
+    assert!(plain.contains("bogus"), "{plain}");
+}
+
 #[test]
 fn plan_against_the_default_when_nothing_is_stored() {
     let env = Env::new();
