@@ -270,3 +270,180 @@ async fn applianced_serves_the_api_over_https() {
         ]
     );
 }
+
+/// applianced with the users of [`config_with_users`] as generation 1, its API on a free
+/// port of 127.0.0.1; returns the process, the address, the API's directory and the store.
+fn spawn_applianced(dir: &Path) -> (Daemon, SocketAddr, std::path::PathBuf, Store) {
+    let (data, api_dir, run) = (dir.join("config"), dir.join("api"), dir.join("run"));
+    std::fs::create_dir(&run).unwrap();
+    let store = Store::open(&data).unwrap();
+    let first = store.commit(&config_with_users(), "test: users").unwrap();
+    store.activate(first).unwrap();
+    let addr = free_port();
+    let fingerprint_file = run.join("api-fingerprint");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_applianced"))
+        .arg("--socket")
+        .arg(run.join("applianced.sock"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--netd-socket")
+        .arg(run.join("netd.sock"))
+        .arg("--dnsd-socket")
+        .arg(run.join("dnsd.sock"))
+        .arg("--stored-socket")
+        .arg(run.join("stored.sock"))
+        .arg("--api-dir")
+        .arg(&api_dir)
+        .arg("--api-listen")
+        .arg(addr.to_string())
+        .arg("--fingerprint-file")
+        .arg(&fingerprint_file)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(&mut child, &fingerprint_file, addr);
+    (Daemon(child), addr, api_dir, store)
+}
+
+/// An API token made by alice with `role`, written to a file under `dir`.
+async fn token_file(
+    client: &reqwest::Client,
+    base: &str,
+    session: &str,
+    role: &str,
+    dir: &Path,
+) -> std::path::PathBuf {
+    let r = client
+        .post(format!("{base}/auth/tokens"))
+        .bearer_auth(session)
+        .json(&json!({"name": format!("applctl-{role}"), "role": role, "expires_in": 3600}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let token = r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = dir.join(format!("{role}.token"));
+    std::fs::write(&path, format!("{token}\n")).unwrap();
+    path
+}
+
+/// Runs the applctl binary; returns its exit code, stdout and stderr. The environment
+/// variables that would pick a transport are cleared so only the arguments count.
+fn applctl(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_applctl"))
+        .args(args)
+        .env_remove("APPLCTL_REMOTE")
+        .env_remove("APPLCTL_TOKEN")
+        .env_remove("APPLCTL_TOKEN_FILE")
+        .env_remove("APPLCTL_FINGERPRINT")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applctl_drives_applianced_over_https_with_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_daemon, addr, api_dir, store) = spawn_applianced(dir.path());
+    let client = client_trusting(&api_dir.join(tls::CERT_FILE));
+    let base = format!("https://{addr}/api/v1");
+    let session = token(&client, &base, "alice", ADMIN_PW).await;
+    let admin = token_file(&client, &base, &session, "admin", dir.path()).await;
+    let viewer = token_file(&client, &base, &session, "viewer", dir.path()).await;
+    // As typed by someone who copied it without colons from the console.
+    let fingerprint = tls::fingerprint(&api_dir).unwrap().replace(':', "");
+    let remote = format!("https://{addr}");
+
+    let with = |token: &Path, fp: &str, cmd: &[&std::ffi::OsStr]| {
+        let mut args: Vec<&std::ffi::OsStr> = cmd.to_vec();
+        args.extend([
+            "--remote".as_ref(),
+            remote.as_ref(),
+            "--token-file".as_ref(),
+            token.as_os_str(),
+            "--fingerprint".as_ref(),
+            fp.as_ref(),
+        ]);
+        applctl(&args)
+    };
+    let (code, out, err) = with(&viewer, &fingerprint, &["status".as_ref()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Active generation: 1"), "{out}");
+    assert!(out.contains("netd"), "{out}");
+
+    // A DNS-only change: stored and applied without a window.
+    // From the stored text: another config_with_users() would hash the passwords anew,
+    // an API change that waits for a confirm.
+    let (current, _) = store.current().unwrap();
+    let changed = current
+        .unwrap()
+        .text
+        .replace("cache_size = 10000", "cache_size = 20000");
+    let file = dir.path().join("appliance.toml");
+    std::fs::write(&file, &changed).unwrap();
+    let (code, out, err) = with(&admin, &fingerprint, &["plan".as_ref(), file.as_ref()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("dns.cache_size"), "{out}");
+
+    // A viewer token may not apply: 403, exit 2, nothing stored.
+    let (code, _, err) = with(&viewer, &fingerprint, &["apply".as_ref(), file.as_ref()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("admin role"), "{err}");
+    assert_eq!(store.history().unwrap().0.len(), 1);
+
+    let (code, out, err) = with(&admin, &fingerprint, &["apply".as_ref(), file.as_ref()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("generation 2 (active; was 1)"), "{out}");
+    assert!(out.contains("dns.cache_size"), "{out}");
+    assert!(!out.contains("applctl confirm"), "{out}");
+    assert_eq!(store.active().unwrap(), Some(2));
+
+    let (code, out, err) = with(&viewer, &fingerprint, &["history".as_ref()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().next().unwrap().starts_with("*      2"), "{out}");
+
+    // Nothing waits for a confirm: 409, exit 2.
+    let (code, out, err) = with(&admin, &fingerprint, &["confirm".as_ref()]);
+    assert_eq!(code, 2, "{out}{err}");
+
+    let (code, out, err) = with(&admin, &fingerprint, &["rollback".as_ref(), "1".as_ref()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Generation 1 is active"), "{out}");
+    assert_eq!(store.active().unwrap(), Some(1));
+
+    // Another certificate's fingerprint: refused before the token is sent.
+    let wrong = "00".repeat(32);
+    let (code, _, err) = with(&admin, &wrong, &["status".as_ref()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not the pinned"), "{err}");
+    let audit_users: Vec<_> = audit::read(&api_dir)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.action, e.user))
+        .collect();
+    assert!(
+        audit_users.contains(&("config.apply".to_owned(), "alice".to_owned())),
+        "{audit_users:?}"
+    );
+
+    // Without a fingerprint applctl does not guess.
+    let (code, _, err) = applctl(&[
+        "status".as_ref(),
+        "--remote".as_ref(),
+        remote.as_ref(),
+        "--token-file".as_ref(),
+        admin.as_os_str(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--fingerprint"), "{err}");
+}

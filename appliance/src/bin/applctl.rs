@@ -68,6 +68,9 @@ enum Command {
         /// Print the plan as JSON.
         #[arg(long)]
         json: bool,
+        /// Plan against the config on applianced's HTTPS API instead of the local store.
+        #[command(flatten)]
+        remote: txn::RemoteArgs,
     },
     /// Config generations: history, show, diff, rollback, save, default.
     #[command(subcommand)]
@@ -271,10 +274,13 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Plan { file, json } => {
+        Command::Plan { file, json, remote } => {
             let (src, name) = read_input(file)?;
             let new = load_reporting(&src, &name, *json, cli)?;
-            let (base, base_name) = current_or_default(cli)?;
+            let (base, base_name) = match remote.https()? {
+                Some(t) => txn::remote_base(&t)?,
+                None => current_or_default(cli)?,
+            };
             let p = plan::diff(Some(&base), &new);
             if *json {
                 let v = serde_json::json!({ "base": base_name, "file": name, "plan": p });

@@ -1,7 +1,7 @@
 //! One HTTP/1.1 request over a daemon's Unix control socket, blocking: applctl makes one
 //! request per run, so an async client and its runtime would be dead weight.
 
-use std::io::{Read as _, Write as _};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -42,23 +42,61 @@ pub fn request(
     s.set_read_timeout(Some(timeout))
         .and_then(|()| s.set_write_timeout(Some(timeout)))
         .map_err(|e| fail("cannot use", e))?;
-    let body = body.map(Value::to_string).unwrap_or_default();
-    let head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: {daemon}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes())
-        .and_then(|()| s.write_all(body.as_bytes()))
-        .map_err(|e| fail("cannot write to", e))?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .map_err(|e| fail("cannot read from", e))?;
+    let raw = exchange(&mut s, daemon, &[], method, target, body)
+        .map_err(|e| fail("cannot talk to", e))?;
     parse_response(&raw)
         .ok_or_else(|| CliError::Failed(format!("{daemon} sent a malformed HTTP response")))
 }
 
+/// Writes one request (with `headers` as `Name: value` lines) and reads the response to
+/// EOF. An EOF without TLS close_notify is taken as the end when a whole response
+/// arrived: HTTP/1.1 with `Connection: close` and a `Content-Length` delimits it already.
+pub fn exchange(
+    s: &mut (impl Read + Write),
+    host: &str,
+    headers: &[String],
+    method: &str,
+    target: &str,
+    body: Option<&Value>,
+) -> std::io::Result<Vec<u8>> {
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let mut head = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for h in headers {
+        head.push_str(h);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes())?;
+    s.write_all(body.as_bytes())?;
+    s.flush()?;
+    let mut raw = Vec::new();
+    match s.read_to_end(&mut raw) {
+        Ok(_) => Ok(raw),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && complete(&raw) => Ok(raw),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `raw` holds a head and all the body its Content-Length announces.
+fn complete(raw: &[u8]) -> bool {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let Some(head) = raw.get(..end).and_then(|h| std::str::from_utf8(h).ok()) else {
+        return false;
+    };
+    head.split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .is_some_and(|n| raw.len() >= end + 4 + n)
+}
+
 /// Status and body of an HTTP/1.1 response read to EOF (`Content-Length` or to the end).
-fn parse_response(raw: &[u8]) -> Option<Reply> {
+pub fn parse_response(raw: &[u8]) -> Option<Reply> {
     let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(raw.get(..end)?).ok()?;
     let mut lines = head.split("\r\n");
