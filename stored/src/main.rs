@@ -42,7 +42,8 @@ enum Command {
     /// Run as the daemon (systemd Type=notify): apply the active config generation from
     /// CONFIG_DIR (pools imported, datasets, shares), answer the control socket SOCKET
     /// (/v1/status, /v1/plan, /v1/apply, /v1/snapshots, /v1/prune, /v1/replicate,
-    /// /metrics), and every minute take due snapshots, prune, and start due scrubs.
+    /// /metrics), every minute take due snapshots, prune, start due scrubs, and run the
+    /// replication jobs that are due; with storage.replication_listener set, receive too.
     /// Writes: ZFS, the socket, /run/appliance/shares/ (exports and Samba include), Samba's
     /// password database. Reads: CONFIG_DIR, /dev/zfs, the users' SMB password files.
     Serve {
@@ -290,10 +291,18 @@ fn share(command: ShareCommand) -> Result<(), Failure> {
 }
 
 fn serve(socket: &Path, config_dir: &Path) -> Result<(), Failure> {
-    use stored::daemon::{StoredDaemon, SystemClock, run_scheduler, run_watchdog};
+    use stored::daemon::{
+        RealReplicator, StoredDaemon, SystemClock, run_replication, run_scheduler, run_watchdog,
+    };
     let store = appliance::store::Store::open(config_dir)?;
     let zfs = RealZfs::open()?;
-    let daemon = StoredDaemon::new(store, zfs, shares::RealShareOs, Box::new(SystemClock));
+    let daemon = StoredDaemon::new(
+        store,
+        zfs,
+        shares::RealShareOs,
+        Box::new(SystemClock),
+        Box::new(RealReplicator::open()?),
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -308,6 +317,14 @@ fn serve(socket: &Path, config_dir: &Path) -> Result<(), Failure> {
                 code: 1,
                 message: format!("the start-up apply ended: {e}"),
             })?;
+        // The receiver's settings are read at start; a change to them needs a restart.
+        if let Some(cfg) = daemon.receiver_config() {
+            std::thread::spawn(move || {
+                if let Err(e) = stored::replication::serve_receiver(&cfg) {
+                    tracing::error!(error = %e, "the replication receiver stopped");
+                }
+            });
+        }
         let router = {
             let d = std::sync::Arc::clone(&daemon);
             move |req| std::sync::Arc::clone(&d).route(req)
@@ -315,6 +332,7 @@ fn serve(socket: &Path, config_dir: &Path) -> Result<(), Failure> {
         let server =
             appliance::control::server::serve(socket, stored::daemon::SOCKET_MODE, router).await?;
         let scheduler = tokio::spawn(run_scheduler(std::sync::Arc::clone(&daemon)));
+        let replication = tokio::spawn(run_replication(std::sync::Arc::clone(&daemon)));
         let watchdog = appliance::sd::watchdog_interval()
             .map(|every| tokio::spawn(run_watchdog(std::sync::Arc::clone(&daemon), every / 2)));
         appliance::sd::ready();
@@ -328,6 +346,7 @@ fn serve(socket: &Path, config_dir: &Path) -> Result<(), Failure> {
         tracing::info!("stopping");
         server.abort();
         scheduler.abort();
+        replication.abort();
         if let Some(w) = watchdog {
             w.abort();
         }

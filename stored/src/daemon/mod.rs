@@ -10,17 +10,19 @@
 //! snapshot policies, pruning, scheduled scrubs. It and the control requests share one
 //! lock on ZFS, so a plan never reads a half-taken snapshot set.
 
+pub mod replicate;
 pub mod schedule;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use appliance::Config;
 use appliance::control::{ApiError, GenerationRequest, Method, PlanReply, Reply, Request};
+use appliance::model::ReplicationJob;
 use appliance::store::{Store, StoreError};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -29,7 +31,9 @@ use crate::metrics::{self, DatasetSpaces, Prom};
 use crate::pools;
 use crate::shares::{self, EXPORTS_FILE, SMB_INCLUDE_FILE, ShareError, ShareOs};
 use crate::snapshots::{KeepReason, SnapshotName, overlapping_policies, run_policy};
+use crate::time::UtcTime;
 use crate::zfs::Zfs;
+pub use replicate::{JobState, NoReplicator, RealReplicator, Replicator};
 pub use schedule::{Clock, FakeClock, ScheduleState, SystemClock, TickReport};
 
 /// Where stored listens unless told otherwise.
@@ -58,6 +62,9 @@ pub struct StoredDaemon<Z, S> {
     started: Instant,
     /// Unix time the scheduler last showed it is alive (start of a wait or end of a tick).
     alive: AtomicI64,
+    /// Its own lock: a replication run does not stop snapshots or control requests.
+    replicator: Mutex<Box<dyn Replicator>>,
+    jobs: Mutex<BTreeMap<String, JobState>>,
 }
 
 impl<Z, S> std::fmt::Debug for StoredDaemon<Z, S> {
@@ -147,7 +154,13 @@ where
     Z: Zfs + DatasetSpaces + Send + 'static,
     S: ShareOs + Send + 'static,
 {
-    pub fn new(store: Store, zfs: Z, shares: S, clock: Box<dyn Clock>) -> Arc<Self> {
+    pub fn new(
+        store: Store,
+        zfs: Z,
+        shares: S,
+        clock: Box<dyn Clock>,
+        replicator: Box<dyn Replicator>,
+    ) -> Arc<Self> {
         let now = clock.now().0;
         Arc::new(Self {
             store,
@@ -161,6 +174,8 @@ where
             clock,
             started: Instant::now(),
             alive: AtomicI64::new(now),
+            replicator: Mutex::new(replicator),
+            jobs: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -377,10 +392,7 @@ where
             "pools": report.pools,
             "datasets": report.datasets,
             "policies": report.policies,
-            "replication": cfg.map(|c| c.replication.keys().map(|j| json!({
-                "job": j.to_string(),
-                "state": "not run: this stored has no replication engine yet",
-            })).collect::<Vec<_>>()).unwrap_or_default(),
+            "replication": self.job_states(cfg, now),
             "scheduler": inner.schedule,
             "errors": report.errors,
         })
@@ -446,6 +458,7 @@ where
         )
         .sample("stored_collect_errors", &[], report.errors.len());
         report.prometheus(&mut m);
+        replicate::prometheus(&mut m, &self.job_states(cfg, now));
         m.finish()
     }
 
@@ -559,21 +572,135 @@ where
         Ok(json!({ "dry_run": dry_run, "now": now.to_string(), "policies": out }))
     }
 
-    fn replicate(&self, job: &str) -> Result<Value, ApiError> {
+    fn jobs(&self) -> MutexGuard<'_, BTreeMap<String, JobState>> {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every configured job's state, lag counted to `now`.
+    fn job_states(&self, cfg: Option<&Config>, now: UtcTime) -> Vec<JobState> {
+        let jobs = self.jobs();
+        cfg.map(|c| {
+            c.replication
+                .keys()
+                .map(|name| {
+                    jobs.get(name.as_str()).map_or_else(
+                        || JobState {
+                            job: name.to_string(),
+                            ..JobState::default()
+                        },
+                        |s| s.at(now),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
+    /// The receiver's settings of the applied generation, if it declares one.
+    pub fn receiver_config(&self) -> Option<crate::replication::ReceiverConfig> {
         let inner = self.inner();
-        let Some((generation, cfg)) = &inner.applied else {
-            return Err(ApiError::Conflict(
-                "no config generation is applied yet, so there are no replication jobs".into(),
-            ));
-        };
-        if !cfg.replication.keys().any(|k| k.as_str() == job) {
-            return Err(ApiError::Invalid(format!(
-                "no replication job {job} in generation {generation}"
-            )));
+        let (_, cfg) = inner.applied.as_ref()?;
+        cfg.storage
+            .replication_listener
+            .as_ref()
+            .map(crate::replication::ReceiverConfig::from_model)
+    }
+
+    /// Runs one job now, unless it is running already.
+    fn run_job(
+        &self,
+        name: &str,
+        job: &ReplicationJob,
+    ) -> Result<crate::replication::JobReport, ApiError> {
+        let now = self.clock.now();
+        {
+            let mut jobs = self.jobs();
+            let state = jobs.entry(name.to_owned()).or_insert_with(|| JobState {
+                job: name.to_owned(),
+                ..JobState::default()
+            });
+            if state.running {
+                return Err(ApiError::Conflict(format!(
+                    "replication job {name} is running already"
+                )));
+            }
+            state.running = true;
+            state.last_attempt = Some(now.to_string());
+            state.last_attempt_at = Some(now);
         }
-        Err(ApiError::Conflict(format!(
-            "replication job {job} cannot run: this stored has no replication engine yet"
-        )))
+        let result = {
+            let mut r = self.replicator.lock().unwrap_or_else(|e| e.into_inner());
+            r.run(name, job)
+        };
+        let done = self.clock.now();
+        let mut jobs = self.jobs();
+        if let Some(state) = jobs.get_mut(name) {
+            state.running = false;
+            state.record(done, &result);
+        }
+        match &result {
+            Ok(r) => tracing::info!(
+                job = name,
+                bytes = r.bytes,
+                snapshots = r.snapshots,
+                resumed = r.resumed,
+                "replication run done"
+            ),
+            Err(e) => tracing::error!(job = name, error = %e, "replication run failed"),
+        }
+        result.map_err(|e| ApiError::ApplyFailed {
+            step: format!("replication job {name}"),
+            reason: e,
+        })
+    }
+
+    /// Runs the jobs that are due, one after the other.
+    pub fn replicate_due(&self) {
+        let now = self.clock.now();
+        let jobs = {
+            let inner = self.inner();
+            match &inner.applied {
+                Some((_, cfg)) => cfg.replication.clone(),
+                None => return,
+            }
+        };
+        let states = self.jobs().clone();
+        for (name, job) in replicate::due(&jobs, &states, now) {
+            // The error is recorded in the job's state and logged.
+            let _ = self.run_job(name, job);
+        }
+    }
+
+    fn replicate(&self, name: &str) -> Result<Value, ApiError> {
+        let job = {
+            let inner = self.inner();
+            let Some((generation, cfg)) = &inner.applied else {
+                return Err(ApiError::Conflict(
+                    "no config generation is applied yet, so there are no replication jobs".into(),
+                ));
+            };
+            cfg.replication
+                .iter()
+                .find(|(k, _)| k.as_str() == name)
+                .map(|(_, j)| j.clone())
+                .ok_or_else(|| {
+                    ApiError::Invalid(format!(
+                        "no replication job {name} in generation {generation}"
+                    ))
+                })?
+        };
+        let r = self.run_job(name, &job)?;
+        Ok(json!({
+            "job": r.job,
+            "bytes": r.bytes,
+            "seconds": r.duration.as_secs_f64(),
+            "snapshots": r.snapshots,
+            "resumed": r.resumed,
+            "lag_seconds": r.lag.map(|l| l.as_secs()),
+            "datasets": r.datasets.iter().map(|(src, dst, steps)| json!({
+                "source": src, "target": dst, "steps": steps,
+            })).collect::<Vec<_>>(),
+        }))
     }
 
     /// Answers one control request. Everything that touches ZFS blocks: it runs on the
@@ -656,6 +783,24 @@ where
             }
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "scheduler pass panicked"),
+        }
+    }
+}
+
+/// Runs due replication jobs every minute, apart from the snapshot scheduler, so that a
+/// long send does not delay snapshots.
+pub async fn run_replication<Z, S>(daemon: Arc<StoredDaemon<Z, S>>)
+where
+    Z: Zfs + DatasetSpaces + Send + 'static,
+    S: ShareOs + Send + 'static,
+{
+    let mut interval = tokio::time::interval(TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let d = Arc::clone(&daemon);
+        if let Err(e) = tokio::task::spawn_blocking(move || d.replicate_due()).await {
+            tracing::error!(error = %e, "replication pass panicked");
         }
     }
 }

@@ -29,9 +29,26 @@ fn at(s: &str) -> UtcTime {
 
 type Daemon = StoredDaemon<FakeZfs, FakeShareOs>;
 
+struct SharedClock(Arc<FakeClock>);
+
+impl Clock for SharedClock {
+    fn now(&self) -> UtcTime {
+        self.0.now()
+    }
+}
+
 /// A daemon whose store holds `text` as active generation 1, over a fake pool `tank`
 /// whose layout is the declared one, exported (so the first apply imports it, as at boot).
 fn daemon(dir: &std::path::Path, text: &str, clock: Arc<FakeClock>) -> Arc<Daemon> {
+    daemon_with(dir, text, clock, Box::new(NoReplicator))
+}
+
+fn daemon_with(
+    dir: &std::path::Path,
+    text: &str,
+    clock: Arc<FakeClock>,
+    replicator: Box<dyn Replicator>,
+) -> Arc<Daemon> {
     let store = Store::open(dir).unwrap();
     let n = store.commit(text, "test").unwrap();
     store.activate(n).unwrap();
@@ -40,13 +57,13 @@ fn daemon(dir: &std::path::Path, text: &str, clock: Arc<FakeClock>) -> Arc<Daemo
     for (name, pool) in &cfg.storage.pools {
         zfs = zfs.with_pool(name.as_str(), pools::declared_layout(pool), false);
     }
-    struct Shared(Arc<FakeClock>);
-    impl Clock for Shared {
-        fn now(&self) -> UtcTime {
-            self.0.now()
-        }
-    }
-    StoredDaemon::new(store, zfs, FakeShareOs::default(), Box::new(Shared(clock)))
+    StoredDaemon::new(
+        store,
+        zfs,
+        FakeShareOs::default(),
+        Box::new(SharedClock(clock)),
+        replicator,
+    )
 }
 
 fn names(d: &Daemon) -> Vec<String> {
@@ -292,4 +309,67 @@ async fn the_socket_answers_the_control_contract() {
     assert!(missing.is_err(), "{missing:?}");
     assert!(d.metrics().contains("stored_applied_generation 1"));
     server.abort();
+}
+
+/// Answers every run with the same report and counts the runs.
+struct CountingReplicator(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Replicator for CountingReplicator {
+    fn run(
+        &mut self,
+        name: &str,
+        _: &ReplicationJob,
+    ) -> Result<crate::replication::JobReport, String> {
+        let n = self.0.fetch_add(1, Ordering::SeqCst);
+        if n == 1 {
+            return Err("connection refused".into());
+        }
+        Ok(replicate::report(name, 1 << 20, 2, Some(30)))
+    }
+}
+
+#[test]
+fn replication_jobs_run_on_their_interval_and_report_lag() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = at("2026-01-01T00:00:00Z");
+    let clock = Arc::new(FakeClock::new(start));
+    let text = format!(
+        "{CONFIG}\n[replication.offsite]\ntarget = \"192.0.2.1:7001\"\ntarget_dataset = \"backup/box\"\ndatasets = [\"tank/data\"]\ninterval = \"1h\"\n"
+    );
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let d = daemon_with(
+        dir.path(),
+        &text,
+        Arc::clone(&clock),
+        Box::new(CountingReplicator(Arc::clone(&runs))),
+    );
+    d.apply_active();
+    // Due at once after a start, then once an hour, whatever the minute ticks.
+    for minute in 0..=120 {
+        clock.set(UtcTime(start.0 + minute * 60));
+        d.replicate_due();
+    }
+    // 00:00 ok, 01:00 failed, 02:00 ok.
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+    clock.set(UtcTime(start.0 + 7200 + 600));
+    let s = d.status();
+    let job = &s["replication"][0];
+    assert_eq!(job["job"], "offsite", "{s:#}");
+    assert_eq!(job["runs_total"], 3);
+    assert_eq!(job["failures_total"], 1);
+    assert!(job["last_error"].is_null(), "{job:#}");
+    // The last success at 02:00 found the target 30 s behind: 630 s at 02:10.
+    assert_eq!(job["lag_seconds"], 630);
+    assert_eq!(job["throughput_bytes_per_second"], 524_288.0);
+    let m = d.metrics();
+    for line in [
+        "stored_replication_lag_seconds{job=\"offsite\"} 630",
+        "stored_replication_failures_total{job=\"offsite\"} 1",
+        "stored_replication_last_bytes{job=\"offsite\"} 1048576",
+    ] {
+        assert!(m.lines().any(|l| l == line), "{line} missing from\n{m}");
+    }
+    assert!(matches!(d.replicate("nope"), Err(ApiError::Invalid(_))));
+    let r = d.replicate("offsite").unwrap();
+    assert_eq!(r["bytes"], 1 << 20);
 }
