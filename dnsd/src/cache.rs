@@ -78,6 +78,13 @@ pub struct Hit {
     pub message: Message,
     /// The entry is popular and about to expire: refresh it in the background.
     pub prefetch: bool,
+    /// When the entry was stored, when it expires, and its TTL: the UDP fast path keeps
+    /// the answer until the entry would ask for a prefetch.
+    pub inserted: Instant,
+    pub expires: Instant,
+    pub ttl: u32,
+    /// Hits of the entry so far, this one included.
+    pub hits: u32,
 }
 
 #[derive(Debug)]
@@ -261,10 +268,18 @@ impl Cache {
         if prefetch {
             e.prefetch_sent = true;
         }
+        let (inserted, ttl, hits) = (e.inserted, e.ttl, e.hits);
         let mut message = e.message.clone();
         drop(shard);
         for_each_record(&mut message, |r| r.ttl = r.ttl.saturating_sub(elapsed));
-        Some(Hit { message, prefetch })
+        Some(Hit {
+            message,
+            prefetch,
+            inserted,
+            expires,
+            ttl,
+            hits,
+        })
     }
 
     /// An expired answer for `key`, with short TTLs, for when every upstream failed.

@@ -150,6 +150,11 @@ impl LeaseZone {
         self.names.len()
     }
 
+    /// The names answered (lowercase), reverse names included.
+    pub fn names(&self) -> impl Iterator<Item = &Name> {
+        self.names.keys().chain(self.ptrs.keys())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }

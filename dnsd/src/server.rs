@@ -1,7 +1,7 @@
 //! The DNS server: UDP and TCP listeners on hickory-server, and the path of one query:
 //! local names, then the blocking policy, then the cache, then the upstreams.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,13 +14,14 @@ use arc_swap::ArcSwap;
 use hickory_net::runtime::Time;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::op::{Edns, Header, HeaderCounts, Message, MessageType, Metadata, OpCode};
-use hickory_proto::rr::{Name, Record};
+use hickory_proto::rr::{Name, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use tokio::net::{TcpListener, UdpSocket};
 
 use crate::answer::{self, Answer, LocalZone};
 use crate::cache::{Cache, CacheConfig, Key};
+use crate::fast::{self, CacheHit, WireCache};
 use crate::local::LeaseZone;
 use crate::policy::{Action, Policy};
 use crate::querylog::Outcome as LogOutcome;
@@ -164,6 +165,12 @@ pub struct Resolver {
     stats: Stats,
     limiter: Option<Limiter>,
     recorder: Option<Arc<Recorder>>,
+    /// Answers of the cache as sent, for the UDP fast path.
+    wire: WireCache,
+    /// The local and lease names (lowercase, no final dot), which the fast path leaves to
+    /// the hickory path; rebuilt under the lock whenever either table is swapped.
+    local_names: ArcSwap<HashSet<String>>,
+    local_names_lock: Mutex<()>,
 }
 
 /// How a query was answered.
@@ -183,16 +190,103 @@ impl Resolver {
     }
 
     pub fn with_upstreams(cfg: &Config, policy: Arc<Policy>, upstreams: Upstreams) -> Self {
-        Self {
+        let cache = CacheConfig::from_dns(&cfg.dns);
+        let r = Self {
             policy: ArcSwap::new(policy),
             tables: ArcSwap::from_pointee(Tables::from_config(cfg)),
             leases: ArcSwap::from_pointee(LeaseZone::default()),
-            cache: Cache::new(CacheConfig::from_dns(&cfg.dns)),
+            cache: Cache::new(cache),
             upstreams,
             stats: Stats::default(),
             limiter: None,
             recorder: None,
+            wire: WireCache::new(cache.capacity),
+            local_names: ArcSwap::from_pointee(HashSet::new()),
+            local_names_lock: Mutex::new(()),
+        };
+        r.rebuild_local_names();
+        r
+    }
+
+    fn rebuild_local_names(&self) {
+        let text = |n: &Name| {
+            let s = n.to_string();
+            s.strip_suffix('.').unwrap_or(&s).to_ascii_lowercase()
+        };
+        let names: HashSet<String> = {
+            let (tables, leases) = (self.tables.load(), self.leases.load());
+            tables
+                .local
+                .names()
+                .chain(leases.names())
+                .map(text)
+                .collect()
+        };
+        self.local_names.store(Arc::new(names));
+    }
+
+    /// Answers `packet` from the fast path when it is a plain query for a blocked or a
+    /// cached name, counting and logging it as the hickory path would; `false` leaves it
+    /// to [`Handler::answer_udp`]. `name` is scratch space.
+    pub fn answer_fast(
+        &self,
+        packet: &[u8],
+        src: SocketAddr,
+        now: Instant,
+        out: &mut Vec<u8>,
+        name: &mut String,
+    ) -> bool {
+        if self.limiter.is_some() {
+            return false;
         }
+        let Some(q) = fast::parse(packet, name) else {
+            return false;
+        };
+        let local = self.local_names.load();
+        if !local.is_empty() && local.contains(name.as_str()) {
+            return false;
+        }
+        drop(local);
+        let client = src.ip();
+        let decision = {
+            let tables = self.tables.load();
+            self.policy
+                .load()
+                .decide(client, tables.link_of(client), name)
+        };
+        let (outcome, rcode) = if let Action::Block { mode, addresses } = decision.action {
+            let Some(rcode) = fast::blocked(out, packet, &q, name, mode, &addresses) else {
+                return false;
+            };
+            Stats::bump(&self.stats.total);
+            Stats::bump(&self.stats.blocked);
+            let mut note = Note::default();
+            note.blocked_by(decision.rule);
+            (note.outcome, rcode)
+        } else if self.wire.answer(packet, now, out) {
+            Stats::bump(&self.stats.total);
+            Stats::bump(&self.stats.cached);
+            (Some(LogOutcome::Cached), out.get(3).map_or(0, |b| b & 0x0f))
+        } else {
+            return false;
+        };
+        if let Some(recorder) = &self.recorder {
+            recorder.finish_named(
+                name.clone(),
+                RecordType::from(q.qtype),
+                outcome.unwrap_or(LogOutcome::Rejected),
+                None,
+                client,
+                ResponseCode::from(0, rcode),
+                now,
+            );
+        }
+        true
+    }
+
+    /// The fast path's copies of cached answers.
+    pub fn wire_cache(&self) -> &WireCache {
+        &self.wire
     }
 
     /// Turns on a per-client rate limit; clients over it are answered REFUSED.
@@ -225,7 +319,12 @@ impl Resolver {
 
     /// Takes the local names and client links of a new config.
     pub fn reload_tables(&self, cfg: &Config) {
+        let _guard = self
+            .local_names_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         self.tables.store(Arc::new(Tables::from_config(cfg)));
+        self.rebuild_local_names();
     }
 
     /// The link a client's queries arrive through, as the policy sees it (for `check`).
@@ -235,7 +334,12 @@ impl Resolver {
 
     /// Puts a new table of DHCP client names in place, whole.
     pub fn swap_leases(&self, zone: Arc<LeaseZone>) {
+        let _guard = self
+            .local_names_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         self.leases.store(zone);
+        self.rebuild_local_names();
     }
 
     pub fn upstreams(&self) -> &Upstreams {
@@ -403,18 +507,27 @@ impl RequestHandler for Handler {
         request: &Request,
         handle: R,
     ) -> ResponseInfo {
-        let Some(recorder) = self.0.recorder.as_deref() else {
-            return self.resolve(request, handle, &mut Note::default()).await;
-        };
-        let started = Instant::now();
-        let mut note = Note::default();
-        let info = self.resolve(request, handle, &mut note).await;
-        recorder.finish(note, request.src().ip(), info.response_code, started);
-        info
+        self.handle(request, handle).await.0
     }
 }
 
 impl Handler {
+    /// Answers and records one query; says whether (and how) the cache answered it.
+    async fn handle<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        handle: R,
+    ) -> (ResponseInfo, Option<CacheHit>) {
+        let started = Instant::now();
+        let mut note = Note::default();
+        let info = self.resolve(request, handle, &mut note).await;
+        let hit = note.cache_hit.take();
+        if let Some(recorder) = self.0.recorder.as_deref() {
+            recorder.finish(note, request.src().ip(), info.response_code, started);
+        }
+        (info, hit)
+    }
+
     /// Answers one query, noting how for the query log.
     async fn resolve<R: ResponseHandler>(
         &self,
@@ -466,9 +579,20 @@ impl Handler {
 
         let dnssec_ok = request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
         let key = Key::new(&qname, qtype, query.query_class(), dnssec_ok);
-        if let Some(hit) = r.cache.get(&key, Instant::now()) {
+        let now = Instant::now();
+        if let Some(hit) = r.cache.get(&key, now) {
             Stats::bump(&r.stats.cached);
             note.outcome = Some(LogOutcome::Cached);
+            // Only once the entry has the hits a prefetch needs: the fast path's answers
+            // do not count as hits, and a popular name must still be refreshed.
+            if !hit.prefetch && hit.hits >= crate::cache::PREFETCH_MIN_HITS {
+                note.cache_hit = Some(CacheHit {
+                    inserted: hit.inserted,
+                    now,
+                    expires: hit.expires,
+                    ttl: hit.ttl,
+                });
+            }
             if hit.prefetch {
                 tokio::spawn(Arc::clone(r).refresh(key, request.as_slice().to_vec()));
             }
@@ -506,34 +630,58 @@ impl Handler {
     /// [`ResponseHandle`](hickory_server::server::ResponseHandle) to encode the answer.
     /// Returns the bytes that would be sent back, or `None` when nothing would be.
     pub async fn answer_packet(&self, packet: &[u8], src: SocketAddr) -> Option<Vec<u8>> {
+        let (answer, hit) = self.answer_packet_noted(packet, src).await;
+        let answer = answer?;
+        if let Some(hit) = hit {
+            self.0.wire.insert(packet, &answer, hit);
+        }
+        Some(answer)
+    }
+
+    /// What the UDP listener does with a packet the fast path left: [`Self::answer_packet`].
+    pub async fn answer_udp(&self, packet: &[u8], src: SocketAddr) -> Option<Vec<u8>> {
+        self.answer_packet(packet, src).await
+    }
+
+    async fn answer_packet_noted(
+        &self,
+        packet: &[u8],
+        src: SocketAddr,
+    ) -> (Option<Vec<u8>>, Option<CacheHit>) {
         use futures_util::{FutureExt as _, StreamExt as _};
         use hickory_net::xfer::Protocol;
         use hickory_proto::serialize::binary::{BinDecodable as _, BinDecoder};
 
-        let header = Header::read(&mut BinDecoder::new(packet)).ok()?;
+        let Ok(header) = Header::read(&mut BinDecoder::new(packet)) else {
+            return (None, None);
+        };
         let (stream, mut sent) = hickory_net::BufDnsStreamHandle::new(src);
         let mut handle = hickory_server::server::ResponseHandle::new(src, stream, Protocol::Udp);
+        let mut hit = None;
         match Request::from_bytes(packet.to_vec(), src, Protocol::Udp) {
             Ok(request) => {
                 if request.metadata.message_type == MessageType::Response {
-                    return None;
+                    return (None, None);
                 }
-                self.handle_request::<_, hickory_net::runtime::TokioTime>(&request, handle)
-                    .await;
+                hit = self.handle(&request, handle).await.1;
             }
             Err(e) => {
                 tracing::debug!(error = %e, client = %src, "undecodable query");
-                let queries =
+                let Ok(queries) =
                     hickory_server::zone_handler::Queries::read(&mut BinDecoder::new(&[]), 0)
-                        .ok()?;
+                else {
+                    return (None, None);
+                };
                 let response = MessageResponseBuilder::new(&queries, None)
                     .error_msg(&header.metadata, ResponseCode::FormErr);
-                handle.send_response(response).await.ok()?;
+                if handle.send_response(response).await.is_err() {
+                    return (None, None);
+                }
             }
         }
         // The handle is gone with the request, so the channel holds the answer or is closed.
-        let message = sent.next().now_or_never().flatten()?;
-        Some(message.into_parts().0)
+        let message = sent.next().now_or_never().flatten();
+        (message.map(|m| m.into_parts().0), hit)
     }
 }
 
@@ -542,6 +690,8 @@ pub struct Server {
     addresses: Vec<SocketAddr>,
     resolver: Arc<Resolver>,
     inner: hickory_server::Server<Handler>,
+    /// The UDP listeners ([`crate::udp`]); hickory serves TCP, DoT and DoH.
+    udp: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -558,11 +708,15 @@ impl Server {
     pub async fn bind(resolver: Arc<Resolver>, listen: Vec<SocketAddr>) -> io::Result<Self> {
         let mut inner = hickory_server::Server::new(Handler(Arc::clone(&resolver)));
         let mut addresses = Vec::new();
+        let mut tasks = Vec::new();
         for addr in listen {
             let (udp, tcp) = bind_pair(addr).await?;
             let bound = udp.local_addr()?;
             tracing::info!(address = %bound, "listening for DNS on UDP and TCP");
-            inner.register_socket(udp);
+            tasks.push(tokio::spawn(crate::udp::serve(
+                Arc::new(udp),
+                Handler(Arc::clone(&resolver)),
+            )));
             inner.register_listener(tcp, TCP_TIMEOUT, TCP_RESPONSE_BUFFER);
             addresses.push(bound);
         }
@@ -570,6 +724,7 @@ impl Server {
             addresses,
             resolver,
             inner,
+            udp: tasks,
         })
     }
 
@@ -622,6 +777,9 @@ impl Server {
 
     /// Stops listening and waits for the queries in flight.
     pub async fn shutdown(mut self) -> io::Result<()> {
+        for t in &self.udp {
+            t.abort();
+        }
         self.inner
             .shutdown_gracefully()
             .await

@@ -262,6 +262,8 @@ pub struct Note {
     /// `None`: rejected before an answer was looked for.
     pub outcome: Option<Outcome>,
     pub upstream_latency: Option<Duration>,
+    /// Set when the cache answered, for the UDP fast path's copy of the answer.
+    pub cache_hit: Option<crate::fast::CacheHit>,
 }
 
 impl Note {
@@ -323,6 +325,30 @@ impl Recorder {
             Some(n) if !n.is_empty() => n.to_owned(),
             _ => name,
         };
+        self.finish_named(
+            name,
+            qtype,
+            note.outcome.unwrap_or(Outcome::Rejected),
+            note.upstream_latency,
+            client,
+            rcode,
+            started,
+        );
+    }
+
+    /// Logs an answered query whose name is already in the log's form (lowercase, no
+    /// final dot): the UDP fast path's entry.
+    #[allow(clippy::too_many_arguments)]
+    pub fn finish_named(
+        &self,
+        name: String,
+        qtype: RecordType,
+        outcome: Outcome,
+        upstream_latency: Option<Duration>,
+        client: IpAddr,
+        rcode: ResponseCode,
+        started: Instant,
+    ) {
         let time_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -332,11 +358,11 @@ impl Recorder {
                 client,
                 name,
                 qtype,
-                outcome: note.outcome.unwrap_or(Outcome::Rejected),
+                outcome,
                 rcode,
                 latency_us: u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX),
             },
-            upstream_latency: note.upstream_latency,
+            upstream_latency,
         });
     }
 

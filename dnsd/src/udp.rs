@@ -1,0 +1,150 @@
+//! The UDP listener: packets are read and answered in batches (`recvmmsg`/`sendmmsg`), the
+//! blocked and cached ones by the fast path ([`crate::fast`]) on the spot; every other
+//! packet becomes a task of its own on the hickory path ([`Handler::answer_packet`]),
+//! whose answer is sent when it is ready, so a forwarded query never holds up the batch.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd as _;
+use std::sync::Arc;
+use std::time::Instant;
+
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+
+use crate::server::Handler;
+
+/// Packets taken per system call.
+const BATCH: usize = 32;
+/// The largest query read, as hickory's UDP listener reads (`MAX_RECEIVE_BUFFER_SIZE`).
+const MAX_QUERY: usize = 4096;
+
+fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = s.as_sockaddr_in() {
+        return Some(SocketAddr::from(std::net::SocketAddrV4::from(*v4)));
+    }
+    s.as_sockaddr_in6()
+        .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
+}
+
+/// One batch read: lengths and senders.
+fn receive(
+    socket: &UdpSocket,
+    bufs: &mut [Vec<u8>],
+) -> io::Result<Vec<(usize, Option<SockaddrStorage>)>> {
+    // Made per call: the headers hold raw pointers, so they cannot live across an await
+    // in a task that may move between threads.
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(bufs.len(), None);
+    let mut slices: Vec<[IoSliceMut<'_>; 1]> = bufs
+        .iter_mut()
+        .map(|b| [IoSliceMut::new(b.as_mut_slice())])
+        .collect();
+    let results = recvmmsg(
+        socket.as_raw_fd(),
+        &mut headers,
+        slices.iter_mut(),
+        MsgFlags::MSG_DONTWAIT,
+        None,
+    )
+    .map_err(io::Error::from)?;
+    Ok(results.map(|r| (r.bytes, r.address)).collect())
+}
+
+/// Sends what it can in one call; returns how many went out.
+fn send_batch(socket: &UdpSocket, answers: &[(Vec<u8>, SockaddrStorage)]) -> io::Result<usize> {
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(answers.len(), None);
+    let slices: Vec<[IoSlice<'_>; 1]> = answers
+        .iter()
+        .map(|(b, _)| [IoSlice::new(b.as_slice())])
+        .collect();
+    let addrs: Vec<Option<SockaddrStorage>> = answers.iter().map(|(_, a)| Some(*a)).collect();
+    let sent = sendmmsg(
+        socket.as_raw_fd(),
+        &mut headers,
+        slices.iter(),
+        &addrs,
+        [],
+        MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(io::Error::from)?;
+    Ok(sent.count())
+}
+
+/// Serves `socket` until the task is aborted.
+pub async fn serve(socket: Arc<UdpSocket>, handler: Handler) {
+    let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; MAX_QUERY]).collect();
+    let mut answers: Vec<(Vec<u8>, SockaddrStorage)> = Vec::with_capacity(BATCH);
+    let mut spare: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(512)).collect();
+    let mut name = String::with_capacity(256);
+    loop {
+        if let Err(e) = socket.readable().await {
+            tracing::error!(error = %e, "UDP socket failed; no longer listening on it");
+            return;
+        }
+        let got = match socket.try_io(Interest::READABLE, || receive(&socket, &mut bufs)) {
+            Ok(got) => got,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => {
+                // An ICMP error of an earlier answer and the like: the socket lives on.
+                tracing::debug!(error = %e, "UDP receive failed");
+                continue;
+            }
+        };
+        let now = Instant::now();
+        for ((len, from), buf) in got.into_iter().zip(&bufs) {
+            let (Some(from), Some(packet)) = (from, buf.get(..len)) else {
+                continue;
+            };
+            let Some(src) = socket_addr(&from) else {
+                continue;
+            };
+            let mut out = spare.pop().unwrap_or_default();
+            if handler.0.answer_fast(packet, src, now, &mut out, &mut name) {
+                answers.push((out, from));
+                continue;
+            }
+            spare.push(out);
+            let (socket, handler, packet) = (Arc::clone(&socket), handler.clone(), packet.to_vec());
+            tokio::spawn(async move {
+                if let Some(answer) = handler.answer_udp(&packet, src).await
+                    && let Err(e) = socket.send_to(&answer, src).await
+                {
+                    tracing::debug!(error = %e, client = %src, "answer not sent");
+                }
+            });
+        }
+        flush(&socket, &mut answers).await;
+        spare.extend(answers.drain(..).map(|(mut b, _)| {
+            b.clear();
+            b
+        }));
+    }
+}
+
+/// Sends the batch; what the socket does not take at once is sent one by one as it drains.
+async fn flush(socket: &UdpSocket, answers: &mut [(Vec<u8>, SockaddrStorage)]) {
+    let mut done = 0;
+    while done < answers.len() {
+        let rest = answers.get(done..).unwrap_or_default();
+        match socket.try_io(Interest::WRITABLE, || send_batch(socket, rest)) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if socket.writable().await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                // One bad address fails the call: send that one alone and go on.
+                if let Some((b, a)) = answers.get(done)
+                    && let Some(to) = socket_addr(a)
+                    && let Err(e2) = socket.send_to(b, to).await
+                {
+                    tracing::debug!(error = %e, retry = %e2, client = %to, "answer not sent");
+                }
+                done += 1;
+            }
+        }
+    }
+}

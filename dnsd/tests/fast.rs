@@ -1,0 +1,406 @@
+//! The UDP fast path (`dnsd::fast`, `Resolver::answer_fast`) answers byte for byte as the
+//! hickory path (`Handler::answer_packet`) does: blocked names in every block mode, cached
+//! answers, with and without EDNS and the DO bit, in any letter case; and it leaves
+//! everything else alone.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use appliance::model::ListFormat;
+use dnsd::cache::Key;
+use dnsd::compiled::CompiledList;
+use dnsd::policy::{Lists, Policy};
+use dnsd::server::{Handler, Resolver};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::{A, CNAME, TXT};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+
+fn config(dns_extra: &str) -> appliance::Config {
+    appliance::load_str(&format!(
+        r#"
+version = 1
+[system]
+hostname = "gw"
+domain = "home.arpa"
+[interfaces.lan]
+device = "eth1"
+addresses = ["192.168.1.1/24"]
+[dns]
+upstreams = []
+deny = ["denied.invalid", "hostmaster.dnsd.invalid"]
+{dns_extra}
+[dns.lists.ads]
+file = "/data/dns/ads.txt"
+[dns.groups.strict]
+cidrs = ["127.0.0.2/32"]
+lists = ["ads"]
+block_mode = "nxdomain"
+[[dns.records]]
+name = "nas.home.arpa"
+addresses = ["192.168.1.5"]
+"#
+    ))
+    .unwrap()
+}
+
+fn resolver(cfg: &appliance::Config) -> Arc<Resolver> {
+    let mut lists = Lists::new();
+    let list = CompiledList::compile(dnsd::lists::parse(
+        "ads.test\ntrack.example\n",
+        ListFormat::Auto,
+    ))
+    .unwrap();
+    lists.insert("ads".into(), Arc::new(list));
+    Arc::new(Resolver::new(
+        cfg,
+        Arc::new(Policy::build(cfg, &lists).unwrap()),
+    ))
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Opt {
+    None,
+    Size(u16),
+    DnssecOk,
+}
+
+fn query(id: u16, name: &str, qtype: RecordType, opt: Opt, rd: bool, cd: bool) -> Vec<u8> {
+    let mut m = Message::query();
+    m.metadata.id = id;
+    m.metadata.recursion_desired = rd;
+    m.metadata.checking_disabled = cd;
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    match opt {
+        Opt::None => {}
+        Opt::Size(n) => {
+            let mut e = Edns::new();
+            e.set_max_payload(n);
+            m.edns = Some(e);
+        }
+        Opt::DnssecOk => {
+            let mut e = Edns::new();
+            e.set_max_payload(1232);
+            e.set_dnssec_ok(true);
+            m.edns = Some(e);
+        }
+    }
+    m.to_vec().unwrap()
+}
+
+const CLIENT: &str = "127.0.0.1:5353";
+const STRICT_CLIENT: &str = "127.0.0.2:5353";
+
+fn fast(r: &Resolver, packet: &[u8], client: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut name = String::new();
+    let src: SocketAddr = client.parse().unwrap();
+    r.answer_fast(packet, src, Instant::now(), &mut out, &mut name)
+        .then_some(out)
+}
+
+fn corpus() -> Vec<Vec<u8>> {
+    let names = [
+        "ads.test.",
+        "x.ads.test.",
+        "WWW.Ads.Test.",
+        "a-b_c.track.example.",
+        "denied.invalid.",
+        "sub.hostmaster.dnsd.invalid.",
+    ];
+    let types = [
+        RecordType::A,
+        RecordType::AAAA,
+        RecordType::MX,
+        RecordType::TXT,
+        RecordType::HTTPS,
+    ];
+    let opts = [
+        Opt::None,
+        Opt::Size(1232),
+        Opt::Size(100),
+        Opt::Size(4096),
+        Opt::DnssecOk,
+    ];
+    let mut out = Vec::new();
+    let mut id = 1u16;
+    for name in names {
+        for qtype in types {
+            for opt in opts {
+                for (rd, cd) in [(true, false), (false, true)] {
+                    id = id.wrapping_mul(31).wrapping_add(7);
+                    out.push(query(id, name, qtype, opt, rd, cd));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn blocked_answers_are_byte_identical_in_every_block_mode() {
+    let modes = [
+        "",
+        "block_mode = \"nxdomain\"",
+        "block_mode = \"nodata\"",
+        "block_mode = \"null\"",
+        "block_mode = \"custom\"\nblock_addresses = [\"192.0.2.1\", \"192.0.2.2\", \"2001:db8::1\"]",
+        "block_mode = \"custom\"\nblock_addresses = [\"2001:db8::7\"]",
+    ];
+    let mut checked = 0;
+    for mode in modes {
+        let r = resolver(&config(mode));
+        let h = Handler(Arc::clone(&r));
+        for client in [CLIENT, STRICT_CLIENT] {
+            for q in corpus() {
+                let before = r.stats().blocked.load(std::sync::atomic::Ordering::Relaxed);
+                let f = fast(&r, &q, client).unwrap_or_else(|| {
+                    panic!("{mode}: the fast path takes {:?}", Message::from_vec(&q))
+                });
+                let s = h.answer_packet(&q, client.parse().unwrap()).await.unwrap();
+                assert_eq!(
+                    f,
+                    s,
+                    "{mode} {client}: {:?}\nfast {:?}\nslow {:?}",
+                    Message::from_vec(&q).unwrap(),
+                    Message::from_vec(&f),
+                    Message::from_vec(&s).unwrap()
+                );
+                let after = r.stats().blocked.load(std::sync::atomic::Ordering::Relaxed);
+                assert_eq!(after, before + 2, "both paths count the blocked query");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 1000, "{checked}");
+}
+
+fn upstream_answer(name: &str, qtype: RecordType, ttl: u32) -> Message {
+    let n = Name::from_ascii(name).unwrap();
+    let mut m = Message::query();
+    m.metadata.message_type = MessageType::Response;
+    m.metadata.recursion_available = true;
+    m.add_query(Query::query(n.clone(), qtype));
+    match qtype {
+        RecordType::A => {
+            let target = Name::from_ascii("target.fwd.test.").unwrap();
+            m.add_answer(Record::from_rdata(
+                n.clone(),
+                ttl,
+                RData::CNAME(CNAME(target.clone())),
+            ));
+            m.add_answer(Record::from_rdata(
+                target,
+                ttl / 2,
+                RData::A(A::new(192, 0, 2, 10)),
+            ));
+        }
+        RecordType::TXT => {
+            m.add_answer(Record::from_rdata(
+                n,
+                ttl,
+                RData::TXT(TXT::new(vec!["hello".into()])),
+            ));
+        }
+        _ => {
+            m.metadata.response_code = ResponseCode::NXDomain;
+            m.add_authority(dnsd::answer::soa(
+                &Name::from_ascii("fwd.test.").unwrap(),
+                ttl,
+            ));
+        }
+    }
+    m
+}
+
+#[tokio::test]
+async fn cached_answers_are_byte_identical() {
+    let r = resolver(&config(""));
+    let h = Handler(Arc::clone(&r));
+    let now = Instant::now();
+    let names = ["c.fwd.test.", "Mixed.FWD.test."];
+    let types = [RecordType::A, RecordType::TXT, RecordType::MX];
+    for name in names {
+        for qtype in types {
+            for dnssec_ok in [false, true] {
+                let key = Key::new(
+                    &Name::from_ascii(name).unwrap(),
+                    qtype,
+                    DNSClass::IN,
+                    dnssec_ok,
+                );
+                r.cache()
+                    .insert(key, &upstream_answer(name, qtype, 600), now);
+            }
+        }
+    }
+    let mut checked = 0;
+    for name in names {
+        for qtype in types {
+            for opt in [Opt::None, Opt::Size(1232), Opt::DnssecOk, Opt::Size(600)] {
+                let q1 = query(7, name, qtype, opt, true, false);
+                // Kept once the cache entry has had the hits a prefetch needs.
+                // (The cache's key leaves out the EDNS size, so the entry may have them.)
+                let mut first = Vec::new();
+                let mut slow = 0;
+                while fast(&r, &q1, CLIENT).is_none() {
+                    first = h.answer_packet(&q1, CLIENT.parse().unwrap()).await.unwrap();
+                    slow += 1;
+                    assert!(
+                        slow <= dnsd::cache::PREFETCH_MIN_HITS,
+                        "{name} {qtype} {opt:?}"
+                    );
+                }
+                assert!(
+                    slow >= 1,
+                    "an answer is kept only after the hickory path sent it"
+                );
+                assert_eq!(
+                    Message::from_vec(&first).unwrap().metadata.response_code,
+                    if qtype == RecordType::MX {
+                        ResponseCode::NXDomain
+                    } else {
+                        ResponseCode::NoError
+                    }
+                );
+                let q2 = query(0xbeef, name, qtype, opt, true, false);
+                let cached = r.stats().cached.load(std::sync::atomic::Ordering::Relaxed);
+                let f = fast(&r, &q2, CLIENT).expect("the fast path answers from its copy");
+                let s = h.answer_packet(&q2, CLIENT.parse().unwrap()).await.unwrap();
+                assert_eq!(f, s, "{name} {qtype} {opt:?}");
+                assert_eq!(
+                    r.stats().cached.load(std::sync::atomic::Ordering::Relaxed),
+                    cached + 2
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 24);
+}
+
+#[tokio::test]
+async fn everything_else_is_left_to_hickory() {
+    let r = resolver(&config(""));
+    let mut two = Message::query();
+    two.add_query(Query::query(
+        Name::from_ascii("ads.test.").unwrap(),
+        RecordType::A,
+    ));
+    two.add_query(Query::query(
+        Name::from_ascii("ads.test.").unwrap(),
+        RecordType::A,
+    ));
+    let mut notify = Message::query();
+    notify.metadata.op_code = OpCode::Notify;
+    notify.add_query(Query::query(
+        Name::from_ascii("ads.test.").unwrap(),
+        RecordType::A,
+    ));
+    let mut response = Message::query();
+    response.metadata.message_type = MessageType::Response;
+    response.add_query(Query::query(
+        Name::from_ascii("ads.test.").unwrap(),
+        RecordType::A,
+    ));
+    let mut chaos = Message::query();
+    chaos.add_query({
+        let mut q = Query::query(Name::from_ascii("ads.test.").unwrap(), RecordType::TXT);
+        q.set_query_class(DNSClass::CH);
+        q
+    });
+    let mut trailing = query(1, "ads.test.", RecordType::A, Opt::None, true, false);
+    trailing.push(0);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "a local name",
+            query(1, "nas.home.arpa.", RecordType::A, Opt::None, true, false),
+        ),
+        (
+            "the router's name",
+            query(1, "GW.home.arpa.", RecordType::AAAA, Opt::None, true, false),
+        ),
+        (
+            "a reverse local name",
+            query(
+                1,
+                "5.1.168.192.in-addr.arpa.",
+                RecordType::PTR,
+                Opt::None,
+                true,
+                false,
+            ),
+        ),
+        (
+            "a name neither blocked nor cached",
+            query(1, "fwd.test.", RecordType::A, Opt::None, true, false),
+        ),
+        (
+            "ANY",
+            query(1, "ads.test.", RecordType::ANY, Opt::None, true, false),
+        ),
+        ("an odd byte in a label", {
+            let mut m = Message::query();
+            m.add_query(Query::query(
+                Name::from_labels([&b"a b"[..], b"ads", b"test"]).unwrap(),
+                RecordType::A,
+            ));
+            m.to_vec().unwrap()
+        }),
+        (
+            "the root",
+            query(1, ".", RecordType::NS, Opt::None, true, false),
+        ),
+        ("two questions", two.to_vec().unwrap()),
+        ("NOTIFY", notify.to_vec().unwrap()),
+        ("a response", response.to_vec().unwrap()),
+        ("class CH", chaos.to_vec().unwrap()),
+        ("a trailing byte", trailing),
+        ("a short packet", vec![0, 1, 1, 0, 0, 1]),
+    ];
+    for (what, q) in cases {
+        assert!(fast(&r, &q, CLIENT).is_none(), "{what}");
+    }
+    // The rate limit is kept by the hickory path alone.
+    let cfg = config("");
+    let limited = Arc::new(Resolver::new(&cfg, r.policy()).with_rate_limit(
+        dnsd::server::RateLimit {
+            per_second: 1.0,
+            burst: 1.0,
+        },
+    ));
+    let q = query(1, "ads.test.", RecordType::A, Opt::None, true, false);
+    assert!(fast(&limited, &q, CLIENT).is_none());
+    assert!(fast(&r, &q, CLIENT).is_some());
+}
+
+#[tokio::test]
+async fn a_pause_lets_blocked_names_through_on_the_fast_path_too() {
+    let r = resolver(&config(""));
+    let q = query(1, "ads.test.", RecordType::A, Opt::None, true, false);
+    assert!(fast(&r, &q, CLIENT).is_some());
+    let mut p = Policy::build(&config(""), &{
+        let mut lists = Lists::new();
+        lists.insert(
+            "ads".into(),
+            Arc::new(
+                CompiledList::compile(dnsd::lists::parse("ads.test\n", ListFormat::Auto)).unwrap(),
+            ),
+        );
+        lists
+    })
+    .unwrap();
+    p.pause(None, std::time::Duration::from_secs(60));
+    r.swap_policy(Arc::new(p));
+    assert!(
+        fast(&r, &q, CLIENT).is_none(),
+        "paused: neither blocked nor cached, so the hickory path forwards it"
+    );
+}
