@@ -7,6 +7,7 @@ pub mod command;
 pub mod daemon;
 pub mod dhcp;
 pub mod firewall;
+pub mod ipv6;
 pub mod links;
 pub mod wan;
 pub mod wireguard;

@@ -220,6 +220,8 @@ const TEST: Step = Step {
         "udhcpc",
         "isc-dhcp-client",
         "dhcpcd-base",
+        // the ISP's router advertisements in netd's IPv6 namespace test
+        "radvd",
         "libzfslinux-dev",
         "libclang-dev",
         "pkg-config",

@@ -5,7 +5,7 @@ use std::fmt;
 
 use ipnet::IpNet;
 
-use super::state::{BridgeNf, BridgeOpts, OWNER_ALIAS, Route, Virtual};
+use super::state::{BridgeNf, BridgeOpts, Forwarding, Ipv6Conf, OWNER_ALIAS, Route, Virtual};
 
 /// One change to the kernel. Links are named by their name at the time the step runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +67,15 @@ pub enum Action {
     SetBridgeNf {
         value: BridgeNf,
         previous: BridgeNf,
+    },
+    SetIpv6 {
+        link: String,
+        value: Ipv6Conf,
+        previous: Ipv6Conf,
+    },
+    SetForwarding {
+        value: Forwarding,
+        previous: Forwarding,
     },
 }
 
@@ -142,6 +151,19 @@ impl Action {
                 value: *previous,
                 previous: *value,
             },
+            Self::SetIpv6 {
+                link,
+                value,
+                previous,
+            } => Self::SetIpv6 {
+                link: link.clone(),
+                value: *previous,
+                previous: *value,
+            },
+            Self::SetForwarding { value, previous } => Self::SetForwarding {
+                value: *previous,
+                previous: *value,
+            },
         })
     }
 }
@@ -200,6 +222,19 @@ impl fmt::Display for Action {
                 on(value.iptables),
                 on(value.ip6tables),
                 on(value.arptables)
+            ),
+            Self::SetIpv6 { link, value, .. } => write!(
+                f,
+                "sysctl net.ipv6.conf.{link}.accept_ra={} net.ipv6.conf.{link}.autoconf={} net.ipv6.conf.{link}.disable_ipv6={}",
+                value.accept_ra,
+                on(value.autoconf),
+                on(value.disable_ipv6)
+            ),
+            Self::SetForwarding { value, .. } => write!(
+                f,
+                "sysctl net.ipv4.ip_forward={} net.ipv6.conf.all.forwarding={}",
+                on(value.ipv4),
+                on(value.ipv6)
             ),
         }
     }

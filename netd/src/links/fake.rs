@@ -4,9 +4,12 @@
 
 use super::action::Action;
 use super::adapter::{Netlink, NetlinkError};
-use super::state::{Address, BridgeNf, Link, Mac, OWNER_ALIAS, Observed, Virtual};
+use super::state::{
+    Address, BridgeNf, Forwarding, Ipv6Conf, Link, Mac, OWNER_ALIAS, Observed, Virtual,
+};
 
 const EIO: i32 = 5;
+const EACCES: i32 = 13;
 const EBUSY: i32 = 16;
 const EEXIST: i32 = 17;
 const ENODEV: i32 = 19;
@@ -42,6 +45,7 @@ impl FakeNetlink {
                     ip6tables: true,
                     arptables: true,
                 }),
+                forwarding: Some(Forwarding::default()),
                 ..Observed::default()
             },
             log: Vec::new(),
@@ -58,6 +62,9 @@ impl FakeNetlink {
             let mut l = f.blank(name);
             l.mac = Some(Mac(*mac));
             l.perm_mac = Some(Mac(*mac));
+            f.state
+                .ipv6
+                .insert(name.to_string(), Ipv6Conf::KERNEL_DEFAULT);
             f.state.links.push(l);
         }
         f
@@ -144,11 +151,15 @@ impl FakeNetlink {
                     }
                 }
                 self.next_index += 1;
+                self.state
+                    .ipv6
+                    .insert(name.clone(), Ipv6Conf::KERNEL_DEFAULT);
                 self.state.links.push(l);
             }
             Action::Delete { name, .. } => {
                 let i = find(s, name, &op)?;
                 s.links.remove(i);
+                s.ipv6.remove(name);
                 s.addresses.retain(|a| a.link != *name);
                 s.routes.retain(|r| r.dev.as_deref() != Some(name));
                 for l in &mut s.links {
@@ -167,6 +178,9 @@ impl FakeNetlink {
                     return Err(err(EBUSY));
                 }
                 l.name = to.clone();
+                if let Some(c) = s.ipv6.remove(from) {
+                    s.ipv6.insert(to.clone(), c);
+                }
                 for a in &mut s.addresses {
                     if a.link == *from {
                         a.link = to.clone();
@@ -246,6 +260,11 @@ impl FakeNetlink {
                 if s.addresses.iter().any(|a| a.link == *link && a.net == *net) {
                     return Err(err(EEXIST));
                 }
+                if matches!(net, ipnet::IpNet::V6(_))
+                    && s.ipv6.get(link).is_some_and(|c| c.disable_ipv6)
+                {
+                    return Err(err(EACCES));
+                }
                 s.addresses.push(Address {
                     link: link.clone(),
                     net: *net,
@@ -286,6 +305,19 @@ impl FakeNetlink {
             }
             Action::SetBridgeNf { value, .. } => match &mut s.bridge_nf {
                 Some(nf) => *nf = *value,
+                None => return Err(err(ENOENT)),
+            },
+            Action::SetIpv6 { link, value, .. } => {
+                let c = s.ipv6.get_mut(link).ok_or_else(|| err(ENOENT))?;
+                *c = *value;
+                if value.disable_ipv6 {
+                    // The kernel flushes every IPv6 address of the link.
+                    s.addresses
+                        .retain(|a| a.link != *link || matches!(a.net, ipnet::IpNet::V4(_)));
+                }
+            }
+            Action::SetForwarding { value, .. } => match &mut s.forwarding {
+                Some(f) => *f = *value,
                 None => return Err(err(ENOENT)),
             },
         }

@@ -9,7 +9,10 @@ use appliance::model::{Addressed, Ipv4Mode, Ipv6Mode};
 use ipnet::IpNet;
 
 use super::action::Action;
-use super::state::{BridgeNf, Link, Mac, NIC_ALIAS_PREFIX, Observed, PROTO_STATIC, Route, Virtual};
+use super::state::{
+    BridgeNf, Forwarding, Ipv6Conf, Link, Mac, NIC_ALIAS_PREFIX, Observed, PROTO_STATIC, Route,
+    Virtual,
+};
 
 /// How a NIC of the config is found among the kernel's links.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +44,8 @@ pub struct DesiredLink {
     pub manage_v4: bool,
     /// IPv6 addresses, link-local aside, are netd's (not with `ipv6 = "slaac"`).
     pub manage_v6: bool,
+    /// The link's IPv6 switches: SLAAC, static only, or IPv6 off.
+    pub ipv6: Ipv6Conf,
 }
 
 /// The links, addresses and routes a config asks for.
@@ -49,6 +54,9 @@ pub struct Desired {
     /// NICs, then bridges, then VLANs.
     pub links: Vec<DesiredLink>,
     pub routes: Vec<Route>,
+    /// Forwarding the config needs: switched on when off, never off (another part of
+    /// the system may route too).
+    pub forwarding: Forwarding,
 }
 
 impl Desired {
@@ -108,9 +116,20 @@ pub fn desired(cfg: &Config) -> Result<Desired, PlanError> {
         }
     }
     let mut out = Desired::default();
+    // Links that carry each family: a router forwards once two of them do.
+    let (mut with_v4, mut with_v6) = (usize::from(!cfg.wireguard.is_empty()), 0usize);
     let mut add = |name: &str, role: Role, a: &dyn Addressed| {
         let v4 = a.ipv4_mode();
         let v6 = a.ipv6_mode();
+        with_v4 += usize::from(v4 != Ipv4Mode::None);
+        with_v6 += usize::from(v6 != Ipv6Mode::None);
+        let ipv6 = match (a.ipv6(), v6) {
+            (Some(Ipv6Mode::None), _) => Ipv6Conf::DISABLED,
+            (_, Ipv6Mode::Slaac) => Ipv6Conf::SLAAC,
+            // Left unsaid, IPv6 stays link-local only: an advertisement on the link (a
+            // rogue router on the LAN) must not configure the router.
+            _ => Ipv6Conf::STATIC,
+        };
         let addresses = a
             .addresses()
             .iter()
@@ -141,6 +160,7 @@ pub fn desired(cfg: &Config) -> Result<Desired, PlanError> {
             addresses,
             manage_v4: v4 != Ipv4Mode::Dhcp,
             manage_v6: v6 != Ipv6Mode::Slaac,
+            ipv6,
         });
     };
     for (name, i) in &cfg.interfaces {
@@ -170,6 +190,10 @@ pub fn desired(cfg: &Config) -> Result<Desired, PlanError> {
         };
         add(name.as_str(), Role::Virtual(kind), v);
     }
+    out.forwarding = Forwarding {
+        ipv4: with_v4 >= 2,
+        ipv6: with_v6 >= 2,
+    };
     // Default routes of static uplinks.
     for (name, i) in &cfg.interfaces {
         let gateways = [
@@ -600,6 +624,24 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Vec<Action>, PlanE
             }
         }
     }
+    // IPv6 switches after the stale addresses went (disabling IPv6 flushes them) and
+    // before the new ones come (they need IPv6 on), and before the link goes up (which is
+    // when the kernel solicits routers, with accept_ra as it is then).
+    for d in &desired.links {
+        let have = match current(&d.name) {
+            Some(l) => observed.ipv6.get(&l.name).copied(),
+            None => Some(Ipv6Conf::KERNEL_DEFAULT),
+        };
+        if let Some(have) = have
+            && have != d.ipv6
+        {
+            actions.push(Action::SetIpv6 {
+                link: d.name.clone(),
+                value: d.ipv6,
+                previous: have,
+            });
+        }
+    }
     actions.extend(adds);
 
     // 8. Bridged frames must not meet the IP firewall hooks (see BridgeNf).
@@ -615,6 +657,19 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Vec<Action>, PlanE
             value: BridgeNf::OFF,
             previous: nf,
         });
+    }
+
+    if let Some(have) = observed.forwarding {
+        let want = Forwarding {
+            ipv4: have.ipv4 || desired.forwarding.ipv4,
+            ipv6: have.ipv6 || desired.forwarding.ipv6,
+        };
+        if want != have {
+            actions.push(Action::SetForwarding {
+                value: want,
+                previous: have,
+            });
+        }
     }
 
     // 9. Up.

@@ -25,7 +25,8 @@ use rtnetlink::{
 use super::action::Action;
 use super::adapter::{Netlink, NetlinkError};
 use super::state::{
-    Address, BridgeNf, BridgeOpts, Link, Mac, OWNER_ALIAS, Observed, Route, Virtual,
+    Address, BridgeNf, BridgeOpts, Forwarding, Ipv6Conf, Link, Mac, OWNER_ALIAS, Observed, Route,
+    Virtual,
 };
 
 const ENODEV: i32 = 19;
@@ -299,6 +300,49 @@ impl Rtnetlink {
         })
     }
 
+    /// The IPv6 switches of `names` (links without `/proc/sys/net/ipv6/conf/<name>` are
+    /// left out: no IPv6 in this kernel) and the forwarding switches.
+    fn sysctls(
+        &self,
+        names: &[String],
+    ) -> Result<(BTreeMap<String, Ipv6Conf>, Option<Forwarding>), NetlinkError> {
+        in_netns(self.netns.as_deref(), || {
+            let read = |path: &str| -> Option<u8> {
+                std::fs::read_to_string(path).ok()?.trim().parse().ok()
+            };
+            let mut conf = BTreeMap::new();
+            for name in names {
+                let key = |k: &str| format!("/proc/sys/net/ipv6/conf/{name}/{k}");
+                let (Some(disable), Some(accept_ra), Some(autoconf)) = (
+                    read(&key("disable_ipv6")),
+                    read(&key("accept_ra")),
+                    read(&key("autoconf")),
+                ) else {
+                    continue;
+                };
+                conf.insert(
+                    name.clone(),
+                    Ipv6Conf {
+                        disable_ipv6: disable != 0,
+                        accept_ra,
+                        autoconf: autoconf != 0,
+                    },
+                );
+            }
+            let forwarding = match (
+                read("/proc/sys/net/ipv4/ip_forward"),
+                read("/proc/sys/net/ipv6/conf/all/forwarding"),
+            ) {
+                (Some(v4), Some(v6)) => Some(Forwarding {
+                    ipv4: v4 != 0,
+                    ipv6: v6 != 0,
+                }),
+                _ => None,
+            };
+            (conf, forwarding)
+        })
+    }
+
     fn create(
         &self,
         name: &str,
@@ -387,7 +431,10 @@ impl Netlink for Rtnetlink {
                     .try_collect(),
             )
             .map_err(|e| nl_error("ip -6 route show", e))?;
+        let (ipv6, forwarding) = self.sysctls(&names.values().cloned().collect::<Vec<_>>())?;
         Ok(Observed {
+            ipv6,
+            forwarding,
             links: links.iter().map(|m| parse_link(m, &names)).collect(),
             addresses: addresses
                 .iter()
@@ -524,8 +571,43 @@ impl Netlink for Rtnetlink {
                 }
                 Ok(())
             })?,
+            Action::SetIpv6 { link, value, .. } => {
+                // accept_ra before disable_ipv6: re-enabled IPv6 solicits routers at once,
+                // with the accept_ra it finds.
+                let writes = [
+                    ("accept_ra", value.accept_ra),
+                    ("autoconf", u8::from(value.autoconf)),
+                    ("disable_ipv6", u8::from(value.disable_ipv6)),
+                ]
+                .map(|(k, v)| (format!("/proc/sys/net/ipv6/conf/{link}/{k}"), v));
+                in_netns(self.netns.as_deref(), || write_sysctls(op, &writes))?
+            }
+            Action::SetForwarding { value, .. } => {
+                let writes = [
+                    (
+                        "/proc/sys/net/ipv4/ip_forward".to_string(),
+                        u8::from(value.ipv4),
+                    ),
+                    (
+                        "/proc/sys/net/ipv6/conf/all/forwarding".to_string(),
+                        u8::from(value.ipv6),
+                    ),
+                ];
+                in_netns(self.netns.as_deref(), || write_sysctls(op, &writes))?
+            }
         }
     }
+}
+
+fn write_sysctls(op: &str, writes: &[(String, u8)]) -> Result<(), NetlinkError> {
+    for (path, v) in writes {
+        std::fs::write(path, format!("{v}\n")).map_err(|e| NetlinkError {
+            operation: op.to_string(),
+            errno: e.raw_os_error(),
+            message: format!("{path}: {e}"),
+        })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

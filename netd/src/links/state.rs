@@ -155,6 +155,52 @@ impl BridgeNf {
     };
 }
 
+/// The per-link IPv6 switches netd sets, `/proc/sys/net/ipv6/conf/<link>/*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Conf {
+    /// No IPv6 at all on the link, not even link-local (`ipv6 = "none"`).
+    pub disable_ipv6: bool,
+    /// 0: router advertisements ignored; 1: accepted unless the box forwards; 2: accepted
+    /// even though it forwards (a router's SLAAC uplink).
+    pub accept_ra: u8,
+    /// Addresses made from the prefixes of accepted advertisements (SLAAC).
+    pub autoconf: bool,
+}
+
+impl Ipv6Conf {
+    /// What the kernel gives a new link (`conf/default` untouched).
+    pub const KERNEL_DEFAULT: Self = Self {
+        disable_ipv6: false,
+        accept_ra: 1,
+        autoconf: true,
+    };
+    /// A SLAAC uplink of a router.
+    pub const SLAAC: Self = Self {
+        disable_ipv6: false,
+        accept_ra: 2,
+        autoconf: true,
+    };
+    /// Static addresses only: advertisements from the link (a rogue router on the LAN)
+    /// configure nothing.
+    pub const STATIC: Self = Self {
+        disable_ipv6: false,
+        accept_ra: 0,
+        autoconf: false,
+    };
+    pub const DISABLED: Self = Self {
+        disable_ipv6: true,
+        accept_ra: 0,
+        autoconf: false,
+    };
+}
+
+/// `net.ipv4.ip_forward` and `net.ipv6.conf.all.forwarding` of the namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Forwarding {
+    pub ipv4: bool,
+    pub ipv6: bool,
+}
+
 /// Everything the planner looks at.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Observed {
@@ -163,6 +209,10 @@ pub struct Observed {
     pub routes: Vec<Route>,
     /// `None` when br_netfilter is not loaded: there is nothing to switch off.
     pub bridge_nf: Option<BridgeNf>,
+    /// IPv6 switches by link name; a link without an entry has no IPv6 in its kernel.
+    pub ipv6: std::collections::BTreeMap<String, Ipv6Conf>,
+    /// `None` when the switches cannot be read.
+    pub forwarding: Option<Forwarding>,
 }
 
 impl Observed {

@@ -63,7 +63,8 @@ fn net(s: &str) -> ipnet::IpNet {
 
 /// The kernel keeps no meaningful order among routes or addresses: an undone removal
 /// comes back at the end of the list. A deleted link that an undo recreated has a new
-/// index, and a recreated bridge (and the VLANs on it) a new MAC.
+/// index, and a recreated bridge (and the VLANs on it) a new MAC, and the kernel's default
+/// IPv6 switches.
 fn sorted(s: &Observed) -> Observed {
     let mut s = s.clone();
     s.links.sort_by_key(|l| l.name.clone());
@@ -71,6 +72,7 @@ fn sorted(s: &Observed) -> Observed {
         l.index = 0;
         if l.created() {
             l.mac = None;
+            s.ipv6.remove(&l.name);
         }
     }
     s.addresses
@@ -523,5 +525,92 @@ fn without_br_netfilter_there_is_no_sysctl_step() {
     let mut k = kernel();
     k.state.bridge_nf = None;
     let plan = Links::new(k).plan(&cfg(ROUTER)).unwrap().to_string();
-    assert!(!plan.contains("sysctl"), "{plan}");
+    assert!(!plan.contains("net.bridge"), "{plan}");
+}
+
+#[test]
+fn ipv6_switches_follow_the_mode_and_forwarding_is_only_switched_on() {
+    let mut links = Links::new(kernel());
+    let c = cfg(r#"
+[interfaces.wan]
+device = "eth0"
+ipv4 = "dhcp"
+ipv6 = "slaac"
+
+[interfaces.lan]
+device = "eth1"
+addresses = ["192.168.1.1/24", "2001:db8:1::1/64"]
+
+[interfaces.guest]
+device = "eth2"
+addresses = ["192.168.2.1/24"]
+ipv6 = "none"
+
+[interfaces.mgmt]
+device = "eth3"
+addresses = ["192.168.3.1/24"]
+"#);
+    let plan = links.apply(&c).unwrap().to_string();
+    let k = &links.netlink().state;
+    assert_eq!(k.ipv6["wan"], Ipv6Conf::SLAAC, "{plan}");
+    assert_eq!(k.ipv6["lan"], Ipv6Conf::STATIC);
+    assert_eq!(k.ipv6["guest"], Ipv6Conf::DISABLED);
+    // Unsaid: link-local only, advertisements ignored.
+    assert_eq!(k.ipv6["mgmt"], Ipv6Conf::STATIC);
+    assert_eq!(
+        k.forwarding,
+        Some(Forwarding {
+            ipv4: true,
+            ipv6: true
+        })
+    );
+    // The switches come before the link goes up: the kernel solicits routers then.
+    let lines: Vec<&str> = plan.lines().collect();
+    let ra = lines
+        .iter()
+        .position(|l| l.contains("net.ipv6.conf.wan.accept_ra=2"))
+        .unwrap();
+    let up = lines
+        .iter()
+        .position(|l| *l == "ip link set wan up")
+        .unwrap();
+    assert!(ra < up, "{plan}");
+    assert!(links.plan(&c).unwrap().is_empty());
+
+    // One IPv6 link: nothing to forward between, but forwarding someone switched on stays.
+    let single = cfg("[interfaces.lan]\ndevice = \"eth1\"\naddresses = [\"2001:db8:1::1/64\"]\n");
+    let plan = links.apply(&single).unwrap().to_string();
+    assert!(!plan.contains("forward"), "{plan}");
+    assert_eq!(links.netlink().state.forwarding.map(|f| f.ipv6), Some(true));
+}
+
+#[test]
+fn ipv6_none_after_static_removes_the_addresses_before_disabling() {
+    let mut links = Links::new(kernel());
+    let with = cfg("[interfaces.lan]\ndevice = \"eth1\"\naddresses = [\"2001:db8:1::1/64\"]\n");
+    links.apply(&with).unwrap();
+    let without = cfg("[interfaces.lan]\ndevice = \"eth1\"\nipv6 = \"none\"\n");
+    let base = links.netlink().clone();
+    let plan = links.apply(&without).unwrap().to_string();
+    assert_eq!(
+        plan,
+        "ip addr del 2001:db8:1::1/64 dev lan\nsysctl net.ipv6.conf.lan.accept_ra=0 net.ipv6.conf.lan.autoconf=0 net.ipv6.conf.lan.disable_ipv6=1\n"
+    );
+    assert!(links.plan(&without).unwrap().is_empty());
+    // Back again: IPv6 on before the address.
+    let plan = links.apply(&with).unwrap().to_string();
+    assert!(
+        plan.starts_with("sysctl net.ipv6.conf.lan.accept_ra=0"),
+        "{plan}"
+    );
+    assert!(
+        plan.ends_with("ip addr add 2001:db8:1::1/64 dev lan\n"),
+        "{plan}"
+    );
+    // The switch refused: the address comes back.
+    let mut k = base.clone();
+    k.fail_at = Some(k.log.len() + 1);
+    let mut failing = Links::new(k);
+    assert!(failing.apply(&without).is_err());
+    assert_eq!(sorted(&failing.netlink().state), sorted(&base.state));
 }
