@@ -444,6 +444,7 @@ impl Upstream {
         if s.starts_with("https://") {
             let url = url::Url::parse(s)
                 .map_err(|e| ValueError::new(format!("{s:?} is not a valid URL: {e}"), HINT))?;
+            refuse_credentials(&url)?;
             let host = match url.host() {
                 Some(url::Host::Domain(d)) => {
                     Host::Name(DomainName::parse(d).map_err(|e| ValueError::new(e.message, HINT))?)
@@ -660,6 +661,43 @@ mod tests {
         assert!(matches!(Listen::parse("[::1]:443"), Ok(Listen::Addr(_))));
         assert!(Listen::parse("192.168.1.1").is_err());
     }
+
+    #[test]
+    fn urls_with_credentials_are_refused_without_echoing_them() {
+        for s in [
+            "https://user:hunter2@lists.example/hosts",
+            "http://token@lists.example/hosts",
+            "https://:hunter2@lists.example/",
+        ] {
+            let e = HttpUrl::parse(s)
+                .err()
+                .unwrap_or_else(|| panic!("{s} accepted"));
+            assert!(!e.message.contains("hunter2"), "{}", e.message);
+            assert!(e.hint.contains("credentials"), "{}", e.hint);
+        }
+        let e = Upstream::parse("https://u:hunter2@dns.example/dns-query")
+            .err()
+            .unwrap_or_else(|| panic!("upstream with a password accepted"));
+        assert!(!e.message.contains("hunter2"), "{}", e.message);
+        assert!(HttpUrl::parse("https://lists.example/hosts").is_ok());
+        assert!(Upstream::parse("https://dns.example/dns-query").is_ok());
+    }
+}
+
+/// A user name or password in a URL is a credential, and appliance.toml holds none: the
+/// file is shown by `applctl config show`, kept in every generation and readable by the
+/// daemons. The URL itself is not echoed back, since it holds the secret.
+fn refuse_credentials(u: &url::Url) -> Result<(), ValueError> {
+    if u.username().is_empty() && u.password().is_none() {
+        return Ok(());
+    }
+    Err(ValueError::new(
+        format!(
+            "the URL of host {} carries a user name or password",
+            u.host_str().unwrap_or("?")
+        ),
+        "credentials never go in appliance.toml; use a URL without user:password@",
+    ))
 }
 
 /// An http:// or https:// URL, for block lists and the update channel.
@@ -676,6 +714,7 @@ impl HttpUrl {
                 HINT,
             ));
         }
+        refuse_credentials(&u)?;
         Ok(Self(u))
     }
     pub fn as_url(&self) -> &url::Url {
