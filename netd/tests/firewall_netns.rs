@@ -265,7 +265,7 @@ fn port_forward_from_wan_and_by_hairpin_survives_a_wan_address_change() {
     assert_eq!(reaches(&lab.wan, WAN2, 8080), INTERNET.to_string());
     assert_eq!(reaches(&lab.lan, WAN2, 8080), LAN_GW.to_string());
     // status reads per-rule counters: four forwarded connections, one hairpin pair
-    let counters = rule_counters(&fw.observe().unwrap().unwrap());
+    let counters = rule_counters(&fw.listing().unwrap().unwrap());
     assert_eq!(counters["forward web"].0, 4, "{counters:?}");
     assert_eq!(counters["hairpin lan"].0, 2, "{counters:?}");
     // nothing else became reachable on the way
@@ -278,7 +278,7 @@ fn second_apply_plans_nothing_and_writes_nothing() {
     let mut fw = lab.firewall();
     let desired = render(&router_config());
     let observed = fw.observe().unwrap();
-    assert!(fw.plan(&desired, observed.as_ref()).is_nothing());
+    assert!(fw.plan(&desired, &observed).is_nothing());
 
     let before = rules_with_handles(&lab.nft());
     let mut monitor = Command::new("ip")
@@ -302,6 +302,88 @@ fn second_apply_plans_nothing_and_writes_nothing() {
     monitor.wait().unwrap();
     assert_eq!(events, "", "nft monitor saw changes during a no-op apply");
     assert_eq!(rules_with_handles(&lab.nft()), before);
+}
+
+/// A normalized listing's objects, sorted: a table changed in place holds the same
+/// objects as a new one, chains not always in the same order.
+fn sorted(listing: &Value) -> Vec<String> {
+    let mut v: Vec<String> = listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+/// `nft monitor` in the router while `f` runs: what it printed.
+fn monitored(lab: &Lab, f: impl FnOnce()) -> String {
+    let mut monitor = Command::new("ip")
+        .args(["netns", "exec", &lab.router.name, "nft", "monitor"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // give the monitor time to subscribe before the apply it watches
+    thread::sleep(Duration::from_millis(500));
+    f();
+    thread::sleep(Duration::from_millis(500));
+    monitor.kill().unwrap();
+    let mut events = String::new();
+    monitor
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut events)
+        .unwrap();
+    monitor.wait().unwrap();
+    events
+}
+
+#[test]
+fn one_forward_added_is_an_update_in_place_that_keeps_every_counter() {
+    let lab = Lab::new();
+    let mut fw = lab.firewall();
+    let _lan_server = Server::start(&lab.srv, 80);
+    assert_eq!(reaches(&lab.wan, WAN1, 8080), INTERNET.to_string());
+    assert_dropped(&lab.wan, WAN1, 22);
+    let before = rule_counters(&fw.listing().unwrap().unwrap());
+    assert_eq!(before["forward web"].0, 1, "{before:?}");
+    assert!(before["zone wan input"].0 > 0, "{before:?}");
+
+    let src = format!(
+        "{}\n[firewall.forwards.web]\nprotocol = \"tcp\"\nport = 8080\nto = \"{LAN_SERVER}\"\nto_port = 80\n\n[firewall.forwards.alt]\nprotocol = \"tcp\"\nport = 8081\nto = \"{LAN_SERVER}\"\nto_port = 80\n",
+        appliance::DEFAULT_CONFIG
+    );
+    let desired = render(&appliance::load_str(&src).unwrap());
+    let plan = fw.plan(&desired, &fw.observe().unwrap());
+    assert!(
+        matches!(plan, netd::firewall::FirewallPlan::Update { .. }),
+        "{plan:?}"
+    );
+    let events = monitored(&lab, || assert!(fw.apply(&desired).unwrap()));
+    // the table was neither deleted nor re-added: the new forward's chain and rule, and
+    // the dispatch rule of prerouting rewritten
+    assert!(!events.contains("table inet appliance"), "{events}");
+    assert!(
+        events.contains("add chain inet appliance fwd_alt"),
+        "{events}"
+    );
+    assert!(!events.contains("forward_"), "{events}");
+
+    // every counter of before is still there, and the new forward works
+    let after = rule_counters(&fw.listing().unwrap().unwrap());
+    for (name, (packets, _)) in &before {
+        assert!(after[name].0 >= *packets, "{name}: {before:?} -> {after:?}");
+    }
+    assert_eq!(reaches(&lab.wan, WAN1, 8081), INTERNET.to_string());
+    assert_eq!(reaches(&lab.wan, WAN1, 8080), INTERNET.to_string());
+    let last = rule_counters(&fw.listing().unwrap().unwrap());
+    assert_eq!(last["forward web"].0, 2, "{last:?}");
+    assert_eq!(last["forward alt"].0, 1, "{last:?}");
+    // and the same config again is a no-op
+    assert!(!fw.apply(&desired).unwrap());
 }
 
 /// A ruleset nft refuses: a rule that looks up a set that does not exist.
@@ -371,7 +453,7 @@ fn revert_restores_the_previous_table_in_the_kernel() {
     let lab = Lab::new();
     let mut fw = lab.firewall();
     let _internet = Server::start(&lab.wan, 9000);
-    let before = netd::firewall::normalize_listing(&fw.observe().unwrap().unwrap());
+    let before = netd::firewall::normalize_listing(&fw.listing().unwrap().unwrap());
 
     // a config without the LAN-to-WAN policy cuts the client off...
     let mut cfg = router_config();
@@ -385,8 +467,10 @@ fn revert_restores_the_previous_table_in_the_kernel() {
     // ...and the revert brings the old table (with the learned WAN address) back
     fw.revert().unwrap();
     assert_eq!(
-        netd::firewall::normalize_listing(&fw.observe().unwrap().unwrap()),
-        before
+        sorted(&netd::firewall::normalize_listing(
+            &fw.listing().unwrap().unwrap()
+        )),
+        sorted(&before)
     );
     assert_eq!(reaches(&lab.lan, INTERNET, 9000), WAN1.to_string());
 }
@@ -433,7 +517,7 @@ fn rate_limited_rule_admits_a_burst_and_counts_what_it_admits() {
         "{received} of {SENT} datagrams passed a 2/second burst 5 limit"
     );
 
-    let counters = rule_counters(&fw.observe().unwrap().unwrap());
+    let counters = rule_counters(&fw.listing().unwrap().unwrap());
     assert_eq!(counters["wan-udp"].0, received, "{counters:?}");
     // the rest met the WAN zone's default (ARP is not IP, so only our datagrams count)
     assert_eq!(counters["wan-udp"].0 + counters["zone wan input"].0, SENT);

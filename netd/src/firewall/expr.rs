@@ -174,3 +174,23 @@ pub fn jump_map(key: MetaKey, targets: Vec<(String, String)>) -> Stmt {
         )),
     })
 }
+
+/// `<a> . <b> vmap { k1 . k2 : jump chain, ... }` with the keys given as concatenations.
+pub fn concat_jump_map(key: Vec<Expr>, targets: Vec<(Expr, String)>) -> Stmt {
+    Statement::VerdictMap(VerdictMap {
+        key: Expression::Named(NamedExpression::Concat(key)),
+        data: Expression::Named(NamedExpression::Set(
+            targets
+                .into_iter()
+                .map(|(k, chain)| {
+                    SetItem::Mapping(
+                        k,
+                        Expression::Verdict(VerdictExpr::Jump(JumpTarget {
+                            target: chain.into(),
+                        })),
+                    )
+                })
+                .collect(),
+        )),
+    })
+}

@@ -16,6 +16,10 @@ pub struct FakeNft {
     table: Option<Vec<Value>>,
     /// Transactions that changed the table.
     pub writes: usize,
+    /// Commands in those transactions, to tell an incremental update from a new table.
+    pub commands: usize,
+    /// The ruleset generation: bumped by every committed transaction, as the kernel does.
+    pub generation: u32,
     /// When set, the next `run` or `check` fails with this stderr and changes nothing.
     pub fail_next: Option<String>,
 }
@@ -74,6 +78,48 @@ impl FakeNft {
                         obj.remove("elem");
                     }
                 }
+                NfCmd::Delete(NfListObject::Element(e)) => {
+                    let set = find_set(&mut table, &e.name)?;
+                    let gone: Vec<Value> = e.elem.iter().map(|x| json!(x)).collect();
+                    let arr = set
+                        .get_mut("elem")
+                        .and_then(Value::as_array_mut)
+                        .ok_or_else(|| {
+                            failure("Error: Could not process rule: No such file or directory")
+                        })?;
+                    for g in gone {
+                        let at = arr.iter().position(|x| *x == g).ok_or_else(|| {
+                            failure("Error: Could not process rule: No such file or directory")
+                        })?;
+                        arr.remove(at);
+                    }
+                }
+                NfCmd::Flush(FlushObject::Chain(c)) => {
+                    let objs = chain_objects(&mut table, &c.name)?;
+                    objs.retain(|o| name_of(o, "rule", "chain").as_deref() != Some(&*c.name));
+                }
+                NfCmd::Delete(NfListObject::Chain(c)) => {
+                    let objs = chain_objects(&mut table, &c.name)?;
+                    let referenced = objs.iter().any(|o| {
+                        name_of(o, "rule", "chain").as_deref() == Some(&*c.name)
+                            || o.get("rule").is_some_and(|r| {
+                                r.to_string()
+                                    .contains(&format!("\"target\":\"{}\"", c.name))
+                            })
+                    });
+                    if referenced {
+                        return Err(failure(
+                            "Error: Could not process rule: Device or resource busy",
+                        ));
+                    }
+                    objs.retain(|o| name_of(o, "chain", "name").as_deref() != Some(&*c.name));
+                }
+                NfCmd::Delete(NfListObject::Set(s)) => {
+                    find_set(&mut table, &s.name)?;
+                    if let Some(objs) = table.as_mut() {
+                        objs.retain(|o| name_of(o, "set", "name").as_deref() != Some(&*s.name));
+                    }
+                }
                 NfCmd::Add(o) => {
                     let objs = table
                         .as_mut()
@@ -96,6 +142,25 @@ impl FakeNft {
         }
         Ok(table)
     }
+}
+
+fn chain_objects<'a>(
+    table: &'a mut Option<Vec<Value>>,
+    name: &str,
+) -> Result<&'a mut Vec<Value>, NftError> {
+    let missing = || {
+        failure(&format!(
+            "Error: Could not process rule: No such file or directory\nchain {name}"
+        ))
+    };
+    let objs = table.as_mut().ok_or_else(missing)?;
+    if !objs
+        .iter()
+        .any(|o| name_of(o, "chain", "name").as_deref() == Some(name))
+    {
+        return Err(missing());
+    }
+    Ok(objs)
 }
 
 fn find_set<'a>(table: &'a mut Option<Vec<Value>>, name: &str) -> Result<&'a mut Value, NftError> {
@@ -127,7 +192,13 @@ impl Nft for FakeNft {
         }
         self.table = self.simulate(batch)?;
         self.writes += 1;
+        self.commands += batch.objects.len();
+        self.generation = self.generation.wrapping_add(1);
         Ok(())
+    }
+
+    fn generation(&self) -> Result<u32, NftError> {
+        Ok(self.generation)
     }
 
     /// Lists like nft does: a metainfo object first, handles on everything, and counters

@@ -6,16 +6,20 @@
 //!   an in-memory [`FakeNft`] for unit tests.
 //! - [`Firewall`] plans against what the kernel holds, applies, and reverts.
 
+mod diff;
 mod expr;
 mod fake;
+mod genid;
 mod nft;
 mod render;
 mod ruleset;
 mod service;
 
+pub use diff::{Changes, incremental};
 pub use fake::FakeNft;
+pub use genid::GenIdError;
 pub use nft::{Nft, NftCli, NftError};
-pub use render::render;
+pub use render::{forward_chain_name, render};
 pub use ruleset::{Ruleset, set_zone_addresses, zone_set_name};
 pub use service::{Firewall, FirewallError, FirewallPlan, normalize_listing, rule_counters};
 

@@ -5,6 +5,7 @@ use nftables::schema::Nftables;
 use serde_json::Value;
 
 use super::TABLE;
+use super::genid::{self, GenIdError};
 use super::ruleset::{Ruleset, json};
 use crate::command::{self, CommandError, CommandFailure};
 
@@ -22,6 +23,8 @@ pub enum NftError {
     },
     #[error("nft printed JSON that does not parse: {0}")]
     Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Generation(#[from] GenIdError),
 }
 
 impl From<CommandError> for NftError {
@@ -50,8 +53,13 @@ pub trait Nft {
         self.run(&ruleset.batch())
     }
 
-    /// `nft -j list table inet appliance`, or `None` when the table does not exist.
+    /// `nft -j list table inet appliance`, or `None` when the table does not exist. Slow
+    /// for big sets (nft fetches every element): status and the slow paths only.
     fn list(&self) -> Result<Option<Value>, NftError>;
+
+    /// The ruleset generation id of the namespace, bumped by every committed nftables
+    /// transaction (anyone's). Cheap: one netlink round trip.
+    fn generation(&self) -> Result<u32, NftError>;
 }
 
 /// The real adapter: runs the `nft` binary, optionally inside a network namespace
@@ -59,6 +67,7 @@ pub trait Nft {
 #[derive(Debug, Clone)]
 pub struct NftCli {
     prefix: Vec<String>,
+    netns: Option<String>,
 }
 
 impl Default for NftCli {
@@ -71,6 +80,7 @@ impl NftCli {
     pub fn new() -> Self {
         Self {
             prefix: vec!["nft".into()],
+            netns: None,
         }
     }
 
@@ -81,6 +91,7 @@ impl NftCli {
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
+            netns: Some(netns.to_owned()),
         }
     }
 
@@ -153,5 +164,9 @@ impl Nft for NftCli {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    fn generation(&self) -> Result<u32, NftError> {
+        Ok(genid::read(self.netns.as_deref())?)
     }
 }

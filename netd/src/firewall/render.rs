@@ -23,8 +23,8 @@ use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use super::TABLE;
 use super::expr::{
-    Expr, Stmt, accept, counter, ct, drop_, has_flags, jump_map, log, matches, meta, names,
-    networks, payload, port, ports, reject_icmpx, s, tcp_reset, verdict,
+    Expr, Stmt, accept, concat_jump_map, counter, ct, drop_, has_flags, jump_map, log, matches,
+    meta, names, networks, payload, port, ports, reject_icmpx, s, tcp_reset, verdict,
 };
 use super::ruleset::{Ruleset, zone_set, zone_set_name};
 
@@ -545,11 +545,105 @@ fn forward_rule(ctx: &Ctx<'_>, f: &PortForward) -> Option<Vec<Stmt>> {
     Some(e)
 }
 
-fn prerouting(ctx: &Ctx<'_>, out: &mut Out) {
-    for (name, f) in ctx.cfg.firewall.forwards.iter().filter(|(_, f)| f.enabled) {
-        if let Some(e) = forward_rule(ctx, f) {
-            out.rule("prerouting", e, Some(format!("forward {name}")));
+/// Name of the chain that holds one port forward's DNAT rule.
+pub fn forward_chain_name(forward: &str) -> String {
+    format!("fwd_{forward}")
+}
+
+fn forward_protocols(p: ForwardProtocol) -> &'static [&'static str] {
+    match p {
+        ForwardProtocol::Tcp => &["tcp"],
+        ForwardProtocol::Udp => &["udp"],
+        ForwardProtocol::TcpUdp => &["tcp", "udp"],
+    }
+}
+
+/// The DNAT rule of a single-port forward inside its own chain: the dispatch map already
+/// matched the zone address, protocol and port.
+fn forward_chain_rule(ctx: &Ctx<'_>, f: &PortForward) -> Option<Vec<Stmt>> {
+    let (src4, _) = split_family(&f.source);
+    if !f.source.is_empty() && src4.is_empty() {
+        return None;
+    }
+    let mut e = Vec::new();
+    if !f.hairpin {
+        let links = ctx.links(&f.from);
+        if links.is_empty() {
+            return None;
         }
+        e.push(matches(meta(MetaKey::Iifname), names(links)));
+    }
+    if !src4.is_empty() {
+        e.push(matches(payload("ip", "saddr"), networks(&src4)));
+    }
+    // nft accepts a DNAT port only after a transport protocol match
+    e.push(matches(meta(MetaKey::L4proto), forward_l4proto(f.protocol)));
+    e.push(counter());
+    e.push(Statement::DNAT(Some(NAT {
+        addr: Some(s(f.to.to_string())),
+        family: Some(NATFamily::IP),
+        port: dnat_port(f),
+        flags: None,
+    })));
+    Some(e)
+}
+
+/// Port forwards. A single-port forward gets a chain of its own, `fwd_<name>`, reached
+/// through one verdict map per zone keyed by protocol and port, so that adding or
+/// removing a forward adds or removes one small chain and rewrites only the dispatch
+/// rule, and every other forward keeps its counter. Port ranges (and a second forward of
+/// an already mapped zone, protocol and port) stay plain rules after the dispatch.
+fn prerouting(ctx: &Ctx<'_>, out: &mut Out) {
+    let mut dispatch: std::collections::BTreeMap<&Name, Vec<(Expr, String)>> =
+        std::collections::BTreeMap::new();
+    let mut taken = BTreeSet::new();
+    let mut direct = Vec::new();
+    for (name, f) in ctx.cfg.firewall.forwards.iter().filter(|(_, f)| f.enabled) {
+        let protos = forward_protocols(f.protocol);
+        let port = f.port.first.get();
+        let free = protos
+            .iter()
+            .all(|p| !taken.contains(&(f.from.as_str(), *p, port)));
+        if f.port.len() == 1 && free {
+            let Some(rule) = forward_chain_rule(ctx, f) else {
+                continue;
+            };
+            let chain_name = forward_chain_name(name.as_str());
+            out.declare(NfListObject::Chain(chain(&chain_name)));
+            out.rule(&chain_name, rule, Some(format!("forward {name}")));
+            for p in protos {
+                taken.insert((f.from.as_str(), *p, port));
+                let key = Expression::Named(NamedExpression::Concat(vec![
+                    s(*p),
+                    Expression::Number(u32::from(port)),
+                ]));
+                dispatch
+                    .entry(&f.from)
+                    .or_default()
+                    .push((key, chain_name.clone()));
+            }
+        } else if let Some(e) = forward_rule(ctx, f) {
+            direct.push((e, format!("forward {name}")));
+        }
+    }
+    for (zone, targets) in dispatch {
+        out.rule(
+            "prerouting",
+            vec![
+                matches(
+                    payload("ip", "daddr"),
+                    s(format!("@{}", zone_set_name(zone.as_str()))),
+                ),
+                concat_jump_map(
+                    vec![meta(MetaKey::L4proto), payload("th", "dport")],
+                    targets,
+                ),
+            ],
+            Some(format!("port forwards from {zone}")),
+        );
+    }
+    for (e, comment) in direct {
+        out.rule("prerouting", e, Some(comment));
     }
 }
 
@@ -902,18 +996,28 @@ pub(crate) mod tests {
     #[test]
     fn port_forwards_dnat_on_the_zone_address_set() {
         let rs = rich();
+        // single ports first, through the zone's dispatch map; port ranges after it
         assert_eq!(
             comments(&rs, "prerouting"),
-            ["forward games", "forward shifted", "forward web"]
+            ["port forwards from wan", "forward games", "forward shifted"]
         );
         let daddr = m(pl("ip", "daddr"), json!("@wan_addr4"));
-        // hairpin (default): any input link
         assert_eq!(
-            with_comment(&rs, "prerouting", "forward web"),
+            with_comment(&rs, "prerouting", "port forwards from wan"),
             [json!([
                 daddr,
+                {"vmap": {
+                    "key": {"concat": [meta("l4proto"), pl("th", "dport")]},
+                    "data": {"set": [[{"concat": ["tcp", 443]}, {"jump": {"target": "fwd_web"}}]]}
+                }}
+            ])]
+        );
+        // hairpin (default): any input link; its own chain, with its own counter
+        assert_eq!(comments(&rs, "fwd_web"), ["forward web"]);
+        assert_eq!(
+            with_comment(&rs, "fwd_web", "forward web"),
+            [json!([
                 m(meta("l4proto"), json!("tcp")),
-                m(pl("th", "dport"), json!(443)),
                 counter(),
                 {"dnat": {"addr": "192.168.1.10", "family": "ip", "port": 8443}}
             ])]

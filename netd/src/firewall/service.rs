@@ -1,24 +1,28 @@
 //! The firewall service: plan against the kernel, apply, remember, revert.
 //!
-//! # How "nothing to do" is decided
+//! # How netd knows what the kernel holds
 //!
-//! nft does not list a table the way it was written: it adds handles, keeps counter
-//! values, rewrites `meta l4proto tcp th dport 22` as `tcp dport 22`, turns one-element
-//! sets into plain values and reorders set elements. Re-implementing those rewrites to
-//! compare the rendered JSON with the listing would break with every nft release. So the
-//! comparison is between two things nft produced itself:
+//! Listing the table (`nft -j list`) is what nft does slowest: with a 100k-address set it
+//! takes most of a second. So netd does not list after writing. It keeps what it wrote
+//! last (the rendered ruleset) and the ruleset generation id the kernel reported right
+//! after that write (`NFT_MSG_GETGEN`, bumped by every committed nftables transaction in
+//! the namespace, anyone's). Before planning it reads the generation again, one netlink
+//! round trip:
 //!
-//! 1. After each apply, the table is listed once and kept in a normalized form (handles
-//!    removed, counters zeroed, set elements sorted) next to the ruleset that produced it.
-//! 2. `plan` answers "nothing" when the desired ruleset equals the one last applied *and*
-//!    the kernel's normalized listing still equals the one recorded. Anything else (a
-//!    config change, a table edited or deleted behind netd's back, a netd restart, which
-//!    forgets the record unless it has a state file) plans one full replacement, which is
-//!    atomic and harmless.
+//! - the same generation: nothing was committed since, the table is what netd wrote. An
+//!   unchanged desired ruleset plans nothing (no nft call at all); a changed one plans the
+//!   incremental commands from the record to it ([`incremental`]), one atomic `nft -j -f`.
+//! - another generation, or no record (a first start, a lost state file): someone
+//!   committed something, maybe to this table; netd re-renders and replaces the whole
+//!   table in one transaction, and lists it first only to be able to revert to it.
+//!
+//! The generation read after a write is trusted only if it is the one read before plus
+//! one (our transaction alone); otherwise the record is kept without a generation and the
+//! next apply replaces the table.
 //!
 //! With [`Firewall::with_state_file`] the record is kept in a file too (under `/run`,
-//! which is emptied at boot together with the kernel's tables), so that a restarted netd
-//! still plans nothing for an unchanged table.
+//! which is emptied at boot together with the kernel's tables and generation), so that a
+//! restarted netd still plans nothing for an unchanged table.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -29,6 +33,7 @@ use nftables::types::NfFamily;
 use serde_json::Value;
 
 use super::TABLE;
+use super::diff::{Changes, incremental};
 use super::nft::{Nft, NftError};
 use super::ruleset::{Ruleset, set_zone_addresses};
 
@@ -47,6 +52,9 @@ pub enum FirewallError {
 pub enum FirewallPlan {
     /// The kernel holds exactly the desired table.
     Nothing,
+    /// Change the table in place (one transaction): the commands from the record to the
+    /// desired ruleset.
+    Update { ruleset: Ruleset, changes: Changes },
     /// Replace the table (one transaction), for the given reason.
     Replace {
         ruleset: Ruleset,
@@ -58,25 +66,32 @@ impl FirewallPlan {
     pub fn is_nothing(&self) -> bool {
         matches!(self, Self::Nothing)
     }
+
+    /// One line for plans and logs, `None` for nothing to do.
+    pub fn describe(&self) -> Option<String> {
+        match self {
+            Self::Nothing => None,
+            Self::Update { changes, .. } => Some(format!(
+                "update table inet {TABLE} in place: {}",
+                changes.summary()
+            )),
+            Self::Replace { reason, .. } => Some(format!("replace table inet {TABLE} ({reason})")),
+        }
+    }
+}
+
+/// What the kernel reports before a plan: the ruleset generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observed {
+    pub generation: u32,
 }
 
 #[derive(Debug, Clone)]
 struct Applied {
     ruleset: Ruleset,
-    /// What is compared: the schema types do not survive a round trip through the state
-    /// file as equal values (an unset counter comes back as zero), their JSON does.
-    json: String,
-    listing: Value,
-}
-
-impl Applied {
-    fn new(ruleset: Ruleset, listing: Value) -> Self {
-        Self {
-            json: ruleset.to_json(),
-            ruleset,
-            listing,
-        }
-    }
+    /// The generation right after netd's write; `None` when it could not be attributed
+    /// to that write alone.
+    generation: Option<u32>,
 }
 
 /// What the kernel held before the last apply, to go back to.
@@ -139,8 +154,16 @@ impl<N: Nft> Firewall<N> {
         &mut self.nft
     }
 
-    /// The table as the kernel holds it now.
-    pub fn observe(&self) -> Result<Option<Value>, FirewallError> {
+    /// The ruleset generation now: all a plan needs from the kernel.
+    pub fn observe(&self) -> Result<Observed, FirewallError> {
+        Ok(Observed {
+            generation: self.nft.generation()?,
+        })
+    }
+
+    /// The table as the kernel lists it now (for status: rule counters). Slow with big
+    /// sets; planning never needs it.
+    pub fn listing(&self) -> Result<Option<Value>, FirewallError> {
         Ok(self.nft.list()?)
     }
 
@@ -153,17 +176,27 @@ impl<N: Nft> Firewall<N> {
         rs
     }
 
-    /// Pure: what applying `desired` would do, given the table `observed` in the kernel.
-    pub fn plan(&self, desired: &Ruleset, observed: Option<&Value>) -> FirewallPlan {
+    /// Pure: what applying `desired` would do, given the kernel's generation.
+    pub fn plan(&self, desired: &Ruleset, observed: &Observed) -> FirewallPlan {
         let desired = self.effective(desired);
-        let reason = match (&self.applied, observed) {
-            (_, None) => "the table does not exist",
-            (None, Some(_)) => "this netd has not applied the table yet",
-            (Some(a), Some(_)) if a.json != desired.to_json() => "the configuration changed",
-            (Some(a), Some(obs)) if normalize_listing(obs) != a.listing => {
-                "the table was changed outside netd"
+        let reason = match &self.applied {
+            None => "this netd has not applied the table yet",
+            Some(a) if a.generation.is_none() => {
+                "the last write could not be told apart from another one"
             }
-            (Some(_), Some(_)) => return FirewallPlan::Nothing,
+            Some(a) if a.generation != Some(observed.generation) => {
+                "the ruleset was changed since netd wrote it"
+            }
+            Some(a) => match incremental(&a.ruleset, &desired) {
+                Some(changes) if changes.is_empty() => return FirewallPlan::Nothing,
+                Some(changes) => {
+                    return FirewallPlan::Update {
+                        ruleset: desired,
+                        changes,
+                    };
+                }
+                None => "a base chain or a set changed its definition",
+            },
         };
         FirewallPlan::Replace {
             ruleset: desired,
@@ -176,28 +209,68 @@ impl<N: Nft> Firewall<N> {
         Ok(self.nft.check(&self.effective(desired))?)
     }
 
-    /// Observes, plans and, when needed, replaces the table. Returns whether anything was
-    /// written. The replacement is one nft transaction, so a failure leaves the kernel as
-    /// it was and there is nothing to undo.
+    /// Observes, plans and, when needed, changes or replaces the table. Returns whether
+    /// anything was written. Either is one nft transaction, so a failure leaves the
+    /// kernel as it was and there is nothing to undo.
     pub fn apply(&mut self, desired: &Ruleset) -> Result<bool, FirewallError> {
-        let observed = self.observe()?;
-        let FirewallPlan::Replace { ruleset, reason } = self.plan(desired, observed.as_ref())
-        else {
-            tracing::debug!("firewall: nothing to apply");
-            return Ok(false);
-        };
-        let previous = match (&self.applied, observed) {
-            (_, None) => Previous::Absent,
-            (Some(a), Some(obs)) if normalize_listing(&obs) == a.listing => {
-                Previous::Ruleset(a.ruleset.clone())
+        match self.write(desired)? {
+            Some(previous) => {
+                self.previous = Some(previous);
+                Ok(true)
             }
-            (_, Some(obs)) => Previous::Listing(obs),
+            None => Ok(false),
+        }
+    }
+
+    /// Plans and writes; returns what the kernel held before, or `None` when nothing
+    /// needed writing.
+    fn write(&mut self, desired: &Ruleset) -> Result<Option<Previous>, FirewallError> {
+        let observed = self.observe()?;
+        let trusted = self.applied.as_ref().and_then(|a| a.generation) == Some(observed.generation);
+        match self.plan(desired, &observed) {
+            FirewallPlan::Nothing => {
+                tracing::debug!("firewall: nothing to apply");
+                Ok(None)
+            }
+            FirewallPlan::Update { ruleset, changes } => {
+                let previous = self
+                    .applied
+                    .as_ref()
+                    .map(|a| Previous::Ruleset(a.ruleset.clone()));
+                tracing::info!(changes = %changes.summary(), "firewall: updating table inet {TABLE} in place");
+                let batch = Nftables {
+                    objects: changes.commands.into(),
+                };
+                // Refused: nothing was committed, the record still holds.
+                self.nft.run(&batch)?;
+                self.record(ruleset, observed.generation);
+                Ok(previous)
+            }
+            FirewallPlan::Replace { ruleset, reason } => {
+                self.replace(ruleset, reason, observed, trusted)
+            }
+        }
+    }
+
+    fn replace(
+        &mut self,
+        ruleset: Ruleset,
+        reason: &'static str,
+        observed: Observed,
+        trusted: bool,
+    ) -> Result<Option<Previous>, FirewallError> {
+        let previous = match (&self.applied, trusted) {
+            (Some(a), true) => Previous::Ruleset(a.ruleset.clone()),
+            // the table may hold anything: list it once, to be able to go back
+            _ => match self.nft.list()? {
+                None => Previous::Absent,
+                Some(listing) => Previous::Listing(listing),
+            },
         };
         tracing::info!(reason, "firewall: replacing table inet {TABLE}");
         self.nft.apply(&ruleset)?;
-        self.previous = Some(previous);
-        self.record(ruleset)?;
-        Ok(true)
+        self.record(ruleset, observed.generation);
+        Ok(Some(previous))
     }
 
     /// Puts back what the kernel held before the last apply that changed something.
@@ -212,8 +285,7 @@ impl<N: Nft> Firewall<N> {
             Previous::Ruleset(rs) => {
                 // with the zone addresses of now: a lease renewed since then stays valid
                 let rs = self.effective(&rs);
-                self.nft.apply(&rs)?;
-                self.record(rs)?;
+                self.write(&rs)?;
             }
             Previous::Listing(listing) => {
                 self.nft.run(&readd_listing(&listing)?)?;
@@ -236,25 +308,48 @@ impl<N: Nft> Firewall<N> {
         {
             return Err(FirewallError::UnknownZone(zone.into()));
         }
+        let before = self.nft.generation()?;
         self.nft.run(&set_zone_addresses(zone, addrs))?;
         self.zone_addresses.insert(zone.into(), addrs.to_vec());
         match self.applied.take() {
             Some(a) => {
+                let trusted = a.generation == Some(before);
                 let mut rs = a.ruleset;
                 rs.set_zone_addresses(zone, addrs);
-                self.record(rs)?;
+                self.record(rs, before);
+                if !trusted && let Some(a) = &mut self.applied {
+                    a.generation = None;
+                    self.save_state();
+                }
             }
             None => self.save_state(),
         }
         Ok(())
     }
 
-    fn record(&mut self, ruleset: Ruleset) -> Result<(), FirewallError> {
-        self.applied = None;
-        let listing = self.observe()?.map(|l| normalize_listing(&l));
-        self.applied = listing.map(|listing| Applied::new(ruleset, listing));
+    /// Remembers `ruleset` as the table's content, with the generation after the write
+    /// when it is `before + 1`: our transaction and no other.
+    fn record(&mut self, ruleset: Ruleset, before: u32) {
+        let generation = match self.nft.generation() {
+            Ok(after) if after == before.wrapping_add(1) => Some(after),
+            Ok(after) => {
+                tracing::info!(
+                    before,
+                    after,
+                    "firewall: another nftables transaction ran next to ours; the next apply replaces the table"
+                );
+                None
+            }
+            Err(e) => {
+                tracing::warn!("firewall: cannot read the ruleset generation after a write: {e}");
+                None
+            }
+        };
+        self.applied = Some(Applied {
+            ruleset,
+            generation,
+        });
         self.save_state();
-        Ok(())
     }
 
     /// The state file is an optimization: failing to write it is logged, not fatal.
@@ -268,13 +363,13 @@ impl<N: Nft> Firewall<N> {
     }
 }
 
-const STATE_VERSION: u64 = 1;
+const STATE_VERSION: u64 = 2;
 
 fn state_json(applied: &Option<Applied>, zones: &BTreeMap<String, Vec<Ipv4Addr>>) -> String {
     let applied = applied.as_ref().map(|a| {
         serde_json::json!({
             "ruleset": a.ruleset.objects(),
-            "listing": a.listing,
+            "generation": a.generation,
         })
     });
     serde_json::json!({
@@ -300,7 +395,14 @@ fn parse_state(text: &str) -> Option<State> {
                 serde_json::from_value(a.get("ruleset")?.clone()).ok()?;
             let mut ruleset = Ruleset::default();
             objects.into_iter().for_each(|o| ruleset.push(o));
-            Some(Applied::new(ruleset, a.get("listing")?.clone()))
+            let generation = a
+                .get("generation")
+                .and_then(Value::as_u64)
+                .and_then(|g| u32::try_from(g).ok());
+            Some(Applied {
+                ruleset,
+                generation,
+            })
         }
     };
     Some((applied, zones))
@@ -447,7 +549,20 @@ mod tests {
     }
 
     fn listing<N: Nft>(fw: &Firewall<N>) -> Value {
-        normalize_listing(&fw.observe().unwrap().unwrap())
+        normalize_listing(&fw.listing().unwrap().unwrap())
+    }
+
+    /// A listing as a sorted list of objects: an updated table holds the same objects as
+    /// a fresh one, not always in the same order.
+    fn same_content(listing: &Value) -> Vec<String> {
+        let mut v: Vec<String> = listing
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        v.sort();
+        v
     }
 
     fn of_kind(listing: &Value, kind: &str) -> Vec<Value> {
@@ -480,16 +595,16 @@ mod tests {
         let mut fw = Firewall::new(FakeNft::new());
         let rs = default_rs();
         assert!(matches!(
-            fw.plan(&rs, None),
+            fw.plan(&rs, &fw.observe().unwrap()),
             FirewallPlan::Replace {
-                reason: "the table does not exist",
+                reason: "this netd has not applied the table yet",
                 ..
             }
         ));
         assert!(fw.apply(&rs).unwrap());
         assert_eq!(fw.nft().writes, 1);
         let observed = fw.observe().unwrap();
-        assert_eq!(fw.plan(&rs, observed.as_ref()), FirewallPlan::Nothing);
+        assert_eq!(fw.plan(&rs, &observed), FirewallPlan::Nothing);
         assert!(!fw.apply(&rs).unwrap());
         assert_eq!(fw.nft().writes, 1);
     }
@@ -501,7 +616,7 @@ mod tests {
         let mut fw = Firewall::new(nft);
         let observed = fw.observe().unwrap();
         assert!(matches!(
-            fw.plan(&default_rs(), observed.as_ref()),
+            fw.plan(&default_rs(), &observed),
             FirewallPlan::Replace {
                 reason: "this netd has not applied the table yet",
                 ..
@@ -516,13 +631,23 @@ mod tests {
         let mut fw = Firewall::new(FakeNft::new());
         fw.apply(&default_rs()).unwrap();
         let observed = fw.observe().unwrap();
-        let FirewallPlan::Replace { ruleset, reason } = fw.plan(&rich(), observed.as_ref()) else {
-            panic!("expected a replacement")
+        let FirewallPlan::Update { ruleset, changes } = fw.plan(&rich(), &observed) else {
+            panic!("expected an update in place")
         };
-        assert_eq!(reason, "the configuration changed");
         assert_eq!(ruleset, rich());
+        assert!(
+            changes.chains_added > 0 && changes.sets_added > 0,
+            "{changes:?}"
+        );
         assert!(fw.apply(&rich()).unwrap());
         assert_eq!(fw.nft().writes, 2);
+        // the updated table is exactly what a fresh one would be
+        let mut fresh = FakeNft::new();
+        fresh.apply(&rich()).unwrap();
+        assert_eq!(
+            same_content(&listing(&fw)),
+            same_content(&normalize_listing(&fresh.list().unwrap().unwrap()))
+        );
     }
 
     #[test]
@@ -532,9 +657,9 @@ mod tests {
         fw.nft_mut().run(&stray_rule()).unwrap();
         let observed = fw.observe().unwrap();
         assert!(matches!(
-            fw.plan(&default_rs(), observed.as_ref()),
+            fw.plan(&default_rs(), &observed),
             FirewallPlan::Replace {
-                reason: "the table was changed outside netd",
+                reason: "the ruleset was changed since netd wrote it",
                 ..
             }
         ));
@@ -556,7 +681,7 @@ mod tests {
         fw.apply(&rich()).unwrap();
         assert_ne!(listing(&fw), before);
         fw.revert().unwrap();
-        assert_eq!(listing(&fw), before);
+        assert_eq!(same_content(&listing(&fw)), same_content(&before));
         // the revert is remembered as applied: the old config is a no-op again
         assert!(!fw.apply(&default_rs()).unwrap());
         assert!(matches!(fw.revert(), Err(FirewallError::NothingToRevert)));
@@ -567,7 +692,7 @@ mod tests {
         let mut fw = Firewall::new(FakeNft::new());
         fw.apply(&default_rs()).unwrap();
         fw.revert().unwrap();
-        assert_eq!(fw.observe().unwrap(), None);
+        assert_eq!(fw.listing().unwrap(), None);
     }
 
     #[test]
@@ -589,14 +714,20 @@ mod tests {
         let mut fw = Firewall::new(FakeNft::new());
         fw.apply(&default_rs()).unwrap();
         let before = listing(&fw);
-        fw.nft_mut().fail_next = Some("Error: Could not process rule: line 3".into());
-        let err = fw.apply(&rich()).unwrap_err();
-        assert!(err.to_string().contains("line 3"), "{err}");
+        let mut broken = rich();
+        broken.push(NfListObject::Rule(Rule {
+            family: NfFamily::INet,
+            table: TABLE.into(),
+            chain: "no_such_chain".into(),
+            ..Rule::default()
+        }));
+        let err = fw.apply(&broken).unwrap_err();
+        assert!(err.to_string().contains("no_such_chain"), "{err}");
         assert_eq!(listing(&fw), before);
         assert_eq!(fw.nft().writes, 1);
         // the previous apply is still the one to revert to
         fw.revert().unwrap();
-        assert_eq!(fw.observe().unwrap(), None);
+        assert_eq!(fw.listing().unwrap(), None);
     }
 
     #[test]
@@ -612,7 +743,7 @@ mod tests {
         }));
         assert!(fw.check(&broken).is_err());
         assert_eq!(fw.nft().writes, 0);
-        assert_eq!(fw.observe().unwrap(), None);
+        assert_eq!(fw.listing().unwrap(), None);
     }
 
     #[test]
@@ -683,11 +814,167 @@ mod tests {
         );
     }
 
+    /// The default router with the named TCP forwards; each name's first letter picks its
+    /// port (8000 + letter) and server (192.168.1.(10 + letter)).
+    fn with_forwards(names: &[&str]) -> Ruleset {
+        let mut src = appliance::DEFAULT_CONFIG.to_owned();
+        for n in names {
+            let i = usize::from(n.as_bytes()[0] - b'a');
+            src.push_str(&format!(
+                "\n[firewall.forwards.{n}]\nprotocol = \"tcp\"\nport = {}\nto = \"192.168.1.{}\"\n",
+                8000 + i,
+                10 + i
+            ));
+        }
+        render(&appliance::load_str(&src).unwrap())
+    }
+
+    fn fresh_listing(rs: &Ruleset) -> Vec<String> {
+        let mut nft = FakeNft::new();
+        nft.apply(rs).unwrap();
+        same_content(&normalize_listing(&nft.list().unwrap().unwrap()))
+    }
+
+    #[test]
+    fn one_forward_added_is_one_small_update_in_place() {
+        let mut fw = Firewall::new(FakeNft::new());
+        fw.apply(&with_forwards(&["a", "b"])).unwrap();
+        let commands = fw.nft().commands;
+        let rs = with_forwards(&["a", "b", "c"]);
+        let FirewallPlan::Update { changes, .. } = fw.plan(&rs, &fw.observe().unwrap()) else {
+            panic!("expected an update in place")
+        };
+        assert_eq!(changes.chains_added, 1);
+        assert_eq!(changes.chains_rewritten, ["prerouting"]);
+        assert_eq!(
+            changes.chains_deleted + changes.sets_added + changes.sets_deleted,
+            0
+        );
+        // add chain, flush prerouting, its dispatch rule, the forward's rule
+        assert_eq!(changes.commands.len(), 4, "{changes:?}");
+        assert_eq!(
+            fw.plan(&rs, &fw.observe().unwrap()).describe().unwrap(),
+            "update table inet appliance in place: 1 chain(s) added, 1 chain(s) rewritten (prerouting)"
+        );
+        assert!(fw.apply(&rs).unwrap());
+        assert_eq!(fw.nft().writes, 2);
+        assert_eq!(fw.nft().commands - commands, 4);
+        assert_eq!(same_content(&listing(&fw)), fresh_listing(&rs));
+        assert!(!fw.apply(&rs).unwrap(), "the record follows the update");
+    }
+
+    #[test]
+    fn one_forward_removed_deletes_its_chain_after_the_dispatch() {
+        let mut fw = Firewall::new(FakeNft::new());
+        fw.apply(&with_forwards(&["a", "b", "c"])).unwrap();
+        let rs = with_forwards(&["a", "c"]);
+        let FirewallPlan::Update { changes, .. } = fw.plan(&rs, &fw.observe().unwrap()) else {
+            panic!("expected an update in place")
+        };
+        assert_eq!(changes.chains_deleted, 1);
+        assert_eq!(changes.chains_rewritten, ["prerouting"]);
+        // the fake refuses to delete a chain a rule still jumps to: order matters
+        assert!(fw.apply(&rs).unwrap());
+        assert_eq!(same_content(&listing(&fw)), fresh_listing(&rs));
+        // the last forward goes: the dispatch rule goes with it
+        fw.apply(&with_forwards(&[])).unwrap();
+        assert_eq!(
+            same_content(&listing(&fw)),
+            fresh_listing(&with_forwards(&[]))
+        );
+    }
+
+    #[test]
+    fn a_changed_address_list_changes_set_elements_only() {
+        let base = default_rs();
+        let mut fw = Firewall::new(FakeNft::new());
+        fw.apply(&base).unwrap();
+        let mut moved = base.clone();
+        assert!(moved.set_zone_addresses("lan", &["192.168.7.1".parse().unwrap()]));
+        let FirewallPlan::Update { changes, .. } = fw.plan(&moved, &fw.observe().unwrap()) else {
+            panic!("expected an update in place")
+        };
+        assert_eq!((changes.elements_added, changes.elements_deleted), (1, 1));
+        assert!(changes.chains_rewritten.is_empty());
+        fw.apply(&moved).unwrap();
+        assert_eq!(same_content(&listing(&fw)), fresh_listing(&moved));
+    }
+
+    #[test]
+    fn a_base_chain_policy_change_replaces_the_table() {
+        let mut fw = Firewall::new(FakeNft::new());
+        fw.apply(&default_rs()).unwrap();
+        let src = appliance::DEFAULT_CONFIG.to_owned();
+        let cfg = appliance::load_str(&src).unwrap();
+        let mut changed = render(&cfg);
+        changed = {
+            let mut rs = Ruleset::default();
+            for o in changed.objects() {
+                let mut o = o.clone();
+                if let NfListObject::Chain(c) = &mut o
+                    && c.name == "output"
+                {
+                    c.policy = Some(nftables::types::NfChainPolicy::Drop);
+                }
+                rs.push(o);
+            }
+            rs
+        };
+        assert!(matches!(
+            fw.plan(&changed, &fw.observe().unwrap()),
+            FirewallPlan::Replace {
+                reason: "a base chain or a set changed its definition",
+                ..
+            }
+        ));
+        fw.apply(&changed).unwrap();
+        // the record was trusted: the revert needs no listing and goes back in place
+        fw.revert().unwrap();
+        assert_eq!(same_content(&listing(&fw)), fresh_listing(&default_rs()));
+    }
+
+    #[test]
+    fn a_refused_update_changes_nothing() {
+        let mut fw = Firewall::new(FakeNft::new());
+        fw.apply(&with_forwards(&["a"])).unwrap();
+        let before = listing(&fw);
+        fw.nft_mut().fail_next =
+            Some("Error: Could not process rule: Device or resource busy".into());
+        let err = fw.apply(&with_forwards(&["a", "b"])).unwrap_err();
+        assert!(err.to_string().contains("busy"), "{err}");
+        assert_eq!(listing(&fw), before);
+        // nothing was committed: the record holds, the old config is still a no-op
+        assert!(!fw.apply(&with_forwards(&["a"])).unwrap());
+        assert!(fw.apply(&with_forwards(&["a", "b"])).unwrap());
+        assert_eq!(
+            same_content(&listing(&fw)),
+            fresh_listing(&with_forwards(&["a", "b"]))
+        );
+    }
+
+    #[test]
+    fn a_restarted_netd_updates_in_place_from_its_state_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("firewall.json");
+        let mut fw = Firewall::with_state_file(FakeNft::new(), &path);
+        fw.apply(&with_forwards(&["a"])).unwrap();
+        let mut restarted = Firewall::with_state_file(fw.nft().clone(), &path);
+        assert!(matches!(
+            restarted.plan(&with_forwards(&["a", "b"]), &restarted.observe().unwrap()),
+            FirewallPlan::Update { .. }
+        ));
+        restarted.apply(&with_forwards(&["a", "b"])).unwrap();
+        assert_eq!(
+            same_content(&listing(&restarted)),
+            fresh_listing(&with_forwards(&["a", "b"]))
+        );
+    }
+
     #[test]
     fn counters_are_reported_per_rule_name() {
         let mut fw = Firewall::new(FakeNft::new());
         fw.apply(&rich()).unwrap();
-        let counters = rule_counters(&fw.observe().unwrap().unwrap());
+        let counters = rule_counters(&fw.listing().unwrap().unwrap());
         // the fake's counters all read 42 packets; ssh-admin is one rule per family
         assert_eq!(counters["ssh-admin"], (84, 8400));
         assert_eq!(counters["forward web"], (42, 4200));
