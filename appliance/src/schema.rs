@@ -50,8 +50,8 @@ const HEADER: &str =
 checks a file; `applctl config default` prints the built-in one, a working home router.
 Named maps (`[vlans.iot]`, `[shares.media]`) let sections refer to each other by name;
 `<name>` in a key path below stands for such a name. Unknown keys are errors. Secrets are
-never written inline: keys ending in `_file` name a file under `/data` with mode 0600, and
-passwords are argon2id hashes.
+never written inline: keys ending in `_file` name a file under `/data` with mode 0600,
+passwords are argon2id hashes, and URLs carry no user name or password.
 
 Value formats: durations are written `90s`, `15m`, `12h`, `7d`, `2w` or `1h30m`; sizes
 `512M`, `2T`, `1.5G` (powers of 1024); port ranges `22` or `\"8000-8100\"`; rates

@@ -726,4 +726,8 @@ impl fmt::Display for HttpUrl {
         f.write_str(self.0.as_str())
     }
 }
-string_newtype!(HttpUrl, "http:// or https:// URL", Some("^https?://"));
+string_newtype!(
+    HttpUrl,
+    "http:// or https:// URL, without user name or password",
+    Some("^https?://")
+);
