@@ -271,13 +271,19 @@ async fn applianced_serves_the_api_over_https() {
     );
 }
 
-/// applianced with the users of [`config_with_users`] as generation 1, its API on a free
-/// port of 127.0.0.1; returns the process, the address, the API's directory and the store.
-fn spawn_applianced(dir: &Path) -> (Daemon, SocketAddr, std::path::PathBuf, Store) {
+/// applianced with the users of [`config_with_users`] plus `extra` as generation 1, its API
+/// on a free port of 127.0.0.1 and `args` added; returns the process, the address, the
+/// API's directory and the store.
+fn spawn_applianced(
+    dir: &Path,
+    extra: &str,
+    args: &[&std::ffi::OsStr],
+) -> (Daemon, SocketAddr, std::path::PathBuf, Store) {
     let (data, api_dir, run) = (dir.join("config"), dir.join("api"), dir.join("run"));
     std::fs::create_dir(&run).unwrap();
     let store = Store::open(&data).unwrap();
-    let first = store.commit(&config_with_users(), "test: users").unwrap();
+    let text = format!("{}{extra}", config_with_users());
+    let first = store.commit(&text, "test: users").unwrap();
     store.activate(first).unwrap();
     let addr = free_port();
     let fingerprint_file = run.join("api-fingerprint");
@@ -300,6 +306,7 @@ fn spawn_applianced(dir: &Path) -> (Daemon, SocketAddr, std::path::PathBuf, Stor
         .arg(addr.to_string())
         .arg("--fingerprint-file")
         .arg(&fingerprint_file)
+        .args(args)
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
@@ -354,7 +361,7 @@ fn applctl(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applctl_drives_applianced_over_https_with_a_token() {
     let dir = tempfile::tempdir().unwrap();
-    let (_daemon, addr, api_dir, store) = spawn_applianced(dir.path());
+    let (_daemon, addr, api_dir, store) = spawn_applianced(dir.path(), "", &[]);
     let client = client_trusting(&api_dir.join(tls::CERT_FILE));
     let base = format!("https://{addr}/api/v1");
     let session = token(&client, &base, "alice", ADMIN_PW).await;
@@ -446,4 +453,249 @@ async fn applctl_drives_applianced_over_https_with_a_token() {
     ]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--fingerprint"), "{err}");
+}
+
+/// One `name{labels} value` sample of a Prometheus text exposition.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: Vec<(String, String)>,
+    value: f64,
+}
+
+/// Parses the text format strictly enough to catch a malformed line: every line is a
+/// comment (`# HELP`/`# TYPE`) or a sample whose value is a float.
+fn parse_prometheus(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(c) = line.strip_prefix("# ") {
+            assert!(
+                c.starts_with("HELP ") || c.starts_with("TYPE "),
+                "comment line: {line}"
+            );
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect(line);
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("value of {line}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((n, rest)) => {
+                let body = rest.strip_suffix('}').expect(line);
+                let labels = body
+                    .split("\",")
+                    .filter(|p| !p.is_empty())
+                    .map(|p| {
+                        let (k, v) = p.split_once("=\"").expect(line);
+                        (k.to_owned(), v.trim_end_matches('"').to_owned())
+                    })
+                    .collect();
+                (n, labels)
+            }
+            None => (series, Vec::new()),
+        };
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "metric name in {line}"
+        );
+        out.push(Sample {
+            name: name.to_owned(),
+            labels,
+            value,
+        });
+    }
+    out
+}
+
+fn find<'a>(samples: &'a [Sample], name: &str, label: Option<(&str, &str)>) -> Option<&'a Sample> {
+    samples.iter().find(|s| {
+        s.name == name
+            && label.is_none_or(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_adds_wireguard_peers_forwards_to_daemons_and_serves_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("wg");
+    std::fs::create_dir(&keys).unwrap();
+    let server_key = wireguard_control::Key([7; 32]);
+    std::fs::write(keys.join("wg0.key"), server_key.to_base64()).unwrap();
+    let esp = dir.path().join("esp");
+    std::fs::create_dir(&esp).unwrap();
+    let tunnel = "\n[wireguard.wg0]\nlisten_port = 51820\naddresses = [\"10.8.0.1/24\"]\n";
+    let (_daemon, addr, api_dir, store) = spawn_applianced(
+        dir.path(),
+        tunnel,
+        &[
+            "--wireguard-key-dir".as_ref(),
+            keys.as_os_str(),
+            "--esp".as_ref(),
+            esp.as_os_str(),
+            "--metrics-filesystem".as_ref(),
+            dir.path().as_os_str(),
+        ],
+    );
+    let client = client_trusting(&api_dir.join(tls::CERT_FILE));
+    let base = format!("https://{addr}/api/v1");
+    let admin = token(&client, &base, "alice", ADMIN_PW).await;
+    let viewer = token(&client, &base, "victor", VIEWER_PW).await;
+    let post = |path: &str, token: &str, body: Value| {
+        client
+            .post(format!("{base}{path}"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let get = |path: &str, token: &str| {
+        client
+            .get(format!("{base}{path}"))
+            .bearer_auth(token)
+            .send()
+    };
+
+    // A peer: its keys made here, the entry added as generation 2 and applied, with a
+    // confirm window since WireGuard changes could cut someone off.
+    let peer = json!({"name": "phone", "endpoint": "vpn.example.net"});
+    let r = post("/wireguard/wg0/peers", &viewer, peer.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = post("/wireguard/wg0/peers", &admin, peer.clone())
+        .await
+        .unwrap();
+    let status = r.status();
+    let added: Value = r.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{added}");
+    assert_eq!(added["generation"], json!(2), "{added}");
+    assert!(added["confirm_deadline"].is_u64(), "{added}");
+    let config = added["client_config"].as_str().unwrap();
+    assert!(config.contains("Address = 10.8.0.2/32"), "{config}");
+    assert!(
+        config.contains("Endpoint = vpn.example.net:51820"),
+        "{config}"
+    );
+    assert!(
+        config.contains(&format!(
+            "PublicKey = {}",
+            server_key.get_public().to_base64()
+        )),
+        "{config}"
+    );
+    let stored = store.get(2).unwrap().text;
+    let public_key = added["public_key"].as_str().unwrap();
+    assert!(
+        stored.contains(&format!(
+            "[wireguard.wg0.peers.phone]\npublic_key = \"{public_key}\"\nallowed_ips = [\"10.8.0.2/32\"]"
+        )),
+        "{stored}"
+    );
+    assert_eq!(store.active().unwrap(), Some(2));
+    let r = post("/config/confirm", &admin, json!({})).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // The name is taken now; an unknown tunnel is 404.
+    let r = post("/wireguard/wg0/peers", &admin, peer.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let r = post("/wireguard/wg9/peers", &admin, peer).await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    // Daemons that do not run: 503 naming each.
+    for (path, daemon) in [
+        ("/dns/stats", "dnsd"),
+        ("/dns/log?limit=5", "dnsd"),
+        ("/storage/status", "stored"),
+    ] {
+        let r = get(path, &viewer).await.unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        let body: Value = r.json().await.unwrap();
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(&format!("{daemon} does not answer")),
+            "{message}"
+        );
+    }
+
+    // The updater answers for itself now: this host is no appliance, so the boot state
+    // cannot be read (500 with the reason), and a non-http source is refused.
+    let r = get("/update/status", &viewer).await.unwrap();
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let r = post(
+        "/update/install",
+        &admin,
+        json!({"url": "file:///tmp/x.bundle"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    // /metrics: for any logged-in role, at /api/v1/metrics and /metrics.
+    let r = client
+        .get(format!("https://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = client
+        .get(format!("https://{addr}/metrics"))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers()[reqwest::header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = r.text().await.unwrap();
+    let samples = parse_prometheus(&text);
+    for d in ["netd", "dnsd", "stored"] {
+        let up = find(&samples, "appliance_daemon_up", Some(("daemon", d))).expect(d);
+        assert_eq!(up.value, 0.0, "{d} is down");
+    }
+    assert_eq!(
+        find(&samples, "applianced_active_generation", None)
+            .unwrap()
+            .value,
+        2.0
+    );
+    assert!(find(&samples, "node_cpu_seconds_total", Some(("mode", "idle"))).is_some());
+    assert!(
+        find(&samples, "node_memory_MemTotal_bytes", None)
+            .unwrap()
+            .value
+            > 0.0
+    );
+    assert!(find(&samples, "node_load1", None).is_some());
+    assert!(
+        find(
+            &samples,
+            "node_network_receive_bytes_total",
+            Some(("device", "lo"))
+        )
+        .is_some()
+    );
+    let mount = dir.path().to_str().unwrap();
+    let size = find(
+        &samples,
+        "node_filesystem_size_bytes",
+        Some(("mountpoint", mount)),
+    )
+    .expect("the filesystem asked for");
+    assert!(size.value > 0.0);
+    let r = get("/metrics", &admin).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    parse_prometheus(&r.text().await.unwrap());
+    // The same document on the root-only Unix socket.
+    let local = appliance::control::ControlClient::new(dir.path().join("run/applianced.sock"))
+        .get_json("/metrics")
+        .await
+        .unwrap();
+    let samples = parse_prometheus(local.as_str().unwrap());
+    assert!(find(&samples, "appliance_daemon_up", Some(("daemon", "stored"))).is_some());
+    assert!(find(&samples, "node_memory_MemTotal_bytes", None).is_some());
 }

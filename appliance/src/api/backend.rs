@@ -170,8 +170,12 @@ pub struct DnsLogQuery {
 pub struct PeerAdd {
     /// Name of the peer in the config, like `phone`.
     pub name: String,
-    /// Address of the peer inside the tunnel; picked from the tunnel's subnet when absent.
+    /// Address of the peer inside the tunnel, like `10.8.0.7/32`; the next free one of the
+    /// tunnel's subnet when absent.
     pub address: Option<String>,
+    /// How the peer reaches the appliance, `host[:port]` (port: the tunnel's listen_port),
+    /// like `vpn.example.net`.
+    pub endpoint: String,
 }
 
 /// The peer as added, and the config file for its device.
@@ -181,6 +185,9 @@ pub struct PeerAdded {
     pub public_key: String,
     /// wg-quick config for the client, private key included: shown once.
     pub client_config: String,
+    /// Unix time at which the new generation reverts unless confirmed (WireGuard changes
+    /// wait for a confirm); None when nothing waits.
+    pub confirm_deadline: Option<u64>,
 }
 
 /// Where to get an update bundle.
@@ -225,4 +232,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<PeerAdded, BackendError>;
     async fn update_status(&self) -> Result<Value, BackendError>;
     async fn update_install(&self, req: UpdateInstall) -> Result<Value, BackendError>;
+    /// Prometheus text: the control plane's, every daemon's and the node's metrics.
+    async fn metrics(&self) -> Result<String, BackendError> {
+        Err(BackendError::Unavailable {
+            daemon: "applianced".into(),
+            reason: "this backend gathers no metrics".into(),
+        })
+    }
 }

@@ -529,8 +529,12 @@ pub async fn storage_status(State(state): State<AppState>, _a: Authed) -> ApiRes
     params(("tunnel" = String, Path, description = "the tunnel's name in [wireguard]")),
     request_body = PeerAdd,
     responses((status = 200, description = "added and applied; the client config holds the peer's private key", body = PeerAdded),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+        (status = 400, description = "a bad name, address or endpoint", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, description = "no such tunnel", body = ErrorBody),
+        (status = 409, description = "the name is taken, or a change waits for a confirm", body = ErrorBody),
+        (status = 502, description = "a daemon failed; all were returned to the previous generation", body = ErrorBody),
+        (status = 503, description = "the tunnel's key does not exist yet (netd makes it)", body = ErrorBody)))]
 pub async fn wireguard_peer_add(
     State(state): State<AppState>,
     Admin(by): Admin,
@@ -548,15 +552,18 @@ pub async fn wireguard_peer_add(
 
 #[utoipa::path(get, path = "/api/v1/update/status", tag = "update",
     responses((status = 200, description = "slots, versions and the update in progress", body = Object),
-        (status = 401, body = ErrorBody)))]
+        (status = 401, body = ErrorBody),
+        (status = 500, description = "the boot state or the release cannot be read", body = ErrorBody)))]
 pub async fn update_status(State(state): State<AppState>, _a: Authed) -> ApiResult<Value> {
     Ok(Json(state.backend.update_status().await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/update/install", tag = "update", request_body = UpdateInstall,
     responses((status = 200, description = "installed to the other slot; reboot to try it", body = Object),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 409, body = ErrorBody)))]
+        (status = 400, description = "not a URL, or the bundle is refused (untrusted, a downgrade, not for this device)", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, description = "another install runs", body = ErrorBody),
+        (status = 500, body = ErrorBody)))]
 pub async fn update_install(
     State(state): State<AppState>,
     Admin(by): Admin,
@@ -577,4 +584,15 @@ pub async fn update_install(
     let result = state.backend.update_install(req).await?;
     let _ = state.accounts.audit(&by, "update.install", None, summary);
     Ok(Json(result))
+}
+
+#[utoipa::path(get, path = "/api/v1/metrics", tag = "status",
+    responses((status = 200, description = "Prometheus text format: applianced's, netd's, dnsd's and stored's metrics, `appliance_daemon_up` per daemon, and the node's (CPU, memory, load, disks, /data, network, temperatures). Also served at `/metrics`.", body = String, content_type = "text/plain; version=0.0.4"),
+        (status = 401, body = ErrorBody)))]
+pub async fn metrics(
+    State(state): State<AppState>,
+    _a: Authed,
+) -> Result<([(header::HeaderName, &'static str); 1], String), ApiError> {
+    let text = state.backend.metrics().await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }

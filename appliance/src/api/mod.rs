@@ -12,6 +12,8 @@ pub mod error;
 pub mod handlers;
 pub mod listen;
 pub mod tls;
+pub mod update;
+pub mod wireguard;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -77,6 +79,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/update/status", get(h::update_status))
         .route("/api/v1/update/install", post(h::update_install))
+        .route("/api/v1/metrics", get(h::metrics))
+        // Where Prometheus looks by default (with `authorization: {credentials: <token>}`).
+        .route("/metrics", get(h::metrics))
         .with_state(state)
 }
 
@@ -121,7 +126,7 @@ impl utoipa::Modify for BearerAuth {
         handlers::config_apply, handlers::config_confirm, handlers::config_rollback,
         handlers::config_history, handlers::status, handlers::dns_stats, handlers::dns_log,
         handlers::storage_status, handlers::wireguard_peer_add, handlers::update_status,
-        handlers::update_install
+        handlers::update_install, handlers::metrics
     ),
     components(schemas(error::ErrorBody)),
     modifiers(&BearerAuth),

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use appliance::accounts::{Accounts, SystemClock};
 use appliance::api::{self, AppState, listen, tls};
 use appliance::control::{ControlClient, server};
+use appliance::metrics::Gatherer;
 use appliance::store::Store;
 use appliance::txn::backend::EngineBackend;
 use appliance::txn::{ControlDaemon, Daemon, Engine, StateDir, http};
@@ -48,6 +49,22 @@ struct Args {
     /// Where the certificate's SHA-256 fingerprint is written for the console and applctl.
     #[arg(long, default_value = "/run/appliance/api-fingerprint")]
     fingerprint_file: PathBuf,
+    /// The mounted ESP with the A/B boot state, for the API's update endpoints.
+    #[arg(long, env = "APPLIANCE_ESP", default_value = "/boot/efi")]
+    esp: PathBuf,
+    /// Where the slot devices are (rootA, rootB).
+    #[arg(long, default_value = "/dev/disk/by-partlabel")]
+    slot_dir: PathBuf,
+    /// The updater's state on the data partition.
+    #[arg(long, default_value = "/data/update")]
+    update_state_dir: PathBuf,
+    /// Where netd keeps the keys of tunnels whose config names no private_key_file (the
+    /// API's WireGuard peer add reads the tunnel's public key from there).
+    #[arg(long, default_value = appliance::api::wireguard::KEY_DIR)]
+    wireguard_key_dir: PathBuf,
+    /// Filesystems whose size and free space /metrics reports (repeatable).
+    #[arg(long, default_value = "/data")]
+    metrics_filesystem: Vec<PathBuf>,
 }
 
 /// How often the API's accounts are compared with the active generation, which changes
@@ -137,14 +154,21 @@ async fn run(args: Args) -> Result<(), Fatal> {
         );
     }
     let timer = tokio::spawn(Arc::clone(&engine).run_timer());
-    let e = Arc::clone(&engine);
+    let mut gatherer = Gatherer::new(vec![
+        ("netd".into(), ControlClient::new(&args.netd_socket)),
+        ("dnsd".into(), ControlClient::new(&args.dnsd_socket)),
+        ("stored".into(), ControlClient::new(&args.stored_socket)),
+    ]);
+    gatherer.node.filesystems = args.metrics_filesystem.clone();
+    let metrics = Arc::new(gatherer);
+    let (e, m) = (Arc::clone(&engine), Arc::clone(&metrics));
     let serving = server::serve(&args.socket, 0o600, move |req| {
-        http::route(Arc::clone(&e), req)
+        http::route(Arc::clone(&e), Arc::clone(&m), req)
     })
     .await?;
     // The transactions over the Unix socket must work even when the API cannot start
     // (a broken certificate pair, an unwritable /data/api): the console stays usable.
-    let tasks: Vec<Task> = match start_api(&args, &engine).await {
+    let tasks: Vec<Task> = match start_api(&args, &engine, metrics).await {
         Ok((api, accounts)) => api.into_iter().chain([accounts]).collect(),
         Err(e) => {
             tracing::error!("the API does not run: {e}");
@@ -200,7 +224,11 @@ fn start_watchdog(engine: Arc<Engine>) -> Option<Task> {
 /// Opens the accounts, loads (or makes) the certificate, binds the API's addresses and
 /// serves it. An address that cannot be bound is logged and skipped: the transactions over
 /// the Unix socket must work even when the API cannot.
-async fn start_api(args: &Args, engine: &Arc<Engine>) -> Result<(Option<Task>, Task), Fatal> {
+async fn start_api(
+    args: &Args,
+    engine: &Arc<Engine>,
+    metrics: Arc<Gatherer>,
+) -> Result<(Option<Task>, Task), Fatal> {
     let store = engine.store();
     let text = match store.current()?.0 {
         Some(g) => g.text,
@@ -217,12 +245,22 @@ async fn start_api(args: &Args, engine: &Arc<Engine>) -> Result<(Option<Task>, T
         &cfg.api,
         Arc::new(SystemClock),
     )?);
-    let backend = Arc::new(EngineBackend::new(
-        Arc::clone(engine),
-        Arc::clone(&accounts),
-        &args.dnsd_socket,
-        &args.stored_socket,
-    ));
+    let backend = Arc::new(
+        EngineBackend::new(
+            Arc::clone(engine),
+            Arc::clone(&accounts),
+            &args.dnsd_socket,
+            &args.stored_socket,
+        )
+        .with_update_paths(image::install::Paths {
+            esp: args.esp.clone(),
+            slot_dir: args.slot_dir.clone(),
+            state_dir: args.update_state_dir.clone(),
+            ..image::install::Paths::default()
+        })
+        .with_metrics(metrics)
+        .with_wireguard_key_dir(&args.wireguard_key_dir),
+    );
     let accounts_task = tokio::spawn(refresh_accounts(Arc::clone(engine), Arc::clone(&backend)));
     let addrs = if args.api_listen.is_empty() {
         listen::listen_addresses(&cfg)

@@ -24,6 +24,12 @@ pub struct EngineBackend {
     accounts: Arc<Accounts>,
     dnsd: ControlClient,
     stored: ControlClient,
+    update: image::install::Paths,
+    /// One install at a time: a second one would write the same slot.
+    installing: tokio::sync::Mutex<()>,
+    metrics: Option<Arc<crate::metrics::Gatherer>>,
+    /// Where netd keeps the keys of tunnels whose config names no key file.
+    wg_key_dir: PathBuf,
 }
 
 impl EngineBackend {
@@ -38,7 +44,40 @@ impl EngineBackend {
             accounts,
             dnsd: ControlClient::new(dnsd_socket),
             stored: ControlClient::new(stored_socket),
+            update: image::install::Paths::default(),
+            installing: tokio::sync::Mutex::new(()),
+            metrics: None,
+            wg_key_dir: crate::api::wireguard::KEY_DIR.into(),
         }
+    }
+
+    /// Where netd keeps the tunnels' keys (`/data/wireguard` on the box).
+    #[must_use]
+    pub fn with_wireguard_key_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.wg_key_dir = dir.into();
+        self
+    }
+
+    /// The sources of `GET /metrics` (the daemons' sockets and the node).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Gatherer>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Where the updater's ESP, slots and state are (the box's by default).
+    #[must_use]
+    pub fn with_update_paths(mut self, paths: image::install::Paths) -> Self {
+        self.update = paths;
+        self
+    }
+
+    /// The updater as `applctl update` makes it, recording the active config generation
+    /// for the install (a rollback of the release brings that generation back).
+    fn device(&self) -> Result<image::install::Device, BackendError> {
+        let mut device = image::install::Device::new(self.update.clone());
+        device.config_generation = self.engine.store().active().map_err(store_error)?;
+        Ok(device)
     }
 
     /// The config the daemons run (the built-in default before the first change).
@@ -151,6 +190,14 @@ fn client_error(daemon: &str, e: ClientError) -> BackendError {
             daemon: daemon.into(),
             reason: other.to_string(),
         },
+    }
+}
+
+fn update_error(e: image::install::UpdateError) -> BackendError {
+    if crate::api::update::is_input_error(&e) {
+        BackendError::BadRequest(e.to_string())
+    } else {
+        BackendError::Internal(e.to_string())
     }
 }
 
@@ -328,32 +375,103 @@ impl Backend for EngineBackend {
 
     async fn wireguard_peer_add(
         &self,
-        _tunnel: String,
-        _peer: PeerAdd,
+        tunnel: String,
+        peer: PeerAdd,
     ) -> Result<PeerAdded, BackendError> {
-        Err(BackendError::Unavailable {
-            daemon: "applianced".into(),
-            reason: "adding WireGuard peers over the API is not wired yet; run \
-                     `applctl wg add-peer` on the appliance"
-                .into(),
+        use crate::api::wireguard::{PeerError, Request, add_peer};
+        let (active, cfg) = self.active_config()?;
+        let text = match active {
+            Some(n) => self.engine.store().get(n).map_err(store_error)?.text,
+            None => DEFAULT_CONFIG.to_owned(),
+        };
+        let allowed: Vec<String> = peer.address.into_iter().collect();
+        // A tunnel's own private_key_file wins; else the key netd made in its key dir.
+        let key_file = crate::types::IfName::parse(&tunnel)
+            .ok()
+            .and_then(|name| cfg.wireguard.get(&name))
+            .filter(|w| w.private_key_file.is_none())
+            .map(|_| self.wg_key_dir.join(format!("{tunnel}.key")));
+        let request = Request {
+            name: &peer.name,
+            interface: &tunnel,
+            allowed_ips: &allowed,
+            endpoint: &peer.endpoint,
+            dns: None,
+            routes: &[],
+            key_file,
+        };
+        let key = wireguard_control::Key::generate_private();
+        let new = add_peer(&cfg, &request, &key).map_err(|e| match e {
+            PeerError::Invalid(m) => BackendError::BadRequest(m),
+            PeerError::NoTunnel(m) => BackendError::NotFound(m),
+            PeerError::Exists(m) => BackendError::Conflict(m),
+            // netd makes the tunnel's key when it first applies the tunnel.
+            PeerError::Failed(m) => BackendError::Unavailable {
+                daemon: "netd".into(),
+                reason: m,
+            },
+        })?;
+        // Appended as its own table: the admin's file keeps its layout and comments.
+        let text = format!("{}\n{}", text.trim_end(), new.toml_entry);
+        let comment = format!("API: WireGuard peer {} on {tunnel}", peer.name);
+        let report = self
+            .engine
+            .apply(&text, &comment, None, SystemTime::now())
+            .await
+            .map_err(txn_error)?;
+        Ok(PeerAdded {
+            generation: report.active,
+            public_key: new.public_key,
+            client_config: new.client_config,
+            confirm_deadline: report.confirm_deadline_unix,
         })
+    }
+
+    async fn metrics(&self) -> Result<String, BackendError> {
+        let Some(gatherer) = &self.metrics else {
+            return Err(BackendError::Unavailable {
+                daemon: "applianced".into(),
+                reason: "metrics are not set up in this applianced".into(),
+            });
+        };
+        let own = super::http::engine_metrics(&self.engine)
+            .await
+            .map_err(txn_error)?;
+        Ok(gatherer.gather(&own).await)
     }
 
     async fn update_status(&self) -> Result<Value, BackendError> {
-        Err(BackendError::Unavailable {
-            daemon: "applianced".into(),
-            reason: "update status over the API is not wired yet; run `applctl update status` \
-                     on the appliance"
-                .into(),
-        })
+        let device = self.device()?;
+        let status = tokio::task::spawn_blocking(move || device.status())
+            .await
+            .map_err(|e| BackendError::Internal(format!("the update status check stopped: {e}")))?
+            .map_err(update_error)?;
+        Ok(crate::api::update::status_json(&status))
     }
 
-    async fn update_install(&self, _req: UpdateInstall) -> Result<Value, BackendError> {
-        Err(BackendError::Unavailable {
-            daemon: "applianced".into(),
-            reason: "installing updates over the API is not wired yet; run `applctl update` \
-                     on the appliance"
-                .into(),
+    async fn update_install(&self, req: UpdateInstall) -> Result<Value, BackendError> {
+        let Ok(_one) = self.installing.try_lock() else {
+            return Err(BackendError::Conflict(
+                "an update is being installed already; wait for it to finish".into(),
+            ));
+        };
+        let url = url::Url::parse(&req.url)
+            .map_err(|e| BackendError::BadRequest(format!("{:?} is not a URL: {e}", req.url)))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(BackendError::BadRequest(format!(
+                "the API installs from http(s) URLs only, not {}:",
+                url.scheme()
+            )));
+        }
+        let device = self.device()?;
+        let report = tokio::task::spawn_blocking(move || {
+            let mut source = image::install::source::open(url.as_str());
+            device.install(source.as_mut(), |_, _| {})
         })
+        .await
+        .map_err(|e| BackendError::Internal(format!("the install stopped: {e}")))?
+        .map_err(update_error)?;
+        tracing::info!(version = %report.version, slot = %report.slot, "update installed over the API");
+        Ok(crate::api::update::report_json(&report))
     }
 }

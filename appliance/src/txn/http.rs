@@ -7,7 +7,7 @@
 //! | `POST /v1/apply {"config", "comment"?, "confirm_seconds"?}` | the transaction's report |
 //! | `POST /v1/confirm` | `{"confirmed": N}` |
 //! | `POST /v1/rollback {"generation"?}` | the revert's report |
-//! | `GET /metrics` | Prometheus text |
+//! | `GET /metrics` | Prometheus text: applianced's, every daemon's and the node's |
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -18,6 +18,7 @@ use serde_json::json;
 
 use super::{Engine, TxnError};
 use crate::control::{ApiError, Reply, Request};
+use crate::metrics::Gatherer;
 use crate::store::StoreError;
 
 /// applianced's socket unless told otherwise; root only (mode 0600).
@@ -71,8 +72,32 @@ fn json_of<T: serde::Serialize>(v: &T) -> Result<Reply, ApiError> {
         .map_err(|e| ApiError::Internal(format!("encoding the answer: {e}")))
 }
 
-/// Answers one request on applianced's socket.
-pub async fn route(engine: Arc<Engine>, req: Request) -> Result<Reply, ApiError> {
+/// applianced's own metrics: the active generation and the confirm countdown.
+pub async fn engine_metrics(engine: &Engine) -> Result<String, TxnError> {
+    let s = engine.status(SystemTime::now()).await?;
+    let mut out = String::new();
+    out.push_str("# HELP applianced_active_generation The active config generation.\n");
+    out.push_str("# TYPE applianced_active_generation gauge\n");
+    out.push_str(&format!(
+        "applianced_active_generation {}\n",
+        s.active.unwrap_or(0)
+    ));
+    out.push_str("# HELP applianced_pending_confirm_seconds Seconds left to confirm the pending change (0: none).\n");
+    out.push_str("# TYPE applianced_pending_confirm_seconds gauge\n");
+    out.push_str(&format!(
+        "applianced_pending_confirm_seconds {}\n",
+        s.pending.map_or(0, |p| p.seconds_left)
+    ));
+    Ok(out)
+}
+
+/// Answers one request on applianced's socket; `/metrics` gathers the daemons' and the
+/// node's with `metrics`.
+pub async fn route(
+    engine: Arc<Engine>,
+    metrics: Arc<Gatherer>,
+    req: Request,
+) -> Result<Reply, ApiError> {
     let now = SystemTime::now();
     match req.path.as_str() {
         "/v1/status" => {
@@ -104,21 +129,8 @@ pub async fn route(engine: Arc<Engine>, req: Request) -> Result<Reply, ApiError>
         }
         "/metrics" => {
             req.only(&Method::GET)?;
-            let s = engine.status(now).await?;
-            let mut out = String::new();
-            out.push_str("# HELP applianced_active_generation The active config generation.\n");
-            out.push_str("# TYPE applianced_active_generation gauge\n");
-            out.push_str(&format!(
-                "applianced_active_generation {}\n",
-                s.active.unwrap_or(0)
-            ));
-            out.push_str("# HELP applianced_pending_confirm_seconds Seconds left to confirm the pending change (0: none).\n");
-            out.push_str("# TYPE applianced_pending_confirm_seconds gauge\n");
-            out.push_str(&format!(
-                "applianced_pending_confirm_seconds {}\n",
-                s.pending.map_or(0, |p| p.seconds_left)
-            ));
-            Ok(Reply::Metrics(out))
+            let own = engine_metrics(&engine).await?;
+            Ok(Reply::Metrics(metrics.gather(&own).await))
         }
         other => Err(ApiError::NotFound(other.to_owned())),
     }

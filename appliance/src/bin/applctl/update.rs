@@ -8,7 +8,7 @@ use appliance::migrate;
 use appliance::store::{Store, StoreError};
 use clap::Subcommand;
 use image::bootstate::Slot;
-use image::bundle::{BundleError, PublicKey};
+use image::bundle::PublicKey;
 use image::install::{ConfigStep, Device, Paths, UpdateError, source};
 
 use super::CliError;
@@ -66,36 +66,11 @@ enum UpdateCommand {
 }
 
 fn failed(e: UpdateError) -> CliError {
-    match e {
-        // The bundle or the request is wrong: exit 2, like any other bad input.
-        UpdateError::Bundle(
-            BundleError::NotABundle
-            | BundleError::Untrusted { .. }
-            | BundleError::NotEnoughSignatures { .. }
-            | BundleError::BadManifest(_)
-            | BundleError::UnsupportedFormat(_)
-            | BundleError::Incompatible { .. }
-            | BundleError::Expired { .. }
-            | BundleError::Downgrade { .. }
-            | BundleError::BelowFloor { .. }
-            | BundleError::TooOld { .. }
-            | BundleError::ChunkMismatch { .. }
-            | BundleError::TrailingData
-            | BundleError::HeaderTooLarge(_)
-            | BundleError::BadHeader(_),
-        )
-        | UpdateError::TooBig { .. }
-        | UpdateError::NothingToRollBackTo(_)
-        | UpdateError::RollbackBelowFloor { .. } => CliError::Invalid(e.to_string()),
-        UpdateError::Bundle(BundleError::Io(_) | BundleError::Truncated { .. })
-        | UpdateError::BootState(_)
-        | UpdateError::StateFile(_)
-        | UpdateError::Keys(_)
-        | UpdateError::Io { .. }
-        | UpdateError::Release { .. }
-        | UpdateError::UnknownSlot(_)
-        | UpdateError::ReadBack { .. }
-        | UpdateError::SourceFailed { .. } => CliError::Failed(e.to_string()),
+    // The bundle or the request is wrong: exit 2, like any other bad input.
+    if appliance::api::update::is_input_error(&e) {
+        CliError::Invalid(e.to_string())
+    } else {
+        CliError::Failed(e.to_string())
     }
 }
 
@@ -152,15 +127,7 @@ pub fn run(args: &UpdateArgs, config_dir: &Path) -> Result<(), CliError> {
         UpdateCommand::Status { json } => {
             let s = device.status().map_err(failed)?;
             if *json {
-                let value = serde_json::json!({
-                    "running": s.running.to_string(),
-                    "version": s.release.version.to_string(),
-                    "security_version": s.release.security_version,
-                    "compatible": s.release.compatible,
-                    "next_boot": s.next_boot.map(|(slot, trial)| serde_json::json!({"slot": slot.to_string(), "trial": trial})),
-                    "boot_state_error": s.boot.as_ref().err(),
-                    "state": s.state,
-                });
+                let value = appliance::api::update::status_json(&s);
                 println!("{value:#}");
             } else {
                 println!(
