@@ -7,6 +7,8 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -110,6 +112,67 @@ fn validate_reports_every_mistake_with_path_and_line_and_exits_2() {
         !e.contains('\x1b'),
         "no colour when stderr is not a terminal"
     );
+}
+
+/// The "done when", through the binary: every file in tests/invalid exits 2 with
+/// exactly the key paths, lines and kinds its `# expect:` header lists, and every file in
+/// tests/valid exits 0.
+#[test]
+fn validate_rejects_each_bad_file_with_its_path_and_line() {
+    let env = Env::new();
+    let mut problems = Vec::new();
+    let invalid = common::toml_files("invalid");
+    for file in &invalid {
+        let src = std::fs::read_to_string(file).unwrap();
+        let mut want: Vec<(String, u64, String)> = src
+            .lines()
+            .map_while(|l| l.strip_prefix('#'))
+            .filter_map(|c| c.trim().strip_prefix("expect:"))
+            .map(|e| {
+                let mut parts = e.trim().rsplitn(3, ' ');
+                let kind = parts.next().unwrap().to_owned();
+                let line = parts.next().unwrap().parse().unwrap();
+                (parts.next().unwrap().trim().to_owned(), line, kind)
+            })
+            .collect();
+        want.sort();
+        let o = env.run(&["validate", "--json", file.to_str().unwrap()]);
+        let v: serde_json::Value = serde_json::from_str(&out(&o))
+            .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {}", file.display(), out(&o)));
+        let mut got: Vec<(String, u64, String)> = v["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["path"].as_str().unwrap().to_owned(),
+                    e["line"].as_u64().unwrap(),
+                    e["kind"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        got.sort();
+        if code(&o) != 2 || got != want {
+            problems.push(format!(
+                "{}: exit {}, expected {want:?}, got {got:?}",
+                file.display(),
+                code(&o)
+            ));
+        }
+    }
+    for file in common::toml_files("valid") {
+        let o = env.run(&["validate", file.to_str().unwrap()]);
+        if code(&o) != 0 {
+            problems.push(format!(
+                "{}: exit {}: {}",
+                file.display(),
+                code(&o),
+                err(&o)
+            ));
+        }
+    }
+    assert!(invalid.len() >= 40, "only {} invalid cases", invalid.len());
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 #[test]
