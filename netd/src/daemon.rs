@@ -46,6 +46,8 @@ pub struct NetDaemon<N: Netlink, F: Nft> {
     started: Instant,
     /// The config of the last successful apply, for the DHCP services that follow it.
     applied_tx: watch::Sender<Option<Arc<Config>>>,
+    /// The DHCP server's lease file, for the status (set by `netd serve`).
+    lease_file: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 impl<N: Netlink, F: Nft> std::fmt::Debug for NetDaemon<N, F> {
@@ -72,6 +74,7 @@ where
             }),
             started: Instant::now(),
             applied_tx: watch::Sender::new(None),
+            lease_file: std::sync::OnceLock::new(),
         })
     }
 
@@ -195,7 +198,21 @@ where
         self.inner().applied.as_ref().map(|(n, _)| *n)
     }
 
+    /// Links, leases, WireGuard peers and rule counters (see [`crate::metrics`]).
+    /// Blocking: netlink and nft.
+    fn net(&self) -> serde_json::Value {
+        let mut inner = self.inner();
+        let inner = &mut *inner;
+        crate::metrics::collect(
+            &mut inner.links,
+            &inner.firewall,
+            self.lease_file.get().map(|p| p.as_path()),
+            inner.applied.as_ref().map(|(_, c)| c),
+        )
+    }
+
     fn status(&self) -> serde_json::Value {
+        let net = self.net();
         let inner = self.inner();
         json!({
             "daemon": "netd",
@@ -203,12 +220,14 @@ where
             "generation": inner.applied.as_ref().map(|(n, _)| *n),
             "last_error": inner.last_error,
             "uptime_seconds": self.started.elapsed().as_secs(),
+            "net": net,
         })
     }
 
     fn metrics(&self) -> String {
+        let net = crate::metrics::prometheus(&self.net());
         let inner = self.inner();
-        format!(
+        net + &format!(
             "# HELP netd_applied_generation The config generation netd applied last.\n# TYPE netd_applied_generation gauge\nnetd_applied_generation {}\n# HELP netd_apply_failed Whether the last apply failed.\n# TYPE netd_apply_failed gauge\nnetd_apply_failed {}\n",
             inner.applied.as_ref().map_or(0, |(n, _)| *n),
             u8::from(inner.last_error.is_some())
@@ -219,13 +238,20 @@ where
     /// on the blocking pool, one at a time (the lock).
     pub async fn route(self: Arc<Self>, req: Request) -> Result<Reply, ApiError> {
         match req.path.as_str() {
+            // Both read netlink and nft: off the runtime, like plan and apply.
             "/v1/status" => {
                 req.only(&Method::GET)?;
-                Ok(Reply::Json(self.status()))
+                let status = tokio::task::spawn_blocking(move || self.status())
+                    .await
+                    .map_err(|e| ApiError::Internal(format!("the status task ended: {e}")))?;
+                Ok(Reply::Json(status))
             }
             "/metrics" => {
                 req.only(&Method::GET)?;
-                Ok(Reply::Metrics(self.metrics()))
+                let text = tokio::task::spawn_blocking(move || self.metrics())
+                    .await
+                    .map_err(|e| ApiError::Internal(format!("the metrics task ended: {e}")))?;
+                Ok(Reply::Metrics(text))
             }
             "/v1/plan" | "/v1/apply" => {
                 req.only(&Method::POST)?;
@@ -529,6 +555,7 @@ pub mod cli {
         }
         let firewall = Firewall::with_state_file(NftCli::new(), &args.firewall_state);
         let daemon = NetDaemon::new(store, links, firewall);
+        let _ = daemon.lease_file.set(args.dhcp_dir.join("leases.json"));
         let mut applied = daemon.applied();
         daemon.apply_active();
         let rt = tokio::runtime::Builder::new_current_thread()

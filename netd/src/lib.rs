@@ -9,6 +9,7 @@ pub mod dhcp;
 pub mod firewall;
 pub mod ipv6;
 pub mod links;
+pub mod metrics;
 pub mod wan;
 pub mod wireguard;
 

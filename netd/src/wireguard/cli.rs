@@ -170,10 +170,15 @@ fn watch(config: &Path, state_dir: &Path, interval: Duration) -> ExitCode {
 }
 
 fn peer_names(config: Option<&Path>) -> BTreeMap<(String, PublicKey), String> {
+    match config.and_then(|p| load(p).ok()) {
+        Some(cfg) => peer_names_of(&cfg),
+        None => BTreeMap::new(),
+    }
+}
+
+/// The config's name of each peer, by tunnel and public key.
+pub fn peer_names_of(cfg: &Config) -> BTreeMap<(String, PublicKey), String> {
     let mut names = BTreeMap::new();
-    let Some(cfg) = config.and_then(|p| load(p).ok()) else {
-        return names;
-    };
     for (ifname, w) in &cfg.wireguard {
         for (name, p) in &w.peers {
             names.insert(
