@@ -1,0 +1,190 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+//! `netd serve`'s status document and Prometheus metrics through its control socket,
+//! with the real kernel, nft and a lease file, in network namespaces made here:
+//!
+//! ```text
+//!   client ns 192.168.1.2 ──veth── lan0 -> "lan" 192.168.1.1 (router ns, TCP :7000)
+//! ```
+//!
+//! The client's connections to :7000 must show in the counter of the rule that admits
+//! them, and the link's address, state and byte counters, and the lease, in both forms.
+//! Needs root, iproute2 and nftables; fails loudly without them.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use common::Netns;
+
+const CONFIG: &str = r#"version = 1
+
+[interfaces.lan]
+device = "lan0"
+addresses = ["192.168.1.1/24"]
+
+[firewall.zones.lan]
+interfaces = ["lan"]
+input = "drop"
+forward = "drop"
+
+[[firewall.rules]]
+name = "lan-service"
+from = "lan"
+protocol = "tcp"
+ports = [7000]
+action = "accept"
+"#;
+
+const LEASES: &str = r#"{"version": 1, "leases": [
+  {"mac": "52:54:00:00:00:0a", "ip": "192.168.1.100", "hostname": "alpha", "expires": 4000000000}]}"#;
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// GET `target` on the control socket; the body.
+fn get(socket: &Path, target: &str) -> String {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {target} HTTP/1.1\r\nHost: netd\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{target}: {head}\n{body}");
+    body.to_string()
+}
+
+#[test]
+fn status_and_metrics_show_links_leases_and_rule_counters() {
+    common::require_root();
+    common::require_working(&["ip", "netns", "list"], "iproute2");
+    common::require_working(&["nft", "--version"], "nftables");
+    let router = Netns::new("router");
+    let client = Netns::new("client");
+    router.ip(&format!(
+        "link add lan0 type veth peer name eth0 netns {}",
+        client.name
+    ));
+    client.ip("addr add 192.168.1.2/24 dev eth0");
+    client.ip("link set eth0 up");
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = appliance::store::Store::open(dir.path().join("config")).unwrap();
+    let n = store.commit(CONFIG, "status test").unwrap();
+    store.activate(n).unwrap();
+    std::fs::create_dir_all(dir.path().join("dhcp")).unwrap();
+    std::fs::write(dir.path().join("dhcp/leases.json"), LEASES).unwrap();
+    let socket = dir.path().join("netd.sock");
+    let _netd = Killed(
+        router
+            .command(env!("CARGO_BIN_EXE_netd"))
+            .arg("serve")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--data-dir")
+            .arg(dir.path().join("config"))
+            .arg("--firewall-state")
+            .arg(dir.path().join("firewall.json"))
+            .arg("--dhcp-dir")
+            .arg(dir.path().join("dhcp"))
+            .arg("--wan-dns-file")
+            .arg(dir.path().join("wan-dns.json"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "netd serve did not open its socket"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Three connections through the rule.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _ = router.spawn(move || {
+        let l = TcpListener::bind(("192.168.1.1", 7000)).unwrap();
+        tx.send(()).unwrap();
+        for c in l.incoming() {
+            drop(c);
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    for _ in 0..3 {
+        client
+            .spawn(|| {
+                let to = SocketAddr::from(([192, 168, 1, 1], 7000));
+                TcpStream::connect_timeout(&to, Duration::from_secs(3)).unwrap();
+            })
+            .join()
+            .unwrap();
+    }
+
+    let status: Value = serde_json::from_str(&get(&socket, "/v1/status")).unwrap();
+    assert_eq!(status["generation"], n, "{status:#}");
+    let net = &status["net"];
+    let lan = net["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "lan")
+        .unwrap_or_else(|| panic!("no lan in {net:#}"));
+    assert_eq!(lan["up"], true, "{lan}");
+    assert!(
+        lan["addresses"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("192.168.1.1/24")),
+        "{lan}"
+    );
+    assert!(lan["rx_bytes"].as_u64().unwrap() > 0, "{lan}");
+    let rule = net["firewall_rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rule"] == "lan-service")
+        .unwrap_or_else(|| panic!("no rule counter in {net:#}"));
+    // Each connection's SYN passes the rule (the rest is the established fast path).
+    assert!(rule["packets"].as_u64().unwrap() >= 3, "{rule}");
+    assert_eq!(net["dhcp"]["leases"][0]["hostname"], "alpha", "{net:#}");
+    assert_eq!(net["dhcp"]["leases"][0]["active"], true, "{net:#}");
+
+    let metrics = get(&socket, "/metrics");
+    for want in [
+        "netd_link_up{link=\"lan\"} 1",
+        "netd_dhcp_leases{state=\"active\"} 1",
+        "netd_applied_generation 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == want), "{want} in\n{metrics}");
+    }
+    let packets: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("netd_firewall_rule_packets_total{rule=\"lan-service\"} "))
+        .unwrap_or_else(|| panic!("no rule counter in\n{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(packets >= 3, "{metrics}");
+}
