@@ -106,6 +106,18 @@ impl Access {
         if self.group.is_some() { 0o750 } else { 0o700 }
     }
 
+    /// Whether `meta` has one of the modes the store gives (under either rule). Anything
+    /// else was set by someone on purpose, or `--data-dir` names a directory that is not
+    /// a store (`/tmp`, `/data`): opening leaves those alone.
+    fn is_store_mode(meta: &fs::Metadata, dir: bool) -> bool {
+        let mode = meta.permissions().mode() & 0o7777;
+        if dir {
+            matches!(mode, 0o700 | 0o750)
+        } else {
+            matches!(mode, 0o600 | 0o640)
+        }
+    }
+
     /// Whether `meta` (of a file, or the directory with `dir`) already has this access.
     fn matches(self, meta: &fs::Metadata, dir: bool) -> bool {
         let mode = if dir {
@@ -528,7 +540,10 @@ impl Store {
             let Ok(meta) = fs::symlink_metadata(&path) else {
                 continue;
             };
-            if !meta.is_file() || self.access.matches(&meta, false) {
+            if !meta.is_file()
+                || !Access::is_store_mode(&meta, false)
+                || self.access.matches(&meta, false)
+            {
                 continue;
             }
             if let Err(e) = self.access.apply(&path, false) {
@@ -595,7 +610,8 @@ fn ensure_dir(dir: &Path, access: Access) -> Result<(), StoreError> {
     match fs::metadata(dir) {
         Ok(meta) if meta.is_dir() => {
             // A reader (a daemon) cannot change it and must still be able to open it.
-            if !access.matches(&meta, true)
+            if Access::is_store_mode(&meta, true)
+                && !access.matches(&meta, true)
                 && let Err(e) = access.apply(dir, true)
             {
                 tracing::warn!(
@@ -1385,10 +1401,13 @@ mod tests {
         for path in [store.gen_path(n), store.gen_path(m), store.pointer_path()] {
             assert_eq!(mode_gid(&path)?, (0o640, gid), "{}", path.display());
         }
-        // A file that only looks like the store's is left alone.
+        // A file that is not the store's is left alone, and so is a generation whose mode
+        // someone chose.
         let other = dir.join("notes.txt");
         fs::write(&other, "x")?;
         fs::set_permissions(&other, Permissions::from_mode(0o600))?;
+        let o = store.commit(CONFIG, "chosen mode")?;
+        fs::set_permissions(store.gen_path(o), Permissions::from_mode(0o400))?;
         // And back: without the group, nothing stays group-readable.
         let store = Store::open_with_access(dir.clone(), ROOT_ONLY)?;
         assert_eq!(mode_gid(&dir)?.0, 0o700);
@@ -1396,7 +1415,27 @@ mod tests {
             assert_eq!(mode_gid(&path)?.0, 0o600, "{}", path.display());
         }
         assert_eq!(mode_gid(&other)?.0, 0o600);
+        assert_eq!(mode_gid(&store.gen_path(o))?.0, 0o400);
         assert_eq!(store.current()?.0.map(|g| g.info.number), Some(n));
+        Ok(())
+    }
+
+    /// `--data-dir /tmp` by mistake must not make /tmp root-only.
+    #[test]
+    fn a_directory_with_a_mode_of_its_own_is_left_alone() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        for mode in [0o755, 0o1777, 0o770] {
+            let dir = tmp.path().join(format!("d{mode:o}"));
+            fs::create_dir(&dir)?;
+            fs::set_permissions(&dir, Permissions::from_mode(mode))?;
+            let store = Store::open_with_access(dir.clone(), ROOT_ONLY)?;
+            store.commit(CONFIG, "x")?;
+            let store = Store::open_with_access(dir.clone(), daemon_group())?;
+            store.commit(CONFIG, "y")?;
+            let meta = fs::metadata(&dir)?;
+            assert_eq!(meta.permissions().mode() & 0o7777, mode);
+            assert_eq!(meta.gid(), 0);
+        }
         Ok(())
     }
 
