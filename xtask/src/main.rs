@@ -17,6 +17,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 mod bench_dns;
 mod bench_net;
 mod bench_ota;
+mod bench_storage;
 
 const USAGE: &str = "\
 Usage: cargo xtask <command> [options]
@@ -53,6 +54,10 @@ Commands:
                           blocklist) against `nft -f` of the same table, the no-op apply
                           and a one-forward change, in fresh network namespaces (root);
                           config and rulesets in target/bench/net/ (default 5 reps)
+  bench storage [--full-mib N] [--inc-mib N] [--empty N]
+                          in one VM boot: raw zfs send|recv, syncoid and stored on a full
+                          send (512 MiB), an incremental (1024 MiB) and 1000 empty
+                          incrementals, and stored's prune of ~10k snapshots
   help                    this text
 
 Exit codes: 0 success, 1 failure, 2 usage error.
@@ -159,6 +164,9 @@ fn dispatch(args: &[String]) -> Result<(), Failure> {
         }
         "bench" if rest.first().is_some_and(|a| a == "net") => {
             bench_net::run_bench(rest.get(1..).unwrap_or_default())
+        }
+        "bench" if rest.first().is_some_and(|a| a == "storage") => {
+            bench_storage::run_bench(rest.get(1..).unwrap_or_default())
         }
         "bench" => bench_dns::dispatch(rest),
         other => usage(format!("unknown command `{other}`")),

@@ -1,0 +1,93 @@
+//! `cargo xtask bench storage`: raw `zfs send | zfs recv`, syncoid and stored replicating
+//! the same data in one VM boot (full send, an incremental, many empty incrementals), and
+//! stored pruning about 10k snapshots. The work is `tests/vm/bench_storage.rs`, an ignored
+//! VM test; this builds what it needs and runs it.
+//!
+//! syncoid comes from Debian's sanoid package, which the image does not ship: its .deb and
+//! those of the Perl modules it needs beyond perl-base are downloaded (`apt-get download`)
+//! and unpacked in the guest under /tmp, for the bench only.
+
+use anyhow::Context as _;
+
+use super::{
+    Failure, QEMU_PACKAGES, cargo, ensure_debian_packages, image_if_needed, repo_root, run, usage,
+};
+
+/// What syncoid needs that the image lacks.
+const SYNCOID_DEBS: &[&str] = &[
+    "sanoid",
+    "libcapture-tiny-perl",
+    "perl-modules-5.36",
+    "libperl5.36",
+];
+
+pub(super) fn run_bench(opts: &[String]) -> Result<(), Failure> {
+    let mut env: Vec<(&str, String)> = Vec::new();
+    let mut it = opts.iter();
+    while let Some(a) = it.next() {
+        let var = match a.as_str() {
+            "--full-mib" => "BENCH_FULL_MIB",
+            "--inc-mib" => "BENCH_INC_MIB",
+            "--empty" => "BENCH_EMPTY",
+            other => return usage(format!("unknown option to bench storage: `{other}`")),
+        };
+        match it.next() {
+            Some(v) if v.parse::<u64>().is_ok_and(|n| n > 0) => env.push((var, v.clone())),
+            _ => return usage(format!("{a} needs a positive number")),
+        }
+    }
+    let root = repo_root()?;
+    image_if_needed(false)?;
+    ensure_debian_packages(QEMU_PACKAGES)?;
+    let debs = root
+        .join("target")
+        .join("bench")
+        .join("storage")
+        .join("debs");
+    std::fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
+    let have = std::fs::read_dir(&debs)
+        .with_context(|| format!("reading {}", debs.display()))?
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "deb"))
+        .count();
+    if have < SYNCOID_DEBS.len() {
+        run(std::process::Command::new("apt-get")
+            .arg("download")
+            .args(SYNCOID_DEBS)
+            .current_dir(&debs))
+        .context("downloading syncoid's packages")?;
+    }
+    // A release build of stored, copied into the guest: the image's may be older than the
+    // tree, and the figures are for optimized code. STORED_BIN names another build.
+    let stored = match std::env::var_os("STORED_BIN") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => {
+            run(cargo(&root).args(["build", "--release", "--locked", "-p", "stored"]))
+                .context("building stored")?;
+            root.join("target").join("release").join("stored")
+        }
+    };
+    let mut cmd = cargo(&root);
+    cmd.args([
+        "test",
+        "--locked",
+        "-p",
+        "appliance-tests",
+        "--features",
+        "vm",
+        "--test",
+        "vm",
+        "--",
+        "--ignored",
+        "--exact",
+        "bench_storage::bench_storage",
+        "--nocapture",
+    ])
+    .env("STORED_BIN", &stored)
+    .env("SYNCOID_DEBS", &debs);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run(&mut cmd).context("the storage bench failed")?;
+    Ok(())
+}
