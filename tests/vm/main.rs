@@ -13,6 +13,7 @@ mod capabilities;
 mod harness;
 mod ota;
 mod ota_power;
+mod replication;
 mod shares;
 mod storage;
 mod wireguard;

@@ -74,6 +74,16 @@ pub enum ReplError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "TLS with {target} failed: {why}; the receiver's allowed_clients must list this \
+         box's fingerprint {fingerprint}, and the job's target_fingerprint must be the \
+         receiver's (`stored replication identity FILE` prints either)"
+    )]
+    Rejected {
+        target: String,
+        why: String,
+        fingerprint: String,
+    },
     #[error("target {target} refused: {message}")]
     Refused { target: String, message: String },
     #[error("sending {snapshot} failed: {source}")]

@@ -244,6 +244,9 @@ fn rollback(
         zfs.destroy_snapshots(&names)?;
     }
     zfs.lzc().rollback_to(dataset, &format!("{dataset}@{to}"))?;
+    // Whoever wrote to the replica turned readonly off: back on, or reads (atime) would
+    // make it diverge again before the next run.
+    zfs.cli().set_value(dataset, "readonly", "on")?;
     Ok(())
 }
 
@@ -326,6 +329,11 @@ fn receive(
                     // make the next incremental refuse it as diverged.
                     if let Err(e) = zfs.cli().set_value(dataset, "readonly", "on") {
                         tracing::warn!(dataset, error = %e, "cannot make the replica read-only");
+                    }
+                    // lzc leaves a received filesystem unmounted; mounted, it can be
+                    // browsed and restored from.
+                    if let Err(e) = zfs.cli().mount(dataset) {
+                        tracing::warn!(dataset, error = %e, "cannot mount the replica");
                     }
                 }
                 Ok(Reply::Received { bytes })

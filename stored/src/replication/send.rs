@@ -64,10 +64,24 @@ impl Limiter {
 struct Link<'a> {
     tls: Tls,
     target: &'a str,
+    /// This box's certificate fingerprint, for the hint when the receiver refuses it.
+    fingerprint: String,
 }
 
 impl Link<'_> {
     fn broke(&self, source: io::Error) -> ReplError {
+        // A TLS refusal (an unknown client certificate, a pin that does not match) shows
+        // up as an I/O error on the first read or write; it is no broken link.
+        if let Some(tls) = source
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+        {
+            return ReplError::Rejected {
+                target: self.target.to_owned(),
+                why: tls.to_string(),
+                fingerprint: self.fingerprint.clone(),
+            };
+        }
         ReplError::Link {
             target: self.target.to_owned(),
             source,
@@ -145,6 +159,7 @@ pub fn run_job(
         )
     })?;
     let identity = Identity::load(Path::new(identity_file.as_str()))?;
+    let fingerprint = identity.fingerprint();
     let config = tls::client_config(identity, &pin.to_string())?;
     let target = job.target.to_string();
     let tcp = TcpStream::connect(&target).map_err(|source| ReplError::Connect {
@@ -159,6 +174,7 @@ pub fn run_job(
     let mut link = Link {
         tls: rustls::StreamOwned::new(conn, tcp),
         target: &target,
+        fingerprint,
     };
     let datasets = source_datasets(zfs, job)?;
     let roots: Vec<String> = job

@@ -234,6 +234,12 @@ impl ZfsCli {
             .collect()
     }
 
+    /// Mounts a filesystem (`zfs mount`); a received one is not mounted by lzc.
+    pub fn mount(&self, dataset: &str) -> Result<(), ZfsError> {
+        self.zfs(&["mount", dataset])?;
+        Ok(())
+    }
+
     /// Destroys a bookmark (`pool/fs#mark`); libzfs_core's call for it is not wrapped.
     pub fn destroy_bookmark(&self, bookmark: &str) -> Result<(), ZfsError> {
         if !bookmark.contains('#') {

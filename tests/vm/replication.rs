@@ -1,0 +1,364 @@
+//! stored's replication on real ZFS, in one boot: two pools on two virtual disks, the
+//! receiver (`stored receive`, mutual TLS on loopback) writing into one, `stored replicate`
+//! sending from the other. Data is checked by snapshot GUID and by sha256 of the files.
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use crate::BOOT_TIMEOUT;
+use crate::harness::{Options, Vm};
+
+/// How many small snapshots the many-snapshots run takes and replicates by default
+/// (`REPL_MANY` overrides). Each costs a txg on both pools: about 0.2 s to take and
+/// more to receive under TCG, so 1000 (the unit tests' figure) does not fit the VM run.
+const MANY: usize = 100;
+
+struct Guest<'a> {
+    vm: &'a Vm,
+    bin: String,
+}
+
+impl Guest<'_> {
+    fn config(&self, name: &str, text: &str) -> String {
+        let host = self.vm.dir.join(format!("{name}.toml"));
+        fs::write(&host, format!("version = 1\n{text}")).unwrap();
+        let guest = format!("/tmp/{name}.toml");
+        self.vm.copy_in(&host, &guest);
+        guest
+    }
+
+    fn stored(&self, args: &str) -> (i32, String, String) {
+        let started = Instant::now();
+        let out = self.vm.ssh(&format!("{} {args}", self.bin));
+        let r = (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        eprintln!(
+            "$ stored {args}  ({:.1}s)\n-> {}\n{}{}",
+            started.elapsed().as_secs_f64(),
+            r.0,
+            r.1,
+            tail(&r.2, 20)
+        );
+        r
+    }
+
+    fn ok(&self, args: &str) -> String {
+        let (code, out, err) = self.stored(args);
+        assert_eq!(code, 0, "stored {args}: {out}{err}");
+        out
+    }
+
+    /// `name guid` of a dataset's snapshots, oldest first.
+    fn guids(&self, dataset: &str) -> Vec<(String, String)> {
+        self.vm
+            .sh(&format!(
+                "zfs list -H -p -o name,guid -t snapshot -s createtxg -d 1 {dataset}"
+            ))
+            .lines()
+            .map(|l| {
+                let (n, g) = l.split_once('\t').unwrap();
+                (n.split_once('@').unwrap().1.to_owned(), g.to_owned())
+            })
+            .collect()
+    }
+
+    /// sha256 of every file under a mountpoint, by relative path.
+    fn sums(&self, dir: &str) -> String {
+        self.vm.sh(&format!(
+            "cd {dir} && find . -type f | LC_ALL=C sort | xargs -r sha256sum"
+        ))
+    }
+
+    fn same_data(&self) {
+        let (src, dst) = (self.guids("src/data"), self.guids("dst/backup/data"));
+        let newest = src.last().unwrap();
+        assert!(
+            dst.contains(newest),
+            "the target lacks the newest source snapshot {newest:?} (by GUID)"
+        );
+        let src_sums = self.sums("/mnt/src/data");
+        assert!(!src_sums.is_empty());
+        assert_eq!(src_sums, self.sums("/mnt/dst/backup/data"));
+    }
+
+    fn holds(&self, snapshot: &str) -> String {
+        self.vm.sh(&format!("zfs holds -H {snapshot}"))
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    let start = lines.len().saturating_sub(n);
+    lines[start..].join("\n") + "\n"
+}
+
+/// A value from `replicated JOB: key=value ...`.
+fn field(report: &str, key: &str) -> String {
+    report
+        .lines()
+        .find(|l| l.starts_with("replicated "))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        })
+        .unwrap_or_else(|| panic!("no {key}= in the report:\n{report}"))
+        .to_owned()
+}
+
+fn job(name: &str, receiver_fp: &str, extra: &str) -> String {
+    format!(
+        r#"
+[replication.{name}]
+target = "127.0.0.1:7410"
+target_dataset = "dst/backup"
+datasets = ["src/data"]
+target_fingerprint = "{receiver_fp}"
+identity_file = "/data/repl/sender.pem"
+{extra}
+"#
+    )
+}
+
+#[test]
+fn stored_replicates_full_incremental_many_resumed_and_refuses_divergence() {
+    let options = Options::default()
+        .disk("repl-src", 512)
+        .disk("repl-dst", 512);
+    let (disk_a, disk_b) = (options.disks[0].by_id(), options.disks[1].by_id());
+    let mut vm = Vm::boot_with("replication", options);
+    vm.wait_for_line("APPLIANCE-BOOT-OK", BOOT_TIMEOUT);
+    vm.wait_until(
+        &format!("test -b {disk_a} && test -b {disk_b}"),
+        Duration::from_secs(60),
+    );
+    vm.sh("modprobe zfs && mount -t tmpfs -o mode=755 tmpfs /mnt");
+    let bin = match std::env::var_os("STORED_BIN") {
+        Some(host) => {
+            vm.copy_in(std::path::Path::new(&host), "/tmp/stored");
+            "/tmp/stored".to_owned()
+        }
+        None => "stored".to_owned(),
+    };
+    let g = Guest { vm: &vm, bin };
+
+    // Two pools, one per disk, and the datasets, made by stored from the config.
+    let pools = format!(
+        r#"
+[storage.pools.src]
+vdevs = [{{ layout = "single", disks = ["{disk_a}"] }}]
+[storage.pools.dst]
+vdevs = [{{ layout = "single", disks = ["{disk_b}"] }}]
+[storage.datasets."src/data"]
+[storage.datasets."dst/backup"]
+"#
+    );
+    let base = g.config("pools", &pools);
+    g.ok(&format!("apply --config {base}"));
+
+    // Identities: each side pins the other's certificate.
+    let sender_fp = g.ok("replication identity /data/repl/sender.pem");
+    let receiver_fp = g.ok("replication identity /data/repl/receiver.pem");
+    let (sender_fp, receiver_fp) = (sender_fp.trim(), receiver_fp.trim());
+    assert_ne!(sender_fp, receiver_fp);
+    let listener = g.config(
+        "receiver",
+        &format!(
+            r#"{pools}
+[storage.replication_listener]
+listen = "127.0.0.1:7410"
+identity_file = "/data/repl/receiver.pem"
+allowed_clients = ["{sender_fp}"]
+datasets = ["dst/backup"]
+"#
+        ),
+    );
+    vm.sh(&format!(
+        "setsid nohup {} receive --config {listener} >/tmp/receiver.log 2>&1 </dev/null & \
+         echo started",
+        g.bin
+    ));
+    vm.wait_until(
+        "ss -Hltn 'sport = :7410' | grep -q 7410",
+        Duration::from_secs(30),
+    );
+    let cfg = g.config(
+        "job",
+        &format!("{pools}{}", job("offsite", receiver_fp, "")),
+    );
+
+    // A client whose certificate the receiver does not list is refused.
+    g.ok("replication identity /data/repl/stranger.pem");
+    let stranger = g.config(
+        "stranger",
+        &format!("{pools}{}", job("offsite", receiver_fp, ""))
+            .replace("sender.pem", "stranger.pem"),
+    );
+    vm.sh("zfs snapshot src/data@empty");
+    let (code, _, err) = g.stored(&format!("replicate offsite --config {stranger}"));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("allowed_clients"), "{err}");
+    assert!(
+        !vm.sh("zfs list -H -o name -r dst")
+            .contains("dst/backup/data"),
+        "a refused client wrote to the target"
+    );
+
+    // Full: the first run sends the newest snapshot whole.
+    vm.sh("mkdir -p /mnt/src/data/docs && \
+         for i in 1 2 3 4 5; do head -c 100000 /dev/urandom > /mnt/src/data/docs/f$i; done && \
+         zfs snapshot src/data@s1");
+    let full = g.ok(&format!("replicate offsite --config {cfg}"));
+    assert_eq!(field(&full, "snapshots"), "1", "{full}");
+    assert_eq!(field(&full, "resumed"), "false");
+    g.same_data();
+    assert_eq!(
+        vm.sh("zfs get -H -o value readonly,mounted dst/backup/data"),
+        "on\nyes\n"
+    );
+    assert!(g.holds("src/data@s1").contains("stored-repl:offsite"));
+
+    // Incremental: only the change travels; the hold moves to the new base.
+    vm.sh(
+        "echo changed > /mnt/src/data/docs/f1 && rm /mnt/src/data/docs/f2 && \
+         zfs snapshot src/data@s2",
+    );
+    let inc = g.ok(&format!("replicate offsite --config {cfg}"));
+    assert_eq!(field(&inc, "snapshots"), "1");
+    let inc_bytes: u64 = field(&inc, "bytes").parse().unwrap();
+    let full_bytes: u64 = field(&full, "bytes").parse().unwrap();
+    assert!(
+        inc_bytes < full_bytes,
+        "incremental {inc_bytes} >= full {full_bytes}"
+    );
+    g.same_data();
+    assert!(g.holds("src/data@s2").contains("stored-repl:offsite"));
+    assert!(!g.holds("src/data@s1").contains("stored-repl:offsite"));
+    // Up to date: nothing is sent.
+    let again = g.ok(&format!("replicate offsite --config {cfg}"));
+    assert_eq!(field(&again, "snapshots"), "0");
+
+    // Resume: a 48 MiB change sent at 4 MB/s, the sender killed with SIGKILL mid-stream;
+    // the next run continues from the target's resume token.
+    vm.sh("head -c 50331648 /dev/urandom > /mnt/src/data/big && zfs snapshot src/data@s3");
+    let stream_size: u64 = vm
+        .sh("zfs send -nvP -c -i src/data@s2 src/data@s3 | awk '$1 == \"size\" {print $2}'")
+        .trim()
+        .parse()
+        .unwrap();
+    vm.sh(&format!(
+        "setsid nohup {} replicate offsite --config {cfg} --bwlimit 4000000 \
+         >/tmp/cut.log 2>&1 </dev/null & echo $! > /tmp/cut.pid",
+        g.bin
+    ));
+    // At 4 MB/s the 48 MiB stream takes at least 12 s: 5 s in, it is mid-way.
+    vm.sh("sleep 5; kill -9 $(cat /tmp/cut.pid)");
+    let token = vm.wait_until(
+        "t=$(zfs get -H -o value receive_resume_token dst/backup/data); \
+         [ \"$t\" != - ] && echo $t",
+        Duration::from_secs(60),
+    );
+    assert!(token.trim().starts_with("1-"), "{token}");
+    let resumed = g.ok(&format!("replicate offsite --config {cfg}"));
+    assert_eq!(field(&resumed, "resumed"), "true", "{resumed}");
+    let resumed_bytes: u64 = field(&resumed, "bytes").parse().unwrap();
+    eprintln!("resume: {resumed_bytes} of a {stream_size}-byte stream sent after the cut");
+    assert!(
+        resumed_bytes < stream_size,
+        "the resumed run sent {resumed_bytes} bytes, not less than the whole {stream_size}"
+    );
+    assert_eq!(
+        vm.sh("zfs get -H -o value receive_resume_token dst/backup/data")
+            .trim(),
+        "-"
+    );
+    g.same_data();
+
+    // Divergence: a change and a snapshot on the target are refused, and nothing moves.
+    vm.sh(
+        "zfs set readonly=off dst/backup/data && echo local > /mnt/dst/backup/data/local && \
+         zfs snapshot dst/backup/data@local && echo more > /mnt/src/data/docs/f3 && \
+         zfs snapshot src/data@s4",
+    );
+    let before = g.guids("dst/backup/data");
+    let (code, out, err) = g.stored(&format!("replicate offsite --config {cfg}"));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("diverged"), "{err}");
+    assert!(err.contains("on_divergence"), "{err}");
+    assert_eq!(g.guids("dst/backup/data"), before);
+    // With on_divergence = "rollback" the target goes back to the common snapshot first.
+    let rollback = g.config(
+        "rollback",
+        &format!(
+            "{pools}{}",
+            job("offsite", receiver_fp, "on_divergence = \"rollback\"")
+        ),
+    );
+    g.ok(&format!("replicate offsite --config {rollback}"));
+    assert!(!g.guids("dst/backup/data").iter().any(|(n, _)| n == "local"));
+    g.same_data();
+
+    // Many small snapshots, each replicated (the target keeps the same history).
+    let many_count: usize = std::env::var("REPL_MANY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(MANY);
+    let started = Instant::now();
+    vm.sh(&format!(
+        "mkdir -p /mnt/src/data/small && for i in $(seq 1 {many_count}); do \
+           echo $i > /mnt/src/data/small/$i; zfs snapshot src/data@many_$i; done"
+    ));
+    eprintln!(
+        "{many_count} snapshots taken in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let many = g.ok(&format!("replicate offsite --config {cfg}"));
+    assert_eq!(field(&many, "snapshots"), many_count.to_string());
+    let src = g.guids("src/data");
+    let dst = g.guids("dst/backup/data");
+    for s in src.iter().filter(|(n, _)| n.starts_with("many_")) {
+        assert!(dst.contains(s), "{s:?} missing on the target");
+    }
+    g.same_data();
+
+    // The held base survives a prune: hourly = 1 would drop it.
+    let policy = format!(
+        "{pools}{}\n[snapshots.hourly]\ndatasets = [\"src/data\"]\nhourly = 1\n",
+        job("offsite", receiver_fp, "")
+    );
+    let policy = g.config("policy", &policy);
+    g.ok(&format!(
+        "snapshot run --config {policy} --now 2026-11-25T00:00:00Z"
+    ));
+    g.ok(&format!("replicate offsite --config {policy}"));
+    let base = "src/data@stored_hourly_2026-11-25T00:00:00Z";
+    assert!(g.holds(base).contains("stored-repl:offsite"));
+    g.ok(&format!(
+        "snapshot run --config {policy} --now 2026-11-25T01:00:00Z"
+    ));
+    assert!(
+        g.guids("src/data")
+            .iter()
+            .any(|(n, _)| n == "stored_hourly_2026-11-25T00:00:00Z"),
+        "the held replication base was pruned"
+    );
+    // The job renamed: the old job's hold is stale and released, the new one continues
+    // from the common snapshot.
+    let renamed = g.config(
+        "renamed",
+        &format!("{pools}{}", job("offsite2", receiver_fp, "")),
+    );
+    g.ok(&format!("replicate offsite2 --config {renamed}"));
+    let holds = g.holds(base);
+    assert!(!holds.contains("stored-repl:offsite\t"), "{holds}");
+    let newest = "src/data@stored_hourly_2026-11-25T01:00:00Z";
+    assert!(g.holds(newest).contains("stored-repl:offsite2"));
+    g.same_data();
+
+    eprintln!(
+        "receiver log:\n{}",
+        tail(&vm.sh("cat /tmp/receiver.log"), 40)
+    );
+}
