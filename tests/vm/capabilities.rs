@@ -90,6 +90,7 @@ fn the_guest_kernel_does_vlans_wireguard_zfs_nfs_smb_and_nftables() {
 /// from a client namespace, listed back with the rule's counter, then removed.
 fn nftables(vm: &Vm) {
     vm.netns("nft-c", "10.40.0.2/24", Outside::Address("10.40.0.1/24"));
+    vm.admit("nft-c-v");
     vm.in_netns("nft-c", "ping -c 1 -W 2 10.40.0.1");
     vm.sh(
         "nft add table inet captest && \

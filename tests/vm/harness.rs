@@ -6,6 +6,13 @@
 //! out with scp; [`Vm::wait_until`] waits for a condition in the guest. When a test fails,
 //! the drop prints the log directory and saves the guest's `journalctl -b` there.
 //!
+//! Every VM has the appliance's two NICs, as the built-in config expects them: `eth0` the
+//! WAN (QEMU user network, SSH forwarded to it) and `eth1` the LAN, on QEMU hub
+//! [`LAN_HUB`]. netd owns both and its firewall drops WAN input, so each VM also gets a
+//! small vfat disk labelled APPLCONFIG holding the built-in config plus a rule that accepts
+//! SSH from the WAN ([`test_config`]); the image imports it at first boot as generation 1
+//! (docs/hardware.md, "First boot"). [`Options::without_config_import`] leaves it out.
+//!
 //! Nothing here skips: a missing image, QEMU or OVMF fails the test with what to run.
 
 use std::fs;
@@ -83,7 +90,60 @@ pub fn image_path() -> PathBuf {
         .unwrap_or_else(|| workspace().join("target/image/appliance.img"))
 }
 
-/// What a NIC besides the WAN one (QEMU user network, SSH forward) is plugged into.
+/// The QEMU hub of the LAN NIC (`eth1`, MAC [`LAN_MAC`]); [`Options::lan_client`] plugs a
+/// client NIC into it.
+pub const LAN_HUB: u32 = 90;
+pub const LAN_MAC: &str = "52:54:00:a9:00:02";
+/// The client NIC on the LAN hub, for [`Vm::lan_client`].
+pub const LAN_CLIENT_MAC: &str = "52:54:00:a9:00:03";
+
+/// The config the VMs import at first boot: the built-in default, whose WAN input policy
+/// is drop, plus one rule that lets the harness's SSH in from the WAN. The default itself
+/// is not weakened: a box without the stick keeps WAN input closed.
+pub fn test_config() -> String {
+    format!(
+        "{}\n# The VM harness reaches the box by SSH through QEMU's user network on the WAN.\n\
+         [[firewall.rules]]\nname = \"wan-ssh\"\nfrom = \"wan\"\nprotocol = \"tcp\"\n\
+         ports = [22]\naction = \"accept\"\n",
+        appliance::DEFAULT_CONFIG.trim_end()
+    )
+}
+
+/// Writes a 2 MiB vfat image labelled APPLCONFIG holding `config` as appliance.toml
+/// (made in a file with mkfs.vfat and mtools, no mount).
+pub fn config_disk(dir: &Path, config: &str) -> PathBuf {
+    let image = dir.join("applconfig.img");
+    let _ = fs::remove_file(&image);
+    let toml = dir.join("applconfig-appliance.toml");
+    fs::write(&toml, config).unwrap();
+    let run = |cmd: &mut Command, what: &str, package: &str| {
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {what} ({e}): apt-get install {package}"));
+        assert!(out.status.success(), "{what} failed: {out:?}");
+    };
+    run(
+        Command::new("mkfs.vfat")
+            .args(["-C", "-n", "APPLCONFIG"])
+            .arg(&image)
+            .arg("2048"),
+        "mkfs.vfat",
+        "dosfstools",
+    );
+    run(
+        Command::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-i")
+            .arg(&image)
+            .arg(&toml)
+            .arg("::/appliance.toml"),
+        "mcopy",
+        "mtools",
+    );
+    image
+}
+
+/// What a NIC besides the WAN and LAN ones is plugged into.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Link {
     /// Port of QEMU hub `n` inside this VM: two NICs on the same hub are joined by a cable
@@ -132,24 +192,47 @@ impl BlankDisk {
     }
 }
 
-/// What a test VM has besides the image and the WAN NIC.
+/// What a test VM has besides the image and its WAN and LAN NICs.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     pub nics: Vec<Nic>,
     pub disks: Vec<BlankDisk>,
     /// An i6300esb hardware watchdog that resets the guest when nobody pets it.
     pub watchdog: bool,
+    /// No APPLCONFIG disk: the box runs the built-in default (SSH from the WAN dropped,
+    /// so the test reads the console only).
+    pub without_config_import: bool,
 }
 
 impl Options {
-    /// Adds a NIC on `link` with MAC 52:54:00:a9:`vm`:`n`, `n` counting from 0x10 (the
-    /// image's networkd configures only …:00:01 and …:00:02, so these stay unconfigured).
+    /// Adds a NIC on `link` with MAC 52:54:00:a9:`vm`:`n`, `n` counting from 0x10. The
+    /// guest names it eth2 and up; the built-in config names only eth0 and eth1, so netd
+    /// leaves it alone.
     pub fn nic(mut self, vm: u8, link: Link) -> Options {
         let n = 0x10 + self.nics.len();
         self.nics.push(Nic {
             link,
             mac: format!("52:54:00:a9:{vm:02x}:{n:02x}"),
         });
+        self
+    }
+
+    /// Adds a client NIC ([`LAN_CLIENT_MAC`]) on the LAN's hub, for [`Vm::lan_client`].
+    pub fn lan_client(mut self) -> Options {
+        self.nics.push(Nic {
+            link: Link::Hub(LAN_HUB),
+            mac: LAN_CLIENT_MAC.to_owned(),
+        });
+        self
+    }
+
+    /// Boots without the APPLCONFIG disk (the built-in default config).
+    #[allow(
+        dead_code,
+        reason = "for tests of the built-in default, whose WAN drops SSH; none yet"
+    )]
+    pub fn without_config_import(mut self) -> Options {
+        self.without_config_import = true;
         self
     }
 
@@ -272,7 +355,14 @@ impl Vm {
 
     /// QEMU arguments of the extra NICs and disks; creates the blank disks.
     fn option_args(&self) -> Vec<String> {
-        let mut args = Vec::new();
+        // The LAN NIC comes right after the WAN one, so that the guest names it eth1.
+        let mut args: Vec<String> = [
+            "-netdev".to_owned(),
+            format!("hubport,id=lan,hubid={LAN_HUB}"),
+            "-device".to_owned(),
+            format!("virtio-net-pci,netdev=lan,mac={LAN_MAC}"),
+        ]
+        .into();
         for (i, nic) in self.options.nics.iter().enumerate() {
             let id = format!("nic{i}");
             let netdev = match &nic.link {
@@ -314,6 +404,18 @@ impl Vm {
                 format!("if=none,id={id},format=qcow2,file={}", file.display()),
                 "-device".to_owned(),
                 format!("virtio-blk-pci,drive={id},serial={}", disk.serial),
+            ]);
+        }
+        if !self.options.without_config_import {
+            let disk = config_disk(&self.dir, &test_config());
+            args.extend([
+                "-drive".to_owned(),
+                format!(
+                    "if=none,id=applconfig,format=raw,readonly=on,file={}",
+                    disk.display()
+                ),
+                "-device".to_owned(),
+                "virtio-blk-pci,drive=applconfig,serial=applconfig".to_owned(),
             ]);
         }
         args
@@ -480,8 +582,30 @@ impl Vm {
         }
     }
 
-    /// Runs a shell command in the guest as root over SSH with the test key.
+    /// Runs a shell command in the guest as root over SSH with the test key. A connection
+    /// that never got to run the command (refused, timed out: the WAN lease or sshd not
+    /// there yet) is tried again for up to a minute; anything after that is the command's.
     pub fn ssh(&self, command: &str) -> Output {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.ssh_once(command);
+            let err = String::from_utf8_lossy(&out.stderr);
+            let unconnected = out.status.code() == Some(255)
+                && (err.contains("Connection refused")
+                    || err.contains("Connection timed out")
+                    || err.contains("Connection reset")
+                    || err.contains("No route to host")
+                    || err.contains("kex_exchange_identification")
+                    || err.contains("Connection closed by"))
+                && !err.contains("closed by remote host");
+            if !unconnected || Instant::now() >= deadline {
+                return out;
+            }
+            sleep(Duration::from_secs(1));
+        }
+    }
+
+    fn ssh_once(&self, command: &str) -> Output {
         let key = test_key();
         assert!(
             key.is_file(),
@@ -587,6 +711,44 @@ impl Vm {
              {attach}; ip link set {veth} up; \
              ip -n {name} addr add {address} dev eth0; ip -n {name} link set eth0 up"
         ));
+    }
+
+    /// Lets a test's own link (a veth to a client namespace, a tunnel) reach the guest
+    /// through netd's firewall, whose input policy drops links in no zone of the config:
+    /// one accept rule at the top of netd's input chain. netd puts its own table back on
+    /// its next apply.
+    pub fn admit(&self, link: &str) {
+        self.sh(&format!(
+            "nft insert rule inet appliance input iifname {link} accept"
+        ));
+    }
+
+    /// Moves the LAN client NIC ([`Options::lan_client`]) into a new namespace `name` (as
+    /// its eth0) and leases it an address from netd's DHCP server with busybox udhcpc;
+    /// returns udhcpc's lease (ip, mask, router, dns, domain) as `key=value` words.
+    pub fn lan_client(&self, name: &str) -> String {
+        let nic = self.iface(LAN_CLIENT_MAC);
+        self.sh(&format!(
+            "set -e; ip netns add {name}; ip link set {nic} netns {name}; \
+             ip -n {name} link set {nic} name eth0; ip -n {name} link set lo up; \
+             ip -n {name} link set eth0 up"
+        ));
+        // udhcpc's own script: it only prints the lease and puts it on the link.
+        let script = "#!/bin/sh\ncase \"$1\" in\n  deconfig) ip link set \"$interface\" up ;;\n  \
+                      bound|renew) ip addr add \"$ip/${mask:-24}\" dev \"$interface\"\n    \
+                      echo \"LEASE ip=$ip mask=$mask router=$router dns=$dns domain=$domain\" ;;\nesac\n";
+        self.sh(&format!(
+            "printf %s {} > /tmp/udhcpc-{name}.sh && chmod 755 /tmp/udhcpc-{name}.sh",
+            shell_quote(script)
+        ));
+        let out = self.in_netns(
+            name,
+            &format!("busybox udhcpc -i eth0 -f -q -n -t 10 -T 2 -s /tmp/udhcpc-{name}.sh 2>&1"),
+        );
+        out.lines()
+            .find_map(|l| l.strip_prefix("LEASE "))
+            .unwrap_or_else(|| panic!("udhcpc in {name} got no lease: {out}"))
+            .to_owned()
     }
 
     /// Runs a bash command inside namespace `name` that must succeed; returns its stdout.

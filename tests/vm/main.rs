@@ -16,6 +16,8 @@ mod ota_power;
 mod replication;
 mod shares;
 mod storage;
+mod units;
+mod vlan;
 mod wireguard;
 
 use std::collections::BTreeMap;
@@ -42,7 +44,7 @@ fn fields(line: &str) -> BTreeMap<&str, &str> {
 
 #[test]
 fn boots_to_multi_user_with_a_read_only_root_and_data_kept_across_a_reboot() {
-    let mut vm = Vm::boot("boot");
+    let mut vm = Vm::boot_with("boot", harness::Options::default().lan_client());
     let line = vm.wait_for_line("APPLIANCE-BOOT-OK", BOOT_TIMEOUT);
     let booted = vm.uptime();
     eprintln!("boot report after {:.1}s: {line}", booted.as_secs_f64());
@@ -212,9 +214,9 @@ fn fields_by_line(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// dnsd runs as its own user with only its capabilities, answers a client on the LAN side
-/// (a namespace on a veth with the default config's LAN address), and writes its query
-/// log under /data.
+/// dnsd runs as its own user with only its capabilities, answers a client on the LAN (a
+/// namespace holding the client NIC of the LAN hub, leased an address by netd), and writes
+/// its query log under /data.
 fn dnsd_serves_under_its_sandbox(vm: &Vm) {
     let pid = vm.sh("systemctl show -p MainPID --value dnsd");
     let status = vm.sh(&format!("cat /proc/{}/status", pid.trim()));
@@ -236,11 +238,7 @@ fn dnsd_serves_under_its_sandbox(vm: &Vm) {
         "{}",
         line("CapEff:")
     );
-    vm.netns(
-        "lan1",
-        "192.168.1.50/24",
-        harness::Outside::Address("192.168.1.1/24"),
-    );
+    vm.lan_client("lan1");
     // A query for appliance.lan (A), id 0x1234, sent with bash's /dev/udp: the image has
     // no dig.
     let query =

@@ -300,7 +300,7 @@ fn ota_install_commit_refusal_rollback_and_boot_state_repair() {
     // T3: a release that never comes up healthy: three trial boots of A, then B again.
     // The install records the active config generation; a later one stands for what the
     // new release's migration would leave active, and the rollback must undo it.
-    vm.sh("applctl config default > /tmp/c.toml && applctl config save /tmp/c.toml --comment 'before 0.3.0'");
+    vm.sh("applctl config show current > /tmp/c.toml && applctl config save /tmp/c.toml --comment 'before 0.3.0'");
     let before_update = active_generation(&vm);
     let out = vm.sh(&format!("applctl update install {}", url("broken.bundle")));
     assert!(out.contains("installed 0.3.0 into slot A"), "{out}");
