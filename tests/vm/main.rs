@@ -17,7 +17,6 @@ mod replication;
 mod shares;
 mod storage;
 mod units;
-mod vlan;
 mod wireguard;
 
 use std::collections::BTreeMap;
