@@ -165,11 +165,11 @@ scrub_interval = "0s"
     let base = b.config("pools", &pools);
     vm.sh(&format!("{} apply --config {base}", b.stored));
     let sender_fp = vm.sh(&format!(
-        "{} replication identity /tmp/repl/sender.pem",
+        "{} replication identity /data/bench-repl/sender.pem",
         b.stored
     ));
     let receiver_fp = vm.sh(&format!(
-        "{} replication identity /tmp/repl/receiver.pem",
+        "{} replication identity /data/bench-repl/receiver.pem",
         b.stored
     ));
     let listener = b.config(
@@ -178,7 +178,7 @@ scrub_interval = "0s"
             r#"{pools}
 [storage.replication_listener]
 listen = "127.0.0.1:7411"
-identity_file = "/tmp/repl/receiver.pem"
+identity_file = "/data/bench-repl/receiver.pem"
 allowed_clients = ["{}"]
 datasets = ["dst/stored"]
 "#,
@@ -189,9 +189,14 @@ datasets = ["dst/stored"]
         "setsid nohup {} receive --config {listener} >/tmp/receiver.log 2>&1 </dev/null & echo started",
         b.stored
     ));
-    vm.wait_until(
-        "ss -Hltn 'sport = :7411' | grep -q 7411",
-        Duration::from_secs(30),
+    let up = vm.ssh(
+        "for i in $(seq 60); do ss -Hltn 'sport = :7411' | grep -q 7411 && exit 0; sleep 1; done; \
+         cat /tmp/receiver.log; exit 1",
+    );
+    assert!(
+        up.status.success(),
+        "the receiver did not listen: {}",
+        String::from_utf8_lossy(&up.stdout)
     );
     let job = b.config(
         "job",
@@ -202,7 +207,7 @@ target = "127.0.0.1:7411"
 target_dataset = "dst/stored"
 datasets = ["src/data"]
 target_fingerprint = "{}"
-identity_file = "/tmp/repl/sender.pem"
+identity_file = "/data/bench-repl/sender.pem"
 "#,
             receiver_fp.trim()
         ),
