@@ -16,6 +16,7 @@ pub mod plan;
 pub mod schema;
 pub mod sd;
 pub mod store;
+pub mod tlsgen;
 pub mod txn;
 pub mod types;
 pub mod validate;

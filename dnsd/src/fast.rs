@@ -468,3 +468,72 @@ impl WireCache {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A response to `id` with one A record (TTL 100) and an OPT record.
+    fn response(id: u16) -> Vec<u8> {
+        let mut r = id.to_be_bytes().to_vec();
+        r.extend_from_slice(&[0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 1]);
+        r.extend_from_slice(&[1, b'a', 4, b't', b'e', b's', b't', 0, 0, 1, 0, 1]);
+        r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 100, 0, 4, 192, 0, 2, 1]);
+        r.extend_from_slice(&[0, 0, 41, 4, 0xd0, 0, 0, 0x80, 0, 0, 0]);
+        r
+    }
+
+    #[test]
+    fn ttl_offsets_skip_the_opt_record_and_refuse_truncated_answers() {
+        let r = response(1);
+        assert_eq!(ttl_offsets(&r), Some(vec![30]));
+        let mut tc = r.clone();
+        tc[2] |= 0x02;
+        assert_eq!(ttl_offsets(&tc), None);
+        assert_eq!(ttl_offsets(&r[..r.len() - 1]), None);
+    }
+
+    #[test]
+    fn kept_answers_get_the_id_and_lowered_ttls_until_the_prefetch_window() {
+        let cache = WireCache::new(2);
+        let t0 = Instant::now();
+        // Stored 10 s before, TTL 200: sent with 100 left of a record TTL of 110.
+        let hit = CacheHit {
+            inserted: t0,
+            now: t0 + Duration::from_secs(10),
+            expires: t0 + Duration::from_secs(200),
+            ttl: 200,
+        };
+        let mut query = vec![0, 1];
+        query.extend_from_slice(b"rest of the query");
+        cache.insert(&query, &response(1), hit);
+        let mut out = Vec::new();
+        query[..2].copy_from_slice(&[0xab, 0xcd]);
+        assert!(cache.answer(&query, t0 + Duration::from_millis(30_500), &mut out));
+        let mut want = response(0xabcd);
+        want[30..34].copy_from_slice(&80u32.to_be_bytes());
+        assert_eq!(out, want);
+        // The last tenth of the TTL belongs to the hickory path, which prefetches.
+        assert!(cache.answer(&query, t0 + Duration::from_secs(179), &mut out));
+        assert!(!cache.answer(&query, t0 + Duration::from_secs(180), &mut out));
+        // Another query (a flag differs) is another entry.
+        query[2] = 0;
+        assert!(!cache.answer(&query, t0 + Duration::from_secs(20), &mut out));
+    }
+
+    #[test]
+    fn a_full_copy_table_starts_afresh() {
+        let cache = WireCache::new(2);
+        let t0 = Instant::now();
+        let hit = CacheHit {
+            inserted: t0,
+            now: t0,
+            expires: t0 + Duration::from_secs(100),
+            ttl: 100,
+        };
+        for i in 0..3u8 {
+            cache.insert(&[0, 0, i, 0, 0, 0, 0, 0, 0, 0, 0, 0], &response(0), hit);
+        }
+        assert_eq!(cache.len(), 1);
+    }
+}

@@ -226,8 +226,9 @@ impl Resolver {
     }
 
     /// Answers `packet` from the fast path when it is a plain query for a blocked or a
-    /// cached name, counting and logging it as the hickory path would; `false` leaves it
-    /// to [`Handler::answer_udp`]. `name` is scratch space.
+    /// cached name, counting it as the hickory path would and adding its query-log record
+    /// to `log` (for [`Recorder::record_batch`]); `false` leaves it to
+    /// [`Handler::answer_udp`]. `name` is scratch space.
     pub fn answer_fast(
         &self,
         packet: &[u8],
@@ -235,6 +236,7 @@ impl Resolver {
         now: Instant,
         out: &mut Vec<u8>,
         name: &mut String,
+        log: &mut Vec<crate::stats::Event>,
     ) -> bool {
         if self.limiter.is_some() {
             return false;
@@ -270,8 +272,8 @@ impl Resolver {
         } else {
             return false;
         };
-        if let Some(recorder) = &self.recorder {
-            recorder.finish_named(
+        if self.recorder.is_some() {
+            log.push(crate::stats::event(
                 name.clone(),
                 RecordType::from(q.qtype),
                 outcome.unwrap_or(LogOutcome::Rejected),
@@ -279,7 +281,7 @@ impl Resolver {
                 client,
                 ResponseCode::from(0, rcode),
                 now,
-            );
+            ));
         }
         true
     }

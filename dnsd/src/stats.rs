@@ -24,7 +24,8 @@ use crate::policy::Source;
 use crate::querylog::{Outcome, QueryLog, Record};
 use crate::upstream::Forwarded;
 
-/// Records waiting for the writer at most.
+/// Records waiting for the writer at most (counted across batches: single records from the
+/// hickory path, a receive batch of records from the UDP fast path).
 const CHANNEL: usize = 8192;
 /// Records taken from the channel at once.
 const BATCH: usize = 512;
@@ -284,7 +285,7 @@ impl Note {
 /// The sending side: cheap to call from the query path.
 #[derive(Debug)]
 pub struct Recorder {
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Vec<Event>>,
     shared: Arc<Shared>,
 }
 
@@ -298,6 +299,8 @@ struct Shared {
     write_errors: AtomicU64,
     /// Records the writer has handled.
     handled: AtomicU64,
+    /// Records handed over and not yet taken by the writer, bounded by [`CHANNEL`].
+    queued: std::sync::atomic::AtomicUsize,
 }
 
 impl Recorder {
@@ -325,7 +328,7 @@ impl Recorder {
             Some(n) if !n.is_empty() => n.to_owned(),
             _ => name,
         };
-        self.finish_named(
+        self.record(event(
             name,
             qtype,
             note.outcome.unwrap_or(Outcome::Rejected),
@@ -333,43 +336,26 @@ impl Recorder {
             client,
             rcode,
             started,
-        );
-    }
-
-    /// Logs an answered query whose name is already in the log's form (lowercase, no
-    /// final dot): the UDP fast path's entry.
-    #[allow(clippy::too_many_arguments)]
-    pub fn finish_named(
-        &self,
-        name: String,
-        qtype: RecordType,
-        outcome: Outcome,
-        upstream_latency: Option<Duration>,
-        client: IpAddr,
-        rcode: ResponseCode,
-        started: Instant,
-    ) {
-        let time_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        self.record(Event {
-            record: Record {
-                time_ms,
-                client,
-                name,
-                qtype,
-                outcome,
-                rcode,
-                latency_us: u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX),
-            },
-            upstream_latency,
-        });
+        ));
     }
 
     /// Hands a record to the writer, or counts it as dropped when the writer is behind.
     pub fn record(&self, e: Event) {
-        if self.tx.try_send(e).is_err() {
-            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+        self.record_batch(vec![e]);
+    }
+
+    /// Hands records to the writer at once (one wake-up for a whole receive batch of the
+    /// UDP fast path), or counts them as dropped when the writer is behind.
+    pub fn record_batch(&self, events: Vec<Event>) {
+        let n = events.len();
+        if n == 0 {
+            return;
+        }
+        let queued = &self.shared.queued;
+        if queued.fetch_add(n, Ordering::Relaxed) + n > CHANNEL || self.tx.try_send(events).is_err()
+        {
+            queued.fetch_sub(n, Ordering::Relaxed);
+            self.shared.dropped.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
 
@@ -395,19 +381,49 @@ impl Recorder {
     }
 }
 
-fn writer(mut rx: mpsc::Receiver<Event>, shared: &Shared) {
+/// The record of an answered query whose name is already in the log's form (lowercase,
+/// no final dot).
+#[allow(clippy::too_many_arguments)]
+pub fn event(
+    name: String,
+    qtype: RecordType,
+    outcome: Outcome,
+    upstream_latency: Option<Duration>,
+    client: IpAddr,
+    rcode: ResponseCode,
+    started: Instant,
+) -> Event {
+    let time_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    Event {
+        record: Record {
+            time_ms,
+            client,
+            name,
+            qtype,
+            outcome,
+            rcode,
+            latency_us: u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX),
+        },
+        upstream_latency,
+    }
+}
+
+fn writer(mut rx: mpsc::Receiver<Vec<Event>>, shared: &Shared) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut records = Vec::with_capacity(BATCH);
     let mut last_sync = Instant::now();
     let mut dirty = false;
     while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
+        batch.extend(first);
         while batch.len() < BATCH {
             match rx.try_recv() {
-                Ok(e) => batch.push(e),
+                Ok(more) => batch.extend(more),
                 Err(_) => break,
             }
         }
+        shared.queued.fetch_sub(batch.len(), Ordering::Relaxed);
         {
             let mut t = shared.tables.lock().unwrap_or_else(|e| e.into_inner());
             for e in &batch {

@@ -7,10 +7,8 @@
 //! and upgrades. Both files are written 0600 (the key is a secret, and nothing but dnsd
 //! needs the certificate file), each atomically.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write as _};
+use std::io;
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -73,13 +71,6 @@ impl CertSpec {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TlsError + '_ {
-    move |source| TlsError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
-
 /// The server configuration for the client listeners: the stored pair, or a new
 /// self-signed one when there is none. The ALPN protocols are set by each listener.
 pub fn load_or_create(spec: &CertSpec) -> Result<rustls::ServerConfig, TlsError> {
@@ -104,55 +95,12 @@ pub fn load_or_create(spec: &CertSpec) -> Result<rustls::ServerConfig, TlsError>
 }
 
 fn create(spec: &CertSpec) -> Result<(), TlsError> {
-    let sans: Vec<String> = spec
-        .names
-        .iter()
-        .cloned()
-        .chain(spec.addresses.iter().map(ToString::to_string))
-        .collect();
-    let mut params =
-        rcgen::CertificateParams::new(sans).map_err(|e| TlsError::Generate(e.to_string()))?;
-    let mut dn = rcgen::DistinguishedName::new();
-    dn.push(
-        rcgen::DnType::CommonName,
-        spec.names.first().map_or("dnsd", String::as_str),
-    );
-    params.distinguished_name = dn;
-    let key = rcgen::KeyPair::generate().map_err(|e| TlsError::Generate(e.to_string()))?;
-    let cert = params
-        .self_signed(&key)
-        .map_err(|e| TlsError::Generate(e.to_string()))?;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&spec.dir)
-        .map_err(io_err(&spec.dir))?;
-    // The key first: a crash between the two leaves a half pair, which is reported, never
-    // a certificate whose key is lost.
-    write_private(&spec.key_path(), key.serialize_pem().as_bytes())?;
-    write_private(&spec.cert_path(), cert.pem().as_bytes())?;
-    File::open(&spec.dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(&spec.dir))
-}
-
-/// Writes `path` with mode 0600 through a temp file and a rename.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let written = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    written.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        io_err(path)(e)
+    use appliance::tlsgen::{self, TlsGenError};
+    let pair = tlsgen::self_signed(&spec.names, &spec.addresses, "dnsd")
+        .and_then(|pair| tlsgen::write_pair(&spec.dir, &pair, KEY_FILE, CERT_FILE, 0o600));
+    pair.map_err(|e| match e {
+        TlsGenError::Generate(why) => TlsError::Generate(why),
+        TlsGenError::Io { path, source } => TlsError::Io { path, source },
     })
 }
 
@@ -186,6 +134,7 @@ fn server_config(cert: &Path, key: &Path, dir: &Path) -> Result<rustls::ServerCo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::PermissionsExt as _;
 
     fn spec(dir: &Path) -> CertSpec {

@@ -19,6 +19,21 @@ use crate::server::Handler;
 const BATCH: usize = 32;
 /// The largest query read, as hickory's UDP listener reads (`MAX_RECEIVE_BUFFER_SIZE`).
 const MAX_QUERY: usize = 4096;
+/// The receive buffer asked for: about 5,000 queries, so that a burst, or the core being
+/// taken by something else for a few tens of milliseconds, queues queries instead of
+/// dropping them (the default of 208 KiB holds about 300).
+const RECEIVE_BUFFER: usize = 4 << 20;
+
+/// Enlarges the receive buffer: past `net.core.rmem_max` with `CAP_NET_ADMIN`, else up to
+/// it.
+fn grow_receive_buffer(socket: &UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(socket, sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err()
+        && let Err(e) = setsockopt(socket, sockopt::RcvBuf, &RECEIVE_BUFFER)
+    {
+        tracing::debug!(error = %e, "UDP receive buffer left at its default");
+    }
+}
 
 fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v4) = s.as_sockaddr_in() {
@@ -26,6 +41,16 @@ fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
     }
     s.as_sockaddr_in6()
         .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
+}
+
+/// hickory's `sanitize_src_address`: no answers to port 0, unspecified or broadcast
+/// senders (forged sources that would reflect answers elsewhere).
+fn answerable(src: &SocketAddr) -> bool {
+    src.port() != 0
+        && match src.ip() {
+            std::net::IpAddr::V4(v4) => !v4.is_unspecified() && !v4.is_broadcast(),
+            std::net::IpAddr::V6(v6) => !v6.is_unspecified(),
+        }
 }
 
 /// One batch read: lengths and senders.
@@ -73,10 +98,12 @@ fn send_batch(socket: &UdpSocket, answers: &[(Vec<u8>, SockaddrStorage)]) -> io:
 
 /// Serves `socket` until the task is aborted.
 pub async fn serve(socket: Arc<UdpSocket>, handler: Handler) {
+    grow_receive_buffer(&socket);
     let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; MAX_QUERY]).collect();
     let mut answers: Vec<(Vec<u8>, SockaddrStorage)> = Vec::with_capacity(BATCH);
     let mut spare: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(512)).collect();
     let mut name = String::with_capacity(256);
+    let mut log = Vec::new();
     loop {
         if let Err(e) = socket.readable().await {
             tracing::error!(error = %e, "UDP socket failed; no longer listening on it");
@@ -96,11 +123,14 @@ pub async fn serve(socket: Arc<UdpSocket>, handler: Handler) {
             let (Some(from), Some(packet)) = (from, buf.get(..len)) else {
                 continue;
             };
-            let Some(src) = socket_addr(&from) else {
+            let Some(src) = socket_addr(&from).filter(answerable) else {
                 continue;
             };
             let mut out = spare.pop().unwrap_or_default();
-            if handler.0.answer_fast(packet, src, now, &mut out, &mut name) {
+            if handler
+                .0
+                .answer_fast(packet, src, now, &mut out, &mut name, &mut log)
+            {
                 answers.push((out, from));
                 continue;
             }
@@ -115,6 +145,11 @@ pub async fn serve(socket: Arc<UdpSocket>, handler: Handler) {
             });
         }
         flush(&socket, &mut answers).await;
+        if let Some(recorder) = handler.0.recorder()
+            && !log.is_empty()
+        {
+            recorder.record_batch(std::mem::take(&mut log));
+        }
         spare.extend(answers.drain(..).map(|(mut b, _)| {
             b.clear();
             b

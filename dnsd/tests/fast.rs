@@ -102,8 +102,15 @@ fn fast(r: &Resolver, packet: &[u8], client: &str) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     let mut name = String::new();
     let src: SocketAddr = client.parse().unwrap();
-    r.answer_fast(packet, src, Instant::now(), &mut out, &mut name)
-        .then_some(out)
+    r.answer_fast(
+        packet,
+        src,
+        Instant::now(),
+        &mut out,
+        &mut name,
+        &mut Vec::new(),
+    )
+    .then_some(out)
 }
 
 fn corpus() -> Vec<Vec<u8>> {
