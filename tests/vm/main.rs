@@ -17,6 +17,7 @@ mod replication;
 mod shares;
 mod storage;
 mod units;
+mod vlan;
 mod wireguard;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,217 @@
+//! netd's 802.1Q VLANs in the image's kernel (the host kernel has no 8021q), in one boot:
+//! a trunk on a NIC with VLANs 10 and 20 made by `netd serve` from a config, its DHCP
+//! server on each VLAN, and two clients on the trunk's hub, each tagging its frames for one
+//! VLAN from its own network namespace:
+//!
+//! ```text
+//!   c10 ns: nic.10 ─┐  QEMU hub   ┌─ trunk (guest NIC) ─┬─ lan10 192.168.10.1/24
+//!   c20 ns: nic.20 ─┴─(tagged)────┘                     └─ lan20 192.168.20.1/24
+//!   inet ns: 203.0.113.254, 198.51.100.7 ──veth── inetv 203.0.113.1 (masquerade)
+//! ```
+//!
+//! Each client gets a lease on its VLAN, reaches 198.51.100.7 (the "internet" has no
+//! route back to the VLANs: only masquerade brings the answer back), and cannot reach
+//! the other VLAN's client. The WAN NIC keeps the harness's SSH (its own zone, input
+//! accepted). Until the image's netd.service owns the NICs from an imported config, netd
+//! runs by hand; `NETD_BIN`/`APPLCTL_BIN` run host builds instead of the image's.
+
+use std::fs;
+use std::time::Duration;
+
+use crate::BOOT_TIMEOUT;
+use crate::harness::{LAN_HUB, Link, Options, Vm, shell_quote};
+
+/// The two client NICs of `Options::nic(1, ...)`, in order.
+const CLIENT10: &str = "52:54:00:a9:01:10";
+const CLIENT20: &str = "52:54:00:a9:01:11";
+
+const CONFIG: &str = r#"version = 1
+
+# The WAN NIC: the harness's SSH comes in here; ipv4 = "dhcp" leaves its address to DHCP.
+[interfaces.wan]
+mac = "52:54:00:a9:00:01"
+ipv4 = "dhcp"
+
+# The LAN NIC (harness::LAN_MAC), on the hub with the clients' NICs.
+[interfaces.trunk]
+mac = "52:54:00:a9:00:02"
+
+[interfaces.inetv]
+device = "inetv"
+addresses = ["203.0.113.1/24"]
+routes = [{ to = "198.51.100.0/24", via = "203.0.113.254" }]
+
+[vlans.lan10]
+parent = "trunk"
+id = 10
+addresses = ["192.168.10.1/24"]
+
+[vlans.lan20]
+parent = "trunk"
+id = 20
+addresses = ["192.168.20.1/24"]
+
+[dhcp.lan10]
+start = "192.168.10.100"
+end = "192.168.10.150"
+
+[dhcp.lan20]
+start = "192.168.20.100"
+end = "192.168.20.150"
+
+[firewall.zones.mgmt]
+interfaces = ["wan"]
+input = "accept"
+forward = "drop"
+
+[firewall.zones.isp]
+interfaces = ["inetv"]
+input = "drop"
+forward = "drop"
+masquerade = true
+
+[firewall.zones.v10]
+interfaces = ["lan10"]
+input = "accept"
+forward = "drop"
+
+[firewall.zones.v20]
+interfaces = ["lan20"]
+input = "accept"
+forward = "drop"
+
+[[firewall.policies]]
+from = "v10"
+to = "isp"
+action = "accept"
+
+[[firewall.policies]]
+from = "v20"
+to = "isp"
+action = "accept"
+"#;
+
+/// A lease for `dev` in namespace `ns` by busybox udhcpc, with a script of ours that only
+/// configures the namespace; udhcpc's `key=value` words.
+fn lease(vm: &Vm, ns: &str, dev: &str) -> String {
+    let script = "#!/bin/sh\ncase \"$1\" in\n  bound|renew) ip addr add \"$ip/${mask:-24}\" dev \"$interface\"\n    \
+                  ip route replace default via \"$router\"\n    \
+                  echo \"LEASE ip=$ip router=$router dns=$dns\" ;;\nesac\n";
+    vm.sh(&format!(
+        "printf %s {} > /tmp/udhcpc-vlan.sh && chmod 755 /tmp/udhcpc-vlan.sh",
+        shell_quote(script)
+    ));
+    let out = vm.in_netns(
+        ns,
+        &format!("busybox udhcpc -i {dev} -f -q -n -t 10 -T 2 -s /tmp/udhcpc-vlan.sh 2>&1"),
+    );
+    out.lines()
+        .find_map(|l| l.strip_prefix("LEASE "))
+        .unwrap_or_else(|| panic!("udhcpc in {ns} got no lease on {dev}: {out}"))
+        .to_owned()
+}
+
+fn ip_of(lease: &str) -> &str {
+    lease
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ip="))
+        .unwrap_or_else(|| panic!("no ip in {lease}"))
+}
+
+#[test]
+fn vlan_trunk_clients_get_leases_reach_wan_masqueraded_and_not_each_other() {
+    let mut vm = Vm::boot_with(
+        "vlan",
+        Options::default()
+            .nic(1, Link::Hub(LAN_HUB))
+            .nic(1, Link::Hub(LAN_HUB)),
+    );
+    vm.wait_for_line("APPLIANCE-BOOT-OK", BOOT_TIMEOUT);
+    let host_bin = |var: &str, name: &str| match std::env::var_os(var) {
+        Some(host) => {
+            let guest = format!("/tmp/{name}");
+            vm.copy_in(std::path::Path::new(&host), &guest);
+            guest
+        }
+        None => name.to_owned(),
+    };
+    let netd = host_bin("NETD_BIN", "netd");
+    let applctl = host_bin("APPLCTL_BIN", "applctl");
+
+    // The image's netd leaves the NICs to this test's. Killed, not stopped: a stopping
+    // netd releases the WAN's DHCP lease and its address, and with it the harness's SSH.
+    vm.sh("systemctl mask --runtime netd.service; \
+         systemctl kill --signal=SIGKILL netd.service; sleep 1; \
+         systemctl reset-failed netd.service; modprobe 8021q");
+    vm.sh("set -e; ip netns add inet; ip -n inet link set lo up; \
+         ip link add inetv type veth peer name eth0 netns inet; \
+         ip -n inet addr add 203.0.113.254/24 dev eth0; ip -n inet link set eth0 up; \
+         ip -n inet addr add 198.51.100.7/32 dev lo");
+    // Each client tags its frames for one VLAN; both NICs share the trunk's hub.
+    for (ns, mac, id) in [("c10", CLIENT10, 10), ("c20", CLIENT20, 20)] {
+        let nic = vm.iface(mac);
+        vm.sh(&format!(
+            "set -e; ip netns add {ns}; ip link set {nic} netns {ns}; \
+             ip -n {ns} link set {nic} name eth0; ip -n {ns} link set lo up; \
+             ip -n {ns} link set eth0 up; \
+             ip -n {ns} link add link eth0 name eth0.{id} type vlan id {id}; \
+             ip -n {ns} link set eth0.{id} up"
+        ));
+    }
+
+    let host = vm.dir.join("vlan.toml");
+    fs::write(&host, CONFIG).unwrap();
+    vm.copy_in(&host, "/tmp/vlan.toml");
+    vm.sh(&format!(
+        "APPLIANCE_CONFIG_DIR=/tmp/store {applctl} config save /tmp/vlan.toml"
+    ));
+    // netd applies the active generation before it opens its socket.
+    vm.sh(&format!(
+        "nohup {netd} serve --socket /tmp/netd.sock --data-dir /tmp/store \
+         --firewall-state /tmp/netd-fw.json --dhcp-dir /tmp/dhcp \
+         --wan-dns-file /tmp/wan-dns.json > /tmp/netd.log 2>&1 < /dev/null &"
+    ));
+    vm.wait_until(
+        "test -S /tmp/netd.sock || { cat /tmp/netd.log; false; }",
+        Duration::from_secs(90),
+    );
+    let log = vm.sh("cat /tmp/netd.log");
+    let vlans = vm
+        .ssh("ip -d link show lan10; ip -d link show lan20")
+        .stdout;
+    let vlans = String::from_utf8_lossy(&vlans);
+    eprintln!("netd's log:\n{log}");
+    assert!(
+        vlans.contains("vlan protocol 802.1Q id 10"),
+        "{vlans}\nnetd's log:\n{log}"
+    );
+    assert!(vlans.contains("vlan protocol 802.1Q id 20"), "{vlans}");
+    assert!(vlans.contains("lan10@trunk"), "{vlans}");
+
+    let l10 = lease(&vm, "c10", "eth0.10");
+    let l20 = lease(&vm, "c20", "eth0.20");
+    eprintln!("leases: {l10} | {l20}");
+    assert!(ip_of(&l10).starts_with("192.168.10."), "{l10}");
+    assert!(l10.contains("router=192.168.10.1"), "{l10}");
+    assert!(ip_of(&l20).starts_with("192.168.20."), "{l20}");
+    assert!(l20.contains("router=192.168.20.1"), "{l20}");
+
+    // Both reach the "internet", which has no route back to them: masqueraded.
+    for ns in ["c10", "c20"] {
+        vm.in_netns(ns, "ping -c 2 -W 3 198.51.100.7");
+    }
+    let seen = vm.sh("nft list table inet appliance | grep -c masquerade || true");
+    assert!(seen.trim() != "0", "no masquerade rule: {seen}");
+    // Neither reaches the other VLAN's client.
+    for (ns, other) in [("c10", ip_of(&l20)), ("c20", ip_of(&l10))] {
+        let out = vm.try_in_netns(ns, &format!("ping -c 2 -W 2 {other}"));
+        assert!(
+            !out.status.success(),
+            "{ns} reached {other} across VLANs: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    // The trunk carried tagged frames only: no address on it, the VLANs on top.
+    let trunk = vm.sh("ip -4 -o addr show dev trunk");
+    assert!(trunk.trim().is_empty(), "{trunk}");
+}
