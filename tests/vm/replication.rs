@@ -357,6 +357,31 @@ datasets = ["dst/backup"]
     assert!(g.holds(newest).contains("stored-repl:offsite2"));
     g.same_data();
 
+    // An encrypted dataset goes raw: the target has the ciphertext and never the key.
+    vm.sh(
+        "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > /tmp/secret.key && \
+         zfs create -o encryption=on -o keyformat=hex -o keylocation=file:///tmp/secret.key \
+           src/secret && head -c 300000 /dev/urandom > /mnt/src/secret/f && \
+         zfs snapshot src/secret@e1 && echo more >> /mnt/src/secret/f && \
+         zfs snapshot src/secret@e2",
+    );
+    let vault = g.config(
+        "vault",
+        &format!("{pools}{}", job("vault", receiver_fp, "")).replace("src/data", "src/secret"),
+    );
+    g.ok(&format!("replicate vault --config {vault}"));
+    vm.sh("echo again >> /mnt/src/secret/f && zfs snapshot src/secret@e3");
+    let raw = g.ok(&format!("replicate vault --config {vault}"));
+    assert_eq!(field(&raw, "snapshots"), "1");
+    assert_eq!(
+        g.guids("dst/backup/secret").last(),
+        g.guids("src/secret").last()
+    );
+    assert_eq!(
+        vm.sh("zfs get -H -o value encryption,keystatus dst/backup/secret"),
+        "aes-256-gcm\nunavailable\n"
+    );
+
     eprintln!(
         "receiver log:\n{}",
         tail(&vm.sh("cat /tmp/receiver.log"), 40)
