@@ -14,7 +14,6 @@ use crate::BOOT_TIMEOUT;
 use crate::harness::{Options, Vm};
 
 /// Capability bits (linux/capability.h).
-const CAP_DAC_READ_SEARCH: u64 = 1 << 2;
 const CAP_NET_BIND_SERVICE: u64 = 1 << 10;
 const CAP_NET_ADMIN: u64 = 1 << 12;
 const CAP_NET_RAW: u64 = 1 << 13;
@@ -27,12 +26,8 @@ fn daemons() -> [(&'static str, u32, u64); 3] {
             0,
             CAP_NET_ADMIN | CAP_NET_RAW | CAP_NET_BIND_SERVICE,
         ),
-        // CAP_DAC_READ_SEARCH goes once the store writes generations for group appliance.
-        (
-            "dnsd.service",
-            901,
-            CAP_NET_BIND_SERVICE | CAP_DAC_READ_SEARCH,
-        ),
+        // The config store is readable through group appliance: no CAP_DAC_READ_SEARCH.
+        ("dnsd.service", 901, CAP_NET_BIND_SERVICE),
         ("applianced.service", 0, CAP_NET_BIND_SERVICE),
     ]
 }
