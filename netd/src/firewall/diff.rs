@@ -240,3 +240,61 @@ pub fn incremental(old: &Ruleset, new: &Ruleset) -> Option<Changes> {
         .collect();
     Some(ch)
 }
+
+#[cfg(test)]
+mod tests {
+    use nftables::schema::SetTypeValue;
+
+    use super::*;
+    use crate::firewall::render::tests::rich;
+
+    #[test]
+    fn the_same_ruleset_needs_no_command() {
+        assert!(incremental(&rich(), &rich()).unwrap().is_empty());
+    }
+
+    fn edited(rs: &Ruleset, f: impl Fn(&mut NfListObject<'static>)) -> Ruleset {
+        let mut out = Ruleset::default();
+        for o in rs.objects() {
+            let mut o = o.clone();
+            f(&mut o);
+            out.push(o);
+        }
+        out
+    }
+
+    #[test]
+    fn a_set_of_another_type_needs_a_new_table() {
+        let changed = edited(&rich(), |o| {
+            if let NfListObject::Set(s) = o {
+                s.set_type = SetTypeValue::Single(nftables::schema::SetType::Ipv6Addr);
+            }
+        });
+        assert_eq!(incremental(&rich(), &changed), None);
+    }
+
+    #[test]
+    fn one_changed_rule_rewrites_its_chain_only() {
+        let changed = edited(&rich(), |o| {
+            if let NfListObject::Rule(r) = o
+                && r.comment.as_deref() == Some("zone lan output")
+            {
+                r.comment = Some("renamed".into());
+            }
+        });
+        let ch = incremental(&rich(), &changed).unwrap();
+        assert_eq!(ch.chains_rewritten, ["output_lan"]);
+        assert_eq!(ch.summary(), "1 chain(s) rewritten (output_lan)");
+        // flush, then every rule of the chain again
+        let rules = changed
+            .objects()
+            .iter()
+            .filter(|o| matches!(o, NfListObject::Rule(r) if r.chain == "output_lan"))
+            .count();
+        assert_eq!(ch.commands.len(), 1 + rules);
+        assert!(matches!(
+            ch.commands.first(),
+            Some(NfObject::CmdObject(NfCmd::Flush(FlushObject::Chain(c)))) if c.name == "output_lan"
+        ));
+    }
+}

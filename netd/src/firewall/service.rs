@@ -178,6 +178,12 @@ impl<N: Nft> Firewall<N> {
 
     /// Pure: what applying `desired` would do, given the kernel's generation.
     pub fn plan(&self, desired: &Ruleset, observed: &Observed) -> FirewallPlan {
+        if let Some(a) = &self.applied
+            && a.generation == Some(observed.generation)
+            && desired.equals_with_zone_addresses(&a.ruleset, &self.zone_addresses)
+        {
+            return FirewallPlan::Nothing;
+        }
         let desired = self.effective(desired);
         let reason = match &self.applied {
             None => "this netd has not applied the table yet",
@@ -357,7 +363,7 @@ impl<N: Nft> Firewall<N> {
         let Some(path) = &self.state_file else {
             return;
         };
-        if let Err(e) = write_atomically(path, &state_json(&self.applied, &self.zone_addresses)) {
+        if let Err(e) = write_state(path, &self.applied, &self.zone_addresses) {
             tracing::warn!(path = %path.display(), "firewall: cannot save state: {e}");
         }
     }
@@ -365,19 +371,40 @@ impl<N: Nft> Firewall<N> {
 
 const STATE_VERSION: u64 = 2;
 
-fn state_json(applied: &Option<Applied>, zones: &BTreeMap<String, Vec<Ipv4Addr>>) -> String {
-    let applied = applied.as_ref().map(|a| {
-        serde_json::json!({
-            "ruleset": a.ruleset.objects(),
-            "generation": a.generation,
-        })
-    });
-    serde_json::json!({
-        "version": STATE_VERSION,
-        "applied": applied,
-        "zone_addresses": zones,
-    })
-    .to_string()
+/// The state file's shape, borrowed: serialized straight to the file, since a ruleset
+/// with a 100k-element set is megabytes of JSON that a `Value` tree would copy first.
+#[derive(serde::Serialize)]
+struct StateOut<'a> {
+    version: u64,
+    applied: Option<AppliedOut<'a>>,
+    zone_addresses: &'a BTreeMap<String, Vec<Ipv4Addr>>,
+}
+
+#[derive(serde::Serialize)]
+struct AppliedOut<'a> {
+    ruleset: &'a [NfListObject<'static>],
+    generation: Option<u32>,
+}
+
+fn write_state(
+    path: &Path,
+    applied: &Option<Applied>,
+    zones: &BTreeMap<String, Vec<Ipv4Addr>>,
+) -> std::io::Result<()> {
+    let state = StateOut {
+        version: STATE_VERSION,
+        applied: applied.as_ref().map(|a| AppliedOut {
+            ruleset: a.ruleset.objects(),
+            generation: a.generation,
+        }),
+        zone_addresses: zones,
+    };
+    let tmp = path.with_extension("tmp");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    serde_json::to_writer(&mut out, &state)?;
+    std::io::Write::flush(&mut out)?;
+    drop(out);
+    std::fs::rename(&tmp, path)
 }
 
 type State = (Option<Applied>, BTreeMap<String, Vec<Ipv4Addr>>);
@@ -406,12 +433,6 @@ fn parse_state(text: &str) -> Option<State> {
         }
     };
     Some((applied, zones))
-}
-
-fn write_atomically(path: &Path, contents: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents)?;
-    std::fs::rename(&tmp, path)
 }
 
 fn table() -> NfListObject<'static> {
