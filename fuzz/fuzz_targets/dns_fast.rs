@@ -59,10 +59,15 @@ fn check(data: &[u8], q: &fast::Question, name: &str) {
     assert_eq!(hickory_name.strip_suffix('.'), Some(name), "{data:?}");
     assert_eq!(u16::from(query.query_type()), q.qtype);
     assert_eq!(
-        m.edns.as_ref().map(|e| (e.max_payload().max(512), e.flags().dnssec_ok)),
+        m.edns
+            .as_ref()
+            .map(|e| (e.max_payload().max(512), e.flags().dnssec_ok)),
         q.edns.map(|e| (e.payload.max(512), e.dnssec_ok))
     );
-    let custom: [IpAddr; 2] = [[192, 0, 2, 1].into(), [0x2001, 0xdb8, 0, 0, 0, 0, 0, 1].into()];
+    let custom: [IpAddr; 2] = [
+        [192, 0, 2, 1].into(),
+        [0x2001, 0xdb8, 0, 0, 0, 0, 0, 1].into(),
+    ];
     for mode in [
         BlockMode::Null,
         BlockMode::Nxdomain,
