@@ -3,10 +3,8 @@
 //! pinned its fingerprint keeps trusting it. The key is written 0600, the certificate 0644
 //! (its fingerprint is public, and `applctl` shows it without root), each atomically.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write as _};
+use std::io;
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -42,13 +40,6 @@ pub enum TlsError {
         "the certificate and key in {dir} do not make a TLS configuration: {why}; check that they belong together"
     )]
     Config { dir: PathBuf, why: String },
-}
-
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TlsError + '_ {
-    move |source| TlsError::Io {
-        path: path.to_owned(),
-        source,
-    }
 }
 
 /// The server's TLS configuration and the fingerprint of its certificate.
@@ -134,65 +125,25 @@ pub fn load_or_create(
 }
 
 fn create(dir: &Path, names: &[String], addresses: &[IpAddr]) -> Result<(), TlsError> {
-    let sans: Vec<String> = names
-        .iter()
-        .cloned()
-        .chain(addresses.iter().map(ToString::to_string))
-        .collect();
-    let mut params =
-        rcgen::CertificateParams::new(sans).map_err(|e| TlsError::Generate(e.to_string()))?;
-    let mut dn = rcgen::DistinguishedName::new();
-    dn.push(
-        rcgen::DnType::CommonName,
-        names.first().map_or("appliance", String::as_str),
-    );
-    params.distinguished_name = dn;
-    let key = rcgen::KeyPair::generate().map_err(|e| TlsError::Generate(e.to_string()))?;
-    let cert = params
-        .self_signed(&key)
-        .map_err(|e| TlsError::Generate(e.to_string()))?;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io_err(dir))?;
-    // The key first: a crash between the two leaves a half pair, which is reported, never
-    // a certificate whose key is lost.
-    write_atomic(&dir.join(KEY_FILE), key.serialize_pem().as_bytes(), 0o600)?;
-    write_atomic(&dir.join(CERT_FILE), cert.pem().as_bytes(), 0o644)?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))?;
+    use crate::tlsgen::{self, TlsGenError};
+    let err = |e| match e {
+        TlsGenError::Generate(why) => TlsError::Generate(why),
+        TlsGenError::Io { path, source } => TlsError::Io { path, source },
+    };
+    let pair = tlsgen::self_signed(names, addresses, "appliance").map_err(err)?;
+    tlsgen::write_pair(dir, &pair, KEY_FILE, CERT_FILE, 0o644).map_err(err)?;
     tracing::info!(
         dir = %dir.display(),
-        fingerprint = %fingerprint_der(cert.der()),
+        fingerprint = %fingerprint_der(&pair.cert_der),
         "made a self-signed certificate for the API"
     );
     Ok(())
 }
 
-fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let written = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    written.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        io_err(path)(e)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::PermissionsExt as _;
 
     #[test]
