@@ -31,7 +31,7 @@ pub enum Ipv6Mode {
     Slaac,
     /// The IPv6 entries of `addresses`; netd sends router advertisements on LAN links.
     Static,
-    /// No IPv6 beyond the link-local address.
+    /// IPv6 switched off on the link (`disable_ipv6`), link-local address included.
     None,
 }
 
