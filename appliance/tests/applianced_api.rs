@@ -10,7 +10,9 @@
     clippy::indexing_slicing
 )]
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -24,18 +26,10 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
 use serde_json::{Value, json};
 
+use common::{Daemon, free_port};
+
 const ADMIN_PW: &str = "alice-Very-secret-1";
 const VIEWER_PW: &str = "victor-Very-secret-2";
-
-/// Kills applianced when the test ends, passed or not.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn hash(pw: &str) -> String {
     // A cheap cost keeps the debug-built test fast; the cost is read from the hash.
@@ -50,13 +44,6 @@ fn config_with_users() -> String {
         hash(ADMIN_PW),
         hash(VIEWER_PW)
     )
-}
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 /// Waits until applianced has written its fingerprint and accepts connections; fails with
@@ -109,43 +96,10 @@ async fn token(client: &reqwest::Client, base: &str, user: &str, pw: &str) -> St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applianced_serves_the_api_over_https() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, api_dir, run) = (
-        dir.path().join("config"),
-        dir.path().join("api"),
-        dir.path().join("run"),
-    );
-    std::fs::create_dir(&run).unwrap();
-    let initial = config_with_users();
-    let store = Store::open(&data).unwrap();
-    let first = store.commit(&initial, "test: users").unwrap();
-    store.activate(first).unwrap();
-
-    let addr = free_port();
-    let fingerprint_file = run.join("api-fingerprint");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_applianced"))
-        .arg("--socket")
-        .arg(run.join("applianced.sock"))
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--netd-socket")
-        .arg(run.join("netd.sock"))
-        .arg("--dnsd-socket")
-        .arg(run.join("dnsd.sock"))
-        .arg("--stored-socket")
-        .arg(run.join("stored.sock"))
-        .arg("--api-dir")
-        .arg(&api_dir)
-        .arg("--api-listen")
-        .arg(addr.to_string())
-        .arg("--fingerprint-file")
-        .arg(&fingerprint_file)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_ready(&mut child, &fingerprint_file, addr);
-    let _daemon = Daemon(child);
+    let (_daemon, addr, api_dir, store) = spawn_applianced(dir.path(), "", &[]);
+    let fingerprint_file = dir.path().join("run/api-fingerprint");
+    let first = store.active().unwrap().unwrap();
+    let initial = store.get(first).unwrap().text;
 
     // The fingerprint the console shows is the certificate's.
     assert_eq!(
@@ -279,39 +233,20 @@ fn spawn_applianced(
     extra: &str,
     args: &[&std::ffi::OsStr],
 ) -> (Daemon, SocketAddr, std::path::PathBuf, Store) {
-    let (data, api_dir, run) = (dir.join("config"), dir.join("api"), dir.join("run"));
-    std::fs::create_dir(&run).unwrap();
-    let store = Store::open(&data).unwrap();
+    std::fs::create_dir(dir.join("run")).unwrap();
+    let store = Store::open(dir.join("config")).unwrap();
     let text = format!("{}{extra}", config_with_users());
     let first = store.commit(&text, "test: users").unwrap();
     store.activate(first).unwrap();
     let addr = free_port();
-    let fingerprint_file = run.join("api-fingerprint");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_applianced"))
-        .arg("--socket")
-        .arg(run.join("applianced.sock"))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--netd-socket")
-        .arg(run.join("netd.sock"))
-        .arg("--dnsd-socket")
-        .arg(run.join("dnsd.sock"))
-        .arg("--stored-socket")
-        .arg(run.join("stored.sock"))
-        .arg("--api-dir")
-        .arg(&api_dir)
-        .arg("--api-listen")
-        .arg(addr.to_string())
-        .arg("--fingerprint-file")
-        .arg(&fingerprint_file)
+    let fingerprint_file = dir.join("run/api-fingerprint");
+    let mut child = common::applianced(dir, &addr.to_string())
         .args(args)
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
     wait_ready(&mut child, &fingerprint_file, addr);
-    (Daemon(child), addr, api_dir, store)
+    (Daemon(child), addr, dir.join("api"), store)
 }
 
 /// An API token made by alice with `role`, written to a file under `dir`.

@@ -15,6 +15,8 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -177,25 +179,7 @@ fn a_daemon_failing_its_apply_sends_every_daemon_back() {
     wait_for(&mut children, &p("run/netd.sock"), dir.path());
     wait_for(&mut children, &p("run/dnsd.sock"), dir.path());
     children.0.push(
-        Command::new(env!("CARGO_BIN_EXE_applianced"))
-            .arg("--socket")
-            .arg(p("run/applianced.sock"))
-            .arg("--state-dir")
-            .arg(p("state"))
-            .arg("--data-dir")
-            .arg(p("config"))
-            .arg("--netd-socket")
-            .arg(p("run/netd.sock"))
-            .arg("--dnsd-socket")
-            .arg(p("run/dnsd.sock"))
-            .arg("--stored-socket")
-            .arg(p("run/stored.sock"))
-            .arg("--api-dir")
-            .arg(p("api"))
-            .arg("--api-listen")
-            .arg("127.0.0.1:0")
-            .arg("--fingerprint-file")
-            .arg(p("run/api-fingerprint"))
+        common::applianced(dir.path(), "127.0.0.1:0")
             .stdin(Stdio::null())
             .stderr(log("applianced.log"))
             .spawn()

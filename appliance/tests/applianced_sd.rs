@@ -10,19 +10,14 @@
     clippy::indexing_slicing
 )]
 
-use std::net::{TcpListener, TcpStream};
+mod common;
+
+use std::net::TcpStream;
 use std::os::unix::net::{UnixDatagram, UnixStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{Daemon, free_port};
 
 /// The next notification; the read timeout only turns a hang into a failure.
 fn next(sock: &UnixDatagram) -> String {
@@ -43,30 +38,9 @@ fn applianced_notifies_ready_watchdog_and_stopping() {
     notify
         .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let addr = free_port();
     let socket = run.join("applianced.sock");
-    let child = Command::new(env!("CARGO_BIN_EXE_applianced"))
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .arg("--data-dir")
-        .arg(dir.path().join("config"))
-        .arg("--netd-socket")
-        .arg(run.join("netd.sock"))
-        .arg("--dnsd-socket")
-        .arg(run.join("dnsd.sock"))
-        .arg("--stored-socket")
-        .arg(run.join("stored.sock"))
-        .arg("--api-dir")
-        .arg(dir.path().join("api"))
-        .arg("--api-listen")
-        .arg(addr.to_string())
-        .arg("--fingerprint-file")
-        .arg(run.join("api-fingerprint"))
+    let child = common::applianced(dir.path(), &addr.to_string())
         .env("NOTIFY_SOCKET", &notify_path)
         // 0.4 s: pings every 0.2 s, so the test sees one soon after READY.
         .env("WATCHDOG_USEC", "400000")
