@@ -11,7 +11,7 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 
 use super::CliError;
-use super::socket::{Reply, request};
+use super::socket::{enc, json_of, request};
 
 /// dnsd's control socket unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/appliance/dnsd.sock";
@@ -73,33 +73,6 @@ enum DnsCommand {
     Reload,
 }
 
-/// A response from dnsd.
-fn enc(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
-
-/// The reply as JSON, or the error dnsd gave: a 400 (or 404/422, a name or config that
-/// is wrong) is bad input, exit 2; anything else a failure, exit 1.
-fn json_of(r: Reply) -> Result<Value, CliError> {
-    let v: Value = serde_json::from_slice(&r.body).map_err(|e| {
-        CliError::Failed(format!(
-            "dnsd answered {} with a body that is not JSON: {e}",
-            r.status
-        ))
-    })?;
-    if r.status == 200 {
-        return Ok(v);
-    }
-    let msg = v
-        .get("error")
-        .and_then(Value::as_str)
-        .map_or_else(|| v.to_string(), str::to_owned);
-    match r.status {
-        400 | 404 | 422 => Err(CliError::Invalid(msg)),
-        _ => Err(CliError::Failed(format!("dnsd: {msg} (HTTP {})", r.status))),
-    }
-}
-
 pub fn run(args: &DnsArgs) -> Result<(), CliError> {
     let sock = args.socket.as_path();
     let (method, target, body) = match &args.command {
@@ -138,14 +111,10 @@ pub fn run(args: &DnsArgs) -> Result<(), CliError> {
         }
         DnsCommand::Reload => ("POST", "/reload".to_owned(), None),
     };
-    let v = json_of(request(
+    let v = json_of(
         "dnsd",
-        sock,
-        TIMEOUT,
-        method,
-        &target,
-        body.as_ref(),
-    )?)?;
+        request("dnsd", sock, TIMEOUT, method, &target, body.as_ref())?,
+    )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(());

@@ -48,6 +48,36 @@ pub fn request(
         .ok_or_else(|| CliError::Failed(format!("{daemon} sent a malformed HTTP response")))
 }
 
+/// `s` escaped for a query string value.
+pub fn enc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// The reply as JSON, or the error `daemon` gave: 400/404/422 (a name, a generation or a
+/// config that is wrong) is bad input, exit 2; anything else a failure, exit 1.
+pub fn json_of(daemon: &str, r: Reply) -> Result<Value, CliError> {
+    let v: Value = serde_json::from_slice(&r.body).map_err(|e| {
+        CliError::Failed(format!(
+            "{daemon} answered {} with a body that is not JSON: {e}",
+            r.status
+        ))
+    })?;
+    if r.status == 200 {
+        return Ok(v);
+    }
+    let msg = v
+        .get("error")
+        .and_then(Value::as_str)
+        .map_or_else(|| v.to_string(), str::to_owned);
+    match r.status {
+        400 | 404 | 422 => Err(CliError::Invalid(msg)),
+        _ => Err(CliError::Failed(format!(
+            "{daemon}: {msg} (HTTP {})",
+            r.status
+        ))),
+    }
+}
+
 /// Writes one request (with `headers` as `Name: value` lines) and reads the response to
 /// EOF. An EOF without TLS close_notify is taken as the end when a whole response
 /// arrived: HTTP/1.1 with `Connection: close` and a `Content-Length` delimits it already.
@@ -124,5 +154,23 @@ mod tests {
         assert_eq!(r.status, 400);
         assert_eq!(r.body, b"{}");
         assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_none());
+    }
+
+    #[test]
+    fn errors_map_to_exit_codes() {
+        let bad = Reply {
+            status: 422,
+            body: br#"{"error":"no snapshot policy x"}"#.to_vec(),
+        };
+        assert!(
+            matches!(json_of("stored", bad), Err(CliError::Invalid(m)) if m == "no snapshot policy x")
+        );
+        let conflict = Reply {
+            status: 409,
+            body: br#"{"error":"busy"}"#.to_vec(),
+        };
+        assert!(
+            matches!(json_of("stored", conflict), Err(CliError::Failed(m)) if m == "stored: busy (HTTP 409)")
+        );
     }
 }

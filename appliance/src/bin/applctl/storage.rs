@@ -8,7 +8,7 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 
 use super::CliError;
-use super::socket::{Reply, request};
+use super::socket::{enc, json_of, request};
 
 /// stored's control socket unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/appliance/stored.sock";
@@ -48,35 +48,6 @@ enum StorageCommand {
     Replicate { job: String },
 }
 
-fn enc(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
-
-/// The reply as JSON, or the error stored gave: 400/404/422 (a name or a generation that
-/// is wrong) is bad input, exit 2; anything else a failure, exit 1.
-fn json_of(r: Reply) -> Result<Value, CliError> {
-    let v: Value = serde_json::from_slice(&r.body).map_err(|e| {
-        CliError::Failed(format!(
-            "stored answered {} with a body that is not JSON: {e}",
-            r.status
-        ))
-    })?;
-    if r.status == 200 {
-        return Ok(v);
-    }
-    let msg = v
-        .get("error")
-        .and_then(Value::as_str)
-        .map_or_else(|| v.to_string(), str::to_owned);
-    match r.status {
-        400 | 404 | 422 => Err(CliError::Invalid(msg)),
-        _ => Err(CliError::Failed(format!(
-            "stored: {msg} (HTTP {})",
-            r.status
-        ))),
-    }
-}
-
 pub fn run(args: &StorageArgs) -> Result<(), CliError> {
     let (method, target, body, timeout) = match &args.command {
         StorageCommand::Status => ("GET", "/v1/status".to_owned(), None, TIMEOUT),
@@ -110,7 +81,7 @@ pub fn run(args: &StorageArgs) -> Result<(), CliError> {
         &target,
         body.as_ref(),
     )?;
-    let v = json_of(reply)?;
+    let v = json_of("stored", reply)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(());
@@ -306,19 +277,5 @@ mod tests {
         assert!(text.contains("3 kept, 1 to destroy"));
         assert_eq!(bytes(&json!(1536)), "1.5 KiB");
         assert_eq!(bytes(&json!(12)), "12 B");
-    }
-
-    #[test]
-    fn errors_map_to_exit_codes() {
-        let bad = Reply {
-            status: 422,
-            body: br#"{"error":"no snapshot policy x"}"#.to_vec(),
-        };
-        assert!(matches!(json_of(bad), Err(CliError::Invalid(m)) if m == "no snapshot policy x"));
-        let conflict = Reply {
-            status: 409,
-            body: br#"{"error":"busy"}"#.to_vec(),
-        };
-        assert!(matches!(json_of(conflict), Err(CliError::Failed(_))));
     }
 }
