@@ -13,10 +13,9 @@ pub mod ratelimit;
 pub mod totp;
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, OpenOptions};
-use std::io::Write as _;
+use std::fs;
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -530,26 +529,12 @@ fn save_tokens(path: &Path, tokens: &[StoredToken]) -> Result<(), AuthError> {
         source,
     };
     let json = serde_json::to_vec_pretty(tokens).map_err(|e| state(std::io::Error::other(e)))?;
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let written = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&json)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    })();
-    written.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        state(e)
-    })
+    crate::tlsgen::write_atomic(path, &json, 0o600)
+        .and_then(|()| match path.parent() {
+            Some(dir) => fs::File::open(dir)?.sync_all(),
+            None => Ok(()),
+        })
+        .map_err(state)
 }
 
 #[cfg(test)]
