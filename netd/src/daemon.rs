@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use appliance::Config;
 use appliance::control::{ApiError, GenerationRequest, Method, PlanReply, Reply, Request};
-use appliance::store::{Store, StoreError};
+use appliance::store::Store;
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -90,18 +90,7 @@ where
     }
 
     fn load(&self, generation: u64) -> Result<Config, ApiError> {
-        let g = self.store.get(generation).map_err(|e| match e {
-            StoreError::NotFound(_) | StoreError::Corrupt { .. } => {
-                ApiError::Invalid(e.to_string())
-            }
-            other => ApiError::Internal(other.to_string()),
-        })?;
-        appliance::load_str(&g.text).map_err(|d| {
-            ApiError::Invalid(format!(
-                "generation {generation} does not validate:\n{}",
-                d.render(&g.text, &format!("generation {generation}"), false)
-            ))
-        })
+        appliance::control::load_generation(&self.store, generation)
     }
 
     /// What applying `generation` would do now; changes nothing.

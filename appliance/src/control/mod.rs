@@ -21,11 +21,30 @@ pub use server::{ApiError, Reply, Request, ServeError};
 
 use serde::{Deserialize, Serialize};
 
+use crate::Config;
+use crate::store::{Store, StoreError};
+
 /// The body of `POST /v1/plan` and `POST /v1/apply`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GenerationRequest {
     pub generation: u64,
+}
+
+/// Generation `generation` of `store`, validated, for a daemon's plan or apply: a generation
+/// that is missing, damaged or invalid is the caller's mistake (422), a store that cannot be
+/// read is the daemon's (500).
+pub fn load_generation(store: &Store, generation: u64) -> Result<Config, ApiError> {
+    let g = store.get(generation).map_err(|e| match e {
+        StoreError::NotFound(_) | StoreError::Corrupt { .. } => ApiError::Invalid(e.to_string()),
+        other => ApiError::Internal(other.to_string()),
+    })?;
+    crate::load_str(&g.text).map_err(|d| {
+        ApiError::Invalid(format!(
+            "generation {generation} does not validate:\n{}",
+            d.render(&g.text, &format!("generation {generation}"), false)
+        ))
+    })
 }
 
 /// The answer to `POST /v1/plan` and `POST /v1/apply`: what the daemon does (or did) to
