@@ -20,6 +20,19 @@ pub struct Snap {
     pub creation: i64,
 }
 
+/// A local snapshot as the planner sees it: both ends list theirs the same way, so that
+/// their GUIDs and txgs compare.
+impl From<crate::zfs::Snapshot> for Snap {
+    fn from(s: crate::zfs::Snapshot) -> Self {
+        Snap {
+            name: s.name,
+            guid: s.guid,
+            createtxg: s.createtxg,
+            creation: s.creation,
+        }
+    }
+}
+
 /// The target dataset as the receiver reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetState {

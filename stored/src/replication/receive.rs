@@ -213,12 +213,7 @@ fn state(zfs: &RealZfs, dataset: &str) -> Result<TargetState, ZfsError> {
     let snapshots = zfs
         .snapshots(dataset, false)?
         .into_iter()
-        .map(|s| Snap {
-            name: s.name,
-            guid: s.guid,
-            createtxg: s.createtxg,
-            creation: s.creation,
-        })
+        .map(Snap::from)
         .collect();
     let values = zfs
         .cli()

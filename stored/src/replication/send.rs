@@ -249,12 +249,7 @@ fn replicate_dataset(
     let source: Vec<Snap> = zfs
         .snapshots(dataset, false)?
         .into_iter()
-        .map(|s| Snap {
-            name: s.name,
-            guid: s.guid,
-            createtxg: s.createtxg,
-            creation: s.creation,
-        })
+        .map(Snap::from)
         .collect();
     let bookmarks: Vec<Snap> = zfs
         .cli()
