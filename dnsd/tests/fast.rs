@@ -10,14 +10,15 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use appliance::model::ListFormat;
+use common::{GATEWAY, ads_lists, resolver_with_ads};
 use dnsd::cache::Key;
-use dnsd::compiled::CompiledList;
-use dnsd::policy::{Lists, Policy};
+use dnsd::policy::Policy;
 use dnsd::server::{Handler, Resolver};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::{A, CNAME, TXT};
@@ -25,15 +26,7 @@ use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
 fn config(dns_extra: &str) -> appliance::Config {
     appliance::load_str(&format!(
-        r#"
-version = 1
-[system]
-hostname = "gw"
-domain = "home.arpa"
-[interfaces.lan]
-device = "eth1"
-addresses = ["192.168.1.1/24"]
-[dns]
+        r#"{GATEWAY}[dns]
 upstreams = []
 deny = ["denied.invalid", "hostmaster.dnsd.invalid"]
 {dns_extra}
@@ -52,17 +45,7 @@ addresses = ["192.168.1.5"]
 }
 
 fn resolver(cfg: &appliance::Config) -> Arc<Resolver> {
-    let mut lists = Lists::new();
-    let list = CompiledList::compile(dnsd::lists::parse(
-        "ads.test\ntrack.example\n",
-        ListFormat::Auto,
-    ))
-    .unwrap();
-    lists.insert("ads".into(), Arc::new(list));
-    Arc::new(Resolver::new(
-        cfg,
-        Arc::new(Policy::build(cfg, &lists).unwrap()),
-    ))
+    resolver_with_ads(cfg, "ads.test\ntrack.example\n")
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -393,17 +376,7 @@ async fn a_pause_lets_blocked_names_through_on_the_fast_path_too() {
     let r = resolver(&config(""));
     let q = query(1, "ads.test.", RecordType::A, Opt::None, true, false);
     assert!(fast(&r, &q, CLIENT).is_some());
-    let mut p = Policy::build(&config(""), &{
-        let mut lists = Lists::new();
-        lists.insert(
-            "ads".into(),
-            Arc::new(
-                CompiledList::compile(dnsd::lists::parse("ads.test\n", ListFormat::Auto)).unwrap(),
-            ),
-        );
-        lists
-    })
-    .unwrap();
+    let mut p = Policy::build(&config(""), &ads_lists("ads.test\n")).unwrap();
     p.pause(None, std::time::Duration::from_secs(60));
     r.swap_policy(Arc::new(p));
     assert!(

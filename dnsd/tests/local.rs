@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use appliance::leases::{self, Lease};
 use appliance::types::MacAddr;
-use common::{Killed, answers, ask, dnsd, free_addr};
+use common::{GATEWAY, Killed, answers, ask, dnsd, free_addr};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 
@@ -72,18 +72,12 @@ fn lease_names_are_served_and_follow_the_lease_file() {
     // No upstream: a name that is not local fails at once with SERVFAIL.
     std::fs::write(
         dir.path().join("appliance.toml"),
-        r#"
-version = 1
-[system]
-hostname = "gw"
-domain = "home.arpa"
-[interfaces.lan]
-device = "eth1"
-addresses = ["192.168.1.1/24"]
-[[dns.records]]
+        format!(
+            r#"{GATEWAY}[[dns.records]]
 name = "nas.home.arpa"
 addresses = ["192.168.1.5"]
-"#,
+"#
+        ),
     )
     .unwrap();
     let file = dir.path().join("dhcp/leases.json");

@@ -9,28 +9,20 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use appliance::model::ListFormat;
-use dnsd::compiled::CompiledList;
-use dnsd::policy::{Lists, Policy};
+use common::{GATEWAY, resolver_with_ads};
 use dnsd::server::{Handler, Resolver, Server};
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 
 fn config(upstreams: &str) -> appliance::Config {
     appliance::load_str(&format!(
-        r#"
-version = 1
-[system]
-hostname = "gw"
-domain = "home.arpa"
-[interfaces.lan]
-device = "eth1"
-addresses = ["192.168.1.1/24"]
-[dns]
+        r#"{GATEWAY}[dns]
 upstreams = [{upstreams}]
 [dns.lists.ads]
 file = "/data/dns/ads.txt"
@@ -43,13 +35,7 @@ addresses = ["192.168.1.5"]
 }
 
 fn resolver(cfg: &appliance::Config) -> Arc<Resolver> {
-    let mut lists = Lists::new();
-    let list = CompiledList::compile(dnsd::lists::parse("ads.test\n", ListFormat::Auto)).unwrap();
-    lists.insert("ads".into(), Arc::new(list));
-    Arc::new(Resolver::new(
-        cfg,
-        Arc::new(Policy::build(cfg, &lists).unwrap()),
-    ))
+    resolver_with_ads(cfg, "ads.test\n")
 }
 
 fn query(id: u16, name: &str, qtype: RecordType) -> Vec<u8> {

@@ -18,10 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use appliance::model::ListFormat;
-use common::{free_port, require};
-use dnsd::compiled::CompiledList;
-use dnsd::policy::{Lists, Policy};
+use common::{GATEWAY, free_port, policy_with_ads, require};
+use dnsd::policy::Policy;
 use dnsd::server::{Resolver, Server};
 use hickory_net::client::{Client, ClientHandle};
 use hickory_net::runtime::TokioRuntimeProvider;
@@ -140,15 +138,7 @@ async fn tcp_client(server: SocketAddr) -> Client<TokioRuntimeProvider> {
 
 fn config(upstream: SocketAddr, extra: &str) -> String {
     format!(
-        r#"
-version = 1
-[system]
-hostname = "gw"
-domain = "home.arpa"
-[interfaces.lan]
-device = "eth1"
-addresses = ["192.168.1.1/24"]
-[dns]
+        r#"{GATEWAY}[dns]
 upstreams = ["{upstream}"]
 deny = ["denied.test"]
 {extra}
@@ -166,14 +156,7 @@ addresses = ["192.168.1.5"]
 }
 
 fn policy(cfg: &appliance::Config) -> Arc<Policy> {
-    let mut lists = Lists::new();
-    lists.insert(
-        "ads".into(),
-        Arc::new(
-            CompiledList::compile(dnsd::lists::parse("ads.test\n", ListFormat::Auto)).unwrap(),
-        ),
-    );
-    Arc::new(Policy::build(cfg, &lists).unwrap())
+    policy_with_ads(cfg, "ads.test\n")
 }
 
 async fn start(upstream: SocketAddr, extra: &str) -> (Server, appliance::Config) {

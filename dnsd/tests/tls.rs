@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Killed, answers, ask_until, dnsd, free_addr, free_tcp_port, query};
+use common::{GATEWAY, Killed, answers, ask_until, dnsd, free_addr, free_tcp_port, query};
 use hickory_net::runtime::TokioRuntimeProvider;
 use hickory_net::xfer::{DnsExchange, DnsHandle as _, FirstAnswer as _};
 use hickory_proto::op::{DnsRequest, DnsRequestOptions};
@@ -127,15 +127,7 @@ async fn dot_and_doh_clients_are_served_with_a_self_signed_certificate_kept_acro
     std::fs::write(
         dir.path().join("appliance.toml"),
         format!(
-            r#"
-version = 1
-[system]
-hostname = "gw"
-domain = "home.arpa"
-[interfaces.lan]
-device = "eth1"
-addresses = ["192.168.1.1/24"]
-[dns]
+            r#"{GATEWAY}[dns]
 dot_port = {dot_port}
 doh_port = {doh_port}
 [[dns.records]]

@@ -8,10 +8,45 @@
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use appliance::model::ListFormat;
+use dnsd::compiled::CompiledList;
+use dnsd::policy::{Lists, Policy};
+use dnsd::server::Resolver;
 use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
+
+/// The start of every test config: the gateway `gw.home.arpa` on the LAN 192.168.1.1/24;
+/// a test appends its own `[dns]` section.
+pub const GATEWAY: &str = r#"
+version = 1
+[system]
+hostname = "gw"
+domain = "home.arpa"
+[interfaces.lan]
+device = "eth1"
+addresses = ["192.168.1.1/24"]
+"#;
+
+/// The list `ads` compiled from `entries` (one name a line), as the only list.
+pub fn ads_lists(entries: &str) -> Lists {
+    let mut lists = Lists::new();
+    let list = CompiledList::compile(dnsd::lists::parse(entries, ListFormat::Auto)).unwrap();
+    lists.insert("ads".into(), Arc::new(list));
+    lists
+}
+
+/// The filter policy of `cfg` with [`ads_lists`].
+pub fn policy_with_ads(cfg: &appliance::Config, entries: &str) -> Arc<Policy> {
+    Arc::new(Policy::build(cfg, &ads_lists(entries)).unwrap())
+}
+
+/// A resolver for `cfg` filtering with [`policy_with_ads`].
+pub fn resolver_with_ads(cfg: &appliance::Config, entries: &str) -> Arc<Resolver> {
+    Arc::new(Resolver::new(cfg, policy_with_ads(cfg, entries)))
+}
 
 /// A child process killed on drop, so that a failing test leaves no daemon behind.
 #[derive(Debug)]
