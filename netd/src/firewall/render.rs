@@ -512,7 +512,18 @@ fn dnat_port(f: &PortForward) -> Option<Expr> {
     }))))
 }
 
-fn forward_rule(ctx: &Ctx<'_>, f: &PortForward) -> Option<Vec<Stmt>> {
+fn dnat(f: &PortForward) -> Stmt {
+    Statement::DNAT(Some(NAT {
+        addr: Some(s(f.to.to_string())),
+        family: Some(NATFamily::IP),
+        port: dnat_port(f),
+        flags: None,
+    }))
+}
+
+/// The start of a forward's DNAT rule: the input links of its zone (none for a hairpin
+/// forward) and its IPv4 sources; `None` when the forward can match nothing.
+fn forward_start<'f>(ctx: &Ctx<'_>, f: &'f PortForward) -> Option<(Vec<Stmt>, Vec<&'f Cidr>)> {
     let (src4, _) = split_family(&f.source);
     // The forward is IPv4 only: a source list without IPv4 networks admits nobody.
     if !f.source.is_empty() && src4.is_empty() {
@@ -526,6 +537,11 @@ fn forward_rule(ctx: &Ctx<'_>, f: &PortForward) -> Option<Vec<Stmt>> {
         }
         e.push(matches(meta(MetaKey::Iifname), names(links)));
     }
+    Some((e, src4))
+}
+
+fn forward_rule(ctx: &Ctx<'_>, f: &PortForward) -> Option<Vec<Stmt>> {
+    let (mut e, src4) = forward_start(ctx, f)?;
     e.push(matches(
         payload("ip", "daddr"),
         s(format!("@{}", zone_set_name(f.from.as_str()))),
@@ -536,12 +552,7 @@ fn forward_rule(ctx: &Ctx<'_>, f: &PortForward) -> Option<Vec<Stmt>> {
     e.push(matches(meta(MetaKey::L4proto), forward_l4proto(f.protocol)));
     e.push(matches(payload("th", "dport"), port(&f.port)));
     e.push(counter());
-    e.push(Statement::DNAT(Some(NAT {
-        addr: Some(s(f.to.to_string())),
-        family: Some(NATFamily::IP),
-        port: dnat_port(f),
-        flags: None,
-    })));
+    e.push(dnat(f));
     Some(e)
 }
 
@@ -561,30 +572,14 @@ fn forward_protocols(p: ForwardProtocol) -> &'static [&'static str] {
 /// The DNAT rule of a single-port forward inside its own chain: the dispatch map already
 /// matched the zone address, protocol and port.
 fn forward_chain_rule(ctx: &Ctx<'_>, f: &PortForward) -> Option<Vec<Stmt>> {
-    let (src4, _) = split_family(&f.source);
-    if !f.source.is_empty() && src4.is_empty() {
-        return None;
-    }
-    let mut e = Vec::new();
-    if !f.hairpin {
-        let links = ctx.links(&f.from);
-        if links.is_empty() {
-            return None;
-        }
-        e.push(matches(meta(MetaKey::Iifname), names(links)));
-    }
+    let (mut e, src4) = forward_start(ctx, f)?;
     if !src4.is_empty() {
         e.push(matches(payload("ip", "saddr"), networks(&src4)));
     }
     // nft accepts a DNAT port only after a transport protocol match
     e.push(matches(meta(MetaKey::L4proto), forward_l4proto(f.protocol)));
     e.push(counter());
-    e.push(Statement::DNAT(Some(NAT {
-        addr: Some(s(f.to.to_string())),
-        family: Some(NATFamily::IP),
-        port: dnat_port(f),
-        flags: None,
-    })));
+    e.push(dnat(f));
     Some(e)
 }
 

@@ -595,6 +595,18 @@ mod tests {
             .collect()
     }
 
+    /// A ruleset nft refuses as a whole: its last rule names a chain that does not exist.
+    fn broken() -> Ruleset {
+        let mut broken = rich();
+        broken.push(NfListObject::Rule(Rule {
+            family: NfFamily::INet,
+            table: TABLE.into(),
+            chain: "no_such_chain".into(),
+            ..Rule::default()
+        }));
+        broken
+    }
+
     /// A rule someone added by hand.
     fn stray_rule() -> Nftables<'static> {
         Nftables {
@@ -735,13 +747,7 @@ mod tests {
         let mut fw = Firewall::new(FakeNft::new());
         fw.apply(&default_rs()).unwrap();
         let before = listing(&fw);
-        let mut broken = rich();
-        broken.push(NfListObject::Rule(Rule {
-            family: NfFamily::INet,
-            table: TABLE.into(),
-            chain: "no_such_chain".into(),
-            ..Rule::default()
-        }));
+        let broken = broken();
         let err = fw.apply(&broken).unwrap_err();
         assert!(err.to_string().contains("no_such_chain"), "{err}");
         assert_eq!(listing(&fw), before);
@@ -755,13 +761,7 @@ mod tests {
     fn check_validates_without_writing() {
         let fw = Firewall::new(FakeNft::new());
         fw.check(&rich()).unwrap();
-        let mut broken = rich();
-        broken.push(NfListObject::Rule(Rule {
-            family: NfFamily::INet,
-            table: TABLE.into(),
-            chain: "no_such_chain".into(),
-            ..Rule::default()
-        }));
+        let broken = broken();
         assert!(fw.check(&broken).is_err());
         assert_eq!(fw.nft().writes, 0);
         assert_eq!(fw.listing().unwrap(), None);
