@@ -3,6 +3,7 @@
 //! Built so far: the nftables firewall ([`firewall`]) and links, addresses and routes
 //! through rtnetlink ([`links`]), the LAN DHCP server ([`dhcp`]), WireGuard tunnels ([`wireguard`]).
 
+pub mod cli;
 pub mod command;
 pub mod daemon;
 pub mod dhcp;

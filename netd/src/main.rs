@@ -57,30 +57,13 @@ fn main() -> ExitCode {
 }
 
 fn dhcp_server(config: &std::path::Path, state_dir: &std::path::Path) -> ExitCode {
-    let text = match std::fs::read_to_string(config) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!("cannot read {}: {e}", config.display());
-            return ExitCode::from(2);
-        }
-    };
-    let name = config.display().to_string();
-    let cfg = match appliance::load_str(&text) {
+    let cfg = match netd::cli::load_config(config) {
         Ok(c) => c,
-        Err(d) => {
-            tracing::error!("{name} is invalid:\n{}", d.render(&text, &name, false));
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match netd::cli::current_thread_runtime() {
         Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the runtime");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let served = runtime.block_on(async {
         let shutdown = async {

@@ -14,35 +14,18 @@ pub struct RaArgs {
 }
 
 pub fn run(args: RaArgs) -> ExitCode {
-    let text = match std::fs::read_to_string(&args.config) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!("cannot read {}: {e}", args.config.display());
-            return ExitCode::from(2);
-        }
-    };
-    let name = args.config.display().to_string();
-    let cfg = match appliance::load_str(&text) {
+    let cfg = match crate::cli::load_config(&args.config) {
         Ok(c) => c,
-        Err(d) => {
-            tracing::error!("{name} is invalid:\n{}", d.render(&text, &name, false));
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let links = super::advertised_links(&cfg);
     if links.is_empty() {
         tracing::info!("no LAN link has a static global IPv6 address: nothing to advertise");
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::cli::current_thread_runtime() {
         Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the runtime");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(async {
         let flag = Arc::clone(&stop);

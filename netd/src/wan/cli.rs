@@ -1,6 +1,6 @@
 //! `netd wan-dhcp`: the DHCPv4 client of every link with `ipv4 = "dhcp"`, until SIGTERM.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,20 +39,8 @@ pub fn dhcp_links(cfg: &appliance::Config) -> Vec<String> {
     links
 }
 
-fn load(config: &Path) -> Result<appliance::Config, ExitCode> {
-    let text = std::fs::read_to_string(config).map_err(|e| {
-        tracing::error!("cannot read {}: {e}", config.display());
-        ExitCode::from(2)
-    })?;
-    let name = config.display().to_string();
-    appliance::load_str(&text).map_err(|d| {
-        tracing::error!("{name} is invalid:\n{}", d.render(&text, &name, false));
-        ExitCode::from(2)
-    })
-}
-
 pub fn run(args: WanArgs) -> ExitCode {
-    let cfg = match load(&args.config) {
+    let cfg = match crate::cli::load_config(&args.config) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -69,15 +57,9 @@ pub fn run(args: WanArgs) -> ExitCode {
         let stop = stop.clone();
         std::thread::spawn(move || run_all(&links, &paths, stop))
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::cli::current_thread_runtime() {
         Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the runtime");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -72,18 +72,6 @@ pub fn run(command: WgCommand) -> ExitCode {
     }
 }
 
-fn load(path: &Path) -> Result<Config, ExitCode> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        tracing::error!("cannot read {}: {e}", path.display());
-        ExitCode::from(2)
-    })?;
-    let name = path.display().to_string();
-    appliance::load_str(&text).map_err(|d| {
-        tracing::error!("{name} is invalid:\n{}", d.render(&text, &name, false));
-        ExitCode::from(2)
-    })
-}
-
 fn kernel() -> Result<Wireguard<KernelWg>, ExitCode> {
     KernelWg::new().map(Wireguard::new).map_err(|e| {
         tracing::error!("{e}");
@@ -98,7 +86,7 @@ fn apply(
     dry_run: bool,
     resolve_name: &dyn Fn(&str, &PublicKey) -> bool,
 ) -> Result<usize, ExitCode> {
-    let cfg = load(config)?;
+    let cfg = crate::cli::load_config(config)?;
     // Keys and names are checked before anything touches the kernel.
     let wanted = desired(&cfg, state_dir, &SystemResolver, resolve_name).map_err(|e| {
         tracing::error!("{e}; nothing was applied");
@@ -170,7 +158,7 @@ fn watch(config: &Path, state_dir: &Path, interval: Duration) -> ExitCode {
 }
 
 fn peer_names(config: Option<&Path>) -> BTreeMap<(String, PublicKey), String> {
-    match config.and_then(|p| load(p).ok()) {
+    match config.and_then(|p| crate::cli::load_config(p).ok()) {
         Some(cfg) => peer_names_of(&cfg),
         None => BTreeMap::new(),
     }
