@@ -20,7 +20,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, TcpListener};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
@@ -102,28 +102,15 @@ impl Drop for Server {
     }
 }
 
-/// Connects from `ns` and returns the address the server saw us as.
-fn connect(ns: &Netns, to: Ipv4Addr, port: u16) -> std::io::Result<String> {
-    ns.spawn(move || {
-        let addr = SocketAddr::from((to, port));
-        let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
-        s.set_read_timeout(Some(TIMEOUT))?;
-        let mut seen = String::new();
-        s.read_to_string(&mut seen)?;
-        Ok(seen)
-    })
-    .join()
-    .unwrap()
-}
-
 fn reaches(ns: &Netns, to: Ipv4Addr, port: u16) -> String {
-    connect(ns, to, port).unwrap_or_else(|e| panic!("{} could not reach {to}:{port}: {e}", ns.name))
+    ns.seen_as(to, port, TIMEOUT)
+        .unwrap_or_else(|e| panic!("{} could not reach {to}:{port}: {e}", ns.name))
 }
 
 /// A dropped SYN shows as a timeout; a refusal would mean something answered.
 fn assert_dropped(ns: &Netns, to: Ipv4Addr, port: u16) {
     let started = Instant::now();
-    match connect(ns, to, port) {
+    match ns.seen_as(to, port, TIMEOUT) {
         Ok(seen) => panic!("{} reached {to}:{port} (seen as {seen})", ns.name),
         Err(e) => assert_eq!(
             e.kind(),
@@ -281,25 +268,7 @@ fn second_apply_plans_nothing_and_writes_nothing() {
     assert!(fw.plan(&desired, &observed).is_nothing());
 
     let before = rules_with_handles(&lab.nft());
-    let mut monitor = Command::new("ip")
-        .args(["netns", "exec", &lab.router.name, "nft", "monitor"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // give the monitor time to subscribe before the apply that must stay silent
-    thread::sleep(Duration::from_millis(500));
-    assert!(!fw.apply(&desired).unwrap());
-    thread::sleep(Duration::from_millis(500));
-    monitor.kill().unwrap();
-    let mut events = String::new();
-    monitor
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut events)
-        .unwrap();
-    monitor.wait().unwrap();
+    let events = monitored(&lab, || assert!(!fw.apply(&desired).unwrap()));
     assert_eq!(events, "", "nft monitor saw changes during a no-op apply");
     assert_eq!(rules_with_handles(&lab.nft()), before);
 }

@@ -21,8 +21,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, Shutdown, TcpListener};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
@@ -251,16 +251,8 @@ fn serve(ns: &Netns, addr: Ipv4Addr, port: u16) -> JoinHandle<()> {
 }
 
 fn connect(ns: &Netns, to: Ipv4Addr, port: u16) -> String {
-    ns.spawn(move || {
-        let mut s = TcpStream::connect_timeout(&SocketAddr::from((to, port)), TIMEOUT)
-            .unwrap_or_else(|e| panic!("cannot reach {to}:{port}: {e}"));
-        s.set_read_timeout(Some(TIMEOUT)).unwrap();
-        let mut seen = String::new();
-        s.read_to_string(&mut seen).unwrap();
-        seen
-    })
-    .join()
-    .unwrap()
+    ns.seen_as(to, port, TIMEOUT)
+        .unwrap_or_else(|e| panic!("cannot reach {to}:{port}: {e}"))
 }
 
 #[test]

@@ -19,8 +19,8 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::{Ipv4Addr, Shutdown, TcpListener};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -81,18 +81,6 @@ fn serve_peer_address(ns: &Netns, port: u16) {
         .expect("server did not start");
 }
 
-fn connect(ns: &Netns, to: Ipv4Addr, port: u16) -> std::io::Result<String> {
-    ns.spawn(move || {
-        let mut s = TcpStream::connect_timeout(&SocketAddr::from((to, port)), TIMEOUT)?;
-        s.set_read_timeout(Some(TIMEOUT))?;
-        let mut seen = String::new();
-        s.read_to_string(&mut seen)?;
-        Ok(seen)
-    })
-    .join()
-    .unwrap()
-}
-
 #[test]
 fn lan_reaches_the_internet_through_a_static_wan_with_masquerade() {
     common::require_root();
@@ -135,9 +123,12 @@ fn lan_reaches_the_internet_through_a_static_wan_with_masquerade() {
 
     serve_peer_address(&isp, 9000);
     // The router itself reaches the internet through the default route...
-    assert_eq!(connect(&router, INTERNET, 9000).unwrap(), "203.0.113.1");
+    assert_eq!(
+        router.seen_as(INTERNET, 9000, TIMEOUT).unwrap(),
+        "203.0.113.1"
+    );
     // ...and so does the LAN, seen as the WAN address.
-    assert_eq!(connect(&lan, INTERNET, 9000).unwrap(), "203.0.113.1");
+    assert_eq!(lan.seen_as(INTERNET, 9000, TIMEOUT).unwrap(), "203.0.113.1");
 
     // A second apply writes nothing.
     assert!(links.plan(&cfg).unwrap().is_empty());

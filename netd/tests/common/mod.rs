@@ -4,10 +4,13 @@
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+use std::io::Read as _;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -121,6 +124,21 @@ impl Netns {
             nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
             f()
         })
+    }
+
+    /// Connects from this namespace to `to:port` and reads until the server closes: the
+    /// test servers write the peer address they saw, so this tells whether (and to what)
+    /// the source address was translated.
+    pub fn seen_as(&self, to: Ipv4Addr, port: u16, timeout: Duration) -> std::io::Result<String> {
+        self.spawn(move || {
+            let mut s = TcpStream::connect_timeout(&SocketAddr::from((to, port)), timeout)?;
+            s.set_read_timeout(Some(timeout))?;
+            let mut seen = String::new();
+            s.read_to_string(&mut seen)?;
+            Ok(seen)
+        })
+        .join()
+        .unwrap()
     }
 }
 
