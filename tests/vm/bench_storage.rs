@@ -10,10 +10,9 @@
 //! runs under TCG: absolute figures are far below real hardware; the ratios are the point.
 
 use std::fs;
-use std::time::Duration;
 
-use crate::BOOT_TIMEOUT;
-use crate::harness::{Options, Vm};
+use crate::harness::Vm;
+use crate::zpool;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -105,27 +104,27 @@ fn bench_storage() {
     let empties = env_u64("BENCH_EMPTY", 1000);
     let prune_children = env_u64("BENCH_PRUNE_DATASETS", 100);
     let prune_rounds = env_u64("BENCH_PRUNE_ROUNDS", 100);
-    let src_mib = (full_mib + inc_mib) * 2 + 2048;
-    let options = Options::default()
-        .disk("bench-src", src_mib)
-        .disk("bench-dst", src_mib * 3);
-    let (disk_a, disk_b) = (options.disks[0].by_id(), options.disks[1].by_id());
-    let mut vm = Vm::boot_with("bench-storage", options);
-    vm.wait_for_line("APPLIANCE-BOOT-OK", BOOT_TIMEOUT);
-    vm.wait_until(
-        &format!("test -b {disk_a} && test -b {disk_b}"),
-        Duration::from_secs(60),
-    );
-    vm.sh("modprobe zfs && mount -t tmpfs -o mode=755 tmpfs /mnt");
-    let stored = match std::env::var_os("STORED_BIN") {
-        Some(host) => {
-            vm.copy_in(std::path::Path::new(&host), "/tmp/stored");
-            "/tmp/stored".to_owned()
-        }
-        None => "stored".to_owned(),
+    // BENCH_ONLY=prune or =replication runs one half of the bench.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let (replicate, prune) = match only.as_str() {
+        "" => (true, true),
+        "prune" => (false, true),
+        "replication" => (true, false),
+        other => panic!("BENCH_ONLY={other}: `prune` or `replication`"),
     };
+    let src_mib = (full_mib + inc_mib) * 2 + 2048;
+    let zpool::ZfsVm {
+        mut vm,
+        disks,
+        stored,
+    } = zpool::boot(
+        "bench-storage",
+        &[("bench-src", src_mib), ("bench-dst", src_mib * 3)],
+    );
     // syncoid and the Perl modules it needs beyond perl-base, unpacked under /tmp.
-    let syncoid = std::env::var_os("SYNCOID_DEBS").map(|dir| {
+    let syncoid = std::env::var_os("SYNCOID_DEBS")
+        .filter(|_| replicate)
+        .map(|dir| {
         vm.sh("mkdir -p /tmp/debs /tmp/sanoid");
         for e in fs::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
@@ -148,22 +147,95 @@ fn bench_storage() {
     };
 
     let pools = format!(
-        r#"
-[storage.pools.src]
-vdevs = [{{ layout = "single", disks = ["{disk_a}"] }}]
-scrub_interval = "0s"
-[storage.pools.dst]
-vdevs = [{{ layout = "single", disks = ["{disk_b}"] }}]
-scrub_interval = "0s"
+        r#"{}scrub_interval = "0s"{}scrub_interval = "0s"
 [storage.datasets."src/data"]
 [storage.datasets."src/prune"]
 [storage.datasets."dst/raw"]
 [storage.datasets."dst/syncoid"]
 [storage.datasets."dst/stored"]
-"#
+"#,
+        zpool::pool("src", "single", &disks[..1]),
+        zpool::pool("dst", "single", &disks[1..]),
     );
     let base = b.config("pools", &pools);
     vm.sh(&format!("{} apply --config {base}", b.stored));
+    let repl = replicate.then(|| replication(&b, &pools, full_mib, inc_mib, empties));
+    let pruned = prune.then(|| {
+        prune_trees(
+            &b,
+            &pools,
+            prune_children,
+            prune_rounds,
+            std::env::var_os("STORED_BEFORE_BIN").is_some(),
+        )
+    });
+
+    if let Some(r) = &repl {
+        r.print(full_mib, inc_mib, empties);
+    }
+    if let Some(p) = &pruned {
+        p.print();
+    }
+    vm.power_off(crate::POWER_OFF_TIMEOUT);
+}
+
+/// Seconds of one replication round: (raw, syncoid, stored).
+type Round = (f64, Option<f64>, f64);
+
+struct Replication {
+    full: Round,
+    inc: Round,
+    empty: Round,
+}
+
+impl Replication {
+    fn print(&self, full_mib: u64, inc_mib: u64, empties: u64) {
+        let (full, inc, empty) = (self.full, self.inc, self.empty);
+        let mib = |m: u64, s: f64| format!("{:.1}", m as f64 / s);
+        println!(
+            "full {full_mib} MiB: raw {:.2} s ({} MiB/s), syncoid {}, stored {:.2} s ({} MiB/s)",
+            full.0,
+            mib(full_mib, full.0),
+            full.1.map_or("n/a".into(), |s| format!("{s:.2} s")),
+            full.2,
+            mib(full_mib, full.2)
+        );
+        println!(
+            "incremental {inc_mib} MiB: raw {:.2} s ({} MiB/s), syncoid {}, stored {:.2} s ({} MiB/s)",
+            inc.0,
+            mib(inc_mib, inc.0),
+            inc.1.map_or("n/a".into(), |s| format!("{s:.2} s")),
+            inc.2,
+            mib(inc_mib, inc.2)
+        );
+        println!(
+            "{empties} empty incrementals: raw {:.2} s, syncoid {}, stored {:.2} s",
+            empty.0,
+            empty.1.map_or("n/a".into(), |s| format!("{s:.2} s")),
+            empty.2
+        );
+        println!("bench: full_send_vs_raw = {} ratio", ratio(full.0, full.2));
+        println!("bench: incremental_vs_raw = {} ratio", ratio(inc.0, inc.2));
+        // The figure is named by the count it was measured with, so that a shortened run
+        // (`--empty 200`) is not mistaken for the issue's 1000.
+        match empty.1 {
+            Some(s) => println!(
+                "bench: empty_{empties}_vs_syncoid = {} ratio",
+                ratio(empty.2, s)
+            ),
+            None => println!("bench: empty_{empties}_vs_syncoid = n/a ratio (no SYNCOID_DEBS)"),
+        }
+        println!(
+            "bench: empty_{empties}_vs_raw = {} ratio",
+            ratio(empty.2, empty.0)
+        );
+    }
+}
+
+/// `stored replicate` against raw `zfs send | zfs recv` and syncoid: a full send, one
+/// incremental, then `empties` empty incrementals.
+fn replication(b: &Bench, pools: &str, full_mib: u64, inc_mib: u64, empties: u64) -> Replication {
+    let vm = b.vm;
     let sender_fp = vm.sh(&format!(
         "{} replication identity /data/bench-repl/sender.pem",
         b.stored
@@ -215,8 +287,7 @@ identity_file = "/data/bench-repl/sender.pem"
 
     // Full send.
     vm.sh(&format!(
-        "head -c {}M /dev/urandom > /mnt/src/data/full.bin && zfs snapshot src/data@full",
-        full_mib
+        "head -c {full_mib}M /dev/urandom > /mnt/src/data/full.bin && zfs snapshot src/data@full"
     ));
     let full = b.round(
         "full",
@@ -227,8 +298,7 @@ identity_file = "/data/bench-repl/sender.pem"
 
     // One incremental of inc_mib.
     vm.sh(&format!(
-        "head -c {}M /dev/urandom > /mnt/src/data/inc.bin && zfs snapshot src/data@inc",
-        inc_mib
+        "head -c {inc_mib}M /dev/urandom > /mnt/src/data/inc.bin && zfs snapshot src/data@inc"
     ));
     let inc = b.round(
         "incremental",
@@ -248,80 +318,163 @@ identity_file = "/data/bench-repl/sender.pem"
         &job,
     );
     b.check(&last);
+    Replication { full, inc, empty }
+}
 
-    // Pruning: children x rounds snapshots of ours (plus the parent's), all of a period
-    // the policy keeps none of, destroyed by one `stored snapshot run`.
-    vm.sh(&format!(
-        "for i in $(seq -w 1 {prune_children}); do zfs create src/prune/d$i; done"
-    ));
-    vm.sh(&format!(
-        "for h in $(seq 0 {}); do zfs snapshot -r \
-         src/prune@stored_hourly_$(date -u -d @$((1767225600 + h * 3600)) +%Y-%m-%dT%H:%M:%SZ); done",
-        prune_rounds - 1
-    ));
-    let before: u64 = vm
-        .sh("zfs list -H -t snapshot -o name -r src/prune | wc -l")
-        .trim()
-        .parse()
-        .unwrap();
-    let policy = b.config(
-        "prune",
-        &format!(
-            "{pools}\n[snapshots.bench]\ndatasets = [\"src/prune\"]\nrecursive = true\nfrequently = 1\n"
-        ),
-    );
-    let prune = b.timed(
-        &format!("prune of {before} snapshots"),
-        &format!(
-            "{} snapshot run --config {policy} --now 2027-01-01T00:00:00Z",
-            b.stored
-        ),
-    );
-    let after: u64 = vm
-        .sh("zfs list -H -t snapshot -o name -r src/prune | wc -l")
-        .trim()
-        .parse()
-        .unwrap();
-    assert_eq!(
-        after,
-        prune_children + 1,
-        "one frequent snapshot per dataset left"
-    );
+/// One way of pruning a tree, its seconds and the txgs the pool went through meanwhile.
+struct Pruned {
+    method: &'static str,
+    secs: f64,
+    txgs: u64,
+}
 
-    let mib = |m: u64, s: f64| format!("{:.1}", m as f64 / s);
-    println!(
-        "full {full_mib} MiB: raw {:.2} s ({} MiB/s), syncoid {}, stored {:.2} s ({} MiB/s)",
-        full.0,
-        mib(full_mib, full.0),
-        full.1.map_or("n/a".into(), |s| format!("{s:.2} s")),
-        full.2,
-        mib(full_mib, full.2)
-    );
-    println!(
-        "incremental {inc_mib} MiB: raw {:.2} s ({} MiB/s), syncoid {}, stored {:.2} s ({} MiB/s)",
-        inc.0,
-        mib(inc_mib, inc.0),
-        inc.1.map_or("n/a".into(), |s| format!("{s:.2} s")),
-        inc.2,
-        mib(inc_mib, inc.2)
-    );
-    println!(
-        "{empties} empty incrementals: raw {:.2} s, syncoid {}, stored {:.2} s",
-        empty.0,
-        empty.1.map_or("n/a".into(), |s| format!("{s:.2} s")),
-        empty.2
-    );
-    println!("prune: {before} snapshots destroyed in {prune:.2} s");
-    println!("bench: full_send_vs_raw = {} ratio", ratio(full.0, full.2));
-    println!("bench: incremental_vs_raw = {} ratio", ratio(inc.0, inc.2));
-    match empty.1 {
-        Some(s) => println!("bench: empty_1000_vs_syncoid = {} ratio", ratio(empty.2, s)),
-        None => println!("bench: empty_1000_vs_syncoid = n/a ratio (no SYNCOID_DEBS)"),
+struct Prune {
+    /// Snapshots in each tree before its prune.
+    per_tree: u64,
+    /// Seconds to make all the trees' snapshots (`zfs snapshot -r`, one txg a round).
+    setup_secs: f64,
+    runs: Vec<Pruned>,
+    /// What stored logged about its pass (listing, plan and destroy times).
+    stored_log: String,
+}
+
+impl Prune {
+    fn secs(&self, method: &str) -> Option<f64> {
+        self.runs
+            .iter()
+            .find(|r| r.method == method)
+            .map(|r| r.secs)
     }
-    println!(
-        "bench: empty_1000_vs_raw = {} ratio",
-        ratio(empty.2, empty.0)
+
+    fn print(&self) {
+        println!(
+            "prune: {} trees of {} snapshots made in {:.1} s",
+            self.runs.len(),
+            self.per_tree,
+            self.setup_secs
+        );
+        for r in &self.runs {
+            println!(
+                "prune: {} destroyed {} snapshots in {:.2} s over {} txgs",
+                r.method, self.per_tree, r.secs, r.txgs
+            );
+        }
+        if !self.stored_log.is_empty() {
+            println!("prune: stored logged: {}", self.stored_log.trim());
+        }
+        let Some(stored) = self.secs("stored") else {
+            return;
+        };
+        println!("bench: prune_10k = {stored:.2} s");
+        for (peer, name) in [
+            ("zfs-range", "prune_10k_vs_zfs_range"),
+            ("zfs-list", "prune_10k_vs_zfs_list"),
+            ("stored-before", "prune_10k_vs_before"),
+        ] {
+            if let Some(p) = self.secs(peer) {
+                println!("bench: {name} = {} ratio", ratio(stored, p));
+            }
+        }
+    }
+}
+
+/// Identical trees under src/prune, one per method, each a parent and `children` child
+/// datasets with `rounds` hourly snapshots of ours (`zfs snapshot -r src/prune@...`, so all
+/// trees get the same snapshots in the same txgs). Then each tree is pruned of all of them:
+/// by stored (a recursive policy that keeps 1 frequent snapshot and no hourly one: it also
+/// takes one snapshot per dataset, as a scheduled pass does), and by hand the two ways
+/// `zfs destroy` takes many at once: `-r tree@first%last` and `-r tree@a,b,c,...`. With
+/// STORED_BEFORE_BIN, the build it names (copied to /tmp/stored-before) prunes a tree too.
+fn prune_trees(b: &Bench, pools: &str, children: u64, rounds: u64, before: bool) -> Prune {
+    let vm = b.vm;
+    let mut trees = vec!["zfs-range", "zfs-list", "stored"];
+    if before {
+        let host = std::env::var_os("STORED_BEFORE_BIN").unwrap();
+        vm.copy_in(std::path::Path::new(&host), "/tmp/stored-before");
+        trees.insert(2, "stored-before");
+    }
+    let all = trees.join(" ");
+    vm.sh(&format!(
+        "for t in {all}; do zfs create src/prune/$t; \
+         for i in $(seq -w 1 {children}); do zfs create src/prune/$t/d$i; done; done"
+    ));
+    // Hourly from 2026-01-01T00:00:00Z, as the policy names them.
+    let names: Vec<String> = (0..rounds)
+        .map(|h| {
+            let (day, hour) = (1 + h / 24, h % 24);
+            assert!(day <= 31, "at most 744 rounds");
+            format!("stored_hourly_2026-01-{day:02}T{hour:02}:00:00Z")
+        })
+        .collect();
+    let setup_secs = b.timed(
+        "prune setup",
+        &format!(
+            "for n in {}; do zfs snapshot -r src/prune@$n; done",
+            names.join(" ")
+        ),
     );
-    println!("bench: prune_10k = {prune:.2} s");
-    vm.power_off(crate::POWER_OFF_TIMEOUT);
+    let count = |t: &str| -> u64 {
+        vm.sh(&format!(
+            "zfs list -H -t snapshot -o name -r src/prune/{t} | wc -l"
+        ))
+        .trim()
+        .parse()
+        .unwrap()
+    };
+    let per_tree = count("stored");
+    assert_eq!(per_tree, (children + 1) * rounds, "snapshots in each tree");
+    let txg = || -> u64 {
+        vm.sh("tail -n 1 /proc/spl/kstat/zfs/src/txgs | cut -d' ' -f1")
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (first, last) = (&names[0], &names[names.len() - 1]);
+    let mut runs = Vec::new();
+    let mut stored_log = String::new();
+    for t in trees {
+        let command = match t {
+            "zfs-range" => format!("zfs destroy -r src/prune/{t}@{first}%{last}"),
+            "zfs-list" => format!("zfs destroy -r src/prune/{t}@{}", names.join(",")),
+            _ => {
+                let policy = b.config(
+                    t,
+                    &format!(
+                        "{pools}\n[snapshots.bench]\ndatasets = [\"src/prune/{t}\"]\n\
+                         recursive = true\nfrequently = 1\n"
+                    ),
+                );
+                let bin = if t == "stored" {
+                    b.stored.clone()
+                } else {
+                    "/tmp/stored-before".to_owned()
+                };
+                format!("{bin} snapshot run --config {policy} --now 2027-01-01T00:00:00Z")
+            }
+        };
+        let before = txg();
+        let secs = b.timed(&format!("prune {t}"), &command);
+        let txgs = txg() - before;
+        if t == "stored" {
+            stored_log = vm.sh("grep -a -v '^destroyed: \\|^took: ' /tmp/bench.out || true");
+        }
+        let left = count(t);
+        let want = if t.starts_with("stored") {
+            children + 1
+        } else {
+            0
+        };
+        assert_eq!(left, want, "snapshots left in src/prune/{t}");
+        runs.push(Pruned {
+            method: t,
+            secs,
+            txgs,
+        });
+    }
+    Prune {
+        per_tree,
+        setup_secs,
+        runs,
+        stored_log,
+    }
 }

@@ -19,6 +19,7 @@ mod storage;
 mod units;
 mod vlan;
 mod wireguard;
+mod zpool;
 
 use std::collections::BTreeMap;
 use std::fs;

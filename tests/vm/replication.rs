@@ -5,8 +5,8 @@
 use std::fs;
 use std::time::{Duration, Instant};
 
-use crate::BOOT_TIMEOUT;
-use crate::harness::{Options, Vm};
+use crate::harness::Vm;
+use crate::zpool;
 
 /// How many small snapshots the many-snapshots run takes and replicates by default
 /// (`REPL_MANY` overrides). Each costs a txg on both pools: about 0.2 s to take and
@@ -124,36 +124,18 @@ identity_file = "/data/repl/sender.pem"
 
 #[test]
 fn stored_replicates_full_incremental_many_resumed_and_refuses_divergence() {
-    let options = Options::default()
-        .disk("repl-src", 512)
-        .disk("repl-dst", 512);
-    let (disk_a, disk_b) = (options.disks[0].by_id(), options.disks[1].by_id());
-    let mut vm = Vm::boot_with("replication", options);
-    vm.wait_for_line("APPLIANCE-BOOT-OK", BOOT_TIMEOUT);
-    vm.wait_until(
-        &format!("test -b {disk_a} && test -b {disk_b}"),
-        Duration::from_secs(60),
-    );
-    vm.sh("modprobe zfs && mount -t tmpfs -o mode=755 tmpfs /mnt");
-    let bin = match std::env::var_os("STORED_BIN") {
-        Some(host) => {
-            vm.copy_in(std::path::Path::new(&host), "/tmp/stored");
-            "/tmp/stored".to_owned()
-        }
-        None => "stored".to_owned(),
-    };
+    let zpool::ZfsVm {
+        vm,
+        disks,
+        stored: bin,
+    } = zpool::boot("replication", &[("repl-src", 512), ("repl-dst", 512)]);
     let g = Guest { vm: &vm, bin };
 
     // Two pools, one per disk, and the datasets, made by stored from the config.
     let pools = format!(
-        r#"
-[storage.pools.src]
-vdevs = [{{ layout = "single", disks = ["{disk_a}"] }}]
-[storage.pools.dst]
-vdevs = [{{ layout = "single", disks = ["{disk_b}"] }}]
-[storage.datasets."src/data"]
-[storage.datasets."dst/backup"]
-"#
+        "{}{}\n[storage.datasets.\"src/data\"]\n[storage.datasets.\"dst/backup\"]\n",
+        zpool::pool("src", "single", &disks[..1]),
+        zpool::pool("dst", "single", &disks[1..]),
     );
     let base = g.config("pools", &pools);
     g.ok(&format!("apply --config {base}"));

@@ -2,15 +2,9 @@
 //! image ships, driven by appliance.toml files on two blank disks named by id.
 
 use std::fs;
-use std::time::Duration;
 
-use crate::harness::{Options, Vm};
-use crate::{BOOT_TIMEOUT, POWER_OFF_TIMEOUT};
-
-const POOL: &str = r#"
-[storage.pools.tank]
-vdevs = [{ layout = "mirror", disks = ["DISK_A", "DISK_B"] }]
-"#;
+use crate::harness::Vm;
+use crate::{POWER_OFF_TIMEOUT, zpool};
 
 const DATASETS: &str = r#"
 [storage.datasets."tank/media"]
@@ -79,29 +73,14 @@ impl Guest<'_> {
 
 #[test]
 fn stored_makes_pools_datasets_and_snapshots_on_real_zfs() {
-    let options = Options::default()
-        .disk("stored-a", 512)
-        .disk("stored-b", 512);
-    let (disk_a, disk_b) = (options.disks[0].by_id(), options.disks[1].by_id());
-    let mut vm = Vm::boot_with("storage", options);
-    vm.wait_for_line("APPLIANCE-BOOT-OK", BOOT_TIMEOUT);
-    vm.wait_until(
-        &format!("test -b {disk_a} && test -b {disk_b}"),
-        Duration::from_secs(60),
-    );
-    // The root is read-only: pools mount under /mnt, which needs to be writable.
-    vm.sh("modprobe zfs && mount -t tmpfs -o mode=755 tmpfs /mnt");
-    // STORED_BIN runs a host build of stored instead of the image's, to try a change
-    // without building an image (same Debian, so the same libzfs_core).
-    let bin = match std::env::var_os("STORED_BIN") {
-        Some(host) => {
-            vm.copy_in(std::path::Path::new(&host), "/tmp/stored");
-            "/tmp/stored".to_owned()
-        }
-        None => "stored".to_owned(),
-    };
+    let zpool::ZfsVm {
+        mut vm,
+        disks,
+        stored: bin,
+    } = zpool::boot("storage", &[("stored-a", 512), ("stored-b", 512)]);
+    let (disk_a, disk_b) = (&disks[0], &disks[1]);
     let g = Guest { vm: &vm, bin };
-    let pool = POOL.replace("DISK_A", &disk_a).replace("DISK_B", &disk_b);
+    let pool = zpool::pool("tank", "mirror", &[disk_a, disk_b]);
 
     // Blank disks: the pool is created as a mirror of the two disks, by id.
     let cfg = g.config("storage", &format!("{pool}{DATASETS}"));
@@ -111,7 +90,7 @@ fn stored_makes_pools_datasets_and_snapshots_on_real_zfs() {
     let status = vm.sh("zpool status -P tank");
     eprintln!("{status}");
     assert!(status.contains("mirror-0"), "{status}");
-    for d in [&disk_a, &disk_b] {
+    for d in [disk_a, disk_b] {
         assert!(status.contains(d.as_str()), "{d} not in:\n{status}");
     }
 
@@ -139,12 +118,7 @@ fn stored_makes_pools_datasets_and_snapshots_on_real_zfs() {
     );
 
     // A changed layout (one disk instead of the mirror) is refused and touches nothing.
-    let single = g.config(
-        "single",
-        &format!(
-            "[storage.pools.tank]\nvdevs = [{{ layout = \"single\", disks = [\"{disk_a}\"] }}]\n"
-        ),
-    );
+    let single = g.config("single", &zpool::pool("tank", "single", &[disk_a]));
     let before = vm.sh("zpool status -P tank; zpool history tank | wc -l");
     let (code, _, err) = g.stored(&format!("apply --config {single}"));
     assert_eq!(code, 1, "{err}");
