@@ -9,10 +9,11 @@ use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use appliance::tlsgen;
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use sha2::{Digest as _, Sha256};
@@ -36,6 +37,8 @@ pub enum TlsError {
     Exists(PathBuf),
     #[error("cannot make a certificate: {0}")]
     Generate(String),
+    #[error("target_fingerprint {0:?} is not a SHA-256 fingerprint (sha256: and 64 hex digits)")]
+    BadPin(String),
     #[error("TLS setup: {0}")]
     Rustls(#[from] rustls::Error),
 }
@@ -117,55 +120,6 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 #[derive(Debug)]
-struct PinnedServer {
-    fingerprint: String,
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for PinnedServer {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let got = fingerprint(end_entity);
-        if got == self.fingerprint {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            tracing::warn!(expected = %self.fingerprint, got = %got, "replication target's certificate is not the pinned one");
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
-}
-
-#[derive(Debug)]
 struct PinnedClients {
     allowed: Vec<String>,
     algs: WebPkiSupportedAlgorithms,
@@ -230,10 +184,16 @@ pub fn client_config(
     target_fingerprint: &str,
 ) -> Result<rustls::ClientConfig, TlsError> {
     let provider = provider();
-    let verifier = Arc::new(PinnedServer {
-        fingerprint: target_fingerprint.to_owned(),
-        algs: provider.signature_verification_algorithms,
-    });
+    let pin = tlsgen::parse_sha256(target_fingerprint)
+        .ok_or_else(|| TlsError::BadPin(target_fingerprint.to_owned()))?;
+    let verifier = Arc::new(tlsgen::PinnedServerCert::new(
+        pin,
+        Arc::clone(&provider),
+        format!(
+            "the job pins target_fingerprint = {target_fingerprint:?}; \
+             `stored replication identity FILE` on the target prints its own"
+        ),
+    ));
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous()
@@ -281,7 +241,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let handle = std::thread::spawn(move || serve_once(listener, server));
         let tcp = TcpStream::connect(addr).unwrap();
-        let name = ServerName::try_from(SERVER_NAME).unwrap();
+        let name = rustls::pki_types::ServerName::try_from(SERVER_NAME).unwrap();
         let conn = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
         let mut s = rustls::StreamOwned::new(conn, tcp);
         let client_result = proto::send_msg(&mut s, &Request::Bye)

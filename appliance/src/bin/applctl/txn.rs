@@ -143,7 +143,7 @@ impl HttpsTransport {
                     .into(),
             )
         })?;
-        let fingerprint = super::fingerprint::normalize(pin).ok_or_else(|| {
+        let fingerprint = appliance::tlsgen::parse_sha256(pin).ok_or_else(|| {
             CliError::Invalid(format!(
                 "--fingerprint {pin:?} is not a SHA-256 fingerprint (32 bytes of hex, like AB:CD:…)"
             ))
@@ -154,10 +154,10 @@ impl HttpsTransport {
             .with_safe_default_protocol_versions()
             .map_err(|e| CliError::Failed(format!("TLS setup: {e}")))?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(super::fingerprint::Pinned {
+            .with_custom_certificate_verifier(Arc::new(super::fingerprint::pinned(
                 fingerprint,
                 provider,
-            }))
+            )))
             .with_no_client_auth();
         Ok(Self {
             host,
