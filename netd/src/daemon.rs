@@ -9,8 +9,9 @@
 //!
 //! At start netd applies the active generation, or the built-in default while the store is
 //! empty (reported as generation 0), and only then tells systemd it is ready: the box
-//! routes and filters before `appliance-healthy.target`. The WAN DHCP client and the LAN
-//! DHCP server run inside `netd serve` (see [`cli`]) and follow every applied config.
+//! routes and filters before `appliance-healthy.target`. The WAN DHCP client, the LAN
+//! DHCP server, the LAN router advertisements and WireGuard (with the endpoint watch of
+//! `netd wg watch`) run inside `netd serve` (see [`cli`]) and follow every applied config.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -46,8 +47,9 @@ pub struct NetDaemon<N: Netlink, F: Nft> {
     started: Instant,
     /// The config of the last successful apply, for the DHCP services that follow it.
     applied_tx: watch::Sender<Option<Arc<Config>>>,
-    /// The DHCP server's lease file, for the status (set by `netd serve`).
-    lease_file: std::sync::OnceLock<std::path::PathBuf>,
+    /// The DHCP services' state directory (leases.json, wan-<link>.json), for the status
+    /// (set by `netd serve`).
+    dhcp_dir: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 impl<N: Netlink, F: Nft> std::fmt::Debug for NetDaemon<N, F> {
@@ -74,7 +76,7 @@ where
             }),
             started: Instant::now(),
             applied_tx: watch::Sender::new(None),
-            lease_file: std::sync::OnceLock::new(),
+            dhcp_dir: std::sync::OnceLock::new(),
         })
     }
 
@@ -187,21 +189,26 @@ where
         self.inner().applied.as_ref().map(|(n, _)| *n)
     }
 
-    /// Links, leases, WireGuard peers and rule counters (see [`crate::metrics`]).
-    /// Blocking: netlink and nft.
-    fn net(&self) -> serde_json::Value {
+    /// Links, the WAN lease, IPv6, leases, WireGuard peers and, with `counters`, rule
+    /// counters (see [`crate::metrics`]). Blocking: netlink and nft.
+    fn net(&self, counters: bool) -> serde_json::Value {
         let mut inner = self.inner();
         let inner = &mut *inner;
         crate::metrics::collect(
             &mut inner.links,
             &inner.firewall,
-            self.lease_file.get().map(|p| p.as_path()),
-            inner.applied.as_ref().map(|(_, c)| c),
+            crate::metrics::Sources {
+                dhcp_dir: self.dhcp_dir.get().map(|p| p.as_path()),
+                cfg: inner.applied.as_ref().map(|(_, c)| c),
+                counters,
+            },
         )
     }
 
-    fn status(&self) -> serde_json::Value {
-        let net = self.net();
+    /// The status document; the firewall's rule counters only with `counters` (they need
+    /// a listing of the whole table, set elements included).
+    fn status(&self, counters: bool) -> serde_json::Value {
+        let net = self.net(counters);
         let inner = self.inner();
         json!({
             "daemon": "netd",
@@ -214,7 +221,7 @@ where
     }
 
     fn metrics(&self) -> String {
-        let net = crate::metrics::prometheus(&self.net());
+        let net = crate::metrics::prometheus(&self.net(true));
         let inner = self.inner();
         net + &format!(
             "# HELP netd_applied_generation The config generation netd applied last.\n# TYPE netd_applied_generation gauge\nnetd_applied_generation {}\n# HELP netd_apply_failed Whether the last apply failed.\n# TYPE netd_apply_failed gauge\nnetd_apply_failed {}\n",
@@ -230,7 +237,11 @@ where
             // Both read netlink and nft: off the runtime, like plan and apply.
             "/v1/status" => {
                 req.only(&Method::GET)?;
-                let status = tokio::task::spawn_blocking(move || self.status())
+                let counters = req
+                    .query
+                    .as_deref()
+                    .is_some_and(|q| q.split('&').any(|kv| kv == "counters=1"));
+                let status = tokio::task::spawn_blocking(move || self.status(counters))
                     .await
                     .map_err(|e| ApiError::Internal(format!("the status task ended: {e}")))?;
                 Ok(Reply::Json(status))
@@ -356,9 +367,9 @@ mod tests {
             other => panic!("expected a firewall failure, got {other:?}"),
         }
         assert_eq!(addresses(&d), before);
-        assert_eq!(d.status()["generation"], 1);
+        assert_eq!(d.status(false)["generation"], 1);
         assert!(
-            d.status()["last_error"]
+            d.status(false)["last_error"]
                 .as_str()
                 .unwrap()
                 .contains("firewall")
@@ -410,6 +421,7 @@ pub mod cli {
     use super::NetDaemon;
     use crate::dhcp::{self, Scope};
     use crate::firewall::{Firewall, NftCli};
+    use crate::ipv6::AdvertLink;
     use crate::links::{Links, Rtnetlink};
     use crate::wan::{self, ClientError, Paths};
 
@@ -430,6 +442,9 @@ pub mod cli {
         /// The DNS servers the WAN lease names, for dnsd.
         #[arg(long, default_value = wan::cli::DNS_FILE)]
         wan_dns_file: PathBuf,
+        /// Where generated WireGuard private keys are kept (<ifname>.key, mode 0600).
+        #[arg(long, default_value = "/data/wireguard")]
+        wireguard_dir: PathBuf,
     }
 
     pub fn serve(args: ServeArgs) -> ExitCode {
@@ -456,14 +471,35 @@ pub mod cli {
         task: JoinHandle<()>,
     }
 
-    /// The DHCP services inside `netd serve`. They run here rather than as units of their
+    /// The router advertisements of one config (a thread per link inside).
+    struct Advertiser {
+        links: Vec<AdvertLink>,
+        stop: Arc<AtomicBool>,
+        thread: std::thread::JoinHandle<Result<(), crate::ipv6::Ipv6Error>>,
+    }
+
+    /// The WireGuard loop: a thread that reconciles the tunnels of every config it is
+    /// sent, and every [`WG_WATCH_INTERVAL`] looks up again the DNS endpoints of peers
+    /// without a handshake for over 2 minutes (what `netd wg watch` does alone).
+    struct WgWatch {
+        configs: std::sync::mpsc::Sender<Arc<Config>>,
+        thread: std::thread::JoinHandle<()>,
+    }
+
+    const WG_WATCH_INTERVAL: Duration = Duration::from_secs(30);
+
+    /// The services inside `netd serve`: the WAN DHCP client, the LAN DHCP server, the
+    /// router advertisements and WireGuard. They run here rather than as units of their
     /// own because they must follow every config netd applies (a commit-confirm revert
     /// included) and need the links netd has just made; one process also means one
     /// watchdog, one capability set and one place that owns the WAN address.
     struct Services {
         paths: Paths,
+        wireguard_dir: PathBuf,
         wan: Option<WanClients>,
         dhcp: Option<DhcpServer>,
+        ra: Option<Advertiser>,
+        wg: Option<WgWatch>,
     }
 
     impl Services {
@@ -502,6 +538,66 @@ pub mod cli {
                     self.dhcp = Some(DhcpServer { scopes, stop, task });
                 }
             }
+            let adverts = crate::ipv6::advertised_links(cfg);
+            if self.ra.as_ref().map(|r| &r.links) != Some(&adverts) {
+                // The old advertiser's last word (router lifetime 0) withdraws prefixes
+                // the new config no longer has; the new one starts at once after it.
+                self.stop_ra().await;
+                if !adverts.is_empty() {
+                    tracing::info!(links = ?adverts.iter().map(|l| &l.name).collect::<Vec<_>>(), "starting router advertisements");
+                    let stop = Arc::new(AtomicBool::new(false));
+                    let (c, s) = (cfg.clone(), Arc::clone(&stop));
+                    let thread = std::thread::spawn(move || crate::ipv6::run(&c, s));
+                    self.ra = Some(Advertiser {
+                        links: adverts,
+                        stop,
+                        thread,
+                    });
+                }
+            }
+            self.follow_wireguard(cfg);
+        }
+
+        /// Hands `cfg` to the WireGuard loop, starting it with the first config that has
+        /// a tunnel. A netd that never saw a tunnel leaves WireGuard alone, so tunnels made
+        /// by hand with `netd wg apply` survive a config without `[wireguard]`; once netd
+        /// manages tunnels, a config without them removes them.
+        fn follow_wireguard(&mut self, cfg: &Config) {
+            if self.wg.is_none() && cfg.wireguard.is_empty() {
+                return;
+            }
+            let cfg = Arc::new(cfg.clone());
+            if let Some(w) = &self.wg
+                && w.configs.send(Arc::clone(&cfg)).is_ok()
+            {
+                return;
+            }
+            let (configs, rx) = std::sync::mpsc::channel::<Arc<Config>>();
+            let dir = self.wireguard_dir.clone();
+            let _ = configs.send(cfg);
+            let thread = std::thread::spawn(move || wireguard_loop(&rx, &dir));
+            self.wg = Some(WgWatch { configs, thread });
+        }
+
+        async fn stop_ra(&mut self) {
+            let Some(r) = self.ra.take() else { return };
+            r.stop.store(true, Ordering::SeqCst);
+            match tokio::task::spawn_blocking(move || r.thread.join()).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::error!("{e}"),
+                _ => tracing::error!("the router advertisement thread panicked"),
+            }
+        }
+
+        async fn stop_wg(&mut self) {
+            let Some(w) = self.wg.take() else { return };
+            drop(w.configs);
+            if tokio::task::spawn_blocking(move || w.thread.join())
+                .await
+                .map_or(true, |r| r.is_err())
+            {
+                tracing::error!("the WireGuard thread panicked");
+            }
         }
 
         async fn stop_wan(&mut self) {
@@ -518,6 +614,36 @@ pub mod cli {
             let Some(d) = self.dhcp.take() else { return };
             let _ = d.stop.send(());
             let _ = d.task.await;
+        }
+    }
+
+    /// The WireGuard thread: a new config is reconciled with every endpoint name looked
+    /// up; between configs, every [`WG_WATCH_INTERVAL`], only the names of peers that are
+    /// due (a live session keeps the endpoint it roamed to). Ends when the sender goes.
+    fn wireguard_loop(configs: &std::sync::mpsc::Receiver<Arc<Config>>, dir: &std::path::Path) {
+        use std::sync::mpsc::RecvTimeoutError;
+        let mut current: Option<Arc<Config>> = None;
+        loop {
+            let (fresh, all) = match configs.recv_timeout(WG_WATCH_INTERVAL) {
+                Ok(cfg) => (Some(cfg), true),
+                Err(RecvTimeoutError::Timeout) => (None, false),
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            if let Some(cfg) = fresh {
+                current = Some(cfg);
+            }
+            let Some(cfg) = &current else { continue };
+            let result = if all {
+                crate::wireguard::cli::reconcile(cfg, dir, &|_, _| true)
+            } else {
+                crate::wireguard::cli::reconcile(cfg, dir, &crate::wireguard::cli::due_now())
+            };
+            match result {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(actions = n, "WireGuard reconciled"),
+                Err(e) if all => tracing::error!("WireGuard: {e}"),
+                Err(e) => tracing::warn!("WireGuard re-check failed, trying again later: {e}"),
+            }
         }
     }
 
@@ -544,7 +670,7 @@ pub mod cli {
         }
         let firewall = Firewall::with_state_file(NftCli::new(), &args.firewall_state);
         let daemon = NetDaemon::new(store, links, firewall);
-        let _ = daemon.lease_file.set(args.dhcp_dir.join("leases.json"));
+        let _ = daemon.dhcp_dir.set(args.dhcp_dir.clone());
         let mut applied = daemon.applied();
         daemon.apply_active();
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -556,8 +682,11 @@ pub mod cli {
                 state_dir: args.dhcp_dir.clone(),
                 dns_file: args.wan_dns_file.clone(),
             },
+            wireguard_dir: args.wireguard_dir.clone(),
             wan: None,
             dhcp: None,
+            ra: None,
+            wg: None,
         };
         rt.block_on(async {
             let d = Arc::clone(&daemon);
@@ -595,6 +724,8 @@ pub mod cli {
             }
             appliance::sd::stopping();
             task.abort();
+            services.stop_ra().await;
+            services.stop_wg().await;
             services.stop_dhcp().await;
             services.stop_wan().await;
             let _ = std::fs::remove_file(&args.socket);

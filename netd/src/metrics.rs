@@ -1,43 +1,176 @@
 //! netd's status document and its Prometheus text: links with their addresses and byte
-//! counters, DHCP leases, WireGuard peers, firewall rule counters. The document is built
-//! from what netd reads back (the links adapter's [`Observed`], nft's listing, the lease
-//! file, the WireGuard status), and the metrics are rendered from the document, so the two
-//! never disagree.
+//! counters, the WAN lease, IPv6 (SLAAC uplinks and advertised prefixes), DHCP leases,
+//! WireGuard peers, firewall rule counters. The document is built from what netd reads
+//! back (the links adapter's [`Observed`], nft's listing, the lease files, the WireGuard
+//! status), and the metrics are rendered from the document, so the two never disagree.
+//! docs/network.md ("status and metrics") documents the shape.
 
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::SystemTime;
 
 use appliance::Config;
+use appliance::model::{Addressed, Ipv6Mode};
+use ipnet::IpNet;
 use serde_json::{Value, json};
 
 use crate::firewall::{Firewall, Nft, rule_counters};
 use crate::links::{Links, Netlink, Observed};
 use crate::wireguard::{KernelWg, WgKernel, cli::peer_names_of, cli::status_json};
 
+/// Where [`collect`] reads the files of the DHCP services, and what it includes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sources<'a> {
+    /// The DHCP state directory: the LAN server's `leases.json` and the WAN client's
+    /// `wan-<link>.json`.
+    pub dhcp_dir: Option<&'a Path>,
+    /// The applied config: peer names, the WAN's DHCP links, the advertised links.
+    pub cfg: Option<&'a Config>,
+    /// Whether to list the firewall for its rule counters (costly with big sets).
+    pub counters: bool,
+}
+
 /// The whole document from the kernel: links through `links`' adapter, the rules of
-/// `firewall`'s table, the lease file, and WireGuard (peers named after `cfg`). A part
-/// that cannot be read is reported as `{"error": ...}` in its place; the rest still is.
-/// Blocking (netlink, nft): call it off the async runtime.
+/// `firewall`'s table (only with `sources.counters`), the lease files, and WireGuard. A
+/// part that cannot be read is reported as `{"error": ...}` in its place; the rest still
+/// is. Blocking (netlink, nft): call it off the async runtime.
 pub fn collect<N: Netlink, F: Nft>(
     links: &mut Links<N>,
     firewall: &Firewall<F>,
-    lease_file: Option<&Path>,
-    cfg: Option<&Config>,
+    sources: Sources<'_>,
 ) -> Value {
-    let links = match links.netlink_mut().observe() {
-        Ok(o) => links_status(&o, sysfs_counters),
-        Err(e) => json!({ "error": e.to_string() }),
+    let observed = links.netlink_mut().observe();
+    let (links, ipv6) = match &observed {
+        Ok(o) => (links_status(o, sysfs_counters), ipv6_status(o, sources.cfg)),
+        Err(e) => (
+            json!({ "error": e.to_string() }),
+            json!({ "error": e.to_string() }),
+        ),
     };
-    let rules = match firewall.listing() {
-        Ok(l) => rules_status(l.as_ref()),
-        Err(e) => json!({ "error": e.to_string() }),
+    let rules = if sources.counters {
+        match firewall.listing() {
+            Ok(l) => rules_status(l.as_ref()),
+            Err(e) => json!({ "error": e.to_string() }),
+        }
+    } else {
+        Value::Null
     };
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let dhcp = lease_file.map_or(Value::Null, |p| leases_status(p, now));
-    document(links, dhcp, wireguard_status(cfg), rules)
+    let dhcp = sources
+        .dhcp_dir
+        .map_or(Value::Null, |d| leases_status(&d.join("leases.json"), now));
+    let wan = match (sources.cfg, sources.dhcp_dir) {
+        (Some(cfg), Some(dir)) => wan_status(cfg, dir),
+        _ => json!([]),
+    };
+    let mut doc = document(links, dhcp, wireguard_status(sources.cfg), rules);
+    if let Some(o) = doc.as_object_mut() {
+        o.insert("wan".into(), wan);
+        o.insert("ipv6".into(), ipv6);
+    }
+    doc
+}
+
+/// One entry per link of `cfg` with `ipv4 = "dhcp"`: the lease its client keeps in
+/// `dhcp_dir` (`null` before the first).
+pub fn wan_status(cfg: &Config, dhcp_dir: &Path) -> Value {
+    let entries: Vec<Value> = crate::wan::cli::dhcp_links(cfg)
+        .into_iter()
+        .map(|link| {
+            let lease = crate::wan::files::load_lease(dhcp_dir, &link).map(|l| {
+                json!({
+                    "address": l.address.to_string(),
+                    "router": l.router.map(|r| r.to_string()),
+                    "dns": l.dns.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "server": l.server.to_string(),
+                    "acquired": l.acquired,
+                    "expires": l.expires(),
+                    "renew_at": l.acquired.saturating_add(l.t1_secs),
+                    "rebind_at": l.acquired.saturating_add(l.t2_secs),
+                })
+            });
+            json!({ "link": link, "lease": lease })
+        })
+        .collect();
+    Value::Array(entries)
+}
+
+/// The links of `cfg` (interfaces, VLANs, bridges) with their IPv6 mode.
+fn ipv6_modes(cfg: &Config) -> Vec<(String, Ipv6Mode)> {
+    let mut out = Vec::new();
+    let mut add = |name: &dyn std::fmt::Display, a: &dyn Addressed| {
+        out.push((name.to_string(), a.ipv6_mode()));
+    };
+    cfg.interfaces.iter().for_each(|(n, i)| add(n, i));
+    cfg.vlans.iter().for_each(|(n, v)| add(n, v));
+    cfg.bridges.iter().for_each(|(n, b)| add(n, b));
+    out
+}
+
+fn is_global_v6(net: &IpNet) -> bool {
+    match net {
+        IpNet::V6(n) => {
+            let a = n.addr();
+            !(a.is_loopback() || a.is_multicast() || a.segments()[0] & 0xffc0 == 0xfe80)
+        }
+        IpNet::V4(_) => false,
+    }
+}
+
+/// IPv6: the SLAAC uplinks as the kernel has them (switches, global addresses, the
+/// default router learned from advertisements), the LAN links netd advertises and their
+/// prefixes, and whether the box forwards IPv6.
+pub fn ipv6_status(observed: &Observed, cfg: Option<&Config>) -> Value {
+    let Some(cfg) = cfg else {
+        return json!({ "slaac": [], "advertised": [], "forwarding": observed.forwarding.map(|f| f.ipv6) });
+    };
+    let slaac: Vec<Value> = ipv6_modes(cfg)
+        .into_iter()
+        .filter(|(_, m)| *m == Ipv6Mode::Slaac)
+        .map(|(link, _)| {
+            let conf = observed.ipv6.get(&link);
+            let addresses: Vec<String> = observed
+                .addresses
+                .iter()
+                .filter(|a| a.link == link && is_global_v6(&a.net))
+                .map(|a| a.net.to_string())
+                .collect();
+            let router = observed
+                .routes
+                .iter()
+                .find(|r| {
+                    r.dev.as_deref() == Some(link.as_str())
+                        && matches!(r.dst, IpNet::V6(d) if d.prefix_len() == 0)
+                })
+                .and_then(|r| r.gateway)
+                .map(|g| g.to_string());
+            json!({
+                "link": link,
+                "accept_ra": conf.map(|c| c.accept_ra),
+                "autoconf": conf.map(|c| c.autoconf),
+                "addresses": addresses,
+                "default_router": router,
+            })
+        })
+        .collect();
+    let advertised: Vec<Value> = crate::ipv6::advertised_links(cfg)
+        .iter()
+        .map(|l| {
+            let ra = crate::ipv6::advert(l, None, crate::ipv6::ROUTER_LIFETIME);
+            json!({
+                "link": l.name,
+                "prefixes": ra.prefixes.iter().map(|p| p.prefix.to_string()).collect::<Vec<_>>(),
+                "dns": ra.rdnss.and_then(|r| r.servers.first().map(ToString::to_string)),
+            })
+        })
+        .collect();
+    json!({
+        "slaac": slaac,
+        "advertised": advertised,
+        "forwarding": observed.forwarding.map(|f| f.ipv6),
+    })
 }
 
 /// WireGuard tunnels netd owns, as `netd wg status --json` shows them.
@@ -244,6 +377,26 @@ pub fn prometheus(doc: &Value) -> String {
             .collect()
     };
 
+    let wan: Vec<(String, u64)> = items(doc, "wan")
+        .iter()
+        .filter_map(|w| {
+            let expires = w.get("lease").and_then(|l| u(l, "expires"))?;
+            Some((format!("link=\"{}\"", label(s(w, "link"))), expires))
+        })
+        .collect();
+    let advertised: Vec<(String, u64)> = doc
+        .get("ipv6")
+        .map(|v| items(v, "advertised"))
+        .unwrap_or_default()
+        .iter()
+        .map(|a| {
+            (
+                format!("link=\"{}\"", label(s(a, "link"))),
+                items(a, "prefixes").len() as u64,
+            )
+        })
+        .collect();
+
     let rules = items(doc, "firewall_rules");
     let per_rule = |key: &str| -> Vec<(String, u64)> {
         rules
@@ -278,6 +431,18 @@ pub fn prometheus(doc: &Value) -> String {
             samples: per_link("tx_bytes"),
         },
         Family {
+            name: "netd_wan_lease_expiry_seconds",
+            kind: "gauge",
+            help: "Unix time at which the WAN's DHCP lease ends.",
+            samples: wan,
+        },
+        Family {
+            name: "netd_ipv6_advertised_prefixes",
+            kind: "gauge",
+            help: "Prefixes in netd's router advertisements on a LAN link.",
+            samples: advertised,
+        },
+        Family {
             name: "netd_dhcp_leases",
             kind: "gauge",
             help: "DHCP leases in the lease file, by whether they still hold.",
@@ -300,6 +465,12 @@ pub fn prometheus(doc: &Value) -> String {
             kind: "gauge",
             help: "Unix time of a WireGuard peer's last handshake (absent: none yet).",
             samples: per_peer("last_handshake"),
+        },
+        Family {
+            name: "netd_wireguard_peer_last_handshake_age_seconds",
+            kind: "gauge",
+            help: "Seconds since a WireGuard peer's last handshake (absent: none yet).",
+            samples: per_peer("last_handshake_seconds_ago"),
         },
         Family {
             name: "netd_firewall_rule_packets_total",
@@ -353,12 +524,95 @@ mod tests {
         .unwrap();
         let dhcp = leases_status(&path, 1000);
         let wg = json!({"interfaces": [{"name": "wg0", "peers": [
-            {"name": "laptop", "public_key": "abc=", "rx_bytes": 5, "tx_bytes": 6, "last_handshake": 900},
+            {"name": "laptop", "public_key": "abc=", "rx_bytes": 5, "tx_bytes": 6, "last_handshake": 900, "last_handshake_seconds_ago": 100},
             {"name": null, "public_key": "d\"e", "rx_bytes": 0, "tx_bytes": 0, "last_handshake": null}]}]});
         let listing = json!({"nftables": [
             {"rule": {"comment": "wan-ping", "expr": [{"counter": {"packets": 3, "bytes": 252}}]}},
             {"rule": {"comment": "wan-ping", "expr": [{"counter": {"packets": 1, "bytes": 104}}]}}]});
-        document(links, dhcp, wg, rules_status(Some(&listing)))
+        let mut doc = document(links, dhcp, wg, rules_status(Some(&listing)));
+        doc["wan"] = json!([{"link": "wan", "lease": {"address": "203.0.113.7/24", "expires": 5000}},
+            {"link": "wan2", "lease": null}]);
+        doc["ipv6"] =
+            json!({"slaac": [], "advertised": [{"link": "lan", "prefixes": ["2001:db8:2::/64"]}]});
+        doc
+    }
+
+    const ROUTER: &str = r#"version = 1
+[interfaces.wan]
+device = "eth0"
+ipv4 = "dhcp"
+ipv6 = "slaac"
+[interfaces.lan]
+device = "eth1"
+addresses = ["192.168.1.1/24", "2001:db8:2::1/64"]
+"#;
+
+    #[test]
+    fn the_wan_lease_comes_from_the_clients_file() {
+        let cfg = appliance::load_str(ROUTER).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            wan_status(&cfg, dir.path()),
+            json!([{"link": "wan", "lease": null}])
+        );
+        let lease = crate::wan::Lease {
+            address: "203.0.113.7/24".parse().unwrap(),
+            router: Some("203.0.113.1".parse().unwrap()),
+            dns: vec!["203.0.113.53".parse().unwrap()],
+            server: "203.0.113.1".parse().unwrap(),
+            acquired: 1000,
+            lease_secs: 3600,
+            t1_secs: 1800,
+            t2_secs: 3150,
+        };
+        crate::wan::files::store_lease(dir.path(), "wan", &lease).unwrap();
+        let w = wan_status(&cfg, dir.path());
+        assert_eq!(
+            w[0]["lease"],
+            json!({"address": "203.0.113.7/24", "router": "203.0.113.1",
+                "dns": ["203.0.113.53"], "server": "203.0.113.1", "acquired": 1000,
+                "expires": 4600, "renew_at": 2800, "rebind_at": 4150}),
+            "{w}"
+        );
+    }
+
+    #[test]
+    fn ipv6_shows_the_slaac_uplink_and_the_advertised_prefixes() {
+        let cfg = appliance::load_str(ROUTER).unwrap();
+        let mut k =
+            FakeNetlink::with_nics(&[("wan", [2, 0, 0, 0, 0, 1]), ("lan", [2, 0, 0, 0, 0, 2])]);
+        k.apply_foreign(|o| {
+            for (link, net) in [
+                ("wan", "2001:db8:1::1/64"),
+                ("wan", "fe80::1/64"),
+                ("lan", "2001:db8:2::1/64"),
+            ] {
+                o.addresses.push(Address {
+                    link: link.into(),
+                    net: net.parse().unwrap(),
+                });
+            }
+            o.routes.push(crate::links::Route {
+                dst: "::/0".parse().unwrap(),
+                gateway: Some("fe80::fe".parse().unwrap()),
+                dev: Some("wan".into()),
+                metric: 1024,
+                protocol: 9,
+            });
+            o.ipv6.insert("wan".into(), crate::links::Ipv6Conf::SLAAC);
+        });
+        let v = ipv6_status(&k.observe().unwrap(), Some(&cfg));
+        assert_eq!(
+            v["slaac"],
+            json!([{"link": "wan", "accept_ra": 2, "autoconf": true,
+                "addresses": ["2001:db8:1::1/64"], "default_router": "fe80::fe"}]),
+            "{v}"
+        );
+        assert_eq!(
+            v["advertised"],
+            json!([{"link": "lan", "prefixes": ["2001:db8:2::/64"], "dns": "2001:db8:2::1"}]),
+            "{v}"
+        );
     }
 
     #[test]
@@ -396,6 +650,9 @@ mod tests {
             "netd_dhcp_leases{state=\"expired\"} 1",
             "netd_wireguard_peer_receive_bytes_total{interface=\"wg0\",public_key=\"abc=\",peer=\"laptop\"} 5",
             "netd_wireguard_peer_last_handshake_seconds{interface=\"wg0\",public_key=\"abc=\",peer=\"laptop\"} 900",
+            "netd_wireguard_peer_last_handshake_age_seconds{interface=\"wg0\",public_key=\"abc=\",peer=\"laptop\"} 100",
+            "netd_wan_lease_expiry_seconds{link=\"wan\"} 5000",
+            "netd_ipv6_advertised_prefixes{link=\"lan\"} 1",
             // A label value with a quote is escaped.
             "netd_wireguard_peer_transmit_bytes_total{interface=\"wg0\",public_key=\"d\\\"e\",peer=\"\"} 0",
             "# TYPE netd_firewall_rule_packets_total counter",

@@ -265,3 +265,195 @@ fn slaac_on_the_wan_and_router_advertisements_on_the_lan() {
     );
     assert!(links.plan(&off).unwrap().is_empty());
 }
+
+/// `method target` on a control socket with an optional JSON body: the status code and
+/// the body.
+fn request(socket: &std::path::Path, method: &str, target: &str, body: &str) -> (u16, String) {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "{method} {target} HTTP/1.1\r\nHost: netd\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (code, body.to_string())
+}
+
+fn status(socket: &std::path::Path) -> Value {
+    let (code, body) = request(socket, "GET", "/v1/status", "");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// The same router as [`CONFIG`], with zones: the WAN masquerades, the LAN is trusted.
+const SERVE_CONFIG: &str = r#"
+version = 1
+
+[interfaces.wan]
+device = "nic0"
+ipv6 = "slaac"
+
+[interfaces.lan]
+device = "nic1"
+addresses = ["192.168.1.1/24", "2001:db8:2::1/64"]
+
+[firewall.zones.wan]
+interfaces = ["wan"]
+input = "drop"
+forward = "drop"
+masquerade = true
+
+[firewall.zones.lan]
+interfaces = ["lan"]
+input = "accept"
+forward = "accept"
+"#;
+
+/// `netd serve` runs the advertiser itself: the client gets its SLAAC address from the
+/// daemon, the status shows the WAN's SLAAC state (accept_ra 2, the address and router
+/// from the ISP) and the advertised prefix; a new generation with another LAN prefix
+/// restarts the advertiser, and the client gets an address in the new prefix; SIGTERM
+/// sends the last advertisement, and the client's default route goes.
+#[test]
+fn netd_serve_advertises_follows_new_prefixes_and_says_goodbye() {
+    common::require_root();
+    common::require_working(&["ip", "netns", "list"], "iproute2");
+    common::require_working(&["nft", "--version"], "nftables");
+    common::require_working(&["sh", "-c", "command -v radvd"], "radvd");
+    let router = netns("router");
+    let isp = netns("isp");
+    let client = netns("client");
+    for (nic, peer, mac) in [
+        ("nic0", &isp, "52:54:00:aa:00:01"),
+        ("nic1", &client, "52:54:00:aa:00:02"),
+    ] {
+        router.ip(&format!(
+            "link add {nic} type veth peer name eth0 netns {}",
+            peer.name
+        ));
+        router.ip(&format!("link set {nic} address {mac}"));
+    }
+    isp.ip("addr add 2001:db8:1::1/64 dev eth0");
+    isp.ip("link set eth0 up");
+    let dir = tempfile::tempdir().unwrap();
+    let radvd_conf = dir.path().join("radvd.conf");
+    std::fs::write(
+        &radvd_conf,
+        "interface eth0 {\n AdvSendAdvert on;\n MinRtrAdvInterval 3;\n MaxRtrAdvInterval 4;\n prefix 2001:db8:1::/64 { AdvOnLink on; AdvAutonomous on; };\n};\n",
+    )
+    .unwrap();
+    let _radvd = Proc(
+        isp.command("radvd")
+            .args(["--nodaemon", "--logmethod", "stderr", "--config"])
+            .arg(&radvd_conf)
+            .arg("--pidfile")
+            .arg(dir.path().join("radvd.pid"))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    client.ip("link set eth0 up");
+
+    let store = appliance::store::Store::open(dir.path().join("config")).unwrap();
+    let first = store.commit(SERVE_CONFIG, "ipv6").unwrap();
+    store.activate(first).unwrap();
+    let second = store
+        .commit(
+            &SERVE_CONFIG.replace("2001:db8:2::1/64", "2001:db8:3::1/64"),
+            "another LAN prefix",
+        )
+        .unwrap();
+    let socket = dir.path().join("netd.sock");
+    let mut netd = Proc(
+        router
+            .command(env!("CARGO_BIN_EXE_netd"))
+            .arg("serve")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--data-dir")
+            .arg(dir.path().join("config"))
+            .arg("--firewall-state")
+            .arg(dir.path().join("firewall.json"))
+            .arg("--dhcp-dir")
+            .arg(dir.path().join("dhcp"))
+            .arg("--wan-dns-file")
+            .arg(dir.path().join("wan-dns.json"))
+            .arg("--wireguard-dir")
+            .arg(dir.path().join("wireguard"))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("netd serve's socket", || socket.exists().then_some(()));
+
+    let addr = wait_for("the client's SLAAC address from netd serve", || {
+        global_address(&client, "eth0", "2001:db8:2:")
+    });
+    let route = wait_for("the client's default route", || default_route(&client));
+    assert_eq!(route["gateway"], ROUTER_LAN_LL, "{route}");
+    listen(&router, "2001:db8:2::1");
+    assert_eq!(connect(&client, "2001:db8:2::1"), addr);
+
+    // SLAAC on the WAN is the kernel's, with the switches serve set.
+    let wan = wait_for("the WAN's SLAAC address and router in the status", || {
+        let s = status(&socket);
+        let wan = s["net"]["ipv6"]["slaac"][0].clone();
+        (wan["addresses"].as_array().is_some_and(|a| !a.is_empty())
+            && wan["default_router"].is_string())
+        .then_some(wan)
+    });
+    assert_eq!(wan["link"], "wan", "{wan}");
+    assert_eq!(wan["accept_ra"], 2, "{wan}");
+    assert_eq!(wan["autoconf"], true, "{wan}");
+    assert!(
+        wan["addresses"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("2001:db8:1:"),
+        "{wan}"
+    );
+    let s = status(&socket);
+    assert_eq!(
+        s["net"]["ipv6"]["advertised"],
+        serde_json::json!([{"link": "lan", "prefixes": ["2001:db8:2::/64"], "dns": "2001:db8:2::1"}]),
+        "{s:#}"
+    );
+    assert_eq!(s["net"]["ipv6"]["forwarding"], true, "{s:#}");
+    assert!(
+        s["net"]["firewall_rules"].is_null(),
+        "counters only on request"
+    );
+
+    // A new generation: the advertiser restarts with the new prefix.
+    let (code, body) = request(
+        &socket,
+        "POST",
+        "/v1/apply",
+        &format!("{{\"generation\": {second}}}"),
+    );
+    assert_eq!(code, 200, "{body}");
+    let moved = wait_for("the client's address in the new prefix", || {
+        global_address(&client, "eth0", "2001:db8:3:")
+    });
+    eprintln!("client {addr}, then {moved}");
+    let s = status(&socket);
+    assert_eq!(
+        s["net"]["ipv6"]["advertised"][0]["prefixes"],
+        serde_json::json!(["2001:db8:3::/64"]),
+        "{s:#}"
+    );
+    wait_for("the default route after the restart", || {
+        default_route(&client)
+    });
+
+    // SIGTERM: the last advertisement withdraws the client's default route.
+    netd.terminate();
+    wait_for("the default route to be withdrawn", || {
+        default_route(&client).is_none().then_some(())
+    });
+}

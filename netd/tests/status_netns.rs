@@ -143,7 +143,16 @@ fn status_and_metrics_show_links_leases_and_rule_counters() {
             .unwrap();
     }
 
-    let status: Value = serde_json::from_str(&get(&socket, "/v1/status")).unwrap();
+    // Without ?counters=1 the status does not list the firewall.
+    let plain: Value = serde_json::from_str(&get(&socket, "/v1/status")).unwrap();
+    assert!(plain["net"]["firewall_rules"].is_null(), "{plain:#}");
+    assert_eq!(plain["net"]["wan"], serde_json::json!([]), "no DHCP link");
+    assert_eq!(
+        plain["net"]["ipv6"]["advertised"],
+        serde_json::json!([]),
+        "no IPv6 prefix"
+    );
+    let status: Value = serde_json::from_str(&get(&socket, "/v1/status?counters=1")).unwrap();
     assert_eq!(status["generation"], n, "{status:#}");
     let net = &status["net"];
     let lan = net["links"]

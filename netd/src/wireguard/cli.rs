@@ -157,6 +157,42 @@ fn watch(config: &Path, state_dir: &Path, interval: Duration) -> ExitCode {
     }
 }
 
+/// One WireGuard reconcile of `netd serve`: the tunnels of `cfg` applied (keys, peers),
+/// with endpoint names looked up only where `resolve_name` says so. Returns the number of
+/// steps; the error says what failed (a failed apply is undone).
+pub fn reconcile(
+    cfg: &Config,
+    state_dir: &Path,
+    resolve_name: &dyn Fn(&str, &PublicKey) -> bool,
+) -> Result<usize, String> {
+    let wanted = desired(cfg, state_dir, &SystemResolver, resolve_name)
+        .map_err(|e| format!("{e}; nothing was applied"))?;
+    let mut wg = KernelWg::new()
+        .map(Wireguard::new)
+        .map_err(|e| e.to_string())?;
+    let actions = wg
+        .plan(&wanted)
+        .map_err(|e| format!("{e}; nothing was applied"))?;
+    if !actions.is_empty() {
+        wg.apply(&actions).map_err(|e| e.to_string())?;
+    }
+    Ok(actions.len())
+}
+
+/// Peers due for a new endpoint lookup (no handshake for over 2 minutes, or not in the
+/// kernel yet), as the kernel has them now.
+pub fn due_now() -> impl Fn(&str, &PublicKey) -> bool {
+    let observed = KernelWg::new().and_then(|mut k| k.observe()).ok();
+    let now = SystemTime::now();
+    move |ifname: &str, key: &PublicKey| {
+        observed
+            .as_ref()
+            .and_then(|o| o.device(ifname))
+            .and_then(|d| d.peer(key))
+            .is_none_or(|p| resolve_due(p.last_handshake, now))
+    }
+}
+
 fn peer_names(config: Option<&Path>) -> BTreeMap<(String, PublicKey), String> {
     match config.and_then(|p| crate::cli::load_config(p).ok()) {
         Some(cfg) => peer_names_of(&cfg),
