@@ -94,6 +94,7 @@ async fn run(args: Args) -> Result<(), String> {
         appliance::load_str(&text)
             .map_err(|d| d.render(&text, &args.config.display().to_string(), false))?,
     );
+    dnsd::reclaim::start();
     let client = http_client().map_err(|e| e.to_string())?;
     let mut refresher = Refresher::new(ListStore::new(&args.lists_dir), client, &cfg.dns);
     if refresher.lists().is_empty() {

@@ -223,7 +223,7 @@ impl Daemon {
                 let p = p.with_pauses_of(&self.resolver.policy());
                 self.resolver.swap_policy(Arc::new(p));
                 tracing::info!(lists = lists.len(), "policy swapped after a list update");
-                st.lists = lists;
+                crate::reclaim::later(std::mem::replace(&mut st.lists, lists));
             }
             Err(e) => tracing::error!(error = %e, "list update not applied"),
         }
@@ -361,7 +361,7 @@ impl Daemon {
                 .swap_policy(Arc::new(policy.with_pauses_of(&self.resolver.policy())));
             self.resolver.reload_tables(&cfg);
             st.cfg = Arc::new(cfg);
-            st.lists = lists.clone();
+            crate::reclaim::later(std::mem::replace(&mut st.lists, lists.clone()));
             // The old refresher's lists are of the old config: from now on it is ignored.
             st.generation += 1;
         }

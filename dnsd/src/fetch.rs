@@ -170,9 +170,18 @@ impl ListStore {
         previous: Option<Arc<CompiledList>>,
     ) -> Result<Outcome, FetchError> {
         let source = source_of(list).ok_or_else(|| FetchError::NoSource { name: name.into() })?;
-        let old = self
-            .meta(name)
-            .filter(|m| m.source == source && self.bin(name).exists());
+        // Every file of the store is read and written (with its fsyncs) away from the
+        // runtime's workers: on a busy disk one fsync can take a hundred milliseconds, and
+        // the single worker of the appliance is the one that reads the UDP socket.
+        let old = {
+            let (store, name, source) = (self.clone(), name.to_owned(), source.clone());
+            off_the_workers(move || {
+                Ok(store
+                    .meta(&name)
+                    .filter(|m| m.source == source && store.bin(&name).exists()))
+            })
+            .await?
+        };
         let (raw, spooled, sha, etag, last_modified) = match (&list.url, &list.file) {
             (Some(url), _) => {
                 let spool = self.dir.join(format!("{name}.download"));
@@ -181,7 +190,12 @@ impl ListStore {
                         (spool, true, Some(sha), etag, last_modified)
                     }
                     None => {
-                        self.touch(name, old);
+                        let (store, name) = (self.clone(), name.to_owned());
+                        off_the_workers(move || {
+                            store.touch(&name, old);
+                            Ok(())
+                        })
+                        .await?;
                         return Ok(Outcome::Unchanged);
                     }
                 }
@@ -193,35 +207,26 @@ impl ListStore {
             raw,
             spooled,
             sha,
-            old_sha: old.as_ref().map(|m| m.sha256.clone()),
             format: list.format,
             previous,
-            bin: self.bin(name),
             kept_copy: self.dir.join(format!("{name}.list")),
-            source_name: source.clone(),
-        };
-        let Some((compiled, sha)) = off_the_workers(move || job.run()).await? else {
-            self.touch(name, old);
-            return Ok(Outcome::Unchanged);
-        };
-        let stats = compiled.stats;
-        let t = now();
-        self.write_meta(
-            name,
-            &ListMeta {
+            store: self.clone(),
+            name: name.to_owned(),
+            meta: ListMeta {
                 source,
                 etag,
                 last_modified,
-                sha256: sha,
-                checked_at: t,
-                updated_at: t,
-                stats,
+                ..ListMeta::default()
             },
-        )?;
+            old,
+        };
+        let Some(compiled) = off_the_workers(move || job.run()).await? else {
+            return Ok(Outcome::Unchanged);
+        };
         tracing::info!(
             list = name,
-            entries = stats.entries,
-            skipped = stats.skipped,
+            entries = compiled.stats.entries,
+            skipped = compiled.stats.skipped,
             shared = compiled.block.is_layered(),
             "list updated"
         );
@@ -276,7 +281,8 @@ fn hash_file(path: &Path) -> std::io::Result<String> {
     Ok(hex(&sha.finalize()))
 }
 
-/// One list to hash, parse, compile and store, away from the async workers.
+/// One list to hash, parse, compile and store, with its metadata, away from the async
+/// workers.
 struct Compile {
     /// The list text: the spooled download or the list file.
     raw: PathBuf,
@@ -284,17 +290,21 @@ struct Compile {
     spooled: bool,
     /// Known when the download hashed the body on its way to disk.
     sha: Option<String>,
-    old_sha: Option<String>,
     format: appliance::model::ListFormat,
     previous: Option<Arc<CompiledList>>,
-    bin: PathBuf,
     kept_copy: PathBuf,
-    source_name: String,
+    store: ListStore,
+    name: String,
+    /// The metadata to store with a new copy: source and validators.
+    meta: ListMeta,
+    /// The stored copy's metadata, if that copy is usable.
+    old: Option<ListMeta>,
 }
 
 impl Compile {
-    /// `None` when the text has not changed since the stored copy.
-    fn run(mut self) -> Result<Option<(CompiledList, String)>, FetchError> {
+    /// `None` when the text has not changed since the stored copy (whose check time is
+    /// then brought forward).
+    fn run(mut self) -> Result<Option<CompiledList>, FetchError> {
         let out = self.compile();
         if self.spooled {
             let kept = match &out {
@@ -305,7 +315,24 @@ impl Compile {
                 tracing::warn!(path = %self.raw.display(), error = %e, "cannot tidy the downloaded list");
             }
         }
-        out
+        match out? {
+            Some((compiled, sha)) => {
+                let t = now();
+                let meta = ListMeta {
+                    sha256: sha,
+                    checked_at: t,
+                    updated_at: t,
+                    stats: compiled.stats,
+                    ..self.meta
+                };
+                self.store.write_meta(&self.name, &meta)?;
+                Ok(Some(compiled))
+            }
+            None => {
+                self.store.touch(&self.name, self.old.take());
+                Ok(None)
+            }
+        }
     }
 
     fn compile(&mut self) -> Result<Option<(CompiledList, String)>, FetchError> {
@@ -317,7 +344,7 @@ impl Compile {
             Some(s) => s,
             None => hash_file(&self.raw).map_err(io)?,
         };
-        if self.old_sha.as_deref() == Some(sha.as_str()) {
+        if self.old.as_ref().map(|m| m.sha256.as_str()) == Some(sha.as_str()) {
             return Ok(None);
         }
         let file = std::fs::File::open(&self.raw).map_err(io)?;
@@ -335,11 +362,11 @@ impl Compile {
         let compiled = CompiledList::compile(parsed)?;
         if compiled.is_empty() {
             return Err(FetchError::Empty {
-                source_name: self.source_name.clone(),
+                source_name: self.meta.source.clone(),
                 skipped: stats.skipped,
             });
         }
-        compiled.save(&self.bin)?;
+        compiled.save(&self.store.bin(&self.name))?;
         Ok(Some((compiled, sha)))
     }
 }
@@ -372,7 +399,7 @@ async fn off_the_workers<T: Send + 'static>(
 /// Nice 19 for the calling thread only: Linux applies `setpriority(PRIO_PROCESS, tid)` to
 /// the one thread. Failing leaves a normal priority, which still works, only with more
 /// latency during a reload.
-fn lower_priority() {
+pub(crate) fn lower_priority() {
     let tid = rustix::thread::gettid();
     if let Err(e) = rustix::process::setpriority_process(Some(tid), 19) {
         tracing::warn!(error = %e, "cannot lower the priority of the list compile thread");

@@ -15,6 +15,7 @@ pub mod matcher;
 pub mod metrics;
 pub mod policy;
 pub mod querylog;
+pub mod reclaim;
 pub mod refresh;
 pub mod server;
 pub mod stats;

@@ -272,6 +272,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
         ));
     }
 
+    dnsd::reclaim::start();
     let client = http_client().map_err(|e| Fatal::Other(e.to_string()))?;
     let refresher = Refresher::new(ListStore::new(&args.lists_dir), client.clone(), &cfg.dns);
     tracing::info!(

@@ -114,7 +114,7 @@ impl Refresher {
                 Ok(Outcome::Updated(c)) => {
                     // The old copy is still shared with the policy in use; it goes when
                     // the caller swaps in a policy built from these lists.
-                    self.current.insert(name.clone(), c);
+                    crate::reclaim::later(self.current.insert(name.clone(), c));
                     self.failed_at.remove(&name);
                     changed = true;
                 }
@@ -151,6 +151,13 @@ impl Refresher {
     /// Replaces a list by hand (tests and `applctl dns` use it).
     pub fn insert(&mut self, name: &str, list: Arc<crate::compiled::CompiledList>) {
         self.current.insert(name.to_owned(), list);
+    }
+}
+
+impl Drop for Refresher {
+    /// A refresher replaced by a reload may hold the last copies of the old config's lists.
+    fn drop(&mut self) {
+        crate::reclaim::later(std::mem::take(&mut self.current));
     }
 }
 

@@ -311,8 +311,14 @@ impl Resolver {
     }
 
     /// Puts a new policy in place. Queries in flight finish with the old one; none fails.
+    /// The old one is freed on the reclaim thread ([`crate::reclaim`]): it may hold the
+    /// last reference to a list of tens of MB.
+    ///
+    /// The fast path's copies of cached answers stay: it decides with the policy before it
+    /// looks at them, so a name the new policy blocks is blocked, and names it no longer
+    /// blocks were never copied.
     pub fn swap_policy(&self, policy: Arc<Policy>) {
-        self.policy.store(policy);
+        crate::reclaim::later(self.policy.swap(policy));
     }
 
     pub fn policy(&self) -> Arc<Policy> {

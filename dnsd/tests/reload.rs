@@ -207,3 +207,88 @@ async fn a_reload_under_queries_answers_every_query() {
     assert_eq!(answered, sent);
     server.shutdown().await.unwrap();
 }
+
+/// Whether a thread of this process waits in `open` of a FIFO for the other end.
+fn a_thread_waits_on_a_fifo() -> bool {
+    std::fs::read_dir("/proc/self/task").unwrap().any(|t| {
+        std::fs::read_to_string(t.unwrap().path().join("wchan"))
+            .is_ok_and(|w| w.trim() == "wait_for_partner")
+    })
+}
+
+/// The store's files are read and written (fsyncs included) off the runtime's workers: a
+/// list check whose metadata write hangs, here on a FIFO put where its temp file goes,
+/// leaves the one worker free to answer queries. When the write ran on the worker, a
+/// slow disk stalled every query behind it. The test asserts no time: the FIFO holds the
+/// write until the query has its answer (or the client gave up).
+#[tokio::test]
+async fn a_hanging_store_write_does_not_hold_up_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.txt");
+    let lists = dir.path().join("lists");
+    std::fs::write(&file, hosts(0..1000, "")).unwrap();
+    let cfg = appliance::load_str(&format!(
+        "version = 1\n[dns]\nupstreams = [\"127.0.0.1:9\"]\n[dns.lists.big]\nfile = \"{}\"\nformat = \"hosts\"\n",
+        file.display()
+    ))
+    .unwrap();
+    let mut refresher = Refresher::new(ListStore::new(&lists), http_client().unwrap(), &cfg.dns);
+    assert!(refresher.run_due().await, "the first compile");
+    let resolver = Arc::new(Resolver::new(
+        &cfg,
+        Arc::new(Policy::build(&cfg, refresher.lists()).unwrap()),
+    ));
+    let server = Server::bind(Arc::clone(&resolver), vec!["127.0.0.1:0".parse().unwrap()])
+        .await
+        .unwrap();
+    let addr = server.addresses()[0];
+
+    // Due again with the same text: the check only records its time in big.json, through
+    // big.tmp.
+    make_due(&lists);
+    let fifo = lists.join("big.tmp");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    // The client has a runtime of its own, so that a stalled server shows as a query
+    // without an answer rather than as a test that hangs.
+    let asker = std::thread::spawn(move || {
+        while !a_thread_waits_on_a_fifo() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let answer = rt.block_on(async {
+            let conn = UdpClientStream::builder(addr, TokioRuntimeProvider::default())
+                .with_timeout(Some(Duration::from_secs(10)))
+                .build();
+            let (mut client, bg) = Client::<TokioRuntimeProvider>::from_sender(conn);
+            tokio::spawn(bg);
+            let name = Name::from_ascii("x.h5.reload.test.").unwrap();
+            client.query(name, DNSClass::IN, RecordType::A).await
+        });
+        // Lets the write go on: it ends there, since a FIFO cannot be fsynced.
+        drop(std::fs::read(&fifo));
+        answer.map(|r| r.metadata.response_code)
+    });
+    let check = tokio::spawn(async move { refresher.run_due().await });
+    assert!(
+        !check.await.unwrap(),
+        "an unchanged list is not a change, even when its check time cannot be recorded"
+    );
+    let answer = tokio::task::spawn_blocking(move || asker.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.unwrap(),
+        ResponseCode::NoError,
+        "answered while the store write waited"
+    );
+    server.shutdown().await.unwrap();
+}
