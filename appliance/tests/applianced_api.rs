@@ -12,85 +12,23 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::time::Duration;
+use std::process::Stdio;
 
-use appliance::accounts::{audit, password};
+use appliance::accounts::audit;
 use appliance::api::tls;
 use appliance::store::Store;
 use reqwest::StatusCode;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject as _;
 use serde_json::{Value, json};
 
-use common::{Daemon, free_port};
-
-const ADMIN_PW: &str = "alice-Very-secret-1";
-const VIEWER_PW: &str = "victor-Very-secret-2";
-
-fn hash(pw: &str) -> String {
-    // A cheap cost keeps the debug-built test fast; the cost is read from the hash.
-    password::hash_with(pw, argon2::Params::new(8, 1, 1, None).unwrap()).unwrap()
-}
+use common::{
+    ADMIN_PW, Daemon, VIEWER_PW, applctl, client_trusting, free_port, token, token_file,
+    users_toml, wait_ready,
+};
 
 fn config_with_users() -> String {
-    format!(
-        "{}\n[api.users.alice]\nrole = \"admin\"\npassword_hash = \"{}\"\n\n\
-         [api.users.victor]\nrole = \"viewer\"\npassword_hash = \"{}\"\n",
-        appliance::DEFAULT_CONFIG,
-        hash(ADMIN_PW),
-        hash(VIEWER_PW)
-    )
-}
-
-/// Waits until applianced has written its fingerprint and accepts connections; fails with
-/// its exit status when it died.
-fn wait_ready(child: &mut Child, fingerprint: &Path, addr: SocketAddr) {
-    for _ in 0..600 {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("applianced exited before serving the API: {status}");
-        }
-        if fingerprint.exists() && TcpStream::connect(addr).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("applianced did not serve the API on {addr}");
-}
-
-fn client_trusting(cert: &Path) -> reqwest::Client {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(cert).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(config)
-        .build()
-        .unwrap()
-}
-
-async fn token(client: &reqwest::Client, base: &str, user: &str, pw: &str) -> String {
-    let r = client
-        .post(format!("{base}/auth/login"))
-        .json(&json!({"user": user, "password": pw}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK, "login of {user}");
-    r.json::<Value>().await.unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    format!("{}\n{}", appliance::DEFAULT_CONFIG, users_toml())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,50 +185,6 @@ fn spawn_applianced(
         .unwrap();
     wait_ready(&mut child, &fingerprint_file, addr);
     (Daemon(child), addr, dir.join("api"), store)
-}
-
-/// An API token made by alice with `role`, written to a file under `dir`.
-async fn token_file(
-    client: &reqwest::Client,
-    base: &str,
-    session: &str,
-    role: &str,
-    dir: &Path,
-) -> std::path::PathBuf {
-    let r = client
-        .post(format!("{base}/auth/tokens"))
-        .bearer_auth(session)
-        .json(&json!({"name": format!("applctl-{role}"), "role": role, "expires_in": 3600}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let token = r.json::<Value>().await.unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let path = dir.join(format!("{role}.token"));
-    std::fs::write(&path, format!("{token}\n")).unwrap();
-    path
-}
-
-/// Runs the applctl binary; returns its exit code, stdout and stderr. The environment
-/// variables that would pick a transport are cleared so only the arguments count.
-fn applctl(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_applctl"))
-        .args(args)
-        .env_remove("APPLCTL_REMOTE")
-        .env_remove("APPLCTL_TOKEN")
-        .env_remove("APPLCTL_TOKEN_FILE")
-        .env_remove("APPLCTL_FINGERPRINT")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

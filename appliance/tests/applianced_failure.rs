@@ -17,13 +17,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 
 use appliance::control::ControlClient;
 use appliance::store::Store;
 use serde_json::Value;
+
+use common::{Children, read_logs, sibling_bins, wait_for};
 
 const BASE: &str = r#"version = 1
 
@@ -40,63 +41,6 @@ forward = "drop"
 upstreams = ["127.0.0.1:9"]
 cache_size = 1000
 "#;
-
-/// The binaries of netd and dnsd beside applianced's, brought up to date in one cargo run
-/// (they are other packages of the workspace, which `cargo test -p appliance` does not
-/// build).
-fn sibling_bins() -> (PathBuf, PathBuf) {
-    let beside = |name: &str| Path::new(env!("CARGO_BIN_EXE_applianced")).with_file_name(name);
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args([
-            "build", "--quiet", "-p", "netd", "--bin", "netd", "-p", "dnsd", "--bin", "dnsd",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "building netd and dnsd: {out:?}");
-    (beside("netd"), beside("dnsd"))
-}
-
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn wait_for(children: &mut Children, path: &Path, logs: &Path) {
-    for _ in 0..600 {
-        if path.exists() {
-            return;
-        }
-        for c in &mut children.0 {
-            if let Some(status) = c.try_wait().unwrap() {
-                panic!(
-                    "a daemon exited ({status}) before {} appeared; logs in {}:\n{}",
-                    path.display(),
-                    logs.display(),
-                    read_logs(logs)
-                );
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{} did not appear:\n{}", path.display(), read_logs(logs));
-}
-
-fn read_logs(dir: &Path) -> String {
-    let mut out = String::new();
-    for name in ["netd.log", "dnsd.log", "applianced.log"] {
-        let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
-        out.push_str(&format!("--- {name}\n{text}\n"));
-    }
-    out
-}
 
 fn generation_of(socket: &Path) -> Option<u64> {
     let rt = tokio::runtime::Builder::new_current_thread()

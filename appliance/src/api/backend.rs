@@ -224,6 +224,14 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     async fn dns_stats(&self) -> Result<Value, BackendError>;
     async fn dns_log(&self, query: DnsLogQuery) -> Result<Value, BackendError>;
     async fn storage_status(&self) -> Result<Value, BackendError>;
+    /// netd's status document: links with addresses and byte counters, DHCP leases,
+    /// WireGuard peers (last handshake, bytes) and firewall rule counters.
+    async fn network_status(&self) -> Result<Value, BackendError> {
+        Err(BackendError::Unavailable {
+            daemon: "netd".into(),
+            reason: "this backend does not reach netd".into(),
+        })
+    }
     /// Adds a peer to `tunnel` as a new generation, applied; returns the client config.
     async fn wireguard_peer_add(
         &self,

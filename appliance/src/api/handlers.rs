@@ -525,6 +525,13 @@ pub async fn storage_status(State(state): State<AppState>, _a: Authed) -> ApiRes
     Ok(Json(state.backend.storage_status().await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/network/status", tag = "network",
+    responses((status = 200, description = "netd's status document: `links` (state, MTU, MAC, addresses, byte counters), `dhcp.leases`, `wireguard.interfaces[].peers` (last handshake, bytes), `firewall_rules` (packets, bytes), `generation`, `last_error`", body = Object),
+        (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn network_status(State(state): State<AppState>, _a: Authed) -> ApiResult<Value> {
+    Ok(Json(state.backend.network_status().await?))
+}
+
 #[utoipa::path(post, path = "/api/v1/wireguard/{tunnel}/peers", tag = "wireguard",
     params(("tunnel" = String, Path, description = "the tunnel's name in [wireguard]")),
     request_body = PeerAdd,

@@ -73,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/dns/stats", get(h::dns_stats))
         .route("/api/v1/dns/log", get(h::dns_log))
         .route("/api/v1/storage/status", get(h::storage_status))
+        .route("/api/v1/network/status", get(h::network_status))
         .route(
             "/api/v1/wireguard/{tunnel}/peers",
             post(h::wireguard_peer_add),
@@ -125,7 +126,7 @@ impl utoipa::Modify for BearerAuth {
         handlers::token_delete, handlers::config_get, handlers::config_put, handlers::config_plan,
         handlers::config_apply, handlers::config_confirm, handlers::config_rollback,
         handlers::config_history, handlers::status, handlers::dns_stats, handlers::dns_log,
-        handlers::storage_status, handlers::wireguard_peer_add, handlers::update_status,
+        handlers::storage_status, handlers::network_status, handlers::wireguard_peer_add, handlers::update_status,
         handlers::update_install, handlers::metrics
     ),
     components(schemas(error::ErrorBody)),

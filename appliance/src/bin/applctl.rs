@@ -20,6 +20,8 @@ mod fingerprint;
 mod passwd;
 #[path = "applctl/socket.rs"]
 mod socket;
+#[path = "applctl/status.rs"]
+mod status;
 #[path = "applctl/storage.rs"]
 mod storage;
 #[path = "applctl/txn.rs"]
@@ -118,8 +120,13 @@ enum Command {
     },
     /// The generations applianced keeps; `*` marks the active one.
     History(txn::TxnArgs),
-    /// The active generation, a change waiting for a confirm, and each daemon.
-    Status(txn::TxnArgs),
+    /// The active generation, a change waiting for a confirm, and each daemon; `status net`
+    /// shows netd's links, leases, WireGuard peers and firewall counters.
+    Status {
+        what: Option<status::StatusOf>,
+        #[command(flatten)]
+        txn: txn::TxnArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -318,7 +325,11 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Confirm(t) => txn::confirm(t),
         Command::Rollback { generation, txn: t } => txn::rollback(t, *generation),
         Command::History(t) => txn::history(t),
-        Command::Status(t) => txn::status(t),
+        Command::Status { what: None, txn: t } => txn::status(t),
+        Command::Status {
+            what: Some(status::StatusOf::Net),
+            txn: t,
+        } => txn::net_status(t),
         Command::Wg(w) => wg::run(cli, w),
     }
 }

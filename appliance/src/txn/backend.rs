@@ -373,6 +373,19 @@ impl Backend for EngineBackend {
             .map_err(|e| client_error("stored", e))
     }
 
+    async fn network_status(&self) -> Result<Value, BackendError> {
+        match self.engine.daemon_status("netd").await {
+            Some(Ok(v)) => Ok(v),
+            Some(Err(e)) => Err(BackendError::Unavailable {
+                daemon: "netd".into(),
+                reason: e.to_string(),
+            }),
+            None => Err(BackendError::Internal(
+                "applianced was started without netd".into(),
+            )),
+        }
+    }
+
     async fn wireguard_peer_add(
         &self,
         tunnel: String,

@@ -35,6 +35,11 @@ pub trait Daemon: Send + Sync + std::fmt::Debug {
     fn apply(&self, generation: u64) -> BoxFuture<'_, Result<Vec<String>, DaemonError>>;
     /// Its `GET /v1/status`.
     fn status(&self) -> BoxFuture<'_, Result<Value, DaemonError>>;
+    /// Its status with the parts that cost more to read (netd's firewall rule counters),
+    /// for a person asking: `applctl status net`, the API's network status.
+    fn status_detail(&self) -> BoxFuture<'_, Result<Value, DaemonError>> {
+        self.status()
+    }
 }
 
 /// A daemon reached over its control socket (docs/control.md).
@@ -105,6 +110,16 @@ impl Daemon for ControlDaemon {
         Box::pin(async move {
             self.client
                 .get_json("/v1/status")
+                .await
+                .map_err(daemon_error)
+        })
+    }
+
+    fn status_detail(&self) -> BoxFuture<'_, Result<Value, DaemonError>> {
+        // Daemons ignore query parameters they do not know.
+        Box::pin(async move {
+            self.client
+                .get_json("/v1/status?counters=1")
                 .await
                 .map_err(daemon_error)
         })

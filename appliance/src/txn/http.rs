@@ -3,6 +3,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET /v1/status` | active generation, pending change, every daemon's status |
+//! | `GET /v1/status/{daemon}` | that daemon's own status document (netd: links, addresses, leases, WireGuard peers, rule counters) |
 //! | `GET /v1/history` | the stored generations |
 //! | `POST /v1/apply {"config", "comment"?, "confirm_seconds"?}` | the transaction's report |
 //! | `POST /v1/confirm` | `{"confirmed": N}` |
@@ -103,6 +104,19 @@ pub async fn route(
         "/v1/status" => {
             req.only(&Method::GET)?;
             json_of(&engine.status(now).await?)
+        }
+        path if path.starts_with("/v1/status/") => {
+            req.only(&Method::GET)?;
+            let name = path.trim_start_matches("/v1/status/");
+            match engine.daemon_status(name).await {
+                Some(Ok(v)) => Ok(Reply::Json(v)),
+                Some(Err(e)) => Err(ApiError::Internal(format!(
+                    "{name} does not answer: {e}; check `systemctl status {name}`"
+                ))),
+                None => Err(ApiError::NotFound(format!(
+                    "{path}: applianced drives no daemon called {name:?} (netd, dnsd, stored)"
+                ))),
+            }
         }
         "/v1/history" => {
             req.only(&Method::GET)?;

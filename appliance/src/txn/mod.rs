@@ -377,6 +377,17 @@ impl Engine {
         })
     }
 
+    /// One daemon's own status document (its `GET /v1/status`), like netd's links,
+    /// leases, WireGuard peers and rule counters; `None` for a name the engine does not
+    /// drive.
+    pub async fn daemon_status(
+        &self,
+        name: &str,
+    ) -> Option<Result<serde_json::Value, DaemonError>> {
+        let d = self.daemons.iter().find(|d| d.name() == name)?;
+        Some(d.status_detail().await)
+    }
+
     pub fn history(&self) -> Result<Vec<GenerationInfo>, TxnError> {
         Ok(self.store.history()?.0)
     }

@@ -64,6 +64,8 @@ impl RemoteArgs {
 /// of applianced's Unix socket (see `appliance::txn::http`).
 pub trait Transport {
     fn status(&self) -> Result<Value, CliError>;
+    /// netd's own status document, passed through by applianced.
+    fn net_status(&self) -> Result<Value, CliError>;
     fn history(&self) -> Result<Value, CliError>;
     fn apply(&self, text: &str, comment: &str, confirm: Option<u64>) -> Result<Value, CliError>;
     fn confirm(&self) -> Result<Value, CliError>;
@@ -92,6 +94,9 @@ impl UnixTransport {
 impl Transport for UnixTransport {
     fn status(&self) -> Result<Value, CliError> {
         self.call("GET", "/v1/status", None)
+    }
+    fn net_status(&self) -> Result<Value, CliError> {
+        self.call("GET", "/v1/status/netd", None)
     }
     fn history(&self) -> Result<Value, CliError> {
         self.call("GET", "/v1/history", None)
@@ -266,6 +271,10 @@ impl Transport for HttpsTransport {
             }
         }
         Ok(json!({ "active": active, "pending": pending, "daemons": daemons }))
+    }
+
+    fn net_status(&self) -> Result<Value, CliError> {
+        self.call("GET", "/network/status", None)
     }
 
     fn history(&self) -> Result<Value, CliError> {
@@ -592,6 +601,15 @@ pub fn status(args: &TxnArgs) -> Result<(), CliError> {
             }
         }
         out
+    });
+    Ok(())
+}
+
+/// `applctl status net`: netd's links, leases, WireGuard peers and rule counters.
+pub fn net_status(args: &TxnArgs) -> Result<(), CliError> {
+    let r = transport(args)?.net_status()?;
+    print(args.json, &r, |r| {
+        super::status::render_net(r, super::status::now())
     });
     Ok(())
 }
