@@ -197,3 +197,119 @@ fn status_and_metrics_show_links_leases_and_rule_counters() {
         .unwrap();
     assert!(packets >= 3, "{metrics}");
 }
+
+const WAN_CONFIG: &str = r#"version = 1
+
+[interfaces.wan]
+device = "wan0"
+ipv4 = "dhcp"
+
+[firewall.zones.wan]
+interfaces = ["wan"]
+input = "drop"
+forward = "drop"
+masquerade = true
+"#;
+
+/// The WAN lease in the status and metrics of `netd serve`: its DHCP client leases from
+/// dnsmasq in an "internet" namespace, and the status shows what the client holds.
+#[test]
+fn status_shows_the_wan_lease_from_a_real_dhcp_server() {
+    common::require_root();
+    common::require_working(&["ip", "netns", "list"], "iproute2");
+    common::require_working(&["nft", "--version"], "nftables");
+    common::require_working(&["dnsmasq", "--version"], "dnsmasq");
+    let internet = Netns::new("internet");
+    let router = Netns::new("router");
+    internet.ip(&format!(
+        "link add up0 type veth peer name wan0 netns {}",
+        router.name
+    ));
+    internet.ip("addr add 203.0.113.1/24 dev up0");
+    internet.ip("link set up0 up");
+    let dir = tempfile::tempdir().unwrap();
+    let _dnsmasq = Killed(
+        internet
+            .command("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--port=0",
+                "--user=root",
+                "--pid-file",
+                "--interface=up0",
+                "--bind-interfaces",
+                "--dhcp-authoritative",
+                "--dhcp-range=203.0.113.100,203.0.113.150,255.255.255.0,1h",
+                "--dhcp-option=option:router,203.0.113.1",
+                "--dhcp-option=option:dns-server,192.0.2.53",
+            ])
+            .arg(format!(
+                "--dhcp-leasefile={}",
+                dir.path().join("dnsmasq.leases").display()
+            ))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let store = appliance::store::Store::open(dir.path().join("config")).unwrap();
+    let n = store.commit(WAN_CONFIG, "dhcp wan").unwrap();
+    store.activate(n).unwrap();
+    let socket = dir.path().join("netd.sock");
+    let _netd = Killed(
+        router
+            .command(env!("CARGO_BIN_EXE_netd"))
+            .arg("serve")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--data-dir")
+            .arg(dir.path().join("config"))
+            .arg("--firewall-state")
+            .arg(dir.path().join("firewall.json"))
+            .arg("--dhcp-dir")
+            .arg(dir.path().join("dhcp"))
+            .arg("--wan-dns-file")
+            .arg(dir.path().join("wan-dns.json"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let lease = loop {
+        if socket.exists() {
+            let status: Value = serde_json::from_str(&get(&socket, "/v1/status")).unwrap();
+            let wan = &status["net"]["wan"];
+            assert_eq!(wan[0]["link"], "wan", "{status:#}");
+            if !wan[0]["lease"].is_null() {
+                break wan[0]["lease"].clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no WAN lease in netd serve's status"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let address = lease["address"].as_str().unwrap();
+    assert!(address.starts_with("203.0.113.1"), "{lease}");
+    assert!(address.ends_with("/24"), "{lease}");
+    assert_eq!(lease["router"], "203.0.113.1", "{lease}");
+    assert_eq!(lease["dns"], serde_json::json!(["192.0.2.53"]), "{lease}");
+    assert_eq!(lease["server"], "203.0.113.1", "{lease}");
+    let (acquired, expires) = (
+        lease["acquired"].as_u64().unwrap(),
+        lease["expires"].as_u64().unwrap(),
+    );
+    assert_eq!(expires - acquired, 3600, "{lease}");
+    // The lease the status shows is the one on the link.
+    let on_link = router.sh("ip -4 -o addr show dev wan");
+    assert!(on_link.contains(address), "{on_link} vs {lease}");
+    let metrics = get(&socket, "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == format!("netd_wan_lease_expiry_seconds{{link=\"wan\"}} {expires}")),
+        "{metrics}"
+    );
+}

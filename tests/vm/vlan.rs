@@ -12,7 +12,9 @@
 //! Each client gets a lease on its VLAN, reaches 198.51.100.7 (the "internet" has no
 //! route back to the VLANs: only masquerade brings the answer back), and cannot reach
 //! the other VLAN's client. The WAN NIC keeps the harness's SSH (its own zone, input
-//! accepted). Until the image's netd.service owns the NICs from an imported config, netd
+//! accepted). The same `netd serve` runs WireGuard (the host kernel has none): it makes
+//! the config's tunnel and key, and its endpoint watch looks a peer's DNS name up again
+//! while the peer has no handshake (`/etc/hosts` changed under it). Until the image's netd.service owns the NICs from an imported config, netd
 //! runs by hand; `NETD_BIN`/`APPLCTL_BIN` run host builds instead of the image's.
 
 use std::fs;
@@ -80,6 +82,15 @@ interfaces = ["lan20"]
 input = "accept"
 forward = "drop"
 
+[wireguard.wg0]
+addresses = ["10.8.0.1/24"]
+listen_port = 51820
+
+[wireguard.wg0.peers.office]
+public_key = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+allowed_ips = ["10.8.0.2/32"]
+endpoint = "office.test:51820"
+
 [[firewall.policies]]
 from = "v10"
 to = "isp"
@@ -142,7 +153,12 @@ fn vlan_trunk_clients_get_leases_reach_wan_masqueraded_and_not_each_other() {
     // netd releases the WAN's DHCP lease and its address, and with it the harness's SSH.
     vm.sh("systemctl mask --runtime netd.service; \
          systemctl kill --signal=SIGKILL netd.service; sleep 1; \
-         systemctl reset-failed netd.service; modprobe 8021q");
+         systemctl reset-failed netd.service; modprobe 8021q; modprobe wireguard");
+    // The peer's endpoint name, in a hosts file this test can change (the root is read-only).
+    vm.sh(
+        "cp /etc/hosts /tmp/hosts && echo '192.0.2.10 office.test' >> /tmp/hosts \
+         && mount --bind /tmp/hosts /etc/hosts",
+    );
     vm.sh("set -e; ip netns add inet; ip -n inet link set lo up; \
          ip link add inetv type veth peer name eth0 netns inet; \
          ip -n inet addr add 203.0.113.254/24 dev eth0; ip -n inet link set eth0 up; \
@@ -169,7 +185,8 @@ fn vlan_trunk_clients_get_leases_reach_wan_masqueraded_and_not_each_other() {
     vm.sh(&format!(
         "nohup {netd} serve --socket /tmp/netd.sock --data-dir /tmp/store \
          --firewall-state /tmp/netd-fw.json --dhcp-dir /tmp/dhcp \
-         --wan-dns-file /tmp/wan-dns.json > /tmp/netd.log 2>&1 < /dev/null &"
+         --wan-dns-file /tmp/wan-dns.json --wireguard-dir /tmp/wireguard \
+         > /tmp/netd.log 2>&1 < /dev/null &"
     ));
     vm.wait_until(
         "test -S /tmp/netd.sock || { cat /tmp/netd.log; false; }",
@@ -214,4 +231,21 @@ fn vlan_trunk_clients_get_leases_reach_wan_masqueraded_and_not_each_other() {
     // The trunk carried tagged frames only: no address on it, the VLANs on top.
     let trunk = vm.sh("ip -4 -o addr show dev trunk");
     assert!(trunk.trim().is_empty(), "{trunk}");
+
+    // WireGuard from netd serve: the tunnel, its key made on first use, the peer's
+    // endpoint resolved from its name.
+    let wg = vm.sh("ip -d link show wg0; stat -c %a /tmp/wireguard/wg0.key; wg show wg0 endpoints");
+    assert!(wg.contains("alias appliance wireguard"), "{wg}");
+    assert!(wg.contains("\n600\n"), "key mode: {wg}");
+    assert!(wg.contains("192.0.2.10:51820"), "{wg}");
+    // The peer never shakes hands: the watch (every 30 s) looks its name up again.
+    // Rewritten in place: the bind mount holds the file's inode.
+    vm.sh(
+        "sed 's/^192.0.2.10 office.test$/192.0.2.20 office.test/' /tmp/hosts > /tmp/hosts.new \
+         && cat /tmp/hosts.new > /tmp/hosts",
+    );
+    vm.wait_until(
+        "wg show wg0 endpoints | grep -q 192.0.2.20:51820",
+        Duration::from_secs(90),
+    );
 }
