@@ -5,6 +5,8 @@
 //! - `stored receive --config FILE` (the `storage.replication_listener` section) or
 //!   `stored receive --listen ADDR --identity FILE --allow FP.. --dataset DS..`: the
 //!   receiver, in the foreground.
+//! - `stored replication serve-stdio --dataset DS.. [--job JOB]`: the receiver on stdin and
+//!   stdout, for the ssh transport (`ssh.rs`).
 //! - `stored replication identity FILE`: makes this box's key and certificate (once) and
 //!   prints the fingerprint the other side pins.
 
@@ -57,6 +59,16 @@ pub enum IdentityCommand {
     /// Make a key and self-signed certificate in FILE (kept if it exists) and print its
     /// fingerprint.
     Identity { file: PathBuf },
+    /// Serve one sender on stdin and stdout: what a `transport = "ssh"` job runs on the
+    /// target, best as the forced command of its key in authorized_keys.
+    ServeStdio {
+        /// Dataset under which the sender may receive; repeat for several.
+        #[arg(long, required = true)]
+        dataset: Vec<String>,
+        /// Accept only this job's hello.
+        #[arg(long)]
+        job: Option<String>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +144,9 @@ where
                 )));
             }
             serve_receiver(&cfg).map_err(|e| F::from(e.into()))
+        }
+        Command::Replication(IdentityCommand::ServeStdio { dataset, job }) => {
+            super::ssh::serve_stdio(&dataset, job.as_deref()).map_err(|e| F::from(e.into()))
         }
         Command::Replication(IdentityCommand::Identity { file }) => {
             let id = if file.exists() {

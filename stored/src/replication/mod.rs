@@ -8,6 +8,8 @@
 //!   protocol ([`proto`]) inside mutual TLS pinned by certificate fingerprints ([`tls`]).
 //!   The receiver runs `lzc_receive_resumable`, so a cut link leaves a resume token that
 //!   the next run continues from.
+//! - [`ssh`]: the same protocol over the system `ssh` client's stdin and stdout, to
+//!   `stored replication serve-stdio` on the target; host key pinned by fingerprint.
 
 pub mod cli;
 pub mod holds;
@@ -15,6 +17,7 @@ pub mod plan;
 pub mod proto;
 mod receive;
 mod send;
+pub mod ssh;
 pub mod tls;
 
 use std::io;
@@ -46,11 +49,8 @@ pub struct JobReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplError {
-    #[error(
-        "job {job}: the ssh transport is not implemented; use transport = \"tls\" with \
-         storage.replication_listener on the target box"
-    )]
-    SshNotImplemented { job: String },
+    #[error(transparent)]
+    Ssh(#[from] ssh::SshError),
     #[error("job {job}: {what}")]
     Config { job: String, what: String },
     #[error(transparent)]

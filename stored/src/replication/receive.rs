@@ -1,7 +1,7 @@
 //! The receiver: stored's listener that takes streams from allowed senders and receives
 //! them with `lzc_receive_resumable`, one thread per connection.
 
-use std::io::{self, Write as _};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd as _;
 use std::path::PathBuf;
@@ -108,13 +108,26 @@ fn connection(
     allowed: &[String],
 ) -> Result<(), ReplError> {
     let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let link = |source| ReplError::Link {
-        target: peer.clone(),
-        source,
-    };
     tcp.set_nodelay(true).ok();
     let conn = rustls::ServerConnection::new(config).map_err(tls::TlsError::from)?;
     let mut tls: Tls = rustls::StreamOwned::new(conn, tcp);
+    serve_conn(&mut tls, &peer, allowed, None)
+}
+
+/// Answers one sender's requests on `conn` (TLS, or `stored replication serve-stdio`'s
+/// stdin and stdout) until it says `Bye` or the stream ends. Only datasets under `allowed`
+/// are touched; with `only_job` set, a hello from another job is refused.
+pub(super) fn serve_conn(
+    conn: &mut (impl Read + Write),
+    peer: &str,
+    allowed: &[String],
+    only_job: Option<&str>,
+) -> Result<(), ReplError> {
+    let link = |source| ReplError::Link {
+        target: peer.to_owned(),
+        source,
+    };
+    let mut tls = conn;
     let mut zfs = RealZfs::open()?;
     let mut job = String::new();
     let mut declared: Vec<String> = Vec::new();
@@ -130,7 +143,14 @@ fn connection(
                 job: j,
                 datasets,
             } => {
-                if version != proto::VERSION {
+                if let Some(only) = only_job.filter(|o| *o != j) {
+                    Reply::Error {
+                        message: format!(
+                            "this key may only replicate job {only}, not {j} (the forced \
+                             command in the target's authorized_keys)"
+                        ),
+                    }
+                } else if version != proto::VERSION {
                     Reply::Error {
                         message: format!(
                             "protocol version {version} is not {}; update stored on both boxes",
@@ -246,7 +266,7 @@ fn rollback(
 }
 
 /// Skips a refused stream up to its end, so that the connection stays usable.
-fn drain(tls: &mut Tls) -> io::Result<()> {
+fn drain(tls: &mut impl Read) -> io::Result<()> {
     loop {
         match proto::read_frame(tls)? {
             Frame::Data(_) => {}
@@ -266,7 +286,7 @@ fn drain(tls: &mut Tls) -> io::Result<()> {
 /// and sets `receive_resume_token`, and the error goes up (the connection is over).
 fn receive(
     zfs: &RealZfs,
-    tls: &mut Tls,
+    tls: &mut impl Read,
     snapshot: &str,
     raw: bool,
     resume: bool,

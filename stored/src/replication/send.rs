@@ -1,6 +1,6 @@
-//! The sender: one run of a job over the TLS transport.
+//! The sender: one run of a job, over mutual TLS or an `ssh` child (`Conn`).
 
-use std::io::{self, Read as _};
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsFd as _;
 use std::path::Path;
@@ -18,6 +18,20 @@ use crate::zfs::lzc::SendFlags;
 use crate::zfs::{RealZfs, Zfs as _, resume};
 
 type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// The byte stream to the receiver: mutual TLS over TCP, or the stdin and stdout of an
+/// `ssh` child (`ssh.rs`). The protocol above it is the same.
+pub(super) trait Conn: Read + Write {
+    /// Ends the stream after `Bye`, so that the receiver sees a clean end.
+    fn close(&mut self);
+}
+
+impl Conn for Tls {
+    fn close(&mut self) {
+        self.conn.send_close_notify();
+        let _ = self.conn.complete_io(&mut self.sock);
+    }
+}
 
 /// Knobs of one run that are not in the job itself.
 #[derive(Debug, Clone, Default)]
@@ -62,7 +76,7 @@ impl Limiter {
 }
 
 struct Link<'a> {
-    tls: Tls,
+    conn: Box<dyn Conn>,
     target: &'a str,
     /// This box's certificate fingerprint, for the hint when the receiver refuses it.
     fingerprint: String,
@@ -89,8 +103,8 @@ impl Link<'_> {
     }
 
     fn ask(&mut self, req: &Request) -> Result<Reply, ReplError> {
-        proto::send_msg(&mut self.tls, req).map_err(|e| self.broke(e))?;
-        let reply = proto::read_msg(&mut self.tls).map_err(|e| self.broke(e))?;
+        proto::send_msg(&mut self.conn, req).map_err(|e| self.broke(e))?;
+        let reply = proto::read_msg(&mut self.conn).map_err(|e| self.broke(e))?;
         match reply {
             Reply::Error { message } => Err(ReplError::Refused {
                 target: self.target.to_owned(),
@@ -140,39 +154,13 @@ pub fn run_job(
     options: &RunOptions,
 ) -> Result<JobReport, ReplError> {
     let started = Instant::now();
-    if job.transport == Transport::Ssh {
-        return Err(ReplError::SshNotImplemented {
-            job: name.to_owned(),
-        });
-    }
-    let identity_file = job.identity_file.as_ref().ok_or_else(|| {
-        config_err(
-            name,
-            "identity_file is not set; make one with `stored replication identity FILE`",
-        )
-    })?;
-    let pin = job.target_fingerprint.as_ref().ok_or_else(|| {
-        config_err(
-            name,
-            "target_fingerprint is not set; `stored replication identity FILE` on the target \
-             prints it",
-        )
-    })?;
-    let identity = Identity::load(Path::new(identity_file.as_str()))?;
-    let fingerprint = identity.fingerprint();
-    let config = tls::client_config(identity, &pin.to_string())?;
     let target = job.target.to_string();
-    let tcp = TcpStream::connect(&target).map_err(|source| ReplError::Connect {
-        target: target.clone(),
-        source,
-    })?;
-    tcp.set_nodelay(true).ok();
-    let server_name = ServerName::try_from(tls::SERVER_NAME)
-        .map_err(|e| config_err(name, format!("TLS name: {e}")))?;
-    let conn = rustls::ClientConnection::new(Arc::new(config), server_name)
-        .map_err(tls::TlsError::from)?;
+    let (conn, fingerprint) = match job.transport {
+        Transport::Ssh => (super::ssh::connect(name, job)?, String::new()),
+        Transport::Tls => connect_tls(name, job, &target)?,
+    };
     let mut link = Link {
-        tls: rustls::StreamOwned::new(conn, tcp),
+        conn,
         target: &target,
         fingerprint,
     };
@@ -217,9 +205,8 @@ pub fn run_job(
             oldest_newest = Some(oldest_newest.map_or(c, |o| o.min(c)));
         }
     }
-    let _ = proto::send_msg(&mut link.tls, &Request::Bye);
-    link.tls.conn.send_close_notify();
-    let _ = link.tls.conn.complete_io(&mut link.tls.sock);
+    let _ = proto::send_msg(&mut link.conn, &Request::Bye);
+    link.conn.close();
     report.duration = started.elapsed();
     report.lag = oldest_newest.map(|c| Duration::from_secs(now.saturating_sub(c).max(0) as u64));
     tracing::info!(
@@ -231,6 +218,41 @@ pub fn run_job(
         "replication run done"
     );
     Ok(report)
+}
+
+/// Mutual TLS to stored's listener, both sides pinned by certificate fingerprint; returns
+/// the stream and this box's fingerprint (for the hint when the receiver refuses it).
+fn connect_tls(
+    name: &str,
+    job: &ReplicationJob,
+    target: &str,
+) -> Result<(Box<dyn Conn>, String), ReplError> {
+    let identity_file = job.identity_file.as_ref().ok_or_else(|| {
+        config_err(
+            name,
+            "identity_file is not set; make one with `stored replication identity FILE`",
+        )
+    })?;
+    let pin = job.target_fingerprint.as_ref().ok_or_else(|| {
+        config_err(
+            name,
+            "target_fingerprint is not set; `stored replication identity FILE` on the target \
+             prints it",
+        )
+    })?;
+    let identity = Identity::load(Path::new(identity_file.as_str()))?;
+    let fingerprint = identity.fingerprint();
+    let config = tls::client_config(identity, &pin.to_string())?;
+    let tcp = TcpStream::connect(target).map_err(|source| ReplError::Connect {
+        target: target.to_owned(),
+        source,
+    })?;
+    tcp.set_nodelay(true).ok();
+    let server_name = ServerName::try_from(tls::SERVER_NAME)
+        .map_err(|e| config_err(name, format!("TLS name: {e}")))?;
+    let conn = rustls::ClientConnection::new(Arc::new(config), server_name)
+        .map_err(tls::TlsError::from)?;
+    Ok((Box::new(rustls::StreamOwned::new(conn, tcp)), fingerprint))
 }
 
 /// Replicates one dataset; returns the creation time of the newest source snapshot that
@@ -444,7 +466,7 @@ fn stream(
 ) -> Result<u64, ReplError> {
     let (mut reader, writer) = io::pipe().map_err(|e| link.broke(e))?;
     proto::send_msg(
-        &mut link.tls,
+        &mut link.conn,
         &Request::Receive {
             snapshot: target_snapshot.to_owned(),
             raw: flags.raw,
@@ -471,7 +493,7 @@ fn stream(
             if let Some(l) = limiter.as_mut() {
                 l.take(n);
             }
-            if let Err(e) = proto::send_data(&mut link.tls, buf.get(..n).unwrap_or(&[])) {
+            if let Err(e) = proto::send_data(&mut link.conn, buf.get(..n).unwrap_or(&[])) {
                 break Err(e);
             }
             bytes += n as u64;
@@ -495,8 +517,8 @@ fn stream(
         }
     };
     link_result.map_err(|e| link.broke(e))?;
-    proto::send_end(&mut link.tls, sent.is_ok()).map_err(|e| link.broke(e))?;
-    let reply: Reply = proto::read_msg(&mut link.tls).map_err(|e| link.broke(e))?;
+    proto::send_end(&mut link.conn, sent.is_ok()).map_err(|e| link.broke(e))?;
+    let reply: Reply = proto::read_msg(&mut link.conn).map_err(|e| link.broke(e))?;
     if let Err(e) = sent {
         return Err(ReplError::Send {
             snapshot: snapshot.to_owned(),
