@@ -1205,6 +1205,28 @@ impl<'a> Checker<'a> {
                     "replicate at most once a minute",
                 );
             }
+            if job.transport == Transport::Ssh {
+                if job.identity_file.is_none() {
+                    self.push(
+                        ErrorKind::MissingKey,
+                        path.clone().key("identity_file"),
+                        "an ssh job needs the private key it logs in with".into(),
+                        "identity_file = \"/data/secrets/repl_ed25519\" (ssh-keygen -t ed25519); \
+                         its .pub goes in the target's authorized_keys",
+                    );
+                }
+                if job.target_fingerprint.is_none() {
+                    self.push(
+                        ErrorKind::MissingKey,
+                        path.clone().key("target_fingerprint"),
+                        "an ssh job needs the target's host key fingerprint, so that no \
+                         other host is trusted"
+                            .into(),
+                        "on the target, `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` \
+                         prints it (SHA256:...)",
+                    );
+                }
+            }
             if job.bandwidth_limit.is_some_and(|b| b.bytes() < 1024) {
                 self.push(
                     ErrorKind::InvalidValue,

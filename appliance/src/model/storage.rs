@@ -284,7 +284,8 @@ pub enum Transport {
     /// stored's own listener, with mutual TLS.
     #[default]
     Tls,
-    /// `zfs receive` over SSH.
+    /// the system ssh client to `stored replication serve-stdio` on the target (the same
+    /// protocol; the target's host key pinned by `target_fingerprint`).
     Ssh,
 }
 
@@ -310,10 +311,12 @@ pub struct ReplicationJob {
     /// Bandwidth limit in bytes per second, like `10M`. Default: unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth_limit: Option<Size>,
-    /// SHA-256 fingerprint of the target's certificate (tls) or host key (ssh).
+    /// SHA-256 fingerprint of the target's certificate (tls) or host key (ssh, as
+    /// `ssh-keygen -l` prints it: `SHA256:...`). Required for ssh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_fingerprint: Option<Fingerprint>,
-    /// File with this box's client key (tls: PEM key and certificate; ssh: private key).
+    /// File with this box's client key (tls: PEM key and certificate; ssh: OpenSSH
+    /// private key, mode 0600, logging in as root). Required for ssh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity_file: Option<SecretPath>,
     /// Set to false to keep the job in the file but paused.

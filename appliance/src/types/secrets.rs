@@ -310,12 +310,21 @@ string_newtype!(
 );
 
 /// A SHA-256 certificate fingerprint, 64 hex digits (colons allowed), as
-/// `applctl api fingerprint` prints it.
+/// `applctl api fingerprint` prints it; or an SSH key's, `SHA256:` and 43 base64 digits, as
+/// `ssh-keygen -l` prints it (the same 32 bytes).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Fingerprint([u8; 32]);
 impl Fingerprint {
     pub fn parse(s: &str) -> Result<Self, ValueError> {
-        const HINT: &str = "a SHA-256 fingerprint is 64 hex digits, colons allowed";
+        const HINT: &str = "a SHA-256 fingerprint is 64 hex digits, colons allowed, or \
+                            SHA256: and 43 base64 digits as ssh-keygen -l prints it";
+        if let Some(b64) = s.strip_prefix("SHA256:")
+            && b64.len() == 43
+            && let Ok(bytes) = base64::engine::general_purpose::STANDARD_NO_PAD.decode(b64)
+            && let Ok(out) = <[u8; 32]>::try_from(bytes)
+        {
+            return Ok(Self(out));
+        }
         let hexs: String = s
             .strip_prefix("sha256:")
             .unwrap_or(s)
