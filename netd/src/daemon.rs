@@ -542,12 +542,19 @@ pub mod cli {
             if self.ra.as_ref().map(|r| &r.links) != Some(&adverts) {
                 // The old advertiser's last word (router lifetime 0) withdraws prefixes
                 // the new config no longer has; the new one starts at once after it.
+                let before = self
+                    .ra
+                    .as_ref()
+                    .map(|r| r.links.clone())
+                    .unwrap_or_default();
                 self.stop_ra().await;
                 if !adverts.is_empty() {
                     tracing::info!(links = ?adverts.iter().map(|l| &l.name).collect::<Vec<_>>(), "starting router advertisements");
                     let stop = Arc::new(AtomicBool::new(false));
-                    let (c, s) = (cfg.clone(), Arc::clone(&stop));
-                    let thread = std::thread::spawn(move || crate::ipv6::run(&c, s));
+                    // Prefixes a link no longer has go out with zero lifetimes.
+                    let links = crate::ipv6::with_retired(&before, &adverts);
+                    let s = Arc::clone(&stop);
+                    let thread = std::thread::spawn(move || crate::ipv6::run_links(links, s));
                     self.ra = Some(Advertiser {
                         links: adverts,
                         stop,

@@ -317,7 +317,8 @@ forward = "accept"
 /// `netd serve` runs the advertiser itself: the client gets its SLAAC address from the
 /// daemon, the status shows the WAN's SLAAC state (accept_ra 2, the address and router
 /// from the ISP) and the advertised prefix; a new generation with another LAN prefix
-/// restarts the advertiser, and the client gets an address in the new prefix; SIGTERM
+/// restarts the advertiser, the client gets an address in the new prefix and its address
+/// in the old one is deprecated; SIGTERM
 /// sends the last advertisement, and the client's default route goes.
 #[test]
 fn netd_serve_advertises_follows_new_prefixes_and_says_goodbye() {
@@ -441,6 +442,19 @@ fn netd_serve_advertises_follows_new_prefixes_and_says_goodbye() {
         global_address(&client, "eth0", "2001:db8:3:")
     });
     eprintln!("client {addr}, then {moved}");
+    // The old prefix went out with zero lifetimes: the client's address in it is no
+    // longer preferred (it stays valid for a while, as RFC 4862 wants).
+    wait_for("the old address to be deprecated", || {
+        let v: Value = client.json("-6 addr show dev eth0 scope global");
+        let old = v.as_array()?.iter().find_map(|l| {
+            l["addr_info"]
+                .as_array()?
+                .iter()
+                .find(|a| a["local"].as_str() == Some(addr.as_str()))
+                .cloned()
+        })?;
+        (old["preferred_life_time"] == 0).then_some(())
+    });
     let s = status(&socket);
     assert_eq!(
         s["net"]["ipv6"]["advertised"][0]["prefixes"],

@@ -40,6 +40,10 @@ pub struct AdvertLink {
     /// Its static global addresses; their prefixes are advertised.
     pub addresses: Vec<Ipv6Net>,
     pub mtu: Option<u32>,
+    /// Prefixes this link advertised under the previous config and no longer does: sent
+    /// with zero lifetimes so that clients deprecate their addresses in them at once
+    /// (RFC 4862 §5.5.3 keeps such an address valid for 2 more hours, not preferred).
+    pub retired: Vec<Ipv6Net>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +107,31 @@ pub fn advertised_links(cfg: &Config) -> Vec<AdvertLink> {
                 name: name.to_string(),
                 addresses,
                 mtu: a.mtu().map(|m| u32::from(m.get())),
+                retired: Vec::new(),
             })
+        })
+        .collect()
+}
+
+/// `new` with, per link that `old` advertised too, the prefixes it advertised there and
+/// `new` does not: what a restart after a config change must retire.
+pub fn with_retired(old: &[AdvertLink], new: &[AdvertLink]) -> Vec<AdvertLink> {
+    let prefixes = |l: &AdvertLink| -> Vec<Ipv6Net> {
+        let mut p: Vec<Ipv6Net> = l.addresses.iter().map(Ipv6Net::trunc).collect();
+        p.dedup();
+        p
+    };
+    new.iter()
+        .map(|n| {
+            let mut link = n.clone();
+            let keep = prefixes(n);
+            if let Some(o) = old.iter().find(|o| o.name == n.name) {
+                link.retired = prefixes(o)
+                    .into_iter()
+                    .filter(|p| !keep.contains(p))
+                    .collect();
+            }
+            link
         })
         .collect()
 }
@@ -123,6 +151,18 @@ pub fn advert(link: &AdvertLink, mac: Option<[u8; 6]>, router_lifetime: u16) -> 
             autonomous: prefix.prefix_len() == 64,
             valid_lifetime: VALID_LIFETIME,
             preferred_lifetime: PREFERRED_LIFETIME,
+        });
+    }
+    for prefix in &link.retired {
+        if prefixes.iter().any(|p| p.prefix == *prefix) {
+            continue;
+        }
+        prefixes.push(PrefixInfo {
+            prefix: *prefix,
+            on_link: true,
+            autonomous: prefix.prefix_len() == 64,
+            valid_lifetime: 0,
+            preferred_lifetime: 0,
         });
     }
     RouterAdvert {
@@ -284,7 +324,11 @@ fn serve_link(link: AdvertLink, stop: Arc<AtomicBool>) {
 /// advertise. A link that is missing or down is retried every 2 s; only a socket that
 /// cannot be made at all (no CAP_NET_RAW) is an error.
 pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<(), Ipv6Error> {
-    let links = advertised_links(cfg);
+    run_links(advertised_links(cfg), stop)
+}
+
+/// [`run`] for links already chosen (`netd serve` adds the prefixes to retire).
+pub fn run_links(links: Vec<AdvertLink>, stop: Arc<AtomicBool>) -> Result<(), Ipv6Error> {
     // Fail early and clearly without the capability, instead of retrying forever.
     if let Some(first) = links.first() {
         Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6)).map_err(|source| {
@@ -394,6 +438,48 @@ addresses = ["2001:db8:4::1/64"]
         let bye = advert(&links[0], None, 0);
         assert_eq!(bye.router_lifetime, 0);
         assert_eq!(bye.prefixes, ra.prefixes);
+    }
+
+    #[test]
+    fn a_prefix_that_left_the_config_is_retired_with_zero_lifetimes() {
+        let old = advertised_links(&cfg(ROUTER));
+        let new = advertised_links(&cfg(
+            &ROUTER.replace("\"2001:db8:1::1/64\", ", "\"2001:db8:5::1/64\", ")
+        ));
+        let next = with_retired(&old, &new);
+        let lan = &next[0];
+        assert_eq!(lan.name, "lan");
+        assert_eq!(lan.retired, ["2001:db8:1::/64".parse::<Ipv6Net>().unwrap()]);
+        // The iot VLAN kept its prefix: nothing to retire there.
+        assert!(next[1].retired.is_empty());
+        let ra = advert(lan, None, ROUTER_LIFETIME);
+        let lifetimes: Vec<(String, u32, u32)> = ra
+            .prefixes
+            .iter()
+            .map(|p| (p.prefix.to_string(), p.valid_lifetime, p.preferred_lifetime))
+            .collect();
+        assert_eq!(
+            lifetimes,
+            [
+                (
+                    "2001:db8:5::/64".to_string(),
+                    VALID_LIFETIME,
+                    PREFERRED_LIFETIME
+                ),
+                (
+                    "2001:db8:9::/56".to_string(),
+                    VALID_LIFETIME,
+                    PREFERRED_LIFETIME
+                ),
+                ("2001:db8:1::/64".to_string(), 0, 0),
+            ]
+        );
+        // A prefix that comes back is advertised again, not retired.
+        let back = with_retired(&new, &old);
+        assert_eq!(
+            back[0].retired,
+            ["2001:db8:5::/64".parse::<Ipv6Net>().unwrap()]
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod packet;
 
 pub use advertise::{
-    AdvertLink, Ipv6Error, MAX_INTERVAL, ROUTER_LIFETIME, advert, advertised_links, run,
+    AdvertLink, Ipv6Error, MAX_INTERVAL, ROUTER_LIFETIME, advert, advertised_links, run, run_links,
+    with_retired,
 };
 pub use packet::{ParseError, PrefixInfo, Rdnss, RouterAdvert, RouterSolicit};
