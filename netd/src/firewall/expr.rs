@@ -2,10 +2,10 @@
 //! the nft rules it produces.
 
 use std::borrow::Cow;
-use std::net::IpAddr;
 
 use appliance::model::Verdict;
 use appliance::types::{Cidr, PortRange};
+use ipnet::IpNet;
 use nftables::expr::{
     Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, Range, SetItem,
     Verdict as VerdictExpr,
@@ -95,17 +95,17 @@ pub fn ports(ps: &[PortRange]) -> Expr {
 /// A network as nft writes it: the bare address for a host, else address/prefix with the
 /// host bits cleared (nft refuses a prefix with host bits set).
 pub fn network(c: &Cidr) -> Expr {
-    let net = c.network();
-    let full = match net.addr() {
-        IpAddr::V4(_) => 32,
-        IpAddr::V6(_) => 128,
-    };
-    if net.prefix_len() == full {
-        s(net.addr().to_string())
+    net(c.network())
+}
+
+/// [`network`] of a network whose host bits are already clear.
+pub fn net(n: IpNet) -> Expr {
+    if n.prefix_len() == n.max_prefix_len() {
+        s(n.addr().to_string())
     } else {
         Expression::Named(NamedExpression::Prefix(Prefix {
-            addr: Box::new(s(net.addr().to_string())),
-            len: u32::from(net.prefix_len()),
+            addr: Box::new(s(n.addr().to_string())),
+            len: u32::from(n.prefix_len()),
         }))
     }
 }
@@ -155,6 +155,13 @@ pub fn log(prefix: String) -> Stmt {
     Statement::Log(Some(l))
 }
 
+/// `jump <chain>` as the data of a verdict map element.
+pub fn jump(chain: String) -> Expr {
+    Expression::Verdict(VerdictExpr::Jump(JumpTarget {
+        target: chain.into(),
+    }))
+}
+
 /// `<key> vmap { name : jump chain, ... }`.
 pub fn jump_map(key: MetaKey, targets: Vec<(String, String)>) -> Stmt {
     Statement::VerdictMap(VerdictMap {
@@ -165,26 +172,6 @@ pub fn jump_map(key: MetaKey, targets: Vec<(String, String)>) -> Stmt {
                 .map(|(k, chain)| {
                     SetItem::Mapping(
                         s(k),
-                        Expression::Verdict(VerdictExpr::Jump(JumpTarget {
-                            target: chain.into(),
-                        })),
-                    )
-                })
-                .collect(),
-        )),
-    })
-}
-
-/// `<a> . <b> vmap { k1 . k2 : jump chain, ... }` with the keys given as concatenations.
-pub fn concat_jump_map(key: Vec<Expr>, targets: Vec<(Expr, String)>) -> Stmt {
-    Statement::VerdictMap(VerdictMap {
-        key: Expression::Named(NamedExpression::Concat(key)),
-        data: Expression::Named(NamedExpression::Set(
-            targets
-                .into_iter()
-                .map(|(k, chain)| {
-                    SetItem::Mapping(
-                        k,
                         Expression::Verdict(VerdictExpr::Jump(JumpTarget {
                             target: chain.into(),
                         })),

@@ -88,7 +88,9 @@ impl FakeNft {
                             failure("Error: Could not process rule: No such file or directory")
                         })?;
                     for g in gone {
-                        let at = arr.iter().position(|x| *x == g).ok_or_else(|| {
+                        // a map's element goes by its key
+                        let hit = |x: &Value| *x == g || x.get(0).is_some_and(|k| *k == g);
+                        let at = arr.iter().position(hit).ok_or_else(|| {
                             failure("Error: Could not process rule: No such file or directory")
                         })?;
                         arr.remove(at);
@@ -100,12 +102,12 @@ impl FakeNft {
                 }
                 NfCmd::Delete(NfListObject::Chain(c)) => {
                     let objs = chain_objects(&mut table, &c.name)?;
+                    // a rule of the chain, a jump from a rule or from a map element
                     let referenced = objs.iter().any(|o| {
                         name_of(o, "rule", "chain").as_deref() == Some(&*c.name)
-                            || o.get("rule").is_some_and(|r| {
-                                r.to_string()
+                            || (o.get("rule").is_some() || o.get("map").is_some())
+                                && o.to_string()
                                     .contains(&format!("\"target\":\"{}\"", c.name))
-                            })
                     });
                     if referenced {
                         return Err(failure(
@@ -118,6 +120,12 @@ impl FakeNft {
                     find_set(&mut table, &s.name)?;
                     if let Some(objs) = table.as_mut() {
                         objs.retain(|o| name_of(o, "set", "name").as_deref() != Some(&*s.name));
+                    }
+                }
+                NfCmd::Delete(NfListObject::Map(m)) => {
+                    find_set(&mut table, &m.name)?;
+                    if let Some(objs) = table.as_mut() {
+                        objs.retain(|o| name_of(o, "map", "name").as_deref() != Some(&*m.name));
                     }
                 }
                 NfCmd::Add(o) => {
@@ -173,9 +181,17 @@ fn find_set<'a>(table: &'a mut Option<Vec<Value>>, name: &str) -> Result<&'a mut
         .as_mut()
         .ok_or_else(missing)?
         .iter_mut()
-        .find(|o| name_of(o, "set", "name").as_deref() == Some(name))
+        .find(|o| {
+            name_of(o, "set", "name").as_deref() == Some(name)
+                || name_of(o, "map", "name").as_deref() == Some(name)
+        })
         .ok_or_else(missing)?;
-    set.get_mut("set").ok_or_else(missing)
+    let kind = if set.get("map").is_some() {
+        "map"
+    } else {
+        "set"
+    };
+    set.get_mut(kind).ok_or_else(missing)
 }
 
 impl Nft for FakeNft {

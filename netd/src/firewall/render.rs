@@ -17,16 +17,23 @@ use appliance::model::{
 };
 use appliance::types::{Cidr, IfName, Name};
 use nftables::expr::{Expression, Map, MetaKey, NamedExpression, SetItem};
-use nftables::schema::{Chain, NfListObject, Rule};
+use nftables::schema::{
+    Chain, Map as MapDecl, NfListObject, Rule, Set, SetFlag, SetType, SetTypeValue,
+};
 use nftables::stmt::{Limit, NAT, NATFamily, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use super::TABLE;
 use super::expr::{
-    Expr, Stmt, accept, concat_jump_map, counter, ct, drop_, has_flags, jump_map, log, matches,
-    meta, names, networks, payload, port, ports, reject_icmpx, s, tcp_reset, verdict,
+    Expr, Stmt, accept, counter, ct, drop_, has_flags, jump, jump_map, log, matches, meta, names,
+    networks, payload, port, ports, reject_icmpx, s, tcp_reset, verdict,
 };
-use super::ruleset::{Ruleset, zone_set, zone_set_name};
+use super::ruleset::{Networks, Ruleset, VERDICT_PLACEHOLDER, zone_set, zone_set_name};
+use ipnet::IpNet;
+
+/// Address lists longer than this become a named set of their own, so that a changed list
+/// is element updates in the kernel instead of its rule (and chain) written again.
+pub const NAMED_SET_THRESHOLD: usize = 64;
 
 /// nft's default burst; written out so that the rule says what it does.
 const DEFAULT_BURST: u32 = 5;
@@ -113,6 +120,11 @@ impl Ctx<'_> {
 struct Out {
     declarations: Vec<NfListObject<'static>>,
     rules: Vec<NfListObject<'static>>,
+    /// Named address sets already declared: a rule without a zone renders into every
+    /// zone's chain, and all of them share the one set.
+    address_sets: BTreeSet<String>,
+    /// Their declarations and elements, declared first: the rules name them.
+    compact: Vec<(Set<'static>, Networks)>,
 }
 
 impl Out {
@@ -134,6 +146,9 @@ impl Out {
 
     fn finish(self) -> Ruleset {
         let mut rs = Ruleset::default();
+        for (set, nets) in self.compact {
+            rs.push_address_set(set, nets);
+        }
         for o in self.declarations.into_iter().chain(self.rules) {
             rs.push(o);
         }
@@ -327,7 +342,7 @@ fn input_zone(ctx: &Ctx<'_>, zname: &Name, zone: &Zone, out: &mut Out) {
     let chain = format!("input_{zname}");
     for (i, r) in ctx.cfg.firewall.rules.iter().enumerate() {
         if r.enabled && r.to.is_none() && r.from.as_ref().is_none_or(|f| f == zname) {
-            for body in rule_bodies(r, &rule_label(i, r)) {
+            for body in rule_bodies(i, r, out) {
                 out.rule(&chain, body, Some(rule_label(i, r)));
             }
         }
@@ -343,7 +358,7 @@ fn forward_zone(ctx: &Ctx<'_>, zname: &Name, zone: &Zone, out: &mut Out) {
         if !r.enabled || to_links.is_empty() || r.from.as_ref().is_some_and(|f| f != zname) {
             continue;
         }
-        for body in rule_bodies(r, &rule_label(i, r)) {
+        for body in rule_bodies(i, r, out) {
             let mut expr = vec![matches(meta(MetaKey::Oifname), names(to_links.clone()))];
             expr.extend(body);
             out.rule(&chain, expr, Some(rule_label(i, r)));
@@ -408,10 +423,75 @@ fn split_family(cs: &[Cidr]) -> (Vec<&Cidr>, Vec<&Cidr>) {
     cs.iter().partition(|c| c.is_ipv4())
 }
 
+/// The name of a rule's named address set: `<rule name>.src4`, or `rules.<i>.dst6` for a
+/// rule without a name. Config names cannot hold a dot, so these never meet the zone sets
+/// (`<zone>_addr4`), the forward maps or each other.
+pub fn address_set_name(i: usize, r: &CfgRule, dir: &str, proto: &str) -> String {
+    let fam = if proto == "ip" { "4" } else { "6" };
+    match &r.name {
+        Some(n) => format!("{n}.{dir}{fam}"),
+        None => format!("rules.{i}.{dir}{fam}"),
+    }
+}
+
+/// Networks sorted and without those inside another one: an interval set refuses
+/// overlapping elements (an anonymous set merges them quietly).
+fn disjoint(cs: &[&Cidr]) -> Vec<IpNet> {
+    let mut sorted: Vec<IpNet> = cs.iter().map(|c| c.network()).collect();
+    // by address, then the shorter prefix (the larger network) first
+    sorted.sort_unstable();
+    let mut out: Vec<IpNet> = Vec::with_capacity(sorted.len());
+    for n in sorted {
+        if !out.last().is_some_and(|k| k.contains(&n)) {
+            out.push(n);
+        }
+    }
+    out
+}
+
+/// The right-hand side of an address match: the networks inline (an anonymous set), or,
+/// above [`NAMED_SET_THRESHOLD`], a reference to a named set declared once.
+fn address_match(
+    out: &mut Out,
+    name: String,
+    proto: &'static str,
+    field: &'static str,
+    cs: &[&Cidr],
+) -> Stmt {
+    if cs.len() <= NAMED_SET_THRESHOLD {
+        return matches(payload(proto, field), networks(cs));
+    }
+    let reference = s(format!("@{name}"));
+    if out.address_sets.insert(name.clone()) {
+        let nets = disjoint(cs);
+        let prefixed = nets.iter().any(|n| n.prefix_len() != n.max_prefix_len());
+        let set = Set {
+            family: NfFamily::INet,
+            table: TABLE.into(),
+            name: name.into(),
+            handle: None,
+            set_type: SetTypeValue::Single(if proto == "ip" {
+                SetType::Ipv4Addr
+            } else {
+                SetType::Ipv6Addr
+            }),
+            policy: None,
+            flags: prefixed.then(|| [SetFlag::Interval].into_iter().collect()),
+            elem: None,
+            timeout: None,
+            gc_interval: None,
+            size: None,
+            comment: None,
+        };
+        out.compact.push((set, std::sync::Arc::new(nets)));
+    }
+    matches(payload(proto, field), reference)
+}
+
 /// Address matches per family. A rule whose networks are all IPv4 must not match IPv6
 /// packets (and the reverse), so each family present gets its own nft rule; a rule with
 /// no networks gets one family-less rule.
-fn family_matches(r: &CfgRule) -> Vec<Vec<Stmt>> {
+fn family_matches(i: usize, r: &CfgRule, out: &mut Out) -> Vec<Vec<Stmt>> {
     if r.source.is_empty() && r.destination.is_empty() {
         return vec![Vec::new()];
     }
@@ -428,10 +508,12 @@ fn family_matches(r: &CfgRule) -> Vec<Vec<Stmt>> {
         }
         let mut m = Vec::new();
         if !src.is_empty() {
-            m.push(matches(payload(proto, "saddr"), networks(&src)));
+            let name = address_set_name(i, r, "src", proto);
+            m.push(address_match(out, name, proto, "saddr", &src));
         }
         if !dst.is_empty() {
-            m.push(matches(payload(proto, "daddr"), networks(&dst)));
+            let name = address_set_name(i, r, "dst", proto);
+            m.push(address_match(out, name, proto, "daddr", &dst));
         }
         variants.push(m);
     }
@@ -453,8 +535,9 @@ fn limit(r: &CfgRule) -> Option<Stmt> {
 
 /// The nft rules (one per address family in use) that a config rule becomes, without
 /// the chain-specific `oifname` match.
-fn rule_bodies(r: &CfgRule, label: &str) -> Vec<Vec<Stmt>> {
-    family_matches(r)
+fn rule_bodies(i: usize, r: &CfgRule, out: &mut Out) -> Vec<Vec<Stmt>> {
+    let label = rule_label(i, r);
+    family_matches(i, r, out)
         .into_iter()
         .map(|fam| {
             let mut e = Vec::new();
@@ -556,6 +639,37 @@ fn forward_rule(ctx: &Ctx<'_>, f: &PortForward) -> Option<Vec<Stmt>> {
     Some(e)
 }
 
+/// Name of a zone's verdict map from protocol and port to the forward's chain. Zone names
+/// hold no dot: no set of the table can have it.
+pub fn forward_map_name(zone: &str) -> String {
+    format!("{zone}.forwards")
+}
+
+/// `map <zone>.forwards { type inet_proto . inet_service : verdict }` with its elements.
+/// A named map, not the rule's own: adding a forward is one element, and the dispatch
+/// rule is never rewritten.
+fn forward_map(name: &str, targets: Vec<(Expr, String)>) -> MapDecl<'static> {
+    let elems: Vec<Expr> = targets
+        .into_iter()
+        .map(|(key, chain)| Expression::List(vec![key, jump(chain)]))
+        .collect();
+    MapDecl {
+        family: NfFamily::INet,
+        table: TABLE.into(),
+        name: name.to_owned().into(),
+        handle: None,
+        set_type: SetTypeValue::Concatenated(vec![SetType::InetProto, SetType::InetService].into()),
+        map: SetTypeValue::Single(VERDICT_PLACEHOLDER),
+        policy: None,
+        flags: None,
+        elem: (!elems.is_empty()).then(|| elems.into()),
+        timeout: None,
+        gc_interval: None,
+        size: None,
+        comment: None,
+    }
+}
+
 /// Name of the chain that holds one port forward's DNAT rule.
 pub fn forward_chain_name(forward: &str) -> String {
     format!("fwd_{forward}")
@@ -584,9 +698,9 @@ fn forward_chain_rule(ctx: &Ctx<'_>, f: &PortForward) -> Option<Vec<Stmt>> {
 }
 
 /// Port forwards. A single-port forward gets a chain of its own, `fwd_<name>`, reached
-/// through one verdict map per zone keyed by protocol and port, so that adding or
-/// removing a forward adds or removes one small chain and rewrites only the dispatch
-/// rule, and every other forward keeps its counter. Port ranges (and a second forward of
+/// through one named verdict map per zone (`<zone>.forwards`) keyed by protocol and
+/// port, so that adding or removing a forward adds or removes one small chain and one map
+/// element, no rule is rewritten, and every other forward keeps its counter. Port ranges (and a second forward of
 /// an already mapped zone, protocol and port) stay plain rules after the dispatch.
 fn prerouting(ctx: &Ctx<'_>, out: &mut Out) {
     let mut dispatch: std::collections::BTreeMap<&Name, Vec<(Expr, String)>> =
@@ -622,6 +736,8 @@ fn prerouting(ctx: &Ctx<'_>, out: &mut Out) {
         }
     }
     for (zone, targets) in dispatch {
+        let map = forward_map_name(zone.as_str());
+        out.declare(NfListObject::Map(Box::new(forward_map(&map, targets))));
         out.rule(
             "prerouting",
             vec![
@@ -629,10 +745,13 @@ fn prerouting(ctx: &Ctx<'_>, out: &mut Out) {
                     payload("ip", "daddr"),
                     s(format!("@{}", zone_set_name(zone.as_str()))),
                 ),
-                concat_jump_map(
-                    vec![meta(MetaKey::L4proto), payload("th", "dport")],
-                    targets,
-                ),
+                Statement::VerdictMap(nftables::stmt::VerdictMap {
+                    key: Expression::Named(NamedExpression::Concat(vec![
+                        meta(MetaKey::L4proto),
+                        payload("th", "dport"),
+                    ])),
+                    data: s(format!("@{map}")),
+                }),
             ],
             Some(format!("port forwards from {zone}")),
         );
@@ -923,6 +1042,67 @@ pub(crate) mod tests {
         assert!(with_comment(&rs, "input_lan", "ssh-admin").is_empty());
     }
 
+    /// The default router plus an unnamed rule (no zone: every input chain) with `n` IPv4
+    /// sources, the first inside the second, and a /24.
+    pub(crate) fn with_long_source(n: usize) -> Ruleset {
+        let mut src = appliance::DEFAULT_CONFIG.to_owned();
+        src.push_str(
+            "\n[[firewall.rules]]\naction = \"drop\"\nsource = [\"100.64.0.7\", \"100.64.0.0/24\"",
+        );
+        for i in 0..n.saturating_sub(2) {
+            src.push_str(&format!(", \"100.65.{}.{}\"", i / 250, i % 250));
+        }
+        src.push_str("]\n");
+        render(&appliance::load_str(&src).unwrap())
+    }
+
+    #[test]
+    fn a_long_address_list_is_a_named_set_shared_by_its_rules() {
+        let short = with_long_source(NAMED_SET_THRESHOLD);
+        assert!(short.address_sets().is_empty());
+        assert!(to_string(&short).contains(r#""set":["#));
+
+        let rs = with_long_source(NAMED_SET_THRESHOLD + 1);
+        let name = "rules.3.src4";
+        let nets = &rs.address_sets()[name];
+        // 100.64.0.7 is inside 100.64.0.0/24: an interval set refuses the overlap
+        assert_eq!(nets.len(), NAMED_SET_THRESHOLD);
+        assert_eq!(nets[0].to_string(), "100.64.0.0/24");
+        let sets: Vec<Value> = objects(&rs)
+            .into_iter()
+            .filter_map(|o| o.get("set").cloned())
+            .filter(|s| s["name"] == name)
+            .collect();
+        assert_eq!(sets.len(), 1, "declared once for every zone's chain");
+        assert_eq!(sets[0]["flags"], json!(["interval"]));
+        assert!(sets[0].get("elem").is_none(), "kept compact in the ruleset");
+        for zone in ["wan", "lan"] {
+            assert_eq!(
+                with_comment(&rs, &format!("input_{zone}"), "rules[3]"),
+                [json!([m(pl("ip", "saddr"), json!("@rules.3.src4")), counter(), {"drop": null}])]
+            );
+        }
+        // the batch carries the elements
+        let batch: Value = serde_json::from_str(&rs.to_json()).unwrap();
+        let sent = batch["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["add"]["set"]["name"] == name)
+            .unwrap();
+        let elems = sent["add"]["set"]["elem"].as_array().unwrap();
+        assert_eq!(elems.len(), NAMED_SET_THRESHOLD);
+        assert_eq!(
+            elems[0],
+            json!({"prefix": {"addr": "100.64.0.0", "len": 24}})
+        );
+        assert_eq!(elems[1], json!("100.65.0.0"));
+    }
+
+    fn to_string(rs: &Ruleset) -> String {
+        serde_json::to_string(rs.objects()).unwrap()
+    }
+
     #[test]
     fn forward_rule_matches_the_destination_zone_links_and_one_family() {
         let rs = rich();
@@ -1003,10 +1183,26 @@ pub(crate) mod tests {
                 daddr,
                 {"vmap": {
                     "key": {"concat": [meta("l4proto"), pl("th", "dport")]},
-                    "data": {"set": [[{"concat": ["tcp", 443]}, {"jump": {"target": "fwd_web"}}]]}
+                    "data": "@wan.forwards"
                 }}
             ])]
         );
+        // the map is the table's, so that a forward is one element; its data type reaches
+        // nft as "verdict"
+        let map = objects(&rs)
+            .into_iter()
+            .find_map(|o| o.get("map").cloned())
+            .unwrap();
+        assert_eq!(
+            map,
+            json!({"family": "inet", "table": "appliance", "name": "wan.forwards",
+                "type": ["inet_proto", "inet_service"], "map": "mark",
+                "elem": [[{"concat": ["tcp", 443]}, {"jump": {"target": "fwd_web"}}]]})
+        );
+        assert!(rs.to_json().contains(
+            r#""name":"wan.forwards","type":["inet_proto","inet_service"],"map":"verdict""#
+        ));
+        assert!(!rs.to_json().contains(r#""map":"mark""#));
         // hairpin (default): any input link; its own chain, with its own counter
         assert_eq!(comments(&rs, "fwd_web"), ["forward web"]);
         assert_eq!(

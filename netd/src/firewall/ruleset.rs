@@ -1,6 +1,10 @@
 //! The rendered table and the batches that put it into the kernel.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
 
 use nftables::schema::{
     Element, FlushObject, NfCmd, NfListObject, NfObject, Nftables, Set, SetType, SetTypeValue,
@@ -9,13 +13,22 @@ use nftables::schema::{
 use nftables::types::NfFamily;
 
 use super::TABLE;
-use super::expr::{Expr, s};
+use super::expr::{Expr, net, s};
+
+/// A large named address set's elements (a rule's long source or destination list), kept
+/// as networks, sorted and disjoint, rather than as schema expressions: rendering,
+/// comparing, copying and recording 100k expressions would cost more than the one-forward
+/// change the table is there for. They become expressions only in the batches that write
+/// them.
+pub type Networks = Arc<Vec<IpNet>>;
 
 /// The whole desired content of `inet appliance`: chains, sets and rules in the order
 /// they must be added (chains and sets before the rules that refer to them).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ruleset {
     objects: Vec<NfListObject<'static>>,
+    /// Elements of the named sets declared in `objects` without them, by set name.
+    address_sets: BTreeMap<String, Networks>,
 }
 
 fn table() -> Table<'static> {
@@ -43,6 +56,48 @@ impl Ruleset {
         &self.objects
     }
 
+    /// The elements of the large named address sets, by set name (their declarations in
+    /// [`Ruleset::objects`] carry none).
+    pub fn address_sets(&self) -> &BTreeMap<String, Networks> {
+        &self.address_sets
+    }
+
+    /// Declares a named set whose elements are `nets` (sorted, disjoint), kept compact.
+    pub(crate) fn push_address_set(&mut self, set: Set<'static>, nets: Networks) {
+        self.address_sets.insert(set.name.to_string(), nets);
+        self.objects
+            .push(NfListObject::Set(Box::new(Set { elem: None, ..set })));
+    }
+
+    /// Re-attaches recorded elements to their declarations (the state file keeps them
+    /// apart).
+    pub(crate) fn with_address_sets(mut self, sets: BTreeMap<String, Networks>) -> Self {
+        self.address_sets = sets;
+        self
+    }
+
+    /// An object as nft must get it: a compact set with its elements.
+    pub(crate) fn materialized(&self, o: &NfListObject<'static>) -> NfListObject<'static> {
+        match o {
+            NfListObject::Set(set) => match self.address_sets.get(&*set.name) {
+                Some(nets) => {
+                    let elems: Vec<Expr> = nets.iter().map(|n| net(*n)).collect();
+                    NfListObject::Set(Box::new(Set {
+                        elem: (!elems.is_empty()).then(|| elems.into()),
+                        ..(**set).clone()
+                    }))
+                }
+                None => o.clone(),
+            },
+            _ => o.clone(),
+        }
+    }
+
+    /// The objects with every set's elements in place, as the kernel will hold them.
+    pub fn materialized_objects(&self) -> Vec<NfListObject<'static>> {
+        self.objects.iter().map(|o| self.materialized(o)).collect()
+    }
+
     /// Appends an object as is. The renderer orders its own objects; this is for callers
     /// that extend a rendered ruleset (and for tests that need a broken one).
     pub fn push(&mut self, obj: NfListObject<'static>) {
@@ -62,8 +117,7 @@ impl Ruleset {
         objects.extend(
             self.objects
                 .iter()
-                .cloned()
-                .map(|o| NfObject::CmdObject(NfCmd::Add(o))),
+                .map(|o| NfObject::CmdObject(NfCmd::Add(self.materialized(o)))),
         );
         Nftables {
             objects: objects.into(),
@@ -87,7 +141,8 @@ impl Ruleset {
         applied: &Ruleset,
         zones: &std::collections::BTreeMap<String, Vec<Ipv4Addr>>,
     ) -> bool {
-        if self.objects.len() != applied.objects.len() {
+        if self.objects.len() != applied.objects.len() || self.address_sets != applied.address_sets
+        {
             return false;
         }
         let learned: std::collections::BTreeMap<String, &[Ipv4Addr]> = zones
@@ -143,9 +198,40 @@ impl Ruleset {
     }
 }
 
+/// The data type that stands for `verdict` in a map declaration. The `nftables` crate's
+/// `SetType` has no `verdict`, and the port-forward maps need one; netd never makes a map
+/// of marks, so `mark` is free to mean it inside netd (the record, the fake) and is turned
+/// into `verdict` in the JSON that reaches nft ([`json`]), and back when a listing is read.
+pub const VERDICT_PLACEHOLDER: SetType = SetType::Mark;
+const PLACEHOLDER_JSON: &str = r#""map":"mark""#;
+const VERDICT_JSON: &str = r#""map":"verdict""#;
+
 /// Serializing schema types cannot fail: they hold no maps with non-string keys.
 pub(crate) fn json(n: &Nftables<'_>) -> String {
-    serde_json::to_string(n).unwrap_or_default()
+    let text = serde_json::to_string(n).unwrap_or_default();
+    // Only a map declaration serializes a string under "map" (a map expression holds an
+    // object there), so this touches the data type and nothing else.
+    if text.contains(PLACEHOLDER_JSON) {
+        text.replace(PLACEHOLDER_JSON, VERDICT_JSON)
+    } else {
+        text
+    }
+}
+
+/// A listing's verdict maps in the form the schema types can parse (see
+/// [`VERDICT_PLACEHOLDER`]).
+pub(crate) fn verdict_maps_to_placeholder(listing: &mut serde_json::Value) {
+    let Some(objects) = listing
+        .get_mut("nftables")
+        .and_then(serde_json::Value::as_array_mut)
+    else {
+        return;
+    };
+    for map in objects.iter_mut().filter_map(|o| o.get_mut("map")) {
+        if map.get("map").and_then(serde_json::Value::as_str) == Some("verdict") {
+            map["map"] = serde_json::Value::from("mark");
+        }
+    }
 }
 
 pub(crate) fn zone_set(zone: &str, addrs: &[Ipv4Addr]) -> Set<'static> {

@@ -25,8 +25,11 @@
 //! restarted netd still plans nothing for an unchanged table.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ipnet::IpNet;
 
 use nftables::schema::{NfCmd, NfListObject, NfObject, Nftables, Table};
 use nftables::types::NfFamily;
@@ -35,7 +38,7 @@ use serde_json::Value;
 use super::TABLE;
 use super::diff::{Changes, incremental};
 use super::nft::{Nft, NftError};
-use super::ruleset::{Ruleset, set_zone_addresses};
+use super::ruleset::{Networks, Ruleset, set_zone_addresses, verdict_maps_to_placeholder};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
@@ -111,6 +114,9 @@ pub struct Firewall<N> {
     /// Zone addresses learned at run time (a DHCP lease), which the config cannot know.
     zone_addresses: BTreeMap<String, Vec<Ipv4Addr>>,
     state_file: Option<PathBuf>,
+    /// The compact address sets as their side files hold them, so that only a set that
+    /// changed is written again.
+    saved_sets: BTreeMap<String, Networks>,
 }
 
 impl<N: Nft> Firewall<N> {
@@ -121,6 +127,7 @@ impl<N: Nft> Firewall<N> {
             previous: None,
             zone_addresses: BTreeMap::new(),
             state_file: None,
+            saved_sets: BTreeMap::new(),
         }
     }
 
@@ -130,8 +137,12 @@ impl<N: Nft> Firewall<N> {
         let path = path.into();
         let mut fw = Self::new(nft);
         match std::fs::read_to_string(&path) {
-            Ok(text) => match parse_state(&text) {
+            Ok(text) => match parse_state(&text, &path) {
                 Some((applied, zones)) => {
+                    fw.saved_sets = applied
+                        .as_ref()
+                        .map(|a| a.ruleset.address_sets().clone())
+                        .unwrap_or_default();
                     fw.applied = applied;
                     fw.zone_addresses = zones;
                 }
@@ -359,20 +370,26 @@ impl<N: Nft> Firewall<N> {
     }
 
     /// The state file is an optimization: failing to write it is logged, not fatal.
-    fn save_state(&self) {
+    fn save_state(&mut self) {
         let Some(path) = &self.state_file else {
             return;
         };
-        if let Err(e) = write_state(path, &self.applied, &self.zone_addresses) {
-            tracing::warn!(path = %path.display(), "firewall: cannot save state: {e}");
+        match write_state(path, &self.applied, &self.zone_addresses, &self.saved_sets) {
+            Ok(saved) => self.saved_sets = saved,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "firewall: cannot save state: {e}");
+                // what the side files hold is unknown now: write them all next time
+                self.saved_sets.clear();
+            }
         }
     }
 }
 
-const STATE_VERSION: u64 = 2;
+const STATE_VERSION: u64 = 3;
 
-/// The state file's shape, borrowed: serialized straight to the file, since a ruleset
-/// with a 100k-element set is megabytes of JSON that a `Value` tree would copy first.
+/// The state file's shape, borrowed: serialized straight to the file. The large address
+/// sets live in side files of their own (`<state file>.<set name>`), rewritten only when
+/// they change: the record of a one-forward change then stays small.
 #[derive(serde::Serialize)]
 struct StateOut<'a> {
     version: u64,
@@ -383,33 +400,102 @@ struct StateOut<'a> {
 #[derive(serde::Serialize)]
 struct AppliedOut<'a> {
     ruleset: &'a [NfListObject<'static>],
+    /// Set name to the fingerprint of its side file's content.
+    address_sets: BTreeMap<&'a str, SideFile>,
     generation: Option<u32>,
 }
 
-fn write_state(
+#[derive(serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+struct SideFile {
+    len: usize,
+    fnv: u64,
+}
+
+impl SideFile {
+    /// FNV-1a over the networks: stable across builds, unlike std's hasher, and enough
+    /// to notice a side file that does not belong to the record.
+    fn of(nets: &[IpNet]) -> Self {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |b: u8| {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        };
+        for n in nets {
+            match n.addr() {
+                IpAddr::V4(a) => a.octets().into_iter().for_each(&mut eat),
+                IpAddr::V6(a) => a.octets().into_iter().for_each(&mut eat),
+            }
+            eat(n.prefix_len());
+        }
+        Self {
+            len: nets.len(),
+            fnv: h,
+        }
+    }
+}
+
+fn side_path(path: &Path, set: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".");
+    name.push(set);
+    PathBuf::from(name)
+}
+
+fn write_atomically(
     path: &Path,
-    applied: &Option<Applied>,
-    zones: &BTreeMap<String, Vec<Ipv4Addr>>,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    let state = StateOut {
-        version: STATE_VERSION,
-        applied: applied.as_ref().map(|a| AppliedOut {
-            ruleset: a.ruleset.objects(),
-            generation: a.generation,
-        }),
-        zone_addresses: zones,
-    };
     let tmp = path.with_extension("tmp");
     let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-    serde_json::to_writer(&mut out, &state)?;
+    write(&mut out)?;
     std::io::Write::flush(&mut out)?;
     drop(out);
     std::fs::rename(&tmp, path)
 }
 
+/// Writes the side files that changed, then the record; returns what the side files hold.
+fn write_state(
+    path: &Path,
+    applied: &Option<Applied>,
+    zones: &BTreeMap<String, Vec<Ipv4Addr>>,
+    saved: &BTreeMap<String, Networks>,
+) -> std::io::Result<BTreeMap<String, Networks>> {
+    let sets = applied
+        .as_ref()
+        .map(|a| a.ruleset.address_sets().clone())
+        .unwrap_or_default();
+    for (name, nets) in &sets {
+        let unchanged = saved
+            .get(name)
+            .is_some_and(|s| Arc::ptr_eq(s, nets) || s == nets);
+        if !unchanged {
+            write_atomically(&side_path(path, name), |out| {
+                Ok(serde_json::to_writer(out, &**nets)?)
+            })?;
+        }
+    }
+    let state = StateOut {
+        version: STATE_VERSION,
+        applied: applied.as_ref().map(|a| AppliedOut {
+            ruleset: a.ruleset.objects(),
+            address_sets: sets
+                .iter()
+                .map(|(k, v)| (k.as_str(), SideFile::of(v)))
+                .collect(),
+            generation: a.generation,
+        }),
+        zone_addresses: zones,
+    };
+    write_atomically(path, |out| Ok(serde_json::to_writer(out, &state)?))?;
+    for gone in saved.keys().filter(|k| !sets.contains_key(*k)) {
+        let _ = std::fs::remove_file(side_path(path, gone));
+    }
+    Ok(sets)
+}
+
 type State = (Option<Applied>, BTreeMap<String, Vec<Ipv4Addr>>);
 
-fn parse_state(text: &str) -> Option<State> {
+fn parse_state(text: &str, path: &Path) -> Option<State> {
     let v: Value = serde_json::from_str(text).ok()?;
     if v.get("version")?.as_u64()? != STATE_VERSION {
         return None;
@@ -420,6 +506,17 @@ fn parse_state(text: &str) -> Option<State> {
         a => {
             let objects: Vec<NfListObject<'static>> =
                 serde_json::from_value(a.get("ruleset")?.clone()).ok()?;
+            let refs: BTreeMap<String, SideFile> =
+                serde_json::from_value(a.get("address_sets")?.clone()).ok()?;
+            let mut sets = BTreeMap::new();
+            for (name, expected) in refs {
+                let file = std::fs::read(side_path(path, &name)).ok()?;
+                let nets: Vec<IpNet> = serde_json::from_slice(&file).ok()?;
+                if SideFile::of(&nets) != expected {
+                    return None;
+                }
+                sets.insert(name, Arc::new(nets));
+            }
             let mut ruleset = Ruleset::default();
             objects.into_iter().for_each(|o| ruleset.push(o));
             let generation = a
@@ -427,7 +524,7 @@ fn parse_state(text: &str) -> Option<State> {
                 .and_then(Value::as_u64)
                 .and_then(|g| u32::try_from(g).ok());
             Some(Applied {
-                ruleset,
+                ruleset: ruleset.with_address_sets(sets),
                 generation,
             })
         }
@@ -456,9 +553,14 @@ fn delete_table() -> Nftables<'static> {
 /// A listing turned back into the transaction that recreates it. Handles go: on input
 /// they would mean "add after the rule with this handle".
 fn readd_listing(listing: &Value) -> Result<Nftables<'static>, NftError> {
-    let parsed: Nftables<'static> = serde_json::from_value(listing.clone())?;
+    let mut listing = listing.clone();
+    verdict_maps_to_placeholder(&mut listing);
+    let parsed: Nftables<'static> = serde_json::from_value(listing)?;
     let mut objects = delete_table().objects.into_owned();
     objects.push(NfObject::CmdObject(NfCmd::Add(table())));
+    // nft lists maps before chains, but a map's elements jump to chains, and rules name
+    // maps: maps go in after the chains, rules last
+    let (mut maps, mut rules) = (Vec::new(), Vec::new());
     for obj in parsed.objects.iter() {
         let NfObject::ListObject(o) = obj else {
             continue;
@@ -477,10 +579,21 @@ fn readd_listing(listing: &Value) -> Result<Nftables<'static>, NftError> {
                 s.handle = None;
                 NfListObject::Set(s)
             }
+            NfListObject::Map(mut m) => {
+                m.handle = None;
+                NfListObject::Map(m)
+            }
             other => other,
         };
-        objects.push(NfObject::CmdObject(NfCmd::Add(o)));
+        let into = match &o {
+            NfListObject::Map(_) => &mut maps,
+            NfListObject::Rule(_) => &mut rules,
+            _ => &mut objects,
+        };
+        into.push(NfObject::CmdObject(NfCmd::Add(o)));
     }
+    objects.extend(maps);
+    objects.extend(rules);
     Ok(Nftables {
         objects: objects.into(),
     })
@@ -866,20 +979,20 @@ mod tests {
             panic!("expected an update in place")
         };
         assert_eq!(changes.chains_added, 1);
-        assert_eq!(changes.chains_rewritten, ["prerouting"]);
+        assert!(changes.chains_rewritten.is_empty(), "{changes:?}");
         assert_eq!(
             changes.chains_deleted + changes.sets_added + changes.sets_deleted,
             0
         );
-        // add chain, flush prerouting, its dispatch rule, the forward's rule
-        assert_eq!(changes.commands.len(), 4, "{changes:?}");
+        // add chain, its map element, the forward's rule
+        assert_eq!(changes.commands.len(), 3, "{changes:?}");
         assert_eq!(
             fw.plan(&rs, &fw.observe().unwrap()).describe().unwrap(),
-            "update table inet appliance in place: 1 chain(s) added, 1 chain(s) rewritten (prerouting)"
+            "update table inet appliance in place: 1 chain(s) added, 1 set element(s) added"
         );
         assert!(fw.apply(&rs).unwrap());
         assert_eq!(fw.nft().writes, 2);
-        assert_eq!(fw.nft().commands - commands, 4);
+        assert_eq!(fw.nft().commands - commands, 3);
         assert_eq!(same_content(&listing(&fw)), fresh_listing(&rs));
         assert!(!fw.apply(&rs).unwrap(), "the record follows the update");
     }
@@ -893,11 +1006,12 @@ mod tests {
             panic!("expected an update in place")
         };
         assert_eq!(changes.chains_deleted, 1);
-        assert_eq!(changes.chains_rewritten, ["prerouting"]);
+        assert_eq!(changes.elements_deleted, 1);
+        assert!(changes.chains_rewritten.is_empty(), "{changes:?}");
         // the fake refuses to delete a chain a rule still jumps to: order matters
         assert!(fw.apply(&rs).unwrap());
         assert_eq!(same_content(&listing(&fw)), fresh_listing(&rs));
-        // the last forward goes: the dispatch rule goes with it
+        // the last forward goes: the dispatch rule and its map go with it
         fw.apply(&with_forwards(&[])).unwrap();
         assert_eq!(
             same_content(&listing(&fw)),
@@ -989,6 +1103,61 @@ mod tests {
             same_content(&listing(&restarted)),
             fresh_listing(&with_forwards(&["a", "b"]))
         );
+    }
+
+    #[test]
+    fn a_changed_long_address_list_is_element_updates_and_its_side_file() {
+        use crate::firewall::render::tests::with_long_source;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("firewall.json");
+        let side = dir.path().join("firewall.json.rules.3.src4");
+        let mut fw = Firewall::with_state_file(FakeNft::new(), &path);
+        fw.apply(&with_long_source(100)).unwrap();
+        // the record itself does not hold the 100 networks
+        assert!(
+            !std::fs::read_to_string(&path)
+                .unwrap()
+                .contains("100.65.0.1")
+        );
+
+        let rs = with_long_source(101);
+        let FirewallPlan::Update { changes, .. } = fw.plan(&rs, &fw.observe().unwrap()) else {
+            panic!("expected an update in place")
+        };
+        assert_eq!((changes.elements_added, changes.elements_deleted), (1, 0));
+        assert!(changes.chains_rewritten.is_empty(), "{changes:?}");
+        assert_eq!(changes.commands.len(), 1);
+        fw.apply(&rs).unwrap();
+        assert_eq!(same_content(&listing(&fw)), fresh_listing(&rs));
+        let side_written = std::fs::metadata(&side).unwrap().modified().unwrap();
+
+        // a forward added leaves the side file alone
+        let mut plus = rs.clone();
+        for o in with_forwards(&["a"]).objects() {
+            if !rs.objects().contains(o) {
+                plus.push(o.clone());
+            }
+        }
+        let before = std::fs::read(&side).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fw.apply(&plus).unwrap();
+        assert_eq!(std::fs::read(&side).unwrap(), before);
+        assert_eq!(
+            std::fs::metadata(&side).unwrap().modified().unwrap(),
+            side_written
+        );
+
+        // a restart reads both files and plans nothing
+        let kernel = fw.nft().clone();
+        let mut restarted = Firewall::with_state_file(kernel.clone(), &path);
+        assert!(!restarted.apply(&plus).unwrap());
+        // a side file that is not the record's: the state is not trusted
+        std::fs::write(&side, r#"["100.64.0.0/24"]"#).unwrap();
+        let doubtful = Firewall::with_state_file(kernel, &path);
+        assert!(matches!(
+            doubtful.plan(&plus, &doubtful.observe().unwrap()),
+            FirewallPlan::Replace { .. }
+        ));
     }
 
     #[test]
