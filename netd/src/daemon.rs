@@ -50,6 +50,9 @@ pub struct NetDaemon<N: Netlink, F: Nft> {
     /// The DHCP services' state directory (leases.json, wan-<link>.json), for the status
     /// (set by `netd serve`).
     dhcp_dir: std::sync::OnceLock<std::path::PathBuf>,
+    /// Why the last WireGuard reconcile of `netd serve` failed (`None`: it did not). A
+    /// WireGuard failure does not fail the generation's apply, so the status says it.
+    wg_error: Arc<Mutex<Option<String>>>,
 }
 
 impl<N: Netlink, F: Nft> std::fmt::Debug for NetDaemon<N, F> {
@@ -77,6 +80,7 @@ where
             started: Instant::now(),
             applied_tx: watch::Sender::new(None),
             dhcp_dir: std::sync::OnceLock::new(),
+            wg_error: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -208,7 +212,11 @@ where
     /// The status document; the firewall's rule counters only with `counters` (they need
     /// a listing of the whole table, set elements included).
     fn status(&self, counters: bool) -> serde_json::Value {
-        let net = self.net(counters);
+        let mut net = self.net(counters);
+        if let Some(wg) = net.get_mut("wireguard").and_then(|w| w.as_object_mut()) {
+            let error = self.wg_error.lock().map(|e| e.clone()).unwrap_or_default();
+            wg.insert("apply_error".into(), json!(error));
+        }
         let inner = self.inner();
         json!({
             "daemon": "netd",
@@ -397,6 +405,18 @@ mod tests {
     }
 
     #[test]
+    fn a_wireguard_failure_shows_in_the_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = daemon(dir.path());
+        assert!(d.status(false)["net"]["wireguard"]["apply_error"].is_null());
+        *d.wg_error.lock().unwrap() = Some("wireguard.wg0.private_key_file: bad".into());
+        assert_eq!(
+            d.status(false)["net"]["wireguard"]["apply_error"],
+            "wireguard.wg0.private_key_file: bad"
+        );
+    }
+
+    #[test]
     fn an_unknown_generation_is_invalid() {
         let dir = tempfile::tempdir().unwrap();
         let d = daemon(dir.path());
@@ -408,8 +428,8 @@ mod tests {
 pub mod cli {
     use std::path::PathBuf;
     use std::process::ExitCode;
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     use appliance::Config;
@@ -496,6 +516,7 @@ pub mod cli {
     struct Services {
         paths: Paths,
         wireguard_dir: PathBuf,
+        wg_error: Arc<Mutex<Option<String>>>,
         wan: Option<WanClients>,
         dhcp: Option<DhcpServer>,
         ra: Option<Advertiser>,
@@ -580,9 +601,9 @@ pub mod cli {
                 return;
             }
             let (configs, rx) = std::sync::mpsc::channel::<Arc<Config>>();
-            let dir = self.wireguard_dir.clone();
+            let (dir, error) = (self.wireguard_dir.clone(), Arc::clone(&self.wg_error));
             let _ = configs.send(cfg);
-            let thread = std::thread::spawn(move || wireguard_loop(&rx, &dir));
+            let thread = std::thread::spawn(move || wireguard_loop(&rx, &dir, &error));
             self.wg = Some(WgWatch { configs, thread });
         }
 
@@ -627,7 +648,11 @@ pub mod cli {
     /// The WireGuard thread: a new config is reconciled with every endpoint name looked
     /// up; between configs, every [`WG_WATCH_INTERVAL`], only the names of peers that are
     /// due (a live session keeps the endpoint it roamed to). Ends when the sender goes.
-    fn wireguard_loop(configs: &std::sync::mpsc::Receiver<Arc<Config>>, dir: &std::path::Path) {
+    fn wireguard_loop(
+        configs: &std::sync::mpsc::Receiver<Arc<Config>>,
+        dir: &std::path::Path,
+        last_error: &Mutex<Option<String>>,
+    ) {
         use std::sync::mpsc::RecvTimeoutError;
         let mut current: Option<Arc<Config>> = None;
         loop {
@@ -645,11 +670,14 @@ pub mod cli {
             } else {
                 crate::wireguard::cli::reconcile(cfg, dir, &crate::wireguard::cli::due_now())
             };
-            match result {
+            match &result {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(actions = n, "WireGuard reconciled"),
                 Err(e) if all => tracing::error!("WireGuard: {e}"),
                 Err(e) => tracing::warn!("WireGuard re-check failed, trying again later: {e}"),
+            }
+            if let Ok(mut slot) = last_error.lock() {
+                *slot = result.err();
             }
         }
     }
@@ -690,6 +718,7 @@ pub mod cli {
                 dns_file: args.wan_dns_file.clone(),
             },
             wireguard_dir: args.wireguard_dir.clone(),
+            wg_error: Arc::clone(&daemon.wg_error),
             wan: None,
             dhcp: None,
             ra: None,
