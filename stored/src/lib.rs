@@ -7,9 +7,11 @@
 //! - [`pools`]: the pools and datasets plan (pure) and its apply.
 //! - [`scrub`]: when a pool's scheduled scrub is due (pure).
 //! - [`shares`]: NFS exports and SMB shares of datasets, and Samba users.
+//! - [`accounts`]: the NAS users' Unix accounts (systemd user records in /run/userdb).
 //! - [`daemon`]: `stored serve`: the control socket and the scheduler.
 //! - [`metrics`]: pools, datasets and policies for the status and Prometheus.
 
+pub mod accounts;
 pub mod command;
 pub mod daemon;
 pub mod metrics;

@@ -271,7 +271,25 @@ fn share(command: ShareCommand) -> Result<(), Failure> {
     };
     let config = load(&config)?;
     let mut os = shares::RealShareOs;
-    let plan = shares::plan_on(&os, &config.shares, &config.storage.users)?;
+    // Samba needs the users' Unix accounts: made first on apply, only shown on plan.
+    let accounts = stored::accounts::Accounts::system();
+    let account_actions = if apply {
+        accounts.converge(&config.storage.users)?
+    } else {
+        accounts.plan(&config.storage.users)?
+    };
+    let mut created = BTreeSet::new();
+    for action in &account_actions {
+        if apply {
+            println!("done: {action}");
+        } else {
+            println!("{action}");
+            if let stored::accounts::AccountAction::Create { user, .. } = action {
+                created.insert(user.clone());
+            }
+        }
+    }
+    let plan = shares::plan_after_accounts(&os, &config.shares, &config.storage.users, &created)?;
     for user in &plan.unmanaged_smb_users {
         println!("left alone: SMB user {user} (not in the config)");
     }
@@ -317,14 +335,8 @@ fn serve(socket: &Path, config_dir: &Path) -> Result<(), Failure> {
                 code: 1,
                 message: format!("the start-up apply ended: {e}"),
             })?;
-        // The receiver's settings are read at start; a change to them needs a restart.
-        if let Some(cfg) = daemon.receiver_config() {
-            std::thread::spawn(move || {
-                if let Err(e) = stored::replication::serve_receiver(&cfg) {
-                    tracing::error!(error = %e, "the replication receiver stopped");
-                }
-            });
-        }
+        // The apply started the replication listener if the generation declares one;
+        // later applies update its settings in place (StoredDaemon::sync_receiver).
         let router = {
             let d = std::sync::Arc::clone(&daemon);
             move |req| std::sync::Arc::clone(&d).route(req)

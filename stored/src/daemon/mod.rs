@@ -27,8 +27,10 @@ use appliance::store::Store;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::accounts::{AccountAction, AccountError, Accounts};
 use crate::metrics::{self, DatasetSpaces, Prom};
 use crate::pools;
+use crate::replication::{ReceiverConfig, ReceiverSettings};
 use crate::shares::{self, EXPORTS_FILE, SMB_INCLUDE_FILE, ShareError, ShareOs};
 use crate::snapshots::{KeepReason, SnapshotName, overlapping_policies, run_policy};
 use crate::time::UtcTime;
@@ -49,6 +51,7 @@ pub const STALL: Duration = Duration::from_secs(15 * 60);
 struct Inner<Z, S> {
     zfs: Z,
     shares: S,
+    accounts: Accounts,
     applied: Option<(u64, Config)>,
     last_error: Option<String>,
     schedule: ScheduleState,
@@ -65,6 +68,8 @@ pub struct StoredDaemon<Z, S> {
     /// Its own lock: a replication run does not stop snapshots or control requests.
     replicator: Mutex<Box<dyn Replicator>>,
     jobs: Mutex<BTreeMap<String, JobState>>,
+    /// The replication listener's last settings and their handle, which an apply updates.
+    receiver: Mutex<Option<(ReceiverConfig, ReceiverSettings)>>,
 }
 
 impl<Z, S> std::fmt::Debug for StoredDaemon<Z, S> {
@@ -89,6 +94,19 @@ struct PruneRequest {
 #[serde(deny_unknown_fields)]
 struct ReplicateRequest {
     job: String,
+}
+
+/// A config the accounts refuse is the admin's to fix (422); anything else is a failed step.
+fn account_err(e: AccountError) -> ApiError {
+    match e {
+        AccountError::Conflict { .. }
+        | AccountError::Reserved { .. }
+        | AccountError::Exhausted { .. } => ApiError::Invalid(e.to_string()),
+        other => ApiError::ApplyFailed {
+            step: "accounts".into(),
+            reason: other.to_string(),
+        },
+    }
 }
 
 fn zfs_err(what: &str) -> impl Fn(crate::zfs::ZfsError) -> ApiError + '_ {
@@ -167,6 +185,7 @@ where
             inner: Mutex::new(Inner {
                 zfs,
                 shares,
+                accounts: Accounts::system(),
                 applied: None,
                 last_error: None,
                 schedule: ScheduleState::default(),
@@ -176,7 +195,13 @@ where
             alive: AtomicI64::new(now),
             replicator: Mutex::new(replicator),
             jobs: Mutex::new(BTreeMap::new()),
+            receiver: Mutex::new(None),
         })
+    }
+
+    /// Where the NAS users' accounts go (the box's by default; a directory in tests).
+    pub fn set_accounts(&self, accounts: Accounts) {
+        self.inner().accounts = accounts;
     }
 
     fn inner(&self) -> MutexGuard<'_, Inner<Z, S>> {
@@ -233,8 +258,25 @@ where
             .iter()
             .map(|a| format!("storage: {a}"))
             .collect();
+        let accounts = inner
+            .accounts
+            .plan(&cfg.storage.users)
+            .map_err(account_err)?;
+        actions.extend(accounts.iter().map(|a| format!("accounts: {a}")));
+        let created: BTreeSet<String> = accounts
+            .iter()
+            .filter_map(|a| match a {
+                AccountAction::Create { user, .. } => Some(user.clone()),
+                AccountAction::Remove { .. } => None,
+            })
+            .collect();
         if shares_in_use(&cfg, &inner.shares)? {
-            match shares::plan_on(&inner.shares, &cfg.shares, &cfg.storage.users) {
+            match shares::plan_after_accounts(
+                &inner.shares,
+                &cfg.shares,
+                &cfg.storage.users,
+                &created,
+            ) {
                 Ok(p) => actions.extend(p.actions.iter().map(|a| format!("shares: {a}"))),
                 // Datasets the plan creates are not mounted yet: say so rather than refuse.
                 Err(ShareError::Refused(errors)) if !plan.actions.is_empty() => {
@@ -269,12 +311,86 @@ where
         let result = Self::apply_locked(&mut inner, generation, &cfg);
         match &result {
             Ok(_) => {
+                let listener = cfg
+                    .storage
+                    .replication_listener
+                    .as_ref()
+                    .map(ReceiverConfig::from_model);
                 inner.applied = Some((generation, cfg));
                 inner.last_error = None;
+                drop(inner);
+                self.sync_receiver(listener.as_ref());
             }
             Err(e) => inner.last_error = Some(e.to_string()),
         }
         result
+    }
+
+    /// The running replication listener's settings, if one was started.
+    pub fn receiver_settings(&self) -> Option<ReceiverSettings> {
+        let running = self.receiver.lock().unwrap_or_else(|e| e.into_inner());
+        running.as_ref().map(|(_, s)| s.clone())
+    }
+
+    /// Brings the replication listener to the applied generation's settings: started when
+    /// it is declared and not running; its allowed clients, identity and datasets replaced
+    /// in place when it runs (connections in flight keep theirs); no client allowed once
+    /// it is no longer declared. A new `listen` address needs a restart of stored (the
+    /// thread blocked in accept cannot be moved), which the log says.
+    pub fn sync_receiver(&self, want: Option<&ReceiverConfig>) {
+        let mut running = self.receiver.lock().unwrap_or_else(|e| e.into_inner());
+        match (want, running.as_mut()) {
+            (None, None) => {}
+            (None, Some((last, settings))) => {
+                let closed = ReceiverConfig {
+                    allowed_clients: Vec::new(),
+                    datasets: Vec::new(),
+                    ..last.clone()
+                };
+                match settings.update(&closed) {
+                    Ok(()) => {
+                        tracing::info!(listen = %last.listen, "replication listener no longer declared: every client is refused from now on")
+                    }
+                    Err(e) => {
+                        tracing::error!(listen = %last.listen, error = %e, "cannot close the replication listener")
+                    }
+                }
+            }
+            (Some(cfg), Some((last, settings))) => {
+                if last.listen != cfg.listen {
+                    tracing::warn!(old = %last.listen, new = %cfg.listen, "the replication listener's address changed; it keeps the old one until stored restarts");
+                }
+                let listen = last.listen.clone();
+                match settings.update(cfg) {
+                    Ok(()) => {
+                        *last = ReceiverConfig {
+                            listen: listen.clone(),
+                            ..cfg.clone()
+                        };
+                        tracing::info!(
+                            %listen,
+                            allowed_clients = cfg.allowed_clients.len(),
+                            datasets = ?cfg.datasets,
+                            "replication listener settings updated"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot update the replication listener; it keeps its previous settings")
+                    }
+                }
+            }
+            (Some(cfg), None) => match crate::replication::Receiver::bind(cfg) {
+                Ok(receiver) => {
+                    *running = Some((cfg.clone(), receiver.settings()));
+                    std::thread::spawn(move || {
+                        if let Err(e) = receiver.serve() {
+                            tracing::error!(error = %e, "the replication receiver stopped");
+                        }
+                    });
+                }
+                Err(e) => tracing::error!(error = %e, "cannot start the replication receiver"),
+            },
+        }
     }
 
     fn apply_locked(
@@ -291,6 +407,12 @@ where
             },
         })?;
         let mut actions: Vec<String> = done.iter().map(|a| format!("storage: {a}")).collect();
+        // Before the shares: Samba needs the Unix account of every user it is given.
+        let accounts = inner
+            .accounts
+            .converge(&cfg.storage.users)
+            .map_err(account_err)?;
+        actions.extend(accounts.iter().map(|a| format!("accounts: {a}")));
         if shares_in_use(cfg, &inner.shares)? {
             let done = shares::converge(&mut inner.shares, &cfg.shares, &cfg.storage.users)
                 .map_err(|e| {

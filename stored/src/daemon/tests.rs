@@ -373,3 +373,136 @@ fn replication_jobs_run_on_their_interval_and_report_lag() {
     let r = d.replicate("offsite").unwrap();
     assert_eq!(r["bytes"], 1 << 20);
 }
+
+/// One TLS handshake in memory between the listener's current config and a sender.
+fn handshake(
+    server: Arc<rustls::ServerConfig>,
+    client: rustls::ClientConfig,
+) -> Result<(), rustls::Error> {
+    let name = rustls::pki_types::ServerName::try_from(crate::replication::tls::SERVER_NAME)
+        .unwrap()
+        .to_owned();
+    let mut c = rustls::ClientConnection::new(Arc::new(client), name)?;
+    let mut s = rustls::ServerConnection::new(server)?;
+    for _ in 0..10 {
+        let mut buf = Vec::new();
+        c.write_tls(&mut buf).unwrap();
+        s.read_tls(&mut buf.as_slice()).unwrap();
+        s.process_new_packets()?;
+        let mut buf = Vec::new();
+        s.write_tls(&mut buf).unwrap();
+        c.read_tls(&mut buf.as_slice()).unwrap();
+        c.process_new_packets()?;
+        if !c.is_handshaking() && !s.is_handshaking() {
+            return Ok(());
+        }
+    }
+    panic!("the handshake did not finish");
+}
+
+#[test]
+fn an_apply_updates_the_running_listener_in_place() {
+    use crate::replication::tls::{Identity, client_config};
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n);
+    let receiver = Identity::create(&path("receiver.pem")).unwrap();
+    let sender = Identity::create(&path("sender.pem")).unwrap();
+    let other = Identity::create(&path("other.pem")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // The model wants identity files under /data; the daemon gets the settings the same
+    // way from an applied generation (`apply` calls `sync_receiver` with them).
+    let config = |allowed: &str, dataset: &str| ReceiverConfig {
+        listen: format!("127.0.0.1:{port}"),
+        identity_file: path("receiver.pem"),
+        allowed_clients: vec![allowed.to_owned()],
+        datasets: vec![dataset.to_owned()],
+    };
+    // A sender's client config, pinning the receiver.
+    let client = |file: &str| {
+        client_config(
+            Identity::load(&path(file)).unwrap(),
+            &receiver.fingerprint(),
+        )
+        .unwrap()
+    };
+    let clock = Arc::new(FakeClock::new(at("2026-11-26T06:00:00Z")));
+    let d = daemon(&path("store"), "version = 1\n", clock);
+    d.set_accounts(crate::accounts::Accounts::at(
+        path("userdb"),
+        path("accounts.json"),
+    ));
+    d.apply_active();
+    assert!(d.receiver_settings().is_none(), "no listener declared");
+    d.sync_receiver(Some(&config(&sender.fingerprint(), "vault")));
+    let settings = d.receiver_settings().expect("the listener started");
+    let (tls, datasets) = settings.current();
+    assert_eq!(*datasets, ["vault"]);
+    handshake(Arc::clone(&tls), client("sender.pem")).unwrap();
+    handshake(tls, client("other.pem")).unwrap_err();
+
+    // The next generation allows the other sender and another dataset: same listener (the
+    // port is still bound by it), new settings for the next connection.
+    d.sync_receiver(Some(&config(&other.fingerprint(), "backup")));
+    assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_err());
+    let (tls, datasets) = d.receiver_settings().unwrap().current();
+    assert_eq!(*datasets, ["backup"]);
+    handshake(Arc::clone(&tls), client("other.pem")).unwrap();
+    handshake(tls, client("sender.pem")).unwrap_err();
+
+    // An identity that cannot be read keeps the settings as they were.
+    let mut broken = config(&sender.fingerprint(), "vault");
+    broken.identity_file = path("missing.pem");
+    d.sync_receiver(Some(&broken));
+    let (_, datasets) = d.receiver_settings().unwrap().current();
+    assert_eq!(*datasets, ["backup"]);
+
+    // A generation without the listener leaves it bound but refusing everyone.
+    let n = d
+        .store
+        .commit("version = 1\n# no listener\n", "test")
+        .unwrap();
+    d.apply(n).unwrap();
+    let (tls, datasets) = d.receiver_settings().unwrap().current();
+    assert!(datasets.is_empty());
+    handshake(Arc::clone(&tls), client("other.pem")).unwrap_err();
+    handshake(tls, client("sender.pem")).unwrap_err();
+}
+
+#[test]
+fn an_apply_makes_the_nas_users_accounts_before_the_shares() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("{CONFIG}\n[storage.users.alice]\n[storage.users.bob]\nuid = 2500\n");
+    let clock = Arc::new(FakeClock::new(at("2026-11-26T06:00:00Z")));
+    let d = daemon(&dir.path().join("store"), &text, clock);
+    let userdb = dir.path().join("userdb");
+    d.set_accounts(crate::accounts::Accounts::at(
+        &userdb,
+        dir.path().join("accounts.json"),
+    ));
+    let plan = d.plan(1).unwrap();
+    assert!(
+        plan.actions
+            .contains(&"accounts: create Unix account alice (uid 2000)".to_owned()),
+        "{:?}",
+        plan.actions
+    );
+    let done = d.apply(1).unwrap();
+    assert!(
+        done.actions
+            .contains(&"accounts: create Unix account bob (uid 2500)".to_owned()),
+        "{:?}",
+        done.actions
+    );
+    assert!(userdb.join("2000.user").exists());
+    // Applied again: nothing to do for the accounts.
+    let again = d.apply(1).unwrap();
+    assert!(
+        !again.actions.iter().any(|a| a.starts_with("accounts:")),
+        "{:?}",
+        again.actions
+    );
+}

@@ -24,7 +24,7 @@ use std::io;
 use std::time::Duration;
 
 pub use holds::{HOLD_PREFIX, hold_tag, move_hold, release_stale_holds};
-pub use receive::{Receiver, ReceiverConfig, serve_receiver};
+pub use receive::{Receiver, ReceiverConfig, ReceiverSettings, serve_receiver};
 pub use send::{RunOptions, run_job};
 
 use crate::zfs::ZfsError;

@@ -42,24 +42,53 @@ impl ReceiverConfig {
 #[derive(Debug)]
 pub struct Receiver {
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    datasets: Arc<Vec<String>>,
+    settings: ReceiverSettings,
+}
+
+/// The listener's allowed clients, identity and datasets, which an apply replaces while it
+/// listens: each new connection takes the settings current when it is accepted.
+#[derive(Debug, Clone)]
+pub struct ReceiverSettings(Arc<std::sync::RwLock<Settings>>);
+
+/// The TLS config (identity and allowed clients) and the datasets.
+type Settings = (Arc<rustls::ServerConfig>, Arc<Vec<String>>);
+
+impl ReceiverSettings {
+    fn load(cfg: &ReceiverConfig) -> Result<Settings, ReplError> {
+        let identity = Identity::load(&cfg.identity_file)?;
+        tracing::info!(fingerprint = %identity.fingerprint(), "replication receiver identity");
+        let tls = tls::server_config(identity, cfg.allowed_clients.clone())?;
+        Ok((Arc::new(tls), Arc::new(cfg.datasets.clone())))
+    }
+
+    /// Replaces the settings (`cfg.listen` is not rebound); on an error the old ones stay.
+    pub fn update(&self, cfg: &ReceiverConfig) -> Result<(), ReplError> {
+        let new = Self::load(cfg)?;
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = new;
+        Ok(())
+    }
+
+    /// The TLS config and datasets a connection accepted now gets.
+    pub fn current(&self) -> Settings {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 impl Receiver {
     pub fn bind(cfg: &ReceiverConfig) -> Result<Self, ReplError> {
-        let identity = Identity::load(&cfg.identity_file)?;
-        tracing::info!(fingerprint = %identity.fingerprint(), "replication receiver identity");
-        let tls = tls::server_config(identity, cfg.allowed_clients.clone())?;
+        let settings = ReceiverSettings(Arc::new(std::sync::RwLock::new(ReceiverSettings::load(
+            cfg,
+        )?)));
         let listener = TcpListener::bind(&cfg.listen).map_err(|source| ReplError::Listen {
             addr: cfg.listen.clone(),
             source,
         })?;
-        Ok(Self {
-            listener,
-            tls: Arc::new(tls),
-            datasets: Arc::new(cfg.datasets.clone()),
-        })
+        Ok(Self { listener, settings })
+    }
+
+    /// A handle that replaces the settings of this listener while it serves.
+    pub fn settings(&self) -> ReceiverSettings {
+        self.settings.clone()
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -75,8 +104,7 @@ impl Receiver {
                 addr: addr.clone(),
                 source,
             })?;
-            let tls = Arc::clone(&self.tls);
-            let datasets = Arc::clone(&self.datasets);
+            let (tls, datasets) = self.settings.current();
             std::thread::spawn(move || {
                 if let Err(e) = connection(tcp, tls, &datasets) {
                     tracing::warn!(%peer, error = %e, "replication connection ended with an error");

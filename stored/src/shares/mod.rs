@@ -411,7 +411,19 @@ pub fn plan_on(
     shares: &BTreeMap<Name, Share>,
     users: &BTreeMap<Name, NasUser>,
 ) -> Result<Plan, ShareError> {
-    let observed = observe(os, shares, users)?;
+    plan_after_accounts(os, shares, users, &BTreeSet::new())
+}
+
+/// [`plan_on`] as it will be once the Unix accounts of `accounts` exist (a plan shown
+/// before the accounts step that creates them).
+pub fn plan_after_accounts(
+    os: &impl ShareOs,
+    shares: &BTreeMap<Name, Share>,
+    users: &BTreeMap<Name, NasUser>,
+    accounts: &BTreeSet<String>,
+) -> Result<Plan, ShareError> {
+    let mut observed = observe(os, shares, users)?;
+    observed.unix_users.extend(accounts.iter().cloned());
     plan(shares, users, &observed).map_err(ShareError::Refused)
 }
 
