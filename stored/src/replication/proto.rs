@@ -14,6 +14,7 @@
 //! ```
 
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 
 use serde::{Deserialize, Serialize};
 
@@ -21,9 +22,17 @@ use super::plan::TargetState;
 
 pub const VERSION: u32 = 1;
 /// Data frames are at most this big; JSON messages may be bigger (a state with many
-/// snapshots) up to [`MAX_FRAME`].
-pub const CHUNK: usize = 256 * 1024;
+/// snapshots) up to [`MAX_FRAME`]. As big as the pipes ([`PIPE_SIZE`]) so that one read of
+/// the send pipe makes one frame, and each frame costs one header and one pass through
+/// rustls rather than many small ones.
+pub const CHUNK: usize = PIPE_SIZE;
 const MAX_FRAME: u32 = 64 << 20;
+/// The kind byte and the length before every frame's payload.
+pub const HEAD: usize = 5;
+/// The pipes between lzc and the socket. Linux's default of 64 KiB costs a switch between
+/// the lzc thread and the socket thread per 64 KiB; 1 MiB is the unprivileged maximum
+/// (`/proc/sys/fs/pipe-max-size`).
+pub const PIPE_SIZE: usize = 1 << 20;
 
 const MSG: u8 = 1;
 const DATA: u8 = 2;
@@ -95,13 +104,119 @@ pub fn send_data(w: &mut impl Write, data: &[u8]) -> io::Result<()> {
     write_frame(w, DATA, data)
 }
 
+/// Sends `frame[HEAD..]` as one data frame, its header written into `frame[..HEAD]`: the
+/// header and the payload go through one write, not a tiny TLS record of their own.
+fn send_data_in_place(w: &mut impl Write, frame: &mut [u8]) -> io::Result<()> {
+    let len = frame
+        .len()
+        .checked_sub(HEAD)
+        .and_then(|n| u32::try_from(n).ok());
+    let (Some(len), Some(head)) = (len, frame.get_mut(..HEAD)) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a data frame needs room for its header and at most 4 GiB",
+        ));
+    };
+    head[0] = DATA;
+    head[1..].copy_from_slice(&len.to_be_bytes());
+    w.write_all(frame)
+}
+
+/// Copies a send stream from `from` (the pipe lzc_send writes) to `to` as data frames, one
+/// per read, until `from` ends; `pace` gets each frame's size before it goes out (the
+/// bandwidth limit). Returns the bytes copied. The caller ends the stream ([`send_end`]).
+pub fn send_stream(
+    from: &mut impl Read,
+    to: &mut impl Write,
+    mut pace: impl FnMut(usize),
+) -> io::Result<u64> {
+    // Read straight behind the header's room: a frame goes out in one write.
+    let mut frame = vec![0u8; HEAD + CHUNK];
+    let mut bytes = 0u64;
+    loop {
+        let n = match from.read(frame.get_mut(HEAD..).unwrap_or_default()) {
+            Ok(0) => return Ok(bytes),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        pace(n);
+        send_data_in_place(to, frame.get_mut(..HEAD + n).unwrap_or_default())?;
+        bytes += n as u64;
+    }
+}
+
+/// Copies the data frames of one stream from `from` into `to` (the pipe lzc_receive reads)
+/// up to its `END` (returns true) or `ABORT` (false: the sender's lzc_send failed),
+/// counting the payload in `bytes` (also when the link breaks). Once a write to `to`
+/// fails (the receive gave up), the rest of the stream is read and dropped, so that the
+/// connection stays usable.
+pub fn receive_stream(
+    from: &mut impl Read,
+    to: &mut impl Write,
+    bytes: &mut u64,
+) -> io::Result<bool> {
+    let mut buf = Vec::new();
+    let mut broken = false;
+    loop {
+        let (kind, len) = read_frame_into(from, &mut buf)?;
+        match kind {
+            Kind::Data => {
+                *bytes += len as u64;
+                if !broken && to.write_all(buf.get(..len).unwrap_or_default()).is_err() {
+                    broken = true;
+                }
+            }
+            Kind::End => return Ok(true),
+            Kind::Abort => return Ok(false),
+            Kind::Msg => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a message inside a stream",
+                ));
+            }
+        }
+    }
+}
+
+/// Grows a pipe to [`PIPE_SIZE`]; a smaller pipe only costs speed, so a refusal is logged.
+pub fn widen_pipe(fd: impl AsFd) {
+    let size = i32::try_from(PIPE_SIZE).unwrap_or(i32::MAX);
+    if let Err(e) = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(size)) {
+        tracing::debug!(error = %e, "cannot grow a replication pipe to 1 MiB");
+    }
+}
+
 pub fn send_end(w: &mut impl Write, complete: bool) -> io::Result<()> {
     write_frame(w, if complete { END } else { ABORT }, &[])?;
     w.flush()
 }
 
 pub fn read_frame(r: &mut impl Read) -> io::Result<Frame> {
-    let mut head = [0u8; 5];
+    let mut body = Vec::new();
+    let (kind, len) = read_frame_into(r, &mut body)?;
+    body.truncate(len);
+    Ok(match kind {
+        Kind::Msg => Frame::Msg(body),
+        Kind::Data => Frame::Data(body),
+        Kind::End => Frame::End,
+        Kind::Abort => Frame::Abort,
+    })
+}
+
+/// A frame's kind, its payload left in the caller's buffer by [`read_frame_into`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Msg,
+    Data,
+    End,
+    Abort,
+}
+
+/// Reads one frame into `buf[..len]` and returns its kind and `len`. `buf` only grows, so
+/// a stream of data frames reuses one buffer instead of allocating and zeroing each.
+pub fn read_frame_into(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<(Kind, usize)> {
+    let mut head = [0u8; HEAD];
     r.read_exact(&mut head)?;
     let [kind, a, b, c, d] = head;
     let len = u32::from_be_bytes([a, b, c, d]);
@@ -111,18 +226,24 @@ pub fn read_frame(r: &mut impl Read) -> io::Result<Frame> {
             format!("frame of {len} bytes is over the limit; is the peer a stored?"),
         ));
     }
-    let mut body = vec![0u8; len as usize];
-    r.read_exact(&mut body)?;
-    match kind {
-        MSG => Ok(Frame::Msg(body)),
-        DATA => Ok(Frame::Data(body)),
-        END => Ok(Frame::End),
-        ABORT => Ok(Frame::Abort),
-        k => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("unknown frame kind {k}"),
-        )),
+    let kind = match kind {
+        MSG => Kind::Msg,
+        DATA => Kind::Data,
+        END => Kind::End,
+        ABORT => Kind::Abort,
+        k => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unknown frame kind {k}"),
+            ));
+        }
+    };
+    let len = len as usize;
+    if buf.len() < len {
+        buf.resize(len, 0);
     }
+    r.read_exact(buf.get_mut(..len).unwrap_or_default())?;
+    Ok((kind, len))
 }
 
 /// Reads one JSON message; a data frame here is a protocol error.
@@ -154,12 +275,22 @@ mod tests {
             },
         )
         .unwrap();
+        send_data_in_place(&mut buf, &mut b"-----a longer stream".to_vec()).unwrap();
         send_data(&mut buf, b"stream").unwrap();
         send_end(&mut buf, true).unwrap();
+        assert!(send_data_in_place(&mut buf, &mut [0u8; 4]).is_err());
         let mut r = buf.as_slice();
         let req: Request = read_msg(&mut r).unwrap();
         assert!(matches!(req, Request::Receive { raw: true, .. }));
-        assert!(matches!(read_frame(&mut r).unwrap(), Frame::Data(d) if d == b"stream"));
+        // One buffer for both data frames: the second, shorter one is read into its front.
+        let mut reused = Vec::new();
+        let (kind, len) = read_frame_into(&mut r, &mut reused).unwrap();
+        assert_eq!(
+            (kind, &reused[..len]),
+            (Kind::Data, &b"a longer stream"[..])
+        );
+        let (kind, len) = read_frame_into(&mut r, &mut reused).unwrap();
+        assert_eq!((kind, &reused[..len]), (Kind::Data, &b"stream"[..]));
         assert!(matches!(read_frame(&mut r).unwrap(), Frame::End));
         assert!(read_frame(&mut r).is_err());
     }
@@ -169,5 +300,42 @@ mod tests {
         let buf = [MSG, 0xff, 0xff, 0xff, 0xff];
         let e = read_frame(&mut buf.as_slice()).unwrap_err();
         assert!(e.to_string().contains("over the limit"));
+    }
+
+    /// A stream is framed and unframed whole, whatever the reads return, and a refused
+    /// write (lzc_receive gave up) drains the stream instead of cutting the connection.
+    #[test]
+    fn streams_round_trip_and_a_failed_receive_drains() {
+        let data: Vec<u8> = (0..3 * CHUNK + 12345).map(|i| (i % 251) as u8).collect();
+        let mut wire = Vec::new();
+        let mut paced = Vec::new();
+        let sent = send_stream(&mut data.as_slice(), &mut wire, |n| paced.push(n)).unwrap();
+        send_end(&mut wire, true).unwrap();
+        send_msg(&mut wire, &Request::Bye).unwrap();
+        assert_eq!(sent, data.len() as u64);
+        assert_eq!(paced.iter().sum::<usize>(), data.len());
+        assert!(paced.iter().all(|n| *n <= CHUNK));
+
+        let mut r = wire.as_slice();
+        let mut out = Vec::new();
+        let mut got = 0;
+        let complete = receive_stream(&mut r, &mut out, &mut got).unwrap();
+        assert_eq!((complete, got, out == data), (true, sent, true));
+        assert_eq!(read_msg::<Request>(&mut r).unwrap(), Request::Bye);
+
+        struct Refuses;
+        impl Write for Refuses {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut r = wire.as_slice();
+        let mut got = 0;
+        let complete = receive_stream(&mut r, &mut Refuses, &mut got).unwrap();
+        assert_eq!((complete, got), (true, sent));
+        assert_eq!(read_msg::<Request>(&mut r).unwrap(), Request::Bye);
     }
 }

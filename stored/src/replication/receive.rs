@@ -324,6 +324,7 @@ fn receive(
     let new = !lzc.exists(dataset).unwrap_or(true)
         || (resume && zfs.snapshots(dataset, false).is_ok_and(|s| s.is_empty()));
     let (reader, mut writer) = io::pipe()?;
+    proto::widen_pipe(&writer);
     let mut bytes = 0u64;
     let (received, outcome) = std::thread::scope(|s| {
         let receiver = s.spawn(move || {
@@ -331,27 +332,7 @@ fn receive(
             drop(reader);
             r
         });
-        // Once the receive has failed, the rest of the stream is read and dropped.
-        let mut broken = false;
-        let outcome = loop {
-            match proto::read_frame(tls) {
-                Ok(Frame::Data(d)) => {
-                    bytes += d.len() as u64;
-                    if !broken && writer.write_all(&d).is_err() {
-                        broken = true;
-                    }
-                }
-                Ok(Frame::End) => break Ok(true),
-                Ok(Frame::Abort) => break Ok(false),
-                Ok(Frame::Msg(_)) => {
-                    break Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "a message inside a stream",
-                    ));
-                }
-                Err(e) => break Err(e),
-            }
-        };
+        let outcome = proto::receive_stream(tls, &mut writer, &mut bytes);
         drop(writer);
         (receiver.join(), outcome)
     });

@@ -465,6 +465,7 @@ fn stream(
     limiter: &mut Option<Limiter>,
 ) -> Result<u64, ReplError> {
     let (mut reader, writer) = io::pipe().map_err(|e| link.broke(e))?;
+    proto::widen_pipe(&reader);
     proto::send_msg(
         &mut link.conn,
         &Request::Receive {
@@ -482,22 +483,12 @@ fn stream(
             drop(writer);
             r
         });
-        let mut buf = vec![0u8; proto::CHUNK];
-        let link_result = loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break Ok(()),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => break Err(e),
-            };
+        let link_result = proto::send_stream(&mut reader, &mut link.conn, |n| {
             if let Some(l) = limiter.as_mut() {
                 l.take(n);
             }
-            if let Err(e) = proto::send_data(&mut link.conn, buf.get(..n).unwrap_or(&[])) {
-                break Err(e);
-            }
-            bytes += n as u64;
-        };
+        })
+        .map(|n| bytes = n);
         // Closing our end makes a blocked lzc_send fail with EPIPE instead of hanging.
         drop(reader);
         let sent = sender.join();
