@@ -5,7 +5,9 @@
 //! the harness's APPLCONFIG disk at first boot; netd's firewall table in place; the WAN
 //! address from QEMU's DHCP held by netd's client (systemd-networkd is not running); and a
 //! client on the LAN hub leasing an address from netd's DHCP server with busybox udhcpc and
-//! resolving a name through dnsd.
+//! resolving a name through dnsd. stored runs too, on a box without pools: it answers
+//! `applctl storage status`, and an apply through applianced reaches it and makes a NAS
+//! user's Unix account (a user record nss-systemd serves) and Samba password.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,9 +19,10 @@ use crate::harness::{Options, Vm};
 const CAP_NET_BIND_SERVICE: u64 = 1 << 10;
 const CAP_NET_ADMIN: u64 = 1 << 12;
 const CAP_NET_RAW: u64 = 1 << 13;
+const CAP_SYS_ADMIN: u64 = 1 << 21;
 
 /// (unit, uid, capabilities both bounding and effective).
-fn daemons() -> [(&'static str, u32, u64); 3] {
+fn daemons() -> [(&'static str, u32, u64); 4] {
     [
         (
             "netd.service",
@@ -29,6 +32,8 @@ fn daemons() -> [(&'static str, u32, u64); 3] {
         // The config store is readable through group appliance: no CAP_DAC_READ_SEARCH.
         ("dnsd.service", 901, CAP_NET_BIND_SERVICE),
         ("applianced.service", 0, CAP_NET_BIND_SERVICE),
+        // ZFS ioctls and mount(2); no mount namespace (stored.service says why).
+        ("stored.service", 0, CAP_SYS_ADMIN),
     ]
 }
 
@@ -168,5 +173,48 @@ fn the_daemons_run_hardened_and_netd_owns_the_network() {
         "dnsd did not answer appliance.lan with 192.168.1.1: {answer:?}"
     );
     eprintln!("the LAN client resolved appliance.lan through dnsd");
+
+    // stored on a box without [storage]: serving (the health target above requires it).
+    let status = vm.sh("applctl storage status");
+    assert!(
+        status.starts_with("stored ") && status.contains("generation 1 "),
+        "{status}"
+    );
+    // An apply through applianced reaches stored: a NAS user with an SMB password gets a
+    // Unix account from the uid range and a Samba password.
+    vm.sh(
+        "mkdir -p /data/secrets && printf 'carol pw\\n' > /data/secrets/carol.smb && \
+         chmod 600 /data/secrets/carol.smb",
+    );
+    let host = vm.dir.join("nas-user.toml");
+    std::fs::write(
+        &host,
+        format!(
+            "{}\n[storage.users.carol]\nsmb_password_file = \"/data/secrets/carol.smb\"\n",
+            crate::harness::test_config()
+        ),
+    )
+    .unwrap();
+    vm.copy_in(&host, "/tmp/nas-user.toml");
+    let applied = vm.sh("applctl apply /tmp/nas-user.toml --json");
+    eprintln!("apply with a NAS user: {applied}");
+    let report: serde_json::Value = serde_json::from_str(&applied).unwrap();
+    assert_eq!(report["skipped"], serde_json::json!([]), "{applied}");
+    assert!(
+        report["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["daemon"] == "stored" && s["action"] == "apply" && s["outcome"] == "ok"),
+        "{applied}"
+    );
+    let account = vm.sh("getent passwd carol");
+    assert_eq!(
+        account.trim(),
+        "carol:x:2000:2000:NAS user carol:/nonexistent:/usr/sbin/nologin"
+    );
+    assert!(vm.sh("pdbedit -L").contains("carol:2000:"));
+    let status = vm.sh("applctl storage status");
+    assert!(status.contains("generation 2 "), "{status}");
     eprintln!("units test done after {:.1}s", vm.uptime().as_secs_f64());
 }
