@@ -199,7 +199,33 @@ fn render_status(v: &Value) -> String {
     if !list(&v["replication"]).is_empty() {
         o.push_str("\nreplication:\n");
         for j in list(&v["replication"]) {
-            o.push_str(&format!("  {}  {}\n", s(&j["job"]), s(&j["state"])));
+            // The lag is the target's recovery point: the age of the newest snapshot it has.
+            let state = if j["running"] == true {
+                "running"
+            } else if !j["last_error"].is_null() {
+                "FAILED"
+            } else if j["last_success"].is_null() {
+                "not run yet"
+            } else {
+                "ok"
+            };
+            let rate = j["throughput_bytes_per_second"]
+                .as_f64()
+                .map_or_else(|| "-".to_owned(), |r| bytes(&json!(r as u64)));
+            o.push_str(&format!(
+                "  {}  {}  lag {} s  last success {}  last run {} at {}/s  runs {}  failures {}\n",
+                s(&j["job"]),
+                state,
+                s(&j["lag_seconds"]),
+                s(&j["last_success"]),
+                bytes(&j["bytes"]),
+                rate,
+                s(&j["runs_total"]),
+                s(&j["failures_total"]),
+            ));
+            if !j["last_error"].is_null() {
+                o.push_str(&format!("    last error: {}\n", s(&j["last_error"])));
+            }
         }
     }
     for e in list(&v["errors"]) {
@@ -260,6 +286,39 @@ fn render_prune(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_status_shows_each_jobs_lag_and_each_policys_rpo() {
+        let v = json!({
+            "version": "0.1.0", "generation": 3, "uptime_seconds": 60,
+            "pools": [], "datasets": [],
+            "policies": [{"name": "main", "rpo_met": false, "rpo_target_seconds": 900,
+                          "rpo_period": "frequently", "datasets": []}],
+            "replication": [
+                {"job": "offsite", "running": false, "last_success": "2026-11-26T06:00:00Z",
+                 "last_error": null, "lag_seconds": 420, "bytes": 2_097_152,
+                 "throughput_bytes_per_second": 1_048_576.0, "runs_total": 4,
+                 "failures_total": 1},
+                {"job": "cold", "running": false, "last_success": null,
+                 "last_error": "TLS with b:7410 failed", "lag_seconds": null, "bytes": 0,
+                 "throughput_bytes_per_second": 0.0, "runs_total": 1, "failures_total": 1}
+            ]
+        });
+        let out = render_status(&v);
+        assert!(
+            out.contains("main  RPO MISSED (900 s, frequently)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("offsite  ok  lag 420 s  last success 2026-11-26T06:00:00Z  last run 2.0 MiB at 1.0 MiB/s  runs 4  failures 1"),
+            "{out}"
+        );
+        assert!(out.contains("cold  FAILED  lag - s"), "{out}");
+        assert!(
+            out.contains("    last error: TLS with b:7410 failed"),
+            "{out}"
+        );
+    }
 
     #[test]
     fn a_dry_prune_reads_as_a_plan() {
