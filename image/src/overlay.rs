@@ -131,6 +131,11 @@ pub const FILES: &[File] = &[
         contents: include_str!("../overlay/usr/lib/systemd/system/applianced.service"),
     },
     File {
+        path: "/usr/lib/systemd/system/stored.service",
+        mode: 0o644,
+        contents: include_str!("../overlay/usr/lib/systemd/system/stored.service"),
+    },
+    File {
         path: "/usr/lib/appliance/config-import",
         mode: 0o755,
         contents: include_str!("../overlay/usr/lib/appliance/config-import"),
@@ -213,6 +218,14 @@ pub const ENABLED: &[(&str, &str)] = &[
     (
         "multi-user.target.wants",
         "/usr/lib/systemd/system/appliance-config-import.service",
+    ),
+    (
+        "multi-user.target.wants",
+        "/usr/lib/systemd/system/stored.service",
+    ),
+    (
+        "appliance-healthy.target.requires",
+        "/usr/lib/systemd/system/stored.service",
     ),
 ];
 

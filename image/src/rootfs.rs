@@ -58,6 +58,9 @@ pub const PACKAGES: &[&str] = &[
     // udhcpc, a DHCP client independent of netd: the VM tests lease an address from netd's
     // server with it, and on a box it checks the LAN's DHCP from the inside.
     "busybox",
+    // nss-systemd: NAS users' accounts are JSON user records stored writes to /run/userdb
+    // (the root's /etc/passwd is read-only); its postinst adds `systemd` to nsswitch.conf.
+    "libnss-systemd",
     // The roots dnsd's HTTPS client trusts (block lists, DoH upstreams): without them it
     // cannot build its client and does not start.
     "ca-certificates",
