@@ -333,12 +333,17 @@ fn one_forward_added_is_an_update_in_place_that_keeps_every_counter() {
     );
     let events = monitored(&lab, || assert!(fw.apply(&desired).unwrap()));
     // the table was neither deleted nor re-added: the new forward's chain and rule, and
-    // the dispatch rule of prerouting rewritten
+    // one element of the zone's forward map; no rule of prerouting was touched
     assert!(!events.contains("table inet appliance"), "{events}");
     assert!(
         events.contains("add chain inet appliance fwd_alt"),
         "{events}"
     );
+    assert!(
+        events.contains("add element inet appliance wan.forwards"),
+        "{events}"
+    );
+    assert!(!events.contains("prerouting"), "{events}");
     assert!(!events.contains("forward_"), "{events}");
 
     // every counter of before is still there, and the new forward works
@@ -552,4 +557,55 @@ action = \"accept\"
     assert_dropped(&guest, Ipv4Addr::new(192, 168, 2, 1), 22);
     // the LAN zone forwards anywhere by default, guests included, and unmasqueraded
     assert_eq!(reaches(&lab.lan, guest_addr, 7000), "192.168.1.2");
+}
+
+/// The router with a WAN-to-LAN `drop` rule whose 100 sources (a named set, above the
+/// inline threshold) hold the "internet" namespace's address or not.
+fn blocklist_config(blocking_internet: bool) -> appliance::Config {
+    let mut list: Vec<String> = (0..100)
+        .map(|i| format!("\"198.18.{}.{}\"", i / 200, i % 200 + 1))
+        .collect();
+    if blocking_internet {
+        list.push(format!("\"{INTERNET}\""));
+    }
+    let src = format!(
+        "{}\n[firewall.forwards.web]\nprotocol = \"tcp\"\nport = 8080\nto = \"{LAN_SERVER}\"\nto_port = 80\n\n[[firewall.rules]]\nname = \"blocklist\"\nfrom = \"wan\"\nto = \"lan\"\naction = \"drop\"\nsource = [{}]\n",
+        appliance::DEFAULT_CONFIG,
+        list.join(", ")
+    );
+    appliance::load_str(&src).unwrap()
+}
+
+#[test]
+fn a_long_address_list_changes_by_set_elements_and_its_rule_keeps_counting() {
+    let lab = Lab::new();
+    let mut fw = Firewall::new(lab.nft());
+    assert!(fw.apply(&render(&blocklist_config(true))).unwrap());
+    fw.set_zone_addresses("wan", &[WAN1]).unwrap();
+    let _lan_server = Server::start(&lab.srv, 80);
+    assert_dropped(&lab.wan, WAN1, 8080);
+    let blocked = rule_counters(&fw.listing().unwrap().unwrap())["blocklist"];
+    assert!(blocked.0 > 0, "{blocked:?}");
+
+    let open = render(&blocklist_config(false));
+    let events = monitored(&lab, || assert!(fw.apply(&open).unwrap()));
+    // one element deleted, no rule, chain or set rewritten
+    assert!(
+        events.contains(&format!(
+            "delete element inet appliance blocklist.src4 {{ {INTERNET} }}"
+        )),
+        "{events}"
+    );
+    let changes: Vec<&str> = events
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("# new generation"))
+        .collect();
+    assert_eq!(changes.len(), 1, "{events}");
+
+    assert_eq!(reaches(&lab.wan, WAN1, 8080), INTERNET.to_string());
+    let after = rule_counters(&fw.listing().unwrap().unwrap());
+    assert_eq!(after["blocklist"], blocked, "{after:?}");
+    // the forward DNATed every blocked SYN before the drop, then the one that got through
+    assert_eq!(after["forward web"].0, blocked.0 + 1, "{after:?}");
+    assert!(!fw.apply(&open).unwrap());
 }
