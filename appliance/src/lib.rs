@@ -9,6 +9,7 @@ pub mod control;
 pub mod diag;
 pub mod leases;
 pub mod load;
+pub mod loki;
 pub mod metrics;
 pub mod migrate;
 pub mod model;

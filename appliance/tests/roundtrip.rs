@@ -109,6 +109,7 @@ fn the_full_example_uses_every_section() {
     assert!(!c.update.trusted_keys.is_empty());
     assert!(!c.api.users.is_empty());
     assert!(!c.api.listen.is_empty());
+    assert!(c.logging.json && c.logging.loki_url.is_some() && !c.logging.loki_labels.is_empty());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -979,8 +980,14 @@ fn repl_spec() -> impl Strategy<Value = ReplSpec> {
                 recursive,
                 interval,
                 bandwidth,
-                fingerprint,
-                identity,
+                // An ssh job needs both: its key and the target's host key.
+                fingerprint: match transport {
+                    Transport::Ssh => fingerprint.or_else(|| {
+                        Some(Fingerprint::parse(&format!("sha256:{}", "ab".repeat(32))).unwrap())
+                    }),
+                    Transport::Tls => fingerprint,
+                },
+                identity: identity || transport == Transport::Ssh,
                 enabled,
             },
         )
@@ -1562,6 +1569,8 @@ fn build(s: &Spec) -> Config {
                 })
                 .collect(),
         },
+        // Covered by tests/valid/full.toml; the generator leaves logging at its default.
+        logging: Logging::default(),
     }
 }
 

@@ -11,7 +11,9 @@ use std::time::{Duration, SystemTime};
 use appliance::accounts::{Accounts, SystemClock};
 use appliance::api::{self, AppState, listen, tls};
 use appliance::control::{ControlClient, server};
+use appliance::loki::Loki;
 use appliance::metrics::Gatherer;
+use appliance::model::Logging;
 use appliance::store::Store;
 use appliance::txn::backend::EngineBackend;
 use appliance::txn::{ControlDaemon, Daemon, Engine, StateDir, http};
@@ -94,14 +96,62 @@ enum Fatal {
     },
 }
 
+/// `[logging]` and the host name of the active generation (the built-in default's before
+/// the first), read before logging starts; a store or config that cannot be read is
+/// reported once logging runs, and the default's settings hold until then.
+fn startup_logging(data_dir: &Path) -> (Logging, String, Option<String>) {
+    let text = match Store::open(data_dir).and_then(|s| s.current()) {
+        Ok((Some(g), _)) => g.text,
+        Ok((None, _)) => appliance::DEFAULT_CONFIG.to_owned(),
+        Err(e) => {
+            return (
+                Logging::default(),
+                "appliance".into(),
+                Some(format!("the config store cannot be read: {e}")),
+            );
+        }
+    };
+    match appliance::load_str(&text) {
+        Ok(cfg) => (cfg.logging, cfg.system.hostname.to_string(), None),
+        Err(d) => (
+            Logging::default(),
+            "appliance".into(),
+            Some(format!(
+                "the active config does not validate ({} mistakes): default logging",
+                d.0.len()
+            )),
+        ),
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let args = Args::parse();
+    let (logging, hostname, problem) = startup_logging(&args.data_dir);
+    let loki = Loki::start("applianced");
+    {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let text = (!logging.json).then(tracing_subscriber::fmt::layer);
+        let json = logging.json.then_some(appliance::loki::JsonStderr);
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(text)
+            .with(json)
+            .with(loki.as_ref().ok().map(Loki::layer))
+            .init();
+    }
+    match &loki {
+        Ok(l) => {
+            l.install_global();
+            l.configure(&logging, &hostname);
+        }
+        Err(e) => tracing::error!(error = %e, "cannot start the Loki push thread: no push"),
+    }
+    if let Some(p) = problem {
+        tracing::warn!("{p}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -307,6 +357,7 @@ async fn refresh_accounts(engine: Arc<Engine>, backend: Arc<EngineBackend>) {
             Ok(now) if now != seen => {
                 tracing::info!(generation = ?now, "active generation changed: API accounts refreshed");
                 backend.refresh_accounts();
+                refresh_logging(&engine, now);
                 seen = now;
             }
             Ok(_) => {}
@@ -327,4 +378,22 @@ fn write_fingerprint(path: &Path, fingerprint: &str) -> Result<(), Fatal> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, format!("{fingerprint}\n")).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// Points the Loki push at the `[logging]` of generation `active` (JSON in the journal
+/// follows at the next start).
+fn refresh_logging(engine: &Engine, active: Option<u64>) {
+    let text = match active {
+        Some(n) => match engine.store().get(n) {
+            Ok(g) => g.text,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the active generation: logging unchanged");
+                return;
+            }
+        },
+        None => appliance::DEFAULT_CONFIG.to_owned(),
+    };
+    if let (Ok(cfg), Some(loki)) = (appliance::load_str(&text), appliance::loki::global()) {
+        loki.configure(&cfg.logging, cfg.system.hostname.as_str());
+    }
 }

@@ -20,7 +20,9 @@ pub use network::*;
 pub use services::*;
 pub use storage::*;
 
-use crate::types::{DomainName, Host, IfName, Name, SshPublicKey, Timezone};
+use crate::types::{
+    DomainName, Host, HttpUrl, IfName, LabelName, Name, SshPublicKey, Timezone,
+};
 
 /// The newest config format this firmware reads; older files are migrated on load.
 pub const CURRENT_VERSION: u32 = 1;
@@ -73,6 +75,35 @@ pub struct Config {
     /// The management API and its accounts.
     #[serde(default)]
     pub api: Api,
+    /// How the daemons log: text or JSON lines in the journal, and an optional push to Loki.
+    #[serde(default, skip_serializing_if = "Logging::is_default")]
+    pub logging: Logging,
+}
+
+/// How the daemons log. Logs always go to the journal; Loki gets a copy when `loki_url`
+/// is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Logging {
+    /// Write JSON lines (`ts` in Unix seconds, `level`, `target`, `message` and the
+    /// event's fields) to the journal instead of text. Read when a daemon starts.
+    #[serde(skip_serializing_if = "is_false")]
+    pub json: bool,
+    /// Push a copy of the logs to Loki, like `http://192.168.1.20:3100/loki/api/v1/push`
+    /// (a URL without a path gets `/loki/api/v1/push`). No credentials in the URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loki_url: Option<HttpUrl>,
+    /// Labels added to every stream pushed to Loki, like `{ site = "home" }`. The appliance
+    /// sets `job = "appliance"`, `host` (system.hostname), `unit` (the daemon) and `level`;
+    /// a label given here replaces `job` or `host`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub loki_labels: BTreeMap<LabelName, String>,
+}
+
+impl Logging {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// Host name, time, and administrator access.

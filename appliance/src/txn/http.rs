@@ -89,6 +89,7 @@ pub async fn engine_metrics(engine: &Engine) -> Result<String, TxnError> {
         "applianced_pending_confirm_seconds {}\n",
         s.pending.map_or(0, |p| p.seconds_left)
     ));
+    out.push_str(&crate::loki::global_metrics());
     Ok(out)
 }
 

@@ -10,7 +10,7 @@ mod net;
 mod secrets;
 mod units;
 
-pub use names::{DatasetName, DomainName, DomainPattern, IfName, Name, Timezone};
+pub use names::{DatasetName, DomainName, DomainPattern, IfName, LabelName, Name, Timezone};
 pub use net::{
     Cidr, Endpoint, Host, HttpUrl, Listen, MacAddr, Mtu, Port, PortRange, Upstream, UpstreamKind,
     VlanId,

@@ -352,6 +352,45 @@ string_newtype!(
     Some("^[A-Za-z0-9/_+-]{1,64}$")
 );
 
+/// The name of a log stream label for Loki (`site`, `env`): Prometheus' label syntax,
+/// without the `__` prefix Loki keeps for itself.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LabelName(String);
+
+impl LabelName {
+    pub fn parse(s: &str) -> Result<Self, ValueError> {
+        const HINT: &str = "label names are 1 to 63 of a-z A-Z 0-9 _, not starting with a digit or with __, like site";
+        let mut chars = s.chars();
+        let first_ok = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+        if !first_ok
+            || s.len() > 63
+            || s.starts_with("__")
+            || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(ValueError::new(
+                format!("{s:?} is not a label name"),
+                HINT,
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+impl fmt::Display for LabelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+string_newtype!(
+    LabelName,
+    "log label name: a-z A-Z 0-9 _, not starting with a digit or __",
+    Some("^[a-zA-Z_][a-zA-Z0-9_]{0,62}$")
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,5 +444,15 @@ mod tests {
         assert!(DatasetName::parse("tank//x").is_err());
         assert!(DatasetName::parse("tank@snap").is_err());
         assert!(DatasetName::parse("1tank").is_err());
+    }
+
+    #[test]
+    fn label_names() {
+        for ok in ["site", "_x", "Env_2"] {
+            assert!(LabelName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "2x", "__name__", "a-b", "a.b"] {
+            assert!(LabelName::parse(bad).is_err(), "{bad}");
+        }
     }
 }
