@@ -1,6 +1,8 @@
 //! NFS and SMB shares made by `stored share apply` on real ZFS, kernel nfsd and Samba, in one
 //! boot: an NFS client in a network namespace of the guest (a veth pair), smbclient as a
-//! user of the config, a reload while a client writes, and a refused share.
+//! user of the config, a reload while a client writes, and a refused share. The NAS user's
+//! Unix account is stored's (a systemd user record under /run/userdb, its uid kept on
+//! /data), made by the apply and removed once the user leaves the config.
 
 use std::fs;
 use std::time::Duration;
@@ -19,7 +21,6 @@ vdevs = [{ layout = "single", disks = ["DISK"] }]
 [storage.datasets."tank/off"]
 
 [storage.users.alice]
-uid = 2001
 smb_password_file = "/data/secrets/alice.smb"
 
 [shares.media]
@@ -91,13 +92,10 @@ fn stored_shares_datasets_over_nfs_and_smb_and_reloads_under_a_writing_client() 
     // Pools mount under /mnt, which the read-only root does not provide yet (see the
     // storage test).
     vm.sh("modprobe zfs && mount -t tmpfs -o mode=755 tmpfs /mnt");
-    // The image has no Unix account for NAS users yet and its /etc/passwd is read-only:
-    // give alice one, as the account management will (Samba maps SMB users to accounts).
-    vm.sh("cp /etc/passwd /run/passwd && \
-         echo 'alice:x:2001:100:alice:/nonexistent:/usr/sbin/nologin' >> /run/passwd && \
-         mount --bind /run/passwd /etc/passwd && \
-         mkdir -p /data/secrets && printf 'alice pw 1\\n' > /data/secrets/alice.smb && \
-         chmod 600 /data/secrets/alice.smb");
+    vm.sh(
+        "mkdir -p /data/secrets && printf 'alice pw 1\\n' > /data/secrets/alice.smb && \
+         chmod 600 /data/secrets/alice.smb",
+    );
     let bin = match std::env::var_os("STORED_BIN") {
         Some(host) => {
             vm.copy_in(std::path::Path::new(&host), "/tmp/stored");
@@ -114,15 +112,25 @@ fn stored_shares_datasets_over_nfs_and_smb_and_reloads_under_a_writing_client() 
     vm.sh("chmod 1777 /mnt/tank/media");
 
     let plan = g.ok(&format!("share plan --config {cfg}"));
+    assert!(
+        plan.contains("create Unix account alice (uid 2000)"),
+        "{plan}"
+    );
     assert!(plan.contains("add SMB user alice"), "{plan}");
+    assert!(vm.ssh("getent passwd alice").status.code() == Some(2));
     let applied = g.ok(&format!("share apply --config {cfg}"));
     assert!(applied.contains("done: reload NFS exports"), "{applied}");
+    // The first uid of the range, from a record nss-systemd serves on the read-only root.
+    assert_eq!(
+        vm.sh("getent passwd alice").trim(),
+        "alice:x:2000:2000:NAS user alice:/nonexistent:/usr/sbin/nologin"
+    );
     let again = g.ok(&format!("share apply --config {cfg}"));
     assert_eq!(again.trim(), "nothing to do");
     let exports = vm.sh("cat /etc/exports.d/appliance.exports; exportfs -v");
     eprintln!("{exports}");
     assert!(exports.contains("/mnt/tank/media"), "{exports}");
-    assert_eq!(vm.sh("pdbedit -L").trim(), "alice:2001:alice");
+    assert_eq!(vm.sh("pdbedit -L").trim(), "alice:2000:NAS user alice");
 
     // NFS from the client namespace: write a file, read it back, and see it on the dataset.
     vm.sh(
@@ -149,6 +157,11 @@ fn stored_shares_datasets_over_nfs_and_smb_and_reloads_under_a_writing_client() 
     );
     assert!(smb.contains("over-nfs"), "{smb}");
     assert_eq!(vm.sh("cat /mnt/tank/media/smb.txt").trim(), "over-smb");
+    // Samba wrote it as alice's account.
+    assert_eq!(
+        vm.sh("stat -c %U:%u /mnt/tank/media/smb.txt").trim(),
+        "alice:2000"
+    );
     let wrong = vm.ssh("smbclient //127.0.0.1/media -U 'alice%wrong' -c ls");
     assert!(!wrong.status.success(), "a wrong password got in");
 
@@ -219,6 +232,26 @@ fn stored_shares_datasets_over_nfs_and_smb_and_reloads_under_a_writing_client() 
         "{err}"
     );
     assert_eq!(vm.sh("cat /run/appliance/shares/*; exportfs -v"), before);
+
+    // alice leaves the config: her account goes, her files keep uid 2000, which stays
+    // hers in the map (a later user gets another).
+    let without = base
+        .split("[storage.users.alice]")
+        .next()
+        .unwrap()
+        .to_owned();
+    let cfg4 = g.config("shares-none", &without);
+    let removed = g.ok(&format!("share apply --config {cfg4}"));
+    assert!(
+        removed.contains("done: remove Unix account alice (uid 2000"),
+        "{removed}"
+    );
+    assert_eq!(vm.ssh("getent passwd alice").status.code(), Some(2));
+    assert_eq!(vm.sh("stat -c %u /mnt/tank/media/smb.txt").trim(), "2000");
+    assert!(
+        vm.sh("cat /data/stored/accounts.json")
+            .contains("\"alice\": 2000")
+    );
 
     let status = vm.power_off(crate::POWER_OFF_TIMEOUT);
     assert!(status.success(), "QEMU exited with {status}");
