@@ -2,13 +2,15 @@
 //! scheduler calls it every tick; `applctl storage prune --dry-run` calls it with
 //! `dry_run` to show the plan without changing anything.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
 
 use appliance::model::SnapshotPolicy;
 
 use super::{PrunePlan, Retention, due_names, plan_prune};
 use crate::time::UtcTime;
-use crate::zfs::{Zfs, ZfsError};
+use crate::zfs::lzc::LzcError;
+use crate::zfs::{Snapshot, Zfs, ZfsError};
 
 /// What one pass did (or, dry, would do).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,11 +34,17 @@ pub fn run_policy(
     dry_run: bool,
 ) -> Result<PolicyRun, ZfsError> {
     let retention = Retention::from(policy);
+    let started = Instant::now();
     let all: Vec<String> = if policy.recursive {
         zfs.datasets()?.into_iter().map(|d| d.name).collect()
     } else {
         Vec::new()
     };
+    // One listing per top dataset, its whole tree at once: a `zfs list` per dataset costs
+    // a process and a walk of the pool each.
+    // Listed before taking: what is taken now is added below, and a snapshot someone else
+    // takes meanwhile is merely not pruned this pass.
+    let mut listed: BTreeMap<String, Vec<Snapshot>> = BTreeMap::new();
     let mut taken = Vec::new();
     let mut covered = Vec::new();
     for top in &policy.datasets {
@@ -52,9 +60,22 @@ pub fn run_policy(
         } else {
             vec![top.to_string()]
         };
+        let mut by_dataset: BTreeMap<String, Vec<Snapshot>> =
+            tree.iter().map(|d| (d.clone(), Vec::new())).collect();
+        // Names only: the plan reads periods and times from them, and the holds of the
+        // few snapshots it would destroy are asked for below.
+        for full in zfs.snapshot_names(top.as_str(), policy.recursive)? {
+            if let Some((ds, name)) = full.split_once('@')
+                && let Some(v) = by_dataset.get_mut(ds)
+            {
+                v.push(unlisted(ds, name, 0));
+            }
+        }
+        // Two tops of one policy may overlap; the later listing is as good as the former.
+        listed.extend(by_dataset);
         // The top dataset decides what is due; its tree shares the names.
-        let existing = zfs.snapshots(top.as_str(), false)?;
-        let names = due_names(&retention, now, &existing);
+        let existing = listed.get(top.as_str()).map_or(&[][..], Vec::as_slice);
+        let names = due_names(&retention, now, existing);
         // One call per name: lzc_snapshot refuses two snapshots of one dataset in a call
         // (EXDEV), so periods due together (hourly and daily at midnight) go one by one,
         // each still atomic over the whole tree.
@@ -69,32 +90,59 @@ pub fn run_policy(
     }
     covered.sort();
     covered.dedup();
-    let mut plans = Vec::new();
-    for ds in &covered {
-        let mut snaps = zfs.snapshots(ds, false)?;
-        if dry_run {
-            // Show the plan as it will be once the due snapshots exist.
-            for name in taken
-                .iter()
-                .filter_map(|t| t.strip_prefix(&format!("{ds}@")))
-            {
-                snaps.push(crate::zfs::Snapshot {
-                    dataset: ds.clone(),
-                    name: name.to_owned(),
-                    guid: 0,
-                    createtxg: u64::MAX,
-                    creation: now.0,
-                    userrefs: 0,
-                });
-            }
+    let listed_count: usize = listed.values().map(Vec::len).sum();
+    let list_ms = started.elapsed().as_millis();
+    let planning = Instant::now();
+    // The plan sees what was just taken (or, dry, would be) as present: it is the newest
+    // of its period, and a snapshot is never held or needed the moment it is taken.
+    for t in &taken {
+        if let Some((ds, name)) = t.split_once('@')
+            && let Some(v) = listed.get_mut(ds)
+        {
+            v.push(unlisted(ds, name, now.0));
         }
-        plans.push(plan_prune(ds, &retention, now, &snaps, needed));
+    }
+    let plan = |listed: &BTreeMap<String, Vec<Snapshot>>, ds: &String| {
+        let snaps = listed.get(ds).map_or(&[][..], Vec::as_slice);
+        plan_prune(ds, &retention, now, snaps, needed)
+    };
+    let mut plans: Vec<PrunePlan> = covered.iter().map(|ds| plan(&listed, ds)).collect();
+    // Holds only matter to a snapshot the counts would drop; ask for exactly those (one
+    // lzc_get_holds each, no process) and plan again the datasets where one is held.
+    let mut held_in = BTreeSet::new();
+    for full in plans.iter().flat_map(|p| &p.destroy) {
+        let holds = zfs.holds(full)?.len() as u64;
+        if holds > 0
+            && let Some((ds, name)) = full.split_once('@')
+            && let Some(s) = listed
+                .get_mut(ds)
+                .and_then(|v| v.iter_mut().find(|s| s.name == name))
+        {
+            s.userrefs = holds;
+            held_in.insert(ds.to_owned());
+        }
+    }
+    for p in plans.iter_mut().filter(|p| held_in.contains(&p.dataset)) {
+        *p = plan(&listed, &p.dataset);
     }
     let destroy: Vec<String> = plans.iter().flat_map(|p| p.destroy.clone()).collect();
+    let plan_ms = planning.elapsed().as_millis();
+    let destroying = Instant::now();
     let mut destroyed = Vec::new();
     if !destroy.is_empty() && !dry_run {
-        zfs.destroy_snapshots(&destroy)?;
-        destroyed = destroy;
+        destroyed = destroy_unheld(zfs, destroy)?;
+    }
+    if !destroyed.is_empty() {
+        tracing::info!(
+            datasets = covered.len(),
+            listed = listed_count,
+            taken = taken.len(),
+            destroyed = destroyed.len(),
+            list_ms,
+            plan_ms,
+            destroy_ms = destroying.elapsed().as_millis(),
+            "pruned"
+        );
     }
     for p in &plans {
         if !p.rpo.met {
@@ -106,6 +154,49 @@ pub fn run_policy(
         plans,
         destroyed,
     })
+}
+
+/// A snapshot known by its name only, as the prune's listing gives it.
+fn unlisted(dataset: &str, name: &str, creation: i64) -> Snapshot {
+    Snapshot {
+        dataset: dataset.to_owned(),
+        name: name.to_owned(),
+        guid: 0,
+        createtxg: 0,
+        creation,
+        userrefs: 0,
+    }
+}
+
+/// Destroys `names` in batches. A batch is all or nothing, so a hold placed between the
+/// listing and the destroy (replication moving its base forward) would fail every other
+/// snapshot of the pass too: the snapshots the kernel reports busy are left out and the
+/// rest destroyed once more. The hold still decides; nothing held is destroyed.
+fn destroy_unheld(zfs: &mut dyn Zfs, mut names: Vec<String>) -> Result<Vec<String>, ZfsError> {
+    let busy = match zfs.destroy_snapshots(&names) {
+        Ok(()) => return Ok(names),
+        Err(ZfsError::Lzc(LzcError::Failed { per_item, .. }))
+            if !per_item.is_empty()
+                && per_item
+                    .iter()
+                    .all(|(_, e)| e.kind() == std::io::ErrorKind::ResourceBusy) =>
+        {
+            per_item
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect::<BTreeSet<_>>()
+        }
+        Err(e) => return Err(e),
+    };
+    tracing::warn!(
+        held = ?busy,
+        "snapshots were held after they were listed; they stay, the rest are destroyed"
+    );
+    names.retain(|n| !busy.contains(n));
+    if !names.is_empty() {
+        zfs.destroy_snapshots(&names)?;
+    }
+    Ok(names)
 }
 
 #[cfg(test)]
@@ -146,8 +237,10 @@ mod tests {
             );
             assert_eq!(run.plans.len(), 2);
         }
-        // Two hours pruned from two datasets, one batched destroy per run.
+        // Two hours pruned from two datasets, one batched destroy per run, and the tree
+        // listed once per run.
         assert_eq!(zfs.destroy_calls, 2);
+        assert_eq!(zfs.snapshot_listings.get(), 4);
         let mut left = zfs.snapshot_names();
         left.sort();
         assert_eq!(
@@ -184,5 +277,32 @@ mod tests {
         let left = zfs.snapshot_names();
         assert!(left.contains(&base), "{left:?}");
         assert_eq!(left.len(), 2);
+    }
+
+    #[test]
+    fn snapshots_held_after_the_listing_stay_and_the_rest_go() {
+        let mut zfs = fake();
+        let names: Vec<String> = (0..5)
+            .map(|i| format!("tank/docs@stored_hourly_2026-11-25T0{i}:00:00Z"))
+            .collect();
+        zfs.snapshot(&names[..1], &[]).unwrap();
+        for n in &names[1..] {
+            zfs.snapshot(std::slice::from_ref(n), &[]).unwrap();
+        }
+        zfs.hold(&[
+            (names[1].clone(), "stored-repl:offsite".into()),
+            (names[3].clone(), "admin".into()),
+        ])
+        .unwrap();
+        let destroyed = destroy_unheld(&mut zfs, names.clone()).unwrap();
+        assert_eq!(
+            destroyed,
+            [names[0].clone(), names[2].clone(), names[4].clone()]
+        );
+        assert_eq!(zfs.snapshot_names(), [names[1].clone(), names[3].clone()]);
+        // Any other failure is the pass's error, and nothing is destroyed.
+        zfs.fail_next = Some("pool I/O is currently suspended".into());
+        assert!(destroy_unheld(&mut zfs, vec![names[1].clone()]).is_err());
+        assert_eq!(zfs.snapshot_names().len(), 2);
     }
 }

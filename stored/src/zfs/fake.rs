@@ -43,6 +43,8 @@ pub struct FakeZfs {
     pub writes: usize,
     /// Snapshot destroy calls, as a batch count.
     pub destroy_calls: usize,
+    /// Snapshot listings (`zfs list -t snapshot` runs), each a process and a pool walk.
+    pub snapshot_listings: std::cell::Cell<usize>,
     /// When set, the next change fails with this stderr and changes nothing.
     pub fail_next: Option<String>,
 }
@@ -397,6 +399,7 @@ impl Zfs for FakeZfs {
     }
 
     fn snapshots(&self, dataset: &str, recursive: bool) -> Result<Vec<Snapshot>, ZfsError> {
+        self.snapshot_listings.set(self.snapshot_listings.get() + 1);
         if !self.exists(dataset) {
             return Err(cli_failure(
                 format!("zfs list -t snapshot {dataset}"),
@@ -472,11 +475,20 @@ impl Zfs for FakeZfs {
 
     fn destroy_snapshots(&mut self, names: &[String]) -> Result<(), ZfsError> {
         self.take_failure(|| "lzc_destroy_snaps".into())?;
-        // All or nothing, as lzc_destroy_snaps; a missing snapshot is not an error.
-        for full in names {
-            if self.find_snap(full).is_some_and(|s| !s.holds.is_empty()) {
-                return Err(lzc_failure("destroy snapshots", full, EBUSY));
-            }
+        // All or nothing, as lzc_destroy_snaps; a missing snapshot is not an error. Like the
+        // kernel's check pass, every held snapshot is reported, not only the first.
+        let held: Vec<(String, io::Error)> = names
+            .iter()
+            .filter(|full| self.find_snap(full).is_some_and(|s| !s.holds.is_empty()))
+            .map(|full| (full.clone(), io::Error::from_raw_os_error(EBUSY)))
+            .collect();
+        if let Some((first, _)) = held.first() {
+            return Err(ZfsError::Lzc(LzcError::Failed {
+                op: "destroy snapshots",
+                target: first.clone(),
+                source: io::Error::from_raw_os_error(EBUSY),
+                per_item: held,
+            }));
         }
         for full in names {
             if let Some((ds, name)) = full.split_once('@')

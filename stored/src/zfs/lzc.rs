@@ -14,9 +14,12 @@ use std::ptr::{self, NonNull};
 
 use zfs_core_sys as sys;
 
-/// Most snapshots per `lzc_destroy_snaps` call: one ioctl and one txg each, and a bounded
-/// nvlist however many thousands are pruned.
-pub const DESTROY_BATCH: usize = 1000;
+/// Most snapshots per `lzc_destroy_snaps` call. The kernel runs a call as one channel
+/// program in one txg, its Lua memory capped by `zfs_lua_max_memlimit` (100 MiB), and the
+/// ioctl's nvlist by `zfs_max_nvlist_src_size` (128 MiB at most): 20,000 names take a few
+/// MiB of either. Fewer, larger calls mean fewer txgs, each waited for; a prune of 10k
+/// snapshots is one call.
+pub const DESTROY_BATCH: usize = 20_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LzcError {
