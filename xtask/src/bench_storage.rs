@@ -1,7 +1,8 @@
 //! `cargo xtask bench storage`: raw `zfs send | zfs recv`, syncoid and stored replicating
 //! the same data in one VM boot (full send, an incremental, many empty incrementals), and
-//! stored pruning about 10k snapshots. The work is `tests/vm/bench_storage.rs`, an ignored
-//! VM test; this builds what it needs and runs it.
+//! stored pruning about 10k snapshots next to `zfs destroy -r` of a range and of a list.
+//! `--only prune` or `--only replication` runs one half. The work is
+//! `tests/vm/bench_storage.rs`, an ignored VM test; this builds what it needs and runs it.
 //!
 //! syncoid comes from Debian's sanoid package, which the image does not ship: its .deb and
 //! those of the Perl modules it needs beyond perl-base are downloaded (`apt-get download`)
@@ -25,6 +26,13 @@ pub(super) fn run_bench(opts: &[String]) -> Result<(), Failure> {
     let mut env: Vec<(&str, String)> = Vec::new();
     let mut it = opts.iter();
     while let Some(a) = it.next() {
+        if a == "--only" {
+            match it.next().map(String::as_str) {
+                Some(v @ ("prune" | "replication")) => env.push(("BENCH_ONLY", v.to_owned())),
+                _ => return usage("--only needs `prune` or `replication`".to_owned()),
+            }
+            continue;
+        }
         let var = match a.as_str() {
             "--full-mib" => "BENCH_FULL_MIB",
             "--inc-mib" => "BENCH_INC_MIB",

@@ -54,7 +54,7 @@ Commands:
                           blocklist) against `nft -f` of the same table, the no-op apply
                           and a one-forward change, in fresh network namespaces (root);
                           config and rulesets in target/bench/net/ (default 5 reps)
-  bench storage [--full-mib N] [--inc-mib N] [--empty N]
+  bench storage [--full-mib N] [--inc-mib N] [--empty N] [--only prune|replication]
                           in one VM boot: raw zfs send|recv, syncoid and stored on a full
                           send (512 MiB), an incremental (1024 MiB) and 1000 empty
                           incrementals, and stored's prune of ~10k snapshots
