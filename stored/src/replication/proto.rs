@@ -117,8 +117,8 @@ fn send_data_in_place(w: &mut impl Write, frame: &mut [u8]) -> io::Result<()> {
             "a data frame needs room for its header and at most 4 GiB",
         ));
     };
-    head[0] = DATA;
-    head[1..].copy_from_slice(&len.to_be_bytes());
+    let [a, b, c, d] = len.to_be_bytes();
+    head.copy_from_slice(&[DATA, a, b, c, d]);
     w.write_all(frame)
 }
 
