@@ -60,6 +60,16 @@ struct Args {
     /// The updater's state on the data partition.
     #[arg(long, default_value = "/data/update")]
     update_state_dir: PathBuf,
+    /// The running release's VERSION=, SECURITY_VERSION= and COMPATIBLE= (the image's;
+    /// another for tests and development).
+    #[arg(long, default_value = "/usr/lib/appliance/release")]
+    update_release: PathBuf,
+    /// The keyring of trusted update keys (the image's built-in one by default).
+    #[arg(long, default_value = "/usr/share/appliance/update-keys")]
+    update_keyring: PathBuf,
+    /// Where `appliance.slot=A|B` is read (the kernel command line GRUB passed).
+    #[arg(long, default_value = "/proc/cmdline")]
+    update_cmdline: PathBuf,
     /// Where netd keeps the keys of tunnels whose config names no private_key_file (the
     /// API's WireGuard peer add reads the tunnel's public key from there).
     #[arg(long, default_value = appliance::api::wireguard::KEY_DIR)]
@@ -306,7 +316,9 @@ async fn start_api(
             esp: args.esp.clone(),
             slot_dir: args.slot_dir.clone(),
             state_dir: args.update_state_dir.clone(),
-            ..image::install::Paths::default()
+            release: args.update_release.clone(),
+            keyring: args.update_keyring.clone(),
+            cmdline: args.update_cmdline.clone(),
         })
         .with_metrics(metrics)
         .with_wireguard_key_dir(&args.wireguard_key_dir),

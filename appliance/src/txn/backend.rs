@@ -17,6 +17,14 @@ use crate::control::{ClientError, ControlClient};
 use crate::store::StoreError;
 use crate::{Config, DEFAULT_CONFIG};
 
+/// How far the install that runs now is.
+#[derive(Debug, Clone)]
+struct Progress {
+    chunks_done: usize,
+    chunks: usize,
+    source: String,
+}
+
 /// The engine plus the sockets of the daemons the API reads directly.
 #[derive(Debug)]
 pub struct EngineBackend {
@@ -27,6 +35,8 @@ pub struct EngineBackend {
     update: image::install::Paths,
     /// One install at a time: a second one would write the same slot.
     installing: tokio::sync::Mutex<()>,
+    /// The install in progress: chunks written, chunks in all, where from; for the status.
+    progress: Arc<std::sync::Mutex<Option<Progress>>>,
     metrics: Option<Arc<crate::metrics::Gatherer>>,
     /// Where netd keeps the keys of tunnels whose config names no key file.
     wg_key_dir: PathBuf,
@@ -46,6 +56,7 @@ impl EngineBackend {
             stored: ControlClient::new(stored_socket),
             update: image::install::Paths::default(),
             installing: tokio::sync::Mutex::new(()),
+            progress: Arc::default(),
             metrics: None,
             wg_key_dir: crate::api::wireguard::KEY_DIR.into(),
         }
@@ -77,6 +88,14 @@ impl EngineBackend {
     fn device(&self) -> Result<image::install::Device, BackendError> {
         let mut device = image::install::Device::new(self.update.clone());
         device.config_generation = self.engine.store().active().map_err(store_error)?;
+        // The keys the admin trusts in `update.trusted_keys`, on top of the built-in ones.
+        let (_, cfg) = self.active_config()?;
+        device.extra_keys = cfg
+            .update
+            .trusted_keys
+            .iter()
+            .filter_map(|k| image::bundle::PublicKey::parse(&k.to_string()))
+            .collect();
         Ok(device)
     }
 
@@ -459,7 +478,17 @@ impl Backend for EngineBackend {
             .await
             .map_err(|e| BackendError::Internal(format!("the update status check stopped: {e}")))?
             .map_err(update_error)?;
-        Ok(crate::api::update::status_json(&status))
+        let mut doc = crate::api::update::status_json(&status);
+        let progress = self.progress.lock().ok().and_then(|p| p.clone());
+        if let Some(o) = doc.as_object_mut() {
+            o.insert(
+                "installing".into(),
+                progress.map_or(Value::Null, |p| {
+                    json!({"chunks_done": p.chunks_done, "chunks": p.chunks, "source": p.source})
+                }),
+            );
+        }
+        Ok(doc)
     }
 
     async fn update_install(&self, req: UpdateInstall) -> Result<Value, BackendError> {
@@ -477,13 +506,33 @@ impl Backend for EngineBackend {
             )));
         }
         let device = self.device()?;
-        let report = tokio::task::spawn_blocking(move || {
+        let progress = Arc::clone(&self.progress);
+        let set = move |p: Option<Progress>| {
+            if let Ok(mut slot) = progress.lock() {
+                *slot = p;
+            }
+        };
+        // Logged and shown without credentials or query (a signed URL's token).
+        let mut shown = url.clone();
+        let _ = shown.set_username("");
+        let _ = shown.set_password(None);
+        shown.set_query(None);
+        let source_name = shown.to_string();
+        let result = tokio::task::spawn_blocking(move || {
             let mut source = image::install::source::open(url.as_str());
-            device.install(source.as_mut(), |_, _| {})
+            let r = device.install(source.as_mut(), |done, total| {
+                set(Some(Progress {
+                    chunks_done: done,
+                    chunks: total,
+                    source: source_name.clone(),
+                }));
+            });
+            set(None);
+            r
         })
         .await
-        .map_err(|e| BackendError::Internal(format!("the install stopped: {e}")))?
-        .map_err(update_error)?;
+        .map_err(|e| BackendError::Internal(format!("the install stopped: {e}")))?;
+        let report = result.map_err(update_error)?;
         tracing::info!(version = %report.version, slot = %report.slot, "update installed over the API");
         Ok(crate::api::update::report_json(&report))
     }
