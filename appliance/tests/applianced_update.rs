@@ -271,4 +271,36 @@ async fn a_signed_bundle_installs_over_the_api_with_progress_and_bad_ones_are_re
     assert_eq!(s["next_boot"], json!({"slot": "B", "trial": true}), "{s:#}");
     let slot = std::fs::read(p("slots/rootB")).unwrap();
     assert_eq!(&slot[..payload.len()], &payload[..]);
+
+    // applctl update on the box trusts the config's keys the same way: the signer's
+    // 1.4.0 installs from a file, the stranger's is refused (exit 2).
+    bundle_of(&p("rootfs.squashfs"), "1.4.0", &signer, &p("newer.bundle"));
+    let applctl = |bundle: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_applctl"))
+            .arg("--data-dir")
+            .arg(p("config"))
+            .args(["update", "install", p(bundle).to_str().unwrap()])
+            .arg("--esp")
+            .arg(&esp)
+            .arg("--slot-dir")
+            .arg(p("slots"))
+            .arg("--state-dir")
+            .arg(p("update"))
+            .arg("--release")
+            .arg(p("release"))
+            .arg("--keyring")
+            .arg(p("update-keys"))
+            .arg("--cmdline")
+            .arg(p("cmdline"))
+            .output()
+            .unwrap()
+    };
+    let out = applctl("untrusted.bundle");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = applctl("newer.bundle");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("installed 1.4.0 into slot B"),
+        "{out:?}"
+    );
 }

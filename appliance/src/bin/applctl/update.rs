@@ -29,6 +29,19 @@ pub struct UpdateArgs {
     /// The updater's state on the data partition.
     #[arg(long, global = true, default_value = "/data/update")]
     state_dir: PathBuf,
+    /// The running release's VERSION=, SECURITY_VERSION= and COMPATIBLE= (the image's).
+    #[arg(long, global = true, default_value = "/usr/lib/appliance/release")]
+    release: PathBuf,
+    /// The keyring of trusted update keys (the image's built-in one).
+    #[arg(
+        long,
+        global = true,
+        default_value = "/usr/share/appliance/update-keys"
+    )]
+    keyring: PathBuf,
+    /// Where `appliance.slot=A|B` is read (the kernel command line).
+    #[arg(long, global = true, default_value = "/proc/cmdline")]
+    cmdline: PathBuf,
     #[command(subcommand)]
     command: UpdateCommand,
 }
@@ -81,7 +94,9 @@ pub fn run(args: &UpdateArgs, config_dir: &Path) -> Result<(), CliError> {
         esp: args.esp.clone(),
         slot_dir: args.slot_dir.clone(),
         state_dir: args.state_dir.clone(),
-        ..Paths::default()
+        release: args.release.clone(),
+        keyring: args.keyring.clone(),
+        cmdline: args.cmdline.clone(),
     });
     match &args.command {
         UpdateCommand::Install {
@@ -95,7 +110,19 @@ pub fn run(args: &UpdateArgs, config_dir: &Path) -> Result<(), CliError> {
                 })?);
             }
             if config_dir.exists() {
-                device.config_generation = Store::open(config_dir)?.active()?;
+                let store = Store::open(config_dir)?;
+                device.config_generation = store.active()?;
+                // The keys the admin trusts in the active config, like the API's updater.
+                if let (Some(g), _) = store.current()?
+                    && let Ok(cfg) = appliance::load_str(&g.text)
+                {
+                    device.extra_keys.extend(
+                        cfg.update
+                            .trusted_keys
+                            .iter()
+                            .filter_map(|k| PublicKey::parse(&k.to_string())),
+                    );
+                }
             }
             let mut src = source::open(spec);
             let mut last_percent = None;
