@@ -616,7 +616,14 @@ struct ServerResult {
     hwm_loaded: f64,
     rss_after: f64,
     hwm_after: f64,
+    /// Resident after [`SETTLE`] without queries: the steady state, once a server has
+    /// given back what the last burst freed.
+    rss_settled: f64,
 }
+
+/// How long the servers sit idle before their steady resident memory is read; longer than
+/// dnsd's trim interval (`dnsd::reclaim::TRIM_EVERY`, 5 s).
+const SETTLE: Duration = Duration::from_secs(6);
 
 /// Runs the three query sets against a loaded server.
 fn measure(
@@ -698,6 +705,8 @@ fn measure(
         result.runs.insert(set, (peak, half));
     }
     (result.rss_after, result.hwm_after) = memory(p.pid())?;
+    std::thread::sleep(SETTLE);
+    (result.rss_settled, _) = memory(p.pid())?;
     Ok(())
 }
 
@@ -1130,7 +1139,7 @@ fn report(
             }
         );
         println!(
-            "  {:<8} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}",
+            "  {:<8} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}",
             "server",
             "QPS",
             "lost",
@@ -1139,6 +1148,7 @@ fn report(
             "p99 ms",
             "lost@½",
             "RSS MB",
+            "idle MB",
             "peak MB",
             "load s"
         );
@@ -1148,7 +1158,7 @@ fn report(
                 continue;
             };
             println!(
-                "  {:<8} {:>9.0} {:>7} {:>8.3} {:>8} {:>8} {:>8} {:>8.1} {:>8.1} {:>7.2}",
+                "  {:<8} {:>9.0} {:>7} {:>8.3} {:>8} {:>8} {:>8} {:>8.1} {:>8.1} {:>8.1} {:>7.2}",
                 s,
                 p.qps,
                 p.lost,
@@ -1157,6 +1167,7 @@ fn report(
                 ms(h.percentile(0.99)),
                 h.lost,
                 r.rss_after,
+                r.rss_settled,
                 r.hwm_after,
                 r.load.as_secs_f64()
             );
@@ -1241,8 +1252,15 @@ fn report(
             } else {
                 format!("rss_1m_domains_{s}")
             };
-            lines.push((name, format!("{:.1}", r.rss_after), "MB"));
+            lines.push((name, format!("{:.1}", r.rss_settled), "MB"));
         }
+    }
+    if let Some(r) = results.get("dnsd") {
+        lines.push((
+            "rss_1m_domains_right_after_load".into(),
+            format!("{:.1}", r.rss_after),
+            "MB",
+        ));
     }
     lines.push((
         "rss_peak_compile_1m_domains".into(),
