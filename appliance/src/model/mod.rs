@@ -20,9 +20,7 @@ pub use network::*;
 pub use services::*;
 pub use storage::*;
 
-use crate::types::{
-    DomainName, Host, HttpUrl, IfName, LabelName, Name, SshPublicKey, Timezone,
-};
+use crate::types::{DomainName, Host, HttpUrl, IfName, LabelName, Name, SshPublicKey, Timezone};
 
 /// The newest config format this firmware reads; older files are migrated on load.
 pub const CURRENT_VERSION: u32 = 1;

@@ -369,10 +369,7 @@ impl LabelName {
             || s.starts_with("__")
             || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
         {
-            return Err(ValueError::new(
-                format!("{s:?} is not a label name"),
-                HINT,
-            ));
+            return Err(ValueError::new(format!("{s:?} is not a label name"), HINT));
         }
         Ok(Self(s.to_owned()))
     }
