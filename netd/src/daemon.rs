@@ -13,6 +13,8 @@
 //! DHCP server, the LAN router advertisements and WireGuard (with the endpoint watch of
 //! `netd wg watch`) run inside `netd serve` (see [`cli`]) and follow every applied config.
 
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -38,6 +40,12 @@ struct Inner<N: Netlink, F: Nft> {
     firewall: Firewall<F>,
     applied: Option<(u64, Config)>,
     last_error: Option<String>,
+    /// The address each WAN DHCP client holds now, by link.
+    wan_leases: BTreeMap<String, Ipv4Addr>,
+    /// The zone address sets this netd wrote, as it wrote them.
+    zone_sets: BTreeMap<String, Vec<Ipv4Addr>>,
+    /// Why the last write of a zone address set failed (`None`: it did not); retried.
+    zone_error: Option<String>,
 }
 
 /// netd as its control socket sees it.
@@ -76,6 +84,9 @@ where
                 firewall,
                 applied: None,
                 last_error: None,
+                wan_leases: BTreeMap::new(),
+                zone_sets: BTreeMap::new(),
+                zone_error: None,
             }),
             started: Instant::now(),
             applied_tx: watch::Sender::new(None),
@@ -140,6 +151,9 @@ where
                 self.applied_tx.send_replace(Some(Arc::new(cfg.clone())));
                 inner.applied = Some((generation, cfg));
                 inner.last_error = None;
+                // The rendered table holds the config's addresses and those learned
+                // before; a zone that gained or lost a DHCP link needs its set now.
+                Self::sync_zone_sets(&mut inner);
             }
             Err(e) => inner.last_error = Some(e.to_string()),
         }
@@ -188,6 +202,58 @@ where
         })
     }
 
+    /// A WAN DHCP client bound, changed or lost its address: the zone sets that hold it
+    /// (`@wan_addr4`, matched by port forwards and hairpin) follow, rules untouched.
+    pub fn wan_address(&self, change: &crate::wan::AddressChange) {
+        let mut inner = self.inner();
+        match change.address {
+            Some(a) => inner.wan_leases.insert(change.link.clone(), a),
+            None => inner.wan_leases.remove(&change.link),
+        };
+        Self::sync_zone_sets(&mut inner);
+    }
+
+    /// Writes again the zone sets whose last write failed.
+    pub fn retry_zone_sets(&self) {
+        let mut inner = self.inner();
+        if inner.zone_error.is_some() {
+            Self::sync_zone_sets(&mut inner);
+        }
+    }
+
+    /// Brings every zone set that holds a DHCP link's address (or did) to the zone's
+    /// static IPv4 addresses plus its links' leases. Sets already right are not written.
+    fn sync_zone_sets(inner: &mut Inner<N, F>) {
+        let Some((_, cfg)) = &inner.applied else {
+            return;
+        };
+        let wanted = zone_addresses(cfg, &inner.wan_leases, &inner.zone_sets);
+        inner.zone_sets.retain(|z, _| wanted.contains_key(z));
+        let mut errors = Vec::new();
+        for (zone, (addrs, leased)) in wanted {
+            if inner.zone_sets.get(&zone) == Some(&addrs) {
+                continue;
+            }
+            // Without a lease the applied table already holds the config's addresses;
+            // writing them again would only cost the firewall its record of the table.
+            if !leased && !inner.zone_sets.contains_key(&zone) {
+                inner.zone_sets.insert(zone, addrs);
+                continue;
+            }
+            match inner.firewall.set_zone_addresses(&zone, &addrs) {
+                Ok(()) => {
+                    tracing::info!(zone, addresses = ?addrs, "firewall: zone address set updated");
+                    inner.zone_sets.insert(zone, addrs);
+                }
+                Err(e) => {
+                    tracing::warn!(zone, addresses = ?addrs, error = %e, "firewall: cannot update the zone address set; retrying");
+                    errors.push(format!("zone {zone}: {e}"));
+                }
+            }
+        }
+        inner.zone_error = (!errors.is_empty()).then(|| errors.join("; "));
+    }
+
     /// The generation of the last successful apply ([`DEFAULT_GENERATION`] for the default).
     pub fn applied_generation(&self) -> Option<u64> {
         self.inner().applied.as_ref().map(|(n, _)| *n)
@@ -223,6 +289,7 @@ where
             "version": env!("CARGO_PKG_VERSION"),
             "generation": inner.applied.as_ref().map(|(n, _)| *n),
             "last_error": inner.last_error,
+            "zone_addresses_error": inner.zone_error,
             "uptime_seconds": self.started.elapsed().as_secs(),
             "net": net,
         })
@@ -324,6 +391,68 @@ where
     }
 }
 
+/// The addresses each zone's set must hold: for every zone with a DHCP link, or whose
+/// set netd wrote before (`written`: back to the config's addresses once it has none),
+/// the static IPv4 addresses of its links and the leases of its DHCP links; and whether
+/// any of its links holds a lease.
+fn zone_addresses(
+    cfg: &Config,
+    leases: &BTreeMap<String, Ipv4Addr>,
+    written: &BTreeMap<String, Vec<Ipv4Addr>>,
+) -> BTreeMap<String, (Vec<Ipv4Addr>, bool)> {
+    use appliance::model::Addressed;
+    let dhcp = crate::wan::cli::dhcp_links(cfg);
+    let statics = |link: &appliance::types::IfName| -> Vec<Ipv4Addr> {
+        let cidrs: &[appliance::types::Cidr] = if let Some(i) = cfg.interfaces.get(link) {
+            i.addresses()
+        } else if let Some(v) = cfg.vlans.get(link) {
+            v.addresses()
+        } else if let Some(b) = cfg.bridges.get(link) {
+            b.addresses()
+        } else if let Some(w) = cfg.wireguard.get(link) {
+            &w.addresses
+        } else {
+            &[]
+        };
+        cidrs
+            .iter()
+            .filter_map(|c| match c.addr() {
+                IpAddr::V4(a) => Some(a),
+                IpAddr::V6(_) => None,
+            })
+            .collect()
+    };
+    cfg.firewall
+        .zones
+        .iter()
+        .filter(|(name, zone)| {
+            written.contains_key(name.as_str())
+                || zone
+                    .interfaces
+                    .iter()
+                    .any(|l| dhcp.iter().any(|d| d == l.as_str()))
+        })
+        .map(|(name, zone)| {
+            let mut addrs: Vec<Ipv4Addr> = zone
+                .interfaces
+                .iter()
+                .flat_map(|l| {
+                    statics(l)
+                        .into_iter()
+                        .chain(leases.get(l.as_str()).copied())
+                })
+                .collect();
+            addrs.sort_unstable();
+            addrs.dedup();
+            let leased = zone
+                .interfaces
+                .iter()
+                .any(|l| leases.contains_key(l.as_str()));
+            (name.to_string(), (addrs, leased))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,6 +545,65 @@ mod tests {
         );
     }
 
+    /// The wan_addr4 elements as the (fake) kernel holds them.
+    fn wan_set(d: &NetDaemon<FakeNetlink, FakeNft>) -> serde_json::Value {
+        let listing = d.inner().firewall.listing().unwrap().unwrap();
+        listing["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|o| o.get("set").filter(|s| s["name"] == "wan_addr4").cloned())
+            .unwrap()["elem"]
+            .clone()
+    }
+
+    #[test]
+    fn the_wan_zone_set_follows_the_dhcp_lease_and_survives_an_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let wan = format!(
+            "{BASE}[interfaces.wan]\ndevice = \"nic0\"\nipv4 = \"dhcp\"\n[firewall.zones.wan]\ninterfaces = [\"wan\"]\ninput = \"drop\"\nforward = \"drop\"\n[firewall.forwards.web]\nprotocol = \"tcp\"\nport = 8080\nto = \"192.168.1.10\"\n"
+        );
+        let n1 = store.commit(&wan, "dhcp wan").unwrap();
+        let n2 = store
+            .commit(&wan.replace("port = 8080", "port = 8081"), "other port")
+            .unwrap();
+        let links = Links::new(FakeNetlink::with_nics(&[
+            ("nic0", [2, 0, 0, 0, 0, 0]),
+            ("nic1", [2, 0, 0, 0, 0, 1]),
+        ]));
+        let d = NetDaemon::new(store, links, Firewall::new(FakeNft::new()));
+        let lease = |a: Option<&str>| crate::wan::AddressChange {
+            link: "wan".into(),
+            address: a.map(|a| a.parse().unwrap()),
+        };
+        // A lease before the first apply waits for it.
+        d.wan_address(&lease(Some("203.0.113.100")));
+        d.apply(n1).unwrap();
+        assert_eq!(wan_set(&d), json!(["203.0.113.100"]));
+        d.wan_address(&lease(Some("203.0.113.200")));
+        assert_eq!(wan_set(&d), json!(["203.0.113.200"]));
+        d.apply(n2).unwrap();
+        assert_eq!(wan_set(&d), json!(["203.0.113.200"]));
+        // A failed write shows in the status and is retried.
+        d.inner().firewall.nft_mut().fail_next = Some("Error: busy".into());
+        d.wan_address(&lease(Some("203.0.113.201")));
+        let status = d.status(false);
+        assert!(
+            status["zone_addresses_error"]
+                .as_str()
+                .unwrap()
+                .contains("zone wan"),
+            "{status:#}"
+        );
+        d.retry_zone_sets();
+        assert_eq!(wan_set(&d), json!(["203.0.113.201"]));
+        assert!(d.status(false)["zone_addresses_error"].is_null());
+        // Lost: the set empties.
+        d.wan_address(&lease(None));
+        assert!(wan_set(&d).is_null(), "{}", wan_set(&d));
+    }
+
     #[test]
     fn an_unknown_generation_is_invalid() {
         let dir = tempfile::tempdir().unwrap();
@@ -429,6 +617,7 @@ pub mod cli {
     use std::path::PathBuf;
     use std::process::ExitCode;
     use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc::{RecvTimeoutError, Sender};
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
@@ -682,6 +871,33 @@ pub mod cli {
         }
     }
 
+    /// How long a failed zone set write waits before it is tried again.
+    const ZONE_RETRY: Duration = Duration::from_secs(5);
+
+    /// A thread that hands the WAN clients' address changes to the daemon (nft runs,
+    /// blocking) and retries failed zone set writes; it ends when the last sender goes.
+    fn follow_wan_addresses<N, F>(daemon: &Arc<NetDaemon<N, F>>) -> Sender<wan::AddressChange>
+    where
+        N: crate::links::Netlink + Send + 'static,
+        F: crate::firewall::Nft + Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::channel::<wan::AddressChange>();
+        let daemon = Arc::clone(daemon);
+        std::thread::spawn(move || {
+            loop {
+                match rx.recv_timeout(ZONE_RETRY) {
+                    Ok(change) => {
+                        tracing::info!(link = change.link, address = ?change.address, "WAN address changed");
+                        daemon.wan_address(&change);
+                    }
+                    Err(RecvTimeoutError::Timeout) => daemon.retry_zone_sets(),
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        });
+        tx
+    }
+
     /// Pings systemd's watchdog from the runtime that serves the socket and runs the DHCP
     /// server, so a wedged runtime is restarted.
     fn watchdog() {
@@ -706,6 +922,7 @@ pub mod cli {
         let firewall = Firewall::with_state_file(NftCli::new(), &args.firewall_state);
         let daemon = NetDaemon::new(store, links, firewall);
         let _ = daemon.dhcp_dir.set(args.dhcp_dir.clone());
+        let changes = follow_wan_addresses(&daemon);
         let mut applied = daemon.applied();
         daemon.apply_active();
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -716,6 +933,7 @@ pub mod cli {
             paths: Paths {
                 state_dir: args.dhcp_dir.clone(),
                 dns_file: args.wan_dns_file.clone(),
+                changes: Some(changes),
             },
             wireguard_dir: args.wireguard_dir.clone(),
             wg_error: Arc::clone(&daemon.wg_error),

@@ -52,6 +52,7 @@ pub fn run(args: WanArgs) -> ExitCode {
     let paths = Paths {
         state_dir: args.state_dir,
         dns_file: args.dns_file,
+        changes: None,
     };
     let clients = {
         let stop = stop.clone();

@@ -7,6 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ipnet::{IpNet, Ipv4Net};
@@ -47,13 +48,24 @@ pub enum ClientError {
     Netlink(#[from] NetlinkError),
 }
 
-/// Where a client keeps its files.
+/// Where a client keeps its files, and whom it tells about its address.
 #[derive(Debug, Clone)]
 pub struct Paths {
     /// Holds `wan-<link>.json`.
     pub state_dir: PathBuf,
     /// The DNS file for dnsd.
     pub dns_file: PathBuf,
+    /// Told every address the client puts on or takes off its link, once the kernel has
+    /// it: `netd serve` fills the firewall's zone address sets from it (a port forward
+    /// matches the WAN address, which only the lease knows).
+    pub changes: Option<Sender<AddressChange>>,
+}
+
+/// The client of `link` now holds `address` on it (`None`: no address any more).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressChange {
+    pub link: String,
+    pub address: Option<Ipv4Addr>,
 }
 
 /// Passes on only what the DHCP socket needs: IPv4 UDP to port 68 and ARP replies (for
@@ -299,11 +311,30 @@ impl<N: Netlink> Client<N> {
     /// Applies `event` and records the result as applied.
     fn handle(&mut self, event: Event) {
         let steps = decide::decide(&self.link, self.applied.as_ref(), &event);
+        let before = self.address();
         self.applied = match &event {
             Event::Acked(l) => Some(l.clone()),
             Event::Lost | Event::Stop => None,
         };
         self.run_steps(steps);
+        if self.address() != before {
+            self.tell();
+        }
+    }
+
+    fn address(&self) -> Option<Ipv4Addr> {
+        self.applied.as_ref().map(|l| l.address.addr())
+    }
+
+    /// Tells [`Paths::changes`] the address held now. A receiver gone (netd stopping)
+    /// is no reason to stop the client.
+    fn tell(&self) {
+        if let Some(tx) = &self.paths.changes {
+            let _ = tx.send(AddressChange {
+                link: self.link.clone(),
+                address: self.address(),
+            });
+        }
     }
 
     /// Takes over an address a previous run left on the link, so that a changed lease
@@ -325,6 +356,9 @@ impl<N: Netlink> Client<N> {
     pub fn run(mut self, stop: &AtomicBool) -> Result<(), ClientError> {
         let stored = files::load_lease(&self.paths.state_dir, &self.link);
         self.adopt(stored.as_ref())?;
+        if self.applied.is_some() {
+            self.tell();
+        }
         let raw =
             RawSocket::new(&self.link, Medium::Ethernet).map_err(|source| ClientError::Socket {
                 link: self.link.clone(),
