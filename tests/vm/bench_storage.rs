@@ -176,7 +176,8 @@ fn bench_storage() {
     if let Some(p) = &pruned {
         p.print();
     }
-    vm.power_off(crate::POWER_OFF_TIMEOUT);
+    // Unmounting the prune's hundreds of datasets outlasts the usual minute under TCG.
+    vm.power_off(std::time::Duration::from_secs(600));
 }
 
 /// Seconds of one replication round: (raw, syncoid, stored).
@@ -234,7 +235,13 @@ impl Replication {
 
 /// `stored replicate` against raw `zfs send | zfs recv` and syncoid: a full send, one
 /// incremental, then `empties` empty incrementals.
-fn replication(b: &Bench, pools: &str, full_mib: u64, inc_mib: u64, empties: u64) -> Replication {
+fn replication(
+    b: &Bench<'_>,
+    pools: &str,
+    full_mib: u64,
+    inc_mib: u64,
+    empties: u64,
+) -> Replication {
     let vm = b.vm;
     let sender_fp = vm.sh(&format!(
         "{} replication identity /data/bench-repl/sender.pem",
@@ -334,8 +341,11 @@ struct Prune {
     /// Seconds to make all the trees' snapshots (`zfs snapshot -r`, one txg a round).
     setup_secs: f64,
     runs: Vec<Pruned>,
-    /// What stored logged about its pass (listing, plan and destroy times).
-    stored_log: String,
+    /// What each stored logged about its pass (listing, plan and destroy times).
+    logs: Vec<(&'static str, String)>,
+    /// Seconds `zfs list` took over one tree: with the properties stored used to ask for,
+    /// and names only.
+    listings: [(&'static str, f64); 2],
 }
 
 impl Prune {
@@ -359,8 +369,14 @@ impl Prune {
                 r.method, self.per_tree, r.secs, r.txgs
             );
         }
-        if !self.stored_log.is_empty() {
-            println!("prune: stored logged: {}", self.stored_log.trim());
+        for (what, secs) in &self.listings {
+            println!(
+                "prune: zfs list of {} snapshots, {what}: {secs:.2} s",
+                self.per_tree
+            );
+        }
+        for (method, log) in &self.logs {
+            println!("prune: {method} logged:\n{}", log.trim_end());
         }
         let Some(stored) = self.secs("stored") else {
             return;
@@ -385,7 +401,7 @@ impl Prune {
 /// takes one snapshot per dataset, as a scheduled pass does), and by hand the two ways
 /// `zfs destroy` takes many at once: `-r tree@first%last` and `-r tree@a,b,c,...`. With
 /// STORED_BEFORE_BIN, the build it names (copied to /tmp/stored-before) prunes a tree too.
-fn prune_trees(b: &Bench, pools: &str, children: u64, rounds: u64, before: bool) -> Prune {
+fn prune_trees(b: &Bench<'_>, pools: &str, children: u64, rounds: u64, before: bool) -> Prune {
     let vm = b.vm;
     let mut trees = vec!["zfs-range", "zfs-list", "stored"];
     if before {
@@ -429,9 +445,24 @@ fn prune_trees(b: &Bench, pools: &str, children: u64, rounds: u64, before: bool)
             .parse()
             .unwrap()
     };
+    // Where a listing's time goes: every property of every snapshot, or the bare names.
+    let listings = [
+        (
+            "properties",
+            "zfs list -H -p -t snapshot -o name,guid,createtxg,creation,userrefs -s createtxg",
+        ),
+        ("names", "zfs list -H -t snapshot -o name"),
+    ]
+    .map(|(what, list)| {
+        let secs = b.timed(
+            &format!("listing {what}"),
+            &format!("{list} -r src/prune/stored >/dev/null"),
+        );
+        (what, secs)
+    });
     let (first, last) = (&names[0], &names[names.len() - 1]);
     let mut runs = Vec::new();
-    let mut stored_log = String::new();
+    let mut logs = Vec::new();
     for t in trees {
         let command = match t {
             "zfs-range" => format!("zfs destroy -r src/prune/{t}@{first}%{last}"),
@@ -455,8 +486,11 @@ fn prune_trees(b: &Bench, pools: &str, children: u64, rounds: u64, before: bool)
         let before = txg();
         let secs = b.timed(&format!("prune {t}"), &command);
         let txgs = txg() - before;
-        if t == "stored" {
-            stored_log = vm.sh("grep -a -v '^destroyed: \\|^took: ' /tmp/bench.out || true");
+        if t.starts_with("stored") {
+            logs.push((
+                t,
+                vm.sh("grep -a -v '^destroyed: \\|^took: ' /tmp/bench.out || true"),
+            ));
         }
         let left = count(t);
         let want = if t.starts_with("stored") {
@@ -475,6 +509,7 @@ fn prune_trees(b: &Bench, pools: &str, children: u64, rounds: u64, before: bool)
         per_tree,
         setup_secs,
         runs,
-        stored_log,
+        logs,
+        listings,
     }
 }

@@ -62,13 +62,11 @@ pub fn run_policy(
         };
         let mut by_dataset: BTreeMap<String, Vec<Snapshot>> =
             tree.iter().map(|d| (d.clone(), Vec::new())).collect();
-        // Names only: the plan reads periods and times from them, and the holds of the
-        // few snapshots it would destroy are asked for below.
-        for full in zfs.snapshot_names(top.as_str(), policy.recursive)? {
-            if let Some((ds, name)) = full.split_once('@')
-                && let Some(v) = by_dataset.get_mut(ds)
-            {
-                v.push(unlisted(ds, name, 0));
+        // With their hold counts (userrefs), so no snapshot needs a get_holds call. Names
+        // alone (`zfs list -o name`) were no faster: 52 s for 10,100 either way (TCG).
+        for s in zfs.snapshots(top.as_str(), policy.recursive)? {
+            if let Some(v) = by_dataset.get_mut(&s.dataset) {
+                v.push(s);
             }
         }
         // Two tops of one policy may overlap; the later listing is as good as the former.
@@ -102,29 +100,13 @@ pub fn run_policy(
             v.push(unlisted(ds, name, now.0));
         }
     }
-    let plan = |listed: &BTreeMap<String, Vec<Snapshot>>, ds: &String| {
-        let snaps = listed.get(ds).map_or(&[][..], Vec::as_slice);
-        plan_prune(ds, &retention, now, snaps, needed)
-    };
-    let mut plans: Vec<PrunePlan> = covered.iter().map(|ds| plan(&listed, ds)).collect();
-    // Holds only matter to a snapshot the counts would drop; ask for exactly those (one
-    // lzc_get_holds each, no process) and plan again the datasets where one is held.
-    let mut held_in = BTreeSet::new();
-    for full in plans.iter().flat_map(|p| &p.destroy) {
-        let holds = zfs.holds(full)?.len() as u64;
-        if holds > 0
-            && let Some((ds, name)) = full.split_once('@')
-            && let Some(s) = listed
-                .get_mut(ds)
-                .and_then(|v| v.iter_mut().find(|s| s.name == name))
-        {
-            s.userrefs = holds;
-            held_in.insert(ds.to_owned());
-        }
-    }
-    for p in plans.iter_mut().filter(|p| held_in.contains(&p.dataset)) {
-        *p = plan(&listed, &p.dataset);
-    }
+    let plans: Vec<PrunePlan> = covered
+        .iter()
+        .map(|ds| {
+            let snaps = listed.get(ds).map_or(&[][..], Vec::as_slice);
+            plan_prune(ds, &retention, now, snaps, needed)
+        })
+        .collect();
     let destroy: Vec<String> = plans.iter().flat_map(|p| p.destroy.clone()).collect();
     let plan_ms = planning.elapsed().as_millis();
     let destroying = Instant::now();
@@ -156,7 +138,7 @@ pub fn run_policy(
     })
 }
 
-/// A snapshot known by its name only, as the prune's listing gives it.
+/// A snapshot just taken (or, dry, to be taken), as the plan sees it.
 fn unlisted(dataset: &str, name: &str, creation: i64) -> Snapshot {
     Snapshot {
         dataset: dataset.to_owned(),

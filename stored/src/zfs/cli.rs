@@ -175,20 +175,6 @@ impl ZfsCli {
         parse_snapshots(&out, &format!("zfs {}", args.join(" ")))
     }
 
-    /// Full snapshot names only. `zfs list` asks the kernel for the bare names (its
-    /// `ZFS_ITER_SIMPLE` path) only when the one column is `name` and the sort is by name:
-    /// any other column makes the kernel gather every property of every snapshot, its
-    /// parents' inherited ones included, which is what made listing 10k snapshots slow.
-    pub fn snapshot_names(&self, dataset: &str, recursive: bool) -> Result<Vec<String>, ZfsError> {
-        let depth = if recursive { "-r" } else { "-d1" };
-        let out = self.zfs(&["list", "-H", "-t", "snapshot", "-o", "name", depth, dataset])?;
-        Ok(out
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(str::to_owned)
-            .collect())
-    }
-
     /// Values of any properties of one dataset, in the order asked (`-` when unset).
     pub fn get_values(&self, dataset: &str, props: &[&str]) -> Result<Vec<String>, ZfsError> {
         let list = props.join(",");

@@ -235,17 +235,6 @@ pub trait Zfs {
 
     /// Snapshots of `dataset`, or of it and its descendants, oldest first.
     fn snapshots(&self, dataset: &str, recursive: bool) -> Result<Vec<Snapshot>, ZfsError>;
-    /// Full names of the snapshots of `dataset` (or of its tree), in no particular order,
-    /// without their properties: what a prune plans from. Much cheaper than
-    /// [`Zfs::snapshots`] on real ZFS, where each snapshot's properties cost the kernel a
-    /// walk of every property of the dataset and its parents.
-    fn snapshot_names(&self, dataset: &str, recursive: bool) -> Result<Vec<String>, ZfsError> {
-        Ok(self
-            .snapshots(dataset, recursive)?
-            .iter()
-            .map(Snapshot::full_name)
-            .collect())
-    }
     /// Takes snapshots (full names, one pool) atomically, with user properties.
     fn snapshot(&mut self, names: &[String], props: &[(String, String)]) -> Result<(), ZfsError>;
     /// Destroys snapshots (full names), batched; held ones make it fail.

@@ -93,10 +93,6 @@ impl Zfs for RealZfs {
         self.cli.snapshots(dataset, recursive)
     }
 
-    fn snapshot_names(&self, dataset: &str, recursive: bool) -> Result<Vec<String>, ZfsError> {
-        self.cli.snapshot_names(dataset, recursive)
-    }
-
     fn snapshot(&mut self, names: &[String], props: &[(String, String)]) -> Result<(), ZfsError> {
         for (pool, names) in by_pool(names, String::as_str) {
             tracing::info!(pool, count = names.len(), "taking snapshots");
