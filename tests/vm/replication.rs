@@ -368,4 +368,112 @@ datasets = ["dst/backup"]
         "receiver log:\n{}",
         tail(&vm.sh("cat /tmp/receiver.log"), 40)
     );
+
+    ssh_transport(&g, &pools);
+}
+
+/// The ssh transport in the same boot: the guest's sshd on loopback, a key made here, the
+/// host key pinned by its `ssh-keygen -l` fingerprint, and the key limited by a forced
+/// command to `serve-stdio` into dst/viassh for job viassh. Full, incremental, a resume
+/// after `kill -9` of the sender, and the refusals (wrong host key, other dataset).
+fn ssh_transport(g: &Guest<'_>, pools: &str) {
+    let vm = g.vm;
+    vm.sh(
+        "ssh-keygen -q -t ed25519 -N '' -C repl-sender -f /data/repl/ssh_id && \
+         zfs create src/ssh && zfs create dst/viassh",
+    );
+    let host_fp = vm.sh("ssh-keygen -l -f /data/ssh/ssh_host_ed25519_key.pub | awk '{print $2}'");
+    let host_fp = host_fp.trim();
+    assert!(host_fp.starts_with("SHA256:"), "{host_fp}");
+    vm.sh(&format!(
+        "echo \"command=\\\"{} replication serve-stdio --job viassh --dataset dst/viassh\\\",restrict \
+         $(cat /data/repl/ssh_id.pub)\" >> /data/ssh/authorized_keys && tail -1 /data/ssh/authorized_keys",
+        g.bin
+    ));
+    let ssh_job = |name: &str, fp: &str, target_dataset: &str| {
+        g.config(
+            name,
+            &format!(
+                r#"{pools}
+[replication.viassh]
+target = "127.0.0.1:22"
+transport = "ssh"
+target_dataset = "{target_dataset}"
+datasets = ["src/ssh"]
+target_fingerprint = "{fp}"
+identity_file = "/data/repl/ssh_id"
+"#
+            ),
+        )
+    };
+    let cfg = ssh_job("ssh", host_fp, "dst/viassh");
+    let same = || {
+        let (src, dst) = (g.guids("src/ssh"), g.guids("dst/viassh/ssh"));
+        assert_eq!(dst.last(), src.last(), "newest snapshot by GUID");
+        let sums = g.sums("/mnt/src/ssh");
+        assert!(!sums.is_empty());
+        assert_eq!(sums, g.sums("/mnt/dst/viassh/ssh"));
+    };
+
+    // A host key other than the pinned one is refused before any login.
+    let other_fp = vm.sh("ssh-keygen -l -f /data/repl/ssh_id.pub | awk '{print $2}'");
+    let wrong = ssh_job("ssh-wrong", other_fp.trim(), "dst/viassh");
+    vm.sh("echo one > /mnt/src/ssh/one && zfs snapshot src/ssh@a0");
+    let (code, out, err) = g.stored(&format!("replicate viassh --config {wrong}"));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("no host key of 127.0.0.1:22"), "{err}");
+
+    // Full, then incremental, over ssh.
+    vm.sh(
+        "for i in 1 2 3; do head -c 200000 /dev/urandom > /mnt/src/ssh/f$i; done && \
+         zfs snapshot src/ssh@a1",
+    );
+    let full = g.ok(&format!("replicate viassh --config {cfg}"));
+    assert_eq!(field(&full, "snapshots"), "1", "{full}");
+    assert!(field(&full, "lag_s") != "none", "{full}");
+    same();
+    assert!(g.holds("src/ssh@a1").contains("stored-repl:viassh"));
+    vm.sh("echo changed > /mnt/src/ssh/f1 && rm /mnt/src/ssh/f2 && zfs snapshot src/ssh@a2");
+    let inc = g.ok(&format!("replicate viassh --config {cfg}"));
+    assert_eq!(field(&inc, "snapshots"), "1", "{inc}");
+    let (inc_bytes, full_bytes): (u64, u64) = (
+        field(&inc, "bytes").parse().unwrap(),
+        field(&full, "bytes").parse().unwrap(),
+    );
+    assert!(inc_bytes < full_bytes, "{inc_bytes} >= {full_bytes}");
+    same();
+
+    // The forced command keeps the key to dst/viassh, whatever the job asks.
+    let elsewhere = ssh_job("ssh-elsewhere", host_fp, "dst/backup");
+    let (code, out, err) = g.stored(&format!("replicate viassh --config {elsewhere}"));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("not under the receiver's datasets"), "{err}");
+
+    // kill -9 of the sender mid-stream (16 MiB at 2 MB/s: 8 s or more), then a resume.
+    vm.sh("head -c 16777216 /dev/urandom > /mnt/src/ssh/big && zfs snapshot src/ssh@a3");
+    vm.sh(&format!(
+        "setsid nohup {} replicate viassh --config {cfg} --bwlimit 2000000 \
+         >/tmp/ssh-cut.log 2>&1 </dev/null & echo $! > /tmp/ssh-cut.pid",
+        g.bin
+    ));
+    // ssh's handshake alone takes seconds under TCG: the kill waits for the stream.
+    vm.wait_until("grep -q sending /tmp/ssh-cut.log", Duration::from_secs(60));
+    vm.sh("sleep 3; kill -9 $(cat /tmp/ssh-cut.pid)");
+    let token = vm.wait_until(
+        "t=$(zfs get -H -o value receive_resume_token dst/viassh/ssh); \
+         [ \"$t\" != - ] && echo $t",
+        Duration::from_secs(60),
+    );
+    assert!(token.trim().starts_with("1-"), "{token}");
+    let resumed = g.ok(&format!("replicate viassh --config {cfg}"));
+    assert_eq!(field(&resumed, "resumed"), "true", "{resumed}");
+    eprintln!(
+        "ssh resume: {} bytes sent after the cut of a 16 MiB change",
+        field(&resumed, "bytes")
+    );
+    same();
+    eprintln!(
+        "pinned host key file: {}",
+        vm.sh("cat /data/stored/replication/viassh.known_hosts")
+    );
 }
