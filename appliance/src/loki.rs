@@ -228,6 +228,75 @@ pub fn global_metrics() -> String {
     GLOBAL.get().map(Loki::metrics).unwrap_or_default()
 }
 
+/// `[logging]` and the host name of the active generation in the store at `config_dir`
+/// (the built-in default's before the first), read before logging starts; a store or
+/// config that cannot be read comes back as a problem to report once logging runs, and the
+/// default's settings hold until then.
+pub fn active_logging(config_dir: &std::path::Path) -> (Logging, String, Option<String>) {
+    let text = match crate::store::Store::open(config_dir).and_then(|s| s.current()) {
+        Ok((Some(g), _)) => g.text,
+        Ok((None, _)) => crate::DEFAULT_CONFIG.to_owned(),
+        Err(e) => {
+            return (
+                Logging::default(),
+                "appliance".into(),
+                Some(format!("the config store cannot be read: {e}")),
+            );
+        }
+    };
+    match crate::load_str(&text) {
+        Ok(cfg) => (cfg.logging, cfg.system.hostname.to_string(), None),
+        Err(d) => (
+            Logging::default(),
+            "appliance".into(),
+            Some(format!(
+                "the active config does not validate ({} mistakes): default logging",
+                d.0.len()
+            )),
+        ),
+    }
+}
+
+/// The tracing start-up every daemon shares: stderr as text or JSON lines as `[logging]`
+/// says, filtered by `RUST_LOG` or else `default_filter`, and the push to Loki for `unit`
+/// configured from `[logging]` of the active generation in `config_dir`. Returns the push
+/// (also installed as the [`global`] one) so that a later generation can reconfigure it;
+/// `None` when its thread could not start, which is logged.
+pub fn init_daemon(unit: &str, default_filter: &str, config_dir: &std::path::Path) -> Option<Loki> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let (logging, hostname, problem) = active_logging(config_dir);
+    let loki = Loki::start(unit);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let text = (!logging.json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    });
+    let json = logging.json.then_some(JsonStderr);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .with(json)
+        .with(loki.as_ref().ok().map(Loki::layer))
+        .init();
+    if let Some(p) = problem {
+        tracing::warn!("{p}");
+    }
+    match loki {
+        Ok(l) => {
+            l.install_global();
+            l.configure(&logging, &hostname);
+            Some(l)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the Loki push thread: no push");
+            None
+        }
+    }
+}
+
 impl Shared {
     fn enqueue(&self, entry: Entry) {
         let Ok(mut q) = self.queue.lock() else {
@@ -635,5 +704,25 @@ mod tests {
         logging.loki_url = None;
         loki.configure(&logging, "gw");
         assert!(loki.shared.queue.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_daemons_take_logging_from_the_active_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (logging, _, problem) = active_logging(dir.path());
+        assert_eq!(problem, None);
+        assert!(logging.loki_url.is_none());
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let n = store
+            .commit(include_str!("../tests/valid/full.toml"), "test")
+            .unwrap();
+        store.activate(n).unwrap();
+        let (logging, _, problem) = active_logging(dir.path());
+        assert_eq!(problem, None);
+        assert!(logging.json);
+        assert_eq!(
+            logging.loki_url.unwrap().as_url().as_str(),
+            "http://192.168.1.20:3100/loki/api/v1/push"
+        );
     }
 }

@@ -159,11 +159,18 @@ pub const FILES: &[File] = &[
 
 /// Symbolic links (path, target): files the read-only root must show at a fixed path but
 /// that are written at runtime. stored generates the NFS exports under /run; exportfs only
-/// reads /etc/exports and /etc/exports.d.
-pub const LINKS: &[(&str, &str)] = &[(
-    "/etc/exports.d/appliance.exports",
-    "/run/appliance/shares/appliance.exports",
-)];
+/// reads /etc/exports and /etc/exports.d. applianced writes the console's API banner (its
+/// addresses and certificate fingerprint) under /run; agetty reads /etc/issue.d/*.issue.
+pub const LINKS: &[(&str, &str)] = &[
+    (
+        "/etc/exports.d/appliance.exports",
+        "/run/appliance/shares/appliance.exports",
+    ),
+    (
+        "/etc/issue.d/appliance-api.issue",
+        "/run/appliance/issue/api.issue",
+    ),
+];
 
 /// Units enabled as `systemctl enable` would: (the .wants directory, the unit file).
 pub const ENABLED: &[(&str, &str)] = &[

@@ -11,9 +11,7 @@ use std::time::{Duration, SystemTime};
 use appliance::accounts::{Accounts, SystemClock};
 use appliance::api::{self, AppState, listen, tls};
 use appliance::control::{ControlClient, server};
-use appliance::loki::Loki;
 use appliance::metrics::Gatherer;
-use appliance::model::Logging;
 use appliance::store::Store;
 use appliance::txn::backend::EngineBackend;
 use appliance::txn::{ControlDaemon, Daemon, Engine, StateDir, http};
@@ -51,6 +49,10 @@ struct Args {
     /// Where the certificate's SHA-256 fingerprint is written for the console and applctl.
     #[arg(long, default_value = "/run/appliance/api-fingerprint")]
     fingerprint_file: PathBuf,
+    /// The agetty issue snippet with the API's addresses and fingerprint, for the console
+    /// (/etc/issue.d/appliance-api.issue links to it).
+    #[arg(long, default_value = "/run/appliance/issue/api.issue")]
+    issue_file: PathBuf,
     /// The mounted ESP with the A/B boot state, for the API's update endpoints.
     #[arg(long, env = "APPLIANCE_ESP", default_value = "/boot/efi")]
     esp: PathBuf,
@@ -106,62 +108,9 @@ enum Fatal {
     },
 }
 
-/// `[logging]` and the host name of the active generation (the built-in default's before
-/// the first), read before logging starts; a store or config that cannot be read is
-/// reported once logging runs, and the default's settings hold until then.
-fn startup_logging(data_dir: &Path) -> (Logging, String, Option<String>) {
-    let text = match Store::open(data_dir).and_then(|s| s.current()) {
-        Ok((Some(g), _)) => g.text,
-        Ok((None, _)) => appliance::DEFAULT_CONFIG.to_owned(),
-        Err(e) => {
-            return (
-                Logging::default(),
-                "appliance".into(),
-                Some(format!("the config store cannot be read: {e}")),
-            );
-        }
-    };
-    match appliance::load_str(&text) {
-        Ok(cfg) => (cfg.logging, cfg.system.hostname.to_string(), None),
-        Err(d) => (
-            Logging::default(),
-            "appliance".into(),
-            Some(format!(
-                "the active config does not validate ({} mistakes): default logging",
-                d.0.len()
-            )),
-        ),
-    }
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
-    let (logging, hostname, problem) = startup_logging(&args.data_dir);
-    let loki = Loki::start("applianced");
-    {
-        use tracing_subscriber::layer::SubscriberExt as _;
-        use tracing_subscriber::util::SubscriberInitExt as _;
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-        let text = (!logging.json).then(tracing_subscriber::fmt::layer);
-        let json = logging.json.then_some(appliance::loki::JsonStderr);
-        tracing_subscriber::registry()
-            .with(filter)
-            .with(text)
-            .with(json)
-            .with(loki.as_ref().ok().map(Loki::layer))
-            .init();
-    }
-    match &loki {
-        Ok(l) => {
-            l.install_global();
-            l.configure(&logging, &hostname);
-        }
-        Err(e) => tracing::error!(error = %e, "cannot start the Loki push thread: no push"),
-    }
-    if let Some(p) = problem {
-        tracing::warn!("{p}");
-    }
+    appliance::loki::init_daemon("applianced", "info", &args.data_dir);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -351,6 +300,19 @@ async fn start_api(
         );
         return Ok((None, accounts_task));
     }
+    let bound: Vec<SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    // The console only helps: a failure costs the banner, not the API.
+    if let Err(e) = write_issue(
+        &args.issue_file,
+        Path::new(AGETTY_RELOAD),
+        &bound,
+        &identity.fingerprint,
+    ) {
+        tracing::warn!(path = %args.issue_file.display(), error = %e, "cannot write the console's API banner");
+    }
     let state = AppState { backend, accounts };
     let api_task = tokio::spawn(async move {
         if let Err(e) = api::serve(listeners, identity.config, state, std::future::pending()).await
@@ -392,6 +354,53 @@ fn write_fingerprint(path: &Path, fingerprint: &str) -> Result<(), Fatal> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
+/// agetty (built with its reload support, as Debian's is) redraws its prompt when this is
+/// touched.
+const AGETTY_RELOAD: &str = "/run/agetty.reload";
+
+/// The agetty issue snippet: one line per API address. An unspecified address becomes
+/// agetty's `\\4` or `\\6` escape, which it fills with the box's current address.
+fn issue_text(addrs: &[SocketAddr], fingerprint: &str) -> String {
+    let mut out = String::new();
+    for addr in addrs {
+        let host = match addr.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_unspecified() => "\\4".to_owned(),
+            std::net::IpAddr::V6(ip) if ip.is_unspecified() => "[\\6]".to_owned(),
+            std::net::IpAddr::V4(ip) => ip.to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        };
+        out.push_str(&format!("Appliance API: https://{host}:{}\n", addr.port()));
+    }
+    out.push_str(&format!(
+        "API certificate SHA256 fingerprint: {fingerprint}\n\n"
+    ));
+    out
+}
+
+/// Writes the console banner atomically and asks running agettys to show it again (what
+/// `agetty --reload` does: they watch /run/agetty.reload for a touch).
+fn write_issue(
+    path: &Path,
+    reload: &Path,
+    addrs: &[SocketAddr],
+    fingerprint: &str,
+) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    appliance::tlsgen::write_atomic(path, issue_text(addrs, fingerprint).as_bytes(), 0o644)?;
+    let touched = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(reload)
+        .and_then(|f| f.set_modified(SystemTime::now()));
+    if let Err(e) = touched {
+        tracing::debug!(error = %e, path = %reload.display(), "cannot touch agetty's reload file: the banner shows at the next prompt");
+    }
+    Ok(())
+}
+
 /// Points the Loki push at the `[logging]` of generation `active` (JSON in the journal
 /// follows at the next start).
 fn refresh_logging(engine: &Engine, active: Option<u64>) {
@@ -407,5 +416,55 @@ fn refresh_logging(engine: &Engine, active: Option<u64>) {
     };
     if let (Ok(cfg), Some(loki)) = (appliance::load_str(&text), appliance::loki::global()) {
         loki.configure(&cfg.logging, cfg.system.hostname.as_str());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_issue_snippet_names_each_address_and_the_fingerprint() {
+        let fp = "AB:CD:EF";
+        let text = issue_text(
+            &[
+                "192.168.1.1:443".parse().unwrap(),
+                "[fd00::1]:8443".parse().unwrap(),
+            ],
+            fp,
+        );
+        assert_eq!(
+            text,
+            "Appliance API: https://192.168.1.1:443\n\
+             Appliance API: https://[fd00::1]:8443\n\
+             API certificate SHA256 fingerprint: AB:CD:EF\n\n"
+        );
+    }
+
+    #[test]
+    fn an_unspecified_address_is_left_to_agetty() {
+        let text = issue_text(
+            &["0.0.0.0:443".parse().unwrap(), "[::]:443".parse().unwrap()],
+            "AB",
+        );
+        assert!(
+            text.starts_with("Appliance API: https://\\4:443\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Appliance API: https://[\\6]:443\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_issue_file_is_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("issue/api.issue");
+        let reload = dir.path().join("agetty.reload");
+        write_issue(&path, &reload, &["10.0.0.1:443".parse().unwrap()], "AB").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("https://10.0.0.1:443") && text.contains("fingerprint: AB"));
+        assert!(reload.exists());
     }
 }
