@@ -641,7 +641,7 @@ pub mod cli {
         socket: PathBuf,
         /// Where config generations are kept.
         #[arg(long, env = "APPLIANCE_CONFIG_DIR", default_value = appliance::store::DEFAULT_DIR)]
-        data_dir: PathBuf,
+        pub data_dir: PathBuf,
         /// The firewall's record of its last apply.
         #[arg(long, default_value = super::DEFAULT_FIREWALL_STATE)]
         firewall_state: PathBuf,

@@ -40,13 +40,19 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    if let Command::Serve(serve) = &args.command {
+        // The daemon logs as its generation's [logging] says, to Loki too; the helper
+        // commands log to stderr only.
+        appliance::loki::init_daemon("netd", "info", &serve.data_dir);
+    } else {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .init();
+    }
     match args.command {
         Command::DhcpServer { config, state_dir } => dhcp_server(&config, &state_dir),
         Command::Wg { command } => netd::wireguard::cli::run(command),
