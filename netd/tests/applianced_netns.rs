@@ -142,8 +142,8 @@ impl Lab {
             .arg(lab.path("api"))
             .arg("--fingerprint-file")
             .arg(lab.path("api-fingerprint"))
-            .stdout(log("applianced.log"))
-            .stderr(log("applianced.err"))
+            // tracing writes to stderr, as under systemd.
+            .stderr(log("applianced.log"))
             .spawn()
             .unwrap();
         lab.children.push(applianced);
@@ -153,7 +153,7 @@ impl Lab {
                 Instant::now() < deadline,
                 "the daemons did not open their sockets; netd: {}\napplianced: {}",
                 lab.read("netd.log"),
-                lab.read("applianced.err")
+                lab.read("applianced.log")
             );
             std::thread::sleep(Duration::from_millis(50));
         }
