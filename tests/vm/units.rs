@@ -123,6 +123,22 @@ fn the_daemons_run_hardened_and_netd_owns_the_network() {
         );
     }
 
+    // The console shows the API's certificate fingerprint: agetty renders its issue with
+    // applianced's snippet (through the link in /etc/issue.d). agetty wants a terminal.
+    let fingerprint = vm.wait_until(
+        "test -s /run/appliance/api-fingerprint && cat /run/appliance/api-fingerprint",
+        Duration::from_secs(60),
+    );
+    let fingerprint = fingerprint.trim();
+    assert!(!fingerprint.is_empty());
+    let issue = vm.sh("script -qc 'agetty --show-issue' /dev/null </dev/null");
+    eprintln!("console issue:\n{issue}");
+    assert!(
+        issue.contains(&format!("SHA256 fingerprint: {fingerprint}")),
+        "the console does not show the API fingerprint {fingerprint}:\n{issue}"
+    );
+    assert!(issue.contains("Appliance API: https://"), "{issue}");
+
     // netd's table, with the imported SSH rule.
     let table = vm.sh("nft list table inet appliance");
     assert!(table.contains("chain input"), "{table}");
