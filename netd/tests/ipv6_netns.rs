@@ -25,8 +25,9 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use netd::links::{Links, Rtnetlink};
 use serde_json::Value;
@@ -67,18 +68,8 @@ impl Drop for Proc {
 }
 
 /// Polls `f` for up to 30 s; RAs and SLAAC take a few seconds.
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    common::wait_until(what, Duration::from_secs(30), f)
 }
 
 fn global_address(ns: &Netns, dev: &str, prefix: &str) -> Option<String> {
@@ -136,11 +127,9 @@ fn netns(role: &str) -> Netns {
     ns
 }
 
-#[test]
-fn slaac_on_the_wan_and_router_advertisements_on_the_lan() {
-    common::require_root();
-    common::require_working(&["ip", "netns", "list"], "iproute2");
-    common::require_working(&["sh", "-c", "command -v radvd"], "radvd");
+/// The router, the ISP and the client of the module's picture; the router's ends of the
+/// veths get the MACs that [`ROUTER_LAN_LL`] and the ISP's route are made from.
+fn lab() -> (Netns, Netns, Netns) {
     let router = netns("router");
     let isp = netns("isp");
     let client = netns("client");
@@ -154,6 +143,35 @@ fn slaac_on_the_wan_and_router_advertisements_on_the_lan() {
         ));
         router.ip(&format!("link set {nic} address {mac}"));
     }
+    (router, isp, client)
+}
+
+/// radvd in `isp`, advertising 2001:db8:1::/64 every few seconds; its files under `dir`.
+fn radvd(isp: &Netns, dir: &Path) -> Proc {
+    let radvd_conf = dir.join("radvd.conf");
+    std::fs::write(
+        &radvd_conf,
+        "interface eth0 {\n AdvSendAdvert on;\n MinRtrAdvInterval 3;\n MaxRtrAdvInterval 4;\n prefix 2001:db8:1::/64 { AdvOnLink on; AdvAutonomous on; };\n};\n",
+    )
+    .unwrap();
+    Proc(
+        isp.command("radvd")
+            .args(["--nodaemon", "--logmethod", "stderr", "--config"])
+            .arg(&radvd_conf)
+            .arg("--pidfile")
+            .arg(dir.join("radvd.pid"))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn slaac_on_the_wan_and_router_advertisements_on_the_lan() {
+    common::require_root();
+    common::require_working(&["ip", "netns", "list"], "iproute2");
+    common::require_working(&["sh", "-c", "command -v radvd"], "radvd");
+    let (router, isp, client) = lab();
 
     // The ISP: a router advertising 2001:db8:1::/64, with the LAN prefix routed to us.
     isp.sh("echo 1 > /proc/sys/net/ipv6/conf/all/forwarding");
@@ -161,22 +179,7 @@ fn slaac_on_the_wan_and_router_advertisements_on_the_lan() {
     isp.ip("link set eth0 up");
     isp.ip("-6 route add 2001:db8:2::/64 via fe80::5054:ff:feaa:1 dev eth0");
     let dir = tempfile::tempdir().unwrap();
-    let radvd_conf = dir.path().join("radvd.conf");
-    std::fs::write(
-        &radvd_conf,
-        "interface eth0 {\n AdvSendAdvert on;\n MinRtrAdvInterval 3;\n MaxRtrAdvInterval 4;\n prefix 2001:db8:1::/64 { AdvOnLink on; AdvAutonomous on; };\n};\n",
-    )
-    .unwrap();
-    let _radvd = Proc(
-        isp.command("radvd")
-            .args(["--nodaemon", "--logmethod", "stderr", "--config"])
-            .arg(&radvd_conf)
-            .arg("--pidfile")
-            .arg(dir.path().join("radvd.pid"))
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _radvd = radvd(&isp, dir.path());
 
     client.ip("link set eth0 up");
 
@@ -266,30 +269,6 @@ fn slaac_on_the_wan_and_router_advertisements_on_the_lan() {
     assert!(links.plan(&off).unwrap().is_empty());
 }
 
-/// `method target` on a control socket with an optional JSON body: the status code and
-/// the body.
-fn request(socket: &std::path::Path, method: &str, target: &str, body: &str) -> (u16, String) {
-    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "{method} {target} HTTP/1.1\r\nHost: netd\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (code, body.to_string())
-}
-
-fn status(socket: &std::path::Path) -> Value {
-    let (code, body) = request(socket, "GET", "/v1/status", "");
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
 /// The same router as [`CONFIG`], with zones: the WAN masquerades, the LAN is trusted.
 const SERVE_CONFIG: &str = r#"
 version = 1
@@ -326,38 +305,11 @@ fn netd_serve_advertises_follows_new_prefixes_and_says_goodbye() {
     common::require_working(&["ip", "netns", "list"], "iproute2");
     common::require_working(&["nft", "--version"], "nftables");
     common::require_working(&["sh", "-c", "command -v radvd"], "radvd");
-    let router = netns("router");
-    let isp = netns("isp");
-    let client = netns("client");
-    for (nic, peer, mac) in [
-        ("nic0", &isp, "52:54:00:aa:00:01"),
-        ("nic1", &client, "52:54:00:aa:00:02"),
-    ] {
-        router.ip(&format!(
-            "link add {nic} type veth peer name eth0 netns {}",
-            peer.name
-        ));
-        router.ip(&format!("link set {nic} address {mac}"));
-    }
+    let (router, isp, client) = lab();
     isp.ip("addr add 2001:db8:1::1/64 dev eth0");
     isp.ip("link set eth0 up");
     let dir = tempfile::tempdir().unwrap();
-    let radvd_conf = dir.path().join("radvd.conf");
-    std::fs::write(
-        &radvd_conf,
-        "interface eth0 {\n AdvSendAdvert on;\n MinRtrAdvInterval 3;\n MaxRtrAdvInterval 4;\n prefix 2001:db8:1::/64 { AdvOnLink on; AdvAutonomous on; };\n};\n",
-    )
-    .unwrap();
-    let _radvd = Proc(
-        isp.command("radvd")
-            .args(["--nodaemon", "--logmethod", "stderr", "--config"])
-            .arg(&radvd_conf)
-            .arg("--pidfile")
-            .arg(dir.path().join("radvd.pid"))
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _radvd = radvd(&isp, dir.path());
     client.ip("link set eth0 up");
 
     let store = appliance::store::Store::open(dir.path().join("config")).unwrap();
@@ -371,26 +323,12 @@ fn netd_serve_advertises_follows_new_prefixes_and_says_goodbye() {
         .unwrap();
     let socket = dir.path().join("netd.sock");
     let mut netd = Proc(
-        router
-            .command(env!("CARGO_BIN_EXE_netd"))
-            .arg("serve")
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--data-dir")
-            .arg(dir.path().join("config"))
-            .arg("--firewall-state")
-            .arg(dir.path().join("firewall.json"))
-            .arg("--dhcp-dir")
-            .arg(dir.path().join("dhcp"))
-            .arg("--wan-dns-file")
-            .arg(dir.path().join("wan-dns.json"))
-            .arg("--wireguard-dir")
-            .arg(dir.path().join("wireguard"))
+        common::netd_serve(&router, dir.path(), &socket)
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),
     );
-    wait_for("netd serve's socket", || socket.exists().then_some(()));
+    common::wait_for_socket(&socket);
 
     let addr = wait_for("the client's SLAAC address from netd serve", || {
         global_address(&client, "eth0", "2001:db8:2:")
@@ -402,7 +340,7 @@ fn netd_serve_advertises_follows_new_prefixes_and_says_goodbye() {
 
     // SLAAC on the WAN is the kernel's, with the switches serve set.
     let wan = wait_for("the WAN's SLAAC address and router in the status", || {
-        let s = status(&socket);
+        let s = common::status(&socket);
         let wan = s["net"]["ipv6"]["slaac"][0].clone();
         (wan["addresses"].as_array().is_some_and(|a| !a.is_empty())
             && wan["default_router"].is_string())
@@ -418,7 +356,7 @@ fn netd_serve_advertises_follows_new_prefixes_and_says_goodbye() {
             .starts_with("2001:db8:1:"),
         "{wan}"
     );
-    let s = status(&socket);
+    let s = common::status(&socket);
     assert_eq!(
         s["net"]["ipv6"]["advertised"],
         serde_json::json!([{"link": "lan", "prefixes": ["2001:db8:2::/64"], "dns": "2001:db8:2::1"}]),
@@ -431,7 +369,7 @@ fn netd_serve_advertises_follows_new_prefixes_and_says_goodbye() {
     );
 
     // A new generation: the advertiser restarts with the new prefix.
-    let (code, body) = request(
+    let (code, body) = common::request(
         &socket,
         "POST",
         "/v1/apply",
@@ -455,7 +393,7 @@ fn netd_serve_advertises_follows_new_prefixes_and_says_goodbye() {
         })?;
         (old["preferred_life_time"] == 0).then_some(())
     });
-    let s = status(&socket);
+    let s = common::status(&socket);
     assert_eq!(
         s["net"]["ipv6"]["advertised"][0]["prefixes"],
         serde_json::json!(["2001:db8:3::/64"]),

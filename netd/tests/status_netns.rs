@@ -17,16 +17,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::net::UnixStream;
-use std::path::Path;
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use serde_json::Value;
 
-use common::Netns;
+use common::{Killed, Netns, get};
 
 const CONFIG: &str = r#"version = 1
 
@@ -50,31 +47,6 @@ action = "accept"
 const LEASES: &str = r#"{"version": 1, "leases": [
   {"mac": "52:54:00:00:00:0a", "ip": "192.168.1.100", "hostname": "alpha", "expires": 4000000000}]}"#;
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// GET `target` on the control socket; the body.
-fn get(socket: &Path, target: &str) -> String {
-    let mut s = UnixStream::connect(socket).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {target} HTTP/1.1\r\nHost: netd\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{target}: {head}\n{body}");
-    body.to_string()
-}
-
 #[test]
 fn status_and_metrics_show_links_leases_and_rule_counters() {
     common::require_root();
@@ -97,31 +69,12 @@ fn status_and_metrics_show_links_leases_and_rule_counters() {
     std::fs::write(dir.path().join("dhcp/leases.json"), LEASES).unwrap();
     let socket = dir.path().join("netd.sock");
     let _netd = Killed(
-        router
-            .command(env!("CARGO_BIN_EXE_netd"))
-            .arg("serve")
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--data-dir")
-            .arg(dir.path().join("config"))
-            .arg("--firewall-state")
-            .arg(dir.path().join("firewall.json"))
-            .arg("--dhcp-dir")
-            .arg(dir.path().join("dhcp"))
-            .arg("--wan-dns-file")
-            .arg(dir.path().join("wan-dns.json"))
+        common::netd_serve(&router, dir.path(), &socket)
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !socket.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "netd serve did not open its socket"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::wait_for_socket(&socket);
 
     // Three connections through the rule.
     let (tx, rx) = std::sync::mpsc::channel();
@@ -219,36 +172,15 @@ fn status_shows_the_wan_lease_from_a_real_dhcp_server() {
     common::require_working(&["ip", "netns", "list"], "iproute2");
     common::require_working(&["nft", "--version"], "nftables");
     common::require_working(&["dnsmasq", "--version"], "dnsmasq");
-    let internet = Netns::new("internet");
-    let router = Netns::new("router");
-    internet.ip(&format!(
-        "link add up0 type veth peer name wan0 netns {}",
-        router.name
-    ));
-    internet.ip("addr add 203.0.113.1/24 dev up0");
-    internet.ip("link set up0 up");
+    let (internet, router) = common::internet_and_router("wan0");
     let dir = tempfile::tempdir().unwrap();
     let _dnsmasq = Killed(
-        internet
-            .command("dnsmasq")
+        common::dnsmasq(&internet, &dir.path().join("dnsmasq.leases"))
             .args([
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--port=0",
-                "--user=root",
-                "--pid-file",
-                "--interface=up0",
-                "--bind-interfaces",
-                "--dhcp-authoritative",
                 "--dhcp-range=203.0.113.100,203.0.113.150,255.255.255.0,1h",
                 "--dhcp-option=option:router,203.0.113.1",
                 "--dhcp-option=option:dns-server,192.0.2.53",
             ])
-            .arg(format!(
-                "--dhcp-leasefile={}",
-                dir.path().join("dnsmasq.leases").display()
-            ))
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
@@ -258,39 +190,24 @@ fn status_shows_the_wan_lease_from_a_real_dhcp_server() {
     store.activate(n).unwrap();
     let socket = dir.path().join("netd.sock");
     let _netd = Killed(
-        router
-            .command(env!("CARGO_BIN_EXE_netd"))
-            .arg("serve")
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--data-dir")
-            .arg(dir.path().join("config"))
-            .arg("--firewall-state")
-            .arg(dir.path().join("firewall.json"))
-            .arg("--dhcp-dir")
-            .arg(dir.path().join("dhcp"))
-            .arg("--wan-dns-file")
-            .arg(dir.path().join("wan-dns.json"))
+        common::netd_serve(&router, dir.path(), &socket)
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let lease = loop {
-        if socket.exists() {
-            let status: Value = serde_json::from_str(&get(&socket, "/v1/status")).unwrap();
+    let lease = common::wait_until(
+        "a WAN lease in netd serve's status",
+        Duration::from_secs(30),
+        || {
+            if !socket.exists() {
+                return None;
+            }
+            let status = common::status(&socket);
             let wan = &status["net"]["wan"];
             assert_eq!(wan[0]["link"], "wan", "{status:#}");
-            if !wan[0]["lease"].is_null() {
-                break wan[0]["lease"].clone();
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no WAN lease in netd serve's status"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+            (!wan[0]["lease"].is_null()).then(|| wan[0]["lease"].clone())
+        },
+    );
     let address = lease["address"].as_str().unwrap();
     assert!(address.starts_with("203.0.113.1"), "{lease}");
     assert!(address.ends_with("/24"), "{lease}");

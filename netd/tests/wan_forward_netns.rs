@@ -21,16 +21,15 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Netns, run};
+use common::{Killed, Netns};
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -72,37 +71,18 @@ to = "192.168.1.10"
 to_port = 80
 "#;
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// dnsmasq in `ns` serving `start..end` with a fresh lease database; T1 and T2 of a
 /// few seconds so that the renewal after the range moved comes quickly.
 fn dnsmasq(ns: &Netns, dir: &Path, start: &str, end: &str) -> Killed {
     let leases = dir.join("dnsmasq.leases");
     let _ = std::fs::remove_file(&leases);
     Killed(
-        ns.command("dnsmasq")
+        common::dnsmasq(ns, &leases)
             .args([
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--port=0",
-                "--user=root",
-                "--pid-file",
-                "--interface=up0",
-                "--bind-interfaces",
-                "--dhcp-authoritative",
                 &format!("--dhcp-range={start},{end},255.255.255.0,2m"),
                 &format!("--dhcp-option=option:router,{SERVER}"),
                 "--dhcp-option=option:T1,4",
                 "--dhcp-option=option:T2,6",
-                &format!("--dhcp-leasefile={}", leases.display()),
             ])
             .stderr(Stdio::null())
             .spawn()
@@ -131,15 +111,8 @@ fn peer_echo(ns: &Netns, port: u16, stop: Arc<AtomicBool>) {
     rx.recv_timeout(Duration::from_secs(5)).unwrap();
 }
 
-fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+fn wait_until<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    common::wait_until(what, TIMEOUT, f)
 }
 
 /// The router's WAN address, once it is the only one and lies in `lo..=hi`.
@@ -169,37 +142,14 @@ fn forwarded(ns: &Netns, to: Ipv4Addr) -> String {
     })
 }
 
-/// GET /v1/status on the control socket.
-fn status(socket: &Path) -> Value {
-    let mut s = UnixStream::connect(socket).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET /v1/status HTTP/1.1\r\nHost: netd\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{body}");
-    serde_json::from_str(body).unwrap()
-}
-
 #[test]
 fn a_port_forward_follows_the_dhcp_wan_address_under_serve() {
     common::require_root();
     common::require_working(&["ip", "netns", "list"], "iproute2");
     common::require_working(&["nft", "--version"], "nftables");
     common::require_working(&["dnsmasq", "--version"], "dnsmasq");
-    let internet = Netns::new("internet");
-    let router = Netns::new("router");
+    let (internet, router) = common::internet_and_router("wan0");
     let lan = Netns::new("lan");
-    internet.ip(&format!(
-        "link add up0 type veth peer name wan0 netns {}",
-        router.name
-    ));
-    internet.ip(&format!("addr add {SERVER}/24 dev up0"));
-    internet.ip("link set up0 up");
     router.ip(&format!(
         "link add lan0 type veth peer name eth0 netns {}",
         lan.name
@@ -218,26 +168,14 @@ fn a_port_forward_follows_the_dhcp_wan_address_under_serve() {
     store.activate(n).unwrap();
     let socket = dir.path().join("netd.sock");
     let _netd = Killed(
-        router
-            .command(env!("CARGO_BIN_EXE_netd"))
-            .arg("serve")
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--data-dir")
-            .arg(dir.path().join("config"))
-            .arg("--firewall-state")
-            .arg(dir.path().join("firewall.json"))
-            .arg("--dhcp-dir")
-            .arg(dir.path().join("dhcp"))
-            .arg("--wan-dns-file")
-            .arg(dir.path().join("wan-dns.json"))
-            .arg("--wireguard-dir")
-            .arg(dir.path().join("wireguard"))
+        common::netd_serve(&router, dir.path(), &socket)
             .env("RUST_LOG", "netd=info")
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap(),
     );
+    // The set the forward matches, as nft lists it.
+    let wan_addr4 = || router.sh("nft list set inet appliance wan_addr4");
     let stop = Arc::new(AtomicBool::new(false));
     peer_echo(&lan, 80, Arc::clone(&stop));
 
@@ -249,18 +187,7 @@ fn a_port_forward_follows_the_dhcp_wan_address_under_serve() {
     // From the internet the server sees the real client; by hairpin it sees the router.
     assert_eq!(forwarded(&internet, first), SERVER.to_string());
     assert_eq!(forwarded(&lan, first), LAN_GW.to_string());
-    let set = run(&[
-        "ip",
-        "netns",
-        "exec",
-        &router.name,
-        "nft",
-        "list",
-        "set",
-        "inet",
-        "appliance",
-        "wan_addr4",
-    ]);
+    let set = wan_addr4();
     assert!(set.contains(&first.to_string()), "{set}");
 
     // The server forgets the lease and serves another range: NAK at the next renewal,
@@ -274,21 +201,10 @@ fn a_port_forward_follows_the_dhcp_wan_address_under_serve() {
     );
     assert_eq!(forwarded(&internet, second), SERVER.to_string());
     assert_eq!(forwarded(&lan, second), LAN_GW.to_string());
-    let set = run(&[
-        "ip",
-        "netns",
-        "exec",
-        &router.name,
-        "nft",
-        "list",
-        "set",
-        "inet",
-        "appliance",
-        "wan_addr4",
-    ]);
+    let set = wan_addr4();
     assert!(set.contains(&second.to_string()), "{set}");
     assert!(!set.contains(&first.to_string()), "{set}");
-    let status = status(&socket);
+    let status = common::status(&socket);
     assert_eq!(status["generation"], n, "{status:#}");
     assert!(status["zone_addresses_error"].is_null(), "{status:#}");
     assert!(status["last_error"].is_null(), "{status:#}");

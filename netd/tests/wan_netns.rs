@@ -17,7 +17,7 @@ mod common;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Netns, require_root, require_working, run};
 use serde_json::Value;
@@ -39,15 +39,8 @@ struct Lab {
     netd: Option<Child>,
 }
 
-fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+fn wait_until<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    common::wait_until(what, TIMEOUT, f)
 }
 
 fn stop(child: &mut Option<Child>, name: &str) {
@@ -63,14 +56,7 @@ impl Lab {
         require_root();
         require_working(&["ip", "-V"], "iproute2");
         require_working(&["dnsmasq", "--version"], "dnsmasq");
-        let internet = Netns::new("internet");
-        let router = Netns::new("router");
-        internet.ip(&format!(
-            "link add up0 type veth peer name wan netns {}",
-            router.name
-        ));
-        internet.ip(&format!("addr add {SERVER}/24 dev up0"));
-        internet.ip("link set up0 up");
+        let (internet, router) = common::internet_and_router("wan");
         router.ip("link set wan up");
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("appliance.toml"), CONFIG).unwrap();
@@ -97,19 +83,8 @@ impl Lab {
         if forget {
             let _ = std::fs::remove_file(&leases);
         }
-        let child = self
-            .internet
-            .command("dnsmasq")
+        let child = common::dnsmasq(&self.internet, &leases)
             .args([
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--port=0",
-                "--user=root",
-                "--pid-file",
-                "--interface=up0",
-                "--bind-interfaces",
-                "--dhcp-authoritative",
                 "--log-dhcp",
                 "--log-facility=-",
                 &format!("--dhcp-range={start},{end},255.255.255.0,2m"),
@@ -117,7 +92,6 @@ impl Lab {
                 "--dhcp-option=option:dns-server,192.0.2.53,192.0.2.54",
                 "--dhcp-option=option:T1,4",
                 "--dhcp-option=option:T2,6",
-                &format!("--dhcp-leasefile={}", leases.display()),
             ])
             .spawn()
             .unwrap();
