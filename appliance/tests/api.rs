@@ -12,6 +12,8 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -26,8 +28,6 @@ use appliance::api::{self, AppState, tls};
 use appliance::model::{ApiUser, Role};
 use appliance::types::{Name, PasswordHash, SecretPath};
 use reqwest::StatusCode;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject as _;
 use serde_json::{Value, json};
 
 const T0: u64 = 1_800_000_000;
@@ -244,7 +244,7 @@ impl Server {
         ));
         Self {
             base: format!("https://localhost:{port}/api/v1"),
-            client: client_trusting(&state_dir.join(tls::CERT_FILE)),
+            client: common::client_trusting(&state_dir.join(tls::CERT_FILE)),
             clock,
             state_dir,
             _dir: dir,
@@ -301,25 +301,6 @@ impl Server {
 }
 
 use std::os::unix::fs::OpenOptionsExt as _;
-
-/// A client that trusts exactly the API's self-signed certificate.
-fn client_trusting(cert: &Path) -> reqwest::Client {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(cert).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(config)
-        .build()
-        .unwrap()
-}
 
 async fn error_code(r: reqwest::Response) -> String {
     r.json::<Value>().await.unwrap()["error"]
