@@ -145,19 +145,7 @@ async fn netds_status_reaches_applctl_and_the_api() {
         Command::new("ip")
             .args(["netns", "exec", &router.0])
             .arg(&netd)
-            .arg("serve")
-            .arg("--socket")
-            .arg(p("run/netd.sock"))
-            .arg("--data-dir")
-            .arg(p("config"))
-            .arg("--firewall-state")
-            .arg(p("firewall.json"))
-            .arg("--dhcp-dir")
-            .arg(p("dhcp"))
-            .arg("--wan-dns-file")
-            .arg(p("wan-dns.json"))
-            .arg("--wireguard-dir")
-            .arg(p("wireguard"))
+            .args(common::netd_serve_args(dir.path()))
             .stdin(Stdio::null())
             .stderr(log("netd.log"))
             .spawn()
@@ -240,12 +228,15 @@ async fn netds_status_reaches_applctl_and_the_api() {
     );
 
     // The same as tables.
-    let (code, text, err) = applctl(&[
-        "status".as_ref(),
-        "net".as_ref(),
-        "--socket".as_ref(),
-        socket.as_os_str(),
-    ]);
+    let status_net = || {
+        applctl(&[
+            "status".as_ref(),
+            "net".as_ref(),
+            "--socket".as_ref(),
+            socket.as_os_str(),
+        ])
+    };
+    let (code, text, err) = status_net();
     assert_eq!(code, 0, "{text}{err}");
     for want in [
         &format!("netd: generation {first}"),
@@ -270,12 +261,14 @@ async fn netds_status_reaches_applctl_and_the_api() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let viewer = token(&http, &base, "victor", VIEWER_PW).await;
-    let r = http
-        .get(format!("{base}/network/status"))
-        .bearer_auth(&viewer)
-        .send()
-        .await
-        .unwrap();
+    let as_viewer = async || {
+        http.get(format!("{base}/network/status"))
+            .bearer_auth(&viewer)
+            .send()
+            .await
+            .unwrap()
+    };
+    let r = as_viewer().await;
     assert_eq!(r.status(), StatusCode::OK);
     let remote: Value = r.json().await.unwrap();
     assert!(
@@ -309,20 +302,10 @@ async fn netds_status_reaches_applctl_and_the_api() {
     let mut netd_child = children.0.remove(0);
     netd_child.kill().unwrap();
     netd_child.wait().unwrap();
-    let (code, out, err) = applctl(&[
-        "status".as_ref(),
-        "net".as_ref(),
-        "--socket".as_ref(),
-        socket.as_os_str(),
-    ]);
+    let (code, out, err) = status_net();
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("netd does not answer"), "{err}");
-    let r = http
-        .get(format!("{base}/network/status"))
-        .bearer_auth(&viewer)
-        .send()
-        .await
-        .unwrap();
+    let r = as_viewer().await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: Value = r.json().await.unwrap();
     assert!(

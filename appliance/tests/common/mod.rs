@@ -3,6 +3,7 @@
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+use std::ffi::OsString;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -73,6 +74,25 @@ pub fn applianced(dir: &Path, api_listen: &str) -> Command {
         .arg("--fingerprint-file")
         .arg(run.join("api-fingerprint"));
     cmd
+}
+
+/// The arguments of `netd serve` in the layout of [`applianced`]: its socket in `run/`, the
+/// store in `config/`, and its own files beside them under `dir`, never in the system's
+/// places. The caller runs `netd` with them in a network namespace of the test's own.
+pub fn netd_serve_args(dir: &Path) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec!["serve".into()];
+    for (flag, path) in [
+        ("--socket", "run/netd.sock"),
+        ("--data-dir", "config"),
+        ("--firewall-state", "firewall.json"),
+        ("--dhcp-dir", "dhcp"),
+        ("--wan-dns-file", "wan-dns.json"),
+        ("--wireguard-dir", "wireguard"),
+    ] {
+        args.push(flag.into());
+        args.push(dir.join(path).into());
+    }
+    args
 }
 
 /// The binaries of netd and dnsd beside applianced's, brought up to date in one cargo run
