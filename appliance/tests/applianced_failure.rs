@@ -21,7 +21,6 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use appliance::control::ControlClient;
-use appliance::store::Store;
 use serde_json::Value;
 
 use common::{Children, read_logs, sibling_bins, wait_for};
@@ -60,11 +59,9 @@ fn a_daemon_failing_its_apply_sends_every_daemon_back() {
         "this test needs root: it makes a network namespace and nftables rules for netd"
     );
     let (netd, dnsd) = sibling_bins();
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, store) = common::daemon_dir();
     let p = |name: &str| dir.path().join(name);
     let log = |name: &str| std::fs::File::create(p(name)).unwrap();
-    std::fs::create_dir(p("run")).unwrap();
-    let store = Store::open(p("config")).unwrap();
     let first = store.commit(BASE, "test: base").unwrap();
     store.activate(first).unwrap();
 
@@ -112,14 +109,7 @@ fn a_daemon_failing_its_apply_sends_every_daemon_back() {
     );
     wait_for(&mut children, &p("run/netd.sock"), dir.path());
     wait_for(&mut children, &p("run/dnsd.sock"), dir.path());
-    children.0.push(
-        common::applianced(dir.path(), "127.0.0.1:0")
-            .stdin(Stdio::null())
-            .stderr(log("applianced.log"))
-            .spawn()
-            .unwrap(),
-    );
-    wait_for(&mut children, &p("run/applianced.sock"), dir.path());
+    children.start_applianced(dir.path(), "127.0.0.1:0");
 
     let applctl = |args: &[&str]| -> Output {
         Command::new(env!("CARGO_BIN_EXE_applctl"))

@@ -28,7 +28,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use appliance::api::tls;
-use appliance::store::Store;
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -122,11 +121,9 @@ async fn netds_status_reaches_applctl_and_the_api() {
         "this test needs udhcpc (Debian package udhcpc)"
     );
     let (netd, _) = sibling_bins();
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, store) = common::daemon_dir();
     let p = |name: &str| dir.path().join(name);
     let log = |name: &str| std::fs::File::create(p(name)).unwrap();
-    std::fs::create_dir(p("run")).unwrap();
-    let store = Store::open(p("config")).unwrap();
     let first = store
         .commit(&format!("{BASE}\n{}", users_toml()), "test: base")
         .unwrap();
@@ -153,14 +150,7 @@ async fn netds_status_reaches_applctl_and_the_api() {
     );
     wait_for(&mut children, &p("run/netd.sock"), dir.path());
     let api = free_port();
-    children.0.push(
-        common::applianced(dir.path(), &api.to_string())
-            .stdin(Stdio::null())
-            .stderr(log("applianced.log"))
-            .spawn()
-            .unwrap(),
-    );
-    wait_for(&mut children, &p("run/applianced.sock"), dir.path());
+    children.start_applianced(dir.path(), &api.to_string());
     wait_for(&mut children, &p("run/api-fingerprint"), dir.path());
     let socket = p("run/applianced.sock");
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use appliance::accounts::password;
+use appliance::store::Store;
 use reqwest::StatusCode;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
@@ -76,6 +77,15 @@ pub fn applianced(dir: &Path, api_listen: &str) -> Command {
     cmd
 }
 
+/// A temporary directory in the layout of [`applianced`], `run/` made and the store opened
+/// in `config/`, for tests that start the daemons themselves.
+pub fn daemon_dir() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("run")).unwrap();
+    let store = Store::open(dir.path().join("config")).unwrap();
+    (dir, store)
+}
+
 /// The arguments of `netd serve` in the layout of [`applianced`]: its socket in `run/`, the
 /// store in `config/`, and its own files beside them under `dir`, never in the system's
 /// places. The caller runs `netd` with them in a network namespace of the test's own.
@@ -121,6 +131,22 @@ impl Drop for Children {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+impl Children {
+    /// Starts [`applianced`] with its stderr in `applianced.log` under `dir` and waits for
+    /// its socket; fails, with the logs, when a daemon exits first.
+    pub fn start_applianced(&mut self, dir: &Path, api_listen: &str) {
+        let log = std::fs::File::create(dir.join("applianced.log")).unwrap();
+        self.0.push(
+            applianced(dir, api_listen)
+                .stdin(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+        wait_for(self, &dir.join("run/applianced.sock"), dir);
     }
 }
 
