@@ -13,7 +13,6 @@ mod capabilities;
 mod harness;
 mod ota;
 mod ota_power;
-mod repl_throughput;
 mod replication;
 mod shares;
 mod storage;
