@@ -1139,6 +1139,17 @@ impl<'a> Checker<'a> {
                     );
                 }
             }
+            if let Some(owner) = &s.owner
+                && !cfg.storage.users.contains_key(owner)
+            {
+                self.push_related(
+                    ErrorKind::UnknownReference,
+                    path.clone().key("owner"),
+                    format!("user {owner:?} is not declared"),
+                    "declare it as [storage.users.<name>]",
+                    vec![p(&["storage", "users", owner.as_str()])],
+                );
+            }
         }
         for (name, sp) in &cfg.snapshots {
             let path = p(&["snapshots", name.as_str()]);
@@ -1226,6 +1237,14 @@ impl<'a> Checker<'a> {
                          prints it (SHA256:...)",
                     );
                 }
+            }
+            if job.transport != Transport::Ssh && job.ssh_user.is_some() {
+                self.push(
+                    ErrorKind::Conflict,
+                    path.clone().key("ssh_user"),
+                    "ssh_user applies to ssh jobs only".into(),
+                    "remove it, or set transport = \"ssh\"",
+                );
             }
             if job.bandwidth_limit.is_some_and(|b| b.bytes() < 1024) {
                 self.push(

@@ -1814,6 +1814,7 @@ fn build_storage(s: &StorageSpec) -> StorageParts {
                             .collect(),
                     })
                     .collect(),
+                root_squash: true,
             });
             shares.insert(
                 name(&format!("share{k}")),
@@ -1822,6 +1823,7 @@ fn build_storage(s: &StorageSpec) -> StorageParts {
                     read_only: sh.read_only,
                     nfs,
                     smb,
+                    owner: None,
                 },
             );
         }
@@ -1856,6 +1858,7 @@ fn build_storage(s: &StorageSpec) -> StorageParts {
                     identity_file: r
                         .identity
                         .then(|| secret(&format!("/data/repl/job{k}.pem"))),
+                    ssh_user: None,
                     enabled: r.enabled,
                     on_divergence: Default::default(),
                 },

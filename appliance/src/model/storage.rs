@@ -179,6 +179,10 @@ pub struct Share {
     /// SMB share.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smb: Option<SmbShare>,
+    /// A NAS user (from `storage.users`) who owns the share's root directory; it is
+    /// chowned to that user and group on apply. Default: left as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Name>,
 }
 
 /// An NFS export.
@@ -187,6 +191,11 @@ pub struct Share {
 pub struct NfsShare {
     /// Who may mount it.
     pub clients: Vec<NfsClient>,
+    /// Map a client's root to nobody (exports(5) `root_squash`). `false` lets root on
+    /// the clients act as root on the share (`no_root_squash`, TrueNAS's "Maproot User"
+    /// root) for clients whose options name neither.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub root_squash: bool,
 }
 
 /// Export options for NFS clients, as in exports(5).
@@ -316,9 +325,12 @@ pub struct ReplicationJob {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_fingerprint: Option<Fingerprint>,
     /// File with this box's client key (tls: PEM key and certificate; ssh: OpenSSH
-    /// private key, mode 0600, logging in as root). Required for ssh.
+    /// private key, mode 0600). Required for ssh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity_file: Option<SecretPath>,
+    /// The user ssh logs in as on the target (ssh only). Default: root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_user: Option<Name>,
     /// Set to false to keep the job in the file but paused.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub enabled: bool,
