@@ -271,14 +271,42 @@ impl Accounts {
             self.write_map(&map)?;
         }
         let actions = diff(&wanted, &self.observe()?);
-        for action in &actions {
-            match action {
-                AccountAction::Create { user, uid } => self.write_records(user, *uid)?,
-                AccountAction::Remove { user, uid } => self.remove_records(user, *uid)?,
+        for (n, action) in actions.iter().enumerate() {
+            let done = match action {
+                AccountAction::Create { user, uid } => self.write_records(user, *uid),
+                AccountAction::Remove { user, uid } => self.remove_records(user, *uid),
+            };
+            if let Err(e) = done {
+                // A create may have written half its records: take it back with the rest.
+                let not_undone = self.undo(actions.get(..=n).unwrap_or_default());
+                if !not_undone.is_empty() {
+                    tracing::error!(?not_undone, "NAS accounts not put back");
+                }
+                return Err(e);
             }
             tracing::info!(%action, "NAS account");
         }
         Ok(actions)
+    }
+
+    /// Takes back what [`Self::converge`] did (its `actions`), newest first, so that a
+    /// later step of the same apply that fails leaves the records as they were: a created
+    /// account's records are removed, a removed one's written again (records are a pure
+    /// function of name and uid). The uid map keeps the names it learnt, so that the retry
+    /// gives them the same uids. Returns what could not be put back.
+    pub fn undo(&self, actions: &[AccountAction]) -> Vec<String> {
+        let mut not_undone = Vec::new();
+        for action in actions.iter().rev() {
+            let result = match action {
+                AccountAction::Create { user, uid } => self.remove_records(user, *uid),
+                AccountAction::Remove { user, uid } => self.write_records(user, *uid),
+            };
+            match result {
+                Ok(()) => tracing::info!(%action, "NAS account change undone"),
+                Err(e) => not_undone.push(format!("{action}: {e}")),
+            }
+        }
+        not_undone
     }
 
     fn write_map(&self, users: &BTreeMap<String, u32>) -> Result<(), AccountError> {
@@ -519,6 +547,50 @@ mod tests {
         );
         let m = fs::read_to_string(dir.path().join("data/accounts.json")).unwrap();
         assert!(m.contains("\"alice\": 2000"), "{m}");
+    }
+
+    fn listing(dir: &Path) -> BTreeMap<String, String> {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let target = fs::read_link(e.path())
+                    .map(|t| format!("-> {}", t.display()))
+                    .unwrap_or_else(|_| fs::read_to_string(e.path()).unwrap());
+                (e.file_name().to_string_lossy().into_owned(), target)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn undo_puts_the_records_back_as_they_were() {
+        let dir = tempfile::tempdir().unwrap();
+        let userdb = dir.path().join("userdb");
+        let acc = Accounts::at(&userdb, dir.path().join("accounts.json"));
+        acc.converge(&users(&[
+            ("alice", None),
+            ("bob", Some(2500)),
+            ("dave", None),
+        ]))
+        .unwrap();
+        let before = listing(&userdb);
+
+        // dave leaves, bob gets another uid, carol comes: then a later step fails.
+        let next = users(&[("alice", None), ("bob", Some(2600)), ("carol", None)]);
+        let done = acc.converge(&next).unwrap();
+        assert_eq!(done.len(), 4, "{done:?}");
+        assert_ne!(listing(&userdb), before);
+        assert!(acc.undo(&done).is_empty());
+        assert_eq!(listing(&userdb), before);
+        // The retry gives carol the uid she was given the first time.
+        let again = acc.converge(&next).unwrap();
+        assert!(
+            again.contains(&AccountAction::Create {
+                user: "carol".into(),
+                uid: 2002
+            }),
+            "{again:?}"
+        );
     }
 
     #[test]

@@ -295,7 +295,18 @@ fn share(command: ShareCommand) -> Result<(), Failure> {
             }
         }
     }
-    let plan = shares::plan_after_accounts(&os, &config.shares, &config.storage.users, &created)?;
+    // A refused plan or a failed share step takes the account changes back too.
+    let undo_accounts = |e: shares::ShareError| {
+        if apply {
+            let not_undone = accounts.undo(&account_actions);
+            if !not_undone.is_empty() {
+                tracing::error!(?not_undone, "NAS account changes not undone");
+            }
+        }
+        e
+    };
+    let plan = shares::plan_after_accounts(&os, &config.shares, &config.storage.users, &created)
+        .map_err(undo_accounts)?;
     for user in &plan.unmanaged_smb_users {
         println!("left alone: SMB user {user} (not in the config)");
     }
@@ -308,7 +319,8 @@ fn share(command: ShareCommand) -> Result<(), Failure> {
         }
         return Ok(());
     }
-    for action in shares::apply(&mut os, &plan)? {
+    let done = shares::apply(&mut os, &plan).map_err(|e| undo_accounts(e.into()))?;
+    for action in done {
         println!("done: {action}");
     }
     Ok(())

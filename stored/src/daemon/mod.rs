@@ -416,17 +416,27 @@ where
         if shares_in_use(cfg, &inner.shares)? {
             let done = shares::converge(&mut inner.shares, &cfg.shares, &cfg.storage.users)
                 .map_err(|e| {
-                    let pools_note = if actions.is_empty() {
+                    // The accounts belong to the shares' transaction: a failed share step
+                    // leaves /run/userdb as before, as the shares' undo leaves Samba's.
+                    let not_undone = inner.accounts.undo(&accounts);
+                    let accounts_note = match (accounts.is_empty(), not_undone.is_empty()) {
+                        (true, _) => String::new(),
+                        (false, true) => "; the account changes were undone".to_owned(),
+                        (false, false) => {
+                            format!("; account changes not undone: {}", not_undone.join("; "))
+                        }
+                    };
+                    let storage_steps = actions.len().saturating_sub(accounts.len());
+                    let pools_note = if storage_steps == 0 {
                         String::new()
                     } else {
                         format!(
-                            "; the {} storage steps done stay (stored never destroys a pool or dataset)",
-                            actions.len()
+                            "; the {storage_steps} storage steps done stay (stored never destroys a pool or dataset)"
                         )
                     };
                     ApiError::ApplyFailed {
                         step: "shares".into(),
-                        reason: format!("{e}{pools_note}"),
+                        reason: format!("{e}{accounts_note}{pools_note}"),
                     }
                 })?;
             actions.extend(done.iter().map(|a| format!("shares: {a}")));

@@ -9,8 +9,10 @@
 //!   `/data/stored/replication/<job>.known_hosts` (fetched with `ssh-keyscan` and checked
 //!   against the pin when the file lacks it) and ssh runs with `StrictHostKeyChecking=yes`
 //!   against that file alone, so no other key is ever accepted.
-//! - The login is `root@host` with the job's `identity_file` (an OpenSSH private key,
-//!   mode 0600), `BatchMode=yes` and no user or system ssh_config (`-F none`).
+//! - The login is `<ssh_user>@host` (root unless the job names another user) with the
+//!   job's `identity_file` (an OpenSSH private key, mode 0600), `BatchMode=yes` and no user
+//!   or system ssh_config (`-F none`). A user other than root needs ZFS's delegated
+//!   permissions on the target (docs/storage.md, "Over SSH").
 //! - What the key may do on the target is set there, by the forced command:
 //!
 //!   ```text
@@ -109,6 +111,7 @@ pub(super) fn connect(name: &str, job: &ReplicationJob) -> Result<Box<dyn Conn>,
         pin: &pin.to_string(),
     };
     let known_hosts = target.pinned_known_hosts(Path::new(KNOWN_HOSTS_DIR), "ssh-keyscan")?;
+    let user = job.ssh_user.as_ref().map_or("root", |u| u.as_str());
     let remote = format!(
         "stored replication serve-stdio --job {name} --dataset {}",
         job.target_dataset.as_str()
@@ -119,7 +122,7 @@ pub(super) fn connect(name: &str, job: &ReplicationJob) -> Result<Box<dyn Conn>,
         Path::new(identity.as_str()),
         &known_hosts,
         &port,
-        &host,
+        &format!("{user}@{host}"),
     ))
     .arg(remote);
     Ok(Box::new(SshConn::spawn(name, cmd)?))
@@ -127,8 +130,14 @@ pub(super) fn connect(name: &str, job: &ReplicationJob) -> Result<Box<dyn Conn>,
 
 /// The ssh options: only the pinned key, only the job's identity, no prompts, no config
 /// files, no escape character or tty (the stream is binary), and keepalives so that a dead
-/// link ends the run instead of hanging it.
-fn ssh_args(job: &str, identity: &Path, known_hosts: &Path, port: &str, host: &str) -> Vec<String> {
+/// link ends the run instead of hanging it. `login` is `user@host`.
+fn ssh_args(
+    job: &str,
+    identity: &Path,
+    known_hosts: &Path,
+    port: &str,
+    login: &str,
+) -> Vec<String> {
     let mut args: Vec<String> = ["-F", "none", "-T", "-e", "none", "-i"]
         .map(str::to_owned)
         .into();
@@ -149,7 +158,14 @@ fn ssh_args(job: &str, identity: &Path, known_hosts: &Path, port: &str, host: &s
         args.push("-o".to_owned());
         args.push(o);
     }
-    args.extend(["-p".to_owned(), port.to_owned(), format!("root@{host}")]);
+    // The model's user and host names cannot start with '-'; `--` keeps it so if that ever
+    // changes.
+    args.extend([
+        "-p".to_owned(),
+        port.to_owned(),
+        "--".to_owned(),
+        login.to_owned(),
+    ]);
     args
 }
 
@@ -525,7 +541,7 @@ mod tests {
             Path::new("/data/repl/id"),
             Path::new("/data/stored/replication/offsite.known_hosts"),
             "2222",
-            "fe80::1",
+            "zsend@fe80::1",
         )
         .join(" ");
         for want in [
@@ -536,7 +552,7 @@ mod tests {
             "UserKnownHostsFile=/data/stored/replication/offsite.known_hosts",
             "GlobalKnownHostsFile=/dev/null",
             "HostKeyAlias=stored-offsite",
-            "-p 2222 root@fe80::1",
+            "-p 2222 -- zsend@fe80::1",
         ] {
             assert!(a.contains(want), "{want} not in {a}");
         }

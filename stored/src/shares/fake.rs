@@ -1,21 +1,24 @@
 //! In-memory [`ShareOs`] for unit tests: it records every write and command, and can be
 //! told to fail one of them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use super::os::{MountState, OsError, Password, ShareOs};
+use super::os::{MountState, OsError, Password, ShareOs, UnixIds};
 use appliance::command::{CommandError, CommandFailure};
 
 #[derive(Debug, Default)]
 pub struct FakeShareOs {
     pub mounts: BTreeMap<String, MountState>,
     pub files: BTreeMap<String, String>,
-    pub unix_users: BTreeSet<String>,
+    /// Unix accounts: name to uid and gid.
+    pub unix_users: BTreeMap<String, UnixIds>,
+    /// Owners of directories; one not listed belongs to root.
+    pub owners: BTreeMap<String, UnixIds>,
     /// User to NT hash.
     pub smb: BTreeMap<String, String>,
     pub secrets: BTreeMap<String, Password>,
     /// Every change made, in order: `write PATH`, `exportfs -ra`, `reload smbd`,
-    /// `set password USER`, `remove USER`.
+    /// `set password USER`, `remove USER`, `chown PATH UID:GID`.
     pub log: Vec<String>,
     /// A change whose log entry equals this fails (once).
     pub fail: Option<String>,
@@ -34,9 +37,12 @@ impl FakeShareOs {
         self
     }
 
-    /// A Unix account with an SMB password in `path`.
+    /// A Unix account (uid and gid 2000, 2001... in the order of the calls) with an SMB
+    /// password in `path`.
     pub fn user(mut self, name: &str, path: &str, password: &str) -> Self {
-        self.unix_users.insert(name.to_owned());
+        let id = 2000 + u32::try_from(self.unix_users.len()).unwrap_or(0);
+        self.unix_users
+            .insert(name.to_owned(), UnixIds { uid: id, gid: id });
         self.secrets
             .insert(path.to_owned(), Password::new(password.to_owned()));
         self
@@ -76,8 +82,20 @@ impl ShareOs for FakeShareOs {
     fn reload_smb(&mut self) -> Result<(), OsError> {
         self.change("reload smbd".into())
     }
-    fn unix_user_exists(&self, user: &str) -> Result<bool, OsError> {
-        Ok(self.unix_users.contains(user))
+    fn unix_user(&self, user: &str) -> Result<Option<UnixIds>, OsError> {
+        Ok(self.unix_users.get(user).copied())
+    }
+    fn owner(&self, path: &str) -> Result<UnixIds, OsError> {
+        Ok(self
+            .owners
+            .get(path)
+            .copied()
+            .unwrap_or(UnixIds { uid: 0, gid: 0 }))
+    }
+    fn chown(&mut self, path: &str, ids: UnixIds) -> Result<(), OsError> {
+        self.change(format!("chown {path} {ids}"))?;
+        self.owners.insert(path.to_owned(), ids);
+        Ok(())
     }
     fn smb_users(&self) -> Result<BTreeMap<String, String>, OsError> {
         Ok(self.smb.clone())

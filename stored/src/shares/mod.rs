@@ -19,8 +19,8 @@ use appliance::types::Name;
 
 pub use fake::FakeShareOs;
 pub use os::{
-    EXPORTS_FILE, MountState, NFS_STATE_DIR, OsError, Password, RealShareOs, SMB_INCLUDE_FILE,
-    ShareOs,
+    EXPORTS_FILE, MountState, NFS_STATE_DIR, OsError, Password, PasswordFailure, RealShareOs,
+    SMB_INCLUDE_FILE, ShareOs, UnixIds,
 };
 
 /// What the OS holds now, as far as shares go.
@@ -32,8 +32,13 @@ pub struct Observed {
     pub smb_include: Option<String>,
     /// Samba's users and their NT hashes.
     pub smb_users: BTreeMap<String, String>,
-    /// Users of the config that have a Unix account.
+    /// Users of the config that have a Unix account (or will have, see
+    /// [`plan_after_accounts`]).
     pub unix_users: BTreeSet<String>,
+    /// The uid and gid of the users of the config that have a Unix account now.
+    pub unix_ids: BTreeMap<String, UnixIds>,
+    /// The owner of the root directory of every mounted share with an `owner`, by path.
+    pub owners: BTreeMap<String, UnixIds>,
     /// The password of every user with an `smb_password_file`, or why it cannot be read.
     pub passwords: BTreeMap<String, Result<Password, String>>,
 }
@@ -55,10 +60,20 @@ pub fn observe(
         if !observed.mounts.contains_key(ds) {
             observed.mounts.insert(ds.to_owned(), os.dataset_mount(ds)?);
         }
+        if share.owner.is_some()
+            && let Some(Some(m)) = observed.mounts.get(ds)
+            && m.mounted
+            && m.mountpoint.starts_with('/')
+            && !observed.owners.contains_key(&m.mountpoint)
+        {
+            let owner = os.owner(&m.mountpoint)?;
+            observed.owners.insert(m.mountpoint.clone(), owner);
+        }
     }
     for (name, user) in users {
-        if os.unix_user_exists(name.as_str())? {
+        if let Some(ids) = os.unix_user(name.as_str())? {
             observed.unix_users.insert(name.as_str().to_owned());
+            observed.unix_ids.insert(name.as_str().to_owned(), ids);
         }
         if let Some(file) = &user.smb_password_file {
             let pw = os.read_secret(file.as_str()).map_err(|e| e.to_string());
@@ -101,6 +116,10 @@ pub enum PlanError {
     },
     #[error("share {share}: user {user} is not declared in [storage.users]")]
     UnknownUser { share: String, user: String },
+    #[error(
+        "share {share}: owner {user} has no Unix account on this box (getent passwd {user} finds nothing)"
+    )]
+    OwnerWithoutAccount { share: String, user: String },
     #[error("share {share}: user {user} has no smb_password_file, so it cannot log in over SMB")]
     NoSmbPassword { share: String, user: String },
     #[error("share {share}: smb has no users and guest is off, so nobody could use it")]
@@ -128,6 +147,16 @@ pub enum Action {
     },
     ReloadSmb,
     ReloadNfs,
+    /// Give a share's root directory to its `owner`. `to` is `None` while the owner's
+    /// account is still to be made (a plan shown before the accounts step); the apply
+    /// then looks it up.
+    Chown {
+        share: String,
+        path: String,
+        user: String,
+        to: Option<UnixIds>,
+        from: UnixIds,
+    },
 }
 
 impl fmt::Display for Action {
@@ -140,6 +169,19 @@ impl fmt::Display for Action {
             Self::WriteFile { path, .. } => write!(f, "write {path}"),
             Self::ReloadSmb => f.write_str("reload smbd (smbcontrol smbd reload-config)"),
             Self::ReloadNfs => f.write_str("reload NFS exports (exportfs -ra)"),
+            Self::Chown {
+                share,
+                path,
+                user,
+                to,
+                from,
+            } => {
+                write!(f, "chown the root of share {share} ({path}) to {user}")?;
+                match to {
+                    Some(to) => write!(f, " ({from} -> {to})"),
+                    None => write!(f, " (from {from}; its account is made first)"),
+                }
+            }
         }
     }
 }
@@ -164,6 +206,7 @@ pub fn plan(
     observed: &Observed,
 ) -> Result<Plan, Vec<PlanError>> {
     let mut errors = Vec::new();
+    let mut owners: Vec<(&str, &str)> = Vec::new();
     let mut paths = BTreeMap::new();
     let mut exported: BTreeMap<&str, &str> = BTreeMap::new();
     for (name, share) in shares {
@@ -196,6 +239,9 @@ pub fn plan(
                 dataset: ds.to_owned(),
             });
         }
+        if let Some(owner) = &share.owner {
+            owners.push((share_name, owner.as_str()));
+        }
         if let Some(smb) = &share.smb {
             if smb.users.is_empty() && smb.read_only_users.is_empty() && !smb.guest {
                 errors.push(PlanError::NobodyCanUse {
@@ -221,6 +267,45 @@ pub fn plan(
     }
 
     let mut plan = Plan::default();
+    let mut chowns = Vec::new();
+    for (share, user) in owners {
+        if !users.keys().any(|n| n.as_str() == user) {
+            errors.push(PlanError::UnknownUser {
+                share: share.to_owned(),
+                user: user.to_owned(),
+            });
+            continue;
+        }
+        if !observed.unix_users.contains(user) {
+            errors.push(PlanError::OwnerWithoutAccount {
+                share: share.to_owned(),
+                user: user.to_owned(),
+            });
+            continue;
+        }
+        let Some(path) = paths.get(share) else {
+            continue;
+        };
+        let from = observed
+            .owners
+            .get(path)
+            .copied()
+            .unwrap_or(UnixIds { uid: 0, gid: 0 });
+        let to = observed.unix_ids.get(user).copied();
+        if to != Some(from) {
+            chowns.push(Action::Chown {
+                share: share.to_owned(),
+                path: path.clone(),
+                user: user.to_owned(),
+                to,
+                from,
+            });
+        }
+    }
+    // New users first (the shares may name them), password changes last: a changed
+    // password is the one step the undo cannot take back (only its hash was known), so
+    // nothing that can fail comes after it but the other changes.
+    let mut changes = Vec::new();
     for (name, user) in users {
         let name = name.as_str();
         if user.smb_password_file.is_none() {
@@ -235,10 +320,15 @@ pub fn plan(
             Some(Ok(pw)) => {
                 let current = observed.smb_users.get(name);
                 if current != Some(&pw.nt_hash()) {
-                    plan.actions.push(Action::SetSmbPassword {
+                    let action = Action::SetSmbPassword {
                         user: name.to_owned(),
                         new: current.is_none(),
-                    });
+                    };
+                    if current.is_none() {
+                        plan.actions.push(action);
+                    } else {
+                        changes.push(action);
+                    }
                     plan.passwords.insert(name.to_owned(), pw.clone());
                 }
             }
@@ -261,6 +351,7 @@ pub fn plan(
         .filter(|u| !users.keys().any(|n| n.as_str() == u.as_str()))
         .cloned()
         .collect();
+    plan.actions.extend(chowns);
 
     let smb = render::smb_include(shares, &paths);
     if observed.smb_include.as_deref() != Some(smb.as_str()) {
@@ -282,6 +373,7 @@ pub fn plan(
         });
         plan.actions.push(Action::ReloadNfs);
     }
+    plan.actions.extend(changes);
     Ok(plan)
 }
 
@@ -307,8 +399,9 @@ fn undo_note(not_undone: &[String]) -> String {
 }
 
 /// Makes the plan's changes in order. When one fails, the files written are put back (and
-/// the services reloaded), users added are removed; a changed password cannot be put back,
-/// since only its hash was known.
+/// the services reloaded), users added are removed and share roots get their old owners;
+/// a changed password cannot be put back, since only its hash was known (changes are the
+/// plan's last steps for that reason).
 pub fn apply(os: &mut impl ShareOs, plan: &Plan) -> Result<Vec<Action>, ApplyError> {
     let mut done: Vec<&Action> = Vec::new();
     for action in &plan.actions {
@@ -320,6 +413,19 @@ pub fn apply(os: &mut impl ShareOs, plan: &Plan) -> Result<Vec<Action>, ApplyErr
             Action::WriteFile { path, contents } => os.write_file(path, contents),
             Action::ReloadSmb => os.reload_smb(),
             Action::ReloadNfs => os.reload_nfs(),
+            Action::Chown { path, user, to, .. } => match to {
+                Some(ids) => os.chown(path, *ids),
+                None => match os.unix_user(user) {
+                    Ok(Some(ids)) => os.chown(path, ids),
+                    Ok(None) => Err(OsError::Io {
+                        path: path.clone(),
+                        source: std::io::Error::other(format!(
+                            "user {user} has no Unix account to give it to"
+                        )),
+                    }),
+                    Err(e) => Err(e),
+                },
+            },
         };
         match result {
             Ok(()) => {
@@ -372,6 +478,17 @@ fn undo(os: &mut impl ShareOs, plan: &Plan, done: &[&Action], failed: &Action) -
                         reload_nfs |= path == EXPORTS_FILE;
                     }
                     Err(e) => not_undone.push(format!("{path} keeps the new shares ({e})")),
+                }
+            }
+            Action::Chown {
+                share, path, from, ..
+            } => {
+                if done.contains(&action)
+                    && let Err(e) = os.chown(path, *from)
+                {
+                    not_undone.push(format!(
+                        "the root of share {share} ({path}) keeps its new owner ({e})"
+                    ));
                 }
             }
             Action::ReloadSmb | Action::ReloadNfs => {}

@@ -9,7 +9,7 @@ use std::io::{self, Write as _};
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
-use appliance::command::{self, CommandError};
+use appliance::command::{self, CommandError, CommandFailure};
 
 /// Where the generated files live. The root is read-only, so they are written under /run;
 /// the image links `/etc/exports.d/appliance.exports` and `/etc/samba/appliance-shares.conf`
@@ -54,6 +54,19 @@ impl fmt::Debug for Password {
     }
 }
 
+/// A uid and a gid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct UnixIds {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl fmt::Display for UnixIds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.uid, self.gid)
+    }
+}
+
 /// A dataset's mount as ZFS reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountState {
@@ -80,6 +93,53 @@ pub enum OsError {
     SecretFormat { path: String },
     #[error("cannot read the output of `{command}`: {line:?}")]
     Parse { command: String, line: String },
+    #[error("{0}")]
+    Password(PasswordFailure),
+}
+
+/// A failed `pdbedit` run that was given a password: the command, its status and its
+/// output, with every copy of the password in the output replaced by `*****` (pdbedit
+/// does not echo it, but a failure message is the wrong place to find out it does).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswordFailure {
+    pub user: String,
+    pub failure: CommandFailure,
+}
+
+impl fmt::Display for PasswordFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cannot set the SMB password of {}: {}",
+            self.user, self.failure
+        )
+    }
+}
+
+/// Runs `argv` with `password` twice on stdin (as `pdbedit -t` and `smbpasswd -s` read it),
+/// and keeps the password out of any error.
+fn run_with_password(argv: &[&str], user: &str, password: &Password) -> Result<(), OsError> {
+    let input = format!("{0}\n{0}\n", password.expose());
+    let scrub = |s: String| {
+        if password.expose().is_empty() {
+            s
+        } else {
+            s.replace(password.expose(), "*****")
+        }
+    };
+    match run(argv, Some(input.as_bytes())) {
+        Ok(_) => Ok(()),
+        Err(CommandError::Failed(f)) => Err(OsError::Password(PasswordFailure {
+            user: user.to_owned(),
+            failure: CommandFailure {
+                command: f.command,
+                status: f.status,
+                stdout: scrub(f.stdout),
+                stderr: scrub(f.stderr),
+            },
+        })),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> OsError + '_ {
@@ -103,8 +163,13 @@ pub trait ShareOs {
     /// `smbcontrol smbd reload-config`: running smbd processes reread the config and keep their
     /// sessions; starts smbd when it is off.
     fn reload_smb(&mut self) -> Result<(), OsError>;
-    /// Whether `user` has a Unix account (Samba maps every SMB user to one).
-    fn unix_user_exists(&self, user: &str) -> Result<bool, OsError>;
+    /// The uid and primary gid of `user`'s Unix account, `None` when it has none (Samba
+    /// maps every SMB user to one).
+    fn unix_user(&self, user: &str) -> Result<Option<UnixIds>, OsError>;
+    /// The owner of a directory.
+    fn owner(&self, path: &str) -> Result<UnixIds, OsError>;
+    /// Changes the owner of a directory (the directory itself, not what is in it).
+    fn chown(&mut self, path: &str, ids: UnixIds) -> Result<(), OsError>;
     /// Users in Samba's password database and their NT hashes.
     fn smb_users(&self) -> Result<BTreeMap<String, String>, OsError>;
     /// Adds `user` to Samba's database or changes its password.
@@ -115,7 +180,7 @@ pub trait ShareOs {
     fn read_secret(&self, path: &str) -> Result<Password, OsError>;
 }
 
-/// The real OS: zfs, exportfs, smbcontrol, getent, pdbedit and smbpasswd.
+/// The real OS: zfs, exportfs, smbcontrol, getent and pdbedit.
 #[derive(Debug, Default)]
 pub struct RealShareOs;
 
@@ -228,13 +293,35 @@ impl ShareOs for RealShareOs {
         }
     }
 
-    fn unix_user_exists(&self, user: &str) -> Result<bool, OsError> {
-        match run(&["getent", "passwd", user], None) {
-            Ok(_) => Ok(true),
+    fn unix_user(&self, user: &str) -> Result<Option<UnixIds>, OsError> {
+        let argv = ["getent", "passwd", user];
+        let out = match run(&argv, None) {
+            Ok(out) => out,
             // getent(1): exit 2 means "not found".
-            Err(CommandError::Failed(f)) if f.status == Some(2) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+            Err(CommandError::Failed(f)) if f.status == Some(2) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        parse_passwd_line(&out)
+            .map(Some)
+            .ok_or_else(|| OsError::Parse {
+                command: argv.join(" "),
+                line: out,
+            })
+    }
+
+    fn owner(&self, path: &str) -> Result<UnixIds, OsError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let p = Path::new(path);
+        let m = fs::metadata(p).map_err(io_err(p))?;
+        Ok(UnixIds {
+            uid: m.uid(),
+            gid: m.gid(),
+        })
+    }
+
+    fn chown(&mut self, path: &str, ids: UnixIds) -> Result<(), OsError> {
+        let p = Path::new(path);
+        std::os::unix::fs::chown(p, Some(ids.uid), Some(ids.gid)).map_err(io_err(p))
     }
 
     fn smb_users(&self) -> Result<BTreeMap<String, String>, OsError> {
@@ -268,9 +355,9 @@ impl ShareOs for RealShareOs {
         let dir = Path::new(SAMBA_DIR);
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         // The password goes through stdin only: never in argv, the environment or a log.
-        let input = format!("{0}\n{0}\n", password.expose());
-        run(&["smbpasswd", "-s", "-a", user], Some(input.as_bytes()))?;
-        Ok(())
+        // `-a` adds the user, or sets the password of one that exists (Samba's
+        // local_password_change drops the "add" for an existing account).
+        run_with_password(&["pdbedit", "-a", "-t", "-u", user], user, password)
     }
 
     fn remove_smb_user(&mut self, user: &str) -> Result<(), OsError> {
@@ -297,6 +384,16 @@ impl ShareOs for RealShareOs {
         }
         Ok(Password::new(pw.to_owned()))
     }
+}
+
+/// uid and gid of a passwd(5) line: `name:x:uid:gid:gecos:home:shell`.
+fn parse_passwd_line(line: &str) -> Option<UnixIds> {
+    let mut f = line.trim_end().split(':');
+    let (_name, _pw) = (f.next()?, f.next()?);
+    Some(UnixIds {
+        uid: f.next()?.parse().ok()?,
+        gid: f.next()?.parse().ok()?,
+    })
 }
 
 #[cfg(test)]
@@ -336,6 +433,61 @@ mod tests {
             RealShareOs.read_secret(path_s),
             Err(OsError::SecretFormat { .. })
         ));
+    }
+
+    /// A stand-in for pdbedit that echoes what it read on stdin to both outputs and fails:
+    /// the error names the command, the status and the user, and never the password.
+    #[test]
+    fn a_failed_password_command_never_shows_the_password() {
+        let pw = Password::new("s3cret pw".into());
+        let e = run_with_password(
+            &[
+                "sh",
+                "-c",
+                "cat; cat >&2 </dev/null; echo 'no such user alice' >&2; exit 3",
+                "pdbedit",
+            ],
+            "alice",
+            &pw,
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("cannot set the SMB password of alice"),
+            "{text}"
+        );
+        assert!(text.contains("exited with status 3"), "{text}");
+        assert!(text.contains("no such user alice"), "{text}");
+        let OsError::Password(f) = &e else {
+            panic!("{e:?}")
+        };
+        assert!(f.failure.stdout.contains("*****"), "{:?}", f.failure.stdout);
+        assert!(!format!("{e:?}").contains("s3cret"), "{e:?}");
+        assert!(run_with_password(&["sh", "-c", "cat >/dev/null"], "alice", &pw).is_ok());
+    }
+
+    #[test]
+    fn passwd_lines_give_uid_and_gid() {
+        assert_eq!(
+            parse_passwd_line("alice:x:2000:2001:NAS user alice:/nonexistent:/usr/sbin/nologin\n"),
+            Some(UnixIds {
+                uid: 2000,
+                gid: 2001
+            })
+        );
+        assert_eq!(parse_passwd_line("alice:x:two:2001::/:/bin/sh"), None);
+    }
+
+    #[test]
+    fn owner_and_chown_on_a_real_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_str().unwrap();
+        let mut os = RealShareOs;
+        let me = os.owner(path).unwrap();
+        // Giving it to its own owner works without privileges.
+        os.chown(path, me).unwrap();
+        assert_eq!(os.owner(path).unwrap(), me);
+        assert!(os.owner("/nonexistent/share").is_err());
     }
 
     #[test]

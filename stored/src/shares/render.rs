@@ -49,11 +49,16 @@ pub fn exports(shares: &BTreeMap<Name, Share>, paths: &BTreeMap<String, String>)
             export_path(path)
         );
         for client in &nfs.clients {
+            let squash = if nfs.root_squash {
+                "root_squash"
+            } else {
+                "no_root_squash"
+            };
             let options: Vec<&str> = if client.options.is_empty() {
                 let access = if share.read_only { "ro" } else { "rw" };
-                vec![access, "sync", "root_squash", "no_subtree_check"]
+                vec![access, "sync", squash, "no_subtree_check"]
             } else {
-                client
+                let mut options: Vec<&str> = client
                     .options
                     .iter()
                     .map(|o| match o {
@@ -61,7 +66,17 @@ pub fn exports(shares: &BTreeMap<Name, Share>, paths: &BTreeMap<String, String>)
                         NfsOption::Rw if share.read_only => "ro",
                         o => nfs_option(*o),
                     })
-                    .collect()
+                    .collect();
+                // A client's own choice wins; otherwise the share's, written out only when
+                // it is not exportfs's default.
+                let chosen = client
+                    .options
+                    .iter()
+                    .any(|o| matches!(o, NfsOption::RootSquash | NfsOption::NoRootSquash));
+                if !chosen && !nfs.root_squash {
+                    options.push(squash);
+                }
+                options
             };
             let _ = write!(out, " {}({})", client.network, options.join(","));
         }

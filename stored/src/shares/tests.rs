@@ -226,3 +226,135 @@ fn paths_with_blanks_are_quoted_in_exports() {
         os.files[EXPORTS_FILE]
     );
 }
+
+#[test]
+fn an_owner_gets_the_share_root_and_a_failed_step_gives_it_back() {
+    let text = format!(
+        "{CONFIG}\n[shares.alices]\ndataset = \"tank/alice\"\nowner = \"alice\"\nsmb = {{ users = [\"alice\"] }}\n"
+    );
+    let c = config(&text);
+    let mut os = os().mounted("tank/alice", "/mnt/tank/alice");
+    let alice = os.unix_users["alice"];
+    let plan = plan_on(&os, &c.shares, &c.storage.users).unwrap();
+    assert!(
+        plan.actions.contains(&Action::Chown {
+            share: "alices".into(),
+            path: "/mnt/tank/alice".into(),
+            user: "alice".into(),
+            to: Some(alice),
+            from: UnixIds { uid: 0, gid: 0 },
+        }),
+        "{:?}",
+        plan.actions
+    );
+    // exportfs fails: the root goes back to root, with the files and users.
+    os.fail = Some("exportfs -ra".into());
+    converge_on(&mut os, &c).unwrap_err();
+    assert_eq!(
+        os.owner("/mnt/tank/alice").unwrap(),
+        UnixIds { uid: 0, gid: 0 }
+    );
+    assert!(os.smb.is_empty(), "{:?}", os.smb);
+    let log = os.log.join("\n");
+    assert!(
+        log.contains(&format!("chown /mnt/tank/alice {alice}")),
+        "{log}"
+    );
+    assert!(
+        log.ends_with(
+            "chown /mnt/tank/alice 0:0\nremove bob\nremove alice\nreload smbd\nexportfs -ra"
+        ),
+        "{log}"
+    );
+
+    converge_on(&mut os, &c).unwrap();
+    assert_eq!(os.owner("/mnt/tank/alice").unwrap(), alice);
+    os.log.clear();
+    assert!(converge_on(&mut os, &c).unwrap().is_empty());
+    assert!(os.log.is_empty(), "{:?}", os.log);
+}
+
+#[test]
+fn an_owner_needs_a_unix_account() {
+    let text = format!(
+        "{CONFIG}\n[storage.users.carol]\n\n[shares.carols]\ndataset = \"tank/media\"\nowner = \"carol\"\nsmb = {{ guest = true }}\n"
+    );
+    let c = config(&text);
+    let Err(ShareError::Refused(errors)) = converge_on(&mut os(), &c) else {
+        panic!("not refused");
+    };
+    assert!(
+        errors.iter().any(|e| e.to_string()
+            == "share carols: owner carol has no Unix account on this box (getent passwd carol finds nothing)"),
+        "{errors:?}"
+    );
+    // Shown before the accounts step that makes carol's account: a chown to come.
+    let os = os();
+    let plan = plan_after_accounts(
+        &os,
+        &c.shares,
+        &c.storage.users,
+        &BTreeSet::from(["carol".to_owned()]),
+    )
+    .unwrap();
+    let shown: Vec<String> = plan.actions.iter().map(ToString::to_string).collect();
+    assert!(
+        shown.contains(&"chown the root of share carols (/mnt/tank/media) to carol (from 0:0; its account is made first)".to_owned()),
+        "{shown:?}"
+    );
+}
+
+#[test]
+fn root_squash_false_exports_no_root_squash_unless_a_client_chose() {
+    let text = r#"
+version = 1
+[storage.pools.tank]
+vdevs = [{ layout = "single", disks = ["/dev/disk/by-id/virtio-a"] }]
+[shares.media]
+dataset = "tank/media"
+nfs = { root_squash = false, clients = [{ network = "192.168.1.0/24" }, { network = "10.0.0.0/8", options = ["rw", "async"] }, { network = "10.1.0.0/16", options = ["rw", "root_squash"] }] }
+"#;
+    let c = config(text);
+    let mut os = os();
+    converge_on(&mut os, &c).unwrap();
+    assert!(
+        os.files[EXPORTS_FILE].ends_with(
+            "/mnt/tank/media 192.168.1.0/24(rw,sync,no_root_squash,no_subtree_check) \
+             10.0.0.0/8(rw,async,no_root_squash) 10.1.0.0/16(rw,root_squash)\n"
+        ),
+        "{}",
+        os.files[EXPORTS_FILE]
+    );
+}
+
+#[test]
+fn password_changes_come_last_so_a_failed_reload_changed_none() {
+    let c = config(CONFIG);
+    let mut os = os();
+    converge_on(&mut os, &c).unwrap();
+    os.secrets.insert(
+        "/data/secrets/bob.smb".into(),
+        Password::new("new bob pw".into()),
+    );
+    // A change that also rewrites the exports, which fail to reload.
+    let mut next = c.clone();
+    next.shares.retain(|n, _| n.as_str() == "media");
+    os.log.clear();
+    os.fail = Some("exportfs -ra".into());
+    let err = converge_on(&mut os, &next).unwrap_err().to_string();
+    assert!(err.contains("the steps done were undone"), "{err}");
+    assert!(
+        !os.log.contains(&"set password bob".to_owned()),
+        "{:?}",
+        os.log
+    );
+    assert_eq!(os.smb["bob"], Password::new("bob pw".into()).nt_hash());
+    let plan = plan_on(&os, &next.shares, &next.storage.users).unwrap();
+    assert_eq!(
+        plan.actions.last(),
+        Some(&Action::SetSmbPassword {
+            user: "bob".into(),
+            new: false
+        })
+    );
+}
