@@ -176,6 +176,70 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// Where a job sends: `target` for tls and ssh; for a local job, a pool of this box
+    /// and never one of its own sources (each run would replicate its replica again).
+    fn replication_target(&mut self, path: &KeyPath, job: &crate::model::ReplicationJob) {
+        if job.transport != Transport::Local {
+            if job.target.is_none() {
+                self.push(
+                    ErrorKind::MissingKey,
+                    path.clone(),
+                    "the job has no target".into(),
+                    "target = \"backup.example.net:7410\" (the receiving box), or \
+                     transport = \"local\" for a pool on this box",
+                );
+            }
+            return;
+        }
+        let keys = [
+            ("target", job.target.is_some()),
+            ("target_fingerprint", job.target_fingerprint.is_some()),
+            ("identity_file", job.identity_file.is_some()),
+        ];
+        for (key, set) in keys {
+            if set {
+                self.push(
+                    ErrorKind::Conflict,
+                    path.clone().key(key),
+                    format!("a local job sends to a pool on this box and takes no {key}"),
+                    "remove it, or set transport = \"tls\" or \"ssh\" to send to another box",
+                );
+            }
+        }
+        let target_dataset = &job.target_dataset;
+        self.require_pool(target_dataset, path.clone().key("target_dataset"));
+        let inside = |ds: &str, root: &str| {
+            ds == root
+                || ds
+                    .strip_prefix(root)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        };
+        for source in &job.datasets {
+            // Where the source lands: target_dataset/<its last component>.
+            let last = source
+                .as_str()
+                .rsplit('/')
+                .next()
+                .unwrap_or(source.as_str());
+            let lands = format!("{}/{last}", target_dataset.as_str());
+            // A recursive job would also pick up its replica as a child of the source.
+            let clash =
+                lands == source.as_str() || (job.recursive && inside(&lands, source.as_str()));
+            if clash {
+                self.push(
+                    ErrorKind::Conflict,
+                    path.clone().key("target_dataset"),
+                    format!(
+                        "{} would be received at {lands}, which is {} itself or below it",
+                        source.as_str(),
+                        source.as_str()
+                    ),
+                    "receive into a dataset outside the sources, usually on another pool",
+                );
+            }
+        }
+    }
+
     fn links(&mut self) {
         let cfg = self.cfg;
         // One namespace for all link kinds: they become kernel interfaces of these names.
@@ -1246,6 +1310,7 @@ impl<'a> Checker<'a> {
                     "remove it, or set transport = \"ssh\"",
                 );
             }
+            self.replication_target(&path, job);
             if job.bandwidth_limit.is_some_and(|b| b.bytes() < 1024) {
                 self.push(
                     ErrorKind::InvalidValue,

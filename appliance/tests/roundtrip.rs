@@ -950,7 +950,7 @@ struct ReplSpec {
 fn repl_spec() -> impl Strategy<Value = ReplSpec> {
     (
         endpoint(),
-        select(vec![Transport::Tls, Transport::Ssh]),
+        select(vec![Transport::Tls, Transport::Ssh, Transport::Local]),
         "[a-z][a-z0-9]{0,6}(/[a-z0-9]{1,6}){0,2}",
         proptest::collection::vec(0usize..16, 1..3),
         any::<bool>(),
@@ -986,8 +986,11 @@ fn repl_spec() -> impl Strategy<Value = ReplSpec> {
                         Some(Fingerprint::parse(&format!("sha256:{}", "ab".repeat(32))).unwrap())
                     }),
                     Transport::Tls => fingerprint,
+                    // A local job has no target, no pin and no key.
+                    Transport::Local => None,
                 },
-                identity: identity || transport == Transport::Ssh,
+                identity: transport != Transport::Local
+                    && (identity || transport == Transport::Ssh),
                 enabled,
             },
         )
@@ -1847,11 +1850,17 @@ fn build_storage(s: &StorageSpec) -> StorageParts {
             replication.insert(
                 name(&format!("job{k}")),
                 ReplicationJob {
-                    target: r.target.clone(),
+                    target: (r.transport != Transport::Local).then(|| r.target.clone()),
                     transport: r.transport,
-                    target_dataset: dataset(&r.target_dataset),
+                    // A local job receives into a declared pool, outside its sources.
+                    target_dataset: match r.transport {
+                        Transport::Local => {
+                            dataset(&format!("{}/repl-{k}", pick(&known, 0).pool()))
+                        }
+                        _ => dataset(&r.target_dataset),
+                    },
                     datasets: r.datasets.iter().map(|i| pick(&known, *i)).collect(),
-                    recursive: r.recursive,
+                    recursive: r.recursive && r.transport != Transport::Local,
                     interval: r.interval,
                     bandwidth_limit: r.bandwidth,
                     target_fingerprint: r.fingerprint.clone(),

@@ -296,18 +296,23 @@ pub enum Transport {
     /// the system ssh client to `stored replication serve-stdio` on the target (the same
     /// protocol; the target's host key pinned by `target_fingerprint`).
     Ssh,
+    /// another pool on this box: lzc send into lzc receive through a pipe, no network and
+    /// no encryption. The job has no `target`.
+    Local,
 }
 
 /// A job that pushes snapshots of datasets to another box.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplicationJob {
-    /// The receiving box, `host:port`.
-    pub target: Endpoint,
-    /// `tls` (stored on the other side) or `ssh`.
+    /// The receiving box, `host:port`. Required for tls and ssh; a local job has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Endpoint>,
+    /// `tls` (stored on the other side), `ssh`, or `local` (a pool on this box).
     #[serde(default)]
     pub transport: Transport,
-    /// Dataset on the target under which the sources are received.
+    /// Dataset on the target (for a local job: on this box) under which the sources are
+    /// received.
     pub target_dataset: DatasetName,
     /// Source datasets; their pools must be declared.
     pub datasets: Vec<DatasetName>,

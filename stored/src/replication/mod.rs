@@ -10,9 +10,12 @@
 //!   the next run continues from.
 //! - [`ssh`]: the same protocol over the system `ssh` client's stdin and stdout, to
 //!   `stored replication serve-stdio` on the target; host key pinned by fingerprint.
+//! - `local`: a target pool on this box; lzc send into lzc receive through pipes joined
+//!   by splice(2), no protocol and no TLS.
 
 pub mod cli;
 pub mod holds;
+mod local;
 pub mod plan;
 pub mod proto;
 mod receive;
@@ -91,6 +94,23 @@ pub enum ReplError {
         snapshot: String,
         #[source]
         source: ZfsError,
+    },
+    #[error(
+        "receiving {snapshot} failed: {source}; an interrupted receive resumes on the next run"
+    )]
+    Receive {
+        snapshot: String,
+        #[source]
+        source: ZfsError,
+    },
+    #[error(
+        "the pipe between lzc_send and lzc_receive failed while sending {snapshot}: {source}; \
+         an interrupted receive resumes on the next run"
+    )]
+    Relay {
+        snapshot: String,
+        #[source]
+        source: io::Error,
     },
     #[error("cannot listen for replication on {addr}: {source}")]
     Listen {

@@ -254,7 +254,7 @@ fn error(e: ZfsError) -> Reply {
     }
 }
 
-fn state(zfs: &RealZfs, dataset: &str) -> Result<TargetState, ZfsError> {
+pub(super) fn state(zfs: &RealZfs, dataset: &str) -> Result<TargetState, ZfsError> {
     if !zfs.lzc().exists(dataset)? {
         return Ok(TargetState::default());
     }
@@ -276,7 +276,7 @@ fn state(zfs: &RealZfs, dataset: &str) -> Result<TargetState, ZfsError> {
     })
 }
 
-fn rollback(
+pub(super) fn rollback(
     zfs: &mut RealZfs,
     dataset: &str,
     to: &str,
@@ -309,6 +309,26 @@ fn drain(tls: &mut impl Read) -> io::Result<()> {
     }
 }
 
+/// Whether a receive into `dataset` creates the replica (a resumed first receive too).
+pub(super) fn first_receive(zfs: &RealZfs, dataset: &str, resume: bool) -> bool {
+    !zfs.lzc().exists(dataset).unwrap_or(true)
+        || (resume && zfs.snapshots(dataset, false).is_ok_and(|s| s.is_empty()))
+}
+
+/// After a replica's first receive: read-only and mounted.
+pub(super) fn settle_new_replica(zfs: &RealZfs, dataset: &str) {
+    // A replica is read-only: a change on it (even an atime update) would make the next
+    // incremental refuse it as diverged.
+    if let Err(e) = zfs.cli().set_value(dataset, "readonly", "on") {
+        tracing::warn!(dataset, error = %e, "cannot make the replica read-only");
+    }
+    // lzc leaves a received filesystem unmounted; mounted, it can be browsed and restored
+    // from.
+    if let Err(e) = zfs.cli().mount(dataset) {
+        tracing::warn!(dataset, error = %e, "cannot mount the replica");
+    }
+}
+
 /// Receives one stream. The frames are copied into a pipe that `lzc_receive_resumable`
 /// reads in a thread. A broken link closes the pipe early: the kernel keeps what arrived
 /// and sets `receive_resume_token`, and the error goes up (the connection is over).
@@ -321,8 +341,7 @@ fn receive(
 ) -> io::Result<Reply> {
     let dataset = snapshot.split('@').next().unwrap_or(snapshot);
     let lzc = zfs.lzc();
-    let new = !lzc.exists(dataset).unwrap_or(true)
-        || (resume && zfs.snapshots(dataset, false).is_ok_and(|s| s.is_empty()));
+    let new = first_receive(zfs, dataset, resume);
     let (reader, mut writer) = io::pipe()?;
     proto::widen_pipe(&writer);
     let mut bytes = 0u64;
@@ -349,16 +368,7 @@ fn receive(
             Ok(()) => {
                 tracing::info!(%snapshot, bytes, resume, "received");
                 if new {
-                    // A replica is read-only: a change on it (even an atime update) would
-                    // make the next incremental refuse it as diverged.
-                    if let Err(e) = zfs.cli().set_value(dataset, "readonly", "on") {
-                        tracing::warn!(dataset, error = %e, "cannot make the replica read-only");
-                    }
-                    // lzc leaves a received filesystem unmounted; mounted, it can be
-                    // browsed and restored from.
-                    if let Err(e) = zfs.cli().mount(dataset) {
-                        tracing::warn!(dataset, error = %e, "cannot mount the replica");
-                    }
+                    settle_new_replica(zfs, dataset);
                 }
                 Ok(Reply::Received { bytes })
             }

@@ -1,4 +1,5 @@
-//! The sender: one run of a job, over mutual TLS or an `ssh` child (`Conn`).
+//! The sender: one run of a job, over mutual TLS or an `ssh` child (`Conn`), or into a
+//! pool on this box (`local.rs`).
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -13,7 +14,7 @@ use rustls::pki_types::ServerName;
 use super::plan::{self, PendingResume, Snap, Step, TargetState};
 use super::proto::{self, Reply, Request};
 use super::tls::{self, Identity};
-use super::{JobReport, ReplError, holds};
+use super::{JobReport, ReplError, holds, local};
 use crate::zfs::lzc::SendFlags;
 use crate::zfs::{RealZfs, Zfs as _, resume};
 
@@ -42,7 +43,7 @@ pub struct RunOptions {
 
 /// A token bucket: `rate` bytes per second with a burst of a quarter second.
 #[derive(Debug)]
-struct Limiter {
+pub(super) struct Limiter {
     rate: f64,
     burst: f64,
     tokens: f64,
@@ -63,7 +64,7 @@ impl Limiter {
         })
     }
 
-    fn take(&mut self, n: usize) {
+    pub(super) fn take(&mut self, n: usize) {
         let now = Instant::now();
         self.tokens =
             (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
@@ -115,6 +116,58 @@ impl Link<'_> {
     }
 }
 
+/// Where a run's streams go.
+enum Dest<'a> {
+    /// stored's receiver on another box, over TLS or ssh.
+    Remote(Link<'a>),
+    /// A pool on this box (`transport = "local"`).
+    Local,
+}
+
+impl Dest<'_> {
+    fn target(&self) -> &str {
+        match self {
+            Dest::Remote(link) => link.target,
+            Dest::Local => local::LOCAL,
+        }
+    }
+
+    fn state(&mut self, zfs: &RealZfs, dataset: &str) -> Result<TargetState, ReplError> {
+        let link = match self {
+            Dest::Local => return local::state(zfs, dataset),
+            Dest::Remote(link) => link,
+        };
+        match link.ask(&Request::State {
+            dataset: dataset.to_owned(),
+        })? {
+            Reply::State(s) => Ok(s),
+            other => Err(ReplError::Refused {
+                target: link.target.to_owned(),
+                message: format!("unexpected answer to State: {other:?}"),
+            }),
+        }
+    }
+
+    fn rollback(
+        &mut self,
+        zfs: &mut RealZfs,
+        dataset: &str,
+        to: &str,
+        destroy: &[String],
+    ) -> Result<(), ReplError> {
+        match self {
+            Dest::Local => local::rollback(zfs, dataset, to, destroy),
+            Dest::Remote(link) => link
+                .ask(&Request::Rollback {
+                    dataset: dataset.to_owned(),
+                    to: to.to_owned(),
+                    destroy: destroy.to_vec(),
+                })
+                .map(drop),
+        }
+    }
+}
+
 fn config_err(job: &str, what: impl Into<String>) -> ReplError {
     ReplError::Config {
         job: job.to_owned(),
@@ -154,15 +207,28 @@ pub fn run_job(
     options: &RunOptions,
 ) -> Result<JobReport, ReplError> {
     let started = Instant::now();
-    let target = job.target.to_string();
-    let (conn, fingerprint) = match job.transport {
-        Transport::Ssh => (super::ssh::connect(name, job)?, String::new()),
-        Transport::Tls => connect_tls(name, job, &target)?,
+    let target = job
+        .target
+        .as_ref()
+        .map_or_else(|| local::LOCAL.to_owned(), ToString::to_string);
+    let remote = |(conn, fingerprint)| {
+        Dest::Remote(Link {
+            conn,
+            target: &target,
+            fingerprint,
+        })
     };
-    let mut link = Link {
-        conn,
-        target: &target,
-        fingerprint,
+    let mut dest = match job.transport {
+        Transport::Local => Dest::Local,
+        Transport::Ssh => remote((super::ssh::connect(name, job)?, String::new())),
+        Transport::Tls if job.target.is_none() => {
+            return Err(config_err(
+                name,
+                "target is not set; give the receiving box as host:port, or set \
+                 transport = \"local\" for a pool on this box",
+            ));
+        }
+        Transport::Tls => remote(connect_tls(name, job, &target)?),
     };
     let datasets = source_datasets(zfs, job)?;
     let roots: Vec<String> = job
@@ -170,11 +236,13 @@ pub fn run_job(
         .iter()
         .map(|d| plan::target_name(job.target_dataset.as_str(), d.as_str(), d.as_str()))
         .collect();
-    link.ask(&Request::Hello {
-        version: proto::VERSION,
-        job: name.to_owned(),
-        datasets: roots,
-    })?;
+    if let Dest::Remote(link) = &mut dest {
+        link.ask(&Request::Hello {
+            version: proto::VERSION,
+            job: name.to_owned(),
+            datasets: roots,
+        })?;
+    }
     let rate = options
         .bandwidth_limit
         .or(job.bandwidth_limit.map(|b| b.bytes()))
@@ -195,7 +263,7 @@ pub fn run_job(
             zfs,
             name,
             job,
-            &mut link,
+            &mut dest,
             dataset,
             &target_ds,
             &mut limiter,
@@ -205,8 +273,10 @@ pub fn run_job(
             oldest_newest = Some(oldest_newest.map_or(c, |o| o.min(c)));
         }
     }
-    let _ = proto::send_msg(&mut link.conn, &Request::Bye);
-    link.conn.close();
+    if let Dest::Remote(link) = &mut dest {
+        let _ = proto::send_msg(&mut link.conn, &Request::Bye);
+        link.conn.close();
+    }
     report.duration = started.elapsed();
     report.lag = oldest_newest.map(|c| Duration::from_secs(now.saturating_sub(c).max(0) as u64));
     tracing::info!(
@@ -262,7 +332,7 @@ fn replicate_dataset(
     zfs: &mut RealZfs,
     job_name: &str,
     job: &ReplicationJob,
-    link: &mut Link<'_>,
+    dest: &mut Dest<'_>,
     dataset: &str,
     target_ds: &str,
     limiter: &mut Option<Limiter>,
@@ -284,24 +354,14 @@ fn replicate_dataset(
             creation: 0,
         })
         .collect();
-    let state = match link.ask(&Request::State {
-        dataset: target_ds.to_owned(),
-    })? {
-        Reply::State(s) => s,
-        other => {
-            return Err(ReplError::Refused {
-                target: link.target.to_owned(),
-                message: format!("unexpected answer to State: {other:?}"),
-            });
-        }
-    };
+    let state = dest.state(zfs, target_ds)?;
     let token = state
         .resume_token
         .as_deref()
         .map(resume::decode)
         .transpose()
         .map_err(|e| ReplError::Refused {
-            target: link.target.to_owned(),
+            target: dest.target().to_owned(),
             message: format!("{target_ds}: {e}"),
         })?;
     let pending = token.as_ref().map(|t| PendingResume {
@@ -319,11 +379,7 @@ fn replicate_dataset(
     )?;
     if let Some(rb) = &plan.rollback {
         tracing::warn!(target = target_ds, to = %rb.to, destroy = ?rb.destroy, "rolling the diverged target back (on_divergence = rollback)");
-        link.ask(&Request::Rollback {
-            dataset: target_ds.to_owned(),
-            to: rb.to.clone(),
-            destroy: rb.destroy.clone(),
-        })?;
+        dest.rollback(zfs, target_ds, &rb.to, &rb.destroy)?;
     }
     let encryption = zfs.cli().get_values(dataset, &["encryption"])?;
     let raw = encryption.first().is_some_and(|e| e != "off" && e != "-");
@@ -372,17 +428,30 @@ fn replicate_dataset(
             }
         };
         tracing::info!(job = job_name, %step, target = %target_snap, "sending");
-        match stream(
-            zfs,
-            link,
-            &to_full,
-            from.as_deref(),
-            flags,
-            (object, offset),
-            &target_snap,
-            resume,
-            limiter,
-        ) {
+        let sent = match dest {
+            Dest::Remote(link) => stream(
+                zfs,
+                link,
+                &to_full,
+                from.as_deref(),
+                flags,
+                (object, offset),
+                &target_snap,
+                resume,
+                limiter,
+            ),
+            Dest::Local => local::stream(
+                zfs,
+                &to_full,
+                from.as_deref(),
+                flags,
+                (object, offset),
+                &target_snap,
+                resume,
+                limiter,
+            ),
+        };
+        match sent {
             Ok(bytes) => {
                 report.bytes += bytes;
                 report.snapshots += 1;

@@ -99,11 +99,16 @@ pub(super) fn connect(name: &str, job: &ReplicationJob) -> Result<Box<dyn Conn>,
         hint: "the target's host key fingerprint, as `ssh-keygen -lf \
                /etc/ssh/ssh_host_ed25519_key.pub` prints it there",
     })?;
-    let host = match &job.target.host {
+    let endpoint = job.target.as_ref().ok_or(SshError::Missing {
+        job: name.to_owned(),
+        key: "target",
+        hint: "the target's sshd as host:port",
+    })?;
+    let host = match &endpoint.host {
         Host::Ip(ip) => ip.to_string(),
         Host::Name(n) => n.to_string(),
     };
-    let port = job.target.port.to_string();
+    let port = endpoint.port.to_string();
     let target = Target {
         job: name,
         host: &host,
