@@ -1,8 +1,10 @@
 //! NFS and SMB shares made by `stored share apply` on real ZFS, kernel nfsd and Samba, in one
 //! boot: an NFS client in a network namespace of the guest (a veth pair), smbclient as a
-//! user of the config, a reload while a client writes, and a refused share. The NAS user's
-//! Unix account is stored's (a systemd user record under /run/userdb, its uid kept on
-//! /data), made by the apply and removed once the user leaves the config.
+//! user of the config (its password set through pdbedit, then changed), a reload while a
+//! client writes, and a refused share. The NAS user's Unix account is stored's (a systemd
+//! user record under /run/userdb, its uid kept on /data), made by the apply, taken back when
+//! the apply is refused, and removed once the user leaves the config; it owns the share's
+//! root (`owner`).
 
 use std::fs;
 use std::time::Duration;
@@ -25,7 +27,8 @@ smb_password_file = "/data/secrets/alice.smb"
 
 [shares.media]
 dataset = "tank/media"
-nfs = { clients = [{ network = "10.99.0.0/24", options = ["rw", "sync", "no_root_squash", "no_subtree_check"] }] }
+owner = "alice"
+nfs = { root_squash = false, clients = [{ network = "10.99.0.0/24" }] }
 smb = { users = ["alice"] }
 "#;
 
@@ -38,11 +41,14 @@ nfs = { clients = [{ network = "10.99.0.0/24" }] }
 smb = { read_only_users = ["alice"] }
 "#;
 
-/// A share on a dataset the test unmounts.
+/// A share on a dataset the test unmounts, and a new user whose account the refused apply
+/// must take back.
 const OFF: &str = r#"
 [shares.off]
 dataset = "tank/off"
 nfs = { clients = [{ network = "10.99.0.0/24" }] }
+
+[storage.users.bob]
 "#;
 
 /// The NFS client: a network namespace joined to the guest by a veth pair. `ip netns exec`
@@ -107,9 +113,6 @@ fn stored_shares_datasets_over_nfs_and_smb_and_reloads_under_a_writing_client() 
     let base = BASE.replace("DISK", &disk);
     let cfg = g.config("shares", &base);
     g.ok(&format!("apply --config {cfg}"));
-    // Who may write in a share's root is the admin's call (not in the config yet): here
-    // everyone, so that the NFS client's root and alice can both write.
-    vm.sh("chmod 1777 /mnt/tank/media");
 
     let plan = g.ok(&format!("share plan --config {cfg}"));
     assert!(
@@ -117,6 +120,10 @@ fn stored_shares_datasets_over_nfs_and_smb_and_reloads_under_a_writing_client() 
         "{plan}"
     );
     assert!(plan.contains("add SMB user alice"), "{plan}");
+    assert!(
+        plan.contains("chown the root of share media (/mnt/tank/media) to alice"),
+        "{plan}"
+    );
     assert!(vm.ssh("getent passwd alice").status.code() == Some(2));
     let applied = g.ok(&format!("share apply --config {cfg}"));
     assert!(applied.contains("done: reload NFS exports"), "{applied}");
@@ -130,7 +137,17 @@ fn stored_shares_datasets_over_nfs_and_smb_and_reloads_under_a_writing_client() 
     let exports = vm.sh("cat /etc/exports.d/appliance.exports; exportfs -v");
     eprintln!("{exports}");
     assert!(exports.contains("/mnt/tank/media"), "{exports}");
+    // root_squash = false on the share: the client line says so.
+    assert!(
+        exports.contains("10.99.0.0/24(rw,sync,no_root_squash,no_subtree_check)"),
+        "{exports}"
+    );
     assert_eq!(vm.sh("pdbedit -L").trim(), "alice:2000:NAS user alice");
+    // The share's root is alice's (the NFS client's root writes too: no_root_squash).
+    assert_eq!(
+        vm.sh("stat -c %U:%G:%a /mnt/tank/media").trim(),
+        "alice:alice:755"
+    );
 
     // NFS from the client namespace: write a file, read it back, and see it on the dataset.
     vm.sh(
@@ -164,6 +181,20 @@ fn stored_shares_datasets_over_nfs_and_smb_and_reloads_under_a_writing_client() 
     );
     let wrong = vm.ssh("smbclient //127.0.0.1/media -U 'alice%wrong' -c ls");
     assert!(!wrong.status.success(), "a wrong password got in");
+
+    // A new password in the file: pdbedit -a changes the existing user's, the old one is
+    // refused, and nothing else moves.
+    vm.sh("printf 'alice pw 2\\n' > /data/secrets/alice.smb");
+    let changed = g.ok(&format!("share apply --config {cfg}"));
+    assert_eq!(
+        changed.trim(),
+        "done: change the SMB password of alice",
+        "{changed}"
+    );
+    let old = vm.ssh("smbclient //127.0.0.1/media -U 'alice%alice pw 1' -c ls");
+    assert!(!old.status.success(), "the old password still got in");
+    vm.sh("printf 'alice pw 1\\n' > /data/secrets/alice.smb");
+    g.ok(&format!("share apply --config {cfg}"));
 
     // A reload (another share added) while the NFS client and an SMB session write in a loop:
     // no write may fail. Both stop once /run/writers.stop exists (a local file: the NFS
@@ -223,7 +254,7 @@ fn stored_shares_datasets_over_nfs_and_smb_and_reloads_under_a_writing_client() 
 
     // A share on an unmounted dataset is refused, naming it, and nothing changes.
     vm.sh("zfs unmount tank/off");
-    let before = vm.sh("cat /run/appliance/shares/*; exportfs -v");
+    let before = vm.sh("cat /run/appliance/shares/*; exportfs -v; ls -l /run/userdb");
     let cfg3 = g.config("shares-off", &format!("{base}{DOCS}{OFF}"));
     let (code, _, err) = g.stored(&format!("share apply --config {cfg3}"));
     assert_eq!(code, 1, "{err}");
@@ -231,7 +262,12 @@ fn stored_shares_datasets_over_nfs_and_smb_and_reloads_under_a_writing_client() 
         err.contains("share off: dataset tank/off is not mounted"),
         "{err}"
     );
-    assert_eq!(vm.sh("cat /run/appliance/shares/*; exportfs -v"), before);
+    // bob's account was made before the shares were checked, and taken back.
+    assert_eq!(
+        vm.sh("cat /run/appliance/shares/*; exportfs -v; ls -l /run/userdb"),
+        before
+    );
+    assert_eq!(vm.ssh("getent passwd bob").status.code(), Some(2));
 
     // alice leaves the config: her account goes, her files keep uid 2000, which stays
     // hers in the map (a later user gets another).
