@@ -23,18 +23,57 @@ const MAX_QUERY: usize = 4096;
 const SPIN: u32 = 32;
 /// The receive buffer asked for: about 5,000 queries, so that a burst, or the core being
 /// taken by something else for a few tens of milliseconds, queues queries instead of
-/// dropping them (the default of 208 KiB holds about 300).
+/// dropping them (the default of 208 KiB holds about 300: 4 ms at 40k QPS, each small
+/// datagram taking about 700 bytes of buffer).
 const RECEIVE_BUFFER: usize = 4 << 20;
+/// The send buffer asked for: room for many batches of answers of up to 4 KB while a
+/// network card's queue is full, before a send has to wait for writability.
+const SEND_BUFFER: usize = 1 << 20;
 
-/// Enlarges the receive buffer: past `net.core.rmem_max` with `CAP_NET_ADMIN`, else up to
-/// it.
-fn grow_receive_buffer(socket: &UdpSocket) {
-    use nix::sys::socket::{setsockopt, sockopt};
+/// The buffer sizes a socket got, as the kernel reports them (twice the bytes asked for:
+/// it counts its own overhead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buffers {
+    pub receive: usize,
+    pub send: usize,
+}
+
+/// Enlarges the socket buffers: past `net.core.rmem_max`/`wmem_max` with `CAP_NET_ADMIN`
+/// (as unbound's `so-rcvbuf` does), else up to them. dnsd runs without that capability, so
+/// on the appliance the sysctls decide: the image raises both to 4 MiB
+/// (`/etc/sysctl.d/60-appliance.conf`).
+pub fn grow_buffers(socket: &impl std::os::fd::AsFd) -> Buffers {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
     if setsockopt(socket, sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err()
         && let Err(e) = setsockopt(socket, sockopt::RcvBuf, &RECEIVE_BUFFER)
     {
         tracing::debug!(error = %e, "UDP receive buffer left at its default");
     }
+    if setsockopt(socket, sockopt::SndBufForce, &SEND_BUFFER).is_err()
+        && let Err(e) = setsockopt(socket, sockopt::SndBuf, &SEND_BUFFER)
+    {
+        tracing::debug!(error = %e, "UDP send buffer left at its default");
+    }
+    let buffers = Buffers {
+        receive: getsockopt(socket, sockopt::RcvBuf).unwrap_or(0),
+        send: getsockopt(socket, sockopt::SndBuf).unwrap_or(0),
+    };
+    if buffers.receive < 2 * RECEIVE_BUFFER {
+        tracing::warn!(
+            receive_buffer = buffers.receive,
+            wanted = 2 * RECEIVE_BUFFER,
+            "the UDP receive buffer is smaller than dnsd asked for, so a burst of queries \
+             may be dropped (counted as RcvbufErrors in /proc/net/snmp): raise \
+             net.core.rmem_max to {RECEIVE_BUFFER}, or run dnsd with CAP_NET_ADMIN"
+        );
+    } else {
+        tracing::debug!(
+            receive_buffer = buffers.receive,
+            send_buffer = buffers.send,
+            "UDP socket buffers"
+        );
+    }
+    buffers
 }
 
 fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
@@ -100,7 +139,7 @@ fn send_batch(socket: &UdpSocket, answers: &[(Vec<u8>, SockaddrStorage)]) -> io:
 
 /// Serves `socket` until the task is aborted.
 pub async fn serve(socket: Arc<UdpSocket>, handler: Handler) {
-    grow_receive_buffer(&socket);
+    grow_buffers(&*socket);
     let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; MAX_QUERY]).collect();
     let mut answers: Vec<(Vec<u8>, SockaddrStorage)> = Vec::with_capacity(BATCH);
     let mut spare: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(512)).collect();
@@ -207,6 +246,40 @@ async fn flush(socket: &UdpSocket, answers: &mut [(Vec<u8>, SockaddrStorage)]) {
                 }
                 done += 1;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sysctl(name: &str) -> usize {
+        std::fs::read_to_string(format!("/proc/sys/net/core/{name}"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// As root (CI) the buffers get the full size past the sysctls; without
+    /// `CAP_NET_ADMIN` they get what the sysctls allow. Either way, at least that.
+    #[test]
+    fn socket_buffers_grow_as_far_as_allowed() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let got = grow_buffers(&socket);
+        let (rmem, wmem) = (sysctl("rmem_max"), sysctl("wmem_max"));
+        assert!(
+            got.receive >= 2 * RECEIVE_BUFFER.min(rmem),
+            "{got:?}, rmem_max {rmem}"
+        );
+        assert!(
+            got.send >= 2 * SEND_BUFFER.min(wmem),
+            "{got:?}, wmem_max {wmem}"
+        );
+        if rustix::process::geteuid().is_root() {
+            assert_eq!(got.receive, 2 * RECEIVE_BUFFER);
+            assert_eq!(got.send, 2 * SEND_BUFFER);
         }
     }
 }
