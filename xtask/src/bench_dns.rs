@@ -6,7 +6,8 @@
 //! compare work per core. Peak QPS comes from a closed-loop dnsperf run (100 queries
 //! outstanding); p50/p99 come from a second, open-loop run at half of that server's peak
 //! rate with `dnsperf -v`, which prints every answer's latency (dnsperf 2.10 has no
-//! percentiles of its own).
+//! percentiles of its own). The first [`WARMUP`] of each open-loop run is left out of the
+//! percentiles: dnsperf itself bursts then (see there).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -38,6 +39,14 @@ const BLOCKED_QUERIES: usize = 200_000;
 const OUTSTANDING: u32 = 100;
 /// The longest a server may take to block the probe name after its start.
 const LOAD_DEADLINE: Duration = Duration::from_secs(180);
+/// The start of an open-loop run left out of its latency percentiles. For its first `-q`
+/// queries dnsperf 2.10 yields the CPU after every other send ("avoid flooding the network
+/// too quickly" in `do_send`), so it falls behind its `-Q` schedule; after that it catches
+/// up at full speed, and the burst starves its own receiver thread on the client core. In
+/// the quiet run of 2026-11-26 07:54 every server's latency jumped at exactly the 10,000th
+/// query (`-q 10000`), and with `-q 3000` at the 3,000th; the faster the rate, the longer the
+/// catch-up (up to 60,000 queries, 0.7 s, at 84k QPS). The whole-run figure is still shown.
+const WARMUP: Duration = Duration::from_secs(2);
 const SERVER_CPU: &str = "0";
 const CLIENT_CPU: &str = "1";
 
@@ -341,6 +350,72 @@ fn memory(pid: u32) -> Result<(f64, f64)> {
     }
 }
 
+/// The kernel's UDP drop counters (`/proc/net/snmp`, this network namespace): datagrams
+/// dropped because a receive buffer was full, and sends refused for a full send buffer.
+/// They count every UDP socket: the server's, dnsperf's and anything else running.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct UdpDrops {
+    rcvbuf: u64,
+    sndbuf: u64,
+}
+
+impl UdpDrops {
+    fn read() -> Result<Self> {
+        let text = fs::read_to_string("/proc/net/snmp").context("reading /proc/net/snmp")?;
+        Self::parse(&text).context("no Udp RcvbufErrors/SndbufErrors in /proc/net/snmp")
+    }
+
+    fn parse(snmp: &str) -> Option<Self> {
+        let mut rows = snmp.lines().filter_map(|l| l.strip_prefix("Udp:"));
+        let (names, values) = (rows.next()?, rows.next()?);
+        let field = |want: &str| {
+            names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .find(|(n, _)| *n == want)
+                .and_then(|(_, v)| v.parse().ok())
+        };
+        Some(Self {
+            rcvbuf: field("RcvbufErrors")?,
+            sndbuf: field("SndbufErrors")?,
+        })
+    }
+
+    fn since(self, before: Self) -> Self {
+        Self {
+            rcvbuf: self.rcvbuf.saturating_sub(before.rcvbuf),
+            sndbuf: self.sndbuf.saturating_sub(before.sndbuf),
+        }
+    }
+}
+
+/// Datagrams dropped by the UDP sockets bound to `addr` since they were made (the `drops`
+/// column of `/proc/net/udp`): the server's own losses, as opposed to dnsperf's.
+fn socket_drops(addr: SocketAddr) -> Result<u64> {
+    let text = fs::read_to_string("/proc/net/udp").context("reading /proc/net/udp")?;
+    Ok(socket_drops_in(&text, addr))
+}
+
+fn socket_drops_in(table: &str, addr: SocketAddr) -> u64 {
+    let SocketAddr::V4(v4) = addr else { return 0 };
+    // The kernel prints the address as the u32 in host order (little endian here).
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.get(1) == Some(&local.as_str()))
+                .then(|| cols.last().and_then(|d| d.parse::<u64>().ok()))
+                .flatten()
+        })
+        .sum()
+}
+
 // ---------------------------------------------------------------------------------------
 // DNS on the wire, just enough to probe a server
 
@@ -459,16 +534,28 @@ struct Perf {
     qps: f64,
     avg_ms: f64,
     rcodes: String,
-    /// Per-answer latencies in ms, from `-v` runs only.
+    /// Per-answer latencies in ms, in the order answers came, from `-v` runs only.
     latencies: Vec<f64>,
+    /// Answers of dnsperf's start-up ([`WARMUP`]) at the front of `latencies`.
+    warmup: usize,
+}
+
+fn percentile_of(latencies: &[f64], p: f64) -> Option<f64> {
+    let mut l = latencies.to_vec();
+    l.sort_by(f64::total_cmp);
+    let rank = ((p * l.len() as f64).ceil() as usize).max(1) - 1;
+    l.get(rank).copied()
 }
 
 impl Perf {
+    /// Over every answer.
     fn percentile(&self, p: f64) -> Option<f64> {
-        let mut l = self.latencies.clone();
-        l.sort_by(f64::total_cmp);
-        let rank = ((p * l.len() as f64).ceil() as usize).max(1) - 1;
-        l.get(rank).copied()
+        percentile_of(&self.latencies, p)
+    }
+
+    /// Over the answers after dnsperf's start-up.
+    fn steady_percentile(&self, p: f64) -> Option<f64> {
+        percentile_of(self.latencies.get(self.warmup..).unwrap_or_default(), p)
     }
 
     fn max_ms(&self) -> Option<f64> {
@@ -619,6 +706,10 @@ struct ServerResult {
     /// Resident after [`SETTLE`] without queries: the steady state, once a server has
     /// given back what the last burst freed.
     rss_settled: f64,
+    /// The kernel's UDP drop counters over this server's runs (every socket).
+    udp: UdpDrops,
+    /// Drops of the server's own socket.
+    socket_drops: u64,
 }
 
 /// How long the servers sit idle before their steady resident memory is read; longer than
@@ -643,6 +734,7 @@ fn measure(
     if !answers(server, &format!("probe.{ZONE}"), ZONE_ADDR)? {
         bail!("{} does not forward {ZONE} to the upstream", p.name);
     }
+    let drops_before = UdpDrops::read()?;
     for set in Set::ALL {
         let (file, half_file) = match set {
             Set::Blocked => (&files.blocked, &files.blocked),
@@ -676,21 +768,23 @@ fn measure(
             &log(set, "peak"),
         )?;
         p.check_alive()?;
-        let half = dnsperf(
+        let rate = (peak.qps / 2.0) as u64;
+        let mut half = dnsperf(
             &PerfRun {
                 server,
                 file: half_file,
-                seconds,
-                rate: Some((peak.qps / 2.0) as u64),
+                seconds: seconds + WARMUP.as_secs(),
+                rate: Some(rate),
                 outstanding: 10_000,
                 once: false,
                 verbose: true,
             },
             &log(set, "half"),
         )?;
+        half.warmup = usize::try_from(rate.saturating_mul(WARMUP.as_secs())).unwrap_or(0);
         p.check_alive()?;
         println!(
-            "  {:<8} {:<9} peak {:>8.0} qps, lost {}, avg {:.3} ms [{}]; at {:.0} qps p50 {} p99 {} ms, lost {}",
+            "  {:<8} {:<9} peak {:>8.0} qps, lost {}, avg {:.3} ms [{}]; at {:.0} qps p50 {} p99 {} ms (whole run {} ms), lost {}",
             p.name,
             set.name(),
             peak.qps,
@@ -698,12 +792,19 @@ fn measure(
             peak.avg_ms,
             peak.rcodes,
             half.qps,
-            ms(half.percentile(0.50)),
+            ms(half.steady_percentile(0.50)),
+            ms(half.steady_percentile(0.99)),
             ms(half.percentile(0.99)),
             half.lost
         );
         result.runs.insert(set, (peak, half));
     }
+    result.udp = UdpDrops::read()?.since(drops_before);
+    result.socket_drops = socket_drops(server)?;
+    println!(
+        "  {:<8} UDP drops over its runs: {} of its own socket; every socket: {} receive-buffer, {} send-buffer",
+        p.name, result.socket_drops, result.udp.rcvbuf, result.udp.sndbuf
+    );
     (result.rss_after, result.hwm_after) = memory(p.pid())?;
     std::thread::sleep(SETTLE);
     (result.rss_settled, _) = memory(p.pid())?;
@@ -864,6 +965,8 @@ struct Reload {
     rss_before: f64,
     hwm_during: f64,
     new_entry_blocked: bool,
+    udp: UdpDrops,
+    socket_drops: u64,
 }
 
 /// Runs the reload helper on a copy of dnsd's stored list and swaps the policy once in the
@@ -936,6 +1039,7 @@ fn reload_under_load(
     let (rss_before, _) = memory(p.pid())?;
     // Resets VmHWM, so that it shows the peak of the reload alone.
     fs::write(format!("/proc/{}/clear_refs", p.pid()), "5")?;
+    let drops_before = UdpDrops::read()?;
     let perf = dnsperf(
         &PerfRun {
             server: addr,
@@ -949,6 +1053,8 @@ fn reload_under_load(
         &files.dir.join(format!("dnsperf-{kind}.out")),
     )?;
     let (_, hwm_during) = memory(p.pid())?;
+    let udp = UdpDrops::read()?.since(drops_before);
+    let socket_drops = socket_drops(addr)?;
     let swap_ms = rx
         .recv_timeout(Duration::from_secs(5))
         .ok()
@@ -961,6 +1067,8 @@ fn reload_under_load(
         rss_before,
         hwm_during,
         new_entry_blocked,
+        udp,
+        socket_drops,
     })
 }
 
@@ -1130,22 +1238,25 @@ fn report(
     println!();
     for set in Set::ALL {
         println!(
-            "{} names: {}\n  (QPS, lost, avg: closed loop, {OUTSTANDING} outstanding; p50, p99, lost@½: open loop at half of that server's QPS)",
+            "{} names: {}\n  (QPS, lost, avg: closed loop, {OUTSTANDING} outstanding; p50, p99, lost@½: open loop at half of that server's QPS, \
+             its first {} s left out; p99 all: the whole run)",
             set.name(),
             match set {
                 Set::Blocked => "listed names and their subdomains",
                 Set::Cached => "1000 names asked again and again after a warm-up",
                 Set::Forwarded => "distinct names, cold cache, knot upstream",
-            }
+            },
+            WARMUP.as_secs()
         );
         println!(
-            "  {:<8} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}",
+            "  {:<8} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}",
             "server",
             "QPS",
             "lost",
             "avg ms",
             "p50 ms",
             "p99 ms",
+            "p99 all",
             "lost@½",
             "RSS MB",
             "idle MB",
@@ -1158,12 +1269,13 @@ fn report(
                 continue;
             };
             println!(
-                "  {:<8} {:>9.0} {:>7} {:>8.3} {:>8} {:>8} {:>8} {:>8.1} {:>8.1} {:>8.1} {:>7.2}",
+                "  {:<8} {:>9.0} {:>7} {:>8.3} {:>8} {:>8} {:>8} {:>8} {:>8.1} {:>8.1} {:>8.1} {:>7.2}",
                 s,
                 p.qps,
                 p.lost,
                 p.avg_ms,
-                ms(h.percentile(0.50)),
+                ms(h.steady_percentile(0.50)),
+                ms(h.steady_percentile(0.99)),
                 ms(h.percentile(0.99)),
                 h.lost,
                 r.rss_after,
@@ -1205,20 +1317,30 @@ fn report(
         ms(control.perf.max_ms()),
     );
     println!(
+        "UDP drops with a reload: {} of the server's socket, {} receive-buffer on every socket; \
+         without: {} and {}",
+        reload.socket_drops, reload.udp.rcvbuf, control.socket_drops, control.udp.rcvbuf
+    );
+    println!(
         "dnsd with an empty store peaks at {cold_hwm:.1} MB while compiling; load average {}",
         loadavg()
     );
     println!();
 
-    let dnsd = results.get("dnsd");
-    let half = |set: Set, p: f64| {
-        dnsd.and_then(|r| r.runs.get(&set))
-            .and_then(|(_, h)| h.percentile(p))
+    let half = |s: &str, set: Set| {
+        results
+            .get(s)
+            .and_then(|r| r.runs.get(&set))
+            .map(|(_, h)| h)
     };
-    let p99_worst = [Set::Blocked, Set::Cached]
-        .iter()
-        .filter_map(|s| half(*s, 0.99))
-        .fold(0.0, f64::max);
+    let steady = |s: &str, set: Set| half(s, set).and_then(|h| h.steady_percentile(0.99));
+    let whole = |s: &str, set: Set| half(s, set).and_then(|h| h.percentile(0.99));
+    let worst = |f: &dyn Fn(Set) -> Option<f64>| {
+        [Set::Blocked, Set::Cached]
+            .into_iter()
+            .filter_map(f)
+            .fold(0.0, f64::max)
+    };
     let mut lines: Vec<(String, String, &str)> = vec![
         ("domains".into(), opts.domains.to_string(), "names"),
         ("seconds_per_run".into(), opts.seconds.to_string(), "s"),
@@ -1240,11 +1362,46 @@ fn report(
         }
         lines.push((
             format!("p99_half_load_{}", set.name()),
-            ms(half(set, 0.99)),
+            ms(steady("dnsd", set)),
             "ms",
         ));
+        lines.push((
+            format!("p99_half_load_whole_run_{}", set.name()),
+            ms(whole("dnsd", set)),
+            "ms",
+        ));
+        for other in ["dnsmasq", "unbound"] {
+            lines.push((
+                format!("p99_half_load_{}_{other}", set.name()),
+                ms(steady(other, set)),
+                "ms",
+            ));
+        }
     }
-    lines.push(("p99_half_load".into(), format!("{p99_worst:.3}"), "ms"));
+    lines.push((
+        "p99_half_load".into(),
+        format!("{:.3}", worst(&|set| steady("dnsd", set))),
+        "ms",
+    ));
+    lines.push((
+        "p99_half_load_whole_run".into(),
+        format!("{:.3}", worst(&|set| whole("dnsd", set))),
+        "ms",
+    ));
+    for s in servers {
+        if let Some(r) = results.get(s) {
+            lines.push((
+                format!("udp_socket_drops_{s}"),
+                r.socket_drops.to_string(),
+                "datagrams",
+            ));
+            lines.push((
+                format!("udp_rcvbuf_errors_all_sockets_{s}"),
+                r.udp.rcvbuf.to_string(),
+                "datagrams",
+            ));
+        }
+    }
     for s in servers {
         if let Some(r) = results.get(s) {
             let name = if s == "dnsd" {
@@ -1298,6 +1455,16 @@ fn report(
         "lost_during_reload".into(),
         reload.perf.lost.to_string(),
         "queries",
+    ));
+    lines.push((
+        "udp_socket_drops_during_reload".into(),
+        reload.socket_drops.to_string(),
+        "datagrams",
+    ));
+    lines.push((
+        "udp_rcvbuf_errors_all_sockets_during_reload".into(),
+        reload.udp.rcvbuf.to_string(),
+        "datagrams",
     ));
     for (name, value, unit) in lines {
         println!("bench: {name} = {value} {unit}");
@@ -1369,5 +1536,34 @@ mod tests {
         assert_eq!(p.percentile(0.5), Some(50.0));
         assert_eq!(p.percentile(0.99), Some(99.0));
         assert_eq!(Perf::default().percentile(0.99), None);
+        let start = Perf {
+            latencies: (1..=100).map(f64::from).collect(),
+            warmup: 90,
+            ..Default::default()
+        };
+        assert_eq!(start.steady_percentile(0.5), Some(95.0));
+        assert_eq!(start.percentile(0.5), Some(50.0));
+    }
+
+    #[test]
+    fn udp_counters_are_read() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+            Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors\n\
+            Udp: 335643765 1949 1092184 336737971 1092180 3 0\n\
+            UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+            UdpLite: 0 0 0 0 0 0\n";
+        let d = UdpDrops::parse(snmp);
+        assert_eq!(
+            d,
+            Some(UdpDrops {
+                rcvbuf: 1_092_180,
+                sndbuf: 3
+            })
+        );
+        let table = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+            \x20 12: 0100007F:14B4 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 0000000000000000 17\n\
+            \x20 13: 0100007F:14B5 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 0000000000000000 5\n";
+        let addr = SocketAddr::from(([127, 0, 0, 1], 5300));
+        assert_eq!(socket_drops_in(table, addr), 17);
     }
 }
