@@ -86,11 +86,16 @@ impl fmt::Display for AccountAction {
     }
 }
 
+/// `/data/stored/accounts.json`.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct UidMap {
+pub struct UidMap {
     /// Every name ever given a uid, configured or not.
-    users: BTreeMap<String, u32>,
+    pub users: BTreeMap<String, u32>,
+    /// Uids a name gave up for an explicit other one: its old files still carry them, so
+    /// they are never handed out again either.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub retired: BTreeSet<u32>,
 }
 
 /// Name to uid.
@@ -105,7 +110,21 @@ pub fn assign(
     users: &BTreeMap<Name, NasUser>,
     map: &BTreeMap<String, u32>,
 ) -> Result<(Uids, Uids), AccountError> {
-    let mut map = map.clone();
+    let whole = UidMap {
+        users: map.clone(),
+        retired: BTreeSet::new(),
+    };
+    assign_map(users, &whole).map(|(wanted, m)| (wanted, m.users))
+}
+
+/// [`assign`] on the whole map: a name whose explicit `uid` replaces the one it had leaves
+/// that one retired, and retired uids are never given to a new name.
+pub fn assign_map(
+    users: &BTreeMap<Name, NasUser>,
+    whole: &UidMap,
+) -> Result<(Uids, UidMap), AccountError> {
+    let mut map = whole.users.clone();
+    let mut retired = whole.retired.clone();
     let mut wanted = BTreeMap::new();
     for (name, user) in users {
         if let Some(uid) = user.uid {
@@ -115,7 +134,11 @@ pub fn assign(
                     uid,
                 });
             }
-            map.insert(name.to_string(), uid);
+            if let Some(old) = map.insert(name.to_string(), uid)
+                && old != uid
+            {
+                retired.insert(old);
+            }
             wanted.insert(name.to_string(), uid);
         }
     }
@@ -127,7 +150,12 @@ pub fn assign(
         let uid = match map.get(&name) {
             Some(&uid) => uid,
             None => {
-                let taken: BTreeSet<u32> = map.values().chain(wanted.values()).copied().collect();
+                let taken: BTreeSet<u32> = map
+                    .values()
+                    .chain(wanted.values())
+                    .chain(&retired)
+                    .copied()
+                    .collect();
                 let uid = UID_RANGE
                     .clone()
                     .find(|u| !taken.contains(u))
@@ -148,7 +176,13 @@ pub fn assign(
             });
         }
     }
-    Ok((wanted, map))
+    Ok((
+        wanted,
+        UidMap {
+            users: map,
+            retired,
+        },
+    ))
 }
 
 fn user_record(name: &str, uid: u32) -> Value {
@@ -200,15 +234,13 @@ impl Accounts {
         }
     }
 
-    fn read_map(&self) -> Result<BTreeMap<String, u32>, AccountError> {
+    fn read_map(&self) -> Result<UidMap, AccountError> {
         match fs::read_to_string(&self.map_file) {
-            Ok(text) => serde_json::from_str::<UidMap>(&text)
-                .map(|m| m.users)
-                .map_err(|source| AccountError::Map {
-                    path: self.map_file.clone(),
-                    source,
-                }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Ok(text) => serde_json::from_str::<UidMap>(&text).map_err(|source| AccountError::Map {
+                path: self.map_file.clone(),
+                source,
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(UidMap::default()),
             Err(e) => Err(Self::io(&self.map_file)(e)),
         }
     }
@@ -255,7 +287,7 @@ impl Accounts {
         &self,
         users: &BTreeMap<Name, NasUser>,
     ) -> Result<Vec<AccountAction>, AccountError> {
-        let (wanted, _) = assign(users, &self.read_map()?)?;
+        let (wanted, _) = assign_map(users, &self.read_map()?)?;
         Ok(diff(&wanted, &self.observe()?))
     }
 
@@ -266,7 +298,7 @@ impl Accounts {
         users: &BTreeMap<Name, NasUser>,
     ) -> Result<Vec<AccountAction>, AccountError> {
         let old_map = self.read_map()?;
-        let (wanted, map) = assign(users, &old_map)?;
+        let (wanted, map) = assign_map(users, &old_map)?;
         if map != old_map {
             self.write_map(&map)?;
         }
@@ -309,11 +341,8 @@ impl Accounts {
         not_undone
     }
 
-    fn write_map(&self, users: &BTreeMap<String, u32>) -> Result<(), AccountError> {
-        let text = serde_json::to_string_pretty(&UidMap {
-            users: users.clone(),
-        })
-        .map_err(|source| AccountError::Map {
+    fn write_map(&self, map: &UidMap) -> Result<(), AccountError> {
+        let text = serde_json::to_string_pretty(map).map_err(|source| AccountError::Map {
             path: self.map_file.clone(),
             source,
         })?;
@@ -455,6 +484,24 @@ mod tests {
             &map(&[("b", 2500)]),
         );
         assert_eq!(e.unwrap().0, map(&[("a", 2000), ("b", 2500)]));
+    }
+
+    #[test]
+    fn a_uid_given_up_for_an_explicit_one_is_never_handed_out_again() {
+        let before = UidMap {
+            users: map(&[("alice", 2000)]),
+            retired: BTreeSet::new(),
+        };
+        let (wanted, after) =
+            assign_map(&users(&[("alice", Some(2100)), ("carol", None)]), &before).unwrap();
+        // alice's old files still belong to 2000: carol gets 2001, not 2000.
+        assert_eq!(wanted, map(&[("alice", 2100), ("carol", 2001)]));
+        assert_eq!(after.retired, BTreeSet::from([2000]));
+        let text = serde_json::to_string(&after).unwrap();
+        assert!(text.contains(r#""retired":[2000]"#), "{text}");
+        // A map written before `retired` existed still reads.
+        let old: UidMap = serde_json::from_str(r#"{"users":{"alice":2000}}"#).unwrap();
+        assert_eq!(old, before);
     }
 
     #[test]
