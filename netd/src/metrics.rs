@@ -1,7 +1,7 @@
 //! netd's status document and its Prometheus text: links with their addresses and byte
 //! counters, the WAN lease, IPv6 (SLAAC uplinks and advertised prefixes), DHCP leases,
 //! WireGuard peers, firewall rule counters. The document is built from what netd reads
-//! back (the links adapter's [`Observed`], nft's listing, the lease files, the WireGuard
+//! back (the links adapter's [`Observed`], the kernel's rule dump, the lease files, the WireGuard
 //! status), and the metrics are rendered from the document, so the two never disagree.
 //! docs/network.md ("status and metrics") documents the shape.
 
@@ -14,7 +14,7 @@ use appliance::model::{Addressed, Ipv6Mode};
 use ipnet::IpNet;
 use serde_json::{Value, json};
 
-use crate::firewall::{Firewall, Nft, rule_counters};
+use crate::firewall::{Firewall, Nft, RuleCounters};
 use crate::links::{Links, Netlink, Observed};
 use crate::wireguard::{KernelWg, WgKernel, cli::peer_names_of, cli::status_json};
 
@@ -26,7 +26,7 @@ pub struct Sources<'a> {
     pub dhcp_dir: Option<&'a Path>,
     /// The applied config: peer names, the WAN's DHCP links, the advertised links.
     pub cfg: Option<&'a Config>,
-    /// Whether to list the firewall for its rule counters (costly with big sets).
+    /// Whether to read the firewall's rule counters (one netlink rule dump).
     pub counters: bool,
 }
 
@@ -48,8 +48,8 @@ pub fn collect<N: Netlink, F: Nft>(
         ),
     };
     let rules = if sources.counters {
-        match firewall.listing() {
-            Ok(l) => rules_status(l.as_ref()),
+        match firewall.rule_counters() {
+            Ok(c) => rules_status(c.as_ref()),
             Err(e) => json!({ "error": e.to_string() }),
         }
     } else {
@@ -250,13 +250,12 @@ pub fn leases_status(path: &Path, now: u64) -> Value {
     }
 }
 
-/// Packets and bytes per firewall rule, from nft's listing of netd's table (`None`: no
-/// table yet).
-pub fn rules_status(listing: Option<&Value>) -> Value {
-    let rules: Vec<Value> = listing
-        .map(rule_counters)
-        .unwrap_or_default()
+/// Packets and bytes per firewall rule, from the kernel's rules of netd's table (`None`:
+/// no table yet).
+pub fn rules_status(counters: Option<&RuleCounters>) -> Value {
+    let rules: Vec<Value> = counters
         .into_iter()
+        .flatten()
         .map(|(rule, (packets, bytes))| json!({"rule": rule, "packets": packets, "bytes": bytes}))
         .collect();
     Value::Array(rules)
@@ -529,7 +528,8 @@ mod tests {
         let listing = json!({"nftables": [
             {"rule": {"comment": "wan-ping", "expr": [{"counter": {"packets": 3, "bytes": 252}}]}},
             {"rule": {"comment": "wan-ping", "expr": [{"counter": {"packets": 1, "bytes": 104}}]}}]});
-        let mut doc = document(links, dhcp, wg, rules_status(Some(&listing)));
+        let counters = crate::firewall::rule_counters(&listing);
+        let mut doc = document(links, dhcp, wg, rules_status(Some(&counters)));
         doc["wan"] = json!([{"link": "wan", "lease": {"address": "203.0.113.7/24", "expires": 5000}},
             {"link": "wan2", "lease": null}]);
         doc["ipv6"] =

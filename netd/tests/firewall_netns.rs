@@ -609,3 +609,63 @@ fn a_long_address_list_changes_by_set_elements_and_its_rule_keeps_counting() {
     assert_eq!(after["forward web"].0, blocked.0 + 1, "{after:?}");
     assert!(!fw.apply(&open).unwrap());
 }
+
+/// The router with two LAN-to-WAN rules, `web` for port 9000 and `alt` for `alt_ports`.
+fn two_rules_config(alt_ports: &str) -> appliance::Config {
+    let src = format!(
+        "{}\n[[firewall.rules]]\nname = \"web\"\nfrom = \"lan\"\nto = \"wan\"\nprotocol = \"tcp\"\nports = [9000]\naction = \"accept\"\n\n[[firewall.rules]]\nname = \"alt\"\nfrom = \"lan\"\nto = \"wan\"\nprotocol = \"tcp\"\nports = [{alt_ports}]\naction = \"accept\"\n",
+        appliance::DEFAULT_CONFIG
+    );
+    appliance::load_str(&src).unwrap()
+}
+
+#[test]
+fn a_changed_rule_is_replaced_alone_and_its_neighbour_keeps_counting() {
+    let lab = Lab::new();
+    let mut fw = Firewall::new(lab.nft());
+    assert!(fw.apply(&render(&two_rules_config("9001"))).unwrap());
+    let _web = Server::start(&lab.wan, 9000);
+    let _alt = Server::start(&lab.wan, 9001);
+    let _new = Server::start(&lab.wan, 9002);
+    assert_eq!(reaches(&lab.lan, INTERNET, 9000), WAN1.to_string());
+    assert_eq!(reaches(&lab.lan, INTERNET, 9001), WAN1.to_string());
+    // the rule dump (what /metrics reads) and nft's listing agree
+    let before = fw.rule_counters().unwrap().unwrap();
+    assert_eq!(before, rule_counters(&fw.listing().unwrap().unwrap()));
+    assert_eq!(before["web"].0, 1, "{before:?}");
+    assert_eq!(before["alt"].0, 1, "{before:?}");
+    let handles_before = rules_with_handles(&lab.nft());
+
+    // a new generation changes `alt` only: that rule deleted by its handle, the new one
+    // inserted in its place
+    let changed = render(&two_rules_config("9001, 9002"));
+    let events = monitored(&lab, || assert!(fw.apply(&changed).unwrap()));
+    assert!(!events.contains("table inet appliance"), "{events}");
+    assert!(!events.contains("flush"), "{events}");
+    assert!(!events.contains("chain inet"), "{events}");
+    let rules: Vec<&str> = events.lines().filter(|l| l.contains(" rule ")).collect();
+    assert_eq!(rules.len(), 2, "{events}");
+    assert!(rules.iter().all(|r| r.contains("forward_lan")), "{events}");
+
+    let after = fw.rule_counters().unwrap().unwrap();
+    assert_eq!(after["web"], before["web"], "{after:?}");
+    assert_eq!(after["alt"].0, 0, "the changed rule counts anew: {after:?}");
+    // every other rule is the one the kernel had, same handle, same place
+    let handles_after = rules_with_handles(&lab.nft());
+    assert_eq!(handles_after.len(), handles_before.len());
+    let differing: Vec<_> = handles_before
+        .iter()
+        .zip(&handles_after)
+        .filter(|(a, b)| a != b)
+        .collect();
+    assert_eq!(differing.len(), 1, "{differing:?}");
+    assert_eq!(differing[0].0["comment"], "alt");
+    assert_eq!(differing[0].1["comment"], "alt");
+
+    assert_eq!(reaches(&lab.lan, INTERNET, 9002), WAN1.to_string());
+    assert_eq!(reaches(&lab.lan, INTERNET, 9000), WAN1.to_string());
+    let last = fw.rule_counters().unwrap().unwrap();
+    assert_eq!(last["web"].0, 2, "{last:?}");
+    assert_eq!(last["alt"].0, 1, "{last:?}");
+    assert!(!fw.apply(&changed).unwrap());
+}

@@ -9,11 +9,13 @@
 //!   list of a rule, the forwards' verdict maps); a map key that jumps elsewhere now is
 //!   deleted and added again;
 //! - chains: added (a new port forward's chain), or flushed and deleted;
-//! - rules: a chain whose rule list differs is flushed and refilled in one go. Rules have
-//!   no identity of their own but their handles, which only a listing would tell (and a
-//!   listing of a table with a 100k-element set costs most of a second), so the chain is
-//!   the unit. Port forwards have a chain each, so one forward is one small chain and
-//!   one element of its zone's forward map.
+//! - rules: rules have no identity of their own but their kernel handles. With the
+//!   handles of a chain's rules (read by the caller from the kernel's rule dump, which
+//!   skips set elements), only the rules that changed are replaced, deleted or inserted
+//!   by handle, and every other rule of the chain keeps its counter. Without them (or
+//!   when they do not match the record) the chain is flushed and refilled in one go.
+//!   Port forwards have a chain each, so one forward is one small chain and one element
+//!   of its zone's forward map.
 //!
 //! Anything else (a base chain's hook or policy, a set's type) returns `None`: replace
 //! the table.
@@ -35,6 +37,10 @@ use ipnet::IpNet;
 use super::expr::net;
 use super::ruleset::{Networks, Ruleset};
 
+/// The kernel's handles of a chain's rules in chain order, with each rule's comment (to
+/// check that they are the rules the record says), by chain.
+pub type ChainHandles = BTreeMap<String, Vec<(u64, Option<String>)>>;
+
 /// What an incremental update does, for plans and logs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changes {
@@ -43,7 +49,12 @@ pub struct Changes {
     pub elements_deleted: usize,
     pub chains_added: usize,
     pub chains_deleted: usize,
+    /// Chains flushed and refilled: their rules' handles were not known.
     pub chains_rewritten: Vec<String>,
+    /// Rules deleted by handle and inserted next to a rule that stays; the chain's other
+    /// rules keep their counters.
+    pub rules_inserted: usize,
+    pub rules_deleted: usize,
     pub sets_added: usize,
     pub sets_deleted: usize,
 }
@@ -64,6 +75,8 @@ impl Changes {
         n(self.chains_added, "chain(s) added");
         n(self.elements_added, "set element(s) added");
         n(self.elements_deleted, "set element(s) deleted");
+        n(self.rules_inserted, "rule(s) inserted");
+        n(self.rules_deleted, "rule(s) deleted");
         n(self.chains_rewritten.len(), "chain(s) rewritten");
         n(self.chains_deleted, "chain(s) deleted");
         n(self.sets_deleted, "set(s) deleted");
@@ -309,9 +322,137 @@ fn bare_map(map: &Map<'static>) -> Map<'static> {
     }
 }
 
+/// Whether the kernel's rules of a chain are the recorded ones: as many, with the same
+/// comments in the same order.
+fn matches_record(handles: &[(u64, Option<String>)], was: &[&Rule<'static>]) -> bool {
+    handles.len() == was.len()
+        && handles
+            .iter()
+            .zip(was)
+            .all(|((h, c), r)| u32::try_from(*h).is_ok() && c.as_deref() == r.comment.as_deref())
+}
+
+/// A rule addressed by a kernel handle (the crate's handles are u32; the kernel's table
+/// handles count objects and stay far below that).
+fn by_handle(r: &Rule<'static>, handle: u64) -> Option<Rule<'static>> {
+    Some(Rule {
+        handle: Some(u32::try_from(handle).ok()?),
+        index: None,
+        ..r.clone()
+    })
+}
+
+/// The pairs (old index, new index) of a longest common subsequence of equal rules, or
+/// none when the windows are too long to compare pairwise.
+fn kept(old: &[&Rule<'static>], new: &[&Rule<'static>]) -> Vec<(usize, usize)> {
+    const MAX_CELLS: usize = 1 << 22;
+    let (n, m) = (old.len(), new.len());
+    if n.saturating_mul(m) > MAX_CELLS || n == 0 || m == 0 {
+        return Vec::new();
+    }
+    // lcs[i * (m + 1) + j]: the longest common subsequence of old[i..] and new[j..]
+    let mut lcs = vec![0u32; (n + 1) * (m + 1)];
+    let at = |lcs: &[u32], i: usize, j: usize| lcs.get(i * (m + 1) + j).copied().unwrap_or(0);
+    for i in (0..n).rev() {
+        for j in (0..m).rev() {
+            let v = match (old.get(i), new.get(j)) {
+                (Some(a), Some(b)) if same(*a, *b) => at(&lcs, i + 1, j + 1) + 1,
+                _ => at(&lcs, i + 1, j).max(at(&lcs, i, j + 1)),
+            };
+            if let Some(cell) = lcs.get_mut(i * (m + 1) + j) {
+                *cell = v;
+            }
+        }
+    }
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < n && j < m {
+        match (old.get(i), new.get(j)) {
+            (Some(a), Some(b)) if same(*a, *b) => {
+                out.push((i, j));
+                i += 1;
+                j += 1;
+            }
+            _ if at(&lcs, i + 1, j) >= at(&lcs, i, j + 1) => i += 1,
+            _ => j += 1,
+        }
+    }
+    out
+}
+
+/// The rule commands from `was` (whose kernel handles are `handles`) to `is`. Rules that
+/// stay (the equal head and tail, and a longest common subsequence between them) are not
+/// touched; in each gap between them the old rules are deleted by handle and the new ones
+/// inserted before the next rule that stays (or appended). (`replace rule` would keep a
+/// handle, but the `nftables` crate serializes it without its `rule` key.)
+fn rule_changes(
+    was: &[&Rule<'static>],
+    is: &[&Rule<'static>],
+    handles: &[(u64, Option<String>)],
+    ch: &mut Changes,
+) -> Vec<NfObject<'static>> {
+    let head = was
+        .iter()
+        .zip(is)
+        .take_while(|(a, b)| same(**a, **b))
+        .count();
+    let tail = was
+        .get(head..)
+        .unwrap_or_default()
+        .iter()
+        .rev()
+        .zip(is.get(head..).unwrap_or_default().iter().rev())
+        .take_while(|(a, b)| same(**a, **b))
+        .count();
+    let old = was.get(head..was.len() - tail).unwrap_or_default();
+    let new = is.get(head..is.len() - tail).unwrap_or_default();
+    let handle = |i: usize| handles.get(head + i).map(|(h, _)| *h);
+    let mut anchors = kept(old, new);
+    anchors.push((old.len(), new.len()));
+    let mut out = Vec::new();
+    let (mut po, mut pn) = (0, 0);
+    for (ao, an) in anchors {
+        for i in po..ao {
+            let gone = old.get(i).zip(handle(i)).and_then(|(r, h)| {
+                let bare = Rule {
+                    expr: Cow::Owned(Vec::new()),
+                    comment: None,
+                    ..(*r).clone()
+                };
+                by_handle(&bare, h)
+            });
+            if let Some(r) = gone {
+                out.push(cmd(NfCmd::Delete(NfListObject::Rule(r))));
+                ch.rules_deleted += 1;
+            }
+        }
+        // before the rule that stays next: this gap's anchor, else the tail's first
+        let next = if ao < old.len() {
+            handle(ao)
+        } else if tail > 0 {
+            handle(old.len())
+        } else {
+            None
+        };
+        for r in new.get(pn..an).unwrap_or_default() {
+            let c = match next.and_then(|h| by_handle(r, h)) {
+                Some(r) => NfCmd::Insert(NfListObject::Rule(r)),
+                None => NfCmd::Add(NfListObject::Rule((*r).clone())),
+            };
+            out.push(cmd(c));
+            ch.rules_inserted += 1;
+        }
+        (po, pn) = (ao + 1, an + 1);
+    }
+    out
+}
+
 /// The commands from `old` (what the kernel holds) to `new`, or `None` when only a new
 /// table will do. An empty result means the two are the same.
-pub fn incremental(old: &Ruleset, new: &Ruleset) -> Option<Changes> {
+///
+/// `handles` holds the kernel's handles of the rules of some chains of `old`; a chain
+/// whose rules differ is changed rule by rule when its handles are there and match, and
+/// flushed and refilled otherwise.
+pub fn incremental(old: &Ruleset, new: &Ruleset, handles: &ChainHandles) -> Option<Changes> {
     if old.objects() == new.objects() && old.address_sets() == new.address_sets() {
         return Some(Changes::default());
     }
@@ -390,6 +531,10 @@ pub fn incremental(old: &Ruleset, new: &Ruleset) -> Option<Changes> {
         }
         let chain = n.chains.get(name)?;
         if !fresh {
+            if let Some(h) = handles.get(*name).filter(|h| matches_record(h, was)) {
+                rewrites.extend(rule_changes(was, is, h, &mut ch));
+                continue;
+            }
             rewrites.push(cmd(NfCmd::Flush(FlushObject::Chain((*chain).clone()))));
             ch.chains_rewritten.push((*name).to_owned());
         }
@@ -456,7 +601,11 @@ mod tests {
 
     #[test]
     fn the_same_ruleset_needs_no_command() {
-        assert!(incremental(&rich(), &rich()).unwrap().is_empty());
+        assert!(
+            incremental(&rich(), &rich(), &ChainHandles::new())
+                .unwrap()
+                .is_empty()
+        );
     }
 
     fn edited(rs: &Ruleset, f: impl Fn(&mut NfListObject<'static>)) -> Ruleset {
@@ -476,7 +625,7 @@ mod tests {
                 s.set_type = SetTypeValue::Single(nftables::schema::SetType::Ipv6Addr);
             }
         });
-        assert_eq!(incremental(&rich(), &changed), None);
+        assert_eq!(incremental(&rich(), &changed, &ChainHandles::new()), None);
     }
 
     #[test]
@@ -488,7 +637,7 @@ mod tests {
                 r.comment = Some("renamed".into());
             }
         });
-        let ch = incremental(&rich(), &changed).unwrap();
+        let ch = incremental(&rich(), &changed, &ChainHandles::new()).unwrap();
         assert_eq!(ch.chains_rewritten, ["output_lan"]);
         assert_eq!(ch.summary(), "1 chain(s) rewritten (output_lan)");
         // flush, then every rule of the chain again

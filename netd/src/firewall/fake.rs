@@ -1,19 +1,22 @@
 //! An in-memory [`Nft`] for unit tests: it keeps the table as nft would list it, counts
 //! the transactions that reached it, and can be told to fail.
 
-use nftables::schema::{FlushObject, NfCmd, NfListObject, NfObject, Nftables};
+use nftables::schema::{FlushObject, NfCmd, NfListObject, NfObject, Nftables, Rule};
 use serde_json::{Value, json};
 
 use super::TABLE;
 use super::nft::{Nft, NftError};
+use super::rules::KernelRule;
 use super::ruleset::Ruleset;
 use crate::command::CommandFailure;
 
 #[derive(Debug, Clone, Default)]
 pub struct FakeNft {
-    /// The table's objects (chains, sets, rules) as `{"chain": {...}}` values, or `None`
-    /// when the table does not exist.
+    /// The table's objects (chains, sets, rules) as `{"chain": {...}}` values, each with
+    /// the handle the fake gave it, or `None` when the table does not exist.
     table: Option<Vec<Value>>,
+    /// The last handle given out: like the kernel's, handles are never reused.
+    last_handle: u64,
     /// Transactions that changed the table.
     pub writes: usize,
     /// Commands in those transactions, to tell an incremental update from a new table.
@@ -47,8 +50,9 @@ impl FakeNft {
 
     /// Transactions are all-or-nothing: work on a copy, keep it only when every command
     /// succeeded, as the kernel does.
-    fn simulate(&self, batch: &Nftables<'_>) -> Result<Option<Vec<Value>>, NftError> {
+    fn simulate(&self, batch: &Nftables<'_>) -> Result<(Option<Vec<Value>>, u64), NftError> {
         let mut table = self.table.clone();
+        let mut last = self.last_handle;
         for obj in batch.objects.iter() {
             let NfObject::CmdObject(cmd) = obj else {
                 return Err(failure("list objects are not commands"));
@@ -128,11 +132,51 @@ impl FakeNft {
                         objs.retain(|o| name_of(o, "map", "name").as_deref() != Some(&*m.name));
                     }
                 }
+                NfCmd::Add(NfListObject::Rule(r)) | NfCmd::Insert(NfListObject::Rule(r)) => {
+                    let after = matches!(cmd, NfCmd::Add(_));
+                    let objs = chain_objects(&mut table, &r.chain)?;
+                    let at = match r.handle {
+                        Some(h) => {
+                            let at = rule_at(objs, &r.chain, h)?;
+                            if after { at + 1 } else { at }
+                        }
+                        // append after the chain's last rule, or before its first
+                        None => {
+                            let of_chain = |o: &Value| {
+                                name_of(o, "rule", "chain").as_deref() == Some(&*r.chain)
+                            };
+                            let found = if after {
+                                objs.iter().rposition(of_chain).map(|i| i + 1)
+                            } else {
+                                objs.iter().position(of_chain)
+                            };
+                            found.unwrap_or(objs.len())
+                        }
+                    };
+                    last += 1;
+                    objs.insert(at, with_handle(r, last)?);
+                }
+                NfCmd::Delete(NfListObject::Rule(r)) => {
+                    let h = r
+                        .handle
+                        .ok_or_else(|| failure("Error: delete needs a handle"))?;
+                    let objs = chain_objects(&mut table, &r.chain)?;
+                    let at = rule_at(objs, &r.chain, h)?;
+                    objs.remove(at);
+                }
                 NfCmd::Add(o) => {
                     let objs = table
                         .as_mut()
                         .ok_or_else(|| failure("Error: No such file or directory"))?;
-                    let v = serde_json::to_value(o)?;
+                    let mut v = serde_json::to_value(o)?;
+                    last += 1;
+                    if let Some(m) = v
+                        .as_object_mut()
+                        .and_then(|m| m.values_mut().next())
+                        .and_then(Value::as_object_mut)
+                    {
+                        m.insert("handle".into(), json!(last));
+                    }
                     if let Some(chain) = name_of(&v, "rule", "chain") {
                         let declared = objs
                             .iter()
@@ -148,8 +192,34 @@ impl FakeNft {
                 _ => return Err(failure("command not supported by the fake")),
             }
         }
-        Ok(table)
+        Ok((table, last))
     }
+}
+
+fn handle_of(v: &Value) -> Option<u64> {
+    v.get("rule")?.get("handle")?.as_u64()
+}
+
+/// Where the rule with handle `h` of `chain` is.
+fn rule_at(objs: &[Value], chain: &str, h: u32) -> Result<usize, NftError> {
+    objs.iter()
+        .position(|o| {
+            name_of(o, "rule", "chain").as_deref() == Some(chain)
+                && handle_of(o) == Some(u64::from(h))
+        })
+        .ok_or_else(|| failure("Error: Could not process rule: No such file or directory"))
+}
+
+fn with_handle(r: &Rule<'_>, handle: u64) -> Result<Value, NftError> {
+    let mut v = serde_json::to_value(NfListObject::Rule(Rule {
+        handle: None,
+        index: None,
+        ..r.clone()
+    }))?;
+    if let Some(m) = v.get_mut("rule").and_then(Value::as_object_mut) {
+        m.insert("handle".into(), json!(handle));
+    }
+    Ok(v)
 }
 
 fn chain_objects<'a>(
@@ -206,7 +276,7 @@ impl Nft for FakeNft {
         if let Some(err) = self.fail_next.take() {
             return Err(failure(&err));
         }
-        self.table = self.simulate(batch)?;
+        (self.table, self.last_handle) = self.simulate(batch)?;
         self.writes += 1;
         self.commands += batch.objects.len();
         self.generation = self.generation.wrapping_add(1);
@@ -217,8 +287,46 @@ impl Nft for FakeNft {
         Ok(self.generation)
     }
 
-    /// Lists like nft does: a metainfo object first, handles on everything, and counters
-    /// that have counted something, so that planning must see past all three.
+    fn rules(&self, chain: Option<&str>) -> Result<Option<Vec<KernelRule>>, NftError> {
+        let Some(objs) = &self.table else {
+            return Ok(None);
+        };
+        if let Some(c) = chain
+            && !objs
+                .iter()
+                .any(|o| name_of(o, "chain", "name").as_deref() == Some(c))
+        {
+            return Ok(None);
+        }
+        let rules = objs
+            .iter()
+            .filter_map(|o| {
+                let r = o.get("rule")?;
+                let name = r.get("chain")?.as_str()?;
+                if chain.is_some_and(|c| c != name) {
+                    return None;
+                }
+                let counted = r
+                    .get("expr")?
+                    .as_array()?
+                    .iter()
+                    .any(|e| e.get("counter").is_some());
+                Some(KernelRule {
+                    chain: name.to_owned(),
+                    handle: handle_of(o)?,
+                    comment: r.get("comment").and_then(Value::as_str).map(Into::into),
+                    counter: counted.then_some((42, 4200)),
+                })
+            })
+            .collect();
+        Ok(Some(rules))
+    }
+
+    /// Lists like nft does: a metainfo object first, handles on everything, counters that
+    /// have counted something, so that planning must see past all three, and the rules
+    /// chain by chain. The listed handles are positions in the listing, so that two
+    /// tables with the same content list the same whatever their history; the handles
+    /// that commands name are the ones [`Nft::rules`] reports.
     fn list(&self) -> Result<Option<Value>, NftError> {
         let Some(objs) = &self.table else {
             return Ok(None);
@@ -227,12 +335,21 @@ impl Nft for FakeNft {
             json!({"metainfo": {"version": "1.0.6", "json_schema_version": 1}}),
             json!({"table": {"family": "inet", "name": TABLE, "handle": 1}}),
         ];
-        for (handle, o) in objs.iter().enumerate() {
+        let chains: Vec<String> = objs
+            .iter()
+            .filter_map(|o| name_of(o, "chain", "name"))
+            .collect();
+        let rank =
+            |o: &Value| name_of(o, "rule", "chain").map(|c| chains.iter().position(|x| *x == c));
+        let mut ordered: Vec<&Value> = objs.iter().collect();
+        // stable: rules keep their order inside a chain, the rest stays in front
+        ordered.sort_by_key(|o| rank(o));
+        for (position, o) in ordered.into_iter().enumerate() {
             let mut o = o.clone();
             if let Some(inner) = o.as_object_mut().and_then(|m| m.values_mut().next())
                 && let Some(m) = inner.as_object_mut()
             {
-                m.insert("handle".into(), json!(handle + 2));
+                m.insert("handle".into(), json!(position + 2));
                 if let Some(exprs) = m.get_mut("expr").and_then(Value::as_array_mut) {
                     for e in exprs {
                         if let Some(c) = e.get_mut("counter").and_then(Value::as_object_mut) {

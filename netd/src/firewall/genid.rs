@@ -37,30 +37,32 @@ pub enum GenIdError {
     Malformed,
 }
 
-/// Reads the generation id of this process's network namespace, or of the named one
-/// (`/run/netns/<name>`, as `ip netns` makes them). A namespace is entered on a thread of
-/// its own: a netlink socket stays in the namespace it was made in, the process does not
-/// move.
+/// Reads the generation id of this process's network namespace, or of the named one.
 pub fn read(netns: Option<&str>) -> Result<u32, GenIdError> {
-    let Some(name) = netns else {
-        return query();
-    };
-    let path = format!("/run/netns/{name}");
-    let file = File::open(&path).map_err(|source| GenIdError::Netns {
-        netns: name.to_owned(),
+    in_netns(netns, query).map_err(|source| GenIdError::Netns {
+        netns: netns.unwrap_or_default().to_owned(),
         source,
-    })?;
-    let name = name.to_owned();
+    })?
+}
+
+/// Runs `f` in this process's network namespace, or on a thread of its own inside the
+/// named one (`/run/netns/<name>`, as `ip netns` makes them): a netlink socket stays in
+/// the namespace it was made in, the process does not move. The error is entering it.
+pub(crate) fn in_netns<T: Send>(
+    netns: Option<&str>,
+    f: impl FnOnce() -> T + Send,
+) -> std::io::Result<T> {
+    let Some(name) = netns else {
+        return Ok(f());
+    };
+    let file = File::open(format!("/run/netns/{name}"))?;
     std::thread::scope(|s| {
         s.spawn(|| {
-            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| GenIdError::Netns {
-                netns: name.clone(),
-                source: e.into(),
-            })?;
-            query()
+            setns(&file, CloneFlags::CLONE_NEWNET)?;
+            Ok(f())
         })
         .join()
-        .unwrap_or(Err(GenIdError::Malformed))
+        .unwrap_or_else(|_| Err(std::io::Error::other("the namespace thread panicked")))
     })
 }
 

@@ -12,6 +12,7 @@ mod fake;
 mod genid;
 mod nft;
 mod render;
+mod rules;
 mod ruleset;
 mod service;
 
@@ -20,8 +21,11 @@ pub use fake::FakeNft;
 pub use genid::GenIdError;
 pub use nft::{Nft, NftCli, NftError};
 pub use render::{forward_chain_name, render};
+pub use rules::{KernelRule, RuleDumpError};
 pub use ruleset::{Ruleset, set_zone_addresses, zone_set_name};
-pub use service::{Firewall, FirewallError, FirewallPlan, normalize_listing, rule_counters};
+pub use service::{
+    Firewall, FirewallError, FirewallPlan, RuleCounters, normalize_listing, rule_counters,
+};
 
 /// The one table netd owns. Nothing outside it is read or written.
 pub const TABLE: &str = "appliance";

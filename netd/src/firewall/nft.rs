@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use super::TABLE;
 use super::genid::{self, GenIdError};
+use super::rules::{self, KernelRule, RuleDumpError};
 use super::ruleset::{Ruleset, json};
 use crate::command::{self, CommandError, CommandFailure};
 
@@ -25,6 +26,8 @@ pub enum NftError {
     Json(#[from] serde_json::Error),
     #[error(transparent)]
     Generation(#[from] GenIdError),
+    #[error(transparent)]
+    Rules(#[from] RuleDumpError),
 }
 
 impl From<CommandError> for NftError {
@@ -60,6 +63,11 @@ pub trait Nft {
     /// The ruleset generation id of the namespace, bumped by every committed nftables
     /// transaction (anyone's). Cheap: one netlink round trip.
     fn generation(&self) -> Result<u32, NftError>;
+
+    /// The table's rules (of one chain with `chain`) in chain order with their handles,
+    /// comments and counters, or `None` when there is no such table or chain. Cheap: no
+    /// set element is read.
+    fn rules(&self, chain: Option<&str>) -> Result<Option<Vec<KernelRule>>, NftError>;
 }
 
 /// The real adapter: runs the `nft` binary, optionally inside a network namespace
@@ -168,5 +176,9 @@ impl Nft for NftCli {
 
     fn generation(&self) -> Result<u32, NftError> {
         Ok(genid::read(self.netns.as_deref())?)
+    }
+
+    fn rules(&self, chain: Option<&str>) -> Result<Option<Vec<KernelRule>>, NftError> {
+        Ok(rules::dump(self.netns.as_deref(), chain)?)
     }
 }

@@ -36,7 +36,7 @@ use nftables::types::NfFamily;
 use serde_json::Value;
 
 use super::TABLE;
-use super::diff::{Changes, incremental};
+use super::diff::{ChainHandles, Changes, incremental};
 use super::nft::{Nft, NftError};
 use super::ruleset::{Networks, Ruleset, set_zone_addresses, verdict_maps_to_placeholder};
 
@@ -49,6 +49,9 @@ pub enum FirewallError {
     #[error("zone {0:?} has no address set in the applied firewall")]
     UnknownZone(String),
 }
+
+/// Packets and bytes per rule comment.
+pub type RuleCounters = BTreeMap<String, (u64, u64)>;
 
 /// What an apply would do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,10 +86,12 @@ impl FirewallPlan {
     }
 }
 
-/// What the kernel reports before a plan: the ruleset generation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the kernel reports before a plan: the ruleset generation, and the handles of the
+/// rules of the chains whose rules change (read only when some do).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {
     pub generation: u32,
+    pub handles: ChainHandles,
 }
 
 #[derive(Debug, Clone)]
@@ -169,7 +174,55 @@ impl<N: Nft> Firewall<N> {
     pub fn observe(&self) -> Result<Observed, FirewallError> {
         Ok(Observed {
             generation: self.nft.generation()?,
+            handles: ChainHandles::new(),
         })
+    }
+
+    /// The kernel's handles of the rules of `chains` (one rule dump each, no set element
+    /// read), or `None` when they cannot be read or the generation moved meanwhile: the
+    /// plan then rewrites those chains, as it would without handles.
+    fn handles(&self, chains: &[String], generation: u32) -> Option<ChainHandles> {
+        let mut out = ChainHandles::new();
+        for chain in chains {
+            match self.nft.rules(Some(chain)) {
+                Ok(Some(rules)) => {
+                    out.insert(
+                        chain.clone(),
+                        rules.into_iter().map(|r| (r.handle, r.comment)).collect(),
+                    );
+                }
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::warn!(
+                        chain,
+                        "firewall: cannot read rule handles, rewriting the chain: {e}"
+                    );
+                    return None;
+                }
+            }
+        }
+        match self.nft.generation() {
+            Ok(g) if g == generation => Some(out),
+            _ => None,
+        }
+    }
+
+    /// Packets and bytes per rule comment (a rule rendered once per family sums both), or
+    /// `None` when the table does not exist. One rule dump: no set element is read, so
+    /// it stays cheap with a 100k-address set.
+    pub fn rule_counters(&self) -> Result<Option<RuleCounters>, FirewallError> {
+        let Some(rules) = self.nft.rules(None)? else {
+            return Ok(None);
+        };
+        let mut out = RuleCounters::new();
+        for r in rules {
+            if let (Some(comment), Some((packets, bytes))) = (r.comment, r.counter) {
+                let e = out.entry(comment).or_default();
+                e.0 += packets;
+                e.1 += bytes;
+            }
+        }
+        Ok(Some(out))
     }
 
     /// The table as the kernel lists it now (for status: rule counters). Slow with big
@@ -204,7 +257,7 @@ impl<N: Nft> Firewall<N> {
             Some(a) if a.generation != Some(observed.generation) => {
                 "the ruleset was changed since netd wrote it"
             }
-            Some(a) => match incremental(&a.ruleset, &desired) {
+            Some(a) => match incremental(&a.ruleset, &desired, &observed.handles) {
                 Some(changes) if changes.is_empty() => return FirewallPlan::Nothing,
                 Some(changes) => {
                     return FirewallPlan::Update {
@@ -242,9 +295,19 @@ impl<N: Nft> Firewall<N> {
     /// Plans and writes; returns what the kernel held before, or `None` when nothing
     /// needed writing.
     fn write(&mut self, desired: &Ruleset) -> Result<Option<Previous>, FirewallError> {
-        let observed = self.observe()?;
+        let mut observed = self.observe()?;
         let trusted = self.applied.as_ref().and_then(|a| a.generation) == Some(observed.generation);
-        match self.plan(desired, &observed) {
+        let mut plan = self.plan(desired, &observed);
+        // rules change: with the kernel's handles only the changed rules are, and the
+        // rest of their chains keep counting
+        if let FirewallPlan::Update { changes, .. } = &plan
+            && !changes.chains_rewritten.is_empty()
+            && let Some(handles) = self.handles(&changes.chains_rewritten, observed.generation)
+        {
+            observed.handles = handles;
+            plan = self.plan(desired, &observed);
+        }
+        match plan {
             FirewallPlan::Nothing => {
                 tracing::debug!("firewall: nothing to apply");
                 Ok(None)
@@ -264,7 +327,7 @@ impl<N: Nft> Firewall<N> {
                 Ok(previous)
             }
             FirewallPlan::Replace { ruleset, reason } => {
-                self.replace(ruleset, reason, observed, trusted)
+                self.replace(ruleset, reason, observed.generation, trusted)
             }
         }
     }
@@ -273,7 +336,7 @@ impl<N: Nft> Firewall<N> {
         &mut self,
         ruleset: Ruleset,
         reason: &'static str,
-        observed: Observed,
+        generation: u32,
         trusted: bool,
     ) -> Result<Option<Previous>, FirewallError> {
         let previous = match (&self.applied, trusted) {
@@ -286,7 +349,7 @@ impl<N: Nft> Firewall<N> {
         };
         tracing::info!(reason, "firewall: replacing table inet {TABLE}");
         self.nft.apply(&ruleset)?;
-        self.record(ruleset, observed.generation);
+        self.record(ruleset, generation);
         Ok(Some(previous))
     }
 
@@ -1158,6 +1221,117 @@ mod tests {
             doubtful.plan(&plus, &doubtful.observe().unwrap()),
             FirewallPlan::Replace { .. }
         ));
+    }
+
+    /// The default router with input rules from the LAN, each `name:port`.
+    fn with_rules(rules: &[&str]) -> Ruleset {
+        let mut src = appliance::DEFAULT_CONFIG.to_owned();
+        for r in rules {
+            let (name, port) = r.split_once(':').unwrap();
+            src.push_str(&format!(
+                "\n[[firewall.rules]]\nname = \"{name}\"\nfrom = \"lan\"\nprotocol = \"tcp\"\nports = [{port}]\naction = \"accept\"\n"
+            ));
+        }
+        render(&appliance::load_str(&src).unwrap())
+    }
+
+    /// Rules by chain, in chain order, without handles and counters.
+    fn rules_by_chain<N: Nft>(fw: &Firewall<N>) -> Vec<(String, Value)> {
+        let mut rules: Vec<(String, Value)> = of_kind(&listing(fw), "rule")
+            .into_iter()
+            .map(|r| (r["chain"].as_str().unwrap().to_owned(), r))
+            .collect();
+        // stable: the order inside a chain stays
+        rules.sort_by(|a, b| a.0.cmp(&b.0));
+        rules
+    }
+
+    fn fresh_rules(rs: &Ruleset) -> Vec<(String, Value)> {
+        let mut fw = Firewall::new(FakeNft::new());
+        fw.apply(rs).unwrap();
+        rules_by_chain(&fw)
+    }
+
+    fn handles_of(fw: &Firewall<FakeNft>) -> BTreeMap<String, u64> {
+        fw.nft()
+            .rules(None)
+            .unwrap()
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| Some((r.comment?, r.handle)))
+            .collect()
+    }
+
+    #[test]
+    fn a_changed_rule_is_replaced_by_handle_and_its_neighbours_stay() {
+        let mut fw = Firewall::new(FakeNft::new());
+        fw.apply(&with_rules(&["a:22", "b:80", "c:443"])).unwrap();
+        let before = handles_of(&fw);
+
+        // without handles (a plan alone) the chain would be rewritten
+        let changed = with_rules(&["a:2222", "b:80", "c:443"]);
+        let FirewallPlan::Update { changes, .. } = fw.plan(&changed, &fw.observe().unwrap()) else {
+            panic!("expected an update in place")
+        };
+        assert_eq!(changes.chains_rewritten, ["input_lan"]);
+
+        let commands = fw.nft().commands;
+        assert!(fw.apply(&changed).unwrap());
+        assert_eq!(
+            fw.nft().commands - commands,
+            2,
+            "delete and insert one rule"
+        );
+        let now = handles_of(&fw);
+        assert_ne!(now["a"], before["a"]);
+        assert_eq!((now["b"], now["c"]), (before["b"], before["c"]));
+        assert_eq!(rules_by_chain(&fw), fresh_rules(&changed));
+
+        // one added in the middle, one taken out: the others keep their handles
+        let next = with_rules(&["a:2222", "n:53", "c:443"]);
+        fw.apply(&next).unwrap();
+        let after = handles_of(&fw);
+        assert_eq!(after["a"], now["a"]);
+        assert_eq!(after["c"], before["c"]);
+        assert!(!after.contains_key("b"));
+        assert_eq!(rules_by_chain(&fw), fresh_rules(&next));
+
+        let fewer = with_rules(&["c:443"]);
+        fw.apply(&fewer).unwrap();
+        assert_eq!(handles_of(&fw)["c"], before["c"]);
+        assert_eq!(rules_by_chain(&fw), fresh_rules(&fewer));
+        let more = with_rules(&["x:1", "c:443", "y:2", "z:3"]);
+        fw.apply(&more).unwrap();
+        assert_eq!(handles_of(&fw)["c"], before["c"]);
+        assert_eq!(rules_by_chain(&fw), fresh_rules(&more));
+        assert!(!fw.apply(&more).unwrap(), "the record follows");
+    }
+
+    #[test]
+    fn handles_that_do_not_match_the_record_rewrite_the_chain() {
+        let mut fw = Firewall::new(FakeNft::new());
+        fw.apply(&with_rules(&["a:22", "b:80"])).unwrap();
+        let changed = with_rules(&["a:2222", "b:80"]);
+        let mut observed = fw.observe().unwrap();
+        // a rule the record does not know about (the generation check would catch a
+        // real one; the plan must not trust handles that disagree either)
+        observed
+            .handles
+            .insert("input_lan".into(), vec![(7, Some("a".into()))]);
+        let FirewallPlan::Update { changes, .. } = fw.plan(&changed, &observed) else {
+            panic!("expected an update in place")
+        };
+        assert_eq!(changes.chains_rewritten, ["input_lan"]);
+        assert_eq!(changes.rules_inserted, 0);
+    }
+
+    #[test]
+    fn counters_come_from_the_rule_dump() {
+        let mut fw = Firewall::new(FakeNft::new());
+        assert_eq!(fw.rule_counters().unwrap(), None);
+        fw.apply(&rich()).unwrap();
+        let counters = fw.rule_counters().unwrap().unwrap();
+        assert_eq!(counters, rule_counters(&fw.listing().unwrap().unwrap()));
     }
 
     #[test]
