@@ -474,7 +474,10 @@ where
         let mut guard = self.inner();
         let inner = &mut *guard;
         let report = match &inner.applied {
-            Some((_, cfg)) => schedule::tick(&mut inner.zfs, cfg, now, &mut inner.schedule),
+            Some((_, cfg)) => {
+                let needed = self.in_flight(&inner.zfs, cfg);
+                schedule::tick(&mut inner.zfs, cfg, now, &needed, &mut inner.schedule)
+            }
             None => TickReport::default(),
         };
         self.alive.store(self.clock.now().0, Ordering::SeqCst);
@@ -491,6 +494,43 @@ where
     /// does not cut one in the middle.
     pub fn wait_idle(&self) {
         drop(self.inner());
+    }
+
+    /// Every snapshot of the source datasets of the jobs running now (full names). A run
+    /// plans its steps from the snapshots it listed at its start and sends them one by one
+    /// for minutes or hours; one a policy prunes meanwhile would end the run at that step
+    /// (a `1m` policy over a run of 1000 snapshots is enough). They are pruned by the first
+    /// pass after the run. Called with the inner lock held, which [`Self::run_job`]
+    /// waits for after marking its job running, so no pass misses a job that has listed.
+    fn in_flight(&self, zfs: &Z, cfg: &Config) -> BTreeSet<String> {
+        let running: Vec<String> = self
+            .jobs()
+            .values()
+            .filter(|s| s.running)
+            .map(|s| s.job.clone())
+            .collect();
+        let mut needed = BTreeSet::new();
+        for (name, job) in &cfg.replication {
+            if !running.iter().any(|r| r == name.as_str()) {
+                continue;
+            }
+            for ds in &job.datasets {
+                match zfs.snapshots(ds.as_str(), job.recursive) {
+                    Ok(snaps) => needed.extend(snaps.iter().map(crate::zfs::Snapshot::full_name)),
+                    // The policy's own listing of it fails the same way and is reported.
+                    Err(e) => {
+                        tracing::warn!(job = %name, dataset = %ds, error = %e, "cannot list what a running job may send")
+                    }
+                }
+            }
+        }
+        if !needed.is_empty() {
+            tracing::debug!(
+                snapshots = needed.len(),
+                "kept from pruning while their replication runs"
+            );
+        }
+        needed
     }
 
     fn mark_alive(&self) {
@@ -655,7 +695,7 @@ where
                 "no snapshot policy {p} in generation {generation}"
             )));
         }
-        let needed = BTreeSet::new();
+        let needed = self.in_flight(&inner.zfs, cfg);
         let mut out = Vec::new();
         for (name, policy) in &cfg.snapshots {
             if only.is_some_and(|p| p != name.as_str()) {
@@ -749,6 +789,9 @@ where
             state.last_attempt = Some(now.to_string());
             state.last_attempt_at = Some(now);
         }
+        // A scheduler pass in progress read the running jobs before this one was marked:
+        // wait for it to end, so that no pass prunes what this run is about to list.
+        self.wait_idle();
         let result = {
             let mut r = self.replicator.lock().unwrap_or_else(|e| e.into_inner());
             r.run(name, job)

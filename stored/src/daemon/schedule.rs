@@ -89,19 +89,18 @@ pub struct TickReport {
 }
 
 /// Runs every policy and starts due scrubs at `now`. One failing policy or pool does not
-/// stop the others; each failure is logged and counted.
+/// stop the others; each failure is logged and counted. `needed` (full names) are kept
+/// whatever the retention says: the snapshots a running replication job may still send.
 pub fn tick(
     zfs: &mut dyn Zfs,
     cfg: &Config,
     now: UtcTime,
+    needed: &BTreeSet<String>,
     state: &mut ScheduleState,
 ) -> TickReport {
     let mut report = TickReport::default();
-    // Replication protects its incremental bases with holds, which the pruning plan
-    // honours; nothing else needs protecting by name.
-    let needed = BTreeSet::new();
     for (name, policy) in &cfg.snapshots {
-        let outcome = match run_policy(zfs, policy, now, &needed, false) {
+        let outcome = match run_policy(zfs, policy, now, needed, false) {
             Ok(run) => {
                 if !run.taken.is_empty() || !run.destroyed.is_empty() {
                     tracing::info!(policy = %name, taken = run.taken.len(), destroyed = run.destroyed.len(), "snapshot policy ran");

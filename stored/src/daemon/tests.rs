@@ -506,3 +506,82 @@ fn an_apply_makes_the_nas_users_accounts_before_the_shares() {
         again.actions
     );
 }
+
+/// Signals when a run starts and finishes it when told.
+struct GatedReplicator {
+    started: std::sync::mpsc::Sender<()>,
+    go: std::sync::mpsc::Receiver<()>,
+}
+
+impl Replicator for GatedReplicator {
+    fn run(
+        &mut self,
+        name: &str,
+        _: &ReplicationJob,
+    ) -> Result<crate::replication::JobReport, String> {
+        let _ = self.started.send(());
+        let _ = self.go.recv();
+        Ok(replicate::report(name, 1, 1, Some(1)))
+    }
+}
+
+/// A run sends the snapshots it listed at its start, one by one: a pass of the scheduler
+/// meanwhile must not prune them (the run would fail at that step). They go with the
+/// first pass after the run.
+#[test]
+fn a_running_job_keeps_its_datasets_snapshots_from_the_pruning() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(FakeClock::new(at("2026-01-01T00:00:00Z")));
+    let text = format!(
+        "{}\n[replication.offsite]\ntarget = \"192.0.2.1:7001\"\ntarget_dataset = \"backup/box\"\ndatasets = [\"tank/data\"]\ninterval = \"1h\"\n",
+        CONFIG.replace("frequently = 4\n", "frequently = 1\n")
+    );
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel();
+    let d = daemon_with(
+        dir.path(),
+        &text,
+        Arc::clone(&clock),
+        Box::new(GatedReplicator {
+            started: started_tx,
+            go: go_rx,
+        }),
+    );
+    d.apply_active();
+    d.tick();
+    let first = "tank/data@stored_frequently_2026-01-01T00:00:00Z".to_owned();
+    assert!(names(&d).contains(&first));
+    let d2 = Arc::clone(&d);
+    let run = std::thread::spawn(move || d2.replicate("offsite"));
+    started.recv().unwrap();
+
+    let set = |t: &str| {
+        let t = at(t);
+        clock.set(t);
+        d.inner().zfs.now = t.0;
+    };
+    set("2026-01-01T00:15:00Z");
+    let dry = d.prune(true, None).unwrap();
+    assert!(
+        dry["policies"][0]["protected"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["name"] == first.as_str() && k["why"] == "needed by replication"),
+        "{dry:#}"
+    );
+    let r = d.tick();
+    assert!(r.destroyed.is_empty(), "pruned during the run: {r:?}");
+    assert!(names(&d).contains(&first));
+
+    go.send(()).unwrap();
+    run.join().unwrap().unwrap();
+    set("2026-01-01T00:30:00Z");
+    let r = d.tick();
+    assert!(r.destroyed.contains(&first), "{r:?}");
+    assert!(
+        r.destroyed
+            .contains(&"tank/data@stored_frequently_2026-01-01T00:15:00Z".to_owned()),
+        "{r:?}"
+    );
+}
