@@ -21,7 +21,7 @@ use ipnet::Ipv4Net;
 
 pub use packet::{Destination, Reply, handle};
 pub use pool::{Pool, Static};
-pub use server::{DhcpError, run};
+pub use server::{Bound, DhcpError, bind, run};
 
 /// What one link's server hands out, resolved from the config (defaults filled in).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -88,6 +88,35 @@ pub async fn run(
     ready: impl FnOnce(),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DhcpError> {
+    let bound = bind(cfg, state_dir, false)?;
+    ready();
+    bound.serve(shutdown).await;
+    Ok(())
+}
+
+/// A DHCP server with its stored leases loaded and its sockets open, not serving yet.
+#[derive(Debug)]
+pub struct Bound {
+    shared: Arc<Mutex<Shared>>,
+    /// Each served link with its socket (`None`: to be retried while serving).
+    links: Vec<(String, Option<std::net::UdpSocket>)>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads the stored leases and opens the socket of every link of `cfg` with a
+/// `[dhcp.<link>]` section. With `strict` a socket that cannot be opened (the port taken,
+/// the link missing) is an error and nothing is written; without, that link is retried
+/// every few seconds while serving (`netd dhcp-server` may start before its links).
+/// `netd serve` is strict: its links exist by then, and a server that cannot serve must
+/// fail the generation's apply rather than retry in the background.
+pub fn bind(cfg: &Config, state_dir: &Path, strict: bool) -> Result<Bound, DhcpError> {
     let path = state_dir.join(LEASE_FILE);
     let stored = match leases::read(&path) {
         Ok(l) => l,
@@ -109,32 +138,40 @@ pub async fn run(
     if pools.is_empty() {
         tracing::info!("no [dhcp.*] section: no DHCP server to run");
     }
-    let links: Vec<String> = pools
-        .iter()
-        .map(|p| p.scope().link.as_str().to_owned())
-        .collect();
-    let shared = Arc::new(Mutex::new(Shared { pools, path }));
-    shared
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .persist();
-
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, link) in links.into_iter().enumerate() {
-        let first = match open_socket(&link) {
+    let mut links = Vec::new();
+    for p in &pools {
+        let link = p.scope().link.as_str().to_owned();
+        let socket = match open_socket(&link) {
             Ok(s) => Some(s),
+            Err(e) if strict => return Err(e),
             Err(e) => {
                 tracing::warn!(error = %e, "retrying every {} s", RETRY.as_secs());
                 None
             }
         };
-        tasks.spawn(serve(i, link, first, Arc::clone(&shared)));
+        links.push((link, socket));
     }
-    ready();
-    shutdown.await;
-    tasks.abort_all();
-    tracing::info!("DHCP server stopped");
-    Ok(())
+    let shared = Arc::new(Mutex::new(Shared { pools, path }));
+    shared
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .persist();
+    Ok(Bound { shared, links })
+}
+
+impl Bound {
+    /// Serves until `shutdown` resolves. Needs a tokio runtime with I/O enabled.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, (link, first)) in self.links.into_iter().enumerate() {
+            tasks.spawn(serve(i, link, first, Arc::clone(&self.shared)));
+        }
+        shutdown.await;
+        tasks.abort_all();
+        // The aborted tasks drop their sockets here, so a server started next can bind.
+        while tasks.join_next().await.is_some() {}
+        tracing::info!("DHCP server stopped");
+    }
 }
 
 async fn serve(

@@ -249,11 +249,14 @@ fn jitter(lo: Duration, hi: Duration) -> Duration {
     lo + Duration::from_millis(u64::try_from(u128::from(nanos) % span).unwrap_or(0))
 }
 
-fn serve_link(link: AdvertLink, stop: Arc<AtomicBool>) {
+fn serve_link(link: AdvertLink, stop: Arc<AtomicBool>, first: Option<Socket>) {
     let mut sent = 0u32;
     let mut next = Instant::now();
     let mut last: Option<Instant> = None;
-    let mut socket: Option<(Socket, Option<[u8; 6]>)> = None;
+    let mut socket: Option<(Socket, Option<[u8; 6]>)> = first.map(|s| {
+        tracing::info!(link = %link.name, prefixes = ?link.addresses, "advertising");
+        (s, link_mac(&link.name))
+    });
     while !stop.load(Ordering::SeqCst) {
         // The link may not exist yet or be down: retried every 2 s.
         let Some((s, mac)) = &socket else {
@@ -327,6 +330,41 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<(), Ipv6Error> {
     run_links(advertised_links(cfg), stop)
 }
 
+/// Opens the socket of every link now, then advertises on threads until `stop` is set
+/// (the handle ends after the goodbyes). Unlike [`run_links`], a link whose socket cannot
+/// be opened is an error before anything is sent: `netd serve` starts the advertiser
+/// inside a generation's apply, after the links exist, and a failure must fail that apply.
+pub fn start_links(
+    links: Vec<AdvertLink>,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, Ipv6Error> {
+    let mut opened = Vec::new();
+    for l in links {
+        let socket = nix::net::if_::if_nametoindex(l.name.as_str())
+            .map_err(std::io::Error::from)
+            .and_then(|i| open(&l, i))
+            .map_err(|source| Ipv6Error::Socket {
+                link: l.name.clone(),
+                source,
+            })?;
+        opened.push((l, socket));
+    }
+    Ok(std::thread::spawn(move || {
+        let threads: Vec<_> = opened
+            .into_iter()
+            .map(|(l, s)| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || serve_link(l, stop, Some(s)))
+            })
+            .collect();
+        for t in threads {
+            if t.join().is_err() {
+                tracing::error!("a router advertisement thread panicked");
+            }
+        }
+    }))
+}
+
 /// [`run`] for links already chosen (`netd serve` adds the prefixes to retire).
 pub fn run_links(links: Vec<AdvertLink>, stop: Arc<AtomicBool>) -> Result<(), Ipv6Error> {
     // Fail early and clearly without the capability, instead of retrying forever.
@@ -342,7 +380,7 @@ pub fn run_links(links: Vec<AdvertLink>, stop: Arc<AtomicBool>) -> Result<(), Ip
         .into_iter()
         .map(|l| {
             let stop = Arc::clone(&stop);
-            std::thread::spawn(move || serve_link(l, stop))
+            std::thread::spawn(move || serve_link(l, stop, None))
         })
         .collect();
     for t in threads {

@@ -14,6 +14,6 @@ pub mod packet;
 
 pub use advertise::{
     AdvertLink, Ipv6Error, MAX_INTERVAL, ROUTER_LIFETIME, advert, advertised_links, run, run_links,
-    with_retired,
+    start_links, with_retired,
 };
 pub use packet::{ParseError, PrefixInfo, Rdnss, RouterAdvert, RouterSolicit};

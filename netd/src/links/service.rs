@@ -123,6 +123,12 @@ impl<N: Netlink> Links<N> {
         Ok(())
     }
 
+    /// Puts back what a completed [`Links::run`] of `plan` changed (a later step of netd's
+    /// transaction failed). Returns the undo steps the kernel refused.
+    pub fn undo_plan(&mut self, plan: &LinkPlan) -> Vec<UndoFailure> {
+        self.undo(&plan.actions)
+    }
+
     /// Runs the inverses of `done`, last first. Keeps going past failures: each undone
     /// step is one less difference from where the kernel was.
     fn undo(&mut self, done: &[Action]) -> Vec<UndoFailure> {

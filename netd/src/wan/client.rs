@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{Sender, SyncSender};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ipnet::{IpNet, Ipv4Net};
@@ -353,17 +353,39 @@ impl<N: Netlink> Client<N> {
         Ok(())
     }
 
-    pub fn run(mut self, stop: &AtomicBool) -> Result<(), ClientError> {
+    pub fn run(self, stop: &AtomicBool) -> Result<(), ClientError> {
+        self.run_started(stop, None)
+    }
+
+    /// [`Client::run`], telling `started` whether the client could start (its raw socket
+    /// open) before it begins its loop. A start-up error goes to `started` only.
+    fn run_started(
+        mut self,
+        stop: &AtomicBool,
+        started: Option<SyncSender<Result<(), ClientError>>>,
+    ) -> Result<(), ClientError> {
+        let opened =
+            RawSocket::new(&self.link, Medium::Ethernet).map_err(|source| ClientError::Socket {
+                link: self.link.clone(),
+                source,
+            });
+        let raw = match (opened, started) {
+            (Ok(raw), Some(tx)) => {
+                let _ = tx.send(Ok(()));
+                raw
+            }
+            (Ok(raw), None) => raw,
+            (Err(e), Some(tx)) => {
+                let _ = tx.send(Err(e));
+                return Ok(());
+            }
+            (Err(e), None) => return Err(e),
+        };
         let stored = files::load_lease(&self.paths.state_dir, &self.link);
         self.adopt(stored.as_ref())?;
         if self.applied.is_some() {
             self.tell();
         }
-        let raw =
-            RawSocket::new(&self.link, Medium::Ethernet).map_err(|source| ClientError::Socket {
-                link: self.link.clone(),
-                source,
-            })?;
         let fd = std::os::fd::AsRawFd::as_raw_fd(&raw);
         let port68 = match port_68(&self.link) {
             Ok(s) => Some(s),
@@ -468,6 +490,75 @@ impl<N: Netlink> Client<N> {
         tracing::info!(link = %self.link, "stopping: releasing the lease");
         self.handle(Event::Stop);
         Ok(())
+    }
+}
+
+/// The clients of [`start_all`], running.
+#[derive(Debug)]
+pub struct Running {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Result<(), ClientError>>>,
+}
+
+impl Running {
+    /// Stops the clients (each releases its lease) and returns their errors.
+    pub fn stop(self) -> Vec<ClientError> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.threads
+            .into_iter()
+            .filter_map(|t| match t.join() {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e),
+                Err(_) => {
+                    tracing::error!("a DHCP client thread panicked");
+                    None
+                }
+            })
+            .collect()
+    }
+}
+
+/// Starts a client per link on its own thread and returns once every one has opened its
+/// raw socket; when one cannot (the link missing, no CAP_NET_RAW), the others are stopped
+/// and its error returned, so that `netd serve` fails the generation's apply instead of
+/// finding out in a background loop.
+pub fn start_all(links: &[String], paths: &Paths) -> Result<Running, ClientError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    let mut first_error = None;
+    for link in links {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (name, paths, stop) = (link.clone(), paths.clone(), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || match Client::new(&name, paths) {
+            Ok(c) => c.run_started(&stop, Some(tx)),
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                Ok(())
+            }
+        });
+        threads.push(thread);
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                first_error = Some(e);
+                break;
+            }
+            Err(_) => {
+                first_error = Some(ClientError::Wait {
+                    link: link.clone(),
+                    source: std::io::Error::other("the client thread ended before it started"),
+                });
+                break;
+            }
+        }
+    }
+    let running = Running { stop, threads };
+    match first_error {
+        None => Ok(running),
+        Some(e) => {
+            running.stop().iter().for_each(|e| tracing::error!("{e}"));
+            Err(e)
+        }
     }
 }
 

@@ -13,7 +13,7 @@ pub mod client;
 pub mod decide;
 pub mod files;
 
-pub use client::{AddressChange, Client, ClientError, Paths};
+pub use client::{AddressChange, Client, ClientError, Paths, Running, start_all};
 pub use decide::{Event, Lease, PROTO_DHCP, Phase, Step, decide, phase};
 
 #[cfg(test)]

@@ -33,11 +33,23 @@ pub fn desired(
     resolver: &dyn Resolve,
     resolve_name: &dyn Fn(&str, &PublicKey) -> bool,
 ) -> Result<Vec<DesiredDevice>, KeyError> {
+    desired_with(cfg, state_dir, resolver, resolve_name, true)
+}
+
+/// [`desired`]; with `write_keys` false a key still to be generated is not written (see
+/// [`keys::private_key_with`]): for plans and checks, which change nothing.
+pub fn desired_with(
+    cfg: &Config,
+    state_dir: &Path,
+    resolver: &dyn Resolve,
+    resolve_name: &dyn Fn(&str, &PublicKey) -> bool,
+    write_keys: bool,
+) -> Result<Vec<DesiredDevice>, KeyError> {
     let mut out = Vec::new();
     for (ifname, w) in &cfg.wireguard {
         let name = ifname.as_str();
         let configured = w.private_key_file.as_ref().map(|p| Path::new(p.as_str()));
-        let private_key = keys::private_key(name, configured, state_dir)?;
+        let private_key = keys::private_key_with(name, configured, state_dir, write_keys)?;
         let mut peers = Vec::new();
         for (peer_name, p) in &w.peers {
             if !p.enabled {

@@ -74,6 +74,17 @@ pub fn private_key(
     configured: Option<&Path>,
     state_dir: &Path,
 ) -> Result<Secret, KeyError> {
+    private_key_with(ifname, configured, state_dir, true)
+}
+
+/// [`private_key`]; with `write` false a missing generated key is made in memory only, so
+/// that a check or a plan writes nothing (the apply generates the one that stays).
+pub fn private_key_with(
+    ifname: &str,
+    configured: Option<&Path>,
+    state_dir: &Path,
+    write: bool,
+) -> Result<Secret, KeyError> {
     let key_path = format!("wireguard.{ifname}.private_key_file");
     if let Some(file) = configured {
         return read_key(file, &key_path);
@@ -83,6 +94,9 @@ pub fn private_key(
         return read_key(&file, &key_path);
     }
     let key = Key::generate_private();
+    if !write {
+        return Ok(Secret(key.0));
+    }
     write_key(&file, &key.to_base64()).map_err(|source| KeyError::Write {
         key_path: key_path.clone(),
         file: file.clone(),

@@ -25,7 +25,7 @@ mod state;
 
 pub use action::Action;
 pub use adapter::{WgError, WgKernel};
-pub use desired::{Resolve, SystemResolver, desired};
+pub use desired::{Resolve, SystemResolver, desired, desired_with};
 pub use fake::FakeWg;
 pub use kernel::KernelWg;
 pub use plan::{PlanError, plan};

@@ -83,14 +83,8 @@ impl<K: WgKernel> Wireguard<K> {
                     done.extend(batch);
                 }
                 let undone = done.len();
-                let undo: Vec<Action> = done.iter().rev().flat_map(|a| a.inverse()).collect();
-                let mut undo_failures = Vec::new();
-                for b in batches(&undo) {
-                    if let Err(e) = self.kernel.execute(b) {
-                        tracing::error!(error = %e, "undo step failed");
-                        undo_failures.push(e);
-                    }
-                }
+                let done: Vec<Action> = done.into_iter().cloned().collect();
+                let undo_failures = self.undo(&done);
                 return Err(ApplyError::Step {
                     failed,
                     undone,
@@ -100,5 +94,19 @@ impl<K: WgKernel> Wireguard<K> {
             done.extend(batch);
         }
         Ok(())
+    }
+
+    /// Runs the inverses of `done` (steps of an apply that completed), newest first, and
+    /// returns the undo steps the kernel refused: a later step of netd's transaction failed.
+    pub fn undo(&mut self, done: &[Action]) -> Vec<WgError> {
+        let undo: Vec<Action> = done.iter().rev().flat_map(|a| a.inverse()).collect();
+        let mut undo_failures = Vec::new();
+        for b in batches(&undo) {
+            if let Err(e) = self.kernel.execute(b) {
+                tracing::error!(error = %e, "undo step failed");
+                undo_failures.push(e);
+            }
+        }
+        undo_failures
     }
 }
