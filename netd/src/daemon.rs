@@ -1,31 +1,40 @@
-//! `netd serve`: the control socket `/run/appliance/netd.sock` (docs/control.md) over
-//! the links and firewall services, and the DHCP services of the applied config.
+//! `netd serve`: the control socket `/run/appliance/netd.sock` (docs/control.md) over one
+//! transaction per generation.
 //!
-//! Applying generation N runs links, then the firewall (it matches on the links' names).
-//! When the firewall step fails, the links go back to the generation applied before; the
-//! firewall replaces its table in one nft transaction, so a failure there leaves nothing of
-//! its own to undo. The previous config stays in memory, so going back costs one plan
-//! against the kernel and one nft transaction.
+//! Applying generation N is all or nothing. First everything that can be refused without
+//! touching the kernel is checked (the links plan, WireGuard keys and names, the stored
+//! DHCP leases), as netavark does; then the steps run in a fixed order:
+//!
+//! 1. links (rtnetlink), 2. the firewall (one nft transaction; it matches on the links'
+//!    names), 3. WireGuard (tunnels, keys, peers), 4. the LAN DHCP server, 5. the router
+//!    advertisements, 6. the WAN DHCP client.
+//!
+//! A service starts inside its step with its sockets open, so that a port taken or a
+//! socket refused fails the apply instead of a background loop. When step k fails, steps
+//! k-1..1 are undone newest first (services back to what ran, the WireGuard steps'
+//! inverses, the firewall's previous table, the links steps' inverses) and the error names
+//! the failed step and what was undone. The previous config stays in memory: going back to
+//! it (a commit-confirm revert) is one more apply, planned against the kernel.
 //!
 //! At start netd applies the active generation, or the built-in default while the store is
 //! empty (reported as generation 0), and only then tells systemd it is ready: the box
-//! routes and filters before `appliance-healthy.target`. The WAN DHCP client, the LAN
-//! DHCP server, the LAN router advertisements and WireGuard (with the endpoint watch of
-//! `netd wg watch`) run inside `netd serve` (see [`cli`]) and follow every applied config.
+//! routes and filters before `appliance-healthy.target`.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use appliance::Config;
 use appliance::control::{ApiError, GenerationRequest, Method, PlanReply, Reply, Request};
 use appliance::store::Store;
 use serde_json::json;
-use tokio::sync::watch;
 
 use crate::firewall::{Firewall, Nft, render};
-use crate::links::{Links, Netlink};
+use crate::links::{LinkPlan, Links, Netlink};
+use crate::services::{Service, Services};
+use crate::wireguard::{self as wg, PublicKey, SystemResolver, WgKernel, Wireguard};
 
 /// Where netd listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/appliance/netd.sock";
@@ -35,11 +44,322 @@ pub const DEFAULT_FIREWALL_STATE: &str = "/run/netd/firewall.json";
 /// empty); the store numbers its generations from 1.
 pub const DEFAULT_GENERATION: u64 = 0;
 
-struct Inner<N: Netlink, F: Nft> {
-    links: Links<N>,
-    firewall: Firewall<F>,
+/// A plan shows at most this many WireGuard steps (1000 peers would drown it).
+const PLAN_WG_LINES: usize = 50;
+
+/// A completed step of a transaction, with what its undo needs.
+enum Done {
+    Links(LinkPlan),
+    Firewall,
+    Wireguard(Vec<wg::Action>),
+    Service(Service),
+}
+
+impl Done {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Links(_) => "links",
+            Self::Firewall => "firewall",
+            Self::Wireguard(_) => "wireguard",
+            Self::Service(s) => s.name(),
+        }
+    }
+}
+
+/// Everything a generation's apply drives, over its adapters: rtnetlink, nft, kernel
+/// WireGuard and the service threads (fakes of all four in unit tests). `netd check`
+/// builds one to plan without applying.
+pub struct Stack<N: Netlink, F: Nft, W: WgKernel> {
+    pub links: Links<N>,
+    pub firewall: Firewall<F>,
+    pub wireguard: Wireguard<W>,
+    /// Where generated WireGuard private keys are kept.
+    pub wireguard_dir: PathBuf,
+    pub services: Box<dyn Services>,
+    /// Whether a config applied by this netd had a tunnel. Until then WireGuard is left
+    /// alone, so tunnels made by hand (`netd wg apply`) survive a config without
+    /// `[wireguard]`; from then on, a config without tunnels removes netd's.
+    wireguard_managed: bool,
+}
+
+impl<N: Netlink, F: Nft, W: WgKernel> std::fmt::Debug for Stack<N, F, W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack")
+            .field("wireguard_dir", &self.wireguard_dir)
+            .field("wireguard_managed", &self.wireguard_managed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<N: Netlink, F: Nft, W: WgKernel> Stack<N, F, W> {
+    pub fn new(
+        links: Links<N>,
+        firewall: Firewall<F>,
+        wireguard: Wireguard<W>,
+        wireguard_dir: PathBuf,
+        services: Box<dyn Services>,
+    ) -> Self {
+        Self {
+            links,
+            firewall,
+            wireguard,
+            wireguard_dir,
+            services,
+            wireguard_managed: false,
+        }
+    }
+
+    /// The WireGuard steps to `cfg` (`None`: WireGuard is not netd's yet). Endpoint names
+    /// are looked up only for peers due for it (new, or no handshake for over 2 minutes):
+    /// the others keep the endpoint they roamed to. `write_keys`: generate missing keys
+    /// for good (apply) or in memory only (plan, check).
+    fn wireguard_plan(
+        &mut self,
+        cfg: &Config,
+        write_keys: bool,
+    ) -> Result<Option<Vec<wg::Action>>, String> {
+        if !self.wireguard_managed && cfg.wireguard.is_empty() {
+            return Ok(None);
+        }
+        let observed = self
+            .wireguard
+            .kernel
+            .observe()
+            .map_err(|e| format!("cannot read the WireGuard state: {e}"))?;
+        let now = SystemTime::now();
+        let due = |ifname: &str, key: &PublicKey| {
+            observed
+                .device(ifname)
+                .and_then(|d| d.peer(key))
+                .is_none_or(|p| wg::resolve_due(p.last_handshake, now))
+        };
+        let wanted = wg::desired_with(cfg, &self.wireguard_dir, &SystemResolver, &due, write_keys)
+            .map_err(|e| e.to_string())?;
+        let actions = wg::plan(&wanted, &observed, now).map_err(|e| e.to_string())?;
+        Ok(Some(actions))
+    }
+
+    /// What applying `cfg` would do now, with the rendered table dry-run through `nft -c`
+    /// when it differs from the kernel's. Changes nothing (a WireGuard key still to be
+    /// generated is made in memory only). `Invalid` says what would be refused.
+    pub fn plan(&mut self, cfg: &Config) -> Result<Vec<String>, ApiError> {
+        let links = self
+            .links
+            .plan(cfg)
+            .map_err(|e| ApiError::Invalid(format!("links: {e}")))?;
+        let mut actions: Vec<String> = links
+            .actions
+            .iter()
+            .map(|a| format!("links: {a}"))
+            .collect();
+        let ruleset = render(cfg);
+        let observed = self
+            .firewall
+            .observe()
+            .map_err(|e| ApiError::Internal(format!("firewall: {e}")))?;
+        if let Some(what) = self.firewall.plan(&ruleset, &observed).describe() {
+            // The kernel holds an unchanged table already; a changed one is dry-run whole.
+            self.firewall.check(&ruleset).map_err(|e| {
+                ApiError::Invalid(format!(
+                    "firewall: `nft -c` refused the table: {}",
+                    squeeze(&e.to_string())
+                ))
+            })?;
+            actions.push(format!("firewall: {what} (checked with nft -c)"));
+        }
+        let steps = self
+            .wireguard_plan(cfg, false)
+            .map_err(|e| ApiError::Invalid(format!("wireguard: {e}")))?
+            .unwrap_or_default();
+        actions.extend(
+            steps
+                .iter()
+                .take(PLAN_WG_LINES)
+                .map(|a| format!("wireguard: {a}")),
+        );
+        if steps.len() > PLAN_WG_LINES {
+            actions.push(format!(
+                "wireguard: ... and {} more steps",
+                steps.len() - PLAN_WG_LINES
+            ));
+        }
+        self.services.validate(cfg).map_err(ApiError::Invalid)?;
+        for s in Service::ALL {
+            if let Some(what) = self.services.plan(s, Some(cfg)) {
+                actions.push(format!("{s}: {what}"));
+            }
+        }
+        Ok(actions)
+    }
+
+    /// Applies `cfg` as one transaction (see the module's documentation). `previous`: the
+    /// config applied before, what the services go back to on failure.
+    fn apply(
+        &mut self,
+        generation: u64,
+        cfg: &Config,
+        previous: Option<(u64, &Config)>,
+    ) -> Result<PlanReply, ApiError> {
+        let refused = |step: &str, e: &dyn std::fmt::Display| ApiError::ApplyFailed {
+            step: step.into(),
+            reason: format!("{e}; nothing was applied"),
+        };
+        // Everything that can be refused before the kernel is touched.
+        let links = self.links.plan(cfg).map_err(|e| refused("links", &e))?;
+        let ruleset = render(cfg);
+        let tunnels = self
+            .wireguard_plan(cfg, true)
+            .map_err(|e| refused("wireguard", &e))?;
+        self.services
+            .validate(cfg)
+            .map_err(|e| refused("services", &e))?;
+
+        let mut actions: Vec<String> = links
+            .actions
+            .iter()
+            .map(|a| format!("links: {a}"))
+            .collect();
+        let mut done = Vec::new();
+        // The links undo their own steps when one of them fails.
+        self.links.run(&links).map_err(|e| ApiError::ApplyFailed {
+            step: "links".into(),
+            reason: e.to_string(),
+        })?;
+        done.push(Done::Links(links));
+
+        match self.firewall.apply(&ruleset) {
+            Ok(true) => {
+                actions.push(format!(
+                    "firewall: wrote table inet {}",
+                    crate::firewall::TABLE
+                ));
+                done.push(Done::Firewall);
+            }
+            Ok(false) => {}
+            // One nft transaction: refused, it left nothing of its own to undo.
+            Err(e) => return Err(self.abort(generation, "firewall", &e, done, previous)),
+        }
+
+        if let Some(steps) = tunnels {
+            if !steps.is_empty() {
+                // A failed batch is undone by the WireGuard code itself.
+                if let Err(e) = self.wireguard.apply(&steps) {
+                    return Err(self.abort(generation, "wireguard", &e, done, previous));
+                }
+                actions.extend(steps.iter().map(|a| format!("wireguard: {a}")));
+                done.push(Done::Wireguard(steps));
+            }
+            if !cfg.wireguard.is_empty() {
+                self.wireguard_managed = true;
+            }
+        }
+
+        for s in Service::ALL {
+            match self.services.apply(s, Some(cfg)) {
+                Ok(Some(what)) => {
+                    actions.push(format!("{s}: {what}"));
+                    done.push(Done::Service(s));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(self.abort(generation, s.name(), &e, done, previous)),
+            }
+        }
+        tracing::info!(generation, steps = actions.len(), "generation applied");
+        Ok(PlanReply {
+            generation,
+            actions,
+        })
+    }
+
+    /// Undoes `done`, newest first, after `step` failed; the error names both.
+    fn abort(
+        &mut self,
+        generation: u64,
+        step: &str,
+        error: &dyn std::fmt::Display,
+        done: Vec<Done>,
+        previous: Option<(u64, &Config)>,
+    ) -> ApiError {
+        let mut undone = Vec::new();
+        let mut failures = Vec::new();
+        for d in done.into_iter().rev() {
+            let name = d.name();
+            let result = match d {
+                Done::Service(s) => self.services.apply(s, previous.map(|(_, c)| c)).map(|_| ()),
+                Done::Wireguard(steps) => {
+                    let f = self.wireguard.undo(&steps);
+                    if f.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(f
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; "))
+                    }
+                }
+                Done::Firewall => self.firewall.revert().map_err(|e| e.to_string()),
+                Done::Links(plan) => {
+                    let f = self.links.undo_plan(&plan);
+                    if f.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(f
+                            .iter()
+                            .map(|u| format!("{}: {}", u.action, u.error))
+                            .collect::<Vec<_>>()
+                            .join("; "))
+                    }
+                }
+            };
+            match result {
+                Ok(()) => undone.push(name),
+                Err(e) => failures.push(format!("{name}: {e}")),
+            }
+        }
+        let back = match previous {
+            Some((n, _)) => format!("generation {n} is in force again"),
+            None => "the state before this apply is back".to_owned(),
+        };
+        let mut reason = if undone.is_empty() {
+            format!("{error}; nothing before it had changed anything")
+        } else {
+            format!("{error}; undone: {}", undone.join(", "))
+        };
+        if failures.is_empty() {
+            reason.push_str(&format!("; {back}"));
+        } else {
+            reason.push_str(&format!(
+                "; undoing failed too (check `ip addr`, `nft list table inet {}`, `wg`): {}",
+                crate::firewall::TABLE,
+                failures.join("; ")
+            ));
+        }
+        tracing::error!(generation, step, "apply failed: {reason}");
+        ApiError::ApplyFailed {
+            step: step.into(),
+            reason,
+        }
+    }
+}
+
+/// nft repeats one error for every command of a refused batch: each distinct line once.
+fn squeeze(message: &str) -> String {
+    let mut seen = std::collections::BTreeSet::new();
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && seen.insert(*l))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+struct Inner<N: Netlink, F: Nft, W: WgKernel> {
+    stack: Stack<N, F, W>,
     applied: Option<(u64, Config)>,
     last_error: Option<String>,
+    /// Why the last WireGuard re-check (endpoint names every 30 s) failed.
+    wg_error: Option<String>,
     /// The address each WAN DHCP client holds now, by link.
     wan_leases: BTreeMap<String, Ipv4Addr>,
     /// The zone address sets this netd wrote, as it wrote them.
@@ -49,21 +369,16 @@ struct Inner<N: Netlink, F: Nft> {
 }
 
 /// netd as its control socket sees it.
-pub struct NetDaemon<N: Netlink, F: Nft> {
+pub struct NetDaemon<N: Netlink, F: Nft, W: WgKernel> {
     store: Store,
-    inner: Mutex<Inner<N, F>>,
+    inner: Mutex<Inner<N, F, W>>,
     started: Instant,
-    /// The config of the last successful apply, for the DHCP services that follow it.
-    applied_tx: watch::Sender<Option<Arc<Config>>>,
     /// The DHCP services' state directory (leases.json, wan-<link>.json), for the status
     /// (set by `netd serve`).
     dhcp_dir: std::sync::OnceLock<std::path::PathBuf>,
-    /// Why the last WireGuard reconcile of `netd serve` failed (`None`: it did not). A
-    /// WireGuard failure does not fail the generation's apply, so the status says it.
-    wg_error: Arc<Mutex<Option<String>>>,
 }
 
-impl<N: Netlink, F: Nft> std::fmt::Debug for NetDaemon<N, F> {
+impl<N: Netlink, F: Nft, W: WgKernel> std::fmt::Debug for NetDaemon<N, F, W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NetDaemon")
             .field("store", &self.store.dir())
@@ -71,36 +386,30 @@ impl<N: Netlink, F: Nft> std::fmt::Debug for NetDaemon<N, F> {
     }
 }
 
-impl<N, F> NetDaemon<N, F>
+impl<N, F, W> NetDaemon<N, F, W>
 where
     N: Netlink + Send + 'static,
     F: Nft + Send + 'static,
+    W: WgKernel + Send + 'static,
 {
-    pub fn new(store: Store, links: Links<N>, firewall: Firewall<F>) -> Arc<Self> {
+    pub fn new(store: Store, stack: Stack<N, F, W>) -> Arc<Self> {
         Arc::new(Self {
             store,
             inner: Mutex::new(Inner {
-                links,
-                firewall,
+                stack,
                 applied: None,
                 last_error: None,
+                wg_error: None,
                 wan_leases: BTreeMap::new(),
                 zone_sets: BTreeMap::new(),
                 zone_error: None,
             }),
             started: Instant::now(),
-            applied_tx: watch::Sender::new(None),
             dhcp_dir: std::sync::OnceLock::new(),
-            wg_error: Arc::new(Mutex::new(None)),
         })
     }
 
-    /// The config of every successful apply from now on (the current one first).
-    pub fn applied(&self) -> watch::Receiver<Option<Arc<Config>>> {
-        self.applied_tx.subscribe()
-    }
-
-    fn inner(&self) -> MutexGuard<'_, Inner<N, F>> {
+    fn inner(&self) -> MutexGuard<'_, Inner<N, F, W>> {
         // A panic inside an apply leaves the kernel wherever it got; the next apply plans
         // from what the kernel holds, so the guard's data is still usable.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
@@ -110,33 +419,18 @@ where
         appliance::control::load_generation(&self.store, generation)
     }
 
-    /// What applying `generation` would do now; changes nothing.
+    /// What applying `generation` would do now, the firewall dry-run with `nft -c`;
+    /// changes nothing.
     pub fn plan(&self, generation: u64) -> Result<PlanReply, ApiError> {
         let cfg = self.load(generation)?;
-        let mut inner = self.inner();
-        let links = inner
-            .links
-            .plan(&cfg)
-            .map_err(|e| ApiError::Invalid(format!("links: {e}")))?;
-        let mut actions: Vec<String> = links
-            .actions
-            .iter()
-            .map(|a| format!("links: {a}"))
-            .collect();
-        let observed = inner
-            .firewall
-            .observe()
-            .map_err(|e| ApiError::Internal(format!("firewall: {e}")))?;
-        if let Some(what) = inner.firewall.plan(&render(&cfg), &observed).describe() {
-            actions.push(format!("firewall: {what}"));
-        }
+        let actions = self.inner().stack.plan(&cfg)?;
         Ok(PlanReply {
             generation,
             actions,
         })
     }
 
-    /// Applies `generation`: links, then the firewall. On failure what this call changed is
+    /// Applies `generation` as one transaction; on failure what this call changed is
     /// undone and the error names the step.
     pub fn apply(&self, generation: u64) -> Result<PlanReply, ApiError> {
         let cfg = self.load(generation)?;
@@ -144,62 +438,54 @@ where
     }
 
     fn apply_config(&self, generation: u64, cfg: Config) -> Result<PlanReply, ApiError> {
-        let mut inner = self.inner();
-        let result = Self::apply_locked(&mut inner, generation, &cfg);
+        let mut guard = self.inner();
+        let inner = &mut *guard;
+        let previous = inner.applied.as_ref().map(|(n, c)| (*n, c));
+        let result = inner.stack.apply(generation, &cfg, previous);
         match &result {
             Ok(_) => {
-                self.applied_tx.send_replace(Some(Arc::new(cfg.clone())));
                 inner.applied = Some((generation, cfg));
                 inner.last_error = None;
                 // The rendered table holds the config's addresses and those learned
                 // before; a zone that gained or lost a DHCP link needs its set now.
-                Self::sync_zone_sets(&mut inner);
+                Self::sync_zone_sets(inner);
             }
             Err(e) => inner.last_error = Some(e.to_string()),
         }
         result
     }
 
-    fn apply_locked(
-        inner: &mut Inner<N, F>,
-        generation: u64,
-        cfg: &Config,
-    ) -> Result<PlanReply, ApiError> {
-        let links = inner.links.apply(cfg).map_err(|e| ApiError::ApplyFailed {
-            step: "links".into(),
-            reason: e.to_string(),
-        })?;
-        let mut actions: Vec<String> = links
-            .actions
-            .iter()
-            .map(|a| format!("links: {a}"))
-            .collect();
-        match inner.firewall.apply(&render(cfg)) {
-            Ok(true) => actions.push(format!(
-                "firewall: wrote table inet {}",
-                crate::firewall::TABLE
-            )),
-            Ok(false) => {}
-            Err(e) => {
-                let undo = match &inner.applied {
-                    Some((n, prev)) => match inner.links.apply(prev) {
-                        Ok(_) => format!("the links are back on generation {n}"),
-                        Err(u) => format!("putting the links back on generation {n} failed too: {u}"),
-                    },
-                    None => "no generation was applied before by this netd, so the links keep the new state".into(),
-                };
-                tracing::error!(generation, error = %e, "firewall step failed; {undo}");
-                return Err(ApiError::ApplyFailed {
-                    step: "firewall".into(),
-                    reason: format!("{e}; {undo}"),
-                });
+    /// Stops the services of the applied generation (netd stopping). Tunnels, links and
+    /// the firewall stay: the box keeps routing and filtering without netd.
+    pub fn stop_services(&self) {
+        self.inner().stack.services.stop();
+    }
+
+    /// The 30-second WireGuard re-check: peers without a handshake for over 2 minutes get
+    /// their endpoint names looked up again and rewritten (what `netd wg watch` does). A
+    /// failure is logged and shown as `wireguard.apply_error`; the next check retries.
+    pub fn recheck_wireguard(&self) {
+        let mut guard = self.inner();
+        let inner = &mut *guard;
+        let Some((_, cfg)) = &inner.applied else {
+            return;
+        };
+        let result = inner.stack.wireguard_plan(cfg, true).and_then(|steps| {
+            let steps = steps.unwrap_or_default();
+            if !steps.is_empty() {
+                inner
+                    .stack
+                    .wireguard
+                    .apply(&steps)
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(actions = steps.len(), "WireGuard endpoints rewritten");
             }
+            Ok(())
+        });
+        if let Err(e) = &result {
+            tracing::warn!("WireGuard re-check failed, trying again later: {e}");
         }
-        tracing::info!(generation, steps = actions.len(), "generation applied");
-        Ok(PlanReply {
-            generation,
-            actions,
-        })
+        inner.wg_error = result.err();
     }
 
     /// A WAN DHCP client bound, changed or lost its address: the zone sets that hold it
@@ -223,7 +509,7 @@ where
 
     /// Brings every zone set that holds a DHCP link's address (or did) to the zone's
     /// static IPv4 addresses plus its links' leases. Sets already right are not written.
-    fn sync_zone_sets(inner: &mut Inner<N, F>) {
+    fn sync_zone_sets(inner: &mut Inner<N, F, W>) {
         let Some((_, cfg)) = &inner.applied else {
             return;
         };
@@ -240,7 +526,7 @@ where
                 inner.zone_sets.insert(zone, addrs);
                 continue;
             }
-            match inner.firewall.set_zone_addresses(&zone, &addrs) {
+            match inner.stack.firewall.set_zone_addresses(&zone, &addrs) {
                 Ok(()) => {
                     tracing::info!(zone, addresses = ?addrs, "firewall: zone address set updated");
                     inner.zone_sets.insert(zone, addrs);
@@ -265,8 +551,8 @@ where
         let mut inner = self.inner();
         let inner = &mut *inner;
         crate::metrics::collect(
-            &mut inner.links,
-            &inner.firewall,
+            &mut inner.stack.links,
+            &inner.stack.firewall,
             crate::metrics::Sources {
                 dhcp_dir: self.dhcp_dir.get().map(|p| p.as_path()),
                 cfg: inner.applied.as_ref().map(|(_, c)| c),
@@ -279,11 +565,10 @@ where
     /// a listing of the whole table, set elements included).
     fn status(&self, counters: bool) -> serde_json::Value {
         let mut net = self.net(counters);
-        if let Some(wg) = net.get_mut("wireguard").and_then(|w| w.as_object_mut()) {
-            let error = self.wg_error.lock().map(|e| e.clone()).unwrap_or_default();
-            wg.insert("apply_error".into(), json!(error));
-        }
         let inner = self.inner();
+        if let Some(wg) = net.get_mut("wireguard").and_then(|w| w.as_object_mut()) {
+            wg.insert("apply_error".into(), json!(inner.wg_error));
+        }
         json!({
             "daemon": "netd",
             "version": env!("CARGO_PKG_VERSION"),
@@ -458,96 +743,377 @@ mod tests {
     use super::*;
     use crate::firewall::FakeNft;
     use crate::links::FakeNetlink;
+    use crate::services::FakeServices;
+    use crate::wireguard::FakeWg;
+
+    type Fake = NetDaemon<FakeNetlink, FakeNft, FakeWg>;
 
     const BASE: &str = "version = 1\n[interfaces.lan]\ndevice = \"nic1\"\naddresses = [\"192.168.1.1/24\"]\n[firewall.zones.lan]\ninterfaces = [\"lan\"]\ninput = \"accept\"\nforward = \"accept\"\n";
 
-    fn daemon(dir: &std::path::Path) -> Arc<NetDaemon<FakeNetlink, FakeNft>> {
-        let store = Store::open(dir).unwrap();
+    /// A tunnel (its key generated under the daemon's WireGuard directory).
+    const TUNNEL: &str = "[wireguard.wg0]\naddresses = [\"10.8.0.1/24\"]\nlisten_port = 51820\n[wireguard.wg0.peers.laptop]\npublic_key = \"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\"\nallowed_ips = [\"10.8.0.2/32\"]\n";
+
+    const DHCP: &str = "[dhcp.lan]\nstart = \"192.168.2.100\"\nend = \"192.168.2.199\"\n";
+
+    struct Rig {
+        daemon: Arc<Fake>,
+        services: FakeServices,
+        _dir: tempfile::TempDir,
+    }
+
+    /// A daemon on fakes with generation 1 (`BASE`) active and `BASE` with the address
+    /// 192.168.2.1 stored as generation 2.
+    fn rig() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("config")).unwrap();
         let n1 = store.commit(BASE, "base").unwrap();
         store.activate(n1).unwrap();
         let changed = BASE.replace("192.168.1.1/24", "192.168.2.1/24");
         store.commit(&changed, "new address").unwrap();
-        let links = Links::new(FakeNetlink::with_nics(&[("nic1", [2, 0, 0, 0, 0, 1])]));
-        NetDaemon::new(store, links, Firewall::new(FakeNft::new()))
+        let services = FakeServices::default();
+        let stack = Stack::new(
+            Links::new(FakeNetlink::with_nics(&[
+                ("nic0", [2, 0, 0, 0, 0, 0]),
+                ("nic1", [2, 0, 0, 0, 0, 1]),
+            ])),
+            Firewall::new(FakeNft::new()),
+            Wireguard::new(FakeWg::default()),
+            dir.path().join("wireguard"),
+            Box::new(services.clone()),
+        );
+        Rig {
+            daemon: NetDaemon::new(store, stack),
+            services,
+            _dir: dir,
+        }
     }
 
-    fn addresses(d: &NetDaemon<FakeNetlink, FakeNft>) -> String {
-        format!(
-            "{:?}",
-            d.inner().links.netlink_mut().observe().unwrap().addresses
-        )
+    impl Rig {
+        fn commit(&self, text: &str) -> u64 {
+            self.daemon.store.commit(text, "test").unwrap()
+        }
+
+        fn addresses(&self) -> String {
+            format!(
+                "{:?}",
+                self.daemon
+                    .inner()
+                    .stack
+                    .links
+                    .netlink_mut()
+                    .observe()
+                    .unwrap()
+                    .addresses
+            )
+        }
+
+        /// The table without handles and counters, each chain's rules in their order: an
+        /// in-place revert re-adds a rule with a new handle.
+        fn table(&self) -> Vec<serde_json::Value> {
+            let listing = self.daemon.inner().stack.firewall.listing().unwrap();
+            let mut objects: Vec<serde_json::Value> = listing
+                .map(|l| crate::firewall::normalize_listing(&l))
+                .and_then(|v| v.as_array().cloned())
+                .unwrap_or_default();
+            objects.sort_by_key(|o| {
+                let rule = o.get("rule");
+                (
+                    rule.is_some(),
+                    rule.and_then(|r| r["chain"].as_str())
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
+            });
+            objects
+        }
+
+        fn tunnels(&self) -> Vec<String> {
+            self.daemon
+                .inner()
+                .stack
+                .wireguard
+                .kernel
+                .state
+                .devices
+                .iter()
+                .map(|d| format!("{} {:?} peers {}", d.name, d.addresses, d.peers.len()))
+                .collect()
+        }
+
+        fn failed(&self, generation: u64) -> (String, String) {
+            match self.daemon.apply(generation) {
+                Err(ApiError::ApplyFailed { step, reason }) => (step, reason),
+                other => panic!("expected a failed apply, got {other:?}"),
+            }
+        }
     }
 
     #[test]
     fn a_failing_firewall_puts_the_links_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = daemon(dir.path());
-        d.apply(1).unwrap();
-        let before = addresses(&d);
+        let rig = rig();
+        rig.daemon.apply(1).unwrap();
+        let before = rig.addresses();
         assert!(before.contains("192.168.1.1"), "{before}");
-        let plan = d.plan(2).unwrap();
+        let plan = rig.daemon.plan(2).unwrap();
         assert!(
             plan.actions.iter().any(|a| a.contains("192.168.2.1")),
             "{plan:?}"
         );
         // A new address and a firewall change that nft refuses.
-        d.inner().firewall.nft_mut().fail_next = Some("Error: Could not process rule".into());
-        let changed = BASE
-            .replace("192.168.1.1/24", "192.168.2.1/24")
-            .replace("forward = \"accept\"", "forward = \"drop\"");
-        let n3 = d.store.commit(&changed, "both").unwrap();
-        match d.apply(n3) {
-            Err(ApiError::ApplyFailed { step, reason }) => {
-                assert_eq!(step, "firewall");
-                assert!(reason.contains("back on generation 1"), "{reason}");
-            }
-            other => panic!("expected a firewall failure, got {other:?}"),
-        }
-        assert_eq!(addresses(&d), before);
-        assert_eq!(d.status(false)["generation"], 1);
-        assert!(
-            d.status(false)["last_error"]
-                .as_str()
-                .unwrap()
-                .contains("firewall")
+        let n3 = rig.commit(
+            &BASE
+                .replace("192.168.1.1/24", "192.168.2.1/24")
+                .replace("forward = \"accept\"", "forward = \"drop\""),
         );
-        d.apply(2).unwrap();
-        assert!(addresses(&d).contains("192.168.2.1"));
+        rig.daemon.inner().stack.firewall.nft_mut().fail_next =
+            Some("Error: Could not process rule".into());
+        let (step, reason) = rig.failed(n3);
+        assert_eq!(step, "firewall");
+        assert!(reason.contains("undone: links"), "{reason}");
+        assert!(
+            reason.contains("generation 1 is in force again"),
+            "{reason}"
+        );
+        assert_eq!(rig.addresses(), before);
+        let status = rig.daemon.status(false);
+        assert_eq!(status["generation"], 1);
+        assert!(status["last_error"].as_str().unwrap().contains("firewall"));
+        rig.daemon.apply(2).unwrap();
+        assert!(rig.addresses().contains("192.168.2.1"));
     }
 
     #[test]
-    fn an_empty_store_gets_the_built_in_default_and_the_services_see_it() {
+    fn a_wireguard_failure_puts_the_links_and_the_firewall_back() {
+        let rig = rig();
+        rig.daemon.apply(1).unwrap();
+        let (addresses, table) = (rig.addresses(), rig.table());
+        let n = rig.commit(&format!(
+            "{}{TUNNEL}",
+            BASE.replace("192.168.1.1/24", "192.168.2.1/24")
+                .replace("input = \"accept\"", "input = \"drop\"")
+        ));
+        // The kernel refuses the tunnel's device settings (the batch after the link).
+        {
+            let mut inner = rig.daemon.inner();
+            let fake = &mut inner.stack.wireguard.kernel;
+            fake.fail_at = Some(fake.batches.len() + 1);
+        }
+        let (step, reason) = rig.failed(n);
+        assert_eq!(step, "wireguard");
+        assert!(reason.contains("Injected failure"), "{reason}");
+        assert!(reason.contains("undone: firewall, links"), "{reason}");
+        assert_eq!(rig.addresses(), addresses);
+        assert_eq!(rig.table(), table);
+        assert!(rig.tunnels().is_empty(), "{:?}", rig.tunnels());
+        assert_eq!(rig.daemon.applied_generation(), Some(1));
+        // The same generation applies once the kernel takes it.
+        rig.daemon.apply(n).unwrap();
+        assert_eq!(rig.tunnels(), ["wg0 [10.8.0.1/24] peers 1"]);
+    }
+
+    #[test]
+    fn a_dhcp_server_that_cannot_bind_puts_wireguard_firewall_and_links_back() {
+        let rig = rig();
+        rig.daemon.apply(1).unwrap();
+        let (addresses, table) = (rig.addresses(), rig.table());
+        let n = rig.commit(&format!(
+            "{}{TUNNEL}{DHCP}",
+            BASE.replace("192.168.1.1/24", "192.168.2.1/24")
+        ));
+        rig.services.state.lock().unwrap().fail = Some(Service::Dhcp);
+        let (step, reason) = rig.failed(n);
+        assert_eq!(step, "dhcp server");
+        assert!(reason.contains("Address in use"), "{reason}");
+        assert!(
+            reason.contains("undone: wireguard, firewall, links"),
+            "{reason}"
+        );
+        assert_eq!(rig.addresses(), addresses);
+        assert_eq!(rig.table(), table);
+        assert!(rig.tunnels().is_empty(), "{:?}", rig.tunnels());
+        assert!(rig.services.running().is_empty());
+        rig.daemon.apply(n).unwrap();
+        assert_eq!(rig.services.running()[&Service::Dhcp], ["lan"]);
+        assert_eq!(rig.tunnels().len(), 1);
+    }
+
+    #[test]
+    fn a_wan_client_that_cannot_start_puts_the_dhcp_server_back_on_the_previous_generation() {
+        let rig = rig();
+        let lan2 = format!(
+            "{}{}",
+            BASE.replace("192.168.1.1/24", "192.168.2.1/24"),
+            DHCP
+        );
+        let n1 = rig.commit(&lan2);
+        rig.daemon.apply(n1).unwrap();
+        assert_eq!(rig.services.running()[&Service::Dhcp], ["lan"]);
+        // A new DHCP range (the server restarts) and a WAN client that cannot start.
+        let n3 = rig.commit(&format!(
+            "{}[interfaces.wan]\ndevice = \"nic0\"\nipv4 = \"dhcp\"\n",
+            lan2.replace("192.168.2.199", "192.168.2.150")
+        ));
+        rig.services.state.lock().unwrap().fail = Some(Service::Wan);
+        let (step, reason) = rig.failed(n3);
+        assert_eq!(step, "wan dhcp client");
+        assert!(reason.contains("dhcp server"), "{reason}");
+        let log = rig.services.state.lock().unwrap().log.clone();
+        // Restarted for the new range, then back for the old one.
+        assert_eq!(
+            log.iter().filter(|l| l.starts_with("dhcp server")).count(),
+            3,
+            "{log:?}"
+        );
+        assert!(
+            reason.contains("undone: dhcp server, firewall, links"),
+            "{reason}"
+        );
+        assert_eq!(rig.services.running()[&Service::Dhcp], ["lan"]);
+        assert!(!rig.services.running().contains_key(&Service::Wan));
+        assert_eq!(rig.daemon.applied_generation(), Some(n1));
+    }
+
+    #[test]
+    fn a_key_file_that_cannot_be_written_is_refused_before_anything_changes() {
+        let rig = rig();
+        rig.daemon.apply(1).unwrap();
+        let writes = rig.daemon.inner().stack.links.netlink().writes();
+        let nft_writes = rig.daemon.inner().stack.firewall.nft().writes;
+        // The generated key's directory cannot be made: a file is in its way.
+        let blocker = rig._dir.path().join("not-a-directory");
+        std::fs::write(&blocker, "").unwrap();
+        rig.daemon.inner().stack.wireguard_dir = blocker.join("wireguard");
+        let n = rig.commit(&format!(
+            "{}{TUNNEL}",
+            BASE.replace("192.168.1.1/24", "192.168.2.1/24")
+        ));
+        let (step, reason) = rig.failed(n);
+        assert_eq!(step, "wireguard");
+        assert!(reason.contains("cannot write the new key file"), "{reason}");
+        assert!(reason.contains("nothing was applied"), "{reason}");
+        assert_eq!(rig.daemon.inner().stack.links.netlink().writes(), writes);
+        assert_eq!(rig.daemon.inner().stack.firewall.nft().writes, nft_writes);
+        assert!(rig.tunnels().is_empty());
+        // The plan writes no key, so it cannot know; the apply refused before any change.
+    }
+
+    #[test]
+    fn the_plan_dry_runs_the_table_and_names_every_step() {
+        let rig = rig();
+        rig.daemon.apply(1).unwrap();
+        let n = rig.commit(&format!(
+            "{}{TUNNEL}{DHCP}",
+            BASE.replace("192.168.1.1/24", "192.168.2.1/24")
+                .replace("input = \"accept\"", "input = \"drop\"")
+        ));
+        let plan = rig.daemon.plan(n).unwrap().actions;
+        let steps: Vec<&str> =
+            plan.iter()
+                .filter_map(|a| a.split(':').next())
+                .fold(Vec::new(), |mut v, s| {
+                    if v.last() != Some(&s) {
+                        v.push(s);
+                    }
+                    v
+                });
+        assert_eq!(
+            steps,
+            ["links", "firewall", "wireguard", "dhcp server"],
+            "{plan:#?}"
+        );
+        assert!(
+            plan.iter().any(|a| a.contains("checked with nft -c")),
+            "{plan:#?}"
+        );
+        // The plan wrote nothing: no key file, no tunnel.
+        assert!(!rig._dir.path().join("wireguard/wg0.key").exists());
+        assert!(rig.tunnels().is_empty());
+        // nft refuses the table: the plan is Invalid with nft's words.
+        rig.daemon.inner().stack.firewall.nft_mut().fail_next =
+            Some("Error: Could not process rule: No such file or directory".into());
+        match rig.daemon.plan(n) {
+            Err(ApiError::Invalid(e)) => {
+                assert!(e.contains("nft -c"), "{e}");
+                assert!(e.contains("No such file or directory"), "{e}");
+            }
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+        // An unchanged table is not dry-run again: the kernel holds it already.
+        rig.daemon.inner().stack.firewall.nft_mut().fail_next = None;
+        rig.daemon.apply(n).unwrap();
+        rig.daemon.inner().stack.firewall.nft_mut().fail_next = Some("Error: unused".into());
+        assert!(rig.daemon.plan(n).unwrap().actions.is_empty());
+    }
+
+    #[test]
+    fn a_second_apply_of_the_same_generation_does_nothing() {
+        let rig = rig();
+        let n = rig.commit(&format!(
+            "{}{TUNNEL}{DHCP}",
+            BASE.replace("192.168.1.1/24", "192.168.2.1/24")
+        ));
+        let first = rig.daemon.apply(n).unwrap().actions;
+        assert!(
+            first.iter().any(|a| a.starts_with("wireguard:")),
+            "{first:#?}"
+        );
+        let key = rig._dir.path().join("wireguard/wg0.key");
+        let key_text = std::fs::read_to_string(&key).unwrap();
+        let log = rig.services.state.lock().unwrap().log.len();
+        assert!(rig.daemon.apply(n).unwrap().actions.is_empty());
+        assert_eq!(rig.services.state.lock().unwrap().log.len(), log);
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), key_text);
+        // Back to generation 1: the tunnel goes (netd manages WireGuard now), the server stops.
+        let back = rig.daemon.apply(1).unwrap().actions;
+        assert!(
+            back.iter().any(|a| a == "wireguard: ip link del wg0"),
+            "{back:#?}"
+        );
+        assert!(rig.tunnels().is_empty());
+        assert!(rig.services.running().is_empty());
+    }
+
+    #[test]
+    fn an_empty_store_gets_the_built_in_default_with_its_services() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let links = Links::new(FakeNetlink::with_nics(&[
-            ("eth0", [2, 0, 0, 0, 0, 1]),
-            ("eth1", [2, 0, 0, 0, 0, 2]),
-        ]));
-        let d = NetDaemon::new(store, links, Firewall::new(FakeNft::new()));
-        let applied = d.applied();
+        let services = FakeServices::default();
+        let stack = Stack::new(
+            Links::new(FakeNetlink::with_nics(&[
+                ("eth0", [2, 0, 0, 0, 0, 1]),
+                ("eth1", [2, 0, 0, 0, 0, 2]),
+            ])),
+            Firewall::new(FakeNft::new()),
+            Wireguard::new(FakeWg::default()),
+            dir.path().join("wireguard"),
+            Box::new(services.clone()),
+        );
+        let d = NetDaemon::new(store, stack);
         d.apply_active();
         assert_eq!(d.applied_generation(), Some(DEFAULT_GENERATION));
-        assert!(addresses(&d).contains("192.168.1.1"));
-        let cfg = applied.borrow().clone().unwrap();
-        assert_eq!(crate::wan::cli::dhcp_links(&cfg), ["wan"]);
-        assert_eq!(crate::dhcp::scopes(&cfg).len(), 1);
+        let running = services.running();
+        assert_eq!(running[&Service::Wan], ["wan"]);
+        assert_eq!(running[&Service::Dhcp], ["lan"]);
     }
 
     #[test]
-    fn a_wireguard_failure_shows_in_the_status() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = daemon(dir.path());
-        assert!(d.status(false)["net"]["wireguard"]["apply_error"].is_null());
-        *d.wg_error.lock().unwrap() = Some("wireguard.wg0.private_key_file: bad".into());
+    fn a_wireguard_recheck_failure_shows_in_the_status() {
+        let rig = rig();
+        rig.daemon.apply(1).unwrap();
+        assert!(rig.daemon.status(false)["net"]["wireguard"]["apply_error"].is_null());
+        rig.daemon.inner().wg_error = Some("wireguard.wg0.private_key_file: bad".into());
         assert_eq!(
-            d.status(false)["net"]["wireguard"]["apply_error"],
+            rig.daemon.status(false)["net"]["wireguard"]["apply_error"],
             "wireguard.wg0.private_key_file: bad"
         );
+        // Without tunnels the re-check has nothing to do and clears it.
+        rig.daemon.recheck_wireguard();
+        assert!(rig.daemon.status(false)["net"]["wireguard"]["apply_error"].is_null());
     }
 
     /// The wan_addr4 elements as the (fake) kernel holds them.
-    fn wan_set(d: &NetDaemon<FakeNetlink, FakeNft>) -> serde_json::Value {
-        let listing = d.inner().firewall.listing().unwrap().unwrap();
+    fn wan_set(d: &Fake) -> serde_json::Value {
+        let listing = d.inner().stack.firewall.listing().unwrap().unwrap();
         listing["nftables"]
             .as_array()
             .unwrap()
@@ -559,20 +1125,13 @@ mod tests {
 
     #[test]
     fn the_wan_zone_set_follows_the_dhcp_lease_and_survives_an_apply() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let rig = rig();
+        let d = &rig.daemon;
         let wan = format!(
             "{BASE}[interfaces.wan]\ndevice = \"nic0\"\nipv4 = \"dhcp\"\n[firewall.zones.wan]\ninterfaces = [\"wan\"]\ninput = \"drop\"\nforward = \"drop\"\n[firewall.forwards.web]\nprotocol = \"tcp\"\nport = 8080\nto = \"192.168.1.10\"\n"
         );
-        let n1 = store.commit(&wan, "dhcp wan").unwrap();
-        let n2 = store
-            .commit(&wan.replace("port = 8080", "port = 8081"), "other port")
-            .unwrap();
-        let links = Links::new(FakeNetlink::with_nics(&[
-            ("nic0", [2, 0, 0, 0, 0, 0]),
-            ("nic1", [2, 0, 0, 0, 0, 1]),
-        ]));
-        let d = NetDaemon::new(store, links, Firewall::new(FakeNft::new()));
+        let n1 = rig.commit(&wan);
+        let n2 = rig.commit(&wan.replace("port = 8080", "port = 8081"));
         let lease = |a: Option<&str>| crate::wan::AddressChange {
             link: "wan".into(),
             address: a.map(|a| a.parse().unwrap()),
@@ -580,13 +1139,13 @@ mod tests {
         // A lease before the first apply waits for it.
         d.wan_address(&lease(Some("203.0.113.100")));
         d.apply(n1).unwrap();
-        assert_eq!(wan_set(&d), json!(["203.0.113.100"]));
+        assert_eq!(wan_set(d), json!(["203.0.113.100"]));
         d.wan_address(&lease(Some("203.0.113.200")));
-        assert_eq!(wan_set(&d), json!(["203.0.113.200"]));
+        assert_eq!(wan_set(d), json!(["203.0.113.200"]));
         d.apply(n2).unwrap();
-        assert_eq!(wan_set(&d), json!(["203.0.113.200"]));
+        assert_eq!(wan_set(d), json!(["203.0.113.200"]));
         // A failed write shows in the status and is retried.
-        d.inner().firewall.nft_mut().fail_next = Some("Error: busy".into());
+        d.inner().stack.firewall.nft_mut().fail_next = Some("Error: busy".into());
         d.wan_address(&lease(Some("203.0.113.201")));
         let status = d.status(false);
         assert!(
@@ -597,42 +1156,37 @@ mod tests {
             "{status:#}"
         );
         d.retry_zone_sets();
-        assert_eq!(wan_set(&d), json!(["203.0.113.201"]));
+        assert_eq!(wan_set(d), json!(["203.0.113.201"]));
         assert!(d.status(false)["zone_addresses_error"].is_null());
         // Lost: the set empties.
         d.wan_address(&lease(None));
-        assert!(wan_set(&d).is_null(), "{}", wan_set(&d));
+        assert!(wan_set(d).is_null(), "{}", wan_set(d));
     }
 
     #[test]
     fn an_unknown_generation_is_invalid() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = daemon(dir.path());
-        assert!(matches!(d.apply(9), Err(ApiError::Invalid(_))));
+        let rig = rig();
+        assert!(matches!(rig.daemon.apply(9), Err(ApiError::Invalid(_))));
     }
 }
 
-/// `netd serve`.
+/// `netd serve` and `netd check`.
 pub mod cli {
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
     use std::process::ExitCode;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::mpsc::{RecvTimeoutError, Sender};
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
+    use std::sync::mpsc::{Receiver, RecvTimeoutError};
     use std::time::Duration;
 
-    use appliance::Config;
-    use appliance::control::server;
+    use appliance::control::{ApiError, server};
     use appliance::store::Store;
-    use tokio::sync::oneshot;
-    use tokio::task::JoinHandle;
 
-    use super::NetDaemon;
-    use crate::dhcp::{self, Scope};
+    use super::{NetDaemon, Stack};
     use crate::firewall::{Firewall, NftCli};
-    use crate::ipv6::AdvertLink;
     use crate::links::{Links, Rtnetlink};
-    use crate::wan::{self, ClientError, Paths};
+    use crate::services::ThreadServices;
+    use crate::wan::{self, Paths};
+    use crate::wireguard::{KernelWg, Wireguard};
 
     #[derive(Debug, clap::Args)]
     pub struct ServeArgs {
@@ -656,6 +1210,24 @@ pub mod cli {
         wireguard_dir: PathBuf,
     }
 
+    /// `netd check`: what `netd serve` would do with a config, changing nothing.
+    #[derive(Debug, clap::Args)]
+    pub struct CheckArgs {
+        /// The appliance.toml to check.
+        #[arg(long)]
+        config: PathBuf,
+        /// The firewall's record of its last apply (read only): with it the plan says
+        /// what changes in place rather than "replace the table".
+        #[arg(long, default_value = super::DEFAULT_FIREWALL_STATE)]
+        firewall_state: PathBuf,
+        /// The DHCP server's state directory (its leases.json is read, not written).
+        #[arg(long, default_value = "/data/dhcp")]
+        dhcp_dir: PathBuf,
+        /// Where WireGuard keys are kept; a key still to be generated is not written.
+        #[arg(long, default_value = "/data/wireguard")]
+        wireguard_dir: PathBuf,
+    }
+
     pub fn serve(args: ServeArgs) -> ExitCode {
         match run(args) {
             Ok(()) => ExitCode::SUCCESS,
@@ -666,222 +1238,83 @@ pub mod cli {
         }
     }
 
-    /// The WAN DHCP clients (threads: they block on packet sockets) of one config.
-    struct WanClients {
-        links: Vec<String>,
-        stop: Arc<AtomicBool>,
-        thread: std::thread::JoinHandle<Vec<ClientError>>,
-    }
-
-    /// The LAN DHCP server of one config.
-    struct DhcpServer {
-        scopes: Vec<Scope>,
-        stop: oneshot::Sender<()>,
-        task: JoinHandle<()>,
-    }
-
-    /// The router advertisements of one config (a thread per link inside).
-    struct Advertiser {
-        links: Vec<AdvertLink>,
-        stop: Arc<AtomicBool>,
-        thread: std::thread::JoinHandle<Result<(), crate::ipv6::Ipv6Error>>,
-    }
-
-    /// The WireGuard loop: a thread that reconciles the tunnels of every config it is
-    /// sent, and every [`WG_WATCH_INTERVAL`] looks up again the DNS endpoints of peers
-    /// without a handshake for over 2 minutes (what `netd wg watch` does alone).
-    struct WgWatch {
-        configs: std::sync::mpsc::Sender<Arc<Config>>,
-        thread: std::thread::JoinHandle<()>,
-    }
-
-    const WG_WATCH_INTERVAL: Duration = Duration::from_secs(30);
-
-    /// The services inside `netd serve`: the WAN DHCP client, the LAN DHCP server, the
-    /// router advertisements and WireGuard. They run here rather than as units of their
-    /// own because they must follow every config netd applies (a commit-confirm revert
-    /// included) and need the links netd has just made; one process also means one
-    /// watchdog, one capability set and one place that owns the WAN address.
-    struct Services {
-        paths: Paths,
+    fn stack(
+        firewall_state: &Path,
         wireguard_dir: PathBuf,
-        wg_error: Arc<Mutex<Option<String>>>,
-        wan: Option<WanClients>,
-        dhcp: Option<DhcpServer>,
-        ra: Option<Advertiser>,
-        wg: Option<WgWatch>,
+        paths: Paths,
+    ) -> Result<Stack<Rtnetlink, NftCli, KernelWg>, String> {
+        let links = Links::new(Rtnetlink::new().map_err(|e| format!("netlink: {e}"))?);
+        let firewall = Firewall::with_state_file(NftCli::new(), firewall_state);
+        let wireguard = Wireguard::new(KernelWg::new().map_err(|e| format!("netlink: {e}"))?);
+        Ok(Stack::new(
+            links,
+            firewall,
+            wireguard,
+            wireguard_dir,
+            Box::new(ThreadServices::new(paths)),
+        ))
     }
 
-    impl Services {
-        /// Restarts what `cfg` changes: the WAN clients when the DHCP links differ, the
-        /// server when its scopes do. Unchanged services keep their leases and sockets.
-        async fn follow(&mut self, cfg: &Config) {
-            let links = wan::cli::dhcp_links(cfg);
-            if self.wan.as_ref().map(|w| &w.links) != Some(&links) {
-                self.stop_wan().await;
-                if !links.is_empty() {
-                    tracing::info!(?links, "starting the WAN DHCP client");
-                    let stop = Arc::new(AtomicBool::new(false));
-                    let (l, p, s) = (links.clone(), self.paths.clone(), stop.clone());
-                    let thread = std::thread::spawn(move || wan::client::run_all(&l, &p, s));
-                    self.wan = Some(WanClients {
-                        links,
-                        stop,
-                        thread,
-                    });
+    /// Renders `--config`, plans it against the running kernel and dry-runs the table with
+    /// `nft -c`; prints the plan. Exit 0: it would apply; 2: it would be refused (the
+    /// config, the plan or nft says why); 1: the kernel could not be read.
+    pub fn check(args: CheckArgs) -> ExitCode {
+        let cfg = match crate::cli::load_config(&args.config) {
+            Ok(c) => c,
+            Err(code) => return code,
+        };
+        let paths = Paths {
+            state_dir: args.dhcp_dir,
+            dns_file: PathBuf::from(wan::cli::DNS_FILE),
+            changes: None,
+        };
+        let mut stack = match stack(&args.firewall_state, args.wireguard_dir, paths) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::from(1);
+            }
+        };
+        // A tunnel netd runs stays netd's in the plan: removing one is part of it.
+        stack.wireguard_managed = true;
+        match stack.plan(&cfg) {
+            Ok(actions) => {
+                for a in &actions {
+                    println!("  {a}");
                 }
+                println!(
+                    "check: {} is valid; applying it would take {} step(s)",
+                    args.config.display(),
+                    actions.len()
+                );
+                ExitCode::SUCCESS
             }
-            let scopes = dhcp::scopes(cfg);
-            if self.dhcp.as_ref().map(|d| &d.scopes) != Some(&scopes) {
-                self.stop_dhcp().await;
-                if !scopes.is_empty() {
-                    let (stop, stopped) = oneshot::channel::<()>();
-                    let (cfg, dir) = (cfg.clone(), self.paths.state_dir.clone());
-                    let task = tokio::spawn(async move {
-                        let shutdown = async {
-                            let _ = stopped.await;
-                        };
-                        if let Err(e) = dhcp::run(&cfg, &dir, || {}, shutdown).await {
-                            tracing::error!(error = %e, "the DHCP server stopped");
-                        }
-                    });
-                    self.dhcp = Some(DhcpServer { scopes, stop, task });
-                }
+            Err(ApiError::Invalid(e)) => {
+                eprintln!("check: {} would be refused: {e}", args.config.display());
+                ExitCode::from(2)
             }
-            let adverts = crate::ipv6::advertised_links(cfg);
-            if self.ra.as_ref().map(|r| &r.links) != Some(&adverts) {
-                // The old advertiser's last word (router lifetime 0) withdraws prefixes
-                // the new config no longer has; the new one starts at once after it.
-                let before = self
-                    .ra
-                    .as_ref()
-                    .map(|r| r.links.clone())
-                    .unwrap_or_default();
-                self.stop_ra().await;
-                if !adverts.is_empty() {
-                    tracing::info!(links = ?adverts.iter().map(|l| &l.name).collect::<Vec<_>>(), "starting router advertisements");
-                    let stop = Arc::new(AtomicBool::new(false));
-                    // Prefixes a link no longer has go out with zero lifetimes.
-                    let links = crate::ipv6::with_retired(&before, &adverts);
-                    let s = Arc::clone(&stop);
-                    let thread = std::thread::spawn(move || crate::ipv6::run_links(links, s));
-                    self.ra = Some(Advertiser {
-                        links: adverts,
-                        stop,
-                        thread,
-                    });
-                }
-            }
-            self.follow_wireguard(cfg);
-        }
-
-        /// Hands `cfg` to the WireGuard loop, starting it with the first config that has
-        /// a tunnel. A netd that never saw a tunnel leaves WireGuard alone, so tunnels made
-        /// by hand with `netd wg apply` survive a config without `[wireguard]`; once netd
-        /// manages tunnels, a config without them removes them.
-        fn follow_wireguard(&mut self, cfg: &Config) {
-            if self.wg.is_none() && cfg.wireguard.is_empty() {
-                return;
-            }
-            let cfg = Arc::new(cfg.clone());
-            if let Some(w) = &self.wg
-                && w.configs.send(Arc::clone(&cfg)).is_ok()
-            {
-                return;
-            }
-            let (configs, rx) = std::sync::mpsc::channel::<Arc<Config>>();
-            let (dir, error) = (self.wireguard_dir.clone(), Arc::clone(&self.wg_error));
-            let _ = configs.send(cfg);
-            let thread = std::thread::spawn(move || wireguard_loop(&rx, &dir, &error));
-            self.wg = Some(WgWatch { configs, thread });
-        }
-
-        async fn stop_ra(&mut self) {
-            let Some(r) = self.ra.take() else { return };
-            r.stop.store(true, Ordering::SeqCst);
-            match tokio::task::spawn_blocking(move || r.thread.join()).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => tracing::error!("{e}"),
-                _ => tracing::error!("the router advertisement thread panicked"),
-            }
-        }
-
-        async fn stop_wg(&mut self) {
-            let Some(w) = self.wg.take() else { return };
-            drop(w.configs);
-            if tokio::task::spawn_blocking(move || w.thread.join())
-                .await
-                .map_or(true, |r| r.is_err())
-            {
-                tracing::error!("the WireGuard thread panicked");
-            }
-        }
-
-        async fn stop_wan(&mut self) {
-            let Some(w) = self.wan.take() else { return };
-            w.stop.store(true, Ordering::SeqCst);
-            // The clients release their leases before they return.
-            match tokio::task::spawn_blocking(move || w.thread.join()).await {
-                Ok(Ok(errors)) => errors.iter().for_each(|e| tracing::error!("{e}")),
-                _ => tracing::error!("a WAN DHCP client thread panicked"),
-            }
-        }
-
-        async fn stop_dhcp(&mut self) {
-            let Some(d) = self.dhcp.take() else { return };
-            let _ = d.stop.send(());
-            let _ = d.task.await;
-        }
-    }
-
-    /// The WireGuard thread: a new config is reconciled with every endpoint name looked
-    /// up; between configs, every [`WG_WATCH_INTERVAL`], only the names of peers that are
-    /// due (a live session keeps the endpoint it roamed to). Ends when the sender goes.
-    fn wireguard_loop(
-        configs: &std::sync::mpsc::Receiver<Arc<Config>>,
-        dir: &std::path::Path,
-        last_error: &Mutex<Option<String>>,
-    ) {
-        use std::sync::mpsc::RecvTimeoutError;
-        let mut current: Option<Arc<Config>> = None;
-        loop {
-            let (fresh, all) = match configs.recv_timeout(WG_WATCH_INTERVAL) {
-                Ok(cfg) => (Some(cfg), true),
-                Err(RecvTimeoutError::Timeout) => (None, false),
-                Err(RecvTimeoutError::Disconnected) => return,
-            };
-            if let Some(cfg) = fresh {
-                current = Some(cfg);
-            }
-            let Some(cfg) = &current else { continue };
-            let result = if all {
-                crate::wireguard::cli::reconcile(cfg, dir, &|_, _| true)
-            } else {
-                crate::wireguard::cli::reconcile(cfg, dir, &crate::wireguard::cli::due_now())
-            };
-            match &result {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(actions = n, "WireGuard reconciled"),
-                Err(e) if all => tracing::error!("WireGuard: {e}"),
-                Err(e) => tracing::warn!("WireGuard re-check failed, trying again later: {e}"),
-            }
-            if let Ok(mut slot) = last_error.lock() {
-                *slot = result.err();
+            Err(e) => {
+                eprintln!("check: {e}");
+                ExitCode::from(1)
             }
         }
     }
 
     /// How long a failed zone set write waits before it is tried again.
     const ZONE_RETRY: Duration = Duration::from_secs(5);
+    /// How often WireGuard peers are checked for a stale endpoint.
+    const WG_WATCH_INTERVAL: Duration = Duration::from_secs(30);
 
     /// A thread that hands the WAN clients' address changes to the daemon (nft runs,
     /// blocking) and retries failed zone set writes; it ends when the last sender goes.
-    fn follow_wan_addresses<N, F>(daemon: &Arc<NetDaemon<N, F>>) -> Sender<wan::AddressChange>
-    where
+    fn follow_wan_addresses<N, F, W>(
+        daemon: &Arc<NetDaemon<N, F, W>>,
+        rx: Receiver<wan::AddressChange>,
+    ) where
         N: crate::links::Netlink + Send + 'static,
         F: crate::firewall::Nft + Send + 'static,
+        W: crate::wireguard::WgKernel + Send + 'static,
     {
-        let (tx, rx) = std::sync::mpsc::channel::<wan::AddressChange>();
         let daemon = Arc::clone(daemon);
         std::thread::spawn(move || {
             loop {
@@ -895,11 +1328,28 @@ pub mod cli {
                 }
             }
         });
+    }
+
+    /// A thread that runs the WireGuard re-check every [`WG_WATCH_INTERVAL`] until the
+    /// returned sender is dropped.
+    fn watch_wireguard<N, F, W>(daemon: &Arc<NetDaemon<N, F, W>>) -> std::sync::mpsc::Sender<()>
+    where
+        N: crate::links::Netlink + Send + 'static,
+        F: crate::firewall::Nft + Send + 'static,
+        W: crate::wireguard::WgKernel + Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let daemon = Arc::clone(daemon);
+        std::thread::spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(WG_WATCH_INTERVAL) {
+                daemon.recheck_wireguard();
+            }
+        });
         tx
     }
 
-    /// Pings systemd's watchdog from the runtime that serves the socket and runs the DHCP
-    /// server, so a wedged runtime is restarted.
+    /// Pings systemd's watchdog from the runtime that serves the socket, so a wedged
+    /// runtime is restarted.
     fn watchdog() {
         let Some(every) = appliance::sd::watchdog_interval().map(|i| i / 2) else {
             return;
@@ -915,34 +1365,26 @@ pub mod cli {
 
     fn run(args: ServeArgs) -> Result<(), String> {
         let store = Store::open(&args.data_dir).map_err(|e| e.to_string())?;
-        let links = Links::new(Rtnetlink::new().map_err(|e| format!("netlink: {e}"))?);
         if let Some(dir) = args.firewall_state.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
-        let firewall = Firewall::with_state_file(NftCli::new(), &args.firewall_state);
-        let daemon = NetDaemon::new(store, links, firewall);
+        let (changes, changed) = std::sync::mpsc::channel::<wan::AddressChange>();
+        let paths = Paths {
+            state_dir: args.dhcp_dir.clone(),
+            dns_file: args.wan_dns_file.clone(),
+            changes: Some(changes),
+        };
+        let stack = stack(&args.firewall_state, args.wireguard_dir.clone(), paths)?;
+        let daemon = NetDaemon::new(store, stack);
         let _ = daemon.dhcp_dir.set(args.dhcp_dir.clone());
-        let changes = follow_wan_addresses(&daemon);
-        let mut applied = daemon.applied();
+        follow_wan_addresses(&daemon, changed);
         daemon.apply_active();
+        let wg_watch = watch_wireguard(&daemon);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the runtime: {e}"))?;
-        let mut services = Services {
-            paths: Paths {
-                state_dir: args.dhcp_dir.clone(),
-                dns_file: args.wan_dns_file.clone(),
-                changes: Some(changes),
-            },
-            wireguard_dir: args.wireguard_dir.clone(),
-            wg_error: Arc::clone(&daemon.wg_error),
-            wan: None,
-            dhcp: None,
-            ra: None,
-            wg: None,
-        };
-        rt.block_on(async {
+        let served: Result<(), String> = rt.block_on(async {
             let d = Arc::clone(&daemon);
             let task = server::serve(&args.socket, 0o660, move |req| Arc::clone(&d).route(req))
                 .await
@@ -950,10 +1392,6 @@ pub mod cli {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                     .map_err(|e| e.to_string())?;
-            let first = applied.borrow_and_update().clone();
-            if let Some(cfg) = first {
-                services.follow(&cfg).await;
-            }
             watchdog();
             appliance::sd::ready();
             appliance::sd::status(&match daemon.applied_generation() {
@@ -961,30 +1399,19 @@ pub mod cli {
                 Some(n) => format!("serving generation {n}"),
                 None => "serving; no generation applied (see the journal)".to_owned(),
             });
-            loop {
-                tokio::select! {
-                    _ = term.recv() => break,
-                    _ = tokio::signal::ctrl_c() => break,
-                    changed = applied.changed() => {
-                        if changed.is_err() {
-                            break;
-                        }
-                        let cfg = applied.borrow_and_update().clone();
-                        if let Some(cfg) = cfg {
-                            services.follow(&cfg).await;
-                        }
-                    }
-                }
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
             }
             appliance::sd::stopping();
             task.abort();
-            services.stop_ra().await;
-            services.stop_wg().await;
-            services.stop_dhcp().await;
-            services.stop_wan().await;
-            let _ = std::fs::remove_file(&args.socket);
-            tracing::info!("stopped");
             Ok(())
-        })
+        });
+        drop(wg_watch);
+        // Advertisements say goodbye, the WAN client releases its lease.
+        daemon.stop_services();
+        let _ = std::fs::remove_file(&args.socket);
+        tracing::info!("stopped");
+        served
     }
 }

@@ -11,6 +11,7 @@ pub mod firewall;
 pub mod ipv6;
 pub mod links;
 pub mod metrics;
+pub mod services;
 pub mod wan;
 pub mod wireguard;
 

@@ -25,8 +25,11 @@ enum Command {
         #[arg(long, default_value = "/data/dhcp")]
         state_dir: PathBuf,
     },
-    /// Serve the control socket (plan and apply of links and firewall) until SIGTERM.
+    /// Serve the control socket (plan and apply of each generation) until SIGTERM.
     Serve(netd::daemon::cli::ServeArgs),
+    /// What `netd serve` would do with a config: render, plan against the running
+    /// kernel, dry-run the table with `nft -c`; changes nothing. Exit 0 valid, 2 refused.
+    Check(netd::daemon::cli::CheckArgs),
     /// WireGuard tunnels: apply the config's [wireguard] section, status, watch endpoints.
     Wg {
         #[command(subcommand)]
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Command::DhcpServer { config, state_dir } => dhcp_server(&config, &state_dir),
         Command::Wg { command } => netd::wireguard::cli::run(command),
         Command::Serve(args) => netd::daemon::cli::serve(args),
+        Command::Check(args) => netd::daemon::cli::check(args),
         Command::WanDhcp(args) => netd::wan::cli::run(args),
         Command::Ra(args) => netd::ipv6::cli::run(args),
     }

@@ -286,8 +286,9 @@ fn an_unconfirmed_lockout_is_reverted_and_a_confirmed_change_stays() {
     assert_eq!(s["daemons"][0]["status"]["generation"], 3, "{s}");
     assert!(!lab.admin_reaches(), "the confirmed change did not stay");
 
-    // A change netd cannot apply (a device the router does not have): the report names the
-    // step, and netd stays on generation 3.
+    // A change netd refuses (a device the router does not have): netd's plan, which also
+    // dry-runs the table with `nft -c`, refuses it, so applianced stops before any apply
+    // and netd stays on generation 3.
     std::fs::write(lab.path("bad.toml"), BASE.replace("lan0", "nosuch0")).unwrap();
     let out = lab.applctl(&[
         "apply",
@@ -297,7 +298,10 @@ fn an_unconfirmed_lockout_is_reverted_and_a_confirmed_change_stays() {
     ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("on netd"), "{err}");
+    assert!(
+        err.contains("plan of generation") && err.contains("on netd"),
+        "{err}"
+    );
     let s = lab.status();
     assert_eq!(s["active"], 3, "{s}");
     assert_eq!(s["daemons"][0]["status"]["generation"], 3, "{s}");
