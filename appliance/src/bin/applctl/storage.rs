@@ -46,10 +46,23 @@ enum StorageCommand {
     },
     /// Run replication job JOB now.
     Replicate { job: String },
+    /// stored's Prometheus metrics (pools, policies, replication lag and bytes per job), as
+    /// its /metrics serves them.
+    Metrics,
 }
 
 pub fn run(args: &StorageArgs) -> Result<(), CliError> {
     let (method, target, body, timeout) = match &args.command {
+        StorageCommand::Metrics => {
+            let reply = request("stored", &args.socket, TIMEOUT, "GET", "/metrics", None)?;
+            if reply.status != 200 {
+                // The error body is JSON, as for every other request.
+                json_of("stored", reply)?;
+                return Err(CliError::Failed("stored refused /metrics".into()));
+            }
+            print!("{}", String::from_utf8_lossy(&reply.body));
+            return Ok(());
+        }
         StorageCommand::Status => ("GET", "/v1/status".to_owned(), None, TIMEOUT),
         StorageCommand::Snapshots { dataset } => (
             "GET",
@@ -92,7 +105,7 @@ pub fn run(args: &StorageArgs) -> Result<(), CliError> {
             StorageCommand::Status => render_status(&v),
             StorageCommand::Snapshots { .. } => render_snapshots(&v),
             StorageCommand::Prune { .. } => render_prune(&v),
-            StorageCommand::Replicate { .. } => format!("{v:#}\n"),
+            StorageCommand::Replicate { .. } | StorageCommand::Metrics => format!("{v:#}\n"),
         }
     );
     Ok(())
