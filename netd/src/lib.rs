@@ -1,7 +1,9 @@
 //! netd: see README.md for what this crate owns.
 //!
 //! Built so far: the nftables firewall ([`firewall`]) and links, addresses and routes
-//! through rtnetlink ([`links`]), the LAN DHCP server ([`dhcp`]), WireGuard tunnels ([`wireguard`]).
+//! through rtnetlink ([`links`]), the LAN DHCP server ([`dhcp`]), WireGuard tunnels ([`wireguard`]),
+//! and `netd serve` ([`daemon`]), which applies each generation as one transaction over
+//! them and the services it runs ([`services`]).
 
 pub mod cli;
 pub mod command;
