@@ -59,7 +59,7 @@ fn peak_rss() -> Res<(i64, i64)> {
 /// other zones' servers, and a WAN blocklist rule with 100k source addresses. The config
 /// model has no named address sets: a rule's `source` list is how a blocklist is declared,
 /// and netd renders a list that long as a named set of its own.
-fn router_config(extra_forward: bool) -> String {
+fn router_config(extra_forward: bool, z1_ssh_port: u16) -> String {
     let mut s = String::from("version = 1\n\n[system]\nhostname = \"bench\"\n\n");
     let zone = |i: usize| {
         if i == 0 {
@@ -97,9 +97,10 @@ fn router_config(extra_forward: bool) -> String {
         );
     }
     for i in 1..ZONES {
+        let port = if i == 1 { z1_ssh_port } else { 22 };
         let _ = writeln!(
             s,
-            "[[firewall.rules]]\nname = \"z{i}-ssh\"\nfrom = \"z{i}\"\nprotocol = \"tcp\"\nports = [22]\naction = \"accept\"\n"
+            "[[firewall.rules]]\nname = \"z{i}-ssh\"\nfrom = \"z{i}\"\nprotocol = \"tcp\"\nports = [{port}]\naction = \"accept\"\n"
         );
     }
     s.push_str(
@@ -129,11 +130,13 @@ fn load(path: &str) -> Res<appliance::Config> {
     appliance::load_str(&text).map_err(|d| format!("{path}: invalid config: {d}").into())
 }
 
-/// Inside a fresh namespace: netd's full apply, `noops` no-op applies, one forward added
-/// (each timed from the config already loaded: render, plan, write).
+/// Inside a fresh namespace: netd's full apply, `noops` no-op applies, one forward added,
+/// then one rule changed (each timed from the config already loaded: render, plan,
+/// write), and the rule counters read as `/metrics` reads them.
 fn child_apply(args: &[String]) -> Res<()> {
     let base = opt(args, "--config").ok_or("apply needs --config")?;
     let plus = opt(args, "--config-plus").ok_or("apply needs --config-plus")?;
+    let rule = opt(args, "--config-rule").ok_or("apply needs --config-rule")?;
     let noops: usize = opt(args, "--noops").unwrap_or("5").parse()?;
 
     let t = Instant::now();
@@ -162,6 +165,12 @@ fn child_apply(args: &[String]) -> Res<()> {
         .list()?
         .ok_or("the table is missing after the apply")?;
     let list_ms = ms(t.elapsed());
+    let t = Instant::now();
+    let counters = fw.rule_counters()?.ok_or("no rules after the apply")?;
+    let counters_ms = ms(t.elapsed());
+    if counters.len() < FORWARDS {
+        return Err(format!("the rule dump found {} counted rules", counters.len()).into());
+    }
     if let Some(out) = opt(args, "--listing-out") {
         std::fs::write(out, normalize_listing(&listing).to_string())?;
     }
@@ -187,6 +196,35 @@ fn child_apply(args: &[String]) -> Res<()> {
     }
     let one_apply_ms = ms(rendered.elapsed());
     let one_ms = ms(t.elapsed());
+
+    // z1-ssh's port changes: that rule alone is deleted and inserted by its handle
+    let chain_rules = |fw: &Firewall<NftCli>| -> Res<Vec<u64>> {
+        Ok(fw
+            .nft()
+            .rules(Some("input_z1"))?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.handle)
+            .collect())
+    };
+    let handles_before = chain_rules(&fw)?;
+    let cfg3 = load(rule)?;
+    let t = Instant::now();
+    if !fw.apply(&render(&cfg3))? {
+        return Err("netd did not apply the changed rule".into());
+    }
+    let one_rule_ms = ms(t.elapsed());
+    let handles_after = chain_rules(&fw)?;
+    let kept = handles_before
+        .iter()
+        .filter(|h| handles_after.contains(h))
+        .count();
+    if kept + 1 != handles_before.len() {
+        return Err(format!(
+            "one changed rule should leave the other rules of input_z1 alone: {handles_before:?} -> {handles_after:?}"
+        )
+        .into());
+    }
     let _ = std::fs::remove_dir_all(&state_dir);
 
     // nft's own peak is measured by `nft-file --json`: a child of this big process would
@@ -196,7 +234,8 @@ fn child_apply(args: &[String]) -> Res<()> {
         "{}",
         json!({
             "load_ms": load_ms, "render_ms": render_ms, "full_ms": full_ms,
-            "list_ms": list_ms, "noop_ms": noop_ms, "one_forward_ms": one_ms,
+            "list_ms": list_ms, "counters_ms": counters_ms, "noop_ms": noop_ms,
+            "one_forward_ms": one_ms, "one_rule_ms": one_rule_ms,
             "noop_apply_ms": noop_apply_ms, "one_forward_apply_ms": one_apply_ms,
             "rss_kib": rss,
             "json_bytes": rs.to_json().len(),
@@ -330,8 +369,10 @@ fn parent(args: &[String]) -> Res<()> {
             .to_owned())
     };
     let (base, plus) = (path("appliance.toml")?, path("appliance-plus1.toml")?);
-    std::fs::write(&base, router_config(false))?;
-    std::fs::write(&plus, router_config(true))?;
+    let rule = path("appliance-plus1-rule.toml")?;
+    std::fs::write(&base, router_config(false, 22))?;
+    std::fs::write(&plus, router_config(true, 22))?;
+    std::fs::write(&rule, router_config(true, 2222))?;
     println!(
         "==> config: {ZONES} zones, {FORWARDS} port forwards, a {BLOCKLIST}-address blocklist rule ({} bytes) in {}",
         std::fs::metadata(&base)?.len(),
@@ -361,16 +402,27 @@ fn parent(args: &[String]) -> Res<()> {
         std::fs::write(&text, listed)?;
     }
     let mut netd_rows = Vec::new();
-    println!("==> netd: full apply, 5 no-op applies, one forward added; {reps} fresh namespaces");
+    println!(
+        "==> netd: full apply, 5 no-op applies, one forward added, one rule changed; {reps} fresh namespaces"
+    );
     for rep in 0..reps {
         let ns = Netns::new(format!("netd-bench-{pid}-{rep}"))?;
-        let mut argv = vec![exe, "apply", "--config", &base, "--config-plus", &plus];
+        let mut argv = vec![
+            exe,
+            "apply",
+            "--config",
+            &base,
+            "--config-plus",
+            &plus,
+            "--config-rule",
+            &rule,
+        ];
         if rep == 0 {
             argv.extend(["--listing-out", &netd_listing]);
         }
         let row = ns.exec(&argv)?;
         println!(
-            "    rep {rep}: full {:.1} ms, no-op {} ms, one forward {:.1} ms",
+            "    rep {rep}: full {:.1} ms, no-op {} ms, one forward {:.1} ms, one rule {:.1} ms",
             row.get("full_ms")
                 .and_then(Value::as_f64)
                 .unwrap_or(f64::NAN),
@@ -380,6 +432,9 @@ fn parent(args: &[String]) -> Res<()> {
                 .collect::<Vec<_>>()
                 .join("/"),
             row.get("one_forward_ms")
+                .and_then(Value::as_f64)
+                .unwrap_or(f64::NAN),
+            row.get("one_rule_ms")
                 .and_then(Value::as_f64)
                 .unwrap_or(f64::NAN),
         );
@@ -423,8 +478,12 @@ fn parent(args: &[String]) -> Res<()> {
     line("netd render", &nums(&netd_rows, "render_ms"));
     line("netd full apply (render..record)", &full);
     line(
-        "nft -j list of the table (status only)",
+        "nft -j list of the table (before: /metrics)",
         &nums(&netd_rows, "list_ms"),
+    );
+    line(
+        "rule counters by rule dump (/metrics)",
+        &nums(&netd_rows, "counters_ms"),
     );
     line("nft -f (text)", &raw);
     line(
@@ -440,6 +499,10 @@ fn parent(args: &[String]) -> Res<()> {
     line(
         "  of which observe, plan, nft, record",
         &nums(&netd_rows, "one_forward_apply_ms"),
+    );
+    line(
+        "netd one rule changed (render..record)",
+        &nums(&netd_rows, "one_rule_ms"),
     );
     let max = |rows: &[Value], k: &str| nums(rows, k).into_iter().fold(0.0, f64::max) / 1024.0;
     println!(
@@ -462,6 +525,18 @@ fn parent(args: &[String]) -> Res<()> {
     println!("bench: noop_apply = {:.1} ms", pct(&noop, 0.5));
     println!("bench: one_forward_change = {:.1} ms", pct(&one, 0.5));
     println!(
+        "bench: one_rule_change = {:.1} ms",
+        pct(&nums(&netd_rows, "one_rule_ms"), 0.5)
+    );
+    println!(
+        "bench: metrics_rule_counters = {:.1} ms",
+        pct(&nums(&netd_rows, "counters_ms"), 0.5)
+    );
+    println!(
+        "bench: metrics_listing_before = {:.1} ms",
+        pct(&nums(&netd_rows, "list_ms"), 0.5)
+    );
+    println!(
         "bench: netd_apply_peak_rss = {:.1} MiB",
         max(&netd_rows, "rss_kib")
     );
@@ -473,7 +548,6 @@ fn parent(args: &[String]) -> Res<()> {
         "bench: nft_text_peak_rss = {:.1} MiB",
         max(&nft_rows, "nft_rss_kib")
     );
-    println!("bench: wg_1000_peers = n/a (VM only: see tests/vm/wireguard.rs)");
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 //! (it builds the image when there is none); the `vm` feature keeps them out of
 //! `cargo test --workspace` until CI can afford them.
 
+mod bench_net;
 mod bench_storage;
 mod capabilities;
 mod harness;

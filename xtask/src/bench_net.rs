@@ -1,13 +1,18 @@
-//! `cargo xtask bench net [--reps N]`: netd's firewall against raw `nft` in fresh network
-//! namespaces of the host, one run (netd's bench_net example; needs root, iproute2 and
-//! nftables, which it installs).
+//! `cargo xtask bench net [--reps N] [--no-vm]`: netd's firewall against raw `nft` in
+//! fresh network namespaces of the host, one run (netd's bench_net example; needs root,
+//! iproute2 and nftables, which it installs), then 1000 WireGuard peers applied by a
+//! release netd in one VM boot (`tests/vm/bench_net.rs`, an ignored VM test: the host
+//! kernel has no WireGuard). `--no-vm` leaves the VM part out.
 
 use anyhow::Context as _;
 
-use super::{Failure, cargo, ensure_debian_packages, repo_root, run, usage};
+use super::{
+    Failure, QEMU_PACKAGES, cargo, ensure_debian_packages, image_if_needed, repo_root, run, usage,
+};
 
 pub(super) fn run_bench(opts: &[String]) -> Result<(), Failure> {
     let mut reps = "5".to_owned();
+    let mut vm = true;
     let mut it = opts.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -15,6 +20,7 @@ pub(super) fn run_bench(opts: &[String]) -> Result<(), Failure> {
                 Some(v) if v.parse::<u64>().is_ok_and(|n| n > 0) => reps.clone_from(v),
                 _ => return usage("--reps needs a positive number"),
             },
+            "--no-vm" => vm = false,
             other => return usage(format!("unknown option to bench net: `{other}`")),
         }
     }
@@ -37,5 +43,35 @@ pub(super) fn run_bench(opts: &[String]) -> Result<(), Failure> {
         ])
         .arg(&dir))
     .context("the net bench failed")?;
+    if !vm {
+        println!("bench: wg_1000_peers = n/a (--no-vm)");
+        return Ok(());
+    }
+    // The figure is for the tree's optimized netd, copied into the guest: the image's
+    // may be older.
+    println!("==> WireGuard: 1000 peers applied by a release netd in a VM ({reps} reps)");
+    run(cargo(&root).args(["build", "--release", "--locked", "-p", "netd"]))
+        .context("building netd")?;
+    image_if_needed(false)?;
+    ensure_debian_packages(QEMU_PACKAGES)?;
+    run(cargo(&root)
+        .args([
+            "test",
+            "--locked",
+            "-p",
+            "appliance-tests",
+            "--features",
+            "vm",
+            "--test",
+            "vm",
+            "--",
+            "--ignored",
+            "--exact",
+            "bench_net::bench_wg_peers",
+            "--nocapture",
+        ])
+        .env("NETD_BIN", root.join("target").join("release").join("netd"))
+        .env("BENCH_WG_REPS", &reps))
+    .context("the WireGuard half of the net bench failed")?;
     Ok(())
 }

@@ -50,10 +50,12 @@ Commands:
   bench ota [--size-mib N]
                           bundle verify against sha256sum, install into a slot file
                           against dd, on one payload (default 512 MiB)
-  bench net [--reps N]    netd's firewall (8 zones, 2000 forwards, a 100k-address
+  bench net [--reps N] [--no-vm]
+                          netd's firewall (8 zones, 2000 forwards, a 100k-address
                           blocklist) against `nft -f` of the same table, the no-op apply
                           and a one-forward change, in fresh network namespaces (root);
-                          config and rulesets in target/bench/net/ (default 5 reps)
+                          config and rulesets in target/bench/net/ (default 5 reps); then
+                          1000 WireGuard peers applied by netd in a VM
   bench storage [--full-mib N] [--inc-mib N] [--empty N] [--only prune|replication]
                           in one VM boot: raw zfs send|recv, syncoid and stored on a full
                           send (512 MiB), an incremental (1024 MiB) and 1000 empty
