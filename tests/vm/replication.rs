@@ -369,7 +369,97 @@ datasets = ["dst/backup"]
         tail(&vm.sh("cat /tmp/receiver.log"), 40)
     );
 
+    local_transport(&g, &pools);
     ssh_transport(&g, &pools);
+}
+
+/// `transport = "local"` in the same boot: src/loc into dst/local on the other pool, lzc
+/// send into lzc receive inside one `stored replicate`. Full and incremental checked by
+/// GUID and sha256, the hold on the base, then a resume after `kill -9` mid-stream.
+fn local_transport(g: &Guest<'_>, pools: &str) {
+    let vm = g.vm;
+    vm.sh("zfs create src/loc && zfs create dst/local");
+    let cfg = g.config(
+        "local",
+        &format!(
+            r#"{pools}
+[replication.pool2pool]
+transport = "local"
+target_dataset = "dst/local"
+datasets = ["src/loc"]
+"#
+        ),
+    );
+    let same = || {
+        let (src, dst) = (g.guids("src/loc"), g.guids("dst/local/loc"));
+        assert_eq!(dst.last(), src.last(), "newest snapshot by GUID");
+        let sums = g.sums("/mnt/src/loc");
+        assert!(!sums.is_empty());
+        assert_eq!(sums, g.sums("/mnt/dst/local/loc"));
+    };
+
+    vm.sh(
+        "for i in 1 2 3; do head -c 300000 /dev/urandom > /mnt/src/loc/f$i; done && \
+         zfs snapshot src/loc@l1",
+    );
+    let full = g.ok(&format!("replicate pool2pool --config {cfg}"));
+    assert_eq!(field(&full, "snapshots"), "1", "{full}");
+    same();
+    assert_eq!(
+        vm.sh("zfs get -H -o value readonly,mounted dst/local/loc"),
+        "on\nyes\n"
+    );
+    assert!(g.holds("src/loc@l1").contains("stored-repl:pool2pool"));
+
+    vm.sh("echo changed > /mnt/src/loc/f1 && rm /mnt/src/loc/f2 && zfs snapshot src/loc@l2");
+    let inc = g.ok(&format!("replicate pool2pool --config {cfg}"));
+    assert_eq!(field(&inc, "snapshots"), "1", "{inc}");
+    let (inc_bytes, full_bytes): (u64, u64) = (
+        field(&inc, "bytes").parse().unwrap(),
+        field(&full, "bytes").parse().unwrap(),
+    );
+    assert!(inc_bytes < full_bytes, "{inc_bytes} >= {full_bytes}");
+    same();
+    assert!(g.holds("src/loc@l2").contains("stored-repl:pool2pool"));
+    assert!(!g.holds("src/loc@l1").contains("stored-repl:pool2pool"));
+
+    // kill -9 mid-stream (24 MiB at 3 MB/s: 8 s or more), then a resume from the token.
+    vm.sh("head -c 25165824 /dev/urandom > /mnt/src/loc/big && zfs snapshot src/loc@l3");
+    let stream_size: u64 = vm
+        .sh("zfs send -nvP -L -e -c -i src/loc@l2 src/loc@l3 | awk '$1 == \"size\" {print $2}'")
+        .trim()
+        .parse()
+        .unwrap();
+    vm.sh(&format!(
+        "setsid nohup {} replicate pool2pool --config {cfg} --bwlimit 3000000 \
+         >/tmp/local-cut.log 2>&1 </dev/null & echo $! > /tmp/local-cut.pid",
+        g.bin
+    ));
+    vm.wait_until(
+        "grep -q sending /tmp/local-cut.log",
+        Duration::from_secs(60),
+    );
+    vm.sh("sleep 3; kill -9 $(cat /tmp/local-cut.pid)");
+    let token = vm.wait_until(
+        "t=$(zfs get -H -o value receive_resume_token dst/local/loc); \
+         [ \"$t\" != - ] && echo $t",
+        Duration::from_secs(60),
+    );
+    assert!(token.trim().starts_with("1-"), "{token}");
+    let resumed = g.ok(&format!("replicate pool2pool --config {cfg}"));
+    assert_eq!(field(&resumed, "resumed"), "true", "{resumed}");
+    let resumed_bytes: u64 = field(&resumed, "bytes").parse().unwrap();
+    eprintln!("local resume: {resumed_bytes} of a {stream_size}-byte stream sent after the cut");
+    assert!(
+        resumed_bytes < stream_size,
+        "the resumed run sent {resumed_bytes} bytes, not less than the whole {stream_size}"
+    );
+    assert_eq!(
+        vm.sh("zfs get -H -o value receive_resume_token dst/local/loc")
+            .trim(),
+        "-"
+    );
+    same();
 }
 
 /// The ssh transport in the same boot: the guest's sshd on loopback, a key made here, the
