@@ -65,8 +65,8 @@ pub trait Nft {
     fn generation(&self) -> Result<u32, NftError>;
 
     /// The table's rules (of one chain with `chain`) in chain order with their handles,
-    /// comments and counters, or `None` when there is no such table or chain. Cheap: no
-    /// set element is read.
+    /// comments and counters. Without such a table or chain: `None`, or an empty list
+    /// (the kernel's filtered dump is simply empty). Cheap: no set element is read.
     fn rules(&self, chain: Option<&str>) -> Result<Option<Vec<KernelRule>>, NftError>;
 }
 

@@ -70,7 +70,8 @@ pub struct KernelRule {
 }
 
 /// The rules of `inet appliance` (of one chain with `chain`) in the named namespace or
-/// this one, or `None` when the table (or that chain) does not exist.
+/// this one. A table or chain that does not exist is an empty list (the kernel filters
+/// the dump) or, should the kernel answer ENOENT, `None`.
 pub fn dump(
     netns: Option<&str>,
     chain: Option<&str>,
