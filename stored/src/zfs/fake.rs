@@ -430,6 +430,20 @@ impl Zfs for FakeZfs {
         Ok(out)
     }
 
+    fn snapshot_names_under(
+        &self,
+        dataset: &str,
+        recursive: bool,
+    ) -> Result<Vec<(String, String)>, ZfsError> {
+        let mut out: Vec<(String, String)> = self
+            .snapshots(dataset, recursive)?
+            .into_iter()
+            .map(|s| (s.dataset, s.name))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
     fn snapshot(&mut self, names: &[String], _props: &[(String, String)]) -> Result<(), ZfsError> {
         self.take_failure(|| "lzc_snapshot".into())?;
         // The kernel refuses two snapshots of one dataset in one call with EXDEV.
@@ -474,28 +488,33 @@ impl Zfs for FakeZfs {
     }
 
     fn destroy_snapshots(&mut self, names: &[String]) -> Result<(), ZfsError> {
-        self.take_failure(|| "lzc_destroy_snaps".into())?;
-        // All or nothing, as lzc_destroy_snaps; a missing snapshot is not an error. Like the
-        // kernel's check pass, every held snapshot is reported, not only the first.
+        self.take_failure(|| "the destroy channel program".into())?;
+        // As the real destroy program: a held snapshot is refused and named, the others
+        // go; a missing snapshot is not an error.
         let held: Vec<(String, io::Error)> = names
             .iter()
             .filter(|full| self.find_snap(full).is_some_and(|s| !s.holds.is_empty()))
             .map(|full| (full.clone(), io::Error::from_raw_os_error(EBUSY)))
             .collect();
+        for full in names {
+            if held.iter().any(|(h, _)| h == full) {
+                continue;
+            }
+            if let Some((ds, name)) = full.split_once('@')
+                && let Some(v) = self.snaps.get_mut(ds)
+            {
+                v.retain(|s| s.name != name);
+            }
+        }
         if let Some((first, _)) = held.first() {
+            self.destroy_calls += 1;
+            self.writes += 1;
             return Err(ZfsError::Lzc(LzcError::Failed {
                 op: "destroy snapshots",
                 target: first.clone(),
                 source: io::Error::from_raw_os_error(EBUSY),
                 per_item: held,
             }));
-        }
-        for full in names {
-            if let Some((ds, name)) = full.split_once('@')
-                && let Some(v) = self.snaps.get_mut(ds)
-            {
-                v.retain(|s| s.name != name);
-            }
         }
         self.destroy_calls += 1;
         self.writes += 1;

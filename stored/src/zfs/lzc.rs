@@ -21,6 +21,13 @@ use zfs_core_sys as sys;
 /// snapshots is one call.
 pub const DESTROY_BATCH: usize = 20_000;
 
+/// The most Lua instructions and bytes the kernel lets a channel program use by default
+/// (`zfs_lua_max_instrlimit`, `zfs_lua_max_memlimit`). The memory limit also sizes the
+/// buffer libzfs_core receives the program's result in, so a listing of a large tree needs
+/// it: 10,000 snapshots come back in about 1.5 MB.
+pub const PROGRAM_INSTRUCTIONS: u64 = 100_000_000;
+pub const PROGRAM_MEMORY: u64 = 100 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum LzcError {
     #[error(
@@ -31,6 +38,14 @@ pub enum LzcError {
     Nul(String),
     #[error("out of memory building an nvlist for libzfs_core")]
     NoMemory,
+    #[error("channel program on pool {pool}: {source}{}", lua_message(.message))]
+    Program {
+        pool: String,
+        #[source]
+        source: io::Error,
+        /// What the Lua interpreter reported (a runtime error and its traceback).
+        message: Option<String>,
+    },
     #[error("{op} {target}: {source}{}", details(.per_item))]
     Failed {
         op: &'static str,
@@ -49,11 +64,20 @@ fn details(items: &[(String, io::Error)]) -> String {
         .collect()
 }
 
+fn lua_message(message: &Option<String>) -> String {
+    message
+        .as_ref()
+        .map(|m| format!(" ({})", m.trim_end()))
+        .unwrap_or_default()
+}
+
 impl LzcError {
     /// The errno of the whole call, when it failed in libzfs_core.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            Self::Failed { source, .. } | Self::Init(source) => source.raw_os_error(),
+            Self::Failed { source, .. } | Self::Init(source) | Self::Program { source, .. } => {
+                source.raw_os_error()
+            }
             _ => None,
         }
     }
@@ -589,6 +613,64 @@ impl Lzc {
     }
 }
 
+impl Lzc {
+    /// Runs a Lua channel program on `pool` in the kernel. `args` is the program's argument
+    /// (`...`); an nvlist of booleans arrives as an array of its names, in order. With
+    /// `sync`, the program runs in syncing context, all of it in one txg, and may change
+    /// the pool (`zfs.sync.*`); without, it only reads, in open context. Returns what the
+    /// program returned (`None` for nothing); a table arrives as a list of pairs.
+    pub fn channel_program(
+        &self,
+        pool: &str,
+        program: &str,
+        args: &NvList,
+        sync: bool,
+    ) -> Result<Option<NvValue>, LzcError> {
+        let (p, text) = (cstring(pool)?, cstring(program)?);
+        let mut out: *mut sys::nvlist_t = ptr::null_mut();
+        let run = if sync {
+            sys::lzc_channel_program
+        } else {
+            sys::lzc_channel_program_nosync
+        };
+        // SAFETY: both strings are NUL-terminated and `args` is live for the call;
+        // libzfs_core copies what it sends. `out` is a valid out-pointer whose list (the
+        // result, or the Lua error) we own afterwards.
+        let rc = unsafe {
+            run(
+                p.as_ptr(),
+                text.as_ptr(),
+                PROGRAM_INSTRUCTIONS,
+                PROGRAM_MEMORY,
+                args.as_ptr(),
+                &mut out,
+            )
+        };
+        // SAFETY: the list, when there is one, is ours to free.
+        let out = unsafe { NvList::from_raw(out) };
+        let mut pairs = out.map(|l| l.pairs()).unwrap_or_default();
+        let mut take = |key: &str| {
+            pairs
+                .iter()
+                .position(|(k, _)| k == key)
+                .map(|i| pairs.swap_remove(i).1)
+        };
+        if rc != 0 {
+            let message = match take("error") {
+                Some(NvValue::String(m)) => Some(m),
+                Some(other) => Some(format!("{other:?}")),
+                None => None,
+            };
+            return Err(LzcError::Program {
+                pool: pool.to_owned(),
+                source: io::Error::from_raw_os_error(rc),
+                message,
+            });
+        }
+        Ok(take("return"))
+    }
+}
+
 impl Drop for Lzc {
     fn drop(&mut self) {
         // SAFETY: pairs the libzfs_core_init of `open`; the library counts references.
@@ -665,7 +747,7 @@ mod tests {
     /// symbol missing from the installed library fails here rather than on the box.
     #[test]
     fn every_lzc_call_links() {
-        let calls: [*const (); 14] = [
+        let calls: [*const (); 16] = [
             sys::libzfs_core_init as *const (),
             sys::libzfs_core_fini as *const (),
             sys::lzc_snapshot as *const (),
@@ -678,6 +760,8 @@ mod tests {
             sys::lzc_rollback_to as *const (),
             sys::lzc_send_resume as *const (),
             sys::lzc_receive_resumable as *const (),
+            sys::lzc_channel_program as *const (),
+            sys::lzc_channel_program_nosync as *const (),
             sys::nvlist_next_nvpair as *const (),
             sys::nvpair_value_nvlist as *const (),
         ];

@@ -12,6 +12,7 @@ mod fake;
 pub mod lzc;
 mod real;
 pub mod resume;
+pub mod zcp;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -235,9 +236,18 @@ pub trait Zfs {
 
     /// Snapshots of `dataset`, or of it and its descendants, oldest first.
     fn snapshots(&self, dataset: &str, recursive: bool) -> Result<Vec<Snapshot>, ZfsError>;
+    /// The names alone, `(dataset, snapshot)`, sorted: what a prune needs, listed by one
+    /// channel program in about a second for 10,000 snapshots where [`Zfs::snapshots`]
+    /// took a minute or two (TCG).
+    fn snapshot_names_under(
+        &self,
+        dataset: &str,
+        recursive: bool,
+    ) -> Result<Vec<(String, String)>, ZfsError>;
     /// Takes snapshots (full names, one pool) atomically, with user properties.
     fn snapshot(&mut self, names: &[String], props: &[(String, String)]) -> Result<(), ZfsError>;
-    /// Destroys snapshots (full names), batched; held ones make it fail.
+    /// Destroys snapshots (full names) in the order given, batched. A held one is refused
+    /// and the others still go: the error then names each refused snapshot (EBUSY).
     fn destroy_snapshots(&mut self, names: &[String]) -> Result<(), ZfsError>;
     /// `(snapshot, tag)` pairs.
     fn hold(&mut self, holds: &[(String, String)]) -> Result<(), ZfsError>;

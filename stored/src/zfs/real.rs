@@ -1,10 +1,13 @@
-//! The real [`Zfs`]: libzfs_core where it has a call (snapshots, destroys, holds), the
-//! `zfs`/`zpool` tools for the rest.
+//! The real [`Zfs`]: libzfs_core where it has a call (snapshots, holds), channel programs
+//! for listing and destroying snapshots ([`zcp`](super::zcp)), the `zfs`/`zpool` tools for
+//! the rest.
 
 use std::collections::BTreeMap;
+use std::io;
 
 use super::cli::ZfsCli;
-use super::lzc::Lzc;
+use super::lzc::{DESTROY_BATCH, Lzc, LzcError, NvList};
+use super::zcp;
 use super::{
     DatasetState, DiskState, PoolSpec, PoolState, PoolUsage, Prop, Snapshot, Zfs, ZfsError, by_pool,
 };
@@ -93,6 +96,20 @@ impl Zfs for RealZfs {
         self.cli.snapshots(dataset, recursive)
     }
 
+    fn snapshot_names_under(
+        &self,
+        dataset: &str,
+        recursive: bool,
+    ) -> Result<Vec<(String, String)>, ZfsError> {
+        let pool = dataset.split('/').next().unwrap_or(dataset);
+        let mut roots = NvList::new()?;
+        roots.add_boolean(dataset)?;
+        let value =
+            self.lzc
+                .channel_program(pool, &zcp::names_program(recursive), &roots, false)?;
+        zcp::parse_names(&format!("the snapshot names of {dataset}"), value)
+    }
+
     fn snapshot(&mut self, names: &[String], props: &[(String, String)]) -> Result<(), ZfsError> {
         for (pool, names) in by_pool(names, String::as_str) {
             tracing::info!(pool, count = names.len(), "taking snapshots");
@@ -102,11 +119,27 @@ impl Zfs for RealZfs {
     }
 
     fn destroy_snapshots(&mut self, names: &[String]) -> Result<(), ZfsError> {
+        let mut refused = Vec::new();
         for (pool, names) in by_pool(names, String::as_str) {
             tracing::info!(pool, count = names.len(), "destroying snapshots");
-            self.lzc.destroy_snaps(&names, false)?;
+            for chunk in names.chunks(DESTROY_BATCH) {
+                let mut list = NvList::new()?;
+                for n in chunk {
+                    list.add_boolean(n)?;
+                }
+                let value = self.lzc.channel_program(&pool, zcp::DESTROY, &list, true)?;
+                refused.extend(zcp::parse_refused(value));
+            }
         }
-        Ok(())
+        match refused.first() {
+            None => Ok(()),
+            Some((first, e)) => Err(ZfsError::Lzc(LzcError::Failed {
+                op: "destroy snapshots",
+                target: first.clone(),
+                source: io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(0)),
+                per_item: refused,
+            })),
+        }
     }
 
     fn hold(&mut self, holds: &[(String, String)]) -> Result<(), ZfsError> {

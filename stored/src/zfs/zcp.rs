@@ -1,0 +1,150 @@
+//! The channel programs (Lua run by the kernel, `zfs program`) that list and destroy
+//! snapshots for a prune, and the reading of what they return.
+//!
+//! Measured in the TCG guest on a tree of 101 datasets with 100 snapshots each (10,100):
+//! `zfs list -t snapshot -o name,...` took 52-114 s, one ioctl per snapshot, each answered
+//! with its properties; the names alone through [`NAMES`] took 0.8 s in one ioctl. Asking
+//! for properties inside the program (`zfs.get_prop`) was slower than `zfs list` (112-200 s
+//! for three of them), so the prune lists names only and lets the kernel's destroy check
+//! decide about holds. The destroy program takes the snapshots in the order given: oldest
+//! first within each dataset took 140 s where the hash order `lzc_destroy_snaps` uses (its
+//! own channel program iterates a Lua table keyed by name) took 280 s.
+
+use std::io;
+
+use super::ZfsError;
+use super::lzc::NvValue;
+
+/// Lists the snapshot names of the datasets given (an array of names) and, when
+/// `RECURSIVE`, of their descendants, as the keys of the table returned.
+const NAMES: &str = r#"
+local roots = ...
+local out = {}
+local function list(ds)
+  for s in zfs.list.snapshots(ds) do
+    out[s] = true
+  end
+  if RECURSIVE then
+    for c in zfs.list.children(ds) do
+      list(c)
+    end
+  end
+end
+for _, ds in ipairs(roots) do
+  list(ds)
+end
+return out
+"#;
+
+/// The names program, recursive or not.
+pub fn names_program(recursive: bool) -> String {
+    format!("local RECURSIVE = {recursive}\n{NAMES}")
+}
+
+/// Destroys the snapshots given (an array of full names, all in one pool) in that order,
+/// in syncing context: one txg for all. A snapshot the kernel refuses (EBUSY for a hold
+/// placed since it was listed) is skipped and returned as `{ [name] = "errno" }`; the
+/// others are destroyed. A missing snapshot counts as destroyed, as with
+/// `lzc_destroy_snaps`.
+pub const DESTROY: &str = r#"
+local snaps = ...
+local refused = {}
+for _, s in ipairs(snaps) do
+  local err = zfs.sync.destroy(s)
+  if err ~= 0 then
+    refused[s] = tostring(err)
+  end
+end
+return refused
+"#;
+
+/// Reads the names program's result as `(dataset, snapshot name)` pairs, sorted.
+pub fn parse_names(
+    program: &str,
+    value: Option<NvValue>,
+) -> Result<Vec<(String, String)>, ZfsError> {
+    let bad = |line: String, why: &str| ZfsError::Parse {
+        command: program.to_owned(),
+        line,
+        why: why.to_owned(),
+    };
+    let pairs = match value {
+        Some(NvValue::List(pairs)) => pairs,
+        // An empty Lua table comes back as an empty nvlist, or as nothing at all.
+        None => Vec::new(),
+        Some(other) => return Err(bad(format!("{other:?}"), "expected a table")),
+    };
+    let mut out = Vec::with_capacity(pairs.len());
+    for (full, _) in pairs {
+        match full.split_once('@') {
+            Some((dataset, name)) => out.push((dataset.to_owned(), name.to_owned())),
+            None => return Err(bad(full, "not a snapshot name")),
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The snapshots the destroy program skipped, with the errno the kernel gave for each.
+pub fn parse_refused(value: Option<NvValue>) -> Vec<(String, io::Error)> {
+    let Some(NvValue::List(pairs)) = value else {
+        return Vec::new();
+    };
+    pairs
+        .into_iter()
+        .map(|(name, v)| {
+            let errno = match v {
+                NvValue::String(s) => s.parse().unwrap_or(0),
+                _ => 0,
+            };
+            (name, io::Error::from_raw_os_error(errno))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &str) -> NvValue {
+        NvValue::String(v.into())
+    }
+
+    #[test]
+    fn names_read_into_pairs_and_anything_else_is_an_error() {
+        let value = NvValue::List(vec![
+            ("tank/a@b".into(), NvValue::Other(2)),
+            ("tank/a/c@a".into(), NvValue::Other(2)),
+        ]);
+        assert_eq!(
+            parse_names("names", Some(value)).unwrap(),
+            [
+                ("tank/a".to_owned(), "b".to_owned()),
+                ("tank/a/c".to_owned(), "a".to_owned())
+            ]
+        );
+        assert!(parse_names("names", None).unwrap().is_empty());
+        let e = parse_names("names", Some(s("x"))).unwrap_err().to_string();
+        assert!(e.contains("expected a table"), "{e}");
+        let value = NvValue::List(vec![("tank/a".into(), NvValue::Other(2))]);
+        let e = parse_names("names", Some(value)).unwrap_err().to_string();
+        assert!(e.contains("not a snapshot name"), "{e}");
+    }
+
+    #[test]
+    fn refused_snapshots_carry_their_errno() {
+        let value = NvValue::List(vec![("tank/a@x".into(), s("16"))]);
+        let got = parse_refused(Some(value));
+        assert_eq!(got[0].0, "tank/a@x");
+        assert_eq!(got[0].1.kind(), io::ErrorKind::ResourceBusy);
+        assert!(parse_refused(None).is_empty());
+        assert!(parse_refused(Some(NvValue::List(Vec::new()))).is_empty());
+    }
+
+    #[test]
+    fn the_programs_say_what_they_are() {
+        assert!(names_program(true).starts_with("local RECURSIVE = true\n"));
+        assert!(names_program(false).starts_with("local RECURSIVE = false\n"));
+        assert!(DESTROY.contains("zfs.sync.destroy"));
+    }
+}
