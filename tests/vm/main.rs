@@ -17,6 +17,7 @@ mod ota_power;
 mod replication;
 mod shares;
 mod storage;
+mod storage_daemon;
 mod units;
 mod vlan;
 mod wireguard;
