@@ -634,23 +634,61 @@ where
 
     /// On start: applies the active generation, so netd matches the store without waiting
     /// for applianced. A failure is logged and shown in the status; netd keeps serving.
-    pub fn apply_active(&self) {
+    ///
+    /// When the active generation fails (its transaction undid everything, so the box
+    /// would be unconfigured: no firewall, no LAN address), the built-in default is
+    /// applied in its place, as on a new box, and the generation is returned so that
+    /// the caller retries it ([`NetDaemon::retry_active`]).
+    pub fn apply_active(&self) -> Option<u64> {
         match self.store.current() {
             Ok((Some(g), _)) => match self.apply(g.info.number) {
-                Ok(r) => tracing::info!(
-                    generation = g.info.number,
-                    steps = r.actions.len(),
-                    "active generation applied at start"
-                ),
+                Ok(r) => {
+                    tracing::info!(
+                        generation = g.info.number,
+                        steps = r.actions.len(),
+                        "active generation applied at start"
+                    );
+                    None
+                }
                 Err(e) => {
-                    tracing::error!(generation = g.info.number, error = %e, "cannot apply the active generation at start")
+                    tracing::error!(generation = g.info.number, error = %e, "cannot apply the active generation at start; applying the built-in default until it applies");
+                    self.apply_default();
+                    Some(g.info.number)
                 }
             },
-            Ok((None, _)) => self.apply_default(),
+            Ok((None, _)) => {
+                self.apply_default();
+                None
+            }
             Err(e) => {
                 // A broken /data must not leave the box unfiltered and unreachable.
                 tracing::error!(error = %e, "cannot read the config store; applying the built-in default");
                 self.apply_default();
+                None
+            }
+        }
+    }
+
+    /// Tries again the active `generation` that failed at start, while the built-in
+    /// default stands in for it. Returns true when there is nothing left to retry: it
+    /// applied, or another generation was applied or activated since.
+    pub fn retry_active(&self, generation: u64) -> bool {
+        // None: the default failed too; it stays worth retrying.
+        if !matches!(self.applied_generation(), Some(DEFAULT_GENERATION) | None) {
+            return true;
+        }
+        match self.store.current() {
+            Ok((Some(g), _)) if g.info.number == generation => {}
+            _ => return true,
+        }
+        match self.apply(generation) {
+            Ok(_) => {
+                tracing::info!(generation, "the active generation applied on a retry");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(generation, error = %e, "the active generation still fails; the built-in default stays");
+                false
             }
         }
     }
@@ -1074,6 +1112,45 @@ mod tests {
     }
 
     #[test]
+    fn an_active_generation_that_fails_at_start_leaves_the_default_and_is_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("config")).unwrap();
+        // On the card the default names lan too: a card the default renamed is not
+        // handed to another interface key.
+        let n1 = store.commit(&BASE.replace("nic1", "eth1"), "base").unwrap();
+        store.activate(n1).unwrap();
+        let services = FakeServices::default();
+        let stack = Stack::new(
+            Links::new(FakeNetlink::with_nics(&[
+                ("eth0", [2, 0, 0, 0, 0, 1]),
+                ("eth1", [2, 0, 0, 0, 0, 2]),
+            ])),
+            Firewall::new(FakeNft::new()),
+            Wireguard::new(FakeWg::default()),
+            dir.path().join("wireguard"),
+            Box::new(services.clone()),
+        );
+        let d = NetDaemon::new(store, stack);
+        d.inner().stack.firewall.nft_mut().fail_next = Some("Error: Could not process rule".into());
+        assert_eq!(d.apply_active(), Some(n1));
+        assert_eq!(d.applied_generation(), Some(DEFAULT_GENERATION));
+        assert_eq!(services.running()[&Service::Dhcp], ["lan"]);
+        // The failure is gone: the retry applies generation 1 and nothing is left to retry.
+        assert!(d.retry_active(n1));
+        assert_eq!(d.applied_generation(), Some(n1));
+        assert!(
+            services
+                .running()
+                .get(&Service::Dhcp)
+                .is_none_or(|l| l.is_empty())
+        );
+        // Another generation in force ends the retries without an apply.
+        let log = services.state.lock().unwrap().log.len();
+        assert!(d.retry_active(n1));
+        assert_eq!(services.state.lock().unwrap().log.len(), log);
+    }
+
+    #[test]
     fn an_empty_store_gets_the_built_in_default_with_its_services() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -1348,6 +1425,29 @@ pub mod cli {
         tx
     }
 
+    /// How long the built-in default stands in before the failed active generation is
+    /// tried again: each try rewrites links and firewall, so not often.
+    const ACTIVE_RETRY: Duration = Duration::from_secs(60);
+
+    /// A thread that retries the active generation that failed at start until it
+    /// applies or another generation takes its place.
+    fn retry_active<N, F, W>(daemon: &Arc<NetDaemon<N, F, W>>, generation: u64)
+    where
+        N: crate::links::Netlink + Send + 'static,
+        F: crate::firewall::Nft + Send + 'static,
+        W: crate::wireguard::WgKernel + Send + 'static,
+    {
+        let daemon = Arc::clone(daemon);
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(ACTIVE_RETRY);
+                if daemon.retry_active(generation) {
+                    return;
+                }
+            }
+        });
+    }
+
     /// Pings systemd's watchdog from the runtime that serves the socket, so a wedged
     /// runtime is restarted.
     fn watchdog() {
@@ -1378,7 +1478,9 @@ pub mod cli {
         let daemon = NetDaemon::new(store, stack);
         let _ = daemon.dhcp_dir.set(args.dhcp_dir.clone());
         follow_wan_addresses(&daemon, changed);
-        daemon.apply_active();
+        if let Some(generation) = daemon.apply_active() {
+            retry_active(&daemon, generation);
+        }
         let wg_watch = watch_wireguard(&daemon);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
