@@ -1,6 +1,7 @@
 //! The one safe wrapper over libzfs_core: snapshots (several at once, atomically), batched
-//! destroys, holds, bookmarks, rollback, send and resumable receive. nvlists are built and
-//! read only here, through [`NvList`], which owns its C allocation.
+//! destroys, holds, bookmarks, rollback, send and resumable receive, and channel programs
+//! (Lua run by the kernel; [`zcp`](super::zcp) has the ones stored uses). nvlists are built
+//! and read only here, through [`NvList`], which owns its C allocation.
 //!
 //! libzfs_core keeps one descriptor of /dev/zfs with a reference count:
 //! `libzfs_core_init` opens it on the first call, `libzfs_core_fini` closes it on the last.

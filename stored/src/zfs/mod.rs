@@ -1,5 +1,6 @@
 //! ZFS access. [`Zfs`] is the OS adapter the planners use; [`RealZfs`] implements it with
-//! libzfs_core ([`lzc`], for snapshots, holds and destroys) and the `zfs`/`zpool` tools
+//! libzfs_core ([`lzc`], for snapshots and holds; channel programs, [`zcp`], to list and
+//! destroy snapshots for a prune) and the `zfs`/`zpool` tools
 //! ([`cli`], for what lzc has no call for: pools, properties, listings), and [`FakeZfs`] is
 //! the in-memory double for unit tests.
 
