@@ -111,7 +111,7 @@ pub fn run_policy(
             .collect()
     };
     let mut plans = plan_all(&listed);
-    if dry_run && mark_held(zfs, &plans, &mut listed)? {
+    if dry_run && mark_held(zfs, &plans, &mut listed, |_| true)? {
         plans = plan_all(&listed);
     }
     let destroy: Vec<String> = plans.iter().flat_map(|p| p.destroy.clone()).collect();
@@ -119,7 +119,14 @@ pub fn run_policy(
     let destroying = Instant::now();
     let mut destroyed = Vec::new();
     if !destroy.is_empty() && !dry_run {
-        destroyed = destroy_unheld(zfs, destroy)?;
+        destroyed = destroy_unheld(zfs, destroy.clone())?;
+    }
+    if destroyed.len() < destroy.len() && !dry_run {
+        // What the kernel refused is still there: its holds say why, in the plans shown.
+        let gone: BTreeSet<&str> = destroyed.iter().map(String::as_str).collect();
+        if mark_held(zfs, &plans, &mut listed, |n| !gone.contains(n))? {
+            plans = plan_all(&listed);
+        }
     }
     if !destroyed.is_empty() {
         tracing::info!(
@@ -145,13 +152,14 @@ pub fn run_policy(
     })
 }
 
-/// Sets the hold count of every snapshot the plans would destroy that has holds, so that a
-/// dry run shows them kept (a real run learns it from the destroy, which refuses them).
-/// Whether any was held.
+/// Sets the hold count of every snapshot the plans would destroy that `exists` and has
+/// holds, so that the plans show it kept: before a dry run, and after a real destroy for
+/// what the kernel refused. Whether any was held.
 fn mark_held(
     zfs: &dyn Zfs,
     plans: &[PrunePlan],
     listed: &mut BTreeMap<String, Vec<Snapshot>>,
+    exists: impl Fn(&str) -> bool,
 ) -> Result<bool, ZfsError> {
     let mut any = false;
     for p in plans {
@@ -160,8 +168,9 @@ fn mark_held(
         };
         for s in snaps.iter_mut() {
             // Those listed exist; those to be taken by this pass cannot be held yet.
-            if s.creation == 0 && p.destroy.contains(&s.full_name()) {
-                let holds = zfs.holds(&s.full_name())?.len() as u64;
+            let full = s.full_name();
+            if s.creation == 0 && p.destroy.contains(&full) && exists(&full) {
+                let holds = zfs.holds(&full)?.len() as u64;
                 if holds > 0 {
                     s.userrefs = holds;
                     any = true;
@@ -199,11 +208,9 @@ fn destroy_unheld(zfs: &mut dyn Zfs, mut names: Vec<String>) -> Result<Vec<Strin
         .iter()
         .partition(|(_, e)| e.kind() == std::io::ErrorKind::ResourceBusy);
     if !held.is_empty() {
+        // Expected: the listing has no hold counts, and replication holds its base.
         let held: Vec<&str> = held.iter().map(|(n, _)| n.as_str()).collect();
-        tracing::warn!(
-            ?held,
-            "snapshots were held after they were listed; they stay"
-        );
+        tracing::debug!(?held, "held snapshots stay");
     }
     for (name, e) in other {
         tracing::warn!(snapshot = %name, error = %e, "the kernel refused to destroy a snapshot; it stays");
@@ -286,7 +293,17 @@ mod tests {
         assert_eq!(dry.taken, ["tank/docs@stored_hourly_2026-11-25T01:00:00Z"]);
         assert_eq!(dry.plans[0].destroy, [] as [String; 0]);
         assert!(dry.destroyed.is_empty());
-        run_policy(&mut zfs, &p, at("2026-11-25T01:00:00Z"), &none, false).unwrap();
+        let real = run_policy(&mut zfs, &p, at("2026-11-25T01:00:00Z"), &none, false).unwrap();
+        // The kernel refused the held base; the plan shown says why it stays.
+        assert!(real.destroyed.is_empty());
+        assert_eq!(real.plans[0].destroy, [] as [String; 0]);
+        assert!(
+            real.plans[0]
+                .keep
+                .iter()
+                .any(|k| k.name == base
+                    && k.reason == crate::snapshots::KeepReason::Held { holds: 1 })
+        );
         run_policy(&mut zfs, &p, at("2026-11-25T02:00:00Z"), &none, false).unwrap();
         let left = zfs.snapshot_names();
         assert!(left.contains(&base), "{left:?}");
