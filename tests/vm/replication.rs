@@ -480,11 +480,9 @@ fn ssh_transport(g: &Guest<'_>, pools: &str) {
          $(cat /data/repl/ssh_id.pub)\" >> /data/ssh/authorized_keys && tail -1 /data/ssh/authorized_keys",
         g.bin
     ));
-    let ssh_job = |name: &str, fp: &str, target_dataset: &str| {
-        g.config(
-            name,
-            &format!(
-                r#"{pools}
+    let ssh_text = |fp: &str, target_dataset: &str| {
+        format!(
+            r#"{pools}
 [replication.viassh]
 target = "127.0.0.1:22"
 transport = "ssh"
@@ -493,9 +491,10 @@ datasets = ["src/ssh"]
 target_fingerprint = "{fp}"
 identity_file = "/data/repl/ssh_id"
 "#
-            ),
         )
     };
+    let ssh_job =
+        |name: &str, fp: &str, target_dataset: &str| g.config(name, &ssh_text(fp, target_dataset));
     let cfg = ssh_job("ssh", host_fp, "dst/viassh");
     let same = || {
         let (src, dst) = (g.guids("src/ssh"), g.guids("dst/viassh/ssh"));
@@ -565,5 +564,51 @@ identity_file = "/data/repl/ssh_id"
     eprintln!(
         "pinned host key file: {}",
         vm.sh("cat /data/stored/replication/viassh.known_hosts")
+    );
+
+    // ssh_user: a login other than root. The account has a shell (sshd runs the forced
+    // command through it), its own authorized_keys (sshd reads them as the user; root's
+    // file is 0600) and ZFS's delegated permissions on its dataset; its key's forced
+    // command says who ran it, on ssh's stderr, which the sender logs.
+    vm.sh(&format!(
+        "ssh-keygen -q -t ed25519 -N '' -C repl-zsend -f /data/repl/ssh_zsend && \
+         zfs create dst/asuser && mkdir -p /run/userdb /data/zsend/.ssh && \
+         echo '{{\"userName\":\"zsend\",\"uid\":2990,\"gid\":2990,\"homeDirectory\":\"/data/zsend\",\"shell\":\"/bin/sh\",\"disposition\":\"regular\"}}' \
+           > /run/userdb/zsend.user && ln -sf zsend.user /run/userdb/2990.user && \
+         zfs allow -u zsend create,mount,receive,rollback,destroy,readonly dst/asuser && \
+         echo \"command=\\\"id -un >&2; exec {} replication serve-stdio --job asuser --dataset dst/asuser\\\",restrict \
+         $(cat /data/repl/ssh_zsend.pub)\" > /data/zsend/.ssh/authorized_keys && \
+         chown -R 2990:2990 /data/zsend && chmod 700 /data/zsend/.ssh && \
+         chmod 600 /data/zsend/.ssh/authorized_keys",
+        g.bin
+    ));
+    // viassh stays in the file: a run releases the holds of jobs it does not know.
+    let as_user = g.config(
+        "ssh-user",
+        &format!(
+            r#"{}
+[replication.asuser]
+target = "127.0.0.1:22"
+transport = "ssh"
+ssh_user = "zsend"
+target_dataset = "dst/asuser"
+datasets = ["src/ssh"]
+target_fingerprint = "{host_fp}"
+identity_file = "/data/repl/ssh_zsend"
+"#,
+            ssh_text(host_fp, "dst/viassh")
+        ),
+    );
+    let (code, out, err) = g.stored(&format!("replicate asuser --config {as_user}"));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("ssh: zsend"), "{err}");
+    assert_eq!(
+        g.guids("dst/asuser/ssh").last(),
+        g.guids("src/ssh").last(),
+        "newest snapshot by GUID"
+    );
+    eprintln!(
+        "as zsend: {}",
+        vm.sh("zfs get -H -o property,value readonly,mounted dst/asuser/ssh")
     );
 }
