@@ -585,3 +585,25 @@ fn a_running_job_keeps_its_datasets_snapshots_from_the_pruning() {
         "{r:?}"
     );
 }
+
+#[test]
+fn a_refused_shares_step_takes_back_the_accounts_the_apply_made() {
+    let dir = tempfile::tempdir().unwrap();
+    // The fake share OS has no mounts: the share's dataset is refused after the accounts
+    // step made alice's.
+    let text = format!(
+        "{CONFIG}\n[storage.users.alice]\n\n[shares.data]\ndataset = \"tank/data\"\nsmb = {{ guest = true }}\n"
+    );
+    let clock = Arc::new(FakeClock::new(at("2026-11-26T06:00:00Z")));
+    let d = daemon(&dir.path().join("store"), &text, clock);
+    let userdb = dir.path().join("userdb");
+    d.set_accounts(crate::accounts::Accounts::at(
+        &userdb,
+        dir.path().join("accounts.json"),
+    ));
+    let e = d.apply(1).unwrap_err().to_string();
+    assert!(e.contains("dataset tank/data does not exist"), "{e}");
+    assert!(e.contains("the account changes were undone"), "{e}");
+    assert!(!userdb.join("alice.user").exists());
+    assert!(!userdb.join("2000.user").exists());
+}
