@@ -42,7 +42,10 @@ fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
         .init();
     // The daemon's runtime, so that a pinned helper has the daemon's single worker.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -120,6 +123,7 @@ async fn run(args: Args) -> Result<(), String> {
         .map(|k| k.as_str().to_owned())
         .collect();
     force_due(&args.lists_dir, &names)?;
+    tracing::debug!("forced refresh");
     let started = Instant::now();
     let (swap_cfg, swap_resolver) = (Arc::clone(&cfg), Arc::clone(&resolver));
     // A task on the serving runtime, like the daemon's refresher; the recompile itself runs

@@ -345,12 +345,15 @@ impl Daemon {
     async fn reload_from(self: &Arc<Self>, cfg: Config) -> Result<Vec<String>, ApiError> {
         let (store_dir, client, dns) =
             (self.store_dir.clone(), self.client.clone(), cfg.dns.clone());
-        // Loading stored lists reads and checks files: off the runtime's workers.
-        let refresher = tokio::task::spawn_blocking(move || {
+        // Loading stored lists reads and checks tens of MB: on a background thread, which
+        // a normal one (spawn_blocking's) is not; it would take the core from the listener.
+        let loading = crate::reclaim::reloading();
+        let refresher = crate::background::run("dnsd-lists", move || {
             Refresher::new(ListStore::new(store_dir), client, &dns)
         })
         .await
         .map_err(|e| ApiError::Internal(format!("loading the stored lists: {e}")))?;
+        drop(loading);
         let policy = Policy::build(&cfg, refresher.lists()).map_err(ApiError::InvalidConfig)?;
         let lists = refresher.lists().clone();
         let restart;

@@ -305,7 +305,9 @@ impl Compile {
     /// `None` when the text has not changed since the stored copy (whose check time is
     /// then brought forward).
     fn run(mut self) -> Result<Option<CompiledList>, FetchError> {
+        let started = std::time::Instant::now();
         let out = self.compile();
+        tracing::debug!(list = %self.name, took_us = started.elapsed().as_micros(), "hashed, compiled and saved");
         if self.spooled {
             let kept = match &out {
                 Ok(Some(_)) => std::fs::rename(&self.raw, &self.kept_copy),
@@ -325,7 +327,9 @@ impl Compile {
                     stats: compiled.stats,
                     ..self.meta
                 };
+                let started = std::time::Instant::now();
                 self.store.write_meta(&self.name, &meta)?;
+                tracing::debug!(list = %self.name, took_us = started.elapsed().as_micros(), "metadata written");
                 Ok(Some(compiled))
             }
             None => {
@@ -371,39 +375,23 @@ impl Compile {
     }
 }
 
-/// Runs `job` on a thread of its own at the lowest CPU priority and waits for it without
-/// blocking the runtime. Compiling a 1M-name list takes a good part of a second of CPU;
-/// on the appliance's single core a thread of normal priority (a `spawn_blocking` one
-/// too) gets half of it while queries queue up, and queries were lost. At nice 19 the
-/// compile runs when the listeners leave the core idle. A thread of its own, because the
-/// priority cannot be raised back without privileges and would stick to a pool thread.
+/// Runs `job` on a background thread ([`crate::background`]) and waits for it without
+/// blocking the runtime. Compiling a 1M-name list takes a good part of a second of CPU; on
+/// the appliance's single core a thread of normal priority (a `spawn_blocking` one too)
+/// gets half of it while queries queue up, and queries were lost. In the background the
+/// compile runs when the listeners leave the core idle, and gives it back the moment a
+/// query arrives. Counted as a reload in flight, so the reclaim thread does not trim the
+/// heap meanwhile.
 async fn off_the_workers<T: Send + 'static>(
     job: impl FnOnce() -> Result<T, FetchError> + Send + 'static,
 ) -> Result<T, FetchError> {
-    let died = |e: std::io::Error| FetchError::Io {
-        path: "list compile thread".into(),
-        source: e,
-    };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("dnsd-lists".into())
-        .spawn(move || {
-            lower_priority();
-            let _ = tx.send(job());
-        })
-        .map_err(died)?;
-    rx.await
-        .map_err(|_| died(std::io::Error::other("the thread ended without a result")))?
-}
-
-/// Nice 19 for the calling thread only: Linux applies `setpriority(PRIO_PROCESS, tid)` to
-/// the one thread. Failing leaves a normal priority, which still works, only with more
-/// latency during a reload.
-pub(crate) fn lower_priority() {
-    let tid = rustix::thread::gettid();
-    if let Err(e) = rustix::process::setpriority_process(Some(tid), 19) {
-        tracing::warn!(error = %e, "cannot lower the priority of the list compile thread");
-    }
+    let _reloading = crate::reclaim::reloading();
+    crate::background::run("dnsd-lists", job)
+        .await
+        .map_err(|e| FetchError::Io {
+            path: "list compile thread".into(),
+            source: e,
+        })?
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -4,6 +4,7 @@
 //! [`server`] answers from local names ([`answer`]), the [`cache`] and the [`upstream`]s.
 
 pub mod answer;
+pub mod background;
 pub mod cache;
 pub mod compiled;
 pub mod control;

@@ -93,6 +93,7 @@ impl Refresher {
 
     /// Checks every list that is due; returns whether any changed.
     pub async fn run_due(&mut self) -> bool {
+        let _reloading = crate::reclaim::reloading();
         let now = unix_now();
         let due: Vec<String> = self
             .schedule()

@@ -319,6 +319,7 @@ impl Resolver {
     /// blocks were never copied.
     pub fn swap_policy(&self, policy: Arc<Policy>) {
         crate::reclaim::later(self.policy.swap(policy));
+        tracing::debug!("policy swapped");
     }
 
     pub fn policy(&self) -> Arc<Policy> {
@@ -715,6 +716,13 @@ impl Server {
     /// UDP and TCP; the addresses bound are in [`Server::addresses`].
     pub async fn bind(resolver: Arc<Resolver>, listen: Vec<SocketAddr>) -> io::Result<Self> {
         let mut inner = hickory_server::Server::new(Handler(Arc::clone(&resolver)));
+        // So that the heap is trimmed only while this server is quiet.
+        let watched = Arc::downgrade(&resolver);
+        crate::reclaim::watch_queries(move || {
+            watched
+                .upgrade()
+                .map(|r| r.stats.total.load(std::sync::atomic::Ordering::Relaxed))
+        });
         let mut addresses = Vec::new();
         let mut tasks = Vec::new();
         for addr in listen {

@@ -314,7 +314,12 @@ impl Recorder {
         let s = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("dnsd-querylog".into())
-            .spawn(move || writer(rx, &s))?;
+            .spawn(move || {
+                // In the background: under a load that keeps the core busy the writer falls
+                // behind and records are dropped and counted, rather than queries delayed.
+                crate::background::lower_priority();
+                writer(rx, &s);
+            })?;
         Ok(Self { tx, shared })
     }
 

@@ -9,12 +9,23 @@
 //! and the refresher recompiles and swaps it, twice. Every query must be answered, and
 //! every name both copies list must be blocked by each answer: the swap leaves no window
 //! without the list and drops nothing. The test asserts no time.
+//!
+//! Then the daemon itself, under an open-loop load as dnsperf makes it: queries keep
+//! coming at a fixed rate whether or not the earlier ones were answered, so a listener that
+//! stops reading for a moment (behind a lock the compile or the swap holds, or a
+//! background thread that keeps the core) loses queries once the buffers fill, and a
+//! closed-loop client would only slow down.
+
+mod common;
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dnsd::fetch::{ListMeta, ListStore, http_client};
 use dnsd::policy::Policy;
@@ -291,4 +302,237 @@ async fn a_hanging_store_write_does_not_hold_up_queries() {
         "answered while the store write waited"
     );
     server.shutdown().await.unwrap();
+}
+
+/// The load: queries sent at a fixed rate from a few sockets, each answer matched to its
+/// query by ID (unique per socket), whether or not earlier ones were answered.
+struct OpenLoop {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    answered: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Sockets of the load; each sends up to 65,535 queries (its ID space).
+const SOCKETS: usize = 4;
+/// Queries a second in all: about a tenth of what a debug build answers on one core.
+const RATE: u64 = 4000;
+
+/// A plain recursive A query for `h<i>.reload.test` with `id`.
+fn a_query(id: u16, i: usize) -> Vec<u8> {
+    let mut q = Vec::with_capacity(40);
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in [format!("h{i}"), "reload".into(), "test".into()] {
+        q.push(u8::try_from(label.len()).unwrap());
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// Whether `answer` blocks its name: NOERROR, one answer, and that one the null address
+/// (the A record's data ends the packet, since the query had no EDNS).
+fn blocks(answer: &[u8]) -> bool {
+    answer.len() > 16
+        && answer[3] & 0x0f == 0
+        && answer[6..8] == [0, 1]
+        && answer[answer.len() - 4..] == [0, 0, 0, 0]
+}
+
+impl OpenLoop {
+    fn start(server: SocketAddr, names: std::ops::Range<usize>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (sent, answered, failed) = Default::default();
+        let mut me = Self {
+            stop,
+            sent: Arc::new(sent),
+            answered: Arc::new(answered),
+            failed: Arc::new(failed),
+            threads: Vec::new(),
+        };
+        for s in 0..SOCKETS {
+            let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+            // Room for every answer of a burst, so that a loss is the server's.
+            use nix::sys::socket::{setsockopt, sockopt};
+            if setsockopt(&sock, sockopt::RcvBufForce, &(4 << 20)).is_err() {
+                setsockopt(&sock, sockopt::RcvBuf, &(4 << 20)).unwrap();
+            }
+            sock.connect(server).unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            let receiver = sock.try_clone().unwrap();
+            let (stop, sent, names) = (Arc::clone(&me.stop), Arc::clone(&me.sent), names.clone());
+            me.threads.push(std::thread::spawn(move || {
+                // Every 2 ms, as many queries as the rate asks for by then.
+                let per_socket = RATE / SOCKETS as u64;
+                let started = Instant::now();
+                let mut id: u16 = 0;
+                let mut i = names.start + s * 7919;
+                while !stop.load(Ordering::Relaxed) && id < u16::MAX {
+                    let due = started.elapsed().as_millis() as u64 * per_socket / 1000;
+                    while u64::from(id) < due && id < u16::MAX {
+                        i = names.start + (i * 31 + 17) % names.len();
+                        sock.send(&a_query(id, i)).unwrap();
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        id += 1;
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }));
+            let (stop, answered, failed) = (
+                Arc::clone(&me.stop),
+                Arc::clone(&me.answered),
+                Arc::clone(&me.failed),
+            );
+            me.threads.push(std::thread::spawn(move || {
+                let mut seen = vec![false; 1 << 16];
+                let mut buf = [0u8; 512];
+                // After the stop, until 5 s pass without an answer.
+                let mut quiet_since: Option<Instant> = None;
+                loop {
+                    match receiver.recv(&mut buf) {
+                        Ok(n) => {
+                            quiet_since = None;
+                            let id = usize::from(u16::from_be_bytes([buf[0], buf[1]]));
+                            if std::mem::replace(&mut seen[id], true) {
+                                eprintln!("socket {s}: a second answer to {id}");
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            } else if blocks(&buf[..n]) {
+                                answered.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                eprintln!("socket {s}: not blocked: {:?}", &buf[..n]);
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Err(_) if stop.load(Ordering::Relaxed) => {
+                            let since = *quiet_since.get_or_insert_with(Instant::now);
+                            if since.elapsed() > Duration::from_secs(5) {
+                                return;
+                            }
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }));
+        }
+        me
+    }
+
+    /// Waits until `n` queries have been sent in all.
+    fn wait_sent(&self, n: u64) {
+        let mut last = (self.sent.load(Ordering::Relaxed), Instant::now());
+        while last.0 < n {
+            std::thread::sleep(Duration::from_millis(20));
+            let now = self.sent.load(Ordering::Relaxed);
+            if now > last.0 {
+                last = (now, Instant::now());
+            }
+            assert!(
+                last.1.elapsed() < Duration::from_secs(5),
+                "the load stopped at {now} queries (each socket's 65,535 IDs used up?)"
+            );
+        }
+    }
+
+    /// Stops sending, waits for the last answers; (sent, answered, failed).
+    fn finish(self) -> (u64, u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.answered.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// `POST /reload` over the daemon's control socket; the status code.
+fn post_reload(sock: &Path) -> u16 {
+    let mut s = UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "POST /reload HTTP/1.1\r\nHost: dnsd\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{{}}"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    raw.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// Whether `name` is answered with the null address now.
+fn blocked_now(server: SocketAddr, name: &str) -> bool {
+    let m = common::ask(server, name, RecordType::A);
+    common::answers(&m) == ["0.0.0.0"]
+}
+
+/// The daemon binary with a 200,000-name list file, under 4,000 queries a second for
+/// names every copy of the list holds: `POST /reload` (the stored list read again on a
+/// background thread and swapped in), then the refresher it restarts recompiles the
+/// changed file against the copy in use and swaps again. No query may go unanswered and
+/// every answer must block. The load runs from before the reload until after the second
+/// swap is seen (a name only the new copy has is blocked).
+#[test]
+fn the_daemon_loses_no_query_under_an_open_loop_load_while_it_reloads() {
+    const NAMES: usize = 200_000;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = d.join("big.txt");
+    let lists = d.join("lists");
+    std::fs::write(&file, hosts(0..NAMES, "")).unwrap();
+    std::fs::write(
+        d.join("appliance.toml"),
+        format!(
+            "version = 1\n[dns]\nupstreams = [\"127.0.0.1:9\"]\n\
+             [dns.lists.big]\nfile = \"{}\"\nformat = \"hosts\"\n",
+            file.display()
+        ),
+    )
+    .unwrap();
+    let server = common::free_addr();
+    let sock = d.join("dnsd.sock");
+    let mut dnsd = common::Killed::spawn(
+        common::dnsd(&d.join("appliance.toml"))
+            .arg("--lists-dir")
+            .arg(&lists)
+            .arg("--listen")
+            .arg(server.to_string())
+            .arg("--control")
+            .arg(&sock)
+            .arg("--query-log")
+            .arg(d.join("querylog")),
+    );
+    // The first compile, at the start with an empty store.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !blocked_now(server, "h5.reload.test") {
+        dnsd.assert_running("dnsd");
+        assert!(Instant::now() < deadline, "the list never blocked");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let load = OpenLoop::start(server, 1000..NAMES);
+    load.wait_sent(RATE);
+    std::fs::write(&file, hosts(0..NAMES, "0.0.0.0 added.reload.test\n")).unwrap();
+    make_due(&lists);
+    assert_eq!(post_reload(&sock), 200);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !blocked_now(server, "added.reload.test") {
+        dnsd.assert_running("dnsd");
+        assert!(Instant::now() < deadline, "the changed list never blocked");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let at_swap = load.sent.load(Ordering::Relaxed);
+    load.wait_sent(at_swap + RATE);
+    let (sent, answered, failed) = load.finish();
+    dnsd.assert_running("dnsd");
+    eprintln!(
+        "{sent} queries at {RATE}/s ({at_swap} when the second swap was seen): \
+         {answered} answered and blocked, {failed} failed"
+    );
+    assert_eq!(failed, 0, "every answer blocks");
+    assert_eq!(answered, sent, "no query lost");
 }
