@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use appliance::Config;
 use appliance::control::{ApiError, GenerationRequest, Method, PlanReply, Reply, Request};
@@ -34,7 +34,7 @@ use serde_json::json;
 use crate::firewall::{Firewall, Nft, render};
 use crate::links::{LinkPlan, Links, Netlink};
 use crate::services::{Service, Services};
-use crate::wireguard::{self as wg, PublicKey, SystemResolver, WgKernel, Wireguard};
+use crate::wireguard::{self as wg, PublicKey, Resolve, SystemResolver, WgKernel, Wireguard};
 
 /// Where netd listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/appliance/netd.sock";
@@ -43,6 +43,10 @@ pub const DEFAULT_FIREWALL_STATE: &str = "/run/netd/firewall.json";
 /// The generation number netd reports while it runs the built-in default (the store is
 /// empty); the store numbers its generations from 1.
 pub const DEFAULT_GENERATION: u64 = 0;
+
+/// How long the daemon waits for the WireGuard endpoint names of one pass (all looked up at
+/// once); a name without an answer by then keeps the kernel's endpoint until the next pass.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A plan shows at most this many WireGuard steps (1000 peers would drown it).
 const PLAN_WG_LINES: usize = 50;
@@ -109,14 +113,35 @@ impl<N: Netlink, F: Nft, W: WgKernel> Stack<N, F, W> {
         }
     }
 
+    /// The endpoint names a WireGuard plan of `cfg` would look up now: those of peers due
+    /// for it (new, or no handshake for over 2 minutes); the others keep the endpoint they
+    /// roamed to. Reads the kernel only (quick): the daemon calls it under its lock, then
+    /// looks the names up without it.
+    fn wireguard_names(&mut self, cfg: &Config) -> Vec<wg::EndpointName> {
+        if !self.wireguard_managed && cfg.wireguard.is_empty() {
+            return Vec::new();
+        }
+        // Unreadable, the plan itself reports it.
+        let Ok(observed) = self.wireguard.kernel.observe() else {
+            return Vec::new();
+        };
+        let now = SystemTime::now();
+        wg::endpoint_names(cfg, &|ifname, key| {
+            observed
+                .device(ifname)
+                .and_then(|d| d.peer(key))
+                .is_none_or(|p| wg::resolve_due(p.last_handshake, now))
+        })
+    }
+
     /// The WireGuard steps to `cfg` (`None`: WireGuard is not netd's yet). Endpoint names
-    /// are looked up only for peers due for it (new, or no handshake for over 2 minutes):
-    /// the others keep the endpoint they roamed to. `write_keys`: generate missing keys
-    /// for good (apply) or in memory only (plan, check).
+    /// are taken from `resolver` only for peers due for it (see [`Self::wireguard_names`]).
+    /// `write_keys`: generate missing keys for good (apply) or in memory only (plan, check).
     fn wireguard_plan(
         &mut self,
         cfg: &Config,
         write_keys: bool,
+        resolver: &dyn Resolve,
     ) -> Result<Option<Vec<wg::Action>>, String> {
         if !self.wireguard_managed && cfg.wireguard.is_empty() {
             return Ok(None);
@@ -133,7 +158,7 @@ impl<N: Netlink, F: Nft, W: WgKernel> Stack<N, F, W> {
                 .and_then(|d| d.peer(key))
                 .is_none_or(|p| wg::resolve_due(p.last_handshake, now))
         };
-        let wanted = wg::desired_with(cfg, &self.wireguard_dir, &SystemResolver, &due, write_keys)
+        let wanted = wg::desired_with(cfg, &self.wireguard_dir, resolver, &due, write_keys)
             .map_err(|e| e.to_string())?;
         let actions = wg::plan(&wanted, &observed, now).map_err(|e| e.to_string())?;
         Ok(Some(actions))
@@ -141,8 +166,10 @@ impl<N: Netlink, F: Nft, W: WgKernel> Stack<N, F, W> {
 
     /// What applying `cfg` would do now, with the rendered table dry-run through `nft -c`
     /// when it differs from the kernel's. Changes nothing (a WireGuard key still to be
-    /// generated is made in memory only). `Invalid` says what would be refused.
-    pub fn plan(&mut self, cfg: &Config) -> Result<Vec<String>, ApiError> {
+    /// generated is made in memory only). `Invalid` says what would be refused. Endpoint
+    /// names come from `resolver` (`netd check`: the system's; the daemon: looked up
+    /// before its lock was taken).
+    pub fn plan(&mut self, cfg: &Config, resolver: &dyn Resolve) -> Result<Vec<String>, ApiError> {
         let links = self
             .links
             .plan(cfg)
@@ -168,7 +195,7 @@ impl<N: Netlink, F: Nft, W: WgKernel> Stack<N, F, W> {
             actions.push(format!("firewall: {what} (checked with nft -c)"));
         }
         let steps = self
-            .wireguard_plan(cfg, false)
+            .wireguard_plan(cfg, false, resolver)
             .map_err(|e| ApiError::Invalid(format!("wireguard: {e}")))?
             .unwrap_or_default();
         actions.extend(
@@ -193,12 +220,14 @@ impl<N: Netlink, F: Nft, W: WgKernel> Stack<N, F, W> {
     }
 
     /// Applies `cfg` as one transaction (see the module's documentation). `previous`: the
-    /// config applied before, what the services go back to on failure.
+    /// config applied before, what the services go back to on failure; `resolver`: the
+    /// endpoint names, looked up already.
     fn apply(
         &mut self,
         generation: u64,
         cfg: &Config,
         previous: Option<(u64, &Config)>,
+        resolver: &dyn Resolve,
     ) -> Result<PlanReply, ApiError> {
         let refused = |step: &str, e: &dyn std::fmt::Display| ApiError::ApplyFailed {
             step: step.into(),
@@ -208,7 +237,7 @@ impl<N: Netlink, F: Nft, W: WgKernel> Stack<N, F, W> {
         let links = self.links.plan(cfg).map_err(|e| refused("links", &e))?;
         let ruleset = render(cfg);
         let tunnels = self
-            .wireguard_plan(cfg, true)
+            .wireguard_plan(cfg, true, resolver)
             .map_err(|e| refused("wireguard", &e))?;
         self.services
             .validate(cfg)
@@ -240,18 +269,18 @@ impl<N: Netlink, F: Nft, W: WgKernel> Stack<N, F, W> {
             Err(e) => return Err(self.abort(generation, "firewall", &e, done, previous)),
         }
 
-        if let Some(steps) = tunnels {
-            if !steps.is_empty() {
-                // A failed batch is undone by the WireGuard code itself.
-                if let Err(e) = self.wireguard.apply(&steps) {
-                    return Err(self.abort(generation, "wireguard", &e, done, previous));
-                }
-                actions.extend(steps.iter().map(|a| format!("wireguard: {a}")));
-                done.push(Done::Wireguard(steps));
+        // WireGuard becomes netd's only when the whole transaction holds: undone, its
+        // tunnels are gone and hand-made ones must stay safe from the next generation.
+        let manages_wireguard = tunnels.is_some() && !cfg.wireguard.is_empty();
+        if let Some(steps) = tunnels
+            && !steps.is_empty()
+        {
+            // A failed batch is undone by the WireGuard code itself.
+            if let Err(e) = self.wireguard.apply(&steps) {
+                return Err(self.abort(generation, "wireguard", &e, done, previous));
             }
-            if !cfg.wireguard.is_empty() {
-                self.wireguard_managed = true;
-            }
+            actions.extend(steps.iter().map(|a| format!("wireguard: {a}")));
+            done.push(Done::Wireguard(steps));
         }
 
         for s in Service::ALL {
@@ -263,6 +292,9 @@ impl<N: Netlink, F: Nft, W: WgKernel> Stack<N, F, W> {
                 Ok(None) => {}
                 Err(e) => return Err(self.abort(generation, s.name(), &e, done, previous)),
             }
+        }
+        if manages_wireguard {
+            self.wireguard_managed = true;
         }
         tracing::info!(generation, steps = actions.len(), "generation applied");
         Ok(PlanReply {
@@ -358,6 +390,10 @@ struct Inner<N: Netlink, F: Nft, W: WgKernel> {
     stack: Stack<N, F, W>,
     applied: Option<(u64, Config)>,
     last_error: Option<String>,
+    /// The active generation that failed at start, and why, while the built-in default
+    /// stands in for it: the default's own apply succeeds and clears `last_error`, and
+    /// this is what the status must go on showing until a generation applies.
+    active_error: Option<(u64, String)>,
     /// Why the last WireGuard re-check (endpoint names every 30 s) failed.
     wg_error: Option<String>,
     /// The address each WAN DHCP client holds now, by link.
@@ -376,6 +412,9 @@ pub struct NetDaemon<N: Netlink, F: Nft, W: WgKernel> {
     /// The DHCP services' state directory (leases.json, wan-<link>.json), for the status
     /// (set by `netd serve`).
     dhcp_dir: std::sync::OnceLock<std::path::PathBuf>,
+    /// Looks up WireGuard endpoint names, with no lock held (getaddrinfo can take long).
+    resolver: Arc<dyn Resolve + Send + Sync>,
+    resolve_timeout: Duration,
 }
 
 impl<N: Netlink, F: Nft, W: WgKernel> std::fmt::Debug for NetDaemon<N, F, W> {
@@ -393,12 +432,24 @@ where
     W: WgKernel + Send + 'static,
 {
     pub fn new(store: Store, stack: Stack<N, F, W>) -> Arc<Self> {
+        Self::with_resolver(store, stack, Arc::new(SystemResolver), RESOLVE_TIMEOUT)
+    }
+
+    /// [`NetDaemon::new`] with endpoint names looked up by `resolver`, `timeout` at most
+    /// per pass.
+    pub fn with_resolver(
+        store: Store,
+        stack: Stack<N, F, W>,
+        resolver: Arc<dyn Resolve + Send + Sync>,
+        timeout: Duration,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
             inner: Mutex::new(Inner {
                 stack,
                 applied: None,
                 last_error: None,
+                active_error: None,
                 wg_error: None,
                 wan_leases: BTreeMap::new(),
                 zone_sets: BTreeMap::new(),
@@ -406,6 +457,8 @@ where
             }),
             started: Instant::now(),
             dhcp_dir: std::sync::OnceLock::new(),
+            resolver,
+            resolve_timeout: timeout,
         })
     }
 
@@ -413,6 +466,17 @@ where
         // A panic inside an apply leaves the kernel wherever it got; the next apply plans
         // from what the kernel holds, so the guard's data is still usable.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Looks up the endpoint names `cfg` needs now. The lock is held only to read which
+    /// peers are due; the lookups run without it, so that the status, the metrics and a
+    /// commit-confirm revert do not wait behind a slow DNS.
+    fn lookup(&self, cfg: &Config) -> wg::Resolved {
+        let names = self.inner().stack.wireguard_names(cfg);
+        if names.is_empty() {
+            return wg::Resolved::default();
+        }
+        wg::resolve_all(&self.resolver, names, self.resolve_timeout)
     }
 
     fn load(&self, generation: u64) -> Result<Config, ApiError> {
@@ -423,7 +487,8 @@ where
     /// changes nothing.
     pub fn plan(&self, generation: u64) -> Result<PlanReply, ApiError> {
         let cfg = self.load(generation)?;
-        let actions = self.inner().stack.plan(&cfg)?;
+        let resolved = self.lookup(&cfg);
+        let actions = self.inner().stack.plan(&cfg, &resolved)?;
         Ok(PlanReply {
             generation,
             actions,
@@ -438,14 +503,18 @@ where
     }
 
     fn apply_config(&self, generation: u64, cfg: Config) -> Result<PlanReply, ApiError> {
+        let resolved = self.lookup(&cfg);
         let mut guard = self.inner();
         let inner = &mut *guard;
         let previous = inner.applied.as_ref().map(|(n, c)| (*n, c));
-        let result = inner.stack.apply(generation, &cfg, previous);
+        let result = inner.stack.apply(generation, &cfg, previous, &resolved);
         match &result {
             Ok(_) => {
                 inner.applied = Some((generation, cfg));
                 inner.last_error = None;
+                if generation != DEFAULT_GENERATION {
+                    inner.active_error = None;
+                }
                 // The rendered table holds the config's addresses and those learned
                 // before; a zone that gained or lost a DHCP link needs its set now.
                 Self::sync_zone_sets(inner);
@@ -465,23 +534,32 @@ where
     /// their endpoint names looked up again and rewritten (what `netd wg watch` does). A
     /// failure is logged and shown as `wireguard.apply_error`; the next check retries.
     pub fn recheck_wireguard(&self) {
+        let Some(cfg) = self.inner().applied.as_ref().map(|(_, c)| c.clone()) else {
+            return;
+        };
+        let resolved = self.lookup(&cfg);
         let mut guard = self.inner();
         let inner = &mut *guard;
+        // An apply may have come in during the lookups: the plan is of what is in force
+        // now (a name it has that was not looked up keeps the kernel's endpoint).
         let Some((_, cfg)) = &inner.applied else {
             return;
         };
-        let result = inner.stack.wireguard_plan(cfg, true).and_then(|steps| {
-            let steps = steps.unwrap_or_default();
-            if !steps.is_empty() {
-                inner
-                    .stack
-                    .wireguard
-                    .apply(&steps)
-                    .map_err(|e| e.to_string())?;
-                tracing::info!(actions = steps.len(), "WireGuard endpoints rewritten");
-            }
-            Ok(())
-        });
+        let result = inner
+            .stack
+            .wireguard_plan(cfg, true, &resolved)
+            .and_then(|steps| {
+                let steps = steps.unwrap_or_default();
+                if !steps.is_empty() {
+                    inner
+                        .stack
+                        .wireguard
+                        .apply(&steps)
+                        .map_err(|e| e.to_string())?;
+                    tracing::info!(actions = steps.len(), "WireGuard endpoints rewritten");
+                }
+                Ok(())
+            });
         if let Err(e) = &result {
             tracing::warn!("WireGuard re-check failed, trying again later: {e}");
         }
@@ -574,6 +652,10 @@ where
             "version": env!("CARGO_PKG_VERSION"),
             "generation": inner.applied.as_ref().map(|(n, _)| *n),
             "last_error": inner.last_error,
+            "active_error": inner.active_error.as_ref().map(|(generation, reason)| json!({
+                "generation": generation,
+                "reason": reason,
+            })),
             "zone_addresses_error": inner.zone_error,
             "uptime_seconds": self.started.elapsed().as_secs(),
             "net": net,
@@ -586,7 +668,7 @@ where
         net + &format!(
             "# HELP netd_applied_generation The config generation netd applied last.\n# TYPE netd_applied_generation gauge\nnetd_applied_generation {}\n# HELP netd_apply_failed Whether the last apply failed.\n# TYPE netd_apply_failed gauge\nnetd_apply_failed {}\n",
             inner.applied.as_ref().map_or(0, |(n, _)| *n),
-            u8::from(inner.last_error.is_some())
+            u8::from(inner.last_error.is_some() || inner.active_error.is_some())
         )
     }
 
@@ -653,6 +735,7 @@ where
                 Err(e) => {
                     tracing::error!(generation = g.info.number, error = %e, "cannot apply the active generation at start; applying the built-in default until it applies");
                     self.apply_default();
+                    self.inner().active_error = Some((g.info.number, e.to_string()));
                     Some(g.info.number)
                 }
             },
@@ -679,7 +762,12 @@ where
         }
         match self.store.current() {
             Ok((Some(g), _)) if g.info.number == generation => {}
-            _ => return true,
+            _ => {
+                // Another generation is active: the retries end, and so does the report
+                // of one no longer asked for.
+                self.inner().active_error = None;
+                return true;
+            }
         }
         match self.apply(generation) {
             Ok(_) => {
@@ -688,6 +776,7 @@ where
             }
             Err(e) => {
                 tracing::warn!(generation, error = %e, "the active generation still fails; the built-in default stays");
+                self.inner().active_error = Some((generation, e.to_string()));
                 false
             }
         }
@@ -802,6 +891,10 @@ mod tests {
     /// A daemon on fakes with generation 1 (`BASE`) active and `BASE` with the address
     /// 192.168.2.1 stored as generation 2.
     fn rig() -> Rig {
+        rig_with(Arc::new(SystemResolver), RESOLVE_TIMEOUT)
+    }
+
+    fn rig_with(resolver: Arc<dyn Resolve + Send + Sync>, timeout: Duration) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().join("config")).unwrap();
         let n1 = store.commit(BASE, "base").unwrap();
@@ -820,7 +913,7 @@ mod tests {
             Box::new(services.clone()),
         );
         Rig {
-            daemon: NetDaemon::new(store, stack),
+            daemon: NetDaemon::with_resolver(store, stack, resolver, timeout),
             services,
             _dir: dir,
         }
@@ -884,6 +977,135 @@ mod tests {
                 other => panic!("expected a failed apply, got {other:?}"),
             }
         }
+    }
+
+    /// A resolver that says when a lookup starts and answers only when told to (never,
+    /// if the sender of `release` is kept silent).
+    struct BlockingResolver {
+        entered: Mutex<std::sync::mpsc::Sender<()>>,
+        release: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl Resolve for BlockingResolver {
+        fn resolve(&self, _host: &str, port: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
+            let _ = self.entered.lock().unwrap().send(());
+            self.release
+                .lock()
+                .unwrap()
+                .recv()
+                .map_err(|_| std::io::Error::other("the test ended"))?;
+            Ok(vec![std::net::SocketAddr::new(
+                "203.0.113.7".parse().unwrap(),
+                port,
+            )])
+        }
+    }
+
+    fn blocking_resolver() -> (
+        Arc<BlockingResolver>,
+        std::sync::mpsc::Receiver<()>,
+        std::sync::mpsc::Sender<()>,
+    ) {
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel();
+        let resolver = Arc::new(BlockingResolver {
+            entered: Mutex::new(entered_tx),
+            release: Mutex::new(release_rx),
+        });
+        (resolver, entered_rx, release_tx)
+    }
+
+    fn endpoints(rig: &Rig) -> Vec<Option<std::net::SocketAddr>> {
+        let inner = rig.daemon.inner();
+        inner.stack.wireguard.kernel.state.devices[0]
+            .peers
+            .iter()
+            .map(|p| p.peer.endpoint)
+            .collect()
+    }
+
+    #[test]
+    fn endpoint_names_are_looked_up_without_the_daemon_lock() {
+        let (resolver, entered, release) = blocking_resolver();
+        let rig = rig_with(resolver, Duration::from_secs(3600));
+        rig.daemon.apply(1).unwrap();
+        let n = rig.commit(&format!(
+            "{BASE}{TUNNEL}endpoint = \"vpn.example.net:51820\"\n"
+        ));
+        let daemon = Arc::clone(&rig.daemon);
+        let applying = std::thread::spawn(move || daemon.apply(n));
+        entered.recv().unwrap();
+        // The lookup hangs: the status (and a revert) must not wait behind it.
+        assert!(rig.daemon.inner.try_lock().is_ok());
+        assert_eq!(rig.daemon.status(false)["generation"], 1);
+        release.send(()).unwrap();
+        applying.join().unwrap().unwrap();
+        assert_eq!(
+            endpoints(&rig),
+            [Some("203.0.113.7:51820".parse().unwrap())]
+        );
+
+        // The 30 s re-check too (the peer has no handshake: due again).
+        let daemon = Arc::clone(&rig.daemon);
+        let checking = std::thread::spawn(move || daemon.recheck_wireguard());
+        entered.recv().unwrap();
+        assert!(rig.daemon.inner.try_lock().is_ok());
+        release.send(()).unwrap();
+        checking.join().unwrap();
+        assert!(rig.daemon.inner().wg_error.is_none());
+    }
+
+    #[test]
+    fn a_name_that_never_answers_leaves_the_endpoint_unset_and_the_apply_goes_on() {
+        let (resolver, _entered, _release) = blocking_resolver();
+        let rig = rig_with(resolver, Duration::from_millis(20));
+        let n = rig.commit(&format!(
+            "{BASE}{TUNNEL}endpoint = \"vpn.example.net:51820\"\n"
+        ));
+        rig.daemon.apply(n).unwrap();
+        assert_eq!(rig.tunnels(), ["wg0 [10.8.0.1/24] peers 1"]);
+        assert_eq!(endpoints(&rig), [None]);
+    }
+
+    #[test]
+    fn a_failed_apply_with_tunnels_leaves_hand_made_tunnels_alone() {
+        let rig = rig();
+        rig.daemon.apply(1).unwrap();
+        let n = rig.commit(&format!(
+            "{}{TUNNEL}{DHCP}",
+            BASE.replace("192.168.1.1/24", "192.168.2.1/24")
+        ));
+        rig.services.state.lock().unwrap().fail = Some(Service::Dhcp);
+        let (step, _) = rig.failed(n);
+        assert_eq!(step, "dhcp server");
+        assert!(!rig.daemon.inner().stack.wireguard_managed);
+        // A tunnel made by hand (`netd wg apply`) survives the next generation without
+        // [wireguard]: WireGuard never became netd's.
+        rig.services.state.lock().unwrap().fail = None;
+        rig.daemon
+            .inner()
+            .stack
+            .wireguard
+            .kernel
+            .state
+            .devices
+            .push(wg::ObservedDevice {
+                name: "wg9".into(),
+                mtu: 1420,
+                up: true,
+                addresses: Vec::new(),
+                private_key: None,
+                public_key: None,
+                listen_port: 51821,
+                peers: Vec::new(),
+            });
+        let n2 = rig.commit(&BASE.replace("192.168.1.1/24", "192.168.3.1/24"));
+        let reply = rig.daemon.apply(n2).unwrap();
+        assert!(
+            !reply.actions.iter().any(|a| a.starts_with("wireguard")),
+            "{reply:?}"
+        );
+        assert_eq!(rig.tunnels(), ["wg9 [] peers 0"]);
     }
 
     #[test]
@@ -1135,9 +1357,28 @@ mod tests {
         assert_eq!(d.apply_active(), Some(n1));
         assert_eq!(d.applied_generation(), Some(DEFAULT_GENERATION));
         assert_eq!(services.running()[&Service::Dhcp], ["lan"]);
+        // The default's success does not hide why the active generation is not in force.
+        let status = d.status(false);
+        assert_eq!(status["generation"], DEFAULT_GENERATION);
+        assert_eq!(status["active_error"]["generation"], n1);
+        let reason = status["active_error"]["reason"].as_str().unwrap();
+        assert!(reason.contains("Could not process rule"), "{reason}");
+        assert!(d.metrics().contains("netd_apply_failed 1"));
+        // A retry that fails again keeps it, with the new reason.
+        d.inner().stack.firewall.nft_mut().fail_next = Some("Error: still refused".into());
+        assert!(!d.retry_active(n1));
+        let status = d.status(false);
+        assert!(
+            status["active_error"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("still refused")
+        );
         // The failure is gone: the retry applies generation 1 and nothing is left to retry.
         assert!(d.retry_active(n1));
         assert_eq!(d.applied_generation(), Some(n1));
+        assert!(d.status(false)["active_error"].is_null());
+        assert!(d.metrics().contains("netd_apply_failed 0"));
         assert!(
             services
                 .running()
@@ -1263,7 +1504,7 @@ pub mod cli {
     use crate::links::{Links, Rtnetlink};
     use crate::services::ThreadServices;
     use crate::wan::{self, Paths};
-    use crate::wireguard::{KernelWg, Wireguard};
+    use crate::wireguard::{KernelWg, SystemResolver, Wireguard};
 
     #[derive(Debug, clap::Args)]
     pub struct ServeArgs {
@@ -1354,7 +1595,7 @@ pub mod cli {
         };
         // A tunnel netd runs stays netd's in the plan: removing one is part of it.
         stack.wireguard_managed = true;
-        match stack.plan(&cfg) {
+        match stack.plan(&cfg, &SystemResolver) {
             Ok(actions) => {
                 for a in &actions {
                     println!("  {a}");

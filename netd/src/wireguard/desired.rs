@@ -1,7 +1,10 @@
 //! The desired tunnels from the config: keys loaded (or generated), endpoints resolved.
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use appliance::Config;
 use appliance::types::Host;
@@ -22,6 +25,92 @@ impl Resolve for SystemResolver {
     fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
         Ok((host, port).to_socket_addrs()?.collect())
     }
+}
+
+/// A DNS endpoint of a peer: the name and the port.
+pub type EndpointName = (String, u16);
+
+/// The answers of [`resolve_all`], served without blocking: a name missing from it (or that
+/// failed or timed out) fails, which leaves the kernel's endpoint as it is.
+#[derive(Debug, Default)]
+pub struct Resolved(BTreeMap<EndpointName, Result<Vec<SocketAddr>, String>>);
+
+impl Resolve for Resolved {
+    fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+        match self.0.get(&(host.to_owned(), port)) {
+            Some(Ok(addrs)) => Ok(addrs.clone()),
+            Some(Err(e)) => Err(std::io::Error::other(e.clone())),
+            None => Err(std::io::Error::other("not looked up in this pass")),
+        }
+    }
+}
+
+/// Looks up `names`, each in its own thread, and waits at most `timeout` for all of them:
+/// getaddrinfo cannot be cancelled, so a lookup that hangs (dnsd down, an upstream that
+/// never answers) is left to finish in its thread and counts as failed. Called with no
+/// lock held, so that the daemon keeps answering while names are looked up.
+pub fn resolve_all(
+    resolver: &Arc<dyn Resolve + Send + Sync>,
+    names: Vec<EndpointName>,
+    timeout: Duration,
+) -> Resolved {
+    let mut names = names;
+    names.sort();
+    names.dedup();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut out = BTreeMap::new();
+    for name in names {
+        let (tx, resolver) = (tx.clone(), Arc::clone(resolver));
+        let spawned = std::thread::Builder::new()
+            .name("wg-resolve".into())
+            .spawn(move || {
+                let answer = resolver.resolve(&name.0, name.1).map_err(|e| e.to_string());
+                // The receiver is gone when the wait timed out: the answer is late, dropped.
+                let _ = tx.send((name, answer));
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start a thread to resolve a WireGuard endpoint");
+        }
+    }
+    drop(tx);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((name, answer)) => {
+                out.insert(name, answer);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                tracing::warn!(
+                    seconds = timeout.as_secs(),
+                    "a WireGuard endpoint name got no answer in time; will retry"
+                );
+                break;
+            }
+        }
+    }
+    Resolved(out)
+}
+
+/// The DNS endpoints of `cfg`'s enabled peers for which `resolve_name(interface, peer key)`
+/// holds: what [`desired`] would look up.
+pub fn endpoint_names(
+    cfg: &Config,
+    resolve_name: &dyn Fn(&str, &PublicKey) -> bool,
+) -> Vec<EndpointName> {
+    let mut out = Vec::new();
+    for (ifname, w) in &cfg.wireguard {
+        for p in w.peers.values().filter(|p| p.enabled) {
+            if let Some(e) = &p.endpoint
+                && let Host::Name(host) = &e.host
+                && resolve_name(ifname.as_str(), &PublicKey(*p.public_key.bytes()))
+            {
+                out.push((host.as_str().to_owned(), e.port.get()));
+            }
+        }
+    }
+    out
 }
 
 /// The tunnels of `cfg`. `resolve_name(interface, peer key)` says whether a peer's DNS

@@ -25,7 +25,10 @@ mod state;
 
 pub use action::Action;
 pub use adapter::{WgError, WgKernel};
-pub use desired::{Resolve, SystemResolver, desired, desired_with};
+pub use desired::{
+    EndpointName, Resolve, Resolved, SystemResolver, desired, desired_with, endpoint_names,
+    resolve_all,
+};
 pub use fake::FakeWg;
 pub use kernel::KernelWg;
 pub use plan::{PlanError, plan};
