@@ -16,6 +16,7 @@ use crate::BOOT_TIMEOUT;
 use crate::harness::{Options, Vm};
 
 /// Capability bits (linux/capability.h).
+const CAP_CHOWN: u64 = 1;
 const CAP_NET_BIND_SERVICE: u64 = 1 << 10;
 const CAP_NET_ADMIN: u64 = 1 << 12;
 const CAP_NET_RAW: u64 = 1 << 13;
@@ -32,8 +33,9 @@ fn daemons() -> [(&'static str, u32, u64); 4] {
         // The config store is readable through group appliance: no CAP_DAC_READ_SEARCH.
         ("dnsd.service", 901, CAP_NET_BIND_SERVICE),
         ("applianced.service", 0, CAP_NET_BIND_SERVICE),
-        // ZFS ioctls and mount(2); no mount namespace (stored.service says why).
-        ("stored.service", 0, CAP_SYS_ADMIN),
+        // ZFS ioctls and mount(2), chown of share roots; no mount namespace (stored.service
+        // says why).
+        ("stored.service", 0, CAP_SYS_ADMIN | CAP_CHOWN),
     ]
 }
 
