@@ -252,14 +252,10 @@ pub fn run_job(
         job: name.to_owned(),
         ..JobReport::default()
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
     let mut oldest_newest: Option<i64> = None;
     for (root, dataset) in &datasets {
         let target_ds = plan::target_name(job.target_dataset.as_str(), root, dataset);
-        let landed = replicate_dataset(
+        let landed = match replicate_dataset(
             zfs,
             name,
             job,
@@ -268,7 +264,19 @@ pub fn run_job(
             &target_ds,
             &mut limiter,
             &mut report,
-        )?;
+        ) {
+            // A child made since the last snapshot of a recursive policy has none yet:
+            // the rest of the tree still goes, and the child follows once it has one.
+            Err(ReplError::Plan(plan::PlanError::NoSnapshots { .. })) if root != dataset => {
+                tracing::warn!(
+                    job = name,
+                    dataset = dataset.as_str(),
+                    "no snapshot of this child dataset yet; skipped this run"
+                );
+                continue;
+            }
+            other => other?,
+        };
         if let Some(c) = landed {
             oldest_newest = Some(oldest_newest.map_or(c, |o| o.min(c)));
         }
@@ -278,6 +286,12 @@ pub fn run_job(
         link.conn.close();
     }
     report.duration = started.elapsed();
+    // The lag as the run ends: the daemon subtracts it from the run's end to get the
+    // recovery point, so a long run must not look fresher than its data.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
     report.lag = oldest_newest.map(|c| Duration::from_secs(now.saturating_sub(c).max(0) as u64));
     tracing::info!(
         job = name,
