@@ -4,6 +4,8 @@
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -82,8 +84,14 @@ pub fn store_lease(state_dir: &Path, link: &str, lease: &Lease) -> Result<(), Fi
     write_atomically(&lease_path(state_dir, link), text.as_bytes())
 }
 
+/// Held across the read-modify-write of the DNS file: every WAN link's client thread
+/// writes its own entry into the one file, and two unserialized updates lose one.
+static DNS_FILE: Mutex<()> = Mutex::new(());
+
 /// Sets (or with `None` removes) `link`'s entry of the DNS file, keeping the others'.
 pub fn update_dns(path: &Path, link: &str, entry: Option<LinkDns>) -> Result<(), FileError> {
+    // A thread that panicked holding it left the file whole (it is replaced atomically).
+    let _serial = DNS_FILE.lock().unwrap_or_else(|e| e.into_inner());
     let mut dns: WanDns = std::fs::read_to_string(path)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
@@ -109,7 +117,11 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(err)?;
-    let tmp = path.with_extension("json.tmp");
+    // A name of its own per write: two writers sharing one temp file would rename each
+    // other's half-written bytes into place.
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_extension(format!("json.{}.{n}.tmp", std::process::id()));
     let mut f = std::fs::File::create(&tmp).map_err(err)?;
     f.write_all(bytes).map_err(err)?;
     f.sync_all().map_err(err)?;
@@ -117,4 +129,38 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wan_links_updating_the_dns_file_at_once_keep_every_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wan-dns.json");
+        let threads: Vec<_> = (0..8u8)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    for round in 0..40u64 {
+                        let entry = LinkDns {
+                            servers: vec![Ipv4Addr::new(192, 0, 2, i)],
+                            expires: round,
+                        };
+                        update_dns(&path, &format!("wan{i}"), Some(entry)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let dns: WanDns = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let links: Vec<_> = dns.links.keys().cloned().collect();
+        assert_eq!(links, (0..8).map(|i| format!("wan{i}")).collect::<Vec<_>>());
+        assert!(dns.links.values().all(|l| l.expires == 39));
+        // No temp file left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
 }
