@@ -168,11 +168,17 @@ impl<N: Netlink, F: Nft, W: WgKernel> Stack<N, F, W> {
     /// when it differs from the kernel's. Changes nothing (a WireGuard key still to be
     /// generated is made in memory only). `Invalid` says what would be refused. Endpoint
     /// names come from `resolver` (`netd check`: the system's; the daemon: looked up
-    /// before its lock was taken).
-    pub fn plan(&mut self, cfg: &Config, resolver: &dyn Resolve) -> Result<Vec<String>, ApiError> {
+    /// before its lock was taken). `previous`: the config in force, whose static
+    /// addresses on links now DHCP or SLAAC go.
+    pub fn plan(
+        &mut self,
+        cfg: &Config,
+        previous: Option<&Config>,
+        resolver: &dyn Resolve,
+    ) -> Result<Vec<String>, ApiError> {
         let links = self
             .links
-            .plan(cfg)
+            .plan_after(cfg, previous)
             .map_err(|e| ApiError::Invalid(format!("links: {e}")))?;
         let mut actions: Vec<String> = links
             .actions
@@ -234,7 +240,10 @@ impl<N: Netlink, F: Nft, W: WgKernel> Stack<N, F, W> {
             reason: format!("{e}; nothing was applied"),
         };
         // Everything that can be refused before the kernel is touched.
-        let links = self.links.plan(cfg).map_err(|e| refused("links", &e))?;
+        let links = self
+            .links
+            .plan_after(cfg, previous.map(|(_, c)| c))
+            .map_err(|e| refused("links", &e))?;
         let ruleset = render(cfg);
         let tunnels = self
             .wireguard_plan(cfg, true, resolver)
@@ -488,7 +497,10 @@ where
     pub fn plan(&self, generation: u64) -> Result<PlanReply, ApiError> {
         let cfg = self.load(generation)?;
         let resolved = self.lookup(&cfg);
-        let actions = self.inner().stack.plan(&cfg, &resolved)?;
+        let mut guard = self.inner();
+        let inner = &mut *guard;
+        let previous = inner.applied.as_ref().map(|(_, c)| c);
+        let actions = inner.stack.plan(&cfg, previous, &resolved)?;
         Ok(PlanReply {
             generation,
             actions,
@@ -1595,7 +1607,7 @@ pub mod cli {
         };
         // A tunnel netd runs stays netd's in the plan: removing one is part of it.
         stack.wireguard_managed = true;
-        match stack.plan(&cfg, &SystemResolver) {
+        match stack.plan(&cfg, None, &SystemResolver) {
             Ok(actions) => {
                 for a in &actions {
                     println!("  {a}");

@@ -538,3 +538,39 @@ fn an_undo_puts_an_up_nic_back_as_it_was() {
     lab.settle();
     assert_same(&before, &lab.snapshot());
 }
+
+#[test]
+fn a_link_switched_to_dhcp_and_slaac_loses_its_former_static_addresses() {
+    let lab = Lab::new();
+    let mut links = lab.links();
+    let first = config();
+    links.apply(&first).unwrap();
+    lab.settle();
+    assert_eq!(
+        addresses(&lab.router.json("addr show"), "wan"),
+        ["2001:db8:0:1::1/64", "203.0.113.1/24"]
+    );
+    let dynamic = appliance::load_str(
+        &CONFIG
+            .replace(
+                "addresses = [\"203.0.113.1/24\", \"2001:db8:0:1::1/64\"]\ngateway = \"203.0.113.254\"",
+                "ipv4 = \"dhcp\"\nipv6 = \"slaac\"",
+            )
+            .replace(
+                "routes = [{ to = \"198.51.100.0/24\", via = \"203.0.113.254\", metric = 10 }]\n",
+                "",
+            ),
+    )
+    .unwrap();
+    // What the DHCP client holds is not netd's links' to take away.
+    lab.router.ip("addr add 198.51.100.7/24 dev wan");
+    let plan = links.plan_after(&dynamic, Some(&first)).unwrap();
+    links.run(&plan).unwrap();
+    lab.settle();
+    assert_eq!(
+        addresses(&lab.router.json("addr show"), "wan"),
+        ["198.51.100.7/24"],
+        "plan:\n{plan}"
+    );
+    assert!(links.plan_after(&dynamic, Some(&first)).unwrap().is_empty());
+}

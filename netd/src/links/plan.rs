@@ -255,6 +255,18 @@ enum Fate {
 /// addresses (stale first, so one can move between links); bridge netfilter off; links
 /// up; missing routes (a gateway is only reachable once its link is up and addressed).
 pub fn plan(desired: &Desired, observed: &Observed) -> Result<Vec<Action>, PlanError> {
+    plan_after(desired, observed, None)
+}
+
+/// [`plan`], knowing what the config applied before wanted (`previous`): on a link whose
+/// family is no longer netd's (`ipv4 = "dhcp"`, `ipv6 = "slaac"`), the static addresses
+/// the previous config put there go, as they would if the link had stayed static. Only
+/// those: what the DHCP client or SLAAC added stays theirs.
+pub fn plan_after(
+    desired: &Desired,
+    observed: &Observed,
+    previous: Option<&Desired>,
+) -> Result<Vec<Action>, PlanError> {
     // NICs of the config, matched among the kernel's links.
     let mut claimed: BTreeMap<&str, &str> = BTreeMap::new(); // kernel name -> config key
     for d in &desired.links {
@@ -608,7 +620,12 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Vec<Action>, PlanE
                 IpNet::V4(_) => d.manage_v4,
                 IpNet::V6(_) => d.manage_v6 && !is_link_local(net),
             };
-            if managed && !d.addresses.contains(net) {
+            let formerly_static = || {
+                previous
+                    .and_then(|p| p.links.iter().find(|l| l.name == d.name))
+                    .is_some_and(|l| l.addresses.contains(net))
+            };
+            if (managed || formerly_static()) && !d.addresses.contains(net) {
                 actions.push(Action::RemoveAddress {
                     link: d.name.clone(),
                     net: *net,

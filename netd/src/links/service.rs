@@ -6,7 +6,7 @@ use appliance::Config;
 
 use super::action::Action;
 use super::adapter::{Netlink, NetlinkError};
-use super::plan::{PlanError, desired, plan};
+use super::plan::{PlanError, desired, plan_after};
 
 /// The steps from what the kernel holds to what the config asks for; empty when there is
 /// nothing to do.
@@ -87,10 +87,23 @@ impl<N: Netlink> Links<N> {
 
     /// What [`Links::apply`] would do now. Reads the kernel, writes nothing.
     pub fn plan(&mut self, cfg: &Config) -> Result<LinkPlan, LinksError> {
+        self.plan_after(cfg, None)
+    }
+
+    /// [`Links::plan`] from the config applied before (`previous`): the static addresses it
+    /// put on a link that is now DHCP or SLAAC are removed too.
+    pub fn plan_after(
+        &mut self,
+        cfg: &Config,
+        previous: Option<&Config>,
+    ) -> Result<LinkPlan, LinksError> {
         let want = desired(cfg)?;
+        // A previous config that no longer plans (it did when it was applied) only loses
+        // this cleanup.
+        let before = previous.and_then(|p| desired(p).ok());
         let have = self.netlink.observe().map_err(LinksError::Observe)?;
         Ok(LinkPlan {
-            actions: plan(&want, &have)?,
+            actions: plan_after(&want, &have, before.as_ref())?,
         })
     }
 
