@@ -131,6 +131,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// How long applianced waits for stored's plan or apply (applctl waits 300 s in all).
+const STORED_APPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(180);
+
 async fn run(args: Args) -> Result<(), Fatal> {
     // Apply order: links and firewall first, then DNS that listens on them, then storage.
     let daemons: Vec<Arc<dyn Daemon>> = vec![
@@ -142,9 +145,11 @@ async fn run(args: Args) -> Result<(), Fatal> {
             "dnsd",
             ControlClient::new(&args.dnsd_socket),
         )),
+        // Creating or importing a pool on real disks takes tens of seconds (32-62 s seen
+        // for a mirror in the TCG guest), well past the other daemons' minute.
         Arc::new(ControlDaemon::new(
             "stored",
-            ControlClient::new(&args.stored_socket),
+            ControlClient::new(&args.stored_socket).with_timeout(STORED_APPLY_TIMEOUT),
         )),
     ];
     let engine = Arc::new(Engine::new(
