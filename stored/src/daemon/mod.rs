@@ -316,6 +316,7 @@ where
                     .replication_listener
                     .as_ref()
                     .map(ReceiverConfig::from_model);
+                Self::release_stale_holds(&mut inner, &cfg);
                 inner.applied = Some((generation, cfg));
                 inner.last_error = None;
                 drop(inner);
@@ -324,6 +325,24 @@ where
             Err(e) => inner.last_error = Some(e.to_string()),
         }
         result
+    }
+
+    /// Releases the incremental-base holds of replication jobs the config no longer has,
+    /// so that pruning can take those snapshots. It lists every snapshot, so only at the
+    /// first apply (a job may have gone while stored was down) and when a job went away.
+    /// A failure is logged, not the apply's: the holds only keep snapshots longer.
+    fn release_stale_holds(inner: &mut Inner<Z, S>, cfg: &Config) {
+        let jobs: BTreeSet<String> = cfg.replication.keys().map(|k| k.to_string()).collect();
+        let a_job_went = match &inner.applied {
+            None => true,
+            Some((_, prev)) => prev.replication.keys().any(|k| !jobs.contains(k.as_str())),
+        };
+        if !a_job_went {
+            return;
+        }
+        if let Err(e) = crate::replication::release_stale_holds(&mut inner.zfs, &jobs) {
+            tracing::warn!(error = %e, "cannot release the holds of removed replication jobs; retried at the next apply that removes one");
+        }
     }
 
     /// The running replication listener's settings, if one was started.

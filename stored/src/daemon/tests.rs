@@ -607,3 +607,36 @@ fn a_refused_shares_step_takes_back_the_accounts_the_apply_made() {
     assert!(!userdb.join("alice.user").exists());
     assert!(!userdb.join("2000.user").exists());
 }
+
+#[test]
+fn an_apply_that_removes_a_job_releases_its_holds_and_keeps_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(FakeClock::new(at("2026-01-01T00:00:00Z")));
+    let job = "\n[replication.offsite]\ntarget = \"192.0.2.1:7001\"\ntarget_dataset = \"backup/box\"\ndatasets = [\"tank/data\"]\ninterval = \"1h\"\n";
+    let d = daemon(dir.path(), &format!("{CONFIG}{job}"), clock);
+    d.apply_active();
+    let snap = "tank/data@s1".to_owned();
+    let tags = ["stored-repl:offsite", "stored-repl:gone", "keep"];
+    {
+        let mut inner = d.inner();
+        inner
+            .zfs
+            .snapshot(std::slice::from_ref(&snap), &[])
+            .unwrap();
+        let holds: Vec<(String, String)> = tags
+            .iter()
+            .map(|t| (snap.clone(), (*t).to_owned()))
+            .collect();
+        inner.zfs.hold(&holds).unwrap();
+    }
+    let held =
+        |d: &Daemon| -> Vec<String> { d.inner().zfs.holds(&snap).unwrap().into_keys().collect() };
+    // The same jobs again: no job went, the holds stay (even the stale one, until then).
+    let same = d.store.commit(&format!("{CONFIG}{job}"), "same").unwrap();
+    d.apply(same).unwrap();
+    assert_eq!(held(&d).len(), 3);
+    // offsite leaves the config: its hold goes with the stale one, a user's hold stays.
+    let without = d.store.commit(CONFIG, "no job").unwrap();
+    d.apply(without).unwrap();
+    assert_eq!(held(&d), ["keep"]);
+}
