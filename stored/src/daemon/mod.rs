@@ -65,6 +65,9 @@ pub struct StoredDaemon<Z, S> {
     started: Instant,
     /// Unix time the scheduler last showed it is alive (start of a wait or end of a tick).
     alive: AtomicI64,
+    /// The active generation failed at start: the scheduler tries it again every pass
+    /// (until then nothing is snapshotted, pruned or replicated).
+    start_failed: std::sync::atomic::AtomicBool,
     /// Its own lock: a replication run does not stop snapshots or control requests.
     replicator: Mutex<Box<dyn Replicator>>,
     jobs: Mutex<BTreeMap<String, JobState>>,
@@ -193,6 +196,7 @@ where
             clock,
             started: Instant::now(),
             alive: AtomicI64::new(now),
+            start_failed: std::sync::atomic::AtomicBool::new(false),
             replicator: Mutex::new(replicator),
             jobs: Mutex::new(BTreeMap::new()),
             receiver: Mutex::new(None),
@@ -311,6 +315,7 @@ where
         let result = Self::apply_locked(&mut inner, generation, &cfg);
         match &result {
             Ok(_) => {
+                self.start_failed.store(false, Ordering::SeqCst);
                 let listener = cfg
                     .storage
                     .replication_listener
@@ -478,11 +483,21 @@ where
                     "active generation applied at start"
                 ),
                 Err(e) => {
-                    tracing::error!(generation = g.info.number, error = %e, "cannot apply the active generation at start")
+                    self.start_failed.store(true, Ordering::SeqCst);
+                    tracing::error!(generation = g.info.number, error = %e, "cannot apply the active generation at start; tried again at every scheduler pass")
                 }
             },
             Ok((None, _)) => tracing::info!("no generation stored yet; waiting for applianced"),
             Err(e) => tracing::error!(error = %e, "cannot read the config store"),
+        }
+    }
+
+    /// Applies the active generation again when it failed at start (a pool that was not
+    /// there yet, a password file fixed since), so that a failure at boot does not stop
+    /// snapshots and replication until the next change.
+    pub fn retry_start(&self) {
+        if self.start_failed.load(Ordering::SeqCst) {
+            self.apply_active();
         }
     }
 
@@ -960,7 +975,12 @@ where
         let wait = tick - (now.as_millis() as u64 % tick);
         tokio::time::sleep(Duration::from_millis(wait)).await;
         let d = Arc::clone(&daemon);
-        match tokio::task::spawn_blocking(move || d.tick()).await {
+        match tokio::task::spawn_blocking(move || {
+            d.retry_start();
+            d.tick()
+        })
+        .await
+        {
             Ok(r) if !r.errors.is_empty() => {
                 tracing::warn!(errors = ?r.errors, "scheduler pass had failures")
             }

@@ -640,3 +640,24 @@ fn an_apply_that_removes_a_job_releases_its_holds_and_keeps_the_others() {
     d.apply(without).unwrap();
     assert_eq!(held(&d), ["keep"]);
 }
+
+#[test]
+fn an_active_generation_that_fails_at_start_is_tried_again_by_the_scheduler() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(FakeClock::new(at("2026-01-01T00:00:00Z")));
+    let d = daemon(dir.path(), CONFIG, Arc::clone(&clock));
+    // The pool's import fails once (a disk not there yet at boot).
+    d.inner().zfs.fail_next = Some("cannot import 'tank': no such pool available".into());
+    d.apply_active();
+    assert!(d.inner().applied.is_none());
+    d.retry_start();
+    assert!(d.inner().applied.is_some(), "{:?}", d.inner().last_error);
+    d.tick();
+    assert!(
+        names(&d).iter().any(|n| n.starts_with("tank/data@stored_")),
+        "{:?}",
+        names(&d)
+    );
+    // Nothing left to retry: a later pass applies nothing again.
+    assert!(!d.start_failed.load(Ordering::SeqCst));
+}
