@@ -137,6 +137,9 @@ fn connection(
 ) -> Result<(), ReplError> {
     let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     tcp.set_nodelay(true).ok();
+    if let Err(e) = tls::detect_dead_peer(&tcp) {
+        tracing::warn!(error = %e, "cannot set TCP keepalive; a vanished peer is noticed only by the kernel's defaults");
+    }
     let conn = rustls::ServerConnection::new(config).map_err(tls::TlsError::from)?;
     let mut tls: Tls = rustls::StreamOwned::new(conn, tcp);
     serve_conn(&mut tls, &peer, allowed, None)

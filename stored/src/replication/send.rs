@@ -332,6 +332,9 @@ fn connect_tls(
         source,
     })?;
     tcp.set_nodelay(true).ok();
+    if let Err(e) = tls::detect_dead_peer(&tcp) {
+        tracing::warn!(error = %e, "cannot set TCP keepalive; a vanished peer is noticed only by the kernel's defaults");
+    }
     let server_name = ServerName::try_from(tls::SERVER_NAME)
         .map_err(|e| config_err(name, format!("TLS name: {e}")))?;
     let conn = rustls::ClientConnection::new(Arc::new(config), server_name)

@@ -21,6 +21,24 @@ use sha2::{Digest as _, Sha256};
 /// The name in the sender's TLS hello; certificates are pinned, so it is not checked.
 pub const SERVER_NAME: &str = "stored-replication";
 
+/// How long a peer may stay silent (no ACK for data sent, no answer to keepalive probes)
+/// before the connection counts as dead: a sender that vanished without a FIN would
+/// otherwise keep the receive open (no resume token written, the dataset busy), and a
+/// receiver that vanished would keep the job "running", its snapshots kept from pruning.
+pub const DEAD_PEER: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Turns on TCP keepalive (first probe after 60 s idle, then every 10 s, 6 probes) and
+/// TCP_USER_TIMEOUT so that a vanished peer ends the connection in about [`DEAD_PEER`].
+pub fn detect_dead_peer(tcp: &std::net::TcpStream) -> nix::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    setsockopt(tcp, sockopt::KeepAlive, &true)?;
+    setsockopt(tcp, sockopt::TcpKeepIdle, &60)?;
+    setsockopt(tcp, sockopt::TcpKeepInterval, &10)?;
+    setsockopt(tcp, sockopt::TcpKeepCount, &6)?;
+    let ms = u32::try_from(DEAD_PEER.as_millis()).unwrap_or(u32::MAX);
+    setsockopt(tcp, sockopt::TcpUserTimeout, &ms)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("identity file {path}: {source}")]
@@ -265,6 +283,18 @@ pub fn server_config(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_connection_gives_up_on_a_silent_peer() {
+        use nix::sys::socket::{getsockopt, sockopt};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        detect_dead_peer(&tcp).unwrap();
+        assert!(getsockopt(&tcp, sockopt::KeepAlive).unwrap());
+        assert_eq!(getsockopt(&tcp, sockopt::TcpKeepIdle).unwrap(), 60);
+        assert_eq!(getsockopt(&tcp, sockopt::TcpKeepCount).unwrap(), 6);
+        assert_eq!(getsockopt(&tcp, sockopt::TcpUserTimeout).unwrap(), 120_000);
+    }
+
     use std::net::{TcpListener, TcpStream};
 
     use super::super::proto::{self, Reply, Request};
