@@ -879,20 +879,40 @@ impl<'a> Checker<'a> {
                 self.require_link(i, p(&["dns", "listen"]).index(n), "link");
             }
         }
-        match (dns.block_mode, dns.block_addresses.is_empty()) {
-            (BlockMode::Custom, true) => self.push(
-                ErrorKind::MissingKey,
-                p(&["dns", "block_addresses"]),
-                "block_mode = \"custom\" needs block_addresses".into(),
-                "add block_addresses = [\"192.168.1.1\"]",
-            ),
-            (m, false) if m != BlockMode::Custom => self.push(
+        // dnsd answers a group's custom mode with the global block_addresses (a group has
+        // no addresses of its own), so they are needed as soon as anyone uses custom.
+        let custom_groups: Vec<&Name> = dns
+            .groups
+            .iter()
+            .filter(|(_, g)| g.block_mode == Some(BlockMode::Custom))
+            .map(|(n, _)| n)
+            .collect();
+        if dns.block_addresses.is_empty() {
+            if dns.block_mode == BlockMode::Custom {
+                self.push(
+                    ErrorKind::MissingKey,
+                    p(&["dns", "block_addresses"]),
+                    "block_mode = \"custom\" needs block_addresses".into(),
+                    "add block_addresses = [\"192.168.1.1\"]",
+                );
+            }
+            for g in custom_groups {
+                self.push(
+                    ErrorKind::MissingKey,
+                    p(&["dns", "groups", g.as_str(), "block_mode"]),
+                    format!(
+                        "group {g:?} has block_mode = \"custom\" but dns.block_addresses is empty"
+                    ),
+                    "a group answers with dns.block_addresses: add block_addresses = [\"192.168.1.1\"] under [dns]",
+                );
+            }
+        } else if dns.block_mode != BlockMode::Custom && custom_groups.is_empty() {
+            self.push(
                 ErrorKind::Conflict,
                 p(&["dns", "block_addresses"]),
                 "block_addresses are used only with block_mode = \"custom\"".into(),
-                "set block_mode = \"custom\" or remove block_addresses",
-            ),
-            _ => {}
+                "set block_mode = \"custom\" (in [dns] or a group) or remove block_addresses",
+            );
         }
         if let (Some(lo), Some(hi)) = (dns.min_ttl, dns.max_ttl)
             && lo > hi
@@ -1368,5 +1388,28 @@ impl NetOrBcast for Cidr {
             ipnet::IpNet::V4(n) if n.prefix_len() < 31 => a == n.network() || a == n.broadcast(),
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// (key path, message) of what loading `src` reports; loading runs these checks.
+    fn issues(src: &str) -> Vec<(String, String)> {
+        match crate::load::load_str(src) {
+            Ok(_) => Vec::new(),
+            Err(d) => d
+                .iter()
+                .map(|d| (d.path.to_string(), d.message.clone()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_group_in_custom_mode_may_use_the_global_addresses() {
+        let found = issues(
+            "version = 1\n[dns]\nblock_mode = \"null\"\nblock_addresses = [\"192.168.1.1\"]\n\
+             [dns.groups.kids]\ncidrs = [\"192.168.1.64/26\"]\nblock_mode = \"custom\"\n",
+        );
+        assert!(found.is_empty(), "{found:?}");
     }
 }

@@ -1666,7 +1666,13 @@ fn build_dns(d: &DnsSpec, zones: &[Name], links: &[IfName]) -> Dns {
         serve_stale: d.serve_stale,
         blocking: d.blocking,
         block_mode: d.block_mode,
-        block_addresses: if d.block_mode == BlockMode::Custom {
+        // A group in custom mode answers with the global addresses, so they are there
+        // whenever anyone uses custom (and only then).
+        block_addresses: if d.block_mode == BlockMode::Custom
+            || groups
+                .values()
+                .any(|g| g.block_mode == Some(BlockMode::Custom))
+        {
             d.block_addresses.clone()
         } else {
             vec![]
