@@ -34,14 +34,47 @@ pub enum Op {
     Change,
 }
 
-/// The daemons that own each section; a plan tells which of them must act.
-pub fn owner(section: &str) -> &'static str {
+/// The daemons a section concerns; a plan tells which of them must act. netd owns the
+/// network sections, but dnsd reads several of them too: the LAN addresses it answers
+/// for its own name (interfaces, vlans, bridges), the zones that put clients in groups
+/// (firewall), the lease names it serves (dhcp) and the hostname and domain (system).
+pub fn owners(section: &str) -> &'static [&'static str] {
     match section {
-        "interfaces" | "vlans" | "bridges" | "dhcp" | "firewall" | "wireguard" => "netd",
-        "dns" => "dnsd",
-        "storage" | "shares" | "snapshots" | "replication" => "stored",
-        _ => "applianced",
+        "interfaces" | "vlans" | "bridges" | "dhcp" | "firewall" => &["netd", "dnsd"],
+        "wireguard" => &["netd"],
+        "dns" => &["dnsd"],
+        "storage" | "shares" | "snapshots" | "replication" => &["stored"],
+        "system" => &["applianced", "dnsd"],
+        _ => &["applianced"],
     }
+}
+
+/// Whether `change` concerns `daemon`. dnsd only cares about the other sections while it
+/// serves (a change of `dns` itself, enabling or disabling it, always concerns it); of
+/// `firewall` only about which links a zone holds, and of `system` only about the names
+/// it answers for, so that a firewall rule or the time zone does not reload it.
+fn concerns(daemon: &str, change: &Change, dns_enabled: bool) -> bool {
+    use crate::diag::Seg;
+    if !owners(&change.section).contains(&daemon) {
+        return false;
+    }
+    if daemon != "dnsd" || change.section == "dns" {
+        return true;
+    }
+    let key = |i: usize| match change.path.segments().get(i) {
+        Some(Seg::Key(k)) => Some(k.as_str()),
+        _ => None,
+    };
+    let relevant = match change.section.as_str() {
+        // A whole zone (added or removed) or its interfaces.
+        "firewall" => {
+            key(1) == Some("zones")
+                && (change.path.segments().len() == 3 || key(3) == Some("interfaces"))
+        }
+        "system" => matches!(key(1), Some("hostname" | "domain")),
+        _ => true,
+    };
+    dns_enabled && relevant
 }
 
 /// Sections whose changes could cut the administrator off, so applying them waits for a
@@ -83,7 +116,14 @@ impl Plan {
         for c in &self.changes {
             if c.section != section {
                 section = &c.section;
-                let _ = writeln!(out, "{bold}{section}{reset} ({})", owner(section));
+                // The daemons of this section that act in this plan (a firewall rule
+                // alone does not concern dnsd, even though some firewall keys do).
+                let acting: Vec<&str> = owners(section)
+                    .iter()
+                    .copied()
+                    .filter(|d| self.daemons.contains(d))
+                    .collect();
+                let _ = writeln!(out, "{bold}{section}{reset} ({})", acting.join(", "));
             }
             match c.op {
                 Op::Add => {
@@ -157,9 +197,13 @@ pub fn diff(old: Option<&Config>, new: &Config) -> Plan {
             .position(|s| *s == c.section)
             .unwrap_or(usize::MAX)
     });
+    // Either side serving DNS is enough: a change that also turns dns off still has to
+    // reach dnsd, and that one is in the dns section anyway.
+    let dns_enabled = new.dns.enabled || old.is_some_and(|c| c.dns.enabled);
     let mut daemons: Vec<&'static str> = Vec::new();
+    // Apply order: the network first, since dnsd binds to and answers with its addresses.
     for d in ["netd", "dnsd", "stored", "applianced"] {
-        if changes.iter().any(|c| owner(&c.section) == d) {
+        if changes.iter().any(|c| concerns(d, c, dns_enabled)) {
             daemons.push(d);
         }
     }
@@ -302,7 +346,8 @@ mod tests {
         assert_eq!(p.changes.len(), 1);
         assert_eq!(p.changes[0].path.to_string(), "vlans.iot");
         assert_eq!(p.changes[0].op, Op::Add);
-        assert_eq!(p.daemons, vec!["netd"]);
+        // dnsd answers its own name with the LAN addresses, a VLAN's among them.
+        assert_eq!(p.daemons, vec!["netd", "dnsd"]);
         assert!(p.needs_confirm);
         let text = p.render(false);
         assert!(
@@ -324,6 +369,75 @@ mod tests {
         assert_eq!(p.daemons, vec!["dnsd"]);
         assert!(!p.needs_confirm);
         assert!(p.render(false).contains("~ dns.cache_size: 10000 -> 20000"));
+    }
+
+    const IOT: &str = "[vlans.iot]\nparent = \"lan\"\nid = 20\naddresses = [\"192.168.20.1/24\"]\n";
+
+    #[test]
+    fn a_link_moved_into_a_zone_is_planned_on_dnsd_after_netd() {
+        let a = cfg(IOT);
+        let src = crate::DEFAULT_CONFIG
+            .replace("interfaces = [\"lan\"]", "interfaces = [\"lan\", \"iot\"]");
+        let b = load_str(&format!("{src}\n{IOT}")).unwrap();
+        let p = diff(Some(&a), &b);
+        assert_eq!(p.changes.len(), 1, "{:?}", p.changes);
+        assert_eq!(
+            p.changes[0].path.to_string(),
+            "firewall.zones.lan.interfaces"
+        );
+        // dnsd puts the clients of a zone in the zone's groups, so it must see the move.
+        assert_eq!(p.daemons, vec!["netd", "dnsd"]);
+        assert!(p.render(false).contains("firewall (netd, dnsd)"));
+    }
+
+    #[test]
+    fn network_changes_leave_dnsd_alone_while_dns_is_off() {
+        let off = |extra: &str| {
+            load_str(&format!(
+                "{}\n{extra}",
+                crate::DEFAULT_CONFIG.replace("enabled = true", "enabled = false")
+            ))
+            .unwrap()
+        };
+        assert!(!off("").dns.enabled);
+        let p = diff(Some(&off("")), &off(IOT));
+        assert_eq!(p.daemons, vec!["netd"]);
+    }
+
+    #[test]
+    fn of_system_only_the_names_concern_dnsd() {
+        let a = cfg("");
+        let tz = load_str(
+            &crate::DEFAULT_CONFIG.replace("timezone = \"UTC\"", "timezone = \"Europe/Paris\""),
+        )
+        .unwrap();
+        assert_eq!(diff(Some(&a), &tz).daemons, vec!["applianced"]);
+        let host = load_str(
+            &crate::DEFAULT_CONFIG.replace("hostname = \"appliance\"", "hostname = \"gw\""),
+        )
+        .unwrap();
+        assert_eq!(diff(Some(&a), &host).daemons, vec!["dnsd", "applianced"]);
+    }
+
+    #[test]
+    fn a_firewall_rule_does_not_concern_dnsd_but_a_new_zone_does() {
+        let a = cfg("");
+        let input = load_str(&crate::DEFAULT_CONFIG.replacen(
+            "interfaces = [\"lan\"]\ninput = \"accept\"",
+            "interfaces = [\"lan\"]\ninput = \"drop\"",
+            1,
+        ))
+        .unwrap();
+        let p = diff(Some(&a), &input);
+        assert_eq!(p.changes.len(), 1, "{:?}", p.changes);
+        assert_eq!(p.daemons, vec!["netd"]);
+        let zone = cfg(&format!(
+            "{IOT}[firewall.zones.iot]\ninterfaces = [\"iot\"]\n"
+        ));
+        let p = diff(Some(&cfg(IOT)), &zone);
+        assert_eq!(p.changes.len(), 1, "{:?}", p.changes);
+        assert_eq!(p.changes[0].path.to_string(), "firewall.zones.iot");
+        assert_eq!(p.daemons, vec!["netd", "dnsd"]);
     }
 
     #[test]

@@ -271,7 +271,9 @@ fn plan_against_the_default_when_nothing_is_stored() {
     assert_eq!(code(&o), 0, "{}", err(&o));
     let s = out(&o);
     assert!(s.contains("against the built-in default"), "{s}");
-    assert!(s.contains("vlans (netd)"), "{s}");
+    // dnsd answers its own name with the LAN addresses, so a new VLAN concerns it too.
+    assert!(s.contains("vlans (netd, dnsd)"), "{s}");
+    assert!(s.contains("daemons to apply: netd, dnsd."), "{s}");
     assert!(
         s.contains("+ vlans.iot = { parent = \"lan\", id = 20"),
         "{s}"

@@ -27,7 +27,7 @@ pub enum DaemonError {
 
 /// One daemon as applianced drives it: plan and apply a stored generation.
 pub trait Daemon: Send + Sync + std::fmt::Debug {
-    /// `netd`, `dnsd`, `stored`: the name [`crate::plan::owner`] gives its sections.
+    /// `netd`, `dnsd`, `stored`: a name [`crate::plan::owners`] gives sections.
     fn name(&self) -> &str;
     /// What applying `generation` would do; changes nothing.
     fn plan(&self, generation: u64) -> BoxFuture<'_, Result<Vec<String>, DaemonError>>;
