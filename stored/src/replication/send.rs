@@ -409,6 +409,7 @@ fn replicate_dataset(
     let mut landed: Option<String> = newest_common(&source, &state);
     let mut result = Ok(());
     let mut steps = 0;
+    let mut cut: Option<String> = None;
     for step in &plan.steps {
         let to_full = format!("{dataset}@{}", step.to());
         let target_snap = format!("{target_ds}@{}", step.to());
@@ -477,6 +478,7 @@ fn replicate_dataset(
                 landed = Some(step.to().to_owned());
             }
             Err(e) => {
+                cut = Some(step.to().to_owned());
                 result = Err(e);
                 break;
             }
@@ -490,8 +492,34 @@ fn replicate_dataset(
         holds::move_hold(zfs, dataset, job_name, base)?;
         bookmark_base(zfs, dataset, job_name, base, &source);
     }
+    // The snapshot whose stream was cut is what the target's resume token names: held
+    // too, so that no prune before the next run can make the token useless. The next run
+    // that lands it moves the hold on as usual.
+    if let Some(snap) = &cut {
+        hold_cut_snapshot(zfs, dataset, job_name, snap);
+    }
     result?;
     Ok(landed.and_then(|l| source.iter().find(|s| s.name == l).map(|s| s.creation)))
+}
+
+fn hold_cut_snapshot(zfs: &mut RealZfs, dataset: &str, job: &str, snap: &str) {
+    let full = format!("{dataset}@{snap}");
+    let tag = holds::hold_tag(job);
+    let held = zfs
+        .holds(&full)
+        .map(|h| h.contains_key(&tag))
+        .unwrap_or(false);
+    if held {
+        return;
+    }
+    match zfs.hold(&[(full.clone(), tag)]) {
+        Ok(()) => {
+            tracing::info!(snapshot = %full, "held the snapshot whose stream was cut, for the resume")
+        }
+        Err(e) => {
+            tracing::warn!(snapshot = %full, error = %e, "cannot hold the snapshot whose stream was cut; a prune may make the resume token stale")
+        }
+    }
 }
 
 fn newest_common(source: &[Snap], state: &TargetState) -> Option<String> {
