@@ -507,6 +507,10 @@ impl Daemon {
 /// clients and sized buffers are made at start).
 fn restart_needed(old: &appliance::model::Dns, new: &appliance::model::Dns) -> Vec<String> {
     let mut restart = Vec::new();
+    // Listeners are bound at start only: a disabled dnsd has none to turn on.
+    if old.enabled != new.enabled {
+        restart.push("dns.enabled".to_owned());
+    }
     if old.upstreams != new.upstreams || old.forwarding != new.forwarding {
         restart.push("dns.upstreams and dns.forwarding".to_owned());
     }

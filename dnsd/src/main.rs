@@ -250,16 +250,19 @@ fn start_watchdog() -> Option<tokio::task::JoinHandle<()>> {
 
 async fn run(args: Args) -> Result<(), Fatal> {
     let cfg = Arc::new(load_config(&args)?);
-    if !cfg.dns.enabled {
-        tracing::info!("dns.enabled is false; nothing to serve");
-        return Ok(());
-    }
-    let listen = if args.listen.is_empty() {
+    // A disabled dnsd still runs, without listeners: under Type=notify it must say READY
+    // (appliance-healthy.target requires dnsd.service), and applianced must reach its
+    // control socket to apply later generations.
+    let enabled = cfg.dns.enabled;
+    let listen = if !enabled {
+        tracing::info!("dns.enabled is false: no DNS served, the control socket only");
+        Vec::new()
+    } else if args.listen.is_empty() {
         listen_addresses(&cfg)
     } else {
         args.listen.clone()
     };
-    if listen.is_empty() {
+    if enabled && listen.is_empty() {
         return Err(Fatal::Config(
             "nowhere to listen: set dns.listen, or give a LAN link a static address and a DHCP server"
                 .into(),
@@ -299,8 +302,9 @@ async fn run(args: Args) -> Result<(), Fatal> {
     let mut server = Server::bind(Arc::clone(&resolver), listen.clone())
         .await
         .map_err(|e| Fatal::Other(format!("cannot listen: {e}")))?;
-    listen_encrypted(&mut server, &cfg, args.tls_dir.clone(), &listen).await?;
-    appliance::sd::ready();
+    if enabled {
+        listen_encrypted(&mut server, &cfg, args.tls_dir.clone(), &listen).await?;
+    }
     let watchdog = start_watchdog();
     let lease_resolver = Arc::clone(&resolver);
     let lease_names = tokio::spawn(leases.run(move |zone| lease_resolver.swap_leases(zone)));
@@ -323,7 +327,10 @@ async fn run(args: Args) -> Result<(), Fatal> {
         server.addresses().to_vec(),
     );
     daemon.set_config_dir(args.config_dir.clone());
-    daemon.start_refresher(refresher);
+    // Lists are fetched for a DNS that is served; an apply that enables it starts them.
+    if enabled {
+        daemon.start_refresher(refresher);
+    }
     // Without its control socket dnsd still answers DNS, which matters more to the house.
     let control = match dnsd::control::serve(&args.control, Arc::clone(&daemon)).await {
         Ok(task) => Some(task),
@@ -332,8 +339,14 @@ async fn run(args: Args) -> Result<(), Fatal> {
             None
         }
     };
+    let stop = wait_for_stop();
+    // Ready once applianced can reach the control socket too: it applies right after.
+    appliance::sd::ready();
+    if !enabled {
+        appliance::sd::status("DNS disabled");
+    }
 
-    wait_for_stop().await;
+    stop.await;
     tracing::info!("stopping");
     appliance::sd::stopping();
     if let Some(task) = watchdog {
@@ -352,9 +365,18 @@ async fn run(args: Args) -> Result<(), Fatal> {
         .map_err(|e| Fatal::Other(format!("shutdown: {e}")))
 }
 
-async fn wait_for_stop() {
+/// Installs the SIGTERM handler now, so that a stop sent right after READY is not the
+/// default action (death by signal, a failed unit), and returns the wait for it.
+fn wait_for_stop() -> impl std::future::Future<Output = ()> {
+    let sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    async move {
+        wait_for_signals(sigterm).await;
+    }
+}
+
+async fn wait_for_signals(sigterm: std::io::Result<tokio::signal::unix::Signal>) {
     let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        match sigterm {
             Ok(mut s) => {
                 s.recv().await;
             }

@@ -11,6 +11,8 @@
 
 mod common;
 
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -81,4 +83,50 @@ fn an_invalid_config_exits_2() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("dns.port"), "{err}");
+}
+
+/// With DNS off dnsd must still tell systemd it is ready (dnsd.service is required by
+/// appliance-healthy.target) and keep its control socket for applianced, serving no DNS.
+#[test]
+fn with_dns_disabled_it_says_ready_and_keeps_its_control_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_path = dir.path().join("appliance.toml");
+    std::fs::write(&cfg_path, "version = 1\n[dns]\nenabled = false\n").unwrap();
+    let notify_path = dir.path().join("notify");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let control = dir.path().join("control.sock");
+    let d = Killed::spawn(
+        dnsd(&cfg_path)
+            .arg("--lists-dir")
+            .arg(dir.path().join("lists"))
+            .arg("--control")
+            .arg(&control)
+            .env("NOTIFY_SOCKET", &notify_path),
+    );
+    let mut said = Vec::new();
+    while !said.iter().any(|m: &String| m.starts_with("STATUS=")) {
+        let mut buf = [0u8; 4096];
+        let n = notify
+            .recv(&mut buf)
+            .expect("dnsd sent no READY and STATUS within 20 s");
+        said.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert_eq!(said, ["READY=1", "STATUS=DNS disabled"]);
+
+    let mut s = UnixStream::connect(&control).expect("no control socket");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "GET /v1/status HTTP/1.1\r\nHost: dnsd\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("\"dnsd\""), "{reply}");
+
+    assert_eq!(d.terminate(Duration::from_secs(10)).code(), Some(0));
 }
