@@ -175,10 +175,17 @@ impl ListStore {
         // the single worker of the appliance is the one that reads the UDP socket.
         let old = {
             let (store, name, source) = (self.clone(), name.to_owned(), source.clone());
+            let in_use = previous.is_some();
             off_the_workers(move || {
-                Ok(store
+                let old = store
                     .meta(&name)
-                    .filter(|m| m.source == source && store.bin(&name).exists()))
+                    .filter(|m| m.source == source && store.bin(&name).exists());
+                // A stored copy that is not in use may be one that failed to load: were it
+                // taken as current, a 304 would leave the list missing and due again at once.
+                if old.is_some() && !in_use && store.load(&name, &source).is_none() {
+                    return Ok(None);
+                }
+                Ok(old)
             })
             .await?
         };

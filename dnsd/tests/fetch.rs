@@ -241,3 +241,44 @@ async fn refresher_fetches_what_is_due_and_starts_from_the_store() {
     assert!(r2.lists()["ads"].blocks("ads.example").is_some());
     assert_eq!(state.lock().unwrap().requests, 1);
 }
+
+/// A stored copy that no longer loads (one byte flipped) is downloaded again in full, in
+/// one request: a conditional one would get a 304 and leave the list missing for good.
+#[tokio::test]
+async fn a_damaged_stored_copy_is_downloaded_again_unconditionally() {
+    let state = Arc::new(Mutex::new(Served {
+        status: 200,
+        body: "0.0.0.0 ads.example\n".into(),
+        etag: "\"v1\"".into(),
+        ..Served::default()
+    }));
+    let url = serve(Arc::clone(&state)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = ListStore::new(dir.path());
+    let client = http_client().unwrap();
+    let l = list(&url);
+    assert!(matches!(
+        store.refresh(&client, "ads", &l).await.unwrap(),
+        Outcome::Updated(_)
+    ));
+
+    let bin = dir.path().join("ads.bin");
+    let mut bytes = std::fs::read(&bin).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&bin, bytes).unwrap();
+    assert!(
+        store.load("ads", &url).is_none(),
+        "the damage went unnoticed"
+    );
+
+    let before = state.lock().unwrap().requests;
+    let Outcome::Updated(c) = store.refresh(&client, "ads", &l).await.unwrap() else {
+        panic!("a damaged copy must be downloaded again");
+    };
+    assert!(c.blocks("x.ads.example").is_some());
+    let s = state.lock().unwrap();
+    assert_eq!((s.requests - before, s.conditional), (1, 0));
+    drop(s);
+    assert!(store.load("ads", &url).is_some());
+}
