@@ -111,6 +111,11 @@ pub fn render(resolver: &Resolver, lists: &Lists, uptime_s: f64) -> String {
         ],
     );
     e.counter(
+        "dnsd_queries_shed_total",
+        "Queries dropped unanswered because too many were already being forwarded.",
+        s.shed.load(Ordering::Relaxed),
+    );
+    e.counter(
         "dnsd_prefetches_total",
         "Popular cache entries refreshed before they expired.",
         s.prefetched.load(Ordering::Relaxed),

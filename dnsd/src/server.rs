@@ -51,6 +51,9 @@ pub struct Stats {
     pub failed: AtomicU64,
     /// FORMERR, NOTIMP and REFUSED.
     pub rejected: AtomicU64,
+    /// Dropped unanswered: too many queries already on their way upstream
+    /// ([`crate::udp::MAX_IN_FLIGHT`]).
+    pub shed: AtomicU64,
 }
 
 impl Stats {

@@ -19,6 +19,12 @@ use crate::server::Handler;
 const BATCH: usize = 32;
 /// The largest query read, as hickory's UDP listener reads (`MAX_RECEIVE_BUFFER_SIZE`).
 const MAX_QUERY: usize = 4096;
+/// Queries of one listener on the hickory path (forwards, mostly) at once. Each forward
+/// holds an upstream socket until it is answered or times out: unbounded, a flood of
+/// uncached names would take every file descriptor (and memory) of the process. Past the
+/// bound a query is dropped, as an overloaded resolver does, and counted
+/// (`dnsd_queries_shed_total`); the client retries.
+pub const MAX_IN_FLIGHT: usize = 4096;
 /// Non-blocking reads tried after a batch before waiting for readiness (about 1 µs each).
 const SPIN: u32 = 32;
 /// The receive buffer asked for: about 5,000 queries, so that a burst, or the core being
@@ -146,6 +152,7 @@ pub async fn serve(socket: Arc<UdpSocket>, handler: Handler) {
     let mut name = String::with_capacity(256);
     let mut log = Vec::new();
     let mut spin = 0;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     loop {
         let got = if spin > 0 {
             // Right after a batch, look again a few times before sleeping on readiness:
@@ -201,8 +208,12 @@ pub async fn serve(socket: Arc<UdpSocket>, handler: Handler) {
                 continue;
             }
             spare.push(out);
+            let Some(slot) = take_slot(&slots, handler.0.stats()) else {
+                continue;
+            };
             let (socket, handler, packet) = (Arc::clone(&socket), handler.clone(), packet.to_vec());
             tokio::spawn(async move {
+                let _slot = slot;
                 if let Some(answer) = handler.answer_udp(&packet, src).await
                     && let Err(e) = socket.send_to(&answer, src).await
                 {
@@ -220,6 +231,23 @@ pub async fn serve(socket: Arc<UdpSocket>, handler: Handler) {
             b.clear();
             b
         }));
+    }
+}
+
+/// A place for one more query on the hickory path, or `None` (counted as shed) when
+/// [`MAX_IN_FLIGHT`] are already there.
+fn take_slot(
+    slots: &Arc<tokio::sync::Semaphore>,
+    stats: &crate::server::Stats,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    match Arc::clone(slots).try_acquire_owned() {
+        Ok(slot) => Some(slot),
+        Err(_) => {
+            stats
+                .shed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            None
+        }
     }
 }
 
@@ -260,6 +288,22 @@ mod tests {
             .trim()
             .parse()
             .unwrap()
+    }
+
+    #[test]
+    fn queries_past_the_bound_are_shed_and_counted() {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+        let stats = crate::server::Stats::default();
+        let mut held: Vec<_> = (0..MAX_IN_FLIGHT)
+            .map(|_| take_slot(&slots, &stats).unwrap())
+            .collect();
+        assert!(take_slot(&slots, &stats).is_none());
+        assert!(take_slot(&slots, &stats).is_none());
+        assert_eq!(stats.shed.load(std::sync::atomic::Ordering::Relaxed), 2);
+        // A forward that ends gives its place back.
+        held.pop();
+        assert!(take_slot(&slots, &stats).is_some());
+        assert_eq!(stats.shed.load(std::sync::atomic::Ordering::Relaxed), 2);
     }
 
     /// As root (CI) the buffers get the full size past the sysctls; without
