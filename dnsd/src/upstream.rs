@@ -30,7 +30,9 @@ pub const TRIES: usize = 2;
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Weight of a new latency sample in the moving average, in 1/8ths.
 const EWMA_WEIGHT_EIGHTHS: u64 = 2;
-/// Large enough for any EDNS answer over UDP.
+/// The largest UDP answer read. The client's EDNS size is forwarded as is, so an upstream
+/// may send more: such an answer is read as cut (one byte past this) and asked for again
+/// over TCP, instead of failing to parse until the try times out.
 const UDP_BUFFER: usize = 4096;
 
 /// Why a query could not be forwarded.
@@ -597,9 +599,14 @@ async fn plain_exchange(
     let sock = UdpSocket::bind(bind).await.map_err(net)?;
     sock.connect(addr).await.map_err(net)?;
     sock.send(&out).await.map_err(net)?;
-    let mut buf = vec![0u8; UDP_BUFFER];
+    let mut buf = vec![0u8; UDP_BUFFER + 1];
     let answer = loop {
         let n = sock.recv(&mut buf).await.map_err(net)?;
+        if n > UDP_BUFFER {
+            // Cut by the read: its id cannot be trusted more than a truncated answer's,
+            // and TCP below checks the id of the whole one.
+            break None;
+        }
         let Some(bytes) = buf.get(..n) else {
             continue;
         };
@@ -609,10 +616,12 @@ async fn plain_exchange(
             continue;
         };
         if m.metadata.id == id && m.queries == request.queries {
-            break m;
+            break Some(m);
         }
     };
-    if !answer.metadata.truncation {
+    if let Some(answer) = answer
+        && !answer.metadata.truncation
+    {
         return Ok(answer);
     }
     tracing::debug!(upstream = label, "truncated answer, asking again over TCP");

@@ -59,6 +59,9 @@ impl Dnsmasq {
                     "--address=/swap.test/192.0.2.13",
                     "--host-record=host.test,192.0.2.11",
                     "--host-record=dns.test,127.0.0.1",
+                    // An answer of about 6 KB over UDP for a client that allows it.
+                    "--edns-packet-max=65535",
+                    &big_txt_record(),
                 ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
@@ -599,4 +602,40 @@ async fn popular_names_are_refreshed_before_they_expire() {
     ask(&mut c, "fwd.test.", RecordType::A).await;
     assert_eq!(r.stats().forwarded.load(Ordering::Relaxed), 1);
     server.shutdown().await.unwrap();
+}
+
+/// `big.test` TXT: 30 strings of 200 bytes.
+fn big_txt_record() -> String {
+    let strings: Vec<String> = (0..30).map(|i| format!("{i:0200}")).collect();
+    format!("--txt-record=big.test,{}", strings.join(","))
+}
+
+/// The client's EDNS size (65535 here) is forwarded; an upstream answer larger than dnsd
+/// reads over UDP comes back whole, over TCP, rather than as a parse failure and a timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_larger_than_the_udp_read_is_fetched_over_tcp() {
+    let upstream = Dnsmasq::start().await;
+    let cfg = appliance::load_str(&config(upstream.addr, "")).unwrap();
+    let upstreams = dnsd::upstream::Upstreams::from_config(&cfg.dns);
+    let mut m = Message::query();
+    m.metadata.id = 77;
+    m.metadata.recursion_desired = true;
+    m.add_query(hickory_proto::op::Query::query(
+        n("big.test."),
+        RecordType::TXT,
+    ));
+    let mut edns = hickory_proto::op::Edns::new();
+    edns.set_max_payload(65535);
+    m.set_edns(edns);
+    let f = upstreams.forward(&m.to_vec().unwrap()).await.unwrap();
+    let txt: usize = f
+        .message
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::TXT(t) => Some(t.txt_data.iter().map(|s| s.len()).sum::<usize>()),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(txt, 6000, "{:?}", f.message);
 }
