@@ -1353,18 +1353,7 @@ mod tests {
         // handed to another interface key.
         let n1 = store.commit(&BASE.replace("nic1", "eth1"), "base").unwrap();
         store.activate(n1).unwrap();
-        let services = FakeServices::default();
-        let stack = Stack::new(
-            Links::new(FakeNetlink::with_nics(&[
-                ("eth0", [2, 0, 0, 0, 0, 1]),
-                ("eth1", [2, 0, 0, 0, 0, 2]),
-            ])),
-            Firewall::new(FakeNft::new()),
-            Wireguard::new(FakeWg::default()),
-            dir.path().join("wireguard"),
-            Box::new(services.clone()),
-        );
-        let d = NetDaemon::new(store, stack);
+        let (d, services) = on_default_nics(store, dir.path());
         d.inner().stack.firewall.nft_mut().fail_next = Some("Error: Could not process rule".into());
         assert_eq!(d.apply_active(), Some(n1));
         assert_eq!(d.applied_generation(), Some(DEFAULT_GENERATION));
@@ -1403,10 +1392,8 @@ mod tests {
         assert_eq!(services.state.lock().unwrap().log.len(), log);
     }
 
-    #[test]
-    fn an_empty_store_gets_the_built_in_default_with_its_services() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+    /// A daemon on fakes with the built-in default's cards, eth0 and eth1.
+    fn on_default_nics(store: Store, dir: &std::path::Path) -> (Arc<Fake>, FakeServices) {
         let services = FakeServices::default();
         let stack = Stack::new(
             Links::new(FakeNetlink::with_nics(&[
@@ -1415,10 +1402,17 @@ mod tests {
             ])),
             Firewall::new(FakeNft::new()),
             Wireguard::new(FakeWg::default()),
-            dir.path().join("wireguard"),
+            dir.join("wireguard"),
             Box::new(services.clone()),
         );
-        let d = NetDaemon::new(store, stack);
+        (NetDaemon::new(store, stack), services)
+    }
+
+    #[test]
+    fn an_empty_store_gets_the_built_in_default_with_its_services() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (d, services) = on_default_nics(store, dir.path());
         d.apply_active();
         assert_eq!(d.applied_generation(), Some(DEFAULT_GENERATION));
         let running = services.running();
