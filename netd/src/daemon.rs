@@ -913,16 +913,9 @@ mod tests {
         store.activate(n1).unwrap();
         let changed = BASE.replace("192.168.1.1/24", "192.168.2.1/24");
         store.commit(&changed, "new address").unwrap();
-        let services = FakeServices::default();
-        let stack = Stack::new(
-            Links::new(FakeNetlink::with_nics(&[
-                ("nic0", [2, 0, 0, 0, 0, 0]),
-                ("nic1", [2, 0, 0, 0, 0, 1]),
-            ])),
-            Firewall::new(FakeNft::new()),
-            Wireguard::new(FakeWg::default()),
-            dir.path().join("wireguard"),
-            Box::new(services.clone()),
+        let (stack, services) = fake_stack(
+            &[("nic0", [2, 0, 0, 0, 0, 0]), ("nic1", [2, 0, 0, 0, 0, 1])],
+            dir.path(),
         );
         Rig {
             daemon: NetDaemon::with_resolver(store, stack, resolver, timeout),
@@ -1392,18 +1385,27 @@ mod tests {
         assert_eq!(services.state.lock().unwrap().log.len(), log);
     }
 
-    /// A daemon on fakes with the built-in default's cards, eth0 and eth1.
-    fn on_default_nics(store: Store, dir: &std::path::Path) -> (Arc<Fake>, FakeServices) {
+    /// The stack on fakes with these cards, keys under `dir`, and the services' fake.
+    fn fake_stack(
+        nics: &[(&str, [u8; 6])],
+        dir: &std::path::Path,
+    ) -> (Stack<FakeNetlink, FakeNft, FakeWg>, FakeServices) {
         let services = FakeServices::default();
         let stack = Stack::new(
-            Links::new(FakeNetlink::with_nics(&[
-                ("eth0", [2, 0, 0, 0, 0, 1]),
-                ("eth1", [2, 0, 0, 0, 0, 2]),
-            ])),
+            Links::new(FakeNetlink::with_nics(nics)),
             Firewall::new(FakeNft::new()),
             Wireguard::new(FakeWg::default()),
             dir.join("wireguard"),
             Box::new(services.clone()),
+        );
+        (stack, services)
+    }
+
+    /// A daemon on fakes with the built-in default's cards, eth0 and eth1.
+    fn on_default_nics(store: Store, dir: &std::path::Path) -> (Arc<Fake>, FakeServices) {
+        let (stack, services) = fake_stack(
+            &[("eth0", [2, 0, 0, 0, 0, 1]), ("eth1", [2, 0, 0, 0, 0, 2])],
+            dir,
         );
         (NetDaemon::new(store, stack), services)
     }
