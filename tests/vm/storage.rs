@@ -1,5 +1,6 @@
 //! stored against real ZFS in the image's kernel, in one boot: the `stored` binary the
-//! image ships, driven by appliance.toml files on two blank disks named by id.
+//! image ships, driven by appliance.toml files on blank disks named by id: a mirror, then
+//! a raidz1 over three disks and a raidz2 over four, each read back from `zpool status -P`.
 
 use std::fs;
 
@@ -77,7 +78,20 @@ fn stored_makes_pools_datasets_and_snapshots_on_real_zfs() {
         mut vm,
         disks,
         stored: bin,
-    } = zpool::boot("storage", &[("stored-a", 512), ("stored-b", 512)]);
+    } = zpool::boot(
+        "storage",
+        &[
+            ("stored-a", 512),
+            ("stored-b", 512),
+            ("rz1-a", 256),
+            ("rz1-b", 256),
+            ("rz1-c", 256),
+            ("rz2-a", 256),
+            ("rz2-b", 256),
+            ("rz2-c", 256),
+            ("rz2-d", 256),
+        ],
+    );
     let (disk_a, disk_b) = (&disks[0], &disks[1]);
     let g = Guest { vm: &vm, bin };
     let pool = zpool::pool("tank", "mirror", &[disk_a, disk_b]);
@@ -140,6 +154,71 @@ fn stored_makes_pools_datasets_and_snapshots_on_real_zfs() {
     assert_eq!(
         g.ok(&format!("apply --config {cfg}")).trim(),
         "nothing to do"
+    );
+
+    // raidz1 over three disks and raidz2 over four, created from the declared layout next
+    // to the mirror, and read back from `zpool status -P`.
+    let (rz1, rz2) = (&disks[2..5], &disks[5..9]);
+    let raidz = format!(
+        "{pool}{DATASETS}{}{}",
+        zpool::pool("rz1", "raidz1", rz1),
+        zpool::pool("rz2", "raidz2", rz2)
+    );
+    let raidz_cfg = g.config("raidz", &raidz);
+    let created = g.ok(&format!("apply --config {raidz_cfg}"));
+    assert!(
+        created.contains(&format!("create pool rz1 [raidz1({})]", rz1.join(", "))),
+        "{created}"
+    );
+    assert!(
+        created.contains(&format!("create pool rz2 [raidz2({})]", rz2.join(", "))),
+        "{created}"
+    );
+    let part1 =
+        |ds: &[String]| -> Vec<String> { ds.iter().map(|d| format!("{d}-part1")).collect() };
+    assert_eq!(
+        vdevs(&vm.sh("zpool status -P rz1")),
+        [("raidz1-0".to_owned(), part1(rz1))]
+    );
+    assert_eq!(
+        vdevs(&vm.sh("zpool status -P rz2")),
+        [("raidz2-0".to_owned(), part1(rz2))]
+    );
+    // stored reads the same layouts back: nothing to do, and nothing after an export either
+    // but the import (`zpool import` shows the raidz2 tree the same way).
+    assert_eq!(
+        g.ok(&format!("apply --config {raidz_cfg}")).trim(),
+        "nothing to do"
+    );
+    vm.sh("zpool export rz2");
+    let imported = g.ok(&format!("apply --config {raidz_cfg}"));
+    assert_eq!(imported.trim(), "done: import pool rz2", "{imported}");
+    // The raidz1 declared as raidz2 over the same disks: refused, saying so, nothing touched.
+    let reshaped = g.config(
+        "reshaped",
+        &format!(
+            "{pool}{DATASETS}{}{}",
+            zpool::pool("rz1", "raidz2", rz1),
+            zpool::pool("rz2", "raidz2", rz2)
+        ),
+    );
+    let before = vm.sh("zpool status -P rz1; zpool history rz1 | wc -l");
+    let (code, _, err) = g.stored(&format!("apply --config {reshaped}"));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "pool rz1: the config declares [raidz2({})] but the pool is [raidz1(",
+            rz1.join(", ")
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("stored never destroys, recreates or reshapes a pool"),
+        "{err}"
+    );
+    assert_eq!(
+        vm.sh("zpool status -P rz1; zpool history rz1 | wc -l"),
+        before
     );
 
     // Snapshot policy: hourly = 2, daily = 1, recursive; four hourly passes.
@@ -217,4 +296,27 @@ fn stored_makes_pools_datasets_and_snapshots_on_real_zfs() {
 
     let status = vm.power_off(POWER_OFF_TIMEOUT);
     assert!(status.success(), "QEMU exited with {status}");
+}
+
+/// The top-level data vdevs of one pool's `zpool status -P` and the devices under each, in
+/// the tree's order: the `config:` section, a tab and then two spaces per level.
+fn vdevs(status: &str) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    let config = status
+        .split_once("config:")
+        .and_then(|(_, rest)| rest.split_once("errors:"))
+        .map(|(tree, _)| tree)
+        .unwrap_or_else(|| panic!("no config: section in\n{status}"));
+    for line in config.lines().filter_map(|l| l.strip_prefix('\t')) {
+        let depth = (line.len() - line.trim_start_matches(' ').len()) / 2;
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        match depth {
+            1 => out.push((name.to_owned(), Vec::new())),
+            2 => out.last_mut().unwrap().1.push(name.to_owned()),
+            _ => {}
+        }
+    }
+    out
 }
