@@ -339,6 +339,7 @@ fn serve(socket: &Path, config_dir: &Path) -> Result<(), Failure> {
         Box::new(SystemClock),
         Box::new(RealReplicator::open()?),
     );
+    daemon.keep_job_state(stored::daemon::replicate::STATE_FILE);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

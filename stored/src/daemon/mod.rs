@@ -71,6 +71,9 @@ pub struct StoredDaemon<Z, S> {
     /// Its own lock: a replication run does not stop snapshots or control requests.
     replicator: Mutex<Box<dyn Replicator>>,
     jobs: Mutex<BTreeMap<String, JobState>>,
+    /// Where the jobs' last successes are kept across restarts (none: memory only). Its
+    /// lock also orders the writes of two runs that end together.
+    jobs_file: Mutex<Option<std::path::PathBuf>>,
     /// The replication listener's last settings and their handle, which an apply updates.
     receiver: Mutex<Option<(ReceiverConfig, ReceiverSettings)>>,
 }
@@ -199,6 +202,7 @@ where
             start_failed: std::sync::atomic::AtomicBool::new(false),
             replicator: Mutex::new(replicator),
             jobs: Mutex::new(BTreeMap::new()),
+            jobs_file: Mutex::new(None),
             receiver: Mutex::new(None),
         })
     }
@@ -206,6 +210,33 @@ where
     /// Where the NAS users' accounts go (the box's by default; a directory in tests).
     pub fn set_accounts(&self, accounts: Accounts) {
         self.inner().accounts = accounts;
+    }
+
+    /// Keeps the replication jobs' last successes in `path` from now on, and reads what
+    /// the previous run of stored left there, so that lag and last success survive a
+    /// restart. A file that cannot be read is logged and replaced at the next success.
+    pub fn keep_job_state(&self, path: impl Into<std::path::PathBuf>) {
+        let path = path.into();
+        match replicate::load(&path) {
+            Ok(saved) => {
+                tracing::info!(path = %path.display(), jobs = saved.len(), "replication state read");
+                let mut jobs = self.jobs();
+                for (name, state) in saved {
+                    jobs.entry(name).or_insert(state);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "replication lag is unknown until each job runs"),
+        }
+        *self.jobs_file.lock().unwrap_or_else(|e| e.into_inner()) = Some(path);
+    }
+
+    fn save_job_state(&self) {
+        let file = self.jobs_file.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(path) = file.as_ref() else { return };
+        let states = self.jobs().clone();
+        if let Err(e) = replicate::save(path, &states) {
+            tracing::error!(error = %e, "the jobs' last successes are not saved; after a restart their lag is unknown until they run");
+        }
     }
 
     fn inner(&self) -> MutexGuard<'_, Inner<Z, S>> {
@@ -831,10 +862,15 @@ where
             r.run(name, job)
         };
         let done = self.clock.now();
-        let mut jobs = self.jobs();
-        if let Some(state) = jobs.get_mut(name) {
-            state.running = false;
-            state.record(done, &result);
+        {
+            let mut jobs = self.jobs();
+            if let Some(state) = jobs.get_mut(name) {
+                state.running = false;
+                state.record(done, &result);
+            }
+        }
+        if result.is_ok() {
+            self.save_job_state();
         }
         match &result {
             Ok(r) => tracing::info!(

@@ -6,13 +6,15 @@
 //! meanwhile; the job's hold on its incremental base keeps the pruning off it.
 
 use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use appliance::model::ReplicationJob;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::metrics::Prom;
-use crate::replication::{JobReport, RunOptions, run_job};
+use crate::replication::{JobReport, ReplicatedSnapshot, RunOptions, job_base, run_job};
 use crate::time::UtcTime;
 use crate::zfs::RealZfs;
 
@@ -37,8 +39,35 @@ impl RealReplicator {
 
 impl Replicator for RealReplicator {
     fn run(&mut self, name: &str, job: &ReplicationJob) -> Result<JobReport, String> {
-        run_job(&mut self.zfs, name, job, &RunOptions::default()).map_err(|e| e.to_string())
+        let mut report =
+            run_job(&mut self.zfs, name, job, &RunOptions::default()).map_err(|e| e.to_string())?;
+        report.bases = bases(&self.zfs, name, job);
+        Ok(report)
     }
+}
+
+/// The base the job's hold marks on each of its datasets after a run. A dataset whose hold
+/// cannot be read is left out (and logged): the run itself succeeded.
+pub fn bases(
+    zfs: &impl crate::zfs::Zfs,
+    name: &str,
+    job: &ReplicationJob,
+) -> Vec<ReplicatedSnapshot> {
+    let mut out = Vec::new();
+    for ds in &job.datasets {
+        match job_base(zfs, ds.as_str(), name) {
+            Ok(Some(s)) => out.push(ReplicatedSnapshot {
+                dataset: s.dataset,
+                snapshot: s.name,
+                guid: s.guid.to_string(),
+            }),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(job = name, dataset = %ds, error = %e, "cannot read the job's replication base")
+            }
+        }
+    }
+    out
 }
 
 /// A replicator for hosts without one (unit tests of everything else).
@@ -80,6 +109,9 @@ pub struct JobState {
     pub runs_total: u64,
     pub failures_total: u64,
     pub bytes_total: u64,
+    /// The newest snapshot the target has, per dataset of the job, as of the last
+    /// successful run.
+    pub replicated: Vec<ReplicatedSnapshot>,
 }
 
 impl JobState {
@@ -101,6 +133,7 @@ impl JobState {
                 };
                 self.snapshots = r.snapshots;
                 self.resumed = r.resumed;
+                self.replicated = r.bases.clone();
                 self.recovery_point = r.lag.map(|lag| {
                     UtcTime(at.0 - i64::try_from(lag.as_secs()).unwrap_or(i64::MAX / 2))
                 });
@@ -118,6 +151,140 @@ impl JobState {
         s.lag_seconds = self.recovery_point.map(|p| now.0 - p.0);
         s
     }
+}
+
+/// Where the daemon keeps the jobs' last successes across restarts.
+pub const STATE_FILE: &str = "/data/stored/replication.json";
+
+/// What survives a restart of one job: its last success, not its counters (Prometheus
+/// counters start again from zero with the process) nor its last attempt (a restarted
+/// box runs every job once at once, as after an outage).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedJob {
+    /// Unix seconds.
+    last_success: i64,
+    /// Unix seconds: the newest snapshot time the target had (oldest over the datasets).
+    recovery_point: Option<i64>,
+    bytes: u64,
+    duration_seconds: f64,
+    snapshots: usize,
+    resumed: bool,
+    replicated: Vec<ReplicatedSnapshot>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedJobs {
+    version: u32,
+    jobs: BTreeMap<String, SavedJob>,
+}
+
+const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobFileError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error(
+        "{path} is not a replication state file of this stored ({source}); it is replaced at the next successful run"
+    )]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{path} has version {version}; this stored reads version {STATE_VERSION}")]
+    Version { path: PathBuf, version: u32 },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+}
+
+/// Writes every job's last success (jobs that never succeeded are left out) atomically:
+/// a temp file, fsync, rename, fsync of the directory.
+pub fn save(path: &Path, states: &BTreeMap<String, JobState>) -> Result<(), JobFileError> {
+    let write = |source| JobFileError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let jobs = states
+        .iter()
+        .filter_map(|(name, s)| {
+            Some((
+                name.clone(),
+                SavedJob {
+                    last_success: s.last_success_at?.0,
+                    recovery_point: s.recovery_point.map(|t| t.0),
+                    bytes: s.bytes,
+                    duration_seconds: s.duration_seconds,
+                    snapshots: s.snapshots,
+                    resumed: s.resumed,
+                    replicated: s.replicated.clone(),
+                },
+            ))
+        })
+        .collect();
+    let text = serde_json::to_vec_pretty(&SavedJobs {
+        version: STATE_VERSION,
+        jobs,
+    })
+    .map_err(|e| write(io::Error::other(e)))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(write)?;
+    appliance::tlsgen::write_atomic(path, &text, 0o644).map_err(write)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(write)
+}
+
+/// The jobs' states as the last run before a restart left them; none when the file does
+/// not exist (a new box).
+pub fn load(path: &Path) -> Result<BTreeMap<String, JobState>, JobFileError> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(source) => {
+            return Err(JobFileError::Read {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let saved: SavedJobs = serde_json::from_slice(&text).map_err(|source| JobFileError::Parse {
+        path: path.to_owned(),
+        source,
+    })?;
+    if saved.version != STATE_VERSION {
+        return Err(JobFileError::Version {
+            path: path.to_owned(),
+            version: saved.version,
+        });
+    }
+    Ok(saved
+        .jobs
+        .into_iter()
+        .map(|(name, j)| {
+            let at = UtcTime(j.last_success);
+            let secs = j.duration_seconds;
+            let state = JobState {
+                job: name.clone(),
+                last_success: Some(at.to_string()),
+                last_success_at: Some(at),
+                bytes: j.bytes,
+                duration_seconds: secs,
+                throughput_bytes_per_second: if secs > 0.0 {
+                    j.bytes as f64 / secs
+                } else {
+                    0.0
+                },
+                snapshots: j.snapshots,
+                resumed: j.resumed,
+                recovery_point: j.recovery_point.map(UtcTime),
+                replicated: j.replicated,
+                ..JobState::default()
+            };
+            (name, state)
+        })
+        .collect())
 }
 
 /// Jobs due at `now`: enabled, with no attempt within their interval (none since start
@@ -216,5 +383,6 @@ pub fn report(job: &str, bytes: u64, secs: u64, lag: Option<u64>) -> JobReport {
         resumed: false,
         lag: lag.map(Duration::from_secs),
         datasets: Vec::new(),
+        bases: Vec::new(),
     }
 }

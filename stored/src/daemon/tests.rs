@@ -374,6 +374,129 @@ fn replication_jobs_run_on_their_interval_and_report_lag() {
     assert_eq!(r["bytes"], 1 << 20);
 }
 
+/// Sends nothing but moves the job's hold on a fake source to its newest snapshot, as a
+/// run does, and reports the base the hold marks.
+struct HoldingReplicator(FakeZfs);
+
+impl Replicator for HoldingReplicator {
+    fn run(
+        &mut self,
+        name: &str,
+        job: &ReplicationJob,
+    ) -> Result<crate::replication::JobReport, String> {
+        let newest = self.0.snapshots("tank/data", false).unwrap().pop().unwrap();
+        crate::replication::move_hold(&mut self.0, "tank/data", name, &newest.name).unwrap();
+        let mut r = replicate::report(name, 4096, 1, Some(45));
+        r.bases = replicate::bases(&self.0, name, job);
+        Ok(r)
+    }
+}
+
+#[test]
+fn lag_and_the_last_success_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = at("2026-01-01T00:00:00Z");
+    let clock = Arc::new(FakeClock::new(start));
+    let text = format!(
+        "{CONFIG}\n[replication.offsite]\ntarget = \"192.0.2.1:7001\"\ntarget_dataset = \"backup/box\"\ndatasets = [\"tank/data\"]\ninterval = \"1h\"\n"
+    );
+    let mut source = FakeZfs::new()
+        .with_pool(
+            "tank",
+            crate::zfs::PoolLayout {
+                vdevs: vec![crate::zfs::VdevSpec {
+                    layout: crate::zfs::VdevLayout::Single,
+                    disks: vec!["/dev/disk/by-id/a".into()],
+                }],
+                ..Default::default()
+            },
+            true,
+        )
+        .with_dataset("tank/data");
+    for s in ["a", "b"] {
+        source.snapshot(&[format!("tank/data@{s}")], &[]).unwrap();
+    }
+    let guid = source.snapshots("tank/data", false).unwrap()[1].guid;
+    let state_file = dir.path().join("state/replication.json");
+    {
+        let d = daemon_with(
+            &dir.path().join("store"),
+            &text,
+            Arc::clone(&clock),
+            Box::new(HoldingReplicator(source)),
+        );
+        d.keep_job_state(&state_file);
+        d.apply_active();
+        d.replicate("offsite").unwrap();
+        assert!(state_file.exists());
+    }
+    // stored restarts an hour later, before the job is due to run again.
+    clock.set(UtcTime(start.0 + 3600));
+    let store = dir.path().join("store");
+    let d = daemon_with(&store, &text, Arc::clone(&clock), Box::new(NoReplicator));
+    d.keep_job_state(&state_file);
+    d.apply_active();
+    let s = d.status();
+    let job = &s["replication"][0];
+    assert_eq!(job["last_success"], "2026-01-01T00:00:00Z", "{s:#}");
+    assert_eq!(job["lag_seconds"], 3645, "{job:#}");
+    assert_eq!(job["bytes"], 4096);
+    assert_eq!(
+        job["runs_total"], 0,
+        "counters start again with the process"
+    );
+    assert_eq!(job["replicated"][0]["dataset"], "tank/data");
+    assert_eq!(job["replicated"][0]["snapshot"], "b");
+    assert_eq!(job["replicated"][0]["guid"], guid.to_string());
+    let m = d.metrics();
+    for line in [
+        "stored_replication_lag_seconds{job=\"offsite\"} 3645",
+        "stored_replication_last_success_timestamp_seconds{job=\"offsite\"} 1767225600",
+        "stored_replication_last_bytes{job=\"offsite\"} 4096",
+    ] {
+        assert!(m.lines().any(|l| l == line), "{line} missing from\n{m}");
+    }
+    // The restart still runs the job once at once, as after an outage.
+    assert_eq!(
+        replicate::due(
+            &appliance::load_str(&text).unwrap().replication,
+            &d.jobs().clone(),
+            clock.now()
+        )
+        .len(),
+        1
+    );
+}
+
+#[test]
+fn a_damaged_state_file_is_reported_and_replaced_at_the_next_success() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(FakeClock::new(at("2026-01-01T00:00:00Z")));
+    let text = format!(
+        "{CONFIG}\n[replication.offsite]\ntarget = \"192.0.2.1:7001\"\ntarget_dataset = \"backup/box\"\ndatasets = [\"tank/data\"]\n"
+    );
+    let state_file = dir.path().join("replication.json");
+    std::fs::write(&state_file, "{\"version\": 1, \"jobs\": {\"offsite\": 7}}").unwrap();
+    assert!(matches!(
+        replicate::load(&state_file),
+        Err(replicate::JobFileError::Parse { .. })
+    ));
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let d = daemon_with(
+        &dir.path().join("store"),
+        &text,
+        clock,
+        Box::new(CountingReplicator(runs)),
+    );
+    d.keep_job_state(&state_file);
+    d.apply_active();
+    assert!(d.status()["replication"][0]["last_success"].is_null());
+    d.replicate("offsite").unwrap();
+    let saved = replicate::load(&state_file).unwrap();
+    assert_eq!(saved["offsite"].bytes, 1 << 20);
+    assert!(!dir.path().join("replication.tmp").exists());
+}
+
 /// One TLS handshake in memory between the listener's current config and a sender.
 fn handshake(
     server: Arc<rustls::ServerConfig>,

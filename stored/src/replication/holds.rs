@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::zfs::{Zfs, ZfsError};
+use crate::zfs::{Snapshot, Zfs, ZfsError};
 
 pub const HOLD_PREFIX: &str = "stored-repl:";
 
@@ -48,6 +48,19 @@ pub fn move_hold(
         tracing::info!(count = old.len(), %tag, "released the previous replication base");
     }
     Ok(())
+}
+
+/// The snapshot of `dataset` that holds `job`'s tag: the newest the target had when the
+/// job last ran. A run cut mid-stream also holds the snapshot it was sending; the base is
+/// then the older one, so the oldest held wins.
+pub fn job_base(zfs: &impl Zfs, dataset: &str, job: &str) -> Result<Option<Snapshot>, ZfsError> {
+    let tag = hold_tag(job);
+    for s in zfs.snapshots(dataset, false)? {
+        if s.userrefs > 0 && zfs.holds(&s.full_name())?.contains_key(&tag) {
+            return Ok(Some(s));
+        }
+    }
+    Ok(None)
 }
 
 /// Releases `stored-repl:*` holds whose job is not in `jobs`, on every snapshot of the
@@ -124,6 +137,18 @@ mod tests {
         move_hold(&mut z, "tank/a", "offsite", "s2").unwrap();
         assert_eq!(z.holds("tank/a@s2").unwrap().len(), 1);
         z.destroy_snapshots(&["tank/a@s1".into()]).unwrap();
+    }
+
+    #[test]
+    fn the_job_base_is_the_snapshot_its_hold_names() {
+        let mut z = fake();
+        assert_eq!(job_base(&z, "tank/a", "offsite").unwrap(), None);
+        z.hold(&[("tank/a@s1".into(), "admin".into())]).unwrap();
+        move_hold(&mut z, "tank/a", "offsite", "s2").unwrap();
+        move_hold(&mut z, "tank/a", "other", "s3").unwrap();
+        let base = job_base(&z, "tank/a", "offsite").unwrap().unwrap();
+        assert_eq!(base.name, "s2");
+        assert_eq!(job_base(&z, "tank/a", "other").unwrap().unwrap().name, "s3");
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub mod tls;
 use std::io;
 use std::time::Duration;
 
-pub use holds::{HOLD_PREFIX, hold_tag, move_hold, release_stale_holds};
+pub use holds::{HOLD_PREFIX, hold_tag, job_base, move_hold, release_stale_holds};
 pub use receive::{Receiver, ReceiverConfig, ReceiverSettings, serve_receiver};
 pub use send::{RunOptions, run_job};
 
@@ -48,6 +48,20 @@ pub struct JobReport {
     pub lag: Option<Duration>,
     /// Per dataset: `(source, target, steps sent)`.
     pub datasets: Vec<(String, String, usize)>,
+    /// Per dataset the job names: the newest snapshot the target has, as the job's hold
+    /// marks it on the source after the run (filled by the daemon's replicator).
+    pub bases: Vec<ReplicatedSnapshot>,
+}
+
+/// A snapshot that is on both sides: a job's incremental base.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReplicatedSnapshot {
+    /// The source dataset.
+    pub dataset: String,
+    /// The part after `@`.
+    pub snapshot: String,
+    /// Decimal, as `zfs get guid` prints it (JSON readers lose precision on a u64).
+    pub guid: String,
 }
 
 #[derive(Debug, thiserror::Error)]
