@@ -3,7 +3,8 @@
 //! (iproute2) and `dnsmasq` are required; the test fails, never skips, without them.
 //!
 //! dnsmasq's shortest lease is 2 minutes; T1 and T2 (options 58, 59) are set to a few
-//! seconds so that renewals, and the NAK after the server's range moved, come quickly.
+//! seconds so that renewals, the NAK after the server's range moved, and the rebind to a
+//! second server come quickly.
 
 #![allow(
     clippy::unwrap_used,
@@ -79,7 +80,28 @@ impl Lab {
 
     /// dnsmasq serving `start..end`, with a fresh lease database when `forget` is set.
     fn start_dnsmasq(&mut self, start: &str, end: &str, forget: bool) {
-        let leases = self.dir.path().join("dnsmasq.leases");
+        self.start_server(
+            "dnsmasq.leases",
+            &format!("--dhcp-range={start},{end},255.255.255.0,2m"),
+            SERVER,
+            "192.0.2.53,192.0.2.54",
+            forget,
+            (4, 6),
+        );
+    }
+
+    /// dnsmasq with lease database `leases` (in the test's directory), `range`, `router`
+    /// as the router option, `dns` as the DNS servers and T1, T2 in seconds.
+    fn start_server(
+        &mut self,
+        leases: &str,
+        range: &str,
+        router: Ipv4Addr,
+        dns: &str,
+        forget: bool,
+        (t1, t2): (u32, u32),
+    ) {
+        let leases = self.dir.path().join(leases);
         if forget {
             let _ = std::fs::remove_file(&leases);
         }
@@ -87,15 +109,24 @@ impl Lab {
             .args([
                 "--log-dhcp",
                 "--log-facility=-",
-                &format!("--dhcp-range={start},{end},255.255.255.0,2m"),
-                &format!("--dhcp-option=option:router,{SERVER}"),
-                "--dhcp-option=option:dns-server,192.0.2.53,192.0.2.54",
-                "--dhcp-option=option:T1,4",
-                "--dhcp-option=option:T2,6",
+                range,
+                &format!("--dhcp-option=option:router,{router}"),
+                &format!("--dhcp-option=option:dns-server,{dns}"),
+                &format!("--dhcp-option=option:T1,{t1}"),
+                &format!("--dhcp-option=option:T2,{t2}"),
             ])
             .spawn()
             .unwrap();
         self.dnsmasq = Some(child);
+    }
+
+    /// The lease netd stored, once there is one.
+    fn stored_lease(&self) -> Option<Value> {
+        let text = std::fs::read_to_string(self.state_dir().join("wan-wan.json")).ok()?;
+        serde_json::from_str::<Value>(&text)
+            .ok()?
+            .get("lease")
+            .cloned()
     }
 
     fn start_netd(&mut self) {
@@ -224,4 +255,94 @@ fn wan_lease_route_dns_renewal_nak_restart_and_release() {
     assert_eq!(third, second);
     stop(&mut lab.netd, "netd wan-dhcp");
     stop(&mut lab.dnsmasq, "dnsmasq");
+}
+
+/// RFC 2131 4.4.5: the granting server is gone, so the unicast renewal at T1 goes nowhere
+/// and the broadcast at T2 reaches another server on the link, which takes the lease over
+/// (dnsmasq with `--dhcp-authoritative` accepts a rebinding REQUEST for an address of its
+/// range it has no record of). The client keeps its address, and takes the new server's
+/// router, DNS servers and identifier (its DHCPRELEASE goes there).
+#[test]
+fn wan_rebinds_to_a_second_server_once_the_first_is_gone() {
+    const SECOND: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+    let mut lab = Lab::new();
+    // T1 8 s, T2 12 s: time enough to swap the servers before T1, and a renewal the first
+    // server still answered only moves the timers on.
+    lab.start_server(
+        "first.leases",
+        "--dhcp-range=203.0.113.100,203.0.113.150,255.255.255.0,2m",
+        SERVER,
+        "192.0.2.53,192.0.2.54",
+        true,
+        (8, 12),
+    );
+    lab.start_netd();
+    let first = lab.wait_for_address(ip("203.0.113.100"), ip("203.0.113.150"));
+    let lease = wait_until("the stored lease", || {
+        lab.stored_lease()
+            .filter(|l| l["address"] == format!("{first}/24"))
+    });
+    assert_eq!(lease["server"], SERVER.to_string());
+
+    // The first server goes, with its address: a unicast renewal to 203.0.113.1 is lost.
+    // The second answers on 203.0.113.2, the same link and subnet.
+    stop(&mut lab.dnsmasq, "the first dnsmasq");
+    lab.internet.ip(&format!("addr del {SERVER}/24 dev up0"));
+    lab.internet.ip(&format!("addr add {SECOND}/24 dev up0"));
+    lab.start_server(
+        "second.leases",
+        "--dhcp-range=203.0.113.100,203.0.113.150,255.255.255.0,2m",
+        SECOND,
+        "192.0.2.63",
+        true,
+        (8, 12),
+    );
+
+    // The rebind: same address, the second server's identifier, router and DNS servers.
+    let lease = common::wait_until(
+        "a lease from the second server",
+        Duration::from_secs(120),
+        || {
+            lab.stored_lease()
+                .filter(|l| l["server"] == SECOND.to_string())
+        },
+    );
+    assert_eq!(lease["address"], format!("{first}/24"));
+    assert_eq!(lease["router"], SECOND.to_string());
+    assert_eq!(lease["dns"], serde_json::json!(["192.0.2.63"]));
+    assert_eq!(lab.addresses(), [first], "the address never left the link");
+    let route = wait_until("the default route via the second server", || {
+        lab.default_route()
+            .filter(|r| r["gateway"] == SECOND.to_string())
+    });
+    assert_eq!(route["protocol"], "dhcp");
+    assert_eq!(
+        lab.router
+            .json("-4 route show default")
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let dns = wait_until("the second server's DNS servers", || {
+        lab.dns()
+            .filter(|d| d["links"]["wan"]["servers"] == serde_json::json!(["192.0.2.63"]))
+    });
+    assert_eq!(dns["version"], 1);
+    let leases = lab.dir.path().join("second.leases");
+    assert!(
+        std::fs::read_to_string(&leases)
+            .unwrap()
+            .contains(&first.to_string()),
+        "the second server has the lease"
+    );
+
+    // Stop: the release goes to the second server, which forgets the lease.
+    stop(&mut lab.netd, "netd wan-dhcp");
+    assert!(lab.addresses().is_empty(), "{:?}", lab.addresses());
+    wait_until("the second dnsmasq to drop the released lease", || {
+        let text = std::fs::read_to_string(&leases).ok()?;
+        (!text.contains(&first.to_string())).then_some(())
+    });
+    stop(&mut lab.dnsmasq, "the second dnsmasq");
 }

@@ -159,7 +159,7 @@ fn read_mac(link: &str) -> Result<EthernetAddress, ClientError> {
 }
 
 /// The lease of an ACK, with the timers of the packet (RFC 2131 defaults when absent).
-fn lease_of(config: &dhcpv4::Config<'_>, now: u64) -> Lease {
+pub(crate) fn lease_of(config: &dhcpv4::Config<'_>, now: u64) -> Lease {
     let repr = config.packet.as_ref().and_then(|p| DhcpRepr::parse(p).ok());
     let lease_secs = repr
         .as_ref()
@@ -172,7 +172,13 @@ fn lease_of(config: &dhcpv4::Config<'_>, now: u64) -> Lease {
         address,
         router: config.router,
         dns: config.dns_servers.iter().copied().collect(),
-        server: config.server.identifier,
+        // The ACK's own identifier: after a rebind another server may have answered, and
+        // smoltcp's config keeps the server of the first ACK (the release must go to the
+        // one that holds the lease now).
+        server: repr
+            .as_ref()
+            .and_then(|r| r.server_identifier)
+            .unwrap_or(config.server.identifier),
         acquired: now,
         lease_secs,
         t1_secs: repr

@@ -226,3 +226,77 @@ addresses = ["192.168.1.1/24"]
     .unwrap();
     assert_eq!(super::cli::dhcp_links(&cfg), ["wan"]);
 }
+
+/// After a rebind another server's ACK renews the lease, but smoltcp's config keeps the
+/// first server: the lease (and the DHCPRELEASE) must name the server of the ACK.
+#[test]
+fn a_lease_names_the_server_of_its_ack_not_the_first_one() {
+    use smoltcp::socket::dhcpv4::{Config, ServerInfo};
+    use smoltcp::wire::{
+        DhcpMessageType, DhcpOption, DhcpPacket, DhcpRepr, EthernetAddress, Ipv4Cidr,
+    };
+
+    let first = Ipv4Addr::new(203, 0, 113, 1);
+    let second = Ipv4Addr::new(203, 0, 113, 2);
+    let address = Ipv4Addr::new(203, 0, 113, 106);
+    let ack = DhcpRepr {
+        message_type: DhcpMessageType::Ack,
+        transaction_id: 7,
+        secs: 0,
+        client_hardware_address: EthernetAddress([2, 0, 0, 0, 0, 1]),
+        client_ip: address,
+        your_ip: address,
+        server_ip: Ipv4Addr::UNSPECIFIED,
+        router: Some(second),
+        subnet_mask: Some(Ipv4Addr::new(255, 255, 255, 0)),
+        relay_agent_ip: Ipv4Addr::UNSPECIFIED,
+        broadcast: false,
+        requested_ip: None,
+        client_identifier: None,
+        server_identifier: Some(second),
+        parameter_request_list: None,
+        dns_servers: None,
+        max_size: None,
+        lease_duration: Some(120),
+        // smoltcp emits T1 and T2 only as extra options.
+        renew_duration: None,
+        rebind_duration: None,
+        additional_options: &[
+            DhcpOption {
+                kind: 58,
+                data: &8u32.to_be_bytes(),
+            },
+            DhcpOption {
+                kind: 59,
+                data: &12u32.to_be_bytes(),
+            },
+        ],
+    };
+    let mut buf = vec![0u8; ack.buffer_len()];
+    ack.emit(&mut DhcpPacket::new_unchecked(&mut buf[..]))
+        .unwrap();
+    let config = Config {
+        server: ServerInfo {
+            address: first,
+            identifier: first,
+        },
+        address: Ipv4Cidr::new(address, 24),
+        router: Some(second),
+        dns_servers: Default::default(),
+        packet: Some(DhcpPacket::new_unchecked(&buf[..])),
+    };
+    let lease = super::client::lease_of(&config, 1000);
+    assert_eq!(lease.server, second);
+    assert_eq!(
+        (lease.t1_secs, lease.t2_secs, lease.lease_secs),
+        (8, 12, 120)
+    );
+    assert_eq!(lease.address, "203.0.113.106/24".parse().unwrap());
+
+    // Without the packet (no receive buffer) the config's server is all there is.
+    let config = Config {
+        packet: None,
+        ..config
+    };
+    assert_eq!(super::client::lease_of(&config, 1000).server, first);
+}
