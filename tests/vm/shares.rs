@@ -1,7 +1,8 @@
 //! NFS and SMB shares made by `stored share apply` on real ZFS, kernel nfsd and Samba, in one
 //! boot: an NFS client in a network namespace of the guest (a veth pair), smbclient as a
-//! user of the config (its password set through pdbedit, then changed), a reload while a
-//! client writes, and a refused share. The NAS user's Unix account is stored's (a systemd
+//! user of the config (its password set through pdbedit, then changed), a reload while
+//! clients write (NFS, SMB sessions opened one after another, and one SMB session held
+//! across the reload), and a refused share. The NAS user's Unix account is stored's (a systemd
 //! user record under /run/userdb, its uid kept on /data), made by the apply, taken back when
 //! the apply is refused, and removed once the user leaves the config; it owns the share's
 //! root (`owner`).
@@ -49,6 +50,26 @@ dataset = "tank/off"
 nfs = { clients = [{ network = "10.99.0.0/24" }] }
 
 [storage.users.bob]
+"#;
+
+/// One SMB session held across a reload: a single smbclient, fed a `put` every half second
+/// on its stdin until /run/writers.stop exists; its output, the number of puts sent and its
+/// exit status go to /run/smb-held.*.
+const HELD_SMB: &str = r#"#!/bin/sh
+rm -f /run/smb-held.out /run/smb-held.sent /run/smb-held.pid
+feed() {
+    i=0
+    while [ ! -e /run/writers.stop ]; do
+        echo "put /etc/services held.$((i % 4))"
+        i=$((i + 1))
+        echo "$i" > /run/smb-held.sent
+        sleep 0.5
+    done
+    echo quit
+}
+feed | sh -c 'echo $$ > /run/smb-held.pid; exec smbclient //127.0.0.1/media -U "alice%alice pw 1"' \
+    > /run/smb-held.out 2>&1
+echo "exit $?" >> /run/smb-held.out
 "#;
 
 /// The NFS client: a network namespace joined to the guest by a veth pair. `ip netns exec`
@@ -213,13 +234,63 @@ fn stored_shares_datasets_over_nfs_and_smb_and_reloads_under_a_writing_client() 
              >/dev/null 2>&1 || { echo fail $i; exit 1; }; i=$((i+1)); done; echo ok $i' \
            < /dev/null > /run/smb-writer.out 2>&1 &",
     );
+    // And one SMB session held across the reload: a single smbclient, fed a `put` every
+    // half second on its stdin, over one TCP connection from start to end.
+    let script = vm.dir.join("smb-held.sh");
+    fs::write(&script, HELD_SMB).unwrap();
+    vm.copy_in(&script, "/run/smb-held.sh");
+    vm.sh("nohup sh /run/smb-held.sh < /dev/null > /dev/null 2>&1 &");
+    let puts = |vm: &Vm| -> usize {
+        vm.sh("grep -c '^putting file' /run/smb-held.out || true")
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let held_port = |vm: &Vm| -> String {
+        vm.sh("ss -Htnp state established '( dport = :445 )' | \
+             grep \"pid=$(cat /run/smb-held.pid),\" | awk '{print $3}'")
+    };
+    vm.wait_until(
+        "[ \"$(grep -c '^putting file' /run/smb-held.out)\" -ge 2 ]",
+        Duration::from_secs(60),
+    );
+    let port_before = held_port(&vm);
+    assert!(
+        !port_before.trim().is_empty(),
+        "no connection of the held smbclient: {}",
+        vm.sh("cat /run/smb-held.out; ss -tnp")
+    );
     vm.wait_until("test -e /mnt/tank/media/loop.1", Duration::from_secs(60));
     let cfg2 = g.config("shares-docs", &format!("{base}{DOCS}"));
     let reload = g.ok(&format!("share apply --config {cfg2}"));
     assert!(reload.contains("reload smbd"), "{reload}");
     assert!(reload.contains("reload NFS exports"), "{reload}");
-    // Let both writers run on past the reload before stopping them.
-    vm.sh("sleep 5; touch /run/writers.stop");
+    let at_reload = puts(&vm);
+    // Let the writers run on past the reload before stopping them.
+    vm.wait_until(
+        &format!(
+            "[ \"$(grep -c '^putting file' /run/smb-held.out)\" -ge {} ]",
+            at_reload + 4
+        ),
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        held_port(&vm),
+        port_before,
+        "the held SMB session is not on the connection it started on"
+    );
+    vm.sh("sleep 2; touch /run/writers.stop");
+    let held = vm.wait_until("grep '^exit' /run/smb-held.out", Duration::from_secs(60));
+    let out = vm.sh("cat /run/smb-held.out");
+    let sent: usize = vm.sh("cat /run/smb-held.sent").trim().parse().unwrap();
+    eprintln!(
+        "held SMB session: {sent} puts, {} before the reload returned, {}",
+        at_reload,
+        held.trim()
+    );
+    assert_eq!(held.trim(), "exit 0", "{out}");
+    assert!(!out.contains("NT_STATUS"), "{out}");
+    assert_eq!(puts(&vm), sent, "a put of the held session failed:\n{out}");
     let nfs_writer = vm.wait_until(
         "grep -E '^(ok|fail)' /run/nfs-writer.out",
         Duration::from_secs(120),
