@@ -34,6 +34,9 @@ pub struct Key {
     pub qclass: DNSClass,
     /// The client's DNSSEC OK bit: with it, answers carry RRSIGs; without, they must not.
     pub dnssec_ok: bool,
+    /// The client's Checking Disabled bit: the query is forwarded with it, so a validating
+    /// upstream answers a CD=1 query with data it would refuse (SERVFAIL) to a CD=0 one.
+    pub checking_disabled: bool,
 }
 
 impl Key {
@@ -43,7 +46,15 @@ impl Key {
             qtype,
             qclass,
             dnssec_ok,
+            checking_disabled: false,
         }
+    }
+
+    /// The same key for a query with the CD bit as given.
+    #[must_use]
+    pub fn checking_disabled(mut self, cd: bool) -> Self {
+        self.checking_disabled = cd;
+        self
     }
 }
 
@@ -374,6 +385,21 @@ mod tests {
         assert_ne!(a, Key::new(&n("x."), RecordType::AAAA, DNSClass::IN, false));
         assert_ne!(a, Key::new(&n("x."), RecordType::A, DNSClass::CH, false));
         assert_ne!(a, Key::new(&n("x."), RecordType::A, DNSClass::IN, true));
+        assert_ne!(a, a.clone().checking_disabled(true));
+    }
+
+    #[test]
+    fn an_answer_cached_for_cd_is_not_served_without_cd() {
+        let c = Cache::new(cfg(10));
+        let t0 = Instant::now();
+        let cd = key("bogus.example.").checking_disabled(true);
+        c.insert(cd.clone(), &response("bogus.example.", &[300]), t0);
+        assert!(c.get(&cd, t0).is_some());
+        assert!(c.get(&key("bogus.example."), t0).is_none());
+        assert!(
+            c.get_stale(&key("bogus.example."), t0 + secs(400))
+                .is_none()
+        );
     }
 
     #[test]

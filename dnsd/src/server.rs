@@ -590,7 +590,8 @@ impl Handler {
         }
 
         let dnssec_ok = request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
-        let key = Key::new(&qname, qtype, query.query_class(), dnssec_ok);
+        let key = Key::new(&qname, qtype, query.query_class(), dnssec_ok)
+            .checking_disabled(request.metadata.checking_disabled);
         let now = Instant::now();
         if let Some(hit) = r.cache.get(&key, now) {
             Stats::bump(&r.stats.cached);

@@ -1,0 +1,98 @@
+//! Bugs a read-only audit of dnsd found, each pinned by a test through the request path
+//! (`Handler::answer_packet`) with a real upstream socket on loopback.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::{GATEWAY, resolver_with_ads};
+use dnsd::server::Handler;
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+fn query(id: u16, name: &str, cd: bool) -> Vec<u8> {
+    let mut m = Message::query();
+    m.metadata.id = id;
+    m.metadata.recursion_desired = true;
+    m.metadata.checking_disabled = cd;
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    m.to_vec().unwrap()
+}
+
+fn client() -> SocketAddr {
+    "127.0.0.1:5353".parse().unwrap()
+}
+
+/// A validating upstream for a zone whose signatures are broken: SERVFAIL to a query
+/// that wants validation, the (bogus) address to one with CD set, as RFC 4035 says.
+async fn validating_upstream() -> SocketAddr {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        loop {
+            let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+                return;
+            };
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let mut r = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+            r.metadata.recursion_desired = q.metadata.recursion_desired;
+            r.metadata.recursion_available = true;
+            r.metadata.checking_disabled = q.metadata.checking_disabled;
+            r.add_queries(q.queries.clone());
+            if q.metadata.checking_disabled {
+                r.add_answer(Record::from_rdata(
+                    q.queries[0].name.clone(),
+                    300,
+                    RData::A(A::new(203, 0, 113, 66)),
+                ));
+            } else {
+                r.metadata.response_code = ResponseCode::ServFail;
+            }
+            let _ = sock.send_to(&r.to_vec().unwrap(), from).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_answer_fetched_with_cd_is_not_served_to_a_client_without_cd() {
+    let upstream = validating_upstream().await;
+    let cfg =
+        appliance::load_str(&format!("{GATEWAY}[dns]\nupstreams = [\"{upstream}\"]\n")).unwrap();
+    let h = Handler(resolver_with_ads(&cfg, "ads.test\n"));
+
+    let a = h
+        .answer_packet(&query(1, "bogus.test.", true), client())
+        .await
+        .unwrap();
+    let m = Message::from_vec(&a).unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(m.answers.len(), 1, "{m:?}");
+
+    // The cached CD=1 answer must not skip the validation this client asked for.
+    let a = h
+        .answer_packet(&query(2, "bogus.test.", false), client())
+        .await
+        .unwrap();
+    let m = Message::from_vec(&a).unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail, "{m:?}");
+    assert!(m.answers.is_empty(), "{m:?}");
+
+    // And the CD=1 answer is still cached for CD=1 clients.
+    let a = h
+        .answer_packet(&query(3, "bogus.test.", true), client())
+        .await
+        .unwrap();
+    assert_eq!(Message::from_vec(&a).unwrap().answers.len(), 1);
+}
