@@ -128,7 +128,9 @@ pub fn load_str(src: &str) -> Result<Config, Diagnostics> {
                             path,
                             Some(key_span.clone()),
                             &message,
-                            secret_hint(&field).or(hint),
+                            secret_hint(&field)
+                                .or_else(|| removed_hint(&field))
+                                .or(hint),
                         ));
                         Target::Key(key_span)
                     }
@@ -346,6 +348,19 @@ fn secret_hint(field: &str) -> Option<String> {
     Some(format!(
         "secrets never go in appliance.toml: put it in a file under /data with mode 0600 and set {file_key}"
     ))
+}
+
+/// Keys older files may hold that no longer exist, and what replaces them.
+fn removed_hint(field: &str) -> Option<String> {
+    match field {
+        // It promised a destroy when a dataset left the config, where the key left with it.
+        "allow_destroy" => Some(
+            "`allow_destroy` was removed: stored never destroys a dataset; delete this line, \
+             and destroy a dataset you no longer want by hand with `zfs destroy -r POOL/NAME`"
+                .to_owned(),
+        ),
+        _ => None,
+    }
 }
 
 fn backticked(msg: &str) -> Option<String> {

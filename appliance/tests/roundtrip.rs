@@ -782,7 +782,6 @@ struct DatasetProps {
     recordsize: Option<u32>,
     quota_reservation: (Option<Size>, Option<Size>),
     mountpoint: Option<String>,
-    allow_destroy: bool,
 }
 
 fn dataset_props() -> impl Strategy<Value = DatasetProps> {
@@ -798,25 +797,21 @@ fn dataset_props() -> impl Strategy<Value = DatasetProps> {
         proptest::option::of(9u32..=24),
         (proptest::option::of(size()), proptest::option::of(size())),
         proptest::option::of("(/[a-z0-9_][a-z0-9_ .-]{0,7}){1,3}"),
-        any::<bool>(),
     )
-        .prop_map(
-            |(compression, atime, recordsize, (q, r), mountpoint, allow_destroy)| {
-                // A reservation never exceeds the quota.
-                let quota_reservation = match (q, r) {
-                    (Some(q), Some(r)) if r > q => (Some(r), Some(q)),
-                    other => other,
-                };
-                DatasetProps {
-                    compression,
-                    atime,
-                    recordsize,
-                    quota_reservation,
-                    mountpoint,
-                    allow_destroy,
-                }
-            },
-        )
+        .prop_map(|(compression, atime, recordsize, (q, r), mountpoint)| {
+            // A reservation never exceeds the quota.
+            let quota_reservation = match (q, r) {
+                (Some(q), Some(r)) if r > q => (Some(r), Some(q)),
+                other => other,
+            };
+            DatasetProps {
+                compression,
+                atime,
+                recordsize,
+                quota_reservation,
+                mountpoint,
+            }
+        })
 }
 
 fn pool_spec() -> impl Strategy<Value = PoolSpec> {
@@ -1764,7 +1759,6 @@ fn build_storage(s: &StorageSpec) -> StorageParts {
                         .mountpoint
                         .as_deref()
                         .map(|m| AbsPath::parse(m).unwrap()),
-                    allow_destroy: props.allow_destroy,
                 },
             );
         }

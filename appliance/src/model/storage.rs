@@ -143,13 +143,10 @@ pub struct Dataset {
     /// Space guaranteed to the dataset and its children.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reservation: Option<Size>,
-    /// Where to mount it. Default: `/mnt/<dataset>`.
+    /// Where to mount it. Default: `/mnt/<dataset>`. A dataset removed from the config is
+    /// left alone and reported; stored never destroys one (`zfs destroy` it by hand).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mountpoint: Option<AbsPath>,
-    /// Allow stored to destroy this dataset, data and all, when it leaves the config.
-    /// Without it a removed dataset is left alone and reported.
-    #[serde(skip_serializing_if = "is_false")]
-    pub allow_destroy: bool,
 }
 
 /// A local account for file shares.
