@@ -21,6 +21,9 @@
 //!   with a realistic router config; the figure is printed, not asserted.
 //! - `netd check` plans and dry-runs a config without changing anything (`nft monitor`
 //!   and `ip monitor` stay silent) and reports a table nft refuses, exit 2.
+//! - A second full apply of the config in force (as a new generation and as the same one)
+//!   plans nothing, and `nft monitor` and `ip monitor all`, watching together, hear
+//!   nothing.
 //!
 //! Needs root, iproute2 and nftables; without them the test fails saying what is missing.
 
@@ -459,4 +462,52 @@ fn check_plans_and_dry_runs_without_changing_anything_and_reports_what_nft_refus
     // The link was not renamed: check changes nothing.
     assert!(owned.ip("link show eth1").contains("eth1"));
     drop(holder);
+}
+
+/// A second full apply through `netd serve` of the config in force, as a new generation
+/// (what `applctl apply` of an unchanged file sends) and as the same generation again:
+/// `nft monitor` and `ip monitor all` watch the router at the same time and hear nothing,
+/// and the apply reports no actions.
+#[test]
+fn a_second_apply_of_the_same_config_is_silent_in_nft_and_ip_monitor_at_once() {
+    let mut lab = Lab::new();
+    let config = router("192.168.1.199", "192.168.2.1/24", 60, true);
+    lab.start(&config);
+    common::wait_until("IPv6 DAD", Duration::from_secs(20), || {
+        lab.router
+            .ip("-6 addr show tentative")
+            .trim()
+            .is_empty()
+            .then_some(())
+    });
+    let (table, addresses) = (lab.table(), lab.addresses());
+    let n2 = lab.commit(&config);
+    let (nft_out, ip_out) = (lab.path("nft-monitor.txt"), lab.path("ip-monitor.txt"));
+    let monitors = (
+        monitor(&lab.router, &["nft", "monitor"], &nft_out),
+        monitor(&lab.router, &["ip", "monitor", "all"], &ip_out),
+    );
+    // Let both subscribe before anything could happen.
+    std::thread::sleep(Duration::from_millis(500));
+    for generation in [n2, n2, 1] {
+        let (code, body, took) = lab.apply(generation);
+        assert_eq!(code, 200, "{body}\n{}", lab.log());
+        let actions = body["actions"]
+            .as_array()
+            .expect("the apply lists its actions");
+        assert!(actions.is_empty(), "generation {generation}: {body:#}");
+        println!(
+            "no-op apply of generation {generation}: {:.1} ms",
+            took.as_secs_f64() * 1000.0
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    drop(monitors);
+    for out in [&nft_out, &ip_out] {
+        let heard = std::fs::read_to_string(out).unwrap();
+        assert!(heard.trim().is_empty(), "{}: {heard}", out.display());
+    }
+    assert_eq!(lab.table(), table);
+    assert_eq!(lab.addresses(), addresses);
+    assert_eq!(common::status(&lab.socket)["generation"], 1);
 }
