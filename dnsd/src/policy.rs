@@ -256,19 +256,16 @@ impl Policy {
         if !self.enabled || !g.blocking {
             return pass(None, false);
         }
-        // Allow wins over everything, wherever it comes from.
+        // The administrator's allow wins over everything, then the administrator's deny;
+        // a third-party list's `@@` exception only overrides the lists' own blocks, never
+        // what the administrator denied (Pi-hole: the own deny list beats gravity).
         if let Some(r) = self.allow.find(qname) {
             return pass(Some((Source::Global, r)), false);
         }
         if let Some(r) = g.allow.find(qname) {
             return pass(Some((Source::Group(g.name.clone()), r)), false);
         }
-        for (name, l) in &g.lists {
-            if let Some(r) = l.excepts(qname) {
-                return pass(Some((Source::List(name.clone()), r)), false);
-            }
-        }
-        let block = self
+        let admin = self
             .deny
             .find(qname)
             .map(|r| (Source::Global, r))
@@ -276,12 +273,20 @@ impl Policy {
                 g.deny
                     .find(qname)
                     .map(|r| (Source::Group(g.name.clone()), r))
-            })
-            .or_else(|| {
+            });
+        let block = match admin {
+            Some(rule) => Some(rule),
+            None => {
+                for (name, l) in &g.lists {
+                    if let Some(r) = l.excepts(qname) {
+                        return pass(Some((Source::List(name.clone()), r)), false);
+                    }
+                }
                 g.lists
                     .iter()
                     .find_map(|(name, l)| l.blocks(qname).map(|r| (Source::List(name.clone()), r)))
-            });
+            }
+        };
         let Some(rule) = block else {
             return pass(None, false);
         };
@@ -500,6 +505,57 @@ blocking = false
             p.decide(ip("192.168.1.5"), None, "ads.example").action,
             Action::Block { .. }
         ));
+    }
+
+    /// Admin allow > admin deny > a list's exceptions > a list's blocks.
+    #[test]
+    fn own_deny_beats_a_list_exception_and_own_allow_beats_all() {
+        let cfg = appliance::load_str(
+            &CFG.replace(
+                "deny = [\"*.evil.example\"]",
+                "deny = [\"*.evil.example\", \"fine.ads.example\"]",
+            )
+            .replace(
+                "deny = [\"games.example\"]",
+                "deny = [\"games.example\", \"ok.ads.example\"]",
+            ),
+        )
+        .unwrap();
+        let mut l = lists();
+        l.insert(
+            "ads".into(),
+            Arc::new(
+                CompiledList::compile(parse(
+                    "ads.example\n@@||fine.ads.example^\n@@||ok.ads.example^\n@@||good.ads.example^\n",
+                    ListFormat::Auto,
+                ))
+                .unwrap(),
+            ),
+        );
+        let p = Policy::build(&cfg, &l).unwrap();
+        let d = p.decide(ip("192.168.1.5"), None, "fine.ads.example");
+        assert!(matches!(d.action, Action::Block { .. }), "{d:?}");
+        assert_eq!(
+            d.rule,
+            Some((Source::Global, Rule::Domain("fine.ads.example".into())))
+        );
+        let kid = p.decide(ip("192.168.1.70"), None, "ok.ads.example");
+        assert!(matches!(kid.action, Action::Block { .. }), "{kid:?}");
+        assert_eq!(kid.rule.unwrap().0, Source::Group("kids".into()));
+        // The list's exception still beats the list's own block where no admin rule says.
+        let d = p.decide(ip("192.168.1.5"), None, "ok.ads.example");
+        assert_eq!(d.action, Action::Pass);
+        assert_eq!(d.rule.unwrap().0, Source::List("ads".into()));
+        // The admin's allow beats the admin's deny.
+        let cfg = appliance::load_str(&CFG.replace(
+            "deny = [\"*.evil.example\"]",
+            "deny = [\"*.evil.example\", \"good.ads.example\"]",
+        ))
+        .unwrap();
+        let p = Policy::build(&cfg, &lists()).unwrap();
+        let d = p.decide(ip("192.168.1.5"), None, "good.ads.example");
+        assert_eq!(d.action, Action::Pass);
+        assert_eq!(d.rule.unwrap().0, Source::Global);
     }
 
     #[test]
