@@ -64,6 +64,10 @@ pub struct Decision {
 /// Allow or deny entries from the config, compiled.
 #[derive(Debug, Default)]
 struct Patterns {
+    /// An exact deny entry blocks the name's subdomains too (as a list's entry does); an
+    /// exact allow entry allows that one name (as Pi-hole's exact allowlist does), so that
+    /// allowing `example.com` does not open every `tracker.example.com`.
+    exact_covers_subdomains: bool,
     exact: DomainSet,
     wildcard: DomainSet,
     regex_src: Vec<String>,
@@ -71,7 +75,15 @@ struct Patterns {
 }
 
 impl Patterns {
-    fn compile(patterns: &[DomainPattern]) -> Result<Self, String> {
+    fn allow(patterns: &[DomainPattern]) -> Result<Self, String> {
+        Self::compile(patterns, false)
+    }
+
+    fn deny(patterns: &[DomainPattern]) -> Result<Self, String> {
+        Self::compile(patterns, true)
+    }
+
+    fn compile(patterns: &[DomainPattern], exact_covers_subdomains: bool) -> Result<Self, String> {
         let mut exact = Vec::new();
         let mut wildcard = Vec::new();
         let mut regex_src = Vec::new();
@@ -88,6 +100,7 @@ impl Patterns {
             Some(RegexSet::new(&regex_src).map_err(|e| e.to_string())?)
         };
         Ok(Self {
+            exact_covers_subdomains,
             exact: DomainSet::build(exact.iter().map(|n| (n.as_str(), 0)))
                 .map_err(|e| e.to_string())?,
             wildcard: DomainSet::build(wildcard.iter().map(|n| (n.as_str(), 0)))
@@ -99,8 +112,12 @@ impl Patterns {
 
     fn find(&self, qname: &str) -> Option<Rule> {
         let q = qname.as_bytes();
-        if let Some((hit, _)) = self.exact.find_suffix(q, false) {
-            return Some(Rule::Domain(String::from_utf8_lossy(hit).into_owned()));
+        if self.exact_covers_subdomains {
+            if let Some((hit, _)) = self.exact.find_suffix(q, false) {
+                return Some(Rule::Domain(String::from_utf8_lossy(hit).into_owned()));
+            }
+        } else if self.exact.get(q).is_some() {
+            return Some(Rule::Domain(qname.to_owned()));
         }
         if let Some((hit, _)) = self.wildcard.find_suffix(q, true) {
             return Some(Rule::Wildcard(String::from_utf8_lossy(hit).into_owned()));
@@ -170,8 +187,8 @@ impl Policy {
                 cidrs: g.cidrs.clone(),
                 links,
                 lists: enabled_lists(&mut g.lists.iter().map(|l| l.as_str())),
-                allow: Patterns::compile(&g.allow)?,
-                deny: Patterns::compile(&g.deny)?,
+                allow: Patterns::allow(&g.allow)?,
+                deny: Patterns::deny(&g.deny)?,
                 mode: g.block_mode.unwrap_or(dns.block_mode),
                 blocking: g.blocking && dns.blocking,
             };
@@ -197,8 +214,8 @@ impl Policy {
         };
         Ok(Self {
             enabled: dns.enabled,
-            allow: Patterns::compile(&dns.allow)?,
-            deny: Patterns::compile(&dns.deny)?,
+            allow: Patterns::allow(&dns.allow)?,
+            deny: Patterns::deny(&dns.deny)?,
             addresses: dns.block_addresses.clone(),
             groups,
             default,
@@ -556,6 +573,38 @@ blocking = false
         let d = p.decide(ip("192.168.1.5"), None, "good.ads.example");
         assert_eq!(d.action, Action::Pass);
         assert_eq!(d.rule.unwrap().0, Source::Global);
+    }
+
+    /// An exact allow entry allows that name only; `*.name` allows its subdomains. An
+    /// exact deny entry still blocks the subdomains too.
+    #[test]
+    fn exact_allow_is_exact_and_a_wildcard_allows_the_subtree() {
+        let p = policy();
+        let d = p.decide(ip("192.168.1.5"), None, "good.ads.example");
+        assert_eq!(d.action, Action::Pass);
+        let d = p.decide(ip("192.168.1.5"), None, "tracker.good.ads.example");
+        assert!(matches!(d.action, Action::Block { .. }), "{d:?}");
+        assert_eq!(
+            d.rule,
+            Some((
+                Source::List("ads".into()),
+                Rule::Domain("ads.example".into())
+            ))
+        );
+        let cfg = appliance::load_str(&CFG.replace(
+            "allow = [\"good.ads.example\", ",
+            "allow = [\"*.good.ads.example\", ",
+        ))
+        .unwrap();
+        let p = Policy::build(&cfg, &lists()).unwrap();
+        let d = p.decide(ip("192.168.1.5"), None, "tracker.good.ads.example");
+        assert_eq!(d.action, Action::Pass);
+        assert_eq!(
+            d.rule,
+            Some((Source::Global, Rule::Wildcard("good.ads.example".into())))
+        );
+        let kid = p.decide(ip("192.168.1.70"), None, "www.games.example");
+        assert!(matches!(kid.action, Action::Block { .. }), "{kid:?}");
     }
 
     #[test]
