@@ -63,6 +63,30 @@ impl DatasetSpaces for FakeZfs {
     }
 }
 
+/// A second handle on ZFS, so that reports are read without the daemon's lock: listing
+/// 10,000 snapshots took minutes in the TCG guest, and applies, ticks and every other
+/// request would wait behind it.
+pub trait ReadHandle {
+    type Reader: Zfs + DatasetSpaces;
+    fn reader(&self) -> Result<Self::Reader, ZfsError>;
+}
+
+impl ReadHandle for RealZfs {
+    type Reader = RealZfs;
+    /// libzfs_core counts its users, so a second open only adds a descriptor on /dev/zfs.
+    fn reader(&self) -> Result<RealZfs, ZfsError> {
+        Ok(RealZfs::open()?.with_cli(self.cli().clone()))
+    }
+}
+
+impl ReadHandle for FakeZfs {
+    type Reader = FakeZfs;
+    /// The state as it is now, copied while the caller holds the daemon's lock.
+    fn reader(&self) -> Result<FakeZfs, ZfsError> {
+        Ok(self.clone())
+    }
+}
+
 /// Parses `name\tused\tavail` lines.
 pub fn parse_spaces(out: &str, command: &str) -> Result<Vec<DatasetSpace>, ZfsError> {
     let bad = |line: &str, why: &str| ZfsError::Parse {

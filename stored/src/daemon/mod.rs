@@ -28,7 +28,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::accounts::{AccountAction, AccountError, Accounts};
-use crate::metrics::{self, DatasetSpaces, Prom};
+use crate::metrics::{self, DatasetSpaces, Prom, ReadHandle};
 use crate::pools;
 use crate::replication::{ReceiverConfig, ReceiverSettings};
 use crate::shares::{self, EXPORTS_FILE, SMB_INCLUDE_FILE, ShareError, ShareOs};
@@ -175,7 +175,7 @@ fn shares_in_use(cfg: &Config, os: &impl ShareOs) -> Result<bool, ApiError> {
 
 impl<Z, S> StoredDaemon<Z, S>
 where
-    Z: Zfs + DatasetSpaces + Send + 'static,
+    Z: Zfs + DatasetSpaces + ReadHandle + Send + 'static,
     S: ShareOs + Send + 'static,
 {
     pub fn new(
@@ -602,34 +602,48 @@ where
         self.alive.store(self.clock.now().0, Ordering::SeqCst);
     }
 
-    /// The storage report and the daemon's own state.
+    /// What a report needs from under the lock: a reader on ZFS and the daemon's state.
+    /// The listing itself happens after the lock is let go.
+    fn report_view(&self) -> ReportView<Z::Reader> {
+        let inner = self.inner();
+        ReportView {
+            reader: inner.zfs.reader(),
+            applied: inner.applied.clone(),
+            last_error: inner.last_error.clone(),
+            schedule: inner.schedule.clone(),
+        }
+    }
+
+    /// The storage report and the daemon's own state. ZFS is read without the daemon's
+    /// lock (a slow listing does not hold up applies and ticks).
     pub fn status(&self) -> Value {
         let now = self.clock.now();
-        let inner = self.inner();
-        let cfg = inner.applied.as_ref().map(|(_, c)| c);
-        let report = metrics::collect(&inner.zfs, cfg, now);
+        let view = self.report_view();
+        let cfg = view.applied.as_ref().map(|(_, c)| c);
+        let report = view.collect(now);
         json!({
             "daemon": "stored",
             "version": env!("CARGO_PKG_VERSION"),
-            "generation": inner.applied.as_ref().map(|(n, _)| *n),
-            "last_error": inner.last_error,
+            "generation": view.applied.as_ref().map(|(n, _)| *n),
+            "last_error": view.last_error,
             "uptime_seconds": self.started.elapsed().as_secs(),
             "now": now.to_string(),
             "pools": report.pools,
             "datasets": report.datasets,
             "policies": report.policies,
             "replication": self.job_states(cfg, now),
-            "scheduler": inner.schedule,
+            "scheduler": view.schedule,
             "errors": report.errors,
         })
     }
 
-    /// Prometheus text: the storage report plus the daemon's counters.
+    /// Prometheus text: the storage report plus the daemon's counters; read like
+    /// [`Self::status`], without the daemon's lock.
     pub fn metrics(&self) -> String {
         let now = self.clock.now();
-        let inner = self.inner();
-        let cfg = inner.applied.as_ref().map(|(_, c)| c);
-        let report = metrics::collect(&inner.zfs, cfg, now);
+        let view = self.report_view();
+        let report = view.collect(now);
+        let cfg = view.applied.as_ref().map(|(_, c)| c);
         let mut m = Prom::default();
         m.family(
             "stored_applied_generation",
@@ -639,7 +653,7 @@ where
         .sample(
             "stored_applied_generation",
             &[],
-            inner.applied.as_ref().map_or(0, |(n, _)| *n),
+            view.applied.as_ref().map_or(0, |(n, _)| *n),
         );
         m.family(
             "stored_apply_failed",
@@ -649,9 +663,9 @@ where
         .sample(
             "stored_apply_failed",
             &[],
-            u8::from(inner.last_error.is_some()),
+            u8::from(view.last_error.is_some()),
         );
-        let s = &inner.schedule;
+        let s = &view.schedule;
         for (name, help, v) in [
             ("stored_scheduler_ticks_total", "Scheduler passes.", s.ticks),
             (
@@ -688,13 +702,13 @@ where
         m.finish()
     }
 
-    /// Snapshots of one dataset, or of every pool, with what stored makes of them.
+    /// Snapshots of one dataset, or of every pool, with what stored makes of them; listed
+    /// without the daemon's lock.
     pub fn snapshots(&self, dataset: Option<&str>) -> Result<Value, ApiError> {
-        let inner = self.inner();
+        let zfs = self.inner().zfs.reader().map_err(zfs_err("opening ZFS"))?;
         let snaps = match dataset {
             Some(d) => {
-                let exists = inner
-                    .zfs
+                let exists = zfs
                     .datasets()
                     .map_err(zfs_err("listing datasets"))?
                     .iter()
@@ -704,18 +718,14 @@ where
                         "no dataset {d}; `zfs list` shows the datasets there are"
                     )));
                 }
-                inner
-                    .zfs
-                    .snapshots(d, false)
+                zfs.snapshots(d, false)
                     .map_err(zfs_err("listing snapshots"))?
             }
             None => {
                 let mut all = Vec::new();
-                for p in inner.zfs.pools().map_err(zfs_err("listing pools"))? {
+                for p in zfs.pools().map_err(zfs_err("listing pools"))? {
                     all.extend(
-                        inner
-                            .zfs
-                            .snapshots(&p.name, true)
+                        zfs.snapshots(&p.name, true)
                             .map_err(zfs_err("listing snapshots"))?,
                     );
                 }
@@ -995,11 +1005,31 @@ where
     }
 }
 
+/// What [`StoredDaemon::status`] and [`StoredDaemon::metrics`] took from under the lock.
+struct ReportView<R> {
+    reader: Result<R, crate::zfs::ZfsError>,
+    applied: Option<(u64, Config)>,
+    last_error: Option<String>,
+    schedule: ScheduleState,
+}
+
+impl<R: Zfs + DatasetSpaces> ReportView<R> {
+    fn collect(&self, now: UtcTime) -> metrics::Report {
+        match &self.reader {
+            Ok(zfs) => metrics::collect(zfs, self.applied.as_ref().map(|(_, c)| c), now),
+            Err(e) => metrics::Report {
+                errors: vec![format!("cannot open ZFS for the report: {e}")],
+                ..metrics::Report::default()
+            },
+        }
+    }
+}
+
 /// Runs the scheduler forever: a tick at the start of every minute (so snapshot times
 /// fall on the minute), each on the blocking pool.
 pub async fn run_scheduler<Z, S>(daemon: Arc<StoredDaemon<Z, S>>)
 where
-    Z: Zfs + DatasetSpaces + Send + 'static,
+    Z: Zfs + DatasetSpaces + ReadHandle + Send + 'static,
     S: ShareOs + Send + 'static,
 {
     loop {
@@ -1030,7 +1060,7 @@ where
 /// long send does not delay snapshots.
 pub async fn run_replication<Z, S>(daemon: Arc<StoredDaemon<Z, S>>)
 where
-    Z: Zfs + DatasetSpaces + Send + 'static,
+    Z: Zfs + DatasetSpaces + ReadHandle + Send + 'static,
     S: ShareOs + Send + 'static,
 {
     let mut interval = tokio::time::interval(TICK);
@@ -1047,7 +1077,7 @@ where
 /// Pings systemd's watchdog at half its interval while the scheduler is not stuck.
 pub async fn run_watchdog<Z, S>(daemon: Arc<StoredDaemon<Z, S>>, every: Duration)
 where
-    Z: Zfs + DatasetSpaces + Send + 'static,
+    Z: Zfs + DatasetSpaces + ReadHandle + Send + 'static,
     S: ShareOs + Send + 'static,
 {
     let mut interval = tokio::time::interval(every);

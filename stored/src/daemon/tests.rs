@@ -497,6 +497,195 @@ fn a_damaged_state_file_is_reported_and_replaced_at_the_next_success() {
     assert!(!dir.path().join("replication.tmp").exists());
 }
 
+/// The fake whose readers' snapshot listings say when they start and answer only when
+/// told to, like a `zfs list` of 10,000 snapshots in the TCG guest. The daemon's own
+/// handle (used under its lock) is not slow.
+struct SlowLists {
+    zfs: FakeZfs,
+    gate: Arc<Gate>,
+    slow: bool,
+}
+
+struct Gate {
+    entered: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    /// Once set, listings no longer wait.
+    open: std::sync::atomic::AtomicBool,
+}
+
+impl SlowLists {
+    fn wait(&self) {
+        if !self.slow || self.gate.open.load(Ordering::SeqCst) {
+            return;
+        }
+        let _ = self.gate.entered.lock().unwrap().send(());
+        let _ = self.gate.release.lock().unwrap().recv();
+    }
+}
+
+impl crate::metrics::ReadHandle for SlowLists {
+    type Reader = SlowLists;
+    fn reader(&self) -> Result<SlowLists, crate::zfs::ZfsError> {
+        Ok(SlowLists {
+            zfs: self.zfs.clone(),
+            gate: Arc::clone(&self.gate),
+            slow: true,
+        })
+    }
+}
+
+impl crate::metrics::DatasetSpaces for SlowLists {
+    fn dataset_spaces(&self) -> Result<Vec<crate::metrics::DatasetSpace>, crate::zfs::ZfsError> {
+        self.zfs.dataset_spaces()
+    }
+}
+
+/// Everything as the fake does it; only listings of snapshots wait for the gate, and only
+/// on a reader (the daemon's own handle, used under its lock, never waits).
+impl crate::zfs::Zfs for SlowLists {
+    fn pools(&self) -> Result<Vec<crate::zfs::PoolState>, crate::zfs::ZfsError> {
+        self.zfs.pools()
+    }
+    fn importable_pools(&self) -> Result<Vec<crate::zfs::PoolState>, crate::zfs::ZfsError> {
+        self.zfs.importable_pools()
+    }
+    fn pool_usage(&self) -> Result<Vec<crate::zfs::PoolUsage>, crate::zfs::ZfsError> {
+        self.zfs.pool_usage()
+    }
+    fn disk(&self, path: &str) -> Result<crate::zfs::DiskState, crate::zfs::ZfsError> {
+        self.zfs.disk(path)
+    }
+    fn create_pool(&mut self, spec: &crate::zfs::PoolSpec) -> Result<(), crate::zfs::ZfsError> {
+        self.zfs.create_pool(spec)
+    }
+    fn import_pool(&mut self, name: &str) -> Result<(), crate::zfs::ZfsError> {
+        self.zfs.import_pool(name)
+    }
+    fn scrub(&mut self, pool: &str) -> Result<(), crate::zfs::ZfsError> {
+        self.zfs.scrub(pool)
+    }
+    fn datasets(&self) -> Result<Vec<crate::zfs::DatasetState>, crate::zfs::ZfsError> {
+        self.zfs.datasets()
+    }
+    fn create_dataset(
+        &mut self,
+        name: &str,
+        props: &[(crate::zfs::Prop, String)],
+    ) -> Result<(), crate::zfs::ZfsError> {
+        self.zfs.create_dataset(name, props)
+    }
+    fn set_property(
+        &mut self,
+        dataset: &str,
+        prop: crate::zfs::Prop,
+        value: &str,
+    ) -> Result<(), crate::zfs::ZfsError> {
+        self.zfs.set_property(dataset, prop, value)
+    }
+    fn inherit_property(
+        &mut self,
+        dataset: &str,
+        prop: crate::zfs::Prop,
+    ) -> Result<(), crate::zfs::ZfsError> {
+        self.zfs.inherit_property(dataset, prop)
+    }
+    fn snapshots(
+        &self,
+        dataset: &str,
+        recursive: bool,
+    ) -> Result<Vec<crate::zfs::Snapshot>, crate::zfs::ZfsError> {
+        self.wait();
+        self.zfs.snapshots(dataset, recursive)
+    }
+    fn snapshot_names_under(
+        &self,
+        dataset: &str,
+        recursive: bool,
+    ) -> Result<Vec<(String, String)>, crate::zfs::ZfsError> {
+        self.zfs.snapshot_names_under(dataset, recursive)
+    }
+    fn snapshot(
+        &mut self,
+        names: &[String],
+        props: &[(String, String)],
+    ) -> Result<(), crate::zfs::ZfsError> {
+        self.zfs.snapshot(names, props)
+    }
+    fn destroy_snapshots(&mut self, names: &[String]) -> Result<(), crate::zfs::ZfsError> {
+        self.zfs.destroy_snapshots(names)
+    }
+    fn hold(&mut self, holds: &[(String, String)]) -> Result<(), crate::zfs::ZfsError> {
+        self.zfs.hold(holds)
+    }
+    fn release(&mut self, holds: &[(String, String)]) -> Result<(), crate::zfs::ZfsError> {
+        self.zfs.release(holds)
+    }
+    fn holds(
+        &self,
+        snapshot: &str,
+    ) -> Result<std::collections::BTreeMap<String, u64>, crate::zfs::ZfsError> {
+        self.zfs.holds(snapshot)
+    }
+}
+
+#[test]
+fn status_metrics_and_snapshots_list_without_the_daemon_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(FakeClock::new(at("2026-01-01T00:00:00Z")));
+    let store = Store::open(dir.path()).unwrap();
+    let n = store.commit(CONFIG, "test").unwrap();
+    store.activate(n).unwrap();
+    let cfg = appliance::load_str(CONFIG).unwrap();
+    let mut zfs = FakeZfs::new();
+    for (name, pool) in &cfg.storage.pools {
+        zfs = zfs.with_pool(name.as_str(), pools::declared_layout(pool), false);
+    }
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let gate = Arc::new(Gate {
+        entered: std::sync::Mutex::new(entered_tx),
+        release: std::sync::Mutex::new(release_rx),
+        open: std::sync::atomic::AtomicBool::new(false),
+    });
+    let d = StoredDaemon::new(
+        store,
+        SlowLists {
+            zfs,
+            gate: Arc::clone(&gate),
+            slow: false,
+        },
+        FakeShareOs::default(),
+        Box::new(SharedClock(Arc::clone(&clock))),
+        Box::new(NoReplicator),
+    );
+    d.apply_active();
+    d.tick();
+
+    type Call = fn(&StoredDaemon<SlowLists, FakeShareOs>) -> String;
+    let calls: [(&str, Call); 3] = [
+        ("status", |d| d.status().to_string()),
+        ("metrics", |d| d.metrics()),
+        ("snapshots", |d| d.snapshots(None).unwrap().to_string()),
+    ];
+    for (what, call) in calls {
+        gate.open.store(false, Ordering::SeqCst);
+        let daemon = Arc::clone(&d);
+        let reading = std::thread::spawn(move || call(&daemon));
+        entered.recv().unwrap();
+        // The listing hangs: the lock is free, and an apply and a tick go through.
+        assert!(
+            d.inner.try_lock().is_ok(),
+            "{what} holds the lock while listing"
+        );
+        assert_eq!(d.apply(1).unwrap().generation, 1);
+        assert!(d.tick().errors.is_empty());
+        gate.open.store(true, Ordering::SeqCst);
+        release.send(()).unwrap();
+        let out = reading.join().unwrap();
+        assert!(out.contains("tank/data"), "{what}: {out}");
+    }
+}
+
 /// One TLS handshake in memory between the listener's current config and a sender.
 fn handshake(
     server: Arc<rustls::ServerConfig>,
