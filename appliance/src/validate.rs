@@ -176,6 +176,55 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// A policy's own snapshots on a dataset that replication receives into make the
+    /// target differ from the source after the common snapshot: the next incremental
+    /// finds it diverged (zrepl refuses this too). The receive areas on this box are a
+    /// local job's `target_dataset` and the listener's `datasets`; the received datasets
+    /// lie below them (an area itself only holds them).
+    fn policy_over_replicas(
+        &mut self,
+        path: KeyPath,
+        dataset: &crate::types::DatasetName,
+        recursive: bool,
+    ) {
+        let cfg = self.cfg;
+        let below = |ds: &str, root: &str| {
+            ds.strip_prefix(root)
+                .is_some_and(|rest| rest.starts_with('/'))
+        };
+        let mut areas: Vec<(KeyPath, &str)> = (cfg.replication.iter())
+            .filter(|(_, job)| job.transport == Transport::Local)
+            .map(|(name, job)| {
+                let key = p(&["replication", name.as_str(), "target_dataset"]);
+                (key, job.target_dataset.as_str())
+            })
+            .collect();
+        if let Some(listener) = &cfg.storage.replication_listener {
+            for (n, d) in listener.datasets.iter().enumerate() {
+                let key = p(&["storage", "replication_listener", "datasets"]).index(n);
+                areas.push((key, d.as_str()));
+            }
+        }
+        let d = dataset.as_str();
+        for (area_key, area) in areas {
+            if below(d, area) || (recursive && (d == area || below(area, d))) {
+                self.push_related(
+                    ErrorKind::Conflict,
+                    path.clone(),
+                    format!(
+                        "this policy snapshots {d}{}, where {area_key} = {area:?} receives \
+                         replicas: their next incremental would find snapshots the source \
+                         never had and be refused as diverged",
+                        if recursive { " and its children" } else { "" },
+                    ),
+                    "snapshot the source datasets instead (the replica receives their \
+                     snapshots), or keep the policy off the received datasets",
+                    vec![area_key],
+                );
+            }
+        }
+    }
+
     /// Where a job sends: `target` for tls and ssh; for a local job, a pool of this box
     /// and never one of its own sources (each run would replicate its replica again).
     fn replication_target(&mut self, path: &KeyPath, job: &crate::model::ReplicationJob) {
@@ -1247,6 +1296,7 @@ impl<'a> Checker<'a> {
             }
             for (n, d) in sp.datasets.iter().enumerate() {
                 self.require_pool(d, path.clone().key("datasets").index(n));
+                self.policy_over_replicas(path.clone().key("datasets").index(n), d, sp.recursive);
             }
             if [
                 sp.frequently,

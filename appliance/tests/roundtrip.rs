@@ -647,6 +647,7 @@ struct DnsSpec {
     records: Vec<(DomainName, Vec<IpAddr>, Option<DomainName>, Duration)>,
     forwarding: Vec<(DomainName, Vec<Upstream>)>,
     query_log_size: Size,
+    rate_limit: Option<RateLimit>,
 }
 
 fn block_mode() -> impl Strategy<Value = BlockMode> {
@@ -721,6 +722,7 @@ fn dns_spec() -> impl Strategy<Value = DnsSpec> {
                 0..2,
             ),
             size(),
+            proptest::option::of(rate_limit()),
         ),
     )
         .prop_map(
@@ -739,7 +741,17 @@ fn dns_spec() -> impl Strategy<Value = DnsSpec> {
                     block_mode,
                     block_addresses,
                 ),
-                (allow, deny, lists, default_group, groups, records, forwarding, query_log_size),
+                (
+                    allow,
+                    deny,
+                    lists,
+                    default_group,
+                    groups,
+                    records,
+                    forwarding,
+                    query_log_size,
+                    rate_limit,
+                ),
             )| DnsSpec {
                 enabled,
                 listen,
@@ -761,6 +773,7 @@ fn dns_spec() -> impl Strategy<Value = DnsSpec> {
                 records,
                 forwarding,
                 query_log_size,
+                rate_limit,
             },
         )
 }
@@ -1615,7 +1628,7 @@ fn build_dns(d: &DnsSpec, zones: &[Name], links: &[IfName]) -> Dns {
                 allow: vec![],
                 deny: vec![],
                 block_mode: *mode,
-                blocking: *blocking,
+                blocking: Some(*blocking),
             },
         );
     }
@@ -1639,7 +1652,7 @@ fn build_dns(d: &DnsSpec, zones: &[Name], links: &[IfName]) -> Dns {
                 allow: d.allow.clone(),
                 deny: vec![],
                 block_mode: None,
-                blocking: *blocking,
+                blocking: Some(*blocking),
             },
         );
     }
@@ -1695,6 +1708,7 @@ fn build_dns(d: &DnsSpec, zones: &[Name], links: &[IfName]) -> Dns {
             })
             .collect(),
         query_log_size: d.query_log_size,
+        rate_limit: d.rate_limit,
     }
 }
 
@@ -1872,6 +1886,22 @@ fn build_storage(s: &StorageSpec) -> StorageParts {
                     on_divergence: Default::default(),
                 },
             );
+        }
+    }
+    // A recursive policy over a local job's target would snapshot its replicas, which
+    // validation refuses.
+    let targets: Vec<String> = (replication.values())
+        .filter(|j: &&ReplicationJob| j.transport == Transport::Local)
+        .map(|j| format!("{}/", j.target_dataset.as_str()))
+        .collect();
+    for policy in snapshots.values_mut() {
+        let over = |d: &DatasetName| {
+            targets
+                .iter()
+                .any(|t| t.starts_with(&format!("{}/", d.as_str())))
+        };
+        if policy.datasets.iter().any(over) {
+            policy.recursive = false;
         }
     }
     (
