@@ -5,7 +5,9 @@ use std::fmt;
 
 use ipnet::IpNet;
 
-use super::state::{BridgeNf, BridgeOpts, Forwarding, Ipv6Conf, OWNER_ALIAS, Route, Virtual};
+use super::state::{
+    BridgeNf, BridgeOpts, BridgeVlan, Forwarding, Ipv6Conf, OWNER_ALIAS, Route, Virtual,
+};
 
 /// One change to the kernel. Links are named by their name at the time the step runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +66,19 @@ pub enum Action {
     },
     AddRoute(Route),
     RemoveRoute(Route),
+    /// `bridge vlan add`: a VLAN on a bridge port, or on the bridge itself (`on_self`,
+    /// which lets the bridge's own upper links, like a VLAN sub-interface, see its frames).
+    AddBridgeVlan {
+        link: String,
+        vlan: BridgeVlan,
+        on_self: bool,
+    },
+    /// `bridge vlan del`; `vlan` keeps the flags for the undo.
+    RemoveBridgeVlan {
+        link: String,
+        vlan: BridgeVlan,
+        on_self: bool,
+    },
     SetBridgeNf {
         value: BridgeNf,
         previous: BridgeNf,
@@ -147,6 +162,24 @@ impl Action {
             },
             Self::AddRoute(r) => Self::RemoveRoute(r.clone()),
             Self::RemoveRoute(r) => Self::AddRoute(r.clone()),
+            Self::AddBridgeVlan {
+                link,
+                vlan,
+                on_self,
+            } => Self::RemoveBridgeVlan {
+                link: link.clone(),
+                vlan: *vlan,
+                on_self: *on_self,
+            },
+            Self::RemoveBridgeVlan {
+                link,
+                vlan,
+                on_self,
+            } => Self::AddBridgeVlan {
+                link: link.clone(),
+                vlan: *vlan,
+                on_self: *on_self,
+            },
             Self::SetBridgeNf { value, previous } => Self::SetBridgeNf {
                 value: *previous,
                 previous: *value,
@@ -216,6 +249,33 @@ impl fmt::Display for Action {
             Self::RemoveAddress { link, net } => write!(f, "ip addr del {net} dev {link}"),
             Self::AddRoute(r) => write!(f, "ip route add {r}"),
             Self::RemoveRoute(r) => write!(f, "ip route del {r}"),
+            Self::AddBridgeVlan {
+                link,
+                vlan,
+                on_self,
+            }
+            | Self::RemoveBridgeVlan {
+                link,
+                vlan,
+                on_self,
+            } => {
+                let verb = if matches!(self, Self::AddBridgeVlan { .. }) {
+                    "add"
+                } else {
+                    "del"
+                };
+                write!(f, "bridge vlan {verb} vid {} dev {link}", vlan.vid)?;
+                if vlan.pvid {
+                    write!(f, " pvid")?;
+                }
+                if vlan.untagged {
+                    write!(f, " untagged")?;
+                }
+                if *on_self {
+                    write!(f, " self")?;
+                }
+                Ok(())
+            }
             Self::SetBridgeNf { value, .. } => write!(
                 f,
                 "sysctl net.bridge.bridge-nf-call-iptables={} net.bridge.bridge-nf-call-ip6tables={} net.bridge.bridge-nf-call-arptables={}",

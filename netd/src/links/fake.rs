@@ -5,7 +5,7 @@
 use super::action::Action;
 use super::adapter::{Netlink, NetlinkError};
 use super::state::{
-    Address, BridgeNf, Forwarding, Ipv6Conf, Link, Mac, OWNER_ALIAS, Observed, Virtual,
+    Address, BridgeNf, BridgeVlan, Forwarding, Ipv6Conf, Link, Mac, OWNER_ALIAS, Observed, Virtual,
 };
 
 const EIO: i32 = 5;
@@ -20,6 +20,13 @@ const EADDRNOTAVAIL: i32 = 99;
 const ENETUNREACH: i32 = 101;
 const ESRCH: i32 = 3;
 const ENOENT: i32 = 2;
+
+/// What the kernel gives a new bridge and every new port: VLAN 1, PVID, untagged.
+const DEFAULT_PVID: BridgeVlan = BridgeVlan {
+    vid: 1,
+    pvid: true,
+    untagged: true,
+};
 
 /// The fake kernel.
 #[derive(Debug, Clone)]
@@ -135,6 +142,7 @@ impl FakeNetlink {
                     Virtual::Bridge(o) => {
                         l.kind = Some("bridge".into());
                         l.bridge = Some(*o);
+                        s.bridge_vlans.insert(name.clone(), vec![DEFAULT_PVID]);
                     }
                     Virtual::Vlan { parent, id } => {
                         if !self.vlans {
@@ -162,9 +170,12 @@ impl FakeNetlink {
                 s.ipv6.remove(name);
                 s.addresses.retain(|a| a.link != *name);
                 s.routes.retain(|r| r.dev.as_deref() != Some(name));
+                s.bridge_vlans.remove(name);
                 for l in &mut s.links {
                     if l.master.as_deref() == Some(name) {
                         l.master = None;
+                        // A port leaving its bridge loses its VLAN table.
+                        s.bridge_vlans.remove(&l.name);
                     }
                 }
             }
@@ -180,6 +191,9 @@ impl FakeNetlink {
                 l.name = to.clone();
                 if let Some(c) = s.ipv6.remove(from) {
                     s.ipv6.insert(to.clone(), c);
+                }
+                if let Some(v) = s.bridge_vlans.remove(from) {
+                    s.bridge_vlans.insert(to.clone(), v);
                 }
                 for a in &mut s.addresses {
                     if a.link == *from {
@@ -244,8 +258,16 @@ impl FakeNetlink {
                         return Err(err(EINVAL));
                     }
                 }
-                if let Some(l) = s.links.get_mut(i) {
+                if let Some(l) = s.links.get_mut(i)
+                    && l.master != *master
+                {
                     l.master = master.clone();
+                    // As the kernel: a port leaves with its VLAN table and joins with
+                    // the bridge's default PVID.
+                    match master {
+                        Some(_) => s.bridge_vlans.insert(link.clone(), vec![DEFAULT_PVID]),
+                        None => s.bridge_vlans.remove(link),
+                    };
                 }
             }
             Action::SetBridge { link, opts, .. } => {
@@ -301,6 +323,38 @@ impl FakeNetlink {
                 s.routes.retain(|o| o != r);
                 if s.routes.len() == before {
                     return Err(err(ESRCH));
+                }
+            }
+            Action::AddBridgeVlan {
+                link,
+                vlan,
+                on_self,
+            } => {
+                let l = s.link(link).ok_or_else(|| err(ENODEV))?;
+                // `self` needs a bridge; a port's request goes to its bridge.
+                let ok = if *on_self {
+                    l.bridge.is_some()
+                } else {
+                    l.master.is_some()
+                };
+                if !ok {
+                    return Err(err(EOPNOTSUPP));
+                }
+                let table = s.bridge_vlans.entry(link.clone()).or_default();
+                // Adding a VLAN the link has changes its flags, as the kernel does.
+                table.retain(|v| v.vid != vlan.vid);
+                table.push(*vlan);
+                table.sort();
+            }
+            Action::RemoveBridgeVlan { link, vlan, .. } => {
+                let table = s.bridge_vlans.get_mut(link).ok_or_else(|| err(ENOENT))?;
+                let before = table.len();
+                table.retain(|v| v.vid != vlan.vid);
+                if table.len() == before {
+                    return Err(err(ENOENT));
+                }
+                if table.is_empty() {
+                    s.bridge_vlans.remove(link);
                 }
             }
             Action::SetBridgeNf { value, .. } => match &mut s.bridge_nf {

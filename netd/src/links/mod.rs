@@ -24,8 +24,8 @@ pub use plan::{Desired, DesiredLink, NicMatch, PlanError, Role, desired, plan};
 pub use rtnl::Rtnetlink;
 pub use service::{LinkPlan, Links, LinksError, UndoFailure};
 pub use state::{
-    Address, BridgeNf, BridgeOpts, Forwarding, Ipv6Conf, Link, Mac, NIC_ALIAS_PREFIX, OWNER_ALIAS,
-    Observed, PROTO_STATIC, Route, Virtual,
+    Address, BridgeNf, BridgeOpts, BridgeVlan, Forwarding, Ipv6Conf, Link, Mac, NIC_ALIAS_PREFIX,
+    OWNER_ALIAS, Observed, PROTO_STATIC, Route, Virtual,
 };
 
 #[cfg(test)]

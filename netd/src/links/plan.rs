@@ -10,8 +10,8 @@ use ipnet::IpNet;
 
 use super::action::Action;
 use super::state::{
-    BridgeNf, Forwarding, Ipv6Conf, Link, Mac, NIC_ALIAS_PREFIX, Observed, PROTO_STATIC, Route,
-    Virtual,
+    BridgeNf, BridgeVlan, Forwarding, Ipv6Conf, Link, Mac, NIC_ALIAS_PREFIX, Observed,
+    PROTO_STATIC, Route, Virtual,
 };
 
 /// How a NIC of the config is found among the kernel's links.
@@ -63,6 +63,41 @@ impl Desired {
     fn link(&self, name: &str) -> Option<&DesiredLink> {
         self.links.iter().find(|l| l.name == name)
     }
+
+    /// The VLAN ids link `d` must carry tagged, and whether they go on the bridge itself
+    /// (`self`). On a `vlan_filtering` bridge, a frame passes only in VLANs of both the
+    /// port it enters by and the link it leaves by, and the bridge's own upper links
+    /// (its VLAN sub-interfaces) sit behind the bridge's `self` entries: so each id of a
+    /// VLAN sub-interface on such a bridge goes on the bridge and on every port.
+    pub fn bridge_vlans(&self, d: &DesiredLink) -> (BTreeSet<u16>, bool) {
+        let filtering = |b: &str| {
+            matches!(
+                self.link(b).map(|l| &l.role),
+                Some(Role::Virtual(Virtual::Bridge(o))) if o.vlan_filtering
+            )
+        };
+        let ids_on = |b: &str| -> BTreeSet<u16> {
+            self.links
+                .iter()
+                .filter_map(|l| match &l.role {
+                    Role::Virtual(Virtual::Vlan { parent, id }) if parent == b => Some(*id),
+                    _ => None,
+                })
+                .collect()
+        };
+        if matches!(d.role, Role::Virtual(Virtual::Bridge(_))) {
+            let ids = if filtering(&d.name) {
+                ids_on(&d.name)
+            } else {
+                BTreeSet::new()
+            };
+            return (ids, true);
+        }
+        match &d.master {
+            Some(b) if filtering(b) => (ids_on(b), false),
+            _ => (BTreeSet::new(), false),
+        }
+    }
 }
 
 /// Why no plan could be made. Nothing was changed.
@@ -93,6 +128,15 @@ pub enum PlanError {
         "link name {name:?} is taken by {holder}, which netd does not own; rename or delete that link, or choose another key"
     )]
     NameTaken { name: String, holder: String },
+    #[error(
+        "[interfaces.{first}] and [interfaces.{second}] make network cards {first_now:?} and {second_now:?} swap names, which needs a temporary name: rename one card by hand first (`ip link set {second_now} down name <temporary>`)"
+    )]
+    NamesSwapped {
+        first: String,
+        first_now: String,
+        second: String,
+        second_now: String,
+    },
     #[error(
         "route {route} is already in the main table as `{holder}`, which netd did not add; delete it or change the route's metric"
     )]
@@ -350,26 +394,37 @@ pub fn plan_after(
     // The name a link has once the renames are done.
     let canon = |name: &str| -> String { claimed.get(name).copied().unwrap_or(name).to_string() };
 
+    // A released NIC that holds a name the config needs (the built-in default named
+    // eth1 `lan`; the user's config gives `lan` to another card) goes back to the name
+    // it had before netd adopted it, when that name is free.
+    let mut renamed_back: BTreeMap<&str, &str> = BTreeMap::new();
+    for l in &observed.links {
+        if fate_of(&l.name) != Fate::Released || desired.link(&l.name).is_none() {
+            continue;
+        }
+        if let Some(orig) = l.adopted_as()
+            && orig != l.name
+            && observed.link(orig).is_none()
+            && desired.link(orig).is_none()
+        {
+            renamed_back.insert(&l.name, orig);
+        }
+    }
+
     // Names the config needs must be free, or held by what this plan removes or renames.
     for d in &desired.links {
         let Some(holder) = observed.link(&d.name) else {
             continue;
         };
         let ok = match fate_of(&holder.name) {
-            Fate::Claimed => {
-                claimed.get(holder.name.as_str()) == Some(&d.name.as_str())
-                    || matches!(d.role, Role::Virtual(_))
-            }
+            // Renamed away first (see `rename_order`), or kept by the same interface.
+            Fate::Claimed => true,
             Fate::Kept => true,
             Fate::Deleted => true,
-            Fate::Released | Fate::Foreign => false,
+            Fate::Released => renamed_back.contains_key(holder.name.as_str()),
+            Fate::Foreign => false,
         };
-        // A claimed NIC renamed away frees its name only for links created after the
-        // renames; another NIC taking it would need a swap, which is left to a human.
-        let swap = matches!(fate_of(&holder.name), Fate::Claimed)
-            && claimed.get(holder.name.as_str()) != Some(&d.name.as_str())
-            && matches!(d.role, Role::Nic(_));
-        if !ok || swap {
+        if !ok {
             let kind = holder.kind.as_deref().unwrap_or("network card");
             return Err(PlanError::NameTaken {
                 name: d.name.clone(),
@@ -377,9 +432,37 @@ pub fn plan_after(
             });
         }
     }
+    let nic_order = rename_order(desired, observed, &claimed)?;
 
     let mut actions = Vec::new();
     let gone = |name: &str| matches!(fate_of(name), Fate::Deleted | Fate::Released);
+    // The bridge a port is in once the links that go are gone (renamed to its new name).
+    let master_after_teardown = |l: &Link| -> Option<String> {
+        l.master
+            .as_deref()
+            .filter(|m| !gone(m) && !gone(&l.name))
+            .map(canon)
+    };
+    // Whether a link's VLAN table survives the plan: a bridge that stays, or a port that
+    // stays in the same bridge (one that leaves loses its table, one that joins gets the
+    // kernel's default).
+    let table_stays = |l: &Link| -> bool {
+        match fate_of(&l.name) {
+            Fate::Kept if l.bridge.is_some() => true,
+            Fate::Claimed | Fate::Kept => {
+                let want = desired.link(&canon(&l.name)).and_then(|d| d.master.clone());
+                want.is_some() && master_after_teardown(l) == want
+            }
+            _ => false,
+        }
+    };
+    // The VLAN entries netd wants on the link that becomes `l`.
+    let wanted_vlans = |l: &Link| -> BTreeSet<u16> {
+        desired
+            .link(&canon(&l.name))
+            .map(|d| desired.bridge_vlans(d).0)
+            .unwrap_or_default()
+    };
     // NICs that are up and get renamed: the kernel wants them down for that.
     let renamed_up: BTreeSet<&str> = observed
         .links
@@ -432,6 +515,28 @@ pub fn plan_after(
         }
     }
 
+    // 0b. Bridge VLANs netd no longer wants, on bridges and ports netd owns, and those of
+    // links that leave their bridge (which drops them anyway; removed here so that an
+    // undo puts them back). The PVID entries are the kernel's defaults: never touched.
+    for l in &observed.links {
+        if fate_of(&l.name) == Fate::Foreign {
+            continue;
+        }
+        for v in observed.bridge_vlans_of(&l.name) {
+            let keep = v.pvid
+                || (table_stays(l)
+                    && *v == BridgeVlan::tagged(v.vid)
+                    && wanted_vlans(l).contains(&v.vid));
+            if !keep {
+                actions.push(Action::RemoveBridgeVlan {
+                    link: l.name.clone(),
+                    vlan: *v,
+                    on_self: l.bridge.is_some(),
+                });
+            }
+        }
+    }
+
     // 1. Links that go away. VLANs first: they may ride on a deleted bridge.
     let mut leaving: Vec<&Link> = observed.links.iter().filter(|l| gone(&l.name)).collect();
     leaving.sort_by_key(|l| match l.kind.as_deref() {
@@ -472,25 +577,25 @@ pub fn plan_after(
                 kind,
                 mtu: Some(l.mtu),
             }),
-            _ => actions.push(Action::SetAlias {
-                link: l.name.clone(),
-                alias: None,
-                previous: l.alias.clone(),
-            }),
+            _ => {
+                actions.push(Action::SetAlias {
+                    link: l.name.clone(),
+                    alias: None,
+                    previous: l.alias.clone(),
+                });
+                if let Some(orig) = renamed_back.get(l.name.as_str()) {
+                    actions.push(Action::Rename {
+                        from: l.name.clone(),
+                        to: orig.to_string(),
+                    });
+                }
+            }
         }
     }
-    // A port of a deleted bridge has no master once step 1 ran.
-    let master_after_teardown = |l: &Link| -> Option<String> {
-        l.master
-            .as_deref()
-            .filter(|m| !gone(m) && !gone(&l.name))
-            .map(canon)
-    };
 
     // 2. NICs: rename to the config key (down first), mark as adopted.
     let mut up_now: BTreeMap<String, bool> = BTreeMap::new();
-    for d in &desired.links {
-        let Role::Nic(_) = d.role else { continue };
+    for d in nic_order {
         let Some(l) = observed
             .links
             .iter()
@@ -587,6 +692,26 @@ pub fn plan_after(
                 master: d.master.clone(),
                 previous: have,
             });
+        }
+    }
+
+    // 5b. Bridge VLANs: the ids of the VLAN sub-interfaces of a `vlan_filtering` bridge,
+    // tagged, on the bridge itself and on each of its ports (the ports are in by now).
+    for d in &desired.links {
+        let (ids, on_self) = desired.bridge_vlans(d);
+        let have = match current(&d.name) {
+            Some(l) if table_stays(l) => observed.bridge_vlans_of(&l.name),
+            _ => &[],
+        };
+        for id in ids {
+            let vlan = BridgeVlan::tagged(id);
+            if !have.contains(&vlan) {
+                actions.push(Action::AddBridgeVlan {
+                    link: d.name.clone(),
+                    vlan,
+                    on_self,
+                });
+            }
         }
     }
 
@@ -706,4 +831,58 @@ pub fn plan_after(
         }
     }
     Ok(actions)
+}
+
+/// The NICs of the config in the order step 2 renames them: a NIC whose new name another
+/// NIC of the config holds goes after that one is renamed away (`lan` becomes `lan0`,
+/// then eth2 becomes `lan`). Otherwise the config's order. Two cards swapping names
+/// would need a temporary name: refused, left to a human.
+fn rename_order<'a>(
+    desired: &'a Desired,
+    observed: &Observed,
+    claimed: &BTreeMap<&str, &str>,
+) -> Result<Vec<&'a DesiredLink>, PlanError> {
+    // (desired link, kernel name it has now)
+    let mut pending: Vec<(&DesiredLink, &str)> = desired
+        .links
+        .iter()
+        .filter(|d| matches!(d.role, Role::Nic(_)))
+        .filter_map(|d| {
+            observed
+                .links
+                .iter()
+                .find(|l| claimed.get(l.name.as_str()) == Some(&d.name.as_str()))
+                .map(|l| (d, l.name.as_str()))
+        })
+        .collect();
+    let mut order = Vec::with_capacity(pending.len());
+    while !pending.is_empty() {
+        // Ready: no other NIC still to rename holds the name this one takes.
+        let ready = pending.iter().position(|(d, from)| {
+            pending
+                .iter()
+                .all(|(_, other)| *other == *from || *other != d.name)
+        });
+        match ready {
+            Some(i) => order.push(pending.remove(i).0),
+            None => {
+                // Every NIC left waits for another: a cycle of renames.
+                let Some(&(d, from)) = pending.first() else {
+                    break;
+                };
+                let other = pending
+                    .iter()
+                    .find(|(_, f)| *f == d.name)
+                    .map(|(o, _)| o.name.clone())
+                    .unwrap_or_default();
+                return Err(PlanError::NamesSwapped {
+                    first: d.name.clone(),
+                    first_now: from.to_string(),
+                    second: other,
+                    second_now: d.name.clone(),
+                });
+            }
+        }
+    }
+    Ok(order)
 }

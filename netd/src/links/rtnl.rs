@@ -11,22 +11,25 @@ use std::path::{Path, PathBuf};
 use futures_util::TryStreamExt;
 use ipnet::IpNet;
 use nix::sched::CloneFlags;
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
-    BridgeStpState, InfoBridge, InfoData, InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    AfSpecBridge, BridgeStpState, BridgeVlanInfoFlags, InfoBridge, InfoData, InfoVlan,
+    LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType, RouteVia,
 };
 use rtnetlink::{
-    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVlan, RouteMessageBuilder,
+    Handle, LinkBridge, LinkBridgeVlan, LinkMessageBuilder, LinkUnspec, LinkVlan,
+    RouteMessageBuilder,
 };
 
 use super::action::Action;
 use super::adapter::{Netlink, NetlinkError};
 use super::state::{
-    Address, BridgeNf, BridgeOpts, Forwarding, Ipv6Conf, Link, Mac, OWNER_ALIAS, Observed, Route,
-    Virtual,
+    Address, BridgeNf, BridgeOpts, BridgeVlan, Forwarding, Ipv6Conf, Link, Mac, OWNER_ALIAS,
+    Observed, Route, Virtual,
 };
 
 const ENODEV: i32 = 19;
@@ -152,6 +155,47 @@ fn parse_link(m: &LinkMessage, names: &BTreeMap<u32, String>) -> Link {
         l.vlan = Some((id, names.get(&p).cloned().unwrap_or_default()));
     }
     l
+}
+
+/// The VLAN table in one message of an `AF_BRIDGE` link dump with `RTEXT_FILTER_BRVLAN`
+/// (`bridge vlan show`): the kernel sends one per bridge (its `self` entries) and one per
+/// port, each VLAN on its own (ranges come only with the compressed filter).
+fn parse_bridge_vlans(m: &LinkMessage) -> Vec<BridgeVlan> {
+    let mut out: Vec<BridgeVlan> = m
+        .attributes
+        .iter()
+        .filter_map(|a| match a {
+            LinkAttribute::AfSpecBridge(spec) => Some(spec),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|s| match s {
+            AfSpecBridge::VlanInfo(v) => Some(BridgeVlan {
+                vid: v.vid,
+                pvid: v.flags.contains(BridgeVlanInfoFlags::Pvid),
+                untagged: v.flags.contains(BridgeVlanInfoFlags::Untagged),
+            }),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The request of `bridge vlan add|del vid N dev L [pvid] [untagged] [self]`.
+fn bridge_vlan_message(index: u32, vlan: &BridgeVlan, on_self: bool) -> LinkMessage {
+    let mut flags = BridgeVlanInfoFlags::empty();
+    if vlan.pvid {
+        flags |= BridgeVlanInfoFlags::Pvid;
+    }
+    if vlan.untagged {
+        flags |= BridgeVlanInfoFlags::Untagged;
+    }
+    let mut b = LinkBridgeVlan::new(index);
+    if on_self {
+        b = b.bridge_self();
+    }
+    b.vlan(vlan.vid, flags).build()
 }
 
 fn parse_address(m: &AddressMessage, names: &BTreeMap<u32, String>) -> Option<Address> {
@@ -432,7 +476,26 @@ impl Netlink for Rtnetlink {
             )
             .map_err(|e| nl_error("ip -6 route show", e))?;
         let (ipv6, forwarding) = self.sysctls(&names.values().cloned().collect::<Vec<_>>())?;
+        let bridge_dump: Vec<LinkMessage> = self
+            .rt
+            .block_on(
+                h.link()
+                    .get()
+                    .set_filter_mask(AddressFamily::Bridge, vec![LinkExtentMask::Brvlan])
+                    .execute()
+                    .try_collect(),
+            )
+            .map_err(|e| nl_error("bridge vlan show", e))?;
+        let bridge_vlans = bridge_dump
+            .iter()
+            .filter_map(|m| {
+                let vlans = parse_bridge_vlans(m);
+                let name = names.get(&m.header.index)?;
+                (!vlans.is_empty()).then(|| (name.clone(), vlans))
+            })
+            .collect();
         Ok(Observed {
+            bridge_vlans,
             ipv6,
             forwarding,
             links: links.iter().map(|m| parse_link(m, &names)).collect(),
@@ -557,6 +620,24 @@ impl Netlink for Rtnetlink {
                     self.rt.block_on(h.route().del(msg).execute())
                 };
                 done.map_err(|e| nl_error(op, e))
+            }
+            Action::AddBridgeVlan {
+                link,
+                vlan,
+                on_self,
+            } => {
+                let msg = bridge_vlan_message(self.index(link, op)?, vlan, *on_self);
+                self.set(msg, op)
+            }
+            Action::RemoveBridgeVlan {
+                link,
+                vlan,
+                on_self,
+            } => {
+                let msg = bridge_vlan_message(self.index(link, op)?, vlan, *on_self);
+                self.rt
+                    .block_on(h.link().del_with_message(msg).execute())
+                    .map_err(|e| nl_error(op, e))
             }
             Action::SetBridgeNf { value, .. } => in_netns(self.netns.as_deref(), || {
                 let values = [value.iptables, value.ip6tables, value.arptables];

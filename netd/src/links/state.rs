@@ -35,6 +35,28 @@ pub struct BridgeOpts {
     pub stp: bool,
 }
 
+/// One entry of a bridge's VLAN table (`bridge vlan show`), on the bridge itself or on a
+/// port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BridgeVlan {
+    pub vid: u16,
+    /// Untagged frames arriving on the link are put in this VLAN.
+    pub pvid: bool,
+    /// Frames of this VLAN leave the link untagged.
+    pub untagged: bool,
+}
+
+impl BridgeVlan {
+    /// A VLAN carried tagged, as netd adds them: neither PVID nor untagged.
+    pub const fn tagged(vid: u16) -> Self {
+        Self {
+            vid,
+            pvid: false,
+            untagged: false,
+        }
+    }
+}
+
 /// The kinds of link netd creates and deletes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Virtual {
@@ -213,10 +235,22 @@ pub struct Observed {
     pub ipv6: std::collections::BTreeMap<String, Ipv6Conf>,
     /// `None` when the switches cannot be read.
     pub forwarding: Option<Forwarding>,
+    /// The VLAN tables of bridges (their `self` entries) and of bridge ports, by link
+    /// name, sorted by id; links without entries are left out (a kernel without
+    /// `CONFIG_BRIDGE_VLAN_FILTERING` reports none).
+    pub bridge_vlans: std::collections::BTreeMap<String, Vec<BridgeVlan>>,
 }
 
 impl Observed {
     pub fn link(&self, name: &str) -> Option<&Link> {
         self.links.iter().find(|l| l.name == name)
+    }
+
+    /// The VLAN table entries of link `name`.
+    pub fn bridge_vlans_of(&self, name: &str) -> &[BridgeVlan] {
+        self.bridge_vlans
+            .get(name)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 }
