@@ -647,7 +647,6 @@ struct DnsSpec {
     records: Vec<(DomainName, Vec<IpAddr>, Option<DomainName>, Duration)>,
     forwarding: Vec<(DomainName, Vec<Upstream>)>,
     query_log_size: Size,
-    rate_limit: Option<RateLimit>,
 }
 
 fn block_mode() -> impl Strategy<Value = BlockMode> {
@@ -722,7 +721,6 @@ fn dns_spec() -> impl Strategy<Value = DnsSpec> {
                 0..2,
             ),
             size(),
-            proptest::option::of(rate_limit()),
         ),
     )
         .prop_map(
@@ -741,17 +739,7 @@ fn dns_spec() -> impl Strategy<Value = DnsSpec> {
                     block_mode,
                     block_addresses,
                 ),
-                (
-                    allow,
-                    deny,
-                    lists,
-                    default_group,
-                    groups,
-                    records,
-                    forwarding,
-                    query_log_size,
-                    rate_limit,
-                ),
+                (allow, deny, lists, default_group, groups, records, forwarding, query_log_size),
             )| DnsSpec {
                 enabled,
                 listen,
@@ -773,7 +761,6 @@ fn dns_spec() -> impl Strategy<Value = DnsSpec> {
                 records,
                 forwarding,
                 query_log_size,
-                rate_limit,
             },
         )
 }
@@ -1628,7 +1615,7 @@ fn build_dns(d: &DnsSpec, zones: &[Name], links: &[IfName]) -> Dns {
                 allow: vec![],
                 deny: vec![],
                 block_mode: *mode,
-                blocking: Some(*blocking),
+                blocking: *blocking,
             },
         );
     }
@@ -1652,7 +1639,7 @@ fn build_dns(d: &DnsSpec, zones: &[Name], links: &[IfName]) -> Dns {
                 allow: d.allow.clone(),
                 deny: vec![],
                 block_mode: None,
-                blocking: Some(*blocking),
+                blocking: *blocking,
             },
         );
     }
@@ -1708,7 +1695,6 @@ fn build_dns(d: &DnsSpec, zones: &[Name], links: &[IfName]) -> Dns {
             })
             .collect(),
         query_log_size: d.query_log_size,
-        rate_limit: d.rate_limit,
     }
 }
 
