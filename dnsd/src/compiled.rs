@@ -10,12 +10,29 @@ use sha2::{Digest, Sha256};
 use crate::lists::{ParseStats, ParsedList};
 use crate::matcher::{DomainSet, SetError};
 
-const MAGIC: &[u8; 8] = b"APLDNSL1";
+/// The format of a compiled list: sets of name fingerprints ([`crate::matcher::fingerprint`]).
+const MAGIC: &[u8; 8] = b"APLDNSL2";
+/// The first format, with the names themselves; still read after an upgrade.
+const MAGIC_V1: &[u8; 8] = b"APLDNSL1";
 
 /// A writer that hashes what passes through it.
 struct Hashing<W> {
     inner: W,
     sha: Sha256,
+}
+
+/// A reader that hashes what passes through it.
+struct HashingReader<R> {
+    inner: R,
+    sha: Sha256,
+}
+
+impl<R: std::io::Read> std::io::Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sha.update(buf.get(..n).unwrap_or(buf));
+        Ok(n)
+    }
 }
 
 impl<W: std::io::Write> std::io::Write for Hashing<W> {
@@ -190,15 +207,121 @@ impl CompiledList {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
         let body_len = bytes.len().checked_sub(32).ok_or("too short")?;
         let (body, sum) = bytes.split_at(body_len);
+        if body.starts_with(MAGIC_V1) {
+            return Self::from_v1(body, sum);
+        }
+        Self::read_checked(&mut { body }, body.len() as u64, sum)
+    }
+
+    /// Reads the body of a compiled list (everything before the checksum, `len` bytes) from
+    /// `input` while hashing it, and returns it only if the hash equals `sum`: the sets are
+    /// built straight from the stream, so loading a list never holds its file in memory
+    /// beside it.
+    fn read_checked(input: &mut impl std::io::Read, len: u64, sum: &[u8]) -> Result<Self, String> {
+        let mut input = HashingReader {
+            inner: std::io::Read::take(input, len),
+            sha: Sha256::new(),
+        };
+        let list = Self::read_body(&mut input, len);
+        // Read to the end so the hash covers the whole body, whatever the parse did.
+        let trailing =
+            std::io::copy(&mut input, &mut std::io::sink()).map_err(|e| e.to_string())?;
+        if input.sha.finalize().as_slice() != sum {
+            return Err("checksum mismatch".into());
+        }
+        let list = list?;
+        if trailing != 0 {
+            return Err("trailing bytes".into());
+        }
+        Ok(list)
+    }
+
+    fn read_body(input: &mut impl std::io::Read, len: u64) -> Result<Self, String> {
+        fn read(input: &mut impl std::io::Read, buf: &mut [u8]) -> Result<(), String> {
+            input.read_exact(buf).map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => "truncated".to_owned(),
+                _ => e.to_string(),
+            })
+        }
+        fn read_u64(input: &mut impl std::io::Read) -> Result<u64, String> {
+            let mut w = [0u8; 8];
+            read(input, &mut w)?;
+            Ok(u64::from_le_bytes(w))
+        }
+        let mut magic = [0u8; 8];
+        read(input, &mut magic)?;
+        if &magic != MAGIC {
+            return Err("not a compiled list".into());
+        }
+        let mut sets = Vec::with_capacity(3);
+        for _ in 0..3 {
+            sets.push(DomainSet::read_stream(&mut *input, len).map_err(|e| e.to_string())?);
+        }
+        let n = read_u64(input)?;
+        if n > len / 8 {
+            return Err("regex count".into());
+        }
+        let mut regex_src = Vec::new();
+        for _ in 0..n {
+            let rlen = read_u64(input)?;
+            if rlen > len {
+                return Err("regex length".into());
+            }
+            let mut r = vec![0u8; usize::try_from(rlen).map_err(|_| "regex length")?];
+            read(input, &mut r)?;
+            regex_src.push(String::from_utf8(r).map_err(|_| "regex is not UTF-8")?);
+        }
+        let mut stats = [0u64; 4];
+        for s in &mut stats {
+            *s = read_u64(input)?;
+        }
+        let mut sets = sets.into_iter();
+        let (Some(block), Some(block_subdomains), Some(allow)) =
+            (sets.next(), sets.next(), sets.next())
+        else {
+            return Err("sets missing".into());
+        };
+        Self::assemble(block, block_subdomains, allow, regex_src, stats)
+    }
+
+    fn assemble(
+        block: DomainSet,
+        block_subdomains: DomainSet,
+        allow: DomainSet,
+        regex_src: Vec<String>,
+        stats: [u64; 4],
+    ) -> Result<Self, String> {
+        let regex = if regex_src.is_empty() {
+            None
+        } else {
+            Some(RegexSet::new(&regex_src).map_err(|e| e.to_string())?)
+        };
+        Ok(Self {
+            block,
+            block_subdomains,
+            allow,
+            regex_src,
+            regex,
+            stats: ParseStats {
+                lines: stats[0],
+                comments: stats[1],
+                entries: stats[2],
+                skipped: stats[3],
+            },
+        })
+    }
+
+    /// The first format (the names themselves), read whole.
+    fn from_v1(body: &[u8], sum: &[u8]) -> Result<Self, String> {
         if Sha256::digest(body).as_slice() != sum {
             return Err("checksum mismatch".into());
         }
         let rest = body
-            .strip_prefix(MAGIC.as_slice())
+            .strip_prefix(MAGIC_V1.as_slice())
             .ok_or("not a compiled list")?;
-        let (block, rest) = DomainSet::read_from(rest).map_err(|e| e.to_string())?;
-        let (block_subdomains, rest) = DomainSet::read_from(rest).map_err(|e| e.to_string())?;
-        let (allow, mut rest) = DomainSet::read_from(rest).map_err(|e| e.to_string())?;
+        let (block, rest) = DomainSet::read_v1(rest).map_err(|e| e.to_string())?;
+        let (block_subdomains, rest) = DomainSet::read_v1(rest).map_err(|e| e.to_string())?;
+        let (allow, mut rest) = DomainSet::read_v1(rest).map_err(|e| e.to_string())?;
         let mut take = |n: usize| -> Result<&[u8], String> {
             if rest.len() < n {
                 return Err("truncated".into());
@@ -226,24 +349,7 @@ impl CompiledList {
         if !rest.is_empty() {
             return Err("trailing bytes".into());
         }
-        let regex = if regex_src.is_empty() {
-            None
-        } else {
-            Some(RegexSet::new(&regex_src).map_err(|e| e.to_string())?)
-        };
-        Ok(Self {
-            block,
-            block_subdomains,
-            allow,
-            regex_src,
-            regex,
-            stats: ParseStats {
-                lines: stats[0],
-                comments: stats[1],
-                entries: stats[2],
-                skipped: stats[3],
-            },
-        })
+        Self::assemble(block, block_subdomains, allow, regex_src, stats)
     }
 
     /// Writes the compiled list atomically: temp file, fsync, rename, fsync of the directory.
@@ -271,15 +377,34 @@ impl CompiledList {
         Ok(())
     }
 
+    /// Loads a stored list, streaming: the file is never held whole beside the sets built
+    /// from it (a `POST /reload` reads every list while the copies in use still answer).
     pub fn load(path: &Path) -> Result<Self, CompileError> {
-        let bytes = std::fs::read(path).map_err(|e| CompileError::Io {
+        use std::io::{Read as _, Seek as _};
+        let io = |e| CompileError::Io {
             path: path.display().to_string(),
             source: e,
-        })?;
-        Self::from_bytes(&bytes).map_err(|why| CompileError::Damaged {
+        };
+        let damaged = |why| CompileError::Damaged {
             path: path.display().to_string(),
             why,
-        })
+        };
+        let mut f = std::fs::File::open(path).map_err(io)?;
+        let len = f.metadata().map_err(io)?.len();
+        let body_len = len
+            .checked_sub(32)
+            .ok_or_else(|| damaged("too short".into()))?;
+        let mut magic = [0u8; 8];
+        if f.read_exact(&mut magic).is_ok() && &magic == MAGIC_V1 {
+            let bytes = std::fs::read(path).map_err(io)?;
+            return Self::from_bytes(&bytes).map_err(damaged);
+        }
+        let mut sum = [0u8; 32];
+        f.seek(std::io::SeekFrom::Start(body_len)).map_err(io)?;
+        f.read_exact(&mut sum).map_err(io)?;
+        f.rewind().map_err(io)?;
+        let mut input = std::io::BufReader::with_capacity(1 << 16, f);
+        Self::read_checked(&mut input, body_len, &sum).map_err(damaged)
     }
 }
 

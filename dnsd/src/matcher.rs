@@ -1,76 +1,45 @@
 //! A compact set of domain names, looked up by suffix: the compiled form of a block list.
 //!
-//! A million names as `String`s in a `HashSet` cost about 80 MB; here they cost the bytes
-//! of the names plus 1 byte each and the table: one arena holding every name behind its
-//! length byte, back to back, and an open-addressing table of `u32` arena offsets (8 or
-//! 16 bytes a name at a load of 1/4 to 1/2). Tags are kept only where they are not 0.
-//! Lookups hash the query name and each of its parent suffixes, so `a.b.ads.example`
-//! finds `ads.example` in at most five probe sequences, without allocating.
+//! A name is kept as its 64-bit fingerprint, not its bytes: a block list is only ever
+//! asked "is this name in it", and the name that matched is the query's own suffix, so the
+//! bytes of a million names (29 MB of a synthetic 1M list) bought nothing a lookup needs.
+//! A set is one sorted array of fingerprints (8 bytes a name) and a directory of the first
+//! index of each bucket of leading bits (4 bytes per 8 names at most), so a lookup is one
+//! directory read and a binary search of about 8-16 neighbours in one or two cache lines,
+//! without allocating. A reload builds the next list beside the one in use; at 8 bytes a
+//! name the two together stay near the steady state (see dnsd/README.md, "Reload memory").
+//!
+//! Two different names share a fingerprint with a probability of about 2^-64: a lookup
+//! of a name not in a 1M list hits one by mistake about once in 10^13 queries (five
+//! suffixes a query), which blocks that name. The function is fixed by the stored format
+//! ([`FORMAT`](crate::compiled)); changing it needs a new format tag.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
 
 /// A set of lowercase domain names, each with a 16-bit tag (the list or rule it came from).
 ///
-/// A set rebuilt from a new copy of a list can be layered on the previous copy's names
-/// ([`against`](Self::against)): names the old copy already has are marked in a bitmap
-/// instead of copied, and only new names get their own arena. An unchanged list of 1M
-/// names then costs 2.6 MB during a reload instead of a second 29 MB copy, which is what
-/// keeps a reload's peak memory near the steady state.
+/// Built by [`insert`](Self::insert) in any order, then sealed by
+/// [`shrink_to_fit`](Self::shrink_to_fit) (the parsers and [`build`](Self::build) seal);
+/// an unsealed set still answers, by a linear scan.
 #[derive(Clone, Default)]
 pub struct DomainSet {
-    /// The names this set holds itself (all of them unless layered).
-    own: Arc<Flat>,
-    /// The previous copy's names and which of them this set holds.
-    base: Option<Base>,
-}
-
-#[derive(Clone)]
-struct Base {
-    /// Always a flat set: layering on a layered set takes its base, so lookups never go
-    /// deeper than one level.
-    names: Arc<Flat>,
-    /// One bit per arena offset of `names`: set for the names this set holds.
-    kept: Vec<u64>,
-    count: usize,
-}
-
-impl Base {
-    fn is_kept(&self, offset: u32) -> bool {
-        let (w, b) = (offset as usize / 64, offset % 64);
-        self.kept.get(w).is_some_and(|x| x & (1 << b) != 0)
-    }
-
-    fn keep(&mut self, offset: u32) {
-        let (w, b) = (offset as usize / 64, offset % 64);
-        if let Some(x) = self.kept.get_mut(w)
-            && *x & (1 << b) == 0
-        {
-            *x |= 1 << b;
-            self.count += 1;
-        }
-    }
-}
-
-/// The flat form: every name in one arena and an open-addressing table.
-#[derive(Clone, Default)]
-struct Flat {
-    /// Every name as one length byte and its bytes, back to back, in the order added.
-    arena: Vec<u8>,
-    count: usize,
-    /// The tags that are not 0, by arena offset: block lists tag nothing, and a tag per
-    /// name would be 2 MB of a 1M-name list (twice over while a reload builds the next).
-    tags: HashMap<u32, u16>,
-    /// Open addressing: 0 is empty, else the arena offset of a name plus 1.
-    table: Vec<u32>,
+    /// Fingerprints: sorted and distinct once sealed, in the order added before.
+    prints: Vec<u64>,
+    /// `dir[b]..dir[b + 1]` is where the fingerprints whose top `bits` bits are `b` lie.
+    dir: Vec<u32>,
+    bits: u32,
+    sealed: bool,
+    /// The tags that are not 0, by fingerprint: block lists tag nothing, and a tag per name
+    /// would cost a 1M-name list 2 MB (twice over while a reload builds the next).
+    tags: HashMap<u64, u16>,
 }
 
 impl fmt::Debug for DomainSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DomainSet")
             .field("names", &self.len())
-            .field("layered", &self.base.is_some())
+            .field("sealed", &self.sealed)
             .field("heap_bytes", &self.heap_bytes())
             .finish()
     }
@@ -79,24 +48,36 @@ impl fmt::Debug for DomainSet {
 /// Why a set could not be built or loaded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SetError {
-    #[error("more than 4 GiB of names in one list")]
+    #[error("more than 4 billion names in one list")]
     TooLarge,
     #[error("a name longer than 255 bytes (DNS names have at most 253)")]
     NameTooLong,
     #[error("compiled list is damaged: {0}")]
     Damaged(&'static str),
+    #[error("cannot read the compiled list: {0}")]
+    Io(String),
 }
 
-/// FxHash-style mixing over 8-byte chunks: fast for short keys, and the table is rebuilt
-/// on load, so the function may change between versions.
-fn hash(bytes: &[u8]) -> u64 {
-    const K: u64 = 0x517c_c1b7_2722_0a95;
-    let mut h: u64 = bytes.len() as u64;
-    let mut chunks = bytes.chunks_exact(8);
+/// A bijective 64-bit mixer (splitmix64's finaliser): every input bit moves every output
+/// bit, so chained over a name's 8-byte words it spreads names like a random function.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The fingerprint of a name: its 8-byte words (the last zero-padded) chained through
+/// [`mix`], seeded and closed with the length. Part of the stored format: never change it
+/// without a new format tag in `compiled`.
+pub fn fingerprint(name: &[u8]) -> u64 {
+    const STEP: u64 = 0x9e37_79b9_7f4a_7c15;
+    let len = name.len() as u64;
+    let mut h = mix(len ^ 0x6a09_e667_f3bc_c908);
+    let mut chunks = name.chunks_exact(8);
     for c in &mut chunks {
         let mut w = [0u8; 8];
         w.copy_from_slice(c);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        h = mix(h ^ u64::from_le_bytes(w)).wrapping_add(STEP);
     }
     let rest = chunks.remainder();
     if !rest.is_empty() {
@@ -104,149 +85,14 @@ fn hash(bytes: &[u8]) -> u64 {
         if let Some(dst) = w.get_mut(..rest.len()) {
             dst.copy_from_slice(rest);
         }
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        h = mix(h ^ u64::from_le_bytes(w)).wrapping_add(STEP);
     }
-    // Final avalanche so that the low bits used by the table depend on every byte.
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^ (h >> 33)
+    mix(h ^ len.rotate_left(32))
 }
 
-/// The table size for `n` names: a load of at most 1/2, a power of two.
-fn table_size(n: usize) -> usize {
-    (n * 2).next_power_of_two().max(16)
-}
-
-impl Flat {
-    /// A set sized for `names` names of `bytes` bytes in all, so that filling it never
-    /// reallocates (a doubling arena briefly holds its old and new buffers).
-    fn with_capacity(names: usize, bytes: usize) -> Self {
-        Self {
-            arena: Vec::with_capacity(bytes + names),
-            count: 0,
-            tags: HashMap::new(),
-            table: vec![0; table_size(names)],
-        }
-    }
-
-    /// Adds a name, or lowers the tag of one already present. Names go straight into the
-    /// arena, with duplicates found by the table, so building a set never holds the names
-    /// twice.
-    fn insert(&mut self, name: &[u8], tag: u16) -> Result<(), SetError> {
-        let len = u8::try_from(name.len()).map_err(|_| SetError::NameTooLong)?;
-        if (self.count + 1) * 2 > self.table.len() {
-            self.grow();
-        }
-        let mask = self.table.len() - 1;
-        let mut slot = hash(name) as usize & mask;
-        loop {
-            let e = self.table.get(slot).copied().unwrap_or(0);
-            if e == 0 {
-                break;
-            }
-            if self.name_at(e - 1) == name {
-                // An absent tag is 0, which no tag is below.
-                if let Some(t) = self.tags.get_mut(&(e - 1)) {
-                    *t = (*t).min(tag);
-                }
-                return Ok(());
-            }
-            slot = (slot + 1) & mask;
-        }
-        let offset = u32::try_from(self.arena.len()).map_err(|_| SetError::TooLarge)?;
-        if self.arena.len() + 1 + name.len() >= u32::MAX as usize {
-            return Err(SetError::TooLarge);
-        }
-        self.arena.push(len);
-        self.arena.extend_from_slice(name);
-        self.count += 1;
-        if tag != 0 {
-            self.tags.insert(offset, tag);
-        }
-        if let Some(e) = self.table.get_mut(slot) {
-            *e = offset + 1;
-        }
-        Ok(())
-    }
-
-    fn grow(&mut self) {
-        let cap = (self.table.len() * 2).max(16);
-        self.rehash(cap);
-    }
-
-    fn shrink_to_fit(&mut self) {
-        self.arena.shrink_to_fit();
-        self.tags.shrink_to_fit();
-    }
-
-    /// (Re)builds the hash table at a load factor of at most 1/2.
-    fn index(&mut self) {
-        self.rehash(table_size(self.count));
-    }
-
-    fn rehash(&mut self, cap: usize) {
-        let mut table = vec![0u32; cap];
-        let mask = cap - 1;
-        for (offset, name) in self.entries() {
-            let mut slot = hash(name) as usize & mask;
-            loop {
-                match table.get_mut(slot) {
-                    Some(e) if *e == 0 => {
-                        *e = offset + 1;
-                        break;
-                    }
-                    _ => slot = (slot + 1) & mask,
-                }
-            }
-        }
-        self.table = table;
-    }
-
-    fn name_at(&self, offset: u32) -> &[u8] {
-        let start = offset as usize + 1;
-        let len = self.arena.get(offset as usize).copied().unwrap_or(0) as usize;
-        self.arena.get(start..start + len).unwrap_or(&[])
-    }
-
-    /// Arena offset and name of every entry, in the order added.
-    fn entries(&self) -> impl Iterator<Item = (u32, &[u8])> {
-        let mut at = 0usize;
-        std::iter::from_fn(move || {
-            let len = *self.arena.get(at)? as usize;
-            let name = self.arena.get(at + 1..at + 1 + len)?;
-            let offset = at as u32;
-            at += 1 + len;
-            Some((offset, name))
-        })
-    }
-
-    fn tag(&self, offset: u32) -> u16 {
-        self.tags.get(&offset).copied().unwrap_or(0)
-    }
-
-    fn heap_bytes(&self) -> usize {
-        // A hashbrown entry: key, value, control byte, at a load of 7/8 at most.
-        self.arena.capacity() + self.table.capacity() * 4 + self.tags.capacity() * 9
-    }
-
-    /// The arena offset of `name` if the set holds exactly that name.
-    fn find(&self, name: &[u8]) -> Option<u32> {
-        if self.table.is_empty() {
-            return None;
-        }
-        let mask = self.table.len() - 1;
-        let mut slot = hash(name) as usize & mask;
-        loop {
-            let e = *self.table.get(slot)?;
-            if e == 0 {
-                return None;
-            }
-            if self.name_at(e - 1) == name {
-                return Some(e - 1);
-            }
-            slot = (slot + 1) & mask;
-        }
-    }
+/// Directory bits for `n` names: buckets of 8-16 names on average, at most 2^24 buckets.
+fn dir_bits(n: usize) -> u32 {
+    (n / 8).max(1).ilog2().min(24)
 }
 
 impl DomainSet {
@@ -263,107 +109,127 @@ impl DomainSet {
         Ok(out)
     }
 
-    /// An empty set that will share the names of `previous` it is given again (see the
-    /// type's documentation). A name found in `previous` keeps the tag it has there: block
-    /// lists tag nothing, and sets built with tags are never layered.
+    /// An empty set for the next copy of `previous`, sized for as many names, so that
+    /// filling it does not grow the array step by step.
     pub fn against(previous: &DomainSet) -> Self {
-        let names = match &previous.base {
-            Some(b) => Arc::clone(&b.names),
-            None => Arc::clone(&previous.own),
-        };
-        if names.count == 0 {
-            return Self::default();
-        }
-        let kept = vec![0; names.arena.len().div_ceil(64)];
         Self {
-            own: Arc::default(),
-            base: Some(Base {
-                names,
-                kept,
-                count: 0,
-            }),
+            prints: Vec::with_capacity(previous.len()),
+            ..Self::default()
         }
     }
 
     /// Adds a name, or lowers the tag of one already present.
     pub fn insert(&mut self, name: &[u8], tag: u16) -> Result<(), SetError> {
-        if let Some(b) = &mut self.base
-            && let Some(offset) = b.names.find(name)
-        {
-            b.keep(offset);
-            return Ok(());
+        if name.len() > 255 {
+            return Err(SetError::NameTooLong);
         }
-        // Not shared while a set is being built, so this never copies.
-        Arc::make_mut(&mut self.own).insert(name, tag)
+        if self.prints.len() >= u32::MAX as usize {
+            return Err(SetError::TooLarge);
+        }
+        let fp = fingerprint(name);
+        if tag == 0 {
+            if let Some(t) = self.tags.get_mut(&fp) {
+                *t = 0;
+            }
+        } else if let Some(t) = self.tags.get_mut(&fp) {
+            *t = (*t).min(tag);
+        } else if !self.contains(fp) {
+            self.tags.insert(fp, tag);
+        }
+        if self.sealed {
+            // Rare (tests, small config sets): keep the order, so lookups stay a search.
+            if let Err(at) = self.prints.binary_search(&fp) {
+                self.prints.insert(at, fp);
+                self.index();
+            }
+        } else {
+            self.prints.push(fp);
+        }
+        Ok(())
     }
 
-    /// Completes a set: releases spare capacity, and turns a layered set into a flat one
-    /// when the previous copy's names no longer fit it (more than a quarter of them gone,
-    /// or more than a quarter as many new ones), since a layered set keeps every name of
-    /// the base resident whether it still holds it or not.
+    /// Seals a set: sorts and deduplicates the fingerprints in place (no second buffer),
+    /// releases spare capacity and builds the directory.
     pub fn shrink_to_fit(&mut self) {
-        if let Some(b) = &self.base {
-            let base_n = b.names.count;
-            if b.count == 0 {
-                self.base = None;
-            } else if (base_n - b.count) + self.own.count > base_n / 4 {
-                self.flatten();
-            }
+        if !self.sealed {
+            self.prints.sort_unstable();
+            self.prints.dedup();
+            self.sealed = true;
         }
-        Arc::make_mut(&mut self.own).shrink_to_fit();
+        self.tags.retain(|_, t| *t != 0);
+        self.tags.shrink_to_fit();
+        self.prints.shrink_to_fit();
+        self.index();
     }
 
-    fn flatten(&mut self) {
-        let bytes = self.iter().map(|(n, _)| n.len()).sum();
-        let mut flat = Flat::with_capacity(self.len(), bytes);
-        for (name, tag) in self.iter() {
-            // The names fit the set they come from, so they fit this one.
-            if let Err(e) = flat.insert(name, tag) {
-                tracing::warn!(error = %e, "cannot flatten a reloaded list; keeping it layered");
-                return;
+    fn index(&mut self) {
+        let bits = dir_bits(self.prints.len());
+        let buckets = 1usize << bits;
+        let mut dir = Vec::with_capacity(buckets + 1);
+        let mut at = 0usize;
+        for b in 0..buckets {
+            while self
+                .prints
+                .get(at)
+                .is_some_and(|fp| ((fp >> 1 >> (63 - bits)) as usize) < b)
+            {
+                at += 1;
             }
+            dir.push(at as u32);
         }
-        self.own = Arc::new(flat);
-        self.base = None;
+        dir.push(self.prints.len() as u32);
+        self.dir = dir;
+        self.bits = bits;
     }
 
-    /// Whether this set shares the names of a previous copy.
+    /// Whether the set holds the fingerprint `fp`.
+    fn contains(&self, fp: u64) -> bool {
+        if !self.sealed {
+            return self.prints.contains(&fp);
+        }
+        // `>> 1 >> (63 - bits)`: a shift by 64 when bits is 0 would overflow.
+        let b = (fp >> 1 >> (63 - self.bits)) as usize;
+        let (Some(&lo), Some(&hi)) = (self.dir.get(b), self.dir.get(b + 1)) else {
+            return false;
+        };
+        self.prints
+            .get(lo as usize..hi as usize)
+            .is_some_and(|bucket| bucket.binary_search(&fp).is_ok())
+    }
+
+    /// Kept for callers that log it: sets no longer share a previous copy's names (a
+    /// fingerprint array costs less than the sharing did).
     pub fn is_layered(&self) -> bool {
-        self.base.is_some()
+        false
     }
 
     pub fn len(&self) -> usize {
-        self.own.count + self.base.as_ref().map_or(0, |b| b.count)
+        self.prints.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Memory held, for metrics and the memory budget; a shared base counts in full,
-    /// since it stays resident as long as this set does.
+    /// Memory held, for metrics and the memory budget.
     pub fn heap_bytes(&self) -> usize {
-        self.own.heap_bytes()
-            + self
-                .base
-                .as_ref()
-                .map_or(0, |b| b.names.heap_bytes() + b.kept.capacity() * 8)
+        // A hashbrown entry: key, value (padded), control byte.
+        self.prints.capacity() * 8 + self.dir.capacity() * 4 + self.tags.capacity() * 17
     }
 
     /// The tag of `name` if the set holds exactly that name.
     pub fn get(&self, name: &[u8]) -> Option<u16> {
-        if let Some(b) = &self.base
-            && let Some(offset) = b.names.find(name)
-            && b.is_kept(offset)
-        {
-            return Some(b.names.tag(offset));
-        }
-        self.own.find(name).map(|o| self.own.tag(o))
+        let fp = fingerprint(name);
+        self.contains(fp)
+            .then(|| self.tags.get(&fp).copied().unwrap_or(0))
     }
 
     /// The most specific of `qname` and its parent domains that the set holds, with its
     /// tag. `skip_self` looks at the parents only (for `*.name` rules).
     pub fn find_suffix<'q>(&self, qname: &'q [u8], skip_self: bool) -> Option<(&'q [u8], u16)> {
+        if self.prints.is_empty() {
+            return None;
+        }
         let mut rest = qname;
         let mut first = true;
         loop {
@@ -378,50 +244,111 @@ impl DomainSet {
         }
     }
 
-    /// Names with their tags: those shared with the previous copy first, then the others,
-    /// each in the order they were added.
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], u16)> {
-        let shared = self.base.iter().flat_map(|b| {
-            b.names
-                .entries()
-                .filter(|(o, _)| b.is_kept(*o))
-                .map(|(o, n)| (n, b.names.tag(o)))
-        });
-        shared.chain(self.own.entries().map(|(o, n)| (n, self.own.tag(o))))
-    }
-
-    /// Appends the set to `out` in the compiled-list format: counts, end offsets, tags and
-    /// the names back to back, all little-endian. The table is not stored; it is rebuilt
-    /// on load in milliseconds.
+    /// Appends the set to `out` in the compiled-list format (see
+    /// [`write_into`](Self::write_into)).
     pub fn write_to(&self, out: &mut Vec<u8>) {
         // Writing to a Vec cannot fail.
         let _ = self.write_into(out);
     }
 
-    /// Streams the set in the compiled-list format (see [`write_to`](Self::write_to)), so
-    /// that storing a list never holds a second copy of it in memory.
+    /// Streams the set in the compiled-list format: the count, the number of tags, each
+    /// tag as fingerprint and tag, then the fingerprints in ascending order, all
+    /// little-endian. The directory is not stored; it is rebuilt on load.
     pub fn write_into(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
-        let names_len: usize = self.iter().map(|(n, _)| n.len()).sum();
-        out.write_all(&(self.len() as u64).to_le_bytes())?;
-        out.write_all(&(names_len as u64).to_le_bytes())?;
-        let mut end = 0u32;
-        for (name, _) in self.iter() {
-            end += name.len() as u32;
-            out.write_all(&end.to_le_bytes())?;
-        }
-        for (_, tag) in self.iter() {
+        let mut sealed;
+        let this = if self.sealed {
+            self
+        } else {
+            sealed = self.clone();
+            sealed.shrink_to_fit();
+            &sealed
+        };
+        out.write_all(&(this.prints.len() as u64).to_le_bytes())?;
+        let mut tags: Vec<(u64, u16)> = this.tags.iter().map(|(f, t)| (*f, *t)).collect();
+        tags.sort_unstable();
+        out.write_all(&(tags.len() as u64).to_le_bytes())?;
+        for (fp, tag) in tags {
+            out.write_all(&fp.to_le_bytes())?;
             out.write_all(&tag.to_le_bytes())?;
         }
-        for (name, _) in self.iter() {
-            out.write_all(name)?;
+        let mut buf = [0u8; 8 * 512];
+        for chunk in this.prints.chunks(512) {
+            let mut n = 0;
+            for (dst, fp) in buf.chunks_exact_mut(8).zip(chunk) {
+                dst.copy_from_slice(&fp.to_le_bytes());
+                n += 8;
+            }
+            out.write_all(buf.get(..n).unwrap_or(&[]))?;
         }
         Ok(())
     }
 
-    /// Reads a set written by [`write_to`](Self::write_to) from the front of `input` and
-    /// returns the rest. Every length and offset is checked: a damaged file is an error,
-    /// never a panic or an out-of-bounds read.
-    pub fn read_from(input: &[u8]) -> Result<(Self, &[u8]), SetError> {
+    /// Reads a set written by [`write_into`](Self::write_into) from `input`, of which at
+    /// most `left` bytes remain (so a damaged count cannot make it reserve more than the
+    /// file holds). Every count is checked and the fingerprints must ascend: a damaged
+    /// file is an error, never a panic or a wrong set.
+    pub fn read_stream(input: &mut impl std::io::Read, left: u64) -> Result<Self, SetError> {
+        let io = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => SetError::Damaged("truncated"),
+            _ => SetError::Io(e.to_string()),
+        };
+        let mut word = [0u8; 8];
+        input.read_exact(&mut word).map_err(io)?;
+        let n = u64::from_le_bytes(word);
+        input.read_exact(&mut word).map_err(io)?;
+        let ntags = u64::from_le_bytes(word);
+        let need = n
+            .checked_mul(8)
+            .and_then(|b| ntags.checked_mul(10).and_then(|t| b.checked_add(t)))
+            .ok_or(SetError::Damaged("count"))?;
+        if need > left.saturating_sub(16) || n >= u64::from(u32::MAX) {
+            return Err(SetError::Damaged("count"));
+        }
+        let mut tags = HashMap::new();
+        for _ in 0..ntags {
+            let mut pair = [0u8; 10];
+            input.read_exact(&mut pair).map_err(io)?;
+            let (fp, tag) = pair.split_at(8);
+            let fp = <[u8; 8]>::try_from(fp).map_err(|_| SetError::Damaged("tag"))?;
+            let tag = <[u8; 2]>::try_from(tag).map_err(|_| SetError::Damaged("tag"))?;
+            let tag = u16::from_le_bytes(tag);
+            if tag != 0 {
+                tags.insert(u64::from_le_bytes(fp), tag);
+            }
+        }
+        let n = usize::try_from(n).map_err(|_| SetError::Damaged("count"))?;
+        let mut prints = Vec::with_capacity(n);
+        let mut buf = [0u8; 8 * 512];
+        let mut last: Option<u64> = None;
+        while prints.len() < n {
+            let want = (n - prints.len()).min(512) * 8;
+            let chunk = buf.get_mut(..want).ok_or(SetError::Damaged("count"))?;
+            input.read_exact(chunk).map_err(io)?;
+            for w in chunk.chunks_exact(8) {
+                let fp = u64::from_le_bytes(<[u8; 8]>::try_from(w).unwrap_or_default());
+                if last.is_some_and(|l| l >= fp) {
+                    return Err(SetError::Damaged("fingerprints out of order"));
+                }
+                last = Some(fp);
+                prints.push(fp);
+            }
+        }
+        let mut set = Self {
+            prints,
+            dir: Vec::new(),
+            bits: 0,
+            sealed: true,
+            tags,
+        };
+        set.tags
+            .retain(|fp, _| set.prints.binary_search(fp).is_ok());
+        set.index();
+        Ok(set)
+    }
+
+    /// Reads a set of the first stored format (names back to back: counts, end offsets,
+    /// tags, names), so that lists stored by an older dnsd still load after an upgrade.
+    pub fn read_v1(input: &[u8]) -> Result<(Self, &[u8]), SetError> {
         let (n, input) = take_u64(input)?;
         let (names_len, input) = take_u64(input)?;
         let n = usize::try_from(n).map_err(|_| SetError::Damaged("count"))?;
@@ -435,17 +362,12 @@ impl DomainSet {
         if input.len() < need {
             return Err(SetError::Damaged("truncated"));
         }
-        if names_len + n >= u32::MAX as usize {
-            return Err(SetError::Damaged("size"));
-        }
         let (ends_raw, input) = input.split_at(ends_bytes);
         let (tags_raw, input) = input.split_at(tags_bytes);
         let (names, rest) = input.split_at(names_len);
-        let mut set = Flat {
-            arena: Vec::with_capacity(names_len + n),
-            count: n,
-            tags: HashMap::new(),
-            table: Vec::new(),
+        let mut set = Self {
+            prints: Vec::with_capacity(n),
+            ..Self::default()
         };
         let mut start = 0usize;
         let ends = ends_raw
@@ -459,25 +381,15 @@ impl DomainSet {
         for (end, tag) in ends.zip(tags) {
             let end = end as usize;
             let name = names.get(start..end).ok_or(SetError::Damaged("offsets"))?;
-            let len = u8::try_from(name.len()).map_err(|_| SetError::Damaged("name length"))?;
-            if tag != 0 {
-                set.tags.insert(set.arena.len() as u32, tag);
-            }
-            set.arena.push(len);
-            set.arena.extend_from_slice(name);
+            set.insert(name, tag)
+                .map_err(|_| SetError::Damaged("name length"))?;
             start = end;
         }
         if start != names_len {
             return Err(SetError::Damaged("offsets"));
         }
-        set.index();
-        Ok((
-            Self {
-                own: Arc::new(set),
-                base: None,
-            },
-            rest,
-        ))
+        set.shrink_to_fit();
+        Ok((set, rest))
     }
 }
 
@@ -499,6 +411,12 @@ mod tests {
         DomainSet::build(names.iter().enumerate().map(|(i, n)| (*n, i as u16))).unwrap()
     }
 
+    fn round_trip(s: &DomainSet) -> DomainSet {
+        let mut buf = Vec::new();
+        s.write_to(&mut buf);
+        DomainSet::read_stream(&mut buf.as_slice(), buf.len() as u64).unwrap()
+    }
+
     #[test]
     fn exact_and_suffix() {
         let s = set(&["ads.example", "tracker.example.net", "ads.example"]);
@@ -512,39 +430,45 @@ mod tests {
         assert_eq!(s.find_suffix(b"ads.example", true), None);
         assert_eq!(s.find_suffix(b"notads.example", false), None);
         assert_eq!(s.find_suffix(b"", false), None);
+        assert_eq!(
+            DomainSet::default().find_suffix(b"ads.example", false),
+            None
+        );
     }
 
     #[test]
     fn duplicates_keep_the_smallest_tag() {
         let s = DomainSet::build([("x.example", 7), ("x.example", 3), ("y.example", 1)]).unwrap();
         assert_eq!(s.get(b"x.example"), Some(3));
+        let s = DomainSet::build([("x.example", 0), ("x.example", 3)]).unwrap();
+        assert_eq!(s.get(b"x.example"), Some(0), "0 first stays the smallest");
+        assert!(s.tags.is_empty());
     }
 
     #[test]
     fn tags_cost_nothing_until_one_is_not_zero() {
         let mut s = DomainSet::build([("a.example", 0), ("b.example", 0)]).unwrap();
-        assert!(s.own.tags.is_empty());
+        assert!(s.tags.is_empty());
         s.insert(b"c.example", 5).unwrap();
         s.insert(b"a.example", 2).unwrap();
         assert_eq!(s.get(b"a.example"), Some(0), "0 stays the smallest");
         assert_eq!(s.get(b"b.example"), Some(0));
         assert_eq!(s.get(b"c.example"), Some(5));
-        let mut buf = Vec::new();
-        s.write_to(&mut buf);
-        let (t, _) = DomainSet::read_from(&buf).unwrap();
-        assert_eq!(t.iter().collect::<Vec<_>>(), s.iter().collect::<Vec<_>>());
+        assert_eq!(s.len(), 3);
+        let t = round_trip(&s);
+        for n in ["a.example", "b.example", "c.example", "d.example"] {
+            assert_eq!(t.get(n.as_bytes()), s.get(n.as_bytes()), "{n}");
+        }
+        assert_eq!(t.tags.len(), 1);
 
-        let untagged = DomainSet::build([("a.example", 0)]).unwrap();
-        let mut buf = Vec::new();
-        untagged.write_to(&mut buf);
-        let (t, _) = DomainSet::read_from(&buf).unwrap();
-        assert!(t.own.tags.is_empty(), "an all-zero set loads without tags");
+        let t = round_trip(&DomainSet::build([("a.example", 0)]).unwrap());
+        assert!(t.tags.is_empty(), "an all-zero set loads without tags");
+        assert_eq!(t.get(b"a.example"), Some(0));
         assert!(
             DomainSet::default()
                 .insert("x".repeat(256).as_bytes(), 0)
                 .is_err()
         );
-        assert_eq!(t.get(b"a.example"), Some(0));
     }
 
     #[test]
@@ -556,110 +480,135 @@ mod tests {
         let mut buf = Vec::new();
         s.write_to(&mut buf);
         buf.extend_from_slice(b"tail");
-        let (t, rest) = DomainSet::read_from(&buf).unwrap();
-        assert_eq!(rest, b"tail");
+        let mut input = buf.as_slice();
+        let t = DomainSet::read_stream(&mut input, buf.len() as u64).unwrap();
+        assert_eq!(input, b"tail");
         assert_eq!(t.len(), 5000);
         for n in &names {
             assert_eq!(t.get(n.as_bytes()), Some(1));
+            assert_eq!(t.get(format!("x{n}").as_bytes()), None);
         }
         for cut in [0, 7, 15, 100, buf.len() - 5] {
-            assert!(DomainSet::read_from(&buf[..cut]).is_err(), "cut at {cut}");
+            let mut input = &buf[..cut];
+            assert!(
+                DomainSet::read_stream(&mut input, cut as u64).is_err(),
+                "cut at {cut}"
+            );
         }
-        let mut bad = buf.clone();
-        bad[16] = 0xff; // first end offset beyond the arena
-        bad[17] = 0xff;
-        bad[18] = 0xff;
-        assert!(DomainSet::read_from(&bad).is_err());
+        let mut huge = buf.clone();
+        huge[6] = 0xff; // a count beyond the file
+        assert_eq!(
+            DomainSet::read_stream(&mut huge.as_slice(), buf.len() as u64).err(),
+            Some(SetError::Damaged("count"))
+        );
+        // Two fingerprints swapped: out of order, refused rather than half-found.
+        let start = 16 + 10 * 5000;
+        let mut swapped = buf.clone();
+        let (a, b) = swapped[start..start + 16].split_at_mut(8);
+        a.swap_with_slice(b);
+        assert!(DomainSet::read_stream(&mut swapped.as_slice(), buf.len() as u64).is_err());
     }
 
     #[test]
-    fn memory_is_close_to_the_names() {
+    fn eight_bytes_and_a_bit_per_name() {
         let names: Vec<String> = (0..100_000)
             .map(|i| format!("tracker-{i}.ads.example.com"))
             .collect();
-        let bytes: usize = names.iter().map(String::len).sum();
         let s = DomainSet::build(names.iter().map(|n| (n.as_str(), 0))).unwrap();
-        // names + 1 (length) + at most 4*4 (table, load <= 1/2, rounded up) per name
+        // 8 bytes of fingerprint and at most 4 bytes of directory per 8 names.
         assert!(
-            s.heap_bytes() <= bytes + names.len() * 17,
-            "{} vs {bytes}",
+            s.heap_bytes() <= names.len() * 8 + names.len() / 2 + 64,
+            "{}",
             s.heap_bytes()
         );
-    }
-
-    fn layered(previous: &DomainSet, names: &[&str]) -> DomainSet {
-        let mut s = DomainSet::against(previous);
-        for n in names {
-            s.insert(n.as_bytes(), 0).unwrap();
+        for n in names.iter().step_by(997) {
+            assert_eq!(s.get(n.as_bytes()), Some(0));
         }
-        s.shrink_to_fit();
-        s
-    }
-
-    fn flat_bytes(s: &DomainSet) -> Vec<u8> {
-        let mut flat = DomainSet::default();
-        for (n, t) in s.iter() {
-            flat.insert(n, t).unwrap();
-        }
-        let mut buf = Vec::new();
-        flat.write_to(&mut buf);
-        buf
     }
 
     #[test]
-    fn a_reload_shares_the_names_it_already_had() {
+    fn fingerprints_of_similar_names_differ() {
+        // Names that differ in one byte, in the zero padding of the last word, in length
+        // only, or that a word-wise XOR would confuse.
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        for i in 0..300_000u32 {
+            names.push(format!("a{i}.example").into_bytes());
+            names.push(format!("b{i:08}.example.com").into_bytes());
+        }
+        names.extend([
+            b"abcdefgh".to_vec(),
+            b"abcdefg".to_vec(),
+            b"abcdefgh\0".to_vec(),
+        ]);
+        let mut prints: Vec<u64> = names.iter().map(|n| fingerprint(n)).collect();
+        prints.sort_unstable();
+        prints.dedup();
+        assert_eq!(prints.len(), names.len());
+        assert_eq!(
+            fingerprint(b"ads.example"),
+            0x0ce7_54d9_219b_ca7b,
+            "the stored format depends on this value: a change needs a new format tag"
+        );
+    }
+
+    #[test]
+    fn a_reload_starts_sized_for_the_previous_copy() {
         let names: Vec<String> = (0..100).map(|i| format!("h{i}.example")).collect();
         let old = DomainSet::build(names.iter().map(|n| (n.as_str(), 0))).unwrap();
-        let mut next: Vec<&str> = names.iter().skip(3).map(String::as_str).collect();
-        next.extend(["new1.example", "new2.example", "h50.example"]);
-        let s = layered(&old, &next);
-        assert!(s.is_layered(), "a few percent changed: shared");
-        assert_eq!(s.len(), 99);
+        let mut s = DomainSet::against(&old);
+        assert!(s.prints.capacity() >= 100);
+        for n in names.iter().skip(3) {
+            s.insert(n.as_bytes(), 0).unwrap();
+        }
+        s.insert(b"new.example", 0).unwrap();
+        assert_eq!(
+            s.get(b"new.example"),
+            Some(0),
+            "an unsealed set answers too"
+        );
+        s.shrink_to_fit();
+        assert!(!s.is_layered());
+        assert_eq!(s.len(), 98);
         assert_eq!(s.get(b"h0.example"), None, "a removed name is gone");
         assert_eq!(s.get(b"h3.example"), Some(0));
-        assert_eq!(s.get(b"new2.example"), Some(0));
-        assert_eq!(
-            s.find_suffix(b"a.new1.example", false).map(|x| x.0),
-            Some(&b"new1.example"[..])
-        );
         assert_eq!(old.get(b"h0.example"), Some(0), "the old copy is untouched");
-        assert!(old.get(b"new1.example").is_none());
+    }
 
-        let mut buf = Vec::new();
-        s.write_to(&mut buf);
-        assert_eq!(buf, flat_bytes(&s), "stored like a flat set");
-        let (t, _) = DomainSet::read_from(&buf).unwrap();
-        assert!(!t.is_layered());
-        assert_eq!(t.len(), 99);
-
-        // Layering on a layered set goes to its base: one level, whatever the history.
-        let again = layered(&s, &["h5.example", "new2.example"]);
-        assert!(!again.is_layered(), "most names gone: flattened");
-        assert_eq!(again.len(), 2);
-        let s2 = layered(&s, &next);
-        assert!(s2.is_layered());
-        assert!(Arc::ptr_eq(&s2.base.as_ref().unwrap().names, &old.own));
-        assert_eq!(s2.iter().count(), 99);
+    /// The first stored format, as dnsd wrote it before fingerprints.
+    fn v1_bytes(names: &[&str]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&(names.len() as u64).to_le_bytes());
+        let total: usize = names.iter().map(|n| n.len()).sum();
+        out.extend_from_slice(&(total as u64).to_le_bytes());
+        let mut end = 0u32;
+        for n in names {
+            end += n.len() as u32;
+            out.extend_from_slice(&end.to_le_bytes());
+        }
+        for _ in names {
+            out.extend_from_slice(&0u16.to_le_bytes());
+        }
+        for n in names {
+            out.extend_from_slice(n.as_bytes());
+        }
+        out
     }
 
     #[test]
-    fn a_list_that_changed_a_lot_is_rebuilt_flat() {
-        let old = set(&["a.example", "b.example", "c.example", "d.example"]);
-        let s = layered(&old, &["a.example", "x.example", "y.example"]);
-        assert!(!s.is_layered());
+    fn the_first_format_still_loads() {
+        let mut buf = v1_bytes(&["a.example", "b.example.net"]);
+        buf.extend_from_slice(b"tail");
+        let (s, rest) = DomainSet::read_v1(&buf).unwrap();
+        assert_eq!(rest, b"tail");
+        assert_eq!(s.len(), 2);
         assert_eq!(
-            s.iter().map(|(n, _)| n.to_vec()).collect::<Vec<_>>(),
-            [
-                b"a.example".to_vec(),
-                b"x.example".to_vec(),
-                b"y.example".to_vec()
-            ]
+            s.find_suffix(b"x.b.example.net", false).map(|x| x.0),
+            Some(&b"b.example.net"[..])
         );
-        assert_eq!(s.get(b"b.example"), None);
-        assert!(
-            layered(&DomainSet::default(), &["a.example"])
-                .get(b"a.example")
-                .is_some()
-        );
+        let mut bad = buf.clone();
+        bad[16] = 0xff;
+        bad[17] = 0xff;
+        assert!(DomainSet::read_v1(&bad).is_err());
+        assert!(DomainSet::read_v1(&buf[..20]).is_err());
     }
 }

@@ -1,8 +1,8 @@
 //! Keeping lists fresh: each list is checked when its `update_interval` has passed since
 //! the last successful check; a failed check is retried sooner, but never hammers the
 //! server. Each change hands a new set of lists to the caller, who rebuilds and swaps the
-//! policy; lists are recompiled one at a time, each against its copy in use, so a reload
-//! holds one list's changes beside it, not the list twice.
+//! policy; lists are recompiled one at a time, so a reload holds at most one list twice
+//! (the copy in use and the next), never every list twice.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
