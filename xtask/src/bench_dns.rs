@@ -134,7 +134,13 @@ const PREFIXES: &[&str] = &["ads", "track", "metrics", "cdn", "pixel", "stats", 
 /// Block list names: random-looking labels made unique by the index after the last hyphen,
 /// a third of them with a leading label as real lists have.
 fn blocked_domains(n: usize) -> Vec<String> {
-    let mut rng = Rng(0x00d1_5ea5_eb10_c4ed);
+    blocked_domains_from(n, 0x00d1_5ea5_eb10_c4ed, "")
+}
+
+/// [`blocked_domains`] from another seed, with `tag` before each index (a tag of letters
+/// that are not hex digits makes every name differ from every untagged one).
+fn blocked_domains_from(n: usize, seed: u64, tag: &str) -> Vec<String> {
+    let mut rng = Rng(seed);
     let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789";
     (0..n)
         .map(|i| {
@@ -154,7 +160,7 @@ fn blocked_domains(n: usize) -> Vec<String> {
                     .unwrap_or(b'a');
                 s.push(char::from(c));
             }
-            let _ = write!(s, "-{i:x}.");
+            let _ = write!(s, "-{tag}{i:x}.");
             s.push_str(
                 TLDS.get(rng.below(TLDS.len() as u64) as usize)
                     .unwrap_or(&"com"),
@@ -975,8 +981,37 @@ struct Reload {
     socket_drops: u64,
 }
 
+/// Replaces the list file by a full replacement: `domains` names none of which the list
+/// had, plus the names the reload load asks for (about 2% of a 1M list: they must stay
+/// blocked, or the load would turn into forwarded queries at the swap) and `added`. The
+/// reload's peak memory is then that of a list replaced whole, the worst case.
+fn replace_list(files: &Files, domains: usize, added: &str) -> Result<()> {
+    let asked = fs::read_to_string(&files.reload)?;
+    let kept: std::collections::BTreeSet<&str> = asked
+        .lines()
+        .filter_map(|l| l.strip_suffix(" A"))
+        .filter(|n| !n.ends_with(ZONE))
+        .map(|n| n.strip_prefix("www.").unwrap_or(n))
+        .collect();
+    let tmp = files.hosts.with_extension("replacement");
+    write_lines(
+        &tmp,
+        std::iter::once("# synthetic block list, replaced".to_owned())
+            .chain(
+                blocked_domains_from(domains, 0x7e91_ace0_0000_0002, "r")
+                    .into_iter()
+                    .map(|d| format!("0.0.0.0 {d}")),
+            )
+            .chain(kept.iter().map(|d| format!("0.0.0.0 {d}")))
+            .chain(std::iter::once(format!("0.0.0.0 {added}"))),
+    )?;
+    fs::rename(&tmp, &files.hosts)?;
+    Ok(())
+}
+
 /// Runs the reload helper on a copy of dnsd's stored list and swaps the policy once in the
-/// middle of a fixed-rate load of blocked and cached names.
+/// middle of a fixed-rate load of blocked and cached names; the reload replaces the list
+/// whole ([`replace_list`]) by `replace_with` new names.
 fn reload_under_load(
     helper: &Path,
     files: &Files,
@@ -984,8 +1019,10 @@ fn reload_under_load(
     config: &Path,
     rate: u64,
     seconds: u64,
-    swap: bool,
+    replace_with: Option<usize>,
 ) -> Result<Reload> {
+    // The control run (`None`) is the same load without a reload.
+    let swap = replace_with.is_some();
     let kind = if swap { "reload" } else { "control" };
     let lists = files.dir.join(format!("{kind}-lists"));
     fs::create_dir_all(&lists)?;
@@ -1038,9 +1075,8 @@ fn reload_under_load(
     }
     // A name only the reloaded list blocks, to see that the swap took effect.
     let added = "added-by-reload.bench-new.test";
-    if swap {
-        let mut hosts = fs::OpenOptions::new().append(true).open(&files.hosts)?;
-        writeln!(hosts, "0.0.0.0 {added}")?;
+    if let Some(domains) = replace_with {
+        replace_list(files, domains, added)?;
     }
     let (rss_before, _) = memory(p.pid())?;
     // Resets VmHWM, so that it shows the peak of the reload alone.
@@ -1205,7 +1241,7 @@ fn bench(opts: &Opts) -> Result<()> {
         &config,
         reload_rate,
         opts.seconds.max(6),
-        false,
+        None,
     )?;
     let reload = reload_under_load(
         &helper,
@@ -1214,7 +1250,7 @@ fn bench(opts: &Opts) -> Result<()> {
         &config,
         reload_rate,
         opts.seconds.max(6),
-        true,
+        Some(opts.domains),
     )?;
 
     report(opts, &results, cold_hwm, stored_load, &reload, &control);
@@ -1299,9 +1335,9 @@ fn report(
     }
     let rs = &reload.perf;
     println!(
-        "reload under load: {} qps for {:.0} s, policy swapped {} ms after the forced refresh; \
-         {} of {} queries lost; p99 {} ms, max {} ms; RSS {:.1} MB before, peak {:.1} MB during; \
-         name added to the list blocked after: {}",
+        "reload under load (the list replaced whole): {} qps for {:.0} s, policy swapped {} ms \
+         after the forced refresh; {} of {} queries lost; p99 {} ms, max {} ms; RSS {:.1} MB \
+         before, peak {:.1} MB during; name added to the list blocked after: {}",
         reload.rate,
         rs.sent as f64 / reload.rate.max(1) as f64,
         reload

@@ -225,6 +225,8 @@ const TEST: Step = Step {
     packages: &[
         "dnsmasq-base",
         "bind9-dnsutils",
+        // dnsd's reload test loads it with dnsperf
+        "dnsperf",
         "nftables",
         "iproute2",
         "udhcpc",
