@@ -1615,7 +1615,7 @@ fn build_dns(d: &DnsSpec, zones: &[Name], links: &[IfName]) -> Dns {
                 allow: vec![],
                 deny: vec![],
                 block_mode: *mode,
-                blocking: *blocking,
+                blocking: Some(*blocking),
             },
         );
     }
@@ -1639,7 +1639,7 @@ fn build_dns(d: &DnsSpec, zones: &[Name], links: &[IfName]) -> Dns {
                 allow: d.allow.clone(),
                 deny: vec![],
                 block_mode: None,
-                blocking: *blocking,
+                blocking: Some(*blocking),
             },
         );
     }

@@ -190,7 +190,8 @@ impl Policy {
                 allow: Patterns::allow(&g.allow)?,
                 deny: Patterns::deny(&g.deny)?,
                 mode: g.block_mode.unwrap_or(dns.block_mode),
-                blocking: g.blocking && dns.blocking,
+                // The group's own setting, when it has one, wins over the global one.
+                blocking: g.blocking.unwrap_or(dns.blocking),
             };
             if name.as_str() == "default" {
                 default = Some(group);
@@ -605,6 +606,36 @@ blocking = false
         );
         let kid = p.decide(ip("192.168.1.70"), None, "www.games.example");
         assert!(matches!(kid.action, Action::Block { .. }), "{kid:?}");
+    }
+
+    /// A group's own `blocking` wins over `dns.blocking`; a group without one follows it.
+    #[test]
+    fn a_group_blocking_overrides_the_global_switch() {
+        let cfg = appliance::load_str(
+            &CFG.replace("[dns]\n", "[dns]\nblocking = false\n").replace(
+                "block_mode = \"nxdomain\"\n",
+                "block_mode = \"nxdomain\"\nblocking = true\n",
+            ),
+        )
+        .unwrap();
+        let p = Policy::build(&cfg, &lists()).unwrap();
+        let kid = p.decide(ip("192.168.1.70"), None, "ads.example");
+        assert!(matches!(kid.action, Action::Block { .. }), "{kid:?}");
+        let d = p.decide(ip("192.168.1.5"), None, "ads.example");
+        assert_eq!((d.group.as_str(), d.action), ("default", Action::Pass));
+        let d = p.decide(ip("192.168.20.9"), Some("iot"), "ads.example");
+        assert_eq!((d.group.as_str(), d.action), ("things", Action::Pass));
+        // Blocking on globally: the group without a setting blocks, the exempt one does not.
+        let p = policy();
+        assert!(matches!(
+            p.decide(ip("192.168.20.9"), Some("iot"), "ads.example")
+                .action,
+            Action::Block { .. }
+        ));
+        assert_eq!(
+            p.decide(ip("192.168.1.10"), None, "ads.example").action,
+            Action::Pass
+        );
     }
 
     #[test]

@@ -180,9 +180,10 @@ pub struct ClientGroup {
     /// Override of `dns.block_mode` for this group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_mode: Option<BlockMode>,
-    /// Set to false to exempt this group from blocking.
-    #[serde(default = "yes", skip_serializing_if = "is_true")]
-    pub blocking: bool,
+    /// Override of `dns.blocking` for this group: false exempts it, true blocks for it
+    /// even while `dns.blocking` is off; unset follows `dns.blocking`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocking: Option<bool>,
 }
 
 /// A local DNS name: addresses (A/AAAA, with PTR) or an alias (CNAME), exactly one of them.
