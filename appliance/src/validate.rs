@@ -4,9 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
+use regex::RegexSet;
+
 use crate::diag::{ErrorKind, KeyPath};
 use crate::model::*;
-use crate::types::{Cidr, IfName, Listen, Name};
+use crate::types::{Cidr, DomainPattern, IfName, Listen, Name};
 
 /// A finding of a cross-check, located by key path in the typed model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -963,6 +965,13 @@ impl<'a> Checker<'a> {
                 "set block_mode = \"custom\" (in [dns] or a group) or remove block_addresses",
             );
         }
+        self.dns_regexes(p(&["dns", "allow"]), &dns.allow);
+        self.dns_regexes(p(&["dns", "deny"]), &dns.deny);
+        for (gname, g) in &dns.groups {
+            let path = p(&["dns", "groups", gname.as_str()]);
+            self.dns_regexes(path.clone().key("allow"), &g.allow);
+            self.dns_regexes(path.key("deny"), &g.deny);
+        }
         if let (Some(lo), Some(hi)) = (dns.min_ttl, dns.max_ttl)
             && lo > hi
         {
@@ -1058,6 +1067,47 @@ impl<'a> Checker<'a> {
                     "add upstreams = [\"10.0.0.53\"]",
                 );
             }
+        }
+    }
+
+    /// Compiles the `/regex/` entries of one allow or deny array as dnsd does (one
+    /// `RegexSet` per array, the regex crate's defaults: unanchored, case-sensitive, its
+    /// default size limits), so that validate refuses exactly what would stop dnsd.
+    fn dns_regexes(&mut self, path: KeyPath, patterns: &[DomainPattern]) {
+        let regexes: Vec<(usize, &str)> = patterns
+            .iter()
+            .enumerate()
+            .filter_map(|(n, pat)| match pat {
+                DomainPattern::Regex(r) => Some((n, r.as_str())),
+                _ => None,
+            })
+            .collect();
+        if regexes.is_empty() || RegexSet::new(regexes.iter().map(|(_, r)| *r)).is_ok() {
+            return;
+        }
+        let mut found = false;
+        for (n, r) in &regexes {
+            if let Err(e) = RegexSet::new([*r]) {
+                found = true;
+                self.push(
+                    ErrorKind::InvalidValue,
+                    path.clone().index(*n),
+                    format!("regex /{r}/ does not compile: {}", regex_error(&e)),
+                    "fix the regular expression (Rust regex syntax, no look-around or backreferences)",
+                );
+            }
+        }
+        if !found {
+            // Each compiles alone, the set does not: together they exceed the size limit.
+            self.push(
+                ErrorKind::InvalidValue,
+                path,
+                format!(
+                    "the {} regexes of this list together exceed dnsd's regex size limit",
+                    regexes.len()
+                ),
+                "use fewer or simpler regexes (a wildcard *.example.com costs nothing)",
+            );
         }
     }
 
@@ -1441,6 +1491,21 @@ impl NetOrBcast for Cidr {
     }
 }
 
+/// The regex crate's message on one line: its syntax errors draw a caret under the
+/// pattern over several lines, which a one-line diagnostic cannot show.
+fn regex_error(e: &regex::Error) -> String {
+    match e {
+        regex::Error::Syntax(s) => s.lines().rfind(|l| l.starts_with("error:")).map_or_else(
+            || s.replace('\n', " "),
+            |l| l.trim_start_matches("error:").trim().to_owned(),
+        ),
+        regex::Error::CompiledTooBig(limit) => {
+            format!("it compiles to more than the {limit}-byte size limit")
+        }
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// (key path, message) of what loading `src` reports; loading runs these checks.
@@ -1461,5 +1526,32 @@ mod tests {
              [dns.groups.kids]\ncidrs = [\"192.168.1.64/26\"]\nblock_mode = \"custom\"\n",
         );
         assert!(found.is_empty(), "{found:?}");
+    }
+
+    #[test]
+    fn a_regex_too_big_for_dnsd_is_refused_at_its_index() {
+        let found =
+            issues("version = 1\n[dns]\ndeny = [\"ads.example.com\", \"/[a-z]{1000}{1000}/\"]\n");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, "dns.deny[1]");
+        assert!(found[0].1.contains("size limit"), "{}", found[0].1);
+    }
+
+    #[test]
+    fn regexes_that_fit_alone_but_not_together_are_refused_on_the_array() {
+        // Each is under the regex crate's default size limit; dnsd compiles them as one set.
+        let big = "/[a-z]{300}{100}/";
+        assert!(regex::RegexSet::new(["[a-z]{300}{100}"]).is_ok());
+        let deny: Vec<String> = (0..8).map(|_| format!("\"{big}\"")).collect();
+        let found = issues(&format!(
+            "version = 1\n[dns]\ndeny = [{}]\n",
+            deny.join(", ")
+        ));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, "dns.deny");
+        assert!(
+            regex::RegexSet::new((0..8).map(|_| "[a-z]{300}{100}")).is_err(),
+            "the set must really be too big for this test to mean anything"
+        );
     }
 }

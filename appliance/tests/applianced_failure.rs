@@ -1,10 +1,10 @@
 //! Failure injection with real daemons: `netd serve` in a network namespace of its own
 //! (a veth `lan0` made there), a real `dnsd` child process, applianced and applctl. The
-//! failing transaction adds an address to lan0 (netd applies it) and a deny pattern dnsd
-//! refuses when it compiles its policy (`/a{2,1}/`: the config's light regex check passes
-//! it, the regex engine does not). applianced must send netd back to the previous
-//! generation, the report must name the step and dnsd's reason, and both daemons must
-//! report the previous generation, with the address gone from the kernel.
+//! failing transaction adds an address to lan0 (netd applies it) and a DNS listen address
+//! whose port another process holds: validation cannot know, dnsd's apply fails when it
+//! binds. applianced must send netd back to the previous generation, the report must name
+//! the step and dnsd's reason, and both daemons must report the previous generation, with
+//! the address gone from the kernel and dnsd still answering on its old address.
 //!
 //! Needs root (network namespaces, nftables); it fails, never skips, without it.
 
@@ -37,7 +37,9 @@ input = "accept"
 forward = "drop"
 
 [dns]
+listen = ["127.0.0.1:DNS_PORT"]
 upstreams = ["127.0.0.1:9"]
+deny = ["blocked.example"]
 cache_size = 1000
 "#;
 
@@ -52,6 +54,37 @@ fn generation_of(socket: &Path) -> Option<u64> {
     v["generation"].as_u64()
 }
 
+/// The one address dnsd's plain DNS listens on, from its status.
+fn dns_address(socket: &Path) -> std::net::SocketAddr {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let v: Value = rt
+        .block_on(ControlClient::new(socket).get_json("/status"))
+        .unwrap();
+    let listen = v["listen"].as_array().unwrap();
+    assert_eq!(listen.len(), 1, "{v}");
+    listen[0].as_str().unwrap().parse().unwrap()
+}
+
+/// Whether a query for a denied name gets an answer over UDP (dnsd answers it itself).
+fn answers(addr: std::net::SocketAddr) -> bool {
+    // ID 0x1234, RD, one question: blocked.example. A IN.
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in ["blocked", "example"] {
+        q.push(u8::try_from(label.len()).unwrap());
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    sock.send_to(&q, addr).unwrap();
+    let mut buf = [0u8; 512];
+    matches!(sock.recv(&mut buf), Ok(n) if n >= 12 && buf[..2] == [0x12, 0x34])
+}
+
 #[test]
 fn a_daemon_failing_its_apply_sends_every_daemon_back() {
     assert!(
@@ -62,7 +95,16 @@ fn a_daemon_failing_its_apply_sends_every_daemon_back() {
     let (dir, store) = common::daemon_dir();
     let p = |name: &str| dir.path().join(name);
     let log = |name: &str| std::fs::File::create(p(name)).unwrap();
-    let first = store.commit(BASE, "test: base").unwrap();
+    // A port free for UDP and TCP now; dnsd binds it at start.
+    let dns_port = loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            break port;
+        }
+    };
+    let base = BASE.replace("DNS_PORT", &dns_port.to_string());
+    let first = store.commit(&base, "test: base").unwrap();
     store.activate(first).unwrap();
 
     let mut children = Children(Vec::new());
@@ -90,8 +132,6 @@ fn a_daemon_failing_its_apply_sends_every_daemon_back() {
             .arg(p("config"))
             .arg("--lists-dir")
             .arg(p("lists"))
-            .arg("--listen")
-            .arg("127.0.0.1:0")
             .arg("--control")
             .arg(p("run/dnsd.sock"))
             .arg("--query-log")
@@ -129,7 +169,7 @@ fn a_daemon_failing_its_apply_sends_every_daemon_back() {
     };
 
     // Generation N: a firewall and a DNS change, applied on both daemons and confirmed.
-    let n_text = BASE
+    let n_text = base
         .replace("input = \"accept\"", "input = \"reject\"")
         .replace("cache_size = 1000", "cache_size = 2000");
     std::fs::write(p("n.toml"), &n_text).unwrap();
@@ -147,15 +187,23 @@ fn a_daemon_failing_its_apply_sends_every_daemon_back() {
     assert_eq!(generation_of(&p("run/netd.sock")), Some(n));
     assert_eq!(generation_of(&p("run/dnsd.sock")), Some(n));
 
-    // N+1: netd applies the new address, then dnsd refuses the pattern.
+    let dns_addr = dns_address(&p("run/dnsd.sock"));
+    assert!(
+        answers(dns_addr),
+        "dnsd answers on {dns_addr} before the failure"
+    );
+
+    // N+1: netd applies the new address, then dnsd cannot listen on a port held here.
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap();
     let bad = n_text
         .replace(
             "addresses = [\"192.168.1.1/24\"]",
             "addresses = [\"192.168.1.1/24\", \"10.9.9.1/24\"]",
         )
         .replace(
-            "cache_size = 2000",
-            "cache_size = 2000\ndeny = [\"/a{2,1}/\"]",
+            &format!("listen = [\"127.0.0.1:{dns_port}\"]"),
+            &format!("listen = [\"127.0.0.1:{dns_port}\", \"{taken_addr}\"]"),
         );
     std::fs::write(p("bad.toml"), &bad).unwrap();
     let out = applctl(&["apply", p("bad.toml").to_str().unwrap(), "--confirm", "5m"]);
@@ -166,7 +214,8 @@ fn a_daemon_failing_its_apply_sends_every_daemon_back() {
         "the report names the step: {report}"
     );
     assert!(
-        report.contains("repetition"),
+        report.contains(&format!("cannot listen for DNS on {taken_addr}"))
+            && report.contains("Address already in use"),
         "the report carries dnsd's reason: {report}"
     );
     assert!(
@@ -200,6 +249,9 @@ fn a_daemon_failing_its_apply_sends_every_daemon_back() {
         "nsenter into netd's namespace: {addrs:?}"
     );
     let addrs = String::from_utf8_lossy(&addrs.stdout);
+    assert_eq!(dns_address(&p("run/dnsd.sock")), dns_addr);
+    assert!(answers(dns_addr), "dnsd still answers on {dns_addr}");
+    drop(taken);
     assert!(addrs.contains("inet 192.168.1.1/24"), "{addrs}");
     assert!(
         !addrs.contains("10.9.9.1"),

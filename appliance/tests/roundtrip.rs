@@ -647,6 +647,7 @@ struct DnsSpec {
     records: Vec<(DomainName, Vec<IpAddr>, Option<DomainName>, Duration)>,
     forwarding: Vec<(DomainName, Vec<Upstream>)>,
     query_log_size: Size,
+    rate_limit: Option<RateLimit>,
 }
 
 fn block_mode() -> impl Strategy<Value = BlockMode> {
@@ -721,6 +722,7 @@ fn dns_spec() -> impl Strategy<Value = DnsSpec> {
                 0..2,
             ),
             size(),
+            proptest::option::of(rate_limit()),
         ),
     )
         .prop_map(
@@ -739,7 +741,17 @@ fn dns_spec() -> impl Strategy<Value = DnsSpec> {
                     block_mode,
                     block_addresses,
                 ),
-                (allow, deny, lists, default_group, groups, records, forwarding, query_log_size),
+                (
+                    allow,
+                    deny,
+                    lists,
+                    default_group,
+                    groups,
+                    records,
+                    forwarding,
+                    query_log_size,
+                    rate_limit,
+                ),
             )| DnsSpec {
                 enabled,
                 listen,
@@ -761,6 +773,7 @@ fn dns_spec() -> impl Strategy<Value = DnsSpec> {
                 records,
                 forwarding,
                 query_log_size,
+                rate_limit,
             },
         )
 }
@@ -1695,6 +1708,7 @@ fn build_dns(d: &DnsSpec, zones: &[Name], links: &[IfName]) -> Dns {
             })
             .collect(),
         query_log_size: d.query_log_size,
+        rate_limit: d.rate_limit,
     }
 }
 

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, ResponseCode};
@@ -178,7 +179,12 @@ impl Shard {
 /// The cache. Shared by every query task; each shard has its own lock.
 #[derive(Debug)]
 pub struct Cache {
-    cfg: CacheConfig,
+    capacity: usize,
+    /// The TTL bounds and serve-stale switch, changed in place by an apply
+    /// ([`Cache::set_policy`]); the capacity is fixed at start.
+    min_ttl: AtomicU32,
+    max_ttl: AtomicU32,
+    serve_stale: AtomicBool,
     shards: Vec<Mutex<Shard>>,
     per_shard: usize,
 }
@@ -191,14 +197,31 @@ impl Cache {
             1
         };
         Self {
-            cfg,
+            capacity: cfg.capacity,
+            min_ttl: AtomicU32::new(cfg.min_ttl),
+            max_ttl: AtomicU32::new(cfg.max_ttl),
+            serve_stale: AtomicBool::new(cfg.serve_stale),
             shards: (0..n).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard: cfg.capacity.div_ceil(n),
         }
     }
 
     pub fn config(&self) -> CacheConfig {
-        self.cfg
+        CacheConfig {
+            capacity: self.capacity,
+            min_ttl: self.min_ttl.load(Ordering::Relaxed),
+            max_ttl: self.max_ttl.load(Ordering::Relaxed),
+            serve_stale: self.serve_stale.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Takes the TTL bounds and `serve_stale` of a new config for what is cached and
+    /// answered from now on (entries already cached keep the TTL they were given). The
+    /// capacity is not changed: the shards are sized at start.
+    pub fn set_policy(&self, cfg: CacheConfig) {
+        self.min_ttl.store(cfg.min_ttl, Ordering::Relaxed);
+        self.max_ttl.store(cfg.max_ttl, Ordering::Relaxed);
+        self.serve_stale.store(cfg.serve_stale, Ordering::Relaxed);
     }
 
     fn shard(&self, key: &Key) -> Option<std::sync::MutexGuard<'_, Shard>> {
@@ -225,18 +248,19 @@ impl Cache {
 
     /// Stores `message` (an upstream response) if it can be cached.
     pub fn insert(&self, key: Key, message: &Message, now: Instant) {
-        if self.cfg.capacity == 0 {
+        if self.capacity == 0 {
             return;
         }
+        let cfg = self.config();
         let Some(ttl) = ttl_of(message) else {
             return;
         };
-        let ttl = ttl.clamp(self.cfg.min_ttl, self.cfg.max_ttl.max(self.cfg.min_ttl));
+        let ttl = ttl.clamp(cfg.min_ttl, cfg.max_ttl.max(cfg.min_ttl));
         if ttl == 0 {
             return;
         }
         let mut message = message.clone();
-        let clamp = |r: &mut Record| r.ttl = r.ttl.clamp(self.cfg.min_ttl, ttl);
+        let clamp = |r: &mut Record| r.ttl = r.ttl.clamp(cfg.min_ttl, ttl);
         message.answers.iter_mut().for_each(clamp);
         message.authorities.iter_mut().for_each(clamp);
         message.additionals.iter_mut().for_each(clamp);
@@ -250,14 +274,15 @@ impl Cache {
             prefetch_sent: false,
         };
         if let Some(mut shard) = self.shard(&key) {
-            shard.insert(self.per_shard, entry, self.cfg.serve_stale, now);
+            shard.insert(self.per_shard, entry, cfg.serve_stale, now);
         }
     }
 
     /// Applies `dns.min_ttl`/`max_ttl` to an answer going out, so that clients keep it as
     /// long as dnsd does.
     pub fn clamp_ttls(&self, m: &mut Message) {
-        let (lo, hi) = (self.cfg.min_ttl, self.cfg.max_ttl.max(self.cfg.min_ttl));
+        let cfg = self.config();
+        let (lo, hi) = (cfg.min_ttl, cfg.max_ttl.max(cfg.min_ttl));
         for_each_record(m, |r| r.ttl = r.ttl.clamp(lo, hi));
     }
 
@@ -295,7 +320,7 @@ impl Cache {
 
     /// An expired answer for `key`, with short TTLs, for when every upstream failed.
     pub fn get_stale(&self, key: &Key, now: Instant) -> Option<Message> {
-        if !self.cfg.serve_stale {
+        if !self.serve_stale.load(Ordering::Relaxed) {
             return None;
         }
         let mut shard = self.shard(key)?;

@@ -40,7 +40,7 @@ use crate::fetch::ListStore;
 use crate::policy::{Action, Lists, Policy};
 use crate::querylog::Filter;
 use crate::refresh::Refresher;
-use crate::server::Resolver;
+use crate::server::{Resolver, Server};
 
 /// Where dnsd listens for control requests unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/appliance/dnsd.sock";
@@ -73,6 +73,8 @@ pub enum ApiError {
     LogOff,
     #[error("the config is invalid; nothing was changed:\n{0}")]
     InvalidConfig(String),
+    #[error("{0}; nothing was changed")]
+    Listen(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -87,6 +89,9 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::LogOff => StatusCode::CONFLICT,
             ApiError::InvalidConfig(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            // The config is valid; the box is not ready for it (an address taken, or
+            // not on this box yet).
+            ApiError::Listen(_) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -137,6 +142,51 @@ struct State {
     config_generation: Option<u64>,
 }
 
+/// The plain DNS listeners, which an apply moves to the addresses its config asks for.
+#[derive(Debug)]
+pub struct Listeners {
+    server: Server,
+    /// `--listen` was given: these addresses whatever the config says (tests, debugging).
+    fixed: Option<Vec<SocketAddr>>,
+}
+
+impl Listeners {
+    /// Listeners that follow the config's `dns.listen` (or the LAN side) and `dns.enabled`.
+    pub fn from_config(server: Server) -> Self {
+        Self {
+            server,
+            fixed: None,
+        }
+    }
+
+    /// Listeners on `fixed` while DNS is enabled, on nothing while it is not.
+    pub fn fixed(server: Server, fixed: Vec<SocketAddr>) -> Self {
+        Self {
+            server,
+            fixed: Some(fixed),
+        }
+    }
+
+    /// Where `cfg` wants plain DNS; an error when it is enabled with nowhere to listen.
+    fn wanted(&self, cfg: &Config) -> Result<Vec<SocketAddr>, ApiError> {
+        if !cfg.dns.enabled {
+            return Ok(Vec::new());
+        }
+        let listen = match &self.fixed {
+            Some(f) => f.clone(),
+            None => crate::listen::addresses(cfg),
+        };
+        if listen.is_empty() {
+            return Err(ApiError::InvalidConfig(NOWHERE.to_owned()));
+        }
+        Ok(listen)
+    }
+}
+
+/// Why an enabled DNS has no listener.
+pub const NOWHERE: &str =
+    "nowhere to listen: set dns.listen, or give a LAN link a static address and a DHCP server";
+
 /// The running daemon as the control API sees it. Every change of the policy (a list
 /// update, a pause, a reload) goes through one lock, so none undoes another.
 pub struct Daemon {
@@ -144,7 +194,10 @@ pub struct Daemon {
     store_dir: PathBuf,
     client: reqwest::Client,
     load_config: ConfigLoader,
-    listen: Vec<SocketAddr>,
+    /// The addresses plain DNS is bound to, for `/status`.
+    listen: Mutex<Vec<SocketAddr>>,
+    /// Held for a whole apply: two applies never interleave their binds.
+    listeners: tokio::sync::Mutex<Option<Listeners>>,
     started: Instant,
     state: Mutex<State>,
     /// The config store `/v1/plan` and `/v1/apply` read generations from.
@@ -168,14 +221,19 @@ impl Daemon {
         store_dir: PathBuf,
         client: reqwest::Client,
         load_config: ConfigLoader,
-        listen: Vec<SocketAddr>,
+        listeners: Option<Listeners>,
     ) -> Arc<Self> {
+        let listen = listeners
+            .as_ref()
+            .map(|l| l.server.addresses().to_vec())
+            .unwrap_or_default();
         Arc::new(Self {
             resolver,
             store_dir,
             client,
             load_config,
-            listen,
+            listen: Mutex::new(listen),
+            listeners: tokio::sync::Mutex::new(listeners),
             started: Instant::now(),
             config_dir: Mutex::new(PathBuf::from(appliance::store::DEFAULT_DIR)),
             state: Mutex::new(State {
@@ -204,6 +262,19 @@ impl Daemon {
         if let Some(old) = st.refresh.replace(task) {
             old.abort();
         }
+    }
+
+    /// Hands the listeners back, for a shutdown that waits for the queries in flight.
+    pub async fn take_server(&self) -> Option<Server> {
+        self.listeners.lock().await.take().map(|l| l.server)
+    }
+
+    /// The addresses plain DNS is bound to now.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.listen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Stops the background refresher.
@@ -315,8 +386,28 @@ impl Daemon {
                 "rebuild the DNS policy from generation {generation}"
             ));
         }
+        let show = |v: &[SocketAddr]| {
+            v.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (was, will) = (
+            crate::listen::addresses(&st.cfg),
+            crate::listen::addresses(&cfg),
+        );
+        match (old.enabled, new.enabled) {
+            (false, true) => actions.push("open the DNS listeners".to_owned()),
+            (true, false) => actions.push("close the DNS listeners".to_owned()),
+            (true, true) if was != will => actions.push(format!(
+                "listen for DNS on {} (was {})",
+                show(&will),
+                show(&was)
+            )),
+            _ => {}
+        }
         actions.extend(
-            restart_needed(old, new)
+            restart_needed(&st.cfg, &cfg)
                 .into_iter()
                 .map(|r| format!("{r}: applied at the next restart")),
         );
@@ -343,6 +434,12 @@ impl Daemon {
     }
 
     async fn reload_from(self: &Arc<Self>, cfg: Config) -> Result<Vec<String>, ApiError> {
+        // Held to the end: the listeners and the policy of one apply go in together.
+        let mut listeners = self.listeners.lock().await;
+        let wanted = match listeners.as_ref() {
+            Some(l) => Some(l.wanted(&cfg)?),
+            None => None,
+        };
         let (store_dir, client, dns) =
             (self.store_dir.clone(), self.client.clone(), cfg.dns.clone());
         // Loading stored lists reads and checks tens of MB: on a background thread, which
@@ -355,21 +452,44 @@ impl Daemon {
         .map_err(|e| ApiError::Internal(format!("loading the stored lists: {e}")))?;
         drop(loading);
         let policy = Policy::build(&cfg, refresher.lists()).map_err(ApiError::InvalidConfig)?;
+        // The last step that can fail: new addresses are bound before the policy changes,
+        // and old ones closed only once every new one is bound.
+        if let (Some(l), Some(wanted)) = (listeners.as_mut(), wanted) {
+            l.server
+                .rebind(&wanted)
+                .await
+                .map_err(|e| ApiError::Listen(e.to_string()))?;
+            if !cfg.dns.enabled {
+                l.server.close_encrypted().await;
+            }
+            *self.listen.lock().unwrap_or_else(|e| e.into_inner()) = l.server.addresses().to_vec();
+        }
+        let enabled = cfg.dns.enabled;
         let lists = refresher.lists().clone();
         let restart;
         {
             let mut st = self.state();
-            restart = restart_needed(&st.cfg.dns, &cfg.dns);
+            restart = restart_needed(&st.cfg, &cfg);
             self.resolver
                 .swap_policy(Arc::new(policy.with_pauses_of(&self.resolver.policy())));
             self.resolver.reload_tables(&cfg);
+            self.resolver
+                .cache()
+                .set_policy(crate::cache::CacheConfig::from_dns(&cfg.dns));
+            self.resolver
+                .set_rate_limit(crate::server::RateLimit::from_dns(&cfg.dns));
             st.cfg = Arc::new(cfg);
             crate::reclaim::later(std::mem::replace(&mut st.lists, lists.clone()));
             // The old refresher's lists are of the old config: from now on it is ignored.
             st.generation += 1;
         }
         tracing::info!(lists = lists.len(), "config and lists reloaded");
-        self.start_refresher(refresher);
+        // Lists are fetched for a DNS that is served.
+        if enabled {
+            self.start_refresher(refresher);
+        } else {
+            self.stop();
+        }
         Ok(restart)
     }
 
@@ -401,7 +521,7 @@ impl Daemon {
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": self.started.elapsed().as_secs(),
-            "listen": self.listen.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "listen": self.addresses().iter().map(ToString::to_string).collect::<Vec<_>>(),
             "blocking": st.cfg.dns.blocking,
             "block_mode": st.cfg.dns.block_mode,
             "lists": lists,
@@ -503,29 +623,24 @@ impl Daemon {
     }
 }
 
-/// Settings that a reload cannot change in a running dnsd (its listeners, upstream
-/// clients and sized buffers are made at start).
-fn restart_needed(old: &appliance::model::Dns, new: &appliance::model::Dns) -> Vec<String> {
+/// Settings that a reload cannot change in a running dnsd (its upstream clients and sized
+/// buffers are made at start, and DoT/DoH listeners are opened at start only). Plain DNS
+/// follows `dns.enabled`, `dns.listen`, `dns.port` and the LAN addresses at each apply.
+fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
+    let (o, n) = (&old.dns, &new.dns);
     let mut restart = Vec::new();
-    // Listeners are bound at start only: a disabled dnsd has none to turn on.
-    if old.enabled != new.enabled {
-        restart.push("dns.enabled".to_owned());
-    }
-    if old.upstreams != new.upstreams || old.forwarding != new.forwarding {
+    if o.upstreams != n.upstreams || o.forwarding != n.forwarding {
         restart.push("dns.upstreams and dns.forwarding".to_owned());
     }
-    if old.listen != new.listen
-        || old.port != new.port
-        || old.dot_port != new.dot_port
-        || old.doh_port != new.doh_port
+    let encrypted = n.dot_port.is_some() || n.doh_port.is_some();
+    if o.dot_port != n.dot_port
+        || o.doh_port != n.doh_port
+        || (encrypted && n.enabled && !o.enabled)
+        || (encrypted && crate::listen::addresses(old) != crate::listen::addresses(new))
     {
-        restart.push("listen addresses and ports".to_owned());
+        restart.push("DoT and DoH listeners (dns.dot_port, dns.doh_port)".to_owned());
     }
-    if old.cache_size != new.cache_size
-        || old.min_ttl != new.min_ttl
-        || old.max_ttl != new.max_ttl
-        || old.query_log_size != new.query_log_size
-    {
+    if o.cache_size != n.cache_size || o.query_log_size != n.query_log_size {
         restart.push("cache and query log sizes".to_owned());
     }
     restart
@@ -853,7 +968,7 @@ deny = ["games.example"]
             PathBuf::from("/nonexistent"),
             crate::fetch::http_client().unwrap(),
             Box::new(|| Err("not in this test".into())),
-            Vec::new(),
+            None,
         );
         let v = d.check("www.games.example", "192.168.1.7".parse().unwrap());
         assert_eq!(v["group"], "kids");
@@ -889,7 +1004,7 @@ deny = ["games.example"]
             PathBuf::from("/nonexistent"),
             crate::fetch::http_client().unwrap(),
             Box::new(|| Err("not in this test".into())),
-            Vec::new(),
+            None,
         );
         let dir = tempfile::tempdir().unwrap();
         let store = appliance::store::Store::open(dir.path()).unwrap();

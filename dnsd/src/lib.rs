@@ -10,6 +10,7 @@ pub mod compiled;
 pub mod control;
 pub mod fast;
 pub mod fetch;
+pub mod listen;
 pub mod lists;
 pub mod local;
 pub mod matcher;

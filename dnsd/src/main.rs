@@ -4,16 +4,14 @@
 //!
 //! Exit codes: 0 on a clean stop, 2 when the config is invalid, 1 on any other failure.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use appliance::Config;
-use appliance::model::Addressed as _;
-use appliance::types::Listen;
 use clap::Parser;
-use dnsd::control::Daemon;
+use dnsd::control::{Daemon, Listeners};
 use dnsd::fetch::{ListStore, http_client};
 use dnsd::local::LeaseWatcher;
 use dnsd::policy::Policy;
@@ -122,64 +120,6 @@ fn load_config(args: &Args) -> Result<Config, Fatal> {
     })
 }
 
-/// The addresses of a link as the config gives them (static addresses only).
-fn link_addresses(cfg: &Config, name: &str) -> Vec<IpAddr> {
-    let addrs = cfg
-        .interfaces
-        .iter()
-        .find(|(k, _)| k.as_str() == name)
-        .map(|(_, i)| i.addresses())
-        .or_else(|| {
-            cfg.vlans
-                .iter()
-                .find(|(k, _)| k.as_str() == name)
-                .map(|(_, v)| v.addresses())
-        })
-        .or_else(|| {
-            cfg.bridges
-                .iter()
-                .find(|(k, _)| k.as_str() == name)
-                .map(|(_, b)| b.addresses())
-        })
-        .or_else(|| {
-            cfg.wireguard
-                .iter()
-                .find(|(k, _)| k.as_str() == name)
-                .map(|(_, w)| w.addresses.as_slice())
-        })
-        .unwrap_or(&[]);
-    addrs.iter().map(|c| c.addr()).collect()
-}
-
-/// Where to listen: the config's `listen` entries, or the LAN side (every link with a DHCP
-/// server) when it has none.
-fn listen_addresses(cfg: &Config) -> Vec<SocketAddr> {
-    let port = cfg.dns.port.get();
-    let links: Vec<String> = if cfg.dns.listen.is_empty() {
-        cfg.dhcp.keys().map(|k| k.as_str().to_owned()).collect()
-    } else {
-        Vec::new()
-    };
-    let mut out: Vec<SocketAddr> = links
-        .iter()
-        .flat_map(|l| link_addresses(cfg, l))
-        .map(|ip| SocketAddr::new(ip, port))
-        .collect();
-    for l in &cfg.dns.listen {
-        match l {
-            Listen::Addr(a) => out.push(*a),
-            Listen::Interface(i) => out.extend(
-                link_addresses(cfg, i.as_str())
-                    .into_iter()
-                    .map(|ip| SocketAddr::new(ip, port)),
-            ),
-        }
-    }
-    out.sort();
-    out.dedup();
-    out
-}
-
 /// The certificate for the DoT/DoH listeners: the router's names, its LAN addresses and
 /// the addresses listened on.
 fn cert_spec(cfg: &Config, dir: PathBuf, listen: &[SocketAddr]) -> dnsd::tls::CertSpec {
@@ -258,15 +198,12 @@ async fn run(args: Args) -> Result<(), Fatal> {
         tracing::info!("dns.enabled is false: no DNS served, the control socket only");
         Vec::new()
     } else if args.listen.is_empty() {
-        listen_addresses(&cfg)
+        dnsd::listen::addresses(&cfg)
     } else {
         args.listen.clone()
     };
     if enabled && listen.is_empty() {
-        return Err(Fatal::Config(
-            "nowhere to listen: set dns.listen, or give a LAN link a static address and a DHCP server"
-                .into(),
-        ));
+        return Err(Fatal::Config(dnsd::control::NOWHERE.into()));
     }
 
     dnsd::reclaim::start();
@@ -324,7 +261,11 @@ async fn run(args: Args) -> Result<(), Fatal> {
         Box::new(move || {
             load_config(&reload_args).map_err(|(Fatal::Config(e) | Fatal::Other(e))| e)
         }),
-        server.addresses().to_vec(),
+        Some(if args.listen.is_empty() {
+            Listeners::from_config(server)
+        } else {
+            Listeners::fixed(server, args.listen.clone())
+        }),
     );
     daemon.set_config_dir(args.config_dir.clone());
     // Lists are fetched for a DNS that is served; an apply that enables it starts them.
@@ -359,10 +300,13 @@ async fn run(args: Args) -> Result<(), Fatal> {
     }
     lease_names.abort();
     wan_dns.abort();
-    server
-        .shutdown()
-        .await
-        .map_err(|e| Fatal::Other(format!("shutdown: {e}")))
+    match daemon.take_server().await {
+        Some(server) => server
+            .shutdown()
+            .await
+            .map_err(|e| Fatal::Other(format!("shutdown: {e}"))),
+        None => Ok(()),
+    }
 }
 
 /// Installs the SIGTERM handler now, so that a stop sent right after READY is not the

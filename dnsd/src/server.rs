@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use appliance::model::Config;
 use appliance::types::Cidr;
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use hickory_net::runtime::Time;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::op::{Edns, Header, HeaderCounts, Message, MessageType, Metadata, OpCode};
@@ -78,6 +78,25 @@ pub struct RateLimit {
     pub burst: f64,
 }
 
+impl RateLimit {
+    /// `dns.rate_limit` (`COUNT/PERIOD [burst N]`); off when absent. Without a burst a
+    /// client may spend a whole period's count at once, as Pi-hole's `RATE_LIMIT` lets it.
+    pub fn from_dns(dns: &appliance::model::Dns) -> Option<Self> {
+        use appliance::types::RatePer;
+        let r = dns.rate_limit?;
+        let period = match r.per {
+            RatePer::Second => 1.0,
+            RatePer::Minute => 60.0,
+            RatePer::Hour => 3600.0,
+            RatePer::Day => 86_400.0,
+        };
+        Some(Self {
+            per_second: f64::from(r.count) / period,
+            burst: f64::from(r.burst.unwrap_or(r.count)),
+        })
+    }
+}
+
 #[derive(Debug)]
 struct Limiter {
     limit: RateLimit,
@@ -85,6 +104,13 @@ struct Limiter {
 }
 
 impl Limiter {
+    fn new(limit: RateLimit) -> Self {
+        Self {
+            limit,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
     fn allow(&self, client: IpAddr, now: Instant) -> bool {
         // The map only holds numbers; a panic elsewhere cannot leave it inconsistent.
         let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
@@ -166,7 +192,8 @@ pub struct Resolver {
     cache: Cache,
     upstreams: Upstreams,
     stats: Stats,
-    limiter: Option<Limiter>,
+    /// `None`: no limit. Swapped whole by an apply (every client starts a fresh bucket).
+    limiter: ArcSwapOption<Limiter>,
     recorder: Option<Arc<Recorder>>,
     /// Answers of the cache as sent, for the UDP fast path.
     wire: WireCache,
@@ -201,7 +228,7 @@ impl Resolver {
             cache: Cache::new(cache),
             upstreams,
             stats: Stats::default(),
-            limiter: None,
+            limiter: ArcSwapOption::from_pointee(RateLimit::from_dns(&cfg.dns).map(Limiter::new)),
             recorder: None,
             wire: WireCache::new(cache.capacity),
             local_names: ArcSwap::from_pointee(HashSet::new()),
@@ -241,7 +268,8 @@ impl Resolver {
         name: &mut String,
         log: &mut Vec<crate::stats::Event>,
     ) -> bool {
-        if self.limiter.is_some() {
+        // The limit is applied on the hickory path only, which counts and logs it.
+        if self.limiter.load().is_some() {
             return false;
         }
         let Some(q) = fast::parse(packet, name) else {
@@ -295,12 +323,19 @@ impl Resolver {
     }
 
     /// Turns on a per-client rate limit; clients over it are answered REFUSED.
-    pub fn with_rate_limit(mut self, limit: RateLimit) -> Self {
-        self.limiter = Some(Limiter {
-            limit,
-            buckets: Mutex::new(HashMap::new()),
-        });
+    pub fn with_rate_limit(self, limit: RateLimit) -> Self {
+        self.set_rate_limit(Some(limit));
         self
+    }
+
+    /// Puts a new per-client rate limit in place (`None` turns it off). An unchanged
+    /// limit keeps its buckets.
+    pub fn set_rate_limit(&self, limit: Option<RateLimit>) {
+        if self.limiter.load().as_ref().map(|l| l.limit) == limit {
+            return;
+        }
+        tracing::info!(?limit, "per-client rate limit");
+        self.limiter.store(limit.map(|l| Arc::new(Limiter::new(l))));
     }
 
     /// Hands every answered query to `recorder` (query log and statistics).
@@ -381,6 +416,7 @@ impl Resolver {
 
     fn rate_limited(&self, client: IpAddr) -> bool {
         self.limiter
+            .load()
             .as_ref()
             .is_some_and(|l| !l.allow(client, Instant::now()))
     }
@@ -698,13 +734,57 @@ impl Handler {
     }
 }
 
+/// Plain DNS (UDP and TCP) on one address.
+struct Plain {
+    /// As asked (port 0 included): a rebind compares these.
+    requested: SocketAddr,
+    bound: SocketAddr,
+    udp: tokio::task::JoinHandle<()>,
+    /// hickory serves this address's TCP; one server per address, so that an address
+    /// can be closed alone.
+    tcp: hickory_server::Server<Handler>,
+}
+
+impl Plain {
+    async fn open(resolver: &Arc<Resolver>, requested: SocketAddr) -> io::Result<Self> {
+        let (udp, tcp) = bind_pair(requested).await?;
+        let bound = udp.local_addr()?;
+        let mut server = hickory_server::Server::new(Handler(Arc::clone(resolver)));
+        server.register_listener(tcp, TCP_TIMEOUT, TCP_RESPONSE_BUFFER);
+        tracing::info!(address = %bound, "listening for DNS on UDP and TCP");
+        Ok(Self {
+            requested,
+            bound,
+            udp: tokio::spawn(crate::udp::serve(
+                Arc::new(udp),
+                Handler(Arc::clone(resolver)),
+            )),
+            tcp: server,
+        })
+    }
+
+    /// Stops listening. TCP queries in flight finish in the background, so that an apply
+    /// does not wait for idle connections to time out.
+    fn close(self) {
+        self.udp.abort();
+        let (bound, mut tcp) = (self.bound, self.tcp);
+        tokio::spawn(async move {
+            if let Err(e) = tcp.shutdown_gracefully().await {
+                tracing::warn!(address = %bound, error = %e, "closing the TCP listener");
+            }
+        });
+        tracing::info!(address = %bound, "no longer listening for DNS");
+    }
+}
+
 /// The running listeners.
 pub struct Server {
+    /// Bound addresses of `plain`, in its order, for [`Server::addresses`].
     addresses: Vec<SocketAddr>,
+    plain: Vec<Plain>,
     resolver: Arc<Resolver>,
+    /// DoT and DoH ([`Server::listen_tls`], [`Server::listen_https`]).
     inner: hickory_server::Server<Handler>,
-    /// The UDP listeners ([`crate::udp`]); hickory serves TCP, DoT and DoH.
-    udp: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -719,7 +799,7 @@ impl Server {
     /// Listens on UDP and TCP at each address. A port of 0 takes a free port, the same for
     /// UDP and TCP; the addresses bound are in [`Server::addresses`].
     pub async fn bind(resolver: Arc<Resolver>, listen: Vec<SocketAddr>) -> io::Result<Self> {
-        let mut inner = hickory_server::Server::new(Handler(Arc::clone(&resolver)));
+        let inner = hickory_server::Server::new(Handler(Arc::clone(&resolver)));
         // So that the heap is trimmed only while this server is quiet.
         let watched = Arc::downgrade(&resolver);
         crate::reclaim::watch_queries(move || {
@@ -727,25 +807,47 @@ impl Server {
                 .upgrade()
                 .map(|r| r.stats.total.load(std::sync::atomic::Ordering::Relaxed))
         });
-        let mut addresses = Vec::new();
-        let mut tasks = Vec::new();
-        for addr in listen {
-            let (udp, tcp) = bind_pair(addr).await?;
-            let bound = udp.local_addr()?;
-            tracing::info!(address = %bound, "listening for DNS on UDP and TCP");
-            tasks.push(tokio::spawn(crate::udp::serve(
-                Arc::new(udp),
-                Handler(Arc::clone(&resolver)),
-            )));
-            inner.register_listener(tcp, TCP_TIMEOUT, TCP_RESPONSE_BUFFER);
-            addresses.push(bound);
-        }
-        Ok(Self {
-            addresses,
+        let mut server = Self {
+            addresses: Vec::new(),
+            plain: Vec::new(),
             resolver,
             inner,
-            udp: tasks,
-        })
+        };
+        server.rebind(&listen).await?;
+        Ok(server)
+    }
+
+    /// Makes plain DNS listen on exactly `listen`: opens the new addresses first, then
+    /// closes those no longer asked for. Addresses in both are not touched, so their
+    /// queries go on. When one new address cannot be bound, the ones opened by this call
+    /// are closed again and nothing changed.
+    pub async fn rebind(&mut self, listen: &[SocketAddr]) -> Result<(), BindError> {
+        let mut opened = Vec::new();
+        for &addr in listen {
+            if self.plain.iter().any(|p| p.requested == addr)
+                || opened.iter().any(|p: &Plain| p.requested == addr)
+            {
+                continue;
+            }
+            match Plain::open(&self.resolver, addr).await {
+                Ok(p) => opened.push(p),
+                Err(source) => {
+                    opened.into_iter().for_each(Plain::close);
+                    return Err(BindError {
+                        address: addr,
+                        source,
+                    });
+                }
+            }
+        }
+        let (kept, gone): (Vec<Plain>, Vec<Plain>) = std::mem::take(&mut self.plain)
+            .into_iter()
+            .partition(|p| listen.contains(&p.requested));
+        self.plain = kept;
+        self.plain.extend(opened);
+        gone.into_iter().for_each(Plain::close);
+        self.addresses = self.plain.iter().map(|p| p.bound).collect();
+        Ok(())
     }
 
     /// Adds a DNS-over-TLS listener (RFC 7858) for clients. Returns the address bound.
@@ -787,6 +889,19 @@ impl Server {
         Ok(bound)
     }
 
+    /// Closes every DoT and DoH listener (DNS turned off); queries in flight finish in
+    /// the background.
+    pub async fn close_encrypted(&mut self) {
+        let fresh = hickory_server::Server::new(Handler(Arc::clone(&self.resolver)));
+        let mut old = std::mem::replace(&mut self.inner, fresh);
+        tokio::spawn(async move {
+            if let Err(e) = old.shutdown_gracefully().await {
+                tracing::warn!(error = %e, "closing the DoT and DoH listeners");
+            }
+        });
+    }
+
+    /// The addresses plain DNS is bound to.
     pub fn addresses(&self) -> &[SocketAddr] {
         &self.addresses
     }
@@ -797,13 +912,33 @@ impl Server {
 
     /// Stops listening and waits for the queries in flight.
     pub async fn shutdown(mut self) -> io::Result<()> {
-        for t in &self.udp {
-            t.abort();
+        let mut result = Ok(());
+        for mut p in std::mem::take(&mut self.plain) {
+            p.udp.abort();
+            if let Err(e) = p.tcp.shutdown_gracefully().await {
+                result = Err(io::Error::other(e.to_string()));
+            }
         }
         self.inner
             .shutdown_gracefully()
             .await
-            .map_err(|e| io::Error::other(e.to_string()))
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        result
+    }
+}
+
+/// An address plain DNS could not listen on.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen for DNS on {address}: {source}")]
+pub struct BindError {
+    pub address: SocketAddr,
+    #[source]
+    pub source: io::Error,
+}
+
+impl From<BindError> for io::Error {
+    fn from(e: BindError) -> Self {
+        io::Error::new(e.source.kind(), e.to_string())
     }
 }
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::{is_false, is_true, yes};
 use crate::types::{
     AbsPath, Cidr, DomainName, DomainPattern, Duration, HttpUrl, IfName, Key32, Listen, Name,
-    PasswordHash, Port, SecretPath, Size, TimeWindow, Upstream,
+    PasswordHash, Port, RateLimit, SecretPath, Size, TimeWindow, Upstream,
 };
 
 /// The blocking DNS resolver (dnsd).
@@ -72,6 +72,11 @@ pub struct Dns {
     pub forwarding: Vec<ConditionalForward>,
     /// Size of the on-disk query log ring; 0 turns the log off.
     pub query_log_size: Size,
+    /// Queries a client address may send: `COUNT/PERIOD`, optionally `burst N` (default:
+    /// COUNT at once). Past it the client is answered REFUSED. Off when absent (Pi-hole's
+    /// `RATE_LIMIT=1000/60` is `"1000/minute"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Default for Dns {
@@ -97,6 +102,7 @@ impl Default for Dns {
             records: Vec::new(),
             forwarding: Vec::new(),
             query_log_size: Size::from_bytes(64 << 20),
+            rate_limit: None,
         }
     }
 }

@@ -1,0 +1,325 @@
+//! What an apply changes in a running dnsd: real sockets on loopback addresses (every
+//! 127.0.0.0/8 address is local on Linux), the daemon's control API in process, generations
+//! from a real config store. A readdressed LAN moves dnsd to the new addresses without
+//! missing a query on the address that stays; a port held by someone else fails the apply
+//! and changes nothing; `dns.enabled`, `serve_stale` and `rate_limit` take effect at once.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{answers, ask, ask_until, free_port};
+use dnsd::control::{ApiError, Daemon, Listeners};
+use dnsd::policy::{Lists, Policy};
+use dnsd::server::{Resolver, Server};
+use hickory_proto::rr::RecordType;
+
+/// Two LAN links with DHCP servers (dnsd's default: listen on their addresses) on
+/// `port`, the guest link at `guest`.
+fn config(port: u16, guest: &str, extra: &str) -> String {
+    format!(
+        r#"version = 1
+[interfaces.lan]
+device = "eth1"
+addresses = ["127.0.1.1/24"]
+[interfaces.guest]
+device = "eth2"
+addresses = ["{guest}.1/24"]
+[dhcp.lan]
+start = "127.0.1.100"
+end = "127.0.1.200"
+[dhcp.guest]
+start = "{guest}.100"
+end = "{guest}.200"
+[dns]
+upstreams = ["127.0.0.1:9"]
+deny = ["blocked.example"]
+port = {port}
+{extra}
+"#
+    )
+}
+
+/// A port free for UDP and TCP on every address the test uses.
+fn port_free_everywhere() -> u16 {
+    loop {
+        let port = free_port("127.0.1.1");
+        let free = ["127.0.2.1", "127.0.3.1"].iter().all(|ip| {
+            UdpSocket::bind((*ip, port)).is_ok() && std::net::TcpListener::bind((*ip, port)).is_ok()
+        });
+        if free {
+            return port;
+        }
+    }
+}
+
+struct Rig {
+    daemon: Arc<Daemon>,
+    resolver: Arc<Resolver>,
+    store: appliance::store::Store,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(text: &str) -> Rig {
+    let cfg = appliance::load_str(text).unwrap();
+    let policy = Policy::build(&cfg, &Lists::new()).unwrap();
+    let resolver = Arc::new(Resolver::new(&cfg, Arc::new(policy)));
+    let server = Server::bind(Arc::clone(&resolver), dnsd::listen::addresses(&cfg))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::new(
+        Arc::clone(&resolver),
+        Arc::new(cfg),
+        Lists::new(),
+        dir.path().join("lists"),
+        dnsd::fetch::http_client().unwrap(),
+        Box::new(|| Err("not in this test".into())),
+        Some(Listeners::from_config(server)),
+    );
+    let store = appliance::store::Store::open(dir.path().join("config")).unwrap();
+    daemon.set_config_dir(dir.path().join("config"));
+    Rig {
+        daemon,
+        resolver,
+        store,
+        _dir: dir,
+    }
+}
+
+impl Rig {
+    async fn apply(&self, text: &str) -> Result<Vec<String>, ApiError> {
+        let generation = self.store.commit(text, "test").unwrap();
+        self.daemon.apply_generation(generation).await
+    }
+
+    fn plan(&self, text: &str) -> Vec<String> {
+        let generation = self.store.commit(text, "test plan").unwrap();
+        self.daemon.plan_generation(generation).unwrap()
+    }
+}
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+fn blocks(at: SocketAddr) {
+    let m = ask(at, "blocked.example.", RecordType::A);
+    assert_eq!(answers(&m), ["0.0.0.0"], "{at}: {m:?}");
+}
+
+/// Waits until nothing listens on `at` for TCP (a closed listener is dropped by its task,
+/// a moment after the apply returns), then checks that UDP gets no answer either.
+fn closed(at: SocketAddr) {
+    let until = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect_timeout(&at, Duration::from_secs(1)).is_ok() {
+        assert!(Instant::now() < until, "{at} still accepts TCP");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let m = ask_until(
+        at,
+        "blocked.example.",
+        RecordType::A,
+        Instant::now() + Duration::from_secs(1),
+    );
+    assert!(m.is_none(), "{at} still answers UDP: {m:?}");
+}
+
+/// Asks `at` one query after another until stopped; every one must be answered (no
+/// resend: a lost query fails). Returns how many were asked.
+fn steady_load(at: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut n = 0usize;
+        while !stop.load(Ordering::Relaxed) {
+            let mut q = common::query("blocked.example.", RecordType::A);
+            q.metadata.id = u16::try_from(n % 65_536).unwrap();
+            sock.send_to(&q.to_vec().unwrap(), at).unwrap();
+            let mut buf = [0u8; 1500];
+            let len = sock
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("query {n} to {at} got no answer: {e}"));
+            let m = hickory_proto::op::Message::from_vec(&buf[..len]).unwrap();
+            assert_eq!(m.metadata.id, q.metadata.id);
+            assert_eq!(answers(&m), ["0.0.0.0"]);
+            n += 1;
+        }
+        n
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_readdressed_lan_moves_the_listeners_and_the_address_that_stays_keeps_answering() {
+    let port = port_free_everywhere();
+    let (lan, guest, moved) = (
+        addr("127.0.1.1", port),
+        addr("127.0.2.1", port),
+        addr("127.0.3.1", port),
+    );
+    let first = config(port, "127.0.2", "");
+    let rig = start(&first).await;
+    rig.apply(&first).await.unwrap();
+    blocks(lan);
+    blocks(guest);
+
+    let second = config(port, "127.0.3", "");
+    let plan = rig.plan(&second);
+    assert!(
+        plan.iter()
+            .any(|a| a.contains(&moved.to_string()) && a.contains(&guest.to_string())),
+        "the plan names the move: {plan:?}"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = steady_load(lan, Arc::clone(&stop));
+    // Let the load run before and after the apply.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let actions = rig.apply(&second).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let asked = tokio::task::spawn_blocking(move || load.join().unwrap())
+        .await
+        .unwrap();
+    assert!(asked > 0);
+    assert!(
+        !actions.iter().any(|a| a.contains("restart")),
+        "plain DNS moves without a restart: {actions:?}"
+    );
+
+    blocks(moved);
+    blocks(lan);
+    tokio::task::spawn_blocking(move || closed(guest))
+        .await
+        .unwrap();
+    let mut now = rig.daemon.addresses();
+    now.sort();
+    assert_eq!(now, [lan, moved]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_taken_at_apply_fails_it_and_changes_nothing() {
+    let port = port_free_everywhere();
+    let (lan, guest) = (addr("127.0.1.1", port), addr("127.0.2.1", port));
+    let first = config(port, "127.0.2", "");
+    let rig = start(&first).await;
+    let held = UdpSocket::bind(addr("127.0.3.1", port)).unwrap();
+
+    let second = config(port, "127.0.3", "");
+    let e = rig.apply(&second).await.unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("cannot listen for DNS on 127.0.3.1") && text.contains("in use"),
+        "{text}"
+    );
+    assert_eq!(e.status(), hyper::StatusCode::CONFLICT);
+    // Nothing changed: the old addresses answer.
+    blocks(lan);
+    blocks(guest);
+    let mut now = rig.daemon.addresses();
+    now.sort();
+    assert_eq!(now, [lan, guest]);
+    drop(held);
+    rig.apply(&second).await.unwrap();
+    blocks(addr("127.0.3.1", port));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_enabled_and_serve_stale_change_at_the_apply() {
+    let port = port_free_everywhere();
+    let (lan, guest) = (addr("127.0.1.1", port), addr("127.0.2.1", port));
+    let on = config(port, "127.0.2", "");
+    let rig = start(&on).await;
+    assert!(rig.resolver.cache().config().serve_stale);
+
+    let off = config(port, "127.0.2", "enabled = false\nserve_stale = false");
+    let plan = rig.plan(&off);
+    assert!(
+        plan.iter().any(|a| a == "close the DNS listeners"),
+        "{plan:?}"
+    );
+    let actions = rig.apply(&off).await.unwrap();
+    assert!(
+        !actions.iter().any(|a| a.contains("restart")),
+        "{actions:?}"
+    );
+    tokio::task::spawn_blocking(move || {
+        closed(lan);
+        closed(guest);
+    })
+    .await
+    .unwrap();
+    assert!(rig.daemon.addresses().is_empty());
+    assert!(!rig.resolver.cache().config().serve_stale);
+
+    rig.apply(&on).await.unwrap();
+    blocks(lan);
+    blocks(guest);
+    assert!(rig.resolver.cache().config().serve_stale);
+}
+
+/// Sends `n` queries from `from`, one at a time, and returns their response codes.
+fn rcodes(from: &str, to: SocketAddr, n: usize) -> Vec<hickory_proto::op::ResponseCode> {
+    let sock = UdpSocket::bind((from, 0)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    (0..n)
+        .map(|i| {
+            let mut q = common::query("blocked.example.", RecordType::A);
+            q.metadata.id = u16::try_from(i).unwrap();
+            sock.send_to(&q.to_vec().unwrap(), to).unwrap();
+            let mut buf = [0u8; 1500];
+            let len = sock.recv(&mut buf).unwrap();
+            let m = hickory_proto::op::Message::from_vec(&buf[..len]).unwrap();
+            assert_eq!(m.metadata.id, q.metadata.id);
+            m.metadata.response_code
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_the_rate_limit_is_refused_and_another_is_not() {
+    use hickory_proto::op::ResponseCode::{NoError, Refused};
+    let port = port_free_everywhere();
+    let lan = addr("127.0.1.1", port);
+    let rig = start(&config(port, "127.0.2", "")).await;
+    // Off by default: a burst of 20 from one client is answered.
+    let answered = tokio::task::spawn_blocking(move || rcodes("127.0.0.7", lan, 20))
+        .await
+        .unwrap();
+    assert!(answered.iter().all(|r| *r == NoError), "{answered:?}");
+
+    // 3 at once, then one a minute: the 4th query within the test's time is refused.
+    let limited = config(port, "127.0.2", "rate_limit = \"1/minute burst 3\"");
+    rig.apply(&limited).await.unwrap();
+    let (a, b) = tokio::task::spawn_blocking(move || {
+        (rcodes("127.0.0.7", lan, 5), rcodes("127.0.0.8", lan, 3))
+    })
+    .await
+    .unwrap();
+    assert_eq!(a, [NoError, NoError, NoError, Refused, Refused]);
+    assert_eq!(b, [NoError, NoError, NoError], "buckets are per client");
+    assert_eq!(
+        rig.resolver
+            .stats()
+            .rejected
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+
+    // Off again by the next apply.
+    rig.apply(&config(port, "127.0.2", "")).await.unwrap();
+    let again = tokio::task::spawn_blocking(move || rcodes("127.0.0.7", lan, 5))
+        .await
+        .unwrap();
+    assert!(again.iter().all(|r| *r == NoError), "{again:?}");
+}
