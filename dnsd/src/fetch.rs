@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use appliance::model::BlockList;
+use appliance::model::{BlockList, ListFormat};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -29,6 +29,11 @@ pub const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct ListMeta {
     /// The URL or file it came from; a changed source invalidates the copy.
     pub source: String,
+    /// The format it was parsed as; a changed format invalidates the copy too, since the
+    /// same text reads differently. Absent in copies stored before it was recorded, which
+    /// are then taken as they are rather than all downloaded again after an upgrade.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<ListFormat>,
     pub etag: Option<String>,
     pub last_modified: Option<String>,
     /// SHA-256 of the raw list, to notice an unchanged body served without validators.
@@ -37,6 +42,16 @@ pub struct ListMeta {
     pub checked_at: u64,
     pub updated_at: u64,
     pub stats: ParseStats,
+}
+
+impl ListMeta {
+    /// Whether the copy was parsed as `format` (or either is unknown).
+    fn compiled_as(&self, format: Option<ListFormat>) -> bool {
+        match (self.format, format) {
+            (Some(had), Some(want)) => had == want,
+            _ => true,
+        }
+    }
 }
 
 /// What a refresh did.
@@ -120,8 +135,19 @@ impl ListStore {
 
     /// The stored compiled list, if present, intact, and from `source`.
     pub fn load(&self, name: &str, source: &str) -> Option<Arc<CompiledList>> {
+        self.load_as(name, source, None)
+    }
+
+    /// [`load`](Self::load), and parsed as `format` when given: a copy of another format
+    /// is left out, so that it is compiled again at once.
+    pub fn load_as(
+        &self,
+        name: &str,
+        source: &str,
+        format: Option<ListFormat>,
+    ) -> Option<Arc<CompiledList>> {
         let meta = self.meta(name)?;
-        if meta.source != source {
+        if meta.source != source || !meta.compiled_as(format) {
             return None;
         }
         match CompiledList::load(&self.bin(name)) {
@@ -140,7 +166,8 @@ impl ListStore {
             .into_iter()
             .filter_map(|(name, l)| {
                 let src = source_of(l)?;
-                self.load(name, &src).map(|c| (name.to_owned(), c))
+                self.load_as(name, &src, Some(l.format))
+                    .map(|c| (name.to_owned(), c))
             })
             .collect()
     }
@@ -173,13 +200,16 @@ impl ListStore {
         // Every file of the store is read and written (with its fsyncs) away from the
         // runtime's workers: on a busy disk one fsync can take a hundred milliseconds, and
         // the single worker of the appliance is the one that reads the UDP socket.
+        let format = list.format;
         let old = {
             let (store, name, source) = (self.clone(), name.to_owned(), source.clone());
             let in_use = previous.is_some();
             off_the_workers(move || {
-                let old = store
-                    .meta(&name)
-                    .filter(|m| m.source == source && store.bin(&name).exists());
+                // A copy of another format is no copy: the download must not be skipped
+                // on a 304, nor the compile on an unchanged text.
+                let old = store.meta(&name).filter(|m| {
+                    m.source == source && m.compiled_as(Some(format)) && store.bin(&name).exists()
+                });
                 // A stored copy that is not in use may be one that failed to load: were it
                 // taken as current, a 304 would leave the list missing and due again at once.
                 if old.is_some() && !in_use && store.load(&name, &source).is_none() {
@@ -221,6 +251,7 @@ impl ListStore {
             name: name.to_owned(),
             meta: ListMeta {
                 source,
+                format: Some(format),
                 etag,
                 last_modified,
                 ..ListMeta::default()

@@ -96,3 +96,57 @@ async fn an_answer_fetched_with_cd_is_not_served_to_a_client_without_cd() {
         .unwrap();
     assert_eq!(Message::from_vec(&a).unwrap().answers.len(), 1);
 }
+
+fn file_list(path: &std::path::Path, format: &str) -> appliance::model::BlockList {
+    let cfg = appliance::load_str(&format!(
+        "version = 1\n[dns.lists.ads]\nfile = \"{}\"\nformat = \"{format}\"\n",
+        path.display()
+    ))
+    .unwrap();
+    cfg.dns.lists.values().next().unwrap().clone()
+}
+
+/// The same text read in another format is another list: a changed `format` recompiles
+/// at the next refresh, and a stored copy of the old format is not loaded at a start.
+#[tokio::test]
+async fn a_changed_list_format_recompiles_the_unchanged_text() {
+    use dnsd::fetch::{ListStore, Outcome, http_client};
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("ads.txt");
+    std::fs::write(&text, "ads.example\n||tracker.example^\n").unwrap();
+    let store = ListStore::new(dir.path().join("lists"));
+    let client = http_client().unwrap();
+
+    let domains = file_list(&text, "domains");
+    let Outcome::Updated(c) = store.refresh(&client, "ads", &domains).await.unwrap() else {
+        panic!("the first refresh compiles");
+    };
+    assert!(c.blocks("ads.example").is_some());
+    assert!(c.blocks("tracker.example").is_none());
+    assert!(matches!(
+        store.refresh(&client, "ads", &domains).await.unwrap(),
+        Outcome::Unchanged
+    ));
+
+    let adblock = file_list(&text, "adblock");
+    let lists = [("ads", &adblock)];
+    assert!(
+        store
+            .load_all(lists.iter().map(|(n, l)| (*n, *l)))
+            .is_empty(),
+        "a copy of the old format is not used"
+    );
+    let Outcome::Updated(c) = store
+        .refresh_from(&client, "ads", &adblock, Some(c))
+        .await
+        .unwrap()
+    else {
+        panic!("a changed format recompiles the same text");
+    };
+    assert!(c.blocks("tracker.example").is_some());
+    assert_eq!(
+        store.meta("ads").unwrap().format,
+        Some(appliance::model::ListFormat::Adblock)
+    );
+    assert_eq!(store.load_all(lists.iter().map(|(n, l)| (*n, *l))).len(), 1);
+}
