@@ -14,9 +14,8 @@ use nix::fcntl::{SpliceFFlags, splice};
 
 use super::proto;
 use super::receive;
-use super::send::Limiter;
+use super::send::{Limiter, StreamSpec};
 use super::{ReplError, plan::TargetState};
-use crate::zfs::lzc::SendFlags;
 use crate::zfs::{RealZfs, ZfsError};
 
 /// How a local job's target shows up in errors and logs.
@@ -42,17 +41,19 @@ pub(super) fn rollback(
 /// Sends `snapshot` (from `from`, at `(object, offset)` when resuming) into
 /// `target_snapshot` on this box; returns the stream's bytes. An interrupted stream leaves
 /// the target's `receive_resume_token`, as over the network.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn stream(
     zfs: &RealZfs,
-    snapshot: &str,
-    from: Option<&str>,
-    flags: SendFlags,
-    (object, offset): (u64, u64),
-    target_snapshot: &str,
-    resume: bool,
+    spec: &StreamSpec<'_>,
     limiter: &mut Option<Limiter>,
 ) -> Result<u64, ReplError> {
+    let &StreamSpec {
+        snapshot,
+        from,
+        flags,
+        resume_at: (object, offset),
+        target_snapshot,
+        resume,
+    } = spec;
     let dataset = target_snapshot.split('@').next().unwrap_or(target_snapshot);
     let new = receive::first_receive(zfs, dataset, resume);
     let relay_err = |source: io::Error| ReplError::Relay {

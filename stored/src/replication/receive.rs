@@ -261,19 +261,16 @@ pub(super) fn state(zfs: &RealZfs, dataset: &str) -> Result<TargetState, ZfsErro
     if !zfs.lzc().exists(dataset)? {
         return Ok(TargetState::default());
     }
-    let snapshots = zfs
-        .snapshots(dataset, false)?
-        .into_iter()
-        .map(Snap::from)
-        .collect();
-    let values = zfs
+    // Snapshots, token and `written` from one `zfs list`, not three tools.
+    let listing = zfs
         .cli()
-        .get_values(dataset, &["receive_resume_token", "written"])?;
+        .listing(dataset, &["receive_resume_token", "written"])?;
+    let values = listing.props;
     let token = values.first().filter(|t| t.as_str() != "-").cloned();
     let written = values.get(1).and_then(|w| w.parse().ok()).unwrap_or(0);
     Ok(TargetState {
         exists: true,
-        snapshots,
+        snapshots: listing.snapshots.into_iter().map(Snap::from).collect(),
         resume_token: token,
         written,
     })

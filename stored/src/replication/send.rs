@@ -355,23 +355,24 @@ fn replicate_dataset(
     limiter: &mut Option<Limiter>,
     report: &mut JobReport,
 ) -> Result<Option<i64>, ReplError> {
-    let source: Vec<Snap> = zfs
-        .snapshots(dataset, false)?
-        .into_iter()
-        .map(Snap::from)
-        .collect();
-    let bookmarks: Vec<Snap> = zfs
-        .cli()
-        .bookmarks(dataset)?
-        .into_iter()
+    let started = Instant::now();
+    // Snapshots, bookmarks and `encryption` in one `zfs list`: the listing is read again
+    // at the end (hold, bookmark) rather than listed again.
+    let listing = zfs.cli().listing(dataset, &["encryption"])?;
+    let source: Vec<Snap> = listing.snapshots.iter().cloned().map(Snap::from).collect();
+    let bookmarks: Vec<Snap> = listing
+        .bookmarks
+        .iter()
         .map(|(name, guid, createtxg)| Snap {
-            name,
-            guid,
-            createtxg,
+            name: name.clone(),
+            guid: *guid,
+            createtxg: *createtxg,
             creation: 0,
         })
         .collect();
+    let listed = started.elapsed();
     let state = dest.state(zfs, target_ds)?;
+    let stated = started.elapsed();
     let token = state
         .resume_token
         .as_deref()
@@ -398,8 +399,11 @@ fn replicate_dataset(
         tracing::warn!(target = target_ds, to = %rb.to, destroy = ?rb.destroy, "rolling the diverged target back (on_divergence = rollback)");
         dest.rollback(zfs, target_ds, &rb.to, &rb.destroy)?;
     }
-    let encryption = zfs.cli().get_values(dataset, &["encryption"])?;
-    let raw = encryption.first().is_some_and(|e| e != "off" && e != "-");
+    let raw = listing
+        .props
+        .first()
+        .is_some_and(|e| e != "off" && e != "-");
+    let planned = started.elapsed();
     let flags = SendFlags {
         embed_data: true,
         large_block: true,
@@ -446,28 +450,17 @@ fn replicate_dataset(
             }
         };
         tracing::info!(job = job_name, %step, target = %target_snap, "sending");
+        let spec = StreamSpec {
+            snapshot: &to_full,
+            from: from.as_deref(),
+            flags,
+            resume_at: (object, offset),
+            target_snapshot: &target_snap,
+            resume,
+        };
         let sent = match dest {
-            Dest::Remote(link) => stream(
-                zfs,
-                link,
-                &to_full,
-                from.as_deref(),
-                flags,
-                (object, offset),
-                &target_snap,
-                resume,
-                limiter,
-            ),
-            Dest::Local => local::stream(
-                zfs,
-                &to_full,
-                from.as_deref(),
-                flags,
-                (object, offset),
-                &target_snap,
-                resume,
-                limiter,
-            ),
+            Dest::Remote(link) => stream(zfs, link, &spec, limiter),
+            Dest::Local => local::stream(zfs, &spec, limiter),
         };
         match sent {
             Ok(bytes) => {
@@ -487,10 +480,11 @@ fn replicate_dataset(
     report
         .datasets
         .push((dataset.to_owned(), target_ds.to_owned(), steps));
+    let streamed = started.elapsed();
     // Even after a failure, the snapshots that landed are the new base.
     if let Some(base) = &landed {
-        holds::move_hold(zfs, dataset, job_name, base)?;
-        bookmark_base(zfs, dataset, job_name, base, &source);
+        holds::move_hold_among(zfs, dataset, job_name, base, &listing.snapshots)?;
+        bookmark_base(zfs, dataset, job_name, base, &source, &listing.bookmarks);
     }
     // The snapshot whose stream was cut is what the target's resume token names: held
     // too, so that no prune before the next run can make the token useless. The next run
@@ -498,6 +492,18 @@ fn replicate_dataset(
     if let Some(snap) = &cut {
         hold_cut_snapshot(zfs, dataset, job_name, snap);
     }
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    tracing::info!(
+        job = job_name,
+        dataset,
+        steps,
+        list_ms = ms(listed),
+        target_state_ms = ms(stated - listed),
+        plan_ms = ms(planned - stated),
+        streams_ms = ms(streamed - planned),
+        hold_and_bookmark_ms = ms(started.elapsed() - streamed),
+        "replication phases"
+    );
     result?;
     Ok(landed.and_then(|l| source.iter().find(|s| s.name == l).map(|s| s.creation)))
 }
@@ -534,19 +540,21 @@ fn newest_common(source: &[Snap], state: &TargetState) -> Option<String> {
 /// A bookmark of the base, `#stored-repl_<job>_<txg>`, and the job's older ones removed:
 /// if the held snapshot is destroyed anyway (`zfs release` by hand), the bookmark is still
 /// a valid incremental source. Failures only warn: the hold is the main protection.
-fn bookmark_base(zfs: &RealZfs, dataset: &str, job: &str, base: &str, source: &[Snap]) {
+/// `existing` is the dataset's bookmarks as listed at the start of the run (only this job
+/// makes or removes its own).
+fn bookmark_base(
+    zfs: &RealZfs,
+    dataset: &str,
+    job: &str,
+    base: &str,
+    source: &[Snap],
+    existing: &[(String, u64, u64)],
+) {
     let Some(snap) = source.iter().find(|s| s.name == base) else {
         return;
     };
     let prefix = format!("stored-repl_{job}_");
     let name = format!("{prefix}{}", snap.createtxg);
-    let existing = match zfs.cli().bookmarks(dataset) {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(dataset, error = %e, "cannot list bookmarks");
-            return;
-        }
-    };
     if !existing.iter().any(|(n, _, _)| *n == name) {
         let bm = (format!("{dataset}#{name}"), format!("{dataset}@{base}"));
         if let Err(e) = zfs.lzc().bookmark(&[bm]) {
@@ -554,30 +562,50 @@ fn bookmark_base(zfs: &RealZfs, dataset: &str, job: &str, base: &str, source: &[
             return;
         }
     }
-    for (old, _, _) in existing {
-        if old.starts_with(&prefix)
-            && old != name
-            && let Err(e) = zfs.cli().destroy_bookmark(&format!("{dataset}#{old}"))
-        {
-            tracing::warn!(dataset, bookmark = %old, error = %e, "cannot remove an old replication bookmark");
-        }
+    let old: Vec<String> = existing
+        .iter()
+        .filter(|(old, _, _)| old.starts_with(&prefix) && *old != name)
+        .map(|(old, _, _)| format!("{dataset}#{old}"))
+        .collect();
+    if !old.is_empty()
+        && let Err(e) = zfs.lzc().destroy_bookmarks(&old)
+    {
+        tracing::warn!(dataset, bookmarks = ?old, error = %e, "cannot remove old replication bookmarks");
     }
+}
+
+/// One stream of a run, whatever carries it: what `lzc_send_resume` sends and where the
+/// receive puts it.
+pub(super) struct StreamSpec<'a> {
+    /// The source snapshot, `pool/fs@snap`.
+    pub snapshot: &'a str,
+    /// The incremental source (`@snap` or `#bookmark`, full name); none for a full stream.
+    pub from: Option<&'a str>,
+    pub flags: SendFlags,
+    /// `(object, offset)` of a resumed stream, from the target's token; `(0, 0)` otherwise.
+    pub resume_at: (u64, u64),
+    /// The snapshot it lands as on the target.
+    pub target_snapshot: &'a str,
+    /// Whether this continues an interrupted receive.
+    pub resume: bool,
 }
 
 /// Sends one stream: `lzc_send_resume` writes into a pipe in a thread, this thread frames
 /// it to the receiver through the limiter. Returns the stream bytes.
-#[allow(clippy::too_many_arguments)]
 fn stream(
     zfs: &RealZfs,
     link: &mut Link<'_>,
-    snapshot: &str,
-    from: Option<&str>,
-    flags: SendFlags,
-    (object, offset): (u64, u64),
-    target_snapshot: &str,
-    resume: bool,
+    spec: &StreamSpec<'_>,
     limiter: &mut Option<Limiter>,
 ) -> Result<u64, ReplError> {
+    let &StreamSpec {
+        snapshot,
+        from,
+        flags,
+        resume_at: (object, offset),
+        target_snapshot,
+        resume,
+    } = spec;
     let (mut reader, writer) = io::pipe().map_err(|e| link.broke(e))?;
     proto::widen_pipe(&reader);
     proto::send_msg(

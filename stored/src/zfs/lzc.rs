@@ -508,6 +508,18 @@ impl Lzc {
         )
     }
 
+    /// Destroys bookmarks (`pool/fs#bookmark`), all in one pool, in one ioctl.
+    pub fn destroy_bookmarks(&self, bookmarks: &[String]) -> Result<(), LzcError> {
+        let mut list = NvList::new()?;
+        for b in bookmarks {
+            list.add_boolean(b)?;
+        }
+        let mut errlist: *mut sys::nvlist_t = ptr::null_mut();
+        // SAFETY: the list is live; `errlist` is a valid out-pointer.
+        let rc = unsafe { sys::lzc_destroy_bookmarks(list.as_ptr(), &mut errlist) };
+        outcome("destroy bookmarks", || bookmarks.join(", "), rc, errlist)
+    }
+
     /// Whether a dataset, snapshot or bookmark exists.
     pub fn exists(&self, name: &str) -> Result<bool, LzcError> {
         let name = cstring(name)?;
