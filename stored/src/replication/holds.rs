@@ -22,11 +22,24 @@ pub fn move_hold(
     job: &str,
     snapshot: &str,
 ) -> Result<(), ZfsError> {
+    let listed = zfs.snapshots(dataset, false)?;
+    move_hold_among(zfs, dataset, job, snapshot, &listed)
+}
+
+/// [`move_hold`] over the dataset's snapshots as the caller listed them (a replication run
+/// lists them once). Only this job's holds matter, and only this job moves them.
+pub fn move_hold_among(
+    zfs: &mut impl Zfs,
+    dataset: &str,
+    job: &str,
+    snapshot: &str,
+    listed: &[crate::zfs::Snapshot],
+) -> Result<(), ZfsError> {
     let tag = hold_tag(job);
     let full = format!("{dataset}@{snapshot}");
     let mut have = false;
     let mut old = Vec::new();
-    for s in zfs.snapshots(dataset, false)? {
+    for s in listed {
         if s.userrefs == 0 {
             continue;
         }
