@@ -27,6 +27,9 @@ struct Bench<'a> {
     stored: String,
     /// The syncoid command line, when the .debs were given.
     syncoid: Option<String>,
+    /// Whether the `zfs send | ssh` peer runs (BENCH_SSH=0 leaves it out: at 6 MiB/s it
+    /// takes minutes a GiB under TCG).
+    ssh: bool,
 }
 
 impl Bench<'_> {
@@ -67,7 +70,24 @@ impl Bench<'_> {
     /// One replication round by every method. `raw` is the `zfs send | zfs recv -u
     /// dst/raw/data` pipeline; the ssh peer is the same with the receive behind ssh.
     fn round(&self, what: &str, raw: &str, job: &str) -> Round {
+        // The headline pair first (raw, then stored's local transport), so that a run cut
+        // short still has it.
         let r = self.timed(&format!("{what} raw"), raw);
+        let local = self.timed(
+            &format!("{what} stored local"),
+            &format!("{} replicate bench-local --config {job}", self.stored),
+        );
+        // Where the local run's time went: its phases as stored logged them, and run_job's
+        // own seconds (the rest of the wall time is the process, the config and the CLI's
+        // stale-hold sweep).
+        let log = self
+            .vm
+            .sh("grep -a 'replication phases\\|^replicated ' /tmp/bench.out || true");
+        eprintln!("{what} stored local logged:\n{}", log.trim_end());
+        let local_job = log
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("seconds="))
+            .and_then(|v| v.parse().ok());
         let s = self.syncoid.as_ref().map(|cmd| {
             self.timed(
                 &format!("{what} syncoid"),
@@ -78,24 +98,23 @@ impl Bench<'_> {
             &format!("{what} stored tls"),
             &format!("{} replicate bench --config {job}", self.stored),
         );
-        let local = self.timed(
-            &format!("{what} stored local"),
-            &format!("{} replicate bench-local --config {job}", self.stored),
-        );
         let (send, _) = raw.split_once('|').unwrap_or((raw, ""));
-        let ssh = self.timed(
-            &format!("{what} ssh"),
-            &format!(
-                "{send}| ssh -F none -i /data/bench-repl/ssh_id -o BatchMode=yes \
-                 -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
-                 -o LogLevel=ERROR root@127.0.0.1 zfs recv -u dst/ssh/data"
-            ),
-        );
+        let ssh = self.ssh.then(|| {
+            self.timed(
+                &format!("{what} ssh"),
+                &format!(
+                    "{send}| ssh -F none -i /data/bench-repl/ssh_id -o BatchMode=yes \
+                     -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+                     -o LogLevel=ERROR root@127.0.0.1 zfs recv -u dst/ssh/data"
+                ),
+            )
+        });
         Round {
             raw: r,
             syncoid: s,
             tls,
             local,
+            local_job,
             ssh,
         }
     }
@@ -103,12 +122,10 @@ impl Bench<'_> {
     /// The newest source snapshot arrived everywhere, by GUID.
     fn check(&self, snap: &str) {
         let want = self.guid(&format!("src/data@{snap}"));
-        let mut targets = vec![
-            "dst/raw/data",
-            "dst/stored/data",
-            "dst/local/data",
-            "dst/ssh/data",
-        ];
+        let mut targets = vec!["dst/raw/data", "dst/stored/data", "dst/local/data"];
+        if self.ssh {
+            targets.push("dst/ssh/data");
+        }
         if self.syncoid.is_some() {
             targets.push("dst/syncoid/data");
         }
@@ -125,7 +142,7 @@ fn ratio(a: f64, b: f64) -> String {
 #[test]
 #[ignore = "a bench, run by `cargo xtask bench storage`"]
 fn bench_storage() {
-    let full_mib = env_u64("BENCH_FULL_MIB", 512);
+    let full_mib = env_u64("BENCH_FULL_MIB", 1024);
     let inc_mib = env_u64("BENCH_INC_MIB", 1024);
     let empties = env_u64("BENCH_EMPTY", 1000);
     let prune_children = env_u64("BENCH_PRUNE_DATASETS", 100);
@@ -170,6 +187,7 @@ fn bench_storage() {
         vm: &vm,
         stored,
         syncoid,
+        ssh: env_u64("BENCH_SSH", 1) != 0,
     };
 
     let pools = format!(
@@ -181,6 +199,7 @@ fn bench_storage() {
 [storage.datasets."dst/stored"]
 [storage.datasets."dst/local"]
 [storage.datasets."dst/ssh"]
+[storage.datasets."dst/strace"]
 "#,
         zpool::pool("src", "single", &disks[..1]),
         zpool::pool("dst", "single", &disks[1..]),
@@ -218,8 +237,10 @@ struct Round {
     tls: f64,
     /// stored's local transport, pool to pool.
     local: f64,
+    /// The part of `local` inside run_job (its `seconds=`).
+    local_job: Option<f64>,
     /// `zfs send | ssh root@127.0.0.1 zfs recv`.
-    ssh: f64,
+    ssh: Option<f64>,
 }
 
 struct Replication {
@@ -235,12 +256,13 @@ impl Round {
             None => format!("{s:.2} s"),
         };
         format!(
-            "{what}: raw {}, syncoid {}, stored local {}, stored tls {}, ssh {}",
+            "{what}: raw {}, syncoid {}, stored local {} (run_job {}), stored tls {}, ssh {}",
             t(self.raw),
             self.syncoid.map_or("n/a".into(), t),
             t(self.local),
+            self.local_job.map_or("n/a".into(), |s| format!("{s:.2} s")),
             t(self.tls),
-            t(self.ssh)
+            self.ssh.map_or("n/a".into(), t)
         )
     }
 }
@@ -278,14 +300,13 @@ impl Replication {
             "bench: incremental_tls_vs_raw = {} ratio",
             ratio(inc.raw, inc.tls)
         );
-        println!(
-            "bench: full_send_tls_vs_ssh = {} ratio",
-            ratio(full.ssh, full.tls)
-        );
-        println!(
-            "bench: incremental_tls_vs_ssh = {} ratio",
-            ratio(inc.ssh, inc.tls)
-        );
+        if let (Some(f), Some(i)) = (full.ssh, inc.ssh) {
+            println!("bench: full_send_tls_vs_ssh = {} ratio", ratio(f, full.tls));
+            println!(
+                "bench: incremental_tls_vs_ssh = {} ratio",
+                ratio(i, inc.tls)
+            );
+        }
         // Ratios of times (below 1 = stored is faster). The figure is named by the count it
         // was measured with, so that a shortened run (`--empty 200`) is not mistaken for
         // the issue's 1000. syncoid replicates pool to pool here, as the local job does.
@@ -368,6 +389,11 @@ identity_file = "/data/bench-repl/sender.pem"
 transport = "local"
 target_dataset = "dst/local"
 datasets = ["src/data"]
+
+[replication.bench-strace]
+transport = "local"
+target_dataset = "dst/strace"
+datasets = ["src/data"]
 "#,
             receiver_fp.trim()
         ),
@@ -399,6 +425,9 @@ datasets = ["src/data"]
         &job,
     );
     b.check("inc");
+    if let Some(dir) = std::env::var_os("BENCH_STRACE_DIR") {
+        strace_local(b, std::path::Path::new(&dir), &job);
+    }
 
     // Empty incrementals: nothing changes between them.
     vm.sh(&format!(
@@ -412,6 +441,35 @@ datasets = ["src/data"]
     );
     b.check(&last);
     Replication { full, inc, empty }
+}
+
+/// The local transport once more, full and incremental into dst/strace, under `strace -f
+/// -c` (the host's strace and its libraries, copied from `dir`): which system calls the
+/// streams make (splice, not read and write) and how many processes a run spawns. Not
+/// one of the timed rounds: strace slows what it watches.
+fn strace_local(b: &Bench<'_>, dir: &std::path::Path, job: &str) {
+    let vm = b.vm;
+    vm.sh("mkdir -p /tmp/strace");
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        vm.copy_in(&p, &format!("/tmp/strace/{name}"));
+    }
+    b.timed(
+        "full and incremental, stored local under strace",
+        &format!(
+            "LD_LIBRARY_PATH=/tmp/strace /tmp/strace/strace -f -c -o /tmp/strace.txt \
+             {} replicate bench-strace --config {job}",
+            b.stored
+        ),
+    );
+    eprintln!(
+        "strace -f -c of `stored replicate bench-strace` (full then incremental) and its \
+         children:\n{}\n{}",
+        vm.sh("grep -a 'replication phases\\|^replicated ' /tmp/bench.out || true")
+            .trim_end(),
+        vm.sh("head -n 40 /tmp/strace.txt").trim_end()
+    );
 }
 
 /// One way of pruning a tree, its seconds and the txgs the pool went through meanwhile.

@@ -22,6 +22,32 @@ const SYNCOID_DEBS: &[&str] = &[
     "libperl5.36",
 ];
 
+/// The host's strace and the shared libraries it loads, copied into `dir` for the guest,
+/// which lacks it (both are Debian 12): the bench runs stored's local transport under
+/// `strace -f -c` once, to show which system calls carry the stream.
+fn strace_kit(dir: &std::path::Path) -> Result<std::path::PathBuf, Failure> {
+    ensure_debian_packages(&["strace"])?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ldd = std::process::Command::new("ldd")
+        .arg("/usr/bin/strace")
+        .output()
+        .context("running ldd on /usr/bin/strace")?;
+    let libs = String::from_utf8_lossy(&ldd.stdout);
+    let files = libs
+        .lines()
+        .filter_map(|l| l.split_once("=> ").map(|(_, r)| r))
+        .filter_map(|r| r.split_whitespace().next())
+        .filter(|p| p.starts_with('/') && !p.contains("/libc.so"));
+    for f in std::iter::once("/usr/bin/strace").chain(files) {
+        let src = std::path::Path::new(f);
+        let Some(name) = src.file_name() else {
+            continue;
+        };
+        std::fs::copy(src, dir.join(name)).with_context(|| format!("copying {f}"))?;
+    }
+    Ok(dir.to_path_buf())
+}
+
 pub(super) fn run_bench(opts: &[String]) -> Result<(), Failure> {
     let mut env: Vec<(&str, String)> = Vec::new();
     let mut it = opts.iter();
@@ -31,6 +57,10 @@ pub(super) fn run_bench(opts: &[String]) -> Result<(), Failure> {
                 Some(v @ ("prune" | "replication")) => env.push(("BENCH_ONLY", v.to_owned())),
                 _ => return usage("--only needs `prune` or `replication`".to_owned()),
             }
+            continue;
+        }
+        if a == "--no-ssh" {
+            env.push(("BENCH_SSH", "0".to_owned()));
             continue;
         }
         let var = match a.as_str() {
@@ -75,6 +105,13 @@ pub(super) fn run_bench(opts: &[String]) -> Result<(), Failure> {
             root.join("target").join("release").join("stored")
         }
     };
+    let strace = strace_kit(
+        &root
+            .join("target")
+            .join("bench")
+            .join("storage")
+            .join("strace"),
+    )?;
     let mut cmd = cargo(&root);
     cmd.args([
         "test",
@@ -92,7 +129,8 @@ pub(super) fn run_bench(opts: &[String]) -> Result<(), Failure> {
         "--nocapture",
     ])
     .env("STORED_BIN", &stored)
-    .env("SYNCOID_DEBS", &debs);
+    .env("SYNCOID_DEBS", &debs)
+    .env("BENCH_STRACE_DIR", &strace);
     for (k, v) in env {
         cmd.env(k, v);
     }

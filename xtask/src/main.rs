@@ -56,9 +56,9 @@ Commands:
                           and a one-forward change, in fresh network namespaces (root);
                           config and rulesets in target/bench/net/ (default 5 reps); then
                           1000 WireGuard peers applied by netd in a VM
-  bench storage [--full-mib N] [--inc-mib N] [--empty N] [--only prune|replication]
+  bench storage [--full-mib N] [--inc-mib N] [--empty N] [--no-ssh] [--only prune|replication]
                           in one VM boot: raw zfs send|recv, syncoid and stored on a full
-                          send (512 MiB), an incremental (1024 MiB) and 1000 empty
+                          send (1024 MiB), an incremental (1024 MiB) and 1000 empty
                           incrementals, and stored's prune of ~10k snapshots
   help                    this text
 
