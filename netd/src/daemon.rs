@@ -20,7 +20,7 @@
 //! empty (reported as generation 0), and only then tells systemd it is ready: the box
 //! routes and filters before `appliance-healthy.target`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -80,17 +80,24 @@ pub struct Stack<N: Netlink, F: Nft, W: WgKernel> {
     /// Where generated WireGuard private keys are kept.
     pub wireguard_dir: PathBuf,
     pub services: Box<dyn Services>,
-    /// Whether a config applied by this netd had a tunnel. Until then WireGuard is left
-    /// alone, so tunnels made by hand (`netd wg apply`) survive a config without
-    /// `[wireguard]`; from then on, a config without tunnels removes netd's.
-    wireguard_managed: bool,
+    /// The tunnels of the config in force (netd's by an apply that committed, here or,
+    /// through the record, in a netd before a restart): a config without one of them
+    /// removes it. Any other tunnel, made by hand with `netd wg apply` (which gives it
+    /// netd's alias too), is left alone unless a config names it.
+    wireguard_owned: BTreeSet<String>,
+    /// Where the record of the last apply is kept ([`crate::applied`]); `None`: nowhere.
+    record: Option<PathBuf>,
+    /// The config of the record, until this netd commits an apply of its own: the
+    /// previous config of the first plan (static addresses on links now DHCP go).
+    restored: Option<Config>,
 }
 
 impl<N: Netlink, F: Nft, W: WgKernel> std::fmt::Debug for Stack<N, F, W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Stack")
             .field("wireguard_dir", &self.wireguard_dir)
-            .field("wireguard_managed", &self.wireguard_managed)
+            .field("wireguard_owned", &self.wireguard_owned)
+            .field("record", &self.record)
             .finish_non_exhaustive()
     }
 }
@@ -109,8 +116,29 @@ impl<N: Netlink, F: Nft, W: WgKernel> Stack<N, F, W> {
             wireguard,
             wireguard_dir,
             services,
-            wireguard_managed: false,
+            wireguard_owned: BTreeSet::new(),
+            record: None,
+            restored: None,
         }
+    }
+
+    /// Keeps the record of each apply at `path` and starts from the one there: what an
+    /// earlier netd applied is known (read only until an apply commits; `netd check`
+    /// never writes it).
+    pub fn with_record(mut self, path: PathBuf) -> Self {
+        if let Some(applied) = crate::applied::load(&path) {
+            tracing::info!(generation = applied.generation, path = %path.display(), "the record of the last apply read");
+            self.wireguard_owned = crate::applied::tunnels(&applied.config);
+            self.restored = Some(applied.config);
+        }
+        self.record = Some(path);
+        self
+    }
+
+    /// Whether WireGuard is netd's to plan for `cfg`: the config has a tunnel, or a
+    /// tunnel netd applied may have to go.
+    fn wireguard_in_play(&self, cfg: &Config) -> bool {
+        !self.wireguard_owned.is_empty() || !cfg.wireguard.is_empty()
     }
 
     /// The endpoint names a WireGuard plan of `cfg` would look up now: those of peers due
@@ -118,7 +146,7 @@ impl<N: Netlink, F: Nft, W: WgKernel> Stack<N, F, W> {
     /// roamed to. Reads the kernel only (quick): the daemon calls it under its lock, then
     /// looks the names up without it.
     fn wireguard_names(&mut self, cfg: &Config) -> Vec<wg::EndpointName> {
-        if !self.wireguard_managed && cfg.wireguard.is_empty() {
+        if !self.wireguard_in_play(cfg) {
             return Vec::new();
         }
         // Unreadable, the plan itself reports it.
@@ -143,14 +171,20 @@ impl<N: Netlink, F: Nft, W: WgKernel> Stack<N, F, W> {
         write_keys: bool,
         resolver: &dyn Resolve,
     ) -> Result<Option<Vec<wg::Action>>, String> {
-        if !self.wireguard_managed && cfg.wireguard.is_empty() {
+        if !self.wireguard_in_play(cfg) {
             return Ok(None);
         }
-        let observed = self
+        let mut observed = self
             .wireguard
             .kernel
             .observe()
             .map_err(|e| format!("cannot read the WireGuard state: {e}"))?;
+        // Tunnels neither in the config nor applied by netd are someone else's: not
+        // planned, not shown, not removed.
+        let wanted = crate::applied::tunnels(cfg);
+        observed
+            .devices
+            .retain(|d| wanted.contains(&d.name) || self.wireguard_owned.contains(&d.name));
         let now = SystemTime::now();
         let due = |ifname: &str, key: &PublicKey| {
             observed
@@ -178,7 +212,7 @@ impl<N: Netlink, F: Nft, W: WgKernel> Stack<N, F, W> {
     ) -> Result<Vec<String>, ApiError> {
         let links = self
             .links
-            .plan_after(cfg, previous)
+            .plan_after(cfg, previous.or(self.restored.as_ref()))
             .map_err(|e| ApiError::Invalid(format!("links: {e}")))?;
         let mut actions: Vec<String> = links
             .actions
@@ -242,7 +276,7 @@ impl<N: Netlink, F: Nft, W: WgKernel> Stack<N, F, W> {
         // Everything that can be refused before the kernel is touched.
         let links = self
             .links
-            .plan_after(cfg, previous.map(|(_, c)| c))
+            .plan_after(cfg, previous.map(|(_, c)| c).or(self.restored.as_ref()))
             .map_err(|e| refused("links", &e))?;
         let ruleset = render(cfg);
         let tunnels = self
@@ -280,7 +314,6 @@ impl<N: Netlink, F: Nft, W: WgKernel> Stack<N, F, W> {
 
         // WireGuard becomes netd's only when the whole transaction holds: undone, its
         // tunnels are gone and hand-made ones must stay safe from the next generation.
-        let manages_wireguard = tunnels.is_some() && !cfg.wireguard.is_empty();
         if let Some(steps) = tunnels
             && !steps.is_empty()
         {
@@ -302,8 +335,14 @@ impl<N: Netlink, F: Nft, W: WgKernel> Stack<N, F, W> {
                 Err(e) => return Err(self.abort(generation, s.name(), &e, done, previous)),
             }
         }
-        if manages_wireguard {
-            self.wireguard_managed = true;
+        self.wireguard_owned = crate::applied::tunnels(cfg);
+        self.restored = None;
+        if let Some(path) = &self.record
+            && previous.is_none_or(|(n, c)| n != generation || c != cfg)
+            && let Err(e) = crate::applied::store(path, generation, cfg)
+        {
+            // The kernel holds the generation; only a later restart would miss the record.
+            tracing::error!("{e}");
         }
         tracing::info!(generation, steps = actions.len(), "generation applied");
         Ok(PlanReply {
@@ -1083,7 +1122,7 @@ mod tests {
         rig.services.state.lock().unwrap().fail = Some(Service::Dhcp);
         let (step, _) = rig.failed(n);
         assert_eq!(step, "dhcp server");
-        assert!(!rig.daemon.inner().stack.wireguard_managed);
+        assert!(rig.daemon.inner().stack.wireguard_owned.is_empty());
         // A tunnel made by hand (`netd wg apply`) survives the next generation without
         // [wireguard]: WireGuard never became netd's.
         rig.services.state.lock().unwrap().fail = None;
@@ -1401,6 +1440,118 @@ mod tests {
         (stack, services)
     }
 
+    fn hand_made_tunnel(name: &str) -> wg::ObservedDevice {
+        wg::ObservedDevice {
+            name: name.into(),
+            mtu: 1420,
+            up: true,
+            addresses: Vec::new(),
+            private_key: None,
+            public_key: None,
+            listen_port: 51821,
+            peers: Vec::new(),
+        }
+    }
+
+    fn kernel_addresses(stack: &mut Stack<FakeNetlink, FakeNft, FakeWg>) -> String {
+        format!(
+            "{:?}",
+            stack.links.netlink_mut().observe().unwrap().addresses
+        )
+    }
+
+    #[test]
+    fn a_restarted_netd_removes_the_static_address_of_the_generation_in_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join("applied.json");
+        let nics = [("nic0", [2, 0, 0, 0, 0, 1])];
+        let wan = "version = 1\n[interfaces.wan]\ndevice = \"nic0\"\n";
+        let fixed =
+            appliance::load_str(&format!("{wan}addresses = [\"203.0.113.2/24\"]\n")).unwrap();
+        let dhcp = appliance::load_str(&format!("{wan}ipv4 = \"dhcp\"\n")).unwrap();
+        let (first, _) = fake_stack(&nics, dir.path());
+        let mut first = first.with_record(record.clone());
+        first.apply(1, &fixed, None, &SystemResolver).unwrap();
+        assert!(kernel_addresses(&mut first).contains("203.0.113.2"));
+        assert_eq!(crate::applied::load(&record).unwrap().generation, 1);
+
+        // netd restarts on the same kernel; the active generation is the DHCP one. Without
+        // the record the static address stays (the DHCP client owns the link's IPv4).
+        let kernel = first.links.netlink_mut().clone();
+        for with_record in [false, true] {
+            let (mut second, _) = fake_stack(&nics, dir.path());
+            *second.links.netlink_mut() = kernel.clone();
+            if with_record {
+                second = second.with_record(record.clone());
+            }
+            let plan = second.plan(&dhcp, None, &SystemResolver).unwrap();
+            let reply = second.apply(2, &dhcp, None, &SystemResolver).unwrap();
+            let left = kernel_addresses(&mut second);
+            assert_eq!(left.contains("203.0.113.2"), !with_record, "{left}");
+            assert_eq!(
+                plan.iter()
+                    .any(|a| a.contains("ip addr del 203.0.113.2/24 dev wan")),
+                with_record,
+                "{plan:?}"
+            );
+            assert_eq!(reply.actions.len(), plan.len(), "{reply:?}");
+        }
+        let applied = crate::applied::load(&record).unwrap();
+        assert_eq!((applied.generation, &applied.config), (2, &dhcp));
+    }
+
+    #[test]
+    fn hand_made_tunnels_are_neither_planned_nor_removed_and_netds_go_also_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join("applied.json");
+        let nics = [("nic1", [2, 0, 0, 0, 0, 1])];
+        let base = appliance::load_str(BASE).unwrap();
+        let tunnel = appliance::load_str(&format!("{BASE}{TUNNEL}")).unwrap();
+        let (stack, _) = fake_stack(&nics, dir.path());
+        let mut stack = stack.with_record(record.clone());
+        // wg9 was made with `netd wg apply`: netd's alias, but no config of netd serve's.
+        stack
+            .wireguard
+            .kernel
+            .state
+            .devices
+            .push(hand_made_tunnel("wg9"));
+        let names = |s: &Stack<FakeNetlink, FakeNft, FakeWg>| -> Vec<String> {
+            s.wireguard
+                .kernel
+                .state
+                .devices
+                .iter()
+                .map(|d| d.name.clone())
+                .collect()
+        };
+
+        let plan = stack.plan(&base, None, &SystemResolver).unwrap();
+        assert!(!plan.iter().any(|a| a.starts_with("wireguard")), "{plan:?}");
+        let plan = stack.plan(&tunnel, None, &SystemResolver).unwrap();
+        assert!(plan.iter().any(|a| a.contains("wg0")), "{plan:?}");
+        assert!(!plan.iter().any(|a| a.contains("wg9")), "{plan:?}");
+        stack.apply(1, &tunnel, None, &SystemResolver).unwrap();
+        assert_eq!(names(&stack), ["wg9", "wg0"]);
+
+        // A restarted netd (and `netd check`, which builds the same stack) knows wg0 from
+        // the record: a config without tunnels removes it and only it.
+        let (mut check, _) = fake_stack(&nics, dir.path());
+        *check.links.netlink_mut() = stack.links.netlink_mut().clone();
+        check.firewall = Firewall::new(stack.firewall.nft_mut().clone());
+        check.wireguard.kernel = stack.wireguard.kernel.clone();
+        let mut check = check.with_record(record.clone());
+        let plan = check.plan(&base, None, &SystemResolver).unwrap();
+        let wg: Vec<&String> = plan.iter().filter(|a| a.starts_with("wireguard")).collect();
+        assert_eq!(wg.len(), 1, "{plan:?}");
+        assert!(wg[0].contains("wg0"), "{plan:?}");
+        check.apply(2, &base, None, &SystemResolver).unwrap();
+        assert_eq!(names(&check), ["wg9"]);
+        // And the next config without tunnels plans no WireGuard step at all.
+        let plan = check.plan(&base, Some(&base), &SystemResolver).unwrap();
+        assert!(plan.is_empty(), "{plan:?}");
+    }
+
     /// A daemon on fakes with the built-in default's cards, eth0 and eth1.
     fn on_default_nics(store: Store, dir: &std::path::Path) -> (Arc<Fake>, FakeServices) {
         let (stack, services) = fake_stack(
@@ -1522,7 +1673,8 @@ pub mod cli {
         /// Where config generations are kept.
         #[arg(long, env = "APPLIANCE_CONFIG_DIR", default_value = appliance::store::DEFAULT_DIR)]
         pub data_dir: PathBuf,
-        /// The firewall's record of its last apply.
+        /// The firewall's record of its last apply; netd's record of the last apply,
+        /// applied.json, is kept beside it.
         #[arg(long, default_value = super::DEFAULT_FIREWALL_STATE)]
         firewall_state: PathBuf,
         /// The DHCP server's leases.json and the WAN client's wan-<link>.json.
@@ -1543,7 +1695,8 @@ pub mod cli {
         #[arg(long)]
         config: PathBuf,
         /// The firewall's record of its last apply (read only): with it the plan says
-        /// what changes in place rather than "replace the table".
+        /// what changes in place rather than "replace the table". serve's applied.json
+        /// beside it (also read only) says which tunnels and static addresses are netd's.
         #[arg(long, default_value = super::DEFAULT_FIREWALL_STATE)]
         firewall_state: PathBuf,
         /// The DHCP server's state directory (its leases.json is read, not written).
@@ -1569,6 +1722,7 @@ pub mod cli {
         wireguard_dir: PathBuf,
         paths: Paths,
     ) -> Result<Stack<Rtnetlink, NftCli, KernelWg>, String> {
+        let record = crate::applied::path_beside(firewall_state);
         let links = Links::new(Rtnetlink::new().map_err(|e| format!("netlink: {e}"))?);
         let firewall = Firewall::with_state_file(NftCli::new(), firewall_state);
         let wireguard = Wireguard::new(KernelWg::new().map_err(|e| format!("netlink: {e}"))?);
@@ -1578,7 +1732,8 @@ pub mod cli {
             wireguard,
             wireguard_dir,
             Box::new(ThreadServices::new(paths)),
-        ))
+        )
+        .with_record(record))
     }
 
     /// Renders `--config`, plans it against the running kernel and dry-runs the table with
@@ -1601,8 +1756,6 @@ pub mod cli {
                 return ExitCode::from(1);
             }
         };
-        // A tunnel netd runs stays netd's in the plan: removing one is part of it.
-        stack.wireguard_managed = true;
         match stack.plan(&cfg, None, &SystemResolver) {
             Ok(actions) => {
                 for a in &actions {

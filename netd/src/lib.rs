@@ -5,6 +5,7 @@
 //! and `netd serve` ([`daemon`]), which applies each generation as one transaction over
 //! them and the services it runs ([`services`]).
 
+pub mod applied;
 pub mod cli;
 pub mod command;
 pub mod daemon;

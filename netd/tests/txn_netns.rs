@@ -21,6 +21,8 @@
 //!   with a realistic router config; the figure is printed, not asserted.
 //! - `netd check` plans and dry-runs a config without changing anything (`nft monitor`
 //!   and `ip monitor` stay silent) and reports a table nft refuses, exit 2.
+//! - netd restarted onto a generation with the WAN by DHCP still removes the static WAN
+//!   address the generation before it set (from its record of the last apply).
 //! - A second full apply of the config in force (as a new generation and as the same one)
 //!   plans nothing, and `nft monitor` and `ip monitor all`, watching together, hear
 //!   nothing.
@@ -184,7 +186,17 @@ impl Lab {
         let store = appliance::store::Store::open(self.path("config")).unwrap();
         let n = store.commit(first, "first").unwrap();
         store.activate(n).unwrap();
-        let log = std::fs::File::create(self.path("netd.log")).unwrap();
+        self.spawn(n);
+    }
+
+    /// Starts `netd serve`, which applies the active generation, `n`.
+    fn spawn(&mut self, n: u64) {
+        let _ = std::fs::remove_file(&self.socket);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("netd.log"))
+            .unwrap();
         let child = common::netd_serve(&self.router, self.dir.path(), &self.socket)
             .stderr(log)
             .spawn()
@@ -193,6 +205,18 @@ impl Lab {
         common::wait_for_socket(&self.socket);
         let s = common::status(&self.socket);
         assert_eq!(s["generation"], n, "{s:#}\n{}", self.log());
+    }
+
+    /// Stops `netd serve` with SIGTERM, as systemd does.
+    fn stop(&mut self) {
+        let mut netd = self._netd.take().unwrap();
+        common::run(&["kill", "-TERM", &netd.0.id().to_string()]);
+        let status = netd.0.wait().unwrap();
+        assert!(
+            status.success(),
+            "netd serve exited with {status}\n{}",
+            self.log()
+        );
     }
 
     fn log(&self) -> String {
@@ -510,4 +534,45 @@ fn a_second_apply_of_the_same_config_is_silent_in_nft_and_ip_monitor_at_once() {
     assert_eq!(lab.table(), table);
     assert_eq!(lab.addresses(), addresses);
     assert_eq!(common::status(&lab.socket)["generation"], 1);
+}
+
+/// netd applies a static WAN address, stops, and starts again on a generation that puts
+/// the WAN on DHCP (activated while it was down): the record of its last apply tells it
+/// that the static address was its own, and it goes.
+#[test]
+fn a_restarted_netd_still_removes_the_static_address_of_a_link_now_dhcp() {
+    let mut lab = Lab::new();
+    let fixed = router("192.168.1.199", "192.168.2.1/24", 3, false);
+    lab.start(&fixed);
+    assert!(
+        lab.addresses().contains(&"wan 203.0.113.2/24".to_owned()),
+        "{:?}",
+        lab.addresses()
+    );
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(lab.path("applied.json")).unwrap()).unwrap();
+    assert_eq!(record["generation"], 1, "{record:#}");
+    lab.stop();
+
+    let dynamic = fixed.replace(
+        "addresses = [\"203.0.113.2/24\"]\ngateway = \"203.0.113.1\"",
+        "ipv4 = \"dhcp\"",
+    );
+    assert_ne!(dynamic, fixed);
+    let n2 = lab.commit(&dynamic);
+    appliance::store::Store::open(lab.path("config"))
+        .unwrap()
+        .activate(n2)
+        .unwrap();
+    lab.spawn(n2);
+    let addresses = lab.addresses();
+    assert!(
+        !addresses.iter().any(|a| a.starts_with("wan ")),
+        "{addresses:?}\n{}",
+        lab.log()
+    );
+    assert!(addresses.contains(&"lan 192.168.1.1/24".to_owned()));
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(lab.path("applied.json")).unwrap()).unwrap();
+    assert_eq!(record["generation"], n2, "{record:#}");
 }
