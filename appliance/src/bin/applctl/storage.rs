@@ -236,6 +236,15 @@ fn render_status(v: &Value) -> String {
                 s(&j["runs_total"]),
                 s(&j["failures_total"]),
             ));
+            // Kept across restarts of stored: what an incremental continues from.
+            for r in list(&j["replicated"]) {
+                o.push_str(&format!(
+                    "    on the target: {}@{}  guid {}\n",
+                    s(&r["dataset"]),
+                    s(&r["snapshot"]),
+                    s(&r["guid"]),
+                ));
+            }
             if !j["last_error"].is_null() {
                 o.push_str(&format!("    last error: {}\n", s(&j["last_error"])));
             }
@@ -311,7 +320,9 @@ mod tests {
                 {"job": "offsite", "running": false, "last_success": "2026-11-26T06:00:00Z",
                  "last_error": null, "lag_seconds": 420, "bytes": 2_097_152,
                  "throughput_bytes_per_second": 1_048_576.0, "runs_total": 4,
-                 "failures_total": 1},
+                 "failures_total": 1,
+                 "replicated": [{"dataset": "tank/data", "snapshot": "stored_hourly_2026-11-26T06:00:00Z",
+                                 "guid": "9024837213386437283"}]},
                 {"job": "cold", "running": false, "last_success": null,
                  "last_error": "TLS with b:7410 failed", "lag_seconds": null, "bytes": 0,
                  "throughput_bytes_per_second": 0.0, "runs_total": 1, "failures_total": 1}
@@ -324,6 +335,10 @@ mod tests {
         );
         assert!(
             out.contains("offsite  ok  lag 420 s  last success 2026-11-26T06:00:00Z  last run 2.0 MiB at 1.0 MiB/s  runs 4  failures 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("    on the target: tank/data@stored_hourly_2026-11-26T06:00:00Z  guid 9024837213386437283"),
             "{out}"
         );
         assert!(out.contains("cold  FAILED  lag - s"), "{out}");
