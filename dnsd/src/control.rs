@@ -478,6 +478,7 @@ impl Daemon {
                 .set_policy(crate::cache::CacheConfig::from_dns(&cfg.dns));
             self.resolver
                 .set_rate_limit(crate::server::RateLimit::from_dns(&cfg.dns));
+            self.resolver.upstreams().set_config(&cfg.dns);
             st.cfg = Arc::new(cfg);
             crate::reclaim::later(std::mem::replace(&mut st.lists, lists.clone()));
             // The old refresher's lists are of the old config: from now on it is ignored.
@@ -623,15 +624,12 @@ impl Daemon {
     }
 }
 
-/// Settings that a reload cannot change in a running dnsd (its upstream clients and sized
-/// buffers are made at start, and DoT/DoH listeners are opened at start only). Plain DNS
-/// follows `dns.enabled`, `dns.listen`, `dns.port` and the LAN addresses at each apply.
+/// Settings that a reload cannot change in a running dnsd (its sized buffers are made at
+/// start, and DoT/DoH listeners are opened at start only). Plain DNS follows
+/// `dns.enabled`, `dns.listen`, `dns.port` and the LAN addresses at each apply.
 fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     let (o, n) = (&old.dns, &new.dns);
     let mut restart = Vec::new();
-    if o.upstreams != n.upstreams || o.forwarding != n.forwarding {
-        restart.push("dns.upstreams and dns.forwarding".to_owned());
-    }
     let encrypted = n.dot_port.is_some() || n.doh_port.is_some();
     if o.dot_port != n.dot_port
         || o.doh_port != n.doh_port

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use appliance::model::Dns;
 use appliance::types::{Host, Upstream, UpstreamKind};
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use hickory_net::runtime::TokioRuntimeProvider;
 use hickory_net::xfer::{DnsExchange, DnsHandle, FirstAnswer};
 use hickory_proto::op::{DnsRequest, DnsRequestOptions, Message, Query, ResponseCode};
@@ -206,12 +206,67 @@ struct Forward {
 /// The set of upstreams and the policy for choosing among them.
 #[derive(Debug)]
 pub struct Upstreams {
-    configured: Vec<Arc<Server>>,
-    forwards: Vec<Forward>,
+    /// `dns.upstreams` and `dns.forwarding`, replaced whole by an apply ([`Upstreams::set_config`]).
+    routes: ArcSwap<Routes>,
     dhcp: ArcSwap<Vec<Arc<Server>>>,
     epoch: Instant,
     try_timeout: Duration,
-    tls: Option<Arc<rustls::ClientConfig>>,
+    /// Made when a DoT or DoH upstream first appears (at start or by an apply).
+    tls: ArcSwapOption<rustls::ClientConfig>,
+}
+
+#[derive(Debug, Default)]
+struct Routes {
+    configured: Vec<Arc<Server>>,
+    forwards: Vec<Forward>,
+}
+
+impl Routes {
+    /// The routes of `dns`; a server already in `old` (same label: the upstream's whole
+    /// text form, port and TLS name included) is kept with its health and connection.
+    fn from_config(dns: &Dns, old: &Routes) -> Self {
+        let known = |u: &Upstream| {
+            let fresh = Server::from_config(u);
+            old.configured
+                .iter()
+                .chain(old.forwards.iter().flat_map(|f| f.servers.iter()))
+                .find(|s| s.label == fresh.label)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(fresh))
+        };
+        let mut forwards: Vec<Forward> = dns
+            .forwarding
+            .iter()
+            .filter_map(|f| {
+                let domain = fqdn(f.domain.as_str())?;
+                let servers = f.upstreams.iter().map(known).collect();
+                Some(Forward { domain, servers })
+            })
+            .collect();
+        // The most specific domain wins.
+        forwards.sort_by_key(|f| std::cmp::Reverse(f.domain.num_labels()));
+        Self {
+            configured: dns.upstreams.iter().map(known).collect(),
+            forwards,
+        }
+    }
+}
+
+fn needs_tls(dns: &Dns) -> bool {
+    dns.upstreams
+        .iter()
+        .chain(dns.forwarding.iter().flat_map(|f| f.upstreams.iter()))
+        .any(|u| u.kind != UpstreamKind::Plain)
+}
+
+fn client_tls() -> Option<Arc<rustls::ClientConfig>> {
+    match hickory_net::tls::client_config() {
+        Ok(c) => Some(Arc::new(c)),
+        Err(e) => {
+            tracing::error!(error = %e, "no TLS client configuration; DoT and DoH upstreams will fail");
+            None
+        }
+    }
 }
 
 /// A forwarded answer.
@@ -225,55 +280,29 @@ pub struct Forwarded {
 
 impl Upstreams {
     pub fn from_config(dns: &Dns) -> Self {
-        let mut forwards: Vec<Forward> = dns
-            .forwarding
-            .iter()
-            .filter_map(|f| {
-                let domain = fqdn(f.domain.as_str())?;
-                let servers = f
-                    .upstreams
-                    .iter()
-                    .map(|u| Arc::new(Server::from_config(u)))
-                    .collect();
-                Some(Forward { domain, servers })
-            })
-            .collect();
-        // The most specific domain wins.
-        forwards.sort_by_key(|f| std::cmp::Reverse(f.domain.num_labels()));
-        let needs_tls = dns
-            .upstreams
-            .iter()
-            .chain(dns.forwarding.iter().flat_map(|f| f.upstreams.iter()))
-            .any(|u| u.kind != UpstreamKind::Plain);
-        let tls = if needs_tls {
-            match hickory_net::tls::client_config() {
-                Ok(c) => Some(Arc::new(c)),
-                Err(e) => {
-                    tracing::error!(error = %e, "no TLS client configuration; DoT and DoH upstreams will fail");
-                    None
-                }
-            }
-        } else {
-            None
-        };
         Self {
-            configured: dns
-                .upstreams
-                .iter()
-                .map(|u| Arc::new(Server::from_config(u)))
-                .collect(),
-            forwards,
+            routes: ArcSwap::from_pointee(Routes::from_config(dns, &Routes::default())),
             dhcp: ArcSwap::from_pointee(Vec::new()),
             epoch: Instant::now(),
             try_timeout: TRY_TIMEOUT,
-            tls,
+            tls: ArcSwapOption::new(if needs_tls(dns) { client_tls() } else { None }),
         }
+    }
+
+    /// Takes `dns.upstreams` and `dns.forwarding` of a new config for the next queries;
+    /// servers in both keep their health. Queries in flight finish with the old set.
+    pub fn set_config(&self, dns: &Dns) {
+        if needs_tls(dns) && self.tls.load().is_none() {
+            self.tls.store(client_tls());
+        }
+        let routes = Routes::from_config(dns, &self.routes.load());
+        self.routes.store(Arc::new(routes));
     }
 
     /// TLS settings for DoT and DoH upstreams, replacing the built-in web PKI roots (a
     /// private CA, or tests).
-    pub fn with_tls_config(mut self, tls: Arc<rustls::ClientConfig>) -> Self {
-        self.tls = Some(tls);
+    pub fn with_tls_config(self, tls: Arc<rustls::ClientConfig>) -> Self {
+        self.tls.store(Some(tls));
         self
     }
 
@@ -312,22 +341,29 @@ impl Upstreams {
 
     /// Every upstream, for statistics.
     pub fn servers(&self) -> Vec<Arc<Server>> {
-        let mut all: Vec<Arc<Server>> = self.configured.clone();
-        all.extend(self.forwards.iter().flat_map(|f| f.servers.iter().cloned()));
+        let routes = self.routes.load();
+        let mut all: Vec<Arc<Server>> = routes.configured.clone();
+        all.extend(
+            routes
+                .forwards
+                .iter()
+                .flat_map(|f| f.servers.iter().cloned()),
+        );
         all.extend(self.dhcp.load().iter().cloned());
         all
     }
 
     /// The servers to try for `qname`, best first.
     fn candidates(&self, qname: &Name) -> Vec<Arc<Server>> {
-        if let Some(f) = self.forwards.iter().find(|f| f.domain.zone_of(qname)) {
+        let routes = self.routes.load();
+        if let Some(f) = routes.forwards.iter().find(|f| f.domain.zone_of(qname)) {
             return self.ranked(&f.servers);
         }
         // Learned servers come after the configured ones that work, but before those
         // that fail, so that they take over once every configured one failed.
         let dhcp = self.dhcp.load();
         let (cfg_ok, cfg_failing): (Vec<_>, Vec<_>) = self
-            .ranked(&self.configured)
+            .ranked(&routes.configured)
             .into_iter()
             .partition(|s| !self.failing(s));
         let (dhcp_ok, dhcp_failing): (Vec<_>, Vec<_>) = self
@@ -469,8 +505,8 @@ impl Upstreams {
         let bytes = m
             .to_vec()
             .map_err(|e| UpstreamError::BadQuery(e.to_string()))?;
-        let dhcp = self.dhcp.load();
-        let plain: Vec<SocketAddr> = self
+        let (dhcp, routes) = (self.dhcp.load(), self.routes.load());
+        let plain: Vec<SocketAddr> = routes
             .configured
             .iter()
             .chain(dhcp.iter())
@@ -500,7 +536,7 @@ impl Upstreams {
 
     fn tls_config(&self, label: &str) -> Result<Arc<rustls::ClientConfig>, UpstreamError> {
         self.tls
-            .clone()
+            .load_full()
             .ok_or_else(|| UpstreamError::Unsupported(label.to_owned(), "TLS without roots"))
     }
 

@@ -323,3 +323,50 @@ async fn a_client_over_the_rate_limit_is_refused_and_another_is_not() {
         .unwrap();
     assert!(again.iter().all(|r| *r == NoError), "{again:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_upstreams_and_forwards_are_used_from_the_apply_on() {
+    // The upstreams: two dnsd servers of their own, each answering one local name.
+    let upstream = |name: &str, ip: &str| {
+        let text = format!(
+            "version = 1\n[dns]\nupstreams = [\"127.0.0.1:9\"]\n[[dns.records]]\nname = \"{name}\"\naddresses = [\"{ip}\"]\n"
+        );
+        let cfg = appliance::load_str(&text).unwrap();
+        let policy = Policy::build(&cfg, &Lists::new()).unwrap();
+        Arc::new(Resolver::new(&cfg, Arc::new(policy)))
+    };
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let public = Server::bind(upstream("www.example.org", "192.0.2.1"), vec![any])
+        .await
+        .unwrap();
+    let corp = Server::bind(upstream("intranet.corp.example", "10.1.2.3"), vec![any])
+        .await
+        .unwrap();
+    let (public, corp) = (public.addresses()[0], corp.addresses()[0]);
+
+    let port = port_free_everywhere();
+    let lan = addr("127.0.1.1", port);
+    let rig = start(&config(port, "127.0.2", "")).await;
+    let with = format!(
+        "{}[[dns.forwarding]]\ndomain = \"corp.example\"\nupstreams = [\"{corp}\"]\n",
+        config(port, "127.0.2", "").replace(
+            "upstreams = [\"127.0.0.1:9\"]",
+            &format!("upstreams = [\"{public}\"]"),
+        )
+    );
+    let actions = rig.apply(&with).await.unwrap();
+    assert!(
+        !actions.iter().any(|a| a.contains("restart")),
+        "{actions:?}"
+    );
+    let (www, intranet) = tokio::task::spawn_blocking(move || {
+        (
+            ask(lan, "www.example.org.", RecordType::A),
+            ask(lan, "intranet.corp.example.", RecordType::A),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(answers(&www), ["192.0.2.1"], "{www:?}");
+    assert_eq!(answers(&intranet), ["10.1.2.3"], "{intranet:?}");
+}
