@@ -11,7 +11,18 @@
 //!
 //! Each client gets a lease on its VLAN, reaches 198.51.100.7 (the "internet" has no
 //! route back to the VLANs: only masquerade brings the answer back), and cannot reach
-//! the other VLAN's client. The WAN NIC keeps the harness's SSH (its own zone, input
+//! the other VLAN's client.
+//!
+//! VLANs on a `vlan_filtering` bridge (the host kernel has no bridge VLAN filtering):
+//!
+//! ```text
+//!   cb ns:   eth0.10 192.168.110.2 ─┐ eth0 ──veth── brp ── br0 (vlan_filtering) ── br10 (id 10)
+//!   cb20 ns: v20     192.168.110.3 ─┘ (tagged 20, on cb's eth0)          192.168.110.1/24
+//! ```
+//!
+//! netd puts VLAN 10 on br0 itself and tagged on its port brp (`bridge vlan`): the client
+//! on VLAN 10 pings br10, the one on VLAN 20 of the same port does not get through, and
+//! `netd check` of the same config plans no link step. The WAN NIC keeps the harness's SSH (its own zone, input
 //! accepted). The same `netd serve` runs WireGuard (the host kernel has none): it makes
 //! the config's tunnel and key, and its endpoint watch looks a peer's DNS name up again
 //! while the peer has no handshake (`/etc/hosts` changed under it). Until the image's netd.service owns the NICs from an imported config, netd
@@ -48,6 +59,19 @@ parent = "trunk"
 id = 10
 addresses = ["192.168.10.1/24"]
 
+# A vlan_filtering bridge over a veth (made by the test) to the client namespace cb.
+[interfaces.brp]
+device = "brp"
+
+[bridges.br0]
+members = ["brp"]
+vlan_filtering = true
+
+[vlans.br10]
+parent = "br0"
+id = 10
+addresses = ["192.168.110.1/24"]
+
 [vlans.lan20]
 parent = "trunk"
 id = 20
@@ -73,7 +97,7 @@ forward = "drop"
 masquerade = true
 
 [firewall.zones.v10]
-interfaces = ["lan10"]
+interfaces = ["lan10", "br10"]
 input = "accept"
 forward = "drop"
 
@@ -153,7 +177,7 @@ fn vlan_trunk_clients_get_leases_reach_wan_masqueraded_and_not_each_other() {
     // netd releases the WAN's DHCP lease and its address, and with it the harness's SSH.
     vm.sh("systemctl mask --runtime netd.service; \
          systemctl kill --signal=SIGKILL netd.service; sleep 1; \
-         systemctl reset-failed netd.service; modprobe 8021q; modprobe wireguard");
+         systemctl reset-failed netd.service; modprobe 8021q; modprobe bridge; modprobe wireguard");
     // The peer's endpoint name, in a hosts file this test can change (the root is read-only).
     vm.sh(
         "cp /etc/hosts /tmp/hosts && echo '192.0.2.10 office.test' >> /tmp/hosts \
@@ -174,6 +198,18 @@ fn vlan_trunk_clients_get_leases_reach_wan_masqueraded_and_not_each_other() {
              ip -n {ns} link set eth0.{id} up"
         ));
     }
+
+    // The bridge's port: a veth to cb, whose eth0 carries VLAN 10 (cb's own) and VLAN 20
+    // (a sub-interface moved into cb20, a second client on the same port).
+    vm.sh(
+        "set -e; ip netns add cb; ip netns add cb20; ip -n cb link set lo up; \
+         ip link add brp type veth peer name eth0 netns cb; ip -n cb link set eth0 up; \
+         ip -n cb link add link eth0 name eth0.10 type vlan id 10; \
+         ip -n cb addr add 192.168.110.2/24 dev eth0.10; ip -n cb link set eth0.10 up; \
+         ip -n cb link add link eth0 name v20 type vlan id 20; ip -n cb link set v20 netns cb20; \
+         ip -n cb20 link set lo up; ip -n cb20 addr add 192.168.110.3/24 dev v20; \
+         ip -n cb20 link set v20 up",
+    );
 
     let host = vm.dir.join("vlan.toml");
     fs::write(&host, CONFIG).unwrap();
@@ -232,6 +268,8 @@ fn vlan_trunk_clients_get_leases_reach_wan_masqueraded_and_not_each_other() {
     let trunk = vm.sh("ip -4 -o addr show dev trunk");
     assert!(trunk.trim().is_empty(), "{trunk}");
 
+    bridge_vlans_pass_traffic(&vm, &netd);
+
     // WireGuard from netd serve: the tunnel, its key made on first use, the peer's
     // endpoint resolved from its name.
     let wg = vm.sh("ip -d link show wg0; stat -c %a /tmp/wireguard/wg0.key; wg show wg0 endpoints");
@@ -247,5 +285,78 @@ fn vlan_trunk_clients_get_leases_reach_wan_masqueraded_and_not_each_other() {
     vm.wait_until(
         "wg show wg0 endpoints | grep -q 192.0.2.20:51820",
         Duration::from_secs(90),
+    );
+}
+
+/// VLAN 10 on the `vlan_filtering` bridge br0: the tagged client reaches br10, a client on
+/// VLAN 20 of the same port does not, the kernel's VLAN table holds netd's entries, and a
+/// second plan of the same config has no link step.
+fn bridge_vlans_pass_traffic(vm: &Vm, netd: &str) {
+    let table = vm.sh("bridge -j vlan show");
+    let vlans: serde_json::Value = serde_json::from_str(&table).unwrap();
+    let vids = |link: &str| -> Vec<(u64, bool)> {
+        vlans
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["ifname"] == link)
+            .flat_map(|l| l["vlans"].as_array().cloned().unwrap_or_default())
+            .map(|v| {
+                let flags = v["flags"].to_string();
+                (
+                    v["vlan"].as_u64().unwrap(),
+                    flags.contains("PVID") || flags.contains("Untagged"),
+                )
+            })
+            .collect()
+    };
+    for link in ["br0", "brp"] {
+        let v = vids(link);
+        assert!(
+            v.contains(&(10, false)),
+            "{link}: VLAN 10 tagged missing: {table}"
+        );
+        assert!(
+            v.contains(&(1, true)),
+            "{link}: the PVID 1 entry went: {table}"
+        );
+        assert!(!v.iter().any(|(id, _)| *id == 20), "{link}: {table}");
+    }
+    let br = vm.sh("ip -d link show br0");
+    assert!(br.contains("vlan_filtering 1"), "{br}");
+
+    vm.in_netns("cb", "ping -c 2 -W 3 192.168.110.1");
+    let out = vm.try_in_netns("cb20", "ping -c 2 -W 2 192.168.110.1");
+    assert!(
+        !out.status.success(),
+        "VLAN 20 reached VLAN 10's address through br0: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // The same config again: no link step (the bridge VLANs are observed back).
+    let check = vm.sh(&format!(
+        "{netd} check --config /tmp/vlan.toml --firewall-state /tmp/netd-fw.json \
+         --dhcp-dir /tmp/dhcp --wireguard-dir /tmp/wireguard 2>&1"
+    ));
+    eprintln!("netd check:\n{check}");
+    assert!(
+        !check.contains("links:"),
+        "a second plan has link steps:\n{check}"
+    );
+
+    // The membership is what carries the traffic: without VLAN 10 on the port (the bug
+    // this guards against) the tagged client is cut off, and the plan puts it back.
+    vm.sh("bridge vlan del vid 10 dev brp");
+    let out = vm.try_in_netns("cb", "ping -c 2 -W 2 192.168.110.1");
+    assert!(!out.status.success(), "VLAN 10 passed without membership");
+    let check = vm.sh(&format!(
+        "{netd} check --config /tmp/vlan.toml --firewall-state /tmp/netd-fw.json \
+         --dhcp-dir /tmp/dhcp --wireguard-dir /tmp/wireguard 2>/dev/null"
+    ));
+    let links: Vec<&str> = check.lines().filter(|l| l.contains("links:")).collect();
+    assert_eq!(
+        links,
+        ["  links: bridge vlan add vid 10 dev brp"],
+        "{check}"
     );
 }
