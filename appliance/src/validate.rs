@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
-use regex::RegexSet;
+use regex::{RegexSet, RegexSetBuilder};
 
 use crate::diag::{ErrorKind, KeyPath};
 use crate::model::*;
@@ -385,6 +385,22 @@ impl<'a> Checker<'a> {
                     );
                 }
                 _ => {
+                    // The kernel gives every port of a filtering bridge VLAN 1 as its PVID
+                    // (untagged); a sub-interface tagged 1 would fight over that entry and
+                    // cut off the bridge's untagged clients.
+                    if v.id.get() == 1
+                        && cfg.bridges.get(&v.parent).is_some_and(|b| b.vlan_filtering)
+                    {
+                        self.push(
+                            ErrorKind::Conflict,
+                            path.clone().key("id"),
+                            format!(
+                                "VLAN 1 on {} is the bridge's untagged default VLAN while vlan_filtering is on",
+                                v.parent
+                            ),
+                            "give this VLAN another id (2-4094): the untagged clients of the bridge use VLAN 1",
+                        );
+                    }
                     let parent_mtu = cfg
                         .interfaces
                         .get(&v.parent)
@@ -1071,8 +1087,10 @@ impl<'a> Checker<'a> {
     }
 
     /// Compiles the `/regex/` entries of one allow or deny array as dnsd does (one
-    /// `RegexSet` per array, the regex crate's defaults: unanchored, case-sensitive, its
-    /// default size limits), so that validate refuses exactly what would stop dnsd.
+    /// `RegexSet` per array, unanchored, the regex crate's default size limits), and
+    /// case-insensitively: dnsd matches lowercase names and its lists' regexes are compiled
+    /// so; a case-insensitive set is never smaller than the same set case-sensitive, so what
+    /// passes here compiles in dnsd either way.
     fn dns_regexes(&mut self, path: KeyPath, patterns: &[DomainPattern]) {
         let regexes: Vec<(usize, &str)> = patterns
             .iter()
@@ -1082,12 +1100,12 @@ impl<'a> Checker<'a> {
                 _ => None,
             })
             .collect();
-        if regexes.is_empty() || RegexSet::new(regexes.iter().map(|(_, r)| *r)).is_ok() {
+        if regexes.is_empty() || dnsd_regex_set(regexes.iter().map(|(_, r)| *r)).is_ok() {
             return;
         }
         let mut found = false;
         for (n, r) in &regexes {
-            if let Err(e) = RegexSet::new([*r]) {
+            if let Err(e) = dnsd_regex_set([*r]) {
                 found = true;
                 self.push(
                     ErrorKind::InvalidValue,
@@ -1491,6 +1509,13 @@ impl NetOrBcast for Cidr {
     }
 }
 
+/// A set of regexes compiled as dnsd compiles its own (see `dns_regexes`).
+pub(crate) fn dnsd_regex_set<'r>(
+    regexes: impl IntoIterator<Item = &'r str>,
+) -> Result<RegexSet, regex::Error> {
+    RegexSetBuilder::new(regexes).case_insensitive(true).build()
+}
+
 /// The regex crate's message on one line: its syntax errors draw a caret under the
 /// pattern over several lines, which a one-line diagnostic cannot show.
 fn regex_error(e: &regex::Error) -> String {
@@ -1541,7 +1566,7 @@ mod tests {
     fn regexes_that_fit_alone_but_not_together_are_refused_on_the_array() {
         // Each is under the regex crate's default size limit; dnsd compiles them as one set.
         let big = "/[a-z]{300}{100}/";
-        assert!(regex::RegexSet::new(["[a-z]{300}{100}"]).is_ok());
+        assert!(super::dnsd_regex_set(["[a-z]{300}{100}"]).is_ok());
         let deny: Vec<String> = (0..8).map(|_| format!("\"{big}\"")).collect();
         let found = issues(&format!(
             "version = 1\n[dns]\ndeny = [{}]\n",
@@ -1550,7 +1575,7 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].0, "dns.deny");
         assert!(
-            regex::RegexSet::new((0..8).map(|_| "[a-z]{300}{100}")).is_err(),
+            super::dnsd_regex_set((0..8).map(|_| "[a-z]{300}{100}")).is_err(),
             "the set must really be too big for this test to mean anything"
         );
     }
