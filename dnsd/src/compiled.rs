@@ -4,7 +4,7 @@
 use std::io::Write as _;
 use std::path::Path;
 
-use regex::RegexSet;
+use regex::{RegexSet, RegexSetBuilder};
 use sha2::{Digest, Sha256};
 
 use crate::lists::{ParseStats, ParsedList};
@@ -57,7 +57,9 @@ pub struct CompiledList {
     /// Exceptions: never blocked, with their subdomains.
     pub allow: DomainSet,
     regex_src: Vec<String>,
-    regex: Option<RegexSet>,
+    /// The regexes in as few sets as fit the regex crate's size limit, each with the index
+    /// of its first regex in `regex_src`.
+    regex: Vec<(usize, RegexSet)>,
     pub stats: ParseStats,
 }
 
@@ -101,6 +103,48 @@ impl std::fmt::Display for Rule {
     }
 }
 
+/// Compiles `src` into sets that each fit the regex crate's size limit, halving a set that
+/// does not fit; a regex that fails on its own (too big, or an engine difference the
+/// parser's check missed) is left out and counted: junk is counted, never fatal. Names
+/// are matched lowercase, so the regexes are compiled case-insensitively (`/^Ads\./`).
+pub(crate) fn regex_sets(src: Vec<String>) -> (Vec<String>, Vec<(usize, RegexSet)>, u64) {
+    fn split(
+        src: &[String],
+        kept: &mut Vec<String>,
+        sets: &mut Vec<(usize, RegexSet)>,
+        skipped: &mut u64,
+    ) {
+        if src.is_empty() {
+            return;
+        }
+        match regex_set(src) {
+            Ok(set) => {
+                sets.push((kept.len(), set));
+                kept.extend_from_slice(src);
+            }
+            Err(e) => match src {
+                [one] => {
+                    tracing::warn!(regex = %one, error = %e, "regex left out");
+                    *skipped += 1;
+                }
+                _ => {
+                    let (a, b) = src.split_at(src.len() / 2);
+                    split(a, kept, sets, skipped);
+                    split(b, kept, sets, skipped);
+                }
+            },
+        }
+    }
+    let (mut kept, mut sets, mut skipped) = (Vec::new(), Vec::new(), 0);
+    split(&src, &mut kept, &mut sets, &mut skipped);
+    (kept, sets, skipped)
+}
+
+/// One case-insensitive set, as the policy's own regexes are compiled too.
+pub(crate) fn regex_set(src: &[String]) -> Result<RegexSet, regex::Error> {
+    RegexSetBuilder::new(src).case_insensitive(true).build()
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -114,16 +158,13 @@ impl CompiledList {
         ] {
             set.shrink_to_fit();
         }
-        let regex = if parsed.regex.is_empty() {
-            None
-        } else {
-            Some(RegexSet::new(&parsed.regex).map_err(|e| CompileError::Regex(e.to_string()))?)
-        };
+        let (regex_src, regex, skipped) = regex_sets(std::mem::take(&mut parsed.regex));
+        parsed.stats.skipped += skipped;
         Ok(Self {
             block: parsed.block,
             block_subdomains: parsed.block_subdomains,
             allow: parsed.allow,
-            regex_src: parsed.regex,
+            regex_src,
             regex,
             stats: parsed.stats,
         })
@@ -154,9 +195,12 @@ impl CompiledList {
         if let Some((hit, _)) = self.block_subdomains.find_suffix(q, true) {
             return Some(Rule::Wildcard(text(hit)));
         }
-        let re = self.regex.as_ref()?;
-        let i = re.matches(qname).iter().next()?;
-        self.regex_src.get(i).map(|r| Rule::Regex(r.clone()))
+        self.regex.iter().find_map(|(start, set)| {
+            let i = set.matches(qname).iter().next()?;
+            self.regex_src
+                .get(start + i)
+                .map(|r| Rule::Regex(r.clone()))
+        })
     }
 
     /// The exception that covers `qname`, if any.
@@ -291,11 +335,9 @@ impl CompiledList {
         regex_src: Vec<String>,
         stats: [u64; 4],
     ) -> Result<Self, String> {
-        let regex = if regex_src.is_empty() {
-            None
-        } else {
-            Some(RegexSet::new(&regex_src).map_err(|e| e.to_string())?)
-        };
+        // Stored regexes were kept by the same split when compiled: none is left out here
+        // unless the regex crate changed under them.
+        let (regex_src, regex, _) = regex_sets(regex_src);
         Ok(Self {
             block,
             block_subdomains,

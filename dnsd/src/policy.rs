@@ -97,7 +97,7 @@ impl Patterns {
         let regex = if regex_src.is_empty() {
             None
         } else {
-            Some(RegexSet::new(&regex_src).map_err(|e| e.to_string())?)
+            Some(crate::compiled::regex_set(&regex_src).map_err(|e| e.to_string())?)
         };
         Ok(Self {
             exact_covers_subdomains,

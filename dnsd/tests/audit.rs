@@ -150,3 +150,43 @@ async fn a_changed_list_format_recompiles_the_unchanged_text() {
     );
     assert_eq!(store.load_all(lists.iter().map(|(n, l)| (*n, *l))).len(), 1);
 }
+
+/// Names are matched lowercase, so a regex written with capitals must still match.
+#[test]
+fn regexes_match_without_case() {
+    let lists = common::ads_lists("/^Ads[0-9]*\\./\n");
+    let cfg =
+        appliance::load_str(&format!("{GATEWAY}[dns]\ndeny = [\"/^Tracker\\\\./\"]\n[dns.lists.ads]\nfile = \"/data/dns/ads.txt\"\n")).unwrap();
+    let p = dnsd::policy::Policy::build(&cfg, &lists).unwrap();
+    let ip = "192.168.1.5".parse().unwrap();
+    for name in ["ads1.example", "tracker.example"] {
+        assert!(
+            matches!(
+                p.decide(ip, None, name).action,
+                dnsd::policy::Action::Block { .. }
+            ),
+            "{name}"
+        );
+    }
+}
+
+/// Thousands of heavy regexes overflow one RegexSet: the list is compiled in several
+/// sets instead of failing whole, and every regex still blocks.
+#[test]
+fn a_list_of_many_heavy_regexes_compiles() {
+    let lines: Vec<String> = (0..2000)
+        .map(|i| format!("^ad{i}-\\w{{1,3}}\\.example$"))
+        .collect();
+    assert!(
+        regex::RegexSet::new(&lines).is_err(),
+        "one set of these is over the regex crate's limit (the case this test is about)"
+    );
+    let text: String = lines.iter().map(|l| format!("/{l}/\n")).collect();
+    let parsed = dnsd::lists::parse(&text, appliance::model::ListFormat::Auto);
+    let list = dnsd::compiled::CompiledList::compile(parsed).unwrap();
+    assert_eq!(list.len() as u64 + list.stats.skipped, 2000);
+    assert!(list.len() > 1000, "kept {}", list.len());
+    assert!(list.blocks("ad0-zz.example").is_some());
+    assert!(list.blocks("ad1999-abc.example").is_some());
+    assert!(list.blocks("ad1999-abcd.example").is_none());
+}
