@@ -151,6 +151,13 @@ impl LocalZone {
             }
             Err(_) => tracing::warn!(name = own, "the router's own name is not a DNS name"),
         }
+        // The bare hostname too, as a client without a search domain asks it; never sent
+        // upstream, where it would leak and come back NXDOMAIN. Its PTR stays the full name.
+        if let Ok(bare) = fqdn(cfg.system.hostname.as_str()) {
+            for ip in lan_addresses(cfg) {
+                zone.add(address_record(&bare, 300, ip));
+            }
+        }
         zone
     }
 
@@ -451,5 +458,12 @@ cname = "a.lan"
                 .is_none(),
             "WAN addresses are not the router's LAN name"
         );
+        // The bare hostname is answered here too, and the PTR stays the full name.
+        let a = z.lookup(&n("GW."), RecordType::A).unwrap();
+        assert_eq!(ips(&a), ["192.168.1.1", "192.168.20.1"]);
+        let ptr = z
+            .lookup(&n("1.1.168.192.in-addr.arpa."), RecordType::PTR)
+            .unwrap();
+        assert_eq!(ips(&ptr), ["ptr gw.home.arpa."]);
     }
 }
