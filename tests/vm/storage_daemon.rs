@@ -16,7 +16,13 @@
 //!   through `applctl storage replicate` (the scheduler's policy snapshots taken during
 //!   the run are kept until it ends); data checked by GUID and by sha256 on both sides;
 //! - `applctl storage status | snapshots | prune --dry-run | metrics` read the job's lag and
-//!   bytes from the real daemon.
+//!   bytes from the real daemon; the lag, counted from the end of the long run, puts the
+//!   recovery point on the newest replicated snapshot's creation;
+//! - a recursive job: a child without snapshots skipped, then sent once it has one, a child
+//!   with nothing new sent nothing;
+//! - the receiver killed mid-stream: the snapshot its resume token names is held on the
+//!   source, and the next run resumes;
+//! - a reboot: stored.service imports the pool at boot and mounts its datasets.
 //!
 //! `STORED_BIN` / `APPLCTL_BIN` name host builds to bind-mount over the image's (same
 //! Debian): a change tried without an image build. `SD_MANY` changes [`MANY`].
@@ -107,11 +113,12 @@ impl Guest<'_> {
             .collect()
     }
 
-    /// sha256 of every file under a dataset's mountpoint, by relative path.
+    /// sha256 of every file of a dataset (not of its children, mounted below it), by
+    /// relative path.
     fn sums(&self, dataset: &str) -> String {
         self.vm.sh(&format!(
             "cd \"$(zfs get -H -o value mountpoint {dataset})\" && \
-             find . -type f | LC_ALL=C sort | xargs -r sha256sum"
+             find . -xdev -type f | LC_ALL=C sort | xargs -r sha256sum"
         ))
     }
 }
@@ -127,6 +134,10 @@ recordsize = "1M"
 quota = "1G"
 
 [storage.datasets."tank/share"]
+
+[storage.datasets."tank/tree"]
+[storage.datasets."tank/tree/a"]
+[storage.datasets."tank/tree/b"]
 
 [storage.users.alice]
 smb_password_file = "/data/secrets/alice.smb"
@@ -280,14 +291,17 @@ fn stored_service_runs_pools_policies_shares_and_replication_from_an_applied_con
         ),
     );
     vm.sh(&format!("stored apply --config {backup}"));
-    vm.sh(&format!(
-        "setsid nohup nsenter --net=/run/netns/backup stored receive --config {backup} \
-         >/tmp/receiver.log 2>&1 </dev/null & echo started"
-    ));
-    vm.wait_until(
-        "ip netns exec backup ss -Hltn 'sport = :7410' | grep -q 7410",
-        Duration::from_secs(30),
-    );
+    let start_receiver = || {
+        vm.sh(&format!(
+            "setsid nohup nsenter --net=/run/netns/backup stored receive --config {backup} \
+             >>/tmp/receiver.log 2>&1 </dev/null & echo started"
+        ));
+        vm.wait_until(
+            "ip netns exec backup ss -Hltn 'sport = :7410' | grep -q 7410",
+            Duration::from_secs(30),
+        );
+    };
+    start_receiver();
 
     // The job, run first by the daemon's own replication loop (due at once when it
     // appears), with a bandwidth limit on 16 MiB of random data.
@@ -295,7 +309,7 @@ fn stored_service_runs_pools_policies_shares_and_replication_from_an_applied_con
         "head -c {} /dev/urandom > /mnt/tank/data/bulk && zfs snapshot tank/data@bulk",
         BULK_MIB << 20
     ));
-    let job = format!(
+    let job_text = format!(
         r#"
 [replication.offsite]
 target = "10.77.0.2:7410"
@@ -308,7 +322,7 @@ interval = "1h"
 "#,
         receiver_fp.trim()
     );
-    let (code, out, err) = g.apply("gen-job", &storage([a, b], &job));
+    let (code, out, err) = g.apply("gen-job", &storage([a, b], &job_text));
     assert_eq!(code, 0, "{out}{err}");
     let first = vm.wait_until(
         "applctl storage status --json | grep -q '\"last_success\": \"' && \
@@ -393,7 +407,19 @@ interval = "1h"
     assert!(text.contains("tank  ONLINE"), "{text}");
     assert!(text.contains("fast  RPO met ("), "{text}");
     assert!(text.contains("offsite  ok  lag "), "{text}");
+    // The lag is the age of the newest snapshot the target has, counted from when the long
+    // run above ended (read at its start, a run looked fresher by its length): the recovery
+    // point, now minus the lag, is that snapshot's creation on the source.
+    let newest = g.guids("vault/box/data").last().unwrap().0.clone();
+    let created: i64 = vm
+        .sh(&format!("zfs get -Hp -o value creation tank/data@{newest}"))
+        .trim()
+        .parse()
+        .unwrap();
+    let guest_now = || -> i64 { vm.sh("date +%s").trim().parse().unwrap() };
+    let t0 = guest_now();
     let status = g.json("storage status");
+    let t1 = guest_now();
     let job = status["replication"]
         .as_array()
         .unwrap()
@@ -401,13 +427,24 @@ interval = "1h"
         .find(|j| j["job"] == "offsite")
         .unwrap()
         .clone();
+    // Seconds are whole on both sides of the subtraction: 2 s of slack.
+    let recovery_point = |lag: i64, t0: i64, t1: i64| {
+        assert!(
+            t0 - lag - 2 <= created && created <= t1 - lag + 2,
+            "lag {lag} s read between {t0} and {t1} puts the recovery point away from \
+             {newest}'s creation at {created}"
+        );
+    };
+    recovery_point(job["lag_seconds"].as_i64().unwrap(), t0, t1);
     assert_eq!(job["runs_total"], 2, "{job:#}");
     assert_eq!(job["failures_total"], 0, "{job:#}");
     let lag = job["lag_seconds"].as_i64().unwrap();
     let last_bytes = job["bytes"].as_u64().unwrap();
     let total = job["bytes_total"].as_u64().unwrap();
     assert_eq!(total, bytes + last_bytes, "{job:#}");
+    let t0 = guest_now();
     let metrics = g.ok("storage metrics");
+    let t1 = guest_now();
     for line in [
         format!("stored_replication_last_bytes{{job=\"offsite\"}} {last_bytes}"),
         format!("stored_replication_bytes_total{{job=\"offsite\"}} {total}"),
@@ -423,6 +460,7 @@ interval = "1h"
         .lines()
         .find_map(|l| l.strip_prefix("stored_replication_lag_seconds{job=\"offsite\"} "))
         .unwrap_or_else(|| panic!("no lag metric in\n{metrics}"));
+    recovery_point(metric_lag.parse().unwrap(), t0, t1);
     eprintln!(
         "offsite: lag {lag} s in status, {metric_lag} s in /metrics; last run {last_bytes} bytes, \
          {total} bytes in all"
@@ -460,6 +498,11 @@ interval = "1h"
         "the held base would be pruned: {dry:#}"
     );
     g.ok("storage prune --dry-run");
+
+    recursive_job(&g, &receiver_fp, (a, b), &job_text);
+    resume_after_a_killed_receiver(&g, &start_receiver);
+    boot_import_after_a_reboot(&mut vm);
+
     eprintln!(
         "storage_daemon done after {:.0}s of test ({:.0}s since QEMU started)",
         started.elapsed().as_secs_f64(),
@@ -467,4 +510,194 @@ interval = "1h"
     );
     let status = vm.power_off(crate::POWER_OFF_TIMEOUT);
     assert!(status.success(), "QEMU exited with {status}");
+}
+
+/// The state of job `name` in `applctl storage status`.
+fn job_state(g: &Guest<'_>, name: &str) -> Value {
+    let status = g.json("storage status");
+    status["replication"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job"] == name)
+        .unwrap_or_else(|| panic!("no job {name} in {status:#}"))
+        .clone()
+}
+
+/// A recursive job over `tank/tree` (children `a` and `b` declared, `late` made by hand
+/// after the tree's snapshot): the scheduler's first run sends the tree and skips `late`,
+/// which has no snapshot yet; the next run sends nothing for `b`, which has no new
+/// snapshot, and `late`, now that it has one.
+fn recursive_job(g: &Guest<'_>, receiver_fp: &str, (a, b): (&str, &str), offsite: &str) {
+    let vm = g.vm;
+    vm.sh(
+        "for d in tree tree/a tree/b; do echo $d > /mnt/tank/$d/file; done && \
+         zfs snapshot -r tank/tree@t1 && zfs create tank/tree/late && \
+         echo late > /mnt/tank/tree/late/file",
+    );
+    let tree = format!(
+        r#"
+[replication.tree]
+target = "10.77.0.2:7410"
+target_dataset = "vault/box"
+datasets = ["tank/tree"]
+recursive = true
+target_fingerprint = "{}"
+identity_file = "/data/repl/sender.pem"
+interval = "1h"
+"#,
+        receiver_fp.trim()
+    );
+    let (code, out, err) = g.apply("gen-tree", &storage([a, b], &format!("{offsite}{tree}")));
+    assert_eq!(code, 0, "{out}{err}");
+    // A new job is due at once: the daemon's own run.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let state = loop {
+        let state = job_state(g, "tree");
+        assert!(state["last_error"].is_null(), "{state:#}");
+        if !state["last_success"].is_null() {
+            break state;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the tree job never ran: {state:#}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    eprintln!("tree job after its first run: {state:#}");
+    for d in ["tree", "tree/a", "tree/b"] {
+        let (src, dst) = (format!("tank/{d}"), format!("vault/box/{d}"));
+        assert_eq!(g.guids(&dst), g.guids(&src), "{dst} by GUID");
+        assert_eq!(g.sums(&dst), g.sums(&src), "{dst} by sha256");
+    }
+    let late = vm.ssh("zfs list -H -o name vault/box/tree/late");
+    assert!(
+        !late.status.success(),
+        "a child without snapshots was replicated: {late:?}"
+    );
+
+    // `a` changed and `late` has its first snapshot; `b` has nothing new. The root gets
+    // one too: its replica, read-only, has no directory to mount `late` on until a
+    // snapshot of the root made after `late` lands.
+    vm.sh("echo more > /mnt/tank/tree/a/more && \
+         zfs snapshot tank/tree@t2 tank/tree/a@t2 tank/tree/late@t2");
+    let r = g.json("storage replicate tree");
+    let steps: Vec<(String, u64)> = r["datasets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["source"].as_str().unwrap().to_owned(),
+                d["steps"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, u64)> = [
+        ("tank/tree", 1),
+        ("tank/tree/a", 1),
+        ("tank/tree/b", 0),
+        ("tank/tree/late", 1),
+    ]
+    .map(|(d, n)| (d.to_owned(), n))
+    .into();
+    assert_eq!(steps, expected, "{r:#}");
+    for d in ["tree", "tree/a", "tree/b", "tree/late"] {
+        let (src, dst) = (format!("tank/{d}"), format!("vault/box/{d}"));
+        assert_eq!(g.guids(&dst), g.guids(&src), "{dst} by GUID");
+        assert_eq!(g.sums(&dst), g.sums(&src), "{dst} by sha256");
+    }
+}
+
+/// `kill -9` of the receiver mid-stream while the daemon sends: the run fails, the target
+/// keeps a resume token, and the snapshot that token names is held on the source with the
+/// job's tag (no prune or destroy can take it before the next run). The next run resumes
+/// from the token and moves the job's hold onto it, the only one left.
+fn resume_after_a_killed_receiver(g: &Guest<'_>, start_receiver: &dyn Fn()) {
+    let vm = g.vm;
+    vm.sh("head -c 16M /dev/urandom > /mnt/tank/data/cut && zfs snapshot tank/data@cut");
+    vm.sh(
+        "rm -f /tmp/cut.*; setsid nohup sh -c 'applctl storage replicate offsite --json \
+           > /tmp/cut.out 2> /tmp/cut.err; echo $? > /tmp/cut.rc' < /dev/null > /dev/null 2>&1 &",
+    );
+    // A few MB into the 16 MiB stream (8 s under the job's 2 MiB/s), watched and killed
+    // from inside the guest so that no SSH round trip lets the stream end first.
+    let at = vm.sh("for i in $(seq 1 600); do \
+           n=$(ip netns exec backup ss -Htni 'sport = :7410' | grep -o 'bytes_received:[0-9]*' \
+               | cut -d: -f2 | sort -n | tail -1); \
+           [ \"${n:-0}\" -gt 3000000 ] && break; sleep 0.2; done; \
+         pid=$(ip netns exec backup ss -Hltnp 'sport = :7410' | grep -o 'pid=[0-9]*' | \
+           cut -d= -f2 | head -1); kill -9 $pid; echo $n");
+    eprintln!("receiver killed after {} bytes of the run", at.trim());
+    let rc = vm.wait_until("cat /tmp/cut.rc", Duration::from_secs(180));
+    let err = vm.sh("cat /tmp/cut.err /tmp/cut.out");
+    eprintln!(
+        "replicate with the receiver killed: exit {}{err}",
+        rc.trim()
+    );
+    assert_ne!(rc.trim(), "0", "{err}");
+    let token = vm.sh("zfs get -H -o value receive_resume_token vault/box/data");
+    let token = token.trim();
+    assert_ne!(token, "-", "no resume token on the target");
+    let contents = vm.sh(&format!("zfs send -nvt {token} 2>&1"));
+    assert!(
+        contents.contains("toname = tank/data@cut"),
+        "the token is not for @cut: {contents}"
+    );
+    let holds = vm.sh("zfs holds -H tank/data@cut");
+    assert!(
+        holds.contains("stored-repl:offsite"),
+        "the snapshot the resume needs is not held: {holds}"
+    );
+    let destroy = vm.ssh("zfs destroy tank/data@cut");
+    assert!(!destroy.status.success(), "the cut snapshot was destroyed");
+    let dry = g.json("storage prune --dry-run");
+    assert!(
+        !dry.to_string().contains("tank/data@cut"),
+        "the prune would take the cut snapshot: {dry:#}"
+    );
+
+    start_receiver();
+    let r = g.json("storage replicate offsite");
+    assert_eq!(r["resumed"], true, "{r:#}");
+    let (src, dst) = (g.guids("tank/data"), g.guids("vault/box/data"));
+    let cut = src.iter().find(|s| s.0 == "cut").unwrap();
+    assert!(dst.contains(cut), "@cut is not on the target by GUID");
+    assert_eq!(g.sums("vault/box/data"), g.sums("tank/data"));
+    let held = vm.sh(
+        "zfs list -H -o name -t snapshot tank/data | xargs zfs holds -H | \
+         grep -c stored-repl:offsite",
+    );
+    assert_eq!(held.trim(), "1", "the job holds more than its base");
+    eprintln!(
+        "resumed: {} bytes after the cut, {}",
+        r["bytes"],
+        job_state(g, "offsite")
+    );
+}
+
+/// A reboot: stored.service imports the pool it made at boot (no zfs-import unit runs in
+/// the image) and mounts its datasets. That the shares are served again is not checked yet.
+fn boot_import_after_a_reboot(vm: &mut Vm) {
+    let t = Instant::now();
+    // The reboot drops the SSH connection, so its status says nothing.
+    let _ = vm.ssh("systemctl reboot");
+    vm.wait_for_nth_line("APPLIANCE-BOOT-OK", 2, BOOT_TIMEOUT);
+    vm.wait_until("systemctl is-active stored", Duration::from_secs(180));
+    let mounted = vm.wait_until(
+        "zfs get -H -o value mounted tank/data tank/share | grep -vx yes | wc -l | grep -qx 0 && \
+         zfs get -H -o name,value mounted tank/data tank/share",
+        Duration::from_secs(180),
+    );
+    eprintln!(
+        "rebooted, tank imported and mounted after {:.0}s:\n{mounted}",
+        t.elapsed().as_secs_f64()
+    );
+    let journal = vm.sh("journalctl -b -u stored --no-pager -o cat");
+    assert!(
+        journal
+            .lines()
+            .any(|l| l.contains("importing pool") && l.contains("tank")),
+        "stored did not import tank:\n{journal}"
+    );
 }
