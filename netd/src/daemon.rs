@@ -90,6 +90,10 @@ pub struct Stack<N: Netlink, F: Nft, W: WgKernel> {
     /// The config of the record, until this netd commits an apply of its own: the
     /// previous config of the first plan (static addresses on links now DHCP go).
     restored: Option<Config>,
+    /// `netd check`: the config whose services the netd that serves runs (its record,
+    /// confirmed by its status); plans compare the services with it, not with this
+    /// process's, where none ever ran.
+    services_elsewhere: Option<Config>,
 }
 
 impl<N: Netlink, F: Nft, W: WgKernel> std::fmt::Debug for Stack<N, F, W> {
@@ -119,7 +123,15 @@ impl<N: Netlink, F: Nft, W: WgKernel> Stack<N, F, W> {
             wireguard_owned: BTreeSet::new(),
             record: None,
             restored: None,
+            services_elsewhere: None,
         }
+    }
+
+    /// Plans the services against those another process runs for `running` (the netd
+    /// that serves, as `netd check` learned from it) instead of this process's own.
+    pub fn with_services_of(mut self, running: Config) -> Self {
+        self.services_elsewhere = Some(running);
+        self
     }
 
     /// Keeps the record of each apply at `path` and starts from the one there: what an
@@ -252,7 +264,11 @@ impl<N: Netlink, F: Nft, W: WgKernel> Stack<N, F, W> {
         }
         self.services.validate(cfg).map_err(ApiError::Invalid)?;
         for s in Service::ALL {
-            if let Some(what) = self.services.plan(s, Some(cfg)) {
+            let what = match &self.services_elsewhere {
+                Some(running) => crate::services::change(s, Some(running), Some(cfg)),
+                None => self.services.plan(s, Some(cfg)),
+            };
+            if let Some(what) = what {
                 actions.push(format!("{s}: {what}"));
             }
         }
@@ -1655,7 +1671,7 @@ pub mod cli {
     use std::sync::mpsc::{Receiver, RecvTimeoutError};
     use std::time::Duration;
 
-    use appliance::control::{ApiError, server};
+    use appliance::control::{ApiError, ClientError, ControlClient, server};
     use appliance::store::Store;
 
     use super::{NetDaemon, Stack};
@@ -1705,6 +1721,59 @@ pub mod cli {
         /// Where WireGuard keys are kept; a key still to be generated is not written.
         #[arg(long, default_value = "/data/wireguard")]
         wireguard_dir: PathBuf,
+        /// The control socket of the netd that serves: when it answers with the
+        /// generation of its record, the DHCP server, advertisements and WAN client are
+        /// planned against what it runs; otherwise as if none ran.
+        #[arg(long, default_value = super::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    }
+
+    /// How long `netd check` waits for the serving netd's status.
+    const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// The config whose services the netd serving on `socket` runs: its record of the
+    /// last apply (`record`), when its status reports that same generation in force.
+    /// `None` (said on stderr): no netd serves, it has no record, or the two disagree;
+    /// the services are then planned as if none ran, which is what a netd started now
+    /// would do.
+    fn services_in_force(socket: &Path, record: &Path) -> Option<appliance::Config> {
+        let client = ControlClient::new(socket).with_timeout(STATUS_TIMEOUT);
+        let status = match crate::cli::current_thread_runtime() {
+            Ok(rt) => rt.block_on(client.get_json("/v1/status")),
+            Err(_) => return None,
+        };
+        let generation = match status {
+            Ok(s) => s.get("generation").and_then(serde_json::Value::as_u64),
+            Err(ClientError::NotRunning { .. }) => {
+                eprintln!(
+                    "check: no netd serves on {}: services are planned as if none ran",
+                    socket.display()
+                );
+                return None;
+            }
+            Err(e) => {
+                eprintln!(
+                    "check: cannot ask the serving netd what runs ({e}): services are planned as if none ran"
+                );
+                return None;
+            }
+        };
+        let applied = crate::applied::load(record);
+        match (generation, applied) {
+            (Some(n), Some(applied)) if applied.generation == n => Some(applied.config),
+            (n, applied) => {
+                eprintln!(
+                    "check: the serving netd reports generation {}, its record {} ({}): services are planned as if none ran",
+                    n.map_or_else(|| "none".to_owned(), |n| n.to_string()),
+                    applied.map_or_else(
+                        || "is missing".to_owned(),
+                        |a| format!("generation {}", a.generation)
+                    ),
+                    record.display()
+                );
+                None
+            }
+        }
     }
 
     pub fn serve(args: ServeArgs) -> ExitCode {
@@ -1756,6 +1825,10 @@ pub mod cli {
                 return ExitCode::from(1);
             }
         };
+        let record = crate::applied::path_beside(&args.firewall_state);
+        if let Some(running) = services_in_force(&args.socket, &record) {
+            stack = stack.with_services_of(running);
+        }
         match stack.plan(&cfg, None, &SystemResolver) {
             Ok(actions) => {
                 for a in &actions {

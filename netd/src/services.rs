@@ -92,6 +92,13 @@ impl Shape {
     }
 }
 
+/// What bringing `service` from what it runs for `running` (`None`: stopped) to `cfg`
+/// would do; `None`: nothing. `netd check` plans with it against the services of the
+/// netd that serves, which run in another process.
+pub fn change(service: Service, running: Option<&Config>, cfg: Option<&Config>) -> Option<String> {
+    Shape::of(service, running).change(&Shape::of(service, cfg))
+}
+
 /// Starts, restarts and stops the services of the applied generation.
 pub trait Services: Send {
     /// Checks what can be checked before anything changes (the stored DHCP leases are

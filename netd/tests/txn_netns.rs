@@ -20,7 +20,8 @@
 //! - Going back to the previous generation (what a commit-confirm revert does) is timed
 //!   with a realistic router config; the figure is printed, not asserted.
 //! - `netd check` plans and dry-runs a config without changing anything (`nft monitor`
-//!   and `ip monitor` stay silent) and reports a table nft refuses, exit 2.
+//!   and `ip monitor` stay silent) and reports a table nft refuses, exit 2; of the config
+//!   in force (DHCP server and WAN client running in the serving netd) it plans nothing.
 //! - netd restarted onto a generation with the WAN by DHCP still removes the static WAN
 //!   address the generation before it set (from its record of the last apply).
 //! - A second full apply of the config in force (as a new generation and as the same one)
@@ -284,6 +285,8 @@ impl Lab {
             .arg(self.path("dhcp"))
             .arg("--wireguard-dir")
             .arg(self.path("wireguard"))
+            .arg("--socket")
+            .arg(&self.socket)
             .output()
             .unwrap()
     }
@@ -419,8 +422,9 @@ fn check_plans_and_dry_runs_without_changing_anything_and_reports_what_nft_refus
         "{stdout}"
     );
     assert!(stdout.contains("checked with nft -c"), "{stdout}");
+    // The serving netd runs the servers of generation 1: new ranges restart them.
     assert!(
-        stdout.contains("dhcp server: start on guest, lan"),
+        stdout.contains("dhcp server: restart on guest, lan"),
         "{stdout}"
     );
     println!("{stdout}");
@@ -486,6 +490,42 @@ fn check_plans_and_dry_runs_without_changing_anything_and_reports_what_nft_refus
     // The link was not renamed: check changes nothing.
     assert!(owned.ip("link show eth1").contains("eth1"));
     drop(holder);
+}
+
+/// `netd check` of the config in force, with the DHCP servers and the WAN client running
+/// in the serving netd: it asks that netd what runs, plans nothing and exits 0.
+#[test]
+fn check_of_the_config_in_force_with_dhcp_server_and_wan_client_plans_nothing() {
+    let mut lab = Lab::new();
+    let config = router("192.168.1.199", "192.168.2.1/24", 60, true).replace(
+        "addresses = [\"203.0.113.2/24\"]\ngateway = \"203.0.113.1\"",
+        "ipv4 = \"dhcp\"",
+    );
+    assert!(config.contains("ipv4 = \"dhcp\""));
+    lab.start(&config);
+    let path = lab.path("in-force.toml");
+    std::fs::write(&path, &config).unwrap();
+    let out = lab.check(&path);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}\n{}", lab.log());
+    let steps: Vec<&str> = stdout.lines().filter(|l| l.starts_with("  ")).collect();
+    assert!(steps.is_empty(), "{stdout}{stderr}");
+    assert!(stdout.contains("would take 0 step(s)"), "{stdout}");
+    println!("{stdout}{stderr}");
+
+    // Without the serving netd to ask, the services would start, as in a netd started now.
+    lab.stop();
+    let out = lab.check(&path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("dhcp server: start on guest, lan"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("wan dhcp client: start on wan"), "{stdout}");
 }
 
 /// A second full apply through `netd serve` of the config in force, as a new generation
