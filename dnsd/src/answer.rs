@@ -1,7 +1,7 @@
 //! Answers dnsd makes up itself: blocked names and local names. Pure functions from a
 //! question to the records of a response, so the server only has to send them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use appliance::model::{BlockMode, Config};
@@ -108,6 +108,25 @@ pub fn blocked(qname: &Name, qtype: RecordType, mode: BlockMode, custom: &[IpAdd
 pub struct LocalZone {
     /// Keyed by lowercase name; `Name` compares without case, lowercase keeps it cheap.
     names: HashMap<Name, Vec<Record>>,
+    /// The names that are the router's own rather than `dns.records`' (a record of the
+    /// same name wins), so that `/check` can say which answers a name.
+    own: HashSet<Name>,
+}
+
+/// What in the config answers a local name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalSource {
+    Record,
+    RouterName,
+}
+
+impl LocalSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Record => "record",
+            Self::RouterName => "router name",
+        }
+    }
 }
 
 impl LocalZone {
@@ -138,6 +157,7 @@ impl LocalZone {
                 zone.add_host(&name, ttl, *ip);
             }
         }
+        let records: HashSet<Name> = zone.names.keys().cloned().collect();
         let own = format!(
             "{}.{}",
             cfg.system.hostname.as_str(),
@@ -158,7 +178,25 @@ impl LocalZone {
                 zone.add(address_record(&bare, 300, ip));
             }
         }
+        zone.own = zone
+            .names
+            .keys()
+            .filter(|n| !records.contains(*n))
+            .cloned()
+            .collect();
         zone
+    }
+
+    /// Which part of the config answers `qname`, if any; answered as [`Self::lookup`] does.
+    pub fn source(&self, qname: &Name) -> Option<LocalSource> {
+        let name = qname.to_lowercase();
+        if !self.names.contains_key(&name) {
+            None
+        } else if self.own.contains(&name) {
+            Some(LocalSource::RouterName)
+        } else {
+            Some(LocalSource::Record)
+        }
     }
 
     fn add(&mut self, record: Record) {

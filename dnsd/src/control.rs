@@ -37,6 +37,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 use crate::fetch::ListStore;
+use crate::local::SharedLeaseWatcher;
 use crate::policy::{Action, Lists, Policy};
 use crate::querylog::Filter;
 use crate::refresh::Refresher;
@@ -202,6 +203,8 @@ pub struct Daemon {
     state: Mutex<State>,
     /// The config store `/v1/plan` and `/v1/apply` read generations from.
     config_dir: Mutex<PathBuf>,
+    /// Renamed at each apply: client names follow `system.domain` and the config's names.
+    leases: Mutex<Option<SharedLeaseWatcher>>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -236,6 +239,7 @@ impl Daemon {
             listeners: tokio::sync::Mutex::new(listeners),
             started: Instant::now(),
             config_dir: Mutex::new(PathBuf::from(appliance::store::DEFAULT_DIR)),
+            leases: Mutex::new(None),
             state: Mutex::new(State {
                 cfg,
                 lists,
@@ -361,6 +365,11 @@ impl Daemon {
         *self.config_dir.lock().unwrap_or_else(|e| e.into_inner()) = dir;
     }
 
+    /// The watcher of the lease file, whose names an apply changes with `system.domain`.
+    pub fn set_lease_watcher(&self, watcher: SharedLeaseWatcher) {
+        *self.leases.lock().unwrap_or_else(|e| e.into_inner()) = Some(watcher);
+    }
+
     fn load_generation(&self, generation: u64) -> Result<Config, ApiError> {
         let dir = self
             .config_dir
@@ -384,6 +393,13 @@ impl Daemon {
         if old != new {
             actions.push(format!(
                 "rebuild the DNS policy from generation {generation}"
+            ));
+        }
+        if st.cfg.system.domain != cfg.system.domain {
+            actions.push(format!(
+                "name DHCP clients and the router in {} (was {})",
+                cfg.system.domain.as_str(),
+                st.cfg.system.domain.as_str()
             ));
         }
         let show = |v: &[SocketAddr]| {
@@ -473,6 +489,7 @@ impl Daemon {
             self.resolver
                 .swap_policy(Arc::new(policy.with_pauses_of(&self.resolver.policy())));
             self.resolver.reload_tables(&cfg);
+            self.rename_leases(&cfg);
             self.resolver
                 .cache()
                 .set_policy(crate::cache::CacheConfig::from_dns(&cfg.dns));
@@ -492,6 +509,29 @@ impl Daemon {
             self.stop();
         }
         Ok(restart)
+    }
+
+    /// Gives the lease names the new config's domain, and leaves its own names to it.
+    fn rename_leases(&self, cfg: &Config) {
+        let Some(watcher) = self
+            .leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        else {
+            return;
+        };
+        let own = crate::answer::LocalZone::from_config(cfg);
+        let mut w = watcher.lock().unwrap_or_else(|e| e.into_inner());
+        let domain = Some(cfg.system.domain.as_str().to_owned());
+        if let Some(zone) = w.rename(domain, own.names().cloned(), crate::local::unix_now()) {
+            tracing::info!(
+                domain = cfg.system.domain.as_str(),
+                names = zone.len(),
+                "lease names renamed"
+            );
+            self.resolver.swap_leases(Arc::new(zone));
+        }
     }
 
     fn status(&self) -> Value {
@@ -598,23 +638,40 @@ impl Daemon {
         })
     }
 
-    fn check(&self, name: &str, client: IpAddr) -> Value {
+    /// Why `name` gets the answer it gets, in the order the server answers: local names
+    /// first (the policy never sees them), then the policy.
+    pub fn check(&self, name: &str, client: IpAddr) -> Value {
         let policy = self.resolver.policy();
         let link = self.resolver.link_of(client);
         let d = policy.decide(client, link.as_deref(), name);
-        let (source, rule) = match &d.rule {
-            Some((s, r)) => (Some(s.to_string()), Some(r.to_string())),
-            None => (None, None),
+        let local = hickory_proto::rr::Name::from_ascii(name)
+            .ok()
+            .map(|mut n| {
+                n.set_fqdn(true);
+                n
+            })
+            .and_then(|n| self.resolver.local_source(&n));
+        let (source, rule) = match (&d.rule, local) {
+            (_, Some(_)) => (None, None),
+            (Some((s, r)), None) => (Some(s.to_string()), Some(r.to_string())),
+            (None, None) => (None, None),
+        };
+        let explanation = match local {
+            Some(l) => {
+                format!("{name} is answered locally by {l}; blocking rules do not apply to it")
+            }
+            None => policy.explain(client, link.as_deref(), name),
         };
         json!({
             "name": name,
             "client": client.to_string(),
             "group": d.group,
-            "blocked": matches!(d.action, Action::Block { .. }),
+            "blocked": local.is_none() && matches!(d.action, Action::Block { .. }),
             "paused": d.paused,
+            "local": local,
             "source": source,
             "rule": rule,
-            "explanation": policy.explain(client, link.as_deref(), name),
+            "explanation": explanation,
         })
     }
 

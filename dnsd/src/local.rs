@@ -16,7 +16,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use appliance::leases::{self, Lease};
@@ -225,7 +225,15 @@ pub struct LeaseWatcher {
     reserved: HashSet<Name>,
     seen: Option<Option<Stamp>>,
     next_expiry: Option<u64>,
+    /// The leases of the last good read, to rename them when the domain changes without
+    /// reading a file that may be damaged by then.
+    leases: Vec<Lease>,
 }
+
+/// A watcher shared by its polling task and the apply, which renames the clients when
+/// `system.domain` or the config's names change; one lock, so a poll never swaps in a
+/// table of the old names after the apply swapped in the new ones.
+pub type SharedLeaseWatcher = Arc<Mutex<LeaseWatcher>>;
 
 impl LeaseWatcher {
     pub fn new(path: impl Into<PathBuf>, domain: Option<String>) -> Self {
@@ -235,7 +243,32 @@ impl LeaseWatcher {
             reserved: HashSet::new(),
             seen: None,
             next_expiry: None,
+            leases: Vec::new(),
         }
+    }
+
+    /// Takes a new domain and new reserved names (an apply); the table of the last good
+    /// read under the new names, or `None` when neither changed.
+    pub fn rename(
+        &mut self,
+        domain: Option<String>,
+        reserved: impl IntoIterator<Item = Name>,
+        now: u64,
+    ) -> Option<LeaseZone> {
+        let reserved: HashSet<Name> = reserved.into_iter().map(|n| n.to_lowercase()).collect();
+        if domain == self.domain && reserved == self.reserved {
+            return None;
+        }
+        self.domain = domain;
+        self.reserved = reserved;
+        Some(self.build(now))
+    }
+
+    fn build(&mut self, now: u64) -> LeaseZone {
+        let zone =
+            LeaseZone::build(&self.leases, self.domain.as_deref(), now).without(&self.reserved);
+        self.next_expiry = zone.next_expiry();
+        zone
     }
 
     /// Names no lease may take: the config's records and the router's own name.
@@ -266,16 +299,17 @@ impl LeaseWatcher {
                 return None;
             }
         };
-        let zone = LeaseZone::build(&leases, self.domain.as_deref(), now).without(&self.reserved);
-        self.next_expiry = zone.next_expiry();
-        Some(zone)
+        self.leases = leases;
+        Some(self.build(now))
     }
 
-    /// Polls forever, handing each new table to `on_change`.
-    pub async fn run(mut self, on_change: impl Fn(Arc<LeaseZone>) + Send) {
+    /// Polls `watcher` forever, handing each new table to `on_change` under its lock.
+    pub async fn run(watcher: SharedLeaseWatcher, on_change: impl Fn(Arc<LeaseZone>) + Send) {
         loop {
             tokio::time::sleep(POLL_INTERVAL).await;
-            if let Some(zone) = self.poll(unix_now()) {
+            // A stat and, rarely, a read of a small file: short enough for a worker thread.
+            let mut w = watcher.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(zone) = w.poll(unix_now()) {
                 tracing::info!(names = zone.len(), "lease names updated");
                 on_change(Arc::new(zone));
             }
@@ -428,5 +462,14 @@ mod tests {
         assert!(w.poll(250).is_none(), "a damaged file keeps the old table");
         leases::write(&path, &[lease("192.168.1.6", "b", None)]).unwrap();
         assert_eq!(w.poll(300).unwrap().len(), 1);
+
+        // A new domain renames the clients of the last good read, even from a damaged file.
+        std::fs::write(&path, b"{ not json").unwrap();
+        assert!(w.rename(Some("lan".into()), [], 300).is_none(), "unchanged");
+        let z = w.rename(Some("home".into()), [], 300).unwrap();
+        assert!(z.lookup(&n("b.home."), RecordType::A).is_some());
+        assert!(z.lookup(&n("b.lan."), RecordType::A).is_none());
+        let z = w.rename(Some("home".into()), [n("b.home.")], 300).unwrap();
+        assert!(z.lookup(&n("b.home."), RecordType::A).is_none(), "reserved");
     }
 }

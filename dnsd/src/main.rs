@@ -236,6 +236,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
     if let Some(zone) = leases.poll(dnsd::local::unix_now()) {
         resolver.swap_leases(Arc::new(zone));
     }
+    let leases = Arc::new(std::sync::Mutex::new(leases));
     let mut server = Server::bind(Arc::clone(&resolver), listen.clone())
         .await
         .map_err(|e| Fatal::Other(format!("cannot listen: {e}")))?;
@@ -244,7 +245,9 @@ async fn run(args: Args) -> Result<(), Fatal> {
     }
     let watchdog = start_watchdog();
     let lease_resolver = Arc::clone(&resolver);
-    let lease_names = tokio::spawn(leases.run(move |zone| lease_resolver.swap_leases(zone)));
+    let lease_names = tokio::spawn(LeaseWatcher::run(Arc::clone(&leases), move |zone| {
+        lease_resolver.swap_leases(zone)
+    }));
     let wan_resolver = Arc::clone(&resolver);
     let wan_dns = tokio::spawn(
         dnsd::wan::WanDnsWatcher::new(&args.wan_dns)
@@ -268,6 +271,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
         }),
     );
     daemon.set_config_dir(args.config_dir.clone());
+    daemon.set_lease_watcher(leases);
     // Lists are fetched for a DNS that is served; an apply that enables it starts them.
     if enabled {
         daemon.start_refresher(refresher);

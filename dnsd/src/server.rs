@@ -380,6 +380,17 @@ impl Resolver {
     }
 
     /// Puts a new table of DHCP client names in place, whole.
+    /// What answers `name` before the policy sees it, in the order [`Handler`] asks: the
+    /// config's records and the router's names, then the lease names. `None`: the policy
+    /// decides.
+    pub fn local_source(&self, name: &Name) -> Option<&'static str> {
+        if let Some(s) = self.tables.load().local.source(name) {
+            return Some(s.as_str());
+        }
+        let lease = self.leases.load().lookup(name, RecordType::ANY).is_some();
+        lease.then_some("lease")
+    }
+
     pub fn swap_leases(&self, zone: Arc<LeaseZone>) {
         let _guard = self
             .local_names_lock

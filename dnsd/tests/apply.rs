@@ -2,7 +2,9 @@
 //! 127.0.0.0/8 address is local on Linux), the daemon's control API in process, generations
 //! from a real config store. A readdressed LAN moves dnsd to the new addresses without
 //! missing a query on the address that stays; a port held by someone else fails the apply
-//! and changes nothing; `dns.enabled`, `serve_stale` and `rate_limit` take effect at once.
+//! and changes nothing; `dns.enabled`, `serve_stale` and `rate_limit` take effect at once;
+//! a new `system.domain` renames the DHCP clients at the apply; `/check` says when a
+//! local name is answered before the policy.
 
 #![allow(
     clippy::unwrap_used,
@@ -18,8 +20,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use appliance::leases::{self, Lease};
+use appliance::types::MacAddr;
 use common::{answers, ask, ask_until, free_port};
 use dnsd::control::{ApiError, Daemon, Listeners};
+use dnsd::local::LeaseWatcher;
 use dnsd::policy::{Lists, Policy};
 use dnsd::server::{Resolver, Server};
 use hickory_proto::rr::RecordType;
@@ -369,4 +374,117 @@ async fn new_upstreams_and_forwards_are_used_from_the_apply_on() {
     .unwrap();
     assert_eq!(answers(&www), ["192.0.2.1"], "{www:?}");
     assert_eq!(answers(&intranet), ["10.1.2.3"], "{intranet:?}");
+}
+
+/// `config` with a record `nas.lan` and every other name under `lan` denied.
+fn lan_denied(port: u16, domain: &str) -> String {
+    format!(
+        "{}[system]\ndomain = \"{domain}\"\n[[dns.records]]\nname = \"nas.lan\"\naddresses = [\"192.168.1.5\"]\n",
+        config(port, "127.0.2", "").replace(
+            "deny = [\"blocked.example\"]",
+            "deny = [\"blocked.example\", \"*.lan\"]"
+        )
+    )
+}
+
+/// Watches a lease file holding one client, `laptop` at 127.0.1.150, for `rig` (domain lan).
+fn watch_leases(rig: &Rig) {
+    let path = rig._dir.path().join("leases.json");
+    let laptop = Lease {
+        mac: MacAddr::parse("52:54:00:00:00:01").unwrap(),
+        ip: "127.0.1.150".parse().unwrap(),
+        hostname: Some("laptop".into()),
+        expires: None,
+    };
+    leases::write(&path, &[laptop]).unwrap();
+    let mut w = LeaseWatcher::new(&path, Some("lan".to_owned()));
+    rig.resolver
+        .swap_leases(Arc::new(w.poll(dnsd::local::unix_now()).unwrap()));
+    rig.daemon
+        .set_lease_watcher(Arc::new(std::sync::Mutex::new(w)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_says_a_local_name_is_answered_before_the_policy() {
+    let port = port_free_everywhere();
+    let lan = addr("127.0.1.1", port);
+    let rig = start(&lan_denied(port, "lan")).await;
+    watch_leases(&rig);
+    let client = "127.0.1.7".parse().unwrap();
+    for (name, by) in [
+        ("nas.lan", "record"),
+        ("laptop.lan", "lease"),
+        ("appliance.lan", "router name"),
+        ("appliance", "router name"),
+    ] {
+        let v = rig.daemon.check(name, client);
+        assert_eq!(v["blocked"], false, "{v}");
+        assert_eq!(v["local"], by, "{v}");
+        let text = v["explanation"].as_str().unwrap();
+        assert!(
+            text.contains(&format!("answered locally by {by}")),
+            "{text}"
+        );
+    }
+    let v = rig.daemon.check("other.lan", client);
+    assert_eq!(
+        (v["blocked"].as_bool(), v["local"].as_str()),
+        (Some(true), None),
+        "{v}"
+    );
+    assert_eq!(v["rule"], "*.lan", "{v}");
+
+    let (nas, laptop, other) = tokio::task::spawn_blocking(move || {
+        (
+            ask(lan, "nas.lan.", RecordType::A),
+            ask(lan, "laptop.lan.", RecordType::A),
+            ask(lan, "other.lan.", RecordType::A),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(answers(&nas), ["192.168.1.5"], "{nas:?}");
+    assert_eq!(answers(&laptop), ["127.0.1.150"], "{laptop:?}");
+    assert_eq!(answers(&other), ["0.0.0.0"], "{other:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_domain_renames_the_dhcp_clients_at_the_apply() {
+    let port = port_free_everywhere();
+    let lan = addr("127.0.1.1", port);
+    let rig = start(&lan_denied(port, "lan")).await;
+    watch_leases(&rig);
+    let before = tokio::task::spawn_blocking(move || ask(lan, "laptop.lan.", RecordType::A))
+        .await
+        .unwrap();
+    assert_eq!(answers(&before), ["127.0.1.150"], "{before:?}");
+
+    let home = lan_denied(port, "home");
+    assert!(
+        rig.plan(&home)
+            .iter()
+            .any(|a| a == "name DHCP clients and the router in home (was lan)"),
+        "{:?}",
+        rig.plan(&home)
+    );
+    let actions = rig.apply(&home).await.unwrap();
+    assert!(
+        !actions.iter().any(|a| a.contains("restart")),
+        "{actions:?}"
+    );
+    let (home, old) = tokio::task::spawn_blocking(move || {
+        (
+            ask(lan, "laptop.home.", RecordType::A),
+            ask(lan, "laptop.lan.", RecordType::A),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(answers(&home), ["127.0.1.150"], "{home:?}");
+    // No longer a local name: the policy's `*.lan` answers it.
+    assert_eq!(answers(&old), ["0.0.0.0"], "{old:?}");
+    assert_eq!(
+        rig.daemon.check("laptop.lan", "127.0.1.7".parse().unwrap())["blocked"],
+        true
+    );
 }
