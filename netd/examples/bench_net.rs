@@ -1,6 +1,8 @@
 //! The firewall bench behind `cargo xtask bench net` (issue #4): netd's full apply of a
 //! large router config against `nft -f` of the same ruleset as text, the no-op apply and a
-//! one-forward change, each in a fresh network namespace of the host, in one run.
+//! one-forward change, each in a fresh network namespace of the host, in one run; with
+//! `--netd BIN`, the same no-op apply and one-forward change through `netd serve`'s
+//! POST /v1/apply (what applianced sends), the record of the apply included.
 //!
 //! The parent (`bench_net --dir DIR`) writes the configs, makes a namespace per repetition
 //! and runs itself inside it (`ip netns exec NS bench_net apply ...` or `... nft-file ...`),
@@ -347,6 +349,173 @@ fn line(what: &str, v: &[f64]) {
     );
 }
 
+/// `netd serve` (the binary at `netd`) in a namespace of its own with the router's eight
+/// links, over a store of its own: each request goes the way applianced sends it
+/// (POST /v1/apply on the control socket), so the figures include loading the generation
+/// from the store, the whole transaction and the record of the apply (applied.json,
+/// written and fsynced when the generation changes).
+struct Served {
+    ns: Netns,
+    dir: PathBuf,
+    store: appliance::store::Store,
+    client: appliance::control::ControlClient,
+    rt: tokio::runtime::Runtime,
+    child: std::process::Child,
+}
+
+impl Served {
+    fn start(netd: &str, dir: PathBuf, base: &str, ns: Netns) -> Res<Self> {
+        for i in 0..ZONES {
+            run(Command::new("ip").args([
+                "-n",
+                &ns.0,
+                "link",
+                "add",
+                &format!("eth{i}"),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("peer{i}"),
+            ]))?;
+            run(Command::new("ip").args(["-n", &ns.0, "link", "set", &format!("peer{i}"), "up"]))?;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let store = appliance::store::Store::open(dir.join("config"))?;
+        let first = store.commit(&std::fs::read_to_string(base)?, "bench")?;
+        store.activate(first)?;
+        let socket = dir.join("netd.sock");
+        let log = std::fs::File::create(dir.join("netd.log"))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.0, netd, "serve", "--socket"])
+            .arg(&socket)
+            .arg("--data-dir")
+            .arg(dir.join("config"))
+            // tmpfs, as /run/netd is on the box; applied.json goes beside it
+            .arg("--firewall-state")
+            .arg(format!(
+                "/run/netd-bench-serve-{}/firewall.json",
+                std::process::id()
+            ))
+            .arg("--dhcp-dir")
+            .arg(dir.join("dhcp"))
+            .arg("--wan-dns-file")
+            .arg(dir.join("wan-dns"))
+            .arg("--wireguard-dir")
+            .arg(dir.join("wireguard"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let client = appliance::control::ControlClient::new(&socket);
+        let mut served = Self {
+            ns,
+            dir,
+            store,
+            client,
+            rt,
+            child,
+        };
+        // The first apply (the whole table) runs before the socket answers.
+        let started = Instant::now();
+        loop {
+            if let Some(status) = served.child.try_wait()? {
+                return Err(format!("netd serve exited with {status}: {}", served.log()).into());
+            }
+            if let Ok(s) = served.rt.block_on(served.client.get_json("/v1/status"))
+                && s.get("generation").and_then(Value::as_u64) == Some(first)
+            {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(300) {
+                return Err(format!(
+                    "netd serve did not apply generation {first}: {}",
+                    served.log()
+                )
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(served)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("netd.log")).unwrap_or_default()
+    }
+
+    /// Commits `text` as a new generation (as `applctl apply` does) and applies it through
+    /// the socket: the milliseconds of the request and the actions netd reports.
+    fn apply(&self, text: &str) -> Res<(f64, usize)> {
+        let n = self.store.commit(text, "bench")?;
+        let t = Instant::now();
+        let reply = self
+            .rt
+            .block_on(
+                self.client
+                    .post_json("/v1/apply", &json!({ "generation": n })),
+            )
+            .map_err(|e| format!("{e}\n{}", self.log()))?;
+        let took = ms(t.elapsed());
+        let actions = reply
+            .get("actions")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        Ok((took, actions))
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(format!("/run/netd-bench-serve-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = &self.ns;
+    }
+}
+
+/// The daemon path: `reps` no-op applies (the config in force as a new generation) and
+/// `reps` one-forward changes (each followed by an unmeasured apply back to the base).
+fn daemon_path(
+    netd: &str,
+    dir: &std::path::Path,
+    base: &str,
+    plus: &str,
+    reps: usize,
+) -> Res<(Vec<f64>, Vec<f64>)> {
+    let ns = Netns::new(format!("netd-bench-{}-serve", std::process::id()))?;
+    let served = Served::start(netd, dir.join("serve"), base, ns)?;
+    let (base_text, plus_text) = (
+        std::fs::read_to_string(base)?,
+        std::fs::read_to_string(plus)?,
+    );
+    let (mut noop, mut one) = (Vec::new(), Vec::new());
+    for rep in 0..reps {
+        let (noop_ms, actions) = served.apply(&base_text)?;
+        if actions != 0 {
+            return Err(
+                format!("the no-op apply through netd serve took {actions} actions").into(),
+            );
+        }
+        let (one_ms, actions) = served.apply(&plus_text)?;
+        if actions == 0 {
+            return Err("netd serve did not apply the added forward".into());
+        }
+        let (back_ms, _) = served.apply(&base_text)?;
+        println!(
+            "    rep {rep}: no-op {noop_ms:.1} ms, one forward added {one_ms:.1} ms, removed {back_ms:.1} ms"
+        );
+        noop.push(noop_ms);
+        one.push(one_ms);
+    }
+    Ok((noop, one))
+}
+
 fn parent(args: &[String]) -> Res<()> {
     let dir = PathBuf::from(opt(args, "--dir").ok_or("usage: bench_net --dir DIR [--reps N]")?);
     let reps: usize = opt(args, "--reps").unwrap_or("5").parse()?;
@@ -460,6 +629,18 @@ fn parent(args: &[String]) -> Res<()> {
         let ns = Netns::new(format!("netd-bench-{pid}-json{rep}"))?;
         json_rows.push(ns.exec(&[exe, "nft-file", "--json", "--file", &batch])?);
     }
+    let (serve_noop, serve_one) = match opt(args, "--netd") {
+        Some(netd) => {
+            println!(
+                "==> netd serve ({netd}): POST /v1/apply of a new generation, {reps} no-op applies and {reps} one-forward changes"
+            );
+            daemon_path(netd, &dir, &base, &plus, reps)?
+        }
+        None => {
+            println!("==> netd serve: left out (no --netd)");
+            (Vec::new(), Vec::new())
+        }
+    };
     let same = std::fs::read(&netd_listing)? == std::fs::read(&nft_listing)?;
     println!(
         "    the table nft -f built {} the one netd built (normalized listings)",
@@ -490,6 +671,8 @@ fn parent(args: &[String]) -> Res<()> {
         "nft -j -f (netd's JSON batch alone)",
         &nums(&json_rows, "nft_ms"),
     );
+    line("netd serve no-op apply (/v1/apply)", &serve_noop);
+    line("netd serve one forward added (/v1/apply)", &serve_one);
     line("netd no-op apply (render..plan)", &noop);
     line(
         "  of which observe and plan",
@@ -518,36 +701,52 @@ fn parent(args: &[String]) -> Res<()> {
         verdict(pct(&noop, 0.5) < 50.0),
         verdict(pct(&one, 0.5) < 30.0)
     );
-    println!();
-    println!("bench: full_apply_vs_nft = {ratio:.2} x");
-    println!("bench: full_apply = {:.1} ms", pct(&full, 0.5));
-    println!("bench: nft_f = {:.1} ms", pct(&raw, 0.5));
-    println!("bench: noop_apply = {:.1} ms", pct(&noop, 0.5));
-    println!("bench: one_forward_change = {:.1} ms", pct(&one, 0.5));
-    println!(
+    let mut lines = vec![
+        format!("bench: noop_apply = {:.1} ms", pct(&serve_noop, 0.5)),
+        format!("bench: one_forward_change = {:.1} ms", pct(&serve_one, 0.5)),
+    ];
+    lines.push(format!("bench: full_apply_vs_nft = {ratio:.2} x"));
+    lines.push(format!("bench: full_apply = {:.1} ms", pct(&full, 0.5)));
+    lines.push(format!("bench: nft_f = {:.1} ms", pct(&raw, 0.5)));
+    lines.push(format!(
+        "bench: noop_apply_firewall = {:.1} ms",
+        pct(&noop, 0.5)
+    ));
+    lines.push(format!(
+        "bench: one_forward_change_firewall = {:.1} ms",
+        pct(&one, 0.5)
+    ));
+    lines.push(format!(
         "bench: one_rule_change = {:.1} ms",
         pct(&nums(&netd_rows, "one_rule_ms"), 0.5)
-    );
-    println!(
+    ));
+    lines.push(format!(
         "bench: metrics_rule_counters = {:.1} ms",
         pct(&nums(&netd_rows, "counters_ms"), 0.5)
-    );
-    println!(
+    ));
+    lines.push(format!(
         "bench: metrics_listing_before = {:.1} ms",
         pct(&nums(&netd_rows, "list_ms"), 0.5)
-    );
-    println!(
+    ));
+    lines.push(format!(
         "bench: netd_apply_peak_rss = {:.1} MiB",
         max(&netd_rows, "rss_kib")
-    );
-    println!(
+    ));
+    lines.push(format!(
         "bench: nft_json_peak_rss = {:.1} MiB",
         max(&json_rows, "nft_rss_kib")
-    );
-    println!(
+    ));
+    lines.push(format!(
         "bench: nft_text_peak_rss = {:.1} MiB",
         max(&nft_rows, "nft_rss_kib")
-    );
+    ));
+    println!();
+    for l in &lines {
+        println!("{l}");
+    }
+    if let Some(out) = opt(args, "--lines-out") {
+        std::fs::write(out, lines.join("\n") + "\n")?;
+    }
     Ok(())
 }
 

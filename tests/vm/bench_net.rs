@@ -6,6 +6,7 @@
 //! Ignored by `cargo test`: benches are not tests and do not run in CI. The figure is
 //! netd's own (`wg: applied N actions in X ms`: planning and the kernel's work, not
 //! config parsing or ssh). The guest runs under TCG: far slower than real hardware.
+//! With BENCH_LINES_OUT set, the figure's line is also written there.
 
 use std::fs;
 
@@ -99,5 +100,10 @@ fn bench_wg_peers() {
     vm.power_off(POWER_OFF_TIMEOUT);
     times.sort_by(f64::total_cmp);
     let median = times.get(times.len() / 2).copied().unwrap_or(f64::NAN);
-    println!("bench: wg_1000_peers = {median:.1} ms");
+    let line = format!("bench: wg_1000_peers = {median:.1} ms");
+    println!("{line}");
+    // `cargo xtask bench net` prints it again with the other figures at the end.
+    if let Some(out) = std::env::var_os("BENCH_LINES_OUT") {
+        fs::write(out, format!("{line}\n")).unwrap();
+    }
 }
