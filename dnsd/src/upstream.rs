@@ -491,7 +491,7 @@ impl Upstreams {
     }
 
     /// The address of an encrypted upstream given by name, asked of the plain upstreams
-    /// (configured or from DHCP): the system resolver may be dnsd itself.
+    /// (configured or from DHCP), A then AAAA: the system resolver may be dnsd itself.
     async fn address(&self, host: &Host, port: u16) -> Result<SocketAddr, UpstreamError> {
         let name = match host {
             Host::Ip(ip) => return Ok(SocketAddr::new(*ip, port)),
@@ -499,12 +499,6 @@ impl Upstreams {
         };
         let qname = fqdn(name)
             .ok_or_else(|| UpstreamError::Network(name.to_owned(), "not a DNS name".to_owned()))?;
-        let mut m = Message::query();
-        m.metadata.recursion_desired = true;
-        m.add_query(Query::query(qname, RecordType::A));
-        let bytes = m
-            .to_vec()
-            .map_err(|e| UpstreamError::BadQuery(e.to_string()))?;
         let (dhcp, routes) = (self.dhcp.load(), self.routes.load());
         let plain: Vec<SocketAddr> = routes
             .configured
@@ -515,17 +509,29 @@ impl Upstreams {
                 _ => None,
             })
             .collect();
-        for a in plain {
-            let Ok(Ok(answer)) =
-                tokio::time::timeout(self.try_timeout, plain_exchange(name, a, &bytes, &m)).await
-            else {
-                continue;
-            };
-            if let Some(ip) = answer.answers.iter().find_map(|r| match &r.data {
-                RData::A(a) => Some(IpAddr::V4(a.0)),
-                _ => None,
-            }) {
-                return Ok(SocketAddr::new(ip, port));
+        // IPv4 first, then IPv6: a provider that gives only IPv6 (or a resolver known by
+        // its AAAA alone) must still be reachable.
+        for qtype in [RecordType::A, RecordType::AAAA] {
+            let mut m = Message::query();
+            m.metadata.recursion_desired = true;
+            m.add_query(Query::query(qname.clone(), qtype));
+            let bytes = m
+                .to_vec()
+                .map_err(|e| UpstreamError::BadQuery(e.to_string()))?;
+            for a in &plain {
+                let Ok(Ok(answer)) =
+                    tokio::time::timeout(self.try_timeout, plain_exchange(name, *a, &bytes, &m))
+                        .await
+                else {
+                    continue;
+                };
+                if let Some(ip) = answer.answers.iter().find_map(|r| match &r.data {
+                    RData::A(a) => Some(IpAddr::V4(a.0)),
+                    RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                    _ => None,
+                }) {
+                    return Ok(SocketAddr::new(ip, port));
+                }
             }
         }
         Err(UpstreamError::Network(
@@ -811,6 +817,29 @@ mod tests {
             RData::A(a) => a.0.to_string(),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn an_encrypted_upstream_known_by_its_aaaa_alone_is_found() {
+        // The plain upstream: a dnsd answering the DoT server's name with an IPv6 address
+        // only, so the A query gets NODATA and the AAAA query the address.
+        let text = "version = 1\n[dns]\nupstreams = [\"127.0.0.1:9\"]\n[[dns.records]]\nname = \"dot.example\"\naddresses = [\"2001:db8::53\"]\n";
+        let cfg = appliance::load_str(text).unwrap();
+        let policy = crate::policy::Policy::build(&cfg, &crate::policy::Lists::new()).unwrap();
+        let resolver = Arc::new(crate::server::Resolver::new(&cfg, Arc::new(policy)));
+        let plain = crate::server::Server::bind(resolver, vec!["127.0.0.1:0".parse().unwrap()])
+            .await
+            .unwrap();
+        let u = Upstreams::from_config(&dns(&[plain.addresses()[0].to_string()], ""));
+        let got = u
+            .address(&Host::parse("dot.example").unwrap(), 853)
+            .await
+            .unwrap();
+        assert_eq!(got, "[2001:db8::53]:853".parse::<SocketAddr>().unwrap());
+        let none = u
+            .address(&Host::parse("nothing.example").unwrap(), 853)
+            .await;
+        assert!(none.is_err(), "{none:?}");
     }
 
     #[tokio::test]
