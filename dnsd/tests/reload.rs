@@ -42,12 +42,56 @@ const NAMES: usize = 50_000;
 const CLIENTS: usize = 4;
 
 fn hosts(range: std::ops::Range<usize>, extra: &str) -> String {
+    hosts_named("h", range, extra)
+}
+
+/// A hosts list of `<prefix><i>.reload.test` for every `i` in `range`, then `extra`.
+fn hosts_named(prefix: &str, range: std::ops::Range<usize>, extra: &str) -> String {
     let mut s = String::from("# reload test list\n");
     for i in range {
-        writeln!(s, "0.0.0.0 h{i}.reload.test").unwrap();
+        writeln!(s, "0.0.0.0 {prefix}{i}.reload.test").unwrap();
     }
     s.push_str(extra);
     s
+}
+
+/// The daemon binary on `server` with the hosts list `file` (stored compiled under
+/// `d/lists`) and `upstream`, its control socket at `d/dnsd.sock`; returns once the first
+/// compile blocks `h5.reload.test`.
+fn start_with_list(
+    d: &std::path::Path,
+    file: &std::path::Path,
+    upstream: &str,
+    server: SocketAddr,
+) -> (common::Killed, std::path::PathBuf) {
+    std::fs::write(
+        d.join("appliance.toml"),
+        format!(
+            "version = 1\n[dns]\nupstreams = [\"{upstream}\"]\n\
+             [dns.lists.big]\nfile = \"{}\"\nformat = \"hosts\"\n",
+            file.display()
+        ),
+    )
+    .unwrap();
+    let sock = d.join("dnsd.sock");
+    let mut dnsd = common::Killed::spawn(
+        common::dnsd(&d.join("appliance.toml"))
+            .arg("--lists-dir")
+            .arg(d.join("lists"))
+            .arg("--listen")
+            .arg(server.to_string())
+            .arg("--control")
+            .arg(&sock)
+            .arg("--query-log")
+            .arg(d.join("querylog")),
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !blocked_now(server, "h5.reload.test") {
+        dnsd.assert_running("dnsd");
+        assert!(Instant::now() < deadline, "the list never blocked");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (dnsd, sock)
 }
 
 /// Makes the list due now, as its update interval passing would.
@@ -483,35 +527,9 @@ fn the_daemon_loses_no_query_under_an_open_loop_load_while_it_reloads() {
     let file = d.join("big.txt");
     let lists = d.join("lists");
     std::fs::write(&file, hosts(0..NAMES, "")).unwrap();
-    std::fs::write(
-        d.join("appliance.toml"),
-        format!(
-            "version = 1\n[dns]\nupstreams = [\"127.0.0.1:9\"]\n\
-             [dns.lists.big]\nfile = \"{}\"\nformat = \"hosts\"\n",
-            file.display()
-        ),
-    )
-    .unwrap();
     let server = common::free_addr();
-    let sock = d.join("dnsd.sock");
-    let mut dnsd = common::Killed::spawn(
-        common::dnsd(&d.join("appliance.toml"))
-            .arg("--lists-dir")
-            .arg(&lists)
-            .arg("--listen")
-            .arg(server.to_string())
-            .arg("--control")
-            .arg(&sock)
-            .arg("--query-log")
-            .arg(d.join("querylog")),
-    );
     // The first compile, at the start with an empty store.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !blocked_now(server, "h5.reload.test") {
-        dnsd.assert_running("dnsd");
-        assert!(Instant::now() < deadline, "the list never blocked");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (mut dnsd, sock) = start_with_list(d, &file, "127.0.0.1:9", server);
 
     let load = OpenLoop::start(server, 1000..NAMES);
     load.wait_sent(RATE);
@@ -664,24 +682,8 @@ fn dnsperf_loses_no_query_while_the_list_is_replaced_and_changed() {
     let d = dir.path();
     let file = d.join("big.txt");
     let lists = d.join("lists");
-    let list = |prefix: &str, extra: &str| {
-        let mut s = String::from("# reload test list\n");
-        for i in 0..NAMES {
-            writeln!(s, "0.0.0.0 {prefix}{i}.reload.test").unwrap();
-        }
-        s.push_str(extra);
-        s
-    };
+    let list = |prefix: &str, extra: &str| hosts_named(prefix, 0..NAMES, extra);
     std::fs::write(&file, list("h", "")).unwrap();
-    std::fs::write(
-        d.join("appliance.toml"),
-        format!(
-            "version = 1\n[dns]\nupstreams = [\"{up}\"]\n\
-             [dns.lists.big]\nfile = \"{}\"\nformat = \"hosts\"\n",
-            file.display()
-        ),
-    )
-    .unwrap();
     // Names of the first copy and of the replacement, alternating, spread over each list.
     let queries = d.join("queries.txt");
     let mut q = String::new();
@@ -692,24 +694,7 @@ fn dnsperf_loses_no_query_while_the_list_is_replaced_and_changed() {
     std::fs::write(&queries, q).unwrap();
 
     let server = SocketAddr::from(([127, 0, 0, 42], common::free_port("127.0.0.42")));
-    let sock = d.join("dnsd.sock");
-    let mut dnsd = common::Killed::spawn(
-        common::dnsd(&d.join("appliance.toml"))
-            .arg("--lists-dir")
-            .arg(&lists)
-            .arg("--listen")
-            .arg(server.to_string())
-            .arg("--control")
-            .arg(&sock)
-            .arg("--query-log")
-            .arg(d.join("querylog")),
-    );
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !blocked_now(server, "h5.reload.test") {
-        dnsd.assert_running("dnsd");
-        assert!(Instant::now() < deadline, "the list never blocked");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (mut dnsd, sock) = start_with_list(d, &file, &up.to_string(), server);
     assert!(forwarded_now(server, "n5.reload.test"));
 
     let out_path = d.join("dnsperf.out");
