@@ -513,6 +513,16 @@ fn daemon_path(
         noop.push(noop_ms);
         one.push(one_ms);
     }
+    // netd's own breakdown of each apply (its log goes with the namespace).
+    println!("    netd's steps, apply by apply (load, then the transaction):");
+    for l in served.log().lines().filter(|l| {
+        l.contains("generation loaded") || l.contains("same bytes") || l.contains("took=")
+    }) {
+        println!(
+            "      {}",
+            l.split_once("netd::daemon: ").map_or(l, |(_, r)| r)
+        );
+    }
     Ok((noop, one))
 }
 

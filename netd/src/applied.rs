@@ -78,10 +78,18 @@ pub fn store(path: &Path, generation: u64, config: &Config) -> Result<(), Record
         path: path.to_owned(),
         source,
     };
-    let record = Applied {
+    // Borrowed: a clone of a config with a large address set only to serialize it
+    // cost as much as the write.
+    #[derive(Serialize)]
+    struct Record<'a> {
+        version: u32,
+        generation: u64,
+        config: &'a Config,
+    }
+    let record = Record {
         version: VERSION,
         generation,
-        config: config.clone(),
+        config,
     };
     let bytes = serde_json::to_vec(&record).map_err(|e| err(std::io::Error::other(e)))?;
     appliance::tlsgen::write_atomic(path, &bytes, 0o600).map_err(err)?;
