@@ -74,24 +74,32 @@ pub fn load(path: &Path) -> Option<Applied> {
 /// Replaces the record at `path` atomically (temp file, fsync, rename, fsync of the
 /// directory).
 pub fn store(path: &Path, generation: u64, config: &Config) -> Result<(), RecordError> {
+    let json = config_json(config).map_err(|e| RecordError {
+        path: path.to_owned(),
+        source: std::io::Error::other(e),
+    })?;
+    store_json(path, generation, &json)
+}
+
+/// The config's part of a record, serialized once: another generation of the same
+/// config is recorded with it again ([`store_json`]) without serializing a large address
+/// set anew.
+pub fn config_json(config: &Config) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(config)
+}
+
+/// [`store`] with the config serialized already by [`config_json`]; the bytes are those
+/// `serde_json` writes for [`Applied`].
+pub fn store_json(path: &Path, generation: u64, config_json: &[u8]) -> Result<(), RecordError> {
     let err = |source| RecordError {
         path: path.to_owned(),
         source,
     };
-    // Borrowed: a clone of a config with a large address set only to serialize it
-    // cost as much as the write.
-    #[derive(Serialize)]
-    struct Record<'a> {
-        version: u32,
-        generation: u64,
-        config: &'a Config,
-    }
-    let record = Record {
-        version: VERSION,
-        generation,
-        config,
-    };
-    let bytes = serde_json::to_vec(&record).map_err(|e| err(std::io::Error::other(e)))?;
+    let head = format!(r#"{{"version":{VERSION},"generation":{generation},"config":"#);
+    let mut bytes = Vec::with_capacity(head.len() + config_json.len() + 1);
+    bytes.extend_from_slice(head.as_bytes());
+    bytes.extend_from_slice(config_json);
+    bytes.push(b'}');
     appliance::tlsgen::write_atomic(path, &bytes, 0o600).map_err(err)?;
     if let Some(dir) = path.parent() {
         File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
@@ -135,6 +143,24 @@ lease_time = "2h"
 addresses = ["10.8.0.1/24"]
 listen_port = 51820
 "#;
+
+    #[test]
+    fn a_record_from_the_serialized_config_reads_back_as_serde_writes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("applied.json");
+        let config = appliance::load_str(CONFIG).unwrap();
+        store_json(&path, 7, &config_json(&config).unwrap()).unwrap();
+        let expected = Applied {
+            version: VERSION,
+            generation: 7,
+            config: config.clone(),
+        };
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            serde_json::to_vec(&expected).unwrap()
+        );
+        assert_eq!(load(&path), Some(expected));
+    }
 
     #[test]
     fn a_record_reads_back_as_it_was_written_and_a_damaged_one_is_ignored() {

@@ -87,6 +87,10 @@ pub struct Stack<N: Netlink, F: Nft, W: WgKernel> {
     wireguard_owned: BTreeSet<String>,
     /// Where the record of the last apply is kept ([`crate::applied`]); `None`: nowhere.
     record: Option<PathBuf>,
+    /// The config part of the record last written ([`crate::applied::config_json`]),
+    /// that of the config in force: a new generation of it is recorded without
+    /// serializing its addresses again.
+    record_json: Option<Vec<u8>>,
     /// The config of the record, until this netd commits an apply of its own: the
     /// previous config of the first plan (static addresses on links now DHCP go).
     restored: Option<Config>,
@@ -122,6 +126,7 @@ impl<N: Netlink, F: Nft, W: WgKernel> Stack<N, F, W> {
             services,
             wireguard_owned: BTreeSet::new(),
             record: None,
+            record_json: None,
             restored: None,
             services_elsewhere: None,
         }
@@ -364,10 +369,24 @@ impl<N: Netlink, F: Nft, W: WgKernel> Stack<N, F, W> {
         self.restored = None;
         if let Some(path) = &self.record
             && previous.is_none_or(|(n, c)| n != generation || c != cfg)
-            && let Err(e) = crate::applied::store(path, generation, cfg)
         {
-            // The kernel holds the generation; only a later restart would miss the record.
-            tracing::error!("{e}");
+            let written = match (previous, self.record_json.take()) {
+                (Some((_, c)), Some(json)) if c == cfg => Ok(json),
+                _ => crate::applied::config_json(cfg),
+            }
+            .map_err(|e| crate::applied::RecordError {
+                path: path.clone(),
+                source: std::io::Error::other(e),
+            })
+            .and_then(|json| {
+                crate::applied::store_json(path, generation, &json)?;
+                Ok(json)
+            });
+            match written {
+                Ok(json) => self.record_json = Some(json),
+                // The kernel holds the generation; only a later restart would miss the record.
+                Err(e) => tracing::error!("{e}"),
+            }
         }
         took.lap("record");
         tracing::info!(generation, steps = actions.len(), took = %took, "generation applied");
