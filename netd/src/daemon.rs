@@ -1252,16 +1252,7 @@ mod tests {
             .kernel
             .state
             .devices
-            .push(wg::ObservedDevice {
-                name: "wg9".into(),
-                mtu: 1420,
-                up: true,
-                addresses: Vec::new(),
-                private_key: None,
-                public_key: None,
-                listen_port: 51821,
-                peers: Vec::new(),
-            });
+            .push(hand_made_tunnel("wg9"));
         let n2 = rig.commit(&BASE.replace("192.168.1.1/24", "192.168.3.1/24"));
         let reply = rig.daemon.apply(n2).unwrap();
         assert!(
