@@ -888,6 +888,7 @@ where
                 bytes = r.bytes,
                 snapshots = r.snapshots,
                 resumed = r.resumed,
+                aborted = ?r.aborted,
                 "replication run done"
             ),
             Err(e) => tracing::error!(job = name, error = %e, "replication run failed"),
@@ -940,6 +941,7 @@ where
             "seconds": r.duration.as_secs_f64(),
             "snapshots": r.snapshots,
             "resumed": r.resumed,
+            "aborted_partial_receives": r.aborted,
             "lag_seconds": r.lag.map(|l| l.as_secs()),
             "datasets": r.datasets.iter().map(|(src, dst, steps)| json!({
                 "source": src, "target": dst, "steps": steps,

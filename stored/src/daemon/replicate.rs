@@ -381,6 +381,7 @@ pub fn report(job: &str, bytes: u64, secs: u64, lag: Option<u64>) -> JobReport {
         duration: Duration::from_secs(secs),
         snapshots: 1,
         resumed: false,
+        aborted: Vec::new(),
         lag: lag.map(Duration::from_secs),
         datasets: Vec::new(),
         bases: Vec::new(),

@@ -192,6 +192,9 @@ fn replicate(config: &Config, name: &str, bwlimit: Option<u64>) -> Result<(), Cl
             bandwidth_limit: bwlimit,
         },
     )?;
+    for aborted in &report.aborted {
+        println!("aborted the interrupted receive into {aborted}");
+    }
     for (source, target, steps) in &report.datasets {
         println!("{source} -> {target}: {steps} snapshot(s)");
     }

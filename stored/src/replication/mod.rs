@@ -43,6 +43,9 @@ pub struct JobReport {
     pub snapshots: usize,
     /// Whether an interrupted receive was continued rather than restarted.
     pub resumed: bool,
+    /// Interrupted receives the source could not continue, aborted on the target before
+    /// the run sent afresh: `target dataset: why`.
+    pub aborted: Vec<String>,
     /// Age of the oldest "newest snapshot on the target" among the job's datasets: the
     /// recovery point the target offers (RPO lag). `None` when nothing is on the target.
     pub lag: Option<Duration>,

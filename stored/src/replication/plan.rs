@@ -1,6 +1,7 @@
 //! What one dataset's replication sends (pure): full or incremental from the newest
 //! snapshot both sides share, matched by GUID (a name can be reused, a GUID cannot), a
-//! pending resume first, and divergence of the target refused or rolled back.
+//! pending resume first (or aborted when the source can no longer continue it), and
+//! divergence of the target refused or rolled back.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -112,8 +113,46 @@ pub struct Rollback {
     pub destroy: Vec<String>,
 }
 
+/// An interrupted receive on the target that the source cannot continue: the receiver is
+/// asked to abort it (`zfs receive -A`, only that partial state) before the steps, which
+/// start over from the newest common snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StalePartial {
+    /// The token's snapshot GUID: the receiver aborts only a partial receive of it.
+    pub toguid: u64,
+    pub why: StaleWhy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaleWhy {
+    /// The snapshot being received is gone from the source (destroyed after a cut).
+    SnapshotGone,
+    /// The incremental source of the cut stream is neither a snapshot nor a bookmark on
+    /// the source any more.
+    BaseGone { fromguid: u64 },
+}
+
+impl fmt::Display for StalePartial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.why {
+            StaleWhy::SnapshotGone => write!(
+                f,
+                "the source no longer has the snapshot it was receiving (GUID {:#x})",
+                self.toguid
+            ),
+            StaleWhy::BaseGone { fromguid } => write!(
+                f,
+                "the source no longer has the incremental base of the snapshot it was \
+                 receiving (GUID {fromguid:#x}, neither snapshot nor bookmark)"
+            ),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
+    /// Set when the target's interrupted receive must be aborted before the steps.
+    pub abort_partial: Option<StalePartial>,
     pub rollback: Option<Rollback>,
     /// In order; empty when the target is up to date.
     pub steps: Vec<Step>,
@@ -143,11 +182,6 @@ pub enum PlanError {
         newer: Vec<String>,
         written: u64,
     },
-    #[error(
-        "target {target} holds an interrupted receive of a snapshot the source no longer has \
-         (GUID {toguid:#x}); abort it on the target (`zfs receive -A {target}`) and run again"
-    )]
-    StaleResume { target: String, toguid: u64 },
 }
 
 fn describe_divergence(newer: &[String], written: u64) -> String {
@@ -168,7 +202,9 @@ fn describe_divergence(newer: &[String], written: u64) -> String {
 }
 
 /// Plans one dataset. `source` and `bookmarks` are the source's (any order), `target` the
-/// receiver's report, `resume` the decoded token when the target has one.
+/// receiver's report, `resume` the decoded token when the target has one. A token the
+/// source cannot continue is planned as an abort of that partial receive followed by what
+/// the target would get without it (a partial first receive counts as no target).
 pub fn plan(
     source_ds: &str,
     target_ds: &str,
@@ -205,27 +241,40 @@ pub fn plan(
         steps
     };
 
+    let mut abort_partial = None;
     if let Some(r) = resume {
-        // The partial receive is finished first; its base is the target's newest snapshot,
-        // so no divergence check applies until it has landed.
-        let Some(&i) = by_guid.get(&r.toguid) else {
-            return Err(PlanError::StaleResume {
-                target: target_ds.to_owned(),
-                toguid: r.toguid,
-            });
+        let stale = match (by_guid.get(&r.toguid), r.fromguid) {
+            (None, _) => Some(StaleWhy::SnapshotGone),
+            (Some(_), Some(from))
+                if !by_guid.contains_key(&from) && !bookmarks.iter().any(|b| b.guid == from) =>
+            {
+                Some(StaleWhy::BaseGone { fromguid: from })
+            }
+            (Some(&i), _) => {
+                // The partial receive is finished first; its base is the target's newest
+                // snapshot, so no divergence check applies until it has landed.
+                let to = source.get(i).map(|s| s.name.clone()).unwrap_or_default();
+                let mut steps = vec![Step::Resume { to: to.clone() }];
+                steps.extend(chain(Base::Snapshot(to), i));
+                return Ok(Plan {
+                    abort_partial: None,
+                    rollback: None,
+                    steps,
+                    newest: Some(newest),
+                });
+            }
         };
-        let to = source.get(i).map(|s| s.name.clone()).unwrap_or_default();
-        let mut steps = vec![Step::Resume { to: to.clone() }];
-        steps.extend(chain(Base::Snapshot(to), i));
-        return Ok(Plan {
-            rollback: None,
-            steps,
-            newest: Some(newest),
+        abort_partial = stale.map(|why| StalePartial {
+            toguid: r.toguid,
+            why,
         });
     }
 
-    if !target.exists {
+    // An aborted first receive takes the half-made dataset with it.
+    let target_exists = target.exists && !(abort_partial.is_some() && target.snapshots.is_empty());
+    if !target_exists {
         return Ok(Plan {
+            abort_partial,
             rollback: None,
             steps: vec![Step::Full {
                 to: newest.name.clone(),
@@ -320,6 +369,7 @@ pub fn plan(
         None => Vec::new(),
     };
     Ok(Plan {
+        abort_partial,
         rollback,
         steps,
         newest: Some(newest),
@@ -525,21 +575,109 @@ mod tests {
         .unwrap();
         assert_eq!(p.steps.first(), Some(&Step::Resume { to: "s2".into() }));
         assert_eq!(p.steps.len(), 2);
-        let stale = PendingResume {
-            toguid: 77,
-            fromguid: None,
+    }
+
+    /// The decision after a sender was killed mid-stream and the snapshot it was sending
+    /// was destroyed on the source: abort that partial receive, then an incremental from
+    /// the newest common snapshot to the newest source snapshot, not a StaleResume.
+    #[test]
+    fn a_token_the_source_cannot_continue_is_aborted_then_sent_afresh() {
+        // s2 was being received when the sender died; s2 is gone from the source since.
+        let src = [snap("s1", 1, 10), snap("s3", 3, 30)];
+        let t = target(vec![snap("s1", 1, 3)]);
+        let gone = PendingResume {
+            toguid: 2,
+            fromguid: Some(1),
         };
+        let p = plan(
+            "tank/a",
+            "backup/a",
+            &src,
+            &[],
+            &t,
+            Some(gone),
+            OnDivergence::Refuse,
+        )
+        .unwrap();
+        assert_eq!(
+            p.abort_partial,
+            Some(StalePartial {
+                toguid: 2,
+                why: StaleWhy::SnapshotGone
+            })
+        );
+        assert_eq!(
+            p.steps,
+            vec![Step::Incremental {
+                from: Base::Snapshot("s1".into()),
+                to: "s3".into()
+            }]
+        );
+        assert!(p.rollback.is_none());
+
+        // The cut stream's base is gone (no snapshot, no bookmark), its target snapshot
+        // is still there: it cannot be resumed either.
+        let src = [snap("s2", 2, 20), snap("s3", 3, 30)];
+        let t = target(vec![snap("s1", 1, 3)]);
         let e = plan(
             "tank/a",
             "backup/a",
             &src,
             &[],
             &t,
-            Some(stale),
+            Some(gone),
             OnDivergence::Refuse,
         )
         .unwrap_err();
-        assert!(e.to_string().contains("zfs receive -A backup/a"), "{e}");
+        // Without a common snapshot or bookmark the fresh send is refused as usual.
+        assert!(matches!(e, PlanError::NoCommon { .. }), "{e}");
+        let marks = [snap("repl_s1", 1, 10)];
+        let p = plan(
+            "tank/a",
+            "backup/a",
+            &src,
+            &marks,
+            &t,
+            Some(PendingResume {
+                toguid: 2,
+                fromguid: Some(77),
+            }),
+            OnDivergence::Refuse,
+        )
+        .unwrap();
+        assert_eq!(
+            p.abort_partial.map(|a| a.why),
+            Some(StaleWhy::BaseGone { fromguid: 77 })
+        );
+        assert_eq!(
+            p.steps.first(),
+            Some(&Step::Incremental {
+                from: Base::Bookmark("repl_s1".into()),
+                to: "s2".into()
+            })
+        );
+
+        // A first receive cut and gone stale: the half-made target goes with the abort,
+        // and the newest snapshot is sent in full.
+        let empty = TargetState {
+            exists: true,
+            ..TargetState::default()
+        };
+        let p = plan(
+            "tank/a",
+            "backup/a",
+            &src,
+            &[],
+            &empty,
+            Some(PendingResume {
+                toguid: 1,
+                fromguid: None,
+            }),
+            OnDivergence::Refuse,
+        )
+        .unwrap();
+        assert!(p.abort_partial.is_some());
+        assert_eq!(p.steps, vec![Step::Full { to: "s3".into() }]);
     }
 
     #[test]

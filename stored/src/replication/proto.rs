@@ -9,6 +9,7 @@
 //! Hello{job, datasets}  -> Ok | Error
 //! State{dataset}        -> State{exists, snapshots with GUIDs, resume token, written}
 //! Rollback{dataset,..}  -> Ok | Error
+//! AbortPartial{dataset, toguid} -> Ok | Error
 //! Receive{snapshot,..} DATA.. END -> Received{bytes} | Error
 //! Bye
 //! ```
@@ -57,6 +58,13 @@ pub enum Request {
         to: String,
         /// Short names of the newer snapshots to destroy first.
         destroy: Vec<String>,
+    },
+    /// Abort the interrupted receive into `dataset` whose token names `toguid`: the
+    /// source cannot continue it. A receiver older than this message ends the connection
+    /// on it (an unknown request), and the run fails as before.
+    AbortPartial {
+        dataset: String,
+        toguid: u64,
     },
     Receive {
         /// Full name of the snapshot to create on the target.

@@ -223,6 +223,16 @@ pub(super) fn serve_conn(
                     Err(e) => error(e),
                 }
             }),
+            Request::AbortPartial { dataset, toguid } => guard(&dataset, &declared)
+                .unwrap_or_else(|| match abort_partial(&zfs, &dataset, toguid) {
+                    Ok(()) => {
+                        tracing::warn!(%job, %dataset, toguid = format_args!("{toguid:#x}"), "aborted an interrupted receive the sender cannot continue");
+                        Reply::Ok
+                    }
+                    Err(e) => Reply::Error {
+                        message: e.to_string(),
+                    },
+                }),
             Request::Receive {
                 snapshot,
                 raw,
@@ -290,6 +300,74 @@ pub(super) fn rollback(
     // Whoever wrote to the replica turned readonly off: back on, or reads (atime) would
     // make it diverge again before the next run.
     zfs.cli().set_value(dataset, "readonly", "on")?;
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AbortError {
+    #[error(
+        "{dataset} has no interrupted receive to abort (no receive_resume_token); nothing \
+         was changed"
+    )]
+    NoPartial { dataset: String },
+    #[error(
+        "{dataset} holds an interrupted receive of GUID {have:#x}, not {want:#x} as the \
+         sender planned; nothing was aborted, run the job again"
+    )]
+    OtherPartial {
+        dataset: String,
+        want: u64,
+        have: u64,
+    },
+    #[error("{dataset}: {source}")]
+    Token {
+        dataset: String,
+        #[source]
+        source: crate::zfs::resume::TokenError,
+    },
+    #[error(transparent)]
+    Zfs(#[from] ZfsError),
+}
+
+/// Whether the partial receive a token names (`have`, `None` without a token) is the one
+/// the sender asked to abort: never anything else, so that a newer partial receive (another
+/// run got there first) is kept.
+fn may_abort(dataset: &str, have: Option<u64>, want: u64) -> Result<(), AbortError> {
+    match have {
+        None => Err(AbortError::NoPartial {
+            dataset: dataset.to_owned(),
+        }),
+        Some(have) if have != want => Err(AbortError::OtherPartial {
+            dataset: dataset.to_owned(),
+            want,
+            have,
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Aborts the interrupted receive into `dataset` when its token names `toguid`: the
+/// partial state only (`zfs receive -A`), never a received snapshot. What the local
+/// transport runs directly and the listener on a sender's `AbortPartial`.
+pub(super) fn abort_partial(zfs: &RealZfs, dataset: &str, toguid: u64) -> Result<(), AbortError> {
+    let have = if zfs.lzc().exists(dataset).map_err(ZfsError::from)? {
+        let values = zfs.cli().get_values(dataset, &["receive_resume_token"])?;
+        match values.first().filter(|t| t.as_str() != "-") {
+            Some(t) => Some(
+                crate::zfs::resume::decode(t)
+                    .map_err(|source| AbortError::Token {
+                        dataset: dataset.to_owned(),
+                        source,
+                    })?
+                    .toguid,
+            ),
+            None => None,
+        }
+    } else {
+        None
+    };
+    may_abort(dataset, have, toguid)?;
+    zfs.cli().abort_receive(dataset)?;
     Ok(())
 }
 
@@ -391,5 +469,17 @@ mod tests {
         assert!(under("pool2/r/a", &roots));
         assert!(!under("backupx/a", &roots));
         assert!(!under("pool2", &roots));
+    }
+
+    #[test]
+    fn only_the_partial_receive_the_sender_saw_is_aborted() {
+        assert!(may_abort("b/a", Some(7), 7).is_ok());
+        let e = may_abort("b/a", Some(8), 7).unwrap_err().to_string();
+        assert!(
+            e.contains("0x8") && e.contains("nothing was aborted"),
+            "{e}"
+        );
+        let e = may_abort("b/a", None, 7).unwrap_err().to_string();
+        assert!(e.contains("no interrupted receive"), "{e}");
     }
 }

@@ -14,7 +14,7 @@ use rustls::pki_types::ServerName;
 use super::plan::{self, PendingResume, Snap, Step, TargetState};
 use super::proto::{self, Reply, Request};
 use super::tls::{self, Identity};
-use super::{JobReport, ReplError, holds, local};
+use super::{JobReport, ReplError, holds, local, receive};
 use crate::zfs::lzc::SendFlags;
 use crate::zfs::{RealZfs, Zfs as _, resume};
 
@@ -145,6 +145,29 @@ impl Dest<'_> {
                 target: link.target.to_owned(),
                 message: format!("unexpected answer to State: {other:?}"),
             }),
+        }
+    }
+
+    /// Aborts the target's interrupted receive of `toguid` (the planner found it stale).
+    fn abort_partial(
+        &mut self,
+        zfs: &RealZfs,
+        dataset: &str,
+        toguid: u64,
+    ) -> Result<(), ReplError> {
+        match self {
+            Dest::Local => {
+                receive::abort_partial(zfs, dataset, toguid).map_err(|e| ReplError::Refused {
+                    target: local::LOCAL.to_owned(),
+                    message: e.to_string(),
+                })
+            }
+            Dest::Remote(link) => link
+                .ask(&Request::AbortPartial {
+                    dataset: dataset.to_owned(),
+                    toguid,
+                })
+                .map(drop),
         }
     }
 
@@ -395,6 +418,11 @@ fn replicate_dataset(
         pending,
         job.on_divergence,
     )?;
+    if let Some(stale) = &plan.abort_partial {
+        tracing::warn!(job = job_name, target = target_ds, reason = %stale, "aborting the target's interrupted receive; sending afresh from the newest common snapshot");
+        dest.abort_partial(zfs, target_ds, stale.toguid)?;
+        report.aborted.push(format!("{target_ds}: {stale}"));
+    }
     if let Some(rb) = &plan.rollback {
         tracing::warn!(target = target_ds, to = %rb.to, destroy = ?rb.destroy, "rolling the diverged target back (on_divergence = rollback)");
         dest.rollback(zfs, target_ds, &rb.to, &rb.destroy)?;

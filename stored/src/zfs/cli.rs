@@ -267,6 +267,13 @@ impl ZfsCli {
         Ok(())
     }
 
+    /// Aborts the interrupted receive into `dataset` (`zfs receive -A`): only its partial
+    /// state goes (for a first receive, the half-made dataset); libzfs_core has no call.
+    pub fn abort_receive(&self, dataset: &str) -> Result<(), ZfsError> {
+        self.zfs(&["receive", "-A", dataset])?;
+        Ok(())
+    }
+
     /// Destroys a bookmark (`pool/fs#mark`); libzfs_core's call for it is not wrapped.
     pub fn destroy_bookmark(&self, bookmark: &str) -> Result<(), ZfsError> {
         if !bookmark.contains('#') {
