@@ -1078,10 +1078,18 @@ fn reload_under_load(
     if let Some(domains) = replace_with {
         replace_list(files, domains, added)?;
     }
-    let (rss_before, _) = memory(p.pid())?;
-    // Resets VmHWM, so that it shows the peak of the reload alone.
+    // Resets VmHWM, so that it shows the peak of the load and the reload alone.
     fs::write(format!("/proc/{}/clear_refs", p.pid()), "5")?;
     let drops_before = UdpDrops::read()?;
+    // Steady state is read while the load runs and before the swap (a third of the run in):
+    // right after the start the stored list is mapped but mostly not yet touched, which
+    // made the ratio compare the reload against a half-resident process.
+    let pid = p.pid();
+    let sample_at = Duration::from_millis(reload_after.min(seconds * 1000) / 2);
+    let steady = std::thread::spawn(move || {
+        std::thread::sleep(sample_at);
+        memory(pid).map(|(rss, _)| rss)
+    });
     let perf = dnsperf(
         &PerfRun {
             server: addr,
@@ -1095,6 +1103,9 @@ fn reload_under_load(
         &files.dir.join(format!("dnsperf-{kind}.out")),
     )?;
     let (_, hwm_during) = memory(p.pid())?;
+    let rss_before = steady
+        .join()
+        .map_err(|_| anyhow!("the memory sampler panicked"))??;
     let udp = UdpDrops::read()?.since(drops_before);
     let socket_drops = socket_drops(addr)?;
     let swap_ms = rx
@@ -1337,7 +1348,7 @@ fn report(
     println!(
         "reload under load (the list replaced whole): {} qps for {:.0} s, policy swapped {} ms \
          after the forced refresh; {} of {} queries lost; p99 {} ms, max {} ms; RSS {:.1} MB \
-         before, peak {:.1} MB during; name added to the list blocked after: {}",
+         steady under the load before the swap, peak {:.1} MB during; name added to the list blocked after: {}",
         reload.rate,
         rs.sent as f64 / reload.rate.max(1) as f64,
         reload
