@@ -77,24 +77,20 @@ pub fn job_base(zfs: &impl Zfs, dataset: &str, job: &str) -> Result<Option<Snaps
 }
 
 /// Releases `stored-repl:*` holds whose job is not in `jobs`, on every snapshot of the
-/// imported pools. Returns the `(snapshot, tag)` pairs released.
+/// imported pools: one holds listing per pool (a channel program) and one release call per
+/// pool, whatever the number of snapshots. Returns the `(snapshot, tag)` pairs released.
 pub fn release_stale_holds(
     zfs: &mut impl Zfs,
     jobs: &BTreeSet<String>,
 ) -> Result<Vec<(String, String)>, ZfsError> {
+    let started = std::time::Instant::now();
     let mut stale = Vec::new();
     for pool in zfs.pools()? {
-        for s in zfs.snapshots(&pool.name, true)? {
-            if s.userrefs == 0 {
-                continue;
-            }
-            let name = s.full_name();
-            for tag in zfs.holds(&name)?.into_keys() {
-                if let Some(job) = tag.strip_prefix(HOLD_PREFIX)
-                    && !jobs.contains(job)
-                {
-                    stale.push((name.clone(), tag));
-                }
+        for (snap, tag) in zfs.pool_holds(&pool.name)? {
+            if let Some(job) = tag.strip_prefix(HOLD_PREFIX)
+                && !jobs.contains(job)
+            {
+                stale.push((snap, tag));
             }
         }
     }
@@ -104,6 +100,11 @@ pub fn release_stale_holds(
             tracing::info!(%snap, %tag, "released a stale replication hold (job not in the config)");
         }
     }
+    tracing::info!(
+        released = stale.len(),
+        sweep_ms = started.elapsed().as_secs_f64() * 1e3,
+        "stale replication holds swept"
+    );
     Ok(stale)
 }
 
@@ -183,5 +184,48 @@ mod tests {
                 .contains_key("stored-repl:kept")
         );
         assert!(release_stale_holds(&mut z, &jobs).unwrap().is_empty());
+    }
+
+    /// The sweep reads holds once per pool and releases in one call: a thousand snapshots
+    /// cost no get_holds each, as the listing of userrefs and a get_holds per held
+    /// snapshot did.
+    #[test]
+    fn the_sweep_lists_holds_once_per_pool_and_releases_in_one_batch() {
+        let mut z = fake();
+        let names: Vec<String> = (0..1000).map(|i| format!("tank/a@e{i:04}")).collect();
+        for n in &names {
+            z.snapshot(std::slice::from_ref(n), &[]).unwrap();
+        }
+        z.hold(&[
+            (names[10].clone(), "stored-repl:gone".into()),
+            (names[20].clone(), "stored-repl:gone".into()),
+            (names[30].clone(), "stored-repl:kept".into()),
+            (names[40].clone(), "admin".into()),
+        ])
+        .unwrap();
+        let (writes, listings) = (z.writes, z.snapshot_listings.get());
+        z.holds_calls.set(0);
+        let jobs = BTreeSet::from(["kept".to_owned()]);
+        let released = release_stale_holds(&mut z, &jobs).unwrap();
+        assert_eq!(
+            released,
+            [
+                (names[10].clone(), "stored-repl:gone".to_owned()),
+                (names[20].clone(), "stored-repl:gone".to_owned()),
+            ]
+        );
+        assert_eq!(z.writes - writes, 1, "one release call");
+        assert_eq!(
+            z.snapshot_listings.get() - listings,
+            1,
+            "one listing of the pool"
+        );
+        assert_eq!(z.holds_calls.get(), 0, "no get_holds per snapshot");
+        assert!(
+            z.holds(&names[30])
+                .unwrap()
+                .contains_key("stored-repl:kept")
+        );
+        assert!(z.holds(&names[40]).unwrap().contains_key("admin"));
     }
 }

@@ -45,6 +45,8 @@ pub struct FakeZfs {
     pub destroy_calls: usize,
     /// Snapshot listings (`zfs list -t snapshot` runs), each a process and a pool walk.
     pub snapshot_listings: std::cell::Cell<usize>,
+    /// `get_holds` calls, one ioctl a snapshot on the real side.
+    pub holds_calls: std::cell::Cell<usize>,
     /// When set, the next change fails with this stderr and changes nothing.
     pub fail_next: Option<String>,
 }
@@ -562,7 +564,27 @@ impl Zfs for FakeZfs {
         Ok(())
     }
 
+    fn pool_holds(&self, pool: &str) -> Result<Vec<(String, String)>, ZfsError> {
+        let mut out: Vec<(String, String)> = self
+            .snapshots(pool, true)?
+            .into_iter()
+            .flat_map(|s| {
+                let full = s.full_name();
+                let tags: Vec<String> = self
+                    .snaps
+                    .get(&s.dataset)
+                    .and_then(|v| v.iter().find(|f| f.name == s.name))
+                    .map(|f| f.holds.keys().cloned().collect())
+                    .unwrap_or_default();
+                tags.into_iter().map(move |tag| (full.clone(), tag))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
     fn holds(&self, snapshot: &str) -> Result<BTreeMap<String, u64>, ZfsError> {
+        self.holds_calls.set(self.holds_calls.get() + 1);
         let found = snapshot
             .split_once('@')
             .and_then(|(ds, name)| self.snaps.get(ds)?.iter().find(|s| s.name == name));

@@ -255,6 +255,20 @@ pub trait Zfs {
     fn release(&mut self, holds: &[(String, String)]) -> Result<(), ZfsError>;
     /// Tag → time placed.
     fn holds(&self, snapshot: &str) -> Result<BTreeMap<String, u64>, ZfsError>;
+    /// Every user hold in `pool`, `(snapshot, tag)`, sorted: what the stale-hold sweep
+    /// reads. The real one asks one channel program for the pool's whole tree; this
+    /// default walks a listing, one [`Zfs::holds`] per held snapshot.
+    fn pool_holds(&self, pool: &str) -> Result<Vec<(String, String)>, ZfsError> {
+        let mut out = Vec::new();
+        for s in self.snapshots(pool, true)? {
+            if s.userrefs > 0 {
+                let full = s.full_name();
+                out.extend(self.holds(&full)?.into_keys().map(|t| (full.clone(), t)));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
 }
 
 /// Groups full names by pool: one lzc call may only touch one pool.

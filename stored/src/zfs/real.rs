@@ -159,4 +159,28 @@ impl Zfs for RealZfs {
     fn holds(&self, snapshot: &str) -> Result<BTreeMap<String, u64>, ZfsError> {
         Ok(self.lzc.get_holds(snapshot)?)
     }
+
+    fn pool_holds(&self, pool: &str) -> Result<Vec<(String, String)>, ZfsError> {
+        let mut roots = NvList::new()?;
+        roots.add_boolean(pool)?;
+        match self.lzc.channel_program(pool, zcp::HOLDS, &roots, false) {
+            Ok(value) => zcp::parse_holds(&format!("the holds in {pool}"), value),
+            // A module without `zfs.list.holds` (older than OpenZFS 0.8) fails the program:
+            // the listing and a get_holds per held snapshot still give the answer.
+            Err(e @ LzcError::Program { .. }) => {
+                tracing::warn!(pool, error = %e, "the holds channel program failed; walking the snapshot listing instead");
+                let mut out = Vec::new();
+                for s in self.cli.snapshots(pool, true)? {
+                    if s.userrefs > 0 {
+                        let full = s.full_name();
+                        let tags = self.lzc.get_holds(&full)?.into_keys();
+                        out.extend(tags.map(|t| (full.clone(), t)));
+                    }
+                }
+                out.sort();
+                Ok(out)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
 }

@@ -58,6 +58,63 @@ end
 return refused
 "#;
 
+/// Lists every user hold on the snapshots of the datasets given (an array of names) and
+/// their descendants: `{ [snapshot] = { [tag] = true } }`, only snapshots with holds. One
+/// ioctl for a pool's whole tree where `zfs list -o userrefs` and a get_holds per held
+/// snapshot cost a process, a walk and an ioctl each.
+pub const HOLDS: &str = r#"
+local roots = ...
+local out = {}
+local function walk(ds)
+  for s in zfs.list.snapshots(ds) do
+    local tags = nil
+    for tag in zfs.list.holds(s) do
+      tags = tags or {}
+      tags[tag] = true
+    end
+    if tags then
+      out[s] = tags
+    end
+  end
+  for c in zfs.list.children(ds) do
+    walk(c)
+  end
+end
+for _, ds in ipairs(roots) do
+  walk(ds)
+end
+return out
+"#;
+
+/// Reads the holds program's result as `(snapshot, tag)` pairs, sorted.
+pub fn parse_holds(
+    program: &str,
+    value: Option<NvValue>,
+) -> Result<Vec<(String, String)>, ZfsError> {
+    let bad = |line: String, why: &str| ZfsError::Parse {
+        command: program.to_owned(),
+        line,
+        why: why.to_owned(),
+    };
+    let snaps = match value {
+        Some(NvValue::List(snaps)) => snaps,
+        None => Vec::new(),
+        Some(other) => return Err(bad(format!("{other:?}"), "expected a table")),
+    };
+    let mut out = Vec::new();
+    for (snap, tags) in snaps {
+        if !snap.contains('@') {
+            return Err(bad(snap, "not a snapshot name"));
+        }
+        let NvValue::List(tags) = tags else {
+            return Err(bad(format!("{snap}: {tags:?}"), "expected a table of tags"));
+        };
+        out.extend(tags.into_iter().map(|(tag, _)| (snap.clone(), tag)));
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Reads the names program's result as `(dataset, snapshot name)` pairs, sorted.
 pub fn parse_names(
     program: &str,
@@ -142,7 +199,40 @@ mod tests {
     }
 
     #[test]
+    fn holds_read_into_pairs_and_anything_else_is_an_error() {
+        let tags = |t: &[&str]| {
+            NvValue::List(
+                t.iter()
+                    .map(|t| ((*t).to_owned(), NvValue::Other(1)))
+                    .collect(),
+            )
+        };
+        let value = NvValue::List(vec![
+            ("tank/b@s".into(), tags(&["stored-repl:x"])),
+            ("tank/a@s".into(), tags(&["admin", "stored-repl:y"])),
+        ]);
+        assert_eq!(
+            parse_holds("holds", Some(value)).unwrap(),
+            [
+                ("tank/a@s".to_owned(), "admin".to_owned()),
+                ("tank/a@s".to_owned(), "stored-repl:y".to_owned()),
+                ("tank/b@s".to_owned(), "stored-repl:x".to_owned()),
+            ]
+        );
+        assert!(parse_holds("holds", None).unwrap().is_empty());
+        let e = parse_holds("holds", Some(s("x"))).unwrap_err().to_string();
+        assert!(e.contains("expected a table"), "{e}");
+        let value = NvValue::List(vec![("tank/a@s".into(), s("x"))]);
+        let e = parse_holds("holds", Some(value)).unwrap_err().to_string();
+        assert!(e.contains("table of tags"), "{e}");
+        let value = NvValue::List(vec![("tank/a".into(), tags(&["t"]))]);
+        let e = parse_holds("holds", Some(value)).unwrap_err().to_string();
+        assert!(e.contains("not a snapshot name"), "{e}");
+    }
+
+    #[test]
     fn the_programs_say_what_they_are() {
+        assert!(HOLDS.contains("zfs.list.holds"));
         assert!(names_program(true).starts_with("local RECURSIVE = true\n"));
         assert!(names_program(false).starts_with("local RECURSIVE = false\n"));
         assert!(DESTROY.contains("zfs.sync.destroy"));
