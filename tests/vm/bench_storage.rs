@@ -153,8 +153,11 @@ fn bench_storage() {
         "" => (true, true),
         "prune" => (false, true),
         "replication" => (true, false),
-        other => panic!("BENCH_ONLY={other}: `prune` or `replication`"),
+        // Only the empty incrementals, on a small base, by raw, stored local and syncoid.
+        "empties" => (false, false),
+        other => panic!("BENCH_ONLY={other}: `prune`, `replication` or `empties`"),
     };
+    let empties_alone = only == "empties";
     let src_mib = (full_mib + inc_mib) * 2 + 2048;
     let zpool::ZfsVm {
         mut vm,
@@ -166,7 +169,7 @@ fn bench_storage() {
     );
     // syncoid and the Perl modules it needs beyond perl-base, unpacked under /tmp.
     let syncoid = std::env::var_os("SYNCOID_DEBS")
-        .filter(|_| replicate)
+        .filter(|_| replicate || empties_alone)
         .map(|dir| {
         vm.sh("mkdir -p /tmp/debs /tmp/sanoid");
         for e in fs::read_dir(&dir).unwrap() {
@@ -217,6 +220,9 @@ fn bench_storage() {
         )
     });
 
+    if empties_alone {
+        empty_incrementals(&b, &pools, empties);
+    }
     if let Some(r) = &repl {
         r.print(full_mib, inc_mib, empties);
     }
@@ -441,6 +447,74 @@ datasets = ["src/data"]
     );
     b.check(&last);
     Replication { full, inc, empty }
+}
+
+/// `--only empties`: a 1 MiB base replicated by raw `zfs send | zfs recv`, stored's local
+/// transport and syncoid (untimed), then `empties` empty incrementals by each, timed, with
+/// what stored logged about its run (stale-hold sweep, listing, plan, streams, holds).
+fn empty_incrementals(b: &Bench<'_>, pools: &str, empties: u64) {
+    let vm = b.vm;
+    let job = b.config(
+        "job",
+        &format!(
+            "{pools}\n[replication.bench-local]\ntransport = \"local\"\n\
+             target_dataset = \"dst/local\"\ndatasets = [\"src/data\"]\n"
+        ),
+    );
+    let local = format!("{} replicate bench-local --config {job}", b.stored);
+    let syncoid = |cmd: &String| {
+        format!("{cmd} --no-sync-snap --no-privilege-elevation src/data dst/syncoid/data")
+    };
+    vm.sh("head -c 1M /dev/urandom > /mnt/src/data/base.bin && zfs snapshot src/data@inc");
+    b.timed(
+        "base raw",
+        "zfs send -L -e -c src/data@inc | zfs recv -u dst/raw/data",
+    );
+    b.timed("base stored local", &local);
+    if let Some(cmd) = &b.syncoid {
+        b.timed("base syncoid", &syncoid(cmd));
+    }
+    vm.sh(&format!(
+        "for i in $(seq -w 1 {empties}); do zfs snapshot src/data@e$i; done"
+    ));
+    let last = format!("e{empties:0w$}", w = empties.to_string().len());
+    let raw = b.timed(
+        "empty incrementals raw",
+        &format!("zfs send -L -e -c -I src/data@inc src/data@{last} | zfs recv -u dst/raw/data"),
+    );
+    let stored = b.timed("empty incrementals stored local", &local);
+    eprintln!(
+        "empty incrementals stored local logged:\n{}",
+        vm.sh("grep -a 'replication phases\\|^replicated \\|holds swept' /tmp/bench.out || true")
+            .trim_end()
+    );
+    let s = b
+        .syncoid
+        .as_ref()
+        .map(|cmd| b.timed("empty incrementals syncoid", &syncoid(cmd)));
+    let want = b.guid(&format!("src/data@{last}"));
+    let mut targets = vec!["dst/raw/data", "dst/local/data"];
+    if s.is_some() {
+        targets.push("dst/syncoid/data");
+    }
+    for t in targets {
+        assert_eq!(b.guid(&format!("{t}@{last}")), want, "{t}@{last}");
+    }
+    println!(
+        "{empties} empty incrementals: raw {raw:.2} s, stored local {stored:.2} s, syncoid {}",
+        s.map_or("n/a".to_owned(), |s| format!("{s:.2} s"))
+    );
+    match s {
+        Some(s) => println!(
+            "bench: empty_{empties}_vs_syncoid = {} ratio",
+            ratio(stored, s)
+        ),
+        None => println!("bench: empty_{empties}_vs_syncoid = n/a ratio (no SYNCOID_DEBS)"),
+    }
+    println!(
+        "bench: empty_{empties}_vs_raw = {} ratio",
+        ratio(stored, raw)
+    );
 }
 
 /// The local transport once more, full and incremental into dst/strace, under `strace -f

@@ -54,8 +54,10 @@ pub(super) fn run_bench(opts: &[String]) -> Result<(), Failure> {
     while let Some(a) = it.next() {
         if a == "--only" {
             match it.next().map(String::as_str) {
-                Some(v @ ("prune" | "replication")) => env.push(("BENCH_ONLY", v.to_owned())),
-                _ => return usage("--only needs `prune` or `replication`".to_owned()),
+                Some(v @ ("prune" | "replication" | "empties")) => {
+                    env.push(("BENCH_ONLY", v.to_owned()))
+                }
+                _ => return usage("--only needs `prune`, `replication` or `empties`".to_owned()),
             }
             continue;
         }
