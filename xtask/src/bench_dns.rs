@@ -722,6 +722,8 @@ struct ServerResult {
     udp: UdpDrops,
     /// Drops of the server's own socket.
     socket_drops: u64,
+    /// CPU seconds (user + system, every thread) the server spent during each peak run.
+    cpu: BTreeMap<Set, f64>,
 }
 
 /// How long the servers sit idle before their steady resident memory is read; longer than
@@ -767,6 +769,7 @@ fn measure(
                 &log(set, "warmup"),
             )?;
         }
+        let cpu_before = cpu_seconds(p.pid())?;
         let peak = dnsperf(
             &PerfRun {
                 server,
@@ -779,6 +782,8 @@ fn measure(
             },
             &log(set, "peak"),
         )?;
+        let cpu = cpu_seconds(p.pid())? - cpu_before;
+        result.cpu.insert(set, cpu);
         p.check_alive()?;
         let rate = (peak.qps / 2.0) as u64;
         let mut half = dnsperf(
@@ -809,6 +814,13 @@ fn measure(
             ms(half.percentile(0.99)),
             half.lost
         );
+        println!(
+            "  {:<8} {:<9} peak run: {:.2} CPU seconds of its core, {:.0} answers per CPU second",
+            p.name,
+            set.name(),
+            cpu,
+            per_cpu_second(&peak, cpu)
+        );
         result.runs.insert(set, (peak, half));
     }
     result.udp = UdpDrops::read()?.since(drops_before);
@@ -821,6 +833,41 @@ fn measure(
     std::thread::sleep(SETTLE);
     (result.rss_settled, _) = memory(p.pid())?;
     Ok(())
+}
+
+/// Linux reports `utime`/`stime` in USER_HZ ticks, 100 a second on every architecture's ABI
+/// that this bench runs on (x86-64).
+const USER_HZ: f64 = 100.0;
+
+/// CPU seconds, user and system, of every thread of `pid` so far. On loopback the kernel
+/// delivers an answer to dnsperf's socket in the sender's system call, so a server's
+/// system time includes that delivery, the same for every server.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // Fields after the command name, which may itself hold spaces and parentheses.
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("no command name in {path}"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of proc(5); `rest` starts at field 3.
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .ok_or_else(|| anyhow!("no field {} in {path}", i + 3))
+    };
+    Ok((tick(11)? + tick(12)?) / USER_HZ)
+}
+
+/// Answers per CPU second of the server: the work one core does, which the QPS ratio shows
+/// only while the server's core, not dnsperf's, is the bottleneck.
+fn per_cpu_second(peak: &Perf, cpu: f64) -> f64 {
+    if cpu <= 0.0 {
+        return 0.0;
+    }
+    peak.sent.saturating_sub(peak.lost) as f64 / cpu
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -1288,6 +1335,14 @@ fn report(
             .and_then(|r| r.runs.get(&set))
             .map_or(0.0, |(p, _)| p.qps)
     };
+    let per_cpu = |s: &str, set: Set| {
+        results.get(s).map_or(0.0, |r| {
+            r.runs
+                .get(&set)
+                .zip(r.cpu.get(&set))
+                .map_or(0.0, |((p, _), cpu)| per_cpu_second(p, *cpu))
+        })
+    };
     println!();
     for set in Set::ALL {
         println!(
@@ -1341,6 +1396,15 @@ fn report(
             "  dnsd/dnsmasq {:.2}x, dnsd/unbound {:.2}x",
             ratio(peak("dnsd", set), peak("dnsmasq", set)),
             ratio(peak("dnsd", set), peak("unbound", set))
+        );
+        println!(
+            "  answers per CPU second of the server's core (work per core, meaningful when dnsperf's core is the bottleneck): \
+             dnsd {:.0}, dnsmasq {:.0}, unbound {:.0}; dnsd/dnsmasq {:.2}x, dnsd/unbound {:.2}x",
+            per_cpu("dnsd", set),
+            per_cpu("dnsmasq", set),
+            per_cpu("unbound", set),
+            ratio(per_cpu("dnsd", set), per_cpu("dnsmasq", set)),
+            ratio(per_cpu("dnsd", set), per_cpu("unbound", set))
         );
         println!();
     }
@@ -1410,6 +1474,20 @@ fn report(
             lines.push((
                 format!("{}_qps_vs_{other}", set.name()),
                 format!("{:.2}", ratio(peak("dnsd", set), peak(other, set))),
+                "ratio",
+            ));
+        }
+        for s in servers {
+            lines.push((
+                format!("{}_answers_per_cpu_second_{s}", set.name()),
+                format!("{:.0}", per_cpu(s, set)),
+                "answers",
+            ));
+        }
+        for other in ["dnsmasq", "unbound"] {
+            lines.push((
+                format!("{}_answers_per_cpu_second_vs_{other}", set.name()),
+                format!("{:.2}", ratio(per_cpu("dnsd", set), per_cpu(other, set))),
                 "ratio",
             ));
         }
