@@ -37,11 +37,11 @@ pub enum Op {
 /// The daemons a section concerns; a plan tells which of them must act. netd owns the
 /// network sections, but dnsd reads several of them too: the LAN addresses it answers
 /// for its own name (interfaces, vlans, bridges), the zones that put clients in groups
-/// (firewall), the lease names it serves (dhcp) and the hostname and domain (system).
+/// (firewall), the lease names it serves (dhcp), the hostname and domain (system) and a
+/// tunnel's addresses, which `dns.listen` and a group's `interfaces` may name (wireguard).
 pub fn owners(section: &str) -> &'static [&'static str] {
     match section {
-        "interfaces" | "vlans" | "bridges" | "dhcp" | "firewall" => &["netd", "dnsd"],
-        "wireguard" => &["netd"],
+        "interfaces" | "vlans" | "bridges" | "dhcp" | "firewall" | "wireguard" => &["netd", "dnsd"],
         "dns" => &["dnsd"],
         "storage" | "shares" | "snapshots" | "replication" => &["stored"],
         "system" => &["applianced", "dnsd"],
@@ -72,6 +72,8 @@ fn concerns(daemon: &str, change: &Change, dns_enabled: bool) -> bool {
                 && (change.path.segments().len() == 3 || key(3) == Some("interfaces"))
         }
         "system" => matches!(key(1), Some("hostname" | "domain")),
+        // A whole tunnel or its addresses; its peers and keys are netd's alone.
+        "wireguard" => change.path.segments().len() == 2 || key(2) == Some("addresses"),
         _ => true,
     };
     dns_enabled && relevant
@@ -438,6 +440,23 @@ mod tests {
         assert_eq!(p.changes.len(), 1, "{:?}", p.changes);
         assert_eq!(p.changes[0].path.to_string(), "firewall.zones.iot");
         assert_eq!(p.daemons, vec!["netd", "dnsd"]);
+    }
+
+    #[test]
+    fn a_tunnels_addresses_concern_dnsd_but_its_peers_do_not() {
+        const WG: &str = "[wireguard.wg0]\nlisten_port = 51820\naddresses = [\"10.8.0.1/24\"]\n";
+        const PEER: &str = "[wireguard.wg0.peers.phone]\npublic_key = \"AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=\"\nallowed_ips = [\"10.8.0.2/32\"]\n";
+        // dnsd may listen on wg0 or put its clients in a group, so it must see a new tunnel
+        // and a readdressed one.
+        let p = diff(Some(&cfg("")), &cfg(WG));
+        assert_eq!(p.daemons, vec!["netd", "dnsd"]);
+        let moved = cfg(&WG.replace("10.8.0.1/24", "10.9.0.1/24"));
+        let p = diff(Some(&cfg(WG)), &moved);
+        assert_eq!(p.changes.len(), 1, "{:?}", p.changes);
+        assert_eq!(p.daemons, vec!["netd", "dnsd"]);
+        let p = diff(Some(&cfg(WG)), &cfg(&format!("{WG}{PEER}")));
+        assert_eq!(p.changes.len(), 1, "{:?}", p.changes);
+        assert_eq!(p.daemons, vec!["netd"]);
     }
 
     #[test]
