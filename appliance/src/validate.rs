@@ -227,6 +227,53 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// Two policies covering one dataset would each prune the other's snapshots (each
+    /// keeps its own counts of the same periods). Reported at the entry of the policy
+    /// that comes later by name, as stored's daemon (which refuses such a generation too)
+    /// names them; a recursive policy covers every dataset below its own, declared or not.
+    fn policies_overlapping(
+        &mut self,
+        name: &Name,
+        index: usize,
+        dataset: &crate::types::DatasetName,
+        recursive: bool,
+    ) {
+        let below = |ds: &str, root: &str| {
+            ds.strip_prefix(root)
+                .is_some_and(|rest| rest.starts_with('/'))
+        };
+        let d = dataset.as_str();
+        let earlier = self.cfg.snapshots.iter().take_while(|(n, _)| *n != name);
+        let mut found = Vec::new();
+        for (other, op) in earlier {
+            for (m, o) in op.datasets.iter().enumerate() {
+                let o = o.as_str();
+                if d == o || (op.recursive && below(d, o)) || (recursive && below(o, d)) {
+                    found.push((p(&["snapshots", other.as_str(), "datasets"]).index(m), o));
+                }
+            }
+        }
+        for (other_key, o) in found {
+            self.push_related(
+                ErrorKind::Overlap,
+                p(&["snapshots", name.as_str(), "datasets"]).index(index),
+                format!(
+                    "this policy covers {d}{}, as {other_key} = {o:?}{} does: each policy \
+                     would prune the other's snapshots",
+                    if recursive { " and its children" } else { "" },
+                    if recursive || d == o {
+                        ""
+                    } else {
+                        " (recursive)"
+                    },
+                ),
+                "give each dataset one policy: merge the counts into one, or take the \
+                 dataset out of one policy's datasets (or its recursive = true)",
+                vec![other_key],
+            );
+        }
+    }
+
     /// Where a job sends: `target` for tls and ssh; for a local job, a pool of this box
     /// and never one of its own sources (each run would replicate its replica again).
     fn replication_target(&mut self, path: &KeyPath, job: &crate::model::ReplicationJob) {
@@ -1365,6 +1412,7 @@ impl<'a> Checker<'a> {
             for (n, d) in sp.datasets.iter().enumerate() {
                 self.require_pool(d, path.clone().key("datasets").index(n));
                 self.policy_over_replicas(path.clone().key("datasets").index(n), d, sp.recursive);
+                self.policies_overlapping(name, n, d, sp.recursive);
             }
             if [
                 sp.frequently,
