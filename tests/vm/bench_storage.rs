@@ -610,11 +610,12 @@ impl Prune {
 /// takes one snapshot per dataset, as a scheduled pass does), and by hand the two ways
 /// `zfs destroy` takes many at once: `-r tree@first%last` and `-r tree@a,b,c,...`. With
 /// STORED_BEFORE_BIN, the build it names (copied to /tmp/stored-before) prunes a tree too.
-/// BENCH_PRUNE_PEERS=zfs-range (or zfs-list) keeps one by-hand peer, for a shorter run.
+/// `zcp-1000` is stored's destroy program run by `zfs program` in batches of 1000 names.
+/// BENCH_PRUNE_PEERS=zfs-range (or zfs-list, zcp-1000) keeps those peers, for a shorter run.
 fn prune_trees(b: &Bench<'_>, pools: &str, children: u64, rounds: u64, before: bool) -> Prune {
     let vm = b.vm;
     // stored first: its figure is the one the bench is for, and its log shows at once.
-    let mut trees = vec!["stored", "zfs-range", "zfs-list"];
+    let mut trees = vec!["stored", "zfs-range", "zfs-list", "zcp-1000"];
     if let Ok(peers) = std::env::var("BENCH_PRUNE_PEERS") {
         trees.retain(|t| *t == "stored" || peers.split([',', ' ']).any(|p| p == *t));
     }
@@ -678,6 +679,29 @@ fn prune_trees(b: &Bench<'_>, pools: &str, children: u64, rounds: u64, before: b
         let command = match t {
             "zfs-range" => format!("zfs destroy -r src/prune/{t}@{first}%{last}"),
             "zfs-list" => format!("zfs destroy -r src/prune/{t}@{}", names.join(",")),
+            // stored's destroy program in batches of 1000 (11 txgs) where stored gives it
+            // all 10,100 at once (one txg), the names in stored's order (datasets sorted,
+            // oldest first within each): which batch size costs less.
+            "zcp-1000" => {
+                vm.sh(&format!(
+                    "cat > /tmp/destroy.lua <<'EOF'\n\
+                     for _, s in ipairs((...).argv) do\n\
+                       local err = zfs.sync.destroy(s)\n\
+                       if err ~= 0 then error(s .. ': ' .. err) end\n\
+                     end\n\
+                     EOF\n\
+                     rm -rf /tmp/zcp && mkdir /tmp/zcp && \
+                     for d in src/prune/{t} $(seq -f 'src/prune/{t}/d%0{w}g' 1 {children}); do \
+                       for n in {all_names}; do echo $d@$n; done; \
+                     done | split -l 1000 - /tmp/zcp/batch.",
+                    w = children.to_string().len(),
+                    all_names = names.join(" "),
+                ));
+                "for f in /tmp/zcp/batch.*; do \
+                   zfs program -t 100000000 -m 104857600 src /tmp/destroy.lua $(cat $f) \
+                   >/dev/null || exit 1; done"
+                    .to_owned()
+            }
             _ => {
                 let policy = b.config(
                     t,
