@@ -15,6 +15,7 @@ use std::fmt;
 use appliance::model::{Compression, Dataset, Storage};
 use appliance::types::DatasetName;
 
+use crate::zfs::cli::{slot_is_unknown, slot_members};
 use crate::zfs::{
     DatasetState, DiskState, PoolLayout, PoolSpec, PoolState, Prop, VdevSpec, Zfs, ZfsError,
     whole_disk,
@@ -131,31 +132,67 @@ pub fn declared_layout(pool: &appliance::model::Pool) -> PoolLayout {
     }
 }
 
-/// A layout in a form that compares across `zpool status -P` (full paths, `-part1`) and
-/// `zpool import` (short names): disks by the last path component of the whole disk,
-/// sorted within a vdev; vdevs and spares sorted.
-type LayoutKey = (Vec<(String, Vec<String>)>, Vec<String>, Vec<String>);
+/// A disk as both `zpool status -P` (full path, `-part1`) and `zpool import` (short name)
+/// show it, and as the config names it: the last path component of the whole disk.
+fn disk_key(d: &str) -> &str {
+    let d = whole_disk(d);
+    d.rsplit('/').next().unwrap_or(d)
+}
 
-fn layout_key(l: &PoolLayout) -> LayoutKey {
-    let disk = |d: &String| {
-        let d = whole_disk(d);
-        d.rsplit('/').next().unwrap_or(d).to_owned()
-    };
-    let mut vdevs: Vec<(String, Vec<String>)> = l
-        .vdevs
-        .iter()
-        .map(|v| {
-            let mut disks: Vec<String> = v.disks.iter().map(disk).collect();
-            disks.sort();
-            (format!("{:?}", v.layout), disks)
-        })
-        .collect();
-    vdevs.sort();
-    let mut spares: Vec<String> = l.spares.iter().map(disk).collect();
-    spares.sort();
-    let mut other = l.other.clone();
-    other.sort();
-    (vdevs, spares, other)
+/// Whether the pool's logical layout is the declared one. Vdevs and disks compare in any
+/// order. A disk in a repair counts as the declared disk: a `replacing-N` slot as the disk
+/// being replaced or its new one, a `spare-N` slot as the failed disk or the spare in use,
+/// and a disk zpool shows by GUID alone as any declared disk no other slot takes. A
+/// degraded pool is a health matter, not a changed layout.
+fn same_layout(declared: &PoolLayout, found: &PoolLayout) -> bool {
+    fn sorted(l: &[String]) -> Vec<&str> {
+        let mut v: Vec<&str> = l.iter().map(|d| disk_key(d)).collect();
+        v.sort_unstable();
+        v
+    }
+    if sorted(&declared.spares) != sorted(&found.spares)
+        || sorted(&declared.other) != sorted(&found.other)
+        || declared.vdevs.len() != found.vdevs.len()
+    {
+        return false;
+    }
+    let mut used = vec![false; declared.vdevs.len()];
+    found.vdevs.iter().all(|f| {
+        let pick = declared
+            .vdevs
+            .iter()
+            .enumerate()
+            .find(|(i, d)| !used.get(*i).copied().unwrap_or(true) && same_vdev(d, f))
+            .map(|(i, _)| i);
+        pick.and_then(|i| used.get_mut(i))
+            .map(|u| *u = true)
+            .is_some()
+    })
+}
+
+/// One vdev against a declared one: the same kind and each slot matched to its own
+/// declared disk (slots naming a real device first, then the GUID-only ones).
+fn same_vdev(declared: &VdevSpec, found: &VdevSpec) -> bool {
+    if declared.layout != found.layout || declared.disks.len() != found.disks.len() {
+        return false;
+    }
+    let mut free: Vec<&str> = declared.disks.iter().map(|d| disk_key(d)).collect();
+    let (unknown, known): (Vec<&String>, Vec<&String>) =
+        found.disks.iter().partition(|s| slot_is_unknown(s));
+    // Slots with one device before those with several, so that a repair slot does not
+    // take a disk that a plain slot names.
+    let mut known = known;
+    known.sort_by_key(|s| slot_members(s).count());
+    for slot in known {
+        let Some(i) = free
+            .iter()
+            .position(|d| slot_members(slot).any(|m| disk_key(m) == *d))
+        else {
+            return false;
+        };
+        free.swap_remove(i);
+    }
+    free.len() == unknown.len()
 }
 
 /// Reads what the plan needs. A config without storage reads nothing (a box without
@@ -218,7 +255,7 @@ pub fn plan(desired: &Storage, observed: &Observed) -> Result<StoragePlan, Vec<P
             .map(|p| (p, true))
             .or_else(|| find(&observed.importable, name).map(|p| (p, false)));
         if let Some((found, imported)) = existing {
-            if layout_key(&declared) != layout_key(&found.layout) {
+            if !same_layout(&declared, &found.layout) {
                 errors.push(PlanError::LayoutChanged {
                     pool: name.to_owned(),
                     declared,
@@ -626,6 +663,135 @@ atime = false
         let zfs = FakeZfs::new().with_pool("tank", tank_layout(&["d1", "d9"]), false);
         let errs = plan_for(&zfs, &desired).unwrap_err();
         assert!(matches!(&errs[0], PlanError::LayoutChanged { pool, .. } if pool == "tank"));
+    }
+
+    /// `zpool status -P` of tank (mirror d1 d2, spare d3) with `tree` as the mirror's
+    /// members and `spare` as the state of d3 in the spares list.
+    fn tank_status(state: &str, tree: &str, spare: &str) -> String {
+        format!(
+            "  pool: tank
+ state: {state}
+status: One or more devices could not be used because the label is missing or
+\tinvalid.  Sufficient replicas exist for the pool to continue
+\tfunctioning in a degraded state.
+action: Replace the device using 'zpool replace'.
+  scan: resilver in progress since Thu Nov 26 16:30:00 2026
+\t1.50G scanned at 150M/s, 800M issued at 80M/s, 2G total
+\t790M resilvered, 40.00% done, 00:00:15 to go
+config:
+
+\tNAME                                 STATE     READ WRITE CKSUM
+\ttank                                 {state}     0     0     0
+\t  mirror-0                           {state}     0     0     0
+{tree}\tspares
+\t  /dev/disk/by-id/d3-part1           {spare}
+
+errors: No known data errors
+"
+        )
+    }
+
+    fn plan_on_status(status: &str) -> Result<StoragePlan, Vec<PlanError>> {
+        let observed = Observed {
+            pools: crate::zfs::cli::parse_status(status).unwrap(),
+            ..Observed::default()
+        };
+        pool_steps(plan(&storage(TANK), &observed))
+    }
+
+    /// The plan's pool steps (the datasets, not observed here, are created after them).
+    fn pool_steps(p: Result<StoragePlan, Vec<PlanError>>) -> Result<StoragePlan, Vec<PlanError>> {
+        p.map(|mut p| {
+            p.actions
+                .retain(|a| matches!(a, Action::CreatePool(_) | Action::ImportPool { .. }));
+            p
+        })
+    }
+
+    #[test]
+    fn a_pool_in_repair_keeps_its_layout() {
+        let replacing = "\t    /dev/disk/by-id/d1-part1         ONLINE       0     0     0
+\t    replacing-1                      DEGRADED     0     0     0
+\t      /dev/disk/by-id/d2-part1       OFFLINE      0     0     0
+\t      /dev/disk/by-id/d4-part1       ONLINE       0     0     0  (resilvering)
+";
+        // The config may still name the old disk, or already the new one.
+        let status = tank_status("DEGRADED", replacing, "AVAIL");
+        let pools = crate::zfs::cli::parse_status(&status).unwrap();
+        assert_eq!(pools[0].health, "DEGRADED");
+        assert_eq!(
+            pools[0].layout.vdevs[0].to_string(),
+            "mirror(/dev/disk/by-id/d1, /dev/disk/by-id/d2|/dev/disk/by-id/d4)"
+        );
+        assert_eq!(pools[0].layout.spares, [id("d3")]);
+        assert_eq!(plan_on_status(&status).unwrap().actions, []);
+        let new_disk = storage(&TANK.replace("by-id/d2\"", "by-id/d4\""));
+        let observed = Observed {
+            pools: pools.clone(),
+            ..Observed::default()
+        };
+        assert_eq!(pool_steps(plan(&new_disk, &observed)).unwrap().actions, []);
+        // A disk that is neither side of the replace is still another layout.
+        let other = storage(&TANK.replace("by-id/d2\"", "by-id/d9\""));
+        let errs = plan(&other, &observed).unwrap_err();
+        assert!(
+            matches!(&errs[0], PlanError::LayoutChanged { .. }),
+            "{errs:?}"
+        );
+
+        // A hot spare standing in for a failed disk.
+        let spare = "\t    /dev/disk/by-id/d1-part1         ONLINE       0     0     0
+\t    spare-1                          DEGRADED     0     0     0
+\t      /dev/disk/by-id/d2-part1       FAULTED      0     0     0  too many errors
+\t      /dev/disk/by-id/d3-part1       ONLINE       0     0     0
+";
+        let status = tank_status("DEGRADED", spare, "INUSE     currently in use");
+        assert_eq!(plan_on_status(&status).unwrap().actions, []);
+
+        // A disk gone missing, shown by its GUID and the path it had.
+        let missing = "\t    /dev/disk/by-id/d1-part1         ONLINE       0     0     0
+\t    4105387349734127683              UNAVAIL      0     0     0  was /dev/disk/by-id/d2-part1
+";
+        let status = tank_status("DEGRADED", missing, "AVAIL");
+        let pools = crate::zfs::cli::parse_status(&status).unwrap();
+        assert_eq!(pools[0].layout.vdevs[0].disks, [id("d1"), id("d2")]);
+        assert_eq!(plan_on_status(&status).unwrap().actions, []);
+        let moved = status.replace(
+            "was /dev/disk/by-id/d2-part1",
+            "was /dev/disk/by-id/d9-part1",
+        );
+        assert!(plan_on_status(&moved).is_err());
+
+        // By its GUID alone (missing since the import): any one declared disk.
+        let guid = "\t    4105387349734127683              UNAVAIL      0     0     0
+\t    /dev/disk/by-id/d2-part1         ONLINE       0     0     0
+";
+        assert_eq!(
+            plan_on_status(&tank_status("DEGRADED", guid, "AVAIL"))
+                .unwrap()
+                .actions,
+            []
+        );
+
+        // A single-disk vdev being replaced is a slot at the top of the tree.
+        let single = "  pool: tank
+ state: ONLINE
+config:
+
+\tNAME                               STATE     READ WRITE CKSUM
+\ttank                               ONLINE       0     0     0
+\t  replacing-0                      ONLINE       0     0     0
+\t    /dev/disk/by-id/d1-part1       ONLINE       0     0     0
+\t    /dev/disk/by-id/d4-part1       ONLINE       0     0     0  (resilvering)
+\t  /dev/disk/by-id/d2-part1         ONLINE       0     0     0
+
+errors: No known data errors
+";
+        let pools = crate::zfs::cli::parse_status(single).unwrap();
+        assert_eq!(
+            pools[0].layout.to_string(),
+            "[single(/dev/disk/by-id/d1|/dev/disk/by-id/d4), single(/dev/disk/by-id/d2)]"
+        );
     }
 
     #[test]

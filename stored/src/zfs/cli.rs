@@ -481,6 +481,8 @@ pub fn parse_status(out: &str) -> Result<Vec<PoolState>, ZfsError> {
     let mut section = "";
     // Within config: the tree's top vdev kind and the class (data, spares, logs, ...).
     let mut class = String::new();
+    // The depth of the replacing-N or spare-N group whose members are being read.
+    let mut group_depth: Option<usize> = None;
     for raw in out.lines() {
         let line = raw.trim_end();
         let trimmed = line.trim_start();
@@ -520,22 +522,61 @@ pub fn parse_status(out: &str) -> Result<Vec<PoolState>, ZfsError> {
         // A tab, then two spaces per level of the tree.
         let body = line.trim_start_matches('\t');
         let depth = (body.len() - body.trim_start_matches(' ').len()) / 2;
-        let name = trimmed.split_whitespace().next().unwrap_or("");
+        let name = device_name(trimmed);
         if name.is_empty() || name == "NAME" {
             continue;
         }
-        match depth {
-            0 => {
-                class = if name == pool.name {
-                    "data".to_owned()
-                } else {
-                    name.to_owned()
-                };
+        if group_depth.is_some_and(|g| depth <= g) {
+            group_depth = None;
+        }
+        if depth == 0 {
+            class = if name == pool.name {
+                "data".to_owned()
+            } else {
+                name.to_owned()
+            };
+            continue;
+        }
+        if class != "data" {
+            if depth == 1 {
+                add_top(&mut pool.layout, &class, name);
             }
+            continue;
+        }
+        let is_group = is_slot_group(name);
+        if group_depth.is_some() {
+            // A member of a replacing-N or spare-N group: one more device of its slot.
+            if let Some(slot) = pool
+                .layout
+                .vdevs
+                .last_mut()
+                .and_then(|v| v.disks.last_mut())
+                && !is_group
+            {
+                if !slot.is_empty() {
+                    slot.push(SLOT_SEP);
+                }
+                slot.push_str(whole_disk(name));
+            }
+            continue;
+        }
+        if is_group {
+            // The slot of one disk in a repair: its members follow one level deeper.
+            group_depth = Some(depth);
+            if depth == 1 {
+                pool.layout.vdevs.push(VdevSpec {
+                    layout: VdevLayout::Single,
+                    disks: vec![String::new()],
+                });
+            } else if let Some(v) = pool.layout.vdevs.last_mut() {
+                v.disks.push(String::new());
+            }
+            continue;
+        }
+        match depth {
             1 => add_top(&mut pool.layout, &class, name),
             _ => {
-                if class == "data"
-                    && let Some(v) = pool.layout.vdevs.last_mut()
+                if let Some(v) = pool.layout.vdevs.last_mut()
                     && v.layout != VdevLayout::Single
                 {
                     v.disks.push(whole_disk(name).to_owned());
@@ -547,6 +588,41 @@ pub fn parse_status(out: &str) -> Result<Vec<PoolState>, ZfsError> {
         pools.push(p);
     }
     Ok(pools)
+}
+
+/// Separates the devices of one slot of a vdev in a repair (`replacing-N`: the disk being
+/// replaced and its new one; `spare-N`: the failed disk and the hot spare standing in).
+/// The pool's logical layout has one disk there; either device may be the declared one.
+pub const SLOT_SEP: char = '|';
+
+/// The devices one slot of a parsed vdev stands for (one, or several in a repair).
+pub fn slot_members(slot: &str) -> impl Iterator<Item = &str> {
+    slot.split(SLOT_SEP).filter(|d| !d.is_empty())
+}
+
+/// Whether a slot names only devices zpool knows by GUID alone (missing since import,
+/// with no `was` path): it stands for any one declared disk.
+pub fn slot_is_unknown(slot: &str) -> bool {
+    slot_members(slot).all(|d| d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn is_slot_group(name: &str) -> bool {
+    name.rsplit_once('-').is_some_and(|(kind, n)| {
+        matches!(kind, "replacing" | "spare") && n.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+/// The device a config line names: a missing disk is shown by its GUID and, when zpool
+/// still knows it, `was <path>` at the end of the line; that path is the disk.
+fn device_name(trimmed: &str) -> &str {
+    let name = trimmed.split_whitespace().next().unwrap_or("");
+    if name.bytes().all(|b| b.is_ascii_digit())
+        && let Some((_, was)) = trimmed.rsplit_once(" was ")
+        && let Some(path) = was.split_whitespace().next()
+    {
+        return path;
+    }
+    name
 }
 
 /// `  key: rest` lines of zpool status (key right-aligned to column 7).
