@@ -90,7 +90,7 @@ pub struct Stack<N: Netlink, F: Nft, W: WgKernel> {
     /// The config part of the record last written ([`crate::applied::config_json`]),
     /// that of the config in force: a new generation of it is recorded without
     /// serializing its addresses again.
-    record_json: Option<Vec<u8>>,
+    record_json: Option<crate::applied::RecordBody>,
     /// The config of the record, until this netd commits an apply of its own: the
     /// previous config of the first plan (static addresses on links now DHCP go).
     restored: Option<Config>,
@@ -372,12 +372,8 @@ impl<N: Netlink, F: Nft, W: WgKernel> Stack<N, F, W> {
         {
             let written = match (previous, self.record_json.take()) {
                 (Some((_, c)), Some(json)) if c == cfg => Ok(json),
-                _ => crate::applied::config_json(cfg),
+                _ => crate::applied::config_json(path, cfg),
             }
-            .map_err(|e| crate::applied::RecordError {
-                path: path.clone(),
-                source: std::io::Error::other(e),
-            })
             .and_then(|json| {
                 crate::applied::store_json(path, generation, &json)?;
                 Ok(json)
