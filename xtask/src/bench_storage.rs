@@ -1,7 +1,8 @@
 //! `cargo xtask bench storage`: raw `zfs send | zfs recv`, syncoid and stored replicating
 //! the same data in one VM boot (full send, an incremental, many empty incrementals), and
 //! stored pruning about 10k snapshots next to `zfs destroy -r` of a range and of a list.
-//! `--only prune` or `--only replication` runs one half. The work is
+//! `--only prune` or `--only replication` runs one half; `--only streams` the full send
+//! and the incremental alone. The work is
 //! `tests/vm/bench_storage.rs`, an ignored VM test; this builds what it needs and runs it.
 //!
 //! syncoid comes from Debian's sanoid package, which the image does not ship: its .deb and
@@ -54,10 +55,14 @@ pub(super) fn run_bench(opts: &[String]) -> Result<(), Failure> {
     while let Some(a) = it.next() {
         if a == "--only" {
             match it.next().map(String::as_str) {
-                Some(v @ ("prune" | "replication" | "empties")) => {
+                Some(v @ ("prune" | "replication" | "streams" | "empties")) => {
                     env.push(("BENCH_ONLY", v.to_owned()))
                 }
-                _ => return usage("--only needs `prune`, `replication` or `empties`".to_owned()),
+                _ => {
+                    return usage(
+                        "--only needs `prune`, `replication`, `streams` or `empties`".to_owned(),
+                    );
+                }
             }
             continue;
         }
