@@ -8,7 +8,9 @@ use regex::{RegexSet, RegexSetBuilder};
 
 use crate::diag::{ErrorKind, KeyPath};
 use crate::model::*;
-use crate::types::{Cidr, DomainPattern, IfName, Listen, Name, PortRange};
+use crate::types::{
+    Cidr, DomainPattern, Host, IfName, Listen, Name, PortRange, Upstream, UpstreamKind,
+};
 
 /// A finding of a cross-check, located by key path in the typed model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1156,6 +1158,58 @@ impl<'a> Checker<'a> {
                     "add upstreams = [\"10.0.0.53\"]",
                 );
             }
+        }
+        self.dns_bootstrap();
+    }
+
+    /// dnsd looks up the address of a DoT or DoH upstream given by name through the plain
+    /// upstreams of `dns.upstreams` or the resolvers a WAN DHCP lease names, never through
+    /// the system resolver (which may be dnsd itself) nor a forward's own servers. With
+    /// neither, such an upstream can never be reached.
+    fn dns_bootstrap(&mut self) {
+        let (cfg, dns) = (self.cfg, &self.cfg.dns);
+        let dhcp = cfg
+            .interfaces
+            .values()
+            .any(|i| i.ipv4_mode() == Ipv4Mode::Dhcp)
+            || cfg.vlans.values().any(|v| v.ipv4_mode() == Ipv4Mode::Dhcp)
+            || cfg
+                .bridges
+                .values()
+                .any(|b| b.ipv4_mode() == Ipv4Mode::Dhcp);
+        if dhcp || dns.upstreams.iter().any(|u| u.kind == UpstreamKind::Plain) {
+            return;
+        }
+        let by_name =
+            |u: &Upstream| u.kind != UpstreamKind::Plain && matches!(u.host, Host::Name(_));
+        let found: Vec<(KeyPath, String)> = dns
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(n, u)| (p(&["dns", "upstreams"]).index(n), u))
+            .chain(dns.forwarding.iter().enumerate().flat_map(|(n, f)| {
+                f.upstreams.iter().enumerate().map(move |(m, u)| {
+                    (
+                        p(&["dns", "forwarding"]).index(n).key("upstreams").index(m),
+                        u,
+                    )
+                })
+            }))
+            .filter(|(_, u)| by_name(u))
+            .map(|(path, u)| (path, u.to_string()))
+            .collect();
+        for (path, u) in found {
+            self.push(
+                ErrorKind::Conflict,
+                path,
+                format!(
+                    "upstream {u} is given by name, and dnsd has nothing to look the name up \
+                     with: no plain upstream in dns.upstreams and no link with ipv4 = \"dhcp\""
+                ),
+                "give its address with the name to verify (tls://9.9.9.9#dns.quad9.net; \
+                 https://9.9.9.9/dns-query if the certificate names the address), or add a \
+                 plain upstream like \"9.9.9.9\" to dns.upstreams",
+            );
         }
     }
 

@@ -1289,6 +1289,7 @@ fn build(s: &Spec) -> Config {
                 members,
                 vlan_filtering: v6,
                 stp: !v6,
+                ports: BTreeMap::new(),
                 ipv4: None,
                 ipv6: None,
                 addresses,
@@ -1513,7 +1514,7 @@ fn build(s: &Spec) -> Config {
         }
     }
 
-    let dns = build_dns(&s.dns, &zone_names, &zoneable);
+    let dns = build_dns(&s.dns, &zone_names, &zoneable, n.wan);
     let (storage, shares, snapshots, replication) = build_storage(&s.storage);
     let m = &s.misc;
     let listen = |v: &[(usize, Option<(IpAddr, u16)>)]| -> Vec<Listen> {
@@ -1585,7 +1586,9 @@ fn build(s: &Spec) -> Config {
     }
 }
 
-fn build_dns(d: &DnsSpec, zones: &[Name], links: &[IfName]) -> Dns {
+/// `dhcp_wan`: a link takes its address by DHCP, so dnsd has the lease's resolvers to look
+/// up a DoT/DoH upstream given by name.
+fn build_dns(d: &DnsSpec, zones: &[Name], links: &[IfName], dhcp_wan: bool) -> Dns {
     let list_names: Vec<Name> = (0..d.lists.len())
         .map(|k| name(&format!("list{k}")))
         .collect();
@@ -1661,13 +1664,23 @@ fn build_dns(d: &DnsSpec, zones: &[Name], links: &[IfName]) -> Dns {
         Some((a, b)) => (a, b),
         None => (None, None),
     };
+    // An upstream by name needs a plain one (or the WAN lease's) to be looked up with:
+    // validation refuses it otherwise, so the generator adds one in front.
+    let mut upstreams = d.upstreams.clone();
+    let by_name = |u: &Upstream| u.kind != UpstreamKind::Plain && matches!(u.host, Host::Name(_));
+    if !dhcp_wan
+        && !upstreams.iter().any(|u| u.kind == UpstreamKind::Plain)
+        && (upstreams.iter().any(by_name) || d.forwarding.iter().flat_map(|(_, u)| u).any(by_name))
+    {
+        upstreams.insert(0, Upstream::parse("9.9.9.9").unwrap());
+    }
     Dns {
         enabled: d.enabled,
         listen: vec![],
         port: port(d.port),
         dot_port: d.dot_port.map(port),
         doh_port: d.doh_port.map(port),
-        upstreams: d.upstreams.clone(),
+        upstreams,
         cache_size: d.cache_size,
         min_ttl,
         max_ttl,
