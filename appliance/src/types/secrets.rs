@@ -268,24 +268,19 @@ impl fmt::Display for AbsPath {
 }
 string_newtype!(AbsPath, "absolute path", Some("^/"));
 
-/// A disk for a ZFS vdev, named by a stable link under /dev/disk/by-id (or by-path,
-/// by-partuuid), so that a pool survives disks being enumerated in another order.
+/// A disk for a ZFS vdev, named by its stable link under /dev/disk/by-id, so that a pool
+/// survives disks being enumerated in another order. Only by-id: stored imports pools by
+/// scanning /dev/disk/by-id (`zpool import -d`) and compares the declared disks with the
+/// names zpool shows from there, so a by-path, by-partuuid or by-uuid name would be another
+/// disk after the first reboot (by-uuid even names the pool, the same on every member).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DiskPath(String);
 impl DiskPath {
     pub fn parse(s: &str) -> Result<Self, ValueError> {
-        const HINT: &str = "name disks by a stable link such as /dev/disk/by-id/ata-WDC_WD40EFRX-68N32N0_WD-WCC7K1234567 (ls -l /dev/disk/by-id)";
-        let ok = [
-            "/dev/disk/by-id/",
-            "/dev/disk/by-path/",
-            "/dev/disk/by-partuuid/",
-            "/dev/disk/by-uuid/",
-        ]
-        .iter()
-        .any(|p| {
-            s.strip_prefix(p)
-                .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'))
-        });
+        const HINT: &str = "name disks by their link under /dev/disk/by-id, such as /dev/disk/by-id/ata-WDC_WD40EFRX-68N32N0_WD-WCC7K1234567 (ls -l /dev/disk/by-id shows the link of each /dev/sdX); by-path, by-partuuid and by-uuid names are not kept across the import at boot";
+        let ok = s
+            .strip_prefix("/dev/disk/by-id/")
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
         if !ok {
             return Err(ValueError::new(
                 format!("disk {s:?} is not a /dev/disk/by-id path"),
@@ -306,7 +301,7 @@ impl fmt::Display for DiskPath {
 string_newtype!(
     DiskPath,
     "stable disk path under /dev/disk/by-id",
-    Some("^/dev/disk/by-(id|path|partuuid|uuid)/[^/]+$")
+    Some("^/dev/disk/by-id/[^/]+$")
 );
 
 /// A SHA-256 certificate fingerprint, 64 hex digits (colons allowed), as
