@@ -258,6 +258,48 @@ datasets = ["dst/backup"]
     );
     g.same_data();
 
+    // A stale token: the sender killed mid-stream (it could not hold the snapshot it was
+    // sending), then that snapshot destroyed on the source. The next run asks the receiver
+    // to abort the partial receive and sends afresh from the newest common snapshot.
+    vm.sh("head -c 50331648 /dev/urandom > /mnt/src/data/big2 && zfs snapshot src/data@gone");
+    vm.sh(&format!(
+        "setsid nohup {} replicate offsite --config {cfg} --bwlimit 4000000 \
+         >/tmp/stale.log 2>&1 </dev/null & echo $! > /tmp/stale.pid",
+        g.bin
+    ));
+    vm.sh("sleep 5; kill -9 $(cat /tmp/stale.pid)");
+    let token = vm.wait_until(
+        "t=$(zfs get -H -o value receive_resume_token dst/backup/data); \
+         [ \"$t\" != - ] && echo $t",
+        Duration::from_secs(60),
+    );
+    assert!(token.trim().starts_with("1-"), "{token}");
+    assert!(
+        !g.holds("src/data@gone").contains("stored-repl:offsite"),
+        "a sender killed outright holds nothing"
+    );
+    let received_before = g.guids("dst/backup/data");
+    vm.sh("zfs destroy src/data@gone && echo after > /mnt/src/data/docs/f4 && zfs snapshot src/data@s3b");
+    let fresh = g.ok(&format!("replicate offsite --config {cfg}"));
+    assert!(
+        fresh.contains("aborted the interrupted receive into dst/backup/data: the source no longer has the snapshot"),
+        "{fresh}"
+    );
+    assert_eq!(field(&fresh, "resumed"), "false", "{fresh}");
+    assert_eq!(field(&fresh, "snapshots"), "1", "{fresh}");
+    assert_eq!(
+        vm.sh("zfs get -H -o value receive_resume_token dst/backup/data")
+            .trim(),
+        "-"
+    );
+    // Only the partial state went: every snapshot received before is still there.
+    let after = g.guids("dst/backup/data");
+    assert!(
+        received_before.iter().all(|s| after.contains(s)),
+        "{after:?}"
+    );
+    g.same_data();
+
     // Divergence: a change and a snapshot on the target are refused, and nothing moves.
     vm.sh(
         "zfs set readonly=off dst/backup/data && echo local > /mnt/dst/backup/data/local && \

@@ -196,14 +196,30 @@ fn a_simulated_year_with_an_outage() {
 fn overlapping_policies_are_refused_before_anything_changes() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(FakeClock::new(at("2026-01-01T00:00:00Z")));
+    let d = daemon(dir.path(), CONFIG, clock);
+    // The config's validation refuses the generation first (appliance's check)...
     let text = format!("{CONFIG}\n[snapshots.again]\ndatasets = [\"tank/data\"]\ndaily = 1\n");
-    let d = daemon(dir.path(), &text, clock);
-    match d.apply(1) {
+    let n = d.store.commit(&text, "test").unwrap();
+    let e = d.apply(n).unwrap_err();
+    assert!(
+        format!("{e:?}").contains("prune the other's snapshots"),
+        "{e:?}"
+    );
+    assert!(!d.inner().zfs.pools["tank"].imported, "nothing changed");
+    assert!(d.status()["generation"].is_null());
+    // ...and the daemon's own check, kept as a defense, still finds the pair.
+    let mut cfg = appliance::load_str(CONFIG).unwrap();
+    let (_, policy) = cfg
+        .snapshots
+        .iter()
+        .next()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .unwrap();
+    cfg.snapshots.insert("again".parse().unwrap(), policy);
+    match Daemon::check_policies(&d.inner().zfs, &cfg) {
         Err(ApiError::Invalid(msg)) => assert!(msg.contains("both cover tank/data"), "{msg}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
-    assert!(!d.inner().zfs.pools["tank"].imported, "nothing changed");
-    assert!(d.status()["generation"].is_null());
 }
 
 #[test]

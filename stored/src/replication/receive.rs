@@ -203,7 +203,10 @@ pub(super) fn serve_conn(
                     Reply::Ok
                 }
             }
-            Request::Bye => return Ok(()),
+            Request::Bye => {
+                mount_waiting_replicas(&zfs, &declared);
+                return Ok(());
+            }
             Request::State { dataset } => {
                 guard(&dataset, &declared).unwrap_or_else(|| match state(&zfs, &dataset) {
                     Ok(s) => Reply::State(s),
@@ -407,6 +410,62 @@ pub(super) fn settle_new_replica(zfs: &RealZfs, dataset: &str) {
     }
 }
 
+/// Unmounted replicas under `roots` that could be mounted (`canmount=on`, a path as
+/// mountpoint): from `zfs list -H -o name,mounted,canmount,mountpoint` output.
+fn unmounted(listing: &str) -> Vec<&str> {
+    listing
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            let (name, mounted, canmount, mountpoint) =
+                (f.next()?, f.next()?, f.next()?, f.next()?);
+            (mounted == "no" && canmount == "on" && mountpoint.starts_with('/')).then_some(name)
+        })
+        .collect()
+}
+
+/// Mounts what a run left unmounted under `roots`, once per run. A replica received into a
+/// read-only parent whose replicated snapshot predates the child has no directory to be
+/// mounted on (EROFS on mkdir), so its first mount fails; the parent's next snapshot brings
+/// the directory (the source made it when it mounted the child), and the run that lands it
+/// mounts the child here. Failures are logged: the data is received either way.
+pub(super) fn mount_waiting_replicas(zfs: &RealZfs, roots: &[String]) {
+    for root in roots {
+        if !zfs.lzc().exists(root).unwrap_or(false) {
+            continue;
+        }
+        let argv = [
+            zfs.cli().zfs.as_str(),
+            "list",
+            "-H",
+            "-t",
+            "filesystem",
+            "-o",
+            "name,mounted,canmount,mountpoint",
+            "-r",
+            root.as_str(),
+        ];
+        let listing = match crate::command::run(&argv) {
+            Ok(out) => out,
+            Err(e) => {
+                tracing::warn!(root, error = %e, "cannot list the replicas to mount");
+                continue;
+            }
+        };
+        for dataset in unmounted(&listing) {
+            match zfs.cli().mount(dataset) {
+                Ok(()) => tracing::info!(
+                    dataset,
+                    "mounted a replica its parent had no directory for before"
+                ),
+                Err(e) => {
+                    tracing::warn!(dataset, error = %e, "replica received but not mounted: its read-only parent has no directory for it until the parent's next snapshot made after the child lands")
+                }
+            }
+        }
+    }
+}
+
 /// Receives one stream. The frames are copied into a pipe that `lzc_receive_resumable`
 /// reads in a thread. A broken link closes the pipe early: the kernel keeps what arrived
 /// and sets `receive_resume_token`, and the error goes up (the connection is over).
@@ -469,6 +528,16 @@ mod tests {
         assert!(under("pool2/r/a", &roots));
         assert!(!under("backupx/a", &roots));
         assert!(!under("pool2", &roots));
+    }
+
+    #[test]
+    fn only_mountable_unmounted_replicas_are_mounted() {
+        let listing = "vault/box\tyes\ton\t/mnt/vault/box\n\
+                       vault/box/late\tno\ton\t/mnt/vault/box/late\n\
+                       vault/box/off\tno\toff\t/mnt/vault/box/off\n\
+                       vault/box/legacy\tno\ton\tlegacy\n\
+                       vault/box/none\tno\ton\tnone\n";
+        assert_eq!(unmounted(listing), vec!["vault/box/late"]);
     }
 
     #[test]

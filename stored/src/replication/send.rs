@@ -104,7 +104,20 @@ impl Link<'_> {
     }
 
     fn ask(&mut self, req: &Request) -> Result<Reply, ReplError> {
-        proto::send_msg(&mut self.conn, req).map_err(|e| self.broke(e))?;
+        if let Err(e) = proto::send_msg(&mut self.conn, req) {
+            // A receiver that refuses this box's certificate sends its alert and closes;
+            // the write can see the close first (EPIPE). The alert, queued before the
+            // close, is the reason to report.
+            let mut byte = [0u8; 1];
+            if let Err(alert) = self.conn.read(&mut byte)
+                && alert
+                    .get_ref()
+                    .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
+                return Err(self.broke(alert));
+            }
+            return Err(self.broke(e));
+        }
         let reply = proto::read_msg(&mut self.conn).map_err(|e| self.broke(e))?;
         match reply {
             Reply::Error { message } => Err(ReplError::Refused {
@@ -263,7 +276,7 @@ pub fn run_job(
         link.ask(&Request::Hello {
             version: proto::VERSION,
             job: name.to_owned(),
-            datasets: roots,
+            datasets: roots.clone(),
         })?;
     }
     let rate = options
@@ -303,6 +316,10 @@ pub fn run_job(
         if let Some(c) = landed {
             oldest_newest = Some(oldest_newest.map_or(c, |o| o.min(c)));
         }
+    }
+    if let Dest::Local = dest {
+        // What the remote receiver does at `Bye`.
+        receive::mount_waiting_replicas(zfs, &roots);
     }
     if let Dest::Remote(link) = &mut dest {
         let _ = proto::send_msg(&mut link.conn, &Request::Bye);

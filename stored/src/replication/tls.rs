@@ -129,6 +129,14 @@ impl Identity {
         f.write_all(pem.as_bytes()).map_err(io_err)?;
         f.sync_all().map_err(io_err)?;
         fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+        // The file's name must survive a power cut too: a box that came back without it
+        // would make a new identity, and every peer's pinned fingerprint would stop
+        // matching.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err)?;
+        }
         Self::load(path)
     }
 }

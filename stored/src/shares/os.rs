@@ -19,6 +19,11 @@ pub const SMB_INCLUDE_FILE: &str = "/run/appliance/shares/smb-shares.conf";
 /// exportfs's and rpc.mountd's state (etab, rmtab), set in the image's
 /// /etc/nfs.conf.d/appliance.conf: /var/lib/nfs is on the read-only root.
 pub const NFS_STATE_DIR: &str = "/run/appliance/nfs";
+/// nfsdcld's database of NFSv4 clients (`[nfsdcld] storagedir` in the same file): on /data,
+/// so that clients may reclaim their state in the grace period after a reboot. nfsdcld makes
+/// only the last component, and fails on the read-only root's default
+/// (/var/lib/nfs/nfsdcld, absent from the image).
+pub const NFSDCLD_DIR: &str = "/data/stored/nfsdcld";
 /// Samba's private directory (passdb.tdb), set in the image's smb.conf. smbd makes it when it
 /// starts, but passwords are set before the first start.
 pub const SAMBA_DIR: &str = "/run/samba";
@@ -270,8 +275,10 @@ impl ShareOs for RealShareOs {
     }
 
     fn reload_nfs(&mut self) -> Result<(), OsError> {
-        let state = Path::new(NFS_STATE_DIR);
-        fs::create_dir_all(state).map_err(io_err(state))?;
+        for dir in [NFS_STATE_DIR, NFSDCLD_DIR] {
+            let dir = Path::new(dir);
+            fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
         run(&["exportfs", "-ra"], None)?;
         // The image leaves the NFS server off until there is something to export; a start
         // of a running server does nothing, so connected clients stay.
