@@ -142,7 +142,7 @@ pub fn render(resolver: &Resolver, lists: &Lists, uptime_s: f64) -> String {
         ),
         (
             "dnsd_upstream_failures_total",
-            "Failed tries per upstream (timeouts, network errors, SERVFAIL, REFUSED).",
+            "Failed tries per upstream (timeouts, network errors, REFUSED; a SERVFAIL is an answer).",
             "counter",
             per_upstream(&|u| u.failures as f64),
         ),

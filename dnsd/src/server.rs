@@ -455,7 +455,9 @@ fn response_info(metadata: Metadata) -> ResponseInfo {
 }
 
 /// The EDNS of our answer: only when the client sent one (RFC 6891), sized for the client,
-/// since hickory truncates UDP answers to the size in it.
+/// since hickory truncates UDP answers to the size in it, with the client's DO bit, and
+/// of the upstream's options only the end-to-end ones: the answer may come from the
+/// cache, fetched for another client.
 fn answer_edns(request: &Request, upstream: Option<&Edns>) -> Option<Edns> {
     let client = request.edns.as_ref()?;
     let mut e = upstream.cloned().unwrap_or_else(|| {
@@ -463,6 +465,7 @@ fn answer_edns(request: &Request, upstream: Option<&Edns>) -> Option<Edns> {
         e.set_max_payload(EDNS_PAYLOAD);
         e
     });
+    crate::upstream::keep_end_to_end(&mut e);
     e.set_max_payload(client.max_payload().max(512));
     e.set_dnssec_ok(client.flags().dnssec_ok);
     Some(e)

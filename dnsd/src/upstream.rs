@@ -2,8 +2,11 @@
 //! DNS over HTTPS, with health tracking, failover, conditional forwarding and the servers
 //! learned by DHCP on the WAN as fallback.
 //!
-//! The client's query goes out as the client sent it, under a new id, so EDNS options and
-//! the DO/CD bits reach the upstream untouched; the answer gets the client's id back.
+//! The client's query goes out as the client sent it, under a new id, so the DO/CD bits,
+//! the EDNS size and the end-to-end EDNS options reach the upstream untouched; options
+//! that belong to one hop (COOKIE, padding, keepalive, client subnet: see
+//! [`end_to_end`]) are taken out of the query and of the answer, which may be cached and
+//! given to other clients. The answer gets the client's id back.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -15,7 +18,8 @@ use appliance::types::{Host, Upstream, UpstreamKind};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use hickory_net::runtime::TokioRuntimeProvider;
 use hickory_net::xfer::{DnsExchange, DnsHandle, FirstAnswer};
-use hickory_proto::op::{DnsRequest, DnsRequestOptions, Message, Query, ResponseCode};
+use hickory_proto::op::{DnsRequest, DnsRequestOptions, Edns, Message, Query, ResponseCode};
+use hickory_proto::rr::rdata::opt::EdnsCode;
 use hickory_proto::rr::{Name, RData, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -389,8 +393,18 @@ impl Upstreams {
 
     /// Sends the client's `query` (wire format) upstream and returns the answer.
     pub async fn forward(&self, query: &[u8]) -> Result<Forwarded, UpstreamError> {
-        let request =
+        let mut request =
             Message::from_vec(query).map_err(|e| UpstreamError::BadQuery(e.to_string()))?;
+        // Re-encoded only when an option had to go: most queries carry none.
+        let reencoded;
+        let query = if request.edns.as_mut().is_some_and(keep_end_to_end) {
+            reencoded = request
+                .to_vec()
+                .map_err(|e| UpstreamError::BadQuery(e.to_string()))?;
+            reencoded.as_slice()
+        } else {
+            query
+        };
         let Some(q) = request.queries.first() else {
             return Err(UpstreamError::BadQuery("no question".into()));
         };
@@ -399,6 +413,8 @@ impl Upstreams {
             return Err(UpstreamError::NoUpstreams);
         }
         let mut last = UpstreamError::NoUpstreams;
+        // A REFUSED answer, given to the client when no other server answers.
+        let mut refused: Option<Forwarded> = None;
         for server in candidates.iter().cycle().take(TRIES) {
             let started = Instant::now();
             let result =
@@ -408,20 +424,30 @@ impl Upstreams {
             let latency = started.elapsed();
             match result {
                 Ok(mut message) => {
-                    let rcode = message.metadata.response_code;
-                    if matches!(rcode, ResponseCode::ServFail | ResponseCode::Refused) {
-                        server.health.failure(latency, self.epoch.elapsed());
-                        tracing::debug!(upstream = server.label, %rcode, "upstream failed the query");
-                        last = UpstreamError::Failed(server.label.clone(), rcode);
-                        continue;
-                    }
-                    server.health.success(latency);
                     message.metadata.id = request.metadata.id;
-                    return Ok(Forwarded {
+                    if let Some(e) = message.edns.as_mut() {
+                        keep_end_to_end(e);
+                    }
+                    let answer = Forwarded {
                         message,
                         upstream: server.label.clone(),
                         latency,
-                    });
+                    };
+                    // SERVFAIL is the server's answer, not its failure: a validating
+                    // resolver gives it for a DNSSEC-bogus name, and asking another
+                    // server (the DHCP-learned one may not validate) would hand the
+                    // client the forged answer validation caught. REFUSED is the mark
+                    // of a server that does not serve us (an ACL refuses every query),
+                    // so it ranks the server down and the next one is asked.
+                    if answer.message.metadata.response_code == ResponseCode::Refused {
+                        server.health.failure(latency, self.epoch.elapsed());
+                        tracing::debug!(upstream = server.label, "upstream refused the query");
+                        last = UpstreamError::Failed(server.label.clone(), ResponseCode::Refused);
+                        refused.get_or_insert(answer);
+                        continue;
+                    }
+                    server.health.success(latency);
+                    return Ok(answer);
                 }
                 Err(e) => {
                     server.health.failure(latency, self.epoch.elapsed());
@@ -430,7 +456,7 @@ impl Upstreams {
                 }
             }
         }
-        Err(last)
+        refused.ok_or(last)
     }
 
     async fn exchange(
@@ -588,6 +614,30 @@ impl Upstreams {
     }
 }
 
+/// Whether an EDNS option means the same to every hop, so that dnsd may pass it between
+/// client and upstream, and replay it from the cache to another client. A COOKIE is a
+/// secret between one client and one server (RFC 7873: replayed, it hands one client's
+/// cookie to the next), padding and keepalive describe one connection (RFC 7830, 7828),
+/// a client subnet would tell the upstream the LAN's addresses and make answers differ
+/// per client (RFC 7871), NSID names the server that answered, CHAIN, EXPIRE, LLQ and UL
+/// concern one server. What stays: the DNSSEC algorithms the client understands (DAU,
+/// DHU, N3U, RFC 6975) and Extended DNS Errors (15, RFC 8914), which explain a SERVFAIL
+/// to the client. Options dnsd does not know are dropped, since it cannot tell which
+/// kind they are.
+pub fn end_to_end(code: EdnsCode) -> bool {
+    const EXTENDED_ERROR: u16 = 15;
+    matches!(code, EdnsCode::DAU | EdnsCode::DHU | EdnsCode::N3U)
+        || code == EdnsCode::Unknown(EXTENDED_ERROR)
+}
+
+/// Drops the options of `edns` that are not [`end_to_end`]; says whether any was there.
+pub fn keep_end_to_end(edns: &mut Edns) -> bool {
+    let options = &mut edns.options_mut().options;
+    let before = options.len();
+    options.retain(|(code, _)| end_to_end(*code));
+    options.len() != before
+}
+
 fn fqdn(s: &str) -> Option<Name> {
     let mut n = Name::from_ascii(s).ok()?;
     n.set_fqdn(true);
@@ -730,6 +780,7 @@ mod tests {
     enum Behaviour {
         Answer(u8),
         ServFail,
+        Refused,
         Silent,
         Truncate(u8),
     }
@@ -769,6 +820,12 @@ mod tests {
                         let mut r = answer_for(&q, 0);
                         r.answers.clear();
                         r.metadata.response_code = ResponseCode::ServFail;
+                        r
+                    }
+                    Behaviour::Refused => {
+                        let mut r = answer_for(&q, 0);
+                        r.answers.clear();
+                        r.metadata.response_code = ResponseCode::Refused;
                         r
                     }
                     Behaviour::Silent => continue,
@@ -874,9 +931,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn fails_over_on_timeout_and_servfail_and_ranks_the_healthy_first() {
+    async fn fails_over_on_timeout_and_refused_and_ranks_the_healthy_first() {
         let (dead, _) = fake(Behaviour::Silent).await;
-        let (bad, _) = fake(Behaviour::ServFail).await;
+        let (bad, _) = fake(Behaviour::Refused).await;
         let (good, _) = fake(Behaviour::Answer(3)).await;
         let u = Upstreams::from_config(&dns(&[dead.to_string(), good.to_string()], ""))
             .with_try_timeout(Duration::from_millis(200));
@@ -891,12 +948,45 @@ mod tests {
         let dead_health = &u.servers()[0].health;
         assert_eq!(dead_health.failures.load(Ordering::Relaxed), 1);
 
+        // A refusing server is ranked down and the next one asked; when none answers
+        // better, the client gets the refusal rather than a SERVFAIL of ours.
+        let u = Upstreams::from_config(&dns(&[bad.to_string(), good.to_string()], ""));
+        let f = u.forward(&q).await.unwrap();
+        assert_eq!(addr_of(&f.message), "192.0.2.3");
+        assert_eq!(u.servers()[0].health.failures.load(Ordering::Relaxed), 1);
+        assert_eq!(u.candidates(&Name::root())[0].label, good.to_string());
         let u = Upstreams::from_config(&dns(&[bad.to_string(), dead.to_string()], ""))
             .with_try_timeout(Duration::from_millis(100));
-        let e = u.forward(&q).await.unwrap_err();
+        let f = u.forward(&q).await.unwrap();
+        assert_eq!(f.message.metadata.response_code, ResponseCode::Refused);
+        assert_eq!(f.message.metadata.id, 4242);
+        assert_eq!(f.upstream, bad.to_string());
+    }
+
+    /// A validating upstream's SERVFAIL (a DNSSEC-bogus name) is its answer: the client
+    /// gets it, the server stays first, and the DHCP-learned fallback (which may not
+    /// validate) is not asked.
+    #[tokio::test]
+    async fn a_servfail_is_the_answer_not_a_failure_of_the_server() {
+        let (validating, _) = fake(Behaviour::ServFail).await;
+        let (fallback, fallback_seen) = fake(Behaviour::Answer(66)).await;
+        let u = Upstreams::from_config(&dns(&[validating.to_string()], ""));
+        u.set_fallback_servers(vec![fallback]);
+        let q = query("bogus.example.").to_vec().unwrap();
+        for _ in 0..2 {
+            let f = u.forward(&q).await.unwrap();
+            assert_eq!(f.message.metadata.response_code, ResponseCode::ServFail);
+            assert_eq!(f.message.metadata.id, 4242);
+            assert_eq!(f.upstream, validating.to_string());
+            assert!(f.message.answers.is_empty());
+        }
+        let health = &u.servers()[0].health;
+        assert_eq!(health.failures.load(Ordering::Relaxed), 0);
+        assert_eq!(health.successes.load(Ordering::Relaxed), 2);
+        assert_eq!(u.candidates(&Name::root())[0].label, validating.to_string());
         assert!(
-            matches!(e, UpstreamError::Timeout(_) | UpstreamError::Failed(..)),
-            "{e}"
+            fallback_seen.lock().unwrap().is_none(),
+            "the fallback was asked"
         );
     }
 
