@@ -29,6 +29,15 @@ const SYNTAX_HINT: &str = "fix the TOML syntax here and validate again; nothing 
 
 /// Parses and validates a config. On failure every mistake found is returned.
 pub fn load_str(src: &str) -> Result<Config, Diagnostics> {
+    if let Some(cfg) = long_lists::load_valid(src) {
+        return Ok(cfg);
+    }
+    load_full(src)
+}
+
+/// [`load_str`] without the fast path for long address lists: every config goes through
+/// here when the fast path does not accept it, so every mistake is reported from here.
+fn load_full(src: &str) -> Result<Config, Diagnostics> {
     let (root, syntax) = DeTable::parse_recoverable(src);
     if !syntax.is_empty() {
         let diags = syntax
@@ -647,6 +656,260 @@ impl Issue {
                 .related
                 .iter()
                 .any(|r| r.starts_with(removed) || removed.starts_with(r))
+    }
+}
+
+/// A fast path for configs with long address lists (a 100k-address blocklist as a
+/// rule's `source`): the generic TOML parse builds a token, an event and a value for
+/// every element, and the loader copies the tree, which is most of a 2 MB config's load
+/// time. Here such a list's text is blanked out (same length, newlines kept, so every
+/// other span and line stays where it was), the rest parsed as usual, and the list's
+/// strings parsed straight into [`Cidr`]s. It only ever accepts a config that is valid
+/// as a whole; anything it is unsure of (another syntax in the list, a list in a place
+/// it does not know, any error or finding at all) returns `None`, and the full loader
+/// runs on the original text and reports every mistake as before.
+mod long_lists {
+    use toml::Spanned;
+    use toml::de::{DeTable, DeValue};
+
+    use serde::Deserialize;
+
+    use crate::diag::{KeyPath, Seg};
+    use crate::model::Config;
+    use crate::types::Cidr;
+
+    /// Shorter lists are not worth a second way through the loader.
+    const MIN: usize = 256;
+
+    /// A list found in the text: its brackets' span and its strings.
+    struct Found<'a> {
+        span: std::ops::Range<usize>,
+        items: Vec<&'a str>,
+    }
+
+    /// The arrays of at least [`MIN`] plain strings (no escapes), with only spaces,
+    /// newlines, commas and comments between them. Some may be no array at all (inside
+    /// a multi-line string): the caller checks each against the parsed document.
+    fn find(src: &str) -> Vec<Found<'_>> {
+        let bytes = src.as_bytes();
+        let mut out = Vec::new();
+        let mut from = 0;
+        while let Some(rel) = src.get(from..).and_then(|t| t.find("= [")) {
+            let open = from + rel + 2;
+            from = open + 1;
+            let mut items = Vec::new();
+            let mut i = open + 1;
+            let close = loop {
+                match bytes.get(i) {
+                    Some(b' ' | b'\t' | b'\n' | b'\r' | b',') => i += 1,
+                    Some(b'#') => {
+                        i += bytes
+                            .get(i..)
+                            .and_then(|t| t.iter().position(|&b| b == b'\n'))
+                            .unwrap_or(0)
+                            + 1;
+                    }
+                    Some(b'"') => {
+                        let start = i + 1;
+                        let Some(len) = bytes.get(start..).and_then(|t| {
+                            t.iter().position(|&b| matches!(b, b'"' | b'\\' | b'\n'))
+                        }) else {
+                            break None;
+                        };
+                        if bytes.get(start + len) != Some(&b'"') {
+                            break None;
+                        }
+                        match src.get(start..start + len) {
+                            Some(item) => items.push(item),
+                            None => break None,
+                        }
+                        i = start + len + 1;
+                    }
+                    Some(b']') => break Some(i),
+                    _ => break None,
+                }
+            };
+            if let Some(close) = close
+                && items.len() >= MIN
+            {
+                out.push(Found {
+                    span: open..close + 1,
+                    items,
+                });
+                from = close + 1;
+            }
+        }
+        out
+    }
+
+    /// The key path of the empty array whose span is `span`, if the document has one.
+    fn path_of(root: &Spanned<DeTable<'_>>, span: &std::ops::Range<usize>) -> Option<KeyPath> {
+        fn walk(
+            v: &Spanned<DeValue<'_>>,
+            path: KeyPath,
+            span: &std::ops::Range<usize>,
+        ) -> Option<KeyPath> {
+            let vs = v.span();
+            if vs == *span {
+                return v
+                    .get_ref()
+                    .as_array()
+                    .is_some_and(|a| a.iter().next().is_none())
+                    .then_some(path);
+            }
+            match v.get_ref() {
+                DeValue::Table(t) => t
+                    .iter()
+                    .find_map(|(k, c)| walk(c, path.clone().key(k.get_ref()), span)),
+                DeValue::Array(a) => a
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, c)| walk(c, path.clone().index(i), span)),
+                _ => None,
+            }
+        }
+        root.get_ref()
+            .iter()
+            .find_map(|(k, c)| walk(c, KeyPath::root().key(k.get_ref()), span))
+    }
+
+    /// The model's list at `path`: a rule's source or destination, a forward's source.
+    fn list_at<'a>(cfg: &'a mut Config, path: &KeyPath) -> Option<&'a mut Vec<Cidr>> {
+        let fw = &mut cfg.firewall;
+        match path.segments() {
+            [Seg::Key(f), Seg::Key(r), Seg::Index(i), Seg::Key(which)]
+                if f == "firewall" && r == "rules" =>
+            {
+                let rule = fw.rules.get_mut(*i)?;
+                match which.as_str() {
+                    "source" => Some(&mut rule.source),
+                    "destination" => Some(&mut rule.destination),
+                    _ => None,
+                }
+            }
+            [Seg::Key(f), Seg::Key(fs), Seg::Key(name), Seg::Key(which)]
+                if f == "firewall" && fs == "forwards" && which == "source" =>
+            {
+                fw.forwards
+                    .iter_mut()
+                    .find(|(k, _)| k.as_str() == name)
+                    .map(|(_, f)| &mut f.source)
+            }
+            _ => None,
+        }
+    }
+
+    /// The config of `src` when it has long lists and is valid; `None` otherwise.
+    pub(super) fn load_valid(src: &str) -> Option<Config> {
+        let found = find(src);
+        if found.is_empty() {
+            return None;
+        }
+        let mut blanked = src.as_bytes().to_vec();
+        for f in &found {
+            for b in blanked.get_mut(f.span.start + 1..f.span.end - 1)? {
+                if !matches!(*b, b'\n' | b'\r') {
+                    *b = b' ';
+                }
+            }
+        }
+        // Every byte replaced was an ASCII space's or a whole character's.
+        let blanked = String::from_utf8(blanked).ok()?;
+        let (root, syntax) = DeTable::parse_recoverable(&blanked);
+        if !syntax.is_empty() || super::check_version(&blanked, &root).is_some() {
+            return None;
+        }
+        let paths = found
+            .iter()
+            .map(|f| path_of(&root, &f.span))
+            .collect::<Option<Vec<_>>>()?;
+        let mut cfg = Config::deserialize(toml::de::Deserializer::from(root)).ok()?;
+        for (f, path) in found.iter().zip(&paths) {
+            let list = f
+                .items
+                .iter()
+                .map(|s| Cidr::parse(s).ok())
+                .collect::<Option<Vec<_>>>()?;
+            *list_at(&mut cfg, path)? = list;
+        }
+        crate::validate::check(&cfg).is_empty().then_some(cfg)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// A config with a rule's source of `n` addresses, the list written as `list`
+        /// writes each element, and its full load.
+        fn config(n: usize, item: impl Fn(usize) -> String) -> String {
+            let mut s = String::from(
+                "version = 1\n[interfaces.wan]\ndevice = \"eth0\"\nipv4 = \"dhcp\"\n\
+                 [firewall.zones.wan]\ninterfaces = [\"wan\"]\n\
+                 [[firewall.rules]]\nfrom = \"wan\"\naction = \"drop\"\nsource = [\n",
+            );
+            for i in 0..n {
+                s.push_str(&item(i));
+            }
+            s.push_str("]\n");
+            s
+        }
+
+        fn addr(i: usize) -> String {
+            let a = 0x6440_0000u32 + u32::try_from(i).unwrap();
+            format!("  \"{}/32\", # {i}\n", std::net::Ipv4Addr::from(a))
+        }
+
+        #[test]
+        fn a_long_list_loads_as_the_full_loader_loads_it() {
+            let src = config(1000, addr);
+            let fast = load_valid(&src).expect("the fast path takes a valid config");
+            assert_eq!(fast.firewall.rules[0].source.len(), 1000);
+            assert_eq!(Ok(fast), super::super::load_full(&src));
+            // Short lists are left to the full loader.
+            assert!(load_valid(&config(10, addr)).is_none());
+        }
+
+        #[test]
+        fn a_mistake_in_or_beside_a_long_list_is_reported_by_the_full_loader() {
+            // A bad address in the list, at its line.
+            let bad = config(1000, |i| {
+                if i == 700 {
+                    "  \"100.64.999.1/32\",\n".into()
+                } else {
+                    addr(i)
+                }
+            });
+            assert!(load_valid(&bad).is_none());
+            let e = super::super::load_str(&bad).unwrap_err();
+            assert_eq!(e.0.len(), 1, "{e:?}");
+            assert_eq!(e.0[0].path.to_string(), "firewall.rules[0].source[700]");
+            assert_eq!(e.0[0].line, 11 + 700);
+            // A finding of the cross-checks elsewhere (an unknown zone), with the list valid.
+            let other = config(1000, addr).replace("from = \"wan\"", "from = \"dmz\"");
+            assert!(load_valid(&other).is_none());
+            let e = super::super::load_str(&other).unwrap_err();
+            assert_eq!(e.0[0].path.to_string(), "firewall.rules[0].from");
+            // A list with an escape is not this path's to read.
+            let escaped = config(1000, |i| {
+                if i == 3 {
+                    "  \"100.64.0.\\u0033/32\",\n".into()
+                } else {
+                    addr(i)
+                }
+            });
+            assert!(load_valid(&escaped).is_none());
+            assert!(super::super::load_str(&escaped).is_ok());
+        }
+
+        #[test]
+        fn a_list_opened_in_a_comment_is_not_taken_for_a_list() {
+            // The strings below the comment are bare TOML lines: a syntax error.
+            let items: String = (0..300).map(addr).collect();
+            let src = format!("{}# old = [\n{items}]\n", config(300, addr));
+            assert!(load_valid(&src).is_none());
+            let e = super::super::load_str(&src).unwrap_err();
+            assert_eq!(e.0[0].kind, crate::ErrorKind::Syntax, "{e:?}");
+        }
     }
 }
 
