@@ -872,7 +872,7 @@ impl Server {
     ) -> io::Result<SocketAddr> {
         let mut tls = tls.clone();
         tls.alpn_protocols = vec![b"dot".to_vec()];
-        let listener = TcpListener::bind(addr).await?;
+        let listener = bind_tcp(addr)?;
         let bound = listener.local_addr()?;
         self.inner
             .register_tls_listener_with_tls_config(listener, TCP_TIMEOUT, Arc::new(tls))?;
@@ -890,7 +890,7 @@ impl Server {
     ) -> io::Result<SocketAddr> {
         let mut tls = tls.clone();
         tls.alpn_protocols = vec![b"h2".to_vec()];
-        let listener = TcpListener::bind(addr).await?;
+        let listener = bind_tcp(addr)?;
         let bound = listener.local_addr()?;
         self.inner.register_https_listener_with_tls_config(
             listener,
@@ -960,15 +960,54 @@ impl From<BindError> for io::Error {
 async fn bind_pair(addr: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
     let mut last = None;
     for _ in 0..16 {
-        let udp = UdpSocket::bind(addr).await?;
+        let udp = bind_udp(addr)?;
         let bound = udp.local_addr()?;
-        match TcpListener::bind(bound).await {
+        match bind_tcp(bound) {
             Ok(tcp) => return Ok((udp, tcp)),
             Err(e) if addr.port() == 0 => last = Some(e),
             Err(e) => return Err(e),
         }
     }
     Err(last.unwrap_or_else(|| io::Error::other("no free port for UDP and TCP")))
+}
+
+/// A listening socket for `addr`. An IPv6 one is IPv6-only: with Linux's default
+/// (`net.ipv6.bindv6only = 0`) `[::]:53` would also take IPv4, and a listen list of
+/// `0.0.0.0:53` and `[::]:53`, the usual way to say "everywhere", failed with "address in
+/// use" at its second entry.
+fn listening_socket(
+    addr: SocketAddr,
+    kind: nix::sys::socket::SockType,
+) -> io::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockaddrStorage, setsockopt, sockopt};
+    use std::os::fd::AsRawFd as _;
+    let family = if addr.is_ipv6() {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
+    let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
+    let fd = nix::sys::socket::socket(family, kind, flags, None)?;
+    if addr.is_ipv6() {
+        setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+    }
+    if kind == nix::sys::socket::SockType::Stream {
+        // As std and tokio do: a restarted dnsd binds while old connections linger.
+        setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    }
+    nix::sys::socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    Ok(fd)
+}
+
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let fd = listening_socket(addr, nix::sys::socket::SockType::Datagram)?;
+    UdpSocket::from_std(std::net::UdpSocket::from(fd))
+}
+
+fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    let fd = listening_socket(addr, nix::sys::socket::SockType::Stream)?;
+    nix::sys::socket::listen(&fd, nix::sys::socket::Backlog::new(1024)?)?;
+    TcpListener::from_std(std::net::TcpListener::from(fd))
 }
 
 #[cfg(test)]
@@ -992,6 +1031,24 @@ mod tests {
         assert!(l.allow(b, t0), "buckets are per client");
         assert!(l.allow(a, t0 + Duration::from_millis(100)));
         assert!(!l.allow(a, t0 + Duration::from_millis(100)));
+    }
+
+    /// `0.0.0.0` and `[::]` on one port, and a loopback pair: each bound on UDP and TCP.
+    #[tokio::test]
+    async fn ipv4_and_ipv6_listeners_share_a_port() {
+        let (udp, _tcp) = bind_pair("0.0.0.0:0".parse().unwrap()).await.unwrap();
+        let port = udp.local_addr().unwrap().port();
+        let (udp6, tcp6) = bind_pair(SocketAddr::new("::".parse().unwrap(), port))
+            .await
+            .unwrap();
+        assert_eq!(udp6.local_addr().unwrap().port(), port);
+        assert_eq!(tcp6.local_addr().unwrap().port(), port);
+
+        let (udp, _tcp) = bind_pair("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let port = udp.local_addr().unwrap().port();
+        bind_pair(SocketAddr::new("::1".parse().unwrap(), port))
+            .await
+            .unwrap();
     }
 
     #[test]
