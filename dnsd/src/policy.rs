@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use appliance::model::{BlockMode, Config, Dns};
 use appliance::types::{Cidr, DomainPattern};
@@ -59,6 +59,22 @@ pub struct Decision {
     pub rule: Option<(Source, Rule)>,
     /// Blocking is paused for this client's group (or globally) until then.
     pub paused: bool,
+    /// Why blocking does not apply to this client at all, when it does not; `rule` is
+    /// then the rule that would have blocked, for `check` only ([`Policy::explain`]).
+    pub off: Option<Off>,
+    /// `rule` would block the name, but blocking is paused or off.
+    pub held: bool,
+}
+
+/// Why blocking is off for a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Off {
+    /// `dns.enabled = false`.
+    Disabled,
+    /// `dns.blocking = false`, and the client's group has no setting of its own.
+    Global,
+    /// The client's group has `blocking = false`.
+    Group,
 }
 
 /// Allow or deny entries from the config, compiled.
@@ -131,13 +147,38 @@ impl Patterns {
 struct Group {
     name: String,
     cidrs: Vec<Cidr>,
-    /// Links whose clients are in this group: the group's own and those of its zones.
+    /// Links whose clients are in this group: its `interfaces`.
     links: Vec<String>,
+    /// The links of its `zones`.
+    zone_links: Vec<String>,
     lists: Vec<(String, Arc<CompiledList>)>,
     allow: Patterns,
     deny: Patterns,
     mode: BlockMode,
     blocking: bool,
+    /// Set by the group itself rather than taken from `dns.blocking`.
+    own_blocking: bool,
+}
+
+impl Group {
+    /// How closely the group names `client` (on `link`), `None` when it does not: any
+    /// CIDR of the group that holds the client, the longest prefix counting, beats an
+    /// interface of the group, which beats a zone of the group.
+    fn specificity(&self, client: IpAddr, link: Option<&str>) -> Option<(u8, u8)> {
+        let cidr = self
+            .cidrs
+            .iter()
+            .filter(|c| c.contains(&client))
+            .map(|c| c.prefix_len())
+            .max();
+        let on = |links: &[String]| link.is_some_and(|l| links.iter().any(|x| x == l));
+        match cidr {
+            Some(prefix) => Some((2, prefix)),
+            None if on(&self.links) => Some((1, 0)),
+            None if on(&self.zone_links) => Some((0, 0)),
+            None => None,
+        }
+    }
 }
 
 /// The whole policy. Cheap to share (`Arc<Policy>`); replaced whole on reload.
@@ -147,7 +188,8 @@ pub struct Policy {
     allow: Patterns,
     deny: Patterns,
     addresses: Vec<IpAddr>,
-    /// Groups with clients, in name order; the first that matches a client wins.
+    /// Groups with clients, in name order; the most specific that matches a client wins
+    /// ([`Group::specificity`]), the first in name order among equals.
     groups: Vec<Group>,
     default: Group,
     /// Blocking pauses: `None` key is global.
@@ -179,19 +221,18 @@ impl Policy {
         let mut groups = Vec::new();
         let mut default = None;
         for (name, g) in &dns.groups {
-            let mut links: Vec<String> =
-                g.interfaces.iter().map(|i| i.as_str().to_owned()).collect();
-            links.extend(zone_links(&g.zones));
             let group = Group {
                 name: name.as_str().to_owned(),
                 cidrs: g.cidrs.clone(),
-                links,
+                links: g.interfaces.iter().map(|i| i.as_str().to_owned()).collect(),
+                zone_links: zone_links(&g.zones),
                 lists: enabled_lists(&mut g.lists.iter().map(|l| l.as_str())),
                 allow: Patterns::allow(&g.allow)?,
                 deny: Patterns::deny(&g.deny)?,
                 mode: g.block_mode.unwrap_or(dns.block_mode),
                 // The group's own setting, when it has one, wins over the global one.
                 blocking: g.blocking.unwrap_or(dns.blocking),
+                own_blocking: g.blocking.is_some(),
             };
             if name.as_str() == "default" {
                 default = Some(group);
@@ -206,11 +247,13 @@ impl Policy {
                 name: "default".into(),
                 cidrs: Vec::new(),
                 links: Vec::new(),
+                zone_links: Vec::new(),
                 lists: enabled_lists(&mut dns.lists.keys().map(|k| k.as_str())),
                 allow: Patterns::default(),
                 deny: Patterns::default(),
                 mode: dns.block_mode,
                 blocking: dns.blocking,
+                own_blocking: false,
             },
         };
         Ok(Self {
@@ -247,31 +290,67 @@ impl Policy {
             .any(|k| self.pauses.get(k).is_some_and(|until| *until > now))
     }
 
+    /// The client's group: the most specific match, so that a /32 for one laptop inside
+    /// a group's /24, or a CIDR inside a zone's group, takes that client out of the wider
+    /// group whatever the groups are called. Among equally specific groups the first in
+    /// name order wins (validation does not refuse the overlap).
     fn group_for(&self, client: IpAddr, link: Option<&str>) -> &Group {
-        self.groups
+        let mut best: Option<(&Group, (u8, u8))> = None;
+        for g in &self.groups {
+            if let Some(s) = g.specificity(client, link)
+                && best.is_none_or(|(_, b)| s > b)
+            {
+                best = Some((g, s));
+            }
+        }
+        best.map_or(&self.default, |(g, _)| g)
+    }
+
+    /// When blocking was paused for `group` (or globally), the end of the latest pause
+    /// in force.
+    fn paused_until(&self, group: &str, now: Instant) -> Option<Instant> {
+        [None, Some(group.to_owned())]
             .iter()
-            .find(|g| {
-                g.cidrs.iter().any(|c| c.contains(&client))
-                    || link.is_some_and(|l| g.links.iter().any(|x| x == l))
-            })
-            .unwrap_or(&self.default)
+            .filter_map(|k| self.pauses.get(k).copied())
+            .filter(|until| *until > now)
+            .max()
     }
 
     /// Decides for `qname` (lowercase, without the trailing dot) asked by `client` through
     /// `link` (the link the query arrived on, when known).
     pub fn decide(&self, client: IpAddr, link: Option<&str>, qname: &str) -> Decision {
-        self.decide_at(client, link, qname, Instant::now())
+        self.decide_at(client, link, qname, Instant::now(), false)
     }
 
-    fn decide_at(&self, client: IpAddr, link: Option<&str>, qname: &str, now: Instant) -> Decision {
+    /// `explain`: also when blocking is off, find the rule that would decide, for
+    /// `check`; the query path skips that work.
+    fn decide_at(
+        &self,
+        client: IpAddr,
+        link: Option<&str>,
+        qname: &str,
+        now: Instant,
+        explain: bool,
+    ) -> Decision {
         let g = self.group_for(client, link);
-        let pass = |rule, paused| Decision {
+        let off = if !self.enabled {
+            Some(Off::Disabled)
+        } else if g.blocking {
+            None
+        } else if g.own_blocking {
+            Some(Off::Group)
+        } else {
+            Some(Off::Global)
+        };
+        let pass = |rule: Option<(Source, Rule)>, held: bool| Decision {
             action: Action::Pass,
             group: g.name.clone(),
             rule,
-            paused,
+            paused: held && off.is_none(),
+            off: off.clone(),
+            held,
         };
-        if !self.enabled || !g.blocking {
+        if off.is_some() && !explain {
             return pass(None, false);
         }
         // The administrator's allow wins over everything, then the administrator's deny;
@@ -308,7 +387,7 @@ impl Policy {
         let Some(rule) = block else {
             return pass(None, false);
         };
-        if self.paused(&g.name, now) {
+        if off.is_some() || self.paused(&g.name, now) {
             return pass(Some(rule), true);
         }
         Decision {
@@ -319,16 +398,54 @@ impl Policy {
             group: g.name.clone(),
             rule: Some(rule),
             paused: false,
+            off: None,
+            held: false,
         }
+    }
+
+    /// The decision with the reason `check` gives: like [`Policy::decide`], and when
+    /// blocking is off for the client, the rule that would decide if it were on.
+    pub fn check(&self, client: IpAddr, link: Option<&str>, qname: &str) -> Decision {
+        self.decide_at(client, link, qname, Instant::now(), true)
     }
 
     /// A sentence for `applctl dns check`: why the name is or is not blocked.
     pub fn explain(&self, client: IpAddr, link: Option<&str>, qname: &str) -> String {
-        let d = self.decide(client, link, qname);
-        match (&d.action, &d.rule, d.paused) {
-            (Action::Block { mode, .. }, Some((src, rule)), _) => format!(
-                "{qname} is blocked for group {} by rule {rule} of {src} (answered as {})",
-                d.group,
+        self.explain_at(client, link, qname, Instant::now(), SystemTime::now())
+    }
+
+    fn explain_at(
+        &self,
+        client: IpAddr,
+        link: Option<&str>,
+        qname: &str,
+        now: Instant,
+        wall: SystemTime,
+    ) -> String {
+        let d = self.decide_at(client, link, qname, now, true);
+        let group = &d.group;
+        let paused_until = || {
+            let until = self.paused_until(group, now)?;
+            let who = if self.pauses.get(&None).is_some_and(|u| *u == until) {
+                "blocking is paused"
+            } else {
+                "blocking is paused for this group"
+            };
+            Some(format!(
+                "{who} until {}",
+                httpdate::fmt_http_date(wall + until.duration_since(now))
+            ))
+        };
+        let off = d.off.as_ref().map(|o| match o {
+            Off::Disabled => "DNS is off (dns.enabled = false)".to_owned(),
+            Off::Global => "blocking is off (dns.blocking = false)".to_owned(),
+            Off::Group => {
+                format!("group {group} has blocking off (dns.groups.{group}.blocking = false)")
+            }
+        });
+        match (&d.action, &d.rule) {
+            (Action::Block { mode, .. }, Some((src, rule))) => format!(
+                "{qname} is blocked for group {group} by rule {rule} of {src} (answered as {})",
                 match mode {
                     BlockMode::Null => "0.0.0.0 / ::",
                     BlockMode::Nxdomain => "NXDOMAIN",
@@ -336,20 +453,35 @@ impl Policy {
                     BlockMode::Custom => "the custom addresses",
                 }
             ),
-            (Action::Pass, Some((src, rule)), true) => format!(
-                "{qname} would be blocked for group {} by rule {rule} of {src}, but blocking is paused",
-                d.group
-            ),
-            (Action::Pass, Some((src, rule)), false) => {
+            (Action::Block { .. }, None) => format!("{qname} is blocked for group {group}"),
+            (Action::Pass, Some((src, rule))) if d.held => {
+                let why = off
+                    .or_else(paused_until)
+                    .unwrap_or_else(|| "blocking is paused".to_owned());
                 format!(
-                    "{qname} is allowed for group {} by rule {rule} of {src}",
-                    d.group
+                    "{qname} is not blocked for group {group}: {why}; rule {rule} of {src} would block it"
                 )
             }
-            _ => format!(
-                "{qname} is not blocked for group {}: no rule matches",
-                d.group
-            ),
+            (Action::Pass, Some((src, rule))) => {
+                let mut s = format!("{qname} is allowed for group {group} by rule {rule} of {src}");
+                if let Some(off) = off {
+                    s.push_str(&format!(" ({off} anyway)"));
+                }
+                s
+            }
+            (Action::Pass, None) => match off {
+                Some(off) => format!(
+                    "{qname} is not blocked for group {group}: {off}; no rule would block it either"
+                ),
+                None => {
+                    let mut s =
+                        format!("{qname} is not blocked for group {group}: no rule matches");
+                    if let Some(p) = paused_until() {
+                        s.push_str(&format!(" ({p})"));
+                    }
+                    s
+                }
+            },
         }
     }
 }
@@ -509,7 +641,7 @@ blocking = false
         ));
         let later = Instant::now() + Duration::from_secs(61);
         assert!(matches!(
-            p.decide_at(ip("192.168.1.70"), None, "ads.example", later)
+            p.decide_at(ip("192.168.1.70"), None, "ads.example", later, false)
                 .action,
             Action::Block { .. }
         ));
@@ -635,6 +767,114 @@ blocking = false
         assert_eq!(
             p.decide(ip("192.168.1.10"), None, "ads.example").action,
             Action::Pass
+        );
+    }
+
+    /// The most specific group wins, whatever the names: a /32 over a /24, any CIDR over
+    /// an interface, an interface over a zone; among equals the first in name order.
+    #[test]
+    fn the_most_specific_group_wins() {
+        let cfg = appliance::load_str(&format!(
+            "{}{}",
+            CFG.split("[dns.groups.kids]").next().unwrap(),
+            r#"
+[dns.groups.a_zone]
+zones = ["lan", "iot"]
+[dns.groups.b_interface]
+interfaces = ["lan"]
+[dns.groups.c_net]
+cidrs = ["192.168.1.0/24", "10.0.0.0/8"]
+[dns.groups.d_host]
+cidrs = ["192.168.1.7/32"]
+[dns.groups.e_host]
+cidrs = ["192.168.1.0/25", "192.168.1.7/32"]
+"#
+        ))
+        .unwrap();
+        let p = Policy::build(&cfg, &lists()).unwrap();
+        let group =
+            |client: &str, link: Option<&str>| p.decide(ip(client), link, "x.example").group;
+        assert_eq!(
+            group("192.168.1.7", Some("lan")),
+            "d_host",
+            "/32 over /25, /24, link; d before e"
+        );
+        assert_eq!(group("192.168.1.8", Some("lan")), "e_host", "/25 over /24");
+        assert_eq!(group("192.168.1.200", Some("lan")), "c_net");
+        assert_eq!(
+            group("10.1.2.3", Some("iot")),
+            "c_net",
+            "a CIDR over a zone"
+        );
+        assert_eq!(
+            group("172.16.0.9", Some("lan")),
+            "b_interface",
+            "an interface over a zone"
+        );
+        assert_eq!(group("192.168.20.9", Some("iot")), "a_zone");
+        assert_eq!(group("172.16.0.9", None), "default");
+    }
+
+    /// `check` says why nothing is blocked when blocking is off or paused, and still names
+    /// the rule that would block; the query path does not look for it.
+    #[test]
+    fn explain_says_when_blocking_is_off_or_paused() {
+        let client = ip("192.168.1.5");
+        let cfg =
+            appliance::load_str(&CFG.replace("[dns]\n", "[dns]\nblocking = false\n")).unwrap();
+        let p = Policy::build(&cfg, &lists()).unwrap();
+        assert_eq!(
+            p.explain(client, None, "x.ads.example"),
+            "x.ads.example is not blocked for group default: blocking is off (dns.blocking = false); rule ads.example of list ads would block it"
+        );
+        let d = p.decide(client, None, "x.ads.example");
+        assert_eq!(
+            (d.action, d.rule, d.off),
+            (Action::Pass, None, Some(Off::Global))
+        );
+        let d = p.check(client, None, "x.ads.example");
+        assert!(d.held && !d.paused, "{d:?}");
+        assert_eq!(d.rule.unwrap().0, Source::List("ads".into()));
+        assert_eq!(
+            p.explain(client, None, "example.org"),
+            "example.org is not blocked for group default: blocking is off (dns.blocking = false); no rule would block it either"
+        );
+        assert_eq!(
+            p.explain(client, None, "good.ads.example"),
+            "good.ads.example is allowed for group default by rule good.ads.example of dns settings (blocking is off (dns.blocking = false) anyway)"
+        );
+
+        let cfg = appliance::load_str(&CFG.replace(
+            "blocking = false\n",
+            "blocking = false\nlists = [\"ads\"]\n",
+        ))
+        .unwrap();
+        let p = Policy::build(&cfg, &lists()).unwrap();
+        assert_eq!(
+            p.explain(ip("192.168.1.10"), None, "ads.example"),
+            "ads.example is not blocked for group trusted: group trusted has blocking off (dns.groups.trusted.blocking = false); rule ads.example of list ads would block it"
+        );
+
+        let cfg = appliance::load_str(&CFG.replace("[dns]\n", "[dns]\nenabled = false\n")).unwrap();
+        let p = Policy::build(&cfg, &lists()).unwrap();
+        assert_eq!(
+            p.explain(ip("192.168.1.70"), None, "games.example"),
+            "games.example is not blocked for group kids: DNS is off (dns.enabled = false); rule games.example of group kids would block it"
+        );
+
+        let mut p = policy();
+        let now = Instant::now();
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        p.pauses
+            .insert(Some("kids".into()), now + Duration::from_secs(60));
+        assert_eq!(
+            p.explain_at(ip("192.168.1.70"), None, "ads.example", now, wall),
+            "ads.example is not blocked for group kids: blocking is paused for this group until Tue, 14 Nov 2023 22:14:20 GMT; rule ads.example of list ads would block it"
+        );
+        p.pauses.insert(None, now + Duration::from_secs(120));
+        assert_eq!(
+            p.explain_at(ip("192.168.1.70"), None, "example.org", now, wall),
+            "example.org is not blocked for group kids: no rule matches (blocking is paused until Tue, 14 Nov 2023 22:15:20 GMT)"
         );
     }
 
