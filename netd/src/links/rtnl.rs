@@ -183,6 +183,29 @@ fn parse_bridge_vlans(m: &LinkMessage) -> Vec<BridgeVlan> {
 }
 
 /// The request of `bridge vlan add|del vid N dev L [pvid] [untagged] [self]`.
+/// RTM_NEWLINK changing a bridge's options: only what changes (see `create` on
+/// vlan_filtering), and no IFLA_IFNAME: a name in the request is a rename, even to the
+/// same name, and Debian's 6.1 kernel refuses any rename of a link that is up with EBUSY
+/// before it compares the names (found by the VM test switching filtering off).
+fn bridge_change_message(
+    link: &str,
+    index: u32,
+    opts: &BridgeOpts,
+    previous: &BridgeOpts,
+) -> LinkMessage {
+    let mut b = LinkMessageBuilder::<LinkBridge>::new(link).index(index);
+    if opts.vlan_filtering != previous.vlan_filtering {
+        b = b.vlan_filtering(opts.vlan_filtering);
+    }
+    if opts.stp != previous.stp {
+        b = b.stp_state(stp_state(opts.stp));
+    }
+    let mut msg = b.build();
+    msg.attributes
+        .retain(|a| !matches!(a, LinkAttribute::IfName(_)));
+    msg
+}
+
 fn bridge_vlan_message(index: u32, vlan: &BridgeVlan, on_self: bool) -> LinkMessage {
     let mut flags = BridgeVlanInfoFlags::empty();
     if vlan.pvid {
@@ -561,15 +584,7 @@ impl Netlink for Rtnetlink {
                 previous,
             } => {
                 let index = self.index(link, op)?;
-                // Only what changes: see `create` on vlan_filtering.
-                let mut b = LinkMessageBuilder::<LinkBridge>::new(link).index(index);
-                if opts.vlan_filtering != previous.vlan_filtering {
-                    b = b.vlan_filtering(opts.vlan_filtering);
-                }
-                if opts.stp != previous.stp {
-                    b = b.stp_state(stp_state(opts.stp));
-                }
-                let msg = b.build();
+                let msg = bridge_change_message(link, index, opts, previous);
                 self.rt
                     .block_on(h.link().change(msg).execute())
                     .map_err(|e| nl_error(op, e))
@@ -739,6 +754,29 @@ mod tests {
                 stp: true
             })
         );
+    }
+
+    #[test]
+    fn a_bridge_change_names_no_link_and_carries_only_what_changes() {
+        let on = BridgeOpts {
+            vlan_filtering: true,
+            stp: false,
+        };
+        let msg = bridge_change_message("br0", 7, &BridgeOpts::default(), &on);
+        assert_eq!(msg.header.index, 7);
+        assert!(
+            !msg.attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::IfName(_))),
+            "{msg:?}"
+        );
+        let mut renamed = msg.clone();
+        renamed.attributes.push(LinkAttribute::IfName("br0".into()));
+        let l = parse_link(&renamed, &names());
+        assert_eq!(l.bridge, Some(BridgeOpts::default()));
+        let infos = format!("{:?}", msg.attributes);
+        assert!(infos.contains("VlanFiltering(false)"), "{infos}");
+        assert!(!infos.contains("StpState"), "{infos}");
     }
 
     #[test]
