@@ -289,6 +289,14 @@ pub fn plan(
         .enumerate()
         .rev()
         .find(|(_, s)| target_guids.contains_key(&s.guid));
+    // The newest bookmark the target has as a snapshot. It is the base when it is newer
+    // than the newest common snapshot (the held base destroyed, its bookmark kept): an
+    // older common snapshot would make the target's newer good snapshots look diverged.
+    let mark = bookmarks
+        .iter()
+        .filter(|b| target_guids.contains_key(&b.guid))
+        .max_by_key(|b| b.createtxg);
+    let common = common.filter(|(_, s)| mark.is_none_or(|b| b.createtxg <= s.createtxg));
     let (base, base_index, common_on_target) = match common {
         Some((i, s)) => (
             Base::Snapshot(s.name.clone()),
@@ -298,12 +306,7 @@ pub fn plan(
         None => {
             // The snapshot may be gone from the source while its bookmark stays: the
             // newest such bookmark is a valid incremental base.
-            let mut marks: Vec<&Snap> = bookmarks
-                .iter()
-                .filter(|b| target_guids.contains_key(&b.guid))
-                .collect();
-            marks.sort_by_key(|b| b.createtxg);
-            let Some(b) = marks.last() else {
+            let Some(b) = mark else {
                 return Err(PlanError::NoCommon {
                     source_ds: source_ds.to_owned(),
                     target: target_ds.to_owned(),
@@ -552,6 +555,47 @@ mod tests {
                     to: "s4".into()
                 },
             ]
+        );
+    }
+
+    /// The audit's case: the held base h5 destroyed, its bookmark kept, an older common
+    /// snapshot d1 still on both sides. The bookmark is the base; h5 on the target is not
+    /// a divergence, and rollback destroys nothing.
+    #[test]
+    fn a_bookmark_newer_than_the_common_snapshot_is_the_base() {
+        let src = [snap("d1", 1, 10), snap("h6", 6, 60)];
+        let marks = [snap("bm", 5, 50)];
+        let t = target(vec![snap("d1", 1, 2), snap("h5", 5, 3)]);
+        for on_divergence in [OnDivergence::Refuse, OnDivergence::Rollback] {
+            let p = plan("tank/a", "backup/a", &src, &marks, &t, None, on_divergence).unwrap();
+            assert_eq!(p.rollback, None);
+            assert_eq!(
+                p.steps,
+                vec![Step::Incremental {
+                    from: Base::Bookmark("bm".into()),
+                    to: "h6".into()
+                }]
+            );
+        }
+        // An older bookmark leaves the newest common snapshot the base.
+        let old_mark = [snap("bm0", 1, 10)];
+        let src = [snap("d1", 1, 10), snap("h5", 5, 50), snap("h6", 6, 60)];
+        let p = plan(
+            "tank/a",
+            "backup/a",
+            &src,
+            &old_mark,
+            &t,
+            None,
+            OnDivergence::Refuse,
+        )
+        .unwrap();
+        assert_eq!(
+            p.steps,
+            vec![Step::Incremental {
+                from: Base::Snapshot("h5".into()),
+                to: "h6".into()
+            }]
         );
     }
 
