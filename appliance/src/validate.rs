@@ -544,7 +544,77 @@ impl<'a> Checker<'a> {
                     enslaved.insert(m, path.clone());
                 }
             }
+            self.bridge_ports(name, b);
             self.addressing(&path, b);
+        }
+    }
+
+    /// `[bridges.<b>.ports.<port>]`: a member of the bridge, on a filtering bridge, naming
+    /// VLANs of the bridge (ids of `[vlans.*]` on it), each once, untagged or tagged.
+    fn bridge_ports(&mut self, name: &IfName, b: &Bridge) {
+        let declared: BTreeSet<u16> = self
+            .cfg
+            .vlans
+            .values()
+            .filter(|v| v.parent == *name)
+            .map(|v| v.id.get())
+            .collect();
+        for (port, v) in &b.ports {
+            let path = p(&["bridges", name.as_str(), "ports", port.as_str()]);
+            if !b.members.contains(port) {
+                self.push_related(
+                    ErrorKind::UnknownReference,
+                    path.clone(),
+                    format!("{:?} is not a member of bridge {name}", port.as_str()),
+                    "list the port in the bridge's members, or remove its entry",
+                    vec![p(&["bridges", name.as_str(), "members"])],
+                );
+            }
+            if !b.vlan_filtering {
+                self.push(
+                    ErrorKind::Conflict,
+                    path.clone(),
+                    format!("port VLANs on {name}, which does not filter VLANs"),
+                    "set vlan_filtering = true on the bridge, or remove the port's entry",
+                );
+            }
+            let mut seen: BTreeSet<u16> = BTreeSet::new();
+            let ids = v
+                .untagged
+                .iter()
+                .map(|id| (path.clone().key("untagged"), *id))
+                .chain(
+                    v.tagged
+                        .iter()
+                        .flatten()
+                        .enumerate()
+                        .map(|(i, id)| (path.clone().key("tagged").index(i), *id)),
+                );
+            for (at, id) in ids {
+                let id = id.get();
+                if id == 1 {
+                    self.push(
+                        ErrorKind::Conflict,
+                        at,
+                        format!("VLAN 1 on port {port} of {name} is the kernel's default VLAN"),
+                        "every port without `untagged` keeps VLAN 1 untagged as its PVID; name another VLAN of the bridge (2-4094)",
+                    );
+                } else if !declared.contains(&id) {
+                    self.push(
+                        ErrorKind::UnknownReference,
+                        at,
+                        format!("VLAN {id} is not a VLAN of bridge {name}"),
+                        "declare it as a [vlans.<name>] with parent = the bridge and this id",
+                    );
+                } else if !seen.insert(id) {
+                    self.push(
+                        ErrorKind::Duplicate,
+                        at,
+                        format!("VLAN {id} is listed twice for port {port} of {name}"),
+                        "a VLAN is on a port once: untagged (its PVID) or tagged",
+                    );
+                }
+            }
         }
     }
 

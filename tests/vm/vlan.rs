@@ -17,12 +17,18 @@
 //!
 //! ```text
 //!   cb ns:   eth0.10 192.168.110.2 ─┐ eth0 ──veth── brp ── br0 (vlan_filtering) ── br10 (id 10)
-//!   cb20 ns: v20     192.168.110.3 ─┘ (tagged 20, on cb's eth0)          192.168.110.1/24
+//!   cb20 ns: v20     192.168.110.3 ─┘ (tagged 20,  trunk:  192.168.111.1/24        192.168.110.1/24
+//!                                      on cb's eth0) [10]          │          ── br20 (id 20)
+//!   ca ns:   eth0 192.168.120.2 (untagged) ──veth── brq ───────────┘             192.168.120.1/24
+//!                                              access port, PVID 20
 //! ```
 //!
-//! netd puts VLAN 10 on br0 itself and tagged on its port brp (`bridge vlan`): the client
-//! on VLAN 10 pings br10, the one on VLAN 20 of the same port does not get through, and
-//! `netd check` of the same config plans no link step. The WAN NIC keeps the harness's SSH (its own zone, input
+//! netd puts VLANs 10 and 20 on br0 itself, VLAN 10 tagged on the trunk brp (its own
+//! list) and VLAN 20 untagged as PVID on the access port brq (`bridge vlan`): the client
+//! on VLAN 10 pings br10, the one on VLAN 20 of brp does not get through, the access
+//! port's untagged client reaches br20 and not VLAN 10, and `netd check` of the same
+//! config plans no link step. Then new generations through applianced take VLAN 10 off
+//! the bridge and switch its filtering off. The WAN NIC keeps the harness's SSH (its own zone, input
 //! accepted). The same `netd serve` runs WireGuard (the host kernel has none): it makes
 //! the config's tunnel and key, and its endpoint watch looks a peer's DNS name up again
 //! while the peer has no handshake (`/etc/hosts` changed under it). Until the image's netd.service owns the NICs from an imported config, netd
@@ -63,9 +69,26 @@ addresses = ["192.168.10.1/24"]
 [interfaces.brp]
 device = "brp"
 
+# An access port of VLAN 20 over a second veth, to the namespace ca.
+[interfaces.brq]
+device = "brq"
+
 [bridges.br0]
-members = ["brp"]
+members = ["brp", "brq"]
 vlan_filtering = true
+# Untagged frames of brp (the kernel's PVID 1) reach this address.
+addresses = ["192.168.111.1/24"]
+
+[bridges.br0.ports.brp]
+tagged = [10]
+
+[bridges.br0.ports.brq]
+untagged = 20
+
+[vlans.br20]
+parent = "br0"
+id = 20
+addresses = ["192.168.120.1/24"]
 
 [vlans.br10]
 parent = "br0"
@@ -97,12 +120,12 @@ forward = "drop"
 masquerade = true
 
 [firewall.zones.v10]
-interfaces = ["lan10", "br10"]
+interfaces = ["lan10", "br10", "br0"]
 input = "accept"
 forward = "drop"
 
 [firewall.zones.v20]
-interfaces = ["lan20"]
+interfaces = ["lan20", "br20"]
 input = "accept"
 forward = "drop"
 
@@ -172,6 +195,7 @@ fn vlan_trunk_clients_get_leases_reach_wan_masqueraded_and_not_each_other() {
     };
     let netd = host_bin("NETD_BIN", "netd");
     let applctl = host_bin("APPLCTL_BIN", "applctl");
+    let applianced = host_bin("APPLIANCED_BIN", "applianced");
 
     // The image's netd leaves the NICs to this test's. Killed, not stopped: a stopping
     // netd releases the WAN's DHCP lease and its address, and with it the harness's SSH.
@@ -204,12 +228,19 @@ fn vlan_trunk_clients_get_leases_reach_wan_masqueraded_and_not_each_other() {
     vm.sh(
         "set -e; ip netns add cb; ip netns add cb20; ip -n cb link set lo up; \
          ip link add brp type veth peer name eth0 netns cb; ip -n cb link set eth0 up; \
+         ip -n cb addr add 192.168.111.2/24 dev eth0; \
          ip -n cb link add link eth0 name eth0.10 type vlan id 10; \
          ip -n cb addr add 192.168.110.2/24 dev eth0.10; ip -n cb link set eth0.10 up; \
          ip -n cb link add link eth0 name v20 type vlan id 20; ip -n cb link set v20 netns cb20; \
          ip -n cb20 link set lo up; ip -n cb20 addr add 192.168.110.3/24 dev v20; \
          ip -n cb20 link set v20 up",
     );
+    // The access port's client sends untagged frames; its second address lies in VLAN
+    // 10's subnet, to show it has no layer 2 to VLAN 10's client.
+    vm.sh("set -e; ip netns add ca; ip -n ca link set lo up; \
+         ip link add brq type veth peer name eth0 netns ca; \
+         ip -n ca addr add 192.168.120.2/24 dev eth0; ip -n ca addr add 192.168.110.9/24 dev eth0; \
+         ip -n ca addr add 192.168.111.9/24 dev eth0; ip -n ca link set eth0 up");
 
     let host = vm.dir.join("vlan.toml");
     fs::write(&host, CONFIG).unwrap();
@@ -269,6 +300,7 @@ fn vlan_trunk_clients_get_leases_reach_wan_masqueraded_and_not_each_other() {
     assert!(trunk.trim().is_empty(), "{trunk}");
 
     bridge_vlans_pass_traffic(&vm, &netd);
+    bridge_vlans_leave_by_config(&vm, &netd, &applianced, &applctl);
 
     // WireGuard from netd serve: the tunnel, its key made on first use, the peer's
     // endpoint resolved from its name.
@@ -320,16 +352,30 @@ fn bridge_vlans_pass_traffic(vm: &Vm, netd: &str) {
             v.contains(&(1, true)),
             "{link}: the PVID 1 entry went: {table}"
         );
-        assert!(!v.iter().any(|(id, _)| *id == 20), "{link}: {table}");
     }
+    // br0 carries its VLAN 20 too; the trunk brp only VLAN 10 (its own list); the access
+    // port brq only VLAN 20, untagged as its PVID.
+    assert!(vids("br0").contains(&(20, false)), "{table}");
+    assert!(!vids("brp").iter().any(|(id, _)| *id == 20), "{table}");
+    assert_eq!(vids("brq"), [(20, true)], "{table}");
     let br = vm.sh("ip -d link show br0");
     assert!(br.contains("vlan_filtering 1"), "{br}");
 
     vm.in_netns("cb", "ping -c 2 -W 3 192.168.110.1");
+    vm.in_netns("cb", "ping -c 2 -W 3 192.168.111.1");
     let out = vm.try_in_netns("cb20", "ping -c 2 -W 2 192.168.110.1");
     assert!(
         !out.status.success(),
         "VLAN 20 reached VLAN 10's address through br0: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The untagged client of the access port is on VLAN 20: its gateway answers, VLAN
+    // 10's client (in the same subnet as its second address) does not.
+    vm.in_netns("ca", "ping -c 2 -W 3 192.168.120.1");
+    let out = vm.try_in_netns("ca", "ping -c 2 -W 2 192.168.110.2");
+    assert!(
+        !out.status.success(),
+        "the access port of VLAN 20 reached VLAN 10's client: {}",
         String::from_utf8_lossy(&out.stdout)
     );
 
@@ -359,4 +405,136 @@ fn bridge_vlans_pass_traffic(vm: &Vm, netd: &str) {
         ["  links: bridge vlan add vid 10 dev brp"],
         "{check}"
     );
+    // Put back, so that the config change below has it to take off.
+    vm.sh("bridge vlan add vid 10 dev brp");
+    vm.in_netns("cb", "ping -c 2 -W 3 192.168.110.1");
+}
+
+/// `bridge -j vlan show` as (link, id, pvid or untagged) triples.
+fn bridge_vlan_table(vm: &Vm) -> Vec<(String, u64, bool)> {
+    let table = vm.sh("bridge -j vlan show");
+    let links: serde_json::Value = serde_json::from_str(&table).unwrap();
+    let mut out = Vec::new();
+    for l in links.as_array().unwrap() {
+        let name = l["ifname"].as_str().unwrap().to_owned();
+        for v in l["vlans"].as_array().cloned().unwrap_or_default() {
+            let flags = v["flags"].to_string();
+            out.push((
+                name.clone(),
+                v["vlan"].as_u64().unwrap(),
+                flags.contains("PVID") || flags.contains("Untagged"),
+            ));
+        }
+    }
+    out
+}
+
+/// A new generation through applianced and applctl, confirmed (links change, so it waits
+/// for a confirm); returns applctl's report.
+fn apply_generation(vm: &Vm, applctl: &str, name: &str, text: &str) -> String {
+    let host = vm.dir.join(name);
+    fs::write(&host, text).unwrap();
+    vm.copy_in(&host, &format!("/tmp/{name}"));
+    let env = "APPLIANCED_SOCKET=/tmp/applianced.sock APPLIANCE_CONFIG_DIR=/tmp/store";
+    let report = vm.sh(&format!("{env} {applctl} apply /tmp/{name} --json"));
+    let r: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert!(
+        r["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["daemon"] == "netd" && s["action"] == "apply" && s["outcome"] == "ok"),
+        "{report}"
+    );
+    vm.sh(&format!("{env} {applctl} confirm"));
+    report
+}
+
+/// The config changes that take VLANs off the bridge, through the real path (applianced
+/// runs the transaction against this test's netd serve): VLAN 10 leaves br0, then br0's
+/// filtering is switched off. Each time the kernel's table loses netd's entries and keeps
+/// the PVID, untagged traffic still flows, and a second plan is empty.
+fn bridge_vlans_leave_by_config(vm: &Vm, netd: &str, applianced: &str, applctl: &str) {
+    // dnsd and stored are not asked (nobody listens on their sockets here: skipped).
+    vm.sh(&format!(
+        "mkdir -p /tmp/appld/run; nohup {applianced} --socket /tmp/applianced.sock \
+         --state-dir /tmp/appld/state --data-dir /tmp/store --netd-socket /tmp/netd.sock \
+         --dnsd-socket /tmp/appld/run/dnsd.sock --stored-socket /tmp/appld/run/stored.sock \
+         --api-dir /tmp/appld/api --api-listen 127.0.0.1:9443 \
+         --fingerprint-file /tmp/appld/run/fp --issue-file /tmp/appld/run/issue \
+         > /tmp/applianced.log 2>&1 < /dev/null &"
+    ));
+    vm.wait_until(
+        "test -S /tmp/applianced.sock || { cat /tmp/applianced.log; false; }",
+        Duration::from_secs(60),
+    );
+    let check = |file: &str| {
+        vm.sh(&format!(
+            "{netd} check --config /tmp/{file} --firewall-state /tmp/netd-fw.json \
+             --dhcp-dir /tmp/dhcp --wireguard-dir /tmp/wireguard --socket /tmp/netd.sock 2>&1"
+        ))
+    };
+
+    // VLAN 10 leaves the bridge: br10, its zone entry and the trunk's list naming it go.
+    let gen2 = CONFIG
+        .replace(
+            "[vlans.br10]\nparent = \"br0\"\nid = 10\naddresses = [\"192.168.110.1/24\"]\n",
+            "",
+        )
+        .replace("[bridges.br0.ports.brp]\ntagged = [10]\n", "")
+        .replace("\"lan10\", \"br10\", \"br0\"", "\"lan10\", \"br0\"");
+    assert!(!gen2.contains("br10"), "{gen2}");
+    let report = apply_generation(vm, applctl, "vlan-gen2.toml", &gen2);
+    eprintln!("VLAN 10 leaves br0:\n{report}");
+    let table = bridge_vlan_table(vm);
+    for link in ["br0", "brp"] {
+        assert!(
+            !table.iter().any(|(l, id, _)| l == link && *id == 10),
+            "{link} still carries VLAN 10: {table:?}"
+        );
+        assert!(
+            table.contains(&(link.to_owned(), 1, true)),
+            "{link} lost PVID 1: {table:?}"
+        );
+    }
+    let gone = vm.sh("ip link show br10 2>&1 || true");
+    assert!(gone.contains("does not exist"), "{gone}");
+    let out = vm.try_in_netns("cb", "ping -c 2 -W 2 192.168.110.1");
+    assert!(!out.status.success(), "VLAN 10 still reaches 192.168.110.1");
+    vm.in_netns("cb", "ping -c 2 -W 3 192.168.111.1");
+    // VLAN 20 and its access port are as they were.
+    assert!(table.contains(&("br0".to_owned(), 20, false)), "{table:?}");
+    assert!(table.contains(&("brq".to_owned(), 20, true)), "{table:?}");
+    vm.in_netns("ca", "ping -c 2 -W 3 192.168.120.1");
+    let plan = check("vlan-gen2.toml");
+    eprintln!("netd check after VLAN 10 left:\n{plan}");
+    assert!(!plan.contains("links:"), "{plan}");
+
+    // Filtering off: the flag goes, untagged traffic still flows.
+    // (Port entries need a filtering bridge: the access port's goes too.)
+    let gen3 = gen2
+        .replace("vlan_filtering = true", "vlan_filtering = false")
+        .replace("[bridges.br0.ports.brq]\nuntagged = 20\n", "");
+    let report = apply_generation(vm, applctl, "vlan-gen3.toml", &gen3);
+    eprintln!("br0's filtering off:\n{report}");
+    let link = vm.sh("ip -j -d link show br0");
+    let link: serde_json::Value = serde_json::from_str(&link).unwrap();
+    assert_eq!(
+        link[0]["linkinfo"]["info_data"]["vlan_filtering"], 0,
+        "{link}"
+    );
+    let table = bridge_vlan_table(vm);
+    assert!(
+        table
+            .iter()
+            .all(|(l, id, _)| !["br0", "brp", "brq"].contains(&l.as_str()) || *id == 1),
+        "entries besides PVID 1 left on the bridge: {table:?}"
+    );
+    // The former access port is back in VLAN 1: its untagged client reaches br0 too.
+    assert!(table.contains(&("brq".to_owned(), 1, true)), "{table:?}");
+    vm.in_netns("cb", "ping -c 2 -W 3 192.168.111.1");
+    vm.in_netns("ca", "ping -c 2 -W 3 192.168.111.1");
+    let plan = check("vlan-gen3.toml");
+    eprintln!("netd check after filtering off:\n{plan}");
+    assert!(!plan.contains("links:"), "{plan}");
 }

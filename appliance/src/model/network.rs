@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{is_false, is_true, yes};
 use crate::types::{
-    Cidr, DomainName, Duration, Endpoint, IfName, MacAddr, Mtu, Name, Port, SecretPath, WgKey,
+    Cidr, DomainName, Duration, Endpoint, IfName, MacAddr, Mtu, Name, Port, SecretPath, ValueError,
+    VlanId, WgKey,
 };
 
 /// How a link gets its IPv4 address.
@@ -172,6 +173,12 @@ pub struct Bridge {
     /// Run the spanning tree protocol.
     #[serde(default, skip_serializing_if = "is_false")]
     pub stp: bool,
+    /// VLANs of single ports of a `vlan_filtering` bridge, by member name (like the port
+    /// lists of OpenWrt's `bridge-vlan` sections). A member without an entry carries every
+    /// VLAN of the bridge (the ids of the `[vlans.*]` whose parent is the bridge) tagged,
+    /// and the kernel's default VLAN 1 untagged.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ports: BTreeMap<IfName, BridgePort>,
     /// IPv4 mode, as for interfaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv4: Option<Ipv4Mode>,
@@ -189,6 +196,64 @@ pub struct Bridge {
     pub routes: Vec<Route>,
 }
 addressed!(Bridge);
+
+/// The VLANs one port of a `vlan_filtering` bridge carries.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BridgePort {
+    /// The port's one untagged VLAN, its PVID: untagged frames arriving on the port join
+    /// it, and its frames leave the port untagged (an access port, like a printer's on
+    /// VLAN 20). The port then leaves the kernel's default VLAN 1. The id must be a
+    /// VLAN of the bridge.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "one_untagged"
+    )]
+    pub untagged: Option<VlanId>,
+    /// The VLANs the port carries tagged (a trunk), each a VLAN of the bridge. Default:
+    /// every VLAN of the bridge without `untagged`, none with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tagged: Option<Vec<VlanId>>,
+}
+
+/// `untagged` takes one id: a port has a single PVID, so a list is refused with words that
+/// say so rather than serde's "invalid type".
+fn one_untagged<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<VlanId>, D::Error> {
+    struct One;
+    impl<'de> serde::de::Visitor<'de> for One {
+        type Value = Option<VlanId>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("one VLAN id, 1..=4094")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            match u64::try_from(v) {
+                Ok(v) => self.visit_u64(v),
+                Err(_) => Err(E::custom(ValueError::new(
+                    format!("VLAN id {v} is out of range"),
+                    "VLAN ids are 1..=4094; 0 and 4095 are reserved by 802.1Q",
+                ))),
+            }
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            VlanId::new(v).map(Some).map_err(E::custom)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut n = 0usize;
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                n += 1;
+            }
+            Err(serde::de::Error::custom(ValueError::new(
+                format!("{n} untagged VLANs for one port"),
+                "a port has one untagged VLAN, its PVID (`untagged = 20`); carry the others in `tagged`",
+            )))
+        }
+    }
+    d.deserialize_any(One)
+}
 
 /// A DHCPv4 server on one link.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -22,11 +22,7 @@ const ESRCH: i32 = 3;
 const ENOENT: i32 = 2;
 
 /// What the kernel gives a new bridge and every new port: VLAN 1, PVID, untagged.
-const DEFAULT_PVID: BridgeVlan = BridgeVlan {
-    vid: 1,
-    pvid: true,
-    untagged: true,
-};
+const DEFAULT_PVID: BridgeVlan = BridgeVlan::KERNEL_DEFAULT;
 
 /// The fake kernel.
 #[derive(Debug, Clone)]
@@ -341,8 +337,14 @@ impl FakeNetlink {
                     return Err(err(EOPNOTSUPP));
                 }
                 let table = s.bridge_vlans.entry(link.clone()).or_default();
-                // Adding a VLAN the link has changes its flags, as the kernel does.
+                // Adding a VLAN the link has changes its flags, as the kernel does; a
+                // link has one PVID, so a new one takes the flag from the old.
                 table.retain(|v| v.vid != vlan.vid);
+                if vlan.pvid {
+                    for v in table.iter_mut() {
+                        v.pvid = false;
+                    }
+                }
                 table.push(*vlan);
                 table.sort();
             }

@@ -20,7 +20,9 @@ mod state;
 pub use action::Action;
 pub use adapter::{Netlink, NetlinkError};
 pub use fake::FakeNetlink;
-pub use plan::{Desired, DesiredLink, NicMatch, PlanError, Role, desired, plan};
+pub use plan::{
+    Desired, DesiredLink, NicMatch, PlanError, PortVlans, Role, VlanTable, desired, plan,
+};
 pub use rtnl::Rtnetlink;
 pub use service::{LinkPlan, Links, LinksError, UndoFailure};
 pub use state::{

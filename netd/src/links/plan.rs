@@ -46,6 +46,44 @@ pub struct DesiredLink {
     pub manage_v6: bool,
     /// The link's IPv6 switches: SLAAC, static only, or IPv6 off.
     pub ipv6: Ipv6Conf,
+    /// The port's own VLANs on its bridge (`[bridges.<b>.ports.<link>]`); `None`: every
+    /// VLAN of the bridge, tagged.
+    pub port_vlans: Option<PortVlans>,
+}
+
+/// A port's VLANs on a `vlan_filtering` bridge, as the config gives them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PortVlans {
+    /// The port's PVID, carried untagged (an access port).
+    pub untagged: Option<u16>,
+    /// The ids carried tagged; `None`: every VLAN of the bridge, or none with `untagged`.
+    pub tagged: Option<BTreeSet<u16>>,
+}
+
+/// The VLAN table netd wants on a bridge (its `self` entries) or on a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VlanTable {
+    /// The entries netd adds and keeps, flags included.
+    pub entries: BTreeSet<BridgeVlan>,
+    /// The kernel's default entry ([`BridgeVlan::KERNEL_DEFAULT`]) belongs to the table:
+    /// on every link but an access port, which is in its own VLAN only.
+    pub kernel_default: bool,
+    /// The entries go on the bridge itself (`self`).
+    pub on_self: bool,
+    /// A `vlan_filtering` bridge or a port of one.
+    pub filtering: bool,
+}
+
+impl VlanTable {
+    /// What the kernel gives a link: its default entry, nothing of netd's.
+    fn kernel() -> Self {
+        Self {
+            entries: BTreeSet::new(),
+            kernel_default: true,
+            on_self: false,
+            filtering: false,
+        }
+    }
 }
 
 /// The links, addresses and routes a config asks for.
@@ -64,12 +102,13 @@ impl Desired {
         self.links.iter().find(|l| l.name == name)
     }
 
-    /// The VLAN ids link `d` must carry tagged, and whether they go on the bridge itself
-    /// (`self`). On a `vlan_filtering` bridge, a frame passes only in VLANs of both the
-    /// port it enters by and the link it leaves by, and the bridge's own upper links
-    /// (its VLAN sub-interfaces) sit behind the bridge's `self` entries: so each id of a
-    /// VLAN sub-interface on such a bridge goes on the bridge and on every port.
-    pub fn bridge_vlans(&self, d: &DesiredLink) -> (BTreeSet<u16>, bool) {
+    /// The VLAN table link `d` must have. On a `vlan_filtering` bridge, a frame passes
+    /// only in VLANs of both the port it enters by and the link it leaves by, and the
+    /// bridge's own upper links (its VLAN sub-interfaces) sit behind the bridge's `self`
+    /// entries: so each id of a VLAN sub-interface on such a bridge goes on the bridge,
+    /// tagged, and on every port, tagged unless the port's own list says otherwise (an
+    /// access port has its one VLAN untagged as PVID, instead of the kernel's VLAN 1).
+    pub fn bridge_vlans(&self, d: &DesiredLink) -> VlanTable {
         let filtering = |b: &str| {
             matches!(
                 self.link(b).map(|l| &l.role),
@@ -85,17 +124,41 @@ impl Desired {
                 })
                 .collect()
         };
+        let tagged = |ids: BTreeSet<u16>| ids.into_iter().map(BridgeVlan::tagged).collect();
         if matches!(d.role, Role::Virtual(Virtual::Bridge(_))) {
-            let ids = if filtering(&d.name) {
-                ids_on(&d.name)
-            } else {
-                BTreeSet::new()
+            let filtering = filtering(&d.name);
+            return VlanTable {
+                entries: if filtering {
+                    tagged(ids_on(&d.name))
+                } else {
+                    BTreeSet::new()
+                },
+                kernel_default: true,
+                on_self: true,
+                filtering,
             };
-            return (ids, true);
         }
         match &d.master {
-            Some(b) if filtering(b) => (ids_on(b), false),
-            _ => (BTreeSet::new(), false),
+            Some(b) if filtering(b) => {
+                let own = d.port_vlans.clone().unwrap_or_default();
+                let ids = match (&own.tagged, own.untagged) {
+                    (Some(t), _) => t.clone(),
+                    (None, Some(_)) => BTreeSet::new(),
+                    (None, None) => ids_on(b),
+                };
+                let mut entries: BTreeSet<BridgeVlan> = tagged(ids);
+                if let Some(u) = own.untagged {
+                    entries.retain(|v| v.vid != u);
+                    entries.insert(BridgeVlan::access(u));
+                }
+                VlanTable {
+                    entries,
+                    kernel_default: own.untagged.is_none(),
+                    on_self: false,
+                    filtering: true,
+                }
+            }
+            _ => VlanTable::kernel(),
         }
     }
 }
@@ -154,9 +217,22 @@ fn default_metric(dst: &IpNet) -> u32 {
 /// validator guarantees (a NIC has a device or a MAC) is still checked, not assumed.
 pub fn desired(cfg: &Config) -> Result<Desired, PlanError> {
     let mut masters: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut ports: BTreeMap<&str, PortVlans> = BTreeMap::new();
     for (bridge, b) in &cfg.bridges {
         for m in &b.members {
             masters.insert(m.as_str(), bridge.as_str());
+        }
+        for (port, v) in &b.ports {
+            ports.insert(
+                port.as_str(),
+                PortVlans {
+                    untagged: v.untagged.map(|u| u.get()),
+                    tagged: v
+                        .tagged
+                        .as_ref()
+                        .map(|t| t.iter().map(|id| id.get()).collect()),
+                },
+            );
         }
     }
     let mut out = Desired::default();
@@ -201,6 +277,7 @@ pub fn desired(cfg: &Config) -> Result<Desired, PlanError> {
             role,
             mtu: a.mtu().map(|m| u32::from(m.get())),
             master: masters.get(name).map(|m| m.to_string()),
+            port_vlans: ports.get(name).cloned(),
             addresses,
             manage_v4: v4 != Ipv4Mode::Dhcp,
             manage_v6: v6 != Ipv6Mode::Slaac,
@@ -456,12 +533,18 @@ pub fn plan_after(
             _ => false,
         }
     };
-    // The VLAN entries netd wants on the link that becomes `l`.
-    let wanted_vlans = |l: &Link| -> BTreeSet<u16> {
+    // The VLAN table netd wants on the link that becomes `l`.
+    let table_of = |l: &Link| -> VlanTable {
         desired
             .link(&canon(&l.name))
-            .map(|d| desired.bridge_vlans(d).0)
-            .unwrap_or_default()
+            .map(|d| desired.bridge_vlans(d))
+            .unwrap_or_else(VlanTable::kernel)
+    };
+    // Whether entry `v` of `l`'s table stays: the kernel's default where it belongs (a
+    // link leaving its bridge takes it along), netd's own where the table survives.
+    let keeps = |l: &Link, t: &VlanTable, v: &BridgeVlan| -> bool {
+        (*v == BridgeVlan::KERNEL_DEFAULT && t.kernel_default)
+            || (table_stays(l) && t.entries.contains(v))
     };
     // NICs that are up and get renamed: the kernel wants them down for that.
     let renamed_up: BTreeSet<&str> = observed
@@ -517,17 +600,14 @@ pub fn plan_after(
 
     // 0b. Bridge VLANs netd no longer wants, on bridges and ports netd owns, and those of
     // links that leave their bridge (which drops them anyway; removed here so that an
-    // undo puts them back). The PVID entries are the kernel's defaults: never touched.
+    // undo puts them back). The kernel's default entry stays, except on an access port.
     for l in &observed.links {
         if fate_of(&l.name) == Fate::Foreign {
             continue;
         }
+        let t = table_of(l);
         for v in observed.bridge_vlans_of(&l.name) {
-            let keep = v.pvid
-                || (table_stays(l)
-                    && *v == BridgeVlan::tagged(v.vid)
-                    && wanted_vlans(l).contains(&v.vid));
-            if !keep {
+            if !keeps(l, &t, v) {
                 actions.push(Action::RemoveBridgeVlan {
                     link: l.name.clone(),
                     vlan: *v,
@@ -696,19 +776,45 @@ pub fn plan_after(
     }
 
     // 5b. Bridge VLANs: the ids of the VLAN sub-interfaces of a `vlan_filtering` bridge,
-    // tagged, on the bridge itself and on each of its ports (the ports are in by now).
+    // on the bridge itself and on each of its ports (the ports are in by now), as each
+    // port's own list says.
     for d in &desired.links {
-        let (ids, on_self) = desired.bridge_vlans(d);
-        let have = match current(&d.name) {
-            Some(l) if table_stays(l) => observed.bridge_vlans_of(&l.name),
-            _ => &[],
+        let t = desired.bridge_vlans(d);
+        let on_self = t.on_self;
+        // What the table holds after step 0b: what stayed of a surviving table; on a
+        // bridge made now or a port that joined, the kernel's default entry (a kernel
+        // without VLAN tables makes no filtering bridge, so `filtering` says it has them).
+        let (kept, tables): (Vec<BridgeVlan>, bool) = match current(&d.name) {
+            Some(l) if table_stays(l) => {
+                let have = observed.bridge_vlans_of(&l.name);
+                let kept = have.iter().filter(|v| keeps(l, &t, v)).copied().collect();
+                (kept, t.filtering || !have.is_empty())
+            }
+            _ if t.filtering => (vec![BridgeVlan::KERNEL_DEFAULT], true),
+            _ => (Vec::new(), false),
         };
-        for id in ids {
-            let vlan = BridgeVlan::tagged(id);
-            if !have.contains(&vlan) {
+        if !t.kernel_default && kept.contains(&BridgeVlan::KERNEL_DEFAULT) {
+            // An access port that just joined leaves VLAN 1 before it gets its PVID.
+            actions.push(Action::RemoveBridgeVlan {
+                link: d.name.clone(),
+                vlan: BridgeVlan::KERNEL_DEFAULT,
+                on_self,
+            });
+        }
+        if t.kernel_default && tables && !kept.iter().any(|v| v.pvid) {
+            // Back from an access port (or the PVID deleted by hand): untagged frames
+            // join VLAN 1 again, as on any other port.
+            actions.push(Action::AddBridgeVlan {
+                link: d.name.clone(),
+                vlan: BridgeVlan::KERNEL_DEFAULT,
+                on_self,
+            });
+        }
+        for vlan in &t.entries {
+            if !kept.contains(vlan) {
                 actions.push(Action::AddBridgeVlan {
                     link: d.name.clone(),
-                    vlan,
+                    vlan: *vlan,
                     on_self,
                 });
             }

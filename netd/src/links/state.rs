@@ -47,12 +47,29 @@ pub struct BridgeVlan {
 }
 
 impl BridgeVlan {
-    /// A VLAN carried tagged, as netd adds them: neither PVID nor untagged.
+    /// What the kernel gives every new bridge and every port that joins one: VLAN 1,
+    /// PVID, untagged.
+    pub const KERNEL_DEFAULT: Self = Self {
+        vid: 1,
+        pvid: true,
+        untagged: true,
+    };
+
+    /// A VLAN carried tagged: neither PVID nor untagged.
     pub const fn tagged(vid: u16) -> Self {
         Self {
             vid,
             pvid: false,
             untagged: false,
+        }
+    }
+
+    /// The VLAN of an access port: PVID, untagged.
+    pub const fn access(vid: u16) -> Self {
+        Self {
+            vid,
+            pvid: true,
+            untagged: true,
         }
     }
 }

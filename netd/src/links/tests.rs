@@ -846,3 +846,101 @@ fn ipv6_none_after_static_removes_the_addresses_before_disabling() {
     assert!(failing.apply(&without).is_err());
     assert_eq!(sorted(&failing.netlink().state), sorted(&base.state));
 }
+
+/// ROUTER with a second VLAN on the bridge, lan2 an access port of VLAN 20 (a printer's)
+/// and lan1 a trunk carrying only VLAN 30.
+fn router_with_port_vlans() -> String {
+    ROUTER.to_string()
+        + "[vlans.cams]\nparent = \"br-lan\"\nid = 30\n\
+           [bridges.br-lan.ports.lan2]\nuntagged = 20\n\
+           [bridges.br-lan.ports.lan1]\ntagged = [30]\n"
+}
+
+#[test]
+fn an_access_port_has_its_vlan_as_pvid_untagged_and_a_trunk_its_own_list() {
+    let c = cfg(&router_with_port_vlans());
+    let mut links = Links::new(kernel());
+    let plan = links.apply(&c).unwrap().to_string();
+    let pos = |needle: &str| {
+        plan.find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} not in plan:\n{plan}"))
+    };
+    // The access port joins (the kernel gives it VLAN 1), leaves VLAN 1, then gets 20.
+    assert!(
+        pos("ip link set lan2 master br-lan")
+            < pos("bridge vlan del vid 1 dev lan2 pvid untagged\n")
+    );
+    assert!(
+        pos("bridge vlan del vid 1 dev lan2 pvid untagged\n")
+            < pos("bridge vlan add vid 20 dev lan2 pvid untagged\n")
+    );
+    let s = &links.netlink().state;
+    assert_eq!(s.bridge_vlans["lan2"], [BridgeVlan::access(20)]);
+    assert_eq!(s.bridge_vlans["lan1"], pvid1_and(&[30]));
+    assert_eq!(s.bridge_vlans["br-lan"], pvid1_and(&[20, 30]));
+    assert!(links.plan(&c).unwrap().is_empty());
+    assert_undone_at_every_step("access port fresh", &kernel(), &c);
+}
+
+#[test]
+fn a_port_becomes_an_access_port_and_back() {
+    let mut links = Links::new(kernel());
+    let two = ROUTER.to_string() + "[vlans.cams]\nparent = \"br-lan\"\nid = 30\n";
+    links.apply(&cfg(&two)).unwrap();
+    let trunk = links.netlink().clone();
+    let c = cfg(&router_with_port_vlans());
+    let plan = links.apply(&c).unwrap().to_string();
+    // lan1 keeps VLAN 1 and 30; lan2 leaves VLAN 1, 20 turns untagged PVID (deleted, then
+    // added with its flags, so that each step has an exact inverse), 30 goes.
+    assert_eq!(
+        plan,
+        "bridge vlan del vid 20 dev lan1\n\
+         bridge vlan del vid 1 dev lan2 pvid untagged\n\
+         bridge vlan del vid 20 dev lan2\n\
+         bridge vlan del vid 30 dev lan2\n\
+         bridge vlan add vid 20 dev lan2 pvid untagged\n"
+    );
+    assert!(!plan.contains("dev br-lan"), "{plan}");
+    assert_eq!(
+        links.netlink().state.bridge_vlans["lan2"],
+        [BridgeVlan::access(20)]
+    );
+    assert!(links.plan(&c).unwrap().is_empty());
+    assert_undone_at_every_step("to access", &trunk, &c);
+
+    // Back to the default: VLAN 1 is the PVID again, 20 and 30 tagged.
+    let access = links.netlink().clone();
+    let plan = links.apply(&cfg(&two)).unwrap().to_string();
+    assert_eq!(
+        plan,
+        "bridge vlan del vid 20 dev lan2 pvid untagged\n\
+         bridge vlan add vid 20 dev lan1\n\
+         bridge vlan add vid 1 dev lan2 pvid untagged\n\
+         bridge vlan add vid 20 dev lan2\n\
+         bridge vlan add vid 30 dev lan2\n"
+    );
+    assert_eq!(
+        links.netlink().state.bridge_vlans["lan2"],
+        pvid1_and(&[20, 30])
+    );
+    assert_eq!(
+        links.netlink().state.bridge_vlans["lan1"],
+        pvid1_and(&[20, 30])
+    );
+    assert!(links.plan(&cfg(&two)).unwrap().is_empty());
+    assert_undone_at_every_step("back to trunk", &access, &cfg(&two));
+
+    // Filtering off with the port entries gone: netd's entries go, VLAN 1 comes back.
+    let off = cfg(&two.replace("vlan_filtering = true", ""));
+    let mut from_access = Links::new(access.clone());
+    from_access.apply(&off).unwrap();
+    for link in ["br-lan", "lan1", "lan2"] {
+        assert_eq!(
+            from_access.netlink().state.bridge_vlans[link],
+            pvid1_and(&[]),
+            "{link}"
+        );
+    }
+    assert!(from_access.plan(&off).unwrap().is_empty());
+    assert_undone_at_every_step("filtering off", &access, &off);
+}
