@@ -75,11 +75,29 @@ pub fn run_policy(
         // The top dataset decides what is due; its tree shares the names.
         let existing = listed.get(top.as_str()).map_or(&[][..], Vec::as_slice);
         let names = due_names(&retention, now, existing);
+        // A child made since the period's snapshot of the top lacks it: it gets its own
+        // now rather than at the next slot (the policy's RPO would be missed till then).
+        let mut late: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for child in tree.iter().filter(|d| d.as_str() != top.as_str()) {
+            let have = listed.get(child).map_or(&[][..], Vec::as_slice);
+            for n in due_names(&retention, now, have) {
+                if !names.contains(&n) {
+                    late.entry(n).or_default().push(child.clone());
+                }
+            }
+        }
         // One call per name: lzc_snapshot refuses two snapshots of one dataset in a call
         // (EXDEV), so periods due together (hourly and daily at midnight) go one by one,
         // each still atomic over the whole tree.
         for n in &names {
             let full: Vec<String> = tree.iter().map(|d| format!("{d}@{n}")).collect();
+            if !dry_run {
+                zfs.snapshot(&full, &[])?;
+            }
+            taken.extend(full);
+        }
+        for (n, children) in late {
+            let full: Vec<String> = children.iter().map(|d| format!("{d}@{n}")).collect();
             if !dry_run {
                 zfs.snapshot(&full, &[])?;
             }
@@ -275,6 +293,34 @@ mod tests {
         );
         // tank/docs is outside the policy and has nothing.
         assert!(zfs.snapshots("tank/docs", false).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_new_child_of_a_recursive_policy_gets_its_snapshot_at_the_next_tick() {
+        let p = policy("datasets = [\"tank/media\"]\nrecursive = true\nhourly = 2\n");
+        let mut zfs = fake();
+        let none = BTreeSet::new();
+        let first = at("2026-11-25T10:00:00Z");
+        zfs.now = first.0;
+        run_policy(&mut zfs, &p, first, &none, false).unwrap();
+        zfs = zfs.with_dataset("tank/media/new");
+        let tick = at("2026-11-25T10:01:00Z");
+        zfs.now = tick.0;
+        let run = run_policy(&mut zfs, &p, tick, &none, false).unwrap();
+        assert_eq!(
+            run.taken,
+            ["tank/media/new@stored_hourly_2026-11-25T10:01:00Z"]
+        );
+        // The next tick of the hour takes nothing more.
+        let again = at("2026-11-25T10:02:00Z");
+        zfs.now = again.0;
+        let run = run_policy(&mut zfs, &p, again, &none, false).unwrap();
+        assert!(run.taken.is_empty(), "{:?}", run.taken);
+        // The next slot snapshots the whole tree at once again.
+        let next = at("2026-11-25T11:00:00Z");
+        zfs.now = next.0;
+        let run = run_policy(&mut zfs, &p, next, &none, false).unwrap();
+        assert_eq!(run.taken.len(), 3, "{:?}", run.taken);
     }
 
     #[test]
