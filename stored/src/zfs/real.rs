@@ -6,11 +6,18 @@ use std::collections::BTreeMap;
 use std::io;
 
 use super::cli::ZfsCli;
-use super::lzc::{DESTROY_BATCH, Lzc, LzcError, NvList};
+use super::lzc::{Lzc, LzcError, NvList};
 use super::zcp;
 use super::{
     DatasetState, DiskState, PoolSpec, PoolState, PoolUsage, Prop, Snapshot, Zfs, ZfsError, by_pool,
 };
+
+/// Snapshots per destroy program (one txg each). In the TCG guest (bench storage, 17:10,
+/// load 5) 10,100 snapshots went in 84.1 s as one program and in 76.1 s as programs of 1000
+/// (11 txgs, one run each, so within the load's swing); and whatever waits for a txg of
+/// that pool meanwhile (a snapshot, a receive, a property change, writers once the next
+/// txg fills) waits for the whole sync of a 10,000-snapshot txg, a tenth of it here.
+const PRUNE_BATCH: usize = 1000;
 
 #[derive(Debug)]
 pub struct RealZfs {
@@ -122,7 +129,7 @@ impl Zfs for RealZfs {
         let mut refused = Vec::new();
         for (pool, names) in by_pool(names, String::as_str) {
             tracing::info!(pool, count = names.len(), "destroying snapshots");
-            for chunk in names.chunks(DESTROY_BATCH) {
+            for chunk in names.chunks(PRUNE_BATCH) {
                 let mut list = NvList::new()?;
                 for n in chunk {
                     list.add_boolean(n)?;
