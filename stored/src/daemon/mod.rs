@@ -934,6 +934,12 @@ where
                     ))
                 })?
         };
+        // As `stored replicate` does: a paused job is the user's decision to keep.
+        if !job.enabled {
+            return Err(ApiError::Conflict(format!(
+                "replication job {name} is paused (enabled = false); set enabled = true to run it"
+            )));
+        }
         let r = self.run_job(name, &job)?;
         Ok(json!({
             "job": r.job,

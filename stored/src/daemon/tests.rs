@@ -390,6 +390,29 @@ fn replication_jobs_run_on_their_interval_and_report_lag() {
     assert_eq!(r["bytes"], 1 << 20);
 }
 
+#[test]
+fn a_paused_job_is_not_run_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(FakeClock::new(at("2026-01-01T00:00:00Z")));
+    let text = format!(
+        "{CONFIG}\n[replication.offsite]\ntarget = \"192.0.2.1:7001\"\ntarget_dataset = \"backup/box\"\ndatasets = [\"tank/data\"]\nenabled = false\n"
+    );
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let d = daemon_with(
+        dir.path(),
+        &text,
+        clock,
+        Box::new(CountingReplicator(Arc::clone(&runs))),
+    );
+    d.apply_active();
+    let e = d.replicate("offsite").unwrap_err();
+    assert!(
+        matches!(&e, ApiError::Conflict(m) if m.contains("paused (enabled = false)")),
+        "{e:?}"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+}
+
 /// Sends nothing but moves the job's hold on a fake source to its newest snapshot, as a
 /// run does, and reports the base the hold marks.
 struct HoldingReplicator(FakeZfs);
