@@ -6,10 +6,11 @@
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
@@ -176,52 +177,26 @@ impl Shard {
     }
 }
 
-/// The cache. Shared by every query task; each shard has its own lock.
+/// The shards of one capacity; replaced whole when the capacity changes.
 #[derive(Debug)]
-pub struct Cache {
+struct Layout {
     capacity: usize,
-    /// The TTL bounds and serve-stale switch, changed in place by an apply
-    /// ([`Cache::set_policy`]); the capacity is fixed at start.
-    min_ttl: AtomicU32,
-    max_ttl: AtomicU32,
-    serve_stale: AtomicBool,
     shards: Vec<Mutex<Shard>>,
     per_shard: usize,
 }
 
-impl Cache {
-    pub fn new(cfg: CacheConfig) -> Self {
-        let n = if cfg.capacity >= SHARD_THRESHOLD {
+impl Layout {
+    fn new(capacity: usize) -> Self {
+        let n = if capacity >= SHARD_THRESHOLD {
             SHARDS
         } else {
             1
         };
         Self {
-            capacity: cfg.capacity,
-            min_ttl: AtomicU32::new(cfg.min_ttl),
-            max_ttl: AtomicU32::new(cfg.max_ttl),
-            serve_stale: AtomicBool::new(cfg.serve_stale),
+            capacity,
             shards: (0..n).map(|_| Mutex::new(Shard::default())).collect(),
-            per_shard: cfg.capacity.div_ceil(n),
+            per_shard: capacity.div_ceil(n),
         }
-    }
-
-    pub fn config(&self) -> CacheConfig {
-        CacheConfig {
-            capacity: self.capacity,
-            min_ttl: self.min_ttl.load(Ordering::Relaxed),
-            max_ttl: self.max_ttl.load(Ordering::Relaxed),
-            serve_stale: self.serve_stale.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Takes the TTL bounds and `serve_stale` of a new config for what is cached and
-    /// answered from now on (entries already cached keep the TTL they were given). The
-    /// capacity is not changed: the shards are sized at start.
-    pub fn set_policy(&self, cfg: CacheConfig) {
-        self.min_ttl.store(cfg.min_ttl, Ordering::Relaxed);
-        self.max_ttl.store(cfg.max_ttl, Ordering::Relaxed);
-        self.serve_stale.store(cfg.serve_stale, Ordering::Relaxed);
     }
 
     fn shard(&self, key: &Key) -> Option<std::sync::MutexGuard<'_, Shard>> {
@@ -234,9 +209,113 @@ impl Cache {
             .get(i)
             .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
     }
+}
+
+/// The cache. Shared by every query task; each shard has its own lock.
+#[derive(Debug)]
+pub struct Cache {
+    /// The TTL bounds and serve-stale switch, changed in place by an apply
+    /// ([`Cache::set_policy`]).
+    min_ttl: AtomicU32,
+    max_ttl: AtomicU32,
+    serve_stale: AtomicBool,
+    /// The shards, swapped whole by [`Cache::resize`].
+    layout: ArcSwap<Layout>,
+    /// One resize at a time.
+    resizing: Mutex<()>,
+}
+
+impl Cache {
+    pub fn new(cfg: CacheConfig) -> Self {
+        Self {
+            min_ttl: AtomicU32::new(cfg.min_ttl),
+            max_ttl: AtomicU32::new(cfg.max_ttl),
+            serve_stale: AtomicBool::new(cfg.serve_stale),
+            layout: ArcSwap::from_pointee(Layout::new(cfg.capacity)),
+            resizing: Mutex::new(()),
+        }
+    }
+
+    pub fn config(&self) -> CacheConfig {
+        CacheConfig {
+            capacity: self.layout.load().capacity,
+            min_ttl: self.min_ttl.load(Ordering::Relaxed),
+            max_ttl: self.max_ttl.load(Ordering::Relaxed),
+            serve_stale: self.serve_stale.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Takes the TTL bounds and `serve_stale` of a new config for what is cached and
+    /// answered from now on (entries already cached keep the TTL they were given), and
+    /// its capacity ([`Cache::resize`]).
+    pub fn set_policy(&self, cfg: CacheConfig) {
+        self.min_ttl.store(cfg.min_ttl, Ordering::Relaxed);
+        self.max_ttl.store(cfg.max_ttl, Ordering::Relaxed);
+        self.serve_stale.store(cfg.serve_stale, Ordering::Relaxed);
+        self.resize(cfg.capacity, Instant::now());
+    }
+
+    /// Gives the cache room for `capacity` entries, keeping the entries that fit: those
+    /// still usable (fresh, or within the stale window when serve-stale is on), the
+    /// recently used first, then the most hit. Entries move shard by shard: a query
+    /// meanwhile may miss an entry being moved and ask upstream, and an answer stored
+    /// in the old shards after they were emptied is not kept. Nothing waits on a lock
+    /// held longer than one shard's move.
+    pub fn resize(&self, capacity: usize, now: Instant) {
+        let _one = self.resizing.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.layout.load_full();
+        if old.capacity == capacity {
+            return;
+        }
+        let stale_ok = self.serve_stale.load(Ordering::Relaxed);
+        let mut entries: Vec<Entry> = Vec::new();
+        for shard in &old.shards {
+            let mut s = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let Shard { slots, index, .. } = std::mem::take(&mut *s);
+            drop(s);
+            drop(index);
+            entries.extend(slots.into_iter().filter(|e| {
+                let until = if stale_ok {
+                    e.expires() + STALE_WINDOW
+                } else {
+                    e.expires()
+                };
+                until > now
+            }));
+        }
+        let before = entries.len();
+        entries.sort_by_key(|e| std::cmp::Reverse((e.referenced, e.hits)));
+        let new = Layout::new(capacity);
+        let mut kept = 0usize;
+        for e in entries {
+            let Some(mut shard) = new.shard(&e.key) else {
+                break;
+            };
+            if shard.slots.len() < new.per_shard {
+                let at = shard.slots.len();
+                shard.index.insert(e.key.clone(), at);
+                shard.slots.push(e);
+                kept += 1;
+            }
+        }
+        self.layout.store(Arc::new(new));
+        tracing::info!(
+            capacity,
+            was = old.capacity,
+            kept,
+            dropped = before - kept,
+            "cache resized"
+        );
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.layout.load().capacity
+    }
 
     pub fn len(&self) -> usize {
-        self.shards
+        self.layout
+            .load()
+            .shards
             .iter()
             .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).slots.len())
             .sum()
@@ -248,7 +327,8 @@ impl Cache {
 
     /// Stores `message` (an upstream response) if it can be cached.
     pub fn insert(&self, key: Key, message: &Message, now: Instant) {
-        if self.capacity == 0 {
+        let layout = self.layout.load();
+        if layout.capacity == 0 {
             return;
         }
         let cfg = self.config();
@@ -273,8 +353,8 @@ impl Cache {
             referenced: false,
             prefetch_sent: false,
         };
-        if let Some(mut shard) = self.shard(&key) {
-            shard.insert(self.per_shard, entry, cfg.serve_stale, now);
+        if let Some(mut shard) = layout.shard(&key) {
+            shard.insert(layout.per_shard, entry, cfg.serve_stale, now);
         }
     }
 
@@ -288,7 +368,8 @@ impl Cache {
 
     /// A fresh answer for `key`, if cached and not expired.
     pub fn get(&self, key: &Key, now: Instant) -> Option<Hit> {
-        let mut shard = self.shard(key)?;
+        let layout = self.layout.load();
+        let mut shard = layout.shard(key)?;
         let e = shard.get_mut(key)?;
         let expires = e.expires();
         if expires <= now {
@@ -323,7 +404,8 @@ impl Cache {
         if !self.serve_stale.load(Ordering::Relaxed) {
             return None;
         }
-        let mut shard = self.shard(key)?;
+        let layout = self.layout.load();
+        let mut shard = layout.shard(key)?;
         let e = shard.get_mut(key)?;
         if e.expires() + STALE_WINDOW <= now {
             return None;
@@ -567,6 +649,39 @@ mod tests {
         // The refresh replaces the entry and keeps its popularity.
         c.insert(key("pop."), &response("pop.", &[100]), t0 + secs(93));
         assert!(c.get(&key("pop."), t0 + secs(185)).unwrap().prefetch);
+    }
+
+    #[test]
+    fn a_resize_keeps_the_entries_that_fit_the_used_first() {
+        let c = Cache::new(cfg(20));
+        let t0 = Instant::now();
+        for i in 0..10 {
+            let name = format!("n{i}.");
+            c.insert(key(&name), &response(&name, &[300]), t0);
+        }
+        c.insert(key("old."), &response("old.", &[1]), t0);
+        for name in ["n2.", "n5.", "n7."] {
+            assert!(c.get(&key(name), t0).is_some());
+        }
+        assert!(c.get(&key("n5."), t0).is_some());
+        // Grown past the shard threshold: everything usable moves, at a time when
+        // `old.` is past its stale window and the others are not.
+        c.resize(5000, t0 + STALE_WINDOW + secs(2));
+        assert_eq!(c.capacity(), 5000);
+        assert_eq!(c.len(), 10, "the entry past the stale window is not moved");
+        assert_eq!(c.get(&key("n5."), t0).unwrap().hits, 3, "hits move along");
+        // Shrunk to one shard of 3: the used ones stay.
+        c.resize(3, t0);
+        assert_eq!(c.len(), 3);
+        for name in ["n2.", "n5.", "n7."] {
+            assert!(c.get(&key(name), t0).is_some(), "{name}");
+        }
+        c.insert(key("new."), &response("new.", &[300]), t0);
+        assert_eq!(c.len(), 3, "the new bound holds");
+        c.resize(0, t0);
+        assert!(c.is_empty());
+        c.insert(key("n1."), &response("n1.", &[300]), t0);
+        assert!(c.is_empty(), "0 turns the cache off");
     }
 
     #[test]

@@ -480,6 +480,16 @@ impl Daemon {
             }
             *self.listen.lock().unwrap_or_else(|e| e.into_inner()) = l.server.addresses().to_vec();
         }
+        // A ring of tens of MB is copied: on a background thread. A failure keeps the
+        // ring in use and costs the new size only, not the apply.
+        if let Some(rec) = self.resolver.recorder().cloned() {
+            let size = cfg.dns.query_log_size.bytes();
+            match crate::background::run("dnsd-querylog", move || rec.resize_log(size)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "query log not resized"),
+                Err(e) => tracing::error!(error = %e, "query log not resized"),
+            }
+        }
         let enabled = cfg.dns.enabled;
         let lists = refresher.lists().clone();
         let restart;
@@ -491,8 +501,7 @@ impl Daemon {
             self.resolver.reload_tables(&cfg);
             self.rename_leases(&cfg);
             self.resolver
-                .cache()
-                .set_policy(crate::cache::CacheConfig::from_dns(&cfg.dns));
+                .set_cache_config(crate::cache::CacheConfig::from_dns(&cfg.dns));
             self.resolver
                 .set_rate_limit(crate::server::RateLimit::from_dns(&cfg.dns));
             self.resolver.upstreams().set_config(&cfg.dns);
@@ -643,7 +652,8 @@ impl Daemon {
     pub fn check(&self, name: &str, client: IpAddr) -> Value {
         let policy = self.resolver.policy();
         let link = self.resolver.link_of(client);
-        let d = policy.decide(client, link.as_deref(), name);
+        // `check`, not `decide`: with blocking off it still names the rule that would block.
+        let d = policy.check(client, link.as_deref(), name);
         let local = hickory_proto::rr::Name::from_ascii(name)
             .ok()
             .map(|mut n| {
@@ -681,8 +691,8 @@ impl Daemon {
     }
 }
 
-/// Settings that a reload cannot change in a running dnsd (its sized buffers are made at
-/// start, and DoT/DoH listeners are opened at start only). Plain DNS follows
+/// Settings that a reload cannot change in a running dnsd (DoT/DoH listeners are opened
+/// at start only; the cache and the query log are resized live). Plain DNS follows
 /// `dns.enabled`, `dns.listen`, `dns.port` and the LAN addresses at each apply.
 fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     let (o, n) = (&old.dns, &new.dns);
@@ -694,9 +704,6 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         || (encrypted && crate::listen::addresses(old) != crate::listen::addresses(new))
     {
         restart.push("DoT and DoH listeners (dns.dot_port, dns.doh_port)".to_owned());
-    }
-    if o.cache_size != n.cache_size || o.query_log_size != n.query_log_size {
-        restart.push("cache and query log sizes".to_owned());
     }
     restart
 }
@@ -915,7 +922,6 @@ async fn route(d: &Arc<Daemon>, req: Request<Incoming>) -> Result<Reply, ApiErro
                 .resolver
                 .recorder()
                 .and_then(|r| r.log())
-                .cloned()
                 .ok_or(ApiError::LogOff)?;
             let records = tokio::task::spawn_blocking(move || log.recent(limit, &filter))
                 .await

@@ -357,7 +357,8 @@ struct Wire {
 /// may be evicted from the cache and is then answered here until `fresh_until`.
 #[derive(Debug)]
 pub struct WireCache {
-    capacity: usize,
+    /// Follows `dns.cache_size` ([`WireCache::set_capacity`]).
+    capacity: std::sync::atomic::AtomicUsize,
     entries: Mutex<HashMap<Box<[u8]>, Wire>>,
 }
 
@@ -374,8 +375,18 @@ pub struct CacheHit {
 impl WireCache {
     pub fn new(capacity: usize) -> Self {
         Self {
-            capacity,
+            capacity: std::sync::atomic::AtomicUsize::new(capacity),
             entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A new bound; copies past it are dropped all at once, as when the map fills.
+    pub fn set_capacity(&self, capacity: usize) {
+        let mut entries = self.lock();
+        self.capacity
+            .store(capacity, std::sync::atomic::Ordering::Relaxed);
+        if entries.len() > capacity {
+            entries.clear();
         }
     }
 
@@ -398,7 +409,8 @@ impl WireCache {
 
     /// Keeps `response`, the hickory path's answer to `query` from the cache.
     pub fn insert(&self, query: &[u8], response: &[u8], hit: CacheHit) {
-        if self.capacity == 0 || query.len() < 12 || response.len() < 12 {
+        let capacity = self.capacity.load(std::sync::atomic::Ordering::Relaxed);
+        if capacity == 0 || query.len() < 12 || response.len() < 12 {
             return;
         }
         let fresh_until = hit
@@ -428,7 +440,7 @@ impl WireCache {
             .collect();
         let key: Box<[u8]> = query.get(2..).unwrap_or_default().into();
         let mut entries = self.lock();
-        if entries.len() >= self.capacity && !entries.contains_key(&key) {
+        if entries.len() >= capacity && !entries.contains_key(&key) {
             entries.clear();
         }
         entries.insert(

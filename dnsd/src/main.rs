@@ -228,6 +228,8 @@ async fn run(args: Args) -> Result<(), Fatal> {
         });
     let recorder = dnsd::stats::Recorder::start(log)
         .map_err(|e| Fatal::Other(format!("cannot start the query log writer: {e}")))?;
+    // An apply may turn a log that is off now on.
+    recorder.set_log_path(log_path);
     let resolver =
         Arc::new(Resolver::new(&cfg, Arc::new(policy)).with_recorder(Arc::new(recorder)));
     let own_names = dnsd::answer::LocalZone::from_config(&cfg);

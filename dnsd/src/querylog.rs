@@ -355,7 +355,7 @@ impl QueryLog {
             path: path.to_owned(),
             source,
         };
-        let slots = (size / SLOT as u64).saturating_sub(1);
+        let slots = Self::slots_for(size);
         if slots < 2 {
             return Ok(None);
         }
@@ -399,6 +399,69 @@ impl QueryLog {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Records a ring of `size` bytes holds (under 2: the log is off).
+    pub fn slots_for(size: u64) -> u64 {
+        (size / SLOT as u64).saturating_sub(1)
+    }
+
+    /// This ring at `size` bytes, keeping its newest records (as many as fit, renumbered
+    /// from 1): written beside it, synced, and renamed over it, so that a crash leaves one
+    /// whole ring or the other. `None` when `size` turns the log off (the file is left as
+    /// it is, as at a start with the log off). Readers of this ring keep reading the old
+    /// file until they drop it; the caller must stop appending to it first.
+    pub fn resized(&self, size: u64) -> Result<Option<Self>, QueryLogError> {
+        let slots = Self::slots_for(size);
+        if slots < 2 {
+            return Ok(None);
+        }
+        let tmp = self.path.with_extension("resize");
+        let written = self.copy_newest(&tmp, slots);
+        if let Err(source) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(QueryLogError::Io { path: tmp, source });
+        }
+        Self::open(&self.path, size)
+    }
+
+    fn copy_newest(&self, tmp: &Path, slots: u64) -> io::Result<()> {
+        let _ = std::fs::remove_file(tmp);
+        let file = OpenOptions::new().write(true).create_new(true).open(tmp)?;
+        file.set_len((slots + 1) * SLOT as u64)?;
+        file.write_all_at(&header(slots), 0)?;
+        let next = self.next.load(Ordering::Acquire);
+        let oldest = next.saturating_sub(self.slots).max(1);
+        let mut seq = next.saturating_sub(slots).max(oldest);
+        let mut new_seq = 1u64;
+        let mut buf = vec![0u8; CHUNK_SLOTS as usize * SLOT];
+        let mut out = Vec::with_capacity(buf.len());
+        // Forward in chunks that do not cross the end of the old file; damaged slots
+        // are left out, as a read would skip them.
+        while seq < next {
+            let slot = (seq - 1) % self.slots;
+            let n = (next - seq).min(CHUNK_SLOTS).min(self.slots - slot);
+            let bytes = buf.get_mut(..n as usize * SLOT).unwrap_or_default();
+            self.file.read_exact_at(bytes, (slot + 1) * SLOT as u64)?;
+            out.clear();
+            let first_new = new_seq;
+            for (i, raw) in bytes.chunks_exact(SLOT).enumerate() {
+                if let Some((found, r)) = decode_slot(raw)
+                    && found == seq + i as u64
+                {
+                    encode_slot(new_seq, &r, &mut out);
+                    new_seq += 1;
+                }
+            }
+            file.write_all_at(&out, first_new * SLOT as u64)?;
+            seq += n;
+        }
+        file.sync_all()?;
+        std::fs::rename(tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     }
 
     /// Records the ring can hold.
@@ -587,6 +650,37 @@ mod tests {
             panic!()
         };
         assert!(rule.is_empty(), "the rule goes first: {rule}");
+    }
+
+    #[test]
+    fn a_resize_keeps_the_newest_records_that_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q");
+        let log = QueryLog::open(&path, size(10)).unwrap().unwrap();
+        log.append(&(1..=25).map(rec).collect::<Vec<_>>()).unwrap();
+        let newest = |log: &QueryLog| names(&log.recent(100, &Filter::default()).unwrap());
+        // Smaller: the newest 4, across the old file's end (slots 4..=24 wrapped).
+        let small = log.resized(size(4)).unwrap().unwrap();
+        assert_eq!(small.capacity(), 4);
+        assert_eq!(small.len(), 4);
+        let want: Vec<String> = (22..=25).rev().map(|i| format!("n{i}.example")).collect();
+        assert_eq!(newest(&small), want);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), size(4));
+        // Larger: all 4 kept, and appending goes on after them.
+        let big = small.resized(size(50)).unwrap().unwrap();
+        assert_eq!((big.capacity(), big.len()), (50, 4));
+        big.append(&[rec(26)]).unwrap();
+        assert_eq!(newest(&big)[..2], ["n26.example", "n25.example"]);
+        // Reopened as at a restart: the same ring.
+        drop(big);
+        let again = QueryLog::open(&path, size(50)).unwrap().unwrap();
+        assert_eq!(again.len(), 5);
+        assert!(again.resized(100).unwrap().is_none(), "too small: off");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
     }
 
     #[test]

@@ -268,10 +268,6 @@ impl Resolver {
         name: &mut String,
         log: &mut Vec<crate::stats::Event>,
     ) -> bool {
-        // The limit is applied on the hickory path only, which counts and logs it.
-        if self.limiter.load().is_some() {
-            return false;
-        }
         let Some(q) = fast::parse(packet, name) else {
             return false;
         };
@@ -287,16 +283,32 @@ impl Resolver {
                 .load()
                 .decide(client, tables.link_of(client), name)
         };
+        // A query costs its client one token on whichever path answers it: here only once
+        // the fast path has an answer, so that a query it leaves to the hickory path is not
+        // charged twice. One over the limit goes to the hickory path, which checks the
+        // bucket again (still empty) and counts, logs and answers the REFUSED.
+        let within_limit = || {
+            self.limiter
+                .load()
+                .as_ref()
+                .is_none_or(|l| l.allow(client, now))
+        };
         let (outcome, rcode) = if let Action::Block { mode, addresses } = decision.action {
             let Some(rcode) = fast::blocked(out, packet, &q, name, mode, &addresses) else {
                 return false;
             };
+            if !within_limit() {
+                return false;
+            }
             Stats::bump(&self.stats.total);
             Stats::bump(&self.stats.blocked);
             let mut note = Note::default();
             note.blocked_by(decision.rule);
             (note.outcome, rcode)
         } else if self.wire.answer(packet, now, out) {
+            if !within_limit() {
+                return false;
+            }
             Stats::bump(&self.stats.total);
             Stats::bump(&self.stats.cached);
             (Some(LogOutcome::Cached), out.get(3).map_or(0, |b| b & 0x0f))
@@ -315,6 +327,13 @@ impl Resolver {
             ));
         }
         true
+    }
+
+    /// Takes a new config's cache settings, its size included: the cache keeps the
+    /// entries that fit, the fast path's copies follow its bound.
+    pub fn set_cache_config(&self, cfg: crate::cache::CacheConfig) {
+        self.cache.set_policy(cfg);
+        self.wire.set_capacity(cfg.capacity);
     }
 
     /// The fast path's copies of cached answers.

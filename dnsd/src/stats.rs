@@ -292,7 +292,13 @@ pub struct Recorder {
 #[derive(Debug, Default)]
 struct Shared {
     tables: Mutex<Tables>,
-    log: Option<Arc<QueryLog>>,
+    /// Swapped by [`Recorder::resize_log`].
+    log: arc_swap::ArcSwapOption<QueryLog>,
+    /// Where the log is (or would be, while it is off).
+    log_path: Mutex<Option<std::path::PathBuf>>,
+    /// Held by the writer while it appends, and by a resize while it copies and swaps:
+    /// no record lands in a ring being copied.
+    writing: Mutex<()>,
     /// Records not taken because the writer was behind.
     dropped: AtomicU64,
     /// Records the writer could not write to the log.
@@ -308,7 +314,8 @@ impl Recorder {
     pub fn start(log: Option<QueryLog>) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(CHANNEL);
         let shared = Arc::new(Shared {
-            log: log.map(Arc::new),
+            log_path: Mutex::new(log.as_ref().map(|l| l.path().to_owned())),
+            log: arc_swap::ArcSwapOption::from_pointee(log),
             ..Default::default()
         });
         let s = Arc::clone(&shared);
@@ -369,8 +376,56 @@ impl Recorder {
         self.shared.tables.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn log(&self) -> Option<&Arc<QueryLog>> {
-        self.shared.log.as_ref()
+    pub fn log(&self) -> Option<Arc<QueryLog>> {
+        self.shared.log.load_full()
+    }
+
+    /// Where a log turned on by [`Recorder::resize_log`] is made, when it was off at start.
+    pub fn set_log_path(&self, path: std::path::PathBuf) {
+        *self
+            .shared
+            .log_path
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(path);
+    }
+
+    /// Gives the query log `size` bytes (`dns.query_log_size`) while dnsd runs: a new ring
+    /// with the newest records that fit, the log turned off (its file left), or turned on
+    /// (opened as at a start). The writer waits meanwhile; records that come in then wait
+    /// in its channel, or are dropped and counted when it fills. On an error the log in
+    /// use stays.
+    pub fn resize_log(&self, size: u64) -> Result<(), crate::querylog::QueryLogError> {
+        let _writing = self
+            .shared
+            .writing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let current = self.shared.log.load_full();
+        let slots = QueryLog::slots_for(size);
+        let new = match &current {
+            Some(log) if log.capacity() == slots => return Ok(()),
+            Some(log) => log.resized(size)?,
+            None if slots < 2 => return Ok(()),
+            None => {
+                let path = self
+                    .shared
+                    .log_path
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                match path {
+                    Some(p) => QueryLog::open(&p, size)?,
+                    None => return Ok(()),
+                }
+            }
+        };
+        tracing::info!(
+            records = new.as_ref().map_or(0, |l| l.len()),
+            capacity = new.as_ref().map_or(0, |l| l.capacity()),
+            "query log resized"
+        );
+        self.shared.log.store(new.map(Arc::new));
+        Ok(())
     }
 
     pub fn dropped(&self) -> u64 {
@@ -436,7 +491,8 @@ fn writer(mut rx: mpsc::Receiver<Vec<Event>>, shared: &Shared) {
             }
         }
         let n = batch.len() as u64;
-        if let Some(log) = &shared.log {
+        let writing = shared.writing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(log) = shared.log.load_full() {
             records.extend(batch.drain(..).map(|e| e.record));
             match log.append(&records) {
                 Ok(()) => dirty = true,
@@ -457,10 +513,11 @@ fn writer(mut rx: mpsc::Receiver<Vec<Event>>, shared: &Shared) {
                 dirty = false;
             }
         }
+        drop(writing);
         batch.clear();
         shared.handled.fetch_add(n, Ordering::Relaxed);
     }
-    if let Some(log) = &shared.log
+    if let Some(log) = shared.log.load_full()
         && dirty
         && let Err(e) = log.sync()
     {

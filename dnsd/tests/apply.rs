@@ -488,3 +488,127 @@ async fn a_new_domain_renames_the_dhcp_clients_at_the_apply() {
         true
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_cache_size_is_taken_at_the_apply_and_keeps_what_fits() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let text = "version = 1\n[dns]\nupstreams = [\"127.0.0.1:9\"]\n[[dns.records]]\nname = \"www.example.org\"\naddresses = [\"192.0.2.1\"]\n";
+    let cfg = appliance::load_str(text).unwrap();
+    let policy = Policy::build(&cfg, &Lists::new()).unwrap();
+    let up = Arc::new(Resolver::new(&cfg, Arc::new(policy)));
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let public = Server::bind(up, vec![any]).await.unwrap().addresses()[0];
+
+    let port = port_free_everywhere();
+    let lan = addr("127.0.1.1", port);
+    let with = |extra: &str| {
+        config(port, "127.0.2", extra).replace(
+            "upstreams = [\"127.0.0.1:9\"]",
+            &format!("upstreams = [\"{public}\"]"),
+        )
+    };
+    let rig = start(&with("cache_size = 1000")).await;
+    let www = move || ask(lan, "www.example.org.", RecordType::A);
+    let m = tokio::task::spawn_blocking(www).await.unwrap();
+    assert_eq!(answers(&m), ["192.0.2.1"]);
+    let stats = rig.resolver.stats();
+    assert_eq!(stats.forwarded.load(Relaxed), 1);
+
+    let shrunk = with("cache_size = 5");
+    assert!(!rig.plan(&shrunk).iter().any(|a| a.contains("restart")));
+    let actions = rig.apply(&shrunk).await.unwrap();
+    assert!(
+        !actions.iter().any(|a| a.contains("restart")),
+        "{actions:?}"
+    );
+    assert_eq!(rig.resolver.cache().capacity(), 5);
+    let m = tokio::task::spawn_blocking(www).await.unwrap();
+    assert_eq!(answers(&m), ["192.0.2.1"]);
+    assert_eq!(stats.forwarded.load(Relaxed), 1, "kept across the resize");
+    assert_eq!(stats.cached.load(Relaxed), 1);
+
+    rig.apply(&with("cache_size = 0")).await.unwrap();
+    assert!(rig.resolver.cache().is_empty());
+    tokio::task::spawn_blocking(www).await.unwrap();
+    tokio::task::spawn_blocking(www).await.unwrap();
+    assert_eq!(
+        stats.forwarded.load(Relaxed),
+        3,
+        "no cache: every query goes upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_query_log_size_is_taken_at_the_apply_with_the_newest_records() {
+    let port = port_free_everywhere();
+    let lan = addr("127.0.1.1", port);
+    let text = |size: &str| config(port, "127.0.2", &format!("query_log_size = \"{size}\""));
+    let cfg = appliance::load_str(&text("64KiB")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("querylog");
+    let log = dnsd::querylog::QueryLog::open(&log_path, cfg.dns.query_log_size.bytes()).unwrap();
+    let recorder = Arc::new(dnsd::stats::Recorder::start(log).unwrap());
+    let policy = Policy::build(&cfg, &Lists::new()).unwrap();
+    let resolver = Arc::new(Resolver::new(&cfg, Arc::new(policy)).with_recorder(recorder.clone()));
+    let server = Server::bind(Arc::clone(&resolver), dnsd::listen::addresses(&cfg))
+        .await
+        .unwrap();
+    let daemon = Daemon::new(
+        Arc::clone(&resolver),
+        Arc::new(cfg),
+        Lists::new(),
+        dir.path().join("lists"),
+        dnsd::fetch::http_client().unwrap(),
+        Box::new(|| Err("not in this test".into())),
+        Some(Listeners::from_config(server)),
+    );
+    let store = appliance::store::Store::open(dir.path().join("config")).unwrap();
+    daemon.set_config_dir(dir.path().join("config"));
+    let apply = |t: String| {
+        let generation = store.commit(&t, "test").unwrap();
+        let daemon = Arc::clone(&daemon);
+        async move { daemon.apply_generation(generation).await }
+    };
+    let wait_logged = |n: u64| {
+        let until = Instant::now() + Duration::from_secs(20);
+        while recorder.handled() < n {
+            assert!(Instant::now() < until, "the writer took {n} records");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let capacity = |r: &dnsd::stats::Recorder| r.log().map(|l| l.capacity());
+    assert_eq!(capacity(&recorder), Some(255));
+    tokio::task::spawn_blocking(move || (0..10).for_each(|_| blocks(lan)))
+        .await
+        .unwrap();
+    wait_logged(10);
+
+    // Smaller: the 4 newest records fit in 5 slots, in a file of the new size.
+    let actions = apply(text("1536B")).await.unwrap();
+    assert!(
+        !actions.iter().any(|a| a.contains("restart")),
+        "{actions:?}"
+    );
+    assert_eq!(capacity(&recorder), Some(5));
+    assert_eq!(recorder.log().unwrap().len(), 5);
+    assert_eq!(std::fs::metadata(&log_path).unwrap().len(), 6 * 256);
+    // Off, then on again: the file left while off is taken again with its records.
+    apply(text("0B")).await.unwrap();
+    assert!(recorder.log().is_none());
+    apply(text("1536B")).await.unwrap();
+    assert_eq!(recorder.log().unwrap().len(), 5);
+    // Larger, and the next query is logged after the kept ones.
+    apply(text("64KiB")).await.unwrap();
+    assert_eq!(capacity(&recorder), Some(255));
+    tokio::task::spawn_blocking(move || blocks(lan))
+        .await
+        .unwrap();
+    wait_logged(11);
+    let log = recorder.log().unwrap();
+    assert_eq!(log.len(), 6);
+    let newest = log.recent(10, &dnsd::querylog::Filter::default()).unwrap();
+    assert!(
+        newest.iter().all(|r| r.name == "blocked.example"),
+        "{newest:?}"
+    );
+}

@@ -358,15 +358,16 @@ async fn everything_else_is_left_to_hickory() {
     for (what, q) in cases {
         assert!(fast(&r, &q, CLIENT).is_none(), "{what}");
     }
-    // The rate limit is kept by the hickory path alone.
+    // Past the rate limit the query is the hickory path's, which refuses it.
     let cfg = config("");
     let limited = Arc::new(Resolver::new(&cfg, r.policy()).with_rate_limit(
         dnsd::server::RateLimit {
-            per_second: 1.0,
+            per_second: 0.001,
             burst: 1.0,
         },
     ));
     let q = query(1, "ads.test.", RecordType::A, Opt::None, true, false);
+    assert!(fast(&limited, &q, CLIENT).is_some());
     assert!(fast(&limited, &q, CLIENT).is_none());
     assert!(fast(&r, &q, CLIENT).is_some());
 }
@@ -383,4 +384,52 @@ async fn a_pause_lets_blocked_names_through_on_the_fast_path_too() {
         fast(&r, &q, CLIENT).is_none(),
         "paused: neither blocked nor cached, so the hickory path forwards it"
     );
+}
+
+/// With `dns.rate_limit` on, the fast path still answers, each answer taking a token of
+/// the client's bucket; past the limit it leaves the query to the hickory path, which
+/// answers REFUSED and counts it. A query the fast path leaves (a forwarded name) is
+/// charged once, by the hickory path.
+#[tokio::test]
+async fn the_fast_path_answers_under_a_rate_limit_and_leaves_the_excess_to_be_refused() {
+    // 3 queries at once, then one an hour: nothing refills during the test.
+    let cfg = config("rate_limit = \"1/hour burst 3\"\nblock_mode = \"nxdomain\"");
+    let r = resolver(&cfg);
+    let h = Handler(r.clone());
+    let blocked = query(7, "ads.test.", RecordType::A, Opt::None, true, false);
+    let first = fast(&r, &blocked, CLIENT).expect("the fast path answers under the limit");
+    assert_eq!(
+        Message::from_vec(&first).unwrap().metadata.response_code,
+        ResponseCode::NXDomain
+    );
+    assert!(fast(&r, &blocked, CLIENT).is_some());
+    // Not for the fast path (a local name): the hickory path takes the third token.
+    let local = query(8, "nas.home.arpa.", RecordType::A, Opt::None, true, false);
+    assert!(fast(&r, &local, CLIENT).is_none());
+    let answer = h
+        .answer_packet(&local, CLIENT.parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        Message::from_vec(&answer).unwrap().metadata.response_code,
+        ResponseCode::NoError
+    );
+    // The bucket is empty: the fast path declines and the hickory path refuses.
+    assert!(fast(&r, &blocked, CLIENT).is_none());
+    let refused = h
+        .answer_packet(&blocked, CLIENT.parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        Message::from_vec(&refused).unwrap().metadata.response_code,
+        ResponseCode::Refused
+    );
+    let s = r.stats();
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(s.blocked.load(Relaxed), 2);
+    assert_eq!(s.local.load(Relaxed), 1);
+    assert_eq!(s.rejected.load(Relaxed), 1);
+    assert_eq!(s.total.load(Relaxed), 4);
+    // Another client has its own bucket, on the fast path too.
+    assert!(fast(&r, &blocked, STRICT_CLIENT).is_some());
 }
