@@ -1595,6 +1595,36 @@ impl<'a> Checker<'a> {
                 );
             }
         }
+        // Where each source lands, by receiving box: target_dataset/<its last component>.
+        let mut lands_at: BTreeMap<(Option<String>, String), KeyPath> = BTreeMap::new();
+        for (name, job) in &cfg.replication {
+            let path = p(&["replication", name.as_str()]);
+            let to = job.target.as_ref().map(ToString::to_string);
+            for (i, source) in job.datasets.iter().enumerate() {
+                let last = source
+                    .as_str()
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or(source.as_str());
+                let lands = format!("{}/{last}", job.target_dataset.as_str());
+                let key = path.clone().key("datasets").index(i);
+                if let Some(first) = lands_at.get(&(to.clone(), lands.clone())) {
+                    let first = first.clone();
+                    self.push_related(
+                        ErrorKind::Conflict,
+                        key,
+                        format!(
+                            "{source} would be received at {lands}, as {first} is: each run would \
+                             overwrite the other's replica"
+                        ),
+                        "give one of the jobs another target_dataset, or rename one source",
+                        vec![first],
+                    );
+                } else {
+                    lands_at.insert((to.clone(), lands), key);
+                }
+            }
+        }
         for (name, job) in &cfg.replication {
             let path = p(&["replication", name.as_str()]);
             if job.datasets.is_empty() {

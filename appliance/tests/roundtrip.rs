@@ -1884,9 +1884,21 @@ fn build_storage(s: &StorageSpec) -> StorageParts {
                         Transport::Local => {
                             dataset(&format!("{}/repl-{k}", pick(&known, 0).pool()))
                         }
-                        _ => dataset(&r.target_dataset),
+                        // One area per job: two jobs' sources must not land on one
+                        // replica.
+                        _ => dataset(&format!("{}/j{k}", r.target_dataset)),
                     },
-                    datasets: r.datasets.iter().map(|i| pick(&known, *i)).collect(),
+                    // Sources of one job land by their last component: one each.
+                    datasets: {
+                        let mut lands = std::collections::BTreeSet::new();
+                        r.datasets
+                            .iter()
+                            .map(|i| pick(&known, *i))
+                            .filter(|d| {
+                                lands.insert(d.as_str().rsplit('/').next().map(str::to_owned))
+                            })
+                            .collect()
+                    },
                     recursive: r.recursive && r.transport != Transport::Local,
                     interval: r.interval,
                     bandwidth_limit: r.bandwidth,
