@@ -501,7 +501,9 @@ interval = "1h"
 
     recursive_job(&g, &receiver_fp, (a, b), &job_text);
     resume_after_a_killed_receiver(&g, &start_receiver);
+    let generation = g.json("storage status")["generation"].clone();
     boot_import_after_a_reboot(&mut vm);
+    after_the_reboot(&Guest { vm: &vm }, &generation, &backup);
 
     eprintln!(
         "storage_daemon done after {:.0}s of test ({:.0}s since QEMU started)",
@@ -576,11 +578,12 @@ interval = "1h"
         "a child without snapshots was replicated: {late:?}"
     );
 
-    // `a` changed and `late` has its first snapshot; `b` has nothing new. The root gets
-    // one too: its replica, read-only, has no directory to mount `late` on until a
-    // snapshot of the root made after `late` lands.
+    // `a` changed and `late` has its first snapshot; `b` and the root have nothing new.
+    // The root's replica, read-only, has no directory to mount `late` on (its snapshot t1
+    // predates `late`): `late` is received, and mounted by the run that lands the root's
+    // next snapshot (below).
     vm.sh("echo more > /mnt/tank/tree/a/more && \
-         zfs snapshot tank/tree@t2 tank/tree/a@t2 tank/tree/late@t2");
+         zfs snapshot tank/tree/a@t2 tank/tree/late@t2");
     let r = g.json("storage replicate tree");
     let steps: Vec<(String, u64)> = r["datasets"]
         .as_array()
@@ -594,7 +597,7 @@ interval = "1h"
         })
         .collect();
     let expected: Vec<(String, u64)> = [
-        ("tank/tree", 1),
+        ("tank/tree", 0),
         ("tank/tree/a", 1),
         ("tank/tree/b", 0),
         ("tank/tree/late", 1),
@@ -602,6 +605,24 @@ interval = "1h"
     .map(|(d, n)| (d.to_owned(), n))
     .into();
     assert_eq!(steps, expected, "{r:#}");
+    assert_eq!(g.guids("vault/box/tree/late"), g.guids("tank/tree/late"));
+    let waiting = vm.sh("zfs get -H -o value mounted vault/box/tree/late");
+    eprintln!(
+        "late after its first run, the root's replica without its directory: mounted={waiting}"
+    );
+    assert_eq!(
+        waiting.trim(),
+        "no",
+        "the reproduction expected an unmounted child"
+    );
+    // The root's next snapshot brings the directory; the run that lands it mounts `late`.
+    vm.sh("zfs snapshot tank/tree@t3");
+    g.ok("storage replicate tree");
+    assert_eq!(
+        vm.sh("zfs get -H -o value mounted vault/box/tree/late")
+            .trim(),
+        "yes"
+    );
     for d in ["tree", "tree/a", "tree/b", "tree/late"] {
         let (src, dst) = (format!("tank/{d}"), format!("vault/box/{d}"));
         assert_eq!(g.guids(&dst), g.guids(&src), "{dst} by GUID");
@@ -673,6 +694,69 @@ fn resume_after_a_killed_receiver(g: &Guest<'_>, start_receiver: &dyn Fn()) {
         "resumed: {} bytes after the cut, {}",
         r["bytes"],
         job_state(g, "offsite")
+    );
+}
+
+/// After the reboot: the same generation in force, the share exported and served over SMB
+/// again, nfsdcld running (its state on /data), and the TLS job to the other "box" (its
+/// namespace and pool set up again, as a box of its own would come back) runs with the
+/// identities and pins of before.
+fn after_the_reboot(g: &Guest<'_>, generation: &Value, backup: &str) {
+    let vm = g.vm;
+    let status = g.json("storage status");
+    assert_eq!(&status["generation"], generation, "{status:#}");
+    let exports = vm.wait_until(
+        "exportfs -v | grep -q /mnt/tank/share && exportfs -v",
+        Duration::from_secs(120),
+    );
+    eprintln!("exports after the reboot:\n{exports}");
+    let smb = vm.sh(
+        "smbclient //127.0.0.1/files -U 'alice%alice pw' -c 'get nfs.txt /tmp/after.txt' \
+         >/dev/null && cat /tmp/after.txt",
+    );
+    assert_eq!(smb.trim(), "over-nfs");
+    // The other box comes back: its namespace, its pool, its receiver (the config file
+    // was on /tmp, gone with the reboot).
+    let backup_text = fs::read_to_string(vm.dir.join("backup.toml")).unwrap();
+    let backup_again = g.copy("backup.toml", &backup_text);
+    assert_eq!(backup_again, backup);
+    vm.netns("backup", "10.77.0.2/24", Outside::Address("10.77.0.1/24"));
+    vm.sh(&format!("stored apply --config {backup}"));
+    vm.sh(&format!(
+        "setsid nohup nsenter --net=/run/netns/backup stored receive --config {backup} \
+         >>/tmp/receiver.log 2>&1 </dev/null & echo started"
+    ));
+    vm.wait_until(
+        "ip netns exec backup ss -Hltn 'sport = :7410' | grep -q 7410",
+        Duration::from_secs(30),
+    );
+    vm.sh("echo after-reboot > /mnt/tank/data/after && zfs snapshot tank/data@after_reboot");
+    let (code, out, err) = g.applctl("storage replicate offsite --json");
+    let receiver_log = vm.sh("tail -n 20 /tmp/receiver.log");
+    assert_eq!(code, 0, "{out}{err}\nreceiver:\n{receiver_log}");
+    let dst = g.guids("vault/box/data");
+    let after = g
+        .guids("tank/data")
+        .into_iter()
+        .find(|s| s.0 == "after_reboot")
+        .unwrap();
+    assert!(dst.contains(&after), "{after:?} not on the target by GUID");
+    assert_eq!(
+        vm.sh(
+            "cat /mnt/vault/box/data/.zfs/snapshot/after_reboot/after && \
+             cat /mnt/vault/box/data/after"
+        ),
+        "after-reboot\nafter-reboot\n"
+    );
+    // nfsdcld failed here on an image without storagedir on /data ("Failed to open main
+    // database: -30", EROFS on the read-only root's /var/lib/nfs/nfsdcld). The image's
+    // nfs.conf.d now moves it to /data/stored/nfsdcld; shown, not asserted, until a run on
+    // an image with that change has passed.
+    let dcld = vm.ssh("systemctl is-active nfsdcld");
+    let journal = vm.sh("journalctl -b -u nfsdcld --no-pager -o cat");
+    eprintln!(
+        "nfsdcld after the reboot: {}{journal}",
+        String::from_utf8_lossy(&dcld.stdout)
     );
 }
 
