@@ -1929,6 +1929,25 @@ fn build_storage(s: &StorageSpec) -> StorageParts {
             policy.recursive = false;
         }
     }
+    // One policy per dataset: validation refuses two over one dataset (the same name, or
+    // one below the other's recursive policy), since each would prune the other's snapshots.
+    let mut claimed: Vec<(String, bool)> = Vec::new();
+    for policy in snapshots.values_mut() {
+        let recursive = policy.recursive;
+        policy.datasets.retain(|d| {
+            let d = d.as_str();
+            let free = claimed.iter().all(|(c, c_rec)| {
+                c != d
+                    && !(*c_rec && d.starts_with(&format!("{c}/")))
+                    && !(recursive && c.starts_with(&format!("{d}/")))
+            });
+            if free {
+                claimed.push((d.to_owned(), recursive));
+            }
+            free
+        });
+    }
+    snapshots.retain(|_, p| !p.datasets.is_empty());
     (
         Storage {
             pools,
