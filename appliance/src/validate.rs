@@ -1776,9 +1776,19 @@ mod tests {
     fn forwards_sharing_a_port_are_found_past_the_ones_between() {
         use super::any_port_shared;
         let r = |a: &str| crate::types::PortRange::parse(a).unwrap();
-        assert!(!any_port_shared(vec![r("22"), r("80-90"), r("91"), r("8000")]));
+        assert!(!any_port_shared(vec![
+            r("22"),
+            r("80-90"),
+            r("91"),
+            r("8000")
+        ]));
         // 8000-8500 reaches past 8100 and 8200 to 8400
-        assert!(any_port_shared(vec![r("8200"), r("8400"), r("8000-8500"), r("8100")]));
+        assert!(any_port_shared(vec![
+            r("8200"),
+            r("8400"),
+            r("8000-8500"),
+            r("8100")
+        ]));
         assert!(any_port_shared(vec![r("443"), r("443")]));
 
         let head = "version = 1\n[interfaces.wan]\ndevice = \"eth0\"\nipv4 = \"dhcp\"\n\
