@@ -136,7 +136,7 @@ impl Bench<'_> {
     fn local_logged(&self, what: &str) -> Option<f64> {
         let log = self
             .vm
-            .sh("grep -a 'replication phases\\|^replicated ' /tmp/bench.out || true");
+            .sh("grep -a 'replication phases\\|^replicated \\|holds swept' /tmp/bench.out || true");
         eprintln!("{what} stored local logged:\n{}", log.trim_end());
         log.split_whitespace()
             .find_map(|w| w.strip_prefix("seconds="))
