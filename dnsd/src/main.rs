@@ -156,7 +156,15 @@ async fn listen_encrypted(
     let cannot = |what: &str, a: SocketAddr, e: std::io::Error| {
         Fatal::Other(format!("cannot listen for {what} on {a}: {e}"))
     };
+    // Plain DNS may listen on one address at several ports (`listen = ["lan",
+    // "192.168.1.1:5353"]`), but DoT and DoH have one port each: bind each address once.
+    let mut ips: Vec<std::net::IpAddr> = Vec::with_capacity(listen.len());
     for ip in listen.iter().map(SocketAddr::ip) {
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    for ip in ips {
         if let Some(p) = dot {
             let a = SocketAddr::new(ip, p.get());
             server

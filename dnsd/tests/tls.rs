@@ -167,3 +167,41 @@ addresses = ["192.168.1.5"]
     check_dot_and_doh(&cfg, dot, doh).await;
     stop(d);
 }
+
+/// Plain DNS on one address at two ports: DoT and DoH bind that address once (each bound per
+/// `listen` entry before, so the second bind failed with "address in use" and dnsd exited).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_plain_ports_on_one_address_share_the_dot_and_doh_listeners() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dot_port, doh_port) = (free_tcp_port(), free_tcp_port());
+    std::fs::write(
+        dir.path().join("appliance.toml"),
+        format!(
+            "{GATEWAY}[dns]\ndot_port = {dot_port}\ndoh_port = {doh_port}\n\
+             [[dns.records]]\nname = \"nas.home.arpa\"\naddresses = [\"192.168.1.5\"]\n"
+        ),
+    )
+    .unwrap();
+    let (addr, second) = (free_addr(), free_addr());
+    assert_eq!(addr.ip(), second.ip());
+    let dot: SocketAddr = format!("127.0.0.1:{dot_port}").parse().unwrap();
+    let doh: SocketAddr = format!("127.0.0.1:{doh_port}").parse().unwrap();
+    let mut d = Killed::spawn(
+        dnsd(&dir.path().join("appliance.toml"))
+            .arg("--lists-dir")
+            .arg(dir.path().join("lists"))
+            .arg("--tls-dir")
+            .arg(dir.path().join("tls"))
+            .arg("--leases")
+            .arg(dir.path().join("leases.json"))
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--listen")
+            .arg(second.to_string()),
+    );
+    wait_ready(&mut d, addr, [dot, doh]);
+    wait_ready(&mut d, second, [dot, doh]);
+    let cfg = client_config(&dir.path().join("tls/dns.crt"));
+    check_dot_and_doh(&cfg, dot, doh).await;
+    stop(d);
+}
