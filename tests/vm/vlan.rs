@@ -455,7 +455,9 @@ fn apply_generation(vm: &Vm, applctl: &str, name: &str, text: &str) -> String {
 /// filtering is switched off. Each time the kernel's table loses netd's entries and keeps
 /// the PVID, untagged traffic still flows, and a second plan is empty.
 fn bridge_vlans_leave_by_config(vm: &Vm, netd: &str, applianced: &str, applctl: &str) {
-    // dnsd and stored are not asked (nobody listens on their sockets here: skipped).
+    // dnsd and stored do not run beside this applianced (their sockets point nowhere):
+    // a daemon that is not running is left out of the plan, which the report says, and
+    // loads the generation when it starts.
     vm.sh(&format!(
         "mkdir -p /tmp/appld/run; nohup {applianced} --socket /tmp/applianced.sock \
          --state-dir /tmp/appld/state --data-dir /tmp/store --netd-socket /tmp/netd.sock \

@@ -86,28 +86,44 @@ end
 return out
 "#;
 
+fn parse_error(program: &str, line: String, why: &str) -> ZfsError {
+    ZfsError::Parse {
+        command: program.to_owned(),
+        line,
+        why: why.to_owned(),
+    }
+}
+
+/// The top-level table a program returned; an empty Lua table comes back as an empty
+/// nvlist, or as nothing at all.
+fn table(program: &str, value: Option<NvValue>) -> Result<Vec<(String, NvValue)>, ZfsError> {
+    match value {
+        Some(NvValue::List(pairs)) => Ok(pairs),
+        None => Ok(Vec::new()),
+        Some(other) => Err(parse_error(
+            program,
+            format!("{other:?}"),
+            "expected a table",
+        )),
+    }
+}
+
 /// Reads the holds program's result as `(snapshot, tag)` pairs, sorted.
 pub fn parse_holds(
     program: &str,
     value: Option<NvValue>,
 ) -> Result<Vec<(String, String)>, ZfsError> {
-    let bad = |line: String, why: &str| ZfsError::Parse {
-        command: program.to_owned(),
-        line,
-        why: why.to_owned(),
-    };
-    let snaps = match value {
-        Some(NvValue::List(snaps)) => snaps,
-        None => Vec::new(),
-        Some(other) => return Err(bad(format!("{other:?}"), "expected a table")),
-    };
     let mut out = Vec::new();
-    for (snap, tags) in snaps {
+    for (snap, tags) in table(program, value)? {
         if !snap.contains('@') {
-            return Err(bad(snap, "not a snapshot name"));
+            return Err(parse_error(program, snap, "not a snapshot name"));
         }
         let NvValue::List(tags) = tags else {
-            return Err(bad(format!("{snap}: {tags:?}"), "expected a table of tags"));
+            return Err(parse_error(
+                program,
+                format!("{snap}: {tags:?}"),
+                "expected a table of tags",
+            ));
         };
         out.extend(tags.into_iter().map(|(tag, _)| (snap.clone(), tag)));
     }
@@ -120,22 +136,12 @@ pub fn parse_names(
     program: &str,
     value: Option<NvValue>,
 ) -> Result<Vec<(String, String)>, ZfsError> {
-    let bad = |line: String, why: &str| ZfsError::Parse {
-        command: program.to_owned(),
-        line,
-        why: why.to_owned(),
-    };
-    let pairs = match value {
-        Some(NvValue::List(pairs)) => pairs,
-        // An empty Lua table comes back as an empty nvlist, or as nothing at all.
-        None => Vec::new(),
-        Some(other) => return Err(bad(format!("{other:?}"), "expected a table")),
-    };
+    let pairs = table(program, value)?;
     let mut out = Vec::with_capacity(pairs.len());
     for (full, _) in pairs {
         match full.split_once('@') {
             Some((dataset, name)) => out.push((dataset.to_owned(), name.to_owned())),
-            None => return Err(bad(full, "not a snapshot name")),
+            None => return Err(parse_error(program, full, "not a snapshot name")),
         }
     }
     out.sort();
