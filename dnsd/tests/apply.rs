@@ -76,13 +76,25 @@ struct Rig {
 }
 
 async fn start(text: &str) -> Rig {
+    start_with(text, tempfile::tempdir().unwrap(), None).await
+}
+
+/// [`start`] in `dir`, with a query-log `recorder` when the test reads the log.
+async fn start_with(
+    text: &str,
+    dir: tempfile::TempDir,
+    recorder: Option<Arc<dnsd::stats::Recorder>>,
+) -> Rig {
     let cfg = appliance::load_str(text).unwrap();
     let policy = Policy::build(&cfg, &Lists::new()).unwrap();
-    let resolver = Arc::new(Resolver::new(&cfg, Arc::new(policy)));
+    let mut resolver = Resolver::new(&cfg, Arc::new(policy));
+    if let Some(r) = recorder {
+        resolver = resolver.with_recorder(r);
+    }
+    let resolver = Arc::new(resolver);
     let server = Server::bind(Arc::clone(&resolver), dnsd::listen::addresses(&cfg))
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::new(
         Arc::clone(&resolver),
         Arc::new(cfg),
@@ -548,27 +560,9 @@ async fn a_new_query_log_size_is_taken_at_the_apply_with_the_newest_records() {
     let log_path = dir.path().join("querylog");
     let log = dnsd::querylog::QueryLog::open(&log_path, cfg.dns.query_log_size.bytes()).unwrap();
     let recorder = Arc::new(dnsd::stats::Recorder::start(log).unwrap());
-    let policy = Policy::build(&cfg, &Lists::new()).unwrap();
-    let resolver = Arc::new(Resolver::new(&cfg, Arc::new(policy)).with_recorder(recorder.clone()));
-    let server = Server::bind(Arc::clone(&resolver), dnsd::listen::addresses(&cfg))
-        .await
-        .unwrap();
-    let daemon = Daemon::new(
-        Arc::clone(&resolver),
-        Arc::new(cfg),
-        Lists::new(),
-        dir.path().join("lists"),
-        dnsd::fetch::http_client().unwrap(),
-        Box::new(|| Err("not in this test".into())),
-        Some(Listeners::from_config(server)),
-    );
-    let store = appliance::store::Store::open(dir.path().join("config")).unwrap();
-    daemon.set_config_dir(dir.path().join("config"));
-    let apply = |t: String| {
-        let generation = store.commit(&t, "test").unwrap();
-        let daemon = Arc::clone(&daemon);
-        async move { daemon.apply_generation(generation).await }
-    };
+    let rig = start_with(&text("64KiB"), dir, Some(recorder.clone())).await;
+    let rig = &rig;
+    let apply = |t: String| async move { rig.apply(&t).await };
     let wait_logged = |n: u64| {
         let until = Instant::now() + Duration::from_secs(20);
         while recorder.handled() < n {
