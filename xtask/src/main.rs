@@ -261,7 +261,59 @@ const VM: Step = Step {
 };
 
 fn ci() -> Result<()> {
-    run_steps(&[TOOLCHAIN, FMT, CLIPPY, TEST, FUZZ_BUILD, VM])
+    run_steps(&[TOOLCHAIN, FMT, CLIPPY, TEST, PRUNE_TESTS, FUZZ_BUILD, VM])
+}
+
+/// CI's disk has been seen nearly full: once the tests have passed, their executables (each
+/// links the whole dependency tree) are dead weight for the image build that follows.
+const PRUNE_TESTS: Step = Step {
+    name: "prune-tests",
+    packages: &[],
+    run: step_prune_tests,
+    hint: None,
+};
+
+/// Deletes the executables under `target/debug/deps`: test harnesses and copies of binaries,
+/// which cargo links again when a later command needs one. Libraries and build scripts stay.
+fn step_prune_tests(root: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let deps = root.join("target").join("debug").join("deps");
+    let mut freed = 0u64;
+    let mut count = 0usize;
+    for entry in fs::read_dir(&deps).with_context(|| format!("reading {}", deps.display()))? {
+        let entry = entry.with_context(|| format!("reading {}", deps.display()))?;
+        let meta = entry.metadata()?;
+        let name = entry.file_name();
+        let is_lib = Path::new(&name)
+            .extension()
+            .is_some_and(|e| e == "so" || e == "rlib" || e == "rmeta" || e == "d");
+        if meta.is_file() && meta.permissions().mode() & 0o100 != 0 && !is_lib {
+            fs::remove_file(entry.path())
+                .with_context(|| format!("removing {}", entry.path().display()))?;
+            freed += meta.len();
+            count += 1;
+        }
+    }
+    println!("removed {count} test executables, {} MiB", freed >> 20);
+    Ok(())
+}
+
+/// Free space on the disk that holds `root`, as `df` prints it, for the step lines: a step
+/// that fails with "No space left on device" then shows how close the run came before.
+fn disk_free(root: &Path) -> String {
+    Command::new("df")
+        .args(["-h", "--output=avail"])
+        .arg(root)
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8(o.stdout)
+                .ok()?
+                .lines()
+                .nth(1)
+                .map(|l| l.trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".to_owned())
 }
 
 fn step_vm(_root: &Path) -> Result<()> {
@@ -284,10 +336,20 @@ fn run_steps(steps: &[Step]) -> Result<()> {
                 msg.push_str("\nhint: ");
                 msg.push_str(hint);
             }
-            println!("==> FAILED: {} ({})", step.name, Secs(took));
+            println!(
+                "==> FAILED: {} ({}; {} free on disk)",
+                step.name,
+                Secs(took),
+                disk_free(&root)
+            );
             bail!(msg);
         }
-        println!("==> {} ok ({})", step.name, Secs(took));
+        println!(
+            "==> {} ok ({}; {} free on disk)",
+            step.name,
+            Secs(took),
+            disk_free(&root)
+        );
         times.push((step.name, took));
     }
     if steps.len() > 1 {
