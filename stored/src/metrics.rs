@@ -117,7 +117,7 @@ pub fn parse_spaces(out: &str, command: &str) -> Result<Vec<DatasetSpace>, ZfsEr
 /// The last scrub as the `scan:` line tells it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ScrubStatus {
-    /// `never`, `running`, `finished` or `other` (a canceled scrub, a resilver).
+    /// `never`, `running`, `paused`, `finished` or `other` (a canceled scrub, a resilver).
     pub state: &'static str,
     /// When the last scrub finished (UTC, RFC 3339).
     pub last: Option<String>,
@@ -134,7 +134,10 @@ impl ScrubStatus {
             Scan::Never => ("never", None, None),
             Scan::Running => ("running", None, None),
             Scan::ScrubFinished { at, errors } => ("finished", Some(at), Some(errors)),
-            Scan::Other { at } => ("other", at, None),
+            Scan::Paused => ("paused", None, None),
+            Scan::ScrubCanceled { at } | Scan::Resilvered { at } | Scan::Other { at } => {
+                ("other", at, None)
+            }
         };
         Self {
             state,

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use appliance::Config;
 use serde::Serialize;
 
-use crate::scrub::{parse_scan, scrub_due};
+use crate::scrub::{ScrubHistory, needs_history, parse_history, parse_scan, scrub_due};
 use crate::snapshots::run_policy;
 use crate::time::UtcTime;
 use crate::zfs::Zfs;
@@ -65,11 +65,15 @@ pub struct PolicyOutcome {
 /// every decision is read back from ZFS.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ScheduleState {
-    /// Scrubs this process started (the fallback when the `scan:` line shows a resilver
-    /// or a canceled scrub rather than the last finished one).
+    /// Scrubs this process started (the last fallback when neither the `scan:` line nor
+    /// the pool's history shows when a scrub last completed).
     pub scrubs_started: BTreeMap<String, String>,
     #[serde(skip)]
     scrub_started_at: BTreeMap<String, UtcTime>,
+    /// Per pool, the `scan:` text its history was last read for and what it said: the
+    /// history (up to megabytes) is read again only when the scan line changes.
+    #[serde(skip)]
+    scrub_history: BTreeMap<String, (String, ScrubHistory)>,
     pub policies: BTreeMap<String, PolicyOutcome>,
     pub last_tick: Option<String>,
     pub ticks: u64,
@@ -142,12 +146,13 @@ pub fn tick(
                         continue;
                     };
                     let last = state.scrub_started_at.get(name.as_str()).copied();
-                    if !scrub_due(
-                        parse_scan(&observed.scan),
-                        last,
-                        pool.scrub_interval.as_secs(),
-                        now,
-                    ) {
+                    let scan = parse_scan(&observed.scan);
+                    let history = if needs_history(scan) {
+                        scrub_history(zfs, name.as_str(), &observed.scan, state)
+                    } else {
+                        ScrubHistory::default()
+                    };
+                    if !scrub_due(scan, &history, last, pool.scrub_interval.as_secs(), now) {
                         continue;
                     }
                     match zfs.scrub(name.as_str()) {
@@ -176,4 +181,125 @@ pub fn tick(
     state.snapshots_taken_total += report.taken.len() as u64;
     state.snapshots_destroyed_total += report.destroyed.len() as u64;
     report
+}
+
+/// What `pool`'s history says about scrubs, read once per `scan:` text. A history that
+/// cannot be read counts as empty (the scrub this process started, if any, decides) and
+/// is tried again at the next tick.
+fn scrub_history(zfs: &dyn Zfs, pool: &str, scan: &str, state: &mut ScheduleState) -> ScrubHistory {
+    if let Some((seen, h)) = state.scrub_history.get(pool)
+        && seen == scan
+    {
+        return *h;
+    }
+    match zfs.pool_history(pool) {
+        Ok(text) => {
+            let h = parse_history(&text);
+            tracing::debug!(pool, completed = ?h.completed, canceled = ?h.canceled, "scrubs in the pool's history");
+            state
+                .scrub_history
+                .insert(pool.to_owned(), (scan.to_owned(), h));
+            h
+        }
+        Err(e) => {
+            tracing::warn!(pool, error = %e, "the pool's history could not be read; the last completed scrub is unknown");
+            ScrubHistory::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zfs::FakeZfs;
+
+    const CONFIG: &str = r#"version = 1
+[storage.pools.tank]
+vdevs = [{ layout = "mirror", disks = ["/dev/disk/by-id/d1", "/dev/disk/by-id/d2"] }]
+scrub_interval = "30d"
+"#;
+
+    fn at(s: &str) -> UtcTime {
+        UtcTime::parse_rfc3339(s).unwrap()
+    }
+
+    /// A fresh process (a new state) over a pool whose scan line shows a resilver or a
+    /// canceled scrub: the interval counts from the last completed scrub in the pool's
+    /// history, which is read once per scan line.
+    #[test]
+    fn a_fresh_process_after_a_resilver_or_a_cancel_keeps_the_interval() {
+        let cfg = appliance::load_str(CONFIG).unwrap();
+        let layout = crate::pools::declared_layout(cfg.storage.pools.values().next().unwrap());
+        let mut zfs = FakeZfs::new().with_pool("tank", layout, true);
+        {
+            let p = zfs.pools.get_mut("tank").unwrap();
+            p.scan = Some(
+                "resilvered 1.5G in 01:30:00 with 0 errors on Tue Nov 10 13:30:00 2026".into(),
+            );
+            p.history = "History for 'tank':\n\
+                2026-11-01.00:00:00 [txg:1000] scan setup func=1 mintxg=0 maxtxg=1000\n\
+                2026-11-01.02:00:00 [txg:1100] scan done errors=0\n\
+                2026-11-10.12:00:00 [txg:2000] scan setup func=2 mintxg=3 maxtxg=2000\n\
+                2026-11-10.13:30:00 [txg:2100] scan done errors=0\n"
+                .into();
+        }
+        let none = BTreeSet::new();
+        let mut state = ScheduleState::default();
+        for t in [
+            "2026-11-10T14:00:00Z",
+            "2026-11-20T00:00:00Z",
+            "2026-11-30T23:00:00Z",
+        ] {
+            let r = tick(&mut zfs, &cfg, at(t), &none, &mut state);
+            assert!(r.scrubbed.is_empty(), "{t}: {r:?}");
+        }
+        assert_eq!(zfs.history_reads.get(), 1, "read once for one scan line");
+        // A restart: a new state, the history read again, still not due.
+        let mut state = ScheduleState::default();
+        let r = tick(
+            &mut zfs,
+            &cfg,
+            at("2026-11-30T23:30:00Z"),
+            &none,
+            &mut state,
+        );
+        assert!(r.scrubbed.is_empty(), "{r:?}");
+        let r = tick(
+            &mut zfs,
+            &cfg,
+            at("2026-12-01T02:00:00Z"),
+            &none,
+            &mut state,
+        );
+        assert_eq!(r.scrubbed, ["tank"]);
+
+        // Then canceled by hand on 2 Dec (the history records it; the last completed one
+        // is still 1 Nov): left alone for a day, then started again in a fresh process.
+        {
+            let p = zfs.pools.get_mut("tank").unwrap();
+            p.scan = Some("scrub canceled on Wed Dec  2 09:00:00 2026".into());
+            p.history.push_str(
+                "2026-12-01.02:00:00 [txg:3000] scan setup func=1 mintxg=0 maxtxg=3000\n\
+                 2026-12-02.09:00:00 [txg:3500] scan cancelled errors=0\n",
+            );
+        }
+        let mut state = ScheduleState::default();
+        let r = tick(
+            &mut zfs,
+            &cfg,
+            at("2026-12-02T20:00:00Z"),
+            &none,
+            &mut state,
+        );
+        assert!(r.scrubbed.is_empty(), "{r:?}");
+        let r = tick(
+            &mut zfs,
+            &cfg,
+            at("2026-12-03T09:00:00Z"),
+            &none,
+            &mut state,
+        );
+        assert_eq!(r.scrubbed, ["tank"]);
+        assert_eq!(zfs.pools["tank"].scrubs, 2);
+    }
 }

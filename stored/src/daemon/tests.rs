@@ -603,6 +603,9 @@ impl crate::zfs::Zfs for SlowLists {
     fn scrub(&mut self, pool: &str) -> Result<(), crate::zfs::ZfsError> {
         self.zfs.scrub(pool)
     }
+    fn pool_history(&self, pool: &str) -> Result<String, crate::zfs::ZfsError> {
+        self.zfs.pool_history(pool)
+    }
     fn datasets(&self) -> Result<Vec<crate::zfs::DatasetState>, crate::zfs::ZfsError> {
         self.zfs.datasets()
     }

@@ -117,6 +117,11 @@ impl ZfsCli {
         Ok(())
     }
 
+    /// `zpool history -i POOL` (TZ=UTC, as every command here).
+    pub fn history(&self, pool: &str) -> Result<String, ZfsError> {
+        Ok(self.zpool(&["history", "-i", pool])?)
+    }
+
     pub fn datasets(&self) -> Result<Vec<DatasetState>, ZfsError> {
         let props: Vec<&str> = Prop::ALL.iter().map(|p| p.as_str()).collect();
         let props = props.join(",");

@@ -18,6 +18,11 @@ pub struct FakePool {
     pub imported: bool,
     pub health: String,
     pub scrubs: usize,
+    /// The `scan:` text shown instead of the fake's own, as a test sets it (a resilver, a
+    /// canceled scrub); a scrub started clears it.
+    pub scan: Option<String>,
+    /// What `zpool history -i` prints.
+    pub history: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +50,8 @@ pub struct FakeZfs {
     pub destroy_calls: usize,
     /// Snapshot listings (`zfs list -t snapshot` runs), each a process and a pool walk.
     pub snapshot_listings: std::cell::Cell<usize>,
+    /// `zpool history` reads.
+    pub history_reads: std::cell::Cell<usize>,
     /// `get_holds` calls, one ioctl a snapshot on the real side.
     pub holds_calls: std::cell::Cell<usize>,
     /// When set, the next change fails with this stderr and changes nothing.
@@ -110,6 +117,8 @@ impl FakeZfs {
                 imported,
                 health: "ONLINE".into(),
                 scrubs: 0,
+                scan: None,
+                history: String::new(),
             },
         );
         self.local.entry(name.to_owned()).or_default();
@@ -192,7 +201,9 @@ impl Zfs for FakeZfs {
                 name: name.clone(),
                 health: p.health.clone(),
                 layout: p.layout.clone(),
-                scan: if p.scrubs > 0 {
+                scan: if let Some(scan) = &p.scan {
+                    scan.clone()
+                } else if p.scrubs > 0 {
                     "scrub repaired 0B in 00:00:01 with 0 errors".into()
                 } else {
                     "none requested".into()
@@ -282,6 +293,8 @@ impl Zfs for FakeZfs {
                 imported: true,
                 health: "ONLINE".into(),
                 scrubs: 0,
+                scan: None,
+                history: String::new(),
             },
         );
         let root = self.local.entry(spec.name.clone()).or_default();
@@ -315,11 +328,23 @@ impl Zfs for FakeZfs {
         match self.pools.get_mut(pool) {
             Some(p) if p.imported => {
                 p.scrubs += 1;
+                p.scan = None;
                 self.writes += 1;
                 Ok(())
             }
             _ => Err(cli_failure(
                 format!("zpool scrub {pool}"),
+                format!("cannot open '{pool}': no such pool"),
+            )),
+        }
+    }
+
+    fn pool_history(&self, pool: &str) -> Result<String, ZfsError> {
+        self.history_reads.set(self.history_reads.get() + 1);
+        match self.pools.get(pool) {
+            Some(p) if p.imported => Ok(p.history.clone()),
+            _ => Err(cli_failure(
+                format!("zpool history -i {pool}"),
                 format!("cannot open '{pool}': no such pool"),
             )),
         }

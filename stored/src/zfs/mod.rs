@@ -227,6 +227,9 @@ pub trait Zfs {
     fn create_pool(&mut self, spec: &PoolSpec) -> Result<(), ZfsError>;
     fn import_pool(&mut self, name: &str) -> Result<(), ZfsError>;
     fn scrub(&mut self, pool: &str) -> Result<(), ZfsError>;
+    /// The pool's history with internal events (`zpool history -i`), dated in UTC: where
+    /// the last completed scrub is found once a resilver or a cancel took the scan line.
+    fn pool_history(&self, pool: &str) -> Result<String, ZfsError>;
 
     /// Every filesystem of the imported pools with its managed properties.
     fn datasets(&self) -> Result<Vec<DatasetState>, ZfsError>;

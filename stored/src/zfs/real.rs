@@ -80,6 +80,10 @@ impl Zfs for RealZfs {
         self.cli.scrub(pool)
     }
 
+    fn pool_history(&self, pool: &str) -> Result<String, ZfsError> {
+        self.cli.history(pool)
+    }
+
     fn datasets(&self) -> Result<Vec<DatasetState>, ZfsError> {
         self.cli.datasets()
     }
