@@ -1,7 +1,8 @@
 //! The replication subcommands of the `stored` binary:
 //!
 //! - `stored replicate JOB --config FILE [--bwlimit BYTES]`: one run of a job, its report
-//!   printed; holds of jobs no longer in the config are released.
+//!   printed; holds of jobs in neither FILE nor the daemon's active generation are
+//!   released (when the jobs or pools changed since the last such sweep).
 //! - `stored receive --config FILE` (the `storage.replication_listener` section) or
 //!   `stored receive --listen ADDR --identity FILE --allow FP.. --dataset DS..`: the
 //!   receiver, in the foreground.
@@ -15,8 +16,9 @@ use std::path::{Path, PathBuf};
 
 use appliance::Config;
 
+use super::holds::{SWEEP_FILE, release_stale_holds_if_changed};
 use super::tls::Identity;
-use super::{ReceiverConfig, ReplError, RunOptions, release_stale_holds, run_job, serve_receiver};
+use super::{ReceiverConfig, ReplError, RunOptions, run_job, serve_receiver};
 use crate::zfs::RealZfs;
 
 #[derive(Debug, clap::Subcommand)]
@@ -174,12 +176,22 @@ fn replicate(config: &Config, name: &str, bwlimit: Option<u64>) -> Result<(), Cl
             ))
         })?;
     let mut zfs = RealZfs::open()?;
-    let jobs: BTreeSet<String> = config
+    let mut jobs: BTreeSet<String> = config
         .replication
         .keys()
         .map(|k| k.as_str().to_owned())
         .collect();
-    release_stale_holds(&mut zfs, &jobs)?;
+    match daemon_jobs(Path::new(appliance::store::DEFAULT_DIR)) {
+        Ok(daemon) => {
+            jobs.extend(daemon);
+            release_stale_holds_if_changed(&mut zfs, &jobs, Path::new(SWEEP_FILE))?;
+        }
+        // Releasing what might be the daemon's job's base would cost that job a full
+        // send: no sweep rather than a guess.
+        Err(why) => {
+            tracing::warn!(%why, "stale replication holds not swept: the daemon's jobs are unknown")
+        }
+    }
     if !job.enabled {
         println!("job {key} is disabled (enabled = false); nothing sent");
         return Ok(());
@@ -211,4 +223,53 @@ fn replicate(config: &Config, name: &str, bwlimit: Option<u64>) -> Result<(), Cl
             .map_or_else(|| "none".to_owned(), |l| l.as_secs().to_string()),
     );
     Ok(())
+}
+
+/// The replication jobs of the config generation the daemon runs (`dir` is its store):
+/// the CLI's FILE may be another config, and the daemon's jobs' holds are not stale. No
+/// store (a box whose daemon never ran) is no jobs; a store whose active generation cannot
+/// be read is an error.
+fn daemon_jobs(dir: &Path) -> Result<BTreeSet<String>, String> {
+    if !dir.is_dir() {
+        return Ok(BTreeSet::new());
+    }
+    let store =
+        appliance::store::Store::open(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let (generation, _) = store
+        .current()
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let Some(generation) = generation else {
+        return Ok(BTreeSet::new());
+    };
+    let config = appliance::load_str(&generation.text)
+        .map_err(|_| format!("{}: the active generation does not validate", dir.display()))?;
+    Ok(config
+        .replication
+        .keys()
+        .map(|k| k.as_str().to_owned())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The audit's case: a job only the daemon's generation has keeps its hold when
+    /// `stored replicate` runs with another FILE.
+    #[test]
+    fn the_daemons_jobs_count_as_known() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(daemon_jobs(&dir.path().join("none")).unwrap().is_empty());
+        let store = appliance::store::Store::open(dir.path()).unwrap();
+        assert!(daemon_jobs(dir.path()).unwrap().is_empty());
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../appliance/tests/valid/nas_only.toml"
+        ))
+        .unwrap();
+        let n = store.commit(&text, "test").unwrap();
+        store.activate(n).unwrap();
+        let jobs = daemon_jobs(dir.path()).unwrap();
+        assert_eq!(jobs, BTreeSet::from(["cloud".to_owned()]));
+    }
 }

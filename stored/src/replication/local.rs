@@ -6,8 +6,9 @@
 //! no TLS, as in `zfs send | zfs recv`. The relay is there to count the stream's bytes and
 //! to pace it through the job's bandwidth limit.
 
-use std::io::{self, PipeReader, PipeWriter};
-use std::os::fd::AsFd as _;
+use std::io::{self, Read as _};
+use std::os::fd::AsFd;
+use std::process::{Command, Stdio};
 
 use nix::errno::Errno;
 use nix::fcntl::{SpliceFFlags, splice};
@@ -100,6 +101,115 @@ pub(super) fn stream(
     Ok(bytes)
 }
 
+/// Sends every snapshot after `dataset@from` up to `dataset@to` into `target_ds` as one
+/// stream: `zfs send -L -e -c [-w] -I` into `zfs receive -s -u`, the tools because
+/// libzfs_core has no range send, joined by the same splice relay (counted, paced). The
+/// receive is resumable: a cut stream leaves the token of the snapshot in flight, the
+/// ones before it landed. Returns the stream's bytes.
+pub(super) fn range(
+    zfs: &RealZfs,
+    dataset: &str,
+    (from, to): (&str, &str),
+    target_ds: &str,
+    raw: bool,
+    limiter: &mut Option<Limiter>,
+) -> Result<u64, ReplError> {
+    let bin = zfs.cli().zfs.as_str();
+    let (from_full, to_full) = (format!("{dataset}@{from}"), format!("{dataset}@{to}"));
+    let mut send_argv = vec![bin, "send", "-L", "-e", "-c"];
+    if raw {
+        send_argv.push("-w");
+    }
+    send_argv.extend(["-I", from_full.as_str(), to_full.as_str()]);
+    let recv_argv = [bin, "receive", "-s", "-u", target_ds];
+    let target_snapshot = format!("{target_ds}@{to}");
+    let spawn_err = |argv: &[&str], source: io::Error| {
+        ZfsError::Command(crate::command::CommandError::Spawn {
+            command: argv.join(" "),
+            source,
+        })
+    };
+    let mut sender = Command::new(bin)
+        .args(send_argv.iter().skip(1))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| ReplError::Send {
+            snapshot: to_full.clone(),
+            source: spawn_err(&send_argv, e),
+        })?;
+    let mut receiver = match Command::new(bin)
+        .args(recv_argv.iter().skip(1))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = sender.kill();
+            let _ = sender.wait();
+            return Err(ReplError::Receive {
+                snapshot: target_snapshot,
+                source: spawn_err(&recv_argv, e),
+            });
+        }
+    };
+    let (Some(send_out), Some(recv_in)) = (sender.stdout.take(), receiver.stdin.take()) else {
+        return Err(ReplError::Relay {
+            snapshot: to_full,
+            source: io::Error::other("the zfs children have no pipes"),
+        });
+    };
+    proto::widen_pipe(&send_out);
+    proto::widen_pipe(&recv_in);
+    let (send_err, recv_err) = (sender.stderr.take(), receiver.stderr.take());
+    let (relayed, sent_stderr, recv_stderr) = std::thread::scope(|s| {
+        let read_all = |e: Option<std::process::ChildStderr>| {
+            s.spawn(move || {
+                let mut text = String::new();
+                if let Some(mut e) = e {
+                    let _ = e.read_to_string(&mut text);
+                }
+                text
+            })
+        };
+        let (a, b) = (read_all(send_err), read_all(recv_err));
+        let relayed = relay(&send_out, &recv_in, |n| {
+            if let Some(l) = limiter.as_mut() {
+                l.take(n);
+            }
+        });
+        // As in `stream`: closing both ends ends the children whatever happened.
+        drop(recv_in);
+        drop(send_out);
+        (
+            relayed,
+            a.join().unwrap_or_default(),
+            b.join().unwrap_or_default(),
+        )
+    });
+    let finished =
+        |child: &mut std::process::Child, argv: &[&str], stderr: String| match child.wait() {
+            Ok(st) if st.success() => Ok(()),
+            Ok(st) => Err(ZfsError::Command(crate::command::CommandError::Failed(
+                crate::command::CommandFailure {
+                    command: argv.join(" "),
+                    status: st.code(),
+                    stdout: String::new(),
+                    stderr,
+                },
+            ))),
+            Err(e) => Err(spawn_err(argv, e)),
+        };
+    let sent = finished(&mut sender, &send_argv, sent_stderr);
+    let received = finished(&mut receiver, &recv_argv, recv_stderr);
+    let bytes = outcome(&to_full, &target_snapshot, sent, received, relayed)?;
+    tracing::info!(snapshot = %target_snapshot, from, bytes, "received a range");
+    Ok(bytes)
+}
+
 fn joined(
     r: std::thread::Result<Result<(), crate::zfs::lzc::LzcError>>,
     call: &str,
@@ -117,13 +227,13 @@ fn joined(
 /// Moves everything `from` holds into `to` until `from` ends, by splice(2) (pages move
 /// between the pipes, nothing is copied), and tells `pace` each move's size. Returns the
 /// bytes moved. EPIPE means the receive stopped reading.
-fn relay(from: &PipeReader, to: &PipeWriter, mut pace: impl FnMut(usize)) -> Result<u64, Errno> {
+fn relay(from: impl AsFd, to: impl AsFd, mut pace: impl FnMut(usize)) -> Result<u64, Errno> {
     let mut bytes = 0u64;
     loop {
         let n = match splice(
-            from,
+            &from,
             None,
-            to,
+            &to,
             None,
             proto::PIPE_SIZE,
             SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_MORE,

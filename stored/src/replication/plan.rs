@@ -85,12 +85,22 @@ pub enum Step {
     Resume {
         to: String,
     },
+    /// Every snapshot after `from` up to `to` (`count` of them), as one stream of
+    /// `zfs send -I`: the incrementals of [`ranges`] joined.
+    Range {
+        from: String,
+        to: String,
+        count: usize,
+    },
 }
 
 impl Step {
     pub fn to(&self) -> &str {
         match self {
-            Self::Full { to } | Self::Incremental { to, .. } | Self::Resume { to } => to,
+            Self::Full { to }
+            | Self::Incremental { to, .. }
+            | Self::Resume { to }
+            | Self::Range { to, .. } => to,
         }
     }
 }
@@ -101,6 +111,9 @@ impl fmt::Display for Step {
             Self::Full { to } => write!(f, "full @{to}"),
             Self::Incremental { from, to } => write!(f, "incremental {} -> @{to}", from.suffix()),
             Self::Resume { to } => write!(f, "resume @{to}"),
+            Self::Range { from, to, count } => {
+                write!(f, "range @{from} -> @{to} ({count} snapshots)")
+            }
         }
     }
 }
@@ -377,6 +390,59 @@ pub fn plan(
         steps,
         newest: Some(newest),
     })
+}
+
+/// Runs of at least `min` incrementals from snapshot to snapshot, each from the one before,
+/// joined into one [`Step::Range`]: `libzfs_core` sends one snapshot per call, so 1000
+/// empty snapshots were 1000 sends and 1000 receives, where `zfs send -I` is one of each.
+/// A step from a bookmark stays single (`-I` starts at a snapshot) and starts the run
+/// after it; a resume stays single (its token is one snapshot's).
+pub fn ranges(steps: Vec<Step>, min: usize) -> Vec<Step> {
+    let mut out: Vec<Step> = Vec::new();
+    // The pending run: its base and its snapshots.
+    let mut run: Option<(String, Vec<String>)> = None;
+    let flush = |out: &mut Vec<Step>, run: Option<(String, Vec<String>)>| {
+        let Some((from, tos)) = run else { return };
+        if tos.len() >= min.max(2) {
+            let to = tos.last().cloned().unwrap_or_default();
+            out.push(Step::Range {
+                from,
+                to,
+                count: tos.len(),
+            });
+        } else {
+            let mut from = from;
+            for to in tos {
+                out.push(Step::Incremental {
+                    from: Base::Snapshot(from),
+                    to: to.clone(),
+                });
+                from = to;
+            }
+        }
+    };
+    for step in steps {
+        match step {
+            Step::Incremental {
+                from: Base::Snapshot(from),
+                to,
+            } => match &mut run {
+                Some((base, tos)) if *tos.last().unwrap_or(base) == from => tos.push(to),
+                _ => {
+                    flush(&mut out, run.take());
+                    run = Some((from, vec![to]));
+                }
+            },
+            other => {
+                flush(&mut out, run.take());
+                // The snapshot a single step lands is the next run's base.
+                run = Some((other.to().to_owned(), Vec::new()));
+                out.push(other);
+            }
+        }
+    }
+    flush(&mut out, run);
+    out
 }
 
 /// The target of `dataset` (the job's source `root` or one of its descendants): the root's
@@ -755,6 +821,104 @@ mod tests {
         );
         assert_eq!(run(&src, &t).unwrap().steps.len(), 500);
         assert_eq!(common_snapshots(&src, &t).len(), 501);
+    }
+
+    fn inc(from: &str, to: &str) -> Step {
+        Step::Incremental {
+            from: Base::Snapshot(from.into()),
+            to: to.into(),
+        }
+    }
+
+    /// The plan's choice: 1000 empties from a snapshot base become one range; a bookmark
+    /// base and a resume stay single steps and the range starts after them; a short run
+    /// stays per snapshot.
+    #[test]
+    fn many_incrementals_become_one_range() {
+        let src: Vec<Snap> = (0..1001u64)
+            .map(|i| snap(&format!("s{i}"), 1000 + i, 10 + i))
+            .collect();
+        let t = target(vec![snap("s0", 1000, 1)]);
+        let steps = ranges(run(&src, &t).unwrap().steps, 4);
+        assert_eq!(
+            steps,
+            vec![Step::Range {
+                from: "s0".into(),
+                to: "s1000".into(),
+                count: 1000
+            }]
+        );
+        // Three behind: below the threshold, one stream each.
+        let t = target(vec![snap("s997", 1997, 1)]);
+        let steps = ranges(run(&src, &t).unwrap().steps, 4);
+        assert_eq!(
+            steps,
+            vec![
+                inc("s997", "s998"),
+                inc("s998", "s999"),
+                inc("s999", "s1000")
+            ]
+        );
+        // A resume of s1, then the rest as a range from it.
+        let p = plan(
+            "tank/a",
+            "backup/a",
+            &src,
+            &[],
+            &target(vec![snap("s0", 1000, 1)]),
+            Some(PendingResume {
+                toguid: 1001,
+                fromguid: Some(1000),
+            }),
+            OnDivergence::Refuse,
+        )
+        .unwrap();
+        let steps = ranges(p.steps, 4);
+        assert_eq!(
+            steps,
+            vec![
+                Step::Resume { to: "s1".into() },
+                Step::Range {
+                    from: "s1".into(),
+                    to: "s1000".into(),
+                    count: 999
+                }
+            ]
+        );
+        // From a bookmark: one incremental from it, then the range.
+        let src: Vec<Snap> = (1..=10u64)
+            .map(|i| snap(&format!("s{i}"), 1000 + i, 10 + i))
+            .collect();
+        let marks = [snap("bm0", 1000, 10)];
+        let p = plan(
+            "tank/a",
+            "backup/a",
+            &src,
+            &marks,
+            &target(vec![snap("s0", 1000, 1)]),
+            None,
+            OnDivergence::Refuse,
+        )
+        .unwrap();
+        let steps = ranges(p.steps, 4);
+        assert_eq!(
+            steps,
+            vec![
+                Step::Incremental {
+                    from: Base::Bookmark("bm0".into()),
+                    to: "s1".into()
+                },
+                Step::Range {
+                    from: "s1".into(),
+                    to: "s10".into(),
+                    count: 9
+                }
+            ]
+        );
+        // A full send stays a full send, and nothing to send stays nothing.
+        let full = vec![Step::Full { to: "s1".into() }];
+        assert_eq!(ranges(full.clone(), 4), full);
+        assert!(ranges(Vec::new(), 4).is_empty());
     }
 
     #[test]
