@@ -402,7 +402,8 @@ where
                     datasets: Vec::new(),
                     ..last.clone()
                 };
-                match settings.update(&closed) {
+                // Closing needs no identity: the file may have gone with the listener.
+                match settings.restrict(&closed) {
                     Ok(()) => {
                         tracing::info!(listen = %last.listen, "replication listener no longer declared: every client is refused from now on")
                     }
@@ -429,9 +430,7 @@ where
                             "replication listener settings updated"
                         );
                     }
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot update the replication listener; it keeps its previous settings")
-                    }
+                    Err(e) => Self::restrict_receiver(last, settings, cfg, &listen, &e),
                 }
             }
             (Some(cfg), None) => match crate::replication::Receiver::bind(cfg) {
@@ -445,6 +444,32 @@ where
                 }
                 Err(e) => tracing::error!(error = %e, "cannot start the replication receiver"),
             },
+        }
+    }
+
+    /// The identity file of an updated listener could not be read (`e`): the listener
+    /// keeps the identity it serves but takes the allowed clients and datasets of `cfg`,
+    /// so that a client removed from the config is refused without a restart.
+    fn restrict_receiver(
+        last: &mut ReceiverConfig,
+        settings: &ReceiverSettings,
+        cfg: &ReceiverConfig,
+        listen: &str,
+        e: &dyn std::fmt::Display,
+    ) {
+        tracing::error!(error = %e, "cannot read the replication listener's identity; it keeps the identity it serves");
+        match settings.restrict(cfg) {
+            Ok(()) => {
+                *last = ReceiverConfig {
+                    listen: listen.to_owned(),
+                    identity_file: last.identity_file.clone(),
+                    ..cfg.clone()
+                };
+                tracing::info!(%listen, allowed_clients = cfg.allowed_clients.len(), datasets = ?cfg.datasets, "replication listener's clients and datasets updated");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot update the replication listener; it keeps its previous settings")
+            }
         }
     }
 

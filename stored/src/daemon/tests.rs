@@ -807,12 +807,16 @@ fn an_apply_updates_the_running_listener_in_place() {
     handshake(Arc::clone(&tls), client("other.pem")).unwrap();
     handshake(tls, client("sender.pem")).unwrap_err();
 
-    // An identity that cannot be read keeps the settings as they were.
+    // An identity that cannot be read: the listener keeps the identity it serves (the
+    // senders pin it) but the allowed set and datasets follow the config all the same.
     let mut broken = config(&sender.fingerprint(), "vault");
     broken.identity_file = path("missing.pem");
     d.sync_receiver(Some(&broken));
-    let (_, datasets) = d.receiver_settings().unwrap().current();
-    assert_eq!(*datasets, ["backup"]);
+    let (tls, datasets) = d.receiver_settings().unwrap().current();
+    assert_eq!(*datasets, ["vault"]);
+    handshake(Arc::clone(&tls), client("sender.pem")).unwrap();
+    handshake(tls, client("other.pem")).unwrap_err();
+    d.sync_receiver(Some(&config(&other.fingerprint(), "backup")));
 
     // A generation without the listener leaves it bound but refusing everyone.
     let n = d
@@ -824,6 +828,55 @@ fn an_apply_updates_the_running_listener_in_place() {
     assert!(datasets.is_empty());
     handshake(Arc::clone(&tls), client("other.pem")).unwrap_err();
     handshake(tls, client("sender.pem")).unwrap_err();
+}
+
+/// The audit's case: the listener removed from the config together with its identity
+/// file. Closing needs no identity, so the old allowed clients are refused at the apply,
+/// not at the next restart.
+#[test]
+fn removing_the_listener_with_its_identity_file_refuses_the_old_clients_at_once() {
+    use crate::replication::tls::{Identity, client_config};
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n);
+    let receiver = Identity::create(&path("receiver.pem")).unwrap();
+    let sender = Identity::create(&path("sender.pem")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let clock = Arc::new(FakeClock::new(at("2026-11-26T06:00:00Z")));
+    let d = daemon(&path("store"), "version = 1\n", clock);
+    d.set_accounts(crate::accounts::Accounts::at(
+        path("userdb"),
+        path("accounts.json"),
+    ));
+    d.apply_active();
+    d.sync_receiver(Some(&ReceiverConfig {
+        listen: format!("127.0.0.1:{port}"),
+        identity_file: path("receiver.pem"),
+        allowed_clients: vec![sender.fingerprint()],
+        datasets: vec!["vault".to_owned()],
+    }));
+    let client = || {
+        client_config(
+            Identity::load(&path("sender.pem")).unwrap(),
+            &receiver.fingerprint(),
+        )
+        .unwrap()
+    };
+    let (tls, _) = d.receiver_settings().unwrap().current();
+    handshake(tls, client()).unwrap();
+
+    std::fs::remove_file(path("receiver.pem")).unwrap();
+    let n = d
+        .store
+        .commit("version = 1\n# listener and identity gone\n", "test")
+        .unwrap();
+    d.apply(n).unwrap();
+    let (tls, datasets) = d.receiver_settings().unwrap().current();
+    assert!(datasets.is_empty());
+    handshake(tls, client()).unwrap_err();
 }
 
 #[test]

@@ -68,6 +68,19 @@ impl ReceiverSettings {
         Ok(())
     }
 
+    /// Sets the allowed clients and datasets of `cfg` with the identity in use, not read
+    /// again: what an apply falls back to when the identity file cannot be read, so that
+    /// a client removed from the config (or the whole listener) is refused at once.
+    pub fn restrict(&self, cfg: &ReceiverConfig) -> Result<(), ReplError> {
+        let mut s = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let tls = tls::server_config_keeping_identity(
+            Arc::clone(&s.0.cert_resolver),
+            cfg.allowed_clients.clone(),
+        )?;
+        *s = (Arc::new(tls), Arc::new(cfg.datasets.clone()));
+        Ok(())
+    }
+
     /// The TLS config and datasets a connection accepted now gets.
     pub fn current(&self) -> Settings {
         self.0.read().unwrap_or_else(|e| e.into_inner()).clone()

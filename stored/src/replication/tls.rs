@@ -289,6 +289,27 @@ pub fn server_config(
     Ok(config)
 }
 
+/// The receiver's side with the identity a running listener already serves (`resolver`,
+/// its config's `cert_resolver`) and clients pinned by `allowed`: the allowed set follows
+/// the config even when the identity file cannot be read again (removed together with the
+/// listener, or damaged).
+pub fn server_config_keeping_identity(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+    allowed: Vec<String>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedClients {
+        allowed,
+        algs: provider.signature_verification_algorithms,
+    });
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(resolver);
+    config.ignore_client_order = true;
+    Ok(config)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
