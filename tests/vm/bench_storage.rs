@@ -613,9 +613,14 @@ fn strace_local(b: &Bench<'_>, dir: &std::path::Path, job: &str) {
 
 /// One way of pruning a tree, its seconds and the txgs the pool went through meanwhile.
 struct Pruned {
-    method: &'static str,
+    method: String,
     secs: f64,
     txgs: u64,
+    /// Sum and largest of the syncing times of those txgs (`stime` of the pool's txgs
+    /// kstat), and the bytes they wrote: how much of `secs` is the txg syncs.
+    sync_secs: f64,
+    max_sync_secs: f64,
+    written_mib: f64,
 }
 
 struct Prune {
@@ -625,7 +630,7 @@ struct Prune {
     setup_secs: f64,
     runs: Vec<Pruned>,
     /// What each stored logged about its pass (listing, plan and destroy times).
-    logs: Vec<(&'static str, String)>,
+    logs: Vec<(String, String)>,
 }
 
 impl Prune {
@@ -645,8 +650,15 @@ impl Prune {
         );
         for r in &self.runs {
             println!(
-                "prune: {} destroyed {} snapshots in {:.2} s over {} txgs",
-                r.method, self.per_tree, r.secs, r.txgs
+                "prune: {} destroyed {} snapshots in {:.2} s over {} txgs \
+                 (their syncs {:.2} s, longest {:.2} s, {:.1} MiB written)",
+                r.method,
+                self.per_tree,
+                r.secs,
+                r.txgs,
+                r.sync_secs,
+                r.max_sync_secs,
+                r.written_mib
             );
         }
         for (method, log) in &self.logs {
@@ -675,20 +687,38 @@ impl Prune {
 /// takes one snapshot per dataset, as a scheduled pass does), and by hand the two ways
 /// `zfs destroy` takes many at once: `-r tree@first%last` and `-r tree@a,b,c,...`. With
 /// STORED_BEFORE_BIN, the build it names (copied to /tmp/stored-before) prunes a tree too.
-/// `zcp-1000` is stored's destroy program run by `zfs program` in batches of 1000 names.
-/// BENCH_PRUNE_PEERS=zfs-range (or zfs-list, zcp-1000) keeps those peers, for a shorter run.
+/// `zcp-N` is stored's destroy program run by `zfs program` in batches of N names (one txg
+/// each) in stored's order (datasets sorted, oldest first within each); `zcp-N-newest`
+/// the same with the newest first within each dataset: which batch size and order cost
+/// less. BENCH_PRUNE_PEERS (names separated by commas or spaces; `none` for stored alone)
+/// picks the peers, default zfs-range, zfs-list and zcp-1000.
 fn prune_trees(b: &Bench<'_>, pools: &str, children: u64, rounds: u64, before: bool) -> Prune {
     let vm = b.vm;
     // stored first: its figure is the one the bench is for, and its log shows at once.
-    let mut trees = vec!["stored", "zfs-range", "zfs-list", "zcp-1000"];
-    if let Ok(peers) = std::env::var("BENCH_PRUNE_PEERS") {
-        trees.retain(|t| *t == "stored" || peers.split([',', ' ']).any(|p| p == *t));
+    let mut trees: Vec<String> = vec!["stored".to_owned()];
+    let peers = std::env::var("BENCH_PRUNE_PEERS")
+        .unwrap_or_else(|_| "zfs-range,zfs-list,zcp-1000".to_owned());
+    for p in peers
+        .split([',', ' '])
+        .filter(|p| !p.is_empty() && *p != "none")
+    {
+        let known = matches!(p, "zfs-range" | "zfs-list")
+            || p.strip_prefix("zcp-").is_some_and(|r| {
+                r.trim_end_matches("-newest")
+                    .parse::<u64>()
+                    .is_ok_and(|n| n > 0)
+            });
+        assert!(known, "BENCH_PRUNE_PEERS: unknown peer {p}");
+        trees.push(p.to_owned());
     }
     if before {
         let host = std::env::var_os("STORED_BEFORE_BIN").unwrap();
         vm.copy_in(std::path::Path::new(&host), "/tmp/stored-before");
-        trees.insert(1, "stored-before");
+        trees.insert(1, "stored-before".to_owned());
     }
+    // The txgs kstat keeps the last zfs_txg_history txgs (100 by default): a run of
+    // batches of 100 takes 101.
+    vm.sh("echo 1000 > /sys/module/zfs/parameters/zfs_txg_history");
     let all = trees.join(" ");
     vm.sh(&format!(
         "for t in {all}; do zfs create src/prune/$t; \
@@ -737,30 +767,55 @@ fn prune_trees(b: &Bench<'_>, pools: &str, children: u64, rounds: u64, before: b
             .parse()
             .unwrap()
     };
+    // The synced txgs after `after`: (count, sum and largest stime in s, MiB written).
+    // Columns: txg birth state ndirty nread nwritten reads writes otime qtime wtime stime.
+    let synced = |after: u64| -> (u64, f64, f64, f64) {
+        let out = vm.sh("tail -n +3 /proc/spl/kstat/zfs/src/txgs");
+        let (mut n, mut sum, mut max, mut written) = (0, 0.0, 0.0f64, 0.0);
+        for l in out.lines() {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() < 12 || f[2] != "C" {
+                continue;
+            }
+            if f[0].parse::<u64>().is_ok_and(|t| t > after) {
+                let stime = f[11].parse::<f64>().unwrap_or(0.0) / 1e9;
+                n += 1;
+                sum += stime;
+                max = max.max(stime);
+                written += f[5].parse::<f64>().unwrap_or(0.0) / 1048576.0;
+            }
+        }
+        (n, sum, max, written)
+    };
     let (first, last) = (&names[0], &names[names.len() - 1]);
     let mut runs = Vec::new();
     let mut logs = Vec::new();
-    for t in trees {
+    vm.sh("cat > /tmp/destroy.lua <<'EOF'\n\
+         for _, s in ipairs((...).argv) do\n\
+           local err = zfs.sync.destroy(s)\n\
+           if err ~= 0 then error(s .. ': ' .. err) end\n\
+         end\n\
+         EOF");
+    for t in &trees {
+        let t = t.as_str();
         let command = match t {
             "zfs-range" => format!("zfs destroy -r src/prune/{t}@{first}%{last}"),
             "zfs-list" => format!("zfs destroy -r src/prune/{t}@{}", names.join(",")),
-            // stored's destroy program in batches of 1000 (11 txgs) where stored gives it
-            // all 10,100 at once (one txg), the names in stored's order (datasets sorted,
-            // oldest first within each): which batch size costs less.
-            "zcp-1000" => {
+            _ if t.starts_with("zcp-") => {
+                let spec = &t["zcp-".len()..];
+                let newest = spec.ends_with("-newest");
+                let batch = spec.trim_end_matches("-newest");
+                let mut order = names.clone();
+                if newest {
+                    order.reverse();
+                }
                 vm.sh(&format!(
-                    "cat > /tmp/destroy.lua <<'EOF'\n\
-                     for _, s in ipairs((...).argv) do\n\
-                       local err = zfs.sync.destroy(s)\n\
-                       if err ~= 0 then error(s .. ': ' .. err) end\n\
-                     end\n\
-                     EOF\n\
-                     rm -rf /tmp/zcp && mkdir /tmp/zcp && \
+                    "rm -rf /tmp/zcp && mkdir /tmp/zcp && \
                      for d in src/prune/{t} $(seq -f 'src/prune/{t}/d%0{w}g' 1 {children}); do \
                        for n in {all_names}; do echo $d@$n; done; \
-                     done | split -l 1000 - /tmp/zcp/batch.",
+                     done | split -a 4 -l {batch} - /tmp/zcp/batch.",
                     w = children.to_string().len(),
-                    all_names = names.join(" "),
+                    all_names = order.join(" "),
                 ));
                 "for f in /tmp/zcp/batch.*; do \
                    zfs program -t 100000000 -m 104857600 src /tmp/destroy.lua $(cat $f) \
@@ -783,12 +838,15 @@ fn prune_trees(b: &Bench<'_>, pools: &str, children: u64, rounds: u64, before: b
                 format!("{bin} snapshot run --config {policy} --now 2027-01-01T00:00:00Z")
             }
         };
+        // The pool's pending work synced first, so that the txgs counted are the run's.
+        vm.sh("zpool sync src");
         let before = txg();
         let secs = b.timed(&format!("prune {t}"), &command);
-        let txgs = txg() - before;
+        vm.sh("zpool sync src");
+        let (txgs, sync_secs, max_sync_secs, written_mib) = synced(before);
         if t.starts_with("stored") {
             logs.push((
-                t,
+                t.to_owned(),
                 vm.sh("grep -a -v '^destroyed: \\|^took: ' /tmp/bench.out || true"),
             ));
         }
@@ -800,9 +858,12 @@ fn prune_trees(b: &Bench<'_>, pools: &str, children: u64, rounds: u64, before: b
         };
         assert_eq!(left, want, "snapshots left in src/prune/{t}");
         runs.push(Pruned {
-            method: t,
+            method: t.to_owned(),
             secs,
             txgs,
+            sync_secs,
+            max_sync_secs,
+            written_mib,
         });
     }
     Prune {
