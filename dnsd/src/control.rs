@@ -143,12 +143,15 @@ struct State {
     config_generation: Option<u64>,
 }
 
-/// The plain DNS listeners, which an apply moves to the addresses its config asks for.
+/// The listeners, which an apply moves to the addresses its config asks for: plain DNS,
+/// and DoT and DoH on the same addresses.
 #[derive(Debug)]
 pub struct Listeners {
     server: Server,
     /// `--listen` was given: these addresses whatever the config says (tests, debugging).
     fixed: Option<Vec<SocketAddr>>,
+    /// Where the certificate of DoT and DoH is kept.
+    tls_dir: PathBuf,
 }
 
 impl Listeners {
@@ -157,6 +160,7 @@ impl Listeners {
         Self {
             server,
             fixed: None,
+            tls_dir: PathBuf::from(crate::tls::DEFAULT_DIR),
         }
     }
 
@@ -165,7 +169,14 @@ impl Listeners {
         Self {
             server,
             fixed: Some(fixed),
+            tls_dir: PathBuf::from(crate::tls::DEFAULT_DIR),
         }
+    }
+
+    /// The certificate of DoT and DoH in `dir` (default [`crate::tls::DEFAULT_DIR`]).
+    pub fn with_tls_dir(mut self, dir: PathBuf) -> Self {
+        self.tls_dir = dir;
+        self
     }
 
     /// Where `cfg` wants plain DNS; an error when it is enabled with nowhere to listen.
@@ -192,7 +203,8 @@ pub const NOWHERE: &str =
 /// update, a pause, a reload) goes through one lock, so none undoes another.
 pub struct Daemon {
     resolver: Arc<Resolver>,
-    store_dir: PathBuf,
+    /// The compiled lists; its load counter shows what an apply loaded.
+    store: ListStore,
     client: reqwest::Client,
     load_config: ConfigLoader,
     /// The addresses plain DNS is bound to, for `/status`.
@@ -232,7 +244,7 @@ impl Daemon {
             .unwrap_or_default();
         Arc::new(Self {
             resolver,
-            store_dir,
+            store: ListStore::new(store_dir),
             client,
             load_config,
             listen: Mutex::new(listen),
@@ -279,6 +291,28 @@ impl Daemon {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The lists the policy in use was built from.
+    pub fn lists(&self) -> Lists {
+        self.state().lists.clone()
+    }
+
+    /// How many compiled lists were read from the store since the start (the first
+    /// load at the start is the caller's, not counted here): an apply that changes no list
+    /// reads none.
+    pub fn list_loads(&self) -> u64 {
+        self.store.loads()
+    }
+
+    /// The DoT and DoH listeners and where they are bound.
+    pub async fn encrypted_addresses(&self) -> Vec<(crate::tls::Encrypted, SocketAddr)> {
+        self.listeners
+            .lock()
+            .await
+            .as_ref()
+            .map(|l| l.server.encrypted_addresses())
+            .unwrap_or_default()
     }
 
     /// Stops the background refresher.
@@ -422,11 +456,26 @@ impl Daemon {
             )),
             _ => {}
         }
-        actions.extend(
-            restart_needed(&st.cfg, &cfg)
-                .into_iter()
-                .map(|r| format!("{r}: applied at the next restart")),
+        let (enc_was, enc_will) = (
+            crate::tls::wanted(&st.cfg, &was),
+            crate::tls::wanted(&cfg, &will),
         );
+        if enc_was != enc_will {
+            let show = |v: &[(crate::tls::Encrypted, SocketAddr)]| {
+                if v.is_empty() {
+                    return "nowhere".to_owned();
+                }
+                v.iter()
+                    .map(|(k, a)| format!("{k} on {a}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            actions.push(format!(
+                "listen for {} (was {})",
+                show(&enc_will),
+                show(&enc_was)
+            ));
+        }
         Ok(actions)
     }
 
@@ -456,13 +505,18 @@ impl Daemon {
             Some(l) => Some(l.wanted(&cfg)?),
             None => None,
         };
-        let (store_dir, client, dns) =
-            (self.store_dir.clone(), self.client.clone(), cfg.dns.clone());
+        // The lists in use, of the config in use: an apply that leaves a list as it was
+        // keeps its compiled copy, so that it reads nothing and holds no second copy.
+        let (old_dns, in_use) = {
+            let st = self.state();
+            (st.cfg.dns.clone(), st.lists.clone())
+        };
+        let (store, client, dns) = (self.store.clone(), self.client.clone(), cfg.dns.clone());
         // Loading stored lists reads and checks tens of MB: on a background thread, which
         // a normal one (spawn_blocking's) is not; it would take the core from the listener.
         let loading = crate::reclaim::reloading();
         let refresher = crate::background::run("dnsd-lists", move || {
-            Refresher::new(ListStore::new(store_dir), client, &dns)
+            Refresher::reusing(store, client, &dns, &old_dns, &in_use)
         })
         .await
         .map_err(|e| ApiError::Internal(format!("loading the stored lists: {e}")))?;
@@ -471,13 +525,24 @@ impl Daemon {
         // The last step that can fail: new addresses are bound before the policy changes,
         // and old ones closed only once every new one is bound.
         if let (Some(l), Some(wanted)) = (listeners.as_mut(), wanted) {
+            let encrypted = crate::tls::wanted(&cfg, &wanted);
+            // The pair is read again at each apply (an administrator may have replaced
+            // it) and reissued when dnsd's own no longer covers the router's names.
+            let cert = if encrypted.is_empty() {
+                None
+            } else {
+                let spec = crate::tls::spec_for(&cfg, l.tls_dir.clone(), &wanted);
+                let prepared =
+                    crate::background::run("dnsd-tls", move || crate::tls::prepare(&spec))
+                        .await
+                        .map_err(|e| ApiError::Internal(format!("preparing the certificate: {e}")))?
+                        .map_err(|e| ApiError::Listen(format!("DNS over TLS/HTTPS: {e}")))?;
+                Some(prepared)
+            };
             l.server
-                .rebind(&wanted)
+                .rebind_all(&wanted, &encrypted, cert)
                 .await
                 .map_err(|e| ApiError::Listen(e.to_string()))?;
-            if !cfg.dns.enabled {
-                l.server.close_encrypted().await;
-            }
             *self.listen.lock().unwrap_or_else(|e| e.into_inner()) = l.server.addresses().to_vec();
         }
         // A ring of tens of MB is copied: on a background thread. A failure keeps the
@@ -492,10 +557,8 @@ impl Daemon {
         }
         let enabled = cfg.dns.enabled;
         let lists = refresher.lists().clone();
-        let restart;
         {
             let mut st = self.state();
-            restart = restart_needed(&st.cfg, &cfg);
             self.resolver
                 .swap_policy(Arc::new(policy.with_pauses_of(&self.resolver.policy())));
             self.resolver.reload_tables(&cfg);
@@ -517,7 +580,8 @@ impl Daemon {
         } else {
             self.stop();
         }
-        Ok(restart)
+        // Every setting is taken at the apply; the contract keeps the list for others.
+        Ok(Vec::new())
     }
 
     /// Gives the lease names the new config's domain, and leaves its own names to it.
@@ -689,23 +753,6 @@ impl Daemon {
         let lists = self.state().lists.clone();
         crate::metrics::render(&self.resolver, &lists, self.started.elapsed().as_secs_f64())
     }
-}
-
-/// Settings that a reload cannot change in a running dnsd (DoT/DoH listeners are opened
-/// at start only; the cache and the query log are resized live). Plain DNS follows
-/// `dns.enabled`, `dns.listen`, `dns.port` and the LAN addresses at each apply.
-fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
-    let (o, n) = (&old.dns, &new.dns);
-    let mut restart = Vec::new();
-    let encrypted = n.dot_port.is_some() || n.doh_port.is_some();
-    if o.dot_port != n.dot_port
-        || o.doh_port != n.doh_port
-        || (encrypted && n.enabled && !o.enabled)
-        || (encrypted && crate::listen::addresses(old) != crate::listen::addresses(new))
-    {
-        restart.push("DoT and DoH listeners (dns.dot_port, dns.doh_port)".to_owned());
-    }
-    restart
 }
 
 /// Opens the socket (mode 0660, its directory made if missing) and serves it until the

@@ -112,11 +112,21 @@ fn now() -> u64 {
 #[derive(Debug, Clone)]
 pub struct ListStore {
     dir: PathBuf,
+    /// Compiled lists read from `dir` by this store and its clones: what an apply costs.
+    loads: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ListStore {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self {
+            dir: dir.into(),
+            loads: Arc::default(),
+        }
+    }
+
+    /// How many compiled lists this store (and its clones) read so far.
+    pub fn loads(&self) -> u64 {
+        self.loads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn bin(&self, name: &str) -> PathBuf {
@@ -150,6 +160,8 @@ impl ListStore {
         if meta.source != source || !meta.compiled_as(format) {
             return None;
         }
+        self.loads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match CompiledList::load(&self.bin(name)) {
             Ok(l) => Some(Arc::new(l)),
             Err(e) => {

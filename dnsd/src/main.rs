@@ -120,67 +120,25 @@ fn load_config(args: &Args) -> Result<Config, Fatal> {
     })
 }
 
-/// The certificate for the DoT/DoH listeners: the router's names, its LAN addresses and
-/// the addresses listened on.
-fn cert_spec(cfg: &Config, dir: PathBuf, listen: &[SocketAddr]) -> dnsd::tls::CertSpec {
-    let host = cfg.system.hostname.as_str();
-    let mut addresses = dnsd::answer::lan_addresses(cfg);
-    for a in listen {
-        if !a.ip().is_unspecified() && !addresses.contains(&a.ip()) {
-            addresses.push(a.ip());
-        }
-    }
-    dnsd::tls::CertSpec {
-        dir,
-        names: vec![
-            format!("{host}.{}", cfg.system.domain.as_str()),
-            host.to_owned(),
-        ],
-        addresses,
-    }
-}
-
-/// Adds the DoT and DoH listeners the config asks for, on the addresses of plain DNS.
+/// Adds the DoT and DoH listeners the config asks for, on the addresses of plain DNS, with
+/// the stored certificate (made when there is none, reissued when dnsd's own no longer
+/// covers the router's names and addresses).
 async fn listen_encrypted(
     server: &mut Server,
     cfg: &Config,
     tls_dir: PathBuf,
     listen: &[SocketAddr],
 ) -> Result<(), Fatal> {
-    let (dot, doh) = (cfg.dns.dot_port, cfg.dns.doh_port);
-    if dot.is_none() && doh.is_none() {
+    let encrypted = dnsd::tls::wanted(cfg, listen);
+    if encrypted.is_empty() {
         return Ok(());
     }
-    let tls = dnsd::tls::load_or_create(&cert_spec(cfg, tls_dir, listen))
+    let cert = dnsd::tls::prepare(&dnsd::tls::spec_for(cfg, tls_dir, listen))
         .map_err(|e| Fatal::Other(format!("DNS over TLS/HTTPS: {e}")))?;
-    let cannot = |what: &str, a: SocketAddr, e: std::io::Error| {
-        Fatal::Other(format!("cannot listen for {what} on {a}: {e}"))
-    };
-    // Plain DNS may listen on one address at several ports (`listen = ["lan",
-    // "192.168.1.1:5353"]`), but DoT and DoH have one port each: bind each address once.
-    let mut ips: Vec<std::net::IpAddr> = Vec::with_capacity(listen.len());
-    for ip in listen.iter().map(SocketAddr::ip) {
-        if !ips.contains(&ip) {
-            ips.push(ip);
-        }
-    }
-    for ip in ips {
-        if let Some(p) = dot {
-            let a = SocketAddr::new(ip, p.get());
-            server
-                .listen_tls(a, &tls)
-                .await
-                .map_err(|e| cannot("DNS over TLS", a, e))?;
-        }
-        if let Some(p) = doh {
-            let a = SocketAddr::new(ip, p.get());
-            server
-                .listen_https(a, &tls, dnsd::tls::DOH_PATH)
-                .await
-                .map_err(|e| cannot("DNS over HTTPS", a, e))?;
-        }
-    }
-    Ok(())
+    server
+        .rebind_all(listen, &encrypted, Some(cert))
+        .await
+        .map_err(|e| Fatal::Other(e.to_string()))
 }
 
 /// Pings systemd's watchdog at half its interval from the runtime that serves queries, so
@@ -274,11 +232,14 @@ async fn run(args: Args) -> Result<(), Fatal> {
         Box::new(move || {
             load_config(&reload_args).map_err(|(Fatal::Config(e) | Fatal::Other(e))| e)
         }),
-        Some(if args.listen.is_empty() {
-            Listeners::from_config(server)
-        } else {
-            Listeners::fixed(server, args.listen.clone())
-        }),
+        Some(
+            if args.listen.is_empty() {
+                Listeners::from_config(server)
+            } else {
+                Listeners::fixed(server, args.listen.clone())
+            }
+            .with_tls_dir(args.tls_dir.clone()),
+        ),
     );
     daemon.set_config_dir(args.config_dir.clone());
     daemon.set_lease_watcher(leases);

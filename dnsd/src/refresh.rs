@@ -66,6 +66,57 @@ impl Refresher {
         }
     }
 
+    /// For an apply: a list that `old` declares the same way (source and format) keeps
+    /// its copy in `in_use`; the others are read from the store. An apply that changes no
+    /// list reads nothing and holds each list once; a changed one costs that list alone.
+    /// Group membership, update intervals and the rest of the config are not in a
+    /// compiled list: the policy built from these lists takes them.
+    pub fn reusing(
+        store: ListStore,
+        client: reqwest::Client,
+        dns: &Dns,
+        old: &Dns,
+        in_use: &Lists,
+    ) -> Self {
+        let lists: BTreeMap<String, BlockList> = dns
+            .lists
+            .iter()
+            .filter(|(_, l)| l.enabled)
+            .map(|(k, l)| (k.as_str().to_owned(), l.clone()))
+            .collect();
+        let mut current = Lists::new();
+        let mut load = Vec::new();
+        for (name, list) in &lists {
+            let same = old
+                .lists
+                .iter()
+                .find(|(k, _)| k.as_str() == name)
+                .is_some_and(|(_, o)| {
+                    o.enabled && o.url == list.url && o.file == list.file && o.format == list.format
+                });
+            match in_use.get(name) {
+                Some(c) if same => {
+                    current.insert(name.clone(), Arc::clone(c));
+                }
+                _ => load.push((name.as_str(), list)),
+            }
+        }
+        let loaded = store.load_all(load);
+        tracing::debug!(
+            kept = current.len(),
+            loaded = loaded.len(),
+            "lists for the apply"
+        );
+        current.extend(loaded);
+        Self {
+            store,
+            client,
+            lists,
+            current,
+            failed_at: BTreeMap::new(),
+        }
+    }
+
     /// The lists as they are now.
     pub fn lists(&self) -> &Lists {
         &self.current

@@ -810,20 +810,87 @@ impl Plain {
     }
 }
 
+/// One DoT or DoH listener: a hickory server of its own, so that it can be closed alone.
+struct Encrypted {
+    kind: crate::tls::Encrypted,
+    /// As asked: a rebind compares these.
+    requested: SocketAddr,
+    bound: SocketAddr,
+    server: hickory_server::Server<Handler>,
+}
+
+impl Encrypted {
+    fn open(
+        resolver: &Arc<Resolver>,
+        kind: crate::tls::Encrypted,
+        requested: SocketAddr,
+        tls: &rustls::ServerConfig,
+    ) -> io::Result<Self> {
+        let mut tls = tls.clone();
+        let listener = bind_tcp(requested)?;
+        let bound = listener.local_addr()?;
+        let mut server = hickory_server::Server::new(Handler(Arc::clone(resolver)));
+        match kind {
+            crate::tls::Encrypted::Tls => {
+                tls.alpn_protocols = vec![b"dot".to_vec()];
+                server.register_tls_listener_with_tls_config(
+                    listener,
+                    TCP_TIMEOUT,
+                    Arc::new(tls),
+                )?;
+            }
+            crate::tls::Encrypted::Https => {
+                tls.alpn_protocols = vec![b"h2".to_vec()];
+                server.register_https_listener_with_tls_config(
+                    listener,
+                    TCP_TIMEOUT,
+                    Arc::new(tls),
+                    None,
+                    crate::tls::DOH_PATH.to_owned(),
+                )?;
+            }
+        }
+        tracing::info!(address = %bound, "listening for {kind}");
+        Ok(Self {
+            kind,
+            requested,
+            bound,
+            server,
+        })
+    }
+
+    /// Stops listening; connections in flight finish in the background.
+    fn close(self) {
+        let (bound, kind, mut server) = (self.bound, self.kind, self.server);
+        tokio::spawn(async move {
+            if let Err(e) = server.shutdown_gracefully().await {
+                tracing::warn!(address = %bound, error = %e, "closing the {kind} listener");
+            }
+        });
+        tracing::info!(address = %bound, "no longer listening for {kind}");
+    }
+}
+
 /// The running listeners.
 pub struct Server {
     /// Bound addresses of `plain`, in its order, for [`Server::addresses`].
     addresses: Vec<SocketAddr>,
     plain: Vec<Plain>,
     resolver: Arc<Resolver>,
-    /// DoT and DoH ([`Server::listen_tls`], [`Server::listen_https`]).
-    inner: hickory_server::Server<Handler>,
+    /// DoT and DoH listeners that follow the config ([`Server::rebind_all`]).
+    encrypted: Vec<Encrypted>,
+    /// The certificate they serve, swapped at an apply without closing them.
+    cert: Arc<crate::tls::CertSlot>,
+    /// Listeners added by hand with their own TLS configuration ([`Server::listen_tls`],
+    /// [`Server::listen_https`]); an apply leaves them alone.
+    extra: hickory_server::Server<Handler>,
 }
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
             .field("addresses", &self.addresses)
+            .field("encrypted", &self.encrypted_addresses())
             .finish_non_exhaustive()
     }
 }
@@ -832,7 +899,7 @@ impl Server {
     /// Listens on UDP and TCP at each address. A port of 0 takes a free port, the same for
     /// UDP and TCP; the addresses bound are in [`Server::addresses`].
     pub async fn bind(resolver: Arc<Resolver>, listen: Vec<SocketAddr>) -> io::Result<Self> {
-        let inner = hickory_server::Server::new(Handler(Arc::clone(&resolver)));
+        let extra = hickory_server::Server::new(Handler(Arc::clone(&resolver)));
         // So that the heap is trimmed only while this server is quiet.
         let watched = Arc::downgrade(&resolver);
         crate::reclaim::watch_queries(move || {
@@ -844,19 +911,55 @@ impl Server {
             addresses: Vec::new(),
             plain: Vec::new(),
             resolver,
-            inner,
+            encrypted: Vec::new(),
+            cert: Arc::new(crate::tls::CertSlot::default()),
+            extra,
         };
         server.rebind(&listen).await?;
         Ok(server)
     }
 
-    /// Makes plain DNS listen on exactly `listen`: opens the new addresses first, then
-    /// closes those no longer asked for. Addresses in both are not touched, so their
-    /// queries go on. When one new address cannot be bound, the ones opened by this call
-    /// are closed again and nothing changed.
+    /// Makes plain DNS listen on exactly `listen`, leaving DoT and DoH as they are: opens
+    /// the new addresses first, then closes those no longer asked for. Addresses in both
+    /// are not touched, so their queries go on. When one new address cannot be bound, the
+    /// ones opened by this call are closed again and nothing changed.
     pub async fn rebind(&mut self, listen: &[SocketAddr]) -> Result<(), BindError> {
+        let encrypted: Vec<_> = self
+            .encrypted
+            .iter()
+            .map(|e| (e.kind, e.requested))
+            .collect();
+        self.rebind_all(listen, &encrypted, None)
+            .await
+            .map_err(|e| match e {
+                ListenError::Bind(b) => b,
+                // Without a certificate to prepare nothing else can fail.
+                ListenError::Tls(t) => BindError {
+                    what: "DNS over TLS/HTTPS",
+                    address: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    source: io::Error::other(t.to_string()),
+                },
+            })
+    }
+
+    /// Makes plain DNS listen on exactly `plain` and DoT/DoH on exactly `encrypted`, with
+    /// the certificate `cert` (`None`: the one served now). Every new listener is bound
+    /// before anything is closed, and a listener asked for again is kept with its
+    /// connections; when a bind (or writing a new certificate) fails, what this call
+    /// opened is closed again, and the listeners and the certificate stay as they were.
+    /// A new certificate is served from the next handshake on, on kept listeners too.
+    pub async fn rebind_all(
+        &mut self,
+        plain: &[SocketAddr],
+        encrypted: &[(crate::tls::Encrypted, SocketAddr)],
+        cert: Option<crate::tls::Prepared>,
+    ) -> Result<(), ListenError> {
         let mut opened = Vec::new();
-        for &addr in listen {
+        let fail = |opened: Vec<Plain>, enc: Vec<Encrypted>| {
+            opened.into_iter().for_each(Plain::close);
+            enc.into_iter().for_each(Encrypted::close);
+        };
+        for &addr in plain {
             if self.plain.iter().any(|p| p.requested == addr)
                 || opened.iter().any(|p: &Plain| p.requested == addr)
             {
@@ -865,25 +968,74 @@ impl Server {
             match Plain::open(&self.resolver, addr).await {
                 Ok(p) => opened.push(p),
                 Err(source) => {
-                    opened.into_iter().for_each(Plain::close);
-                    return Err(BindError {
+                    fail(opened, Vec::new());
+                    return Err(ListenError::Bind(BindError {
+                        what: "DNS",
                         address: addr,
                         source,
-                    });
+                    }));
+                }
+            }
+        }
+        let mut enc_opened: Vec<Encrypted> = Vec::new();
+        if !encrypted.is_empty() {
+            let tls = match crate::tls::server_config(Arc::clone(&self.cert)) {
+                Ok(t) => t,
+                Err(e) => {
+                    fail(opened, enc_opened);
+                    return Err(ListenError::Tls(e));
+                }
+            };
+            for &(kind, addr) in encrypted {
+                let same = |e: &Encrypted| e.kind == kind && e.requested == addr;
+                if self.encrypted.iter().any(same) || enc_opened.iter().any(same) {
+                    continue;
+                }
+                match Encrypted::open(&self.resolver, kind, addr, &tls) {
+                    Ok(e) => enc_opened.push(e),
+                    Err(source) => {
+                        fail(opened, enc_opened);
+                        return Err(ListenError::Bind(BindError {
+                            what: match kind {
+                                crate::tls::Encrypted::Tls => "DNS over TLS",
+                                crate::tls::Encrypted::Https => "DNS over HTTPS",
+                            },
+                            address: addr,
+                            source,
+                        }));
+                    }
+                }
+            }
+        }
+        // Written last, once every bind succeeded: a failed apply leaves the pair on disk
+        // as it was.
+        if let Some(prepared) = cert {
+            match prepared.commit() {
+                Ok(key) => self.cert.set(key),
+                Err(e) => {
+                    fail(opened, enc_opened);
+                    return Err(ListenError::Tls(e));
                 }
             }
         }
         let (kept, gone): (Vec<Plain>, Vec<Plain>) = std::mem::take(&mut self.plain)
             .into_iter()
-            .partition(|p| listen.contains(&p.requested));
+            .partition(|p| plain.contains(&p.requested));
         self.plain = kept;
         self.plain.extend(opened);
         gone.into_iter().for_each(Plain::close);
         self.addresses = self.plain.iter().map(|p| p.bound).collect();
+        let (kept, gone): (Vec<Encrypted>, Vec<Encrypted>) = std::mem::take(&mut self.encrypted)
+            .into_iter()
+            .partition(|e| encrypted.contains(&(e.kind, e.requested)));
+        self.encrypted = kept;
+        self.encrypted.extend(enc_opened);
+        gone.into_iter().for_each(Encrypted::close);
         Ok(())
     }
 
-    /// Adds a DNS-over-TLS listener (RFC 7858) for clients. Returns the address bound.
+    /// Adds a DNS-over-TLS listener (RFC 7858) with its own TLS configuration, which an
+    /// apply leaves alone. Returns the address bound.
     pub async fn listen_tls(
         &mut self,
         addr: SocketAddr,
@@ -893,14 +1045,14 @@ impl Server {
         tls.alpn_protocols = vec![b"dot".to_vec()];
         let listener = bind_tcp(addr)?;
         let bound = listener.local_addr()?;
-        self.inner
+        self.extra
             .register_tls_listener_with_tls_config(listener, TCP_TIMEOUT, Arc::new(tls))?;
         tracing::info!(address = %bound, "listening for DNS over TLS");
         Ok(bound)
     }
 
-    /// Adds a DNS-over-HTTPS listener (RFC 8484, HTTP/2) for clients at `path`. Returns
-    /// the address bound.
+    /// Adds a DNS-over-HTTPS listener (RFC 8484, HTTP/2) at `path` with its own TLS
+    /// configuration, which an apply leaves alone. Returns the address bound.
     pub async fn listen_https(
         &mut self,
         addr: SocketAddr,
@@ -911,7 +1063,7 @@ impl Server {
         tls.alpn_protocols = vec![b"h2".to_vec()];
         let listener = bind_tcp(addr)?;
         let bound = listener.local_addr()?;
-        self.inner.register_https_listener_with_tls_config(
+        self.extra.register_https_listener_with_tls_config(
             listener,
             TCP_TIMEOUT,
             Arc::new(tls),
@@ -922,21 +1074,19 @@ impl Server {
         Ok(bound)
     }
 
-    /// Closes every DoT and DoH listener (DNS turned off); queries in flight finish in
-    /// the background.
-    pub async fn close_encrypted(&mut self) {
-        let fresh = hickory_server::Server::new(Handler(Arc::clone(&self.resolver)));
-        let mut old = std::mem::replace(&mut self.inner, fresh);
-        tokio::spawn(async move {
-            if let Err(e) = old.shutdown_gracefully().await {
-                tracing::warn!(error = %e, "closing the DoT and DoH listeners");
-            }
-        });
-    }
-
     /// The addresses plain DNS is bound to.
     pub fn addresses(&self) -> &[SocketAddr] {
         &self.addresses
+    }
+
+    /// The DoT and DoH listeners that follow the config, and where they are bound.
+    pub fn encrypted_addresses(&self) -> Vec<(crate::tls::Encrypted, SocketAddr)> {
+        self.encrypted.iter().map(|e| (e.kind, e.bound)).collect()
+    }
+
+    /// The certificate DoT and DoH serve now.
+    pub fn certificate(&self) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.cert.current()
     }
 
     pub fn resolver(&self) -> &Arc<Resolver> {
@@ -952,7 +1102,12 @@ impl Server {
                 result = Err(io::Error::other(e.to_string()));
             }
         }
-        self.inner
+        for mut e in std::mem::take(&mut self.encrypted) {
+            if let Err(e) = e.server.shutdown_gracefully().await {
+                result = Err(io::Error::other(e.to_string()));
+            }
+        }
+        self.extra
             .shutdown_gracefully()
             .await
             .map_err(|e| io::Error::other(e.to_string()))?;
@@ -960,10 +1115,12 @@ impl Server {
     }
 }
 
-/// An address plain DNS could not listen on.
+/// An address dnsd could not listen on.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen for DNS on {address}: {source}")]
+#[error("cannot listen for {what} on {address}: {source}")]
 pub struct BindError {
+    /// "DNS", "DNS over TLS" or "DNS over HTTPS".
+    pub what: &'static str,
     pub address: SocketAddr,
     #[source]
     pub source: io::Error,
@@ -973,6 +1130,15 @@ impl From<BindError> for io::Error {
     fn from(e: BindError) -> Self {
         io::Error::new(e.source.kind(), e.to_string())
     }
+}
+
+/// Why [`Server::rebind_all`] changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("DNS over TLS/HTTPS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// With port 0, the free UDP port may be taken for TCP; a few tries find a pair.
