@@ -40,6 +40,10 @@ pub fn run_policy(
     } else {
         Vec::new()
     };
+    // Where a pass's listing time goes (logged with the destroy's): the datasets, the
+    // snapshot names, the snapshots taken.
+    let datasets_ms = started.elapsed().as_millis();
+    let (mut names_ms, mut take_ms) = (0u128, 0u128);
     // One listing per top dataset, its whole tree at once: a `zfs list` per dataset costs
     // a process and a walk of the pool each.
     // Listed before taking: what is taken now is added below, and a snapshot someone else
@@ -65,11 +69,13 @@ pub fn run_policy(
         // Names only: one channel program lists 10,100 snapshots in about a second where
         // `zfs list` with their hold counts took 52-114 s (TCG). Holds are then the
         // kernel's to check, in the destroy's own txg; a dry run asks for the candidates'.
+        let naming = Instant::now();
         for (ds, name) in zfs.snapshot_names_under(top.as_str(), policy.recursive)? {
             if let Some(v) = by_dataset.get_mut(&ds) {
                 v.push(unlisted(&ds, &name, 0));
             }
         }
+        names_ms += naming.elapsed().as_millis();
         // Two tops of one policy may overlap; the later listing is as good as the former.
         listed.extend(by_dataset);
         // The top dataset decides what is due; its tree shares the names.
@@ -89,6 +95,7 @@ pub fn run_policy(
         // One call per name: lzc_snapshot refuses two snapshots of one dataset in a call
         // (EXDEV), so periods due together (hourly and daily at midnight) go one by one,
         // each still atomic over the whole tree.
+        let taking = Instant::now();
         for n in &names {
             let full: Vec<String> = tree.iter().map(|d| format!("{d}@{n}")).collect();
             if !dry_run {
@@ -103,6 +110,7 @@ pub fn run_policy(
             }
             taken.extend(full);
         }
+        take_ms += taking.elapsed().as_millis();
         covered.extend(tree);
     }
     covered.sort();
@@ -153,6 +161,9 @@ pub fn run_policy(
             taken = taken.len(),
             destroyed = destroyed.len(),
             list_ms,
+            datasets_ms,
+            names_ms,
+            take_ms,
             plan_ms,
             destroy_ms = destroying.elapsed().as_millis(),
             "pruned"
