@@ -9,7 +9,7 @@
 //! | `GET /check?name=X[&client=IP]` | whether and why X is blocked for that client |
 //! | `POST /pause {"minutes": N, "group": G?}` | pauses blocking globally or for a group |
 //! | `POST /resume {"group": G?}` | ends a pause |
-//! | `POST /reload` | re-reads the config and the stored lists, swaps the policy whole |
+//! | `POST /reload` | re-reads the config (and the stored lists it changes), moves the listeners, swaps the policy whole |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /v1/status` | `{"daemon": "dnsd", "generation", ...}`: the control contract's status |
 //! | `POST /v1/plan {"generation": N}` | `{"generation", "actions"}`: what applying N would do |
@@ -387,8 +387,9 @@ impl Daemon {
         Ok(())
     }
 
-    /// Re-reads the config and the stored lists, swaps the policy and the local names,
-    /// and restarts the refresher for the new list set. Returns what needs a restart.
+    /// Re-reads the config and the stored lists it changes, moves the listeners, swaps the
+    /// policy and the local names, and restarts the refresher for the new list set.
+    /// Returns what needs a restart (nothing now; the contract keeps the field).
     pub async fn reload(self: &Arc<Self>) -> Result<Vec<String>, ApiError> {
         let cfg = (self.load_config)().map_err(ApiError::InvalidConfig)?;
         self.reload_from(cfg).await
