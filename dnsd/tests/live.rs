@@ -457,3 +457,69 @@ async fn an_apply_reuses_the_compiled_lists_it_does_not_change() {
     );
     assert_eq!(rig.daemon.check("ads.example", client)["blocked"], false);
 }
+
+/// `POST /reload` on the control socket `sock`; the HTTP status.
+fn post_reload(sock: &Path) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "POST /reload HTTP/1.1\r\nHost: dnsd\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{{}}"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    raw.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// The binary: DoT turned on and off by `POST /reload` of its config file, with the
+/// certificate made in `--tls-dir` (not the appliance's directory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_opens_and_closes_dot_at_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = common::free_addr();
+    let dot_port = common::free_tcp_port();
+    let dot_at: SocketAddr = format!("127.0.0.1:{dot_port}").parse().unwrap();
+    let text = |extra: &str| {
+        format!(
+            "{}[dns]\n{extra}\n[[dns.records]]\nname = \"nas.home.arpa\"\naddresses = [\"192.168.1.5\"]\n",
+            common::GATEWAY
+        )
+    };
+    let cfg = dir.path().join("appliance.toml");
+    std::fs::write(&cfg, text("")).unwrap();
+    let sock = dir.path().join("dnsd.sock");
+    let mut d = common::Killed::spawn(
+        common::dnsd(&cfg)
+            .arg("--lists-dir")
+            .arg(dir.path().join("lists"))
+            .arg("--tls-dir")
+            .arg(dir.path().join("tls"))
+            .arg("--leases")
+            .arg(dir.path().join("leases.json"))
+            .arg("--control")
+            .arg(&sock)
+            .arg("--listen")
+            .arg(addr.to_string()),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        d.assert_running("dnsd");
+        assert!(Instant::now() < deadline, "no control socket");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(TcpStream::connect(dot_at).is_err(), "no DoT yet");
+
+    std::fs::write(&cfg, text(&format!("dot_port = {dot_port}"))).unwrap();
+    assert_eq!(post_reload(&sock), 200);
+    let trust = trusting(&dir.path().join("tls/dns.crt"));
+    let x = dot(&trust, dot_at, "gw.home.arpa").await.unwrap();
+    assert_eq!(ask(&x, "nas.home.arpa.").await.unwrap(), ["192.168.1.5"]);
+
+    std::fs::write(&cfg, text("")).unwrap();
+    assert_eq!(post_reload(&sock), 200);
+    refused(dot_at);
+    d.assert_running("dnsd");
+    assert_eq!(d.terminate(Duration::from_secs(10)).code(), Some(0));
+}
