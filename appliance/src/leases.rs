@@ -54,7 +54,7 @@ struct LeaseFile {
 pub enum LeaseError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("{path} is not a lease file ({source}); netd rewrites it at its next lease change")]
+    #[error("{path} is not a lease file ({source})")]
     Parse {
         path: PathBuf,
         source: serde_json::Error,

@@ -286,8 +286,13 @@ impl Services for ThreadServices {
         if !dhcp::scopes(cfg).is_empty() {
             let path = self.lease_file();
             match appliance::leases::read(&path) {
-                // A damaged file is replaced at start (logged): no reason to refuse.
-                Ok(_) | Err(appliance::leases::LeaseError::Parse { .. }) => {}
+                // A damaged file or another format version is moved aside at start
+                // (logged, see dhcp::server): no reason to refuse.
+                Ok(_)
+                | Err(
+                    appliance::leases::LeaseError::Parse { .. }
+                    | appliance::leases::LeaseError::Version { .. },
+                ) => {}
                 Err(e) => return Err(format!("dhcp server: {e}; fix or remove the file")),
             }
         }

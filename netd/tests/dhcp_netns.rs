@@ -522,3 +522,41 @@ fn leases_survive_a_restart_and_are_never_shared() {
     );
     assert_eq!(lab.leases().len(), 3);
 }
+
+#[test]
+fn a_damaged_lease_file_is_kept_aside_and_a_held_address_is_probed_not_offered() {
+    let mut lab = Lab::new("1h");
+    let a = lab.client("52:54:00:50:00:1a");
+    let b = lab.client("52:54:00:50:00:1b");
+    let dir = lab.dir.path().to_owned();
+    // a keeps running, its address configured: it answers the server's echo probe.
+    let (_run_a, out) = a.udhcpc(&dir, "alpha");
+    let ip_a = wait_for(&out, "lease for a", |e| !e.is_empty())[0].ip;
+    assert_eq!(ip_a, Ipv4Addr::new(192, 168, 50, 100), "the first address");
+
+    lab.stop();
+    let path = lab.state_dir().join("leases.json");
+    std::fs::write(&path, b"{\"version\":1,\"leases\":[{\"mac\":").unwrap();
+    lab.start();
+    let kept: Vec<_> = std::fs::read_dir(lab.state_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("leases.json.corrupt-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(lab.leases().is_empty());
+
+    // The table forgot a; b would get a's address (the first) but for the probe.
+    let (_run_b, out) = b.dhclient(&dir);
+    let ip_b = wait_for(&out, "lease for b", |e| !e.is_empty())[0].ip;
+    assert!(
+        in_pool(ip_b) && ip_b != ip_a,
+        "b got {ip_b}, a holds {ip_a}"
+    );
+    let l = lab.leases();
+    assert_eq!(l.len(), 1, "{l:?}");
+    assert_eq!(
+        (l[0].mac.to_string(), l[0].ip),
+        (b.mac.clone(), ip_b.into())
+    );
+}

@@ -3,13 +3,16 @@
 //! - [`pool`]: the pure allocation core, a lease table with the clock as a parameter;
 //! - [`packet`]: DHCP messages (decoded and encoded by `dhcproto`) in, replies out, no I/O;
 //! - [`server`]: the UDP sockets (one per link, `SO_BINDTODEVICE`, port 67) and the lease
-//!   file, written through [`appliance::leases`] after every change and read at start.
+//!   file, written through [`appliance::leases`] by a writer task after changes and read
+//!   at start (an unreadable one is moved aside);
+//! - [`probe`]: the ICMP echo conflict probe used while the lease table is unknown.
 //!
 //! Clients are told apart by their hardware address (chaddr), the key of static leases and
 //! of the lease file; a client identifier (option 61) is not used for that.
 
 pub mod packet;
 pub mod pool;
+pub mod probe;
 pub mod server;
 
 use std::net::{IpAddr, Ipv4Addr};

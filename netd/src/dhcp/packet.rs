@@ -11,6 +11,7 @@ use dhcproto::v4::{
 };
 use dhcproto::{Decodable as _, Decoder, Encodable as _, Encoder};
 
+use super::pool::Offer;
 use super::{Pool, mac_from_chaddr, sanitize_hostname};
 
 /// Where a reply goes (RFC 2131 4.1; relays are not served).
@@ -28,6 +29,12 @@ pub enum Destination {
 pub struct Reply {
     pub message: Option<(Message, Destination)>,
     pub changed: bool,
+    /// The reply ACKs a new binding: send it only once the lease file holds it, so that a
+    /// crash cannot forget an address the client was told it has.
+    pub durable: bool,
+    /// No reply yet: the table is unknown and this address must be probed first; report
+    /// the result with [`Pool::probed`] and handle the request again.
+    pub probe: Option<Ipv4Addr>,
 }
 
 impl Reply {
@@ -35,6 +42,8 @@ impl Reply {
         Self {
             message: None,
             changed,
+            durable: false,
+            probe: None,
         }
     }
 }
@@ -92,12 +101,16 @@ pub fn handle(pool: &mut Pool, req: &Message, now: u64) -> Reply {
     let link = &pool.scope().link;
     tracing::debug!(%link, %mac, ?kind, ?requested, ciaddr = %req.ciaddr(), "DHCP request");
     match kind {
-        MessageType::Discover => match pool.offer(mac, requested, hostname, now) {
-            Some(ip) => {
+        MessageType::Discover => match pool.offer_or_probe(mac, requested, hostname, now) {
+            Offer::Address(ip) => {
                 let lease = pool.scope().lease_secs;
                 reply(pool, req, MessageType::Offer, ip, Some(lease), false)
             }
-            None => Reply::none(false),
+            Offer::Probe(ip) => Reply {
+                probe: Some(ip),
+                ..Reply::none(false)
+            },
+            Offer::Nothing => Reply::none(false),
         },
         MessageType::Request => {
             if server_id.is_some_and(|s| s != server) {
@@ -111,7 +124,9 @@ pub fn handle(pool: &mut Pool, req: &Message, now: u64) -> Reply {
             match pool.request(mac, ip, hostname, now) {
                 Ok(g) => {
                     tracing::info!(link = %pool.scope().link, %mac, ip = %g.ip, "DHCPACK");
-                    reply(pool, req, MessageType::Ack, g.ip, Some(g.lease_secs), true)
+                    let mut r = reply(pool, req, MessageType::Ack, g.ip, Some(g.lease_secs), true);
+                    r.durable = g.new;
+                    r
                 }
                 Err(why) => {
                     tracing::info!(link = %pool.scope().link, %mac, %ip, "DHCPNAK: {why}");
@@ -192,7 +207,7 @@ fn reply(
     };
     Reply {
         message: Some((m, to)),
-        changed,
+        ..Reply::none(changed)
     }
 }
 
@@ -202,7 +217,7 @@ fn nak(pool: &Pool, req: &Message, why: &str) -> Reply {
     m.opts_mut().insert(DhcpOption::Message(why.to_owned()));
     Reply {
         message: Some((m, Destination::Broadcast)),
-        changed: false,
+        ..Reply::none(false)
     }
 }
 

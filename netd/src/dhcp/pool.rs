@@ -6,6 +6,14 @@
 //! lease of another client, or was declined less than [`QUARANTINE_SECS`] ago. Expired
 //! leases stay in the table so that a returning client gets its old address back; another
 //! client gets one only when the pool has no never-used address left.
+//!
+//! After a start without the stored table (the lease file was unreadable, see
+//! [`super::server`]) the table is *unknown* for one lease time ([`Pool::set_unknown_until`]):
+//! addresses may be held by clients the table does not know. Until then an address is
+//! offered to a client only if it is that client's own (static, or in the table for it) or
+//! a conflict probe found it free ([`Pool::probed`]); [`Pool::offer_or_probe`] says which
+//! address to probe. REQUESTs are answered as always (the server is authoritative), so
+//! clients that hold an address and renew or reboot put their leases back in the table.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -37,11 +45,29 @@ struct Entry {
     bound: bool,
 }
 
+/// How long a probe's "free" answer stands: long enough for the offer that follows it.
+pub const PROBED_FREE_SECS: u64 = 10;
+
 /// A granted lease: the address and how long it holds from now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Grant {
     pub ip: Ipv4Addr,
     pub lease_secs: u32,
+    /// A new binding (not a renewal of the client's unexpired lease on this address): the
+    /// server writes it to disk before it ACKs.
+    pub new: bool,
+}
+
+/// What to answer a DISCOVER.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Offer this address (held for the client for [`OFFER_HOLD_SECS`]).
+    Address(Ipv4Addr),
+    /// The table is unknown and this is the address to offer if a conflict probe finds it
+    /// free; report the probe with [`Pool::probed`] and ask again.
+    Probe(Ipv4Addr),
+    /// Nothing to offer (the pool is exhausted; logged).
+    Nothing,
 }
 
 /// Why a REQUEST is refused with a NAK.
@@ -69,6 +95,12 @@ pub struct Pool {
     scope: Scope,
     entries: BTreeMap<Ipv4Addr, Entry>,
     declined: BTreeMap<Ipv4Addr, u64>,
+    /// Until when the table may miss leases that clients hold (0: it is complete).
+    unknown_until: u64,
+    /// Addresses a conflict probe found free, until when that answer stands.
+    probed_free: BTreeMap<Ipv4Addr, u64>,
+    /// Addresses a conflict probe found in use, until when they are not offered.
+    probed_busy: BTreeMap<Ipv4Addr, u64>,
 }
 
 impl Pool {
@@ -77,6 +109,38 @@ impl Pool {
             scope,
             entries: BTreeMap::new(),
             declined: BTreeMap::new(),
+            unknown_until: 0,
+            probed_free: BTreeMap::new(),
+            probed_busy: BTreeMap::new(),
+        }
+    }
+
+    /// The table may miss leases until `until` (seconds since the Unix epoch): until then
+    /// addresses that are not the client's own are offered only after a conflict probe.
+    pub fn set_unknown_until(&mut self, until: u64) {
+        self.unknown_until = until;
+    }
+
+    /// Until when the table is unknown (0 or a past time: it is complete).
+    pub fn unknown_until(&self) -> u64 {
+        self.unknown_until
+    }
+
+    /// The answer of a conflict probe of `ip`: free, or in use by a host the table does not
+    /// know (not offered for [`QUARANTINE_SECS`]). Probes are not persisted.
+    pub fn probed(&mut self, ip: Ipv4Addr, in_use: bool, now: u64) {
+        if in_use {
+            tracing::warn!(link = %self.scope.link, %ip,
+                "conflict probe: {ip} answers though no lease is known for it; \
+                 not offered for {QUARANTINE_SECS} s");
+            self.probed_free.remove(&ip);
+            // Kept from offers only: the host that answered may be the client that holds
+            // it, and its renewal is ACKed.
+            self.probed_busy
+                .insert(ip, now.saturating_add(QUARANTINE_SECS));
+        } else {
+            self.probed_free
+                .insert(ip, now.saturating_add(PROBED_FREE_SECS));
         }
     }
 
@@ -103,6 +167,16 @@ impl Pool {
                 continue;
             }
             let expires = l.expires.unwrap_or(now);
+            // One client per address (a damaged or hand-edited file may name two): the
+            // later lease wins, whichever comes first in the file.
+            if let Some(e) = self.entries.get(&ip)
+                && e.mac != l.mac
+            {
+                if e.expires >= expires {
+                    continue;
+                }
+                self.entries.remove(&ip);
+            }
             // One address per client: the later lease wins.
             if let Some((&old, e)) = self.entry_of(&l.mac) {
                 if e.expires >= expires {
@@ -141,7 +215,8 @@ impl Pool {
     }
 
     /// The address to offer a DISCOVER from `mac`, held for it for [`OFFER_HOLD_SECS`];
-    /// `None` when the pool is exhausted (logged).
+    /// `None` when the pool is exhausted (logged) or while the table is unknown and the
+    /// address would need a probe ([`Pool::offer_or_probe`] tells).
     pub fn offer(
         &mut self,
         mac: MacAddr,
@@ -149,8 +224,29 @@ impl Pool {
         hostname: Option<String>,
         now: u64,
     ) -> Option<Ipv4Addr> {
+        match self.offer_or_probe(mac, requested, hostname, now) {
+            Offer::Address(ip) => Some(ip),
+            Offer::Probe(_) | Offer::Nothing => None,
+        }
+    }
+
+    /// What to answer a DISCOVER from `mac`: an address (then held for it for
+    /// [`OFFER_HOLD_SECS`]), the address to probe first while the table is unknown, or
+    /// nothing when the pool is exhausted (logged).
+    pub fn offer_or_probe(
+        &mut self,
+        mac: MacAddr,
+        requested: Option<Ipv4Addr>,
+        hostname: Option<String>,
+        now: u64,
+    ) -> Offer {
         self.prune(now);
-        let ip = self.choose(mac, requested, now)?;
+        let Some(ip) = self.choose(mac, requested, now) else {
+            return Offer::Nothing;
+        };
+        if self.needs_probe(mac, ip, now) {
+            return Offer::Probe(ip);
+        }
         let keep = self
             .entries
             .get(&ip)
@@ -168,14 +264,27 @@ impl Pool {
                 },
             );
         }
-        Some(ip)
+        Offer::Address(ip)
+    }
+
+    /// Whether `ip` may be someone's the table does not know: the table is unknown, the
+    /// address is not `mac`'s own, and no recent probe found it free.
+    fn needs_probe(&self, mac: MacAddr, ip: Ipv4Addr, now: u64) -> bool {
+        now < self.unknown_until
+            && self.static_of(&mac).is_none_or(|s| s.ip != ip)
+            && self.entries.get(&ip).is_none_or(|e| e.mac != mac)
+            && self.probed_free.get(&ip).is_none_or(|&until| until <= now)
     }
 
     fn choose(&self, mac: MacAddr, requested: Option<Ipv4Addr>, now: u64) -> Option<Ipv4Addr> {
         if let Some(s) = self.static_of(&mac) {
             return Some(s.ip);
         }
-        let usable = |ip: Ipv4Addr| self.in_pool(ip) && self.check(mac, ip, now).is_ok();
+        let usable = |ip: Ipv4Addr| {
+            self.in_pool(ip)
+                && self.check(mac, ip, now).is_ok()
+                && self.probed_busy.get(&ip).is_none_or(|&until| until <= now)
+        };
         if let Some((&ip, _)) = self
             .entries
             .iter()
@@ -235,6 +344,10 @@ impl Pool {
             None if !self.in_pool(ip) => return Err(Refusal::OutsidePool { ip }),
             None => self.check(mac, ip, now)?,
         }
+        let new = self
+            .entries
+            .get(&ip)
+            .is_none_or(|e| e.mac != mac || !e.bound || e.expires <= now);
         let hostname = hostname
             .or_else(|| {
                 self.entries
@@ -256,6 +369,7 @@ impl Pool {
         Ok(Grant {
             ip,
             lease_secs: self.scope.lease_secs,
+            new,
         })
     }
 
@@ -313,6 +427,8 @@ impl Pool {
     fn prune(&mut self, now: u64) {
         self.entries.retain(|_, e| e.bound || e.expires > now);
         self.declined.retain(|_, until| *until > now);
+        self.probed_free.retain(|_, until| *until > now);
+        self.probed_busy.retain(|_, until| *until > now);
     }
 
     fn in_pool(&self, ip: Ipv4Addr) -> bool {
@@ -556,6 +672,73 @@ mod tests {
         let l = p.leases();
         assert_eq!(l.len(), 1);
         assert_eq!(l[0].mac, mac(3));
+    }
+
+    #[test]
+    fn an_unknown_table_probes_all_but_the_clients_own() {
+        let mut p = Pool::new(scope(5, 110));
+        p.set_unknown_until(T0 + 3600);
+        // A static client and one the table knows again (it renewed) need no probe.
+        assert_eq!(
+            p.offer_or_probe(mac(0x99), None, None, T0),
+            Offer::Address(ip(5))
+        );
+        assert!(p.request(mac(1), ip(50), None, T0).unwrap().new);
+        assert!(
+            !p.request(mac(1), ip(50), None, T0 + 1).unwrap().new,
+            "a renewal"
+        );
+        assert_eq!(
+            p.offer_or_probe(mac(1), None, None, T0 + 2),
+            Offer::Address(ip(50))
+        );
+        // Anyone else: the candidate is probed first, even the address it asks for.
+        assert_eq!(
+            p.offer_or_probe(mac(2), Some(ip(60)), None, T0),
+            Offer::Probe(ip(60))
+        );
+        assert_eq!(p.offer(mac(2), Some(ip(60)), None, T0), None);
+        p.probed(ip(60), true, T0);
+        assert_eq!(
+            p.offer_or_probe(mac(2), Some(ip(60)), None, T0),
+            Offer::Probe(ip(6))
+        );
+        // An address that answered is not offered, but its holder's renewal is ACKed.
+        assert_eq!(p.request(mac(3), ip(60), None, T0).unwrap().ip, ip(60));
+        p.probed(ip(6), false, T0);
+        assert_eq!(
+            p.offer_or_probe(mac(2), None, None, T0),
+            Offer::Address(ip(6))
+        );
+        // The probe's word lapses; the window ends.
+        assert_eq!(
+            p.offer_or_probe(mac(4), Some(ip(7)), None, T0 + PROBED_FREE_SECS),
+            Offer::Probe(ip(7))
+        );
+        assert_eq!(
+            p.offer_or_probe(mac(4), Some(ip(7)), None, T0 + 3600),
+            Offer::Address(ip(7))
+        );
+    }
+
+    #[test]
+    fn a_stored_address_named_twice_goes_to_the_later_lease() {
+        let lease = |m: u8, expires: u64| Lease {
+            mac: mac(m),
+            ip: IpAddr::V4(ip(100)),
+            hostname: None,
+            expires: Some(expires),
+        };
+        for order in [
+            [lease(1, T0 + 50), lease(2, T0 + 90)],
+            [lease(2, T0 + 90), lease(1, T0 + 50)],
+        ] {
+            let mut p = Pool::new(scope(100, 110));
+            p.load(&order, T0);
+            let l = p.leases();
+            assert_eq!(l.len(), 1, "{l:?}");
+            assert_eq!(l[0].mac, mac(2));
+        }
     }
 
     #[test]
