@@ -502,6 +502,41 @@ datasets = ["src/loc"]
         "-"
     );
     same();
+
+    // Many intermediates go as one `zfs send -I` range: each lands, GUID for GUID.
+    vm.sh("for i in $(seq -w 1 12); do echo $i >> /mnt/src/loc/f1; zfs snapshot src/loc@m$i; done");
+    let many = g.ok(&format!("replicate pool2pool --config {cfg}"));
+    assert_eq!(field(&many, "snapshots"), "12", "{many}");
+    assert_eq!(g.guids("dst/local/loc"), g.guids("src/loc"));
+    same();
+    assert!(g.holds("src/loc@m12").contains("stored-repl:pool2pool"));
+
+    // A range cut by kill -9 mid-stream: the snapshots before the one in flight landed,
+    // the next run resumes that one from its token and sends the rest as a range.
+    vm.sh(
+        "for i in 1 2 3 4 5 6; do head -c 4194304 /dev/urandom > /mnt/src/loc/r$i; \
+         zfs snapshot src/loc@r$i; done",
+    );
+    vm.sh(&format!(
+        "setsid nohup {} replicate pool2pool --config {cfg} --bwlimit 3000000 \
+         >/tmp/range-cut.log 2>&1 </dev/null & echo $! > /tmp/range-cut.pid",
+        g.bin
+    ));
+    vm.wait_until(
+        "grep -q 'range @' /tmp/range-cut.log",
+        Duration::from_secs(60),
+    );
+    vm.sh("sleep 4; kill -9 $(cat /tmp/range-cut.pid)");
+    let token = vm.wait_until(
+        "t=$(zfs get -H -o value receive_resume_token dst/local/loc); \
+         [ \"$t\" != - ] && echo $t",
+        Duration::from_secs(60),
+    );
+    assert!(token.trim().starts_with("1-"), "{token}");
+    let resumed = g.ok(&format!("replicate pool2pool --config {cfg}"));
+    assert_eq!(field(&resumed, "resumed"), "true", "{resumed}");
+    assert_eq!(g.guids("dst/local/loc"), g.guids("src/loc"));
+    same();
 }
 
 /// The ssh transport in the same boot: the guest's sshd on loopback, a key made here, the
