@@ -9,7 +9,8 @@
 //! [`appliance::leases`] that dnsd reads), read at start, so leases survive a restart.
 //! A writer task replaces it (atomically, fsynced) after changes, off the links' path: the
 //! changes that arrive while it writes go out together in its next write. An ACK of a new
-//! binding is sent once the file holds it; renewals, releases and declines do not wait.
+//! binding is sent once the file holds it; a renewal's ACK waits only while a new
+//! binding's write is under way (it may be that binding's retransmitted REQUEST).
 //!
 //! A lease file that cannot be read (damaged, or of a format version this build does not
 //! know, say written by a newer firmware before a rollback) is moved aside to
@@ -130,6 +131,8 @@ struct Table {
     pools: Vec<Pool>,
     /// Changes made since the start; the writer writes up to the count it reads.
     changes: u64,
+    /// The change that made the latest new binding.
+    last_new: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -144,7 +147,11 @@ impl Store {
     fn new(path: PathBuf, pools: Vec<Pool>) -> Self {
         Self {
             path,
-            table: Mutex::new(Table { pools, changes: 0 }),
+            table: Mutex::new(Table {
+                pools,
+                changes: 0,
+                last_new: 0,
+            }),
             wake: Notify::new(),
             written: watch::Sender::new(0),
         }
@@ -152,7 +159,10 @@ impl Store {
 
     /// Runs `f` on link `index`'s pool at the current time, then counts a change if the
     /// reply says so and wakes the writer. `None`: no such link. Returns the reply and the
-    /// change count the lease file must reach to hold it.
+    /// change count the lease file must reach before the reply goes out: for a new
+    /// binding, its own change; for a renewal, the last new binding's (a client whose
+    /// REQUEST is retransmitted while its new binding is being written is then not ACKed
+    /// before the disk has it, and other renewals wait at most for that one write).
     fn answer(
         &self,
         index: usize,
@@ -164,7 +174,15 @@ impl Store {
             t.changes += 1;
             self.wake.notify_one();
         }
-        Some((r, t.changes))
+        if r.durable {
+            t.last_new = t.changes;
+        }
+        let reach = match (r.durable, r.changed) {
+            (true, _) => t.changes,
+            (false, true) => t.last_new,
+            (false, false) => 0,
+        };
+        Some((r, reach))
     }
 
     fn snapshot(&self) -> (u64, Vec<Lease>) {
@@ -399,13 +417,14 @@ async fn serve_socket(
         let Some(req) = buf.get(..n).and_then(packet::decode) else {
             continue;
         };
-        let Some((reply, change)) = store.answer(index, |pool, now| handle(pool, &req, now)) else {
+        let Some((reply, reach)) = store.answer(index, |pool, now| handle(pool, &req, now)) else {
             return Ok(());
         };
         if reply.message.is_none() && reply.probe.is_none() {
             continue;
         }
-        if pending.len() >= MAX_PENDING && (reply.probe.is_some() || reply.durable) {
+        let wait = *store.written.borrow() < reach;
+        if pending.len() >= MAX_PENDING && (reply.probe.is_some() || wait) {
             tracing::warn!(%link, "too many DHCP replies waiting; request dropped");
             continue;
         }
@@ -419,10 +438,10 @@ async fn serve_socket(
                 req,
                 ip,
             ));
-        } else if reply.durable {
+        } else if wait {
             let mut written = store.written.subscribe();
             pending.spawn(async move {
-                let _ = written.wait_for(|&w| w >= change).await;
+                let _ = written.wait_for(|&w| w >= reach).await;
                 send(&sock, &link, reply).await;
             });
         } else {
@@ -670,6 +689,27 @@ lease_time = "1h"
     }
 
     #[test]
+    fn a_retransmitted_request_waits_for_the_new_binding_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = bind(&config(), dir.path(), false).unwrap();
+        let t = now();
+        let req = request(MessageType::Request, OLD_MAC, ip(130));
+        let (r, first) = answer(&b, &req, t);
+        assert!(r.durable && first == 1, "{r:?} {first}");
+        // The same REQUEST again before the writer ran: a renewal, held for the same write.
+        let (r, again) = answer(&b, &req, t + 1);
+        assert!(!r.durable && r.changed, "{r:?}");
+        assert_eq!(again, first);
+        // A NAK or an offer waits for nothing.
+        let (_, offer) = answer(
+            &b,
+            &request(MessageType::Discover, NEW_MAC, Ipv4Addr::UNSPECIFIED),
+            t,
+        );
+        assert_eq!(offer, 0);
+    }
+
+    #[test]
     fn a_readable_file_starts_a_trusted_table() {
         let dir = tempfile::tempdir().unwrap();
         let b = bind(&config(), dir.path(), false).unwrap();
@@ -704,9 +744,11 @@ lease_time = "1h"
         assert_eq!(on_disk.len(), 1);
         assert_eq!(on_disk[0].ip, IpAddr::from(ip(120)));
 
-        // A renewal is not durable-before-ACK, and the stop flushes it.
-        let (r, _) = answer(&b, &request(MessageType::Request, OLD_MAC, ip(120)), t + 10);
+        // A renewal is not durable-before-ACK once the binding is on disk, and the stop
+        // flushes it.
+        let (r, reach) = answer(&b, &request(MessageType::Request, OLD_MAC, ip(120)), t + 10);
         assert!(r.changed && !r.durable, "{r:?}");
+        assert!(reach <= *store.written.borrow(), "{reach}: sent at once");
         stop.send(()).unwrap();
         writer.await.unwrap();
         assert_eq!(leases::read(&path).unwrap()[0].expires, Some(t + 10 + 3600));
