@@ -516,13 +516,14 @@ impl Daemon {
         // Loading stored lists reads and checks tens of MB: on a background thread, which
         // a normal one (spawn_blocking's) is not; it would take the core from the listener.
         let loading = crate::reclaim::reloading();
-        let refresher = crate::background::run("dnsd-lists", move || {
+        let snapshot = in_use.clone();
+        let mut refresher = crate::background::run("dnsd-lists", move || {
             Refresher::reusing(store, client, &dns, &old_dns, &in_use)
         })
         .await
         .map_err(|e| ApiError::Internal(format!("loading the stored lists: {e}")))?;
         drop(loading);
-        let policy = Policy::build(&cfg, refresher.lists()).map_err(ApiError::InvalidConfig)?;
+        let mut policy = Policy::build(&cfg, refresher.lists()).map_err(ApiError::InvalidConfig)?;
         // The last step that can fail: new addresses are bound before the policy changes,
         // and old ones closed only once every new one is bound.
         if let (Some(l), Some(wanted)) = (listeners.as_mut(), wanted) {
@@ -557,9 +558,32 @@ impl Daemon {
             }
         }
         let enabled = cfg.dns.enabled;
-        let lists = refresher.lists().clone();
         {
             let mut st = self.state();
+            // The running refresher may have swapped in a new copy of a kept list while
+            // this apply bound its listeners: carry it over rather than go back to the
+            // copy of the snapshot (the store says it is fresh, so it would stay until
+            // the next update).
+            let mut newer = false;
+            for (name, now) in &st.lists {
+                let kept = refresher.lists().get(name);
+                let was = snapshot.get(name);
+                if let (Some(kept), Some(was)) = (kept, was)
+                    && Arc::ptr_eq(kept, was)
+                    && !Arc::ptr_eq(now, was)
+                {
+                    refresher.insert(name, Arc::clone(now));
+                    newer = true;
+                }
+            }
+            if newer {
+                match Policy::build(&cfg, refresher.lists()) {
+                    Ok(p) => policy = p,
+                    Err(e) => {
+                        tracing::error!(error = %e, "a list updated during the apply is not used")
+                    }
+                }
+            }
             self.resolver
                 .swap_policy(Arc::new(policy.with_pauses_of(&self.resolver.policy())));
             self.resolver.reload_tables(&cfg);
@@ -570,11 +594,13 @@ impl Daemon {
                 .set_rate_limit(crate::server::RateLimit::from_dns(&cfg.dns));
             self.resolver.upstreams().set_config(&cfg.dns);
             st.cfg = Arc::new(cfg);
-            crate::reclaim::later(std::mem::replace(&mut st.lists, lists.clone()));
+            crate::reclaim::later(std::mem::replace(&mut st.lists, refresher.lists().clone()));
+            // The last references to lists this apply dropped may be these.
+            crate::reclaim::later(snapshot);
             // The old refresher's lists are of the old config: from now on it is ignored.
             st.generation += 1;
         }
-        tracing::info!(lists = lists.len(), "config and lists reloaded");
+        tracing::info!(lists = refresher.lists().len(), "config and lists reloaded");
         // Lists are fetched for a DNS that is served.
         if enabled {
             self.start_refresher(refresher);
