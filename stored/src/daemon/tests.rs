@@ -643,7 +643,7 @@ impl crate::zfs::Zfs for SlowLists {
         &self,
         dataset: &str,
         recursive: bool,
-    ) -> Result<Vec<(String, String)>, crate::zfs::ZfsError> {
+    ) -> Result<crate::zfs::TreeNames, crate::zfs::ZfsError> {
         self.zfs.snapshot_names_under(dataset, recursive)
     }
     fn snapshot(

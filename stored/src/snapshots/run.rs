@@ -35,42 +35,32 @@ pub fn run_policy(
 ) -> Result<PolicyRun, ZfsError> {
     let retention = Retention::from(policy);
     let started = Instant::now();
-    let all: Vec<String> = if policy.recursive {
-        zfs.datasets()?.into_iter().map(|d| d.name).collect()
-    } else {
-        Vec::new()
-    };
-    // Where a pass's listing time goes (logged with the destroy's): the datasets, the
-    // snapshot names, the snapshots taken.
-    let datasets_ms = started.elapsed().as_millis();
+    // Where a pass's listing time goes (logged with the destroy's): the names of the
+    // datasets and snapshots, the snapshots taken.
     let (mut names_ms, mut take_ms) = (0u128, 0u128);
-    // One listing per top dataset, its whole tree at once: a `zfs list` per dataset costs
-    // a process and a walk of the pool each.
+    // One listing per top dataset, its whole tree at once (datasets and snapshot names,
+    // one channel program): a `zfs list` per dataset costs a process and a walk of the
+    // pool each, and a `zfs get` of every dataset of every pool, to find the tree, read
+    // properties the pass does not need.
     // Listed before taking: what is taken now is added below, and a snapshot someone else
     // takes meanwhile is merely not pruned this pass.
     let mut listed: BTreeMap<String, Vec<Snapshot>> = BTreeMap::new();
     let mut taken = Vec::new();
     let mut covered = Vec::new();
     for top in &policy.datasets {
+        let naming = Instant::now();
+        // Names only: one channel program lists 10,100 snapshots in about a second where
+        // `zfs list` with their hold counts took 52-114 s (TCG). Holds are then the
+        // kernel's to check, in the destroy's own txg; a dry run asks for the candidates'.
+        let names_listed = zfs.snapshot_names_under(top.as_str(), policy.recursive)?;
         let tree: Vec<String> = if policy.recursive {
-            all.iter()
-                .filter(|d| {
-                    d.as_str() == top.as_str()
-                        || d.strip_prefix(top.as_str())
-                            .is_some_and(|rest| rest.starts_with('/'))
-                })
-                .cloned()
-                .collect()
+            names_listed.datasets
         } else {
             vec![top.to_string()]
         };
         let mut by_dataset: BTreeMap<String, Vec<Snapshot>> =
             tree.iter().map(|d| (d.clone(), Vec::new())).collect();
-        // Names only: one channel program lists 10,100 snapshots in about a second where
-        // `zfs list` with their hold counts took 52-114 s (TCG). Holds are then the
-        // kernel's to check, in the destroy's own txg; a dry run asks for the candidates'.
-        let naming = Instant::now();
-        for (ds, name) in zfs.snapshot_names_under(top.as_str(), policy.recursive)? {
+        for (ds, name) in names_listed.snapshots {
             if let Some(v) = by_dataset.get_mut(&ds) {
                 v.push(unlisted(&ds, &name, 0));
             }
@@ -161,7 +151,6 @@ pub fn run_policy(
             taken = taken.len(),
             destroyed = destroyed.len(),
             list_ms,
-            datasets_ms,
             names_ms,
             take_ms,
             plan_ms,

@@ -8,7 +8,7 @@ use std::io;
 use super::lzc::LzcError;
 use super::{
     DatasetState, DiskState, PoolLayout, PoolSpec, PoolState, PoolUsage, Prop, PropValue, Snapshot,
-    Zfs, ZfsError,
+    TreeNames, Zfs, ZfsError,
 };
 use crate::command::{CommandError, CommandFailure};
 
@@ -457,18 +457,30 @@ impl Zfs for FakeZfs {
         Ok(out)
     }
 
-    fn snapshot_names_under(
-        &self,
-        dataset: &str,
-        recursive: bool,
-    ) -> Result<Vec<(String, String)>, ZfsError> {
-        let mut out: Vec<(String, String)> = self
+    fn snapshot_names_under(&self, dataset: &str, recursive: bool) -> Result<TreeNames, ZfsError> {
+        let mut snapshots: Vec<(String, String)> = self
             .snapshots(dataset, recursive)?
             .into_iter()
             .map(|s| (s.dataset, s.name))
             .collect();
-        out.sort();
-        Ok(out)
+        snapshots.sort();
+        let mut datasets: Vec<String> = self
+            .local
+            .keys()
+            .filter(|d| self.imported(d))
+            .filter(|d| {
+                d.as_str() == dataset
+                    || (recursive
+                        && d.strip_prefix(dataset)
+                            .is_some_and(|rest| rest.starts_with('/')))
+            })
+            .cloned()
+            .collect();
+        datasets.sort();
+        Ok(TreeNames {
+            datasets,
+            snapshots,
+        })
     }
 
     fn snapshot(&mut self, names: &[String], _props: &[(String, String)]) -> Result<(), ZfsError> {

@@ -9,7 +9,8 @@ use super::cli::ZfsCli;
 use super::lzc::{Lzc, LzcError, NvList};
 use super::zcp;
 use super::{
-    DatasetState, DiskState, PoolSpec, PoolState, PoolUsage, Prop, Snapshot, Zfs, ZfsError, by_pool,
+    DatasetState, DiskState, PoolSpec, PoolState, PoolUsage, Prop, Snapshot, TreeNames, Zfs,
+    ZfsError, by_pool,
 };
 
 /// Snapshots per destroy program (one txg each). In the TCG guest (bench storage, 17:10,
@@ -107,11 +108,7 @@ impl Zfs for RealZfs {
         self.cli.snapshots(dataset, recursive)
     }
 
-    fn snapshot_names_under(
-        &self,
-        dataset: &str,
-        recursive: bool,
-    ) -> Result<Vec<(String, String)>, ZfsError> {
+    fn snapshot_names_under(&self, dataset: &str, recursive: bool) -> Result<TreeNames, ZfsError> {
         let pool = dataset.split('/').next().unwrap_or(dataset);
         let mut roots = NvList::new()?;
         roots.add_boolean(dataset)?;

@@ -12,15 +12,18 @@
 
 use std::io;
 
-use super::ZfsError;
 use super::lzc::NvValue;
+use super::{TreeNames, ZfsError};
 
-/// Lists the snapshot names of the datasets given (an array of names) and, when
-/// `RECURSIVE`, of their descendants, as the keys of the table returned.
+/// Lists the datasets given (an array of names) and their snapshot names and, when
+/// `RECURSIVE`, those of their descendants, as the keys of the table returned: the tree's
+/// datasets come with it, where a `zfs get` of every dataset of every pool took a process
+/// and a property read per dataset.
 const NAMES: &str = r#"
 local roots = ...
 local out = {}
 local function list(ds)
+  out[ds] = true
   for s in zfs.list.snapshots(ds) do
     out[s] = true
   end
@@ -131,20 +134,26 @@ pub fn parse_holds(
     Ok(out)
 }
 
-/// Reads the names program's result as `(dataset, snapshot name)` pairs, sorted.
-pub fn parse_names(
-    program: &str,
-    value: Option<NvValue>,
-) -> Result<Vec<(String, String)>, ZfsError> {
+/// Reads the names program's result: the datasets and the `(dataset, snapshot name)`
+/// pairs, each sorted.
+pub fn parse_names(program: &str, value: Option<NvValue>) -> Result<TreeNames, ZfsError> {
     let pairs = table(program, value)?;
-    let mut out = Vec::with_capacity(pairs.len());
+    let mut out = TreeNames::default();
     for (full, _) in pairs {
         match full.split_once('@') {
-            Some((dataset, name)) => out.push((dataset.to_owned(), name.to_owned())),
-            None => return Err(parse_error(program, full, "not a snapshot name")),
+            Some((dataset, name)) => out.snapshots.push((dataset.to_owned(), name.to_owned())),
+            // A partial receive's `%recv` (and `$`-named internals) are no datasets of
+            // the tree: nothing a policy snapshots.
+            None if full
+                .rsplit('/')
+                .next()
+                .is_some_and(|c| c.starts_with(['%', '$'])) => {}
+            None if !full.is_empty() => out.datasets.push(full),
+            None => return Err(parse_error(program, full, "an empty name")),
         }
     }
-    out.sort();
+    out.datasets.sort();
+    out.snapshots.sort();
     Ok(out)
 }
 
@@ -177,21 +186,26 @@ mod tests {
     fn names_read_into_pairs_and_anything_else_is_an_error() {
         let value = NvValue::List(vec![
             ("tank/a@b".into(), NvValue::Other(2)),
+            ("tank/a/c".into(), NvValue::Other(2)),
             ("tank/a/c@a".into(), NvValue::Other(2)),
+            ("tank/a".into(), NvValue::Other(2)),
+            ("tank/a/c/%recv".into(), NvValue::Other(2)),
         ]);
+        let got = parse_names("names", Some(value)).unwrap();
+        assert_eq!(got.datasets, ["tank/a", "tank/a/c"]);
         assert_eq!(
-            parse_names("names", Some(value)).unwrap(),
+            got.snapshots,
             [
                 ("tank/a".to_owned(), "b".to_owned()),
                 ("tank/a/c".to_owned(), "a".to_owned())
             ]
         );
-        assert!(parse_names("names", None).unwrap().is_empty());
+        assert_eq!(parse_names("names", None).unwrap(), TreeNames::default());
         let e = parse_names("names", Some(s("x"))).unwrap_err().to_string();
         assert!(e.contains("expected a table"), "{e}");
-        let value = NvValue::List(vec![("tank/a".into(), NvValue::Other(2))]);
+        let value = NvValue::List(vec![("".into(), NvValue::Other(2))]);
         let e = parse_names("names", Some(value)).unwrap_err().to_string();
-        assert!(e.contains("not a snapshot name"), "{e}");
+        assert!(e.contains("an empty name"), "{e}");
     }
 
     #[test]
