@@ -205,6 +205,17 @@ async fn dot_and_doh_follow_the_applies_and_the_certificate_follows_the_router_s
     // On at the apply, with a self-signed certificate made for the router's names.
     let (dot1, doh1) = (free_tcp(), free_tcp());
     let on = config("gw", port, &format!("dot_port = {dot1}\ndoh_port = {doh1}"));
+    let generation = rig.store.commit(&on, "plan").unwrap();
+    let plan = rig.daemon.plan_generation(generation).unwrap();
+    assert!(
+        plan.iter().any(|a| a
+            == &format!(
+                "listen for DNS over TLS on {}, DNS over HTTPS on {} (was nowhere)",
+                at(dot1),
+                at(doh1)
+            )),
+        "{plan:?}"
+    );
     let actions = rig.apply(&on).await.unwrap();
     assert!(
         !actions.iter().any(|a| a.contains("restart")),
