@@ -287,7 +287,7 @@ mod tests {
 2026-11-10.12:00:00 [txg:2000] scan setup func=2 mintxg=3 maxtxg=2000
 2026-11-10.12:00:00 zpool replace tank /dev/disk/by-id/b /dev/disk/by-id/c
 2026-11-10.13:30:00 [txg:2100] scan done errors=0
-2026-11-11.00:00:00 [txg:2200] destroy tank/docs@stored_hourly_2026-11-10T00:00:00Z (1234)  
+2026-11-11.00:00:00 [txg:2200] destroy tank/docs@stored_hourly_2026-11-10T00:00:00Z (1234)
 ";
 
     #[test]
