@@ -883,7 +883,9 @@ pub struct Server {
     cert: Arc<crate::tls::CertSlot>,
     /// Listeners added by hand with their own TLS configuration ([`Server::listen_tls`],
     /// [`Server::listen_https`]); an apply leaves them alone.
-    extra: hickory_server::Server<Handler>,
+    /// Made at the first such listener: shutting down a hickory server that never had one
+    /// logs a warning.
+    extra: Option<hickory_server::Server<Handler>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -899,7 +901,6 @@ impl Server {
     /// Listens on UDP and TCP at each address. A port of 0 takes a free port, the same for
     /// UDP and TCP; the addresses bound are in [`Server::addresses`].
     pub async fn bind(resolver: Arc<Resolver>, listen: Vec<SocketAddr>) -> io::Result<Self> {
-        let extra = hickory_server::Server::new(Handler(Arc::clone(&resolver)));
         // So that the heap is trimmed only while this server is quiet.
         let watched = Arc::downgrade(&resolver);
         crate::reclaim::watch_queries(move || {
@@ -913,7 +914,7 @@ impl Server {
             resolver,
             encrypted: Vec::new(),
             cert: Arc::new(crate::tls::CertSlot::default()),
-            extra,
+            extra: None,
         };
         server.rebind(&listen).await?;
         Ok(server)
@@ -1045,7 +1046,7 @@ impl Server {
         tls.alpn_protocols = vec![b"dot".to_vec()];
         let listener = bind_tcp(addr)?;
         let bound = listener.local_addr()?;
-        self.extra
+        self.extra()
             .register_tls_listener_with_tls_config(listener, TCP_TIMEOUT, Arc::new(tls))?;
         tracing::info!(address = %bound, "listening for DNS over TLS");
         Ok(bound)
@@ -1063,7 +1064,7 @@ impl Server {
         tls.alpn_protocols = vec![b"h2".to_vec()];
         let listener = bind_tcp(addr)?;
         let bound = listener.local_addr()?;
-        self.extra.register_https_listener_with_tls_config(
+        self.extra().register_https_listener_with_tls_config(
             listener,
             TCP_TIMEOUT,
             Arc::new(tls),
@@ -1072,6 +1073,12 @@ impl Server {
         )?;
         tracing::info!(address = %bound, path, "listening for DNS over HTTPS");
         Ok(bound)
+    }
+
+    fn extra(&mut self) -> &mut hickory_server::Server<Handler> {
+        let resolver = &self.resolver;
+        self.extra
+            .get_or_insert_with(|| hickory_server::Server::new(Handler(Arc::clone(resolver))))
     }
 
     /// The addresses plain DNS is bound to.
@@ -1107,10 +1114,12 @@ impl Server {
                 result = Err(io::Error::other(e.to_string()));
             }
         }
-        self.extra
-            .shutdown_gracefully()
-            .await
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        if let Some(mut extra) = self.extra.take() {
+            extra
+                .shutdown_gracefully()
+                .await
+                .map_err(|e| io::Error::other(e.to_string()))?;
+        }
         result
     }
 }
