@@ -307,7 +307,13 @@ fn monitored(lab: &Lab, f: impl FnOnce()) -> String {
         .read_to_string(&mut events)
         .unwrap();
     monitor.wait().unwrap();
+    // the trailer names the committing process: with libnftables in-process that is the
+    // test's thread (`one_forward_add...`), which would match the assertions on objects
     events
+        .lines()
+        .filter(|l| !l.starts_with("# new generation"))
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 #[test]
@@ -357,6 +363,61 @@ fn one_forward_added_is_an_update_in_place_that_keeps_every_counter() {
     assert_eq!(last["forward web"].0, 2, "{last:?}");
     assert_eq!(last["forward alt"].0, 1, "{last:?}");
     // and the same config again is a no-op
+    assert!(!fw.apply(&desired).unwrap());
+}
+
+/// A small update goes through libnftables in netd's own process (no `nft` process), a
+/// whole table through the binary, and the update through either leaves the same table;
+/// an update the library refuses changes nothing and names its culprit.
+#[test]
+fn small_updates_run_in_process_and_match_the_binary() {
+    let lab = Lab::new();
+    assert!(
+        lab.nft().uses_library(),
+        "libnftables.so.1 does not load here: netd would run the nft binary for every update"
+    );
+    let mut fw = lab.firewall();
+    let src = format!(
+        "{}\n[firewall.forwards.web]\nprotocol = \"tcp\"\nport = 8080\nto = \"{LAN_SERVER}\"\nto_port = 80\n\n[firewall.forwards.alt]\nprotocol = \"tcp\"\nport = 8081\nto = \"{LAN_SERVER}\"\nto_port = 80\n",
+        appliance::DEFAULT_CONFIG
+    );
+    let desired = render(&appliance::load_str(&src).unwrap());
+    let events = monitored(&lab, || assert!(fw.apply(&desired).unwrap()));
+    assert!(
+        events.contains("add chain inet appliance fwd_alt"),
+        "{events}"
+    );
+    let by_library = netd::firewall::normalize_listing(&fw.listing().unwrap().unwrap());
+
+    // the same update through the binary, from the same table
+    fw.revert().unwrap();
+    *fw.nft_mut() = lab.nft().binary_only();
+    assert!(fw.apply(&desired).unwrap());
+    let by_binary = netd::firewall::normalize_listing(&fw.listing().unwrap().unwrap());
+    assert_eq!(by_library, by_binary);
+
+    // refused in-process: nothing committed, the culprit named, the record still holds
+    *fw.nft_mut() = lab.nft();
+    let before = rules_with_handles(&lab.nft());
+    let err = fw.apply(&broken_ruleset()).unwrap_err();
+    let netd::firewall::FirewallError::Nft(NftError::Failed { failure, culprit }) = &err else {
+        panic!("expected nft's refusal, got {err}")
+    };
+    assert!(failure.command.contains("libnftables"), "{failure:?}");
+    assert!(!failure.stderr.is_empty(), "{failure:?}");
+    assert!(
+        culprit
+            .as_deref()
+            .unwrap_or_default()
+            .contains("@no_such_set"),
+        "{err}"
+    );
+    assert_eq!(rules_with_handles(&lab.nft()), before);
+    // the binary's refusal of the same update names the binary: the path differs
+    *fw.nft_mut() = lab.nft().binary_only();
+    let err = fw.apply(&broken_ruleset()).unwrap_err();
+    assert!(!err.to_string().contains("libnftables"), "{err}");
+    assert_eq!(rules_with_handles(&lab.nft()), before);
     assert!(!fw.apply(&desired).unwrap());
 }
 

@@ -2,14 +2,18 @@
 //! `inet appliance`, which netd owns and replaces atomically.
 //!
 //! - [`render`] is pure: config in, [`Ruleset`] out.
-//! - [`Nft`] is the OS adapter: dry-run, apply and list through `nft -j` ([`NftCli`]), or
-//!   an in-memory [`FakeNft`] for unit tests.
+//! - [`Nft`] is the OS adapter: dry-run, apply and list through `nft -j` ([`NftCli`];
+//!   small transactions through libnftables in-process), or an in-memory [`FakeNft`] for
+//!   unit tests.
 //! - [`Firewall`] plans against what the kernel holds, applies, and reverts.
 
 mod diff;
 mod expr;
 mod fake;
 mod genid;
+// FFI to libnftables, confined to this module.
+#[allow(unsafe_code)]
+mod libnft;
 mod nft;
 mod render;
 mod rules;

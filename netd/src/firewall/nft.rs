@@ -76,6 +76,9 @@ pub trait Nft {
 pub struct NftCli {
     prefix: Vec<String>,
     netns: Option<String>,
+    /// Small transactions through libnftables in-process ([`super::libnft`]) when it
+    /// loads; off: always the binary.
+    library: bool,
 }
 
 impl Default for NftCli {
@@ -89,6 +92,7 @@ impl NftCli {
         Self {
             prefix: vec!["nft".into()],
             netns: None,
+            library: true,
         }
     }
 
@@ -100,7 +104,46 @@ impl NftCli {
                 .map(ToString::to_string)
                 .collect(),
             netns: Some(netns.to_owned()),
+            library: true,
         }
+    }
+
+    /// Every transaction through the `nft` binary, none through libnftables (to compare
+    /// the two, and where the library must not be used).
+    pub fn binary_only(mut self) -> Self {
+        self.library = false;
+        self
+    }
+
+    /// Whether small transactions run in-process: allowed and libnftables loaded.
+    pub fn uses_library(&self) -> bool {
+        self.library && super::libnft::available()
+    }
+
+    /// A small batch through libnftables, in the namespace's thread when there is one;
+    /// `None` when the library is not to be used for it.
+    fn run_in_process(&self, input: &str) -> Option<Result<(), CommandError>> {
+        if !self.library || input.len() > super::libnft::MAX_INPROCESS_BATCH {
+            return None;
+        }
+        let outcome =
+            match genid::in_netns(self.netns.as_deref(), || super::libnft::run_json(input)) {
+                Ok(outcome) => outcome?,
+                Err(e) => {
+                    return Some(Err(CommandError::Spawn {
+                        command: format!("libnftables in network namespace {:?}", self.netns),
+                        source: e,
+                    }));
+                }
+            };
+        Some(outcome.map_err(|stderr| {
+            CommandError::Failed(CommandFailure {
+                command: "nft -j -f - (libnftables, in-process)".into(),
+                status: Some(1),
+                stdout: String::new(),
+                stderr,
+            })
+        }))
     }
 
     fn argv(&self, args: &[&str]) -> Vec<String> {
@@ -158,9 +201,13 @@ impl Nft for NftCli {
 
     fn run(&mut self, batch: &Nftables<'_>) -> Result<(), NftError> {
         let input = json(batch);
-        command::run(&self.argv(&["-j", "-f", "-"]), Some(input.as_bytes()))
-            .map(|_| ())
-            .map_err(|e| self.with_culprit(e, batch))
+        match self.run_in_process(&input) {
+            Some(result) => result,
+            None => {
+                command::run(&self.argv(&["-j", "-f", "-"]), Some(input.as_bytes())).map(|_| ())
+            }
+        }
+        .map_err(|e| self.with_culprit(e, batch))
     }
 
     fn list(&self) -> Result<Option<Value>, NftError> {

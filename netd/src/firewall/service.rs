@@ -295,9 +295,12 @@ impl<N: Nft> Firewall<N> {
     /// Plans and writes; returns what the kernel held before, or `None` when nothing
     /// needed writing.
     fn write(&mut self, desired: &Ruleset) -> Result<Option<Previous>, FirewallError> {
+        let mut took = Laps::start();
         let mut observed = self.observe()?;
+        took.lap("observe");
         let trusted = self.applied.as_ref().and_then(|a| a.generation) == Some(observed.generation);
         let mut plan = self.plan(desired, &observed);
+        took.lap("plan");
         // rules change: with the kernel's handles only the changed rules are, and the
         // rest of their chains keep counting
         if let FirewallPlan::Update { changes, .. } = &plan
@@ -306,6 +309,7 @@ impl<N: Nft> Firewall<N> {
         {
             observed.handles = handles;
             plan = self.plan(desired, &observed);
+            took.lap("handles_replan");
         }
         match plan {
             FirewallPlan::Nothing => {
@@ -323,7 +327,10 @@ impl<N: Nft> Firewall<N> {
                 };
                 // Refused: nothing was committed, the record still holds.
                 self.nft.run(&batch)?;
+                took.lap("nft");
                 self.record(ruleset, observed.generation);
+                took.lap("record");
+                tracing::info!(took = %took, "firewall: table updated in place");
                 Ok(previous)
             }
             FirewallPlan::Replace { ruleset, reason } => {
@@ -445,6 +452,38 @@ impl<N: Nft> Firewall<N> {
                 self.saved_sets.clear();
             }
         }
+    }
+}
+
+/// Milliseconds per step of one firewall write, for the log (the daemon path's
+/// breakdown of its `firewall` step).
+struct Laps {
+    since: std::time::Instant,
+    laps: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Laps {
+    fn start() -> Self {
+        Self {
+            since: std::time::Instant::now(),
+            laps: Vec::new(),
+        }
+    }
+
+    fn lap(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        self.laps.push((name, now - self.since));
+        self.since = now;
+    }
+}
+
+impl std::fmt::Display for Laps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (name, d)) in self.laps.iter().enumerate() {
+            let sep = if i == 0 { "" } else { " " };
+            write!(f, "{sep}{name}={:.1}ms", d.as_secs_f64() * 1e3)?;
+        }
+        Ok(())
     }
 }
 
