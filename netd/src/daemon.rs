@@ -327,7 +327,7 @@ impl<N: Netlink, F: Nft, W: WgKernel> Stack<N, F, W> {
         done.push(Done::Links(links));
         took.lap("links");
 
-        match self.firewall.apply(&ruleset) {
+        match self.firewall.apply_owned(ruleset) {
             Ok(true) => {
                 actions.push(format!(
                     "firewall: wrote table inet {}",

@@ -248,7 +248,12 @@ impl<N: Nft> Firewall<N> {
         {
             return FirewallPlan::Nothing;
         }
-        let desired = self.effective(desired);
+        self.plan_effective(self.effective(desired), observed)
+    }
+
+    /// [`Firewall::plan`] of a ruleset that has the learned zone addresses filled in
+    /// already, taken by value: the plan keeps it for the record instead of a copy.
+    fn plan_effective(&self, desired: Ruleset, observed: &Observed) -> FirewallPlan {
         let reason = match &self.applied {
             None => "this netd has not applied the table yet",
             Some(a) if a.generation.is_none() => {
@@ -283,6 +288,12 @@ impl<N: Nft> Firewall<N> {
     /// anything was written. Either is one nft transaction, so a failure leaves the
     /// kernel as it was and there is nothing to undo.
     pub fn apply(&mut self, desired: &Ruleset) -> Result<bool, FirewallError> {
+        self.apply_owned(desired.clone())
+    }
+
+    /// [`Firewall::apply`] of a ruleset the caller no longer needs (the daemon's freshly
+    /// rendered one): planned and recorded without copying it.
+    pub fn apply_owned(&mut self, desired: Ruleset) -> Result<bool, FirewallError> {
         match self.write(desired)? {
             Some(previous) => {
                 self.previous = Some(previous);
@@ -294,23 +305,39 @@ impl<N: Nft> Firewall<N> {
 
     /// Plans and writes; returns what the kernel held before, or `None` when nothing
     /// needed writing.
-    fn write(&mut self, desired: &Ruleset) -> Result<Option<Previous>, FirewallError> {
+    fn write(&mut self, mut desired: Ruleset) -> Result<Option<Previous>, FirewallError> {
         let mut took = Laps::start();
         let mut observed = self.observe()?;
         took.lap("observe");
         let trusted = self.applied.as_ref().and_then(|a| a.generation) == Some(observed.generation);
-        let mut plan = self.plan(desired, &observed);
+        if let Some(a) = &self.applied
+            && a.generation == Some(observed.generation)
+            && desired.equals_with_zone_addresses(&a.ruleset, &self.zone_addresses)
+        {
+            tracing::debug!("firewall: nothing to apply");
+            return Ok(None);
+        }
+        for (zone, addrs) in &self.zone_addresses {
+            desired.set_zone_addresses(zone, addrs);
+        }
+        let plan = self.plan_effective(desired, &observed);
         took.lap("plan");
         // rules change: with the kernel's handles only the changed rules are, and the
         // rest of their chains keep counting
-        if let FirewallPlan::Update { changes, .. } = &plan
-            && !changes.chains_rewritten.is_empty()
-            && let Some(handles) = self.handles(&changes.chains_rewritten, observed.generation)
-        {
-            observed.handles = handles;
-            plan = self.plan(desired, &observed);
-            took.lap("handles_replan");
-        }
+        let plan = match plan {
+            FirewallPlan::Update { ruleset, changes } if !changes.chains_rewritten.is_empty() => {
+                match self.handles(&changes.chains_rewritten, observed.generation) {
+                    Some(handles) => {
+                        observed.handles = handles;
+                        let plan = self.plan_effective(ruleset, &observed);
+                        took.lap("handles_replan");
+                        plan
+                    }
+                    None => FirewallPlan::Update { ruleset, changes },
+                }
+            }
+            other => other,
+        };
         match plan {
             FirewallPlan::Nothing => {
                 tracing::debug!("firewall: nothing to apply");
@@ -372,7 +399,7 @@ impl<N: Nft> Firewall<N> {
             Previous::Ruleset(rs) => {
                 // with the zone addresses of now: a lease renewed since then stays valid
                 let rs = self.effective(&rs);
-                self.write(&rs)?;
+                self.write(rs)?;
             }
             Previous::Listing(listing) => {
                 self.nft.run(&readd_listing(&listing)?)?;
