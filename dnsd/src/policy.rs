@@ -486,6 +486,22 @@ impl Policy {
     }
 }
 
+/// The text the policy decides on for a query name: its labels as sent, lowercased, joined
+/// by dots, no final dot and no escaping. The fast path (`fast::parse`) builds the same text
+/// from the packet, so both paths match lists, regex rules and `check` on one spelling;
+/// hickory's `Display` would escape some labels (`-a` becomes `\-a`) and a regex rule or
+/// list entry would then see another name on the hickory path than on the fast path.
+pub fn policy_name(name: &hickory_proto::rr::Name) -> String {
+    let mut out = String::new();
+    for label in name.iter() {
+        if !out.is_empty() {
+            out.push('.');
+        }
+        out.extend(label.iter().map(|c| char::from(c.to_ascii_lowercase())));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -888,5 +904,37 @@ cidrs = ["192.168.1.0/25", "192.168.1.7/32"]
         );
         let s = p.explain(ip("192.168.1.5"), None, "example.org");
         assert!(s.contains("no rule matches"), "{s}");
+    }
+
+    #[test]
+    fn both_paths_give_the_policy_the_same_name() {
+        // From the fuzzer (dns_fast): a label starting with '-', which hickory escapes.
+        let packet = [
+            0x0a, 0xdf, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 2, b'-', b'a', 0, 0, 1, 0, 1,
+        ];
+        let mut fast_name = String::new();
+        crate::fast::parse(&packet, &mut fast_name).unwrap();
+        let m = hickory_proto::op::Message::from_vec(&packet).unwrap();
+        let hickory_name = policy_name(m.queries[0].name());
+        assert_eq!(fast_name, "-a");
+        assert_eq!(hickory_name, fast_name);
+        // Uppercase in the packet: both lowercase it.
+        let mut upper = packet;
+        upper[14] = b'A';
+        crate::fast::parse(&upper, &mut fast_name).unwrap();
+        let m = hickory_proto::op::Message::from_vec(&upper).unwrap();
+        assert_eq!(fast_name, "-a");
+        assert_eq!(policy_name(m.queries[0].name()), "-a");
+
+        // A regex rule and `check` (which decides on the typed name) see that same text.
+        let cfg = CFG.replace(
+            "deny = [\"*.evil.example\"]",
+            "deny = [\"*.evil.example\", \"/^-a$/\"]",
+        );
+        let p = Policy::build(&appliance::load_str(&cfg).unwrap(), &lists()).unwrap();
+        for name in [&fast_name, &hickory_name] {
+            let d = p.decide(ip("192.168.1.5"), Some("lan"), name);
+            assert!(matches!(d.action, Action::Block { .. }), "{name}");
+        }
     }
 }

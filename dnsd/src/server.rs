@@ -647,9 +647,11 @@ impl Handler {
             return send_made_up(handle, request, &a, true).await;
         }
 
-        let name = query.name().to_string();
-        let name = name.strip_suffix('.').unwrap_or(&name);
-        let decision = r.policy.load().decide(client, tables.link_of(client), name);
+        let name = crate::policy::policy_name(query.name());
+        let decision = r
+            .policy
+            .load()
+            .decide(client, tables.link_of(client), &name);
         drop(tables);
         if let Action::Block { mode, addresses } = decision.action {
             Stats::bump(&r.stats.blocked);
