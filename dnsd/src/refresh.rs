@@ -47,15 +47,19 @@ pub struct Refresher {
     failed_at: BTreeMap<String, u64>,
 }
 
+/// The lists a config has switched on, by name.
+fn enabled_lists(dns: &Dns) -> BTreeMap<String, BlockList> {
+    dns.lists
+        .iter()
+        .filter(|(_, l)| l.enabled)
+        .map(|(k, l)| (k.as_str().to_owned(), l.clone()))
+        .collect()
+}
+
 impl Refresher {
     /// Starts from whatever the store holds, so that blocking works before any download.
     pub fn new(store: ListStore, client: reqwest::Client, dns: &Dns) -> Self {
-        let lists: BTreeMap<String, BlockList> = dns
-            .lists
-            .iter()
-            .filter(|(_, l)| l.enabled)
-            .map(|(k, l)| (k.as_str().to_owned(), l.clone()))
-            .collect();
+        let lists = enabled_lists(dns);
         let current = store.load_all(lists.iter().map(|(k, v)| (k.as_str(), v)));
         Self {
             store,
@@ -78,12 +82,7 @@ impl Refresher {
         old: &Dns,
         in_use: &Lists,
     ) -> Self {
-        let lists: BTreeMap<String, BlockList> = dns
-            .lists
-            .iter()
-            .filter(|(_, l)| l.enabled)
-            .map(|(k, l)| (k.as_str().to_owned(), l.clone()))
-            .collect();
+        let lists = enabled_lists(dns);
         let mut current = Lists::new();
         let mut load = Vec::new();
         for (name, list) in &lists {
