@@ -730,3 +730,68 @@ fn a_changed_rule_is_replaced_alone_and_its_neighbour_keeps_counting() {
     assert_eq!(last["alt"].0, 1, "{last:?}");
     assert!(!fw.apply(&changed).unwrap());
 }
+
+/// The router with a WAN-to-LAN `drop` rule on 100k /25 prefixes (an interval set, none
+/// holding the "internet" namespace) and the forwards `web` and, with `alt`, `alt`.
+fn prefix_blocklist_config(alt: bool) -> appliance::Config {
+    let list: Vec<String> = (0u32..100_000)
+        .map(|i| format!("\"{}.{}.{}.0/25\"", 10 + (i >> 16), (i >> 8) & 255, i & 255))
+        .collect();
+    let mut src = format!(
+        "{}\n[firewall.forwards.web]\nprotocol = \"tcp\"\nport = 8080\nto = \"{LAN_SERVER}\"\nto_port = 80\n\n[[firewall.rules]]\nname = \"blocklist\"\nfrom = \"wan\"\nto = \"lan\"\naction = \"drop\"\nsource = [{}]\n",
+        appliance::DEFAULT_CONFIG,
+        list.join(", ")
+    );
+    if alt {
+        src.push_str(&format!(
+            "\n[firewall.forwards.alt]\nprotocol = \"tcp\"\nport = 8081\nto = \"{LAN_SERVER}\"\nto_port = 80\n"
+        ));
+    }
+    appliance::load_str(&src).unwrap()
+}
+
+/// nft 1.0.6 fetches every element of every interval set before an element command
+/// (seconds for 100k prefixes): a forward added or removed next to such a set is sent
+/// as the forward map's declaration with its elements (and a flush and refill to remove
+/// one), never as an element command, and works.
+#[test]
+fn a_forward_beside_a_100k_prefix_set_changes_without_element_commands() {
+    let lab = Lab::new();
+    let mut fw = Firewall::new(lab.nft());
+    let base = render(&prefix_blocklist_config(false));
+    assert!(fw.apply(&base).unwrap());
+    fw.set_zone_addresses("wan", &[WAN1]).unwrap();
+    let _lan_server = Server::start(&lab.srv, 80);
+    assert_eq!(reaches(&lab.wan, WAN1, 8080), INTERNET.to_string());
+    assert_dropped(&lab.wan, WAN1, 8081);
+
+    let element_command = |plan: &netd::firewall::FirewallPlan| {
+        let netd::firewall::FirewallPlan::Update { changes, .. } = plan else {
+            panic!("expected an update in place: {plan:?}")
+        };
+        let text = serde_json::to_string(&changes.commands).unwrap();
+        text.contains("\"element\"")
+    };
+    let with_alt = render(&prefix_blocklist_config(true));
+    let plan = fw.plan(&with_alt, &fw.observe().unwrap());
+    assert!(!element_command(&plan), "{:?}", plan.describe());
+    // (`nft monitor` would need longer than `monitored` waits to subscribe: it first
+    // lists the 100k prefixes) every rule stays, with its handle: no table replacement
+    let before = rules_with_handles(&lab.nft());
+    assert!(fw.apply(&with_alt).unwrap());
+    let after = rules_with_handles(&lab.nft());
+    assert!(before.iter().all(|r| after.contains(r)), "{after:?}");
+    assert_eq!(after.len(), before.len() + 1);
+    assert_eq!(reaches(&lab.wan, WAN1, 8081), INTERNET.to_string());
+    assert_eq!(reaches(&lab.wan, WAN1, 8080), INTERNET.to_string());
+    assert!(!fw.apply(&with_alt).unwrap());
+
+    // and removed again: the map flushed and refilled in one transaction
+    let plan = fw.plan(&base, &fw.observe().unwrap());
+    assert!(!element_command(&plan), "{:?}", plan.describe());
+    assert!(fw.apply(&base).unwrap());
+    assert_dropped(&lab.wan, WAN1, 8081);
+    assert_eq!(reaches(&lab.wan, WAN1, 8080), INTERNET.to_string());
+    let counters = rule_counters(&fw.listing().unwrap().unwrap());
+    assert_eq!(counters["forward web"].0, 3, "{counters:?}");
+}

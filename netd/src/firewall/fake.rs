@@ -67,20 +67,24 @@ impl FakeNft {
                     }
                 }
                 NfCmd::Add(NfListObject::Element(e)) => {
-                    let set = find_set(&mut table, &e.name)?;
-                    let elems = set
-                        .as_object_mut()
-                        .ok_or_else(|| failure("bad set"))?
-                        .entry("elem")
-                        .or_insert_with(|| json!([]));
-                    if let Some(arr) = elems.as_array_mut() {
-                        arr.extend(e.elem.iter().map(|x| json!(x)));
-                    }
+                    add_elems(&mut table, &e.name, Some(&e.elem))?;
                 }
                 NfCmd::Flush(FlushObject::Set(s)) => {
                     if let Some(obj) = find_set(&mut table, &s.name)?.as_object_mut() {
                         obj.remove("elem");
                     }
+                }
+                NfCmd::Flush(FlushObject::Map(m)) => {
+                    if let Some(obj) = find_set(&mut table, &m.name)?.as_object_mut() {
+                        obj.remove("elem");
+                    }
+                }
+                // nft: the `add` of a set or map that exists adds the elements it carries
+                NfCmd::Add(NfListObject::Set(decl)) if find_set(&mut table, &decl.name).is_ok() => {
+                    add_elems(&mut table, &decl.name, decl.elem.as_deref())?;
+                }
+                NfCmd::Add(NfListObject::Map(decl)) if find_set(&mut table, &decl.name).is_ok() => {
+                    add_elems(&mut table, &decl.name, decl.elem.as_deref())?;
                 }
                 NfCmd::Delete(NfListObject::Element(e)) => {
                     let set = find_set(&mut table, &e.name)?;
@@ -239,6 +243,23 @@ fn chain_objects<'a>(
         return Err(missing());
     }
     Ok(objs)
+}
+
+fn add_elems(
+    table: &mut Option<Vec<Value>>,
+    name: &str,
+    elem: Option<&[nftables::expr::Expression<'_>]>,
+) -> Result<(), NftError> {
+    let set = find_set(table, name)?;
+    let elems = set
+        .as_object_mut()
+        .ok_or_else(|| failure("bad set"))?
+        .entry("elem")
+        .or_insert_with(|| json!([]));
+    if let Some(arr) = elems.as_array_mut() {
+        arr.extend(elem.unwrap_or_default().iter().map(|x| json!(x)));
+    }
+    Ok(())
 }
 
 fn find_set<'a>(table: &'a mut Option<Vec<Value>>, name: &str) -> Result<&'a mut Value, NftError> {

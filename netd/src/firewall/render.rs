@@ -1311,8 +1311,10 @@ pub(crate) mod tests {
             batch,
             json!({"nftables": [
                 {"flush": {"set": {"family": "inet", "table": "appliance", "name": "wan_addr4", "type": "ipv4_addr"}}},
-                {"add": {"element": {"family": "inet", "table": "appliance", "name": "wan_addr4",
-                    "elem": ["198.51.100.2", "198.51.100.7"]}}}
+                // the set's declaration with its elements, not `add element` (no fetch of
+                // the interval sets' elements by nft)
+                {"add": {"set": {"family": "inet", "table": "appliance", "name": "wan_addr4",
+                    "type": "ipv4_addr", "elem": ["198.51.100.2", "198.51.100.7"]}}}
             ]})
         );
         // losing the lease empties the set

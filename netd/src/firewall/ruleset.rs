@@ -7,8 +7,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use nftables::schema::{
-    Element, FlushObject, NfCmd, NfListObject, NfObject, Nftables, Set, SetType, SetTypeValue,
-    Table,
+    FlushObject, NfCmd, NfListObject, NfObject, Nftables, Set, SetType, SetTypeValue, Table,
 };
 use nftables::types::NfFamily;
 
@@ -258,15 +257,12 @@ pub fn set_zone_addresses(zone: &str, addrs: &[Ipv4Addr]) -> Nftables<'static> {
     let mut objects = vec![NfObject::CmdObject(NfCmd::Flush(FlushObject::Set(
         Box::new(zone_set(zone, &[])),
     )))];
-    let elems = addr_elems(addrs);
-    if !elems.is_empty() {
-        objects.push(NfObject::CmdObject(NfCmd::Add(NfListObject::Element(
-            Element {
-                family: NfFamily::INet,
-                table: TABLE.into(),
-                name: zone_set_name(zone).into(),
-                elem: elems.into(),
-            },
+    // The addresses come with the set's declaration rather than as `add element`, which
+    // would make nft 1.0.6 fetch every element of every interval set first (seconds with
+    // a 100k-prefix list).
+    if !addrs.is_empty() {
+        objects.push(NfObject::CmdObject(NfCmd::Add(NfListObject::Set(
+            Box::new(zone_set(zone, addrs)),
         ))));
     }
     Nftables {

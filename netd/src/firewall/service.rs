@@ -1148,6 +1148,67 @@ mod tests {
         );
     }
 
+    /// `with_forwards` plus a WAN-to-LAN drop rule whose 100 sources are prefixes: an
+    /// interval set in the table.
+    fn with_forwards_and_prefixes(names: &[&str]) -> Ruleset {
+        let mut src = appliance::DEFAULT_CONFIG.to_owned();
+        for n in names {
+            let i = usize::from(n.as_bytes()[0] - b'a');
+            src.push_str(&format!(
+                "\n[firewall.forwards.{n}]\nprotocol = \"tcp\"\nport = {}\nto = \"192.168.1.{}\"\n",
+                8000 + i,
+                10 + i
+            ));
+        }
+        let list: Vec<String> = (0..100).map(|i| format!("\"10.0.{i}.0/24\"")).collect();
+        src.push_str(&format!(
+            "\n[[firewall.rules]]\nname = \"blocklist\"\nfrom = \"wan\"\nto = \"lan\"\naction = \"drop\"\nsource = [{}]\n",
+            list.join(", ")
+        ));
+        render(&appliance::load_str(&src).unwrap())
+    }
+
+    fn element_commands(changes: &Changes) -> usize {
+        changes
+            .commands
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c,
+                    NfObject::CmdObject(
+                        NfCmd::Add(NfListObject::Element(_))
+                            | NfCmd::Delete(NfListObject::Element(_))
+                    )
+                )
+            })
+            .count()
+    }
+
+    #[test]
+    fn beside_an_interval_set_forwards_change_without_element_commands() {
+        let mut fw = Firewall::new(FakeNft::new());
+        fw.apply(&with_forwards_and_prefixes(&["a", "b"])).unwrap();
+        for names in [&["a", "b", "c"][..], &["a", "c"], &["c"], &[]] {
+            let rs = with_forwards_and_prefixes(names);
+            let FirewallPlan::Update { changes, .. } = fw.plan(&rs, &fw.observe().unwrap()) else {
+                panic!("expected an update in place for {names:?}")
+            };
+            // nft 1.0.6 would fetch the 100 prefixes for an element command
+            assert_eq!(element_commands(&changes), 0, "{names:?}: {changes:?}");
+            assert!(fw.apply(&rs).unwrap());
+            assert_eq!(same_content(&listing(&fw)), fresh_listing(&rs), "{names:?}");
+        }
+        // without an interval set a removal stays one element deletion
+        let mut fw = Firewall::new(FakeNft::new());
+        fw.apply(&with_forwards(&["a", "b"])).unwrap();
+        let FirewallPlan::Update { changes, .. } =
+            fw.plan(&with_forwards(&["a"]), &fw.observe().unwrap())
+        else {
+            panic!("expected an update in place")
+        };
+        assert_eq!(element_commands(&changes), 1, "{changes:?}");
+    }
+
     #[test]
     fn a_changed_address_list_changes_set_elements_only() {
         let base = default_rs();
