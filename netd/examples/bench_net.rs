@@ -61,7 +61,9 @@ fn peak_rss() -> Res<(i64, i64)> {
 /// other zones' servers, and a WAN blocklist rule with 100k source addresses. The config
 /// model has no named address sets: a rule's `source` list is how a blocklist is declared,
 /// and netd renders a list that long as a named set of its own.
-fn router_config(extra_forward: bool, z1_ssh_port: u16) -> String {
+/// The bench's router; `prefixes`: the blocklist holds /25 prefixes (an interval set, whose
+/// elements nft 1.0.6 fetches before any element command) instead of /32 addresses.
+fn router_config(extra_forward: bool, z1_ssh_port: u16, prefixes: bool) -> String {
     let mut s = String::from("version = 1\n\n[system]\nhostname = \"bench\"\n\n");
     let zone = |i: usize| {
         if i == 0 {
@@ -109,9 +111,15 @@ fn router_config(extra_forward: bool, z1_ssh_port: u16) -> String {
         "[[firewall.rules]]\nname = \"blocklist\"\nfrom = \"wan\"\naction = \"drop\"\nsource = [\n",
     );
     for i in 0..BLOCKLIST {
-        // 100.64.0.0/10 and up: distinct /32s, none overlapping
-        let a = 0x6440_0000u32 + (i as u32) * 3;
-        let _ = writeln!(s, "  \"{}/32\",", std::net::Ipv4Addr::from(a));
+        if prefixes {
+            // 100.64.0.0 and up: one /25 in each /24
+            let a = 0x6440_0000u32 + (i as u32) * 256;
+            let _ = writeln!(s, "  \"{}/25\",", std::net::Ipv4Addr::from(a));
+        } else {
+            // 100.64.0.0/10 and up: distinct /32s, none overlapping
+            let a = 0x6440_0000u32 + (i as u32) * 3;
+            let _ = writeln!(s, "  \"{}/32\",", std::net::Ipv4Addr::from(a));
+        }
     }
     s.push_str("]\n\n");
     let forwards = FORWARDS + usize::from(extra_forward);
@@ -549,9 +557,15 @@ fn parent(args: &[String]) -> Res<()> {
     };
     let (base, plus) = (path("appliance.toml")?, path("appliance-plus1.toml")?);
     let rule = path("appliance-plus1-rule.toml")?;
-    std::fs::write(&base, router_config(false, 22))?;
-    std::fs::write(&plus, router_config(true, 22))?;
-    std::fs::write(&rule, router_config(true, 2222))?;
+    std::fs::write(&base, router_config(false, 22, false))?;
+    std::fs::write(&plus, router_config(true, 22, false))?;
+    std::fs::write(&rule, router_config(true, 2222, false))?;
+    let (base_p, plus_p) = (
+        path("appliance-prefixes.toml")?,
+        path("appliance-prefixes-plus1.toml")?,
+    );
+    std::fs::write(&base_p, router_config(false, 22, true))?;
+    std::fs::write(&plus_p, router_config(true, 22, true))?;
     println!(
         "==> config: {ZONES} zones, {FORWARDS} port forwards, a {BLOCKLIST}-address blocklist rule ({} bytes) in {}",
         std::fs::metadata(&base)?.len(),
@@ -639,16 +653,21 @@ fn parent(args: &[String]) -> Res<()> {
         let ns = Netns::new(format!("netd-bench-{pid}-json{rep}"))?;
         json_rows.push(ns.exec(&[exe, "nft-file", "--json", "--file", &batch])?);
     }
-    let (serve_noop, serve_one) = match opt(args, "--netd") {
+    let (serve_noop, serve_one, serve_one_p) = match opt(args, "--netd") {
         Some(netd) => {
             println!(
                 "==> netd serve ({netd}): POST /v1/apply of a new generation, {reps} no-op applies and {reps} one-forward changes"
             );
-            daemon_path(netd, &dir, &base, &plus, reps)?
+            let (noop, one) = daemon_path(netd, &dir, &base, &plus, reps)?;
+            println!(
+                "==> netd serve, the blocklist as {BLOCKLIST} /25 prefixes (an interval set): {reps} no-op applies and {reps} one-forward changes"
+            );
+            let (_, one_p) = daemon_path(netd, &dir, &base_p, &plus_p, reps)?;
+            (noop, one, one_p)
         }
         None => {
             println!("==> netd serve: left out (no --netd)");
-            (Vec::new(), Vec::new())
+            (Vec::new(), Vec::new(), Vec::new())
         }
     };
     let same = std::fs::read(&netd_listing)? == std::fs::read(&nft_listing)?;
@@ -683,6 +702,10 @@ fn parent(args: &[String]) -> Res<()> {
     );
     line("netd serve no-op apply (/v1/apply)", &serve_noop);
     line("netd serve one forward added (/v1/apply)", &serve_one);
+    line(
+        "  the same beside 100k /25 prefixes (/v1/apply)",
+        &serve_one_p,
+    );
     line("netd no-op apply (render..plan)", &noop);
     line(
         "  of which observe and plan",
@@ -714,6 +737,10 @@ fn parent(args: &[String]) -> Res<()> {
     let mut lines = vec![
         format!("bench: noop_apply = {:.1} ms", pct(&serve_noop, 0.5)),
         format!("bench: one_forward_change = {:.1} ms", pct(&serve_one, 0.5)),
+        format!(
+            "bench: one_forward_change_prefixes = {:.1} ms",
+            pct(&serve_one_p, 0.5)
+        ),
     ];
     lines.push(format!("bench: full_apply_vs_nft = {ratio:.2} x"));
     lines.push(format!("bench: full_apply = {:.1} ms", pct(&full, 0.5)));
