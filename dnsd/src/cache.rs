@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -221,8 +221,11 @@ pub struct Cache {
     serve_stale: AtomicBool,
     /// The shards, swapped whole by [`Cache::resize`].
     layout: ArcSwap<Layout>,
-    /// One resize at a time.
+    /// One resize (or flush) at a time.
     resizing: Mutex<()>,
+    /// Bumped by [`Cache::flush`]: an answer asked for before a flush (from an upstream
+    /// the apply removed) is not stored after it ([`Cache::insert_since`]).
+    epoch: AtomicU64,
 }
 
 impl Cache {
@@ -233,7 +236,28 @@ impl Cache {
             serve_stale: AtomicBool::new(cfg.serve_stale),
             layout: ArcSwap::from_pointee(Layout::new(cfg.capacity)),
             resizing: Mutex::new(()),
+            epoch: AtomicU64::new(0),
         }
+    }
+
+    /// The flush count, taken before asking upstream, for [`Cache::insert_since`].
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Forgets every entry, stale ones included, and refuses the answers of queries
+    /// that were already upstream: the upstreams changed, and what the old ones said
+    /// (a conditional forward's private names, another resolver's view) must not be
+    /// served again, not even stale.
+    pub fn flush(&self) {
+        let _one = self.resizing.lock().unwrap_or_else(|e| e.into_inner());
+        // Before the swap: an insert that finds the new shards also finds the new epoch.
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        let old = self.layout.load_full();
+        self.layout.store(Arc::new(Layout::new(old.capacity)));
+        tracing::info!(capacity = old.capacity, "cache flushed");
+        // The old shards go with the last query holding them.
+        crate::reclaim::later(old);
     }
 
     pub fn config(&self) -> CacheConfig {
@@ -327,6 +351,12 @@ impl Cache {
 
     /// Stores `message` (an upstream response) if it can be cached.
     pub fn insert(&self, key: Key, message: &Message, now: Instant) {
+        self.insert_since(key, message, now, None);
+    }
+
+    /// [`Cache::insert`] of an answer asked for at `epoch` ([`Cache::epoch`]): dropped
+    /// when the cache was flushed since.
+    pub fn insert_since(&self, key: Key, message: &Message, now: Instant, epoch: Option<u64>) {
         let layout = self.layout.load();
         if layout.capacity == 0 {
             return;
@@ -354,6 +384,12 @@ impl Cache {
             prefetch_sent: false,
         };
         if let Some(mut shard) = layout.shard(&key) {
+            // Checked under the shard's lock: a flush bumps the epoch before it swaps
+            // the shards, so an insert either sees the new epoch or lands in shards
+            // that are thrown away.
+            if epoch.is_some_and(|e| e != self.epoch()) {
+                return;
+            }
             shard.insert(layout.per_shard, entry, cfg.serve_stale, now);
         }
     }
@@ -397,6 +433,15 @@ impl Cache {
             ttl,
             hits,
         })
+    }
+
+    /// The answer cached for `key`, fresh or still within the stale window, as stored and
+    /// without counting a hit: what `check` looks into.
+    pub fn peek(&self, key: &Key, now: Instant) -> Option<Message> {
+        let layout = self.layout.load();
+        let mut shard = layout.shard(key)?;
+        let e = shard.get_mut(key)?;
+        (e.expires() + STALE_WINDOW > now).then(|| e.message.clone())
     }
 
     /// An expired answer for `key`, with short TTLs, for when every upstream failed.

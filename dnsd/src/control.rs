@@ -592,7 +592,11 @@ impl Daemon {
                 .set_cache_config(crate::cache::CacheConfig::from_dns(&cfg.dns));
             self.resolver
                 .set_rate_limit(crate::server::RateLimit::from_dns(&cfg.dns));
-            self.resolver.upstreams().set_config(&cfg.dns);
+            if self.resolver.upstreams().set_config(&cfg.dns) {
+                // An answer of a removed upstream or forward (a VPN's private names, a
+                // filtering resolver's view) must not be served, fresh or stale.
+                self.resolver.flush_cache();
+            }
             st.cfg = Arc::new(cfg);
             crate::reclaim::later(std::mem::replace(&mut st.lists, refresher.lists().clone()));
             // The last references to lists this apply dropped may be these.
@@ -752,24 +756,49 @@ impl Daemon {
                 n
             })
             .and_then(|n| self.resolver.local_source(&n));
-        let (source, rule) = match (&d.rule, local) {
-            (_, Some(_)) => (None, None),
-            (Some((s, r)), None) => (Some(s.to_string()), Some(r.to_string())),
-            (None, None) => (None, None),
+        let blocked = local.is_none() && matches!(d.action, Action::Block { .. });
+        // A name not blocked itself may be an alias of one that is (CNAME cloaking): the
+        // cached answer says, the only chain dnsd knows without asking upstream.
+        let cloaked = match (local, blocked) {
+            (None, false) => hickory_proto::rr::Name::from_ascii(name)
+                .ok()
+                .map(|mut n| {
+                    n.set_fqdn(true);
+                    n
+                })
+                .and_then(|n| self.resolver.cached_cname_blocked(client, &n)),
+            _ => None,
         };
-        let explanation = match local {
-            Some(l) => {
+        let rule_of = |r: &Option<(crate::policy::Source, crate::compiled::Rule)>| {
+            r.as_ref()
+                .map(|(s, r)| (s.to_string(), r.to_string()))
+                .unzip()
+        };
+        let (source, rule) = match (&cloaked, local) {
+            (_, Some(_)) => (None, None),
+            (Some(c), None) => rule_of(&c.rule),
+            (None, None) => rule_of(&d.rule),
+        };
+        let explanation = match (local, &cloaked) {
+            (Some(l), _) => {
                 format!("{name} is answered locally by {l}; blocking rules do not apply to it")
             }
-            None => policy.explain(client, link.as_deref(), name),
+            (None, Some(c)) => format!(
+                "{name} is blocked for group {}: its cached answer is an alias (CNAME) of {}; {}",
+                d.group,
+                c.target,
+                policy.explain(client, link.as_deref(), &c.target)
+            ),
+            (None, None) => policy.explain(client, link.as_deref(), name),
         };
         json!({
             "name": name,
             "client": client.to_string(),
             "group": d.group,
-            "blocked": local.is_none() && matches!(d.action, Action::Block { .. }),
+            "blocked": blocked || cloaked.is_some(),
             "paused": d.paused,
             "local": local,
+            "cname": cloaked.as_ref().map(|c| c.target.clone()),
             "source": source,
             "rule": rule,
             "explanation": explanation,

@@ -370,6 +370,8 @@ pub struct CacheHit {
     pub now: Instant,
     pub expires: Instant,
     pub ttl: u32,
+    /// The cache's flush count when the entry was read ([`crate::cache::Cache::epoch`]).
+    pub epoch: u64,
 }
 
 impl WireCache {
@@ -515,6 +517,7 @@ mod tests {
             now: t0 + Duration::from_secs(10),
             expires: t0 + Duration::from_secs(200),
             ttl: 200,
+            epoch: 0,
         };
         let mut query = vec![0, 1];
         query.extend_from_slice(b"rest of the query");
@@ -542,6 +545,7 @@ mod tests {
             now: t0,
             expires: t0 + Duration::from_secs(100),
             ttl: 100,
+            epoch: 0,
         };
         for i in 0..3u8 {
             cache.insert(&[0, 0, i, 0, 0, 0, 0, 0, 0, 0, 0, 0], &response(0), hit);

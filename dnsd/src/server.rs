@@ -336,6 +336,14 @@ impl Resolver {
         self.wire.set_capacity(cfg.capacity);
     }
 
+    /// Forgets every cached answer and the fast path's copies of them: the upstreams
+    /// changed. Answers of queries already upstream are not stored
+    /// ([`Cache::insert_since`]).
+    pub fn flush_cache(&self) {
+        self.cache.flush();
+        self.wire.clear();
+    }
+
     /// The fast path's copies of cached answers.
     pub fn wire_cache(&self) -> &WireCache {
         &self.wire
@@ -452,10 +460,12 @@ impl Resolver {
     }
 
     async fn refresh(self: Arc<Self>, key: Key, raw: Vec<u8>) {
+        let epoch = self.cache.epoch();
         match self.upstreams.forward(&raw).await {
             Ok(f) => {
                 Stats::bump(&self.stats.prefetched);
-                self.cache.insert(key, &f.message, Instant::now());
+                self.cache
+                    .insert_since(key, &f.message, Instant::now(), Some(epoch));
             }
             Err(e) => tracing::debug!(error = %e, "prefetch failed"),
         }
@@ -665,16 +675,28 @@ impl Handler {
             .checking_disabled(request.metadata.checking_disabled);
         let now = Instant::now();
         if let Some(hit) = r.cache.get(&key, now) {
+            // The cache keeps the upstream's answer whole and the chain is judged at each
+            // answer: by the policy of this client's group, and of the lists as they are
+            // now (a reload blocks a cached alias at once).
+            if let Some(cloaked) = r.cname_blocked(client, &hit.message) {
+                return self.block_cloaked(handle, request, note, cloaked).await;
+            }
             Stats::bump(&r.stats.cached);
             note.outcome = Some(LogOutcome::Cached);
             // Only once the entry has the hits a prefetch needs: the fast path's answers
-            // do not count as hits, and a popular name must still be refreshed.
-            if !hit.prefetch && hit.hits >= crate::cache::PREFETCH_MIN_HITS {
+            // do not count as hits, and a popular name must still be refreshed. Never an
+            // answer with an alias: the fast path judges the query name alone, so a
+            // CNAME target blocked later would be served from the copy.
+            if !hit.prefetch
+                && hit.hits >= crate::cache::PREFETCH_MIN_HITS
+                && !has_cname(&hit.message)
+            {
                 note.cache_hit = Some(CacheHit {
                     inserted: hit.inserted,
                     now,
                     expires: hit.expires,
                     ttl: hit.ttl,
+                    epoch: r.cache.epoch(),
                 });
             }
             if hit.prefetch {
@@ -683,27 +705,137 @@ impl Handler {
             return send_message(handle, request, &hit.message).await;
         }
 
-        match r.upstreams.forward(request.as_slice()).await {
+        let epoch = r.cache.epoch();
+        let failure = match r.upstreams.forward(request.as_slice()).await {
+            // RFC 8767: a SERVFAIL is a failed resolution like a timeout, so a stale
+            // answer is served over it; a SERVFAIL is never cached, so it cannot
+            // replace the entry either.
+            Ok(f) if f.message.metadata.response_code == ResponseCode::ServFail => {
+                match r.cache.get_stale(&key, Instant::now()) {
+                    Some(m) => Err((format!("{} answered SERVFAIL", f.upstream), m)),
+                    None => Ok(f),
+                }
+            }
+            Ok(f) => Ok(f),
+            Err(e) => match r.cache.get_stale(&key, Instant::now()) {
+                Some(m) => Err((e.to_string(), m)),
+                None => {
+                    Stats::bump(&r.stats.failed);
+                    note.outcome = Some(LogOutcome::Failed);
+                    tracing::debug!(error = %e, %qname, "every upstream failed");
+                    return send_error(handle, request, ResponseCode::ServFail).await;
+                }
+            },
+        };
+        match failure {
             Ok(mut f) => {
+                r.cache
+                    .insert_since(key, &f.message, Instant::now(), Some(epoch));
+                if let Some(cloaked) = r.cname_blocked(client, &f.message) {
+                    return self.block_cloaked(handle, request, note, cloaked).await;
+                }
                 Stats::bump(&r.stats.forwarded);
                 note.forwarded(&f);
-                r.cache.insert(key, &f.message, Instant::now());
                 r.cache.clamp_ttls(&mut f.message);
                 send_message(handle, request, &f.message).await
             }
-            Err(e) => {
-                if let Some(m) = r.cache.get_stale(&key, Instant::now()) {
-                    Stats::bump(&r.stats.stale);
-                    note.outcome = Some(LogOutcome::Stale);
-                    tracing::debug!(error = %e, %qname, "every upstream failed; answering stale");
-                    return send_message(handle, request, &m).await;
+            Err((error, m)) => {
+                if let Some(cloaked) = r.cname_blocked(client, &m) {
+                    return self.block_cloaked(handle, request, note, cloaked).await;
                 }
-                Stats::bump(&r.stats.failed);
-                note.outcome = Some(LogOutcome::Failed);
-                tracing::debug!(error = %e, %qname, "every upstream failed");
-                send_error(handle, request, ResponseCode::ServFail).await
+                Stats::bump(&r.stats.stale);
+                note.outcome = Some(LogOutcome::Stale);
+                tracing::debug!(error, %qname, "every upstream failed; answering stale");
+                send_message(handle, request, &m).await
             }
         }
+    }
+
+    /// Answers a query whose answer aliases a blocked name as if the query name were
+    /// blocked: the block mode of the client's group, the query log naming the alias.
+    async fn block_cloaked<R: ResponseHandler>(
+        &self,
+        handle: R,
+        request: &Request,
+        note: &mut Note,
+        cloaked: Cloaked,
+    ) -> ResponseInfo {
+        let r = &self.0;
+        Stats::bump(&r.stats.blocked);
+        note.blocked_via_cname(cloaked.rule, &cloaked.target);
+        let Some(query) = request.queries.queries().first() else {
+            return send_error(handle, request, ResponseCode::FormErr).await;
+        };
+        let qname: Name = query.name().clone().into();
+        tracing::debug!(%qname, target = cloaked.target, "blocked through its CNAME");
+        let a = answer::blocked(&qname, query.query_type(), cloaked.mode, &cloaked.addresses);
+        send_made_up(handle, request, &a, false).await
+    }
+}
+
+/// A forwarded or cached answer whose CNAME chain reaches a name the client's policy blocks.
+#[derive(Debug, Clone)]
+pub struct Cloaked {
+    /// The blocked name in the chain, as the policy saw it (lowercase, no final dot).
+    pub target: String,
+    pub mode: appliance::model::BlockMode,
+    pub addresses: Vec<IpAddr>,
+    pub rule: Option<(crate::policy::Source, crate::compiled::Rule)>,
+}
+
+/// CNAME records looked at in one answer: a longer chain is cut there (resolvers stop
+/// following at about this depth).
+const MAX_CNAMES: usize = 16;
+
+fn has_cname(m: &Message) -> bool {
+    m.answers
+        .iter()
+        .any(|r| matches!(r.data, hickory_proto::rr::RData::CNAME(_)))
+}
+
+impl Resolver {
+    /// CNAME cloaking (as Pi-hole FTL's CNAME inspection and AdGuard Home): the first
+    /// alias target in `message`'s answer section that the policy blocks for `client`.
+    /// Every target is judged, not only the chain from the question: what the client's
+    /// stub follows is the answer section as sent.
+    pub fn cname_blocked(&self, client: IpAddr, message: &Message) -> Option<Cloaked> {
+        let mut targets = message
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                hickory_proto::rr::RData::CNAME(c) => Some(&c.0),
+                _ => None,
+            })
+            .take(MAX_CNAMES)
+            .peekable();
+        targets.peek()?;
+        let tables = self.tables.load();
+        let policy = self.policy.load();
+        let link = tables.link_of(client);
+        for target in targets {
+            let name = crate::policy::policy_name(target);
+            let d = policy.decide(client, link, &name);
+            if let Action::Block { mode, addresses } = d.action {
+                return Some(Cloaked {
+                    target: name,
+                    mode,
+                    addresses,
+                    rule: d.rule,
+                });
+            }
+        }
+        None
+    }
+
+    /// `check`'s view of CNAME cloaking: the cached answer for `name` (A, then AAAA, as a
+    /// plain query without DO or CD asks), if it aliases a name blocked for `client`.
+    pub fn cached_cname_blocked(&self, client: IpAddr, name: &Name) -> Option<Cloaked> {
+        let now = Instant::now();
+        [RecordType::A, RecordType::AAAA].into_iter().find_map(|t| {
+            let key = Key::new(name, t, hickory_proto::rr::DNSClass::IN, false);
+            let m = self.cache.peek(&key, now)?;
+            self.cname_blocked(client, &m)
+        })
     }
 }
 
@@ -716,7 +848,8 @@ impl Handler {
     pub async fn answer_packet(&self, packet: &[u8], src: SocketAddr) -> Option<Vec<u8>> {
         let (answer, hit) = self.answer_packet_noted(packet, src).await;
         let answer = answer?;
-        if let Some(hit) = hit {
+        // A copy made from an entry the cache has flushed since is not kept.
+        if let Some(hit) = hit.filter(|h| h.epoch == self.0.cache.epoch()) {
             self.0.wire.insert(packet, &answer, hit);
         }
         Some(answer)

@@ -274,6 +274,19 @@ impl Note {
         self.outcome = Some(Outcome::Blocked { source, rule });
     }
 
+    /// Blocked because the answer's CNAME chain reaches `target`: the source says so
+    /// (`list ads via CNAME tracker.example`), so the log and `applctl dns log` name it.
+    pub fn blocked_via_cname(&mut self, rule: Option<(Source, Rule)>, target: &str) {
+        let (source, rule) =
+            rule.map_or_else(Default::default, |(s, r)| (s.to_string(), r.to_string()));
+        let source = if source.is_empty() {
+            format!("CNAME {target}")
+        } else {
+            format!("{source} via CNAME {target}")
+        };
+        self.outcome = Some(Outcome::Blocked { source, rule });
+    }
+
     pub fn forwarded(&mut self, f: &Forwarded) {
         self.outcome = Some(Outcome::Forwarded {
             upstream: f.upstream.clone(),

@@ -226,6 +226,23 @@ struct Routes {
 }
 
 impl Routes {
+    /// Which servers answer which names, order aside.
+    fn signature(&self) -> (Vec<&str>, Vec<(String, Vec<&str>)>) {
+        fn labels(servers: &[Arc<Server>]) -> Vec<&str> {
+            let mut l: Vec<&str> = servers.iter().map(|s| s.label.as_str()).collect();
+            l.sort_unstable();
+            l.dedup();
+            l
+        }
+        let mut forwards: Vec<(String, Vec<&str>)> = self
+            .forwards
+            .iter()
+            .map(|f| (f.domain.to_lowercase().to_string(), labels(&f.servers)))
+            .collect();
+        forwards.sort_unstable();
+        (labels(&self.configured), forwards)
+    }
+
     /// The routes of `dns`; a server already in `old` (same label: the upstream's whole
     /// text form, port and TLS name included) is kept with its health and connection.
     fn from_config(dns: &Dns, old: &Routes) -> Self {
@@ -295,12 +312,18 @@ impl Upstreams {
 
     /// Takes `dns.upstreams` and `dns.forwarding` of a new config for the next queries;
     /// servers in both keep their health. Queries in flight finish with the old set.
-    pub fn set_config(&self, dns: &Dns) {
+    /// Returns whether a name may now be asked of other servers than before (an upstream
+    /// or a conditional forward added, removed or changed; not a mere reordering), for
+    /// the caller to flush what the old ones answered.
+    pub fn set_config(&self, dns: &Dns) -> bool {
         if needs_tls(dns) && self.tls.load().is_none() {
             self.tls.store(client_tls());
         }
-        let routes = Routes::from_config(dns, &self.routes.load());
+        let old = self.routes.load_full();
+        let routes = Routes::from_config(dns, &old);
+        let changed = routes.signature() != old.signature();
         self.routes.store(Arc::new(routes));
+        changed
     }
 
     /// TLS settings for DoT and DoH upstreams, replacing the built-in web PKI roots (a

@@ -606,3 +606,72 @@ async fn a_new_query_log_size_is_taken_at_the_apply_with_the_newest_records() {
         "{newest:?}"
     );
 }
+
+/// An answer of an upstream the apply removed is not served after it: the cache is
+/// flushed when the upstreams or the forwards change, and only then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_that_changes_the_upstreams_flushes_what_the_old_ones_answered() {
+    // Two upstreams of their own (dnsd servers), with other addresses for the same names.
+    let upstream = |ip: &str| {
+        let text = format!(
+            "version = 1\n[dns]\nupstreams = [\"127.0.0.1:9\"]\n[[dns.records]]\nname = \"www.example.org\"\naddresses = [\"{ip}\"]\n[[dns.records]]\nname = \"intranet.corp.example\"\naddresses = [\"{ip}\"]\n"
+        );
+        let cfg = appliance::load_str(&text).unwrap();
+        let policy = Policy::build(&cfg, &Lists::new()).unwrap();
+        Arc::new(Resolver::new(&cfg, Arc::new(policy)))
+    };
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let old = Server::bind(upstream("192.0.2.1"), vec![any])
+        .await
+        .unwrap();
+    let new = Server::bind(upstream("192.0.2.2"), vec![any])
+        .await
+        .unwrap();
+    let (old, new) = (old.addresses()[0], new.addresses()[0]);
+
+    let port = port_free_everywhere();
+    let lan = addr("127.0.1.1", port);
+    let with = |public: SocketAddr, corp: SocketAddr, extra: &str| {
+        format!(
+            "{}[[dns.forwarding]]\ndomain = \"corp.example\"\nupstreams = [\"{corp}\"]\n",
+            config(port, "127.0.2", extra).replace(
+                "upstreams = [\"127.0.0.1:9\"]",
+                &format!("upstreams = [\"{public}\"]"),
+            )
+        )
+    };
+    let rig = start(&with(old, old, "")).await;
+    let both = move || {
+        let (w, i) = (
+            ask(lan, "www.example.org.", RecordType::A),
+            ask(lan, "intranet.corp.example.", RecordType::A),
+        );
+        (answers(&w), answers(&i))
+    };
+    let before = tokio::task::spawn_blocking(both).await.unwrap();
+    assert_eq!(before, (vec!["192.0.2.1".into()], vec!["192.0.2.1".into()]));
+
+    // An apply that leaves the upstreams as they were keeps the cache.
+    rig.apply(&with(old, old, "min_ttl = \"1m\""))
+        .await
+        .unwrap();
+    let cached = rig.resolver.stats().cached.load(Ordering::Relaxed);
+    let same = tokio::task::spawn_blocking(both).await.unwrap();
+    assert_eq!(same, before);
+    assert_eq!(
+        rig.resolver.stats().cached.load(Ordering::Relaxed),
+        cached + 2
+    );
+
+    // A new conditional forward's server: its name is asked of it, not served from
+    // what the old forward said; the public name too, since the cache is flushed whole.
+    rig.apply(&with(old, new, "")).await.unwrap();
+    assert!(rig.resolver.cache().is_empty());
+    let (_, intranet) = tokio::task::spawn_blocking(both).await.unwrap();
+    assert_eq!(intranet, ["192.0.2.2"]);
+
+    // A new upstream.
+    rig.apply(&with(new, new, "")).await.unwrap();
+    let (www, _) = tokio::task::spawn_blocking(both).await.unwrap();
+    assert_eq!(www, ["192.0.2.2"]);
+}

@@ -190,3 +190,151 @@ fn a_list_of_many_heavy_regexes_compiles() {
     assert!(list.blocks("ad1999-abc.example").is_some());
     assert!(list.blocks("ad1999-abcd.example").is_none());
 }
+
+/// A validating upstream that answers `192.0.2.80` for 1 s with AD set, or SERVFAIL
+/// while `failing`; it notes the DO and CD bits of the last query it saw.
+async fn flaky_upstream(
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: std::sync::Arc<std::sync::Mutex<Option<(bool, bool)>>>,
+) -> SocketAddr {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        loop {
+            let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+                return;
+            };
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let dnssec_ok = q.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
+            *seen.lock().unwrap() = Some((dnssec_ok, q.metadata.checking_disabled));
+            let mut r = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+            r.metadata.recursion_desired = q.metadata.recursion_desired;
+            r.metadata.recursion_available = true;
+            r.metadata.checking_disabled = q.metadata.checking_disabled;
+            r.add_queries(q.queries.clone());
+            if failing.load(std::sync::atomic::Ordering::SeqCst) {
+                r.metadata.response_code = ResponseCode::ServFail;
+            } else {
+                r.metadata.authentic_data = true;
+                r.add_answer(Record::from_rdata(
+                    q.queries[0].name.clone(),
+                    1,
+                    RData::A(A::new(192, 0, 2, 80)),
+                ));
+            }
+            let _ = sock.send_to(&r.to_vec().unwrap(), from).await;
+        }
+    });
+    addr
+}
+
+/// RFC 8767: an upstream's SERVFAIL is a failed resolution like a timeout, so an expired
+/// answer is served stale over it (never the SERVFAIL cached over the good answer).
+#[tokio::test]
+async fn an_upstream_servfail_is_answered_stale_and_not_cached() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let failing = std::sync::Arc::new(AtomicBool::new(false));
+    let upstream = flaky_upstream(failing.clone(), Default::default()).await;
+    let cfg = appliance::load_str(&format!(
+        "{GATEWAY}[dns]\nupstreams = [\"{upstream}\"]\nserve_stale = true\n"
+    ))
+    .unwrap();
+    let r = resolver_with_ads(&cfg, "ads.test\n");
+    let h = Handler(r.clone());
+    let ask = |id| {
+        let h = h.clone();
+        async move {
+            let a = h
+                .answer_packet(&query(id, "flaky.test.", false), client())
+                .await
+                .unwrap();
+            Message::from_vec(&a).unwrap()
+        }
+    };
+    let m = ask(1).await;
+    assert_eq!(m.answers.len(), 1, "{m:?}");
+    failing.store(true, Ordering::SeqCst);
+    // The entry's TTL (1 s) runs out.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    for id in [2, 3] {
+        let m = ask(id).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{m:?}");
+        assert_eq!(m.answers.len(), 1, "{m:?}");
+        assert!(m.answers[0].ttl <= dnsd::cache::STALE_TTL);
+    }
+    assert_eq!(r.stats().stale.load(Ordering::Relaxed), 2);
+    // Nothing stale to give: the SERVFAIL goes to the client.
+    let a = h
+        .answer_packet(&query(4, "never.test.", false), client())
+        .await
+        .unwrap();
+    let m = Message::from_vec(&a).unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail, "{m:?}");
+}
+
+/// DNSSEC flags pass through: the client's DO and CD reach the upstream, the upstream's
+/// AD reaches the client on the hickory path and from the fast path's copy; a blocked
+/// answer never claims AD.
+#[tokio::test]
+async fn dnssec_flags_pass_through_both_paths_and_blocked_answers_have_no_ad() {
+    use hickory_proto::op::Edns;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let upstream = flaky_upstream(Default::default(), seen.clone()).await;
+    let cfg = appliance::load_str(&format!(
+        "{GATEWAY}[dns]\nupstreams = [\"{upstream}\"]\nmin_ttl = \"5m\"\ndeny = [\"ads.test\"]\n"
+    ))
+    .unwrap();
+    let r = resolver_with_ads(&cfg, "ads.test\n");
+    let h = Handler(r.clone());
+    let packet = |name: &str, cd: bool| {
+        let mut m = Message::from_vec(&query(7, name, cd)).unwrap();
+        let mut e = Edns::new();
+        e.set_max_payload(1232);
+        e.set_dnssec_ok(true);
+        m.edns = Some(e);
+        m.to_vec().unwrap()
+    };
+    for cd in [false, true] {
+        let p = packet("signed.test.", cd);
+        let m = Message::from_vec(&h.answer_packet(&p, client()).await.unwrap()).unwrap();
+        assert!(m.metadata.authentic_data, "{m:?}");
+        assert_eq!(m.metadata.checking_disabled, cd);
+        assert_eq!(*seen.lock().unwrap(), Some((true, cd)));
+    }
+    // Hits until the fast path holds a copy, then the copy keeps AD.
+    let p = packet("signed.test.", false);
+    for _ in 0..4 {
+        let m = Message::from_vec(&h.answer_packet(&p, client()).await.unwrap()).unwrap();
+        assert!(m.metadata.authentic_data, "{m:?}");
+    }
+    let (mut out, mut name, mut log) = (Vec::new(), String::new(), Vec::new());
+    assert!(r.answer_fast(
+        &p,
+        client(),
+        std::time::Instant::now(),
+        &mut out,
+        &mut name,
+        &mut log
+    ));
+    assert!(Message::from_vec(&out).unwrap().metadata.authentic_data);
+
+    // Blocked, on both paths: no AD, whatever the client asked.
+    let p = packet("ads.test.", false);
+    assert!(r.answer_fast(
+        &p,
+        client(),
+        std::time::Instant::now(),
+        &mut out,
+        &mut name,
+        &mut log
+    ));
+    assert!(!Message::from_vec(&out).unwrap().metadata.authentic_data);
+    // `answer_packet` is the hickory path.
+    let a = h.answer_packet(&p, client()).await.unwrap();
+    let m = Message::from_vec(&a).unwrap();
+    assert_eq!(m.answers.len(), 1, "{m:?}");
+    assert!(!m.metadata.authentic_data, "{m:?}");
+}

@@ -59,6 +59,11 @@ impl Dnsmasq {
                     "--address=/swap.test/192.0.2.13",
                     "--host-record=host.test,192.0.2.11",
                     "--host-record=dns.test,127.0.0.1",
+                    // CNAME cloaking: an innocent name aliasing a tracker.
+                    "--host-record=track.adsnet.test,192.0.2.70,2001:db8::70",
+                    "--cname=cloak.test,track.adsnet.test",
+                    "--host-record=cdn.test,192.0.2.71",
+                    "--cname=clean.test,cdn.test",
                     // An answer of about 6 KB over UDP for a client that allows it.
                     "--edns-packet-max=65535",
                     &big_txt_record(),
@@ -638,4 +643,76 @@ async fn an_answer_larger_than_the_udp_read_is_fetched_over_tcp() {
         })
         .sum();
     assert_eq!(txt, 6000, "{:?}", f.message);
+}
+
+/// CNAME cloaking: an answer whose alias chain reaches a blocked name is blocked like the
+/// name itself, in the block mode of the client's group; the cache keeps the upstream's
+/// answer and the chain is judged at each answer, so a list that starts blocking the
+/// tracker blocks the cached alias at once, on the fast path too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_aliasing_a_blocked_name_is_blocked_in_the_groups_mode() {
+    let upstream = Dnsmasq::start().await;
+    let cfg = appliance::load_str(&config(upstream.addr, "")).unwrap();
+    let resolver = Arc::new(Resolver::new(&cfg, policy_with_ads(&cfg, "ads.test\n")));
+    let server = Server::bind(Arc::clone(&resolver), vec!["127.0.0.1:0".parse().unwrap()])
+        .await
+        .unwrap();
+    let addr = server.addresses()[0];
+    let mut c = udp_client(addr, None, Duration::from_secs(5));
+
+    // Not blocked yet: forwarded, then answered from the cache, often enough that the
+    // hickory path would hand the fast path a copy.
+    for _ in 0..5 {
+        let r = ask(&mut c, "cloak.test.", RecordType::A).await;
+        assert_eq!(addresses(&r), ["192.0.2.70"], "{r:?}");
+    }
+    assert_eq!(resolver.stats().blocked.load(Ordering::Relaxed), 0);
+    assert!(
+        resolver
+            .cached_cname_blocked("127.0.0.1".parse().unwrap(), &n("cloak.test."))
+            .is_none()
+    );
+
+    // The list now names the tracker's domain.
+    resolver.swap_policy(policy_with_ads(&cfg, "ads.test\nadsnet.test\n"));
+    let r = ask(&mut c, "cloak.test.", RecordType::A).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(addresses(&r), ["0.0.0.0"], "{r:?}");
+    assert!(
+        r.answers
+            .iter()
+            .all(|a| a.record_type() != RecordType::CNAME),
+        "{r:?}"
+    );
+    assert!(!r.metadata.authentic_data);
+    let r = ask(&mut c, "CLOAK.test.", RecordType::AAAA).await;
+    assert_eq!(addresses(&r), ["::"], "{r:?}");
+    assert_eq!(resolver.stats().blocked.load(Ordering::Relaxed), 2);
+
+    // The strict group's mode: NXDOMAIN (forwarded fresh for this name).
+    let mut strict = udp_client(
+        addr,
+        Some("127.0.0.2".parse().unwrap()),
+        Duration::from_secs(5),
+    );
+    let r = ask(&mut strict, "cloak.test.", RecordType::A).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NXDomain, "{r:?}");
+    assert!(r.answers.is_empty());
+
+    // An alias of a name no list has is answered as the upstream said.
+    let r = ask(&mut c, "clean.test.", RecordType::A).await;
+    assert_eq!(addresses(&r), ["192.0.2.71"], "{r:?}");
+    assert_eq!(r.answers[0].record_type(), RecordType::CNAME);
+
+    // What `check` and the query log report: the alias and the rule that blocks it.
+    let cloaked = resolver
+        .cached_cname_blocked("127.0.0.1".parse().unwrap(), &n("cloak.test."))
+        .unwrap();
+    assert_eq!(cloaked.target, "track.adsnet.test");
+    let (source, rule) = cloaked.rule.unwrap();
+    assert_eq!(
+        (source.to_string(), rule.to_string()),
+        ("list ads".to_owned(), "adsnet.test".to_owned())
+    );
+    server.shutdown().await.unwrap();
 }

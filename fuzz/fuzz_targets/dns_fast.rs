@@ -30,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
             now,
             expires: now + Duration::from_secs(300),
             ttl: 300,
+            epoch: 0,
         },
     );
     let mut out = Vec::new();
