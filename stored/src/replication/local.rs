@@ -8,7 +8,8 @@
 
 use std::io::{self, Read as _};
 use std::os::fd::AsFd;
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
+use std::thread::JoinHandle;
 
 use nix::errno::Errno;
 use nix::fcntl::{SpliceFFlags, splice};
@@ -115,30 +116,9 @@ pub(super) fn range(
     limiter: &mut Option<Limiter>,
 ) -> Result<u64, ReplError> {
     let bin = zfs.cli().zfs.as_str();
-    let (from_full, to_full) = (format!("{dataset}@{from}"), format!("{dataset}@{to}"));
-    let mut send_argv = vec![bin, "send", "-L", "-e", "-c"];
-    if raw {
-        send_argv.push("-w");
-    }
-    send_argv.extend(["-I", from_full.as_str(), to_full.as_str()]);
     let recv_argv = [bin, "receive", "-s", "-u", target_ds];
     let target_snapshot = format!("{target_ds}@{to}");
-    let spawn_err = |argv: &[&str], source: io::Error| {
-        ZfsError::Command(crate::command::CommandError::Spawn {
-            command: argv.join(" "),
-            source,
-        })
-    };
-    let mut sender = Command::new(bin)
-        .args(send_argv.iter().skip(1))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| ReplError::Send {
-            snapshot: to_full.clone(),
-            source: spawn_err(&send_argv, e),
-        })?;
+    let mut sender = RangeSend::spawn(zfs, dataset, (from, to), raw)?;
     let mut receiver = match Command::new(bin)
         .args(recv_argv.iter().skip(1))
         .stdin(Stdio::piped())
@@ -148,66 +128,152 @@ pub(super) fn range(
     {
         Ok(c) => c,
         Err(e) => {
-            let _ = sender.kill();
-            let _ = sender.wait();
+            sender.kill();
             return Err(ReplError::Receive {
                 snapshot: target_snapshot,
                 source: spawn_err(&recv_argv, e),
             });
         }
     };
+    let to_full = sender.snapshot.clone();
     let (Some(send_out), Some(recv_in)) = (sender.stdout.take(), receiver.stdin.take()) else {
+        sender.kill();
+        let _ = receiver.kill();
+        let _ = receiver.wait();
         return Err(ReplError::Relay {
             snapshot: to_full,
             source: io::Error::other("the zfs children have no pipes"),
         });
     };
-    proto::widen_pipe(&send_out);
     proto::widen_pipe(&recv_in);
-    let (send_err, recv_err) = (sender.stderr.take(), receiver.stderr.take());
-    let (relayed, sent_stderr, recv_stderr) = std::thread::scope(|s| {
-        let read_all = |e: Option<std::process::ChildStderr>| {
-            s.spawn(move || {
-                let mut text = String::new();
-                if let Some(mut e) = e {
-                    let _ = e.read_to_string(&mut text);
-                }
-                text
-            })
-        };
-        let (a, b) = (read_all(send_err), read_all(recv_err));
-        let relayed = relay(&send_out, &recv_in, |n| {
-            if let Some(l) = limiter.as_mut() {
-                l.take(n);
-            }
-        });
-        // As in `stream`: closing both ends ends the children whatever happened.
-        drop(recv_in);
-        drop(send_out);
-        (
-            relayed,
-            a.join().unwrap_or_default(),
-            b.join().unwrap_or_default(),
-        )
+    let recv_stderr = stderr_text(receiver.stderr.take());
+    let relayed = relay(&send_out, &recv_in, |n| {
+        if let Some(l) = limiter.as_mut() {
+            l.take(n);
+        }
     });
-    let finished =
-        |child: &mut std::process::Child, argv: &[&str], stderr: String| match child.wait() {
-            Ok(st) if st.success() => Ok(()),
-            Ok(st) => Err(ZfsError::Command(crate::command::CommandError::Failed(
-                crate::command::CommandFailure {
-                    command: argv.join(" "),
-                    status: st.code(),
-                    stdout: String::new(),
-                    stderr,
-                },
-            ))),
-            Err(e) => Err(spawn_err(argv, e)),
-        };
-    let sent = finished(&mut sender, &send_argv, sent_stderr);
+    // As in `stream`: closing both ends ends the children whatever happened.
+    drop(recv_in);
+    drop(send_out);
+    let sent = sender.finish();
     let received = finished(&mut receiver, &recv_argv, recv_stderr);
     let bytes = outcome(&to_full, &target_snapshot, sent, received, relayed)?;
     tracing::info!(snapshot = %target_snapshot, from, bytes, "received a range");
     Ok(bytes)
+}
+
+/// `zfs send -L -e -c [-w] -I dataset@from dataset@to` running, its stream on `stdout`:
+/// the sending half of a range, for the local relay and for the network transports.
+pub(super) struct RangeSend {
+    child: Child,
+    argv: Vec<String>,
+    /// `dataset@to`, for errors.
+    pub snapshot: String,
+    /// The stream; the caller takes it and drops it when done (a send still writing then
+    /// fails with EPIPE instead of hanging).
+    pub stdout: Option<ChildStdout>,
+    stderr: Option<JoinHandle<String>>,
+}
+
+impl RangeSend {
+    pub(super) fn spawn(
+        zfs: &RealZfs,
+        dataset: &str,
+        (from, to): (&str, &str),
+        raw: bool,
+    ) -> Result<Self, ReplError> {
+        let bin = zfs.cli().zfs.as_str();
+        let (from_full, to_full) = (format!("{dataset}@{from}"), format!("{dataset}@{to}"));
+        let mut argv = vec![bin, "send", "-L", "-e", "-c"];
+        if raw {
+            argv.push("-w");
+        }
+        argv.extend(["-I", from_full.as_str(), to_full.as_str()]);
+        let mut child = Command::new(bin)
+            .args(argv.iter().skip(1))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| ReplError::Send {
+                snapshot: to_full.clone(),
+                source: spawn_err(&argv, e),
+            })?;
+        let stdout = child.stdout.take();
+        if let Some(out) = &stdout {
+            proto::widen_pipe(out);
+        }
+        let stderr = stderr_text(child.stderr.take());
+        Ok(Self {
+            argv: argv.iter().map(|a| (*a).to_owned()).collect(),
+            child,
+            snapshot: to_full,
+            stdout,
+            stderr: Some(stderr),
+        })
+    }
+
+    /// Waits for the send to end (after its stream was read or dropped): its exit status
+    /// and stderr as an error when it failed.
+    pub(super) fn finish(mut self) -> Result<(), ZfsError> {
+        drop(self.stdout.take());
+        let stderr = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        let argv: Vec<&str> = self.argv.iter().map(String::as_str).collect();
+        finished_with(&mut self.child, &argv, stderr)
+    }
+
+    /// Stops a send whose stream nobody will read.
+    pub(super) fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.finish();
+    }
+}
+
+/// Collects a child's stderr in a thread, so that a chatty child never blocks on it.
+fn stderr_text(e: Option<ChildStderr>) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut e) = e {
+            let _ = e.read_to_string(&mut text);
+        }
+        text
+    })
+}
+
+fn spawn_err(argv: &[&str], source: io::Error) -> ZfsError {
+    ZfsError::Command(crate::command::CommandError::Spawn {
+        command: argv.join(" "),
+        source,
+    })
+}
+
+/// Waits for `child`; its status and the stderr its thread collected as the error.
+pub(super) fn finished(
+    child: &mut Child,
+    argv: &[&str],
+    stderr: JoinHandle<String>,
+) -> Result<(), ZfsError> {
+    let text = stderr.join().unwrap_or_default();
+    finished_with(child, argv, text)
+}
+
+fn finished_with(child: &mut Child, argv: &[&str], stderr: String) -> Result<(), ZfsError> {
+    match child.wait() {
+        Ok(st) if st.success() => Ok(()),
+        Ok(st) => Err(ZfsError::Command(crate::command::CommandError::Failed(
+            crate::command::CommandFailure {
+                command: argv.join(" "),
+                status: st.code(),
+                stdout: String::new(),
+                stderr,
+            },
+        ))),
+        Err(e) => Err(spawn_err(argv, e)),
+    }
 }
 
 fn joined(

@@ -6,13 +6,22 @@
 //! The sender asks, the receiver answers each request with one reply:
 //!
 //! ```text
-//! Hello{job, datasets}  -> Ok | Error
+//! Hello{job, datasets}  -> Ok{features} | Error
 //! State{dataset}        -> State{exists, snapshots with GUIDs, resume token, written}
 //! Rollback{dataset,..}  -> Ok | Error
 //! AbortPartial{dataset, toguid} -> Ok | Error
 //! Receive{snapshot,..} DATA.. END -> Received{bytes} | Error
+//! ReceiveRange{dataset, base, snapshots,..} -> Ok | Error, then DATA.. END -> Received | Error
 //! Bye
 //! ```
+//!
+//! Versioning: [`VERSION`] stays 1, since every version-1 message still means what it
+//! meant. Requests added since are optional features: the receiver lists those it takes
+//! in its answer to `Hello` (`{"type":"ok","features":[..]}`, which a version-1 sender
+//! reads as a plain `ok`: serde ignores the unknown field), and a sender uses one only
+//! when it is listed. A receiver older than the list answers a bare `ok`, read as no
+//! features, and gets the version-1 requests alone; it never sees a request it would
+//! fail to parse (it would end the connection on one).
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
@@ -22,6 +31,10 @@ use serde::{Deserialize, Serialize};
 use super::plan::TargetState;
 
 pub const VERSION: u32 = 1;
+/// The feature of [`Request::ReceiveRange`].
+pub const FEATURE_RANGE: &str = "range";
+/// What this receiver takes beyond version 1, announced in its answer to `Hello`.
+pub const FEATURES: &[&str] = &[FEATURE_RANGE];
 /// Data frames are at most this big; JSON messages may be bigger (a state with many
 /// snapshots) up to [`MAX_FRAME`]. As big as the pipes ([`PIPE_SIZE`]) so that one read of
 /// the send pipe makes one frame, and each frame costs one header and one pass through
@@ -72,16 +85,67 @@ pub enum Request {
         raw: bool,
         resume: bool,
     },
+    /// Every snapshot after `base` up to the last of `snapshots`, as one `zfs send -I`
+    /// stream, into `dataset` (`zfs receive -s -u`). Only to a receiver that listed
+    /// [`FEATURE_RANGE`]. The receiver checks first that `base` (name and GUID) is the
+    /// target's newest snapshot, with nothing written since and no interrupted receive,
+    /// and answers `Ok` before the stream or `Error` instead of it; after the stream it
+    /// checks that every snapshot of the list landed with its GUID.
+    ReceiveRange {
+        /// The target dataset.
+        dataset: String,
+        base: RangeSnap,
+        /// Oldest first; the stream carries exactly these.
+        snapshots: Vec<RangeSnap>,
+        raw: bool,
+    },
     Bye,
+}
+
+/// A snapshot of a range: short name (after `@`) and GUID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeSnap {
+    pub name: String,
+    pub guid: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Reply {
-    Ok,
+    /// Done or accepted. `features` is set only in the answer to `Hello` (see the module's
+    /// versioning); absent, as from a version-1 receiver, it reads as none.
+    Ok {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        features: Vec<String>,
+    },
     State(TargetState),
-    Received { bytes: u64 },
-    Error { message: String },
+    Received {
+        bytes: u64,
+    },
+    Error {
+        message: String,
+    },
+}
+
+impl Reply {
+    /// `Ok` without features: every answer but the one to `Hello`.
+    pub fn ok() -> Self {
+        Self::Ok {
+            features: Vec::new(),
+        }
+    }
+
+    /// The answer to `Hello`: `Ok` with what this receiver takes beyond version 1.
+    pub fn welcome() -> Self {
+        Self::Ok {
+            features: FEATURES.iter().map(|f| (*f).to_owned()).collect(),
+        }
+    }
+
+    /// Whether this answer to `Hello` lists `feature`.
+    pub fn has_feature(&self, feature: &str) -> bool {
+        matches!(self, Self::Ok { features } if features.iter().any(|f| f == feature))
+    }
 }
 
 #[derive(Debug)]
@@ -345,5 +409,85 @@ mod tests {
         let complete = receive_stream(&mut r, &mut Refuses, &mut got).unwrap();
         assert_eq!((complete, got), (true, sent));
         assert_eq!(read_msg::<Request>(&mut r).unwrap(), Request::Bye);
+    }
+
+    /// The messages as a version-1 stored (before features) defines them.
+    mod v1 {
+        use serde::{Deserialize, Serialize};
+
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        pub enum Reply {
+            Ok,
+            Received { bytes: u64 },
+            Error { message: String },
+        }
+
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        pub enum Request {
+            Hello {
+                version: u32,
+                job: String,
+                datasets: Vec<String>,
+            },
+            Bye,
+        }
+    }
+
+    fn through<T: Serialize, U: for<'de> Deserialize<'de>>(msg: &T) -> io::Result<U> {
+        let mut wire = Vec::new();
+        send_msg(&mut wire, msg)?;
+        read_msg(&mut wire.as_slice())
+    }
+
+    /// Old and new peers understand each other's answer to Hello: a version-1 sender
+    /// reads the features list as a plain ok, this sender reads a version-1 ok as no
+    /// features (so it sends no range), and a version-1 receiver's `ok` is what this
+    /// receiver still sends for everything but Hello.
+    #[test]
+    fn the_features_list_is_invisible_to_version_1_peers() {
+        let welcome = Reply::welcome();
+        assert!(welcome.has_feature(FEATURE_RANGE));
+        assert_eq!(through::<_, v1::Reply>(&welcome).unwrap(), v1::Reply::Ok);
+
+        let old: Reply = through(&v1::Reply::Ok).unwrap();
+        assert_eq!(old, Reply::ok());
+        assert!(!old.has_feature(FEATURE_RANGE));
+
+        let mut wire = Vec::new();
+        send_msg(&mut wire, &Reply::ok()).unwrap();
+        assert_eq!(&wire[HEAD..], br#"{"type":"ok"}"#);
+        assert!(!Reply::Received { bytes: 1 }.has_feature(FEATURE_RANGE));
+    }
+
+    /// Why the sender asks first: a version-1 receiver cannot parse a range request (it
+    /// would end the connection), while it still parses the hello this sender sends.
+    #[test]
+    fn a_version_1_receiver_cannot_read_a_range_request() {
+        let hello = Request::Hello {
+            version: VERSION,
+            job: "j".into(),
+            datasets: vec!["b/a".into()],
+        };
+        assert!(matches!(
+            through::<_, v1::Request>(&hello).unwrap(),
+            v1::Request::Hello { version: 1, .. }
+        ));
+        let range = Request::ReceiveRange {
+            dataset: "b/a".into(),
+            base: RangeSnap {
+                name: "s0".into(),
+                guid: 1,
+            },
+            snapshots: vec![RangeSnap {
+                name: "s1".into(),
+                guid: 2,
+            }],
+            raw: false,
+        };
+        let e = through::<_, v1::Request>(&range).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(through::<_, Request>(&range).unwrap(), range);
     }
 }

@@ -5,13 +5,14 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd as _;
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use appliance::model::ReplicationListener;
 
 use super::ReplError;
 use super::plan::{Snap, TargetState};
-use super::proto::{self, Frame, Reply, Request};
+use super::proto::{self, Frame, RangeSnap, Reply, Request};
 use super::tls::{self, Identity};
 use crate::zfs::{RealZfs, Zfs as _, ZfsError};
 
@@ -213,7 +214,7 @@ pub(super) fn serve_conn(
                     tracing::info!(%peer, job = %j, ?datasets, "replication job connected");
                     job = j;
                     declared = datasets;
-                    Reply::Ok
+                    Reply::welcome()
                 }
             }
             Request::Bye => {
@@ -234,7 +235,7 @@ pub(super) fn serve_conn(
                 match rollback(&mut zfs, &dataset, &to, &destroy) {
                     Ok(()) => {
                         tracing::warn!(%job, %dataset, %to, destroyed = destroy.len(), "rolled a diverged replica back");
-                        Reply::Ok
+                        Reply::ok()
                     }
                     Err(e) => error(e),
                 }
@@ -243,7 +244,7 @@ pub(super) fn serve_conn(
                 .unwrap_or_else(|| match abort_partial(&zfs, &dataset, toguid) {
                     Ok(()) => {
                         tracing::warn!(%job, %dataset, toguid = format_args!("{toguid:#x}"), "aborted an interrupted receive the sender cannot continue");
-                        Reply::Ok
+                        Reply::ok()
                     }
                     Err(e) => Reply::Error {
                         message: e.to_string(),
@@ -261,6 +262,30 @@ pub(super) fn serve_conn(
                         refusal
                     }
                     None => receive(&zfs, &mut tls, &snapshot, raw, resume).map_err(link)?,
+                }
+            }
+            Request::ReceiveRange {
+                dataset,
+                base,
+                snapshots,
+                raw: _,
+            } => {
+                // Checked before the stream, which follows only an `Ok`: a refused range
+                // costs no transfer.
+                let refusal = guard(&dataset, &declared).or_else(|| {
+                    match state(&zfs, &dataset) {
+                        Ok(s) => range_refusal(&dataset, &s, &base, &snapshots),
+                        Err(e) => Some(e.to_string()),
+                    }
+                    .map(|message| Reply::Error { message })
+                });
+                match refusal {
+                    Some(refusal) => refusal,
+                    None => {
+                        proto::send_msg(&mut tls, &Reply::ok()).map_err(link)?;
+                        receive_range(&zfs, &mut tls, &dataset, &base, &snapshots)
+                            .map_err(link)?
+                    }
                 }
             }
         };
@@ -529,6 +554,185 @@ fn receive(
     }
 }
 
+/// Why a range from `base` cannot go into `dataset` as the target is now (`None`: it
+/// can): the same conditions a single incremental meets in the sender's plan, checked
+/// again here because the state may have changed since the sender read it, and because
+/// `zfs receive` of a package would refuse only after the stream was sent.
+fn range_refusal(
+    dataset: &str,
+    target: &TargetState,
+    base: &RangeSnap,
+    snapshots: &[RangeSnap],
+) -> Option<String> {
+    if snapshots.is_empty() {
+        return Some(format!("an empty range for {dataset}; nothing to receive"));
+    }
+    if !target.exists {
+        return Some(format!(
+            "{dataset} does not exist; a range is incremental and needs its base @{}",
+            base.name
+        ));
+    }
+    if target.resume_token.is_some() {
+        return Some(format!(
+            "{dataset} holds an interrupted receive; it is resumed (or aborted) before a \
+             range; run the job again"
+        ));
+    }
+    let Some(on_target) = target.snapshots.iter().find(|s| s.guid == base.guid) else {
+        return Some(format!(
+            "{dataset} lacks the range's base @{} (GUID {:#x}); nothing was received, run the \
+             job again",
+            base.name, base.guid
+        ));
+    };
+    let newer: Vec<&str> = target
+        .snapshots
+        .iter()
+        .filter(|s| s.createtxg > on_target.createtxg)
+        .map(|s| s.name.as_str())
+        .collect();
+    if !newer.is_empty() || target.written > 0 {
+        let mut what = Vec::new();
+        if !newer.is_empty() {
+            let shown: Vec<String> = newer.iter().take(5).map(|n| format!("@{n}")).collect();
+            what.push(format!(
+                "{} newer snapshot(s) {}",
+                newer.len(),
+                shown.join(", ")
+            ));
+        }
+        if target.written > 0 {
+            what.push(format!(
+                "{} bytes written since its newest snapshot",
+                target.written
+            ));
+        }
+        return Some(format!(
+            "{dataset} diverged after the range's base @{}: {}; nothing was received",
+            on_target.name,
+            what.join(" and ")
+        ));
+    }
+    None
+}
+
+/// The range's snapshots that are not on the target with their GUID after its receive.
+fn missing_from(target: &TargetState, snapshots: &[RangeSnap]) -> Vec<String> {
+    snapshots
+        .iter()
+        .filter(|r| {
+            !target
+                .snapshots
+                .iter()
+                .any(|s| s.guid == r.guid && s.name == r.name)
+        })
+        .map(|r| format!("@{} ({:#x})", r.name, r.guid))
+        .collect()
+}
+
+/// Receives a range's stream with `zfs receive -s -u dataset` (libzfs_core receives one
+/// snapshot per call; the tool loops over a package's). The frames are written into its
+/// stdin. A broken link closes the stdin early: the snapshots before the one in flight
+/// stay, the kernel keeps what arrived of that one and sets `receive_resume_token`, and
+/// the error goes up (the connection is over).
+fn receive_range(
+    zfs: &RealZfs,
+    tls: &mut impl Read,
+    dataset: &str,
+    base: &RangeSnap,
+    snapshots: &[RangeSnap],
+) -> io::Result<Reply> {
+    let bin = zfs.cli().zfs.as_str();
+    let argv = [bin, "receive", "-s", "-u", dataset];
+    let last = snapshots.last().map_or("", |s| s.name.as_str());
+    let mut child = match Command::new(bin)
+        .args(argv.iter().skip(1))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            drain(tls)?;
+            return Ok(Reply::Error {
+                message: format!("cannot run {}: {e}", argv.join(" ")),
+            });
+        }
+    };
+    let Some(mut stdin) = child.stdin.take() else {
+        let _ = child.kill();
+        let _ = child.wait();
+        drain(tls)?;
+        return Ok(Reply::Error {
+            message: format!("{} has no stdin", argv.join(" ")),
+        });
+    };
+    proto::widen_pipe(&stdin);
+    let stderr = child.stderr.take();
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut e) = stderr {
+            let _ = e.read_to_string(&mut text);
+        }
+        text
+    });
+    let mut bytes = 0u64;
+    let outcome = proto::receive_stream(tls, &mut stdin, &mut bytes);
+    // The end of its stdin: a complete package is finished, a cut one kept resumable.
+    drop(stdin);
+    let status = child.wait();
+    let errors = errors.join().unwrap_or_default();
+    let failed = match &status {
+        Ok(st) if st.success() => None,
+        Ok(st) => Some(format!(
+            "`{}` exited {st}: {}",
+            argv.join(" "),
+            errors.trim()
+        )),
+        Err(e) => Some(format!("`{}`: {e}", argv.join(" "))),
+    };
+    match outcome {
+        Err(e) => {
+            tracing::warn!(%dataset, from = %base.name, to = last, bytes, error = %e, receive = ?failed, "range stream cut; what landed stays, the snapshot in flight is resumable");
+            Err(e)
+        }
+        Ok(false) => Ok(Reply::Error {
+            message: format!(
+                "the sender aborted the range of {dataset} @{} -> @{last} (its zfs send \
+                 failed); the snapshots that arrived stay",
+                base.name
+            ),
+        }),
+        Ok(true) => {
+            if let Some(message) = failed {
+                return Ok(Reply::Error { message });
+            }
+            let after = state(zfs, dataset).map_err(io::Error::other)?;
+            let missing = missing_from(&after, snapshots);
+            if !missing.is_empty() {
+                return Ok(Reply::Error {
+                    message: format!(
+                        "the range into {dataset} ended but {} of its {} snapshots are not \
+                         there by name and GUID: {}",
+                        missing.len(),
+                        snapshots.len(),
+                        missing
+                            .iter()
+                            .take(5)
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                });
+            }
+            tracing::info!(%dataset, from = %base.name, to = last, snapshots = snapshots.len(), bytes, "received a range");
+            Ok(Reply::Received { bytes })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -563,5 +767,73 @@ mod tests {
         );
         let e = may_abort("b/a", None, 7).unwrap_err().to_string();
         assert!(e.contains("no interrupted receive"), "{e}");
+    }
+
+    fn snap(name: &str, guid: u64, createtxg: u64) -> Snap {
+        Snap {
+            name: name.into(),
+            guid,
+            createtxg,
+            creation: 0,
+        }
+    }
+
+    fn r(name: &str, guid: u64) -> RangeSnap {
+        RangeSnap {
+            name: name.into(),
+            guid,
+        }
+    }
+
+    /// A range goes only onto its base as the target's newest snapshot: not into a missing
+    /// dataset, not over an interrupted receive, not without the base (by GUID, whatever
+    /// its name), not over newer snapshots or written bytes (divergence).
+    #[test]
+    fn a_range_is_received_only_onto_its_base_as_the_newest_snapshot() {
+        let good = TargetState {
+            exists: true,
+            snapshots: vec![snap("s0", 10, 5), snap("s1", 11, 6)],
+            resume_token: None,
+            written: 0,
+        };
+        let range = [r("s2", 12), r("s3", 13)];
+        assert_eq!(range_refusal("b/a", &good, &r("s1", 11), &range), None);
+        let refused = |t: &TargetState, base: RangeSnap, snaps: &[RangeSnap]| {
+            range_refusal("b/a", t, &base, snaps).unwrap_or_default()
+        };
+        assert!(refused(&good, r("s1", 11), &[]).contains("empty range"));
+        let e = refused(&TargetState::default(), r("s1", 11), &range);
+        assert!(e.contains("does not exist"), "{e}");
+        let mut partial = good.clone();
+        partial.resume_token = Some("1-abc".into());
+        assert!(refused(&partial, r("s1", 11), &range).contains("interrupted receive"));
+        // Same name, another GUID: not the base.
+        let e = refused(&good, r("s1", 99), &range);
+        assert!(
+            e.contains("lacks the range's base @s1") && e.contains("0x63"),
+            "{e}"
+        );
+        // An older base: s1 on the target is newer, a divergence.
+        let e = refused(&good, r("s0", 10), &range);
+        assert!(e.contains("diverged") && e.contains("@s1"), "{e}");
+        let mut written = good.clone();
+        written.written = 4096;
+        let e = refused(&written, r("s1", 11), &range);
+        assert!(e.contains("diverged") && e.contains("4096 bytes"), "{e}");
+    }
+
+    #[test]
+    fn every_snapshot_of_a_range_must_land_by_name_and_guid() {
+        let after = TargetState {
+            exists: true,
+            snapshots: vec![snap("s1", 11, 6), snap("s2", 12, 7), snap("s3", 77, 8)],
+            resume_token: None,
+            written: 0,
+        };
+        assert!(missing_from(&after, &[r("s2", 12)]).is_empty());
+        assert_eq!(
+            missing_from(&after, &[r("s2", 12), r("s3", 13), r("s4", 14)]),
+            vec!["@s3 (0xd)".to_owned(), "@s4 (0xe)".to_owned()]
+        );
     }
 }

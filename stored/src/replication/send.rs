@@ -12,7 +12,7 @@ use appliance::model::{ReplicationJob, Transport};
 use rustls::pki_types::ServerName;
 
 use super::plan::{self, PendingResume, Snap, Step, TargetState};
-use super::proto::{self, Reply, Request};
+use super::proto::{self, RangeSnap, Reply, Request};
 use super::tls::{self, Identity};
 use super::{JobReport, ReplError, holds, local, receive};
 use crate::zfs::lzc::SendFlags;
@@ -85,6 +85,8 @@ struct Link<'a> {
     target: &'a str,
     /// This box's certificate fingerprint, for the hint when the receiver refuses it.
     fingerprint: String,
+    /// Whether the receiver listed [`proto::FEATURE_RANGE`] in its answer to `Hello`.
+    ranges: bool,
 }
 
 impl Link<'_> {
@@ -141,7 +143,42 @@ enum Dest<'a> {
     Local,
 }
 
+/// The plan's steps as sent: runs of [`RANGE_MIN`] or more incrementals joined into ranges
+/// when the destination takes them (the local transport always; a receiver when it listed
+/// the feature), else one stream per snapshot.
+fn with_ranges(steps: Vec<Step>, ranges: bool) -> Vec<Step> {
+    if ranges {
+        plan::ranges(steps, RANGE_MIN)
+    } else {
+        steps
+    }
+}
+
+/// The range's base and its snapshots, oldest first, from the source listing: every
+/// snapshot after `from` up to `to`, by creation txg. `None` when either end is missing.
+fn range_snaps(source: &[Snap], from: &str, to: &str) -> Option<(RangeSnap, Vec<RangeSnap>)> {
+    let find = |name: &str| source.iter().find(|s| s.name == name);
+    let (base, last) = (find(from)?, find(to)?);
+    let mut snaps: Vec<&Snap> = source
+        .iter()
+        .filter(|s| s.createtxg > base.createtxg && s.createtxg <= last.createtxg)
+        .collect();
+    snaps.sort_by_key(|s| s.createtxg);
+    let r = |s: &Snap| RangeSnap {
+        name: s.name.clone(),
+        guid: s.guid,
+    };
+    Some((r(base), snaps.into_iter().map(r).collect()))
+}
+
 impl Dest<'_> {
+    fn takes_ranges(&self) -> bool {
+        match self {
+            Dest::Local => true,
+            Dest::Remote(link) => link.ranges,
+        }
+    }
+
     fn target(&self) -> &str {
         match self {
             Dest::Remote(link) => link.target,
@@ -256,6 +293,7 @@ pub fn run_job(
             conn,
             target: &target,
             fingerprint,
+            ranges: false,
         })
     };
     let mut dest = match job.transport {
@@ -277,11 +315,20 @@ pub fn run_job(
         .map(|d| plan::target_name(job.target_dataset.as_str(), d.as_str(), d.as_str()))
         .collect();
     if let Dest::Remote(link) = &mut dest {
-        link.ask(&Request::Hello {
+        let welcome = link.ask(&Request::Hello {
             version: proto::VERSION,
             job: name.to_owned(),
             datasets: roots.clone(),
         })?;
+        link.ranges = welcome.has_feature(proto::FEATURE_RANGE);
+        if !link.ranges {
+            tracing::info!(
+                job = name,
+                target = link.target,
+                "the receiver takes no range streams (a stored older than them): one \
+                 stream per snapshot"
+            );
+        }
     }
     let rate = options
         .bandwidth_limit
@@ -463,21 +510,28 @@ fn replicate_dataset(
     let mut result = Ok(());
     let mut steps = 0;
     let mut cut: Option<String> = None;
-    // Ranges go through the zfs tools on both ends, which only the local transport has
-    // wired up: the remote receivers take one lzc stream per snapshot.
-    let planned_steps = match dest {
-        Dest::Local => plan::ranges(plan.steps.clone(), RANGE_MIN),
-        Dest::Remote(_) => plan.steps.clone(),
-    };
+    let planned_steps = with_ranges(plan.steps.clone(), dest.takes_ranges());
     for step in &planned_steps {
         if let Step::Range { from, to, count } = step {
             tracing::info!(job = job_name, %step, target = target_ds, "sending");
             let sent = match dest {
                 Dest::Local => local::range(zfs, dataset, (from, to), target_ds, raw, limiter),
-                Dest::Remote(_) => Err(config_err(
-                    job_name,
-                    "a range step for a remote target (stored plans none)",
-                )),
+                Dest::Remote(link) => match range_snaps(&source, from, to) {
+                    Some((base, snaps)) => {
+                        let range = RemoteRange {
+                            dataset,
+                            target_ds,
+                            base: &base,
+                            snapshots: &snaps,
+                            raw,
+                        };
+                        remote_range(zfs, link, &range, limiter)
+                    }
+                    None => Err(config_err(
+                        job_name,
+                        format!("{dataset}: the range @{from} -> @{to} is not in its listing"),
+                    )),
+                },
             };
             match sent {
                 Ok(bytes) => {
@@ -488,10 +542,10 @@ fn replicate_dataset(
                 }
                 Err(e) => {
                     // The snapshots before the one in flight landed: the target says which.
-                    let after = dest
-                        .state(zfs, target_ds)
-                        .ok()
-                        .and_then(|t| newest_common(&source, &t));
+                    // A broken link cannot say: then the first snapshot not known to
+                    // have landed counts as the one in flight.
+                    let after_state = dest.state(zfs, target_ds).ok();
+                    let after = after_state.as_ref().and_then(|t| newest_common(&source, t));
                     let txg = |name: &str| {
                         source
                             .iter()
@@ -509,11 +563,16 @@ fn replicate_dataset(
                     if arrived > 0 {
                         landed = after;
                     }
-                    cut = source
-                        .iter()
-                        .filter(|s| s.createtxg > reached && s.createtxg <= txg(to))
-                        .min_by_key(|s| s.createtxg)
-                        .map(|s| s.name.clone());
+                    cut = match &after_state {
+                        // The snapshot the target's token names, if any: a range refused
+                        // before its stream, or whose receive failed whole, left none.
+                        Some(t) => in_flight(&source, t),
+                        None => source
+                            .iter()
+                            .filter(|s| s.createtxg > reached && s.createtxg <= txg(to))
+                            .min_by_key(|s| s.createtxg)
+                            .map(|s| s.name.clone()),
+                    };
                     tracing::warn!(job = job_name, target = target_ds, arrived, in_flight = ?cut, error = %e, "a range stream was cut");
                     result = Err(e);
                     break;
@@ -633,6 +692,16 @@ fn hold_cut_snapshot(zfs: &mut RealZfs, dataset: &str, job: &str, snap: &str) {
             tracing::warn!(snapshot = %full, error = %e, "cannot hold the snapshot whose stream was cut; a prune may make the resume token stale")
         }
     }
+}
+
+/// The source snapshot an interrupted receive on the target was receiving (its token's
+/// `toguid`), if the target has one.
+fn in_flight(source: &[Snap], state: &TargetState) -> Option<String> {
+    let token = resume::decode(state.resume_token.as_deref()?).ok()?;
+    source
+        .iter()
+        .find(|s| s.guid == token.toguid)
+        .map(|s| s.name.clone())
 }
 
 fn newest_common(source: &[Snap], state: &TargetState) -> Option<String> {
@@ -778,6 +847,78 @@ fn stream(
     }
 }
 
+/// A range for a remote receiver: what [`remote_range`] sends.
+struct RemoteRange<'a> {
+    dataset: &'a str,
+    target_ds: &'a str,
+    base: &'a RangeSnap,
+    /// Oldest first.
+    snapshots: &'a [RangeSnap],
+    raw: bool,
+}
+
+/// Sends a range to a receiver that takes them: `ReceiveRange`, and after its `Ok` the
+/// stream of `zfs send -L -e -c [-w] -I` framed through the limiter (the receiver runs
+/// `zfs receive -s -u`). Returns the stream bytes.
+fn remote_range(
+    zfs: &RealZfs,
+    link: &mut Link<'_>,
+    range: &RemoteRange<'_>,
+    limiter: &mut Option<Limiter>,
+) -> Result<u64, ReplError> {
+    let Some(last) = range.snapshots.last() else {
+        return Ok(0);
+    };
+    link.ask(&Request::ReceiveRange {
+        dataset: range.target_ds.to_owned(),
+        base: range.base.clone(),
+        snapshots: range.snapshots.to_vec(),
+        raw: range.raw,
+    })?;
+    let mut send = match local::RangeSend::spawn(
+        zfs,
+        range.dataset,
+        (&range.base.name, &last.name),
+        range.raw,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            // The receiver waits for a stream: an empty one, aborted, keeps the link usable.
+            proto::send_end(&mut link.conn, false).map_err(|e| link.broke(e))?;
+            let _: Result<Reply, _> = proto::read_msg(&mut link.conn);
+            return Err(e);
+        }
+    };
+    let link_result = match send.stdout.take() {
+        Some(mut out) => proto::send_stream(&mut out, &mut link.conn, |n| {
+            if let Some(l) = limiter.as_mut() {
+                l.take(n);
+            }
+        }),
+        None => Err(io::Error::other("zfs send has no stdout")),
+    };
+    let snapshot = send.snapshot.clone();
+    // Its stream read to the end or dropped: a send still writing fails with EPIPE.
+    let sent = send.finish();
+    let bytes = link_result.map_err(|e| link.broke(e))?;
+    proto::send_end(&mut link.conn, sent.is_ok()).map_err(|e| link.broke(e))?;
+    let reply: Reply = proto::read_msg(&mut link.conn).map_err(|e| link.broke(e))?;
+    if let Err(source) = sent {
+        return Err(ReplError::Send { snapshot, source });
+    }
+    match reply {
+        Reply::Received { .. } => Ok(bytes),
+        Reply::Error { message } => Err(ReplError::Refused {
+            target: link.target.to_owned(),
+            message,
+        }),
+        other => Err(ReplError::Refused {
+            target: link.target.to_owned(),
+            message: format!("unexpected answer to a range: {other:?}"),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::plan::Base;
@@ -800,5 +941,65 @@ mod tests {
     fn base_suffixes() {
         assert_eq!(Base::Snapshot("a".into()).suffix(), "@a");
         assert_eq!(Base::Bookmark("b".into()).suffix(), "#b");
+    }
+
+    fn snap(name: &str, guid: u64, createtxg: u64) -> Snap {
+        Snap {
+            name: name.into(),
+            guid,
+            createtxg,
+            creation: 0,
+        }
+    }
+
+    fn incs(n: usize) -> Vec<Step> {
+        (1..=n)
+            .map(|i| Step::Incremental {
+                from: Base::Snapshot(format!("s{}", i - 1)),
+                to: format!("s{i}"),
+            })
+            .collect()
+    }
+
+    /// A receiver that did not list the range feature (a stored older than it) gets the
+    /// plan's single streams untouched; one that did, and the local transport, a range.
+    #[test]
+    fn ranges_only_for_a_destination_that_takes_them() {
+        assert_eq!(with_ranges(incs(12), false), incs(12));
+        assert_eq!(
+            with_ranges(incs(12), true),
+            vec![Step::Range {
+                from: "s0".into(),
+                to: "s12".into(),
+                count: 12
+            }]
+        );
+        // Below RANGE_MIN a range costs more than it saves, whoever receives.
+        assert_eq!(with_ranges(incs(RANGE_MIN - 1), true), incs(RANGE_MIN - 1));
+    }
+
+    /// The list a range request carries: every snapshot after the base up to the newest,
+    /// by txg whatever the listing's order, with GUIDs; nothing for an unknown end.
+    #[test]
+    fn a_range_carries_its_snapshots_in_txg_order() {
+        let source = [
+            snap("s3", 3, 30),
+            snap("s0", 100, 1),
+            snap("s1", 1, 10),
+            snap("s2", 2, 20),
+            snap("s4", 4, 40),
+        ];
+        let (base, snaps) = range_snaps(&source, "s1", "s3").unwrap();
+        assert_eq!(
+            base,
+            RangeSnap {
+                name: "s1".into(),
+                guid: 1
+            }
+        );
+        let names: Vec<(&str, u64)> = snaps.iter().map(|s| (s.name.as_str(), s.guid)).collect();
+        assert_eq!(names, vec![("s2", 2), ("s3", 3)]);
+        assert!(range_snaps(&source, "gone", "s3").is_none());
+        assert!(range_snaps(&source, "s1", "gone").is_none());
     }
 }

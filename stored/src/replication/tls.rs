@@ -335,7 +335,7 @@ mod tests {
         let conn = rustls::ServerConnection::new(Arc::new(config)).map_err(|e| e.to_string())?;
         let mut s = rustls::StreamOwned::new(conn, tcp);
         let _: Request = proto::read_msg(&mut s).map_err(|e| e.to_string())?;
-        proto::send_msg(&mut s, &Reply::Ok).map_err(|e| e.to_string())
+        proto::send_msg(&mut s, &Reply::ok()).map_err(|e| e.to_string())
     }
 
     fn exchange(
