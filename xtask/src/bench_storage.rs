@@ -49,6 +49,35 @@ fn strace_kit(dir: &std::path::Path) -> Result<std::path::PathBuf, Failure> {
     Ok(dir.to_path_buf())
 }
 
+/// The lock every image build on this machine takes (`flock -x /tmp/image.lock cargo
+/// xtask image`).
+const IMAGE_LOCK: &str = "/tmp/image.lock";
+
+/// The image the bench boots: built only when there is none, and then under
+/// [`IMAGE_LOCK`], so that the bench never builds it alongside another build. An existing
+/// image is used as it is (the bench copies its own stored into the guest, so an image
+/// older than the tree does not matter). The returned file holds the lock shared until
+/// it is dropped at the end of the bench: a rebuild waits rather than replacing the disk
+/// under the running guest. flock(2) drops the exclusive lock before it takes the shared
+/// one, so a build waiting then may slip in between; it only makes the image newer.
+fn locked_image() -> Result<std::fs::File, Failure> {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(IMAGE_LOCK)
+        .with_context(|| format!("opening {IMAGE_LOCK}"))?;
+    if lock.try_lock().is_err() {
+        println!("==> waiting for {IMAGE_LOCK} (an image build is running)");
+        lock.lock()
+            .with_context(|| format!("locking {IMAGE_LOCK}"))?;
+    }
+    image_if_needed(false)?;
+    lock.lock_shared()
+        .with_context(|| format!("locking {IMAGE_LOCK} shared"))?;
+    Ok(lock)
+}
+
 pub(super) fn run_bench(opts: &[String]) -> Result<(), Failure> {
     let mut env: Vec<(&str, String)> = Vec::new();
     let mut it = opts.iter();
@@ -82,7 +111,7 @@ pub(super) fn run_bench(opts: &[String]) -> Result<(), Failure> {
         }
     }
     let root = repo_root()?;
-    image_if_needed(false)?;
+    let _image = locked_image()?;
     ensure_debian_packages(QEMU_PACKAGES)?;
     let debs = root
         .join("target")
