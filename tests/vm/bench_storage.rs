@@ -368,15 +368,9 @@ impl Replication {
     }
 }
 
-/// `stored replicate` against raw `zfs send | zfs recv` and syncoid: a full send, one
-/// incremental, then `empties` empty incrementals.
-fn replication(
-    b: &Bench<'_>,
-    pools: &str,
-    full_mib: u64,
-    inc_mib: u64,
-    empties: u64,
-) -> Replication {
+/// Identities for both ends and `stored receive` listening on 127.0.0.1:7411 into
+/// dst/stored; returns the receiver's fingerprint, which the TLS job pins.
+fn tls_receiver(b: &Bench<'_>, pools: &str) -> String {
     let vm = b.vm;
     let sender_fp = vm.sh(&format!(
         "{} replication identity /data/bench-repl/sender.pem",
@@ -412,17 +406,38 @@ datasets = ["dst/stored"]
         "the receiver did not listen: {}",
         String::from_utf8_lossy(&up.stdout)
     );
-    let job = b.config(
-        "job",
-        &format!(
-            r#"{pools}
+    receiver_fp.trim().to_owned()
+}
+
+/// The TLS job `bench`: src/data to the receiver of [`tls_receiver`].
+fn tls_job(receiver_fp: &str) -> String {
+    format!(
+        r#"
 [replication.bench]
 target = "127.0.0.1:7411"
 target_dataset = "dst/stored"
 datasets = ["src/data"]
-target_fingerprint = "{}"
+target_fingerprint = "{receiver_fp}"
 identity_file = "/data/bench-repl/sender.pem"
+"#
+    )
+}
 
+/// `stored replicate` against raw `zfs send | zfs recv` and syncoid: a full send, one
+/// incremental, then `empties` empty incrementals.
+fn replication(
+    b: &Bench<'_>,
+    pools: &str,
+    full_mib: u64,
+    inc_mib: u64,
+    empties: u64,
+) -> Replication {
+    let vm = b.vm;
+    let receiver_fp = tls_receiver(b, pools);
+    let job = b.config(
+        "job",
+        &format!(
+            r#"{pools}{}
 [replication.bench-local]
 transport = "local"
 target_dataset = "dst/local"
@@ -433,7 +448,7 @@ transport = "local"
 target_dataset = "dst/strace"
 datasets = ["src/data"]
 "#,
-            receiver_fp.trim()
+            tls_job(&receiver_fp)
         ),
     );
     // The ssh peer logs in as root with a key of its own (the guest's sshd on loopback).
@@ -515,18 +530,23 @@ datasets = ["src/data"]
 }
 
 /// `--only empties`: a 1 MiB base replicated by raw `zfs send | zfs recv`, stored's local
-/// transport and syncoid (untimed), then `empties` empty incrementals by each, timed, with
-/// what stored logged about its run (stale-hold sweep, listing, plan, streams, holds).
+/// transport, syncoid and stored over loopback TLS (untimed), then `empties` empty
+/// incrementals by each, timed, with what stored logged about its runs (stale-hold sweep,
+/// listing, plan, streams, holds). `empty_N_vs_syncoid` is the local transport's (the
+/// same shape as syncoid's pool to pool), `empty_N_tls_vs_syncoid` the TLS job's.
 fn empty_incrementals(b: &Bench<'_>, pools: &str, empties: u64) {
     let vm = b.vm;
+    let receiver_fp = tls_receiver(b, pools);
     let job = b.config(
         "job",
         &format!(
             "{pools}\n[replication.bench-local]\ntransport = \"local\"\n\
-             target_dataset = \"dst/local\"\ndatasets = [\"src/data\"]\n"
+             target_dataset = \"dst/local\"\ndatasets = [\"src/data\"]\n{}",
+            tls_job(&receiver_fp)
         ),
     );
     let local = format!("{} replicate bench-local --config {job}", b.stored);
+    let tls = format!("{} replicate bench --config {job}", b.stored);
     let syncoid = |cmd: &String| {
         format!("{cmd} --no-sync-snap --no-privilege-elevation src/data dst/syncoid/data")
     };
@@ -536,6 +556,7 @@ fn empty_incrementals(b: &Bench<'_>, pools: &str, empties: u64) {
         "zfs send -L -e -c src/data@inc | zfs recv -u dst/raw/data",
     );
     b.timed("base stored local", &local);
+    b.timed("base stored tls", &tls);
     if let Some(cmd) = &b.syncoid {
         b.timed("base syncoid", &syncoid(cmd));
     }
@@ -557,8 +578,16 @@ fn empty_incrementals(b: &Bench<'_>, pools: &str, empties: u64) {
         .syncoid
         .as_ref()
         .map(|cmd| b.timed("empty incrementals syncoid", &syncoid(cmd)));
+    // Over TLS the receiver takes the range as one `zfs receive -s -u` (its hello lists
+    // the feature); last, after syncoid, so that the headline pair keeps its order.
+    let over_tls = b.timed("empty incrementals stored tls", &tls);
+    eprintln!(
+        "empty incrementals stored tls logged:\n{}",
+        vm.sh("grep -a 'replication phases\\|^replicated \\|holds swept\\|range @' /tmp/bench.out || true")
+            .trim_end()
+    );
     let want = b.guid(&format!("src/data@{last}"));
-    let mut targets = vec!["dst/raw/data", "dst/local/data"];
+    let mut targets = vec!["dst/raw/data", "dst/local/data", "dst/stored/data"];
     if s.is_some() {
         targets.push("dst/syncoid/data");
     }
@@ -566,14 +595,21 @@ fn empty_incrementals(b: &Bench<'_>, pools: &str, empties: u64) {
         assert_eq!(b.guid(&format!("{t}@{last}")), want, "{t}@{last}");
     }
     println!(
-        "{empties} empty incrementals: raw {raw:.2} s, stored local {stored:.2} s, syncoid {}",
+        "{empties} empty incrementals: raw {raw:.2} s, stored local {stored:.2} s, \
+         stored tls {over_tls:.2} s, syncoid {}",
         s.map_or("n/a".to_owned(), |s| format!("{s:.2} s"))
     );
     match s {
-        Some(s) => println!(
-            "bench: empty_{empties}_vs_syncoid = {} ratio",
-            ratio(stored, s)
-        ),
+        Some(s) => {
+            println!(
+                "bench: empty_{empties}_vs_syncoid = {} ratio",
+                ratio(stored, s)
+            );
+            println!(
+                "bench: empty_{empties}_tls_vs_syncoid = {} ratio",
+                ratio(over_tls, s)
+            );
+        }
         None => println!("bench: empty_{empties}_vs_syncoid = n/a ratio (no SYNCOID_DEBS)"),
     }
     println!(
