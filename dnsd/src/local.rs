@@ -59,8 +59,9 @@ pub fn unix_now() -> u64 {
 /// The names of the live leases, ready for lookups.
 #[derive(Debug, Default, Clone)]
 pub struct LeaseZone {
-    /// Lowercase FQDN → address.
-    names: HashMap<Name, IpAddr>,
+    /// Lowercase FQDN → its addresses: at most one IPv4 and one IPv6 (a client with a
+    /// DHCPv4 and a DHCPv6 lease under one hostname has both).
+    names: HashMap<Name, Vec<IpAddr>>,
     /// Reverse name (`4.1.168.192.in-addr.arpa.`) → FQDN.
     ptrs: HashMap<Name, Name>,
     /// When the first of the leases taken runs out, in Unix seconds.
@@ -84,7 +85,9 @@ impl LeaseZone {
         let domain = domain
             .map(|d| d.trim_matches('.'))
             .filter(|d| !d.is_empty());
-        let mut by_name: HashMap<Name, &Lease> = HashMap::new();
+        // One winner per name and address family: the IPv4 and the IPv6 lease of one
+        // client both answer its name.
+        let mut by_name: HashMap<(Name, bool), &Lease> = HashMap::new();
         for lease in leases.iter().filter(|l| l.is_active(now)) {
             let Some(label) = lease.hostname.as_deref().and_then(host_label) else {
                 continue;
@@ -97,7 +100,7 @@ impl LeaseZone {
                 tracing::debug!(name = fqdn, "lease name is not a DNS name");
                 continue;
             };
-            match by_name.entry(name.to_lowercase()) {
+            match by_name.entry((name.to_lowercase(), lease.ip.is_ipv4())) {
                 Entry::Vacant(v) => {
                     v.insert(lease);
                 }
@@ -109,7 +112,7 @@ impl LeaseZone {
             }
         }
         let mut by_ip: HashMap<IpAddr, (&Name, &Lease)> = HashMap::new();
-        for (name, lease) in &by_name {
+        for ((name, _), lease) in &by_name {
             match by_ip.entry(lease.ip) {
                 Entry::Vacant(v) => {
                     v.insert((name, lease));
@@ -123,7 +126,10 @@ impl LeaseZone {
         }
         let mut zone = Self::default();
         for (ip, (name, lease)) in by_ip {
-            zone.names.insert(name.clone(), ip);
+            let ips = zone.names.entry(name.clone()).or_default();
+            ips.push(ip);
+            // A first, then AAAA, whatever the order of the map.
+            ips.sort_by_key(|ip| ip.is_ipv6());
             zone.ptrs.insert(Name::from(ip), name.clone());
             if let Some(t) = lease.expires {
                 zone.next_expiry = Some(zone.next_expiry.map_or(t, |n: u64| n.min(t)));
@@ -136,10 +142,12 @@ impl LeaseZone {
     /// a client calling itself like the router does not get the reverse name of its address.
     pub fn without(mut self, reserved: &HashSet<Name>) -> Self {
         let ptrs = &mut self.ptrs;
-        self.names.retain(|name, ip| {
+        self.names.retain(|name, ips| {
             let keep = !reserved.contains(name);
             if !keep {
-                ptrs.remove(&Name::from(*ip));
+                for ip in ips.iter() {
+                    ptrs.remove(&Name::from(*ip));
+                }
             }
             keep
         });
@@ -167,33 +175,39 @@ impl LeaseZone {
     /// The answer for `qname`/`qtype` if it is a client's name or address.
     pub fn lookup(&self, qname: &Name, qtype: RecordType) -> Option<Answer> {
         let key = qname.to_lowercase();
-        let record = if let Some(ip) = self.names.get(&key) {
-            let data = match (qtype, ip) {
-                (RecordType::A | RecordType::ANY, IpAddr::V4(v4)) => Some(RData::A(A(*v4))),
-                (RecordType::AAAA | RecordType::ANY, IpAddr::V6(v6)) => {
-                    Some(RData::AAAA(AAAA(*v6)))
-                }
-                _ => None,
-            };
-            data.map(|d| Record::from_rdata(qname.clone(), LEASE_TTL, d))
+        let records: Vec<Record> = if let Some(ips) = self.names.get(&key) {
+            ips.iter()
+                .filter_map(|ip| match (qtype, ip) {
+                    (RecordType::A | RecordType::ANY, IpAddr::V4(v4)) => Some(RData::A(A(*v4))),
+                    (RecordType::AAAA | RecordType::ANY, IpAddr::V6(v6)) => {
+                        Some(RData::AAAA(AAAA(*v6)))
+                    }
+                    _ => None,
+                })
+                .map(|d| Record::from_rdata(qname.clone(), LEASE_TTL, d))
+                .collect()
         } else {
             let target = self.ptrs.get(&key)?;
-            matches!(qtype, RecordType::PTR | RecordType::ANY).then(|| {
-                Record::from_rdata(qname.clone(), LEASE_TTL, RData::PTR(PTR(target.clone())))
-            })
+            matches!(qtype, RecordType::PTR | RecordType::ANY)
+                .then(|| {
+                    Record::from_rdata(qname.clone(), LEASE_TTL, RData::PTR(PTR(target.clone())))
+                })
+                .into_iter()
+                .collect()
         };
-        Some(match record {
-            Some(r) => Answer {
-                rcode: ResponseCode::NoError,
-                answers: vec![r],
-                authorities: Vec::new(),
-            },
+        Some(if records.is_empty() {
             // The name exists with another type: NODATA, with an SOA for negative caching.
-            None => Answer {
+            Answer {
                 rcode: ResponseCode::NoError,
                 answers: Vec::new(),
                 authorities: vec![soa(qname, LEASE_TTL)],
-            },
+            }
+        } else {
+            Answer {
+                rcode: ResponseCode::NoError,
+                answers: records,
+                authorities: Vec::new(),
+            }
         })
     }
 }
@@ -408,6 +422,43 @@ mod tests {
         assert_eq!(nodata.rcode, ResponseCode::NoError);
         assert_eq!(nodata.authorities.len(), 1);
         assert_eq!(z.next_expiry(), Some(1000));
+    }
+
+    /// A client with an IPv4 and an IPv6 lease under one hostname (DHCPv4 and DHCPv6)
+    /// has both addresses, and both reverse names point at its name.
+    #[test]
+    fn a_client_with_both_families_gets_a_and_aaaa_and_both_ptrs() {
+        let leases = [
+            lease("192.168.1.80", "Desk", Some(1000)),
+            lease("fd00::80", "desk", Some(900)),
+        ];
+        let z = LeaseZone::build(&leases, Some("lan"), 0);
+        assert_eq!(z.len(), 1);
+        let a = z.lookup(&n("desk.lan."), RecordType::A).unwrap();
+        assert_eq!(data(&a), ["192.168.1.80"]);
+        let aaaa = z.lookup(&n("desk.lan."), RecordType::AAAA).unwrap();
+        assert_eq!(data(&aaaa), ["fd00::80"]);
+        let any = z.lookup(&n("desk.lan."), RecordType::ANY).unwrap();
+        assert_eq!(data(&any), ["192.168.1.80", "fd00::80"]);
+        let p4 = z
+            .lookup(&n("80.1.168.192.in-addr.arpa."), RecordType::PTR)
+            .unwrap();
+        assert_eq!(data(&p4), ["ptr desk.lan."]);
+        let p6 = z.lookup(
+            &Name::from("fd00::80".parse::<IpAddr>().unwrap()),
+            RecordType::PTR,
+        );
+        assert_eq!(data(&p6.unwrap()), ["ptr desk.lan."]);
+
+        let z = z.without(&HashSet::from([n("desk.lan.")]));
+        assert!(z.is_empty());
+        assert!(
+            z.lookup(
+                &Name::from("fd00::80".parse::<IpAddr>().unwrap()),
+                RecordType::PTR
+            )
+            .is_none()
+        );
     }
 
     #[test]
