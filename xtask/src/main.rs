@@ -18,6 +18,7 @@ mod bench_dns;
 mod bench_net;
 mod bench_ota;
 mod bench_storage;
+mod vm_lanes;
 
 const USAGE: &str = "\
 Usage: cargo xtask <command> [options]
@@ -41,9 +42,12 @@ Commands:
   run [--rebuild] [--kvm] boot the image in QEMU (TCG) with the serial console in the
                           terminal, building it first if there is none; a fresh disk
                           overlay each run; quit with Ctrl-A X
-  vm-test                 build the image if there is none, then run the VM tests
+  vm-test [--only NAME]... [--lanes N]
+                          build the image if there is none, then run the VM tests
                           (tests/vm: boot, read-only root, /data, A/B fallback, and
-                          802.1Q, WireGuard, ZFS, nfsd, smbd in the guest)
+                          802.1Q, WireGuard, ZFS, nfsd, smbd in the guest), one process
+                          per test in N lanes (2), longest first; --only keeps the tests
+                          whose path contains NAME; each log in target/vm-logs/lanes
   bench dns [--domains N] [--seconds S]
                           dnsd against dnsmasq and unbound with dnsperf, one core each;
                           ends with `bench: <name> = <value> <unit>` lines
@@ -158,8 +162,24 @@ fn dispatch(args: &[String]) -> Result<(), Failure> {
             Ok(run_vm(rebuild, kvm)?)
         }
         "vm-test" => {
-            no_args("vm-test", rest)?;
-            Ok(vm_test()?)
+            let mut only = Vec::new();
+            let mut lanes = VM_LANES;
+            let mut args = rest.iter();
+            while let Some(arg) = args.next() {
+                match (arg.as_str(), args.next()) {
+                    ("--only", Some(name)) => only.push(name.clone()),
+                    ("--lanes", Some(n)) => match n.parse() {
+                        Ok(n) if n > 0 => lanes = n,
+                        _ => return usage(format!("--lanes takes a positive number, got `{n}`")),
+                    },
+                    (other, _) => {
+                        return usage(format!(
+                            "vm-test takes --only NAME (repeatable) and --lanes N, got `{other}`"
+                        ));
+                    }
+                }
+            }
+            Ok(vm_test(&only, lanes)?)
         }
         "bench" if rest.first().is_some_and(|a| a == "ota") => {
             bench_ota::run_bench(rest.get(1..).unwrap_or_default())
@@ -317,7 +337,7 @@ fn disk_free(root: &Path) -> String {
 }
 
 fn step_vm(_root: &Path) -> Result<()> {
-    vm_test()
+    vm_test(&[], VM_LANES)
 }
 
 /// Runs the steps in order with a header and a timing each; stops at the first failure.
@@ -720,30 +740,21 @@ fn run_vm(rebuild: bool, kvm: bool) -> Result<()> {
     run(&mut cmd)
 }
 
-fn vm_test() -> Result<()> {
+/// Each VM is one TCG thread, so two of them use the two cores that the build used.
+const VM_LANES: usize = 2;
+
+fn vm_test(only: &[String], lanes: usize) -> Result<()> {
     let root = repo_root()?;
     let started = Instant::now();
     image_if_needed(false)?;
     // The same inputs must give the same root: a second build from the warm cache is cheap.
-    check_reproducible()?;
+    if only.is_empty() {
+        check_reproducible()?;
+    }
     ensure_debian_packages(QEMU_PACKAGES)?;
     // The A/B test edits the ESP of a copy of the image.
     ensure_debian_packages(&["mtools"])?;
-    println!("==> VM tests");
-    run(cargo(&root).args([
-        "test",
-        "--locked",
-        "-p",
-        "appliance-tests",
-        "--features",
-        "vm",
-        "--test",
-        "vm",
-        "--",
-        // Each VM is one TCG thread, so two of them use the two cores that the build used.
-        "--test-threads=2",
-        "--nocapture",
-    ]))?;
+    vm_lanes::run(&root, only, lanes)?;
     println!("==> VM tests passed in {}", Secs(started.elapsed()));
     Ok(())
 }
