@@ -235,6 +235,8 @@ fn child_apply(args: &[String]) -> Res<()> {
         )
         .into());
     }
+    // its state writer finishes the last record first
+    drop(fw);
     let _ = std::fs::remove_dir_all(&state_dir);
 
     // nft's own peak is measured by `nft-file --json`: a child of this big process would
