@@ -1002,4 +1002,22 @@ mod tests {
         assert!(range_snaps(&source, "gone", "s3").is_none());
         assert!(range_snaps(&source, "s1", "gone").is_none());
     }
+
+    /// After a failed range, the snapshot the target's token names is the one held for
+    /// the resume; without a token (a refusal before the stream) none is.
+    #[test]
+    fn the_snapshot_in_flight_is_the_one_the_token_names() {
+        let source = [snap("s1", 1, 10), snap("s2", 2, 20), snap("s3", 3, 30)];
+        let mut t = TargetState {
+            exists: true,
+            snapshots: vec![snap("s1", 1, 2)],
+            resume_token: Some(crate::zfs::resume::token_for_tests(1, 2)),
+            written: 0,
+        };
+        assert_eq!(in_flight(&source, &t), Some("s2".to_owned()));
+        t.resume_token = Some(crate::zfs::resume::token_for_tests(2, 99));
+        assert_eq!(in_flight(&source, &t), None);
+        t.resume_token = None;
+        assert_eq!(in_flight(&source, &t), None);
+    }
 }

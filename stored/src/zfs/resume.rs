@@ -120,17 +120,30 @@ pub fn decode(token: &str) -> Result<ResumeToken, TokenError> {
     })
 }
 
+/// Builds a token the way the kernel does (`get_receive_resume_stats_impl`).
+#[cfg(test)]
+pub(crate) fn encode(list: &NvList) -> String {
+    let packed = list.pack().unwrap();
+    let compressed = miniz_oxide::deflate::compress_to_vec_zlib(&packed, 6);
+    let hex: String = compressed.iter().map(|b| format!("{b:02x}")).collect();
+    format!("1-{:x}-{:x}-{hex}", fletcher4_a(&compressed), packed.len())
+}
+
+/// A kernel-shaped token of a receive of `toguid` from `fromguid`, for other modules' tests.
+#[cfg(test)]
+pub(crate) fn token_for_tests(fromguid: u64, toguid: u64) -> String {
+    let mut l = NvList::new().unwrap();
+    l.add_u64("fromguid", fromguid).unwrap();
+    l.add_u64("object", 1).unwrap();
+    l.add_u64("offset", 0).unwrap();
+    l.add_u64("toguid", toguid).unwrap();
+    l.add_string("toname", "tank/a@x").unwrap();
+    encode(&l)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Builds a token the way the kernel does (`get_receive_resume_stats_impl`).
-    fn encode(list: &NvList) -> String {
-        let packed = list.pack().unwrap();
-        let compressed = miniz_oxide::deflate::compress_to_vec_zlib(&packed, 6);
-        let hex: String = compressed.iter().map(|b| format!("{b:02x}")).collect();
-        format!("1-{:x}-{:x}-{hex}", fletcher4_a(&compressed), packed.len())
-    }
 
     fn sample() -> NvList {
         let mut l = NvList::new().unwrap();
