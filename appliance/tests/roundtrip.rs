@@ -1685,6 +1685,8 @@ fn build_dns(d: &DnsSpec, zones: &[Name], links: &[IfName], dhcp_wan: bool) -> D
         min_ttl,
         max_ttl,
         serve_stale: d.serve_stale,
+        // Varies with another flag, so both values go through the round trip.
+        never_forward_private: d.serve_stale,
         blocking: d.blocking,
         block_mode: d.block_mode,
         // A group in custom mode answers with the global addresses, so they are there

@@ -44,6 +44,12 @@ pub struct Dns {
     pub max_ttl: Option<Duration>,
     /// Answer from expired cache entries while every upstream fails.
     pub serve_stale: bool,
+    /// Keep private names off the upstreams (dnsmasq's `bogus-priv` and `domain-needed`):
+    /// reverse lookups in private ranges (RFC 1918, RFC 6598, loopback, link-local, ULA),
+    /// A/AAAA queries for single-label names, and names under `system.domain`, when not
+    /// answered locally, get NXDOMAIN instead of being forwarded, unless a
+    /// `dns.forwarding` entry covers them.
+    pub never_forward_private: bool,
     /// Block at all; the default group and each client group can override.
     pub blocking: bool,
     /// How a blocked name is answered.
@@ -92,6 +98,7 @@ impl Default for Dns {
             min_ttl: None,
             max_ttl: None,
             serve_stale: true,
+            never_forward_private: true,
             blocking: true,
             block_mode: BlockMode::Null,
             block_addresses: Vec::new(),
