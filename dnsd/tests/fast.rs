@@ -179,7 +179,8 @@ fn upstream_answer(name: &str, qtype: RecordType, ttl: u32) -> Message {
     m.metadata.recursion_available = true;
     m.add_query(Query::query(n.clone(), qtype));
     match qtype {
-        RecordType::A => {
+        // An alias: never copied for the fast path ([`answers_with_a_cname_stay_on_the_hickory_path`]).
+        RecordType::A if name.starts_with("alias.") => {
             let target = Name::from_ascii("target.fwd.test.").unwrap();
             m.add_answer(Record::from_rdata(
                 n.clone(),
@@ -190,6 +191,18 @@ fn upstream_answer(name: &str, qtype: RecordType, ttl: u32) -> Message {
                 target,
                 ttl / 2,
                 RData::A(A::new(192, 0, 2, 10)),
+            ));
+        }
+        RecordType::A => {
+            m.add_answer(Record::from_rdata(
+                n.clone(),
+                ttl,
+                RData::A(A::new(192, 0, 2, 10)),
+            ));
+            m.add_answer(Record::from_rdata(
+                n.clone(),
+                ttl / 2,
+                RData::A(A::new(192, 0, 2, 11)),
             ));
         }
         RecordType::TXT => {
@@ -274,6 +287,33 @@ async fn cached_answers_are_byte_identical() {
         }
     }
     assert_eq!(checked, 24);
+}
+
+/// The fast path judges the query name alone, so an answer whose CNAME target a list may
+/// block (CNAME cloaking) is never copied: it is checked on the hickory path each time.
+#[tokio::test]
+async fn answers_with_a_cname_stay_on_the_hickory_path() {
+    let r = resolver(&config(""));
+    let h = Handler(Arc::clone(&r));
+    let name = "alias.fwd.test.";
+    let key = Key::new(
+        &Name::from_ascii(name).unwrap(),
+        RecordType::A,
+        DNSClass::IN,
+        false,
+    );
+    r.cache().insert(
+        key,
+        &upstream_answer(name, RecordType::A, 600),
+        Instant::now(),
+    );
+    let q = query(7, name, RecordType::A, Opt::None, true, false);
+    for _ in 0..2 * dnsd::cache::PREFETCH_MIN_HITS {
+        assert!(fast(&r, &q, CLIENT).is_none());
+        let a = h.answer_packet(&q, CLIENT.parse().unwrap()).await.unwrap();
+        assert_eq!(Message::from_vec(&a).unwrap().answers.len(), 2);
+    }
+    assert!(r.wire_cache().is_empty());
 }
 
 #[tokio::test]
