@@ -145,6 +145,37 @@ struct Tables {
     local: LocalZone,
     /// LAN subnets and their links, to give the policy the link of a client.
     subnets: Vec<(Cidr, String)>,
+    /// `dns.never_forward_private`: the local domain (lowercase, no final dot), whose
+    /// names are never forwarded; `None` when the setting is off.
+    private: Option<String>,
+}
+
+/// TTL of the NXDOMAIN for a private name: short, since a DHCP client may take the name.
+const PRIVATE_TTL: u32 = 60;
+
+/// A reverse name in a private range (dnsmasq's `bogus-priv`): RFC 1918, RFC 6598 shared
+/// space, loopback, IPv4 and IPv6 link-local, ULA. `name` is the policy's spelling.
+pub fn private_reverse(name: &str) -> bool {
+    if let Some(rest) = name.strip_suffix(".in-addr.arpa") {
+        let mut octets = rest.rsplit('.').map(|o| o.parse::<u8>().ok());
+        return matches!(
+            (octets.next().flatten(), octets.next().flatten()),
+            (Some(10 | 127), _)
+                | (Some(172), Some(16..=31))
+                | (Some(192), Some(168))
+                | (Some(169), Some(254))
+                | (Some(100), Some(64..=127))
+        );
+    }
+    if let Some(rest) = name.strip_suffix(".ip6.arpa") {
+        let nibbles: Vec<&str> = rest.rsplit('.').take(3).collect();
+        // fc00::/7 (ULA) and fe80::/10 (link-local).
+        return matches!(
+            nibbles.as_slice(),
+            ["f", "c" | "d", ..] | ["f", "e", "8" | "9" | "a" | "b"]
+        );
+    }
+    false
 }
 
 impl Tables {
@@ -168,10 +199,33 @@ impl Tables {
         }
         // Longest prefix first, so that the most specific subnet names the link.
         subnets.sort_by_key(|(c, _)| std::cmp::Reverse(c.prefix_len()));
+        let private = cfg.dns.never_forward_private.then(|| {
+            let d = cfg.system.domain.as_str().trim_end_matches('.');
+            d.to_ascii_lowercase()
+        });
         Self {
             local: LocalZone::from_config(cfg),
             subnets,
+            private,
         }
+    }
+
+    /// A name that must not leave the box (`dns.never_forward_private`): a reverse name
+    /// in a private range, an A/AAAA query for a single label (domain-needed), or a name
+    /// in the local domain. `name` is the policy's spelling (lowercase, no final dot).
+    fn private(&self, name: &str, qtype: RecordType) -> bool {
+        let Some(domain) = &self.private else {
+            return false;
+        };
+        let single = !name.is_empty()
+            && !name.contains('.')
+            && matches!(qtype, RecordType::A | RecordType::AAAA);
+        let local = !domain.is_empty()
+            && (name == domain
+                || name
+                    .strip_suffix(domain.as_str())
+                    .is_some_and(|p| p.ends_with('.')));
+        single || local || private_reverse(name)
     }
 
     fn link_of(&self, client: IpAddr) -> Option<&str> {
@@ -662,12 +716,24 @@ impl Handler {
             .policy
             .load()
             .decide(client, tables.link_of(client), &name);
+        let private = tables.private(&name, qtype);
         drop(tables);
         if let Action::Block { mode, addresses } = decision.action {
             Stats::bump(&r.stats.blocked);
             note.blocked_by(decision.rule);
             let a = answer::blocked(&qname, qtype, mode, &addresses);
             return send_made_up(handle, request, &a, false).await;
+        }
+        // What a conditional forward covers is the administrator's choice to ask there.
+        if private && !r.upstreams.is_forwarded(&qname) {
+            Stats::bump(&r.stats.local);
+            note.outcome = Some(LogOutcome::Local);
+            let a = Answer {
+                rcode: ResponseCode::NXDomain,
+                answers: Vec::new(),
+                authorities: vec![answer::soa(&qname, PRIVATE_TTL)],
+            };
+            return send_made_up(handle, request, &a, true).await;
         }
 
         let dnssec_ok = request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);

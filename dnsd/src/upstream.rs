@@ -380,6 +380,15 @@ impl Upstreams {
         all
     }
 
+    /// Whether a conditional forward covers `qname`.
+    pub fn is_forwarded(&self, qname: &Name) -> bool {
+        self.routes
+            .load()
+            .forwards
+            .iter()
+            .any(|f| f.domain.zone_of(qname))
+    }
+
     /// The servers to try for `qname`, best first.
     fn candidates(&self, qname: &Name) -> Vec<Arc<Server>> {
         let routes = self.routes.load();

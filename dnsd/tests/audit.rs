@@ -338,3 +338,143 @@ async fn dnssec_flags_pass_through_both_paths_and_blocked_answers_have_no_ad() {
     assert_eq!(m.answers.len(), 1, "{m:?}");
     assert!(!m.metadata.authentic_data, "{m:?}");
 }
+
+/// An upstream that notes every name it is asked and answers it with 192.0.2.90.
+async fn recording_upstream() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let noted = seen.clone();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        loop {
+            let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+                return;
+            };
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            noted.lock().unwrap().push(q.queries[0].name.to_ascii());
+            let mut r = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+            r.metadata.recursion_desired = q.metadata.recursion_desired;
+            r.metadata.recursion_available = true;
+            r.add_queries(q.queries.clone());
+            r.add_answer(Record::from_rdata(
+                q.queries[0].name.clone(),
+                300,
+                RData::A(A::new(192, 0, 2, 90)),
+            ));
+            let _ = sock.send_to(&r.to_vec().unwrap(), from).await;
+        }
+    });
+    (addr, seen)
+}
+
+fn query_type(id: u16, name: &str, qtype: RecordType) -> Vec<u8> {
+    let mut m = Message::query();
+    m.metadata.id = id;
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    m.to_vec().unwrap()
+}
+
+/// `dns.never_forward_private` (on by default): reverse names of private ranges, single
+/// labels and names of the local domain are answered NXDOMAIN without reaching the
+/// upstream, unless a conditional forward covers them; off, they are forwarded.
+#[tokio::test]
+async fn private_names_never_reach_the_upstream_unless_forwarded() {
+    let (upstream, seen) = recording_upstream().await;
+    let (corp, corp_seen) = recording_upstream().await;
+    let text = |extra: &str| {
+        format!(
+            "{GATEWAY}[dns]\nupstreams = [\"{upstream}\"]\n{extra}[[dns.forwarding]]\ndomain = \"20.172.in-addr.arpa\"\nupstreams = [\"{corp}\"]\n"
+        )
+    };
+    let cfg = appliance::load_str(&text("")).unwrap();
+    assert!(cfg.dns.never_forward_private, "on by default");
+    let h = Handler(resolver_with_ads(&cfg, "ads.test\n"));
+    let private = [
+        ("7.2.168.192.in-addr.arpa.", RecordType::PTR),
+        ("1.0.0.10.in-addr.arpa.", RecordType::PTR),
+        ("1.0.16.172.in-addr.arpa.", RecordType::PTR),
+        ("1.0.64.100.in-addr.arpa.", RecordType::PTR),
+        ("1.0.254.169.in-addr.arpa.", RecordType::PTR),
+        ("1.0.0.127.in-addr.arpa.", RecordType::PTR),
+        (
+            "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa.",
+            RecordType::PTR,
+        ),
+        (
+            "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.e.f.ip6.arpa.",
+            RecordType::PTR,
+        ),
+        ("printer.", RecordType::A),
+        ("printer.", RecordType::AAAA),
+        ("gone.home.arpa.", RecordType::A),
+        ("GONE.Home.Arpa.", RecordType::PTR),
+    ];
+    for (i, (name, t)) in private.iter().enumerate() {
+        let a = h
+            .answer_packet(&query_type(i as u16, name, *t), client())
+            .await
+            .unwrap();
+        let m = Message::from_vec(&a).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{name}");
+        assert_eq!(m.authorities[0].record_type(), RecordType::SOA, "{name}");
+    }
+    // Public names and ranges, and single labels of other types (a TLD's DS), go out.
+    let public = [
+        ("8.8.8.8.in-addr.arpa.", RecordType::PTR),
+        ("1.0.32.172.in-addr.arpa.", RecordType::PTR),
+        ("1.0.128.100.in-addr.arpa.", RecordType::PTR),
+        (
+            "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa.",
+            RecordType::PTR,
+        ),
+        ("com.", RecordType::DS),
+        ("www.example.org.", RecordType::A),
+        ("notlocal.arpa.", RecordType::A),
+    ];
+    for (i, (name, t)) in public.iter().enumerate() {
+        let a = h
+            .answer_packet(&query_type(100 + i as u16, name, *t), client())
+            .await
+            .unwrap();
+        let m = Message::from_vec(&a).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{name}");
+    }
+    let asked: Vec<String> = public.iter().map(|(n, _)| n.to_string()).collect();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        asked,
+        "only the public names went out"
+    );
+
+    // A conditional forward covers a private zone: asked there.
+    let a = h
+        .answer_packet(
+            &query_type(200, "9.1.20.172.in-addr.arpa.", RecordType::PTR),
+            client(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        Message::from_vec(&a).unwrap().metadata.response_code,
+        ResponseCode::NoError
+    );
+    assert_eq!(*corp_seen.lock().unwrap(), ["9.1.20.172.in-addr.arpa."]);
+
+    // Off: forwarded as before.
+    let cfg = appliance::load_str(&text("never_forward_private = false\n")).unwrap();
+    let h = Handler(resolver_with_ads(&cfg, "ads.test\n"));
+    seen.lock().unwrap().clear();
+    for (i, (name, t)) in private.iter().enumerate() {
+        let a = h
+            .answer_packet(&query_type(300 + i as u16, name, *t), client())
+            .await
+            .unwrap();
+        let m = Message::from_vec(&a).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{name}");
+    }
+    assert_eq!(seen.lock().unwrap().len(), private.len());
+}

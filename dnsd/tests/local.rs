@@ -69,7 +69,8 @@ fn start(dir: &Path, addr: SocketAddr) -> Killed {
 #[test]
 fn lease_names_are_served_and_follow_the_lease_file() {
     let dir = tempfile::tempdir().unwrap();
-    // No upstream: a name that is not local fails at once with SERVFAIL.
+    // No upstream; names of the local domain, single labels and private reverse names
+    // that are not local get NXDOMAIN from dnsd (`dns.never_forward_private`).
     std::fs::write(
         dir.path().join("appliance.toml"),
         format!(
@@ -110,14 +111,14 @@ addresses = ["192.168.1.5"]
     assert_eq!(answers(&r), ["laptop.home.arpa."]);
     for name in ["gone.home.arpa.", "laptop."] {
         let r = ask(addr, name, RecordType::A);
-        assert_eq!(r.metadata.response_code, ResponseCode::ServFail, "{name}");
+        assert_eq!(r.metadata.response_code, ResponseCode::NXDomain, "{name}");
     }
     let r = ask(addr, "51.1.168.192.in-addr.arpa.", RecordType::PTR);
-    assert_eq!(r.metadata.response_code, ResponseCode::ServFail, "expired");
+    assert_eq!(r.metadata.response_code, ResponseCode::NXDomain, "expired");
     let r = ask(addr, "52.1.168.192.in-addr.arpa.", RecordType::PTR);
     assert_eq!(
         r.metadata.response_code,
-        ResponseCode::ServFail,
+        ResponseCode::NXDomain,
         "no name for an unusable hostname"
     );
     // The config wins.
@@ -136,7 +137,7 @@ addresses = ["192.168.1.5"]
     let r = ask(addr, "61.1.168.192.in-addr.arpa.", RecordType::PTR);
     assert_eq!(
         r.metadata.response_code,
-        ResponseCode::ServFail,
+        ResponseCode::NXDomain,
         "a client named like the router gets no reverse name"
     );
     assert_eq!(
@@ -156,5 +157,5 @@ addresses = ["192.168.1.5"]
     .unwrap();
     wait_for(addr, "phone.home.arpa.", &["192.168.1.70"]);
     let r = ask(addr, "laptop.home.arpa.", RecordType::A);
-    assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
 }
