@@ -653,7 +653,12 @@ async fn an_answer_larger_than_the_udp_read_is_fetched_over_tcp() {
 async fn an_answer_aliasing_a_blocked_name_is_blocked_in_the_groups_mode() {
     let upstream = Dnsmasq::start().await;
     let cfg = appliance::load_str(&config(upstream.addr, "")).unwrap();
-    let resolver = Arc::new(Resolver::new(&cfg, policy_with_ads(&cfg, "ads.test\n")));
+    let dir = tempfile::tempdir().unwrap();
+    let log = dnsd::querylog::QueryLog::open(&dir.path().join("querylog"), 64 << 10).unwrap();
+    let recorder = Arc::new(dnsd::stats::Recorder::start(log).unwrap());
+    let resolver = Arc::new(
+        Resolver::new(&cfg, policy_with_ads(&cfg, "ads.test\n")).with_recorder(recorder.clone()),
+    );
     let server = Server::bind(Arc::clone(&resolver), vec!["127.0.0.1:0".parse().unwrap()])
         .await
         .unwrap();
@@ -713,6 +718,35 @@ async fn an_answer_aliasing_a_blocked_name_is_blocked_in_the_groups_mode() {
     assert_eq!(
         (source.to_string(), rule.to_string()),
         ("list ads".to_owned(), "adsnet.test".to_owned())
+    );
+    let until = Instant::now() + Duration::from_secs(20);
+    while recorder.handled() < 9 {
+        assert!(Instant::now() < until, "the query log writer is behind");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let logged = recorder
+        .log()
+        .unwrap()
+        .recent(20, &dnsd::querylog::Filter::default())
+        .unwrap();
+    let blocked: Vec<_> = logged
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            dnsd::querylog::Outcome::Blocked { source, rule } => {
+                Some((r.name.as_str(), source.as_str(), rule.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(blocked.len(), 3, "{logged:?}");
+    assert!(
+        blocked.iter().all(|b| *b
+            == (
+                "cloak.test",
+                "list ads via CNAME track.adsnet.test",
+                "adsnet.test"
+            )),
+        "{blocked:?}"
     );
     server.shutdown().await.unwrap();
 }
