@@ -592,7 +592,11 @@ impl Daemon {
                 .set_cache_config(crate::cache::CacheConfig::from_dns(&cfg.dns));
             self.resolver
                 .set_rate_limit(crate::server::RateLimit::from_dns(&cfg.dns));
-            if self.resolver.upstreams().set_config(&cfg.dns) {
+            let rerouted = self.resolver.upstreams().set_config(&cfg.dns);
+            // Private names answered upstream while never_forward_private was off would
+            // still be served from the fast path's copies.
+            let private_on = cfg.dns.never_forward_private && !st.cfg.dns.never_forward_private;
+            if rerouted || private_on {
                 // An answer of a removed upstream or forward (a VPN's private names, a
                 // filtering resolver's view) must not be served, fresh or stale.
                 self.resolver.flush_cache();

@@ -675,3 +675,52 @@ async fn an_apply_that_changes_the_upstreams_flushes_what_the_old_ones_answered(
     let (www, _) = tokio::task::spawn_blocking(both).await.unwrap();
     assert_eq!(www, ["192.0.2.2"]);
 }
+
+/// Turning `dns.never_forward_private` on flushes what the upstream said about private
+/// names while it was off: the fast path's copy of such an answer is not served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turning_never_forward_private_on_drops_what_was_forwarded() {
+    let text = "version = 1\n[dns]\nupstreams = [\"127.0.0.1:9\"]\n[[dns.records]]\nname = \"printer.lan\"\naddresses = [\"192.0.2.7\"]\n";
+    let cfg = appliance::load_str(text).unwrap();
+    let policy = Policy::build(&cfg, &Lists::new()).unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let upstream = Server::bind(Arc::new(Resolver::new(&cfg, Arc::new(policy))), vec![any])
+        .await
+        .unwrap();
+    let upstream = upstream.addresses()[0];
+
+    let port = port_free_everywhere();
+    let lan = addr("127.0.1.1", port);
+    let with = |private: bool| {
+        config(
+            port,
+            "127.0.2",
+            &format!("never_forward_private = {private}"),
+        )
+        .replace(
+            "upstreams = [\"127.0.0.1:9\"]",
+            &format!("upstreams = [\"{upstream}\"]"),
+        )
+    };
+    let rig = start(&with(false)).await;
+    // Often enough for the fast path to hold a copy.
+    let asked = tokio::task::spawn_blocking(move || {
+        (0..6)
+            .map(|_| answers(&ask(lan, "printer.lan.", RecordType::A)))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert!(asked.iter().all(|a| a == &["192.0.2.7"]), "{asked:?}");
+    assert!(!rig.resolver.wire_cache().is_empty());
+
+    rig.apply(&with(true)).await.unwrap();
+    let m = tokio::task::spawn_blocking(move || ask(lan, "printer.lan.", RecordType::A))
+        .await
+        .unwrap();
+    assert_eq!(
+        m.metadata.response_code,
+        hickory_proto::op::ResponseCode::NXDomain,
+        "{m:?}"
+    );
+}
