@@ -2,7 +2,9 @@
 //! fresh network namespaces of the host, one run (netd's bench_net example; needs root,
 //! iproute2 and nftables, which it installs), the daemon path (a release `netd serve`
 //! answering POST /v1/apply: the no-op apply and one forward added, as `noop_apply` and
-//! `one_forward_change`; the firewall-only figures are `*_firewall`), then 1000 WireGuard
+//! `one_forward_change`, and one forward added beside the blocklist as 100k /25 prefixes, an
+//! interval set, as `one_forward_change_prefixes`; the firewall-only figures are
+//! `*_firewall`), then 1000 WireGuard
 //! peers applied by a release netd in one VM boot (`tests/vm/bench_net.rs`, an ignored VM
 //! test: the host kernel has no WireGuard). `--no-vm` leaves the VM part out. The output
 //! ends with every `bench:` line in one block.
