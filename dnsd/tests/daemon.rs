@@ -49,6 +49,9 @@ fn blocks_from_the_stored_lists_before_any_download_and_stops_on_sigterm() {
     let started = Instant::now();
     let d = Killed::spawn(
         dnsd(&cfg_path)
+            // Not the system's /run/appliance/dnsd.sock, which another test may hold.
+            .arg("--control")
+            .arg(cfg_path.with_file_name("dnsd.sock"))
             .arg("--lists-dir")
             .arg(&lists)
             .arg("--listen")

@@ -57,6 +57,9 @@ fn wait_for(server: SocketAddr, name: &str, want: &[&str]) {
 fn start(dir: &Path, addr: SocketAddr) -> Killed {
     Killed::spawn(
         dnsd(&dir.join("appliance.toml"))
+            // Not the system's /run/appliance/dnsd.sock, which another test may hold.
+            .arg("--control")
+            .arg(dir.join("dnsd.sock"))
             .arg("--lists-dir")
             .arg(dir.join("lists"))
             .arg("--leases")

@@ -28,6 +28,9 @@ use rustls::pki_types::{CertificateDer, ServerName};
 fn start(dir: &Path, addr: SocketAddr) -> Killed {
     Killed::spawn(
         dnsd(&dir.join("appliance.toml"))
+            // Parallel tests each need a control socket of their own.
+            .arg("--control")
+            .arg(dir.join("dnsd.sock"))
             .arg("--lists-dir")
             .arg(dir.join("lists"))
             .arg("--tls-dir")
@@ -188,6 +191,8 @@ async fn two_plain_ports_on_one_address_share_the_dot_and_doh_listeners() {
     let doh: SocketAddr = format!("127.0.0.1:{doh_port}").parse().unwrap();
     let mut d = Killed::spawn(
         dnsd(&dir.path().join("appliance.toml"))
+            .arg("--control")
+            .arg(dir.path().join("dnsd.sock"))
             .arg("--lists-dir")
             .arg(dir.path().join("lists"))
             .arg("--tls-dir")
