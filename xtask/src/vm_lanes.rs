@@ -134,6 +134,7 @@ pub(crate) fn run(root: &Path, only: &[String], lanes: usize) -> Result<()> {
         tests.len(),
         tests.join(", ")
     );
+    let cpu_before = cpu_times();
     let queue = Mutex::new(tests.into_iter().collect::<VecDeque<_>>());
     let outcomes = Mutex::new(Vec::new());
     let started = Instant::now();
@@ -153,8 +154,20 @@ pub(crate) fn run(root: &Path, only: &[String], lanes: usize) -> Result<()> {
         }
     });
     let outcomes = outcomes.into_inner().unwrap_or_default();
+    // Whether another lane would have found idle CPU: a VM test also waits on the host
+    // (squashfs builds, ssh, the guest's timers).
+    let idle = match (cpu_before, cpu_times()) {
+        (Some((busy0, idle0)), Some((busy1, idle1))) => {
+            let total = (busy1 + idle1).saturating_sub(busy0 + idle0).max(1);
+            format!(
+                ", the CPUs {:.0}% idle",
+                100.0 * idle1.saturating_sub(idle0) as f64 / total as f64
+            )
+        }
+        _ => String::new(),
+    };
     println!(
-        "==> VM tests: {} in {} ({lanes} lanes)",
+        "==> VM tests: {} in {} ({lanes} lanes{idle})",
         outcomes.len(),
         Secs(started.elapsed())
     );
@@ -176,6 +189,23 @@ pub(crate) fn run(root: &Path, only: &[String], lanes: usize) -> Result<()> {
         bail!("{} VM test(s) failed: {}", failed.len(), list.join("; "));
     }
     Ok(())
+}
+
+/// Busy and idle (idle + iowait) jiffies of all CPUs, from the first line of /proc/stat.
+fn cpu_times() -> Option<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        // user .. steal; guest time is already counted in user.
+        .take(8)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let idle = fields.get(3)? + fields.get(4)?;
+    let busy = fields.iter().sum::<u64>().checked_sub(idle)?;
+    Some((busy, idle))
 }
 
 fn run_one(
