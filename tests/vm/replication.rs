@@ -338,13 +338,73 @@ datasets = ["dst/backup"]
         "{many_count} snapshots taken in {:.1}s",
         started.elapsed().as_secs_f64()
     );
-    let many = g.ok(&format!("replicate offsite --config {cfg}"));
+    // Over TLS they go as one range (the receiver lists the feature in its hello): one
+    // `zfs send -I` stream into the receiver's `zfs receive -s -u`.
+    let (code, many, log) = g.stored(&format!("replicate offsite --config {cfg}"));
+    assert_eq!(code, 0, "{many}{log}");
     assert_eq!(field(&many, "snapshots"), many_count.to_string());
+    assert!(
+        log.contains(&format!("range @s4 -> @many_{many_count}")),
+        "no range over TLS:\n{}",
+        tail(&log, 20)
+    );
     let src = g.guids("src/data");
     let dst = g.guids("dst/backup/data");
     for s in src.iter().filter(|(n, _)| n.starts_with("many_")) {
         assert!(dst.contains(s), "{s:?} missing on the target");
     }
+    assert!(
+        g.holds(&format!("src/data@many_{many_count}"))
+            .contains("stored-repl:offsite")
+    );
+    assert!(!g.holds("src/data@s4").contains("stored-repl:offsite"));
+    g.same_data();
+
+    // A TLS range cut by kill -9 of the sender: the snapshots before the one in flight
+    // landed, the token names that one, and the next run resumes it and sends the rest.
+    vm.sh(
+        "for i in 1 2 3 4 5 6; do head -c 4194304 /dev/urandom > /mnt/src/data/tr$i; \
+         zfs snapshot src/data@tr$i; done",
+    );
+    vm.sh(&format!(
+        "setsid nohup {} replicate offsite --config {cfg} --bwlimit 3000000 \
+         >/tmp/tls-range-cut.log 2>&1 </dev/null & echo $! > /tmp/tls-range-cut.pid",
+        g.bin
+    ));
+    vm.wait_until(
+        "grep -q 'range @' /tmp/tls-range-cut.log",
+        Duration::from_secs(60),
+    );
+    vm.sh("sleep 4; kill -9 $(cat /tmp/tls-range-cut.pid)");
+    let token = vm.wait_until(
+        "t=$(zfs get -H -o value receive_resume_token dst/backup/data); \
+         [ \"$t\" != - ] && echo $t",
+        Duration::from_secs(60),
+    );
+    assert!(token.trim().starts_with("1-"), "{token}");
+    eprintln!(
+        "after the cut: {:?} of tr1..tr6 on the target",
+        g.guids("dst/backup/data")
+            .iter()
+            .filter(|(n, _)| n.starts_with("tr"))
+            .map(|(n, _)| n.clone())
+            .collect::<Vec<_>>()
+    );
+    let resumed = g.ok(&format!("replicate offsite --config {cfg}"));
+    assert_eq!(field(&resumed, "resumed"), "true", "{resumed}");
+    let (src, dst) = (g.guids("src/data"), g.guids("dst/backup/data"));
+    for s in src.iter().filter(|(n, _)| n.starts_with("tr")) {
+        assert!(
+            dst.contains(s),
+            "{s:?} missing on the target after the resume"
+        );
+    }
+    assert_eq!(
+        vm.sh("zfs get -H -o value receive_resume_token dst/backup/data")
+            .trim(),
+        "-"
+    );
+    assert!(g.holds("src/data@tr6").contains("stored-repl:offsite"));
     g.same_data();
 
     // The held base survives a prune: hourly = 1 would drop it.
@@ -607,6 +667,23 @@ identity_file = "/data/repl/ssh_id"
         field(&full, "bytes").parse().unwrap(),
     );
     assert!(inc_bytes < full_bytes, "{inc_bytes} >= {full_bytes}");
+    same();
+
+    // Five snapshots behind: one range over ssh, each landing by GUID.
+    vm.sh("for i in 1 2 3 4 5; do echo $i >> /mnt/src/ssh/f1; zfs snapshot src/ssh@b$i; done");
+    let (code, out, log) = g.stored(&format!("replicate viassh --config {cfg}"));
+    assert_eq!(code, 0, "{out}{log}");
+    assert_eq!(field(&out, "snapshots"), "5", "{out}");
+    assert!(
+        log.contains("range @a2 -> @b5"),
+        "no range over ssh:\n{}",
+        tail(&log, 20)
+    );
+    // a0 was never sent (the first run sent a1 in full): every b lands by GUID.
+    let (src, dst) = (g.guids("src/ssh"), g.guids("dst/viassh/ssh"));
+    for s in src.iter().filter(|(n, _)| n.starts_with('b')) {
+        assert!(dst.contains(s), "{s:?} missing on the target");
+    }
     same();
 
     // The forced command keeps the key to dst/viassh, whatever the job asks.
