@@ -88,16 +88,8 @@ fn bench_wg(
     println!("==> WireGuard: 1000 peers applied by a release netd in a VM ({reps} reps)");
     image_if_needed(false)?;
     ensure_debian_packages(QEMU_PACKAGES)?;
-    run(cargo(root)
+    run(crate::cargo_vm_tests(root)
         .args([
-            "test",
-            "--locked",
-            "-p",
-            "appliance-tests",
-            "--features",
-            "vm",
-            "--test",
-            "vm",
             "--",
             "--ignored",
             "--exact",

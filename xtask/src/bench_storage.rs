@@ -148,16 +148,8 @@ pub(super) fn run_bench(opts: &[String]) -> Result<(), Failure> {
             .join("storage")
             .join("strace"),
     )?;
-    let mut cmd = cargo(&root);
+    let mut cmd = crate::cargo_vm_tests(&root);
     cmd.args([
-        "test",
-        "--locked",
-        "-p",
-        "appliance-tests",
-        "--features",
-        "vm",
-        "--test",
-        "vm",
         "--",
         "--ignored",
         "--exact",

@@ -1214,6 +1214,23 @@ fn cargo(root: &Path) -> Command {
     c
 }
 
+/// `cargo test` of the VM test target (`tests/vm`, behind the `vm` feature); the caller adds
+/// `--no-run` or the test arguments.
+fn cargo_vm_tests(root: &Path) -> Command {
+    let mut c = cargo(root);
+    c.args([
+        "test",
+        "--locked",
+        "-p",
+        "appliance-tests",
+        "--features",
+        "vm",
+        "--test",
+        "vm",
+    ]);
+    c
+}
+
 /// Runs a command with inherited output, echoing it first; fails unless it exits 0.
 fn run(cmd: &mut Command) -> Result<()> {
     println!("$ {}", Shown(cmd));

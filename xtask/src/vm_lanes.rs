@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{Secs, cargo};
+use crate::Secs;
 
 /// Seconds each test took in a clean-clone CI run (2 lanes, 2 cores); only the order
 /// matters. Matched as a prefix of the test's path; a new test counts as [`UNKNOWN`].
@@ -55,20 +55,9 @@ fn schedule(mut tests: Vec<String>) -> Vec<String> {
 
 /// Builds the VM test executable and returns its path.
 fn build(root: &Path) -> Result<PathBuf> {
-    let mut cmd = cargo(root);
-    cmd.args([
-        "test",
-        "--locked",
-        "-p",
-        "appliance-tests",
-        "--features",
-        "vm",
-        "--test",
-        "vm",
-        "--no-run",
-        "--message-format=json-render-diagnostics",
-    ])
-    .stderr(Stdio::inherit());
+    let mut cmd = crate::cargo_vm_tests(root);
+    cmd.args(["--no-run", "--message-format=json-render-diagnostics"])
+        .stderr(Stdio::inherit());
     println!("$ {}", crate::Shown(&cmd));
     let out = cmd.output().context("running cargo test --no-run")?;
     if !out.status.success() {
