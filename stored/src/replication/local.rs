@@ -102,6 +102,20 @@ pub(super) fn stream(
     Ok(bytes)
 }
 
+/// Starts `argv` (`zfs receive -s -u DATASET`) with its stdin piped for the stream and its
+/// stderr kept for the error message.
+pub(super) fn spawn_resumable_receive(argv: &[&str]) -> io::Result<std::process::Child> {
+    let (bin, args) = argv
+        .split_first()
+        .ok_or_else(|| io::Error::other("an empty zfs receive command"))?;
+    Command::new(bin)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+}
+
 /// Sends every snapshot after `dataset@from` up to `dataset@to` into `target_ds` as one
 /// stream: `zfs send -L -e -c [-w] -I` into `zfs receive -s -u`, the tools because
 /// libzfs_core has no range send, joined by the same splice relay (counted, paced). The
@@ -119,13 +133,7 @@ pub(super) fn range(
     let recv_argv = [bin, "receive", "-s", "-u", target_ds];
     let target_snapshot = format!("{target_ds}@{to}");
     let mut sender = RangeSend::spawn(zfs, dataset, (from, to), raw)?;
-    let mut receiver = match Command::new(bin)
-        .args(recv_argv.iter().skip(1))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
+    let mut receiver = match spawn_resumable_receive(&recv_argv) {
         Ok(c) => c,
         Err(e) => {
             sender.kill();

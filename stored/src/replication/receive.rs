@@ -5,7 +5,6 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd as _;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use appliance::model::ReplicationListener;
@@ -646,13 +645,7 @@ fn receive_range(
     let bin = zfs.cli().zfs.as_str();
     let argv = [bin, "receive", "-s", "-u", dataset];
     let last = snapshots.last().map_or("", |s| s.name.as_str());
-    let mut child = match Command::new(bin)
-        .args(argv.iter().skip(1))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
+    let mut child = match super::local::spawn_resumable_receive(&argv) {
         Ok(c) => c,
         Err(e) => {
             drain(tls)?;
