@@ -1215,16 +1215,18 @@ fn cargo(root: &Path) -> Command {
 }
 
 /// `cargo test` of the VM test target (`tests/vm`, behind the `vm` feature); the caller adds
-/// `--no-run` or the test arguments.
+/// `--no-run` or the test arguments. Selected from the whole workspace, so that features
+/// unify as in `cargo test --workspace` and CI reuses the test step's dependencies: with
+/// `-p appliance-tests` 18 of them (ring, hyper, ...) got other features and were built again
+/// (7 minutes of a CI run).
 fn cargo_vm_tests(root: &Path) -> Command {
     let mut c = cargo(root);
     c.args([
         "test",
         "--locked",
-        "-p",
-        "appliance-tests",
+        "--workspace",
         "--features",
-        "vm",
+        "appliance-tests/vm",
         "--test",
         "vm",
     ]);
