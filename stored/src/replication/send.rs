@@ -509,7 +509,8 @@ fn replicate_dataset(
     let mut landed: Option<String> = newest_common(&source, &state);
     let mut result = Ok(());
     let mut steps = 0;
-    let mut cut: Option<String> = None;
+    // The snapshots a cut stream may have left a resume token for.
+    let mut cut: Vec<String> = Vec::new();
     let planned_steps = with_ranges(plan.steps.clone(), dest.takes_ranges());
     for step in &planned_steps {
         if let Step::Range { from, to, count } = step {
@@ -542,8 +543,8 @@ fn replicate_dataset(
                 }
                 Err(e) => {
                     // The snapshots before the one in flight landed: the target says which.
-                    // A broken link cannot say: then the first snapshot not known to
-                    // have landed counts as the one in flight.
+                    // A broken link cannot say: then every snapshot not known to have
+                    // landed may be the one in flight.
                     let after_state = dest.state(zfs, target_ds).ok();
                     let after = after_state.as_ref().and_then(|t| newest_common(&source, t));
                     let txg = |name: &str| {
@@ -566,12 +567,15 @@ fn replicate_dataset(
                     cut = match &after_state {
                         // The snapshot the target's token names, if any: a range refused
                         // before its stream, or whose receive failed whole, left none.
-                        Some(t) => in_flight(&source, t),
+                        Some(t) => in_flight(&source, t).into_iter().collect(),
+                        // Any snapshot not known to have landed may be the one the token
+                        // names (the receiver commits each before the next arrives), so
+                        // all of them are held until a run lands them.
                         None => source
                             .iter()
                             .filter(|s| s.createtxg > reached && s.createtxg <= txg(to))
-                            .min_by_key(|s| s.createtxg)
-                            .map(|s| s.name.clone()),
+                            .map(|s| s.name.clone())
+                            .collect(),
                     };
                     tracing::warn!(job = job_name, target = target_ds, arrived, in_flight = ?cut, error = %e, "a range stream was cut");
                     result = Err(e);
@@ -637,7 +641,7 @@ fn replicate_dataset(
                 landed = Some(step.to().to_owned());
             }
             Err(e) => {
-                cut = Some(step.to().to_owned());
+                cut = vec![step.to().to_owned()];
                 result = Err(e);
                 break;
             }
@@ -655,9 +659,7 @@ fn replicate_dataset(
     // The snapshot whose stream was cut is what the target's resume token names: held
     // too, so that no prune before the next run can make the token useless. The next run
     // that lands it moves the hold on as usual.
-    if let Some(snap) = &cut {
-        hold_cut_snapshot(zfs, dataset, job_name, snap);
-    }
+    hold_cut_snapshots(zfs, dataset, job_name, &cut);
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     tracing::info!(
         job = job_name,
@@ -674,22 +676,28 @@ fn replicate_dataset(
     Ok(landed.and_then(|l| source.iter().find(|s| s.name == l).map(|s| s.creation)))
 }
 
-fn hold_cut_snapshot(zfs: &mut RealZfs, dataset: &str, job: &str, snap: &str) {
-    let full = format!("{dataset}@{snap}");
+fn hold_cut_snapshots(zfs: &mut RealZfs, dataset: &str, job: &str, snaps: &[String]) {
     let tag = holds::hold_tag(job);
-    let held = zfs
-        .holds(&full)
-        .map(|h| h.contains_key(&tag))
-        .unwrap_or(false);
-    if held {
+    let missing: Vec<(String, String)> = snaps
+        .iter()
+        .map(|snap| format!("{dataset}@{snap}"))
+        .filter(|full| {
+            !zfs.holds(full)
+                .map(|h| h.contains_key(&tag))
+                .unwrap_or(false)
+        })
+        .map(|full| (full, tag.clone()))
+        .collect();
+    if missing.is_empty() {
         return;
     }
-    match zfs.hold(&[(full.clone(), tag)]) {
+    let names: Vec<&str> = missing.iter().map(|(s, _)| s.as_str()).collect();
+    match zfs.hold(&missing) {
         Ok(()) => {
-            tracing::info!(snapshot = %full, "held the snapshot whose stream was cut, for the resume")
+            tracing::info!(snapshots = ?names, "held the snapshots a cut stream may resume, for the resume")
         }
         Err(e) => {
-            tracing::warn!(snapshot = %full, error = %e, "cannot hold the snapshot whose stream was cut; a prune may make the resume token stale")
+            tracing::warn!(snapshots = ?names, error = %e, "cannot hold the snapshots a cut stream may resume; a prune may make the resume token stale")
         }
     }
 }
