@@ -63,7 +63,8 @@ fn boots_to_multi_user_with_a_read_only_root_and_data_kept_across_a_reboot() {
     assert_eq!(f.get("failed"), Some(&"none"), "failed units: {line}");
     vm.wait_for_line("login:", Duration::from_secs(30));
     our_units_are_running(&vm);
-    dnsd_serves_under_its_sandbox(&vm);
+    units::the_daemons_run_hardened_and_netd_owns_the_network(&mut vm, "lan1");
+    dnsd_serves_under_its_sandbox(&vm, "lan1");
     let machine_id = vm.sh("cat /etc/machine-id");
     assert_eq!(
         vm.sh("cat /data/machine-id/machine-id"),
@@ -220,7 +221,8 @@ fn fields_by_line(text: &str) -> BTreeMap<String, String> {
 /// dnsd runs as its own user with only its capabilities, answers a client on the LAN (a
 /// namespace holding the client NIC of the LAN hub, leased an address by netd), and writes
 /// its query log under /data.
-fn dnsd_serves_under_its_sandbox(vm: &Vm) {
+/// `lan_ns`: the network namespace of a LAN client that already holds a lease.
+fn dnsd_serves_under_its_sandbox(vm: &Vm, lan_ns: &str) {
     let pid = vm.sh("systemctl show -p MainPID --value dnsd");
     let status = vm.sh(&format!("cat /proc/{}/status", pid.trim()));
     let line = |k: &str| {
@@ -241,13 +243,12 @@ fn dnsd_serves_under_its_sandbox(vm: &Vm) {
         "{}",
         line("CapEff:")
     );
-    vm.lan_client("lan1");
     // A query for appliance.lan (A), id 0x1234, sent with bash's /dev/udp: the image has
     // no dig.
     let query =
         r"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x09appliance\x03lan\x00\x00\x01\x00\x01";
     let answer = vm.in_netns(
-        "lan1",
+        lan_ns,
         &format!(
             "exec 3<>/dev/udp/192.168.1.1/53; printf '{query}' >&3; \
              timeout 5 dd bs=512 count=1 <&3 2>/dev/null | od -An -tx1 -v | tr -d ' \\n'"

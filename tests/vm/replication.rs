@@ -699,9 +699,18 @@ identity_file = "/data/repl/ssh_id"
          >/tmp/ssh-cut.log 2>&1 </dev/null & echo $! > /tmp/ssh-cut.pid",
         g.bin
     ));
-    // ssh's handshake alone takes seconds under TCG: the kill waits for the stream.
+    // ssh's handshake alone takes seconds under TCG, and a fixed wait after "sending" once
+    // killed the sender before its first byte reached the receiver (no token). The kill
+    // waits until the in-guest ssh client (the only socket whose peer port is 22) has
+    // 3 MB acknowledged, 13 MiB before the stream's end.
     vm.wait_until("grep -q sending /tmp/ssh-cut.log", Duration::from_secs(60));
-    vm.sh("sleep 3; kill -9 $(cat /tmp/ssh-cut.pid)");
+    let at = vm.wait_until(
+        "n=$(ss -Htni 'dport = :22' | grep -o 'bytes_acked:[0-9]*' | cut -d: -f2 \
+           | sort -n | tail -1); [ \"${n:-0}\" -gt 3000000 ] && echo $n",
+        Duration::from_secs(120),
+    );
+    vm.sh("kill -9 $(cat /tmp/ssh-cut.pid)");
+    eprintln!("ssh sender killed after {} bytes acknowledged", at.trim());
     let token = vm.wait_until(
         "t=$(zfs get -H -o value receive_resume_token dst/viassh/ssh); \
          [ \"$t\" != - ] && echo $t",

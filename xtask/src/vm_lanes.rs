@@ -32,9 +32,8 @@ const EXPECTED_SECS: &[(&str, u64)] = &[
     ("wireguard::", 250),
     ("vlan::", 200),
     ("zpool::", 200),
-    ("units::", 120),
     ("capabilities::", 120),
-    ("boots_to", 100),
+    ("boots_to", 220),
 ];
 
 /// Where a test without a weight goes: early, since an unmeasured test may be long.
