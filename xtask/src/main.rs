@@ -281,7 +281,122 @@ const VM: Step = Step {
 };
 
 fn ci() -> Result<()> {
-    run_steps(&[TOOLCHAIN, FMT, CLIPPY, TEST, PRUNE_TESTS, FUZZ_BUILD, VM])
+    let result = run_steps(&[
+        TOOLCHAIN,
+        FMT,
+        IMAGE_START,
+        CLIPPY,
+        TEST,
+        PRUNE_TESTS,
+        FUZZ_BUILD,
+        IMAGE_WAIT,
+        VM,
+    ]);
+    if result.is_err() {
+        background_image::abandon();
+    }
+    result
+}
+
+/// The image build (release binaries, mmdebstrap, the zfs DKMS build: 22 minutes of a CI
+/// run, much of it waiting on the network or one core) runs beside clippy, the tests and
+/// the fuzz build rather than after them: CI has 90 minutes and the VM tests need most.
+const IMAGE_START: Step = Step {
+    name: "image (start in the background)",
+    packages: &[],
+    run: background_image::start,
+    hint: None,
+};
+
+const IMAGE_WAIT: Step = Step {
+    name: "image (wait for the background build)",
+    packages: &[],
+    run: background_image::wait,
+    hint: Some("`cargo xtask image` builds the image alone, with its log on the terminal"),
+};
+
+/// `cargo xtask image` as a child process of the CI run, its output in a log file that the
+/// wait step prints whole (interleaved with the tests' output it would be unreadable).
+mod background_image {
+    use super::{
+        IMAGE_PACKAGES, QEMU_PACKAGES, Result, Secs, TEST, ZFS_BUILD_PACKAGES,
+        ensure_debian_packages,
+    };
+    use anyhow::{Context as _, bail};
+    use std::fs;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    static CHILD: Mutex<Option<(Child, PathBuf, Instant)>> = Mutex::new(None);
+
+    pub(super) fn start(root: &Path) -> Result<()> {
+        // Every package of every later step now, while nothing else runs apt: the build in
+        // the background and the steps in the foreground would race for dpkg's lock.
+        for packages in [
+            IMAGE_PACKAGES,
+            ZFS_BUILD_PACKAGES,
+            TEST.packages,
+            QEMU_PACKAGES,
+        ] {
+            ensure_debian_packages(packages)?;
+        }
+        let log = root.join("target").join("ci-image.log");
+        fs::create_dir_all(root.join("target"))?;
+        let out = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        let exe = std::env::current_exe().context("finding xtask's own executable")?;
+        let child = Command::new(exe)
+            .arg("image")
+            .current_dir(root)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .context("starting `xtask image` in the background")?;
+        println!(
+            "`xtask image` runs in the background (pid {}), its log in {}",
+            child.id(),
+            log.display()
+        );
+        *lock() = Some((child, log, Instant::now()));
+        Ok(())
+    }
+
+    pub(super) fn wait(_root: &Path) -> Result<()> {
+        let Some((mut child, log, started)) = lock().take() else {
+            bail!("the background image build was never started");
+        };
+        let status = child.wait().context("waiting for `xtask image`")?;
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        println!(
+            "---- {} ----\n{text}---- end of the image log ----",
+            log.display()
+        );
+        if !status.success() {
+            bail!("`xtask image` failed ({status}); its log is above");
+        }
+        println!(
+            "image built in the background in {}",
+            Secs(started.elapsed())
+        );
+        Ok(())
+    }
+
+    /// A failed step ends the run: the build beside it has no use any more.
+    pub(super) fn abandon() {
+        if let Some((mut child, _, _)) = lock().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn lock() -> std::sync::MutexGuard<'static, Option<(Child, PathBuf, Instant)>> {
+        CHILD
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// CI's disk has been seen nearly full: once the tests have passed, their executables (each
