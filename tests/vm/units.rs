@@ -1,13 +1,14 @@
 //! The daemons as the image runs them (issue 7's "the units start with their hardening and
-//! the health target is reached", issue 4's integration), checked in the first boot of the boot test: every appliance
-//! daemon unit active as its user with exactly its capability set, its `systemd-analyze
-//! security` exposure printed, appliance-healthy.target reached; the config imported from
-//! the harness's APPLCONFIG disk at first boot; netd's firewall table in place; the WAN
-//! address from QEMU's DHCP held by netd's client (systemd-networkd is not running); and a
-//! client on the LAN hub leasing an address from netd's DHCP server with busybox udhcpc and
-//! resolving a name through dnsd. stored runs too, on a box without pools: it answers
-//! `applctl storage status`, and an apply through applianced reaches it and makes a NAS
-//! user's Unix account (a user record nss-systemd serves) and Samba password.
+//! the health target is reached", issue 4's integration), checked in the first boot of the
+//! boot test: every appliance daemon unit active as its user with exactly its capability
+//! set, its `systemd-analyze security` exposure printed, appliance-healthy.target reached;
+//! the config imported from the harness's APPLCONFIG disk at first boot; netd's firewall
+//! table in place; the WAN address from QEMU's DHCP held by netd's client
+//! (systemd-networkd is not running); and a client on the LAN hub leasing an address from
+//! netd's DHCP server with busybox udhcpc and resolving a name through dnsd. stored runs
+//! too, on a box without pools: it answers `applctl storage status`, and an apply through
+//! applianced reaches it and makes a NAS user's Unix account (a user record nss-systemd
+//! serves) and Samba password.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
