@@ -783,10 +783,28 @@ impl Daemon {
             (Some(c), None) => rule_of(&c.rule),
             (None, None) => rule_of(&d.rule),
         };
+        // What the server does next for a name neither local nor blocked: a private one
+        // is answered NXDOMAIN by the box (dns.never_forward_private), never forwarded.
+        let private = match (local, blocked || cloaked.is_some()) {
+            (None, false) => hickory_proto::rr::Name::from_ascii(name)
+                .ok()
+                .map(|mut n| {
+                    n.set_fqdn(true);
+                    n
+                })
+                .and_then(|n| self.resolver.kept_private(&n)),
+            _ => None,
+        };
         let explanation = match (local, &cloaked) {
             (Some(l), _) => {
                 format!("{name} is answered locally by {l}; blocking rules do not apply to it")
             }
+            (None, None) if private.is_some() => format!(
+                "{}; {name} is {} and never forwarded (dns.never_forward_private): the box \
+                 answers NXDOMAIN unless a conditional forward covers it",
+                policy.explain(client, link.as_deref(), name),
+                private.as_deref().unwrap_or_default()
+            ),
             (None, Some(c)) => format!(
                 "{name} is blocked for group {}: its cached answer is an alias (CNAME) of {}; {}",
                 d.group,
@@ -803,6 +821,7 @@ impl Daemon {
             "paused": d.paused,
             "local": local,
             "cname": cloaked.as_ref().map(|c| c.target.clone()),
+            "private": private,
             "source": source,
             "rule": rule,
             "explanation": explanation,

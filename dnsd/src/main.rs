@@ -218,8 +218,14 @@ async fn run(args: Args) -> Result<(), Fatal> {
     }));
     let wan_resolver = Arc::clone(&resolver);
     let wan_dns = tokio::spawn(
-        dnsd::wan::WanDnsWatcher::new(&args.wan_dns)
-            .run(move |servers| wan_resolver.upstreams().set_dhcp_upstreams(servers)),
+        dnsd::wan::WanDnsWatcher::new(&args.wan_dns).run(move |servers| {
+            wan_resolver.set_learned_upstreams(
+                servers
+                    .into_iter()
+                    .map(|ip| std::net::SocketAddr::new(ip, 53))
+                    .collect(),
+            );
+        }),
     );
 
     let reload_args = args.clone();

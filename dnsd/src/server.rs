@@ -214,18 +214,27 @@ impl Tables {
     /// in a private range, an A/AAAA query for a single label (domain-needed), or a name
     /// in the local domain. `name` is the policy's spelling (lowercase, no final dot).
     fn private(&self, name: &str, qtype: RecordType) -> bool {
-        let Some(domain) = &self.private else {
-            return false;
-        };
-        let single = !name.is_empty()
+        self.private_reason(name, qtype).is_some()
+    }
+
+    /// [`Tables::private`] with the reason, for `applctl dns check`.
+    fn private_reason(&self, name: &str, qtype: RecordType) -> Option<String> {
+        let domain = self.private.as_ref()?;
+        if !name.is_empty()
             && !name.contains('.')
-            && matches!(qtype, RecordType::A | RecordType::AAAA);
-        let local = !domain.is_empty()
+            && matches!(qtype, RecordType::A | RecordType::AAAA)
+        {
+            return Some("a single-label name".to_owned());
+        }
+        if !domain.is_empty()
             && (name == domain
                 || name
                     .strip_suffix(domain.as_str())
-                    .is_some_and(|p| p.ends_with('.')));
-        single || local || private_reverse(name)
+                    .is_some_and(|p| p.ends_with('.')))
+        {
+            return Some(format!("a name in the local domain {domain}"));
+        }
+        private_reverse(name).then(|| "a reverse name of a private range".to_owned())
     }
 
     fn link_of(&self, client: IpAddr) -> Option<&str> {
@@ -390,6 +399,16 @@ impl Resolver {
         self.wire.set_capacity(cfg.capacity);
     }
 
+    /// The resolvers learned by DHCP on the WAN (port 53), from netd's file. When one
+    /// learned before is gone, the cache is flushed as for an apply that removed an
+    /// upstream: its answers may be the view of a network the box is no longer on.
+    pub fn set_learned_upstreams(&self, servers: Vec<SocketAddr>) {
+        if self.upstreams().set_fallback_servers(servers) {
+            tracing::info!("a resolver learned on the WAN is gone: cache flushed");
+            self.flush_cache();
+        }
+    }
+
     /// Forgets every cached answer and the fast path's copies of them: the upstreams
     /// changed. Answers of queries already upstream are not stored
     /// ([`Cache::insert_since`]).
@@ -464,6 +483,17 @@ impl Resolver {
     /// What answers `name` before the policy sees it, in the order [`Handler`] asks: the
     /// config's records and the router's names, then the lease names. `None`: the policy
     /// decides.
+    /// Why an A query for `name` is answered NXDOMAIN by the box itself rather than
+    /// forwarded (`dns.never_forward_private`), if it is: `None` when the setting is off,
+    /// the name is not private, or a conditional forward covers it.
+    pub fn kept_private(&self, name: &Name) -> Option<String> {
+        let why = self
+            .tables
+            .load()
+            .private_reason(&crate::policy::policy_name(name), RecordType::A)?;
+        (!self.upstreams.is_forwarded(name)).then_some(why)
+    }
+
     pub fn local_source(&self, name: &Name) -> Option<&'static str> {
         if let Some(s) = self.tables.load().local.source(name) {
             return Some(s.as_str());

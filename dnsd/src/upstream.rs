@@ -340,19 +340,26 @@ impl Upstreams {
     }
 
     /// The resolvers learned by DHCP on the WAN: used when no upstream is configured, and
-    /// after the configured ones failed. Health of servers already known is kept.
-    pub fn set_dhcp_upstreams(&self, servers: Vec<IpAddr>) {
+    /// after the configured ones failed. Health of servers already known is kept. True
+    /// when a server learned before is gone (see [`Upstreams::set_fallback_servers`]).
+    pub fn set_dhcp_upstreams(&self, servers: Vec<IpAddr>) -> bool {
         self.set_fallback_servers(
             servers
                 .into_iter()
                 .map(|ip| SocketAddr::new(ip, 53))
                 .collect(),
-        );
+        )
     }
 
-    /// [`Upstreams::set_dhcp_upstreams`] with ports.
-    pub fn set_fallback_servers(&self, servers: Vec<SocketAddr>) {
+    /// [`Upstreams::set_dhcp_upstreams`] with ports. True when a server learned before
+    /// is not among `servers`: what it answered may be another network's view (the ISP's
+    /// resolver of a WAN the box left), which the caller flushes from the cache.
+    pub fn set_fallback_servers(&self, servers: Vec<SocketAddr>) -> bool {
         let old = self.dhcp.load();
+        let dropped = old.iter().any(|s| match s.transport {
+            Transport::Plain(a) => !servers.contains(&a),
+            _ => true,
+        });
         let new: Vec<Arc<Server>> = servers
             .into_iter()
             .map(|addr| {
@@ -362,8 +369,9 @@ impl Upstreams {
                     .unwrap_or_else(|| Arc::new(Server::plain(addr)))
             })
             .collect();
-        tracing::info!(count = new.len(), "upstreams learned by DHCP");
+        tracing::info!(count = new.len(), dropped, "upstreams learned by DHCP");
         self.dhcp.store(Arc::new(new));
+        dropped
     }
 
     /// Every upstream, for statistics.

@@ -724,3 +724,89 @@ async fn turning_never_forward_private_on_drops_what_was_forwarded() {
         "{m:?}"
     );
 }
+
+/// The resolvers learned on the WAN, used when none is configured: when the box moves to
+/// another WAN (a new DHCP lease with other resolvers), what the old ones answered is not
+/// served, fresh or from the fast path; a learned server added beside the old ones keeps
+/// the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learned_resolver_gone_flushes_what_it_answered() {
+    let upstream = |ip: &str| {
+        let text = format!(
+            "version = 1\n[dns]\nupstreams = [\"127.0.0.1:9\"]\n[[dns.records]]\nname = \"www.example.org\"\naddresses = [\"{ip}\"]\n"
+        );
+        let cfg = appliance::load_str(&text).unwrap();
+        let policy = Policy::build(&cfg, &Lists::new()).unwrap();
+        Arc::new(Resolver::new(&cfg, Arc::new(policy)))
+    };
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let old = Server::bind(upstream("192.0.2.1"), vec![any])
+        .await
+        .unwrap();
+    let new = Server::bind(upstream("192.0.2.2"), vec![any])
+        .await
+        .unwrap();
+    let (old, new) = (old.addresses()[0], new.addresses()[0]);
+
+    let port = port_free_everywhere();
+    let lan = addr("127.0.1.1", port);
+    let rig = start(
+        &config(port, "127.0.2", "").replace("upstreams = [\"127.0.0.1:9\"]", "upstreams = []"),
+    )
+    .await;
+    let www = move || {
+        (0..6)
+            .map(|_| answers(&ask(lan, "www.example.org.", RecordType::A)))
+            .collect::<Vec<_>>()
+    };
+    rig.resolver.set_learned_upstreams(vec![old]);
+    let asked = tokio::task::spawn_blocking(www).await.unwrap();
+    assert!(asked.iter().all(|a| a == &["192.0.2.1"]), "{asked:?}");
+    assert!(!rig.resolver.wire_cache().is_empty());
+
+    // A second resolver learned beside the first: nothing it answered is wrong yet.
+    rig.resolver.set_learned_upstreams(vec![old, new]);
+    assert!(
+        !rig.resolver.cache().is_empty(),
+        "an added resolver flushed the cache"
+    );
+
+    // The first one gone: its answer goes with it.
+    rig.resolver.set_learned_upstreams(vec![new]);
+    assert!(rig.resolver.cache().is_empty());
+    assert!(rig.resolver.wire_cache().is_empty());
+    let asked = tokio::task::spawn_blocking(www).await.unwrap();
+    assert!(asked.iter().all(|a| a == &["192.0.2.2"]), "{asked:?}");
+}
+
+/// `applctl dns check` says when a name is kept on the box by `dns.never_forward_private`
+/// (and why), and not when a conditional forward covers it or for a public name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_says_which_names_are_never_forwarded() {
+    let port = port_free_everywhere();
+    let forward =
+        "[[dns.forwarding]]\ndomain = \"10.in-addr.arpa\"\nupstreams = [\"127.0.0.1:9\"]\n";
+    let rig = start(&format!("{}{forward}", config(port, "127.0.2", ""))).await;
+    let client = "127.0.1.7".parse().unwrap();
+    for (name, why) in [
+        ("printer", "a single-label name"),
+        ("ghost.lan", "a name in the local domain lan"),
+        (
+            "5.1.168.192.in-addr.arpa",
+            "a reverse name of a private range",
+        ),
+    ] {
+        let v = rig.daemon.check(name, client);
+        assert_eq!(v["blocked"], false, "{v}");
+        assert_eq!(v["private"], why, "{v}");
+        let text = v["explanation"].as_str().unwrap();
+        assert!(
+            text.contains("never forwarded (dns.never_forward_private)"),
+            "{text}"
+        );
+    }
+    for name in ["www.example.org", "4.3.2.10.in-addr.arpa"] {
+        let v = rig.daemon.check(name, client);
+        assert_eq!(v["private"], serde_json::Value::Null, "{name}: {v}");
+    }
+}
