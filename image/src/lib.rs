@@ -53,6 +53,29 @@ pub struct Built {
 
 /// Builds the disk image: package tarball (cached), root tree, zfs module (cached),
 /// squashfs, GRUB, ESP, data, GPT. Each step logs when it starts and how long it took.
+/// The package tarball and the zfs module made into `cache` if they are not there: what
+/// [`build`] spends most of its time on (the network, dpkg, a DKMS build), none of which
+/// needs the appliance's binaries, so that a build machine can run it while it compiles
+/// them. [`build`] then finds both cached.
+pub fn warm_cache(cache: &Path, work: &Path) -> Result<()> {
+    let started = Instant::now();
+    let spec = rootfs::RootfsSpec::default();
+    let tarball = rootfs::package_tarball(&spec, cache)?;
+    let tree = work.join("tree");
+    let cleanup = rootfs::unpack(&tarball, &tree)?;
+    let kernel = rootfs::kernel_version(&tree)?;
+    let module = zfs::ModuleSpec::from_tree(&tree, &kernel)?;
+    zfs::cached_module(&module, &spec, cache)?;
+    fs::remove_dir_all(&tree).with_context(|| format!("removing {}", tree.display()))?;
+    if let Some(c) = cleanup
+        && c.join().is_err()
+    {
+        tracing::warn!("removing the previous root tree panicked");
+    }
+    tracing::info!("cache warm in {}: {}", Took(started), cache.display());
+    Ok(())
+}
+
 pub fn build(o: &BuildOptions) -> Result<Built> {
     let started = Instant::now();
     let work = o.out.join("work");

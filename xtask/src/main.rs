@@ -42,12 +42,14 @@ Commands:
   run [--rebuild] [--kvm] boot the image in QEMU (TCG) with the serial console in the
                           terminal, building it first if there is none; a fresh disk
                           overlay each run; quit with Ctrl-A X
-  vm-test [--only NAME]... [--lanes N]
+  vm-test [--only NAME]... [--lanes N] [--ignored]
                           build the image if there is none, then run the VM tests
                           (tests/vm: boot, read-only root, /data, A/B fallback, and
                           802.1Q, WireGuard, ZFS, nfsd, smbd in the guest), one process
                           per test in N lanes (2), longest first; --only keeps the tests
-                          whose path contains NAME; each log in target/vm-logs/lanes
+                          whose path contains NAME; --ignored runs the ignored ones
+                          instead (the kernel diagnostic `capabilities`, the benches);
+                          each log in target/vm-logs/lanes
   bench dns [--domains N] [--seconds S]
                           dnsd against dnsmasq and unbound with dnsperf, one core each;
                           ends with `bench: <name> = <value> <unit>` lines
@@ -164,8 +166,13 @@ fn dispatch(args: &[String]) -> Result<(), Failure> {
         "vm-test" => {
             let mut only = Vec::new();
             let mut lanes = VM_LANES;
+            let mut ignored = false;
             let mut args = rest.iter();
             while let Some(arg) = args.next() {
+                if arg == "--ignored" {
+                    ignored = true;
+                    continue;
+                }
                 match (arg.as_str(), args.next()) {
                     ("--only", Some(name)) => only.push(name.clone()),
                     ("--lanes", Some(n)) => match n.parse() {
@@ -174,12 +181,13 @@ fn dispatch(args: &[String]) -> Result<(), Failure> {
                     },
                     (other, _) => {
                         return usage(format!(
-                            "vm-test takes --only NAME (repeatable) and --lanes N, got `{other}`"
+                            "vm-test takes --only NAME (repeatable), --lanes N and --ignored, \
+                             got `{other}`"
                         ));
                     }
                 }
             }
-            Ok(vm_test(&only, lanes)?)
+            Ok(vm_test(&only, lanes, ignored)?)
         }
         "bench" if rest.first().is_some_and(|a| a == "ota") => {
             bench_ota::run_bench(rest.get(1..).unwrap_or_default())
@@ -281,122 +289,7 @@ const VM: Step = Step {
 };
 
 fn ci() -> Result<()> {
-    let result = run_steps(&[
-        TOOLCHAIN,
-        FMT,
-        IMAGE_START,
-        CLIPPY,
-        TEST,
-        PRUNE_TESTS,
-        FUZZ_BUILD,
-        IMAGE_WAIT,
-        VM,
-    ]);
-    if result.is_err() {
-        background_image::abandon();
-    }
-    result
-}
-
-/// The image build (release binaries, mmdebstrap, the zfs DKMS build: 22 minutes of a CI
-/// run, much of it waiting on the network or one core) runs beside clippy, the tests and
-/// the fuzz build rather than after them: CI has 90 minutes and the VM tests need most.
-const IMAGE_START: Step = Step {
-    name: "image (start in the background)",
-    packages: &[],
-    run: background_image::start,
-    hint: None,
-};
-
-const IMAGE_WAIT: Step = Step {
-    name: "image (wait for the background build)",
-    packages: &[],
-    run: background_image::wait,
-    hint: Some("`cargo xtask image` builds the image alone, with its log on the terminal"),
-};
-
-/// `cargo xtask image` as a child process of the CI run, its output in a log file that the
-/// wait step prints whole (interleaved with the tests' output it would be unreadable).
-mod background_image {
-    use super::{
-        IMAGE_PACKAGES, QEMU_PACKAGES, Result, Secs, TEST, ZFS_BUILD_PACKAGES,
-        ensure_debian_packages,
-    };
-    use anyhow::{Context as _, bail};
-    use std::fs;
-    use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
-    use std::sync::Mutex;
-    use std::time::Instant;
-
-    static CHILD: Mutex<Option<(Child, PathBuf, Instant)>> = Mutex::new(None);
-
-    pub(super) fn start(root: &Path) -> Result<()> {
-        // Every package of every later step now, while nothing else runs apt: the build in
-        // the background and the steps in the foreground would race for dpkg's lock.
-        for packages in [
-            IMAGE_PACKAGES,
-            ZFS_BUILD_PACKAGES,
-            TEST.packages,
-            QEMU_PACKAGES,
-        ] {
-            ensure_debian_packages(packages)?;
-        }
-        let log = root.join("target").join("ci-image.log");
-        fs::create_dir_all(root.join("target"))?;
-        let out = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let err = out.try_clone()?;
-        let exe = std::env::current_exe().context("finding xtask's own executable")?;
-        let child = Command::new(exe)
-            .arg("image")
-            .current_dir(root)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .context("starting `xtask image` in the background")?;
-        println!(
-            "`xtask image` runs in the background (pid {}), its log in {}",
-            child.id(),
-            log.display()
-        );
-        *lock() = Some((child, log, Instant::now()));
-        Ok(())
-    }
-
-    pub(super) fn wait(_root: &Path) -> Result<()> {
-        let Some((mut child, log, started)) = lock().take() else {
-            bail!("the background image build was never started");
-        };
-        let status = child.wait().context("waiting for `xtask image`")?;
-        let text = fs::read_to_string(&log).unwrap_or_default();
-        println!(
-            "---- {} ----\n{text}---- end of the image log ----",
-            log.display()
-        );
-        if !status.success() {
-            bail!("`xtask image` failed ({status}); its log is above");
-        }
-        println!(
-            "image built in the background in {}",
-            Secs(started.elapsed())
-        );
-        Ok(())
-    }
-
-    /// A failed step ends the run: the build beside it has no use any more.
-    pub(super) fn abandon() {
-        if let Some((mut child, _, _)) = lock().take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn lock() -> std::sync::MutexGuard<'static, Option<(Child, PathBuf, Instant)>> {
-        CHILD
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
+    run_steps(&[TOOLCHAIN, FMT, CLIPPY, TEST, PRUNE_TESTS, FUZZ_BUILD, VM])
 }
 
 /// CI's disk has been seen nearly full: once the tests have passed, their executables (each
@@ -452,7 +345,7 @@ fn disk_free(root: &Path) -> String {
 }
 
 fn step_vm(_root: &Path) -> Result<()> {
-    vm_test(&[], VM_LANES)
+    vm_test(&[], VM_LANES, false)
 }
 
 /// Runs the steps in order with a header and a timing each; stops at the first failure.
@@ -626,7 +519,12 @@ fn image() -> Result<PathBuf> {
 
     println!("==> image: release binaries");
     let t = Instant::now();
-    run(cargo(&root).args([
+    // appliance-image first: its warm-cache (mmdebstrap, then the zfs DKMS build; about 7
+    // minutes, much of it waiting on the network and dpkg) then runs beside the release
+    // build of the daemons instead of after it.
+    run(cargo(&root).args(["build", "--release", "--locked", "-p", "image"]))?;
+    let warm = WarmCache::start(&root)?;
+    let built = run(cargo(&root).args([
         "build",
         "--release",
         "--locked",
@@ -640,8 +538,11 @@ fn image() -> Result<PathBuf> {
         "netd",
         "-p",
         "dnsd",
-    ]))?;
+    ]));
     println!("==> release binaries built in {}", Secs(t.elapsed()));
+    let warmed = warm.wait();
+    built?;
+    warmed?;
 
     println!("==> image: appliance-image build");
     let out = image_dir(&root);
@@ -653,6 +554,64 @@ fn image() -> Result<PathBuf> {
         rel(&root, &disk)
     );
     Ok(disk)
+}
+
+/// `appliance-image warm-cache` as a child process, its output in a log file printed whole
+/// when it ends (interleaved with cargo's it would be unreadable).
+struct WarmCache {
+    child: std::process::Child,
+    log: PathBuf,
+    started: Instant,
+}
+
+impl WarmCache {
+    fn start(root: &Path) -> Result<WarmCache> {
+        let target = root.join("target");
+        let log = target.join("image-warm-cache.log");
+        let out = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        let child = Command::new(target.join("release").join("appliance-image"))
+            .current_dir(root)
+            .arg("warm-cache")
+            .arg("--cache")
+            .arg(target.join("image-cache"))
+            .arg("--work")
+            .arg(target.join("image-warm"))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .context("starting `appliance-image warm-cache`")?;
+        println!(
+            "==> image: package tarball and zfs module (appliance-image warm-cache, pid {}) \
+             beside the release build; log {}",
+            child.id(),
+            rel(root, &log)
+        );
+        Ok(WarmCache {
+            child,
+            log,
+            started: Instant::now(),
+        })
+    }
+
+    fn wait(mut self) -> Result<()> {
+        let status = self
+            .child
+            .wait()
+            .context("waiting for appliance-image warm-cache")?;
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        println!("---- appliance-image warm-cache ----\n{text}---- end of warm-cache ----");
+        if !status.success() {
+            bail!("appliance-image warm-cache failed ({status}); its output is above");
+        }
+        println!(
+            "==> package tarball and zfs module ready after {} (waited for since the release \
+             build ended)",
+            Secs(self.started.elapsed())
+        );
+        Ok(())
+    }
 }
 
 /// Builds the root a second time from the same inputs and the warm cache into
@@ -858,18 +817,18 @@ fn run_vm(rebuild: bool, kvm: bool) -> Result<()> {
 /// Each VM is one TCG thread, so two of them use the two cores that the build used.
 const VM_LANES: usize = 2;
 
-fn vm_test(only: &[String], lanes: usize) -> Result<()> {
+fn vm_test(only: &[String], lanes: usize, ignored: bool) -> Result<()> {
     let root = repo_root()?;
     let started = Instant::now();
     image_if_needed(false)?;
     // The same inputs must give the same root: a second build from the warm cache is cheap.
-    if only.is_empty() {
+    if only.is_empty() && !ignored {
         check_reproducible()?;
     }
     ensure_debian_packages(QEMU_PACKAGES)?;
     // The A/B test edits the ESP of a copy of the image.
     ensure_debian_packages(&["mtools"])?;
-    vm_lanes::run(&root, only, lanes)?;
+    vm_lanes::run(&root, only, lanes, ignored)?;
     println!("==> VM tests passed in {}", Secs(started.elapsed()));
     Ok(())
 }

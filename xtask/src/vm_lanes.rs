@@ -32,7 +32,6 @@ const EXPECTED_SECS: &[(&str, u64)] = &[
     ("wireguard::", 250),
     ("vlan::", 200),
     ("zpool::", 200),
-    ("capabilities::", 120),
     ("boots_to", 220),
 ];
 
@@ -101,14 +100,15 @@ struct Outcome {
     log: PathBuf,
 }
 
-/// Runs the VM tests that are not ignored (those whose path contains one of `only`, when
-/// given) in `lanes` parallel processes; fails if any failed, after all have run.
-pub(crate) fn run(root: &Path, only: &[String], lanes: usize) -> Result<()> {
+/// Runs the VM tests that are not ignored, or with `ignored` those that are (those whose
+/// path contains one of `only`, when given), in `lanes` parallel processes; fails if any
+/// failed, after all have run.
+pub(crate) fn run(root: &Path, only: &[String], lanes: usize, ignored: bool) -> Result<()> {
     let exe = build(root)?;
-    let ignored = list(&exe, true)?;
+    let ignored_tests = list(&exe, true)?;
     let mut tests: Vec<String> = list(&exe, false)?
         .into_iter()
-        .filter(|t| !ignored.contains(t))
+        .filter(|t| ignored_tests.contains(t) == ignored)
         .filter(|t| only.is_empty() || only.iter().any(|o| t.contains(o.as_str())))
         .collect();
     if tests.is_empty() {
@@ -133,7 +133,7 @@ pub(crate) fn run(root: &Path, only: &[String], lanes: usize) -> Result<()> {
                 loop {
                     let next = queue.lock().ok().and_then(|mut q| q.pop_front());
                     let Some(test) = next else { break };
-                    let outcome = run_one(root, exe, logs, lane, &test, started);
+                    let outcome = run_one(root, exe, logs, lane, &test, started, ignored);
                     if let Ok(mut all) = outcomes.lock() {
                         all.push(outcome);
                     }
@@ -203,6 +203,7 @@ fn run_one(
     lane: usize,
     test: &str,
     started: Instant,
+    ignored: bool,
 ) -> Outcome {
     let log = logs.join(format!("{}.log", test.replace("::", "-")));
     println!(
@@ -217,6 +218,7 @@ fn run_one(
             .current_dir(root.join("tests"))
             .env("CARGO_MANIFEST_DIR", root.join("tests"))
             .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .args(ignored.then_some("--ignored"))
             .stdout(file.try_clone()?)
             .stderr(file)
             .status()

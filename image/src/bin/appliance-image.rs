@@ -52,6 +52,16 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         update_threshold: usize,
     },
+    /// Fill the cache with the package tarball (mmdebstrap) and the zfs module (a DKMS
+    /// build), the slow parts of `build` that need none of the appliance's binaries: a
+    /// build machine runs it while it compiles them. Needs root, as `build` does.
+    WarmCache {
+        #[arg(long)]
+        cache: PathBuf,
+        /// A scratch directory for the unpacked packages (emptied afterwards).
+        #[arg(long)]
+        work: PathBuf,
+    },
     /// Make an ed25519 key pair for signing bundles: DIR/NAME.key (0600) and DIR/NAME.pub.
     Keygen {
         #[arg(long)]
@@ -76,6 +86,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Cmd::WarmCache { cache, work } => image::warm_cache(&cache, &work),
         Cmd::Build {
             out,
             cache,
