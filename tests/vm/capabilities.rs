@@ -25,7 +25,12 @@ fn capability(vm: &Vm, what: &str, script: &str, args: &[&str], ok_line: &str) {
     eprintln!("{what}: ok");
 }
 
+/// Not in the CI suite: the vlan, wireguard, storage, shares and boot tests prove each of
+/// these kernel features through the daemons, and two more boots cost 5 minutes of a CI run
+/// that has 90. It stays as the first thing to run when one of those fails, to tell the
+/// kernel from the daemon: `cargo xtask vm-test --only capabilities --ignored`.
 #[test]
+#[ignore = "a diagnostic: `cargo xtask vm-test --only capabilities --ignored`"]
 fn the_guest_kernel_does_vlans_wireguard_zfs_nfs_smb_and_nftables() {
     // Two NICs on a QEMU hub (802.1Q) and two joined by a UDP socket cable through the
     // host, the link between two VMs (WireGuard).
