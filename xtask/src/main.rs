@@ -289,7 +289,39 @@ const VM: Step = Step {
 };
 
 fn ci() -> Result<()> {
+    CI_PROFILE.store(true, Ordering::Relaxed);
     run_steps(&[TOOLCHAIN, FMT, CLIPPY, TEST, PRUNE_TESTS, FUZZ_BUILD, VM])
+}
+
+/// Set by `cargo xtask ci`: the tests, the VM tests and the image's binaries all build with
+/// the `ci` profile (Cargo.toml says why), each dependency compiled once.
+static CI_PROFILE: AtomicBool = AtomicBool::new(false);
+
+/// Cargo's profile arguments for the tests (dev unless under CI).
+fn test_profile_args() -> &'static [&'static str] {
+    if CI_PROFILE.load(Ordering::Relaxed) {
+        &["--profile", "ci"]
+    } else {
+        &[]
+    }
+}
+
+/// The directory under target/ of the tests' profile.
+fn test_profile_dir() -> &'static str {
+    if CI_PROFILE.load(Ordering::Relaxed) {
+        "ci"
+    } else {
+        "debug"
+    }
+}
+
+/// Cargo's profile arguments for the image's binaries, and their directory under target/.
+fn image_profile() -> (&'static [&'static str], &'static str) {
+    if CI_PROFILE.load(Ordering::Relaxed) {
+        (&["--profile", "ci"], "ci")
+    } else {
+        (&["--release"], "release")
+    }
 }
 
 /// CI's disk has been seen nearly full: once the tests have passed, their executables (each
@@ -301,11 +333,11 @@ const PRUNE_TESTS: Step = Step {
     hint: None,
 };
 
-/// Deletes the executables under `target/debug/deps`: test harnesses and copies of binaries,
+/// Deletes the executables under `target/<profile>/deps`: test harnesses and copies of binaries,
 /// which cargo links again when a later command needs one. Libraries and build scripts stay.
 fn step_prune_tests(root: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
-    let deps = root.join("target").join("debug").join("deps");
+    let deps = root.join("target").join(test_profile_dir()).join("deps");
     let mut freed = 0u64;
     let mut count = 0usize;
     for entry in fs::read_dir(&deps).with_context(|| format!("reading {}", deps.display()))? {
@@ -447,7 +479,9 @@ fn step_clippy(root: &Path) -> Result<()> {
 }
 
 fn step_test(root: &Path) -> Result<()> {
-    run(cargo(root).args(["test", "--workspace", "--locked"]))
+    run(cargo(root)
+        .args(["test", "--workspace", "--locked"])
+        .args(test_profile_args()))
 }
 
 /// The fuzz crate is its own workspace, so the steps above do not build it. A plain (stable)
@@ -522,23 +556,27 @@ fn image() -> Result<PathBuf> {
     // appliance-image first: its warm-cache (mmdebstrap, then the zfs DKMS build; about 7
     // minutes, much of it waiting on the network and dpkg) then runs beside the release
     // build of the daemons instead of after it.
-    run(cargo(&root).args(["build", "--release", "--locked", "-p", "image"]))?;
-    let warm = WarmCache::start(&root)?;
-    let built = run(cargo(&root).args([
-        "build",
-        "--release",
-        "--locked",
-        "-p",
-        "appliance",
-        "-p",
-        "image",
-        "-p",
-        "stored",
-        "-p",
-        "netd",
-        "-p",
-        "dnsd",
-    ]));
+    let (profile, dir) = image_profile();
+    run(cargo(&root)
+        .args(["build", "--locked", "-p", "image"])
+        .args(profile))?;
+    let warm = WarmCache::start(&root, dir)?;
+    let built = run(cargo(&root)
+        .args([
+            "build",
+            "--locked",
+            "-p",
+            "appliance",
+            "-p",
+            "image",
+            "-p",
+            "stored",
+            "-p",
+            "netd",
+            "-p",
+            "dnsd",
+        ])
+        .args(profile));
     println!("==> release binaries built in {}", Secs(t.elapsed()));
     let warmed = warm.wait();
     built?;
@@ -565,12 +603,12 @@ struct WarmCache {
 }
 
 impl WarmCache {
-    fn start(root: &Path) -> Result<WarmCache> {
+    fn start(root: &Path, profile_dir: &str) -> Result<WarmCache> {
         let target = root.join("target");
         let log = target.join("image-warm-cache.log");
         let out = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
-        let child = Command::new(target.join("release").join("appliance-image"))
+        let child = Command::new(target.join(profile_dir).join("appliance-image"))
             .current_dir(root)
             .arg("warm-cache")
             .arg("--cache")
@@ -652,7 +690,7 @@ fn check_reproducible() -> Result<()> {
 
 /// The `appliance-image build` of the development image into `out`.
 fn image_build(root: &Path, out: &Path) -> Result<Command> {
-    let release = root.join("target").join("release");
+    let release = root.join("target").join(image_profile().1);
     let mut cmd = Command::new(release.join("appliance-image"));
     cmd.current_dir(root)
         .arg("build")
@@ -1304,6 +1342,7 @@ fn cargo_vm_tests(root: &Path) -> Command {
         "--test",
         "vm",
     ]);
+    c.args(test_profile_args());
     c
 }
 
