@@ -596,7 +596,10 @@ impl Vm {
                     || err.contains("Connection reset")
                     || err.contains("No route to host")
                     || err.contains("kex_exchange_identification")
-                    || err.contains("Connection closed by"))
+                    || err.contains("Connection closed by")
+                    // A multiplexing master that lost its connection, or its socket gone.
+                    || err.contains("mux_client")
+                    || err.contains("Control socket connect"))
                 && !err.contains("closed by remote host");
             if !unconnected || Instant::now() >= deadline {
                 return out;
@@ -623,10 +626,35 @@ impl Vm {
                 "-o",
                 "UserKnownHostsFile=/dev/null",
             ])
+            .args(self.multiplexing())
             .args(["-o", "LogLevel=ERROR", "root@127.0.0.1", command])
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("cannot run ssh ({e}): apt-get install openssh-client"))
+    }
+
+    /// Every command over one SSH connection per QEMU run: a new connection cost 9 s of
+    /// a loaded TCG guest (sshd's re-exec, key exchange, PAM with logind and motd), a
+    /// command on an open one 0.3 s, and the suite runs hundreds. The master follows the
+    /// guest: a reset or a power cut closes QEMU's forwarded port and ends it, a hung guest
+    /// ends it after 15 s without an answer, and a new QEMU run gets a new socket path.
+    fn multiplexing(&self) -> [String; 8] {
+        let path = std::env::temp_dir().join(format!(
+            "appliance-vm-ssh-{}-{}-{}",
+            std::process::id(),
+            self.ssh_port,
+            self.resets
+        ));
+        [
+            "-o".to_owned(),
+            "ControlMaster=auto".to_owned(),
+            "-o".to_owned(),
+            format!("ControlPath={}", path.display()),
+            "-o".to_owned(),
+            "ControlPersist=60".to_owned(),
+            "-o".to_owned(),
+            "ServerAliveInterval=5".to_owned(),
+        ]
     }
 
     fn scp(&self, from: &str, to: &str) {
@@ -641,6 +669,7 @@ impl Vm {
                 "-o",
                 "UserKnownHostsFile=/dev/null",
             ])
+            .args(self.multiplexing())
             .args(["-o", "LogLevel=ERROR", "-q", from, to])
             .stdin(Stdio::null())
             .output()
