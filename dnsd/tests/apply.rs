@@ -607,26 +607,26 @@ async fn a_new_query_log_size_is_taken_at_the_apply_with_the_newest_records() {
     );
 }
 
+/// A dnsd server on loopback answering www.example.org and intranet.corp.example with
+/// `ip`: an upstream of the tests' own.
+async fn upstream(ip: &str) -> Server {
+    let text = format!(
+        "version = 1\n[dns]\nupstreams = [\"127.0.0.1:9\"]\n[[dns.records]]\nname = \"www.example.org\"\naddresses = [\"{ip}\"]\n[[dns.records]]\nname = \"intranet.corp.example\"\naddresses = [\"{ip}\"]\n"
+    );
+    let cfg = appliance::load_str(&text).unwrap();
+    let policy = Policy::build(&cfg, &Lists::new()).unwrap();
+    let resolver = Arc::new(Resolver::new(&cfg, Arc::new(policy)));
+    Server::bind(resolver, vec!["127.0.0.1:0".parse().unwrap()])
+        .await
+        .unwrap()
+}
+
 /// An answer of an upstream the apply removed is not served after it: the cache is
 /// flushed when the upstreams or the forwards change, and only then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_apply_that_changes_the_upstreams_flushes_what_the_old_ones_answered() {
-    // Two upstreams of their own (dnsd servers), with other addresses for the same names.
-    let upstream = |ip: &str| {
-        let text = format!(
-            "version = 1\n[dns]\nupstreams = [\"127.0.0.1:9\"]\n[[dns.records]]\nname = \"www.example.org\"\naddresses = [\"{ip}\"]\n[[dns.records]]\nname = \"intranet.corp.example\"\naddresses = [\"{ip}\"]\n"
-        );
-        let cfg = appliance::load_str(&text).unwrap();
-        let policy = Policy::build(&cfg, &Lists::new()).unwrap();
-        Arc::new(Resolver::new(&cfg, Arc::new(policy)))
-    };
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let old = Server::bind(upstream("192.0.2.1"), vec![any])
-        .await
-        .unwrap();
-    let new = Server::bind(upstream("192.0.2.2"), vec![any])
-        .await
-        .unwrap();
+    // Two upstreams of their own, with other addresses for the same names.
+    let (old, new) = (upstream("192.0.2.1").await, upstream("192.0.2.2").await);
     let (old, new) = (old.addresses()[0], new.addresses()[0]);
 
     let port = port_free_everywhere();
@@ -731,21 +731,7 @@ async fn turning_never_forward_private_on_drops_what_was_forwarded() {
 /// the cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_learned_resolver_gone_flushes_what_it_answered() {
-    let upstream = |ip: &str| {
-        let text = format!(
-            "version = 1\n[dns]\nupstreams = [\"127.0.0.1:9\"]\n[[dns.records]]\nname = \"www.example.org\"\naddresses = [\"{ip}\"]\n"
-        );
-        let cfg = appliance::load_str(&text).unwrap();
-        let policy = Policy::build(&cfg, &Lists::new()).unwrap();
-        Arc::new(Resolver::new(&cfg, Arc::new(policy)))
-    };
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let old = Server::bind(upstream("192.0.2.1"), vec![any])
-        .await
-        .unwrap();
-    let new = Server::bind(upstream("192.0.2.2"), vec![any])
-        .await
-        .unwrap();
+    let (old, new) = (upstream("192.0.2.1").await, upstream("192.0.2.2").await);
     let (old, new) = (old.addresses()[0], new.addresses()[0]);
 
     let port = port_free_everywhere();
