@@ -1225,7 +1225,7 @@ fn write_dictionary(root: &Path, target: &str) -> Result<Option<PathBuf>> {
     if target != "config" {
         return Ok(None);
     }
-    let schema = appliance::schema::json_schema_string();
+    let schema = generated(root, "json-schema")?;
     let mut words = BTreeSet::new();
     // Every short JSON string literal of name-like characters: property names, enum
     // values, and some schema keywords (harmless noise in a dictionary).
@@ -1267,18 +1267,40 @@ fn write_dictionary(root: &Path, target: &str) -> Result<Option<PathBuf>> {
 // ---------------------------------------------------------------------------------------
 // Schema
 
+/// A document generated from appliance's code, as `applctl schema --format FORMAT` prints
+/// it. Through applctl rather than linking appliance: xtask is built before every CI step,
+/// and appliance's dependency tree made that a 2-minute debug build of it all.
+fn generated(root: &Path, format: &str) -> Result<String> {
+    let mut cmd = cargo(root);
+    cmd.args([
+        "run",
+        "--quiet",
+        "--locked",
+        "--package",
+        "appliance",
+        "--bin",
+        "applctl",
+    ])
+    .args(["--", "schema", "--format", format])
+    .stderr(Stdio::inherit());
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {}", Shown(&cmd)))?;
+    if !out.status.success() {
+        bail!("{} failed ({})", Shown(&cmd), out.status);
+    }
+    String::from_utf8(out.stdout).with_context(|| format!("{} printed non-UTF-8", Shown(&cmd)))
+}
+
 fn schema(check: bool) -> Result<()> {
     let root = repo_root()?;
     let files = [
         (
             "appliance/config.schema.json",
-            appliance::schema::json_schema_string(),
+            generated(&root, "json-schema")?,
         ),
-        (
-            "docs/config.md",
-            appliance::schema::config_reference_markdown(),
-        ),
-        ("appliance/openapi.json", appliance::api::openapi_json()),
+        ("docs/config.md", generated(&root, "reference")?),
+        ("appliance/openapi.json", generated(&root, "openapi")?),
     ];
     let mut stale = Vec::new();
     for (rel_path, content) in files {

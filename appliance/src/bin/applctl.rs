@@ -55,6 +55,17 @@ enum ColorChoice {
     Never,
 }
 
+/// What `applctl schema` prints.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SchemaFormat {
+    /// The JSON Schema of appliance.toml (editors validate against it).
+    JsonSchema,
+    /// The config reference in Markdown (docs/config.md).
+    Reference,
+    /// The HTTPS API's OpenAPI document.
+    Openapi,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Check a config file and report every mistake with its key path and line. `-` reads stdin.
@@ -77,8 +88,12 @@ enum Command {
     /// Config generations: history, show, diff, rollback, save, default.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Print the JSON Schema of appliance.toml.
-    Schema,
+    /// Print the JSON Schema of appliance.toml, or the config reference or the API's
+    /// OpenAPI document generated from the same code (`cargo xtask schema` commits all three).
+    Schema {
+        #[arg(long, value_enum, default_value_t = SchemaFormat::JsonSchema)]
+        format: SchemaFormat,
+    },
     /// Ask dnsd: stats, log, pause, resume, check DOMAIN, reload (over its control socket).
     Dns(dns::DnsArgs),
     /// Ask stored: status, snapshots [DATASET], prune --dry-run, replicate JOB.
@@ -301,8 +316,15 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Schema => {
-            print!("{}", appliance::schema::json_schema_string());
+        Command::Schema { format } => {
+            print!(
+                "{}",
+                match format {
+                    SchemaFormat::JsonSchema => appliance::schema::json_schema_string(),
+                    SchemaFormat::Reference => appliance::schema::config_reference_markdown(),
+                    SchemaFormat::Openapi => appliance::api::openapi_json(),
+                }
+            );
             Ok(())
         }
         Command::Config(c) => config(cli, c),
