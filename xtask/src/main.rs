@@ -293,27 +293,9 @@ fn ci() -> Result<()> {
     run_steps(&[TOOLCHAIN, FMT, CLIPPY, TEST, PRUNE_TESTS, FUZZ_BUILD, VM])
 }
 
-/// Set by `cargo xtask ci`: the tests, the VM tests and the image's binaries all build with
-/// the `ci` profile (Cargo.toml says why), each dependency compiled once.
+/// Set by `cargo xtask ci`: the image's daemons build with the `ci` profile (Cargo.toml says
+/// why) instead of the release profile.
 static CI_PROFILE: AtomicBool = AtomicBool::new(false);
-
-/// Cargo's profile arguments for the tests (dev unless under CI).
-fn test_profile_args() -> &'static [&'static str] {
-    if CI_PROFILE.load(Ordering::Relaxed) {
-        &["--profile", "ci"]
-    } else {
-        &[]
-    }
-}
-
-/// The directory under target/ of the tests' profile.
-fn test_profile_dir() -> &'static str {
-    if CI_PROFILE.load(Ordering::Relaxed) {
-        "ci"
-    } else {
-        "debug"
-    }
-}
 
 /// Cargo's profile arguments for the image's binaries, and their directory under target/.
 fn image_profile() -> (&'static [&'static str], &'static str) {
@@ -333,11 +315,11 @@ const PRUNE_TESTS: Step = Step {
     hint: None,
 };
 
-/// Deletes the executables under `target/<profile>/deps`: test harnesses and copies of binaries,
+/// Deletes the executables under `target/debug/deps`: test harnesses and copies of binaries,
 /// which cargo links again when a later command needs one. Libraries and build scripts stay.
 fn step_prune_tests(root: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
-    let deps = root.join("target").join(test_profile_dir()).join("deps");
+    let deps = root.join("target").join("debug").join("deps");
     let mut freed = 0u64;
     let mut count = 0usize;
     for entry in fs::read_dir(&deps).with_context(|| format!("reading {}", deps.display()))? {
@@ -479,9 +461,7 @@ fn step_clippy(root: &Path) -> Result<()> {
 }
 
 fn step_test(root: &Path) -> Result<()> {
-    run(cargo(root)
-        .args(["test", "--workspace", "--locked"])
-        .args(test_profile_args()))
+    run(cargo(root).args(["test", "--workspace", "--locked"]))
 }
 
 /// The fuzz crate is its own workspace, so the steps above do not build it. A plain (stable)
@@ -1364,7 +1344,6 @@ fn cargo_vm_tests(root: &Path) -> Command {
         "--test",
         "vm",
     ]);
-    c.args(test_profile_args());
     c
 }
 
