@@ -472,6 +472,10 @@ fn step_fuzz_build(root: &Path) -> Result<()> {
         "clippy",
         "--manifest-path",
         "fuzz/Cargo.toml",
+        // The workspace's target directory, where the clippy step left the dependencies
+        // checked with the same versions, features and (fuzz/Cargo.toml's) dev profile.
+        "--target-dir",
+        "target",
         "--all-targets",
         "--locked",
         "--",
