@@ -10,6 +10,7 @@
 
 mod bench_net;
 mod bench_storage;
+mod boot_profile;
 mod capabilities;
 mod harness;
 mod ota;
