@@ -313,6 +313,11 @@ fn image_profile() -> (&'static [&'static str], &'static str) {
     }
 }
 
+/// Where the image's build beside the tests writes its output.
+fn prebuild_log(root: &Path) -> PathBuf {
+    root.join("target").join("image-prebuild.log")
+}
+
 /// The image's binaries and warm cache being built beside the tests (CI only); `image`
 /// waits for it instead of building them itself.
 static PREBUILD: Mutex<Option<thread::JoinHandle<Result<()>>>> = Mutex::new(None);
@@ -483,7 +488,9 @@ fn step_test(root: &Path) -> Result<()> {
     run(cargo(root).args(["test", "--workspace", "--locked", "--no-run"]))?;
     ensure_debian_packages(IMAGE_PACKAGES)?;
     ensure_debian_packages(ZFS_BUILD_PACKAGES)?;
-    let log = root.join("target").join("image-prebuild.log");
+    let log = prebuild_log(root);
+    // A rerun in the same checkout starts a new log: `image` prints it whole.
+    fs::write(&log, "").with_context(|| format!("creating {}", log.display()))?;
     println!(
         "==> image binaries and warm cache building at nice 19 beside the tests; log {}",
         rel(root, &log)
@@ -576,7 +583,7 @@ fn image() -> Result<PathBuf> {
             .join()
             .map_err(|_| anyhow!("the image's background build panicked"))
             .and_then(|r| r);
-        let log = root.join("target").join("image-prebuild.log");
+        let log = prebuild_log(&root);
         let text = fs::read_to_string(&log).unwrap_or_default();
         println!(
             "---- {} ----\n{text}---- end of {} ----",
@@ -622,32 +629,28 @@ fn image_binaries(root: &Path, log: Option<&Path>) -> Result<()> {
     // appliance-image first: its warm-cache (mmdebstrap, then the zfs DKMS build; about 7
     // minutes, much of it waiting on the network and dpkg) then runs beside the release
     // build of the daemons instead of after it.
-    output(&mut background(
-        cargo(root)
-            .args(["build", "--locked", "-p", "image"])
-            .args(profile),
-        log.is_some(),
-    ))?;
+    let mut tool = cargo(root);
+    tool.args(["build", "--locked", "-p", "image"])
+        .args(profile);
+    output(&mut background(tool, log.is_some()))?;
     let warm = WarmCache::start(root, dir, log)?;
-    let built = output(&mut background(
-        cargo(root)
-            .args([
-                "build",
-                "--locked",
-                "-p",
-                "appliance",
-                "-p",
-                "image",
-                "-p",
-                "stored",
-                "-p",
-                "netd",
-                "-p",
-                "dnsd",
-            ])
-            .args(profile),
-        log.is_some(),
-    ));
+    let mut daemons = cargo(root);
+    daemons
+        .args(["build", "--locked"])
+        .args([
+            "-p",
+            "appliance",
+            "-p",
+            "image",
+            "-p",
+            "stored",
+            "-p",
+            "netd",
+            "-p",
+            "dnsd",
+        ])
+        .args(profile);
+    let built = output(&mut background(daemons, log.is_some()));
     let binaries = t.elapsed();
     let warmed = warm.wait();
     let summary = format!(
@@ -669,15 +672,10 @@ fn image_binaries(root: &Path, log: Option<&Path>) -> Result<()> {
     warmed
 }
 
-/// `cmd` as `nice -n 19 cmd` when `niced`.
-fn background(cmd: &mut Command, niced: bool) -> Command {
+/// `cmd` as `nice -n 19 cmd` when `niced`, else `cmd` itself.
+fn background(cmd: Command, niced: bool) -> Command {
     if !niced {
-        let mut same = Command::new(cmd.get_program());
-        same.args(cmd.get_args());
-        if let Some(dir) = cmd.get_current_dir() {
-            same.current_dir(dir);
-        }
-        return same;
+        return cmd;
     }
     let mut nice = Command::new("nice");
     nice.args(["-n", "19"])
@@ -733,7 +731,7 @@ impl WarmCache {
         let out = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
         let child = background(
-            &mut Command::new(target.join(profile_dir).join("appliance-image")),
+            Command::new(target.join(profile_dir).join("appliance-image")),
             report.is_some(),
         )
         .current_dir(root)
