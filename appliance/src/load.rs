@@ -29,7 +29,22 @@ const SYNTAX_HINT: &str = "fix the TOML syntax here and validate again; nothing 
 
 /// Parses and validates a config. On failure every mistake found is returned.
 pub fn load_str(src: &str) -> Result<Config, Diagnostics> {
-    if let Some(cfg) = long_lists::load_valid(src) {
+    load_str_with(src, &mut ListMemo::default())
+}
+
+/// The long address lists (a 100k-address blocklist) of the config loaded last, by their
+/// exact text. A daemon loads generation after generation of one config, and a change is
+/// almost never in its blocklist: with the memo the list is parsed once, not on every
+/// apply (most of a one-forward change's load time without it).
+#[derive(Debug, Default)]
+pub struct ListMemo {
+    lists: Vec<(String, Vec<crate::types::Cidr>)>,
+}
+
+/// [`load_str`] that reuses the long lists of `memo` whose text has not changed, and
+/// leaves the lists of this config in it. The result is the same as [`load_str`]'s.
+pub fn load_str_with(src: &str, memo: &mut ListMemo) -> Result<Config, Diagnostics> {
+    if let Some(cfg) = long_lists::load_valid(src, memo) {
         return Ok(cfg);
     }
     load_full(src)
@@ -662,9 +677,11 @@ impl Issue {
 /// A fast path for configs with long address lists (a 100k-address blocklist as a
 /// rule's `source`): the generic TOML parse builds a token, an event and a value for
 /// every element, and the loader copies the tree, which is most of a 2 MB config's load
-/// time. Here such a list's text is blanked out (same length, newlines kept, so every
-/// other span and line stays where it was), the rest parsed as usual, and the list's
-/// strings parsed straight into [`Cidr`]s. It only ever accepts a config that is valid
+/// time. Here such a list's text is cut out (`[...]` becomes `[]`, so the TOML lexer does
+/// not walk megabytes of it), the rest parsed as usual, and the list's strings parsed
+/// straight into [`Cidr`]s, or taken from the memo when its text is the one parsed last
+/// time. Spans in the cut text are not the file's, which is fine: the path returns no
+/// diagnostics, only a config or nothing. It only ever accepts a config that is valid
 /// as a whole; anything it is unsure of (another syntax in the list, a list in a place
 /// it does not know, any error or finding at all) returns `None`, and the full loader
 /// runs on the original text and reports every mistake as before.
@@ -674,6 +691,7 @@ mod long_lists {
 
     use serde::Deserialize;
 
+    use super::ListMemo;
     use crate::diag::{KeyPath, Seg};
     use crate::model::Config;
     use crate::types::Cidr;
@@ -684,19 +702,42 @@ mod long_lists {
     /// A list found in the text: its brackets' span and its strings.
     struct Found<'a> {
         span: std::ops::Range<usize>,
-        items: Vec<&'a str>,
+        items: Items<'a>,
+    }
+
+    enum Items<'a> {
+        /// The strings, to parse.
+        Text(Vec<&'a str>),
+        /// The list of the memo's entry with this index: the same text.
+        Memo(usize),
     }
 
     /// The arrays of at least [`MIN`] plain strings (no escapes), with only spaces,
     /// newlines, commas and comments between them. Some may be no array at all (inside
     /// a multi-line string): the caller checks each against the parsed document.
-    fn find(src: &str) -> Vec<Found<'_>> {
+    /// A list whose text is the memo's is taken whole (one comparison rather than a
+    /// walk over its megabytes): the walk would find the same strings.
+    fn find<'a>(src: &'a str, memo: &ListMemo) -> Vec<Found<'a>> {
         let bytes = src.as_bytes();
         let mut out = Vec::new();
         let mut from = 0;
         while let Some(rel) = src.get(from..).and_then(|t| t.find("= [")) {
             let open = from + rel + 2;
             from = open + 1;
+            let rest = bytes.get(open..).unwrap_or_default();
+            if let Some(i) = memo
+                .lists
+                .iter()
+                .position(|(t, _)| !t.is_empty() && rest.starts_with(t.as_bytes()))
+            {
+                let end = open + memo.lists.get(i).map_or(0, |(t, _)| t.len());
+                out.push(Found {
+                    span: open..end,
+                    items: Items::Memo(i),
+                });
+                from = end;
+                continue;
+            }
             let mut items = Vec::new();
             let mut i = open + 1;
             let close = loop {
@@ -734,7 +775,7 @@ mod long_lists {
             {
                 out.push(Found {
                     span: open..close + 1,
-                    items,
+                    items: Items::Text(items),
                 });
                 from = close + 1;
             }
@@ -799,40 +840,66 @@ mod long_lists {
         }
     }
 
-    /// The config of `src` when it has long lists and is valid; `None` otherwise.
-    pub(super) fn load_valid(src: &str) -> Option<Config> {
-        let found = find(src);
+    /// The config of `src` when it has long lists and is valid; `None` otherwise. The
+    /// lists are taken from `memo` when their text is there, and left in it.
+    pub(super) fn load_valid(src: &str, memo: &mut ListMemo) -> Option<Config> {
+        let found = find(src, memo);
         if found.is_empty() {
             return None;
         }
-        let mut blanked = src.as_bytes().to_vec();
+        // The text with each list's inside cut out, and where each `[]` is in it.
+        let mut cut =
+            String::with_capacity(src.len() - found.iter().map(|f| f.span.len()).sum::<usize>());
+        let mut spans = Vec::with_capacity(found.len());
+        let mut from = 0;
         for f in &found {
-            for b in blanked.get_mut(f.span.start + 1..f.span.end - 1)? {
-                if !matches!(*b, b'\n' | b'\r') {
-                    *b = b' ';
+            cut.push_str(src.get(from..f.span.start)?);
+            spans.push(cut.len()..cut.len() + 2);
+            cut.push_str("[]");
+            from = f.span.end;
+        }
+        cut.push_str(src.get(from..)?);
+        let (root, syntax) = DeTable::parse_recoverable(&cut);
+        if !syntax.is_empty() || super::check_version(&cut, &root).is_some() {
+            return None;
+        }
+        let paths = spans
+            .iter()
+            .map(|span| path_of(&root, span))
+            .collect::<Option<Vec<_>>>()?;
+        let mut cfg = Config::deserialize(toml::de::Deserializer::from(root)).ok()?;
+        // The lists parsed here, to remember if the config is valid.
+        let mut new = Vec::new();
+        for (f, path) in found.iter().zip(&paths) {
+            let slot = list_at(&mut cfg, path)?;
+            match &f.items {
+                Items::Memo(i) => slot.clone_from(&memo.lists.get(*i)?.1),
+                Items::Text(items) => {
+                    *slot = items
+                        .iter()
+                        .map(|s| Cidr::parse(s).ok())
+                        .collect::<Option<Vec<_>>>()?;
+                    new.push((src.get(f.span.clone())?.to_owned(), slot.clone()));
                 }
             }
         }
-        // Every byte replaced was an ASCII space's or a whole character's.
-        let blanked = String::from_utf8(blanked).ok()?;
-        let (root, syntax) = DeTable::parse_recoverable(&blanked);
-        if !syntax.is_empty() || super::check_version(&blanked, &root).is_some() {
+        if !crate::validate::check(&cfg).is_empty() {
             return None;
         }
-        let paths = found
-            .iter()
-            .map(|f| path_of(&root, &f.span))
-            .collect::<Option<Vec<_>>>()?;
-        let mut cfg = Config::deserialize(toml::de::Deserializer::from(root)).ok()?;
-        for (f, path) in found.iter().zip(&paths) {
-            let list = f
-                .items
-                .iter()
-                .map(|s| Cidr::parse(s).ok())
-                .collect::<Option<Vec<_>>>()?;
-            *list_at(&mut cfg, path)? = list;
+        // The lists of the config loaded last replace those of the one before (the memo
+        // holds no more than the config does); entries found again are moved, not copied.
+        let mut old = std::mem::take(&mut memo.lists);
+        let mut new = new.into_iter();
+        for f in &found {
+            let entry = match f.items {
+                Items::Memo(i) => old.get_mut(i).map(std::mem::take),
+                Items::Text(_) => new.next(),
+            };
+            // A list written twice is one entry: its second take is empty, and an empty
+            // text would match anywhere.
+            memo.lists.extend(entry.filter(|(t, _)| !t.is_empty()));
         }
-        crate::validate::check(&cfg).is_empty().then_some(cfg)
+        Some(cfg)
     }
 
     #[cfg(test)]
@@ -862,11 +929,12 @@ mod long_lists {
         #[test]
         fn a_long_list_loads_as_the_full_loader_loads_it() {
             let src = config(1000, addr);
-            let fast = load_valid(&src).expect("the fast path takes a valid config");
+            let fast = load_valid(&src, &mut ListMemo::default())
+                .expect("the fast path takes a valid config");
             assert_eq!(fast.firewall.rules[0].source.len(), 1000);
             assert_eq!(Ok(fast), super::super::load_full(&src));
             // Short lists are left to the full loader.
-            assert!(load_valid(&config(10, addr)).is_none());
+            assert!(load_valid(&config(10, addr), &mut ListMemo::default()).is_none());
         }
 
         #[test]
@@ -879,14 +947,14 @@ mod long_lists {
                     addr(i)
                 }
             });
-            assert!(load_valid(&bad).is_none());
+            assert!(load_valid(&bad, &mut ListMemo::default()).is_none());
             let e = super::super::load_str(&bad).unwrap_err();
             assert_eq!(e.0.len(), 1, "{e:?}");
             assert_eq!(e.0[0].path.to_string(), "firewall.rules[0].source[700]");
             assert_eq!(e.0[0].line, 11 + 700);
             // A finding of the cross-checks elsewhere (an unknown zone), with the list valid.
             let other = config(1000, addr).replace("from = \"wan\"", "from = \"dmz\"");
-            assert!(load_valid(&other).is_none());
+            assert!(load_valid(&other, &mut ListMemo::default()).is_none());
             let e = super::super::load_str(&other).unwrap_err();
             assert_eq!(e.0[0].path.to_string(), "firewall.rules[0].from");
             // A list with an escape is not this path's to read.
@@ -897,8 +965,43 @@ mod long_lists {
                     addr(i)
                 }
             });
-            assert!(load_valid(&escaped).is_none());
+            assert!(load_valid(&escaped, &mut ListMemo::default()).is_none());
             assert!(super::super::load_str(&escaped).is_ok());
+        }
+
+        #[test]
+        fn the_memo_gives_back_a_list_only_for_the_same_text() {
+            let mut memo = ListMemo::default();
+            let first = config(1000, addr);
+            let a = super::super::load_str_with(&first, &mut memo).unwrap();
+            assert_eq!(memo.lists.len(), 1);
+            // A change beside the list: the list comes from the memo, the change is read.
+            let beside = first.replace("action = \"drop\"", "action = \"reject\"");
+            let b = super::super::load_str_with(&beside, &mut memo).unwrap();
+            assert_eq!(b.firewall.rules[0].source, a.firewall.rules[0].source);
+            assert_eq!(Ok(b), super::super::load_full(&beside));
+            // A change inside the list is never answered from the memo.
+            let inside = config(1000, |i| if i == 5 { addr(999_999) } else { addr(i) });
+            let c = super::super::load_str_with(&inside, &mut memo).unwrap();
+            assert_eq!(Ok(c), super::super::load_full(&inside));
+            // An invalid config leaves the memo as it was, and is reported in full.
+            let held = memo.lists.clone();
+            let bad = inside.replace("from = \"wan\"", "from = \"dmz\"");
+            assert!(super::super::load_str_with(&bad, &mut memo).is_err());
+            assert_eq!(memo.lists, held);
+            // The same list twice (as two rules' sources): one entry, read back twice.
+            let twice = format!(
+                "{inside}[[firewall.rules]]\nfrom = \"wan\"\naction = \"drop\"\nsource = [\n{}]\n",
+                (0..1000)
+                    .map(|i| if i == 5 { addr(999_999) } else { addr(i) })
+                    .collect::<String>()
+            );
+            for _ in 0..2 {
+                let d = super::super::load_str_with(&twice, &mut memo).unwrap();
+                assert_eq!(d.firewall.rules[1].source, d.firewall.rules[0].source);
+                assert_eq!(Ok(d), super::super::load_full(&twice));
+                assert_eq!(memo.lists.len(), 1);
+            }
         }
 
         #[test]
@@ -906,7 +1009,7 @@ mod long_lists {
             // The strings below the comment are bare TOML lines: a syntax error.
             let items: String = (0..300).map(addr).collect();
             let src = format!("{}# old = [\n{items}]\n", config(300, addr));
-            assert!(load_valid(&src).is_none());
+            assert!(load_valid(&src, &mut ListMemo::default()).is_none());
             let e = super::super::load_str(&src).unwrap_err();
             assert_eq!(e.0[0].kind, crate::ErrorKind::Syntax, "{e:?}");
         }
