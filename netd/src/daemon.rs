@@ -294,101 +294,117 @@ impl<N: Netlink, F: Nft, W: WgKernel> Stack<N, F, W> {
             step: step.into(),
             reason: format!("{e}; nothing was applied"),
         };
-        // Where an apply's time goes, in the "generation applied" line.
-        let mut took = Took::start();
-        // Everything that can be refused before the kernel is touched.
-        let links = self
-            .links
-            .plan_after(cfg, previous.map(|(_, c)| c).or(self.restored.as_ref()))
-            .map_err(|e| refused("links", &e))?;
-        took.lap("links_plan");
-        let ruleset = render(cfg);
-        took.lap("render");
-        let tunnels = self
-            .wireguard_plan(cfg, true, resolver)
-            .map_err(|e| refused("wireguard", &e))?;
-        took.lap("wireguard_plan");
-        self.services
-            .validate(cfg)
-            .map_err(|e| refused("services", &e))?;
-        took.lap("services_validate");
-
-        let mut actions: Vec<String> = links
-            .actions
-            .iter()
-            .map(|a| format!("links: {a}"))
-            .collect();
-        let mut done = Vec::new();
-        // The links undo their own steps when one of them fails.
-        self.links.run(&links).map_err(|e| ApiError::ApplyFailed {
-            step: "links".into(),
-            reason: e.to_string(),
-        })?;
-        done.push(Done::Links(links));
-        took.lap("links");
-
-        match self.firewall.apply_owned(ruleset) {
-            Ok(true) => {
-                actions.push(format!(
-                    "firewall: wrote table inet {}",
-                    crate::firewall::TABLE
-                ));
-                done.push(Done::Firewall);
-            }
-            Ok(false) => {}
-            // One nft transaction: refused, it left nothing of its own to undo.
-            Err(e) => return Err(self.abort(generation, "firewall", &e, done, previous)),
-        }
-        took.lap("firewall");
-
-        // WireGuard becomes netd's only when the whole transaction holds: undone, its
-        // tunnels are gone and hand-made ones must stay safe from the next generation.
-        if let Some(steps) = tunnels
-            && !steps.is_empty()
-        {
-            // A failed batch is undone by the WireGuard code itself.
-            if let Err(e) = self.wireguard.apply(&steps) {
-                return Err(self.abort(generation, "wireguard", &e, done, previous));
-            }
-            actions.extend(steps.iter().map(|a| format!("wireguard: {a}")));
-            done.push(Done::Wireguard(steps));
-        }
-
-        for s in Service::ALL {
-            match self.services.apply(s, Some(cfg)) {
-                Ok(Some(what)) => {
-                    actions.push(format!("{s}: {what}"));
-                    done.push(Done::Service(s));
-                }
-                Ok(None) => {}
-                Err(e) => return Err(self.abort(generation, s.name(), &e, done, previous)),
-            }
-        }
-        took.lap("wireguard_services");
-        self.wireguard_owned = crate::applied::tunnels(cfg);
-        self.restored = None;
-        if let Some(path) = &self.record
+        // The record's JSON (a serialization of the whole config) is built on the other
+        // core while the transaction runs; it is stored only once the transaction holds.
+        let needs_json = self.record.is_some()
             && previous.is_none_or(|(n, c)| n != generation || c != cfg)
-        {
-            let written = match (previous, self.record_json.take()) {
-                (Some((_, c)), Some(json)) if c == cfg => Ok(json),
-                _ => crate::applied::config_json(path, cfg),
+            && !(self.record_json.is_some() && previous.is_some_and(|(_, c)| c == cfg));
+        let record_path = self.record.clone().filter(|_| needs_json);
+        std::thread::scope(|scope| {
+            let json = record_path
+                .map(|path| scope.spawn(move || crate::applied::config_json(&path, cfg)));
+            // Where an apply's time goes, in the "generation applied" line.
+            let mut took = Took::start();
+            // Everything that can be refused before the kernel is touched.
+            let links = self
+                .links
+                .plan_after(cfg, previous.map(|(_, c)| c).or(self.restored.as_ref()))
+                .map_err(|e| refused("links", &e))?;
+            took.lap("links_plan");
+            let ruleset = render(cfg);
+            took.lap("render");
+            let tunnels = self
+                .wireguard_plan(cfg, true, resolver)
+                .map_err(|e| refused("wireguard", &e))?;
+            took.lap("wireguard_plan");
+            self.services
+                .validate(cfg)
+                .map_err(|e| refused("services", &e))?;
+            took.lap("services_validate");
+
+            let mut actions: Vec<String> = links
+                .actions
+                .iter()
+                .map(|a| format!("links: {a}"))
+                .collect();
+            let mut done = Vec::new();
+            // The links undo their own steps when one of them fails.
+            self.links.run(&links).map_err(|e| ApiError::ApplyFailed {
+                step: "links".into(),
+                reason: e.to_string(),
+            })?;
+            done.push(Done::Links(links));
+            took.lap("links");
+
+            match self.firewall.apply_owned(ruleset) {
+                Ok(true) => {
+                    actions.push(format!(
+                        "firewall: wrote table inet {}",
+                        crate::firewall::TABLE
+                    ));
+                    done.push(Done::Firewall);
+                }
+                Ok(false) => {}
+                // One nft transaction: refused, it left nothing of its own to undo.
+                Err(e) => return Err(self.abort(generation, "firewall", &e, done, previous)),
             }
-            .and_then(|json| {
-                crate::applied::store_json(path, generation, &json)?;
-                Ok(json)
-            });
-            match written {
-                Ok(json) => self.record_json = Some(json),
-                // The kernel holds the generation; only a later restart would miss the record.
-                Err(e) => tracing::error!("{e}"),
+            took.lap("firewall");
+
+            // WireGuard becomes netd's only when the whole transaction holds: undone, its
+            // tunnels are gone and hand-made ones must stay safe from the next generation.
+            if let Some(steps) = tunnels
+                && !steps.is_empty()
+            {
+                // A failed batch is undone by the WireGuard code itself.
+                if let Err(e) = self.wireguard.apply(&steps) {
+                    return Err(self.abort(generation, "wireguard", &e, done, previous));
+                }
+                actions.extend(steps.iter().map(|a| format!("wireguard: {a}")));
+                done.push(Done::Wireguard(steps));
             }
-        }
-        took.lap("record");
-        tracing::info!(generation, steps = actions.len(), took = %took, "generation applied");
-        Ok(PlanReply {
-            generation,
-            actions,
+
+            for s in Service::ALL {
+                match self.services.apply(s, Some(cfg)) {
+                    Ok(Some(what)) => {
+                        actions.push(format!("{s}: {what}"));
+                        done.push(Done::Service(s));
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(self.abort(generation, s.name(), &e, done, previous)),
+                }
+            }
+            took.lap("wireguard_services");
+            self.wireguard_owned = crate::applied::tunnels(cfg);
+            self.restored = None;
+            if let Some(path) = &self.record
+                && previous.is_none_or(|(n, c)| n != generation || c != cfg)
+            {
+                let written = match (previous, self.record_json.take(), json) {
+                    (Some((_, c)), Some(json), _) if c == cfg => Ok(json),
+                    (_, _, Some(built)) => built.join().unwrap_or_else(|_| {
+                        Err(crate::applied::RecordError {
+                            path: path.clone(),
+                            source: std::io::Error::other("building the record panicked"),
+                        })
+                    }),
+                    _ => crate::applied::config_json(path, cfg),
+                }
+                .and_then(|json| {
+                    crate::applied::store_json(path, generation, &json)?;
+                    Ok(json)
+                });
+                match written {
+                    Ok(json) => self.record_json = Some(json),
+                    // The kernel holds the generation; only a later restart would miss the record.
+                    Err(e) => tracing::error!("{e}"),
+                }
+            }
+            took.lap("record");
+            tracing::info!(generation, steps = actions.len(), took = %took, "generation applied");
+            Ok(PlanReply {
+                generation,
+                actions,
+            })
         })
     }
 
@@ -545,6 +561,9 @@ pub struct NetDaemon<N: Netlink, F: Nft, W: WgKernel> {
     /// the same config, so it is not parsed and validated twice. The kernel is still
     /// observed and planned against as for any other apply.
     loaded: Mutex<Option<(String, Config)>>,
+    /// The long address lists of the config loaded last: a generation that changes
+    /// something else (one port forward) does not parse a 100k-address blocklist again.
+    lists: Mutex<appliance::ListMemo>,
 }
 
 impl<N: Netlink, F: Nft, W: WgKernel> std::fmt::Debug for NetDaemon<N, F, W> {
@@ -590,6 +609,7 @@ where
             resolver,
             resolve_timeout: timeout,
             loaded: Mutex::new(None),
+            lists: Mutex::new(appliance::ListMemo::default()),
         })
     }
 
@@ -630,7 +650,8 @@ where
             );
             return Ok(cfg.clone());
         }
-        let cfg = appliance::load_str(&g.text).map_err(|d| {
+        let mut lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
+        let cfg = appliance::load_str_with(&g.text, &mut lists).map_err(|d| {
             ApiError::Invalid(format!(
                 "generation {generation} does not validate:\n{}",
                 d.render(&g.text, &format!("generation {generation}"), false)
