@@ -10,6 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use appliance::Config;
 use appliance::model::{
@@ -434,6 +435,34 @@ pub fn address_set_name(i: usize, r: &CfgRule, dir: &str, proto: &str) -> String
     }
 }
 
+/// How many long lists [`compact`] remembers: the sets of one config, with room for a
+/// plan and an apply of two configs in turn.
+const COMPACT_MEMO: usize = 8;
+
+/// The compact sets computed last, by their list. Rendering is otherwise pure; this only
+/// saves the sort of a 100k-address blocklist on every apply (it almost never changes),
+/// and hands out the same `Arc` again, which the plan then compares by pointer.
+static COMPACT: std::sync::Mutex<Vec<(Vec<Cidr>, Networks)>> = std::sync::Mutex::new(Vec::new());
+
+/// [`disjoint`] of `cs` as a shared set, from the memo when the list is one seen lately.
+fn compact(cs: &[&Cidr]) -> Networks {
+    let same = |(list, _): &&(Vec<Cidr>, Networks)| {
+        list.len() == cs.len() && list.iter().zip(cs).all(|(a, b)| a == *b)
+    };
+    let mut memo = COMPACT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, nets)) = memo.iter().find(same) {
+        return Arc::clone(nets);
+    }
+    let nets = Arc::new(disjoint(cs));
+    if memo.len() >= COMPACT_MEMO {
+        memo.remove(0);
+    }
+    memo.push((cs.iter().map(|c| **c).collect(), Arc::clone(&nets)));
+    nets
+}
+
 /// Networks sorted and without those inside another one: an interval set refuses
 /// overlapping elements (an anonymous set merges them quietly).
 fn disjoint(cs: &[&Cidr]) -> Vec<IpNet> {
@@ -463,7 +492,7 @@ fn address_match(
     }
     let reference = s(format!("@{name}"));
     if out.address_sets.insert(name.clone()) {
-        let nets = disjoint(cs);
+        let nets = compact(cs);
         let prefixed = nets.iter().any(|n| n.prefix_len() != n.max_prefix_len());
         let set = Set {
             family: NfFamily::INet,
@@ -483,7 +512,7 @@ fn address_match(
             size: None,
             comment: None,
         };
-        out.compact.push((set, std::sync::Arc::new(nets)));
+        out.compact.push((set, nets));
     }
     matches(payload(proto, field), reference)
 }
