@@ -397,6 +397,13 @@ impl Served {
         store.activate(first)?;
         let socket = dir.join("netd.sock");
         let log = std::fs::File::create(dir.join("netd.log"))?;
+        // The box's /run is a tmpfs (netd's records go there); a build machine's may be
+        // the root disk, where every record's fsync would be timed as a disk write.
+        let run_dir = run_dir();
+        std::fs::create_dir_all(&run_dir)?;
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs"])
+            .arg(&run_dir))?;
         let child = Command::new("ip")
             .args(["netns", "exec", &ns.0, netd, "serve", "--socket"])
             .arg(&socket)
@@ -404,10 +411,7 @@ impl Served {
             .arg(dir.join("config"))
             // tmpfs, as /run/netd is on the box; applied.json goes beside it
             .arg("--firewall-state")
-            .arg(format!(
-                "/run/netd-bench-serve-{}/firewall.json",
-                std::process::id()
-            ))
+            .arg(run_dir.join("firewall.json"))
             .arg("--dhcp-dir")
             .arg(dir.join("dhcp"))
             .arg("--wan-dns-file")
@@ -483,10 +487,16 @@ impl Drop for Served {
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(format!("/run/netd-bench-serve-{}", std::process::id()));
+        let _ = Command::new("umount").arg(run_dir()).status();
+        let _ = std::fs::remove_dir_all(run_dir());
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = &self.ns;
     }
+}
+
+/// Where `netd serve` keeps its records, as /run/netd on the box: a tmpfs of its own.
+fn run_dir() -> PathBuf {
+    PathBuf::from(format!("/run/netd-bench-serve-{}", std::process::id()))
 }
 
 /// The daemon path: `reps` no-op applies (the config in force as a new generation) and
@@ -730,11 +740,13 @@ fn parent(args: &[String]) -> Res<()> {
         max(&nft_rows, "nft_rss_kib")
     );
     let ratio = pct(&full, 0.5) / pct(&raw, 0.5);
+    // The goals are the daemon's figures (the request through netd serve), the ones the
+    // bench lines report, not the firewall step's alone.
     println!(
         "    goals (reported, not asserted): full apply <= 1.2x nft: {}; no-op < 50 ms: {}; one forward < 30 ms: {}",
         verdict(ratio <= 1.2),
-        verdict(pct(&noop, 0.5) < 50.0),
-        verdict(pct(&one, 0.5) < 30.0)
+        verdict(pct(&serve_noop, 0.5) < 50.0),
+        verdict(pct(&serve_one, 0.5) < 30.0)
     );
     let mut lines = vec![
         format!("bench: noop_apply = {:.1} ms", pct(&serve_noop, 0.5)),
