@@ -23,7 +23,7 @@ pub mod types;
 pub mod validate;
 
 pub use diag::{Diagnostic, Diagnostics, ErrorKind, KeyPath};
-pub use load::{ListMemo, load_str, load_str_with};
+pub use load::{LoadMemo, load_str, load_str_with};
 pub use model::Config;
 
 /// The built-in configuration (a working home router), as shipped in

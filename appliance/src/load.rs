@@ -29,21 +29,24 @@ const SYNTAX_HINT: &str = "fix the TOML syntax here and validate again; nothing 
 
 /// Parses and validates a config. On failure every mistake found is returned.
 pub fn load_str(src: &str) -> Result<Config, Diagnostics> {
-    load_str_with(src, &mut ListMemo::default())
+    load_str_with(src, &mut LoadMemo::default())
 }
 
-/// The long address lists (a 100k-address blocklist) of the config loaded last, by their
-/// exact text. A daemon loads generation after generation of one config, and a change is
-/// almost never in its blocklist: with the memo the list is parsed once, not on every
-/// apply (most of a one-forward change's load time without it).
+/// What the config loaded last was made of, by exact text: its long address lists (a
+/// 100k-address blocklist) and its port forwards' sections. A daemon loads generation
+/// after generation of one config, and a change is almost never in its blocklist and
+/// touches one forward of thousands: with the memo the rest is not parsed again (most of
+/// a one-forward change's load time without it).
 #[derive(Debug, Default)]
-pub struct ListMemo {
+pub struct LoadMemo {
     lists: Vec<(String, Vec<crate::types::Cidr>)>,
+    /// `[firewall.forwards.<name>]` sections, header to last line, with what they hold.
+    forwards: std::collections::HashMap<String, (crate::types::Name, crate::model::PortForward)>,
 }
 
-/// [`load_str`] that reuses the long lists of `memo` whose text has not changed, and
-/// leaves the lists of this config in it. The result is the same as [`load_str`]'s.
-pub fn load_str_with(src: &str, memo: &mut ListMemo) -> Result<Config, Diagnostics> {
+/// [`load_str`] that reuses what `memo` holds of the text, and leaves what this config is
+/// made of in it. The result is the same as [`load_str`]'s.
+pub fn load_str_with(src: &str, memo: &mut LoadMemo) -> Result<Config, Diagnostics> {
     if let Some(cfg) = long_lists::load_valid(src, memo) {
         return Ok(cfg);
     }
@@ -674,6 +677,236 @@ impl Issue {
     }
 }
 
+/// The `[firewall.forwards.<name>]` sections that [`LoadMemo`] can stand for: a router
+/// has thousands and a change touches one.
+mod forward_sections {
+    const HEADER: &str = "[firewall.forwards.";
+
+    /// One section: its header line to its last line, newline included.
+    pub(super) struct Section<'a> {
+        pub text: &'a str,
+        pub name: &'a str,
+        pub range: std::ops::Range<usize>,
+    }
+
+    /// A key the header or a line may use: bare, no quotes, no dots.
+    fn bare(k: &str) -> bool {
+        !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    }
+
+    /// A line whose meaning does not depend on anything around it: blank, a comment, or
+    /// `key = ` a string without quotes or escapes inside, digits, `true` or `false`.
+    fn simple(line: &str) -> bool {
+        let t = line.trim();
+        if t.is_empty() || t.starts_with('#') {
+            return true;
+        }
+        let Some((k, v)) = t.split_once('=') else {
+            return false;
+        };
+        let (k, v) = (k.trim(), v.trim());
+        let string = v.len() >= 2
+            && v.starts_with('"')
+            && v.ends_with('"')
+            && !v[1..v.len() - 1].contains(['"', '\\']);
+        let digits = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
+        bare(k) && (string || digits || v == "true" || v == "false")
+    }
+
+    /// The sections of `src` made only of [`simple`] lines whose header starts a line at
+    /// the top level of the document (not inside an array or inline table that spans
+    /// lines). `None` when the file has a multi-line string, which this scan does not
+    /// follow.
+    ///
+    /// `skip`: the long lists found already (sorted), walked over in one step.
+    pub(super) fn scan<'a>(
+        src: &'a str,
+        skip: &[std::ops::Range<usize>],
+    ) -> Option<Vec<Section<'a>>> {
+        let b = src.as_bytes();
+        let mut out = Vec::new();
+        let mut depth = 0usize;
+        let mut i = 0;
+        let mut line_start = true;
+        let mut skip = skip.iter().peekable();
+        while let Some(&c) = b.get(i) {
+            if let Some(list) = skip.next_if(|r| r.start <= i) {
+                // a list's brackets balance; the scan goes on after its `]`
+                i = i.max(list.end);
+                continue;
+            }
+            if line_start && depth == 0 && c == b'[' {
+                let end = src.get(i..)?.find('\n').map_or(b.len(), |n| i + n + 1);
+                if let Some(section) = section_at(src, i) {
+                    i = section.range.end;
+                    out.push(section);
+                } else {
+                    // another header: its brackets close on its line
+                    i = end;
+                }
+                continue;
+            }
+            line_start = false;
+            match c {
+                b'\n' => line_start = true,
+                b'#' => {
+                    i = src.get(i..)?.find('\n').map_or(b.len(), |n| i + n);
+                    continue;
+                }
+                b'"' | b'\'' => {
+                    if b.get(i + 1) == Some(&c) && b.get(i + 2) == Some(&c) {
+                        return None;
+                    }
+                    let mut j = i + 1;
+                    loop {
+                        match b.get(j) {
+                            Some(&q) if q == c => break,
+                            Some(b'\\') if c == b'"' => j += 2,
+                            Some(b'\n') | None => return None,
+                            Some(_) => j += 1,
+                        }
+                    }
+                    i = j;
+                }
+                b'[' | b'{' => depth += 1,
+                b']' | b'}' => depth = depth.checked_sub(1)?,
+                _ => {}
+            }
+            i += 1;
+        }
+        Some(out)
+    }
+
+    /// The section whose header line starts at `at`, if it is one of ours.
+    fn section_at(src: &str, at: usize) -> Option<Section<'_>> {
+        let rest = src.get(at..)?;
+        let header_end = rest.find('\n').map_or(rest.len(), |n| n + 1);
+        let name = rest
+            .get(..header_end)?
+            .trim_end()
+            .strip_prefix(HEADER)?
+            .strip_suffix(']')?;
+        if !bare(name) {
+            return None;
+        }
+        let mut end = header_end;
+        while end < rest.len() {
+            let line_end = rest
+                .get(end..)?
+                .find('\n')
+                .map_or(rest.len(), |n| end + n + 1);
+            let line = rest.get(end..line_end)?;
+            if line.trim_start().starts_with('[') {
+                break;
+            }
+            if !simple(line) {
+                return None;
+            }
+            end = line_end;
+        }
+        Some(Section {
+            text: rest.get(..end)?,
+            name,
+            range: at..at + end,
+        })
+    }
+
+    /// Whether every mention of `forwards` left in `text` is a section header: with
+    /// sections cut out, the forwards must not be defined any other way (an inline table,
+    /// dotted keys, an escaped key), which the full file would refuse next to the headers.
+    pub(super) fn only_headers_name_forwards(text: &str) -> bool {
+        let headers = text.lines().filter(|l| l.starts_with(HEADER)).count();
+        !text.contains("\\u")
+            && !text.contains("\\U")
+            && text.matches("forwards").count() == headers
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::super::{LoadMemo, load_full, load_str_with};
+
+        const BASE: &str = "version = 1\n[interfaces.wan]\ndevice = \"eth0\"\nipv4 = \"dhcp\"\n\
+            [interfaces.lan]\ndevice = \"eth1\"\naddresses = [\"10.1.0.1/16\"]\n\
+            [firewall.zones.wan]\ninterfaces = [\"wan\"]\n[firewall.zones.lan]\ninterfaces = [\"lan\"]\n";
+
+        fn forwards(ports: impl IntoIterator<Item = u16>) -> String {
+            ports
+                .into_iter()
+                .map(|p| {
+                    format!(
+                        "[firewall.forwards.f{p}]\nprotocol = \"tcp\"\nport = {p}\n# to the server\nto = \"10.1.0.{}\"\n\n",
+                        p % 200 + 2
+                    )
+                })
+                .collect()
+        }
+
+        /// Loads `first` into a memo, then `second` with it: the same as the full loader's.
+        fn second_as_full(first: &str, second: &str) -> Result<crate::Config, crate::Diagnostics> {
+            let mut memo = LoadMemo::default();
+            let _ = load_str_with(first, &mut memo);
+            let got = load_str_with(second, &mut memo);
+            assert_eq!(got, load_full(second), "{second}");
+            got
+        }
+
+        #[test]
+        fn sections_from_the_memo_load_as_the_full_loader_loads_them() {
+            let first = format!("{BASE}{}", forwards(1000..1100));
+            let mut memo = LoadMemo::default();
+            assert!(load_str_with(&first, &mut memo).is_ok());
+            assert_eq!(memo.forwards.len(), 100);
+            // one added in the middle, one changed, one gone
+            let second = format!("{BASE}{}", forwards((1000..1100).filter(|p| *p != 1007)))
+                .replace("port = 1050\n", "port = 1050\nenabled = false\n")
+                .replace("[firewall.forwards.f1060]", "[firewall.forwards.f1060x]\nport = 9\nto = \"10.1.0.9\"\n[firewall.forwards.f1060]");
+            let cfg = second_as_full(&first, &second).unwrap();
+            assert_eq!(cfg.firewall.forwards.len(), 100);
+            // the whole round again from this memo
+            let again = load_str_with(&second, &mut memo).unwrap();
+            assert_eq!(again, cfg);
+            assert_eq!(memo.forwards.len(), 100);
+        }
+
+        #[test]
+        fn sections_are_not_cut_where_they_would_change_the_meaning() {
+            let first = format!("{BASE}{}", forwards(1000..1010));
+            let f = forwards(1003..1004);
+            // inside an array that spans lines: not a header, a broken file
+            let in_array = format!("{BASE}x = [\n{f}]\n{}", forwards(1000..1003));
+            assert!(second_as_full(&first, &in_array).is_err());
+            // inside a multi-line string
+            let in_string = format!(
+                "{BASE}[system]\nmotd = \"\"\"\n{f}\"\"\"\n{}",
+                forwards(1000..1003)
+            );
+            let _ = second_as_full(&first, &in_string);
+            // the same forward defined twice, or also as an inline table or dotted keys
+            let twice = format!("{first}{f}");
+            assert!(second_as_full(&first, &twice).is_err());
+            let inline = format!(
+                "{first}[firewall]\nforwards = {{ g = {{ port = 1, to = \"10.1.0.2\" }} }}\n"
+            );
+            assert!(second_as_full(&first, &inline).is_err());
+            let dotted = format!("{first}[firewall]\nforwards.f1001.hairpin = false\n");
+            assert!(second_as_full(&first, &dotted).is_err());
+            let escaped = format!("{first}[firewall]\n\"\\u0066orwards\" = {{}}\n");
+            assert!(second_as_full(&first, &escaped).is_err());
+            // a table under a forward
+            let sub = format!("{first}[firewall.forwards.f1001.more]\nx = 1\n");
+            assert!(second_as_full(&first, &sub).is_err());
+            // a mistake beside the sections is reported in full
+            let bad = first.replace(
+                "[firewall.zones.lan]\ninterfaces",
+                "[firewall.zones.lan]\ninterface",
+            );
+            assert!(second_as_full(&first, &bad).is_err());
+        }
+    }
+}
+
 /// A fast path for configs with long address lists (a 100k-address blocklist as a
 /// rule's `source`): the generic TOML parse builds a token, an event and a value for
 /// every element, and the loader copies the tree, which is most of a 2 MB config's load
@@ -691,7 +924,7 @@ mod long_lists {
 
     use serde::Deserialize;
 
-    use super::ListMemo;
+    use super::LoadMemo;
     use crate::diag::{KeyPath, Seg};
     use crate::model::Config;
     use crate::types::Cidr;
@@ -717,7 +950,7 @@ mod long_lists {
     /// a multi-line string): the caller checks each against the parsed document.
     /// A list whose text is the memo's is taken whole (one comparison rather than a
     /// walk over its megabytes): the walk would find the same strings.
-    fn find<'a>(src: &'a str, memo: &ListMemo) -> Vec<Found<'a>> {
+    fn find<'a>(src: &'a str, memo: &LoadMemo) -> Vec<Found<'a>> {
         let bytes = src.as_bytes();
         let mut out = Vec::new();
         let mut from = 0;
@@ -840,25 +1073,44 @@ mod long_lists {
         }
     }
 
-    /// The config of `src` when it has long lists and is valid; `None` otherwise. The
-    /// lists are taken from `memo` when their text is there, and left in it.
-    pub(super) fn load_valid(src: &str, memo: &mut ListMemo) -> Option<Config> {
+    /// The config of `src` when it has long lists or forward sections and is valid; `None`
+    /// otherwise. The lists and sections are taken from `memo` when their text is there,
+    /// and left in it.
+    pub(super) fn load_valid(src: &str, memo: &mut LoadMemo) -> Option<Config> {
         let found = find(src, memo);
-        if found.is_empty() {
+        let lists: Vec<_> = found.iter().map(|f| f.span.clone()).collect();
+        let sections = super::forward_sections::scan(src, &lists).unwrap_or_default();
+        if found.is_empty() && sections.is_empty() {
             return None;
         }
-        // The text with each list's inside cut out, and where each `[]` is in it.
-        let mut cut =
-            String::with_capacity(src.len() - found.iter().map(|f| f.span.len()).sum::<usize>());
+        // The sections to take from the memo: cut out of the text, whole lines.
+        let hits: Vec<&super::forward_sections::Section<'_>> = sections
+            .iter()
+            .filter(|s| memo.forwards.contains_key(s.text))
+            .collect();
+        // The text with each list's inside and each hit cut out, and where each list's
+        // `[]` is in it.
+        let mut cuts: Vec<(std::ops::Range<usize>, bool)> = found
+            .iter()
+            .map(|f| (f.span.clone(), true))
+            .chain(hits.iter().map(|h| (h.range.clone(), false)))
+            .collect();
+        cuts.sort_by_key(|(r, _)| r.start);
+        let mut cut = String::with_capacity(src.len());
         let mut spans = Vec::with_capacity(found.len());
         let mut from = 0;
-        for f in &found {
-            cut.push_str(src.get(from..f.span.start)?);
-            spans.push(cut.len()..cut.len() + 2);
-            cut.push_str("[]");
-            from = f.span.end;
+        for (range, list) in &cuts {
+            cut.push_str(src.get(from..range.start)?);
+            if *list {
+                spans.push(cut.len()..cut.len() + 2);
+                cut.push_str("[]");
+            }
+            from = range.end;
         }
         cut.push_str(src.get(from..)?);
+        if !hits.is_empty() && !super::forward_sections::only_headers_name_forwards(&cut) {
+            return None;
+        }
         let (root, syntax) = DeTable::parse_recoverable(&cut);
         if !syntax.is_empty() || super::check_version(&cut, &root).is_some() {
             return None;
@@ -868,6 +1120,18 @@ mod long_lists {
             .map(|span| path_of(&root, span))
             .collect::<Option<Vec<_>>>()?;
         let mut cfg = Config::deserialize(toml::de::Deserializer::from(root)).ok()?;
+        for h in &hits {
+            let (name, forward) = memo.forwards.get(h.text)?;
+            // Defined once more elsewhere: the full loader reports it.
+            if cfg
+                .firewall
+                .forwards
+                .insert(name.clone(), forward.clone())
+                .is_some()
+            {
+                return None;
+            }
+        }
         // The lists parsed here, to remember if the config is valid.
         let mut new = Vec::new();
         for (f, path) in found.iter().zip(&paths) {
@@ -899,6 +1163,19 @@ mod long_lists {
             // text would match anywhere.
             memo.lists.extend(entry.filter(|(t, _)| !t.is_empty()));
         }
+        // The same for the sections: each one's forward, as this config has it.
+        let mut old = std::mem::take(&mut memo.forwards);
+        for sec in &sections {
+            let entry = match old.remove_entry(sec.text) {
+                Some(entry) => entry,
+                None => {
+                    let key = crate::types::Name::parse(sec.name).ok()?;
+                    let (name, forward) = cfg.firewall.forwards.get_key_value(&key)?;
+                    (sec.text.to_owned(), (name.clone(), forward.clone()))
+                }
+            };
+            memo.forwards.insert(entry.0, entry.1);
+        }
         Some(cfg)
     }
 
@@ -929,12 +1206,12 @@ mod long_lists {
         #[test]
         fn a_long_list_loads_as_the_full_loader_loads_it() {
             let src = config(1000, addr);
-            let fast = load_valid(&src, &mut ListMemo::default())
+            let fast = load_valid(&src, &mut LoadMemo::default())
                 .expect("the fast path takes a valid config");
             assert_eq!(fast.firewall.rules[0].source.len(), 1000);
             assert_eq!(Ok(fast), super::super::load_full(&src));
             // Short lists are left to the full loader.
-            assert!(load_valid(&config(10, addr), &mut ListMemo::default()).is_none());
+            assert!(load_valid(&config(10, addr), &mut LoadMemo::default()).is_none());
         }
 
         #[test]
@@ -947,14 +1224,14 @@ mod long_lists {
                     addr(i)
                 }
             });
-            assert!(load_valid(&bad, &mut ListMemo::default()).is_none());
+            assert!(load_valid(&bad, &mut LoadMemo::default()).is_none());
             let e = super::super::load_str(&bad).unwrap_err();
             assert_eq!(e.0.len(), 1, "{e:?}");
             assert_eq!(e.0[0].path.to_string(), "firewall.rules[0].source[700]");
             assert_eq!(e.0[0].line, 11 + 700);
             // A finding of the cross-checks elsewhere (an unknown zone), with the list valid.
             let other = config(1000, addr).replace("from = \"wan\"", "from = \"dmz\"");
-            assert!(load_valid(&other, &mut ListMemo::default()).is_none());
+            assert!(load_valid(&other, &mut LoadMemo::default()).is_none());
             let e = super::super::load_str(&other).unwrap_err();
             assert_eq!(e.0[0].path.to_string(), "firewall.rules[0].from");
             // A list with an escape is not this path's to read.
@@ -965,13 +1242,13 @@ mod long_lists {
                     addr(i)
                 }
             });
-            assert!(load_valid(&escaped, &mut ListMemo::default()).is_none());
+            assert!(load_valid(&escaped, &mut LoadMemo::default()).is_none());
             assert!(super::super::load_str(&escaped).is_ok());
         }
 
         #[test]
         fn the_memo_gives_back_a_list_only_for_the_same_text() {
-            let mut memo = ListMemo::default();
+            let mut memo = LoadMemo::default();
             let first = config(1000, addr);
             let a = super::super::load_str_with(&first, &mut memo).unwrap();
             assert_eq!(memo.lists.len(), 1);
@@ -1009,7 +1286,7 @@ mod long_lists {
             // The strings below the comment are bare TOML lines: a syntax error.
             let items: String = (0..300).map(addr).collect();
             let src = format!("{}# old = [\n{items}]\n", config(300, addr));
-            assert!(load_valid(&src, &mut ListMemo::default()).is_none());
+            assert!(load_valid(&src, &mut LoadMemo::default()).is_none());
             let e = super::super::load_str(&src).unwrap_err();
             assert_eq!(e.0[0].kind, crate::ErrorKind::Syntax, "{e:?}");
         }
