@@ -303,6 +303,9 @@ impl<N: Netlink, F: Nft, W: WgKernel> Stack<N, F, W> {
         std::thread::scope(|scope| {
             let json = record_path
                 .map(|path| scope.spawn(move || crate::applied::config_json(&path, cfg)));
+            // The table is rendered (pure, a few ms for thousands of forwards) while the
+            // links are observed through netlink.
+            let rendered = scope.spawn(|| render(cfg));
             // Where an apply's time goes, in the "generation applied" line.
             let mut took = Took::start();
             // Everything that can be refused before the kernel is touched.
@@ -311,7 +314,9 @@ impl<N: Netlink, F: Nft, W: WgKernel> Stack<N, F, W> {
                 .plan_after(cfg, previous.map(|(_, c)| c).or(self.restored.as_ref()))
                 .map_err(|e| refused("links", &e))?;
             took.lap("links_plan");
-            let ruleset = render(cfg);
+            let ruleset = rendered
+                .join()
+                .map_err(|_| ApiError::Internal("rendering the firewall table panicked".into()))?;
             took.lap("render");
             let tunnels = self
                 .wireguard_plan(cfg, true, resolver)
@@ -563,7 +568,7 @@ pub struct NetDaemon<N: Netlink, F: Nft, W: WgKernel> {
     loaded: Mutex<Option<(String, Config)>>,
     /// The long address lists of the config loaded last: a generation that changes
     /// something else (one port forward) does not parse a 100k-address blocklist again.
-    lists: Mutex<appliance::ListMemo>,
+    lists: Mutex<appliance::LoadMemo>,
 }
 
 impl<N: Netlink, F: Nft, W: WgKernel> std::fmt::Debug for NetDaemon<N, F, W> {
@@ -609,7 +614,7 @@ where
             resolver,
             resolve_timeout: timeout,
             loaded: Mutex::new(None),
-            lists: Mutex::new(appliance::ListMemo::default()),
+            lists: Mutex::new(appliance::LoadMemo::default()),
         })
     }
 
@@ -632,35 +637,44 @@ where
 
     fn load(&self, generation: u64) -> Result<Config, ApiError> {
         let t = Instant::now();
-        let g = self.store.get(generation).map_err(|e| match e {
-            StoreError::NotFound(_) | StoreError::Corrupt { .. } => {
-                ApiError::Invalid(e.to_string())
-            }
-            other => ApiError::Internal(other.to_string()),
-        })?;
-        let read = t.elapsed();
         let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((text, cfg)) = loaded.as_ref()
-            && *text == g.text
-        {
-            tracing::debug!(
-                generation,
-                read_ms = ms(read),
-                "same bytes as the config loaded last: not parsed again"
-            );
-            return Ok(cfg.clone());
-        }
         let mut lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
-        let cfg = appliance::load_str_with(&g.text, &mut lists).map_err(|d| {
-            ApiError::Invalid(format!(
-                "generation {generation} does not validate:\n{}",
-                d.render(&g.text, &format!("generation {generation}"), false)
-            ))
-        })?;
+        // The text is parsed while the store checks its checksum; `None`: the same bytes
+        // as the config loaded last.
+        let (g, parsed) = self
+            .store
+            .get_with(generation, |text| match loaded.as_ref() {
+                Some((last, _)) if last == text => None,
+                _ => Some(appliance::load_str_with(text, &mut lists)),
+            })
+            .map_err(|e| match e {
+                StoreError::NotFound(_) | StoreError::Corrupt { .. } => {
+                    ApiError::Invalid(e.to_string())
+                }
+                other => ApiError::Internal(other.to_string()),
+            })?;
+        let cfg = match parsed {
+            None => {
+                tracing::debug!(
+                    generation,
+                    read_ms = ms(t.elapsed()),
+                    "same bytes as the config loaded last: not parsed again"
+                );
+                return loaded
+                    .as_ref()
+                    .map(|(_, cfg)| cfg.clone())
+                    .ok_or_else(|| ApiError::Internal("the config loaded last is gone".into()));
+            }
+            Some(parsed) => parsed.map_err(|d| {
+                ApiError::Invalid(format!(
+                    "generation {generation} does not validate:\n{}",
+                    d.render(&g.text, &format!("generation {generation}"), false)
+                ))
+            })?,
+        };
         tracing::info!(
             generation,
-            read_ms = ms(read),
-            parse_validate_ms = ms(t.elapsed() - read),
+            read_parse_validate_ms = ms(t.elapsed()),
             "generation loaded"
         );
         *loaded = Some((g.text, cfg.clone()));
