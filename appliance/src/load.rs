@@ -1166,15 +1166,13 @@ mod long_lists {
         // The same for the sections: each one's forward, as this config has it.
         let mut old = std::mem::take(&mut memo.forwards);
         for sec in &sections {
-            let entry = match old.remove_entry(sec.text) {
-                Some(entry) => entry,
-                None => {
-                    let key = crate::types::Name::parse(sec.name).ok()?;
-                    let (name, forward) = cfg.firewall.forwards.get_key_value(&key)?;
-                    (sec.text.to_owned(), (name.clone(), forward.clone()))
-                }
-            };
-            memo.forwards.insert(entry.0, entry.1);
+            let entry = old.remove_entry(sec.text).or_else(|| {
+                let key = crate::types::Name::parse(sec.name).ok()?;
+                let (name, forward) = cfg.firewall.forwards.get_key_value(&key)?;
+                Some((sec.text.to_owned(), (name.clone(), forward.clone())))
+            });
+            // (a section the config does not hold as such is simply not remembered)
+            memo.forwards.extend(entry);
         }
         Some(cfg)
     }

@@ -1,7 +1,8 @@
 //! Fuzzes the appliance.toml loader: arbitrary bytes must never make `load_str` panic, and
 //! every config it accepts must survive a round trip through `toml::to_string` unchanged.
-//! The input is also loaded after a config with a 300-address list (the loader's fast path
-//! for long lists and its memo): with the memo of that config it must load as without.
+//! The input is also loaded after a config with a 300-address list and two port forward
+//! sections (the loader's fast path and its memo): with the memo of that config it must
+//! load as without.
 //!
 //! Run with `cargo xtask fuzz config [--time SECONDS] [--jobs N]`.
 
@@ -21,17 +22,24 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-/// A valid config whose rule has a list long enough for the loader's fast path.
+/// A valid config whose rule has a list long enough for the loader's fast path, and two
+/// forward sections the memo keeps.
 fn long_list() -> String {
     let mut s = String::from(
         "version = 1\n[interfaces.wan]\ndevice = \"eth0\"\nipv4 = \"dhcp\"\n\
-         [firewall.zones.wan]\ninterfaces = [\"wan\"]\n\
+         [interfaces.lan]\ndevice = \"eth1\"\naddresses = [\"10.1.0.1/16\"]\n\
+         [firewall.zones.wan]\ninterfaces = [\"wan\"]\n[firewall.zones.lan]\ninterfaces = [\"lan\"]\n\
          [[firewall.rules]]\nfrom = \"wan\"\naction = \"drop\"\nsource = [\n",
     );
     for i in 0..300 {
         s.push_str(&format!("  \"100.64.{}.{}/32\",\n", i / 250, i % 250));
     }
     s.push_str("]\n");
+    for (p, host) in [(80, 2), (443, 3)] {
+        s.push_str(&format!(
+            "[firewall.forwards.f{p}]\nprotocol = \"tcp\"\nport = {p}\nto = \"10.1.0.{host}\"\n"
+        ));
+    }
     s
 }
 

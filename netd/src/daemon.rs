@@ -294,15 +294,21 @@ impl<N: Netlink, F: Nft, W: WgKernel> Stack<N, F, W> {
             step: step.into(),
             reason: format!("{e}; nothing was applied"),
         };
-        // The record's JSON (a serialization of the whole config) is built on the other
-        // core while the transaction runs; it is stored only once the transaction holds.
-        let needs_json = self.record.is_some()
-            && previous.is_none_or(|(n, c)| n != generation || c != cfg)
-            && !(self.record_json.is_some() && previous.is_some_and(|(_, c)| c == cfg));
-        let record_path = self.record.clone().filter(|_| needs_json);
+        // The record: none for the generation in force applied again; the JSON kept from
+        // the last record for another generation of the same config; otherwise a new JSON
+        // (a serialization of the whole config), built on the other core while the
+        // transaction runs and stored only once it holds.
+        let same_config = previous.is_some_and(|(_, c)| c == cfg);
+        let record = self
+            .record
+            .clone()
+            .filter(|_| !(same_config && previous.is_some_and(|(n, _)| n == generation)));
+        let reuse_json = same_config && self.record_json.is_some();
         std::thread::scope(|scope| {
-            let json = record_path
-                .map(|path| scope.spawn(move || crate::applied::config_json(&path, cfg)));
+            let json = record
+                .as_ref()
+                .filter(|_| !reuse_json)
+                .map(|path| scope.spawn(move || crate::applied::config_json(path, cfg)));
             // The table is rendered (pure, a few ms for thousands of forwards) while the
             // links are observed through netlink.
             let rendered = scope.spawn(|| render(cfg));
@@ -381,18 +387,16 @@ impl<N: Netlink, F: Nft, W: WgKernel> Stack<N, F, W> {
             took.lap("wireguard_services");
             self.wireguard_owned = crate::applied::tunnels(cfg);
             self.restored = None;
-            if let Some(path) = &self.record
-                && previous.is_none_or(|(n, c)| n != generation || c != cfg)
-            {
-                let written = match (previous, self.record_json.take(), json) {
-                    (Some((_, c)), Some(json), _) if c == cfg => Ok(json),
-                    (_, _, Some(built)) => built.join().unwrap_or_else(|_| {
+            if let Some(path) = &record {
+                let written = match (self.record_json.take().filter(|_| reuse_json), json) {
+                    (Some(kept), _) => Ok(kept),
+                    (None, Some(built)) => built.join().unwrap_or_else(|_| {
                         Err(crate::applied::RecordError {
                             path: path.clone(),
                             source: std::io::Error::other("building the record panicked"),
                         })
                     }),
-                    _ => crate::applied::config_json(path, cfg),
+                    (None, None) => crate::applied::config_json(path, cfg),
                 }
                 .and_then(|json| {
                     crate::applied::store_json(path, generation, &json)?;
@@ -566,9 +570,10 @@ pub struct NetDaemon<N: Netlink, F: Nft, W: WgKernel> {
     /// the same config, so it is not parsed and validated twice. The kernel is still
     /// observed and planned against as for any other apply.
     loaded: Mutex<Option<(String, Config)>>,
-    /// The long address lists of the config loaded last: a generation that changes
-    /// something else (one port forward) does not parse a 100k-address blocklist again.
-    lists: Mutex<appliance::LoadMemo>,
+    /// What the config loaded last was made of (its long address lists, its forward
+    /// sections): a generation that changes one port forward does not parse a
+    /// 100k-address blocklist and 2000 forwards again.
+    memo: Mutex<appliance::LoadMemo>,
 }
 
 impl<N: Netlink, F: Nft, W: WgKernel> std::fmt::Debug for NetDaemon<N, F, W> {
@@ -614,7 +619,7 @@ where
             resolver,
             resolve_timeout: timeout,
             loaded: Mutex::new(None),
-            lists: Mutex::new(appliance::LoadMemo::default()),
+            memo: Mutex::new(appliance::LoadMemo::default()),
         })
     }
 
@@ -638,14 +643,14 @@ where
     fn load(&self, generation: u64) -> Result<Config, ApiError> {
         let t = Instant::now();
         let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut memo = self.memo.lock().unwrap_or_else(PoisonError::into_inner);
         // The text is parsed while the store checks its checksum; `None`: the same bytes
         // as the config loaded last.
         let (g, parsed) = self
             .store
             .get_with(generation, |text| match loaded.as_ref() {
                 Some((last, _)) if last == text => None,
-                _ => Some(appliance::load_str_with(text, &mut lists)),
+                _ => Some(appliance::load_str_with(text, &mut memo)),
             })
             .map_err(|e| match e {
                 StoreError::NotFound(_) | StoreError::Corrupt { .. } => {

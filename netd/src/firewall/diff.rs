@@ -137,6 +137,17 @@ fn parts<'a>(rs: &'a Ruleset, touched: &HashSet<&str>) -> Parts<'a> {
     p
 }
 
+/// The name an object is diffed under: a set's, map's or chain's own, a rule's chain's.
+fn object_name<'a>(o: &'a NfListObject<'static>) -> Option<&'a str> {
+    match o {
+        NfListObject::Set(s) => Some(&s.name),
+        NfListObject::Map(m) => Some(&m.name),
+        NfListObject::Chain(c) => Some(&c.name),
+        NfListObject::Rule(r) => Some(&r.chain),
+        _ => None,
+    }
+}
+
 /// How far [`touched`] looks ahead for an object again after two differ.
 const RESYNC: usize = 16;
 
@@ -148,18 +159,10 @@ const RESYNC: usize = 16;
 /// and in the same order in both, and needs no command: a one-forward change then diffs
 /// a handful of objects, not the 4000 chains and rules of 2000 forwards.
 fn touched<'a>(old: &'a Ruleset, new: &'a Ruleset) -> HashSet<&'a str> {
-    fn name<'a>(o: &'a NfListObject<'static>) -> Option<&'a str> {
-        match o {
-            NfListObject::Set(s) => Some(&s.name),
-            NfListObject::Map(m) => Some(&m.name),
-            NfListObject::Chain(c) => Some(&c.name),
-            NfListObject::Rule(r) => Some(&r.chain),
-            _ => None,
-        }
-    }
     let (a, b) = (old.objects(), new.objects());
     let mut names = HashSet::new();
-    let mut mark = |objs: &'a [NfListObject<'static>]| names.extend(objs.iter().filter_map(name));
+    let mut mark =
+        |objs: &'a [NfListObject<'static>]| names.extend(objs.iter().filter_map(object_name));
     let (mut i, mut j) = (0, 0);
     while let (Some(x), Some(y)) = (a.get(i), b.get(j)) {
         if x == y {
@@ -799,22 +802,14 @@ mod tests {
     fn all_names<'a>(a: &'a Ruleset, b: &'a Ruleset) -> HashSet<&'a str> {
         let mut names = HashSet::new();
         for rs in [a, b] {
-            for o in rs.objects() {
-                match o {
-                    NfListObject::Set(s) => names.insert(&*s.name),
-                    NfListObject::Map(m) => names.insert(&*m.name),
-                    NfListObject::Chain(c) => names.insert(&*c.name),
-                    NfListObject::Rule(r) => names.insert(&*r.chain),
-                    _ => false,
-                };
-            }
+            names.extend(rs.objects().iter().filter_map(object_name));
             names.extend(rs.address_sets().keys().map(String::as_str));
         }
         names
     }
 
     #[test]
-    fn the_window_between_equal_ends_plans_what_the_whole_diff_plans() {
+    fn the_matched_walk_plans_what_the_whole_diff_plans() {
         use crate::firewall::render::render;
         let cfg = |forwards: &[u16], blocked: &[&str], extra_rule: bool| {
             let mut s = String::from(

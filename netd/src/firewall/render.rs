@@ -435,9 +435,9 @@ pub fn address_set_name(i: usize, r: &CfgRule, dir: &str, proto: &str) -> String
     }
 }
 
-/// How many long lists [`compact`] remembers: the sets of one config, with room for a
-/// plan and an apply of two configs in turn.
-const COMPACT_MEMO: usize = 8;
+/// How many long lists [`compact`] remembers: the sets of a config or two. Each entry
+/// keeps a copy of its list (about 2 MB for 100k addresses), so few.
+const COMPACT_MEMO: usize = 4;
 
 /// The compact sets computed last, by their list. Rendering is otherwise pure; this only
 /// saves the sort of a 100k-address blocklist on every apply (it almost never changes),
