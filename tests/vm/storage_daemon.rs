@@ -42,6 +42,7 @@ use crate::zpool;
 const MANY: usize = 100;
 /// The job's bandwidth limit (bytes per second) and the data its first run sends.
 const LIMIT: &str = "2M";
+const LIMIT_BYTES: u64 = 2 << 20;
 const BULK_MIB: u64 = 16;
 
 fn field(v: &Value, pointer: &str) -> Value {
@@ -335,10 +336,19 @@ interval = "1h"
     assert!(run["last_error"].is_null(), "{run:#}");
     let bytes = run["bytes"].as_u64().unwrap();
     assert!(bytes >= BULK_MIB << 20, "{run:#}");
+    let seconds = run["duration_seconds"].as_f64().unwrap();
     eprintln!(
-        "scheduled run: {bytes} bytes in {:.1} s = {:.0} bytes/s under bandwidth_limit = \"{LIMIT}\"",
-        run["duration_seconds"].as_f64().unwrap(),
+        "scheduled run: {bytes} bytes in {seconds:.1} s = {:.0} bytes/s under bandwidth_limit = \"{LIMIT}\"",
         run["throughput_bytes_per_second"].as_f64().unwrap()
+    );
+    // The limit held: the token bucket lets through its burst (a quarter of a second's
+    // worth, at least one 1 MiB frame) and then the rate, so no run can carry more than
+    // that in its time, however slow the guest (a slow guest only sends less).
+    let (rate, frame) = (LIMIT_BYTES as f64, 1024.0 * 1024.0);
+    let most = rate * seconds + (rate / 4.0).max(frame) + frame;
+    assert!(
+        (bytes as f64) <= most,
+        "{bytes} bytes in {seconds:.1} s is over bandwidth_limit = \"{LIMIT}\" (at most {most:.0})"
     );
     let (src, dst) = (g.guids("tank/data"), g.guids("vault/box/data"));
     let newest = dst.last().unwrap();
@@ -501,6 +511,7 @@ interval = "1h"
 
     recursive_job(&g, &receiver_fp, (a, b), &job_text);
     resume_after_a_killed_receiver(&g, &start_receiver);
+    pool_health_errors_and_scrub(&g, a);
     let generation = g.json("storage status")["generation"].clone();
     boot_import_after_a_reboot(&mut vm);
     after_the_reboot(&Guest { vm: &vm }, &generation, &backup);
@@ -512,6 +523,99 @@ interval = "1h"
     );
     let status = vm.power_off(crate::POWER_OFF_TIMEOUT);
     assert!(status.success(), "QEMU exited with {status}");
+}
+
+/// The pool part of `applctl storage status` and `/metrics` against what ZFS itself says:
+/// space as `zpool list -Hp` gives it; a scrub's end and its errors; a mirror with a disk
+/// offline reported DEGRADED and unhealthy, then ONLINE after its resilver; and a pool
+/// with a damaged data block (a file vdev, one block of a file overwritten at the address
+/// `zdb` gives) reported with its data errors after a scrub.
+fn pool_health_errors_and_scrub(g: &Guest<'_>, disk: &str) {
+    let vm = g.vm;
+    let pool = |status: &Value, name: &str| -> Value {
+        status["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no pool {name} in {status:#}"))
+    };
+    let healthy = |health: &str, up: u8| {
+        let metrics = g.ok("storage metrics");
+        let line = format!("stored_pool_healthy{{pool=\"tank\",health=\"{health}\"}} {up}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing from\n{metrics}"
+        );
+    };
+
+    // Space: the pool's size is fixed; what is allocated moves with the policy's
+    // snapshots, but allocated and free always add up to the size.
+    let tank = pool(&g.json("storage status"), "tank");
+    let size: u64 = vm.sh("zpool list -Hp -o size tank").trim().parse().unwrap();
+    assert_eq!(tank["size"].as_u64(), Some(size), "{tank:#}");
+    let (alloc, free) = (
+        tank["allocated"].as_u64().unwrap(),
+        tank["free"].as_u64().unwrap(),
+    );
+    assert_eq!(alloc + free, size, "{tank:#}");
+    let capacity = tank["capacity_percent"].as_u64().unwrap();
+    assert!(capacity.abs_diff(alloc * 100 / size) <= 1, "{tank:#}");
+    assert_eq!(tank["data_errors"], 0, "{tank:#}");
+
+    // A scrub, waited for: finished, when, and nothing it could not repair.
+    let before: i64 = vm.sh("date +%s").trim().parse().unwrap();
+    vm.sh("zpool scrub -w tank");
+    let after: i64 = vm.sh("date +%s").trim().parse().unwrap();
+    let tank = pool(&g.json("storage status"), "tank");
+    let scrub = &tank["scrub"];
+    assert_eq!(scrub["state"], "finished", "{tank:#}");
+    assert_eq!(scrub["errors"], 0, "{tank:#}");
+    let at = scrub["last_unix"].as_i64().unwrap();
+    // The scan line has whole seconds in local time (UTC here): 2 s of slack.
+    assert!(before - 2 <= at && at <= after + 2, "{tank:#}");
+    healthy("ONLINE", 1);
+
+    // One side of the mirror offline: DEGRADED and unhealthy; back online, resilvered.
+    vm.sh(&format!("zpool offline tank {disk}-part1"));
+    let tank = pool(&g.json("storage status"), "tank");
+    assert_eq!(tank["health"], "DEGRADED", "{tank:#}");
+    healthy("DEGRADED", 0);
+    vm.sh(&format!(
+        "zpool online tank {disk}-part1 && zpool wait -t resilver tank"
+    ));
+    let tank = pool(&g.json("storage status"), "tank");
+    assert_eq!(tank["health"], "ONLINE", "{tank:#}");
+    healthy("ONLINE", 1);
+
+    // Data errors need a damaged block where ZFS keeps one copy: a pool on a file, a file
+    // of a marker line written to it (no compression, so the marker is on the vdev as it
+    // is), and 4 KiB of the first record holding it overwritten while the pool is exported.
+    vm.sh(
+        "mkdir -p /tmp/badpool && truncate -s 128M /tmp/badpool/vdev && \
+         zpool create -o cachefile=none -O compression=off -O mountpoint=/mnt/bad \
+           bad /tmp/badpool/vdev && \
+         yes STORED-DAMAGED-BLOCK-TEST | head -c 1M > /mnt/bad/f && zpool sync bad && \
+         zpool export bad",
+    );
+    let at =
+        vm.sh("grep -obaF STORED-DAMAGED-BLOCK-TEST /tmp/badpool/vdev | head -n 1 | cut -d: -f1");
+    let at: u64 = at
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("marker not on the vdev: {at:?}"));
+    vm.sh(&format!(
+        "dd if=/dev/urandom of=/tmp/badpool/vdev bs=4096 seek={} count=1 conv=notrunc status=none && \
+         zpool import -o cachefile=none -d /tmp/badpool bad && zpool scrub -w bad",
+        at / 4096
+    ));
+    let bad = pool(&g.json("storage status"), "bad");
+    eprintln!("a pool with a damaged block after its scrub: {bad:#}");
+    assert!(bad["data_errors"].as_u64().unwrap() >= 1, "{bad:#}");
+    assert!(bad["scrub"]["errors"].as_u64().unwrap() >= 1, "{bad:#}");
+    assert_eq!(bad["scrub"]["state"], "finished", "{bad:#}");
+    vm.sh("zpool destroy bad && rm -r /tmp/badpool");
 }
 
 /// The state of job `name` in `applctl storage status`.
