@@ -10,7 +10,7 @@
 //!   test clock) takes snapshots on schedule and prunes them;
 //! - one dataset is served over NFS (mounted from a client network namespace) and SMB
 //!   (smbclient as the config's user);
-//! - a replication job (mutual TLS, `bandwidth_limit`) pushes to a second stored listener
+//! - a replication job (mutual TLS, `bandwidth_limit`, checked not exceeded) pushes to a second stored listener
 //!   (`stored receive`) in another network namespace of the same guest, into a second pool
 //!   on the fourth disk: first on the daemon's own schedule, then many small snapshots
 //!   through `applctl storage replicate` (the scheduler's policy snapshots taken during
@@ -22,6 +22,9 @@
 //!   with nothing new sent nothing;
 //! - the receiver killed mid-stream: the snapshot its resume token names is held on the
 //!   source, and the next run resumes;
+//! - the pool part of status and metrics against ZFS itself: space, a finished scrub, one
+//!   side of the mirror offline (DEGRADED, then ONLINE after its resilver), and a pool on a
+//!   file with one damaged block (its data errors and the scrub's);
 //! - a reboot: stored.service imports the pool at boot and mounts its datasets.
 //!
 //! `STORED_BIN` / `APPLCTL_BIN` name host builds to bind-mount over the image's (same
