@@ -10,8 +10,8 @@
 //!   test clock) takes snapshots on schedule and prunes them;
 //! - one dataset is served over NFS (mounted from a client network namespace) and SMB
 //!   (smbclient as the config's user);
-//! - a replication job (mutual TLS, `bandwidth_limit`, checked not exceeded) pushes to a second stored listener
-//!   (`stored receive`) in another network namespace of the same guest, into a second pool
+//! - a replication job (mutual TLS, `bandwidth_limit`, checked not exceeded) pushes to a
+//!   second stored listener (`stored receive`) in another network namespace of the same guest, into a second pool
 //!   on the fourth disk: first on the daemon's own schedule, then many small snapshots
 //!   through `applctl storage replicate` (the scheduler's policy snapshots taken during
 //!   the run are kept until it ends); data checked by GUID and by sha256 on both sides;
@@ -45,7 +45,6 @@ use crate::zpool;
 const MANY: usize = 100;
 /// The job's bandwidth limit (bytes per second) and the data its first run sends.
 const LIMIT: &str = "2M";
-const LIMIT_BYTES: u64 = 2 << 20;
 const BULK_MIB: u64 = 16;
 
 fn field(v: &Value, pointer: &str) -> Value {
@@ -347,7 +346,8 @@ interval = "1h"
     // The limit held: the token bucket lets through its burst (a quarter of a second's
     // worth, at least one 1 MiB frame) and then the rate, so no run can carry more than
     // that in its time, however slow the guest (a slow guest only sends less).
-    let (rate, frame) = (LIMIT_BYTES as f64, 1024.0 * 1024.0);
+    let rate = appliance::types::Size::parse(LIMIT).unwrap().bytes() as f64;
+    let frame = 1024.0 * 1024.0;
     let most = rate * seconds + (rate / 4.0).max(frame) + frame;
     assert!(
         (bytes as f64) <= most,
@@ -531,8 +531,8 @@ interval = "1h"
 /// The pool part of `applctl storage status` and `/metrics` against what ZFS itself says:
 /// space as `zpool list -Hp` gives it; a scrub's end and its errors; a mirror with a disk
 /// offline reported DEGRADED and unhealthy, then ONLINE after its resilver; and a pool
-/// with a damaged data block (a file vdev, one block of a file overwritten at the address
-/// `zdb` gives) reported with its data errors after a scrub.
+/// with a damaged data block (a file vdev, 4 KiB of a file's record overwritten where
+/// its marker text lies on the vdev) reported with its data errors after a scrub.
 fn pool_health_errors_and_scrub(g: &Guest<'_>, disk: &str) {
     let vm = g.vm;
     let pool = |status: &Value, name: &str| -> Value {
