@@ -11,8 +11,9 @@
 //! - one dataset is served over NFS (mounted from a client network namespace) and SMB
 //!   (smbclient as the config's user);
 //! - a replication job (mutual TLS, `bandwidth_limit`, checked not exceeded) pushes to a
-//!   second stored listener (`stored receive`) in another network namespace of the same guest, into a second pool
-//!   on the fourth disk: first on the daemon's own schedule, then many small snapshots
+//!   second stored listener (`stored receive`) in another network namespace of the same
+//!   guest, into a second pool on the fourth disk: first on the daemon's own schedule,
+//!   then many small snapshots
 //!   through `applctl storage replicate` (the scheduler's policy snapshots taken during
 //!   the run are kept until it ends); data checked by GUID and by sha256 on both sides;
 //! - `applctl storage status | snapshots | prune --dry-run | metrics` read the job's lag and
