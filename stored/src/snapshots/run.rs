@@ -130,7 +130,12 @@ pub fn run_policy(
     if dry_run && mark_held(zfs, &plans, &mut listed, |_| true)? {
         plans = plan_all(&listed);
     }
-    let destroy: Vec<String> = plans.iter().flat_map(|p| p.destroy.clone()).collect();
+    // Newest first within each dataset (the plans list oldest first): the kernel's syncs
+    // of the same 10,000 destroys took 66-74% of the time in that order (docs/storage.md).
+    let destroy: Vec<String> = plans
+        .iter()
+        .flat_map(|p| p.destroy.iter().rev().cloned())
+        .collect();
     let plan_ms = planning.elapsed().as_millis();
     let destroying = Instant::now();
     let mut destroyed = Vec::new();
@@ -212,7 +217,7 @@ fn unlisted(dataset: &str, name: &str, creation: i64) -> Snapshot {
     }
 }
 
-/// Destroys `names`, oldest first within each dataset as the plans list them. The kernel
+/// Destroys `names` in the order given (newest first within each dataset). The kernel
 /// refuses a snapshot held since the listing (replication moving its base forward) or one
 /// a clone depends on; the destroy goes on without it, so one such snapshot does not keep
 /// a thousand others. The hold decides; nothing held is destroyed. Returns what went.
@@ -293,6 +298,36 @@ mod tests {
         );
         // tank/docs is outside the policy and has nothing.
         assert!(zfs.snapshots("tank/docs", false).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_destroy_goes_newest_first_within_each_dataset() {
+        let three = policy("datasets = [\"tank/media\"]\nrecursive = true\nhourly = 3\n");
+        let mut zfs = fake();
+        let none = BTreeSet::new();
+        for h in 0..3 {
+            let now = at(&format!("2026-11-25T{h:02}:00:00Z"));
+            zfs.now = now.0;
+            run_policy(&mut zfs, &three, now, &none, false).unwrap();
+        }
+        assert!(zfs.destroy_order.is_empty());
+        let one = policy("datasets = [\"tank/media\"]\nrecursive = true\nhourly = 1\n");
+        let now = at("2026-11-25T03:00:00Z");
+        zfs.now = now.0;
+        let run = run_policy(&mut zfs, &one, now, &none, false).unwrap();
+        let order: Vec<String> = ["tank/media", "tank/media/photos"]
+            .iter()
+            .flat_map(|ds| {
+                (0..3)
+                    .rev()
+                    .map(move |h| format!("{ds}@stored_hourly_2026-11-25T{h:02}:00:00Z"))
+            })
+            .collect();
+        assert_eq!(zfs.destroy_order, order);
+        assert_eq!(zfs.destroy_calls, 1);
+        assert_eq!(run.destroyed, order);
+        // The plan shown (`prune --dry-run`) still lists each dataset's oldest first.
+        assert_eq!(run.plans[0].destroy, [&order[2], &order[1], &order[0]]);
     }
 
     #[test]

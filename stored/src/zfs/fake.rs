@@ -48,6 +48,9 @@ pub struct FakeZfs {
     pub writes: usize,
     /// Snapshot destroy calls, as a batch count.
     pub destroy_calls: usize,
+    /// Every name given to a snapshot destroy, in the order given (the order costs the
+    /// kernel time: see `zcp`).
+    pub destroy_order: Vec<String>,
     /// Snapshot listings (`zfs list -t snapshot` runs), each a process and a pool walk.
     pub snapshot_listings: std::cell::Cell<usize>,
     /// `zpool history` reads.
@@ -528,6 +531,7 @@ impl Zfs for FakeZfs {
 
     fn destroy_snapshots(&mut self, names: &[String]) -> Result<(), ZfsError> {
         self.take_failure(|| "the destroy channel program".into())?;
+        self.destroy_order.extend_from_slice(names);
         // As the real destroy program: a held snapshot is refused and named, the others
         // go; a missing snapshot is not an error.
         let held: Vec<(String, io::Error)> = names
