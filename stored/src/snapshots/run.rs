@@ -327,7 +327,7 @@ mod tests {
         assert_eq!(zfs.destroy_calls, 1);
         assert_eq!(run.destroyed, order);
         // The plan shown (`prune --dry-run`) still lists each dataset's oldest first.
-        assert_eq!(run.plans[0].destroy, [&order[2], &order[1], &order[0]]);
+        assert_eq!(run.plans[0].destroy, [&*order[2], &order[1], &order[0]]);
     }
 
     #[test]
