@@ -1053,7 +1053,34 @@ fn ensure_debian_packages(packages: &[&str]) -> Result<()> {
     run(apt_get()
         .args(["install", "-y", "--no-install-recommends"])
         .args(&missing))
-    .with_context(fail)
+    .with_context(fail)?;
+    // apt removes an installed package that conflicts with the new ones: a backported
+    // qemu-utils 10 (on the CI machine before any step ran) went when Debian's
+    // qemu-system-x86 7.2 came in, and every VM test then failed for want of qemu-img. What
+    // the list lost is installed again, in the version that fits beside the new ones.
+    let lost: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !debian_package_installed(p))
+        .collect();
+    if lost.is_empty() {
+        return Ok(());
+    }
+    println!(
+        "installing Debian packages again after apt removed them: {}",
+        lost.join(" ")
+    );
+    run(apt_get()
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&lost))
+    .with_context(|| {
+        format!(
+            "apt removed {} while installing {}; on Debian 12 run as root: apt-get install {}",
+            lost.join(" "),
+            missing.join(" "),
+            packages.join(" ")
+        )
+    })
 }
 
 /// Enables Debian's contrib component when no apt source has it, by writing
