@@ -724,9 +724,9 @@ impl Prune {
 /// `zfs destroy` takes many at once: `-r tree@first%last` and `-r tree@a,b,c,...`. With
 /// STORED_BEFORE_BIN, the build it names (copied to /tmp/stored-before) prunes a tree too.
 /// `zcp-N` is stored's destroy program run by `zfs program` in batches of N names (one txg
-/// each), datasets sorted, oldest first within each (stored's order until 2026-11-27);
-/// `zcp-N-newest` the same with the newest first within each dataset (stored's order
-/// since): which batch size and order cost less. BENCH_PRUNE_PEERS (names separated by
+/// each) in stored's order (datasets sorted, oldest first within each); `zcp-N-newest`
+/// the same with the newest first within each dataset. Both destroy every snapshot down to
+/// the head, where stored keeps the one it takes: which batch size and order cost less. BENCH_PRUNE_PEERS (names separated by
 /// commas or spaces; `none` for stored alone) picks the peers, default zfs-range, zfs-list
 /// and zcp-1000; `stored` among them runs stored in that place instead of first.
 fn prune_trees(b: &Bench<'_>, pools: &str, children: u64, rounds: u64, before: bool) -> Prune {
