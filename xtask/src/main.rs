@@ -1024,14 +1024,7 @@ const CONTRIB_LIST: &str = "/etc/apt/sources.list.d/contrib.list";
 /// Installs the Debian packages that are not installed yet (`apt-get update` runs once per
 /// process, and only when something is missing).
 fn ensure_debian_packages(packages: &[&str]) -> Result<()> {
-    if packages.is_empty() {
-        return Ok(());
-    }
-    let missing: Vec<&str> = packages
-        .iter()
-        .copied()
-        .filter(|p| !debian_package_installed(p))
-        .collect();
+    let missing = not_installed(packages);
     if missing.is_empty() {
         return Ok(());
     }
@@ -1050,19 +1043,12 @@ fn ensure_debian_packages(packages: &[&str]) -> Result<()> {
         run(apt_get().arg("update")).with_context(fail)?;
         APT_UPDATED.store(true, Ordering::Relaxed);
     }
-    run(apt_get()
-        .args(["install", "-y", "--no-install-recommends"])
-        .args(&missing))
-    .with_context(fail)?;
-    // apt removes an installed package that conflicts with the new ones: a backported
-    // qemu-utils 10 (on the CI machine before any step ran) went when Debian's
-    // qemu-system-x86 7.2 came in, and every VM test then failed for want of qemu-img. What
-    // the list lost is installed again, in the version that fits beside the new ones.
-    let lost: Vec<&str> = packages
-        .iter()
-        .copied()
-        .filter(|p| !debian_package_installed(p))
-        .collect();
+    apt_install(&missing).with_context(fail)?;
+    // apt removes an installed package that conflicts with the new ones: the build machine
+    // came with a backported qemu-utils 10, which went when Debian's qemu-system-x86 7.2
+    // came in, and every VM test then failed for want of qemu-img. What the list lost is
+    // installed again, in the version that fits beside the new ones.
+    let lost = not_installed(packages);
     if lost.is_empty() {
         return Ok(());
     }
@@ -1070,10 +1056,7 @@ fn ensure_debian_packages(packages: &[&str]) -> Result<()> {
         "installing Debian packages again after apt removed them: {}",
         lost.join(" ")
     );
-    run(apt_get()
-        .args(["install", "-y", "--no-install-recommends"])
-        .args(&lost))
-    .with_context(|| {
+    apt_install(&lost).with_context(|| {
         format!(
             "apt removed {} while installing {}; on Debian 12 run as root: apt-get install {}",
             lost.join(" "),
@@ -1081,6 +1064,20 @@ fn ensure_debian_packages(packages: &[&str]) -> Result<()> {
             packages.join(" ")
         )
     })
+}
+
+fn not_installed<'a>(packages: &[&'a str]) -> Vec<&'a str> {
+    packages
+        .iter()
+        .copied()
+        .filter(|p| !debian_package_installed(p))
+        .collect()
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    run(apt_get()
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(packages))
 }
 
 /// Enables Debian's contrib component when no apt source has it, by writing
