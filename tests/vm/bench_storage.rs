@@ -726,9 +726,10 @@ impl Prune {
 /// `zcp-N` is stored's destroy program run by `zfs program` in batches of N names (one txg
 /// each) in stored's order (datasets sorted, oldest first within each); `zcp-N-newest`
 /// the same with the newest first within each dataset. Both destroy every snapshot down to
-/// the head, where stored keeps the one it takes: which batch size and order cost less. BENCH_PRUNE_PEERS (names separated by
-/// commas or spaces; `none` for stored alone) picks the peers, default zfs-range, zfs-list
-/// and zcp-1000; `stored` among them runs stored in that place instead of first.
+/// the head, where stored keeps the one it takes: which batch size and order cost less.
+/// BENCH_PRUNE_PEERS (names separated by commas or spaces; `none` for stored alone) picks
+/// the peers, default zfs-range, zfs-list and zcp-1000; `stored` among them runs stored in
+/// that place instead of first.
 fn prune_trees(b: &Bench<'_>, pools: &str, children: u64, rounds: u64, before: bool) -> Prune {
     let vm = b.vm;
     // stored first unless placed: its figure is the one the bench is for, and its log
