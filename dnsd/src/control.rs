@@ -1115,6 +1115,9 @@ async fn route(d: &Arc<Daemon>, req: Request<Incoming>) -> Result<Reply, ApiErro
         }
         "/reload" => {
             params(query, &[])?;
+            // Read before answering: a body left unread makes hyper close the socket
+            // while the client may still be writing it (EPIPE on the client's side).
+            only_fields(&body_object(req).await?, &[])?;
             let restart = d.reload().await?;
             Ok(Reply::Json(
                 json!({ "reloaded": true, "restart_needed_for": restart }),

@@ -94,12 +94,13 @@ fn http(sock: &Path, method: &str, target: &str, body: Option<Value>) -> (u16, S
     let mut s = UnixStream::connect(sock).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(
-        s,
+    // One write: the server may answer (and close) as soon as it has what it reads, so a
+    // request written piece by piece could meet a closed socket.
+    let request = format!(
         "{method} {target} HTTP/1.1\r\nHost: dnsd\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
-    )
-    .unwrap();
+    );
+    s.write_all(request.as_bytes()).unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap();
@@ -307,6 +308,8 @@ fn the_control_socket_reports_explains_pauses_and_keeps_the_log_across_a_restart
     );
     let (status, _) = post(&sock, "/pause", json!({ "minutes": 5, "extra": 1 }));
     assert_eq!(status, 400);
+    let (status, v) = post(&sock, "/reload", json!({ "force": true }));
+    assert_eq!(status, 400, "a reload takes no fields: {v}");
     assert_eq!(http(&sock, "GET", "/nope", None).0, 404);
     assert_eq!(http(&sock, "GET", "/pause", None).0, 405);
     assert_eq!(http(&sock, "POST", "/stats", None).0, 405);
