@@ -875,7 +875,14 @@ pub async fn serve(path: &Path, daemon: Arc<Daemon>) -> Result<JoinHandle<()>, C
 async fn handle(d: &Arc<Daemon>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    match route(d, req).await {
+    // The body is read whole before any answer, an error one included: hyper closes a
+    // connection whose body was left unread, under a client that may still be writing it.
+    let (parts, body) = req.into_parts();
+    let result = match read_body(body).await {
+        Ok(bytes) => route(d, Request::from_parts(parts, bytes)).await,
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(Reply::Json(v)) => json_response(StatusCode::OK, &v),
         Ok(Reply::Text(t)) => respond(StatusCode::OK, crate::metrics::CONTENT_TYPE, t),
         Err(e) => {
@@ -953,9 +960,8 @@ fn parse_count(
     }
 }
 
-/// The JSON object of a request body; an empty body is an empty object.
-async fn body_object(req: Request<Incoming>) -> Result<serde_json::Map<String, Value>, ApiError> {
-    let bytes = Limited::new(req.into_body(), MAX_BODY)
+async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
+    Ok(Limited::new(body, MAX_BODY)
         .collect()
         .await
         .map_err(|e| {
@@ -965,11 +971,16 @@ async fn body_object(req: Request<Incoming>) -> Result<serde_json::Map<String, V
                 ApiError::BadBody(e.to_string())
             }
         })?
-        .to_bytes();
+        .to_bytes())
+}
+
+/// The JSON object of a request body; an empty body is an empty object.
+fn body_object(req: &Request<Bytes>) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let bytes = req.body();
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(serde_json::Map::new());
     }
-    match serde_json::from_slice(&bytes) {
+    match serde_json::from_slice(bytes) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(ApiError::BadBody("expected an object".into())),
         Err(e) => Err(ApiError::BadBody(e.to_string())),
@@ -994,7 +1005,7 @@ fn group_field(m: &serde_json::Map<String, Value>) -> Result<Option<String>, Api
     }
 }
 
-async fn route(d: &Arc<Daemon>, req: Request<Incoming>) -> Result<Reply, ApiError> {
+async fn route(d: &Arc<Daemon>, req: Request<Bytes>) -> Result<Reply, ApiError> {
     let path = req.uri().path().to_owned();
     let allowed = match path.as_str() {
         "/status" | "/stats" | "/log" | "/check" | "/metrics" => "GET",
@@ -1059,7 +1070,7 @@ async fn route(d: &Arc<Daemon>, req: Request<Incoming>) -> Result<Reply, ApiErro
         }
         "/pause" => {
             params(query, &[])?;
-            let m = body_object(req).await?;
+            let m = body_object(&req)?;
             only_fields(&m, &["minutes", "group"])?;
             let minutes = match m.get("minutes") {
                 None => return Err(bad("minutes", "required: how long to pause, in minutes")),
@@ -1081,7 +1092,7 @@ async fn route(d: &Arc<Daemon>, req: Request<Incoming>) -> Result<Reply, ApiErro
         }
         "/resume" => {
             params(query, &[])?;
-            let m = body_object(req).await?;
+            let m = body_object(&req)?;
             only_fields(&m, &["group"])?;
             let group = group_field(&m)?;
             d.resume(group.as_deref())?;
@@ -1098,7 +1109,7 @@ async fn route(d: &Arc<Daemon>, req: Request<Incoming>) -> Result<Reply, ApiErro
         }
         "/v1/plan" | "/v1/apply" => {
             params(query, &[])?;
-            let m = body_object(req).await?;
+            let m = body_object(&req)?;
             only_fields(&m, &["generation"])?;
             let generation = m
                 .get("generation")
@@ -1115,9 +1126,7 @@ async fn route(d: &Arc<Daemon>, req: Request<Incoming>) -> Result<Reply, ApiErro
         }
         "/reload" => {
             params(query, &[])?;
-            // Read before answering: a body left unread makes hyper close the socket
-            // while the client may still be writing it (EPIPE on the client's side).
-            only_fields(&body_object(req).await?, &[])?;
+            only_fields(&body_object(&req)?, &[])?;
             let restart = d.reload().await?;
             Ok(Reply::Json(
                 json!({ "reloaded": true, "restart_needed_for": restart }),

@@ -114,6 +114,25 @@ fn get(sock: &Path, target: &str) -> Value {
     serde_json::from_str(&body).unwrap()
 }
 
+/// A POST whose body comes a moment after its head, as from a slow client: the status the
+/// daemon answers once it has read the whole request.
+fn post_late_body(sock: &Path, target: &str, body: &str) -> u16 {
+    let mut s = UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST {target} HTTP/1.1\r\nHost: dnsd\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    s.write_all(body.as_bytes())
+        .expect("the daemon closed the connection before reading the body");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    raw.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
 fn post(sock: &Path, target: &str, body: Value) -> (u16, Value) {
     let (status, body) = http(sock, "POST", target, Some(body));
     (status, serde_json::from_str(&body).unwrap())
@@ -313,6 +332,10 @@ fn the_control_socket_reports_explains_pauses_and_keeps_the_log_across_a_restart
     assert_eq!(http(&sock, "GET", "/nope", None).0, 404);
     assert_eq!(http(&sock, "GET", "/pause", None).0, 405);
     assert_eq!(http(&sock, "POST", "/stats", None).0, 405);
+    // Every answer waits for the body, an error's too (hyper drops the connection of an
+    // unread body, and a client still writing it met EPIPE).
+    assert_eq!(post_late_body(&sock, "/stats", "{}"), 405);
+    assert_eq!(post_late_body(&sock, "/resume", "{}"), 200);
 
     // Pause: the blocked name resolves upstream; resume: blocked again.
     let (status, v) = post(&sock, "/pause", json!({ "minutes": 5 }));
