@@ -12,7 +12,7 @@
 //! AbortPartial{dataset, toguid} -> Ok | Error
 //! Receive{snapshot,..} DATA.. END -> Received{bytes} | Error
 //! ReceiveRange{dataset, base, snapshots,..} -> Ok | Error, then DATA.. END -> Received | Error
-//! Bye
+//! Bye                   -> (none: the receiver mounts what waited, then closes)
 //! ```
 //!
 //! Versioning: [`VERSION`] stays 1, since every version-1 message still means what it

@@ -155,7 +155,11 @@ fn connection(
     }
     let conn = rustls::ServerConnection::new(config).map_err(tls::TlsError::from)?;
     let mut tls: Tls = rustls::StreamOwned::new(conn, tcp);
-    serve_conn(&mut tls, &peer, allowed, None)
+    serve_conn(&mut tls, &peer, allowed, None)?;
+    // A clean end, after the work of `Bye`: the sender waits for it.
+    tls.conn.send_close_notify();
+    let _ = tls.conn.complete_io(&mut tls.sock);
+    Ok(())
 }
 
 /// Answers one sender's requests on `conn` (TLS, or `stored replication serve-stdio`'s

@@ -27,10 +27,42 @@ pub(super) trait Conn: Read + Write {
     fn close(&mut self);
 }
 
+/// How long a sender waits, after `Bye`, for the receiver to end the connection.
+const BYE_WAIT: Duration = Duration::from_secs(60);
+
 impl Conn for Tls {
     fn close(&mut self) {
+        wait_for_the_end(self, BYE_WAIT);
         self.conn.send_close_notify();
         let _ = self.conn.complete_io(&mut self.sock);
+    }
+}
+
+/// Reads until the receiver closes its side (or `timeout` passes without a byte). At
+/// `Bye` the receiver mounts the replicas a run left waiting and only then ends the
+/// connection, so a run that returns after this has its replicas mounted: a check right
+/// after `applctl storage replicate` otherwise raced the receiver's mount. A receiver
+/// from before that mount ends the connection at `Bye` at once, as it always did.
+fn wait_for_the_end(s: &mut Tls, timeout: Duration) {
+    if let Err(e) = s.sock.set_read_timeout(Some(timeout)) {
+        tracing::debug!(error = %e, "cannot bound the wait for the receiver's end");
+        return;
+    }
+    let mut buf = [0u8; 512];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                // A close without close_notify (the receiver's usual end) is an
+                // UnexpectedEof here; a timeout is WouldBlock. Either way: done.
+                if !matches!(e.kind(), io::ErrorKind::UnexpectedEof) {
+                    tracing::warn!(error = %e, "the receiver did not end the connection after Bye");
+                }
+                return;
+            }
+        }
     }
 }
 
@@ -931,6 +963,43 @@ fn remote_range(
 mod tests {
     use super::super::plan::Base;
     use super::*;
+
+    /// A run ends only once the receiver has finished what it does at `Bye` (mounting the
+    /// replicas left waiting) and closed the connection.
+    #[test]
+    fn the_sender_waits_for_the_receiver_to_finish_after_bye() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let receiver = Identity::create(&dir.path().join("receiver.pem")).unwrap();
+        let sender = Identity::create(&dir.path().join("sender.pem")).unwrap();
+        let (rfp, sfp) = (receiver.fingerprint(), sender.fingerprint());
+        let server = Arc::new(tls::server_config(receiver, vec![sfp]).unwrap());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let done = Arc::new(AtomicBool::new(false));
+        let finished = Arc::clone(&done);
+        let receiver = std::thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            let conn = rustls::ServerConnection::new(server).unwrap();
+            let mut s = rustls::StreamOwned::new(conn, tcp);
+            assert_eq!(proto::read_msg::<Request>(&mut s).unwrap(), Request::Bye);
+            // The receiver's work at Bye, slow enough to be missed by a sender that
+            // does not wait.
+            std::thread::sleep(Duration::from_millis(300));
+            finished.store(true, Ordering::SeqCst);
+        });
+        let config = tls::client_config(sender, &rfp).unwrap();
+        let name = ServerName::try_from(tls::SERVER_NAME).unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut s: Tls = rustls::StreamOwned::new(conn, TcpStream::connect(addr).unwrap());
+        proto::send_msg(&mut s, &Request::Bye).unwrap();
+        s.close();
+        assert!(
+            done.load(Ordering::SeqCst),
+            "the sender closed before the receiver was done with Bye"
+        );
+        receiver.join().unwrap();
+    }
 
     #[test]
     fn the_limiter_lets_a_burst_through_then_paces() {
