@@ -685,6 +685,80 @@ fn dnsperf(r: &PerfRun<'_>, log: &Path) -> Result<Perf> {
 }
 
 // ---------------------------------------------------------------------------------------
+// The ceiling
+
+/// One peak run of dnsd's `bench_ceiling` helper: a UDP reflector that does no DNS work,
+/// so that its rate is what the kernel allows any server on the server core.
+#[derive(Debug)]
+struct Ceiling {
+    peak: Perf,
+    cpu: f64,
+}
+
+impl Ceiling {
+    fn per_cpu_second(&self) -> f64 {
+        per_cpu_second(&self.peak, self.cpu)
+    }
+}
+
+/// Waits until the reflector on `server` sends back a query with the QR bit set.
+fn wait_for_echo(p: &mut Proc, server: SocketAddr) -> Result<()> {
+    let sock = UdpSocket::bind("127.0.0.1:0")?;
+    sock.set_read_timeout(Some(Duration::from_millis(20)))?;
+    let mut buf = [0u8; 1500];
+    for id in 1..=500u16 {
+        p.check_alive()?;
+        sock.send_to(&query_bytes(id, "probe.ceiling"), server)?;
+        if let Ok(n) = sock.recv(&mut buf)
+            && n >= 12
+            && u16_at(&buf, 0) == Some(id)
+            && buf.get(2).is_some_and(|b| b & 0x80 != 0)
+        {
+            return Ok(());
+        }
+    }
+    bail!("{} did not answer on {server} within 10 s", p.name)
+}
+
+/// The cached query set, closed loop as the servers' peak runs, against the reflector.
+fn measure_ceiling(bin: &Path, files: &Files, seconds: u64, when: &str) -> Result<Ceiling> {
+    let server = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let mut p = spawn_pinned(
+        "ceiling",
+        SERVER_CPU,
+        bin,
+        &[server.to_string()],
+        &files.dir.join(format!("ceiling-{when}.log")),
+        false,
+    )?;
+    wait_for_echo(&mut p, server)?;
+    let cpu_before = cpu_seconds(p.pid())?;
+    let peak = dnsperf(
+        &PerfRun {
+            server,
+            file: &files.cached,
+            seconds,
+            rate: None,
+            outstanding: OUTSTANDING,
+            once: false,
+            verbose: false,
+        },
+        &files.dir.join(format!("dnsperf-ceiling-{when}.out")),
+    )?;
+    let cpu = cpu_seconds(p.pid())? - cpu_before;
+    p.check_alive()?;
+    let c = Ceiling { peak, cpu };
+    println!(
+        "==> ceiling ({when} the servers; a reflector doing no DNS work): {:.0} qps, lost {}, {:.2} CPU seconds of its core, {:.0} answers per CPU second",
+        c.peak.qps,
+        c.peak.lost,
+        c.cpu,
+        c.per_cpu_second()
+    );
+    Ok(c)
+}
+
+// ---------------------------------------------------------------------------------------
 // The servers
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -1207,6 +1281,8 @@ fn bench(opts: &Opts) -> Result<()> {
         "dnsd",
         "--example",
         "bench_reload",
+        "--example",
+        "bench_ceiling",
     ]))?;
     // Where cargo put them: CARGO_TARGET_DIR when set (relative to the root, where cargo
     // runs), else target/.
@@ -1215,6 +1291,7 @@ fn bench(opts: &Opts) -> Result<()> {
     let release = target.join("release");
     let dnsd_bin = release.join("dnsd");
     let helper = release.join("examples").join("bench_reload");
+    let reflector = release.join("examples").join("bench_ceiling");
 
     // The bench's own threads stay off the servers' CPU.
     run(Command::new("taskset").args([
@@ -1240,6 +1317,8 @@ fn bench(opts: &Opts) -> Result<()> {
     let (_knot, upstream) = start_knot(&dir)?;
     println!("==> knot serves {ZONE} on {upstream} (CPU {CLIENT_CPU}, with dnsperf)");
     let mut results: BTreeMap<&str, ServerResult> = BTreeMap::new();
+    // The ceiling before the servers and after them: the machine's speed drifts over a run.
+    let mut ceiling = vec![measure_ceiling(&reflector, &files, opts.seconds, "before")?];
 
     // dnsd, first start: the hosts file is read and compiled after the start.
     let config = dnsd_config(&dir, &files, upstream)?;
@@ -1282,6 +1361,8 @@ fn bench(opts: &Opts) -> Result<()> {
         results.insert(name, r);
     }
 
+    ceiling.push(measure_ceiling(&reflector, &files, opts.seconds, "after")?);
+
     let dnsd_blocked_peak = results
         .get("dnsd")
         .and_then(|r| r.runs.get(&Set::Blocked))
@@ -1311,7 +1392,15 @@ fn bench(opts: &Opts) -> Result<()> {
         Some(opts.domains),
     )?;
 
-    report(opts, &results, cold_hwm, stored_load, &reload, &control);
+    report(
+        opts,
+        &results,
+        &ceiling,
+        cold_hwm,
+        stored_load,
+        &reload,
+        &control,
+    );
     println!(
         "==> bench dns done in {}; load average now {}",
         Secs(started.elapsed()),
@@ -1323,6 +1412,7 @@ fn bench(opts: &Opts) -> Result<()> {
 fn report(
     opts: &Opts,
     results: &BTreeMap<&str, ServerResult>,
+    ceiling: &[Ceiling],
     cold_hwm: f64,
     stored_load: Duration,
     reload: &Reload,
@@ -1343,6 +1433,11 @@ fn report(
                 .map_or(0.0, |((p, _), cpu)| per_cpu_second(p, *cpu))
         })
     };
+    let ceiling_qps = ceiling.iter().map(|c| c.peak.qps).fold(0.0, f64::max);
+    let ceiling_cpu = ceiling
+        .iter()
+        .map(Ceiling::per_cpu_second)
+        .fold(0.0, f64::max);
     println!();
     for set in Set::ALL {
         println!(
@@ -1406,6 +1501,20 @@ fn report(
             ratio(per_cpu("dnsd", set), per_cpu("dnsmasq", set)),
             ratio(per_cpu("dnsd", set), per_cpu("unbound", set))
         );
+        if set == Set::Cached {
+            println!(
+                "  ceiling (a reflector doing no DNS work, best of {} runs): {:.0} QPS, {:.0} answers per CPU second; \
+                 dnsd reaches {:.2} and {:.2} of them, dnsmasq {:.2} and {:.2}; no server can beat dnsmasq by more than {:.2}x here",
+                ceiling.len(),
+                ceiling_qps,
+                ceiling_cpu,
+                ratio(peak("dnsd", set), ceiling_qps),
+                ratio(per_cpu("dnsd", set), ceiling_cpu),
+                ratio(peak("dnsmasq", set), ceiling_qps),
+                ratio(per_cpu("dnsmasq", set), ceiling_cpu),
+                ratio(ceiling_qps, peak("dnsmasq", set))
+            );
+        }
         println!();
     }
     let rs = &reload.perf;
@@ -1509,6 +1618,37 @@ fn report(
             ));
         }
     }
+    lines.push(("ceiling_qps".into(), format!("{ceiling_qps:.0}"), "qps"));
+    lines.push((
+        "ceiling_answers_per_cpu_second".into(),
+        format!("{ceiling_cpu:.0}"),
+        "answers",
+    ));
+    for (i, c) in ceiling.iter().enumerate() {
+        lines.push((
+            format!("ceiling_qps_run_{}", i + 1),
+            format!("{:.0}", c.peak.qps),
+            "qps",
+        ));
+    }
+    for s in ["dnsd", "dnsmasq", "unbound"] {
+        lines.push((
+            format!("cached_qps_vs_ceiling_{s}"),
+            format!("{:.2}", ratio(peak(s, Set::Cached), ceiling_qps)),
+            "ratio",
+        ));
+    }
+    // The most any server could show against dnsmasq on cached names on this machine.
+    lines.push((
+        "ceiling_vs_dnsmasq_cached".into(),
+        format!("{:.2}", ratio(ceiling_qps, peak("dnsmasq", Set::Cached))),
+        "ratio",
+    ));
+    lines.push((
+        "ceiling_answers_per_cpu_second_vs_dnsmasq_cached".into(),
+        format!("{:.2}", ratio(ceiling_cpu, per_cpu("dnsmasq", Set::Cached))),
+        "ratio",
+    ));
     lines.push((
         "p99_half_load".into(),
         format!("{:.3}", worst(&|set| steady("dnsd", set))),
