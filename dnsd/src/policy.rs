@@ -66,6 +66,15 @@ pub struct Decision {
     pub held: bool,
 }
 
+impl Decision {
+    /// A pass that holds as long as the policy it came from: blocking was on for the
+    /// client and no block was held back by a pause. (A pause only turns blocks into
+    /// passes; a name that passed with blocking on passes under any pause.)
+    pub fn passes_while_policy_lasts(&self) -> bool {
+        self.action == Action::Pass && !self.held && self.off.is_none()
+    }
+}
+
 /// Why blocking is off for a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Off {

@@ -466,9 +466,38 @@ pub fn event(
     rcode: ResponseCode,
     started: Instant,
 ) -> Event {
-    let time_ms = SystemTime::now()
+    event_at(
+        name,
+        qtype,
+        outcome,
+        upstream_latency,
+        client,
+        rcode,
+        wall_ms(),
+        u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX),
+    )
+}
+
+/// Milliseconds since the Unix epoch, as records keep time.
+pub fn wall_ms() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// [`event`] with the time and the latency already known (the UDP fast path reads the
+/// clock once per batch).
+#[allow(clippy::too_many_arguments)]
+pub fn event_at(
+    name: String,
+    qtype: RecordType,
+    outcome: Outcome,
+    upstream_latency: Option<Duration>,
+    client: IpAddr,
+    rcode: ResponseCode,
+    time_ms: u64,
+    latency_us: u32,
+) -> Event {
     Event {
         record: Record {
             time_ms,
@@ -477,7 +506,7 @@ pub fn event(
             qtype,
             outcome,
             rcode,
-            latency_us: u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX),
+            latency_us,
         },
         upstream_latency,
     }

@@ -13,7 +13,7 @@ use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmm
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-use crate::server::Handler;
+use crate::server::{FastState, Handler};
 
 /// Packets taken per system call.
 const BATCH: usize = 32;
@@ -100,18 +100,23 @@ fn answerable(src: &SocketAddr) -> bool {
         }
 }
 
-/// One batch read: lengths and senders.
+/// One batch read: lengths and senders, into `got`.
 fn receive(
     socket: &UdpSocket,
     bufs: &mut [Vec<u8>],
-) -> io::Result<Vec<(usize, Option<SockaddrStorage>)>> {
+    got: &mut Vec<(usize, Option<SockaddrStorage>)>,
+) -> io::Result<()> {
+    got.clear();
     // Made per call: the headers hold raw pointers, so they cannot live across an await
-    // in a task that may move between threads.
-    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(bufs.len(), None);
-    let mut slices: Vec<[IoSliceMut<'_>; 1]> = bufs
-        .iter_mut()
-        .map(|b| [IoSliceMut::new(b.as_mut_slice())])
-        .collect();
+    // in a task that may move between threads. The slices live on the stack: at a few
+    // queries a batch, every allocation of a batch shows in the cost of a query.
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    let mut bufs = bufs.iter_mut();
+    let mut slices: [[IoSliceMut<'_>; 1]; BATCH] = std::array::from_fn(|_| {
+        [IoSliceMut::new(
+            bufs.next().map_or(&mut [][..], Vec::as_mut_slice),
+        )]
+    });
     let results = recvmmsg(
         socket.as_raw_fd(),
         &mut headers,
@@ -120,22 +125,27 @@ fn receive(
         None,
     )
     .map_err(io::Error::from)?;
-    Ok(results.map(|r| (r.bytes, r.address)).collect())
+    got.extend(results.map(|r| (r.bytes, r.address)));
+    Ok(())
 }
 
-/// Sends what it can in one call; returns how many went out.
-fn send_batch(socket: &UdpSocket, answers: &[(Vec<u8>, SockaddrStorage)]) -> io::Result<usize> {
-    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(answers.len(), None);
-    let slices: Vec<[IoSlice<'_>; 1]> = answers
-        .iter()
-        .map(|(b, _)| [IoSlice::new(b.as_slice())])
-        .collect();
-    let addrs: Vec<Option<SockaddrStorage>> = answers.iter().map(|(_, a)| Some(*a)).collect();
+/// Sends what it can of `bufs` (at most [`BATCH`]) to `addrs` in one call; returns how
+/// many went out.
+fn send_batch(
+    socket: &UdpSocket,
+    bufs: &[Vec<u8>],
+    addrs: &[Option<SockaddrStorage>],
+) -> io::Result<usize> {
+    let n = bufs.len().min(addrs.len()).min(BATCH);
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(n, None);
+    let mut bufs = bufs.iter();
+    let slices: [[IoSlice<'_>; 1]; BATCH] =
+        std::array::from_fn(|_| [IoSlice::new(bufs.next().map_or(&[][..], Vec::as_slice))]);
     let sent = sendmmsg(
         socket.as_raw_fd(),
         &mut headers,
-        slices.iter(),
-        &addrs,
+        slices.iter().take(n),
+        addrs.get(..n).unwrap_or_default(),
         [],
         MsgFlags::MSG_DONTWAIT,
     )
@@ -143,26 +153,38 @@ fn send_batch(socket: &UdpSocket, answers: &[(Vec<u8>, SockaddrStorage)]) -> io:
     Ok(sent.count())
 }
 
+/// Answers ready to go out, each to its client.
+#[derive(Debug, Default)]
+struct Outbox {
+    bufs: Vec<Vec<u8>>,
+    /// Always `Some`: the type `sendmmsg` takes, kept beside the answers so that a send
+    /// does not gather them anew.
+    addrs: Vec<Option<SockaddrStorage>>,
+}
+
 /// Serves `socket` until the task is aborted.
 pub async fn serve(socket: Arc<UdpSocket>, handler: Handler) {
     grow_buffers(&*socket);
     let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; MAX_QUERY]).collect();
-    let mut answers: Vec<(Vec<u8>, SockaddrStorage)> = Vec::with_capacity(BATCH);
+    let mut answers = Outbox {
+        bufs: Vec::with_capacity(BATCH),
+        addrs: Vec::with_capacity(BATCH),
+    };
+    let mut got = Vec::with_capacity(BATCH);
     let mut spare: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(512)).collect();
-    let mut name = String::with_capacity(256);
-    let mut log = Vec::new();
+    let mut state = FastState::default();
     let mut spin = 0;
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     loop {
-        let got = if spin > 0 {
+        if spin > 0 {
             // Right after a batch, look again a few times before sleeping on readiness:
             // under a steady stream the next query is usually microseconds away, and going
             // idle costs more than that (on a virtual machine a halted vCPU takes tens of
             // microseconds to wake). Bounded, so an idle server stops polling at once.
             spin -= 1;
-            match receive(&socket, &mut bufs) {
-                Ok(got) if !got.is_empty() => got,
-                Ok(_) => continue,
+            match receive(&socket, &mut bufs, &mut got) {
+                Ok(()) if !got.is_empty() => {}
+                Ok(()) => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     std::hint::spin_loop();
                     continue;
@@ -177,8 +199,8 @@ pub async fn serve(socket: Arc<UdpSocket>, handler: Handler) {
                 tracing::error!(error = %e, "UDP socket failed; no longer listening on it");
                 return;
             }
-            match socket.try_io(Interest::READABLE, || receive(&socket, &mut bufs)) {
-                Ok(got) => got,
+            match socket.try_io(Interest::READABLE, || receive(&socket, &mut bufs, &mut got)) {
+                Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => {
                     // An ICMP error of an earlier answer and the like: the socket lives on.
@@ -186,13 +208,13 @@ pub async fn serve(socket: Arc<UdpSocket>, handler: Handler) {
                     continue;
                 }
             }
-        };
+        }
         spin = SPIN;
         // The polling above skips the readiness future, which is where tokio makes a busy
         // task give way; this keeps the hickory-path tasks and timers running under load.
         tokio::task::consume_budget().await;
         let now = Instant::now();
-        for ((len, from), buf) in got.into_iter().zip(&bufs) {
+        for ((len, from), buf) in got.drain(..).zip(&bufs) {
             let (Some(from), Some(packet)) = (from, buf.get(..len)) else {
                 continue;
             };
@@ -202,9 +224,10 @@ pub async fn serve(socket: Arc<UdpSocket>, handler: Handler) {
             let mut out = spare.pop().unwrap_or_default();
             if handler
                 .0
-                .answer_fast(packet, src, now, &mut out, &mut name, &mut log)
+                .answer_fast(packet, src, now, &mut out, &mut state)
             {
-                answers.push((out, from));
+                answers.bufs.push(out);
+                answers.addrs.push(Some(from));
                 continue;
             }
             spare.push(out);
@@ -221,13 +244,15 @@ pub async fn serve(socket: Arc<UdpSocket>, handler: Handler) {
                 }
             });
         }
-        flush(&socket, &mut answers).await;
+        flush(&socket, &answers).await;
+        state.finish_batch(now);
         if let Some(recorder) = handler.0.recorder()
-            && !log.is_empty()
+            && !state.log.is_empty()
         {
-            recorder.record_batch(std::mem::take(&mut log));
+            recorder.record_batch(std::mem::replace(&mut state.log, Vec::with_capacity(BATCH)));
         }
-        spare.extend(answers.drain(..).map(|(mut b, _)| {
+        answers.addrs.clear();
+        spare.extend(answers.bufs.drain(..).map(|mut b| {
             b.clear();
             b
         }));
@@ -252,11 +277,12 @@ fn take_slot(
 }
 
 /// Sends the batch; what the socket does not take at once is sent one by one as it drains.
-async fn flush(socket: &UdpSocket, answers: &mut [(Vec<u8>, SockaddrStorage)]) {
+async fn flush(socket: &UdpSocket, answers: &Outbox) {
     let mut done = 0;
-    while done < answers.len() {
-        let rest = answers.get(done..).unwrap_or_default();
-        match socket.try_io(Interest::WRITABLE, || send_batch(socket, rest)) {
+    while done < answers.bufs.len() {
+        let bufs = answers.bufs.get(done..).unwrap_or_default();
+        let addrs = answers.addrs.get(done..).unwrap_or_default();
+        match socket.try_io(Interest::WRITABLE, || send_batch(socket, bufs, addrs)) {
             Ok(0) => break,
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -266,7 +292,7 @@ async fn flush(socket: &UdpSocket, answers: &mut [(Vec<u8>, SockaddrStorage)]) {
             }
             Err(e) => {
                 // One bad address fails the call: send that one alone and go on.
-                if let Some((b, a)) = answers.get(done)
+                if let (Some(b), Some(Some(a))) = (answers.bufs.get(done), answers.addrs.get(done))
                     && let Some(to) = socket_addr(a)
                     && let Err(e2) = socket.send_to(b, to).await
                 {

@@ -310,14 +310,13 @@ async fn dnssec_flags_pass_through_both_paths_and_blocked_answers_have_no_ad() {
         let m = Message::from_vec(&h.answer_packet(&p, client()).await.unwrap()).unwrap();
         assert!(m.metadata.authentic_data, "{m:?}");
     }
-    let (mut out, mut name, mut log) = (Vec::new(), String::new(), Vec::new());
+    let (mut out, mut state) = (Vec::new(), dnsd::server::FastState::default());
     assert!(r.answer_fast(
         &p,
         client(),
         std::time::Instant::now(),
         &mut out,
-        &mut name,
-        &mut log
+        &mut state
     ));
     assert!(Message::from_vec(&out).unwrap().metadata.authentic_data);
 
@@ -328,8 +327,7 @@ async fn dnssec_flags_pass_through_both_paths_and_blocked_answers_have_no_ad() {
         client(),
         std::time::Instant::now(),
         &mut out,
-        &mut name,
-        &mut log
+        &mut state
     ));
     assert!(!Message::from_vec(&out).unwrap().metadata.authentic_data);
     // `answer_packet` is the hickory path.

@@ -19,7 +19,7 @@ use std::time::Instant;
 use common::{GATEWAY, ads_lists, resolver_with_ads};
 use dnsd::cache::Key;
 use dnsd::policy::Policy;
-use dnsd::server::{Handler, Resolver};
+use dnsd::server::{FastState, Handler, Resolver};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::{A, CNAME, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
@@ -83,15 +83,13 @@ const STRICT_CLIENT: &str = "127.0.0.2:5353";
 
 fn fast(r: &Resolver, packet: &[u8], client: &str) -> Option<Vec<u8>> {
     let mut out = Vec::new();
-    let mut name = String::new();
     let src: SocketAddr = client.parse().unwrap();
     r.answer_fast(
         packet,
         src,
         Instant::now(),
         &mut out,
-        &mut name,
-        &mut Vec::new(),
+        &mut FastState::default(),
     )
     .then_some(out)
 }
@@ -472,4 +470,116 @@ async fn the_fast_path_answers_under_a_rate_limit_and_leaves_the_excess_to_be_re
     assert_eq!(s.total.load(Relaxed), 4);
     // Another client has its own bucket, on the fast path too.
     assert!(fast(&r, &blocked, STRICT_CLIENT).is_some());
+}
+
+/// Puts an answer for `name` (A) in the cache and asks it through the hickory path until
+/// the fast path keeps a copy.
+async fn cache_for_the_fast_path(r: &Arc<Resolver>, name: &str, client: &str) -> Vec<u8> {
+    let h = Handler(Arc::clone(r));
+    let key = Key::new(
+        &Name::from_ascii(name).unwrap(),
+        RecordType::A,
+        DNSClass::IN,
+        false,
+    );
+    r.cache().insert(
+        key,
+        &upstream_answer(name, RecordType::A, 600),
+        Instant::now(),
+    );
+    let q = query(9, name, RecordType::A, Opt::None, true, false);
+    for _ in 0..=dnsd::cache::PREFETCH_MIN_HITS {
+        if fast(r, &q, client).is_some() {
+            return q;
+        }
+        h.answer_packet(&q, client.parse().unwrap()).await.unwrap();
+    }
+    panic!("the fast path never kept {name}");
+}
+
+fn fast_with(r: &Resolver, packet: &[u8], client: &str, state: &mut FastState) -> Option<Message> {
+    let mut out = Vec::new();
+    r.answer_fast(
+        packet,
+        client.parse().unwrap(),
+        Instant::now(),
+        &mut out,
+        state,
+    )
+    .then(|| Message::from_vec(&out).unwrap())
+}
+
+fn is_blocked(m: &Message) -> bool {
+    m.answers
+        .iter()
+        .any(|a| a.data == RData::A(A::new(0, 0, 0, 0)))
+}
+
+/// A listener remembers the names the policy let through for a client, so that it asks
+/// the policy once per cached name; a new policy (a list refresh, an apply, a resume) or a
+/// new link table makes it ask again, and a block held back by a pause is never
+/// remembered as a pass.
+#[tokio::test]
+async fn passes_remembered_by_a_listener_end_with_the_policy_and_the_pause_they_came_under() {
+    let cfg = config("");
+    let r = resolver(&cfg);
+    let q = cache_for_the_fast_path(&r, "late.fwd.test.", CLIENT).await;
+    let mut state = FastState::default();
+    for _ in 0..3 {
+        let m = fast_with(&r, &q, CLIENT, &mut state).expect("cached");
+        assert!(!is_blocked(&m), "{m:?}");
+    }
+    // A list refresh that adds the name: blocked at the next query.
+    r.swap_policy(Arc::new(
+        Policy::build(&cfg, &ads_lists("ads.test\nlate.fwd.test\n")).unwrap(),
+    ));
+    let m = fast_with(&r, &q, CLIENT, &mut state).expect("blocked");
+    assert!(is_blocked(&m), "the pass outlived the policy: {m:?}");
+
+    // Paused: the cached answer goes out, but the pass is not remembered, so once the
+    // pause ends (no new policy) the name is blocked again.
+    let mut p = Policy::build(&cfg, &ads_lists("late.fwd.test\n")).unwrap();
+    p.pause(None, std::time::Duration::from_millis(300));
+    r.swap_policy(Arc::new(p));
+    let m = fast_with(&r, &q, CLIENT, &mut state).expect("cached while paused");
+    assert!(!is_blocked(&m), "{m:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let m = fast_with(&r, &q, CLIENT, &mut state).expect("blocked");
+    assert!(
+        is_blocked(&m),
+        "a held block was remembered as a pass: {m:?}"
+    );
+}
+
+#[tokio::test]
+async fn passes_remembered_by_a_listener_end_with_the_link_table() {
+    // The group `kids` blocks the name on the link `guest`; the client 10.9.0.50 is on
+    // that link only once the table says that guest is 10.9.0.0/24.
+    let with_guest = |net: &str| {
+        appliance::load_str(&format!(
+            r#"{GATEWAY}[interfaces.guest]
+device = "eth2"
+addresses = ["{net}"]
+[dns]
+upstreams = []
+[dns.groups.kids]
+interfaces = ["guest"]
+deny = ["late.fwd.test"]
+"#
+        ))
+        .unwrap()
+    };
+    let (before, after) = (with_guest("10.8.0.1/24"), with_guest("10.9.0.1/24"));
+    let r = Arc::new(Resolver::new(
+        &before,
+        Arc::new(Policy::build(&before, &dnsd::policy::Lists::new()).unwrap()),
+    ));
+    let client = "10.9.0.50:5353";
+    let q = cache_for_the_fast_path(&r, "late.fwd.test.", client).await;
+    let mut state = FastState::default();
+    let m = fast_with(&r, &q, client, &mut state).expect("cached");
+    assert!(!is_blocked(&m), "{m:?}");
+    r.reload_tables(&after);
+    let m = fast_with(&r, &q, client, &mut state).expect("blocked");
+    assert!(is_blocked(&m), "the pass outlived the link table: {m:?}");
 }
