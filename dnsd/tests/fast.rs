@@ -294,17 +294,7 @@ async fn answers_with_a_cname_stay_on_the_hickory_path() {
     let r = resolver(&config(""));
     let h = Handler(Arc::clone(&r));
     let name = "alias.fwd.test.";
-    let key = Key::new(
-        &Name::from_ascii(name).unwrap(),
-        RecordType::A,
-        DNSClass::IN,
-        false,
-    );
-    r.cache().insert(
-        key,
-        &upstream_answer(name, RecordType::A, 600),
-        Instant::now(),
-    );
+    cache_a(&r, name);
     let q = query(7, name, RecordType::A, Opt::None, true, false);
     for _ in 0..2 * dnsd::cache::PREFETCH_MIN_HITS {
         assert!(fast(&r, &q, CLIENT).is_none());
@@ -472,10 +462,8 @@ async fn the_fast_path_answers_under_a_rate_limit_and_leaves_the_excess_to_be_re
     assert!(fast(&r, &blocked, STRICT_CLIENT).is_some());
 }
 
-/// Puts an answer for `name` (A) in the cache and asks it through the hickory path until
-/// the fast path keeps a copy.
-async fn cache_for_the_fast_path(r: &Arc<Resolver>, name: &str, client: &str) -> Vec<u8> {
-    let h = Handler(Arc::clone(r));
+/// Puts the upstream's A answer for `name` in the cache.
+fn cache_a(r: &Resolver, name: &str) {
     let key = Key::new(
         &Name::from_ascii(name).unwrap(),
         RecordType::A,
@@ -487,6 +475,13 @@ async fn cache_for_the_fast_path(r: &Arc<Resolver>, name: &str, client: &str) ->
         &upstream_answer(name, RecordType::A, 600),
         Instant::now(),
     );
+}
+
+/// Puts an answer for `name` (A) in the cache and asks it through the hickory path until
+/// the fast path keeps a copy.
+async fn cache_for_the_fast_path(r: &Arc<Resolver>, name: &str, client: &str) -> Vec<u8> {
+    let h = Handler(Arc::clone(r));
+    cache_a(r, name);
     let q = query(9, name, RecordType::A, Opt::None, true, false);
     for _ in 0..=dnsd::cache::PREFETCH_MIN_HITS {
         if fast(r, &q, client).is_some() {
