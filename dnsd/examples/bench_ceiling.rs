@@ -8,7 +8,10 @@
 //! datagram in and put one out on loopback, and that cost is paid by every server the
 //! bench measures. Its queries per second and answers per CPU second are therefore the
 //! most any server can reach on that core, which bounds the ratios the bench can show
-//! (see dnsd/README.md, "The kernel's floor").
+//! (see dnsd/README.md, "Benchmarks", and its run 9).
+//!
+//! One socket of one address family: the receive headers are kept across calls, which
+//! `recvmmsg` allows as long as every sender's address has the same length.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::net::UdpSocket;

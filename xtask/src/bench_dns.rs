@@ -1631,7 +1631,7 @@ fn report(
             "qps",
         ));
     }
-    for s in ["dnsd", "dnsmasq", "unbound"] {
+    for s in servers {
         lines.push((
             format!("cached_qps_vs_ceiling_{s}"),
             format!("{:.2}", ratio(peak(s, Set::Cached), ceiling_qps)),
