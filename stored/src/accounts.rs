@@ -282,6 +282,18 @@ impl Accounts {
         Ok(ours)
     }
 
+    /// Every name stored has given a uid (configured now or not), and the names of `users`,
+    /// which the next [`Self::converge`] gives one: the NAS users whose Samba entries are
+    /// stored's own.
+    pub fn names_with(
+        &self,
+        users: &BTreeMap<Name, NasUser>,
+    ) -> Result<BTreeSet<String>, AccountError> {
+        let mut names: BTreeSet<String> = self.read_map()?.users.into_keys().collect();
+        names.extend(users.keys().map(|n| n.as_str().to_owned()));
+        Ok(names)
+    }
+
     /// What [`Self::converge`] would change; writes nothing.
     pub fn plan(
         &self,

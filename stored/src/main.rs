@@ -279,6 +279,7 @@ fn share(command: ShareCommand) -> Result<(), Failure> {
     let mut os = shares::RealShareOs;
     // Samba needs the users' Unix accounts: made first on apply, only shown on plan.
     let accounts = stored::accounts::Accounts::system();
+    let nas_users = accounts.names_with(&config.storage.users)?;
     let account_actions = if apply {
         accounts.converge(&config.storage.users)?
     } else {
@@ -305,8 +306,14 @@ fn share(command: ShareCommand) -> Result<(), Failure> {
         }
         e
     };
-    let plan = shares::plan_after_accounts(&os, &config.shares, &config.storage.users, &created)
-        .map_err(undo_accounts)?;
+    let plan = shares::plan_after_accounts(
+        &os,
+        &config.shares,
+        &config.storage.users,
+        &created,
+        &nas_users,
+    )
+    .map_err(undo_accounts)?;
     for user in &plan.unmanaged_smb_users {
         println!("left alone: SMB user {user} (not in the config)");
     }

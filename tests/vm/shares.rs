@@ -1,6 +1,8 @@
 //! NFS and SMB shares made by `stored share apply` on real ZFS, kernel nfsd and Samba, in one
 //! boot: an NFS client in a network namespace of the guest (a veth pair), smbclient as a
-//! user of the config (its password set through pdbedit, then changed), a reload while
+//! user of the config (its password set through pdbedit, then changed, and a change put
+//! back when a later user's pdbedit fails; users leaving the config leave Samba's database
+//! too), a reload while
 //! clients write (NFS, SMB sessions opened one after another, and one SMB session held
 //! across the reload), and a refused share. The NAS user's Unix account is stored's (a systemd
 //! user record under /run/userdb, its uid kept on /data), made by the apply, taken back when
@@ -217,6 +219,61 @@ fn stored_shares_datasets_over_nfs_and_smb_and_reloads_under_a_writing_client() 
     vm.sh("printf 'alice pw 1\\n' > /data/secrets/alice.smb");
     g.ok(&format!("share apply --config {cfg}"));
 
+    // bob joins with an SMB password; then both passwords change and bob's pdbedit fails
+    // (a wrapper ahead of the real one in PATH): alice's change, done first, is taken back
+    // with her old NT hash, so her old password works again and the new one does not.
+    vm.sh("printf 'bob pw 1\\n' > /data/secrets/bob.smb && chmod 600 /data/secrets/bob.smb");
+    let with_bob = g.config(
+        "shares-bob",
+        &format!("{base}\n[storage.users.bob]\nsmb_password_file = \"/data/secrets/bob.smb\"\n"),
+    );
+    let added = g.ok(&format!("share apply --config {with_bob}"));
+    assert!(added.contains("done: add SMB user bob"), "{added}");
+    let wrapper = vm.dir.join("pdbedit-failing-for-bob");
+    fs::write(
+        &wrapper,
+        "#!/bin/sh\n[ \"$*\" = '-a -t -u bob' ] && { echo injected failure >&2; exit 1; }\n\
+         exec /usr/bin/pdbedit \"$@\"\n",
+    )
+    .unwrap();
+    vm.sh("mkdir -p /tmp/failing");
+    vm.copy_in(&wrapper, "/tmp/failing/pdbedit");
+    vm.sh(
+        "chmod 755 /tmp/failing/pdbedit && printf 'alice pw 3\\n' > /data/secrets/alice.smb && \
+         printf 'bob pw 2\\n' > /data/secrets/bob.smb",
+    );
+    let failed = vm.ssh(&format!(
+        "PATH=/tmp/failing:$PATH {} share apply --config {with_bob}",
+        g.bin
+    ));
+    let failed_err = String::from_utf8_lossy(&failed.stderr);
+    eprintln!("share apply with bob's pdbedit failing:\n{failed_err}");
+    assert_eq!(failed.status.code(), Some(1), "{failed_err}");
+    assert!(
+        failed_err.contains("cannot set the SMB password of bob")
+            && failed_err.contains("the steps done were undone"),
+        "{failed_err}"
+    );
+    let restored = vm.ssh("smbclient //127.0.0.1/media -U 'alice%alice pw 1' -c ls");
+    assert!(
+        restored.status.success(),
+        "alice's old password was not put back: {}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    let new = vm.ssh("smbclient //127.0.0.1/media -U 'alice%alice pw 3' -c ls");
+    assert!(!new.status.success(), "the undone password still got in");
+
+    // bob leaves the config: his Unix account goes, and so does his entry in Samba's
+    // database, which a later account of the same name would otherwise log in with.
+    vm.sh("printf 'alice pw 1\\n' > /data/secrets/alice.smb");
+    let left = g.ok(&format!("share apply --config {cfg}"));
+    assert!(left.contains("done: remove Unix account bob"), "{left}");
+    assert!(
+        left.contains("done: remove SMB user bob (the config gives it no SMB password)"),
+        "{left}"
+    );
+    assert_eq!(vm.sh("pdbedit -L").trim(), "alice:2000:NAS user alice");
+
     // A reload (another share added) while the NFS client and an SMB session write in a loop:
     // no write may fail. Both stop once /run/writers.stop exists (a local file: the NFS
     // client would see one on the share only after its attribute cache expires).
@@ -353,6 +410,8 @@ fn stored_shares_datasets_over_nfs_and_smb_and_reloads_under_a_writing_client() 
         removed.contains("done: remove Unix account alice (uid 2000"),
         "{removed}"
     );
+    assert!(removed.contains("done: remove SMB user alice"), "{removed}");
+    assert_eq!(vm.sh("pdbedit -L").trim(), "");
     assert_eq!(vm.ssh("getent passwd alice").status.code(), Some(2));
     assert_eq!(vm.sh("stat -c %u /mnt/tank/media/smb.txt").trim(), "2000");
     assert!(

@@ -293,6 +293,10 @@ where
             .iter()
             .map(|a| format!("storage: {a}"))
             .collect();
+        let nas_users = inner
+            .accounts
+            .names_with(&cfg.storage.users)
+            .map_err(account_err)?;
         let accounts = inner
             .accounts
             .plan(&cfg.storage.users)
@@ -311,6 +315,7 @@ where
                 &cfg.shares,
                 &cfg.storage.users,
                 &created,
+                &nas_users,
             ) {
                 Ok(p) => actions.extend(p.actions.iter().map(|a| format!("shares: {a}"))),
                 // Datasets the plan creates are not mounted yet: say so rather than refuse.
@@ -487,6 +492,10 @@ where
             },
         })?;
         let mut actions: Vec<String> = done.iter().map(|a| format!("storage: {a}")).collect();
+        let nas_users = inner
+            .accounts
+            .names_with(&cfg.storage.users)
+            .map_err(account_err)?;
         // Before the shares: Samba needs the Unix account of every user it is given.
         let accounts = inner
             .accounts
@@ -494,8 +503,13 @@ where
             .map_err(account_err)?;
         actions.extend(accounts.iter().map(|a| format!("accounts: {a}")));
         if shares_in_use(cfg, &inner.shares)? {
-            let done = shares::converge(&mut inner.shares, &cfg.shares, &cfg.storage.users)
-                .map_err(|e| {
+            let done = shares::converge(
+                &mut inner.shares,
+                &cfg.shares,
+                &cfg.storage.users,
+                &nas_users,
+            )
+            .map_err(|e| {
                     // The accounts belong to the shares' transaction: a failed share step
                     // leaves /run/userdb as before, as the shares' undo leaves Samba's.
                     let not_undone = inner.accounts.undo(&accounts);

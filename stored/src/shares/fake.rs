@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::os::{MountState, OsError, Password, ShareOs, UnixIds};
+use super::os::{MountState, NtHash, OsError, Password, ShareOs, UnixIds};
 use appliance::command::{CommandError, CommandFailure};
 
 #[derive(Debug, Default)]
@@ -18,7 +18,7 @@ pub struct FakeShareOs {
     pub smb: BTreeMap<String, String>,
     pub secrets: BTreeMap<String, Password>,
     /// Every change made, in order: `write PATH`, `exportfs -ra`, `reload smbd`,
-    /// `set password USER`, `remove USER`, `chown PATH UID:GID`.
+    /// `set password USER`, `remove USER`, `restore USER`, `chown PATH UID:GID`.
     pub log: Vec<String>,
     /// A change whose log entry equals this fails (once).
     pub fail: Option<String>,
@@ -108,6 +108,19 @@ impl ShareOs for FakeShareOs {
     fn remove_smb_user(&mut self, user: &str) -> Result<(), OsError> {
         self.change(format!("remove {user}"))?;
         self.smb.remove(user);
+        Ok(())
+    }
+    fn restore_smb_user(&mut self, user: &str, nt_hash: &NtHash, add: bool) -> Result<(), OsError> {
+        // The real pdbedit adds only a user that is not there, and changes only one that is.
+        if add == self.smb.contains_key(user) {
+            return Err(OsError::Io {
+                path: user.to_owned(),
+                source: std::io::Error::other(format!("restore with add={add}")),
+            });
+        }
+        self.change(format!("restore {user}"))?;
+        self.smb
+            .insert(user.to_owned(), nt_hash.as_str().to_owned());
         Ok(())
     }
     fn read_secret(&self, path: &str) -> Result<Password, OsError> {

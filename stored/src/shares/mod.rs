@@ -19,8 +19,8 @@ use appliance::types::Name;
 
 pub use fake::FakeShareOs;
 pub use os::{
-    EXPORTS_FILE, MountState, NFS_STATE_DIR, OsError, Password, PasswordFailure, RealShareOs,
-    SMB_INCLUDE_FILE, ShareOs, UnixIds,
+    EXPORTS_FILE, MountState, NFS_STATE_DIR, NtHash, OsError, Password, PasswordFailure,
+    RealShareOs, SMB_INCLUDE_FILE, ShareOs, UnixIds,
 };
 
 /// What the OS holds now, as far as shares go.
@@ -32,6 +32,9 @@ pub struct Observed {
     pub smb_include: Option<String>,
     /// Samba's users and their NT hashes.
     pub smb_users: BTreeMap<String, String>,
+    /// Every name stored has given a Unix account (its uid map, so also users since
+    /// removed): Samba users among them are stored's to remove, the others are left alone.
+    pub nas_users: BTreeSet<String>,
     /// Users of the config that have a Unix account (or will have, see
     /// [`plan_after_accounts`]).
     pub unix_users: BTreeSet<String>,
@@ -141,6 +144,11 @@ pub enum Action {
         user: String,
         new: bool,
     },
+    /// Take a NAS user out of Samba's database: the config no longer gives it an SMB
+    /// password (or no longer names it).
+    RemoveSmbUser {
+        user: String,
+    },
     WriteFile {
         path: String,
         contents: String,
@@ -166,6 +174,10 @@ impl fmt::Display for Action {
             Self::SetSmbPassword { user, new: false } => {
                 write!(f, "change the SMB password of {user}")
             }
+            Self::RemoveSmbUser { user } => write!(
+                f,
+                "remove SMB user {user} (the config gives it no SMB password)"
+            ),
             Self::WriteFile { path, .. } => write!(f, "write {path}"),
             Self::ReloadSmb => f.write_str("reload smbd (smbcontrol smbd reload-config)"),
             Self::ReloadNfs => f.write_str("reload NFS exports (exportfs -ra)"),
@@ -192,6 +204,9 @@ pub struct Plan {
     pub actions: Vec<Action>,
     /// Passwords of the users in `SetSmbPassword` actions.
     pub passwords: BTreeMap<String, Password>,
+    /// The NT hashes Samba holds now for the users whose password is changed or who are
+    /// removed, for the undo.
+    pub old_hashes: BTreeMap<String, NtHash>,
     /// The files' contents before, for the undo.
     pub previous: BTreeMap<String, Option<String>>,
     /// Samba users the config does not name: left alone.
@@ -302,9 +317,11 @@ pub fn plan(
             });
         }
     }
-    // New users first (the shares may name them), password changes last: a changed
-    // password is the one step the undo cannot take back (only its hash was known), so
-    // nothing that can fail comes after it but the other changes.
+    // New users first (the shares may name them); password changes and removals last, once
+    // the shares that stop naming a user are in force. Their undo puts the old NT hash
+    // back, which needs the user's Unix account: a removed user's goes before the shares
+    // step and comes back only after the shares' undo, so nothing that can fail but
+    // other changes and removals comes after them.
     let mut changes = Vec::new();
     for (name, user) in users {
         let name = name.as_str();
@@ -324,10 +341,14 @@ pub fn plan(
                         user: name.to_owned(),
                         new: current.is_none(),
                     };
-                    if current.is_none() {
-                        plan.actions.push(action);
-                    } else {
-                        changes.push(action);
+                    match current {
+                        None => plan.actions.push(action),
+                        Some(old) => {
+                            if let Ok(old) = NtHash::try_from(old.as_str()) {
+                                plan.old_hashes.insert(name.to_owned(), old);
+                            }
+                            changes.push(action);
+                        }
                     }
                     plan.passwords.insert(name.to_owned(), pw.clone());
                 }
@@ -345,12 +366,20 @@ pub fn plan(
     if !errors.is_empty() {
         return Err(errors);
     }
-    plan.unmanaged_smb_users = observed
-        .smb_users
-        .keys()
-        .filter(|u| !users.keys().any(|n| n.as_str() == u.as_str()))
-        .cloned()
-        .collect();
+    for (user, hash) in &observed.smb_users {
+        let configured = users.iter().find(|(n, _)| n.as_str() == user.as_str());
+        match configured {
+            Some((_, u)) if u.smb_password_file.is_some() => {}
+            _ if observed.nas_users.contains(user) => {
+                if let Ok(old) = NtHash::try_from(hash.as_str()) {
+                    plan.old_hashes.insert(user.clone(), old);
+                }
+                changes.push(Action::RemoveSmbUser { user: user.clone() });
+            }
+            Some(_) => {}
+            None => plan.unmanaged_smb_users.push(user.clone()),
+        }
+    }
     plan.actions.extend(chowns);
 
     let smb = render::smb_include(shares, &paths);
@@ -399,9 +428,8 @@ fn undo_note(not_undone: &[String]) -> String {
 }
 
 /// Makes the plan's changes in order. When one fails, the files written are put back (and
-/// the services reloaded), users added are removed and share roots get their old owners;
-/// a changed password cannot be put back, since only its hash was known (changes are the
-/// plan's last steps for that reason).
+/// the services reloaded), users added are removed, changed and removed users get their
+/// old NT hash back, and share roots get their old owners.
 pub fn apply(os: &mut impl ShareOs, plan: &Plan) -> Result<Vec<Action>, ApplyError> {
     let mut done: Vec<&Action> = Vec::new();
     for action in &plan.actions {
@@ -410,6 +438,7 @@ pub fn apply(os: &mut impl ShareOs, plan: &Plan) -> Result<Vec<Action>, ApplyErr
                 Some(pw) => os.set_smb_password(user, pw),
                 None => Ok(()),
             },
+            Action::RemoveSmbUser { user } => os.remove_smb_user(user),
             Action::WriteFile { path, contents } => os.write_file(path, contents),
             Action::ReloadSmb => os.reload_smb(),
             Action::ReloadNfs => os.reload_nfs(),
@@ -460,9 +489,23 @@ fn undo(os: &mut impl ShareOs, plan: &Plan, done: &[&Action], failed: &Action) -
                     not_undone.push(format!("SMB user {user} stays ({e})"));
                 }
             }
-            Action::SetSmbPassword { user, new: false } => {
-                if done.contains(&action) {
-                    not_undone.push(format!("the SMB password of {user} stays changed"));
+            Action::SetSmbPassword { user, new: false } | Action::RemoveSmbUser { user } => {
+                if !done.contains(&action) {
+                    continue;
+                }
+                let removed = matches!(action, Action::RemoveSmbUser { .. });
+                let stays = if removed {
+                    format!("SMB user {user} stays removed")
+                } else {
+                    format!("the SMB password of {user} stays changed")
+                };
+                match plan.old_hashes.get(user) {
+                    Some(old) => {
+                        if let Err(e) = os.restore_smb_user(user, old, removed) {
+                            not_undone.push(format!("{stays} ({e})"));
+                        }
+                    }
+                    None => not_undone.push(format!("{stays} (Samba held no NT hash for it)")),
                 }
             }
             Action::WriteFile { path, .. } => {
@@ -522,13 +565,15 @@ fn list(errors: &[PlanError]) -> String {
         .join("\n")
 }
 
-/// Observes and plans.
+/// Observes and plans. `nas_users` are the names stored has given Unix accounts
+/// ([`crate::accounts::Accounts::names`]).
 pub fn plan_on(
     os: &impl ShareOs,
     shares: &BTreeMap<Name, Share>,
     users: &BTreeMap<Name, NasUser>,
+    nas_users: &BTreeSet<String>,
 ) -> Result<Plan, ShareError> {
-    plan_after_accounts(os, shares, users, &BTreeSet::new())
+    plan_after_accounts(os, shares, users, &BTreeSet::new(), nas_users)
 }
 
 /// [`plan_on`] as it will be once the Unix accounts of `accounts` exist (a plan shown
@@ -538,9 +583,11 @@ pub fn plan_after_accounts(
     shares: &BTreeMap<Name, Share>,
     users: &BTreeMap<Name, NasUser>,
     accounts: &BTreeSet<String>,
+    nas_users: &BTreeSet<String>,
 ) -> Result<Plan, ShareError> {
     let mut observed = observe(os, shares, users)?;
     observed.unix_users.extend(accounts.iter().cloned());
+    observed.nas_users.clone_from(nas_users);
     plan(shares, users, &observed).map_err(ShareError::Refused)
 }
 
@@ -549,8 +596,9 @@ pub fn converge(
     os: &mut impl ShareOs,
     shares: &BTreeMap<Name, Share>,
     users: &BTreeMap<Name, NasUser>,
+    nas_users: &BTreeSet<String>,
 ) -> Result<Vec<Action>, ShareError> {
-    let plan = plan_on(os, shares, users)?;
+    let plan = plan_on(os, shares, users, nas_users)?;
     Ok(apply(os, &plan)?)
 }
 

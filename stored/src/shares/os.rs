@@ -53,6 +53,34 @@ impl Password {
     }
 }
 
+/// An NT hash as `pdbedit -w` prints it: 32 hex digits. Checked, since the undo passes it
+/// to pdbedit as an argument.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NtHash(String);
+
+impl NtHash {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<&str> for NtHash {
+    type Error = String;
+    fn try_from(s: &str) -> Result<Self, String> {
+        if s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(Self(s.to_ascii_uppercase()))
+        } else {
+            Err(format!("not an NT hash: {} characters", s.len()))
+        }
+    }
+}
+
+impl fmt::Debug for NtHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NtHash(..)")
+    }
+}
+
 impl fmt::Debug for Password {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Password(..)")
@@ -181,6 +209,9 @@ pub trait ShareOs {
     fn set_smb_password(&mut self, user: &str, password: &Password) -> Result<(), OsError>;
     /// Removes `user` from Samba's database.
     fn remove_smb_user(&mut self, user: &str) -> Result<(), OsError>;
+    /// Puts back a password Samba held, by its NT hash (the undo of a change or a removal):
+    /// `add` when the user is no longer in the database.
+    fn restore_smb_user(&mut self, user: &str, nt_hash: &NtHash, add: bool) -> Result<(), OsError>;
     /// The password in a secret file (mode 0600, one line).
     fn read_secret(&self, path: &str) -> Result<Password, OsError>;
 }
@@ -369,6 +400,37 @@ impl ShareOs for RealShareOs {
 
     fn remove_smb_user(&mut self, user: &str) -> Result<(), OsError> {
         run(&["pdbedit", "-x", "-u", user], None)?;
+        Ok(())
+    }
+
+    fn restore_smb_user(&mut self, user: &str, nt_hash: &NtHash, add: bool) -> Result<(), OsError> {
+        if add {
+            // pdbedit adds a user only with a password: a random one, replaced at once.
+            let mut bytes = [0u8; 24];
+            let urandom = Path::new("/dev/urandom");
+            io::Read::read_exact(
+                &mut File::open(urandom).map_err(io_err(urandom))?,
+                &mut bytes,
+            )
+            .map_err(io_err(urandom))?;
+            let throwaway = Password::new(hex::encode(bytes));
+            run_with_password(&["pdbedit", "-a", "-t", "-u", user], user, &throwaway)?;
+        }
+        // pdbedit takes a hash only in argv. It is there while this undo runs, readable
+        // in /proc by local processes: the box has none that are not root or a system
+        // service (NAS users' accounts have no shell), and the hash is only restored, never
+        // a new secret.
+        run(
+            &[
+                "pdbedit",
+                "-r",
+                "-u",
+                user,
+                "--set-nt-hash",
+                nt_hash.as_str(),
+            ],
+            None,
+        )?;
         Ok(())
     }
 

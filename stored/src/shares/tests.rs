@@ -40,8 +40,135 @@ fn os() -> FakeShareOs {
         .user("bob", "/data/secrets/bob.smb", "bob pw")
 }
 
+/// As the daemon converges: the config's users are NAS users stored has given accounts.
 fn converge_on(os: &mut FakeShareOs, c: &Config) -> Result<Vec<Action>, ShareError> {
-    converge(os, &c.shares, &c.storage.users)
+    converge(os, &c.shares, &c.storage.users, &names(c, &[]))
+}
+
+/// The config's user names and `former` ones (removed from the config, still in the uid map).
+fn names(c: &Config, former: &[&str]) -> BTreeSet<String> {
+    c.storage
+        .users
+        .keys()
+        .map(|n| n.as_str().to_owned())
+        .chain(former.iter().map(|&n| n.to_owned()))
+        .collect()
+}
+
+/// CONFIG with only the guest share and no SMB user left: `users` are its `[storage.users]`
+/// tables, written out.
+fn without_smb_users(users: &str) -> Config {
+    config(&format!(
+        "version = 1
+
+[storage.pools.tank]
+vdevs = [{{ layout = \"single\", disks = [\"/dev/disk/by-id/virtio-a\"] }}]
+
+{users}
+[shares.docs]
+dataset = \"tank/docs\"
+smb = {{ guest = true }}
+"
+    ))
+}
+
+#[test]
+fn a_failed_later_password_change_puts_the_earlier_one_back() {
+    let c = config(CONFIG);
+    let mut os = os();
+    converge_on(&mut os, &c).unwrap();
+    let before = os.smb.clone();
+    for (user, pw) in [("alice", "alice pw 2"), ("bob", "bob pw 2")] {
+        os.secrets.insert(
+            format!("/data/secrets/{user}.smb"),
+            Password::new(pw.into()),
+        );
+    }
+    os.log.clear();
+    os.fail = Some("set password bob".into());
+    let err = converge_on(&mut os, &c).unwrap_err();
+    let ShareError::Apply(e) = &err else {
+        panic!("{err}")
+    };
+    assert!(e.not_undone.is_empty(), "{err}");
+    assert!(
+        err.to_string().ends_with("the steps done were undone"),
+        "{err}"
+    );
+    assert_eq!(os.log, ["set password alice", "restore alice"]);
+    assert_eq!(os.smb, before, "alice's old password is not back");
+
+    converge_on(&mut os, &c).unwrap();
+    assert_eq!(
+        os.smb["alice"],
+        Password::new("alice pw 2".into()).nt_hash()
+    );
+}
+
+#[test]
+fn nas_users_the_config_gives_no_smb_password_leave_samba_and_a_failure_brings_them_back() {
+    let c = config(CONFIG);
+    let mut os = os();
+    converge_on(&mut os, &c).unwrap();
+    let before = os.smb.clone();
+    os.smb.insert("carol".into(), "0".repeat(32));
+
+    // alice stays a NAS user without an SMB password, bob leaves the config, carol was
+    // never stored's: alice and bob go, carol stays.
+    let next = without_smb_users(
+        "[storage.users.alice]
+",
+    );
+    let plan = plan_on(
+        &os,
+        &next.shares,
+        &next.storage.users,
+        &names(&next, &["bob"]),
+    )
+    .unwrap();
+    let tail: Vec<String> = plan
+        .actions
+        .iter()
+        .rev()
+        .take(2)
+        .rev()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            "remove SMB user alice (the config gives it no SMB password)",
+            "remove SMB user bob (the config gives it no SMB password)",
+        ]
+    );
+    assert_eq!(plan.unmanaged_smb_users, ["carol"]);
+
+    // The second removal fails: the first user comes back with its old password.
+    os.fail = Some("remove bob".into());
+    os.log.clear();
+    let err = apply(&mut os, &plan).unwrap_err();
+    assert!(err.not_undone.is_empty(), "{err}");
+    assert!(os.log.contains(&"restore alice".to_owned()), "{:?}", os.log);
+    assert_eq!(os.smb["alice"], before["alice"]);
+    assert_eq!(os.smb["bob"], before["bob"]);
+
+    apply(&mut os, &plan).unwrap();
+    assert_eq!(os.smb.keys().collect::<Vec<_>>(), ["carol"]);
+    let again = plan_on(
+        &os,
+        &next.shares,
+        &next.storage.users,
+        &names(&next, &["bob"]),
+    )
+    .unwrap();
+    assert!(
+        !again
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::RemoveSmbUser { .. })),
+        "{:?}",
+        again.actions
+    );
 }
 
 #[test]
@@ -102,7 +229,7 @@ fn a_changed_password_is_set_again_and_nothing_else_moves() {
         "/data/secrets/bob.smb".into(),
         Password::new("new bob pw".into()),
     );
-    let plan = plan_on(&os, &c.shares, &c.storage.users).unwrap();
+    let plan = plan_on(&os, &c.shares, &c.storage.users, &BTreeSet::new()).unwrap();
     assert_eq!(
         plan.actions,
         [Action::SetSmbPassword {
@@ -208,7 +335,7 @@ fn samba_users_the_config_does_not_name_are_left_alone() {
     let c = config(CONFIG);
     let mut os = os();
     os.smb.insert("carol".into(), "0".repeat(32));
-    let plan = plan_on(&os, &c.shares, &c.storage.users).unwrap();
+    let plan = plan_on(&os, &c.shares, &c.storage.users, &BTreeSet::new()).unwrap();
     assert_eq!(plan.unmanaged_smb_users, ["carol"]);
     apply(&mut os, &plan).unwrap();
     assert!(os.smb.contains_key("carol"));
@@ -235,7 +362,7 @@ fn an_owner_gets_the_share_root_and_a_failed_step_gives_it_back() {
     let c = config(&text);
     let mut os = os().mounted("tank/alice", "/mnt/tank/alice");
     let alice = os.unix_users["alice"];
-    let plan = plan_on(&os, &c.shares, &c.storage.users).unwrap();
+    let plan = plan_on(&os, &c.shares, &c.storage.users, &BTreeSet::new()).unwrap();
     assert!(
         plan.actions.contains(&Action::Chown {
             share: "alices".into(),
@@ -295,6 +422,7 @@ fn an_owner_needs_a_unix_account() {
         &c.shares,
         &c.storage.users,
         &BTreeSet::from(["carol".to_owned()]),
+        &BTreeSet::new(),
     )
     .unwrap();
     let shown: Vec<String> = plan.actions.iter().map(ToString::to_string).collect();
@@ -349,7 +477,7 @@ fn password_changes_come_last_so_a_failed_reload_changed_none() {
         os.log
     );
     assert_eq!(os.smb["bob"], Password::new("bob pw".into()).nt_hash());
-    let plan = plan_on(&os, &next.shares, &next.storage.users).unwrap();
+    let plan = plan_on(&os, &next.shares, &next.storage.users, &BTreeSet::new()).unwrap();
     assert_eq!(
         plan.actions.last(),
         Some(&Action::SetSmbPassword {
