@@ -24,6 +24,7 @@ vdevs = [{ layout = "single", disks = ["DISK"] }]
 [storage.datasets."tank/media"]
 [storage.datasets."tank/docs"]
 [storage.datasets."tank/off"]
+[storage.datasets."tank/pub"]
 
 [storage.users.alice]
 smb_password_file = "/data/secrets/alice.smb"
@@ -33,6 +34,10 @@ dataset = "tank/media"
 owner = "alice"
 nfs = { root_squash = false, clients = [{ network = "10.99.0.0/24" }] }
 smb = { users = ["alice"] }
+
+[shares.pub]
+dataset = "tank/pub"
+nfs = { clients = [{ network = "10.99.0.0/24" }] }
 "#;
 
 /// A second share, added while a client writes to the first.
@@ -188,6 +193,37 @@ fn stored_shares_datasets_over_nfs_and_smb_and_reloads_under_a_writing_client() 
     ));
     assert_eq!(nfs.trim(), "over-nfs");
     assert_eq!(vm.sh("cat /mnt/tank/media/nfs.txt").trim(), "over-nfs");
+
+    // The default root_squash: the client's root writes as nobody where everyone may write
+    // (a share root of mode 1777), and nowhere else.
+    vm.sh("chmod 1777 /mnt/tank/pub");
+    let squashed = vm.ssh(&format!(
+        "{CLIENT} sh -c 'mount -t nfs4 10.99.0.1:/mnt/tank/pub /run/nfs-client || exit 9; \
+         echo squashed > /run/nfs-client/root.txt; echo create=$?; \
+         stat -c %u:%g /run/nfs-client/root.txt; \
+         mkdir /run/nfs-client/d && echo mkdir=$?; umount /run/nfs-client'"
+    ));
+    let squashed_out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&squashed.stdout),
+        String::from_utf8_lossy(&squashed.stderr)
+    );
+    eprintln!("root_squash over NFS:\n{squashed_out}");
+    if !squashed_out.contains("create=0") {
+        eprintln!(
+            "{}",
+            vm.sh(
+                "exportfs -v; ls -lan /mnt/tank/pub; zfs get -H acltype,aclmode,xattr tank/pub; \
+                 sysctl fs.protected_regular fs.protected_fifos; getent passwd 65534; \
+                 dmesg | tail -20"
+            )
+        );
+    }
+    assert!(squashed_out.contains("create=0"), "{squashed_out}");
+    assert_eq!(
+        vm.sh("stat -c %u:%g /mnt/tank/pub/root.txt").trim(),
+        "65534:65534"
+    );
 
     // SMB as alice: read what NFS wrote, write a file.
     let smb = vm.sh(
