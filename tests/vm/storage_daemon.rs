@@ -9,7 +9,7 @@
 //! - a snapshot policy with `frequently` every `1m` (the scheduler's own minute ticks, no
 //!   test clock) takes snapshots on schedule and prunes them;
 //! - one dataset is served over NFS (mounted from a client network namespace) and SMB
-//!   (smbclient as the config's user);
+//!   (smbclient as the config's user), its root chowned to its `owner` by the service;
 //! - a replication job (mutual TLS, `bandwidth_limit`, checked not exceeded) pushes to a
 //!   second stored listener (`stored receive`) in another network namespace of the same
 //!   guest, into a second pool on the fourth disk: first on the daemon's own schedule,
@@ -148,6 +148,7 @@ smb_password_file = "/data/secrets/alice.smb"
 
 [shares.files]
 dataset = "tank/share"
+owner = "alice"
 nfs = {{ clients = [{{ network = "10.78.0.0/24", options = ["rw", "sync", "no_root_squash", "no_subtree_check"] }}] }}
 smb = {{ users = ["alice"] }}
 
@@ -253,6 +254,9 @@ fn stored_service_runs_pools_policies_shares_and_replication_from_an_applied_con
     assert_eq!(status["generation"], report["active"], "{status:#}");
     assert!(status["last_error"].is_null(), "{status:#}");
 
+    // The share's root is its owner's: chowned by stored.service, whose unit grants
+    // CAP_CHOWN and little else.
+    assert_eq!(vm.sh("stat -c %U:%G /mnt/tank/share").trim(), "alice:alice");
     // NFS from a client namespace; SMB as alice.
     vm.sh("chmod 1777 /mnt/tank/share");
     vm.netns("nfsc", "10.78.0.2/24", Outside::Address("10.78.0.1/24"));
