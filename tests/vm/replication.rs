@@ -84,6 +84,22 @@ impl Guest<'_> {
         assert_eq!(src_sums, self.sums("/mnt/dst/backup/data"));
     }
 
+    /// Starts `stored receive` with this guest's binary on 127.0.0.1:7410, after stopping
+    /// the one started before; its log goes to /tmp/receiver.log.
+    fn start_receiver(&self, listener: &str) {
+        self.vm.sh(&format!(
+            "if [ -f /tmp/receiver.pid ]; then kill $(cat /tmp/receiver.pid); fi; \
+             while ss -Hltn 'sport = :7410' | grep -q 7410; do sleep 0.2; done; \
+             setsid nohup {} receive --config {listener} >>/tmp/receiver.log 2>&1 </dev/null & \
+             echo $! > /tmp/receiver.pid",
+            self.bin
+        ));
+        self.vm.wait_until(
+            "ss -Hltn 'sport = :7410' | grep -q 7410",
+            Duration::from_secs(30),
+        );
+    }
+
     fn holds(&self, snapshot: &str) -> String {
         self.vm.sh(&format!("zfs holds -H {snapshot}"))
     }
@@ -178,15 +194,7 @@ fn stored_replicates_full_incremental_many_resumed_and_refuses_divergence() {
         listener,
     } = two_pools_and_identities(&g, &disks);
     let receiver_fp = receiver_fp.as_str();
-    vm.sh(&format!(
-        "setsid nohup {} receive --config {listener} >/tmp/receiver.log 2>&1 </dev/null & \
-         echo started",
-        g.bin
-    ));
-    vm.wait_until(
-        "ss -Hltn 'sport = :7410' | grep -q 7410",
-        Duration::from_secs(30),
-    );
+    g.start_receiver(&listener);
     let cfg = g.config(
         "job",
         &format!("{pools}{}", job("offsite", receiver_fp, "")),
@@ -825,19 +833,6 @@ fn replication_with_an_older_peer_falls_back_to_one_stream_per_snapshot() {
         listener,
     } = two_pools_and_identities(&g, &disks);
     let receiver_fp = receiver_fp.as_str();
-    let receive = |who: &Guest<'_>| {
-        vm.sh(&format!(
-            "if [ -f /tmp/receiver.pid ]; then kill $(cat /tmp/receiver.pid); fi; \
-             while ss -Hltn 'sport = :7410' | grep -q 7410; do sleep 0.2; done; \
-             setsid nohup {} receive --config {listener} >>/tmp/receiver.log 2>&1 </dev/null & \
-             echo $! > /tmp/receiver.pid",
-            who.bin
-        ));
-        vm.wait_until(
-            "ss -Hltn 'sport = :7410' | grep -q 7410",
-            Duration::from_secs(30),
-        );
-    };
     let cfg = g.config(
         "job",
         &format!("{pools}{}", job("offsite", receiver_fp, "")),
@@ -858,7 +853,7 @@ fn replication_with_an_older_peer_falls_back_to_one_stream_per_snapshot() {
 
     // The current sender, the old receiver: a full send, then six snapshots behind (four or
     // more go as one range to a receiver that lists the feature), each as its own stream.
-    receive(&old);
+    old.start_receiver(&listener);
     snapshots("a1");
     let full = g.ok(&format!("replicate offsite --config {cfg}"));
     assert_eq!(field(&full, "snapshots"), "1", "{full}");
@@ -879,7 +874,7 @@ fn replication_with_an_older_peer_falls_back_to_one_stream_per_snapshot() {
     assert!(g.holds("src/data@a7").contains("stored-repl:offsite"));
 
     // The old sender, the current receiver: its version-1 requests are still understood.
-    receive(&g);
+    g.start_receiver(&listener);
     snapshots("b1 b2 b3 b4 b5");
     let (code, out, log) = old.stored(&format!("replicate offsite --config {cfg}"));
     assert_eq!(code, 0, "{out}{log}");

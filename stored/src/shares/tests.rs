@@ -115,17 +115,17 @@ fn nas_users_the_config_gives_no_smb_password_leave_samba_and_a_failure_brings_t
 
     // alice stays a NAS user without an SMB password, bob leaves the config, carol was
     // never stored's: alice and bob go, carol stays.
-    let next = without_smb_users(
-        "[storage.users.alice]
-",
-    );
-    let plan = plan_on(
-        &os,
-        &next.shares,
-        &next.storage.users,
-        &names(&next, &["bob"]),
-    )
-    .unwrap();
+    let next = without_smb_users("[storage.users.alice]\n");
+    let plan_next = |os: &FakeShareOs| {
+        plan_on(
+            os,
+            &next.shares,
+            &next.storage.users,
+            &names(&next, &["bob"]),
+        )
+        .unwrap()
+    };
+    let plan = plan_next(&os);
     let tail: Vec<String> = plan
         .actions
         .iter()
@@ -154,13 +154,7 @@ fn nas_users_the_config_gives_no_smb_password_leave_samba_and_a_failure_brings_t
 
     apply(&mut os, &plan).unwrap();
     assert_eq!(os.smb.keys().collect::<Vec<_>>(), ["carol"]);
-    let again = plan_on(
-        &os,
-        &next.shares,
-        &next.storage.users,
-        &names(&next, &["bob"]),
-    )
-    .unwrap();
+    let again = plan_next(&os);
     assert!(
         !again
             .actions
