@@ -59,8 +59,26 @@ pub fn run<S: AsRef<str>>(
     stdin: Option<&[u8]>,
     env: &[(&str, &str)],
 ) -> Result<Output, CommandError> {
+    run_redacted(argv, stdin, env, &[])
+}
+
+/// [`run`] for a command line that holds secrets (a tool that takes one only in argv):
+/// each of `secrets` is shown as `*****` in the log, in the error's command line and in
+/// the tool's output kept in the error.
+pub fn run_redacted<S: AsRef<str>>(
+    argv: &[S],
+    stdin: Option<&[u8]>,
+    env: &[(&str, &str)],
+    secrets: &[&str],
+) -> Result<Output, CommandError> {
+    let redact = |text: String| {
+        secrets
+            .iter()
+            .filter(|s| !s.is_empty())
+            .fold(text, |t, s| t.replace(s, "*****"))
+    };
     let argv: Vec<&str> = argv.iter().map(AsRef::as_ref).collect();
-    let command = quote(&argv);
+    let command = redact(quote(&argv));
     tracing::debug!(%command, "running");
     let spawn_err = |source| CommandError::Spawn {
         command: command.clone(),
@@ -97,8 +115,8 @@ pub fn run<S: AsRef<str>>(
         Err(CommandFailure {
             command,
             status: out.status.code(),
-            stdout,
-            stderr,
+            stdout: redact(stdout),
+            stderr: redact(stderr),
         }
         .into())
     }
@@ -123,6 +141,21 @@ fn quote(argv: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redacted_secret_shows_nowhere_in_the_failure() {
+        let Err(CommandError::Failed(f)) = run_redacted(
+            &["sh", "-c", "echo $0; echo $0 >&2; exit 1", "s3cr3t"],
+            None,
+            &[],
+            &["s3cr3t"],
+        ) else {
+            panic!("sh exited 0");
+        };
+        let shown = format!("{f} {}", f.stdout);
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(f.command.ends_with("*****"), "{}", f.command);
+    }
 
     #[test]
     fn failure_keeps_command_status_and_stderr() {

@@ -566,7 +566,7 @@ fn list(errors: &[PlanError]) -> String {
 }
 
 /// Observes and plans. `nas_users` are the names stored has given Unix accounts
-/// ([`crate::accounts::Accounts::names`]).
+/// ([`crate::accounts::Accounts::names_with`]).
 pub fn plan_on(
     os: &impl ShareOs,
     shares: &BTreeMap<Name, Share>,

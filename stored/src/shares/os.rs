@@ -416,20 +416,16 @@ impl ShareOs for RealShareOs {
             let throwaway = Password::new(hex::encode(bytes));
             run_with_password(&["pdbedit", "-a", "-t", "-u", user], user, &throwaway)?;
         }
-        // pdbedit takes a hash only in argv. It is there while this undo runs, readable
-        // in /proc by local processes: the box has none that are not root or a system
-        // service (NAS users' accounts have no shell), and the hash is only restored, never
-        // a new secret.
-        run(
-            &[
-                "pdbedit",
-                "-r",
-                "-u",
-                user,
-                "--set-nt-hash",
-                nt_hash.as_str(),
-            ],
+        // pdbedit takes a hash only in argv, and the hash logs in over SMB as well as the
+        // password: it is kept out of logs and errors, and it is readable in /proc only
+        // while this undo runs, by local processes the box has none of but root's and
+        // system services' (NAS users' accounts have no shell).
+        let hash = nt_hash.as_str();
+        command::run_redacted(
+            &["pdbedit", "-r", "-u", user, "--set-nt-hash", hash],
             None,
+            &[("LC_ALL", "C")],
+            &[hash],
         )?;
         Ok(())
     }
