@@ -138,16 +138,18 @@ identity_file = "/data/repl/sender.pem"
     )
 }
 
-/// The pools' config, the receiver's certificate fingerprint and the receiver's config.
+/// The pools' config, the receiver's certificate fingerprint, the receiver's config and
+/// the guest path of the job `offsite`'s config (src/data to dst/backup over TLS).
 struct Setup {
     pools: String,
     receiver_fp: String,
     listener: String,
+    job: String,
 }
 
 /// Two pools, one per disk, and the datasets, made by stored from the config; an identity
 /// for each side, each pinning the other's certificate; the receiver's config, listening
-/// on 127.0.0.1:7410 for the sender.
+/// on 127.0.0.1:7410 for the sender; the job that pushes to it.
 fn two_pools_and_identities(g: &Guest<'_>, disks: &[String]) -> Setup {
     let pools = format!(
         "{}{}\n[storage.datasets.\"src/data\"]\n[storage.datasets.\"dst/backup\"]\n",
@@ -172,10 +174,15 @@ datasets = ["dst/backup"]
 "#
         ),
     );
+    let job = g.config(
+        "job",
+        &format!("{pools}{}", job("offsite", &receiver_fp, "")),
+    );
     Setup {
         pools,
         receiver_fp,
         listener,
+        job,
     }
 }
 
@@ -192,13 +199,10 @@ fn stored_replicates_full_incremental_many_resumed_and_refuses_divergence() {
         pools,
         receiver_fp,
         listener,
+        job: cfg,
     } = two_pools_and_identities(&g, &disks);
     let receiver_fp = receiver_fp.as_str();
     g.start_receiver(&listener);
-    let cfg = g.config(
-        "job",
-        &format!("{pools}{}", job("offsite", receiver_fp, "")),
-    );
 
     // A client whose certificate the receiver does not list is refused.
     g.ok("replication identity /data/repl/stranger.pem");
@@ -828,15 +832,8 @@ fn replication_with_an_older_peer_falls_back_to_one_stream_per_snapshot() {
         bin: "/tmp/stored-old".to_owned(),
     };
     let Setup {
-        pools,
-        receiver_fp,
-        listener,
+        listener, job: cfg, ..
     } = two_pools_and_identities(&g, &disks);
-    let receiver_fp = receiver_fp.as_str();
-    let cfg = g.config(
-        "job",
-        &format!("{pools}{}", job("offsite", receiver_fp, "")),
-    );
     let snapshots = |names: &str| {
         vm.sh(&format!(
             "mkdir -p /mnt/src/data/docs && for s in {names}; do \
